@@ -1,0 +1,139 @@
+//! Wire protocol v1 between ems-edge and ems-gateway (documented in docs/protocol.md).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+use crate::Quality;
+
+/// Protocol version carried in every message; the gateway rejects others.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One poll of one device: published QoS 1 on `{prefix}/{site}/data/{device}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    pub v: u32,
+    pub site: String,
+    pub edge: String,
+    pub device: String,
+    /// Per-device sequence number; it only grows, across restarts of the edge.
+    pub seq: u64,
+    /// Poll time, milliseconds since the Unix epoch (UTC).
+    pub ts_ms: i64,
+    pub points: Vec<PointValue>,
+}
+
+/// One point's value; `v` is absent (`null`) unless the quality is good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointValue {
+    pub id: String,
+    pub v: Option<f64>,
+    pub q: Quality,
+}
+
+/// Edge status, retained on `{prefix}/{site}/status/{edge}`; the offline form is the last will.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub v: u32,
+    pub site: String,
+    pub edge: String,
+    pub online: bool,
+    /// Devices this edge polls (empty in the last will, which is fixed at connect time).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    #[serde(default)]
+    pub ts_ms: Option<i64>,
+}
+
+/// Topic names of protocol v1.
+pub mod topic {
+    use alloc::format;
+    use alloc::string::String;
+
+    pub fn data(prefix: &str, site: &str, device: &str) -> String {
+        format!("{prefix}/{site}/data/{device}")
+    }
+    pub fn status(prefix: &str, site: &str, edge: &str) -> String {
+        format!("{prefix}/{site}/status/{edge}")
+    }
+    /// Subscription filters that cover every site.
+    pub fn data_filter(prefix: &str) -> String {
+        format!("{prefix}/+/data/+")
+    }
+    pub fn status_filter(prefix: &str) -> String {
+        format!("{prefix}/+/status/+")
+    }
+
+    /// What a topic names, if it is one of ours.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Parsed<'a> {
+        Data { site: &'a str, device: &'a str },
+        Status { site: &'a str, edge: &'a str },
+    }
+
+    pub fn parse<'a>(prefix: &str, topic: &'a str) -> Option<Parsed<'a>> {
+        let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+        let mut parts = rest.split('/');
+        let (site, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || site.is_empty() || name.is_empty() {
+            return None;
+        }
+        match kind {
+            "data" => Some(Parsed::Data { site, device: name }),
+            "status" => Some(Parsed::Status { site, edge: name }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn telemetry_json_matches_the_documented_example() {
+        let msg = Telemetry {
+            v: 1,
+            site: "demo".into(),
+            edge: "edge-1".into(),
+            device: "bf1-power".into(),
+            seq: 1042,
+            ts_ms: 1_767_196_800_000,
+            points: alloc::vec![
+                PointValue { id: "import_kwh".into(), v: Some(1234.5), q: Quality::Good },
+                PointValue { id: "power_kw".into(), v: None, q: Quality::Exception(2) },
+            ],
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            json,
+            r#"{"v":1,"site":"demo","edge":"edge-1","device":"bf1-power","seq":1042,"ts_ms":1767196800000,"points":[{"id":"import_kwh","v":1234.5,"q":"good"},{"id":"power_kw","v":null,"q":"exception:02"}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Telemetry>(&json).unwrap(), msg);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let json = r#"{"v":1,"site":"s","edge":"e","device":"d","seq":1,"ts_ms":0,"points":[],"x":1}"#;
+        assert!(serde_json::from_str::<Telemetry>(json).is_err());
+    }
+
+    #[test]
+    fn topics_parse_back() {
+        let t = topic::data("ems/v1", "demo", "bf1-power");
+        assert_eq!(t, "ems/v1/demo/data/bf1-power");
+        assert_eq!(
+            topic::parse("ems/v1", &t),
+            Some(topic::Parsed::Data { site: "demo", device: "bf1-power" })
+        );
+        let s = topic::status("ems/v1", "demo", "edge-1");
+        assert_eq!(topic::parse("ems/v1", &s), Some(topic::Parsed::Status { site: "demo", edge: "edge-1" }));
+        assert_eq!(topic::parse("ems/v1", "ems/v1/demo/data/a/b"), None);
+        assert_eq!(topic::parse("ems/v1", "other/demo/data/a"), None);
+        assert_eq!(topic::parse("ems/v1", &"ems/v1/demo/data/".to_string()), None);
+    }
+}
