@@ -1,1 +1,18 @@
+//! ems-sim: a simulated plant behind Modbus servers, with a ground-truth file.
+//!
+//! The process models ([`model`]) integrate every energy carrier, product and water flow on a
+//! simulated clock ([`clock`]). Meters ([`meter`]) expose those integrals as Modbus registers
+//! through a `tokio_modbus` service ([`service`]); the exact hourly integrals go to the truth file
+//! ([`truth`]) so tests can prove the accounting right.
 
+pub mod clock;
+pub mod meter;
+pub mod model;
+pub mod plant;
+pub mod scenario;
+pub mod service;
+pub mod truth;
+
+pub use clock::SimClock;
+pub use scenario::Scenario;
+pub use service::{run, SimOptions};

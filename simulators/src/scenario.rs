@@ -1,0 +1,166 @@
+//! Scenario files: the plant to simulate (units and their meters).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use ems_config::{ConfigError, Source, Spanned};
+use serde::Deserialize;
+
+use crate::meter::Meter;
+use crate::model::{UnitKind, UnitModel};
+
+/// The scenarios built into the binary, by name.
+pub const BUILT_IN: &[(&str, &str)] = &[("demo", include_str!("../scenarios/demo.toml"))];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    units: Vec<UnitConf>,
+    meters: Vec<MeterConf>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnitConf {
+    id: Spanned<String>,
+    name: String,
+    kind: UnitKind,
+    capacity_t_per_h: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeterConf {
+    device: Spanned<String>,
+    unit_id: Spanned<u8>,
+    unit: Spanned<String>,
+    flow: Spanned<String>,
+    #[serde(default)]
+    initial: f64,
+}
+
+/// A validated scenario, ready to run.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    pub units: Vec<UnitModel>,
+    /// Display names of the units, same order as `units`.
+    pub unit_names: Vec<String>,
+    pub meters: Vec<Meter>,
+}
+
+impl Scenario {
+    /// Replaces the random seed (and so every unit's variation) with `seed`.
+    pub fn reseed(&mut self, seed: u64) {
+        self.seed = seed;
+        for (i, u) in self.units.iter_mut().enumerate() {
+            *u = UnitModel::new(u.id.clone(), u.kind, u.capacity_t_per_h, unit_seed(seed, i));
+        }
+    }
+
+    /// A built-in scenario by name, or a scenario file by path.
+    pub fn load(name_or_path: &str) -> Result<Scenario, ConfigError> {
+        match BUILT_IN.iter().find(|(name, _)| *name == name_or_path) {
+            Some((name, text)) => Scenario::from_source(&Source::embedded(&format!("<built-in scenario {name}>"), text)),
+            None => Scenario::from_source(&Source::read(Path::new(name_or_path))?),
+        }
+    }
+
+    pub fn from_source(src: &Source) -> Result<Scenario, ConfigError> {
+        let file: ScenarioFile = src.parse()?;
+        let mut unit_ids = HashSet::new();
+        let mut units = Vec::new();
+        let mut unit_names = Vec::new();
+        for (i, u) in file.units.iter().enumerate() {
+            if !unit_ids.insert(u.id.get_ref().clone()) {
+                return Err(src.error_at(u.id.span(), &format!("units[{i}].id"), "duplicate unit id"));
+            }
+            if !(u.capacity_t_per_h > 0.0) {
+                return Err(src.error(&format!("units[{i}].capacity_t_per_h"), "must be above zero"));
+            }
+            units.push(UnitModel::new(u.id.get_ref().clone(), u.kind, u.capacity_t_per_h, unit_seed(file.seed, i)));
+            unit_names.push(u.name.clone());
+        }
+        let mut devices = HashSet::new();
+        let mut addresses = HashSet::new();
+        let mut meters = Vec::new();
+        for (i, m) in file.meters.iter().enumerate() {
+            let key = |k: &str| format!("meters[{i}].{k}");
+            if !devices.insert(m.device.get_ref().clone()) {
+                return Err(src.error_at(m.device.span(), &key("device"), "duplicate device name"));
+            }
+            let unit_id = *m.unit_id.get_ref();
+            if unit_id == 0 || unit_id > 247 || !addresses.insert(unit_id) {
+                return Err(src.error_at(
+                    m.unit_id.span(),
+                    &key("unit_id"),
+                    "unit id must be 1..=247 and unique in the scenario",
+                ));
+            }
+            let Some(unit_index) = units.iter().position(|u| &u.id == m.unit.get_ref()) else {
+                return Err(src.error_at(m.unit.span(), &key("unit"), format!("no unit `{}`", m.unit.get_ref())));
+            };
+            let flows = units[unit_index].kind.flows();
+            let Some(flow_index) = flows.iter().position(|f| f.name == m.flow.get_ref()) else {
+                let names: Vec<_> = flows.iter().map(|f| f.name).collect();
+                return Err(src.error_at(
+                    m.flow.span(),
+                    &key("flow"),
+                    format!("unit `{}` has no flow `{}`; it has {}", m.unit.get_ref(), m.flow.get_ref(), names.join(", ")),
+                ));
+            };
+            meters.push(Meter {
+                device: m.device.get_ref().clone(),
+                unit_id,
+                unit_index,
+                flow_index,
+                initial: m.initial,
+            });
+        }
+        Ok(Scenario {
+            name: file.name,
+            description: file.description,
+            seed: file.seed,
+            units,
+            unit_names,
+            meters,
+        })
+    }
+}
+
+fn unit_seed(seed: u64, index: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(index as u64 * 7919)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_scenarios_parse() {
+        for (name, _) in BUILT_IN {
+            let s = Scenario::load(name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!s.meters.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_flow_names_line_and_key() {
+        let text = "name = \"t\"\n[[units]]\nid = \"k1\"\nname = \"Kiln\"\nkind = \"kiln\"\ncapacity_t_per_h = 200.0\n\n[[meters]]\ndevice = \"k1-gas\"\nunit_id = 1\nunit = \"k1\"\nflow = \"gas\"\n";
+        let err = Scenario::from_source(&Source::embedded("plant.toml", text)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("plant.toml:12:8: key `meters[0].flow`"), "{msg}");
+        assert!(msg.contains("clinker"), "lists the flows it has: {msg}");
+    }
+}
