@@ -80,6 +80,9 @@ impl fmt::Display for DecodeError {
     }
 }
 
+#[cfg(feature = "std")]
+impl std::error::Error for DecodeError {}
+
 /// Decodes the registers of one point into its raw number (before scale and offset).
 pub fn decode(regs: &[u16], ty: DataType, order: WordOrder) -> Result<f64, DecodeError> {
     let n = ty.registers() as usize;

@@ -90,6 +90,9 @@ impl fmt::Display for PlanError {
     }
 }
 
+#[cfg(feature = "std")]
+impl std::error::Error for PlanError {}
+
 /// Plans the cheapest set of requests covering `points`.
 ///
 /// `forbidden` lists register ranges the device answered with exception 02 (learned at run

@@ -1,1 +1,96 @@
+//! ems-edge: the edge agent. Polls meters over Modbus, publishes over MQTT.
+//!
+//! [`config`] and [`profile`] describe the site; [`poller`] reads devices with the plans from
+//! ems-core's planner; [`seq`] keeps sequence numbers durable; [`outbox`] and [`publisher`]
+//! deliver at least once. [`run`] wires them together with shutdown as a parameter.
 
+pub mod config;
+pub mod outbox;
+pub mod poller;
+pub mod profile;
+pub mod publisher;
+pub mod seq;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Site;
+use poller::{DevicePlan, LinkContext};
+use publisher::{PublishStats, PublisherConfig};
+use seq::SeqStore;
+
+/// Poll results buffered between the pollers and the publisher.
+const CHANNEL_CAPACITY: usize = 10_000;
+
+/// Plans every device (logging its plan) and groups the plans by link.
+pub fn plan_site(site: &Site) -> anyhow::Result<BTreeMap<String, Vec<DevicePlan>>> {
+    let mut links: BTreeMap<String, Vec<DevicePlan>> = BTreeMap::new();
+    for d in &site.devices {
+        let plan = DevicePlan::new(d.clone()).with_context(|| format!("cannot plan device {}", d.id))?;
+        tracing::info!(device = %d.id, link = %d.link, plan = %plan.summary(), "Planned.");
+        links.entry(d.link.clone()).or_default().push(plan);
+    }
+    Ok(links)
+}
+
+/// Runs the agent until `shutdown`; then stops polling, delivers what was read and returns.
+pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<PublishStats> {
+    let cfg = &site.config;
+    let seq = Arc::new(Mutex::new(SeqStore::open(&cfg.data_dir)?));
+    let links = plan_site(&site)?;
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let publisher = tokio::spawn(publisher::run(
+        PublisherConfig {
+            mqtt: cfg.mqtt.clone(),
+            site: cfg.site.clone(),
+            edge: cfg.edge_id.clone(),
+            devices: site.devices.iter().map(|d| d.id.clone()).collect(),
+        },
+        rx,
+    ));
+    let mut pollers = Vec::new();
+    for (link, plans) in links {
+        let lc = LinkContext {
+            site: cfg.site.clone(),
+            edge: cfg.edge_id.clone(),
+            interval: Duration::from_millis(cfg.poll_interval_ms),
+            seq: seq.clone(),
+            out: tx.clone(),
+        };
+        pollers.push(tokio::spawn(poller::run_link(link, plans, lc, shutdown.clone())));
+    }
+    drop(tx);
+    let mut first_error = None;
+    for p in pollers {
+        if let Err(e) = p.await.context("poller panicked").and_then(|r| r) {
+            tracing::error!(error = %e, "Poller stopped.");
+            first_error.get_or_insert(e);
+            shutdown.cancel();
+        }
+    }
+    let stats = publisher.await.context("publisher panicked")?;
+    if stats.undelivered > 0 {
+        tracing::error!(undelivered = stats.undelivered, "Stopped with messages the broker never acknowledged.");
+    } else {
+        tracing::info!(acknowledged = stats.acknowledged, "Stopped; every message was acknowledged.");
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(stats),
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    token.cancel();
+}

@@ -1,0 +1,188 @@
+//! The edge agent's site configuration (TOML): what to poll, how often, and where to send it.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use ems_config::{ConfigError, Source, Spanned};
+use serde::Deserialize;
+
+use crate::profile::{Library, Profile};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Site (plant) name; first level of the MQTT topics.
+    pub site: String,
+    /// This agent's name, unique in the site; also its MQTT client id.
+    pub edge_id: String,
+    /// Where the agent keeps its state (sequence numbers).
+    pub data_dir: PathBuf,
+    /// How often every device is polled.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Extra profiles (`*.toml`), beside the built-in library.
+    #[serde(default)]
+    pub profiles_dir: Option<PathBuf>,
+    pub mqtt: MqttConfig,
+    pub devices: Vec<DeviceConfig>,
+}
+
+fn default_poll_interval_ms() -> u64 {
+    1_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+pub fn default_topic_prefix() -> String {
+    "ems/v1".into()
+}
+fn default_keep_alive_s() -> u64 {
+    30
+}
+
+/// Where a device's poll time comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockSource {
+    /// The edge's own clock (kept by NTP on the board).
+    #[default]
+    System,
+    /// The device's real-time clock register (the profile's `role = "clock"` point).
+    Device,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Device name, unique in the site; last level of its data topic.
+    pub id: Spanned<String>,
+    /// `tcp://host:port`.
+    pub link: Spanned<String>,
+    pub unit_id: u8,
+    pub profile: Spanned<String>,
+    #[serde(default)]
+    pub clock: ClockSource,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    1_000
+}
+
+/// A device ready to poll: its config with the profile resolved.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: String,
+    pub link: String,
+    pub unit_id: u8,
+    pub profile: Profile,
+    pub clock: ClockSource,
+    pub timeout_ms: u64,
+}
+
+/// The loaded, checked configuration.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub config: EdgeConfig,
+    pub devices: Vec<Device>,
+}
+
+impl Site {
+    pub fn load(path: &Path) -> Result<Site, ConfigError> {
+        Site::from_source(&Source::read(path)?)
+    }
+
+    pub fn from_source(src: &Source) -> Result<Site, ConfigError> {
+        let config: EdgeConfig = src.parse()?;
+        let mut library = Library::built_in();
+        if let Some(dir) = &config.profiles_dir {
+            library.load_dir(dir)?;
+        }
+        if config.poll_interval_ms == 0 {
+            return Err(src.error("poll_interval_ms", "must be above zero"));
+        }
+        for (key, name) in [("site", &config.site), ("edge_id", &config.edge_id)] {
+            if !valid_topic_level(name) {
+                return Err(src.error(key, "must be non-empty without '/', '+' or '#'"));
+            }
+        }
+        let mut ids = HashSet::new();
+        let mut devices = Vec::new();
+        for (i, d) in config.devices.iter().enumerate() {
+            let key = |k: &str| format!("devices[{i}].{k}");
+            let id = d.id.get_ref();
+            if !valid_topic_level(id) {
+                return Err(src.error_at(d.id.span(), &key("id"), "must be non-empty without '/', '+' or '#'"));
+            }
+            if !ids.insert(id.clone()) {
+                return Err(src.error_at(d.id.span(), &key("id"), format!("duplicate device id `{id}`")));
+            }
+            let Some(link) = d.link.get_ref().strip_prefix("tcp://") else {
+                return Err(src.error_at(d.link.span(), &key("link"), "expected tcp://host:port"));
+            };
+            let Some(profile) = library.get(d.profile.get_ref()) else {
+                let known: Vec<_> = library.names().collect();
+                return Err(src.error_at(
+                    d.profile.span(),
+                    &key("profile"),
+                    format!("unknown profile `{}`; known: {}", d.profile.get_ref(), known.join(", ")),
+                ));
+            };
+            if d.clock == ClockSource::Device && profile.clock_point().is_none() {
+                return Err(src.error(&key("clock"), format!("profile `{}` has no clock point", profile.name)));
+            }
+            devices.push(Device {
+                id: id.clone(),
+                link: link.to_owned(),
+                unit_id: d.unit_id,
+                profile: profile.clone(),
+                clock: d.clock,
+                timeout_ms: d.timeout_ms,
+            });
+        }
+        Ok(Site { config, devices })
+    }
+}
+
+fn valid_topic_level(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_configs_parse() {
+        for (name, text) in [("demo.toml", include_str!("../examples/demo.toml"))] {
+            let site = Site::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!site.devices.is_empty());
+        }
+    }
+
+    #[test]
+    fn unknown_profile_names_line_and_key() {
+        let text = "site = \"s\"\nedge_id = \"e\"\ndata_dir = \"/tmp\"\n[mqtt]\nhost = \"h\"\n\n[[devices]]\nid = \"m1\"\nlink = \"tcp://127.0.0.1:502\"\nunit_id = 1\nprofile = \"dtsu666x\"\n";
+        let err = Site::from_source(&Source::embedded("edge.toml", text)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("edge.toml:11:11: key `devices[0].profile`: unknown profile `dtsu666x`"), "{msg}");
+    }
+}

@@ -1,0 +1,173 @@
+//! Publishing: telemetry and status to the broker, QoS 1, through the [`Outbox`].
+//!
+//! Two small loops: one drives rumqttc's event loop and forwards the events that matter; the
+//! other owns the outbox, hands messages to the client as the in-flight window allows, and
+//! retires them on PUBACK.
+
+use std::time::Duration;
+
+use ems_core::wire::{topic, Status, Telemetry, PROTOCOL_VERSION};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MqttConfig;
+use crate::outbox::{Message, Outbox};
+
+/// Most messages handed to the client and not yet acknowledged.
+const MAX_IN_FLIGHT: usize = 100;
+/// How long a shutdown waits for the broker to acknowledge what is still in the outbox.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct PublisherConfig {
+    pub mqtt: MqttConfig,
+    pub site: String,
+    pub edge: String,
+    pub devices: Vec<String>,
+}
+
+enum LinkEvent {
+    Connected,
+    Disconnected,
+    Sent(u16),
+    Acked(u16),
+}
+
+/// What the publisher did, reported when it stops.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PublishStats {
+    pub acknowledged: u64,
+    /// Messages still unacknowledged when the drain timed out.
+    pub undelivered: usize,
+}
+
+fn status(cfg: &PublisherConfig, online: bool) -> Message {
+    let s = Status {
+        v: PROTOCOL_VERSION,
+        site: cfg.site.clone(),
+        edge: cfg.edge.clone(),
+        online,
+        devices: if online { cfg.devices.clone() } else { Vec::new() },
+        ts_ms: online.then(|| chrono::Utc::now().timestamp_millis()),
+    };
+    Message {
+        topic: topic::status(&cfg.mqtt.topic_prefix, &cfg.site, &cfg.edge),
+        payload: serde_json::to_vec(&s).expect("status serializes"),
+        retain: true,
+    }
+}
+
+/// Publishes everything that arrives on `rx` until it closes (the pollers stopped), then
+/// waits up to [`DRAIN_TIMEOUT`] for the last acknowledgements and goes offline.
+pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> PublishStats {
+    let mut opts = MqttOptions::new(cfg.edge.clone(), cfg.mqtt.host.clone(), cfg.mqtt.port);
+    opts.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)));
+    // A fresh session every time: the outbox, not the client, decides what is sent again.
+    opts.set_clean_session(true);
+    opts.set_inflight(MAX_IN_FLIGHT as u16);
+    if let (Some(user), Some(pass)) = (&cfg.mqtt.username, &cfg.mqtt.password) {
+        opts.set_credentials(user.clone(), pass.clone());
+    }
+    let will = status(&cfg, false);
+    opts.set_last_will(LastWill::new(will.topic, will.payload, QoS::AtLeastOnce, true));
+    let (client, mut eventloop) = AsyncClient::new(opts, MAX_IN_FLIGHT * 2);
+
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let stop_events = CancellationToken::new();
+    let stop = stop_events.clone();
+    let driver = tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                ev = eventloop.poll() => ev,
+                () = stop.cancelled() => return,
+            };
+            let forward = match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => LinkEvent::Connected,
+                Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent(pkid),
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "MQTT connection lost; retrying.");
+                    let _ = ev_tx.send(LinkEvent::Disconnected);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if ev_tx.send(forward).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut outbox = Outbox::new(MAX_IN_FLIGHT);
+    let mut stats = PublishStats::default();
+    let mut connected = false;
+    let mut input_open = true;
+    let mut drain_deadline = None;
+    loop {
+        if connected {
+            while let Some(m) = outbox.next_to_send() {
+                if client.try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload).is_err() {
+                    outbox.unsend_last();
+                    break;
+                }
+            }
+        }
+        if !input_open && outbox.is_empty() {
+            break;
+        }
+        let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(LinkEvent::Connected) => {
+                    tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, "MQTT connected.");
+                    connected = true;
+                    outbox.on_disconnect();
+                    outbox.push(status(&cfg, true));
+                }
+                Some(LinkEvent::Disconnected) => {
+                    connected = false;
+                    outbox.on_disconnect();
+                }
+                Some(LinkEvent::Sent(pkid)) => outbox.on_outgoing(pkid),
+                Some(LinkEvent::Acked(pkid)) => {
+                    if outbox.on_puback(pkid).is_some() {
+                        stats.acknowledged += 1;
+                    }
+                }
+                None => break,
+            },
+            msg = rx.recv(), if input_open => match msg {
+                Some(t) => outbox.push(Message {
+                    topic: topic::data(&cfg.mqtt.topic_prefix, &t.site, &t.device),
+                    payload: serde_json::to_vec(&t).expect("telemetry serializes"),
+                    retain: false,
+                }),
+                None => {
+                    input_open = false;
+                    drain_deadline = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                }
+            },
+            () = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => break,
+        }
+    }
+    stats.undelivered = outbox.len();
+    if connected {
+        // A clean disconnect does not fire the last will: say offline ourselves.
+        let off = status(&cfg, false);
+        let _ = client.publish(off.topic, QoS::AtLeastOnce, true, off.payload).await;
+        let _ = client.disconnect().await;
+        // Let the event loop write the last two packets.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(ev) = events.recv().await {
+                if matches!(ev, LinkEvent::Disconnected) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    stop_events.cancel();
+    let _ = driver.await;
+    stats
+}
