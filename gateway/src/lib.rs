@@ -1,1 +1,71 @@
+//! ems-gateway: the collector. MQTT ingest, ledger, accounting, storage, HTTP API, dashboard.
+//!
+//! [`ingest`] validates and commits what the edges send ([`store`] keeps it in SQLite);
+//! [`accounting`] turns counters into hourly deltas and unit indicators using the
+//! [`coefficients`] data file and the plant model of [`config`]; [`api`] serves them.
+//! [`serve`] runs it all with shutdown as a parameter; [`demo`] adds a broker, a simulated
+//! plant and an edge in the same process.
 
+pub mod accounting;
+pub mod api;
+pub mod coefficients;
+pub mod config;
+pub mod demo;
+pub mod ingest;
+pub mod metrics;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Plant;
+use ingest::{IngestConfig, NowFn, Validation};
+use store::{AccountingRules, Store, Tracked};
+
+/// How far ahead of the gateway's clock a poll time may be before it is quarantined.
+const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
+
+/// The counter points the plant's units account for.
+pub fn accounting_rules(plant: &Plant) -> AccountingRules {
+    let tracked: HashMap<_, _> = plant
+        .flows()
+        .map(|f| ((f.device.clone(), f.point.clone()), Tracked { rollover: f.rollover }))
+        .collect();
+    AccountingRules { tracked, max_gap_ms: plant.config.accounting.max_sample_gap_s as i64 * 1000 }
+}
+
+/// Runs ingest and the HTTP API until `shutdown`; HTTP on `listener`.
+pub async fn serve(plant: Plant, listener: TcpListener, now: NowFn, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = Store::open(&plant.config.storage.path)?;
+    let reader = Arc::new(store.reader()?);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (committed, _) = broadcast::channel(16);
+    let ingest_cfg = IngestConfig {
+        mqtt: plant.config.mqtt.clone(),
+        validation: Validation {
+            topic_prefix: plant.config.mqtt.topic_prefix.clone(),
+            max_future_ms: MAX_FUTURE_MS,
+            now: now.clone(),
+        },
+        rules: accounting_rules(&plant),
+    };
+    let plant = Arc::new(plant);
+    let state = api::AppState { plant, reader, metrics: metrics.clone(), committed: committed.clone(), now };
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+            .context("HTTP server failed")
+    });
+    let ingest_result = ingest::run(ingest_cfg, store, metrics, committed, shutdown.clone()).await;
+    shutdown.cancel();
+    let http_result = http.await.context("HTTP task panicked")?;
+    ingest_result?;
+    http_result
+}

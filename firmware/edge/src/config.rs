@@ -8,6 +8,9 @@ use serde::Deserialize;
 
 use crate::profile::{Library, Profile};
 
+/// The site configuration of the demo plant (`ems-sim --scenario demo`).
+pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
@@ -172,7 +175,7 @@ mod tests {
 
     #[test]
     fn shipped_example_configs_parse() {
-        for (name, text) in [("demo.toml", include_str!("../examples/demo.toml"))] {
+        for (name, text) in [("demo.toml", DEMO_CONFIG)] {
             let site = Site::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
             assert!(!site.devices.is_empty());
         }

@@ -1,0 +1,355 @@
+//! Accounting: from counter samples to hourly deltas, and from hourly deltas to unit indicators.
+//!
+//! Pure functions; the store feeds them rows and keeps what they return.
+//!
+//! The base rollup is per meter point and hour: the counter's increase attributed to that hour
+//! (an interval between two samples that spans hours is spread evenly over its time), how much
+//! of the hour good samples covered, and how much of the delta came from intervals longer than
+//! the allowed sample gap (spread by assumption, hence "estimated"). Unit figures for any period
+//! are sums of these rows, so they can always be recomputed from raw samples.
+
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeZone};
+use serde::Serialize;
+
+use crate::config::{Role, Unit};
+
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// One point's share of one hour.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PointHour {
+    pub delta: f64,
+    /// Milliseconds of the hour spanned by intervals no longer than the allowed gap.
+    pub covered_ms: i64,
+    /// Part of `delta` from longer intervals.
+    pub estimated: f64,
+}
+
+/// Increase of a counter from `prev` to `next`; `None` when it went backwards without a
+/// declared rollover (a reset or a replaced meter: that interval cannot be measured).
+pub fn counter_delta(prev: f64, next: f64, rollover: Option<f64>) -> Option<f64> {
+    if next >= prev {
+        return Some(next - prev);
+    }
+    let r = rollover?;
+    // A wrap: the counter passed its maximum and restarted from zero.
+    (prev <= r && next >= 0.0).then(|| r - prev + next)
+}
+
+/// Spreads `delta` evenly over `[from_ms, to_ms)`, calling `f(hour_start, part, part_ms)` for
+/// each hour touched.
+pub fn apportion(from_ms: i64, to_ms: i64, delta: f64, mut f: impl FnMut(i64, f64, i64)) {
+    if to_ms <= from_ms {
+        return;
+    }
+    let span = (to_ms - from_ms) as f64;
+    let mut t = from_ms;
+    while t < to_ms {
+        let hour = t - t.rem_euclid(HOUR_MS);
+        let end = (hour + HOUR_MS).min(to_ms);
+        f(hour, delta * (end - t) as f64 / span, end - t);
+        t = end;
+    }
+}
+
+/// Adds the interval between two good samples of a point into its hours.
+pub fn add_interval(
+    from_ms: i64,
+    to_ms: i64,
+    delta: f64,
+    max_gap_ms: i64,
+    mut add: impl FnMut(i64, PointHour),
+) {
+    let long = to_ms - from_ms > max_gap_ms;
+    apportion(from_ms, to_ms, delta, |hour, part, part_ms| {
+        add(
+            hour,
+            PointHour {
+                delta: part,
+                covered_ms: if long { 0 } else { part_ms },
+                estimated: if long { part } else { 0.0 },
+            },
+        )
+    });
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Hour,
+    Day,
+    Month,
+}
+
+/// Period boundaries covering `[from_ms, to_ms)` in the plant's local time.
+pub fn buckets(period: Period, from_ms: i64, to_ms: i64, tz: FixedOffset) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    let mut start = period_start(period, from_ms, tz);
+    while start < to_ms {
+        let end = next_start(period, start, tz);
+        out.push((start, end));
+        start = end;
+    }
+    out
+}
+
+fn local(ms: i64, tz: FixedOffset) -> DateTime<FixedOffset> {
+    tz.timestamp_millis_opt(ms).single().expect("fixed offsets are unambiguous")
+}
+
+fn midnight(d: NaiveDate, tz: FixedOffset) -> i64 {
+    tz.from_local_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"))
+        .single()
+        .expect("fixed offsets are unambiguous")
+        .timestamp_millis()
+}
+
+fn period_start(period: Period, ms: i64, tz: FixedOffset) -> i64 {
+    match period {
+        Period::Hour => ms - (ms + i64::from(tz.local_minus_utc()) * 1000).rem_euclid(HOUR_MS),
+        Period::Day => midnight(local(ms, tz).date_naive(), tz),
+        Period::Month => midnight(local(ms, tz).date_naive().with_day(1).expect("day 1 exists"), tz),
+    }
+}
+
+fn next_start(period: Period, start: i64, tz: FixedOffset) -> i64 {
+    match period {
+        Period::Hour => start + HOUR_MS,
+        Period::Day => start + 24 * HOUR_MS,
+        Period::Month => {
+            let d = local(start, tz).date_naive();
+            let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
+            midnight(NaiveDate::from_ymd_opt(y, m, 1).expect("first of month exists"), tz)
+        }
+    }
+}
+
+/// One carrier's part in a period.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CarrierFigure {
+    pub device: String,
+    pub carrier: String,
+    pub role: Role,
+    pub quantity: f64,
+    pub unit: String,
+    /// Signed: recovered energy is negative.
+    pub kgce: f64,
+}
+
+/// A unit's figures over one period.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Indicator {
+    pub start: String,
+    pub end: String,
+    /// Comprehensive energy: consumed minus recovered, kgce.
+    pub energy_kgce: f64,
+    pub consumed_kgce: f64,
+    pub recovered_kgce: f64,
+    pub product_t: f64,
+    pub kgce_per_t: Option<f64>,
+    /// Net electricity consumed (consumed minus recovered), kWh, and per tonne.
+    pub electricity_kwh: f64,
+    pub kwh_per_t: Option<f64>,
+    pub water_m3: f64,
+    pub water_m3_per_t: Option<f64>,
+    /// Share of the period covered by good samples, the weakest meter of the unit deciding.
+    pub completeness: f64,
+    /// Share of the energy, product and water figures that was spread over sample gaps.
+    pub estimated_share: f64,
+    pub carriers: Vec<CarrierFigure>,
+}
+
+/// Computes a unit's indicators; `hours(flow_index)` gives that flow's rows as (hour, row).
+pub fn indicators(
+    unit: &Unit,
+    periods: &[(i64, i64)],
+    tz: FixedOffset,
+    hours: impl Fn(usize) -> Vec<(i64, PointHour)>,
+) -> Vec<Indicator> {
+    let rows: Vec<Vec<(i64, PointHour)>> = (0..unit.flows.len()).map(&hours).collect();
+    periods
+        .iter()
+        .map(|&(start, end)| {
+            let mut ind = Indicator {
+                start: local(start, tz).to_rfc3339(),
+                end: local(end, tz).to_rfc3339(),
+                energy_kgce: 0.0,
+                consumed_kgce: 0.0,
+                recovered_kgce: 0.0,
+                product_t: 0.0,
+                kgce_per_t: None,
+                electricity_kwh: 0.0,
+                kwh_per_t: None,
+                water_m3: 0.0,
+                water_m3_per_t: None,
+                completeness: 1.0,
+                estimated_share: 0.0,
+                carriers: Vec::new(),
+            };
+            let (mut total_abs, mut estimated_abs) = (0.0, 0.0);
+            for (flow, rows) in unit.flows.iter().zip(&rows) {
+                let mut sum = PointHour::default();
+                for (_, r) in rows.iter().filter(|(h, _)| *h >= start && *h < end) {
+                    sum.delta += r.delta;
+                    sum.covered_ms += r.covered_ms;
+                    sum.estimated += r.estimated;
+                }
+                ind.completeness = ind.completeness.min(sum.covered_ms as f64 / (end - start) as f64);
+                let value = sum.delta * flow.factor;
+                total_abs += value.abs();
+                estimated_abs += (sum.estimated * flow.factor).abs();
+                let kgce = match flow.role {
+                    Role::Consumed => {
+                        ind.consumed_kgce += value;
+                        value
+                    }
+                    Role::Recovered => {
+                        ind.recovered_kgce += value;
+                        -value
+                    }
+                    Role::Product => {
+                        ind.product_t += value;
+                        continue;
+                    }
+                    Role::Water => {
+                        ind.water_m3 += value;
+                        continue;
+                    }
+                };
+                if flow.carrier.as_deref() == Some("electricity") {
+                    let kwh = sum.delta * crate::coefficients::unit_factor(&flow.unit, "kWh").unwrap_or(0.0);
+                    ind.electricity_kwh += if flow.role == Role::Recovered { -kwh } else { kwh };
+                }
+                ind.carriers.push(CarrierFigure {
+                    device: flow.device.clone(),
+                    carrier: flow.carrier.clone().unwrap_or_default(),
+                    role: flow.role,
+                    quantity: sum.delta,
+                    unit: flow.unit.clone(),
+                    kgce,
+                });
+            }
+            ind.energy_kgce = ind.consumed_kgce - ind.recovered_kgce;
+            if ind.product_t > 0.0 {
+                ind.kgce_per_t = Some(ind.energy_kgce / ind.product_t);
+                ind.kwh_per_t = Some(ind.electricity_kwh / ind.product_t);
+                ind.water_m3_per_t = Some(ind.water_m3 / ind.product_t);
+            }
+            if total_abs > 0.0 {
+                ind.estimated_share = estimated_abs / total_abs;
+            }
+            ind.completeness = ind.completeness.clamp(0.0, 1.0);
+            ind
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Flow;
+
+    #[test]
+    fn deltas_with_and_without_rollover() {
+        assert_eq!(counter_delta(10.0, 15.5, None), Some(5.5));
+        assert_eq!(counter_delta(99_990.0, 10.0, Some(100_000.0)), Some(20.0));
+        assert_eq!(counter_delta(500.0, 3.0, None), None, "a reset is not a measurement");
+    }
+
+    #[test]
+    fn an_interval_is_spread_over_the_hours_it_spans() {
+        let mut parts = Vec::new();
+        // 00:30 to 02:15, 105 minutes, 210 units.
+        apportion(1_800_000, 2 * HOUR_MS + 900_000, 210.0, |h, d, ms| parts.push((h, d, ms)));
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0], (0, 60.0, 1_800_000));
+        assert_eq!(parts[1], (HOUR_MS, 120.0, HOUR_MS));
+        assert_eq!(parts[2], (2 * HOUR_MS, 30.0, 900_000));
+    }
+
+    #[test]
+    fn long_intervals_count_but_are_estimated_and_uncovered() {
+        let mut rows = Vec::new();
+        add_interval(0, 2 * HOUR_MS, 100.0, 900_000, |h, r| rows.push((h, r)));
+        assert!(rows.iter().all(|(_, r)| r.covered_ms == 0 && r.estimated == r.delta));
+        let total: f64 = rows.iter().map(|(_, r)| r.delta).sum();
+        assert_eq!(total, 100.0);
+    }
+
+    #[test]
+    fn days_and_months_start_at_local_midnight() {
+        let cst: FixedOffset = "+08:00".parse().unwrap();
+        // 2026-01-31T20:00:00+08:00 .. 2026-02-02T00:00:00+08:00
+        let from = cst.with_ymd_and_hms(2026, 1, 31, 20, 0, 0).unwrap().timestamp_millis();
+        let to = cst.with_ymd_and_hms(2026, 2, 2, 0, 0, 0).unwrap().timestamp_millis();
+        let days = buckets(Period::Day, from, to, cst);
+        assert_eq!(days.len(), 2);
+        assert_eq!(local(days[0].0, cst).to_rfc3339(), "2026-01-31T00:00:00+08:00");
+        let months = buckets(Period::Month, from, to, cst);
+        assert_eq!(months.len(), 2);
+        assert_eq!(local(months[1].0, cst).to_rfc3339(), "2026-02-01T00:00:00+08:00");
+        assert_eq!(local(months[1].1, cst).to_rfc3339(), "2026-03-01T00:00:00+08:00");
+        let hours = buckets(Period::Hour, from + 1, from + HOUR_MS, cst);
+        assert_eq!(hours, vec![(from, from + HOUR_MS)]);
+    }
+
+    fn flow(device: &str, role: Role, carrier: Option<&str>, unit: &str, factor: f64) -> Flow {
+        Flow {
+            device: device.into(),
+            point: "total".into(),
+            role,
+            carrier: carrier.map(Into::into),
+            unit: unit.into(),
+            factor,
+            rollover: None,
+        }
+    }
+
+    #[test]
+    fn converter_figure_goes_negative_when_recovery_exceeds_use() {
+        // Hand-computed: 150 t steel; 4 200 kWh x 0.1229 = 516.18 kgce consumed;
+        // 15 000 m3 LDG at 7 500 kJ/m3 = 3 838.67 kgce recovered; net -3 322.49 kgce, -22.15 kgce/t.
+        let unit = Unit {
+            id: "bof1".into(),
+            name: "BOF".into(),
+            kind: "converter".into(),
+            flows: vec![
+                flow("steel", Role::Product, None, "t", 1.0),
+                flow("power", Role::Consumed, Some("electricity"), "kWh", 0.1229),
+                flow("ldg", Role::Recovered, Some("converter_gas"), "m3", 7_500.0 / 29_307.0),
+                flow("water", Role::Water, None, "m3", 1.0),
+            ],
+        };
+        let full = |delta: f64| vec![(0, PointHour { delta, covered_ms: HOUR_MS, estimated: 0.0 })];
+        let deltas = [150.0, 4_200.0, 15_000.0, 75.0];
+        let tz: FixedOffset = "+00:00".parse().unwrap();
+        let ind = indicators(&unit, &[(0, HOUR_MS)], tz, |i| full(deltas[i]));
+        let i = &ind[0];
+        assert!((i.consumed_kgce - 516.18).abs() < 1e-9);
+        assert!((i.recovered_kgce - 3_838.673).abs() < 1e-3);
+        assert!((i.kgce_per_t.unwrap() - (-22.150)).abs() < 1e-3, "{:?}", i.kgce_per_t);
+        assert_eq!(i.water_m3_per_t, Some(0.5));
+        assert_eq!(i.completeness, 1.0);
+        assert_eq!(i.carriers.iter().find(|c| c.carrier == "converter_gas").unwrap().kgce.signum(), -1.0);
+    }
+
+    #[test]
+    fn the_weakest_meter_decides_completeness_and_no_product_means_no_ratio() {
+        let unit = Unit {
+            id: "k".into(),
+            name: "K".into(),
+            kind: "kiln".into(),
+            flows: vec![
+                flow("clinker", Role::Product, None, "t", 1.0),
+                flow("coal", Role::Consumed, Some("raw_coal"), "t", 714.3),
+            ],
+        };
+        let tz: FixedOffset = "+00:00".parse().unwrap();
+        let ind = indicators(&unit, &[(0, HOUR_MS)], tz, |i| {
+            let covered = if i == 0 { HOUR_MS } else { HOUR_MS / 2 };
+            vec![(0, PointHour { delta: if i == 0 { 0.0 } else { 1.0 }, covered_ms: covered, estimated: 0.0 })]
+        });
+        assert_eq!(ind[0].completeness, 0.5);
+        assert_eq!(ind[0].kgce_per_t, None);
+    }
+}

@@ -1,0 +1,194 @@
+//! HTTP API v1 (JSON), the dashboard page and live updates. Errors map to statuses in one place.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::accounting::{buckets, indicators, Indicator, Period, HOUR_MS};
+use crate::config::Plant;
+use crate::ingest::NowFn;
+use crate::metrics::Metrics;
+use crate::store::Reader;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub plant: Arc<Plant>,
+    pub reader: Arc<Reader>,
+    pub metrics: Arc<Metrics>,
+    pub committed: broadcast::Sender<()>,
+    pub now: NowFn,
+}
+
+/// Every way a request can fail, and its status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("internal error: {0}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(e) => {
+                tracing::error!(error = %e, "API request failed.");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/units", get(units))
+        .route("/api/v1/units/:id/indicators", get(unit_indicators))
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/quarantine", get(quarantine))
+        .route("/api/v1/coefficients", get(coefficients))
+        .route("/api/v1/events", get(events))
+        .with_state(state)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../web/index.html"))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
+}
+
+#[derive(Serialize)]
+struct UnitView {
+    id: String,
+    name: String,
+    kind: String,
+}
+
+async fn units(State(s): State<AppState>) -> ApiResult<Vec<UnitView>> {
+    Ok(Json(s.plant.units.iter().map(|u| UnitView { id: u.id.clone(), name: u.name.clone(), kind: u.kind.clone() }).collect()))
+}
+
+#[derive(Deserialize)]
+struct IndicatorQuery {
+    period: Option<Period>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| ApiError::BadRequest(format!("`{name}` is not an RFC 3339 time: {e}")))
+}
+
+/// Most periods one request may ask for.
+const MAX_PERIODS: usize = 10_000;
+
+async fn unit_indicators(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<IndicatorQuery>,
+) -> ApiResult<Vec<Indicator>> {
+    let unit = s.plant.unit(&id).ok_or_else(|| ApiError::NotFound(format!("no unit `{id}`")))?.clone();
+    let period = q.period.unwrap_or(Period::Hour);
+    let to = match &q.to {
+        Some(t) => parse_time("to", t)?,
+        None => (s.now)(),
+    };
+    let from = match &q.from {
+        Some(f) => parse_time("from", f)?,
+        None => to - 24 * HOUR_MS,
+    };
+    if from >= to {
+        return Err(ApiError::BadRequest("`from` must be before `to`".into()));
+    }
+    let tz = s.plant.utc_offset;
+    let periods = buckets(period, from, to, tz);
+    if periods.len() > MAX_PERIODS {
+        return Err(ApiError::BadRequest(format!("more than {MAX_PERIODS} periods; narrow the range")));
+    }
+    let (Some(first), Some(last)) = (periods.first(), periods.last()) else { return Ok(Json(Vec::new())) };
+    let (lo, hi) = (first.0, last.1);
+    let reader = s.reader.clone();
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Indicator>> {
+        let mut rows = Vec::with_capacity(unit.flows.len());
+        for f in &unit.flows {
+            rows.push(reader.point_hours(&f.device, &f.point, lo, hi)?);
+        }
+        Ok(indicators(&unit, &periods, tz, |i| rows[i].clone()))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(result))
+}
+
+async fn devices(State(s): State<AppState>) -> ApiResult<Vec<crate::store::DeviceRow>> {
+    let reader = s.reader.clone();
+    let rows = tokio::task::spawn_blocking(move || reader.devices()).await.map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(rows))
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<i64>,
+}
+
+async fn quarantine(State(s): State<AppState>, Query(q): Query<LimitQuery>) -> ApiResult<Vec<crate::store::QuarantineRow>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let reader = s.reader.clone();
+    let rows =
+        tokio::task::spawn_blocking(move || reader.quarantine(limit)).await.map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(rows))
+}
+
+async fn coefficients(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
+    let c = &s.plant.coefficients;
+    Ok(Json(serde_json::json!({
+        "version": c.version,
+        "kj_per_kgce": c.kj_per_kgce,
+        "electricity_basis": s.plant.config.accounting.electricity,
+        "carriers": c.all().collect::<Vec<_>>(),
+    })))
+}
+
+/// Server-sent events: `update` after new data is committed, at most once a second.
+async fn events(State(s): State<AppState>) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let rx = s.committed.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Fold everything that committed meanwhile into this one event.
+        while let Ok(()) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {}
+        Some((Ok(Event::default().event("update").data("{}")), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,303 @@
+//! The gateway's configuration (TOML): broker, storage, HTTP, and the plant's accounting model.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use ems_config::{ConfigError, Source, Spanned};
+use serde::{Deserialize, Serialize};
+
+use crate::coefficients::{unit_factor, Coefficients};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub mqtt: MqttConfig,
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub accounting: AccountingConfig,
+    pub units: Vec<UnitConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Client id; the broker keeps this session (and its unacknowledged messages) while the
+    /// gateway is down, so keep it stable.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_client_id() -> String {
+    "ems-gateway".into()
+}
+fn default_topic_prefix() -> String {
+    "ems/v1".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// SQLite database file.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_listen() }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// Which electricity coefficient the comprehensive energy uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ElectricityBasis {
+    /// 当量值, 0.1229 kgce/kWh: what the limit standards use.
+    #[default]
+    Equivalent,
+    /// 等价值, from the year's thermal-power coal rate.
+    Equal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountingConfig {
+    /// The plant's UTC offset: days and months start at local midnight. China: "+08:00".
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset: String,
+    #[serde(default)]
+    pub electricity: ElectricityBasis,
+    /// A coefficients file replacing the built-in one (same format as gateway/data/coefficients.toml).
+    #[serde(default)]
+    pub coefficients: Option<PathBuf>,
+    /// Two samples further apart than this leave the time between them uncovered (the delta
+    /// still counts, spread evenly, and is marked estimated).
+    #[serde(default = "default_max_sample_gap_s")]
+    pub max_sample_gap_s: u64,
+}
+
+impl Default for AccountingConfig {
+    fn default() -> Self {
+        AccountingConfig {
+            utc_offset: default_utc_offset(),
+            electricity: ElectricityBasis::default(),
+            coefficients: None,
+            max_sample_gap_s: default_max_sample_gap_s(),
+        }
+    }
+}
+
+fn default_utc_offset() -> String {
+    "+08:00".into()
+}
+fn default_max_sample_gap_s() -> u64 {
+    900
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitConfig {
+    pub id: Spanned<String>,
+    pub name: String,
+    /// blast_furnace, converter, kiln, electrolysis, ...
+    pub kind: String,
+    pub flows: Vec<FlowConfig>,
+}
+
+/// One metered flow across a unit's boundary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    pub device: String,
+    pub point: String,
+    pub role: Role,
+    /// Energy carrier code (see the coefficients file); required for consumed and recovered.
+    #[serde(default)]
+    pub carrier: Option<Spanned<String>>,
+    /// Unit the point counts in (t, kg, kWh, MWh, m3, km3, MJ, GJ).
+    pub unit: Spanned<String>,
+    /// Measured lower heating value, kJ per metered unit: replaces the carrier's coefficient.
+    #[serde(default)]
+    pub lhv_kj: Option<f64>,
+    /// The counter wraps to zero after this value (in the point's engineering unit).
+    #[serde(default)]
+    pub rollover: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Consumed,
+    Recovered,
+    Product,
+    Water,
+}
+
+/// A flow with its conversion to kgce resolved.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub device: String,
+    pub point: String,
+    pub role: Role,
+    pub carrier: Option<String>,
+    pub unit: String,
+    /// kgce per metered unit (consumed and recovered flows), tonnes per metered unit (product),
+    /// m3 per metered unit (water).
+    pub factor: f64,
+    pub rollover: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Unit {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    #[serde(skip)]
+    pub flows: Vec<Flow>,
+}
+
+/// The loaded, checked configuration.
+#[derive(Debug, Clone)]
+pub struct Plant {
+    pub config: GatewayConfig,
+    pub units: Vec<Unit>,
+    pub utc_offset: chrono::FixedOffset,
+    pub coefficients: Coefficients,
+}
+
+impl Plant {
+    pub fn load(path: &Path) -> Result<Plant, ConfigError> {
+        Plant::from_source(&Source::read(path)?)
+    }
+
+    pub fn from_source(src: &Source) -> Result<Plant, ConfigError> {
+        let config: GatewayConfig = src.parse()?;
+        let coefficients = match &config.accounting.coefficients {
+            Some(path) => Coefficients::from_source(&Source::read(path)?)?,
+            None => Coefficients::built_in(),
+        };
+        let utc_offset: chrono::FixedOffset = config
+            .accounting
+            .utc_offset
+            .parse()
+            .map_err(|_| src.error("accounting.utc_offset", "expected an offset such as \"+08:00\""))?;
+        let mut ids = HashSet::new();
+        let mut units = Vec::new();
+        for (i, u) in config.units.iter().enumerate() {
+            if !ids.insert(u.id.get_ref().clone()) {
+                return Err(src.error_at(u.id.span(), &format!("units[{i}].id"), "duplicate unit id"));
+            }
+            let mut flows = Vec::new();
+            for (j, f) in u.flows.iter().enumerate() {
+                let key = |k: &str| format!("units[{i}].flows[{j}].{k}");
+                let unit = f.unit.get_ref();
+                let factor = match f.role {
+                    Role::Product => unit_factor(unit, "t"),
+                    Role::Water => unit_factor(unit, "m3"),
+                    Role::Consumed | Role::Recovered => {
+                        let Some(code) = &f.carrier else {
+                            return Err(src.error(&key("carrier"), "consumed and recovered flows need a carrier"));
+                        };
+                        let code_str = if code.get_ref() == "electricity"
+                            && config.accounting.electricity == ElectricityBasis::Equal
+                        {
+                            "electricity_equal"
+                        } else {
+                            code.get_ref().as_str()
+                        };
+                        let Some(carrier) = coefficients.get(code_str) else {
+                            return Err(src.error_at(code.span(), &key("carrier"), format!("unknown carrier `{}`", code.get_ref())));
+                        };
+                        match f.lhv_kj {
+                            Some(lhv) if lhv.is_finite() && lhv > 0.0 => Some(lhv / coefficients.kj_per_kgce),
+                            Some(_) => return Err(src.error(&key("lhv_kj"), "must be a positive number")),
+                            None => unit_factor(unit, &carrier.unit).map(|k| k * carrier.kgce_per_unit),
+                        }
+                    }
+                };
+                let Some(factor) = factor else {
+                    return Err(src.error_at(f.unit.span(), &key("unit"), format!("unit `{unit}` does not fit a {:?} flow", f.role)));
+                };
+                flows.push(Flow {
+                    device: f.device.clone(),
+                    point: f.point.clone(),
+                    role: f.role,
+                    carrier: f.carrier.as_ref().map(|c| c.get_ref().clone()),
+                    unit: unit.clone(),
+                    factor,
+                    rollover: f.rollover,
+                });
+            }
+            if !flows.iter().any(|f| f.role == Role::Product) {
+                return Err(src.error(&format!("units[{i}].flows"), "a unit needs at least one product flow"));
+            }
+            units.push(Unit { id: u.id.get_ref().clone(), name: u.name.clone(), kind: u.kind.clone(), flows });
+        }
+        Ok(Plant { config, units, utc_offset, coefficients })
+    }
+
+    pub fn unit(&self, id: &str) -> Option<&Unit> {
+        self.units.iter().find(|u| u.id == id)
+    }
+
+    /// Every (device, point) some unit accounts for, with its flow.
+    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
+        self.units.iter().flat_map(|u| u.flows.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_configs_parse() {
+        for (name, text) in [("demo.toml", include_str!("../examples/demo.toml"))] {
+            let plant = Plant::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(plant.units.len(), 4);
+        }
+    }
+
+    #[test]
+    fn coefficients_follow_the_metered_unit_and_measured_heating_value() {
+        let plant = Plant::from_source(&Source::embedded("demo.toml", include_str!("../examples/demo.toml"))).unwrap();
+        let bf = plant.unit("bf1").unwrap();
+        let coke = bf.flows.iter().find(|f| f.carrier.as_deref() == Some("coke")).unwrap();
+        assert_eq!(coke.unit, "t");
+        assert!((coke.factor - 971.4).abs() < 1e-9);
+        let bof = plant.unit("bof1").unwrap();
+        let ldg = bof.flows.iter().find(|f| f.carrier.as_deref() == Some("converter_gas")).unwrap();
+        assert!((ldg.factor - 7_500.0 / 29_307.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unknown_carrier_names_line_and_key() {
+        let text = "[mqtt]\nhost = \"h\"\n[storage]\npath = \"x.db\"\n[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"kiln\"\n[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"unobtainium\"\nunit = \"t\"\n";
+        let err = Plant::from_source(&Source::embedded("gw.toml", text)).unwrap_err();
+        assert_eq!(err.to_string(), "gw.toml:13:11: key `units[0].flows[0].carrier`: unknown carrier `unobtainium`");
+    }
+}

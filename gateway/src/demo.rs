@@ -1,0 +1,135 @@
+//! `ems-gateway demo`: the whole product in one process on embedded defaults.
+//!
+//! An embedded MQTT broker (rumqttd) on a free port, so a broker already on 1883 is left
+//! alone; the demo plant simulated by ems-sim; ems-edge polling it over Modbus TCP; and the
+//! gateway with SQLite. Everything runs on the simulator's clock, so `--speed 60` shows an hour
+//! of plant time per real minute.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ems_config::Source;
+use ems_sim::{Scenario, SimClock, SimOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Plant;
+
+pub const GATEWAY_CONFIG: &str = include_str!("../examples/demo.toml");
+
+pub struct DemoOptions {
+    pub http: String,
+    pub speed: f64,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Picks a free TCP port on loopback.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_broker(port: u16) -> anyhow::Result<()> {
+    let config = format!(
+        r#"
+id = 0
+[router]
+id = 0
+max_connections = 100
+max_outgoing_packet_count = 1000
+max_segment_size = 10485760
+max_segment_count = 10
+
+[v4.1]
+name = "demo"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 524288
+max_inflight_count = 1000
+dynamic_filters = true
+"#
+    );
+    let config: rumqttd::Config = toml::from_str(&config).context("embedded broker config")?;
+    std::thread::Builder::new().name("broker".into()).spawn(move || {
+        let mut broker = rumqttd::Broker::new(config);
+        if let Err(e) = broker.start() {
+            tracing::error!(error = %e, "Embedded broker stopped.");
+        }
+    })?;
+    Ok(())
+}
+
+async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("nothing listens on {addr}")
+}
+
+pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(opts.speed > 0.0 && opts.speed.is_finite(), "--speed must be a positive number");
+    let data_dir = match opts.data_dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("ems-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let http = TcpListener::bind(&opts.http).await.with_context(|| format!("cannot listen on {}", opts.http))?;
+    let http_addr = http.local_addr()?;
+
+    let broker_port = free_port()?;
+    start_broker(broker_port)?;
+    wait_listening(SocketAddr::from(([127, 0, 0, 1], broker_port))).await?;
+
+    let clock = SimClock::new(chrono::Utc::now().timestamp_millis(), opts.speed);
+    let sim_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let sim_addr = sim_listener.local_addr()?;
+    let sim_stop = CancellationToken::new();
+    let sim = tokio::spawn(ems_sim::run(
+        sim_listener,
+        SimOptions { scenario: Scenario::load("demo")?, clock, truth: Some(data_dir.join("truth.jsonl")) },
+        sim_stop.clone(),
+    ));
+
+    let mut site = ems_edge::Site::from_source(&Source::embedded("<demo edge config>", ems_edge::config::DEMO_CONFIG))?;
+    site.config.mqtt.port = broker_port;
+    site.config.data_dir = data_dir.join("edge");
+    // About one sample per simulated minute, never faster than ten polls a second.
+    site.config.poll_interval_ms = (60_000.0 / opts.speed).clamp(100.0, 1_000.0) as u64;
+    for d in &mut site.devices {
+        d.link = sim_addr.to_string();
+    }
+    let edge_stop = CancellationToken::new();
+    let edge = tokio::spawn(ems_edge::run(site, edge_stop.clone()));
+
+    let mut plant = Plant::from_source(&Source::embedded("<demo gateway config>", GATEWAY_CONFIG))?;
+    plant.config.mqtt.port = broker_port;
+    plant.config.storage.path = data_dir.join("ems-gateway.db");
+    let gateway_stop = CancellationToken::new();
+    let now = Arc::new(move || clock.now_ms());
+    let gateway = tokio::spawn(crate::serve(plant, http, now, gateway_stop.clone()));
+
+    println!("Dashboard: http://{http_addr}/");
+    println!("Simulated plant at {} times real time; data in {}", opts.speed, data_dir.display());
+    tracing::info!(%http_addr, broker_port, %sim_addr, "Demo running; Ctrl-C stops it.");
+
+    shutdown.cancelled().await;
+    // Stop in data-path order so nothing read is left behind: the edge delivers what it read,
+    // the gateway commits what arrived, then the plant stops.
+    edge_stop.cancel();
+    let edge_result = edge.await.context("edge task panicked")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gateway_stop.cancel();
+    let gateway_result = gateway.await.context("gateway task panicked")?;
+    sim_stop.cancel();
+    let sim_result = sim.await.context("simulator task panicked")?;
+    edge_result?;
+    gateway_result?;
+    sim_result
+}

@@ -1,0 +1,282 @@
+//! Ingest: MQTT messages in, validated, committed in batches, acknowledged after commit.
+//!
+//! Three parts: the client's event loop forwards publishes; a writer thread commits them in
+//! batches (one SQLite transaction each); an acknowledger sends each PUBACK only after its
+//! message's batch committed, in arrival order. A crash at any moment loses nothing that was
+//! acknowledged, and the broker redelivers the rest (persistent session, manual acks).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ems_core::wire::{topic, Status, Telemetry, PROTOCOL_VERSION};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MqttConfig;
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::store::{AccountingRules, Incoming, Rejected, Store};
+
+/// Largest payload accepted; one device's poll is a few kilobytes.
+pub const MAX_PAYLOAD: usize = 256 * 1024;
+/// Most messages committed in one transaction.
+const MAX_BATCH: usize = 2_000;
+
+pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Limits on what is accepted.
+#[derive(Clone)]
+pub struct Validation {
+    pub topic_prefix: String,
+    /// How far past the gateway's clock a poll time may be.
+    pub max_future_ms: i64,
+    pub now: NowFn,
+}
+
+/// Classifies one MQTT message; anything wrong becomes a rejection with its reason.
+pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
+    let reject = |code: &str, detail: String| {
+        Incoming::Rejected(Rejected {
+            topic: topic_name.to_owned(),
+            reason: format!("{code}: {detail}"),
+            payload: payload[..payload.len().min(MAX_PAYLOAD)].to_vec(),
+        })
+    };
+    if payload.len() > MAX_PAYLOAD {
+        return reject("oversized", format!("{} bytes, limit {MAX_PAYLOAD}", payload.len()));
+    }
+    let Some(parsed) = topic::parse(&v.topic_prefix, topic_name) else {
+        return reject("topic", "not a protocol v1 topic".into());
+    };
+    let value: serde_json::Value = match serde_json::from_slice(payload) {
+        Ok(value) => value,
+        Err(e) => return reject("json", e.to_string()),
+    };
+    match value.get("v").and_then(serde_json::Value::as_u64) {
+        Some(n) if n == u64::from(PROTOCOL_VERSION) => {}
+        other => return reject("version", format!("protocol version {other:?}, expected {PROTOCOL_VERSION}")),
+    }
+    match parsed {
+        topic::Parsed::Data { site, device } => {
+            let t: Telemetry = match serde_json::from_value(value) {
+                Ok(t) => t,
+                Err(e) => return reject("schema", e.to_string()),
+            };
+            if t.device != device || t.site != site {
+                return reject("mismatch", format!("message names {}/{}, topic {site}/{device}", t.site, t.device));
+            }
+            if t.seq == 0 {
+                return reject("schema", "sequence numbers start at 1".into());
+            }
+            let now = (v.now)();
+            if t.ts_ms > now + v.max_future_ms {
+                return reject("future", format!("poll time {} is {} s ahead of the gateway clock", t.ts_ms, (t.ts_ms - now) / 1000));
+            }
+            let mut ids = std::collections::HashSet::new();
+            for p in &t.points {
+                if !ids.insert(p.id.as_str()) {
+                    return reject("schema", format!("point `{}` appears twice", p.id));
+                }
+                match (p.q.is_good(), p.v) {
+                    (true, Some(x)) if x.is_finite() => {}
+                    (true, Some(_)) => return reject("non_finite", format!("point `{}` is not a finite number", p.id)),
+                    (true, None) => return reject("schema", format!("point `{}` is good but has no value", p.id)),
+                    (false, Some(_)) => return reject("schema", format!("point `{}` has a value but quality {}", p.id, p.q)),
+                    (false, None) => {}
+                }
+            }
+            Incoming::Telemetry(t)
+        }
+        topic::Parsed::Status { site, edge } => {
+            let s: Status = match serde_json::from_value(value) {
+                Ok(s) => s,
+                Err(e) => return reject("schema", e.to_string()),
+            };
+            if s.edge != edge || s.site != site {
+                return reject("mismatch", format!("status names {}/{}, topic {site}/{edge}", s.site, s.edge));
+            }
+            Incoming::Status(s)
+        }
+    }
+}
+
+fn reason_code(reason: &str) -> String {
+    reason.split(':').next().unwrap_or("other").to_owned()
+}
+
+pub struct IngestConfig {
+    pub mqtt: MqttConfig,
+    pub validation: Validation,
+    pub rules: AccountingRules,
+}
+
+/// Runs ingest until `shutdown`: stops taking new messages, commits and acknowledges what it
+/// has, disconnects. `committed` hears of every committed batch (for live pages).
+pub async fn run(
+    cfg: IngestConfig,
+    mut store: Store,
+    metrics: Arc<Metrics>,
+    committed: broadcast::Sender<()>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut opts = MqttOptions::new(cfg.mqtt.client_id.clone(), cfg.mqtt.host.clone(), cfg.mqtt.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    // Persistent session: what we have not acknowledged waits for us at the broker.
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_max_packet_size(MAX_PAYLOAD * 2, MAX_PAYLOAD * 2);
+    opts.set_inflight(1_000);
+    if let (Some(u), Some(p)) = (&cfg.mqtt.username, &cfg.mqtt.password) {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+    let prefix = cfg.validation.topic_prefix.clone();
+
+    // Event loop -> writer: every publish, in arrival order.
+    let (work_tx, mut work_rx) = mpsc::channel::<Publish>(20_000);
+    // Writer -> acknowledger: publishes whose batch is committed.
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();
+
+    let writer_metrics = metrics.clone();
+    let validation = cfg.validation.clone();
+    let rules = cfg.rules;
+    let writer = std::thread::Builder::new().name("ingest-writer".into()).spawn(move || -> anyhow::Result<()> {
+        while let Some(first) = work_rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match work_rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let items: Vec<Incoming> = batch.iter().map(|p| classify(&p.topic, &p.payload, &validation)).collect();
+            for item in &items {
+                if let Incoming::Rejected(r) = item {
+                    tracing::warn!(topic = %r.topic, reason = %r.reason, "Message quarantined.");
+                    writer_metrics.quarantined.get_or_create(&ReasonLabel { reason: reason_code(&r.reason) }).inc();
+                }
+            }
+            let started = Instant::now();
+            let outcome = loop {
+                match store.write_batch(&items, &rules, chrono::Utc::now().timestamp_millis()) {
+                    Ok(o) => break o,
+                    Err(e) => {
+                        // Nothing of the batch is acknowledged until it commits.
+                        writer_metrics.commit_errors.inc();
+                        tracing::error!(error = %e, "Commit failed; retrying.");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            };
+            writer_metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            writer_metrics.batch_size.set(batch.len() as i64);
+            writer_metrics.stored.inc_by(outcome.stored);
+            writer_metrics.duplicates.inc_by(outcome.duplicates);
+            writer_metrics.points.inc_by(outcome.points);
+            writer_metrics.late_samples.inc_by(outcome.late_samples);
+            for p in batch {
+                if ack_tx.send(p).is_err() {
+                    return Ok(());
+                }
+            }
+            let _ = committed.send(());
+        }
+        Ok(())
+    })?;
+
+    let ack_client = client.clone();
+    let acker = tokio::spawn(async move {
+        while let Some(p) = ack_rx.recv().await {
+            if let Err(e) = ack_client.ack(&p).await {
+                tracing::warn!(error = %e, "Could not queue an acknowledgement; the broker will redeliver.");
+            }
+        }
+        // Everything committed is acknowledged: leave cleanly.
+        let _ = ack_client.disconnect().await;
+    });
+
+    let mut work_tx = Some(work_tx);
+    let mut dropped_at_shutdown = 0u64;
+    loop {
+        let event = tokio::select! {
+            ev = eventloop.poll() => ev,
+            () = shutdown.cancelled(), if work_tx.is_some() => {
+                tracing::info!("Ingest stopping: committing and acknowledging what has arrived.");
+                work_tx = None;
+                continue;
+            }
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, session_present = ack.session_present, "MQTT connected.");
+                client
+                    .subscribe_many([
+                        rumqttc::SubscribeFilter::new(topic::data_filter(&prefix), QoS::AtLeastOnce),
+                        rumqttc::SubscribeFilter::new(topic::status_filter(&prefix), QoS::AtLeastOnce),
+                    ])
+                    .await?;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                metrics.received.inc();
+                match &work_tx {
+                    Some(tx) => tx.send(p).await.map_err(|_| anyhow::anyhow!("ingest writer stopped"))?,
+                    // Not acknowledged: the broker keeps it for our next session.
+                    None => dropped_at_shutdown += 1,
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(e) => {
+                if work_tx.is_none() && acker.is_finished() {
+                    break;
+                }
+                tracing::warn!(error = %e, "MQTT connection lost; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    if dropped_at_shutdown > 0 {
+        tracing::info!(count = dropped_at_shutdown, "Left unacknowledged for redelivery.");
+    }
+    let _ = acker.await;
+    writer.join().map_err(|_| anyhow::anyhow!("ingest writer panicked"))??;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validation() -> Validation {
+        Validation { topic_prefix: "ems/v1".into(), max_future_ms: 600_000, now: Arc::new(|| 1_767_200_000_000) }
+    }
+
+    fn reason(topic: &str, payload: &str) -> String {
+        match classify(topic, payload.as_bytes(), &validation()) {
+            Incoming::Rejected(r) => r.reason,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    const GOOD: &str = r#"{"v":1,"site":"demo","edge":"e1","device":"m1","seq":5,"ts_ms":1767196800000,"points":[{"id":"total","v":12.5,"q":"good"},{"id":"rate","v":null,"q":"timeout"}]}"#;
+
+    #[test]
+    fn a_good_message_is_accepted() {
+        assert!(matches!(classify("ems/v1/demo/data/m1", GOOD.as_bytes(), &validation()), Incoming::Telemetry(_)));
+    }
+
+    #[test]
+    fn each_kind_of_bad_input_is_rejected_with_its_reason() {
+        assert!(reason("ems/v1/demo/data/m1", "{not json").starts_with("json:"));
+        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("\"v\":1,", "\"v\":2,")).starts_with("version:"));
+        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("\"seq\":5", "\"seq\":\"5\"")).starts_with("schema:"));
+        assert!(reason("ems/v1/demo/data/m2", GOOD).starts_with("mismatch:"));
+        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("1767196800000", "1867196800000")).starts_with("future:"));
+        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("12.5", "NaN")).starts_with("json:"));
+        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("12.5", "1e999")).starts_with("json:"));
+        assert!(reason("ems/v1/demo/other/m1", GOOD).starts_with("topic:"));
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_PAYLOAD));
+        assert!(reason("ems/v1/demo/data/m1", &big).starts_with("oversized:"));
+        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("\"v\":null,\"q\":\"timeout\"", "\"v\":3,\"q\":\"timeout\"")).starts_with("schema:"));
+    }
+}

@@ -1,0 +1,71 @@
+//! ems-gateway: the collector's command line.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ems_gateway::demo::DemoOptions;
+use ems_gateway::Plant;
+use tokio_util::sync::CancellationToken;
+
+/// Collector of the energy management centre: MQTT ingest, energy accounting against the
+/// national standards, storage, HTTP API and dashboard.
+#[derive(Parser, Debug)]
+#[command(name = "ems-gateway", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway with a configuration file (production).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a simulated plant, an edge agent, an embedded broker and the gateway in one process.
+    Demo {
+        /// Dashboard and API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
+        /// Simulated seconds per real second.
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        /// Keep the demo's data here (default: a fresh temporary directory).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(ems_edge::cancel_on_signal(shutdown.clone()));
+    match Args::parse().command {
+        Command::Serve { config } => {
+            let plant = Plant::load(&config)?;
+            let listen = plant.config.http.listen.clone();
+            let listener =
+                tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            // Machine-readable for scripts and tests that use port 0.
+            println!("HTTP {}", listener.local_addr()?);
+            let now = Arc::new(|| chrono::Utc::now().timestamp_millis());
+            ems_gateway::serve(plant, listener, now, shutdown).await?;
+            tracing::info!("Gateway stopped.");
+        }
+        Command::Demo { http, speed, data } => {
+            ems_gateway::demo::run(DemoOptions { http, speed, data_dir: data }, shutdown).await?;
+        }
+    }
+    Ok(())
+}

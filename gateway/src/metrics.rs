@@ -1,0 +1,63 @@
+//! The gateway's Prometheus metrics: one counter per notable ingest event.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub received: Counter,
+    pub stored: Counter,
+    pub duplicates: Counter,
+    pub points: Counter,
+    pub late_samples: Counter,
+    pub quarantined: Family<ReasonLabel, Counter>,
+    pub commit_seconds: Histogram,
+    pub commit_errors: Counter,
+    pub batch_size: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ems_gateway");
+        let m = Metrics {
+            received: Counter::default(),
+            stored: Counter::default(),
+            duplicates: Counter::default(),
+            points: Counter::default(),
+            late_samples: Counter::default(),
+            quarantined: Family::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            commit_errors: Counter::default(),
+            batch_size: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("messages_received", "MQTT messages received", m.received.clone());
+        registry.register("messages_stored", "Telemetry messages committed (first delivery)", m.stored.clone());
+        registry.register("messages_duplicate", "Telemetry messages dropped as already stored (same device and sequence number)", m.duplicates.clone());
+        registry.register("points_stored", "Point values committed", m.points.clone());
+        registry.register("samples_late", "Counter samples that arrived out of order and recomputed the intervals they touch", m.late_samples.clone());
+        registry.register("messages_quarantined", "Messages kept aside as malformed, by reason", m.quarantined.clone());
+        registry.register("commit_seconds", "Time to commit one ingest batch", m.commit_seconds.clone());
+        registry.register("commit_errors", "Ingest batches that failed to commit (retried, never acknowledged)", m.commit_errors.clone());
+        registry.register("batch_size", "Messages in the last committed batch", m.batch_size.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,487 @@
+//! SQLite storage: the ledger, raw samples, quarantine, edge status and the point-hour rollups.
+//!
+//! One writer connection commits each ingest batch in one transaction (WAL, synchronous=FULL:
+//! a commit survives a power cut, and only committed messages are acknowledged to the broker).
+//! Readers use their own connections.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context as _;
+use ems_core::wire::{Status, Telemetry};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::Serialize;
+
+use crate::accounting::{add_interval, counter_delta, PointHour};
+
+/// Schema migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE messages (
+    device TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
+    edge TEXT NOT NULL, received_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE TABLE samples (
+    device TEXT NOT NULL, seq INTEGER NOT NULL, point TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL, value REAL, quality TEXT NOT NULL,
+    PRIMARY KEY (device, seq, point)
+) WITHOUT ROWID;
+CREATE INDEX samples_by_point_time ON samples (device, point, ts_ms);
+CREATE TABLE devices (
+    device TEXT PRIMARY KEY, site TEXT NOT NULL, edge TEXT NOT NULL,
+    last_seq INTEGER NOT NULL, last_ts_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    messages INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE gaps (
+    device TEXT NOT NULL, from_seq INTEGER NOT NULL, to_seq INTEGER NOT NULL,
+    detected_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, from_seq)
+) WITHOUT ROWID;
+CREATE TABLE edges (
+    edge TEXT PRIMARY KEY, site TEXT NOT NULL, online INTEGER NOT NULL,
+    devices TEXT NOT NULL, changed_ms INTEGER NOT NULL
+);
+CREATE TABLE quarantine (
+    id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, topic TEXT NOT NULL,
+    reason TEXT NOT NULL, payload BLOB NOT NULL
+);
+CREATE TABLE counter_state (
+    device TEXT NOT NULL, point TEXT NOT NULL, ts_ms INTEGER NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (device, point)
+) WITHOUT ROWID;
+CREATE TABLE point_hours (
+    device TEXT NOT NULL, point TEXT NOT NULL, hour_ms INTEGER NOT NULL,
+    delta REAL NOT NULL, covered_ms INTEGER NOT NULL, estimated REAL NOT NULL,
+    PRIMARY KEY (device, point, hour_ms)
+) WITHOUT ROWID;
+"#];
+
+/// A counter point the accounting follows, with what it needs to take deltas.
+#[derive(Debug, Clone, Copy)]
+pub struct Tracked {
+    pub rollover: Option<f64>,
+}
+
+/// What the writer needs to know about accounting.
+#[derive(Debug, Clone)]
+pub struct AccountingRules {
+    pub tracked: HashMap<(String, String), Tracked>,
+    pub max_gap_ms: i64,
+}
+
+/// A message that failed validation, kept with its reason.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub topic: String,
+    pub reason: String,
+    pub payload: Vec<u8>,
+}
+
+/// One unit of ingest work, in arrival order.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Telemetry(Telemetry),
+    Status(Status),
+    Rejected(Rejected),
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub stored: u64,
+    pub duplicates: u64,
+    pub points: u64,
+    pub quarantined: u64,
+    pub late_samples: u64,
+}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Connection,
+    /// Last good sample of each tracked point: (ts_ms, value).
+    last: HashMap<(String, String), (i64, f64)>,
+}
+
+fn open_conn(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        let mut conn = open_conn(path)?;
+        migrate(&mut conn).with_context(|| format!("cannot migrate database {}", path.display()))?;
+        Ok(Store { path: path.to_owned(), conn, last: HashMap::new() })
+    }
+
+    pub fn reader(&self) -> anyhow::Result<Reader> {
+        Ok(Reader { conn: Mutex::new(open_conn(&self.path)?) })
+    }
+
+    /// Commits one batch in one transaction.
+    pub fn write_batch(
+        &mut self,
+        batch: &[Incoming],
+        rules: &AccountingRules,
+        received_ms: i64,
+    ) -> anyhow::Result<BatchOutcome> {
+        let mut out = BatchOutcome::default();
+        let tx = self.conn.transaction()?;
+        for item in batch {
+            match item {
+                Incoming::Telemetry(t) => write_telemetry(&tx, &mut self.last, t, rules, received_ms, &mut out)?,
+                Incoming::Status(s) => {
+                    tx.execute(
+                        "INSERT INTO edges (edge, site, online, devices, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (edge) DO UPDATE SET site = ?2, online = ?3,
+                           devices = CASE WHEN ?3 THEN ?4 ELSE devices END, changed_ms = ?5",
+                        params![s.edge, s.site, s.online, serde_json::to_string(&s.devices)?, received_ms],
+                    )?;
+                }
+                Incoming::Rejected(r) => {
+                    tx.execute(
+                        "INSERT INTO quarantine (received_ms, topic, reason, payload) VALUES (?1, ?2, ?3, ?4)",
+                        params![received_ms, r.topic, r.reason, r.payload],
+                    )?;
+                    out.quarantined += 1;
+                }
+            }
+        }
+        match tx.commit() {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                // The cache may hold states of the rolled-back batch.
+                self.last.clear();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))?;
+    anyhow::ensure!(
+        current as usize <= MIGRATIONS.len(),
+        "database schema version {current} is newer than this gateway ({})",
+        MIGRATIONS.len()
+    );
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [i as i64 + 1])?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn write_telemetry(
+    tx: &Transaction<'_>,
+    last: &mut HashMap<(String, String), (i64, f64)>,
+    t: &Telemetry,
+    rules: &AccountingRules,
+    received_ms: i64,
+    out: &mut BatchOutcome,
+) -> anyhow::Result<()> {
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO messages (device, seq, ts_ms, edge, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![t.device, t.seq as i64, t.ts_ms, t.edge, received_ms],
+    )?;
+    if inserted == 0 {
+        out.duplicates += 1;
+        tx.execute("UPDATE devices SET duplicates = duplicates + 1 WHERE device = ?1", [&t.device])?;
+        return Ok(());
+    }
+    out.stored += 1;
+    update_ledger(tx, t, received_ms)?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO samples (device, seq, point, ts_ms, value, quality) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for p in &t.points {
+        insert.execute(params![t.device, t.seq as i64, p.id, t.ts_ms, p.v, p.q.to_string()])?;
+        out.points += 1;
+        let key = (t.device.clone(), p.id.clone());
+        let (Some(rule), Some(v)) = (rules.tracked.get(&key), p.v) else { continue };
+        if account_sample(tx, last, key, t.ts_ms, v, *rule, rules.max_gap_ms)? {
+            out.late_samples += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Sequence bookkeeping: last number, and the ranges still missing.
+fn update_ledger(tx: &Transaction<'_>, t: &Telemetry, received_ms: i64) -> anyhow::Result<()> {
+    let seq = t.seq as i64;
+    let prev: Option<i64> =
+        tx.query_row("SELECT last_seq FROM devices WHERE device = ?1", [&t.device], |r| r.get(0)).optional()?;
+    match prev {
+        None => {
+            tx.execute(
+                "INSERT INTO devices (device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
+                params![t.device, t.site, t.edge, seq, t.ts_ms, received_ms],
+            )?;
+            if seq > 1 {
+                // Numbering starts at 1: anything before the first message we saw is missing.
+                tx.execute("INSERT INTO gaps (device, from_seq, to_seq, detected_ms) VALUES (?1, 1, ?2, ?3)", params![t.device, seq - 1, received_ms])?;
+            }
+        }
+        Some(last_seq) if seq > last_seq => {
+            if seq > last_seq + 1 {
+                tx.execute(
+                    "INSERT INTO gaps (device, from_seq, to_seq, detected_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![t.device, last_seq + 1, seq - 1, received_ms],
+                )?;
+            }
+            tx.execute(
+                "UPDATE devices SET last_seq = ?2, last_ts_ms = ?3, last_seen_ms = ?4, messages = messages + 1, site = ?5, edge = ?6 WHERE device = ?1",
+                params![t.device, seq, t.ts_ms, received_ms, t.site, t.edge],
+            )?;
+        }
+        Some(_) => {
+            // A late message fills (part of) a gap.
+            let gap: Option<(i64, i64, i64)> = tx
+                .query_row(
+                    "SELECT from_seq, to_seq, detected_ms FROM gaps WHERE device = ?1 AND from_seq <= ?2 AND to_seq >= ?2",
+                    params![t.device, seq],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some((from, to, detected)) = gap {
+                tx.execute("DELETE FROM gaps WHERE device = ?1 AND from_seq = ?2", params![t.device, from])?;
+                for (a, b) in [(from, seq - 1), (seq + 1, to)] {
+                    if a <= b {
+                        tx.execute(
+                            "INSERT INTO gaps (device, from_seq, to_seq, detected_ms) VALUES (?1, ?2, ?3, ?4)",
+                            params![t.device, a, b, detected],
+                        )?;
+                    }
+                }
+            }
+            tx.execute(
+                "UPDATE devices SET last_seen_ms = ?2, messages = messages + 1 WHERE device = ?1",
+                params![t.device, received_ms],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds one good counter sample to the point-hour rollups. Returns whether it arrived late.
+///
+/// In order, the interval from the last sample to this one is added. Out of order, the interval
+/// that used to span this sample's time is taken out and its two halves are put in: exactly the
+/// intervals the sample touches are recomputed, nothing else.
+fn account_sample(
+    tx: &Transaction<'_>,
+    last: &mut HashMap<(String, String), (i64, f64)>,
+    key: (String, String),
+    ts_ms: i64,
+    value: f64,
+    rule: Tracked,
+    max_gap_ms: i64,
+) -> anyhow::Result<bool> {
+    let prev = match last.get(&key) {
+        Some(p) => Some(*p),
+        None => tx
+            .query_row(
+                "SELECT ts_ms, value FROM counter_state WHERE device = ?1 AND point = ?2",
+                params![key.0, key.1],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?,
+    };
+    let interval = |tx: &Transaction<'_>, a: (i64, f64), b: (i64, f64), sign: f64| -> anyhow::Result<()> {
+        if let Some(delta) = counter_delta(a.1, b.1, rule.rollover) {
+            add_to_hours(tx, &key, a.0, b.0, delta, max_gap_ms, sign)?;
+        }
+        Ok(())
+    };
+    match prev {
+        Some(p) if ts_ms > p.0 => {
+            interval(tx, p, (ts_ms, value), 1.0)?;
+        }
+        None => {}
+        Some(p) if ts_ms == p.0 => return Ok(false),
+        Some(_) => {
+            // Late: find its neighbours among the good samples already stored (excluding itself).
+            let neighbour = |sql: &str| -> rusqlite::Result<Option<(i64, f64)>> {
+                tx.query_row(sql, params![key.0, key.1, ts_ms], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+            };
+            let before = neighbour(
+                "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND ts_ms < ?3 AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
+            )?;
+            let after = neighbour(
+                "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND ts_ms > ?3 AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms ASC LIMIT 1",
+            )?;
+            if let (Some(b), Some(a)) = (before, after) {
+                interval(tx, b, a, -1.0)?;
+            }
+            if let Some(b) = before {
+                interval(tx, b, (ts_ms, value), 1.0)?;
+            }
+            if let Some(a) = after {
+                interval(tx, (ts_ms, value), a, 1.0)?;
+            }
+            return Ok(true);
+        }
+    }
+    tx.execute(
+        "INSERT INTO counter_state (device, point, ts_ms, value) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (device, point) DO UPDATE SET ts_ms = ?3, value = ?4",
+        params![key.0, key.1, ts_ms, value],
+    )?;
+    last.insert(key, (ts_ms, value));
+    Ok(false)
+}
+
+fn add_to_hours(
+    tx: &Transaction<'_>,
+    key: &(String, String),
+    from_ms: i64,
+    to_ms: i64,
+    delta: f64,
+    max_gap_ms: i64,
+    sign: f64,
+) -> anyhow::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO point_hours (device, point, hour_ms, delta, covered_ms, estimated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (device, point, hour_ms) DO UPDATE SET
+           delta = delta + excluded.delta, covered_ms = covered_ms + excluded.covered_ms,
+           estimated = estimated + excluded.estimated",
+    )?;
+    let mut result = Ok(());
+    add_interval(from_ms, to_ms, delta, max_gap_ms, |hour, r| {
+        if result.is_ok() {
+            let covered = if sign < 0.0 { -r.covered_ms } else { r.covered_ms };
+            result = stmt
+                .execute(params![key.0, key.1, hour, sign * r.delta, covered, sign * r.estimated])
+                .map(|_| ());
+        }
+    });
+    Ok(result?)
+}
+
+/// A read-only view for the API.
+pub struct Reader {
+    conn: Mutex<Connection>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRow {
+    pub id: String,
+    pub site: String,
+    pub edge: String,
+    pub online: bool,
+    pub last_seq: i64,
+    /// Poll time of the newest message, RFC 3339.
+    pub last_sample: String,
+    /// When the gateway last heard from it (its own clock), RFC 3339.
+    pub last_seen: String,
+    pub messages: i64,
+    pub duplicates: i64,
+    /// Sequence numbers still missing.
+    pub missing: i64,
+    pub gaps: Vec<[i64; 2]>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineRow {
+    pub id: i64,
+    pub received: String,
+    pub topic: String,
+    pub reason: String,
+    /// The payload as received (lossy UTF-8).
+    pub payload: String,
+}
+
+impl Reader {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
+        let conn = self.conn.lock().expect("reader lock poisoned");
+        Ok(f(&conn)?)
+    }
+
+    pub fn devices(&self) -> anyhow::Result<Vec<DeviceRow>> {
+        self.with(|c| {
+            let mut gaps: HashMap<String, Vec<[i64; 2]>> = HashMap::new();
+            let mut stmt = c.prepare("SELECT device, from_seq, to_seq FROM gaps ORDER BY device, from_seq")?;
+            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))? {
+                let (d, a, b) = row?;
+                gaps.entry(d).or_default().push([a, b]);
+            }
+            let mut online: HashMap<String, bool> = HashMap::new();
+            let mut stmt = c.prepare("SELECT edge, online FROM edges")?;
+            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))? {
+                let (e, o) = row?;
+                online.insert(e, o);
+            }
+            let mut stmt = c.prepare(
+                "SELECT device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages, duplicates FROM devices ORDER BY device",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let id: String = r.get(0)?;
+                let edge: String = r.get(2)?;
+                let g = gaps.get(&id).cloned().unwrap_or_default();
+                Ok(DeviceRow {
+                    online: online.get(&edge).copied().unwrap_or(false),
+                    site: r.get(1)?,
+                    last_seq: r.get(3)?,
+                    last_sample: rfc3339(r.get(4)?),
+                    last_seen: rfc3339(r.get(5)?),
+                    messages: r.get(6)?,
+                    duplicates: r.get(7)?,
+                    missing: g.iter().map(|[a, b]| b - a + 1).sum(),
+                    gaps: g,
+                    edge,
+                    id,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Rollup rows of one point with `from_ms <= hour < to_ms`.
+    pub fn point_hours(&self, device: &str, point: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<Vec<(i64, PointHour)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT hour_ms, delta, covered_ms, estimated FROM point_hours
+                 WHERE device = ?1 AND point = ?2 AND hour_ms >= ?3 AND hour_ms < ?4 ORDER BY hour_ms",
+            )?;
+            let rows = stmt.query_map(params![device, point, from_ms, to_ms], |r| {
+                Ok((r.get(0)?, PointHour { delta: r.get(1)?, covered_ms: r.get(2)?, estimated: r.get(3)? }))
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn quarantine(&self, limit: i64) -> anyhow::Result<Vec<QuarantineRow>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, received_ms, topic, reason, payload FROM quarantine ORDER BY id DESC LIMIT ?1")?;
+            let rows = stmt.query_map([limit], |r| {
+                Ok(QuarantineRow {
+                    id: r.get(0)?,
+                    received: rfc3339(r.get(1)?),
+                    topic: r.get(2)?,
+                    reason: r.get(3)?,
+                    payload: String::from_utf8_lossy(&r.get::<_, Vec<u8>>(4)?).into_owned(),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Poll time of the newest sample stored, if any.
+    pub fn newest_sample_ms(&self) -> anyhow::Result<Option<i64>> {
+        self.with(|c| c.query_row("SELECT MAX(last_ts_ms) FROM devices", [], |r| r.get(0)))
+    }
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
