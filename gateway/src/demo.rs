@@ -5,7 +5,6 @@
 //! gateway with SQLite. Everything runs on the simulator's clock, so `--speed 60` shows an hour
 //! of plant time per real minute.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use anyhow::Context as _;
 use ems_config::Source;
 use ems_sim::{Scenario, SimClock, SimOptions};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Plant;
@@ -63,14 +63,23 @@ dynamic_filters = true
     Ok(())
 }
 
-async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+/// Waits (up to ten seconds) until the gateway holds the last sequence number the edge gave
+/// each device, so stopping the gateway leaves nothing in the embedded broker.
+async fn wait_until_stored(data_dir: &std::path::Path) {
+    let check = || -> anyhow::Result<bool> {
+        let seq = ems_edge::seq::SeqStore::open(&data_dir.join("edge"))?;
+        let reader = crate::store::Store::open(&data_dir.join("ems-gateway.db"))?.reader()?;
+        Ok(reader.devices()?.iter().all(|d| d.last_seq as u64 >= seq.last(&d.id)))
+    };
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
+        match check() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "Cannot compare edge and gateway sequence numbers."),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("nothing listens on {addr}")
+    tracing::warn!("The gateway has not stored everything the edge sent; stopping anyway.");
 }
 
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -85,7 +94,6 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
 
     let broker_port = free_port()?;
     start_broker(broker_port)?;
-    wait_listening(SocketAddr::from(([127, 0, 0, 1], broker_port))).await?;
 
     let clock = SimClock::new(chrono::Utc::now().timestamp_millis(), opts.speed);
     let sim_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -96,6 +104,20 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         SimOptions { scenario: Scenario::load("demo")?, clock, truth: Some(data_dir.join("truth.jsonl")) },
         sim_stop.clone(),
     ));
+
+    let mut plant = Plant::from_source(&Source::embedded("<demo gateway config>", GATEWAY_CONFIG))?;
+    plant.config.mqtt.port = broker_port;
+    plant.config.storage.path = data_dir.join("ems-gateway.db");
+    let gateway_stop = CancellationToken::new();
+    let now = Arc::new(move || clock.now_ms());
+    let (subscribed_tx, subscribed) = oneshot::channel();
+    let gateway = tokio::spawn(crate::serve(plant, http, now, Some(subscribed_tx), gateway_stop.clone()));
+    // A broker drops messages no session subscribes to: the edge starts once the gateway's
+    // subscription stands.
+    tokio::time::timeout(Duration::from_secs(30), subscribed)
+        .await
+        .context("the gateway did not subscribe to the embedded broker within 30 s")?
+        .context("the gateway stopped before subscribing")?;
 
     let mut site = ems_edge::Site::from_source(&Source::embedded("<demo edge config>", ems_edge::config::DEMO_CONFIG))?;
     site.config.mqtt.port = broker_port;
@@ -108,13 +130,6 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let edge_stop = CancellationToken::new();
     let edge = tokio::spawn(ems_edge::run(site, edge_stop.clone()));
 
-    let mut plant = Plant::from_source(&Source::embedded("<demo gateway config>", GATEWAY_CONFIG))?;
-    plant.config.mqtt.port = broker_port;
-    plant.config.storage.path = data_dir.join("ems-gateway.db");
-    let gateway_stop = CancellationToken::new();
-    let now = Arc::new(move || clock.now_ms());
-    let gateway = tokio::spawn(crate::serve(plant, http, now, gateway_stop.clone()));
-
     println!("Dashboard: http://{http_addr}/");
     println!("Simulated plant at {} times real time; data in {}", opts.speed, data_dir.display());
     tracing::info!(%http_addr, broker_port, %sim_addr, "Demo running; Ctrl-C stops it.");
@@ -124,7 +139,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     // the gateway commits what arrived, then the plant stops.
     edge_stop.cancel();
     let edge_result = edge.await.context("edge task panicked")?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until_stored(&data_dir).await;
     gateway_stop.cancel();
     let gateway_result = gateway.await.context("gateway task panicked")?;
     sim_stop.cancel();

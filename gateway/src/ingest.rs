@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ems_core::wire::{topic, Status, Telemetry, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
@@ -111,12 +111,15 @@ pub struct IngestConfig {
 }
 
 /// Runs ingest until `shutdown`: stops taking new messages, commits and acknowledges what it
-/// has, disconnects. `committed` hears of every committed batch (for live pages).
+/// has, disconnects. `committed` hears of every committed batch (for live pages); `subscribed`
+/// fires once the broker has confirmed the subscriptions, from when on the broker keeps every
+/// message for this session.
 pub async fn run(
     cfg: IngestConfig,
     mut store: Store,
     metrics: Arc<Metrics>,
     committed: broadcast::Sender<()>,
+    mut subscribed: Option<oneshot::Sender<()>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut opts = MqttOptions::new(cfg.mqtt.client_id.clone(), cfg.mqtt.host.clone(), cfg.mqtt.port);
@@ -216,6 +219,12 @@ pub async fn run(
                     ])
                     .await?;
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                metrics.subscribed.set(1);
+                if let Some(tx) = subscribed.take() {
+                    let _ = tx.send(());
+                }
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.received.inc();
                 match &work_tx {
@@ -230,11 +239,13 @@ pub async fn run(
                 if work_tx.is_none() && acker.is_finished() {
                     break;
                 }
+                metrics.subscribed.set(0);
                 tracing::warn!(error = %e, "MQTT connection lost; retrying.");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
+    metrics.subscribed.set(0);
     if dropped_at_shutdown > 0 {
         tracing::info!(count = dropped_at_shutdown, "Left unacknowledged for redelivery.");
     }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Plant;
@@ -39,8 +39,15 @@ pub fn accounting_rules(plant: &Plant) -> AccountingRules {
     AccountingRules { tracked, max_gap_ms: plant.config.accounting.max_sample_gap_s as i64 * 1000 }
 }
 
-/// Runs ingest and the HTTP API until `shutdown`; HTTP on `listener`.
-pub async fn serve(plant: Plant, listener: TcpListener, now: NowFn, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs ingest and the HTTP API until `shutdown`; HTTP on `listener`. `subscribed` fires when
+/// the broker holds the gateway's subscription (see [`ingest::run`]).
+pub async fn serve(
+    plant: Plant,
+    listener: TcpListener,
+    now: NowFn,
+    subscribed: Option<oneshot::Sender<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store = Store::open(&plant.config.storage.path)?;
     let reader = Arc::new(store.reader()?);
     let metrics = Arc::new(metrics::Metrics::default());
@@ -63,7 +70,7 @@ pub async fn serve(plant: Plant, listener: TcpListener, now: NowFn, shutdown: Ca
             .await
             .context("HTTP server failed")
     });
-    let ingest_result = ingest::run(ingest_cfg, store, metrics, committed, shutdown.clone()).await;
+    let ingest_result = ingest::run(ingest_cfg, store, metrics, committed, subscribed, shutdown.clone()).await;
     shutdown.cancel();
     let http_result = http.await.context("HTTP task panicked")?;
     ingest_result?;

@@ -40,17 +40,31 @@ enum Command {
     },
 }
 
+/// Errors end the process with one line naming the cause chain (file, line and key for a bad
+/// configuration), not a backtrace.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rumqttd=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rumqttd=off".into()),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let shutdown = CancellationToken::new();
     tokio::spawn(ems_edge::cancel_on_signal(shutdown.clone()));
+    // The embedded broker (demo only) reports every client disconnect as an error; its log is
+    // off unless RUST_LOG asks for it.
     match Args::parse().command {
         Command::Serve { config } => {
             let plant = Plant::load(&config)?;
@@ -60,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
             // Machine-readable for scripts and tests that use port 0.
             println!("HTTP {}", listener.local_addr()?);
             let now = Arc::new(|| chrono::Utc::now().timestamp_millis());
-            ems_gateway::serve(plant, listener, now, shutdown).await?;
+            ems_gateway::serve(plant, listener, now, None, shutdown).await?;
             tracing::info!("Gateway stopped.");
         }
         Command::Demo { http, speed, data } => {

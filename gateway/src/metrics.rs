@@ -24,6 +24,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub commit_errors: Counter,
     pub batch_size: Gauge,
+    /// 1 while the broker holds the gateway's subscriptions.
+    pub subscribed: Gauge,
 }
 
 impl Default for Metrics {
@@ -39,6 +41,7 @@ impl Default for Metrics {
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             commit_errors: Counter::default(),
             batch_size: Gauge::default(),
+            subscribed: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("messages_received", "MQTT messages received", m.received.clone());
@@ -50,6 +53,7 @@ impl Default for Metrics {
         registry.register("commit_seconds", "Time to commit one ingest batch", m.commit_seconds.clone());
         registry.register("commit_errors", "Ingest batches that failed to commit (retried, never acknowledged)", m.commit_errors.clone());
         registry.register("batch_size", "Messages in the last committed batch", m.batch_size.clone());
+        registry.register("mqtt_subscribed", "1 while the broker holds the gateway's subscriptions", m.subscribed.clone());
         Metrics { registry, ..m }
     }
 }

@@ -1,1 +1,206 @@
+//! Helpers for end-to-end tests: the real binaries, a real Mosquitto, temporary directories.
+//!
+//! The binaries are the workspace's own debug builds (`cargo build --workspace`, which
+//! `tests/run` does first). Every server binds a free port; nothing assumes a fixed one.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_owned()
+}
+
+/// Path of a workspace binary next to the test executable's profile directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(Path::parent).expect("target/<profile>").join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first (tests/run does)", path.display());
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("ems-test-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A child process, killed when dropped; its stderr goes to a file for failure reports.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr_path: PathBuf,
+}
+
+impl Proc {
+    pub fn start(program: &Path, args: &[&str], dir: &Path) -> Proc {
+        let name = program.file_name().unwrap().to_string_lossy().into_owned();
+        let stderr_path = dir.join(format!("{name}-{}.stderr", free_port()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { name, child, lines, stderr_path }
+    }
+
+    /// The rest of the first stdout line starting with `prefix`.
+    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_owned();
+                    }
+                }
+                Err(_) => panic!("{} printed no `{prefix}` line in {timeout:?}; stderr:\n{}", self.name, self.stderr_tail()),
+            }
+        }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let ok = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill -TERM {} failed", self.pid());
+        self.wait(timeout)
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit within {timeout:?}; stderr:\n{}", self.name, self.stderr_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private Mosquitto on a free port (the machine's own on 1883 is left alone).
+pub struct Mosquitto {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Mosquitto {
+        let port = free_port();
+        let conf = dir.join(format!("mosquitto-{port}.conf"));
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+        let program = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("mosquitto is not installed (tests/run installs it)");
+        let proc = Proc::start(&program, &["-c", conf.to_str().unwrap()], dir);
+        wait_for_port(port, Duration::from_secs(10));
+        Mosquitto { port, _proc: proc }
+    }
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port} after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GET a path from an HTTP server and parse the JSON body.
+pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    let body = get_text(addr, path);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+}
+
+pub fn get_text(addr: &str, path: &str) -> String {
+    let mut resp = ureq::get(&format!("http://{addr}{path}")).call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    resp.body_mut().read_to_string().unwrap()
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes an example config with the given text replacements; panics if one does not apply,
+/// so a change to the example cannot silently leave a test on default addresses.
+pub fn write_config(example: &str, replacements: &[(&str, &str)], to: &Path) {
+    let mut text = std::fs::read_to_string(workspace().join(example)).unwrap();
+    for (from, with) in replacements {
+        assert!(text.contains(from), "{example} no longer contains `{from}`");
+        text = text.replace(from, with);
+    }
+    std::fs::write(to, text).unwrap();
+}

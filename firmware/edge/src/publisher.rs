@@ -85,6 +85,11 @@ pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> Pub
                 Ok(Event::Incoming(Packet::ConnAck(_))) => LinkEvent::Connected,
                 Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent(pkid),
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    // Our own clean disconnect: the end, not a failure to recover from.
+                    let _ = ev_tx.send(LinkEvent::Disconnected);
+                    return;
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "MQTT connection lost; retrying.");

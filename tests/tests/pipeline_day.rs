@@ -1,0 +1,158 @@
+//! A simulated day through the real binaries: ems-sim -> ems-edge -> Mosquitto -> ems-gateway.
+//! The gateway's hourly unit energy must agree with the simulator's truth within 1 %, and every
+//! sequence number the edge handed out must be stored exactly once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ems_tests::*;
+use serde_json::Value;
+
+/// kgce per metered unit, entered here from GB/T 2589 (2008 appendix A, via
+/// shared/reference/standards.md) independently of the gateway's data file.
+fn kgce_per_unit(carrier: &str, unit: &str) -> f64 {
+    match (carrier, unit) {
+        ("electricity", "kWh") => 0.1229,
+        ("coke", "t") => 971.4,
+        ("washed_coal", "t") => 900.0,
+        ("raw_coal", "t") => 714.3,
+        ("bfg", "m3") => 0.1286,
+        ("natural_gas", "m3") => 1.2143,
+        ("steam_1_0mpa", "t") => 108.571,
+        // The demo gateway config gives the recovered gas a measured 7 500 kJ/m3.
+        ("converter_gas", "m3") => 7_500.0 / 29_307.0,
+        other => panic!("no coefficient for {other:?}"),
+    }
+}
+
+/// Unit energy (kgce/t) of one truth record, computed from the true physical quantities.
+fn truth_kgce_per_t(rec: &Value) -> f64 {
+    let mut kgce = 0.0;
+    for f in rec["flows"].as_array().unwrap() {
+        let sign = match f["role"].as_str().unwrap() {
+            "consumed" => 1.0,
+            "recovered" => -1.0,
+            _ => continue,
+        };
+        kgce += sign * f["qty"].as_f64().unwrap() * kgce_per_unit(f["carrier"].as_str().unwrap(), f["unit"].as_str().unwrap());
+    }
+    kgce / rec["product_t"].as_f64().unwrap()
+}
+
+#[test]
+fn a_simulated_day_matches_the_truth_hour_by_hour() {
+    let dir = TempDir::new("day");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let truth_path = d.join("truth.jsonl");
+
+    // 1 440x: a simulated day in a real minute, starting at local midnight.
+    let mut sim = Proc::start(
+        &bin("ems-sim"),
+        &[
+            "--listen", "127.0.0.1:0", "--speed", "1440", "--start", "2026-01-01T00:00:00+08:00",
+            "--truth", truth_path.to_str().unwrap(),
+        ],
+        d,
+    );
+    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+
+    let port = broker.port.to_string();
+    let db = d.join("gw.db");
+    write_config(
+        "gateway/examples/demo.toml",
+        &[
+            ("port = 1883", &format!("port = {port}")),
+            ("path = \"ems-gateway.db\"", &format!("path = {:?}", db.to_str().unwrap())),
+            ("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\""),
+        ],
+        &d.join("gateway.toml"),
+    );
+    let mut gateway = Proc::start(&bin("ems-gateway"), &["serve", "--config", "gateway.toml"], d);
+    let http = gateway.wait_line("HTTP ", Duration::from_secs(10));
+    // The broker keeps QoS 1 messages only for sessions that subscribed: wait for that.
+    eventually("the gateway's subscription", Duration::from_secs(10), || {
+        get_text(&http, "/metrics").contains("ems_gateway_mqtt_subscribed 1")
+    });
+
+    write_config(
+        "firmware/edge/examples/demo.toml",
+        &[
+            ("tcp://127.0.0.1:5020", &format!("tcp://{sim_addr}")),
+            ("port = 1883", &format!("port = {port}")),
+            ("data_dir = \"ems-edge-data\"", "data_dir = \"edge-data\""),
+            // 100 ms real = 144 simulated seconds between samples.
+            ("poll_interval_ms = 1000", "poll_interval_ms = 100"),
+        ],
+        &d.join("edge.toml"),
+    );
+    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+
+    // Wait for the truth of all 24 hours of all four units.
+    eventually("24 hours of truth", Duration::from_secs(150), || {
+        std::fs::read_to_string(&truth_path).map(|t| t.lines().count() >= 96).unwrap_or(false)
+    });
+
+    // SIGTERM: the edge stops polling and delivers everything it read.
+    assert!(edge.terminate(Duration::from_secs(20)).success(), "edge exit; stderr:\n{}", edge.stderr_tail());
+    let seq: HashMap<String, u64> =
+        serde_json::from_str(&std::fs::read_to_string(d.join("edge-data/seq.json")).unwrap()).unwrap();
+    assert_eq!(seq.len(), 22, "every demo meter was polled");
+    eventually("every sequence number stored", Duration::from_secs(20), || {
+        let devices = get_json(&http, "/api/v1/devices");
+        devices.as_array().unwrap().len() == seq.len()
+            && devices.as_array().unwrap().iter().all(|d| d["last_seq"].as_u64() == seq.get(d["id"].as_str().unwrap()).copied())
+    });
+    for dev in get_json(&http, "/api/v1/devices").as_array().unwrap() {
+        assert_eq!(dev["missing"], 0, "no sequence gaps: {dev}");
+        assert_eq!(dev["messages"].as_u64(), seq.get(dev["id"].as_str().unwrap()).copied(), "stored once each: {dev}");
+        assert_eq!(dev["online"], false, "the edge said offline when it stopped: {dev}");
+    }
+
+    // Hour by hour, unit energy against the truth.
+    let truth: Vec<Value> = std::fs::read_to_string(&truth_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let units = get_json(&http, "/api/v1/units");
+    assert_eq!(units.as_array().unwrap().len(), 4);
+    for unit in units.as_array().unwrap() {
+        let id = unit["id"].as_str().unwrap();
+        let hours = get_json(
+            &http,
+            &format!("/api/v1/units/{id}/indicators?period=hour&from=2026-01-01T00:00:00%2B08:00&to=2026-01-02T00:00:00%2B08:00"),
+        );
+        let hours = hours.as_array().unwrap();
+        assert_eq!(hours.len(), 24, "{id}");
+        let mut compared = 0;
+        for h in hours {
+            if h["completeness"].as_f64().unwrap() < 0.99 {
+                continue; // the first hour, before the edge's first poll
+            }
+            let start = chrono::DateTime::parse_from_rfc3339(h["start"].as_str().unwrap()).unwrap();
+            let rec = truth
+                .iter()
+                .find(|r| {
+                    r["unit"] == id
+                        && chrono::DateTime::parse_from_rfc3339(r["start"].as_str().unwrap()).unwrap() == start
+                })
+                .unwrap_or_else(|| panic!("no truth for {id} at {start}"));
+            let want = truth_kgce_per_t(rec);
+            let got = h["kgce_per_t"].as_f64().unwrap();
+            assert!(((got - want) / want).abs() < 0.01, "{id} {start}: gateway {got:.3} kgce/t, truth {want:.3}");
+            let (pt, tt) = (h["product_t"].as_f64().unwrap(), rec["product_t"].as_f64().unwrap());
+            assert!(((pt - tt) / tt).abs() < 0.01, "{id} {start}: product {pt:.3} t, truth {tt:.3}");
+            let (wt, tw) = (h["water_m3"].as_f64().unwrap(), rec["water_m3"].as_f64().unwrap());
+            assert!(((wt - tw) / tw).abs() < 0.01, "{id} {start}: water {wt:.3} m3, truth {tw:.3}");
+            compared += 1;
+        }
+        assert!(compared >= 22, "{id}: only {compared} full hours to compare");
+        if id == "bof1" {
+            assert!(hours.iter().filter(|h| h["completeness"].as_f64().unwrap() >= 0.99).all(|h| h["kgce_per_t"].as_f64().unwrap() < 0.0), "the converter recovers more than it uses");
+        }
+    }
+
+    assert!(gateway.terminate(Duration::from_secs(20)).success(), "gateway exit; stderr:\n{}", gateway.stderr_tail());
+    assert!(sim.terminate(Duration::from_secs(10)).success(), "sim exit; stderr:\n{}", sim.stderr_tail());
+}
