@@ -154,7 +154,7 @@ impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
         let port = free_port();
         let conf = dir.join(format!("mosquitto-{port}.conf"));
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\n")).unwrap();
         let program = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .map(PathBuf::from)
