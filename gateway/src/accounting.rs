@@ -33,7 +33,7 @@ pub fn counter_delta(prev: f64, next: f64, rollover: Option<f64>) -> Option<f64>
     }
     let r = rollover?;
     // A wrap: the counter passed its maximum and restarted from zero.
-    (prev <= r && next >= 0.0).then(|| r - prev + next)
+    (prev <= r && next >= 0.0).then_some(r - prev + next)
 }
 
 /// Spreads `delta` evenly over `[from_ms, to_ms)`, calling `f(hour_start, part, part_ms)` for
@@ -94,7 +94,9 @@ pub fn buckets(period: Period, from_ms: i64, to_ms: i64, tz: FixedOffset) -> Vec
 }
 
 fn local(ms: i64, tz: FixedOffset) -> DateTime<FixedOffset> {
-    tz.timestamp_millis_opt(ms).single().expect("fixed offsets are unambiguous")
+    tz.timestamp_millis_opt(ms)
+        .single()
+        .expect("fixed offsets are unambiguous")
 }
 
 fn midnight(d: NaiveDate, tz: FixedOffset) -> i64 {
@@ -108,7 +110,13 @@ fn period_start(period: Period, ms: i64, tz: FixedOffset) -> i64 {
     match period {
         Period::Hour => ms - (ms + i64::from(tz.local_minus_utc()) * 1000).rem_euclid(HOUR_MS),
         Period::Day => midnight(local(ms, tz).date_naive(), tz),
-        Period::Month => midnight(local(ms, tz).date_naive().with_day(1).expect("day 1 exists"), tz),
+        Period::Month => midnight(
+            local(ms, tz)
+                .date_naive()
+                .with_day(1)
+                .expect("day 1 exists"),
+            tz,
+        ),
     }
 }
 
@@ -118,8 +126,15 @@ fn next_start(period: Period, start: i64, tz: FixedOffset) -> i64 {
         Period::Day => start + 24 * HOUR_MS,
         Period::Month => {
             let d = local(start, tz).date_naive();
-            let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
-            midnight(NaiveDate::from_ymd_opt(y, m, 1).expect("first of month exists"), tz)
+            let (y, m) = if d.month() == 12 {
+                (d.year() + 1, 1)
+            } else {
+                (d.year(), d.month() + 1)
+            };
+            midnight(
+                NaiveDate::from_ymd_opt(y, m, 1).expect("first of month exists"),
+                tz,
+            )
         }
     }
 }
@@ -194,7 +209,9 @@ pub fn indicators(
                     sum.covered_ms += r.covered_ms;
                     sum.estimated += r.estimated;
                 }
-                ind.completeness = ind.completeness.min(sum.covered_ms as f64 / (end - start) as f64);
+                ind.completeness = ind
+                    .completeness
+                    .min(sum.covered_ms as f64 / (end - start) as f64);
                 let value = sum.delta * flow.factor;
                 total_abs += value.abs();
                 estimated_abs += (sum.estimated * flow.factor).abs();
@@ -217,8 +234,13 @@ pub fn indicators(
                     }
                 };
                 if flow.carrier.as_deref() == Some("electricity") {
-                    let kwh = sum.delta * crate::coefficients::unit_factor(&flow.unit, "kWh").unwrap_or(0.0);
-                    ind.electricity_kwh += if flow.role == Role::Recovered { -kwh } else { kwh };
+                    let kwh = sum.delta
+                        * crate::coefficients::unit_factor(&flow.unit, "kWh").unwrap_or(0.0);
+                    ind.electricity_kwh += if flow.role == Role::Recovered {
+                        -kwh
+                    } else {
+                        kwh
+                    };
                 }
                 ind.carriers.push(CarrierFigure {
                     device: flow.device.clone(),
@@ -253,14 +275,20 @@ mod tests {
     fn deltas_with_and_without_rollover() {
         assert_eq!(counter_delta(10.0, 15.5, None), Some(5.5));
         assert_eq!(counter_delta(99_990.0, 10.0, Some(100_000.0)), Some(20.0));
-        assert_eq!(counter_delta(500.0, 3.0, None), None, "a reset is not a measurement");
+        assert_eq!(
+            counter_delta(500.0, 3.0, None),
+            None,
+            "a reset is not a measurement"
+        );
     }
 
     #[test]
     fn an_interval_is_spread_over_the_hours_it_spans() {
         let mut parts = Vec::new();
         // 00:30 to 02:15, 105 minutes, 210 units.
-        apportion(1_800_000, 2 * HOUR_MS + 900_000, 210.0, |h, d, ms| parts.push((h, d, ms)));
+        apportion(1_800_000, 2 * HOUR_MS + 900_000, 210.0, |h, d, ms| {
+            parts.push((h, d, ms))
+        });
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[0], (0, 60.0, 1_800_000));
         assert_eq!(parts[1], (HOUR_MS, 120.0, HOUR_MS));
@@ -271,7 +299,9 @@ mod tests {
     fn long_intervals_count_but_are_estimated_and_uncovered() {
         let mut rows = Vec::new();
         add_interval(0, 2 * HOUR_MS, 100.0, 900_000, |h, r| rows.push((h, r)));
-        assert!(rows.iter().all(|(_, r)| r.covered_ms == 0 && r.estimated == r.delta));
+        assert!(rows
+            .iter()
+            .all(|(_, r)| r.covered_ms == 0 && r.estimated == r.delta));
         let total: f64 = rows.iter().map(|(_, r)| r.delta).sum();
         assert_eq!(total, 100.0);
     }
@@ -280,15 +310,30 @@ mod tests {
     fn days_and_months_start_at_local_midnight() {
         let cst: FixedOffset = "+08:00".parse().unwrap();
         // 2026-01-31T20:00:00+08:00 .. 2026-02-02T00:00:00+08:00
-        let from = cst.with_ymd_and_hms(2026, 1, 31, 20, 0, 0).unwrap().timestamp_millis();
-        let to = cst.with_ymd_and_hms(2026, 2, 2, 0, 0, 0).unwrap().timestamp_millis();
+        let from = cst
+            .with_ymd_and_hms(2026, 1, 31, 20, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        let to = cst
+            .with_ymd_and_hms(2026, 2, 2, 0, 0, 0)
+            .unwrap()
+            .timestamp_millis();
         let days = buckets(Period::Day, from, to, cst);
         assert_eq!(days.len(), 2);
-        assert_eq!(local(days[0].0, cst).to_rfc3339(), "2026-01-31T00:00:00+08:00");
+        assert_eq!(
+            local(days[0].0, cst).to_rfc3339(),
+            "2026-01-31T00:00:00+08:00"
+        );
         let months = buckets(Period::Month, from, to, cst);
         assert_eq!(months.len(), 2);
-        assert_eq!(local(months[1].0, cst).to_rfc3339(), "2026-02-01T00:00:00+08:00");
-        assert_eq!(local(months[1].1, cst).to_rfc3339(), "2026-03-01T00:00:00+08:00");
+        assert_eq!(
+            local(months[1].0, cst).to_rfc3339(),
+            "2026-02-01T00:00:00+08:00"
+        );
+        assert_eq!(
+            local(months[1].1, cst).to_rfc3339(),
+            "2026-03-01T00:00:00+08:00"
+        );
         let hours = buckets(Period::Hour, from + 1, from + HOUR_MS, cst);
         assert_eq!(hours, vec![(from, from + HOUR_MS)]);
     }
@@ -316,21 +361,48 @@ mod tests {
             flows: vec![
                 flow("steel", Role::Product, None, "t", 1.0),
                 flow("power", Role::Consumed, Some("electricity"), "kWh", 0.1229),
-                flow("ldg", Role::Recovered, Some("converter_gas"), "m3", 7_500.0 / 29_307.0),
+                flow(
+                    "ldg",
+                    Role::Recovered,
+                    Some("converter_gas"),
+                    "m3",
+                    7_500.0 / 29_307.0,
+                ),
                 flow("water", Role::Water, None, "m3", 1.0),
             ],
         };
-        let full = |delta: f64| vec![(0, PointHour { delta, covered_ms: HOUR_MS, estimated: 0.0 })];
+        let full = |delta: f64| {
+            vec![(
+                0,
+                PointHour {
+                    delta,
+                    covered_ms: HOUR_MS,
+                    estimated: 0.0,
+                },
+            )]
+        };
         let deltas = [150.0, 4_200.0, 15_000.0, 75.0];
         let tz: FixedOffset = "+00:00".parse().unwrap();
         let ind = indicators(&unit, &[(0, HOUR_MS)], tz, |i| full(deltas[i]));
         let i = &ind[0];
         assert!((i.consumed_kgce - 516.18).abs() < 1e-9);
         assert!((i.recovered_kgce - 3_838.673).abs() < 1e-3);
-        assert!((i.kgce_per_t.unwrap() - (-22.150)).abs() < 1e-3, "{:?}", i.kgce_per_t);
+        assert!(
+            (i.kgce_per_t.unwrap() - (-22.150)).abs() < 1e-3,
+            "{:?}",
+            i.kgce_per_t
+        );
         assert_eq!(i.water_m3_per_t, Some(0.5));
         assert_eq!(i.completeness, 1.0);
-        assert_eq!(i.carriers.iter().find(|c| c.carrier == "converter_gas").unwrap().kgce.signum(), -1.0);
+        assert_eq!(
+            i.carriers
+                .iter()
+                .find(|c| c.carrier == "converter_gas")
+                .unwrap()
+                .kgce
+                .signum(),
+            -1.0
+        );
     }
 
     #[test]
@@ -347,7 +419,14 @@ mod tests {
         let tz: FixedOffset = "+00:00".parse().unwrap();
         let ind = indicators(&unit, &[(0, HOUR_MS)], tz, |i| {
             let covered = if i == 0 { HOUR_MS } else { HOUR_MS / 2 };
-            vec![(0, PointHour { delta: if i == 0 { 0.0 } else { 1.0 }, covered_ms: covered, estimated: 0.0 })]
+            vec![(
+                0,
+                PointHour {
+                    delta: if i == 0 { 0.0 } else { 1.0 },
+                    covered_ms: covered,
+                    estimated: 0.0,
+                },
+            )]
         });
         assert_eq!(ind[0].completeness, 0.5);
         assert_eq!(ind[0].kgce_per_t, None);

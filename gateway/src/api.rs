@@ -49,7 +49,11 @@ impl IntoResponse for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
@@ -78,7 +82,13 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
 }
 
 #[derive(Serialize)]
@@ -89,7 +99,17 @@ struct UnitView {
 }
 
 async fn units(State(s): State<AppState>) -> ApiResult<Vec<UnitView>> {
-    Ok(Json(s.plant.units.iter().map(|u| UnitView { id: u.id.clone(), name: u.name.clone(), kind: u.kind.clone() }).collect()))
+    Ok(Json(
+        s.plant
+            .units
+            .iter()
+            .map(|u| UnitView {
+                id: u.id.clone(),
+                name: u.name.clone(),
+                kind: u.kind.clone(),
+            })
+            .collect(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -113,7 +133,11 @@ async fn unit_indicators(
     Path(id): Path<String>,
     Query(q): Query<IndicatorQuery>,
 ) -> ApiResult<Vec<Indicator>> {
-    let unit = s.plant.unit(&id).ok_or_else(|| ApiError::NotFound(format!("no unit `{id}`")))?.clone();
+    let unit = s
+        .plant
+        .unit(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no unit `{id}`")))?
+        .clone();
     let period = q.period.unwrap_or(Period::Hour);
     let to = match &q.to {
         Some(t) => parse_time("to", t)?,
@@ -129,9 +153,13 @@ async fn unit_indicators(
     let tz = s.plant.utc_offset;
     let periods = buckets(period, from, to, tz);
     if periods.len() > MAX_PERIODS {
-        return Err(ApiError::BadRequest(format!("more than {MAX_PERIODS} periods; narrow the range")));
+        return Err(ApiError::BadRequest(format!(
+            "more than {MAX_PERIODS} periods; narrow the range"
+        )));
     }
-    let (Some(first), Some(last)) = (periods.first(), periods.last()) else { return Ok(Json(Vec::new())) };
+    let (Some(first), Some(last)) = (periods.first(), periods.last()) else {
+        return Ok(Json(Vec::new()));
+    };
     let (lo, hi) = (first.0, last.1);
     let reader = s.reader.clone();
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Indicator>> {
@@ -148,7 +176,9 @@ async fn unit_indicators(
 
 async fn devices(State(s): State<AppState>) -> ApiResult<Vec<crate::store::DeviceRow>> {
     let reader = s.reader.clone();
-    let rows = tokio::task::spawn_blocking(move || reader.devices()).await.map_err(|e| ApiError::Internal(e.into()))??;
+    let rows = tokio::task::spawn_blocking(move || reader.devices())
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(rows))
 }
 
@@ -157,11 +187,15 @@ struct LimitQuery {
     limit: Option<i64>,
 }
 
-async fn quarantine(State(s): State<AppState>, Query(q): Query<LimitQuery>) -> ApiResult<Vec<crate::store::QuarantineRow>> {
+async fn quarantine(
+    State(s): State<AppState>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult<Vec<crate::store::QuarantineRow>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let reader = s.reader.clone();
-    let rows =
-        tokio::task::spawn_blocking(move || reader.quarantine(limit)).await.map_err(|e| ApiError::Internal(e.into()))??;
+    let rows = tokio::task::spawn_blocking(move || reader.quarantine(limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(rows))
 }
 
@@ -176,14 +210,13 @@ async fn coefficients(State(s): State<AppState>) -> ApiResult<serde_json::Value>
 }
 
 /// Server-sent events: `update` after new data is committed, at most once a second.
-async fn events(State(s): State<AppState>) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+async fn events(
+    State(s): State<AppState>,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let rx = s.committed.subscribe();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+        if let Err(broadcast::error::RecvError::Closed) = rx.recv().await {
+            return None;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Fold everything that committed meanwhile into this one event.

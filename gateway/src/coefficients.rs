@@ -49,7 +49,8 @@ pub struct Coefficients {
 
 impl Coefficients {
     pub fn built_in() -> Self {
-        Coefficients::from_source(&Source::embedded("<built-in coefficients>", BUILT_IN)).expect("built-in coefficients are valid")
+        Coefficients::from_source(&Source::embedded("<built-in coefficients>", BUILT_IN))
+            .expect("built-in coefficients are valid")
     }
 
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
@@ -57,16 +58,26 @@ impl Coefficients {
         let mut carriers = BTreeMap::new();
         for (i, c) in file.carrier.into_iter().enumerate() {
             if !(c.kgce_per_unit.is_finite() && c.kgce_per_unit > 0.0) {
-                return Err(src.error(&format!("carrier[{i}].kgce_per_unit"), "must be a positive number"));
+                return Err(src.error(
+                    &format!("carrier[{i}].kgce_per_unit"),
+                    "must be a positive number",
+                ));
             }
             if unit_factor(&c.unit, &c.unit).is_none() {
-                return Err(src.error(&format!("carrier[{i}].unit"), format!("unknown unit `{}`", c.unit)));
+                return Err(src.error(
+                    &format!("carrier[{i}].unit"),
+                    format!("unknown unit `{}`", c.unit),
+                ));
             }
             if carriers.insert(c.code.clone(), c).is_some() {
                 return Err(src.error(&format!("carrier[{i}].code"), "duplicate carrier code"));
             }
         }
-        Ok(Coefficients { version: file.version, kj_per_kgce: file.kj_per_kgce, carriers })
+        Ok(Coefficients {
+            version: file.version,
+            kj_per_kgce: file.kj_per_kgce,
+            carriers,
+        })
     }
 
     pub fn get(&self, code: &str) -> Option<&Carrier> {
@@ -108,7 +119,11 @@ mod tests {
         let c = Coefficients::built_in();
         assert!(c.all().count() >= 15);
         for carrier in c.all() {
-            assert!(!carrier.source.standard.is_empty() && !carrier.source.edition.is_empty(), "{}", carrier.code);
+            assert!(
+                !carrier.source.standard.is_empty() && !carrier.source.edition.is_empty(),
+                "{}",
+                carrier.code
+            );
             assert!(!carrier.source.table.is_empty(), "{}", carrier.code);
         }
     }
@@ -119,7 +134,12 @@ mod tests {
         // (4.1816 kJ), and each coefficient is kcal / 7 000: so coefficient = LHV / 29 271.2,
         // to the four digits printed. (Dividing by 29 307 kJ instead is 0.12 % off.)
         let c = Coefficients::built_in();
-        for (code, lhv) in [("raw_coal", 20_908.0), ("coke", 28_435.0), ("natural_gas", 35_544.0), ("bfg", 3_763.0)] {
+        for (code, lhv) in [
+            ("raw_coal", 20_908.0),
+            ("coke", 28_435.0),
+            ("natural_gas", 35_544.0),
+            ("bfg", 3_763.0),
+        ] {
             let k = c.get(code).unwrap().kgce_per_unit;
             let expected = lhv / (7_000.0 * 4.1816);
             assert!((k - expected).abs() < 6e-5, "{code}: {k} vs {expected}");

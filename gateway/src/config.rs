@@ -64,7 +64,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -200,16 +202,22 @@ impl Plant {
             Some(path) => Coefficients::from_source(&Source::read(path)?)?,
             None => Coefficients::built_in(),
         };
-        let utc_offset: chrono::FixedOffset = config
-            .accounting
-            .utc_offset
-            .parse()
-            .map_err(|_| src.error("accounting.utc_offset", "expected an offset such as \"+08:00\""))?;
+        let utc_offset: chrono::FixedOffset =
+            config.accounting.utc_offset.parse().map_err(|_| {
+                src.error(
+                    "accounting.utc_offset",
+                    "expected an offset such as \"+08:00\"",
+                )
+            })?;
         let mut ids = HashSet::new();
         let mut units = Vec::new();
         for (i, u) in config.units.iter().enumerate() {
             if !ids.insert(u.id.get_ref().clone()) {
-                return Err(src.error_at(u.id.span(), &format!("units[{i}].id"), "duplicate unit id"));
+                return Err(src.error_at(
+                    u.id.span(),
+                    &format!("units[{i}].id"),
+                    "duplicate unit id",
+                ));
             }
             let mut flows = Vec::new();
             for (j, f) in u.flows.iter().enumerate() {
@@ -220,7 +228,10 @@ impl Plant {
                     Role::Water => unit_factor(unit, "m3"),
                     Role::Consumed | Role::Recovered => {
                         let Some(code) = &f.carrier else {
-                            return Err(src.error(&key("carrier"), "consumed and recovered flows need a carrier"));
+                            return Err(src.error(
+                                &key("carrier"),
+                                "consumed and recovered flows need a carrier",
+                            ));
                         };
                         let code_str = if code.get_ref() == "electricity"
                             && config.accounting.electricity == ElectricityBasis::Equal
@@ -230,17 +241,31 @@ impl Plant {
                             code.get_ref().as_str()
                         };
                         let Some(carrier) = coefficients.get(code_str) else {
-                            return Err(src.error_at(code.span(), &key("carrier"), format!("unknown carrier `{}`", code.get_ref())));
+                            return Err(src.error_at(
+                                code.span(),
+                                &key("carrier"),
+                                format!("unknown carrier `{}`", code.get_ref()),
+                            ));
                         };
                         match f.lhv_kj {
-                            Some(lhv) if lhv.is_finite() && lhv > 0.0 => Some(lhv / coefficients.kj_per_kgce),
-                            Some(_) => return Err(src.error(&key("lhv_kj"), "must be a positive number")),
-                            None => unit_factor(unit, &carrier.unit).map(|k| k * carrier.kgce_per_unit),
+                            Some(lhv) if lhv.is_finite() && lhv > 0.0 => {
+                                Some(lhv / coefficients.kj_per_kgce)
+                            }
+                            Some(_) => {
+                                return Err(src.error(&key("lhv_kj"), "must be a positive number"))
+                            }
+                            None => {
+                                unit_factor(unit, &carrier.unit).map(|k| k * carrier.kgce_per_unit)
+                            }
                         }
                     }
                 };
                 let Some(factor) = factor else {
-                    return Err(src.error_at(f.unit.span(), &key("unit"), format!("unit `{unit}` does not fit a {:?} flow", f.role)));
+                    return Err(src.error_at(
+                        f.unit.span(),
+                        &key("unit"),
+                        format!("unit `{unit}` does not fit a {:?} flow", f.role),
+                    ));
                 };
                 flows.push(Flow {
                     device: f.device.clone(),
@@ -253,11 +278,24 @@ impl Plant {
                 });
             }
             if !flows.iter().any(|f| f.role == Role::Product) {
-                return Err(src.error(&format!("units[{i}].flows"), "a unit needs at least one product flow"));
+                return Err(src.error(
+                    &format!("units[{i}].flows"),
+                    "a unit needs at least one product flow",
+                ));
             }
-            units.push(Unit { id: u.id.get_ref().clone(), name: u.name.clone(), kind: u.kind.clone(), flows });
+            units.push(Unit {
+                id: u.id.get_ref().clone(),
+                name: u.name.clone(),
+                kind: u.kind.clone(),
+                flows,
+            });
         }
-        Ok(Plant { config, units, utc_offset, coefficients })
+        Ok(Plant {
+            config,
+            units,
+            utc_offset,
+            coefficients,
+        })
     }
 
     pub fn unit(&self, id: &str) -> Option<&Unit> {
@@ -276,21 +314,36 @@ mod tests {
 
     #[test]
     fn shipped_example_configs_parse() {
-        for (name, text) in [("demo.toml", include_str!("../examples/demo.toml"))] {
-            let plant = Plant::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
+        // Every config shipped in gateway/examples/.
+        const EXAMPLES: &[(&str, &str)] = &[("demo.toml", include_str!("../examples/demo.toml"))];
+        for (name, text) in EXAMPLES {
+            let plant =
+                Plant::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(plant.units.len(), 4);
         }
     }
 
     #[test]
     fn coefficients_follow_the_metered_unit_and_measured_heating_value() {
-        let plant = Plant::from_source(&Source::embedded("demo.toml", include_str!("../examples/demo.toml"))).unwrap();
+        let plant = Plant::from_source(&Source::embedded(
+            "demo.toml",
+            include_str!("../examples/demo.toml"),
+        ))
+        .unwrap();
         let bf = plant.unit("bf1").unwrap();
-        let coke = bf.flows.iter().find(|f| f.carrier.as_deref() == Some("coke")).unwrap();
+        let coke = bf
+            .flows
+            .iter()
+            .find(|f| f.carrier.as_deref() == Some("coke"))
+            .unwrap();
         assert_eq!(coke.unit, "t");
         assert!((coke.factor - 971.4).abs() < 1e-9);
         let bof = plant.unit("bof1").unwrap();
-        let ldg = bof.flows.iter().find(|f| f.carrier.as_deref() == Some("converter_gas")).unwrap();
+        let ldg = bof
+            .flows
+            .iter()
+            .find(|f| f.carrier.as_deref() == Some("converter_gas"))
+            .unwrap();
         assert!((ldg.factor - 7_500.0 / 29_307.0).abs() < 1e-12);
     }
 
@@ -298,6 +351,9 @@ mod tests {
     fn unknown_carrier_names_line_and_key() {
         let text = "[mqtt]\nhost = \"h\"\n[storage]\npath = \"x.db\"\n[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"kiln\"\n[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"unobtainium\"\nunit = \"t\"\n";
         let err = Plant::from_source(&Source::embedded("gw.toml", text)).unwrap_err();
-        assert_eq!(err.to_string(), "gw.toml:13:11: key `units[0].flows[0].carrier`: unknown carrier `unobtainium`");
+        assert_eq!(
+            err.to_string(),
+            "gw.toml:13:11: key `units[0].flows[0].carrier`: unknown carrier `unobtainium`"
+        );
     }
 }

@@ -28,7 +28,9 @@ pub struct DemoOptions {
 
 /// Picks a free TCP port on loopback.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_broker(port: u16) -> anyhow::Result<()> {
@@ -54,12 +56,14 @@ dynamic_filters = true
 "#
     );
     let config: rumqttd::Config = toml::from_str(&config).context("embedded broker config")?;
-    std::thread::Builder::new().name("broker".into()).spawn(move || {
-        let mut broker = rumqttd::Broker::new(config);
-        if let Err(e) = broker.start() {
-            tracing::error!(error = %e, "Embedded broker stopped.");
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "Embedded broker stopped.");
+            }
+        })?;
     Ok(())
 }
 
@@ -69,13 +73,18 @@ async fn wait_until_stored(data_dir: &std::path::Path) {
     let check = || -> anyhow::Result<bool> {
         let seq = ems_edge::seq::SeqStore::open(&data_dir.join("edge"))?;
         let reader = crate::store::Store::open(&data_dir.join("ems-gateway.db"))?.reader()?;
-        Ok(reader.devices()?.iter().all(|d| d.last_seq as u64 >= seq.last(&d.id)))
+        Ok(reader
+            .devices()?
+            .iter()
+            .all(|d| d.last_seq as u64 >= seq.last(&d.id)))
     };
     for _ in 0..100 {
         match check() {
             Ok(true) => return,
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "Cannot compare edge and gateway sequence numbers."),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot compare edge and gateway sequence numbers.")
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -83,13 +92,19 @@ async fn wait_until_stored(data_dir: &std::path::Path) {
 }
 
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::ensure!(opts.speed > 0.0 && opts.speed.is_finite(), "--speed must be a positive number");
+    anyhow::ensure!(
+        opts.speed > 0.0 && opts.speed.is_finite(),
+        "--speed must be a positive number"
+    );
     let data_dir = match opts.data_dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("ems-demo-{}", std::process::id())),
     };
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let http = TcpListener::bind(&opts.http).await.with_context(|| format!("cannot listen on {}", opts.http))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let http = TcpListener::bind(&opts.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.http))?;
     let http_addr = http.local_addr()?;
 
     let broker_port = free_port()?;
@@ -101,7 +116,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let sim_stop = CancellationToken::new();
     let sim = tokio::spawn(ems_sim::run(
         sim_listener,
-        SimOptions { scenario: Scenario::load("demo")?, clock, truth: Some(data_dir.join("truth.jsonl")) },
+        SimOptions {
+            scenario: Scenario::load("demo")?,
+            clock,
+            truth: Some(data_dir.join("truth.jsonl")),
+        },
         sim_stop.clone(),
     ));
 
@@ -111,7 +130,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let gateway_stop = CancellationToken::new();
     let now = Arc::new(move || clock.now_ms());
     let (subscribed_tx, subscribed) = oneshot::channel();
-    let gateway = tokio::spawn(crate::serve(plant, http, now, Some(subscribed_tx), gateway_stop.clone()));
+    let gateway = tokio::spawn(crate::serve(
+        plant,
+        http,
+        now,
+        Some(subscribed_tx),
+        gateway_stop.clone(),
+    ));
     // A broker drops messages no session subscribes to: the edge starts once the gateway's
     // subscription stands.
     tokio::time::timeout(Duration::from_secs(30), subscribed)
@@ -119,7 +144,10 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         .context("the gateway did not subscribe to the embedded broker within 30 s")?
         .context("the gateway stopped before subscribing")?;
 
-    let mut site = ems_edge::Site::from_source(&Source::embedded("<demo edge config>", ems_edge::config::DEMO_CONFIG))?;
+    let mut site = ems_edge::Site::from_source(&Source::embedded(
+        "<demo edge config>",
+        ems_edge::config::DEMO_CONFIG,
+    ))?;
     site.config.mqtt.port = broker_port;
     site.config.data_dir = data_dir.join("edge");
     // About one sample per simulated minute, never faster than ten polls a second.
@@ -131,7 +159,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let edge = tokio::spawn(ems_edge::run(site, edge_stop.clone()));
 
     println!("Dashboard: http://{http_addr}/");
-    println!("Simulated plant at {} times real time; data in {}", opts.speed, data_dir.display());
+    println!(
+        "Simulated plant at {} times real time; data in {}",
+        opts.speed,
+        data_dir.display()
+    );
     tracing::info!(%http_addr, broker_port, %sim_addr, "Demo running; Ctrl-C stops it.");
 
     shutdown.cancelled().await;

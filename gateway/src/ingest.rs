@@ -43,7 +43,10 @@ pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
         })
     };
     if payload.len() > MAX_PAYLOAD {
-        return reject("oversized", format!("{} bytes, limit {MAX_PAYLOAD}", payload.len()));
+        return reject(
+            "oversized",
+            format!("{} bytes, limit {MAX_PAYLOAD}", payload.len()),
+        );
     }
     let Some(parsed) = topic::parse(&v.topic_prefix, topic_name) else {
         return reject("topic", "not a protocol v1 topic".into());
@@ -54,7 +57,12 @@ pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
     };
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(n) if n == u64::from(PROTOCOL_VERSION) => {}
-        other => return reject("version", format!("protocol version {other:?}, expected {PROTOCOL_VERSION}")),
+        other => {
+            return reject(
+                "version",
+                format!("protocol version {other:?}, expected {PROTOCOL_VERSION}"),
+            )
+        }
     }
     match parsed {
         topic::Parsed::Data { site, device } => {
@@ -63,14 +71,27 @@ pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
                 Err(e) => return reject("schema", e.to_string()),
             };
             if t.device != device || t.site != site {
-                return reject("mismatch", format!("message names {}/{}, topic {site}/{device}", t.site, t.device));
+                return reject(
+                    "mismatch",
+                    format!(
+                        "message names {}/{}, topic {site}/{device}",
+                        t.site, t.device
+                    ),
+                );
             }
             if t.seq == 0 {
                 return reject("schema", "sequence numbers start at 1".into());
             }
             let now = (v.now)();
             if t.ts_ms > now + v.max_future_ms {
-                return reject("future", format!("poll time {} is {} s ahead of the gateway clock", t.ts_ms, (t.ts_ms - now) / 1000));
+                return reject(
+                    "future",
+                    format!(
+                        "poll time {} is {} s ahead of the gateway clock",
+                        t.ts_ms,
+                        (t.ts_ms - now) / 1000
+                    ),
+                );
             }
             let mut ids = std::collections::HashSet::new();
             for p in &t.points {
@@ -79,9 +100,24 @@ pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
                 }
                 match (p.q.is_good(), p.v) {
                     (true, Some(x)) if x.is_finite() => {}
-                    (true, Some(_)) => return reject("non_finite", format!("point `{}` is not a finite number", p.id)),
-                    (true, None) => return reject("schema", format!("point `{}` is good but has no value", p.id)),
-                    (false, Some(_)) => return reject("schema", format!("point `{}` has a value but quality {}", p.id, p.q)),
+                    (true, Some(_)) => {
+                        return reject(
+                            "non_finite",
+                            format!("point `{}` is not a finite number", p.id),
+                        )
+                    }
+                    (true, None) => {
+                        return reject(
+                            "schema",
+                            format!("point `{}` is good but has no value", p.id),
+                        )
+                    }
+                    (false, Some(_)) => {
+                        return reject(
+                            "schema",
+                            format!("point `{}` has a value but quality {}", p.id, p.q),
+                        )
+                    }
                     (false, None) => {}
                 }
             }
@@ -93,7 +129,10 @@ pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
                 Err(e) => return reject("schema", e.to_string()),
             };
             if s.edge != edge || s.site != site {
-                return reject("mismatch", format!("status names {}/{}, topic {site}/{edge}", s.site, s.edge));
+                return reject(
+                    "mismatch",
+                    format!("status names {}/{}, topic {site}/{edge}", s.site, s.edge),
+                );
             }
             Incoming::Status(s)
         }
@@ -122,7 +161,11 @@ pub async fn run(
     mut subscribed: Option<oneshot::Sender<()>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut opts = MqttOptions::new(cfg.mqtt.client_id.clone(), cfg.mqtt.host.clone(), cfg.mqtt.port);
+    let mut opts = MqttOptions::new(
+        cfg.mqtt.client_id.clone(),
+        cfg.mqtt.host.clone(),
+        cfg.mqtt.port,
+    );
     opts.set_keep_alive(Duration::from_secs(30));
     // Persistent session: what we have not acknowledged waits for us at the broker.
     opts.set_clean_session(false);
@@ -214,8 +257,14 @@ pub async fn run(
                 tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, session_present = ack.session_present, "MQTT connected.");
                 client
                     .subscribe_many([
-                        rumqttc::SubscribeFilter::new(topic::data_filter(&prefix), QoS::AtLeastOnce),
-                        rumqttc::SubscribeFilter::new(topic::status_filter(&prefix), QoS::AtLeastOnce),
+                        rumqttc::SubscribeFilter::new(
+                            topic::data_filter(&prefix),
+                            QoS::AtLeastOnce,
+                        ),
+                        rumqttc::SubscribeFilter::new(
+                            topic::status_filter(&prefix),
+                            QoS::AtLeastOnce,
+                        ),
                     ])
                     .await?;
             }
@@ -228,7 +277,10 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.received.inc();
                 match &work_tx {
-                    Some(tx) => tx.send(p).await.map_err(|_| anyhow::anyhow!("ingest writer stopped"))?,
+                    Some(tx) => tx
+                        .send(p)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("ingest writer stopped"))?,
                     // Not acknowledged: the broker keeps it for our next session.
                     None => dropped_at_shutdown += 1,
                 }
@@ -247,10 +299,15 @@ pub async fn run(
     }
     metrics.subscribed.set(0);
     if dropped_at_shutdown > 0 {
-        tracing::info!(count = dropped_at_shutdown, "Left unacknowledged for redelivery.");
+        tracing::info!(
+            count = dropped_at_shutdown,
+            "Left unacknowledged for redelivery."
+        );
     }
     let _ = acker.await;
-    writer.join().map_err(|_| anyhow::anyhow!("ingest writer panicked"))??;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("ingest writer panicked"))??;
     Ok(())
 }
 
@@ -259,7 +316,11 @@ mod tests {
     use super::*;
 
     fn validation() -> Validation {
-        Validation { topic_prefix: "ems/v1".into(), max_future_ms: 600_000, now: Arc::new(|| 1_767_200_000_000) }
+        Validation {
+            topic_prefix: "ems/v1".into(),
+            max_future_ms: 600_000,
+            now: Arc::new(|| 1_767_200_000_000),
+        }
     }
 
     fn reason(topic: &str, payload: &str) -> String {
@@ -273,21 +334,39 @@ mod tests {
 
     #[test]
     fn a_good_message_is_accepted() {
-        assert!(matches!(classify("ems/v1/demo/data/m1", GOOD.as_bytes(), &validation()), Incoming::Telemetry(_)));
+        assert!(matches!(
+            classify("ems/v1/demo/data/m1", GOOD.as_bytes(), &validation()),
+            Incoming::Telemetry(_)
+        ));
     }
 
     #[test]
     fn each_kind_of_bad_input_is_rejected_with_its_reason() {
         assert!(reason("ems/v1/demo/data/m1", "{not json").starts_with("json:"));
-        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("\"v\":1,", "\"v\":2,")).starts_with("version:"));
-        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("\"seq\":5", "\"seq\":\"5\"")).starts_with("schema:"));
+        assert!(
+            reason("ems/v1/demo/data/m1", &GOOD.replace("\"v\":1,", "\"v\":2,"))
+                .starts_with("version:")
+        );
+        assert!(reason(
+            "ems/v1/demo/data/m1",
+            &GOOD.replace("\"seq\":5", "\"seq\":\"5\"")
+        )
+        .starts_with("schema:"));
         assert!(reason("ems/v1/demo/data/m2", GOOD).starts_with("mismatch:"));
-        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("1767196800000", "1867196800000")).starts_with("future:"));
+        assert!(reason(
+            "ems/v1/demo/data/m1",
+            &GOOD.replace("1767196800000", "1867196800000")
+        )
+        .starts_with("future:"));
         assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("12.5", "NaN")).starts_with("json:"));
         assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("12.5", "1e999")).starts_with("json:"));
         assert!(reason("ems/v1/demo/other/m1", GOOD).starts_with("topic:"));
         let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_PAYLOAD));
         assert!(reason("ems/v1/demo/data/m1", &big).starts_with("oversized:"));
-        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("\"v\":null,\"q\":\"timeout\"", "\"v\":3,\"q\":\"timeout\"")).starts_with("schema:"));
+        assert!(reason(
+            "ems/v1/demo/data/m1",
+            &GOOD.replace("\"v\":null,\"q\":\"timeout\"", "\"v\":3,\"q\":\"timeout\"")
+        )
+        .starts_with("schema:"));
     }
 }

@@ -34,9 +34,19 @@ const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
 pub fn accounting_rules(plant: &Plant) -> AccountingRules {
     let tracked: HashMap<_, _> = plant
         .flows()
-        .map(|f| ((f.device.clone(), f.point.clone()), Tracked { rollover: f.rollover }))
+        .map(|f| {
+            (
+                (f.device.clone(), f.point.clone()),
+                Tracked {
+                    rollover: f.rollover,
+                },
+            )
+        })
         .collect();
-    AccountingRules { tracked, max_gap_ms: plant.config.accounting.max_sample_gap_s as i64 * 1000 }
+    AccountingRules {
+        tracked,
+        max_gap_ms: plant.config.accounting.max_sample_gap_s as i64 * 1000,
+    }
 }
 
 /// Runs ingest and the HTTP API until `shutdown`; HTTP on `listener`. `subscribed` fires when
@@ -62,7 +72,13 @@ pub async fn serve(
         rules: accounting_rules(&plant),
     };
     let plant = Arc::new(plant);
-    let state = api::AppState { plant, reader, metrics: metrics.clone(), committed: committed.clone(), now };
+    let state = api::AppState {
+        plant,
+        reader,
+        metrics: metrics.clone(),
+        committed: committed.clone(),
+        now,
+    };
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, api::router(state))
@@ -70,7 +86,15 @@ pub async fn serve(
             .await
             .context("HTTP server failed")
     });
-    let ingest_result = ingest::run(ingest_cfg, store, metrics, committed, subscribed, shutdown.clone()).await;
+    let ingest_result = ingest::run(
+        ingest_cfg,
+        store,
+        metrics,
+        committed,
+        subscribed,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let http_result = http.await.context("HTTP task panicked")?;
     ingest_result?;

@@ -56,7 +56,8 @@ fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rumqttd=off".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=off".into()),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
@@ -69,8 +70,9 @@ async fn run() -> anyhow::Result<()> {
         Command::Serve { config } => {
             let plant = Plant::load(&config)?;
             let listen = plant.config.http.listen.clone();
-            let listener =
-                tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
             // Machine-readable for scripts and tests that use port 0.
             println!("HTTP {}", listener.local_addr()?);
             let now = Arc::new(|| chrono::Utc::now().timestamp_millis());
@@ -78,7 +80,15 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!("Gateway stopped.");
         }
         Command::Demo { http, speed, data } => {
-            ems_gateway::demo::run(DemoOptions { http, speed, data_dir: data }, shutdown).await?;
+            ems_gateway::demo::run(
+                DemoOptions {
+                    http,
+                    speed,
+                    data_dir: data,
+                },
+                shutdown,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -44,16 +44,52 @@ impl Default for Metrics {
             subscribed: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("messages_received", "MQTT messages received", m.received.clone());
-        registry.register("messages_stored", "Telemetry messages committed (first delivery)", m.stored.clone());
-        registry.register("messages_duplicate", "Telemetry messages dropped as already stored (same device and sequence number)", m.duplicates.clone());
+        registry.register(
+            "messages_received",
+            "MQTT messages received",
+            m.received.clone(),
+        );
+        registry.register(
+            "messages_stored",
+            "Telemetry messages committed (first delivery)",
+            m.stored.clone(),
+        );
+        registry.register(
+            "messages_duplicate",
+            "Telemetry messages dropped as already stored (same device and sequence number)",
+            m.duplicates.clone(),
+        );
         registry.register("points_stored", "Point values committed", m.points.clone());
-        registry.register("samples_late", "Counter samples that arrived out of order and recomputed the intervals they touch", m.late_samples.clone());
-        registry.register("messages_quarantined", "Messages kept aside as malformed, by reason", m.quarantined.clone());
-        registry.register("commit_seconds", "Time to commit one ingest batch", m.commit_seconds.clone());
-        registry.register("commit_errors", "Ingest batches that failed to commit (retried, never acknowledged)", m.commit_errors.clone());
-        registry.register("batch_size", "Messages in the last committed batch", m.batch_size.clone());
-        registry.register("mqtt_subscribed", "1 while the broker holds the gateway's subscriptions", m.subscribed.clone());
+        registry.register(
+            "samples_late",
+            "Counter samples that arrived out of order and recomputed the intervals they touch",
+            m.late_samples.clone(),
+        );
+        registry.register(
+            "messages_quarantined",
+            "Messages kept aside as malformed, by reason",
+            m.quarantined.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Time to commit one ingest batch",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "commit_errors",
+            "Ingest batches that failed to commit (retried, never acknowledged)",
+            m.commit_errors.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Messages in the last committed batch",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "mqtt_subscribed",
+            "1 while the broker holds the gateway's subscriptions",
+            m.subscribed.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

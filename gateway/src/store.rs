@@ -103,7 +103,8 @@ pub struct Store {
 }
 
 fn open_conn(path: &Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
+    let conn = Connection::open(path)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -114,12 +115,19 @@ fn open_conn(path: &Path) -> anyhow::Result<Connection> {
 impl Store {
     pub fn open(path: &Path) -> anyhow::Result<Store> {
         let mut conn = open_conn(path)?;
-        migrate(&mut conn).with_context(|| format!("cannot migrate database {}", path.display()))?;
-        Ok(Store { path: path.to_owned(), conn, last: HashMap::new() })
+        migrate(&mut conn)
+            .with_context(|| format!("cannot migrate database {}", path.display()))?;
+        Ok(Store {
+            path: path.to_owned(),
+            conn,
+            last: HashMap::new(),
+        })
     }
 
     pub fn reader(&self) -> anyhow::Result<Reader> {
-        Ok(Reader { conn: Mutex::new(open_conn(&self.path)?) })
+        Ok(Reader {
+            conn: Mutex::new(open_conn(&self.path)?),
+        })
     }
 
     /// Commits one batch in one transaction.
@@ -133,7 +141,9 @@ impl Store {
         let tx = self.conn.transaction()?;
         for item in batch {
             match item {
-                Incoming::Telemetry(t) => write_telemetry(&tx, &mut self.last, t, rules, received_ms, &mut out)?,
+                Incoming::Telemetry(t) => {
+                    write_telemetry(&tx, &mut self.last, t, rules, received_ms, &mut out)?
+                }
                 Incoming::Status(s) => {
                     tx.execute(
                         "INSERT INTO edges (edge, site, online, devices, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -164,7 +174,11 @@ impl Store {
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
     anyhow::ensure!(
         current as usize <= MIGRATIONS.len(),
         "database schema version {current} is newer than this gateway ({})",
@@ -173,7 +187,10 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
-        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [i as i64 + 1])?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [i as i64 + 1],
+        )?;
         tx.commit()?;
     }
     Ok(())
@@ -193,7 +210,10 @@ fn write_telemetry(
     )?;
     if inserted == 0 {
         out.duplicates += 1;
-        tx.execute("UPDATE devices SET duplicates = duplicates + 1 WHERE device = ?1", [&t.device])?;
+        tx.execute(
+            "UPDATE devices SET duplicates = duplicates + 1 WHERE device = ?1",
+            [&t.device],
+        )?;
         return Ok(());
     }
     out.stored += 1;
@@ -202,10 +222,19 @@ fn write_telemetry(
         "INSERT INTO samples (device, seq, point, ts_ms, value, quality) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for p in &t.points {
-        insert.execute(params![t.device, t.seq as i64, p.id, t.ts_ms, p.v, p.q.to_string()])?;
+        insert.execute(params![
+            t.device,
+            t.seq as i64,
+            p.id,
+            t.ts_ms,
+            p.v,
+            p.q.to_string()
+        ])?;
         out.points += 1;
         let key = (t.device.clone(), p.id.clone());
-        let (Some(rule), Some(v)) = (rules.tracked.get(&key), p.v) else { continue };
+        let (Some(rule), Some(v)) = (rules.tracked.get(&key), p.v) else {
+            continue;
+        };
         if account_sample(tx, last, key, t.ts_ms, v, *rule, rules.max_gap_ms)? {
             out.late_samples += 1;
         }
@@ -216,8 +245,13 @@ fn write_telemetry(
 /// Sequence bookkeeping: last number, and the ranges still missing.
 fn update_ledger(tx: &Transaction<'_>, t: &Telemetry, received_ms: i64) -> anyhow::Result<()> {
     let seq = t.seq as i64;
-    let prev: Option<i64> =
-        tx.query_row("SELECT last_seq FROM devices WHERE device = ?1", [&t.device], |r| r.get(0)).optional()?;
+    let prev: Option<i64> = tx
+        .query_row(
+            "SELECT last_seq FROM devices WHERE device = ?1",
+            [&t.device],
+            |r| r.get(0),
+        )
+        .optional()?;
     match prev {
         None => {
             tx.execute(
@@ -251,7 +285,10 @@ fn update_ledger(tx: &Transaction<'_>, t: &Telemetry, received_ms: i64) -> anyho
                 )
                 .optional()?;
             if let Some((from, to, detected)) = gap {
-                tx.execute("DELETE FROM gaps WHERE device = ?1 AND from_seq = ?2", params![t.device, from])?;
+                tx.execute(
+                    "DELETE FROM gaps WHERE device = ?1 AND from_seq = ?2",
+                    params![t.device, from],
+                )?;
                 for (a, b) in [(from, seq - 1), (seq + 1, to)] {
                     if a <= b {
                         tx.execute(
@@ -294,12 +331,13 @@ fn account_sample(
             )
             .optional()?,
     };
-    let interval = |tx: &Transaction<'_>, a: (i64, f64), b: (i64, f64), sign: f64| -> anyhow::Result<()> {
-        if let Some(delta) = counter_delta(a.1, b.1, rule.rollover) {
-            add_to_hours(tx, &key, a.0, b.0, delta, max_gap_ms, sign)?;
-        }
-        Ok(())
-    };
+    let interval =
+        |tx: &Transaction<'_>, a: (i64, f64), b: (i64, f64), sign: f64| -> anyhow::Result<()> {
+            if let Some(delta) = counter_delta(a.1, b.1, rule.rollover) {
+                add_to_hours(tx, &key, a.0, b.0, delta, max_gap_ms, sign)?;
+            }
+            Ok(())
+        };
     match prev {
         Some(p) if ts_ms > p.0 => {
             interval(tx, p, (ts_ms, value), 1.0)?;
@@ -309,7 +347,10 @@ fn account_sample(
         Some(_) => {
             // Late: find its neighbours among the good samples already stored (excluding itself).
             let neighbour = |sql: &str| -> rusqlite::Result<Option<(i64, f64)>> {
-                tx.query_row(sql, params![key.0, key.1, ts_ms], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+                tx.query_row(sql, params![key.0, key.1, ts_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
             };
             let before = neighbour(
                 "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND ts_ms < ?3 AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
@@ -356,9 +397,20 @@ fn add_to_hours(
     let mut result = Ok(());
     add_interval(from_ms, to_ms, delta, max_gap_ms, |hour, r| {
         if result.is_ok() {
-            let covered = if sign < 0.0 { -r.covered_ms } else { r.covered_ms };
+            let covered = if sign < 0.0 {
+                -r.covered_ms
+            } else {
+                r.covered_ms
+            };
             result = stmt
-                .execute(params![key.0, key.1, hour, sign * r.delta, covered, sign * r.estimated])
+                .execute(params![
+                    key.0,
+                    key.1,
+                    hour,
+                    sign * r.delta,
+                    covered,
+                    sign * r.estimated
+                ])
                 .map(|_| ());
         }
     });
@@ -444,7 +496,13 @@ impl Reader {
     }
 
     /// Rollup rows of one point with `from_ms <= hour < to_ms`.
-    pub fn point_hours(&self, device: &str, point: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<Vec<(i64, PointHour)>> {
+    pub fn point_hours(
+        &self,
+        device: &str,
+        point: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Vec<(i64, PointHour)>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT hour_ms, delta, covered_ms, estimated FROM point_hours

@@ -13,7 +13,11 @@ pub struct SimClock {
 
 impl SimClock {
     pub fn new(start_ms: i64, speed: f64) -> Self {
-        SimClock { origin: Instant::now(), start_ms, speed }
+        SimClock {
+            origin: Instant::now(),
+            start_ms,
+            speed,
+        }
     }
 
     /// Real time, unscaled: what a plant runs on.

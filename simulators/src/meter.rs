@@ -34,7 +34,12 @@ impl Meter {
     /// Renders the whole register map for a reading.
     pub fn registers(&self, clock_ms: i64, total: f64, rate_per_h: f64) -> [u16; MAP_LEN as usize] {
         let mut regs = [0u16; MAP_LEN as usize];
-        encode(clock_ms as f64, DataType::U64, WordOrder::ABCD, &mut regs[0..4]);
+        encode(
+            clock_ms as f64,
+            DataType::U64,
+            WordOrder::ABCD,
+            &mut regs[0..4],
+        );
         let counts = ((self.initial + total) / RESOLUTION).floor();
         encode(counts, DataType::U64, WordOrder::ABCD, &mut regs[4..8]);
         encode(rate_per_h, DataType::F32, WordOrder::CDAB, &mut regs[8..10]);
@@ -49,10 +54,25 @@ mod tests {
 
     #[test]
     fn map_decodes_back_to_clock_total_and_rate() {
-        let m = Meter { device: "d".into(), unit_id: 1, unit_index: 0, flow_index: 0, initial: 1000.0 };
+        let m = Meter {
+            device: "d".into(),
+            unit_id: 1,
+            unit_index: 0,
+            flow_index: 0,
+            initial: 1000.0,
+        };
         let regs = m.registers(1_767_196_800_123, 12.3456, 98.5);
-        assert_eq!(decode(&regs[0..4], DataType::U64, WordOrder::ABCD), Ok(1_767_196_800_123.0));
-        assert_eq!(decode(&regs[4..8], DataType::U64, WordOrder::ABCD), Ok(1_012_345.0));
-        assert_eq!(decode(&regs[8..10], DataType::F32, WordOrder::CDAB), Ok(98.5));
+        assert_eq!(
+            decode(&regs[0..4], DataType::U64, WordOrder::ABCD),
+            Ok(1_767_196_800_123.0)
+        );
+        assert_eq!(
+            decode(&regs[4..8], DataType::U64, WordOrder::ABCD),
+            Ok(1_012_345.0)
+        );
+        assert_eq!(
+            decode(&regs[8..10], DataType::F32, WordOrder::CDAB),
+            Ok(98.5)
+        );
     }
 }

@@ -51,7 +51,14 @@ const fn flow(
     per_t: f64,
     wobble: f64,
 ) -> FlowDef {
-    FlowDef { name, carrier, role, unit, per_t, wobble }
+    FlowDef {
+        name,
+        carrier,
+        role,
+        unit,
+        per_t,
+        wobble,
+    }
 }
 
 use Role::{Consumed, Product, Recovered, Water};
@@ -129,7 +136,13 @@ const KNOT_MS: i64 = 600_000;
 impl UnitModel {
     pub fn new(id: String, kind: UnitKind, capacity_t_per_h: f64, seed: u64) -> Self {
         let totals = vec![0.0; kind.flows().len()];
-        UnitModel { id, kind, capacity_t_per_h, totals, seed }
+        UnitModel {
+            id,
+            kind,
+            capacity_t_per_h,
+            totals,
+            seed,
+        }
     }
 
     /// Output relative to capacity at time `t_ms`: a slow six-hour swing plus random drift.
@@ -154,10 +167,10 @@ impl UnitModel {
             let next = (t - t.rem_euclid(STEP_MS) + STEP_MS).min(to_ms);
             let mid = t + (next - t) / 2;
             let dt_s = (next - t) as f64 / 1000.0;
-            for k in 0..self.totals.len() {
+            for (k, acc) in into.iter_mut().enumerate().take(self.totals.len()) {
                 let q = self.rate(k, mid) * dt_s;
                 self.totals[k] += q;
-                into[k] += q;
+                *acc += q;
             }
             t = next;
         }
@@ -222,7 +235,10 @@ mod tests {
         let kiln = nominal_kgce_per_t(UnitKind::Kiln);
         assert!((100.0..=117.0).contains(&kiln), "kiln {kiln}");
         let al_kwh = UnitKind::Electrolysis.flows()[1].per_t;
-        assert!((13_000.0..=13_500.0).contains(&al_kwh), "potline {al_kwh} kWh/t");
+        assert!(
+            (13_000.0..=13_500.0).contains(&al_kwh),
+            "potline {al_kwh} kWh/t"
+        );
     }
 
     #[test]

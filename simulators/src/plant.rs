@@ -25,8 +25,18 @@ pub struct Plant {
 
 impl Plant {
     pub fn new(scenario: Scenario, start_ms: i64) -> Self {
-        let interval = scenario.units.iter().map(|u| vec![0.0; u.totals.len()]).collect();
-        Plant { scenario, now_ms: start_ms, interval_start_ms: start_ms, interval, closed: Vec::new() }
+        let interval = scenario
+            .units
+            .iter()
+            .map(|u| vec![0.0; u.totals.len()])
+            .collect();
+        Plant {
+            scenario,
+            now_ms: start_ms,
+            interval_start_ms: start_ms,
+            interval,
+            closed: Vec::new(),
+        }
     }
 
     pub fn scenario(&self) -> &Scenario {
@@ -95,7 +105,12 @@ impl Plant {
     }
 
     /// Holding registers `addr..addr+count` of the meter at `unit_id`, as of now.
-    pub fn read_holding(&self, unit_id: u8, addr: u16, count: u16) -> Result<Vec<u16>, ExceptionCode> {
+    pub fn read_holding(
+        &self,
+        unit_id: u8,
+        addr: u16,
+        count: u16,
+    ) -> Result<Vec<u16>, ExceptionCode> {
         let meter = self
             .scenario
             .meters
@@ -132,7 +147,12 @@ mod tests {
     #[test]
     fn truth_closes_on_whole_hours_and_matches_meter_movement() {
         let scenario = Scenario::load("demo").unwrap();
-        let coke = scenario.meters.iter().find(|m| m.device == "bf1-coke").unwrap().unit_id;
+        let coke = scenario
+            .meters
+            .iter()
+            .find(|m| m.device == "bf1-coke")
+            .unwrap()
+            .unit_id;
         let mut plant = Plant::new(scenario, T0 + 1_800_000);
         let read_total = |p: &Plant| {
             let regs = p.read_holding(coke, 4, 4).unwrap();
@@ -152,16 +172,29 @@ mod tests {
             .sum();
         plant.close_interval();
         let last = plant.take_closed();
-        let tail: f64 = last.iter().filter(|r| r.unit == "bf1").map(|r| r.flows[1].qty).sum();
+        let tail: f64 = last
+            .iter()
+            .filter(|r| r.unit == "bf1")
+            .map(|r| r.flows[1].qty)
+            .sum();
         let moved = read_total(&plant) - before;
-        assert!((moved - (true_coke + tail)).abs() <= 0.002, "meter moved {moved}, truth {true_coke} + {tail}");
+        assert!(
+            (moved - (true_coke + tail)).abs() <= 0.002,
+            "meter moved {moved}, truth {true_coke} + {tail}"
+        );
     }
 
     #[test]
     fn unmapped_addresses_and_absent_devices_are_refused() {
         let plant = Plant::new(Scenario::load("demo").unwrap(), T0);
-        assert_eq!(plant.read_holding(11, 8, 3), Err(ExceptionCode::IllegalDataAddress));
-        assert_eq!(plant.read_holding(200, 0, 4), Err(ExceptionCode::GatewayTargetDevice));
+        assert_eq!(
+            plant.read_holding(11, 8, 3),
+            Err(ExceptionCode::IllegalDataAddress)
+        );
+        assert_eq!(
+            plant.read_holding(200, 0, 4),
+            Err(ExceptionCode::GatewayTargetDevice)
+        );
         assert_eq!(plant.read_holding(11, 0, 10).map(|r| r.len()), Ok(10));
     }
 }

@@ -72,7 +72,10 @@ impl Scenario {
     /// A built-in scenario by name, or a scenario file by path.
     pub fn load(name_or_path: &str) -> Result<Scenario, ConfigError> {
         match BUILT_IN.iter().find(|(name, _)| *name == name_or_path) {
-            Some((name, text)) => Scenario::from_source(&Source::embedded(&format!("<built-in scenario {name}>"), text)),
+            Some((name, text)) => Scenario::from_source(&Source::embedded(
+                &format!("<built-in scenario {name}>"),
+                text,
+            )),
             None => Scenario::from_source(&Source::read(Path::new(name_or_path))?),
         }
     }
@@ -84,12 +87,24 @@ impl Scenario {
         let mut unit_names = Vec::new();
         for (i, u) in file.units.iter().enumerate() {
             if !unit_ids.insert(u.id.get_ref().clone()) {
-                return Err(src.error_at(u.id.span(), &format!("units[{i}].id"), "duplicate unit id"));
+                return Err(src.error_at(
+                    u.id.span(),
+                    &format!("units[{i}].id"),
+                    "duplicate unit id",
+                ));
             }
-            if !(u.capacity_t_per_h > 0.0) {
-                return Err(src.error(&format!("units[{i}].capacity_t_per_h"), "must be above zero"));
+            if !u.capacity_t_per_h.is_finite() || u.capacity_t_per_h <= 0.0 {
+                return Err(src.error(
+                    &format!("units[{i}].capacity_t_per_h"),
+                    "must be above zero",
+                ));
             }
-            units.push(UnitModel::new(u.id.get_ref().clone(), u.kind, u.capacity_t_per_h, unit_seed(file.seed, i)));
+            units.push(UnitModel::new(
+                u.id.get_ref().clone(),
+                u.kind,
+                u.capacity_t_per_h,
+                unit_seed(file.seed, i),
+            ));
             unit_names.push(u.name.clone());
         }
         let mut devices = HashSet::new();
@@ -109,7 +124,11 @@ impl Scenario {
                 ));
             }
             let Some(unit_index) = units.iter().position(|u| &u.id == m.unit.get_ref()) else {
-                return Err(src.error_at(m.unit.span(), &key("unit"), format!("no unit `{}`", m.unit.get_ref())));
+                return Err(src.error_at(
+                    m.unit.span(),
+                    &key("unit"),
+                    format!("no unit `{}`", m.unit.get_ref()),
+                ));
             };
             let flows = units[unit_index].kind.flows();
             let Some(flow_index) = flows.iter().position(|f| f.name == m.flow.get_ref()) else {
@@ -117,7 +136,12 @@ impl Scenario {
                 return Err(src.error_at(
                     m.flow.span(),
                     &key("flow"),
-                    format!("unit `{}` has no flow `{}`; it has {}", m.unit.get_ref(), m.flow.get_ref(), names.join(", ")),
+                    format!(
+                        "unit `{}` has no flow `{}`; it has {}",
+                        m.unit.get_ref(),
+                        m.flow.get_ref(),
+                        names.join(", ")
+                    ),
                 ));
             };
             meters.push(Meter {
@@ -140,7 +164,8 @@ impl Scenario {
 }
 
 fn unit_seed(seed: u64, index: usize) -> u64 {
-    seed.wrapping_mul(1_000_003).wrapping_add(index as u64 * 7919)
+    seed.wrapping_mul(1_000_003)
+        .wrapping_add(index as u64 * 7919)
 }
 
 #[cfg(test)]
@@ -160,7 +185,10 @@ mod tests {
         let text = "name = \"t\"\n[[units]]\nid = \"k1\"\nname = \"Kiln\"\nkind = \"kiln\"\ncapacity_t_per_h = 200.0\n\n[[meters]]\ndevice = \"k1-gas\"\nunit_id = 1\nunit = \"k1\"\nflow = \"gas\"\n";
         let err = Scenario::from_source(&Source::embedded("plant.toml", text)).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("plant.toml:12:8: key `meters[0].flow`"), "{msg}");
+        assert!(
+            msg.starts_with("plant.toml:12:8: key `meters[0].flow`"),
+            "{msg}"
+        );
         assert!(msg.contains("clinker"), "lists the flows it has: {msg}");
     }
 }

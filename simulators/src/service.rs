@@ -34,9 +34,9 @@ impl tokio_modbus::server::Service for SimService {
         let mut plant = self.plant.lock().expect("plant lock poisoned");
         plant.advance_to(self.clock.now_ms());
         let res = match req.request {
-            Request::ReadHoldingRegisters(addr, count) => {
-                plant.read_holding(req.slave, addr, count).map(Response::ReadHoldingRegisters)
-            }
+            Request::ReadHoldingRegisters(addr, count) => plant
+                .read_holding(req.slave, addr, count)
+                .map(Response::ReadHoldingRegisters),
             _ => Err(ExceptionCode::IllegalFunction),
         };
         future::ready(res)
@@ -51,9 +51,16 @@ pub struct SimOptions {
 
 /// Runs the simulator on `listener` until `shutdown` is cancelled, then closes the truth
 /// interval in progress and flushes the truth file.
-pub async fn run(listener: TcpListener, opts: SimOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    opts: SimOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let plant = Arc::new(Mutex::new(Plant::new(opts.scenario, opts.clock.start_ms())));
-    let service = SimService { plant: plant.clone(), clock: opts.clock };
+    let service = SimService {
+        plant: plant.clone(),
+        clock: opts.clock,
+    };
     let server = Server::new(listener);
     let on_connected = move |stream, addr: SocketAddr| {
         let service = service.clone();
@@ -76,7 +83,9 @@ async fn write_truth(
 ) -> anyhow::Result<()> {
     let mut file = match &path {
         Some(p) => Some(
-            tokio::fs::File::create(p).await.with_context(|| format!("cannot create truth file {}", p.display()))?,
+            tokio::fs::File::create(p)
+                .await
+                .with_context(|| format!("cannot create truth file {}", p.display()))?,
         ),
         None => None,
     };

@@ -11,20 +11,35 @@ use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_owned()
 }
 
 /// Path of a workspace binary next to the test executable's profile directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = exe.parent().and_then(Path::parent).expect("target/<profile>").join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first (tests/run does)", path.display());
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first (tests/run does)",
+        path.display()
+    );
     path
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A directory removed when dropped.
@@ -32,8 +47,12 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("ems-test-{tag}-{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("ems-test-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
@@ -66,7 +85,10 @@ impl Proc {
         let mut child = Command::new(program)
             .args(args)
             .current_dir(dir)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -81,7 +103,12 @@ impl Proc {
                 }
             }
         });
-        Proc { name, child, lines, stderr_path }
+        Proc {
+            name,
+            child,
+            lines,
+            stderr_path,
+        }
     }
 
     /// The rest of the first stdout line starting with `prefix`.
@@ -95,7 +122,11 @@ impl Proc {
                         return rest.trim().to_owned();
                     }
                 }
-                Err(_) => panic!("{} printed no `{prefix}` line in {timeout:?}; stderr:\n{}", self.name, self.stderr_tail()),
+                Err(_) => panic!(
+                    "{} printed no `{prefix}` line in {timeout:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr_tail()
+                ),
             }
         }
     }
@@ -117,7 +148,10 @@ impl Proc {
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let ok = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success(), "kill -TERM {} failed", self.pid());
         self.wait(timeout)
     }
@@ -130,7 +164,11 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("{} did not exit within {timeout:?}; stderr:\n{}", self.name, self.stderr_tail());
+                panic!(
+                    "{} did not exit within {timeout:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -169,7 +207,10 @@ impl Mosquitto {
 pub fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port} after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on port {port} after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -181,7 +222,9 @@ pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
 }
 
 pub fn get_text(addr: &str, path: &str) -> String {
-    let mut resp = ureq::get(&format!("http://{addr}{path}")).call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let mut resp = ureq::get(&format!("http://{addr}{path}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
     resp.body_mut().read_to_string().unwrap()
 }
 
@@ -189,7 +232,10 @@ pub fn get_text(addr: &str, path: &str) -> String {
 pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -15,9 +15,14 @@ fn run_expecting_failure(binary: &str, args: &[&str], dir: &std::path::Path) -> 
 fn edge_names_file_line_and_key() {
     let dir = TempDir::new("cfg-edge");
     // Line 10 of the example is `unit_id = 11` of the first device; make it a string.
-    let example = std::fs::read_to_string(workspace().join("firmware/edge/examples/demo.toml")).unwrap();
+    let example =
+        std::fs::read_to_string(workspace().join("firmware/edge/examples/demo.toml")).unwrap();
     let line = example.lines().position(|l| l == "unit_id = 11").unwrap() + 1;
-    write_config("firmware/edge/examples/demo.toml", &[("unit_id = 11", "unit_id = \"eleven\"")], &dir.path().join("edge.toml"));
+    write_config(
+        "firmware/edge/examples/demo.toml",
+        &[("unit_id = 11", "unit_id = \"eleven\"")],
+        &dir.path().join("edge.toml"),
+    );
     let err = run_expecting_failure("ems-edge", &["run", "--config", "edge.toml"], dir.path());
     assert!(err.contains(&format!("edge.toml:{line}:")), "{err}");
     assert!(err.contains("devices[0].unit_id"), "{err}");
@@ -27,17 +32,32 @@ fn edge_names_file_line_and_key() {
 fn gateway_names_file_line_and_key() {
     let dir = TempDir::new("cfg-gw");
     let example = std::fs::read_to_string(workspace().join("gateway/examples/demo.toml")).unwrap();
-    let line = example.lines().position(|l| l == "carrier = \"coke\"").unwrap() + 1;
-    write_config("gateway/examples/demo.toml", &[("carrier = \"coke\"", "carrier = \"cokes\"")], &dir.path().join("gw.toml"));
+    let line = example
+        .lines()
+        .position(|l| l == "carrier = \"coke\"")
+        .unwrap()
+        + 1;
+    write_config(
+        "gateway/examples/demo.toml",
+        &[("carrier = \"coke\"", "carrier = \"cokes\"")],
+        &dir.path().join("gw.toml"),
+    );
     let err = run_expecting_failure("ems-gateway", &["serve", "--config", "gw.toml"], dir.path());
     assert!(err.contains(&format!("gw.toml:{line}:")), "{err}");
-    assert!(err.contains("units[0].flows[1].carrier") && err.contains("unknown carrier `cokes`"), "{err}");
+    assert!(
+        err.contains("units[0].flows[1].carrier") && err.contains("unknown carrier `cokes`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn gateway_refuses_unknown_keys() {
     let dir = TempDir::new("cfg-gw2");
-    write_config("gateway/examples/demo.toml", &[("[storage]", "[storage]\npth = \"typo.db\"")], &dir.path().join("gw.toml"));
+    write_config(
+        "gateway/examples/demo.toml",
+        &[("[storage]", "[storage]\npth = \"typo.db\"")],
+        &dir.path().join("gw.toml"),
+    );
     let err = run_expecting_failure("ems-gateway", &["serve", "--config", "gw.toml"], dir.path());
     assert!(err.contains("gw.toml:") && err.contains("pth"), "{err}");
 }
@@ -45,10 +65,23 @@ fn gateway_refuses_unknown_keys() {
 #[test]
 fn simulator_names_file_line_and_key() {
     let dir = TempDir::new("cfg-sim");
-    let example = std::fs::read_to_string(workspace().join("simulators/scenarios/demo.toml")).unwrap();
-    let line = example.lines().position(|l| l == "flow = \"coke\"").unwrap() + 1;
-    write_config("simulators/scenarios/demo.toml", &[("flow = \"coke\"", "flow = \"coal\"")], &dir.path().join("plant.toml"));
-    let err = run_expecting_failure("ems-sim", &["--scenario", "plant.toml", "--listen", "127.0.0.1:0"], dir.path());
+    let example =
+        std::fs::read_to_string(workspace().join("simulators/scenarios/demo.toml")).unwrap();
+    let line = example
+        .lines()
+        .position(|l| l == "flow = \"coke\"")
+        .unwrap()
+        + 1;
+    write_config(
+        "simulators/scenarios/demo.toml",
+        &[("flow = \"coke\"", "flow = \"coal\"")],
+        &dir.path().join("plant.toml"),
+    );
+    let err = run_expecting_failure(
+        "ems-sim",
+        &["--scenario", "plant.toml", "--listen", "127.0.0.1:0"],
+        dir.path(),
+    );
     assert!(err.contains(&format!("plant.toml:{line}:")), "{err}");
     assert!(err.contains("meters[1].flow"), "{err}");
 }
@@ -59,6 +92,9 @@ fn every_binary_has_help() {
     for b in ["ems-sim", "ems-edge", "ems-gateway"] {
         let mut p = Proc::start(&bin(b), &["--help"], dir.path());
         assert!(p.wait(Duration::from_secs(10)).success(), "{b} --help");
-        assert!(p.wait_line("Usage:", Duration::from_secs(1)).contains(b), "{b}");
+        assert!(
+            p.wait_line("Usage:", Duration::from_secs(1)).contains(b),
+            "{b}"
+        );
     }
 }

@@ -34,7 +34,9 @@ fn truth_kgce_per_t(rec: &Value) -> f64 {
             "recovered" => -1.0,
             _ => continue,
         };
-        kgce += sign * f["qty"].as_f64().unwrap() * kgce_per_unit(f["carrier"].as_str().unwrap(), f["unit"].as_str().unwrap());
+        kgce += sign
+            * f["qty"].as_f64().unwrap()
+            * kgce_per_unit(f["carrier"].as_str().unwrap(), f["unit"].as_str().unwrap());
     }
     kgce / rec["product_t"].as_f64().unwrap()
 }
@@ -50,8 +52,14 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
     let mut sim = Proc::start(
         &bin("ems-sim"),
         &[
-            "--listen", "127.0.0.1:0", "--speed", "1440", "--start", "2026-01-01T00:00:00+08:00",
-            "--truth", truth_path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--speed",
+            "1440",
+            "--start",
+            "2026-01-01T00:00:00+08:00",
+            "--truth",
+            truth_path.to_str().unwrap(),
         ],
         d,
     );
@@ -63,17 +71,26 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
         "gateway/examples/demo.toml",
         &[
             ("port = 1883", &format!("port = {port}")),
-            ("path = \"ems-gateway.db\"", &format!("path = {:?}", db.to_str().unwrap())),
+            (
+                "path = \"ems-gateway.db\"",
+                &format!("path = {:?}", db.to_str().unwrap()),
+            ),
             ("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\""),
         ],
         &d.join("gateway.toml"),
     );
-    let mut gateway = Proc::start(&bin("ems-gateway"), &["serve", "--config", "gateway.toml"], d);
+    let mut gateway = Proc::start(
+        &bin("ems-gateway"),
+        &["serve", "--config", "gateway.toml"],
+        d,
+    );
     let http = gateway.wait_line("HTTP ", Duration::from_secs(10));
     // The broker keeps QoS 1 messages only for sessions that subscribed: wait for that.
-    eventually("the gateway's subscription", Duration::from_secs(10), || {
-        get_text(&http, "/metrics").contains("ems_gateway_mqtt_subscribed 1")
-    });
+    eventually(
+        "the gateway's subscription",
+        Duration::from_secs(10),
+        || get_text(&http, "/metrics").contains("ems_gateway_mqtt_subscribed 1"),
+    );
 
     write_config(
         "firmware/edge/examples/demo.toml",
@@ -90,23 +107,45 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
 
     // Wait for the truth of all 24 hours of all four units.
     eventually("24 hours of truth", Duration::from_secs(150), || {
-        std::fs::read_to_string(&truth_path).map(|t| t.lines().count() >= 96).unwrap_or(false)
+        std::fs::read_to_string(&truth_path)
+            .map(|t| t.lines().count() >= 96)
+            .unwrap_or(false)
     });
 
     // SIGTERM: the edge stops polling and delivers everything it read.
-    assert!(edge.terminate(Duration::from_secs(20)).success(), "edge exit; stderr:\n{}", edge.stderr_tail());
+    assert!(
+        edge.terminate(Duration::from_secs(20)).success(),
+        "edge exit; stderr:\n{}",
+        edge.stderr_tail()
+    );
     let seq: HashMap<String, u64> =
-        serde_json::from_str(&std::fs::read_to_string(d.join("edge-data/seq.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(d.join("edge-data/seq.json")).unwrap())
+            .unwrap();
     assert_eq!(seq.len(), 22, "every demo meter was polled");
-    eventually("every sequence number stored", Duration::from_secs(20), || {
-        let devices = get_json(&http, "/api/v1/devices");
-        devices.as_array().unwrap().len() == seq.len()
-            && devices.as_array().unwrap().iter().all(|d| d["last_seq"].as_u64() == seq.get(d["id"].as_str().unwrap()).copied())
-    });
+    eventually(
+        "every sequence number stored",
+        Duration::from_secs(20),
+        || {
+            let devices = get_json(&http, "/api/v1/devices");
+            devices.as_array().unwrap().len() == seq.len()
+                && devices
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d["last_seq"].as_u64() == seq.get(d["id"].as_str().unwrap()).copied())
+        },
+    );
     for dev in get_json(&http, "/api/v1/devices").as_array().unwrap() {
         assert_eq!(dev["missing"], 0, "no sequence gaps: {dev}");
-        assert_eq!(dev["messages"].as_u64(), seq.get(dev["id"].as_str().unwrap()).copied(), "stored once each: {dev}");
-        assert_eq!(dev["online"], false, "the edge said offline when it stopped: {dev}");
+        assert_eq!(
+            dev["messages"].as_u64(),
+            seq.get(dev["id"].as_str().unwrap()).copied(),
+            "stored once each: {dev}"
+        );
+        assert_eq!(
+            dev["online"], false,
+            "the edge said offline when it stopped: {dev}"
+        );
     }
 
     // Hour by hour, unit energy against the truth.
@@ -135,26 +174,63 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
                 .iter()
                 .find(|r| {
                     r["unit"] == id
-                        && chrono::DateTime::parse_from_rfc3339(r["start"].as_str().unwrap()).unwrap() == start
+                        && chrono::DateTime::parse_from_rfc3339(r["start"].as_str().unwrap())
+                            .unwrap()
+                            == start
                 })
                 .unwrap_or_else(|| panic!("no truth for {id} at {start}"));
             let want = truth_kgce_per_t(rec);
             let got = h["kgce_per_t"].as_f64().unwrap();
             worst = worst.max(((got - want) / want).abs());
-            assert!(((got - want) / want).abs() < 0.01, "{id} {start}: gateway {got:.3} kgce/t, truth {want:.3}");
-            let (pt, tt) = (h["product_t"].as_f64().unwrap(), rec["product_t"].as_f64().unwrap());
-            assert!(((pt - tt) / tt).abs() < 0.01, "{id} {start}: product {pt:.3} t, truth {tt:.3}");
-            let (wt, tw) = (h["water_m3"].as_f64().unwrap(), rec["water_m3"].as_f64().unwrap());
-            assert!(((wt - tw) / tw).abs() < 0.01, "{id} {start}: water {wt:.3} m3, truth {tw:.3}");
+            assert!(
+                ((got - want) / want).abs() < 0.01,
+                "{id} {start}: gateway {got:.3} kgce/t, truth {want:.3}"
+            );
+            let (pt, tt) = (
+                h["product_t"].as_f64().unwrap(),
+                rec["product_t"].as_f64().unwrap(),
+            );
+            assert!(
+                ((pt - tt) / tt).abs() < 0.01,
+                "{id} {start}: product {pt:.3} t, truth {tt:.3}"
+            );
+            let (wt, tw) = (
+                h["water_m3"].as_f64().unwrap(),
+                rec["water_m3"].as_f64().unwrap(),
+            );
+            assert!(
+                ((wt - tw) / tw).abs() < 0.01,
+                "{id} {start}: water {wt:.3} m3, truth {tw:.3}"
+            );
             compared += 1;
         }
-        assert!(compared >= 22, "{id}: only {compared} full hours to compare");
-        eprintln!("{id}: {compared} hours compared, worst kgce/t deviation {:.4} %", worst * 100.0);
+        assert!(
+            compared >= 22,
+            "{id}: only {compared} full hours to compare"
+        );
+        eprintln!(
+            "{id}: {compared} hours compared, worst kgce/t deviation {:.4} %",
+            worst * 100.0
+        );
         if id == "bof1" {
-            assert!(hours.iter().filter(|h| h["completeness"].as_f64().unwrap() >= 0.99).all(|h| h["kgce_per_t"].as_f64().unwrap() < 0.0), "the converter recovers more than it uses");
+            assert!(
+                hours
+                    .iter()
+                    .filter(|h| h["completeness"].as_f64().unwrap() >= 0.99)
+                    .all(|h| h["kgce_per_t"].as_f64().unwrap() < 0.0),
+                "the converter recovers more than it uses"
+            );
         }
     }
 
-    assert!(gateway.terminate(Duration::from_secs(20)).success(), "gateway exit; stderr:\n{}", gateway.stderr_tail());
-    assert!(sim.terminate(Duration::from_secs(10)).success(), "sim exit; stderr:\n{}", sim.stderr_tail());
+    assert!(
+        gateway.terminate(Duration::from_secs(20)).success(),
+        "gateway exit; stderr:\n{}",
+        gateway.stderr_tail()
+    );
+    assert!(
+        sim.terminate(Duration::from_secs(10)).success(),
+        "sim exit; stderr:\n{}",
+        sim.stderr_tail()
+    );
 }

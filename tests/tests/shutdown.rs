@@ -15,7 +15,14 @@ fn sigterm_mid_stream_loses_nothing_and_stores_nothing_twice() {
     let truth = d.join("truth.jsonl");
     let mut sim = Proc::start(
         &bin("ems-sim"),
-        &["--listen", "127.0.0.1:0", "--speed", "60", "--truth", truth.to_str().unwrap()],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--speed",
+            "60",
+            "--truth",
+            truth.to_str().unwrap(),
+        ],
         d,
     );
     let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
@@ -30,11 +37,17 @@ fn sigterm_mid_stream_loses_nothing_and_stores_nothing_twice() {
         &d.join("gateway.toml"),
     );
     let start_gateway = || {
-        let p = Proc::start(&bin("ems-gateway"), &["serve", "--config", "gateway.toml"], d);
+        let p = Proc::start(
+            &bin("ems-gateway"),
+            &["serve", "--config", "gateway.toml"],
+            d,
+        );
         let http = p.wait_line("HTTP ", Duration::from_secs(10));
-        eventually("the gateway's subscription", Duration::from_secs(10), || {
-            get_text(&http, "/metrics").contains("ems_gateway_mqtt_subscribed 1")
-        });
+        eventually(
+            "the gateway's subscription",
+            Duration::from_secs(10),
+            || get_text(&http, "/metrics").contains("ems_gateway_mqtt_subscribed 1"),
+        );
         (p, http)
     };
     let (mut gateway, _) = start_gateway();
@@ -51,31 +64,69 @@ fn sigterm_mid_stream_loses_nothing_and_stores_nothing_twice() {
     std::thread::sleep(Duration::from_secs(3));
 
     // The gateway goes down mid-stream; the broker holds its session's messages meanwhile.
-    assert!(gateway.terminate(Duration::from_secs(20)).success(), "gateway exit:\n{}", gateway.stderr_tail());
+    assert!(
+        gateway.terminate(Duration::from_secs(20)).success(),
+        "gateway exit:\n{}",
+        gateway.stderr_tail()
+    );
     std::thread::sleep(Duration::from_secs(2));
     let (mut gateway, http) = start_gateway();
     std::thread::sleep(Duration::from_secs(2));
 
-    assert!(edge.terminate(Duration::from_secs(20)).success(), "edge exit:\n{}", edge.stderr_tail());
-    assert!(edge.stderr().contains("every message was acknowledged"), "{}", edge.stderr_tail());
+    assert!(
+        edge.terminate(Duration::from_secs(20)).success(),
+        "edge exit:\n{}",
+        edge.stderr_tail()
+    );
+    assert!(
+        edge.stderr().contains("every message was acknowledged"),
+        "{}",
+        edge.stderr_tail()
+    );
     let seq: HashMap<String, u64> =
-        serde_json::from_str(&std::fs::read_to_string(d.join("ems-edge-data/seq.json")).unwrap()).unwrap();
-    assert!(seq.values().all(|&n| n >= 50), "the edge polled throughout: {seq:?}");
-    eventually("every sequence number stored", Duration::from_secs(20), || {
-        let devices = get_json(&http, "/api/v1/devices");
-        let devices = devices.as_array().unwrap();
-        devices.len() == seq.len() && devices.iter().all(|d| d["last_seq"].as_u64() == seq.get(d["id"].as_str().unwrap()).copied())
-    });
+        serde_json::from_str(&std::fs::read_to_string(d.join("ems-edge-data/seq.json")).unwrap())
+            .unwrap();
+    assert!(
+        seq.values().all(|&n| n >= 50),
+        "the edge polled throughout: {seq:?}"
+    );
+    eventually(
+        "every sequence number stored",
+        Duration::from_secs(20),
+        || {
+            let devices = get_json(&http, "/api/v1/devices");
+            let devices = devices.as_array().unwrap();
+            devices.len() == seq.len()
+                && devices
+                    .iter()
+                    .all(|d| d["last_seq"].as_u64() == seq.get(d["id"].as_str().unwrap()).copied())
+        },
+    );
     for dev in get_json(&http, "/api/v1/devices").as_array().unwrap() {
         let id = dev["id"].as_str().unwrap();
         assert_eq!(dev["missing"], 0, "{dev}");
-        assert_eq!(dev["messages"].as_u64(), seq.get(id).copied(), "each number stored once: {dev}");
+        assert_eq!(
+            dev["messages"].as_u64(),
+            seq.get(id).copied(),
+            "each number stored once: {dev}"
+        );
     }
 
-    assert!(gateway.terminate(Duration::from_secs(20)).success(), "gateway exit:\n{}", gateway.stderr_tail());
-    assert!(sim.terminate(Duration::from_secs(10)).success(), "sim exit:\n{}", sim.stderr_tail());
+    assert!(
+        gateway.terminate(Duration::from_secs(20)).success(),
+        "gateway exit:\n{}",
+        gateway.stderr_tail()
+    );
+    assert!(
+        sim.terminate(Duration::from_secs(10)).success(),
+        "sim exit:\n{}",
+        sim.stderr_tail()
+    );
     // The simulator closed the interval in progress and flushed it.
     let last = std::fs::read_to_string(&truth).unwrap();
     assert_eq!(last.lines().count() % 4, 0, "whole sets of four units");
-    assert!(last.lines().count() >= 4, "the partial hour was written at shutdown");
+    assert!(
+        last.lines().count() >= 4,
+        "the partial hour was written at shutdown"
+    );
 }

@@ -57,12 +57,18 @@ impl Source {
             key: None,
             message: format!("cannot read: {e}"),
         })?;
-        Ok(Source { file: path.to_owned(), text })
+        Ok(Source {
+            file: path.to_owned(),
+            text,
+        })
     }
 
     /// A source that lives in the binary (embedded defaults); `name` stands in for the path.
     pub fn embedded(name: &str, text: &str) -> Self {
-        Source { file: PathBuf::from(name), text: text.to_owned() }
+        Source {
+            file: PathBuf::from(name),
+            text: text.to_owned(),
+        }
     }
 
     /// Deserializes the whole file into `T`.
@@ -83,7 +89,12 @@ impl Source {
     }
 
     /// An error about a value that parsed but is wrong (unknown reference, duplicate id, ...).
-    pub fn error_at(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+    pub fn error_at(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, column) = self.line_col(span.start);
         ConfigError {
             file: self.file.clone(),
@@ -134,7 +145,10 @@ mod tests {
     }
 
     fn src(text: &str) -> Source {
-        Source { file: PathBuf::from("site/edge.toml"), text: text.to_owned() }
+        Source {
+            file: PathBuf::from("site/edge.toml"),
+            text: text.to_owned(),
+        }
     }
 
     #[test]
@@ -158,7 +172,9 @@ mod tests {
 
     #[test]
     fn syntax_error_has_a_line() {
-        let err = src("name = \"x\"\ndevices = [\n").parse::<Conf>().unwrap_err();
+        let err = src("name = \"x\"\ndevices = [\n")
+            .parse::<Conf>()
+            .unwrap_err();
         assert!(err.line.is_some(), "{err}");
     }
 
@@ -168,6 +184,9 @@ mod tests {
         let conf: Conf = s.parse().unwrap();
         let p = &conf.devices[0].profile;
         let err = s.error_at(p.span(), "devices[0].profile", "unknown profile `nope`");
-        assert_eq!(err.to_string(), "site/edge.toml:4:11: key `devices[0].profile`: unknown profile `nope`");
+        assert_eq!(
+            err.to_string(),
+            "site/edge.toml:4:11: key `devices[0].profile`: unknown profile `nope`"
+        );
     }
 }

@@ -87,7 +87,10 @@ impl std::error::Error for DecodeError {}
 pub fn decode(regs: &[u16], ty: DataType, order: WordOrder) -> Result<f64, DecodeError> {
     let n = ty.registers() as usize;
     if regs.len() < n {
-        return Err(DecodeError::Short { needed: ty.registers(), got: regs.len() });
+        return Err(DecodeError::Short {
+            needed: ty.registers(),
+            got: regs.len(),
+        });
     }
     // Assemble a big-endian integer from the words in most-significant-first order.
     let mut bits: u64 = 0;
@@ -150,30 +153,49 @@ mod tests {
             (WordOrder::DCBA, [0x7856, 0x3412]),
         ];
         for (order, regs) in cases {
-            assert_eq!(decode(&regs, DataType::U32, order), Ok(305_419_896.0), "{order:?}");
+            assert_eq!(
+                decode(&regs, DataType::U32, order),
+                Ok(305_419_896.0),
+                "{order:?}"
+            );
         }
     }
 
     #[test]
     fn f32_word_swapped_as_many_meters_send_it() {
         // 230.5 V = 0x4366_8000; a CDAB meter sends the low word first.
-        assert_eq!(decode(&[0x8000, 0x4366], DataType::F32, WordOrder::CDAB), Ok(230.5));
+        assert_eq!(
+            decode(&[0x8000, 0x4366], DataType::F32, WordOrder::CDAB),
+            Ok(230.5)
+        );
     }
 
     #[test]
     fn signed_values_keep_their_sign() {
         assert_eq!(decode(&[0xFFFF], DataType::I16, WordOrder::ABCD), Ok(-1.0));
-        assert_eq!(decode(&[0xFFFF, 0xFFFE], DataType::I32, WordOrder::ABCD), Ok(-2.0));
+        assert_eq!(
+            decode(&[0xFFFF, 0xFFFE], DataType::I32, WordOrder::ABCD),
+            Ok(-2.0)
+        );
         let regs = [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFD];
         assert_eq!(decode(&regs, DataType::I64, WordOrder::ABCD), Ok(-3.0));
     }
 
     #[test]
     fn u64_counter_in_every_order_round_trips() {
-        for order in [WordOrder::ABCD, WordOrder::CDAB, WordOrder::BADC, WordOrder::DCBA] {
+        for order in [
+            WordOrder::ABCD,
+            WordOrder::CDAB,
+            WordOrder::BADC,
+            WordOrder::DCBA,
+        ] {
             let mut regs = [0u16; 4];
             encode(123_456_789_012.0, DataType::U64, order, &mut regs);
-            assert_eq!(decode(&regs, DataType::U64, order), Ok(123_456_789_012.0), "{order:?}");
+            assert_eq!(
+                decode(&regs, DataType::U64, order),
+                Ok(123_456_789_012.0),
+                "{order:?}"
+            );
         }
     }
 

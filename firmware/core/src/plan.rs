@@ -37,7 +37,10 @@ impl LinkCost {
     /// Modbus TCP: the round trip dominates; a register costs its two bytes on the wire.
     pub fn tcp(round_trip_s: f64) -> Self {
         // 16 bits at 10 Mbit/s, the slowest plant Ethernet still in service.
-        LinkCost { per_request: round_trip_s, per_register: 16.0 / 10_000_000.0 }
+        LinkCost {
+            per_request: round_trip_s,
+            per_register: 16.0 / 10_000_000.0,
+        }
     }
 
     /// Modbus RTU for a read (function 3 or 4) at `baud`, 11 bits a character (8 data, parity or
@@ -78,7 +81,10 @@ impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PlanError::PointTooLong { index, len, max } => {
-                write!(f, "point #{index} spans {len} registers, the device allows {max}")
+                write!(
+                    f,
+                    "point #{index} spans {len} registers, the device allows {max}"
+                )
             }
             PlanError::PointForbidden { index } => {
                 write!(f, "point #{index} lies on registers the device refuses")
@@ -108,9 +114,16 @@ pub fn plan(
             return Err(PlanError::PointOutOfRange { index });
         }
         if p.len > max_registers {
-            return Err(PlanError::PointTooLong { index, len: p.len, max: max_registers });
+            return Err(PlanError::PointTooLong {
+                index,
+                len: p.len,
+                max: max_registers,
+            });
         }
-        if forbidden.iter().any(|f| f.overlaps(u32::from(p.start), p.end())) {
+        if forbidden
+            .iter()
+            .any(|f| f.overlaps(u32::from(p.start), p.end()))
+        {
             return Err(PlanError::PointForbidden { index });
         }
     }
@@ -148,10 +161,18 @@ pub fn plan(
         let i = from[j];
         let run = &order[i..j];
         let start = points[run[0]].start;
-        let end = run.iter().map(|&k| points[k].end()).max().unwrap_or(u32::from(start));
+        let end = run
+            .iter()
+            .map(|&k| points[k].end())
+            .max()
+            .unwrap_or(u32::from(start));
         let mut served: Vec<usize> = run.to_vec();
         served.sort_unstable();
-        requests.push(PlannedRequest { start, len: (end - u32::from(start)) as u16, points: served });
+        requests.push(PlannedRequest {
+            start,
+            len: (end - u32::from(start)) as u16,
+            points: served,
+        });
         j = i;
     }
     requests.reverse();
@@ -160,7 +181,10 @@ pub fn plan(
 
 /// Total modelled time of a plan on a link.
 pub fn plan_cost(requests: &[PlannedRequest], cost: LinkCost) -> f64 {
-    requests.iter().map(|r| cost.request(u32::from(r.len))).sum()
+    requests
+        .iter()
+        .map(|r| cost.request(u32::from(r.len)))
+        .sum()
 }
 
 #[cfg(test)]
@@ -175,16 +199,31 @@ mod tests {
     fn contiguous_points_become_one_request() {
         let pts = [span(0, 4), span(4, 4), span(8, 2)];
         let plan = plan(&pts, LinkCost::tcp(0.002), 125, &[]).unwrap();
-        assert_eq!(plan, [PlannedRequest { start: 0, len: 10, points: alloc::vec![0, 1, 2] }]);
+        assert_eq!(
+            plan,
+            [PlannedRequest {
+                start: 0,
+                len: 10,
+                points: alloc::vec![0, 1, 2]
+            }]
+        );
     }
 
     #[test]
     fn tcp_bridges_wide_gaps_rtu_does_not() {
         let pts = [span(0, 2), span(60, 2)];
         let tcp = plan(&pts, LinkCost::tcp(0.002), 125, &[]).unwrap();
-        assert_eq!(tcp.len(), 1, "one round trip beats reading 58 spare registers on TCP");
+        assert_eq!(
+            tcp.len(),
+            1,
+            "one round trip beats reading 58 spare registers on TCP"
+        );
         let rtu = plan(&pts, LinkCost::rtu(9_600, 0.005), 125, &[]).unwrap();
-        assert_eq!(rtu.len(), 2, "58 spare registers at 9600 baud cost more than a request");
+        assert_eq!(
+            rtu.len(),
+            2,
+            "58 spare registers at 9600 baud cost more than a request"
+        );
     }
 
     #[test]
@@ -194,7 +233,10 @@ mod tests {
         for r in &plan {
             assert!(r.len <= 30, "{r:?}");
             for &p in &r.points {
-                assert!(pts[p].start >= r.start && pts[p].end() <= u32::from(r.start) + u32::from(r.len));
+                assert!(
+                    pts[p].start >= r.start
+                        && pts[p].end() <= u32::from(r.start) + u32::from(r.len)
+                );
             }
         }
         let served: usize = plan.iter().map(|r| r.points.len()).sum();
@@ -216,13 +258,29 @@ mod tests {
         // A u32 and its low word read as u16 (meters sometimes expose both).
         let pts = [span(10, 2), span(11, 1), span(3, 1)];
         let plan = plan(&pts, LinkCost::tcp(0.002), 125, &[]).unwrap();
-        assert_eq!(plan, [PlannedRequest { start: 3, len: 9, points: alloc::vec![0, 1, 2] }]);
+        assert_eq!(
+            plan,
+            [PlannedRequest {
+                start: 3,
+                len: 9,
+                points: alloc::vec![0, 1, 2]
+            }]
+        );
     }
 
     #[test]
     fn dp_is_never_worse_than_any_split_on_a_small_case() {
         // Exhaustive check over every way to cut 8 sorted points into consecutive runs.
-        let pts = [span(0, 2), span(3, 2), span(20, 1), span(22, 2), span(40, 4), span(47, 1), span(90, 2), span(93, 2)];
+        let pts = [
+            span(0, 2),
+            span(3, 2),
+            span(20, 1),
+            span(22, 2),
+            span(40, 4),
+            span(47, 1),
+            span(90, 2),
+            span(93, 2),
+        ];
         let cost = LinkCost::rtu(9_600, 0.004);
         let ours = plan_cost(&plan(&pts, cost, 125, &[]).unwrap(), cost);
         for cuts in 0u32..(1 << 7) {

@@ -92,7 +92,6 @@ pub mod topic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::string::ToString;
 
     #[test]
     fn telemetry_json_matches_the_documented_example() {
@@ -104,8 +103,16 @@ mod tests {
             seq: 1042,
             ts_ms: 1_767_196_800_000,
             points: alloc::vec![
-                PointValue { id: "import_kwh".into(), v: Some(1234.5), q: Quality::Good },
-                PointValue { id: "power_kw".into(), v: None, q: Quality::Exception(2) },
+                PointValue {
+                    id: "import_kwh".into(),
+                    v: Some(1234.5),
+                    q: Quality::Good
+                },
+                PointValue {
+                    id: "power_kw".into(),
+                    v: None,
+                    q: Quality::Exception(2)
+                },
             ],
         };
         let json = serde_json::to_string(&msg).unwrap();
@@ -118,7 +125,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let json = r#"{"v":1,"site":"s","edge":"e","device":"d","seq":1,"ts_ms":0,"points":[],"x":1}"#;
+        let json =
+            r#"{"v":1,"site":"s","edge":"e","device":"d","seq":1,"ts_ms":0,"points":[],"x":1}"#;
         assert!(serde_json::from_str::<Telemetry>(json).is_err());
     }
 
@@ -128,12 +136,21 @@ mod tests {
         assert_eq!(t, "ems/v1/demo/data/bf1-power");
         assert_eq!(
             topic::parse("ems/v1", &t),
-            Some(topic::Parsed::Data { site: "demo", device: "bf1-power" })
+            Some(topic::Parsed::Data {
+                site: "demo",
+                device: "bf1-power"
+            })
         );
         let s = topic::status("ems/v1", "demo", "edge-1");
-        assert_eq!(topic::parse("ems/v1", &s), Some(topic::Parsed::Status { site: "demo", edge: "edge-1" }));
+        assert_eq!(
+            topic::parse("ems/v1", &s),
+            Some(topic::Parsed::Status {
+                site: "demo",
+                edge: "edge-1"
+            })
+        );
         assert_eq!(topic::parse("ems/v1", "ems/v1/demo/data/a/b"), None);
         assert_eq!(topic::parse("ems/v1", "other/demo/data/a"), None);
-        assert_eq!(topic::parse("ems/v1", &"ems/v1/demo/data/".to_string()), None);
+        assert_eq!(topic::parse("ems/v1", "ems/v1/demo/data/"), None);
     }
 }

@@ -133,10 +133,18 @@ impl Site {
             let key = |k: &str| format!("devices[{i}].{k}");
             let id = d.id.get_ref();
             if !valid_topic_level(id) {
-                return Err(src.error_at(d.id.span(), &key("id"), "must be non-empty without '/', '+' or '#'"));
+                return Err(src.error_at(
+                    d.id.span(),
+                    &key("id"),
+                    "must be non-empty without '/', '+' or '#'",
+                ));
             }
             if !ids.insert(id.clone()) {
-                return Err(src.error_at(d.id.span(), &key("id"), format!("duplicate device id `{id}`")));
+                return Err(src.error_at(
+                    d.id.span(),
+                    &key("id"),
+                    format!("duplicate device id `{id}`"),
+                ));
             }
             let Some(link) = d.link.get_ref().strip_prefix("tcp://") else {
                 return Err(src.error_at(d.link.span(), &key("link"), "expected tcp://host:port"));
@@ -146,11 +154,18 @@ impl Site {
                 return Err(src.error_at(
                     d.profile.span(),
                     &key("profile"),
-                    format!("unknown profile `{}`; known: {}", d.profile.get_ref(), known.join(", ")),
+                    format!(
+                        "unknown profile `{}`; known: {}",
+                        d.profile.get_ref(),
+                        known.join(", ")
+                    ),
                 ));
             };
             if d.clock == ClockSource::Device && profile.clock_point().is_none() {
-                return Err(src.error(&key("clock"), format!("profile `{}` has no clock point", profile.name)));
+                return Err(src.error(
+                    &key("clock"),
+                    format!("profile `{}` has no clock point", profile.name),
+                ));
             }
             devices.push(Device {
                 id: id.clone(),
@@ -175,8 +190,11 @@ mod tests {
 
     #[test]
     fn shipped_example_configs_parse() {
-        for (name, text) in [("demo.toml", DEMO_CONFIG)] {
-            let site = Site::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
+        // Every config shipped in firmware/edge/examples/.
+        const EXAMPLES: &[(&str, &str)] = &[("demo.toml", DEMO_CONFIG)];
+        for (name, text) in EXAMPLES {
+            let site =
+                Site::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
             assert!(!site.devices.is_empty());
         }
     }
@@ -186,6 +204,11 @@ mod tests {
         let text = "site = \"s\"\nedge_id = \"e\"\ndata_dir = \"/tmp\"\n[mqtt]\nhost = \"h\"\n\n[[devices]]\nid = \"m1\"\nlink = \"tcp://127.0.0.1:502\"\nunit_id = 1\nprofile = \"dtsu666x\"\n";
         let err = Site::from_source(&Source::embedded("edge.toml", text)).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("edge.toml:11:11: key `devices[0].profile`: unknown profile `dtsu666x`"), "{msg}");
+        assert!(
+            msg.starts_with(
+                "edge.toml:11:11: key `devices[0].profile`: unknown profile `dtsu666x`"
+            ),
+            "{msg}"
+        );
     }
 }

@@ -31,7 +31,8 @@ const CHANNEL_CAPACITY: usize = 10_000;
 pub fn plan_site(site: &Site) -> anyhow::Result<BTreeMap<String, Vec<DevicePlan>>> {
     let mut links: BTreeMap<String, Vec<DevicePlan>> = BTreeMap::new();
     for d in &site.devices {
-        let plan = DevicePlan::new(d.clone()).with_context(|| format!("cannot plan device {}", d.id))?;
+        let plan =
+            DevicePlan::new(d.clone()).with_context(|| format!("cannot plan device {}", d.id))?;
         tracing::info!(device = %d.id, link = %d.link, plan = %plan.summary(), "Planned.");
         links.entry(d.link.clone()).or_default().push(plan);
     }
@@ -62,7 +63,12 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
             seq: seq.clone(),
             out: tx.clone(),
         };
-        pollers.push(tokio::spawn(poller::run_link(link, plans, lc, shutdown.clone())));
+        pollers.push(tokio::spawn(poller::run_link(
+            link,
+            plans,
+            lc,
+            shutdown.clone(),
+        )));
     }
     drop(tx);
     let mut first_error = None;
@@ -75,9 +81,15 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
     }
     let stats = publisher.await.context("publisher panicked")?;
     if stats.undelivered > 0 {
-        tracing::error!(undelivered = stats.undelivered, "Stopped with messages the broker never acknowledged.");
+        tracing::error!(
+            undelivered = stats.undelivered,
+            "Stopped with messages the broker never acknowledged."
+        );
     } else {
-        tracing::info!(acknowledged = stats.acknowledged, "Stopped; every message was acknowledged.");
+        tracing::info!(
+            acknowledged = stats.acknowledged,
+            "Stopped; every message was acknowledged."
+        );
     }
     match first_error {
         Some(e) => Err(e),
@@ -87,7 +99,8 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
 
 /// Cancels `token` on SIGTERM or Ctrl-C.
 pub async fn cancel_on_signal(token: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -43,7 +43,9 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
@@ -59,10 +61,26 @@ async fn run() -> anyhow::Result<()> {
             for (link, plans) in ems_edge::plan_site(&site)? {
                 println!("link {link}");
                 for p in plans {
-                    println!("  {} (unit {}): {}", p.device.id, p.device.unit_id, p.summary());
+                    println!(
+                        "  {} (unit {}): {}",
+                        p.device.id,
+                        p.device.unit_id,
+                        p.summary()
+                    );
                     for r in &p.reads {
-                        let ids: Vec<_> = r.points.iter().map(|&i| p.device.profile.points[i].id.as_str()).collect();
-                        println!("    {:?} {}..{} ({} registers): {}", r.table, r.start, r.start + r.len, r.len, ids.join(", "));
+                        let ids: Vec<_> = r
+                            .points
+                            .iter()
+                            .map(|&i| p.device.profile.points[i].id.as_str())
+                            .collect();
+                        println!(
+                            "    {:?} {}..{} ({} registers): {}",
+                            r.table,
+                            r.start,
+                            r.start + r.len,
+                            r.len,
+                            ids.join(", ")
+                        );
                     }
                 }
             }

@@ -31,7 +31,11 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(max_in_flight: usize) -> Self {
-        Outbox { queued: VecDeque::new(), in_flight: VecDeque::new(), max_in_flight: max_in_flight.max(1) }
+        Outbox {
+            queued: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            max_in_flight: max_in_flight.max(1),
+        }
     }
 
     pub fn push(&mut self, msg: Message) {
@@ -44,7 +48,10 @@ impl Outbox {
             return None;
         }
         let msg = self.queued.pop_front()?;
-        self.in_flight.push_back(InFlight { msg: msg.clone(), pkid: None });
+        self.in_flight.push_back(InFlight {
+            msg: msg.clone(),
+            pkid: None,
+        });
         Some(msg)
     }
 
@@ -90,7 +97,11 @@ mod tests {
     use super::*;
 
     fn msg(n: u8) -> Message {
-        Message { topic: format!("t/{n}"), payload: vec![n], retain: false }
+        Message {
+            topic: format!("t/{n}"),
+            payload: vec![n],
+            retain: false,
+        }
     }
 
     #[test]

@@ -47,17 +47,31 @@ impl DevicePlan {
         let cost = LinkCost::tcp(TCP_ROUND_TRIP_S);
         let mut reads = Vec::new();
         for table in [Table::Holding, Table::Input] {
-            let idx: Vec<usize> =
-                device.profile.points.iter().enumerate().filter(|(_, p)| p.table == table).map(|(i, _)| i).collect();
+            let idx: Vec<usize> = device
+                .profile
+                .points
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.table == table)
+                .map(|(i, _)| i)
+                .collect();
             let spans: Vec<Span> = idx
                 .iter()
                 .map(|&i| {
                     let p = &device.profile.points[i];
-                    Span { start: p.address, len: p.data_type.registers() }
+                    Span {
+                        start: p.address,
+                        len: p.data_type.registers(),
+                    }
                 })
                 .collect();
             for r in plan(&spans, cost, device.profile.max_registers, &[])? {
-                reads.push(Read { table, start: r.start, len: r.len, points: r.points.iter().map(|&k| idx[k]).collect() });
+                reads.push(Read {
+                    table,
+                    start: r.start,
+                    len: r.len,
+                    points: r.points.iter().map(|&k| idx[k]).collect(),
+                });
             }
         }
         Ok(DevicePlan { device, reads })
@@ -124,7 +138,10 @@ pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
             }
         };
         for &i in &read.points {
-            values[i] = outcome.as_ref().map_err(|q| *q).and_then(|regs| decode_point(&profile.points[i], read, regs));
+            values[i] = outcome
+                .as_ref()
+                .map_err(|q| *q)
+                .and_then(|regs| decode_point(&profile.points[i], read, regs));
         }
     }
     let mut device_clock_ms = None;
@@ -135,11 +152,23 @@ pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
             continue;
         }
         points.push(match value {
-            Ok(v) => PointValue { id: def.id.clone(), v: Some(v), q: Quality::Good },
-            Err(q) => PointValue { id: def.id.clone(), v: None, q },
+            Ok(v) => PointValue {
+                id: def.id.clone(),
+                v: Some(v),
+                q: Quality::Good,
+            },
+            Err(q) => PointValue {
+                id: def.id.clone(),
+                v: None,
+                q,
+            },
         });
     }
-    Reading { points, device_clock_ms, link_failed }
+    Reading {
+        points,
+        device_clock_ms,
+        link_failed,
+    }
 }
 
 /// Where a link task sends each poll result.
@@ -169,7 +198,9 @@ pub async fn run_link(
         if ctx.is_none() {
             match connect(&link, lc.interval.max(Duration::from_secs(1))).await {
                 Ok(c) => ctx = Some(c),
-                Err(e) => tracing::warn!(link = %link, error = %e, "Cannot connect; marking its devices."),
+                Err(e) => {
+                    tracing::warn!(link = %link, error = %e, "Cannot connect; marking its devices.")
+                }
             }
         }
         let mut batch = Vec::with_capacity(plans.len());
@@ -221,9 +252,17 @@ fn unreachable_reading(plan: &DevicePlan) -> Reading {
         .points
         .iter()
         .filter(|p| p.role != PointRole::Clock)
-        .map(|p| PointValue { id: p.id.clone(), v: None, q: Quality::Comm })
+        .map(|p| PointValue {
+            id: p.id.clone(),
+            v: None,
+            q: Quality::Comm,
+        })
         .collect();
-    Reading { points, device_clock_ms: None, link_failed: true }
+    Reading {
+        points,
+        device_clock_ms: None,
+        link_failed: true,
+    }
 }
 
 async fn connect(link: &str, timeout: Duration) -> anyhow::Result<Context> {
@@ -248,7 +287,10 @@ mod tests {
             id: "m".into(),
             link: "127.0.0.1:1".into(),
             unit_id: 1,
-            profile: Library::built_in().get("ems-sim-totalizer").unwrap().clone(),
+            profile: Library::built_in()
+                .get("ems-sim-totalizer")
+                .unwrap()
+                .clone(),
             clock: ClockSource::Device,
             timeout_ms: 100,
         }
@@ -257,7 +299,10 @@ mod tests {
     #[test]
     fn the_totalizer_is_one_request() {
         let plan = DevicePlan::new(device()).unwrap();
-        assert_eq!(plan.summary(), "1 requests touching 10 registers for 3 points");
+        assert_eq!(
+            plan.summary(),
+            "1 requests touching 10 registers for 3 points"
+        );
     }
 
     #[test]

@@ -80,13 +80,22 @@ impl Profile {
         let mut ids = std::collections::HashSet::new();
         for (i, p) in self.points.iter().enumerate() {
             if !ids.insert(&p.id) {
-                return Err(src.error(&format!("points[{i}].id"), format!("duplicate point id `{}`", p.id)));
+                return Err(src.error(
+                    &format!("points[{i}].id"),
+                    format!("duplicate point id `{}`", p.id),
+                ));
             }
             if u32::from(p.address) + u32::from(p.data_type.registers()) > 65_536 {
-                return Err(src.error(&format!("points[{i}].address"), "point runs past register 65535"));
+                return Err(src.error(
+                    &format!("points[{i}].address"),
+                    "point runs past register 65535",
+                ));
             }
             if !p.scale.is_finite() || p.scale == 0.0 || !p.offset.is_finite() {
-                return Err(src.error(&format!("points[{i}].scale"), "scale must be finite and non-zero"));
+                return Err(src.error(
+                    &format!("points[{i}].scale"),
+                    "scale must be finite and non-zero",
+                ));
             }
         }
         if self.max_registers == 0 || self.max_registers > 125 {
@@ -129,7 +138,10 @@ impl Library {
         })?;
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
-        for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
+        for path in paths
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        {
             let src = Source::read(&path)?;
             let p: Profile = src.parse()?;
             p.validate(&src)?;

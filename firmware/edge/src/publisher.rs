@@ -47,7 +47,11 @@ fn status(cfg: &PublisherConfig, online: bool) -> Message {
         site: cfg.site.clone(),
         edge: cfg.edge.clone(),
         online,
-        devices: if online { cfg.devices.clone() } else { Vec::new() },
+        devices: if online {
+            cfg.devices.clone()
+        } else {
+            Vec::new()
+        },
         ts_ms: online.then(|| chrono::Utc::now().timestamp_millis()),
     };
     Message {
@@ -69,7 +73,12 @@ pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> Pub
         opts.set_credentials(user.clone(), pass.clone());
     }
     let will = status(&cfg, false);
-    opts.set_last_will(LastWill::new(will.topic, will.payload, QoS::AtLeastOnce, true));
+    opts.set_last_will(LastWill::new(
+        will.topic,
+        will.payload,
+        QoS::AtLeastOnce,
+        true,
+    ));
     let (client, mut eventloop) = AsyncClient::new(opts, MAX_IN_FLIGHT * 2);
 
     let (ev_tx, mut events) = mpsc::unbounded_channel();
@@ -112,7 +121,10 @@ pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> Pub
     loop {
         if connected {
             while let Some(m) = outbox.next_to_send() {
-                if client.try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload).is_err() {
+                if client
+                    .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
+                    .is_err()
+                {
                     outbox.unsend_last();
                     break;
                 }
@@ -121,7 +133,8 @@ pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> Pub
         if !input_open && outbox.is_empty() {
             break;
         }
-        let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let deadline = drain_deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(LinkEvent::Connected) => {
@@ -160,7 +173,9 @@ pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> Pub
     if connected {
         // A clean disconnect does not fire the last will: say offline ourselves.
         let off = status(&cfg, false);
-        let _ = client.publish(off.topic, QoS::AtLeastOnce, true, off.payload).await;
+        let _ = client
+            .publish(off.topic, QoS::AtLeastOnce, true, off.payload)
+            .await;
         let _ = client.disconnect().await;
         // Let the event loop write the last two packets.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {

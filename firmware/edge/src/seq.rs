@@ -19,11 +19,16 @@ pub struct SeqStore {
 
 impl SeqStore {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let path = dir.join("seq.json");
         let last = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is corrupt; refusing to restart numbering", path.display()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is corrupt; refusing to restart numbering",
+                    path.display()
+                )
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
@@ -44,10 +49,12 @@ impl SeqStore {
 
     pub fn persist(&self) -> anyhow::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut f =
+            fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
         f.write_all(&serde_json::to_vec(&self.last)?)?;
         f.sync_all()?;
-        fs::rename(&tmp, &self.path).with_context(|| format!("cannot replace {}", self.path.display()))?;
+        fs::rename(&tmp, &self.path)
+            .with_context(|| format!("cannot replace {}", self.path.display()))?;
         if let Some(dir) = self.path.parent() {
             fs::File::open(dir)?.sync_all()?;
         }
@@ -72,7 +79,10 @@ mod tests {
         assert_eq!(s.take("a"), 3);
         assert_eq!(s.last("b"), 1);
         fs::write(dir.join("seq.json"), b"{garbage").unwrap();
-        assert!(SeqStore::open(&dir).is_err(), "a corrupt store must not restart at 1");
+        assert!(
+            SeqStore::open(&dir).is_err(),
+            "a corrupt store must not restart at 1"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }
