@@ -1,49 +1,224 @@
-//! Meters: how a flow's running total appears in Modbus registers.
+//! Meters: how a flow's running total looks in Modbus registers, model by model.
 //!
-//! The skeleton's one meter type is a totalizer with a real-time clock, the shape of a flow
-//! computer or an energy meter with an RTC. Its map (holding registers, zero-based):
+//! Each model's map is modelled on a meter common in Chinese plants and documented publicly (see
+//! docs/simulators.md for the full maps and what each rests on). Maps are sparse like the real
+//! devices': a read that touches an unmapped register is refused with exception 02. Counters wrap
+//! where the real one does: at the register width, or at the display maximum.
 //!
-//! | address | length | type | content |
-//! |---|---|---|---|
-//! | 0 | 4 | u64 ABCD | meter clock, ms since the Unix epoch (UTC) |
-//! | 4 | 4 | u64 ABCD | running total in thousandths of the flow's unit |
-//! | 8 | 2 | f32 CDAB | present rate, flow unit per hour |
-//!
-//! The same map is the `ems-sim-totalizer` profile of ems-edge.
+//! Every map also carries a simulator extension, a real-time clock at holding registers
+//! 0xF000-0xF003 (u64, ms since the Unix epoch), so an edge can stamp samples with simulated time.
 
 use ems_core::decode::encode;
 use ems_core::{DataType, WordOrder};
+use serde::{Deserialize, Serialize};
 
-/// Registers the totalizer map has; reads past this are refused with exception 02.
-pub const MAP_LEN: u16 = 10;
-/// Resolution of the running total: the register holds total / RESOLUTION.
-pub const RESOLUTION: f64 = 0.001;
+/// Address of the simulator's clock extension (holding, u64 ABCD, ms since the epoch).
+pub const CLOCK_ADDRESS: u16 = 0xF000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MeterModel {
+    /// Generic totalizer: holding 0 clock u64, 4 total u64 x0.001, 8 rate f32 CDAB.
+    EmsSimTotalizer,
+    /// Three-phase energy meter modelled on the CHINT DTSU666: holding registers, float32 ABCD,
+    /// import energy at 0x401E and export at 0x4028 in kWh.
+    Dtsu666,
+    /// Three-phase energy meter modelled on the Eastron SDM630: input registers (function 4),
+    /// float32 ABCD, import kWh at 0x0048, export at 0x004A.
+    Sdm630,
+    /// Gas or steam flow computer: flow, temperature, pressure as float32 CDAB, total as u32
+    /// CDAB in tenths, shown on 8+1 digits (wraps at 100 000 000.0).
+    FlowTotalizer,
+    /// Belt or weigh-scale integrator: rate u16 in 0.1 t/h, total u32 ABCD in 0.01 t (wraps at
+    /// the register width, 42 949 672.96 t).
+    BeltScale,
+    /// Electromagnetic water meter: flow float32 BADC, total u32 DCBA in 0.01 m3.
+    WaterMeter,
+}
+
+/// Which register table a block lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Holding,
+    Input,
+}
+
+/// What a meter shows at one instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    pub clock_ms: i64,
+    /// The counter as the meter holds it (after replacement offset), before wrapping.
+    pub counter: f64,
+    /// Present rate, flow unit per hour.
+    pub rate_per_h: f64,
+}
+
+/// A register image: contiguous mapped blocks per table.
+#[derive(Debug, Clone, Default)]
+pub struct Image {
+    blocks: Vec<(Table, u16, Vec<u16>)>,
+}
+
+impl Image {
+    fn block(&mut self, table: Table, start: u16, regs: Vec<u16>) {
+        self.blocks.push((table, start, regs));
+    }
+
+    /// `count` registers from `addr`, all inside one mapped block, or `None` (exception 02).
+    pub fn read(&self, table: Table, addr: u16, count: u16) -> Option<Vec<u16>> {
+        let end = u32::from(addr) + u32::from(count);
+        self.blocks.iter().find_map(|(t, start, regs)| {
+            let block_end = u32::from(*start) + regs.len() as u32;
+            (*t == table && count > 0 && addr >= *start && end <= block_end).then(|| {
+                regs[usize::from(addr - start)..(end - u32::from(*start)) as usize].to_vec()
+            })
+        })
+    }
+}
+
+fn words(value: f64, ty: DataType, order: WordOrder) -> Vec<u16> {
+    let mut regs = vec![0u16; usize::from(ty.registers())];
+    encode(value, ty, order, &mut regs);
+    regs
+}
+
+fn floats(values: &[f64]) -> Vec<u16> {
+    values
+        .iter()
+        .flat_map(|&v| words(v, DataType::F32, WordOrder::ABCD))
+        .collect()
+}
+
+impl MeterModel {
+    /// Where the counter wraps to zero, in the flow's unit.
+    pub fn rollover(self) -> f64 {
+        match self {
+            MeterModel::EmsSimTotalizer => 18_446_744_073_709_551_616.0 * 0.001,
+            // Eight display digits of kWh.
+            MeterModel::Dtsu666 | MeterModel::Sdm630 => 100_000_000.0,
+            MeterModel::FlowTotalizer => 100_000_000.0,
+            MeterModel::BeltScale | MeterModel::WaterMeter => 4_294_967_296.0 * 0.01,
+        }
+    }
+
+    /// The register image for a reading.
+    pub fn image(self, r: Reading) -> Image {
+        let shown = r.counter.rem_euclid(self.rollover());
+        let mut img = Image::default();
+        img.block(
+            Table::Holding,
+            CLOCK_ADDRESS,
+            words(r.clock_ms as f64, DataType::U64, WordOrder::ABCD),
+        );
+        match self {
+            MeterModel::EmsSimTotalizer => {
+                let mut regs = words(r.clock_ms as f64, DataType::U64, WordOrder::ABCD);
+                regs.extend(words(
+                    (shown / 0.001).floor(),
+                    DataType::U64,
+                    WordOrder::ABCD,
+                ));
+                regs.extend(words(r.rate_per_h, DataType::F32, WordOrder::CDAB));
+                img.block(Table::Holding, 0, regs);
+            }
+            MeterModel::Dtsu666 => {
+                // 0x0000: REV., UCode, ClrE, net (3-phase 4-wire = 0), IrAt, UrAt (x10).
+                img.block(Table::Holding, 0x0000, vec![204, 701, 0, 0, 1, 10]);
+                // 0x2000..0x2046, float32 each: Uab, Ubc, Uca, Ua, Ub, Uc (0.1 V), Ia, Ib, Ic
+                // (0.001 A), Pt, Pa, Pb, Pc (0.1 W), Qt, Qa, Qb, Qc (0.1 var), reserved (read as
+                // zero), PFt, PFa, PFb, PFc at 0x202A (0.001), reserved, frequency at 0x2044 (0.01 Hz).
+                let p_tenths_w = r.rate_per_h * 1000.0 * 10.0; // kWh per hour is kW
+                let phase_p = p_tenths_w / 3.0;
+                let ia = phase_p / 10.0 / 230.0 * 1000.0;
+                let mut v = vec![
+                    3_984.0, 3_984.0, 3_984.0, 2_300.0, 2_300.0, 2_300.0, ia, ia, ia,
+                ];
+                v.extend([p_tenths_w, phase_p, phase_p, phase_p]);
+                v.extend([
+                    p_tenths_w * 0.3,
+                    phase_p * 0.3,
+                    phase_p * 0.3,
+                    phase_p * 0.3,
+                ]);
+                v.extend([0.0; 4]); // 0x2022..0x202A
+                v.extend([955.0; 4]); // 0x202A..0x2032
+                v.extend([0.0; 9]); // 0x2032..0x2044
+                v.push(5_000.0); // 0x2044
+                img.block(Table::Holding, 0x2000, floats(&v));
+                // 0x401E..0x4032: ImpEp, ImpEpA, ImpEpB, ImpEpC, NetImpEp, ExpEp, ExpEpA..C, NetExpEp (kWh).
+                let third = shown / 3.0;
+                img.block(
+                    Table::Holding,
+                    0x401E,
+                    floats(&[shown, third, third, third, shown, 0.0, 0.0, 0.0, 0.0, 0.0]),
+                );
+            }
+            MeterModel::Sdm630 => {
+                let kw = r.rate_per_h;
+                let amps = kw * 1000.0 / 3.0 / 230.0;
+                // 30001..: L-N volts x3, currents x3, phase powers x3 (W).
+                let mut v = vec![230.0, 230.0, 230.0, amps, amps, amps];
+                v.extend([kw * 1000.0 / 3.0; 3]);
+                img.block(Table::Input, 0x0000, floats(&v));
+                // 30053: total system power (W).
+                img.block(Table::Input, 0x0034, floats(&[kw * 1000.0]));
+                // 30071..30076: frequency, import kWh, export kWh.
+                img.block(Table::Input, 0x0046, floats(&[50.0, shown, 0.0]));
+            }
+            MeterModel::FlowTotalizer => {
+                let mut regs = words(r.rate_per_h, DataType::F32, WordOrder::CDAB);
+                regs.extend(words(25.0, DataType::F32, WordOrder::CDAB)); // temperature, degC
+                regs.extend(words(0.012, DataType::F32, WordOrder::CDAB)); // pressure, MPa
+                regs.extend(words((shown / 0.1).floor(), DataType::U32, WordOrder::CDAB));
+                img.block(Table::Holding, 0x0000, regs);
+            }
+            MeterModel::BeltScale => {
+                let mut regs = vec![(r.rate_per_h * 10.0).round().clamp(0.0, 65_535.0) as u16, 0];
+                regs.extend(words(
+                    (shown / 0.01).floor(),
+                    DataType::U32,
+                    WordOrder::ABCD,
+                ));
+                img.block(Table::Holding, 0x0000, regs);
+            }
+            MeterModel::WaterMeter => {
+                img.block(
+                    Table::Holding,
+                    0x1000,
+                    words(r.rate_per_h, DataType::F32, WordOrder::BADC),
+                );
+                img.block(
+                    Table::Holding,
+                    0x1010,
+                    words((shown / 0.01).floor(), DataType::U32, WordOrder::DCBA),
+                );
+            }
+        }
+        img
+    }
+}
 
 /// A meter as configured in a scenario, bound to one flow of one unit.
 #[derive(Debug, Clone)]
 pub struct Meter {
     pub device: String,
     pub unit_id: u8,
+    pub model: MeterModel,
     pub unit_index: usize,
     pub flow_index: usize,
-    /// Reading at the start of the run, in the flow's unit (a meter is rarely new).
+    /// Reading when the run starts, in the flow's unit (a meter is rarely new).
     pub initial: f64,
+    /// Set by a replacement: (flow total at the swap, reading of the new meter then).
+    pub replaced: Option<(f64, f64)>,
 }
 
 impl Meter {
-    /// Renders the whole register map for a reading.
-    pub fn registers(&self, clock_ms: i64, total: f64, rate_per_h: f64) -> [u16; MAP_LEN as usize] {
-        let mut regs = [0u16; MAP_LEN as usize];
-        encode(
-            clock_ms as f64,
-            DataType::U64,
-            WordOrder::ABCD,
-            &mut regs[0..4],
-        );
-        let counts = ((self.initial + total) / RESOLUTION).floor();
-        encode(counts, DataType::U64, WordOrder::ABCD, &mut regs[4..8]);
-        encode(rate_per_h, DataType::F32, WordOrder::CDAB, &mut regs[8..10]);
-        regs
+    /// The counter the meter holds when the flow's total since the start is `total`.
+    pub fn counter(&self, total: f64) -> f64 {
+        match self.replaced {
+            Some((at, new_initial)) => new_initial + (total - at),
+            None => self.initial + total,
+        }
     }
 }
 
@@ -52,27 +227,131 @@ mod tests {
     use super::*;
     use ems_core::decode;
 
+    fn reading(counter: f64) -> Reading {
+        Reading {
+            clock_ms: 1_767_196_800_123,
+            counter,
+            rate_per_h: 98.5,
+        }
+    }
+
+    fn read_f(img: &Image, table: Table, addr: u16, ty: DataType, order: WordOrder) -> f64 {
+        let regs = img.read(table, addr, ty.registers()).expect("mapped");
+        decode(&regs, ty, order).unwrap()
+    }
+
     #[test]
-    fn map_decodes_back_to_clock_total_and_rate() {
-        let m = Meter {
+    fn every_model_shows_its_counter_and_the_clock() {
+        let cases: [(MeterModel, Table, u16, DataType, WordOrder, f64); 6] = [
+            (
+                MeterModel::EmsSimTotalizer,
+                Table::Holding,
+                4,
+                DataType::U64,
+                WordOrder::ABCD,
+                0.001,
+            ),
+            (
+                MeterModel::Dtsu666,
+                Table::Holding,
+                0x401E,
+                DataType::F32,
+                WordOrder::ABCD,
+                1.0,
+            ),
+            (
+                MeterModel::Sdm630,
+                Table::Input,
+                0x0048,
+                DataType::F32,
+                WordOrder::ABCD,
+                1.0,
+            ),
+            (
+                MeterModel::FlowTotalizer,
+                Table::Holding,
+                0x0006,
+                DataType::U32,
+                WordOrder::CDAB,
+                0.1,
+            ),
+            (
+                MeterModel::BeltScale,
+                Table::Holding,
+                0x0002,
+                DataType::U32,
+                WordOrder::ABCD,
+                0.01,
+            ),
+            (
+                MeterModel::WaterMeter,
+                Table::Holding,
+                0x1010,
+                DataType::U32,
+                WordOrder::DCBA,
+                0.01,
+            ),
+        ];
+        for (model, table, addr, ty, order, scale) in cases {
+            let img = model.image(reading(12_345.5));
+            let shown = read_f(&img, table, addr, ty, order) * scale;
+            assert!((shown - 12_345.5).abs() < 0.11, "{model:?}: {shown}");
+            let clock = read_f(
+                &img,
+                Table::Holding,
+                CLOCK_ADDRESS,
+                DataType::U64,
+                WordOrder::ABCD,
+            );
+            assert_eq!(clock, 1_767_196_800_123.0, "{model:?}");
+        }
+    }
+
+    #[test]
+    fn counters_wrap_where_the_real_meter_does() {
+        let belt = MeterModel::BeltScale.image(reading(42_949_672.96 + 5.0));
+        let t = read_f(&belt, Table::Holding, 2, DataType::U32, WordOrder::ABCD) * 0.01;
+        assert!((t - 5.0).abs() < 0.011, "register width: {t}");
+        let flow = MeterModel::FlowTotalizer.image(reading(100_000_007.0));
+        let f = read_f(&flow, Table::Holding, 6, DataType::U32, WordOrder::CDAB) * 0.1;
+        assert!((f - 7.0).abs() < 0.11, "display maximum: {f}");
+    }
+
+    #[test]
+    fn unmapped_registers_are_refused_and_tables_are_distinct() {
+        let img = MeterModel::Dtsu666.image(reading(1.0));
+        assert!(img.read(Table::Holding, 0x401E, 20).is_some());
+        assert!(
+            img.read(Table::Holding, 0x401E, 21).is_none(),
+            "runs past the block"
+        );
+        assert!(
+            img.read(Table::Holding, 0x2000, 0x46).is_some(),
+            "instantaneous block"
+        );
+        assert!(img.read(Table::Holding, 0x3000, 2).is_none());
+        assert!(
+            img.read(Table::Input, 0x401E, 2).is_none(),
+            "no input registers on this model"
+        );
+        let sdm = MeterModel::Sdm630.image(reading(1.0));
+        assert!(sdm.read(Table::Input, 0x0048, 4).is_some());
+        assert!(sdm.read(Table::Holding, 0x0048, 2).is_none());
+    }
+
+    #[test]
+    fn a_replaced_meter_restarts_near_zero() {
+        let mut m = Meter {
             device: "d".into(),
             unit_id: 1,
+            model: MeterModel::Sdm630,
             unit_index: 0,
             flow_index: 0,
-            initial: 1000.0,
+            initial: 50_000.0,
+            replaced: None,
         };
-        let regs = m.registers(1_767_196_800_123, 12.3456, 98.5);
-        assert_eq!(
-            decode(&regs[0..4], DataType::U64, WordOrder::ABCD),
-            Ok(1_767_196_800_123.0)
-        );
-        assert_eq!(
-            decode(&regs[4..8], DataType::U64, WordOrder::ABCD),
-            Ok(1_012_345.0)
-        );
-        assert_eq!(
-            decode(&regs[8..10], DataType::F32, WordOrder::CDAB),
-            Ok(98.5)
-        );
+        assert_eq!(m.counter(100.0), 50_100.0);
+        m.replaced = Some((100.0, 3.0));
+        assert_eq!(m.counter(160.0), 63.0);
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use ems_config::{ConfigError, Source, Spanned};
 use serde::Deserialize;
 
-use crate::meter::Meter;
+use crate::meter::{Meter, MeterModel};
 use crate::model::{UnitKind, UnitModel};
 
 /// The scenarios built into the binary, by name.
@@ -44,8 +44,14 @@ struct MeterConf {
     unit_id: Spanned<u8>,
     unit: Spanned<String>,
     flow: Spanned<String>,
+    #[serde(default = "default_model")]
+    model: MeterModel,
     #[serde(default)]
     initial: f64,
+}
+
+fn default_model() -> MeterModel {
+    MeterModel::EmsSimTotalizer
 }
 
 /// A validated scenario, ready to run.
@@ -144,12 +150,23 @@ impl Scenario {
                     ),
                 ));
             };
+            if !(m.initial.is_finite() && m.initial >= 0.0 && m.initial < m.model.rollover()) {
+                return Err(src.error(
+                    &key("initial"),
+                    format!(
+                        "must be 0 up to the meter's rollover {}",
+                        m.model.rollover()
+                    ),
+                ));
+            }
             meters.push(Meter {
                 device: m.device.get_ref().clone(),
                 unit_id,
+                model: m.model,
                 unit_index,
                 flow_index,
                 initial: m.initial,
+                replaced: None,
             });
         }
         Ok(Scenario {

@@ -14,6 +14,7 @@ use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SimClock;
+use crate::meter::Table;
 use crate::plant::Plant;
 use crate::scenario::Scenario;
 
@@ -35,8 +36,11 @@ impl tokio_modbus::server::Service for SimService {
         plant.advance_to(self.clock.now_ms());
         let res = match req.request {
             Request::ReadHoldingRegisters(addr, count) => plant
-                .read_holding(req.slave, addr, count)
+                .read(req.slave, Table::Holding, addr, count)
                 .map(Response::ReadHoldingRegisters),
+            Request::ReadInputRegisters(addr, count) => plant
+                .read(req.slave, Table::Input, addr, count)
+                .map(Response::ReadInputRegisters),
             _ => Err(ExceptionCode::IllegalFunction),
         };
         future::ready(res)

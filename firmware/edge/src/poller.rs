@@ -40,13 +40,25 @@ pub struct Read {
 pub struct DevicePlan {
     pub device: Device,
     pub reads: Vec<Read>,
+    /// Registers the device refused (exception 02 on a bridged read): never read again.
+    pub refused: Vec<(Table, Span)>,
 }
 
 impl DevicePlan {
     pub fn new(device: Device) -> Result<Self, PlanError> {
+        DevicePlan::with_refused(device, Vec::new())
+    }
+
+    /// Plans around registers the device is known to refuse.
+    pub fn with_refused(device: Device, refused: Vec<(Table, Span)>) -> Result<Self, PlanError> {
         let cost = LinkCost::tcp(TCP_ROUND_TRIP_S);
         let mut reads = Vec::new();
         for table in [Table::Holding, Table::Input] {
+            let forbidden: Vec<Span> = refused
+                .iter()
+                .filter(|(t, _)| *t == table)
+                .map(|(_, s)| *s)
+                .collect();
             let idx: Vec<usize> = device
                 .profile
                 .points
@@ -65,7 +77,7 @@ impl DevicePlan {
                     }
                 })
                 .collect();
-            for r in plan(&spans, cost, device.profile.max_registers, &[])? {
+            for r in plan(&spans, cost, device.profile.max_registers, &forbidden)? {
                 reads.push(Read {
                     table,
                     start: r.start,
@@ -74,7 +86,37 @@ impl DevicePlan {
                 });
             }
         }
-        Ok(DevicePlan { device, reads })
+        Ok(DevicePlan {
+            device,
+            reads,
+            refused,
+        })
+    }
+
+    /// The registers of `read` that no point asked for: what a bridged read added.
+    fn bridged(&self, read: &Read) -> Vec<Span> {
+        let points = &self.device.profile.points;
+        let mut covered: Vec<(u32, u32)> = read
+            .points
+            .iter()
+            .map(|&i| {
+                let start = u32::from(points[i].address);
+                (start, start + u32::from(points[i].data_type.registers()))
+            })
+            .collect();
+        covered.sort_unstable();
+        let mut out = Vec::new();
+        let mut at = u32::from(read.start);
+        for (a, b) in covered {
+            if a > at {
+                out.push(Span {
+                    start: at as u16,
+                    len: (a - at) as u16,
+                });
+            }
+            at = at.max(b);
+        }
+        out
     }
 
     /// "N requests touching M registers for K points".
@@ -105,43 +147,104 @@ pub struct Reading {
     pub device_clock_ms: Option<i64>,
     /// The link failed: the connection must be rebuilt.
     pub link_failed: bool,
+    /// Registers found refused in this poll (the plan must avoid them from now on).
+    pub refused: Vec<(Table, Span)>,
 }
+
+async fn read_once(
+    ctx: &mut Context,
+    table: Table,
+    start: u16,
+    len: u16,
+    timeout: Duration,
+) -> Result<Vec<u16>, Failure> {
+    let call = async {
+        match table {
+            Table::Holding => ctx.read_holding_registers(start, len).await,
+            Table::Input => ctx.read_input_registers(start, len).await,
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(Ok(regs))) => Ok(regs),
+        Ok(Ok(Err(exception))) => Err(Failure::Device(u8::from(exception))),
+        Ok(Err(e)) => Err(Failure::Link(Quality::Comm, e.to_string())),
+        // A late answer would arrive as the reply to the next request: start afresh.
+        Err(_) => Err(Failure::Link(Quality::Timeout, "no answer in time".into())),
+    }
+}
+
+/// "The device said no" kept apart from "the wire failed".
+enum Failure {
+    Device(u8),
+    Link(Quality, String),
+}
+
+/// Exception 02: illegal data address.
+const ILLEGAL_DATA_ADDRESS: u8 = 2;
 
 pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
     let profile = &plan.device.profile;
     let mut values: Vec<Result<f64, Quality>> = vec![Err(Quality::Comm); profile.points.len()];
     let mut link_failed = false;
+    let mut refused = Vec::new();
     ctx.set_slave(Slave(plan.device.unit_id));
     let timeout = Duration::from_millis(plan.device.timeout_ms);
     for read in &plan.reads {
         if link_failed {
             break;
         }
-        let call = async {
-            match read.table {
-                Table::Holding => ctx.read_holding_registers(read.start, read.len).await,
-                Table::Input => ctx.read_input_registers(read.start, read.len).await,
+        match read_once(ctx, read.table, read.start, read.len, timeout).await {
+            Ok(regs) => {
+                for &i in &read.points {
+                    values[i] = decode_point(&profile.points[i], read, &regs);
+                }
             }
-        };
-        let outcome: Result<Vec<u16>, Quality> = match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(Ok(regs))) => Ok(regs),
-            Ok(Ok(Err(exception))) => Err(Quality::Exception(u8::from(exception))),
-            Ok(Err(e)) => {
+            Err(Failure::Device(ILLEGAL_DATA_ADDRESS)) if read.points.len() > 1 => {
+                // A bridged read touched registers the device refuses: read each point on its
+                // own now, and never bridge those registers again.
+                refused.extend(plan.bridged(read).into_iter().map(|s| (read.table, s)));
+                for &i in &read.points {
+                    let p = &profile.points[i];
+                    let single = Read {
+                        table: read.table,
+                        start: p.address,
+                        len: p.data_type.registers(),
+                        points: vec![i],
+                    };
+                    values[i] = match read_once(
+                        ctx,
+                        single.table,
+                        single.start,
+                        single.len,
+                        timeout,
+                    )
+                    .await
+                    {
+                        Ok(regs) => decode_point(p, &single, &regs),
+                        Err(Failure::Device(code)) => Err(Quality::Exception(code)),
+                        Err(Failure::Link(q, e)) => {
+                            tracing::warn!(device = %plan.device.id, error = %e, start = single.start, "Modbus request failed.");
+                            link_failed = true;
+                            Err(q)
+                        }
+                    };
+                    if link_failed {
+                        break;
+                    }
+                }
+            }
+            Err(Failure::Device(code)) => {
+                for &i in &read.points {
+                    values[i] = Err(Quality::Exception(code));
+                }
+            }
+            Err(Failure::Link(q, e)) => {
                 tracing::warn!(device = %plan.device.id, error = %e, start = read.start, "Modbus request failed.");
                 link_failed = true;
-                Err(Quality::Comm)
+                for &i in &read.points {
+                    values[i] = Err(q);
+                }
             }
-            Err(_) => {
-                // A late answer would arrive as the reply to the next request: start afresh.
-                link_failed = true;
-                Err(Quality::Timeout)
-            }
-        };
-        for &i in &read.points {
-            values[i] = outcome
-                .as_ref()
-                .map_err(|q| *q)
-                .and_then(|regs| decode_point(&profile.points[i], read, regs));
         }
     }
     let mut device_clock_ms = None;
@@ -168,6 +271,7 @@ pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
         points,
         device_clock_ms,
         link_failed,
+        refused,
     }
 }
 
@@ -183,7 +287,7 @@ pub struct LinkContext {
 /// Polls every device of one link each interval until `shutdown`.
 pub async fn run_link(
     link: String,
-    plans: Vec<DevicePlan>,
+    mut plans: Vec<DevicePlan>,
     lc: LinkContext,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -204,7 +308,7 @@ pub async fn run_link(
             }
         }
         let mut batch = Vec::with_capacity(plans.len());
-        for plan in &plans {
+        for plan in &mut plans {
             let system_ms = chrono::Utc::now().timestamp_millis();
             let reading = match ctx.as_mut() {
                 Some(c) => read_device(c, plan).await,
@@ -212,6 +316,19 @@ pub async fn run_link(
             };
             if reading.link_failed {
                 ctx = None;
+            }
+            if !reading.refused.is_empty() {
+                let mut refused = plan.refused.clone();
+                refused.extend(reading.refused.iter().copied());
+                match DevicePlan::with_refused(plan.device.clone(), refused) {
+                    Ok(p) => {
+                        tracing::warn!(device = %plan.device.id, refused = ?reading.refused, plan = %p.summary(), "Device refuses registers a read bridged; replanned without them.");
+                        *plan = p;
+                    }
+                    Err(e) => {
+                        tracing::error!(device = %plan.device.id, error = %e, "Cannot replan.")
+                    }
+                }
             }
             let ts_ms = match plan.device.clock {
                 ClockSource::Device => reading.device_clock_ms.unwrap_or(system_ms),
@@ -262,6 +379,7 @@ fn unreachable_reading(plan: &DevicePlan) -> Reading {
         points,
         device_clock_ms: None,
         link_failed: true,
+        refused: Vec::new(),
     }
 }
 
@@ -303,6 +421,39 @@ mod tests {
             plan.summary(),
             "1 requests touching 10 registers for 3 points"
         );
+    }
+
+    #[test]
+    fn a_refused_gap_is_never_bridged_again() {
+        let mut d = device();
+        d.profile = Library::built_in()
+            .get("ems-sim-water-meter")
+            .unwrap()
+            .clone();
+        let plan = DevicePlan::new(d.clone()).unwrap();
+        // flow (0x1000, 2) and total (0x1010, 2) bridged into one read, the clock apart.
+        let bridged = plan.reads.iter().find(|r| r.start == 0x1000).unwrap();
+        assert_eq!(bridged.len, 0x12);
+        assert_eq!(
+            plan.bridged(bridged),
+            vec![Span {
+                start: 0x1002,
+                len: 0x0E
+            }]
+        );
+        let refused = vec![(
+            Table::Holding,
+            Span {
+                start: 0x1002,
+                len: 0x0E,
+            },
+        )];
+        let replanned = DevicePlan::with_refused(d, refused).unwrap();
+        assert!(replanned
+            .reads
+            .iter()
+            .all(|r| u32::from(r.start) + u32::from(r.len) <= 0x1002 || r.start >= 0x1010));
+        assert_eq!(replanned.reads.len(), 3);
     }
 
     #[test]

@@ -8,23 +8,74 @@ use ems_core::{DataType, WordOrder};
 use serde::Deserialize;
 
 /// Profiles shipped in the binary, referenced by name from a site config.
-const BUILT_IN: &[&str] = &[include_str!("../profiles/ems-sim-totalizer.toml")];
+const BUILT_IN: &[(&str, &str)] = &[
+    ("dtsu666.toml", include_str!("../profiles/dtsu666.toml")),
+    ("sdm630.toml", include_str!("../profiles/sdm630.toml")),
+    (
+        "flow-totalizer.toml",
+        include_str!("../profiles/flow-totalizer.toml"),
+    ),
+    (
+        "belt-scale.toml",
+        include_str!("../profiles/belt-scale.toml"),
+    ),
+    (
+        "water-meter.toml",
+        include_str!("../profiles/water-meter.toml"),
+    ),
+    (
+        "ems-sim-totalizer.toml",
+        include_str!("../profiles/ems-sim-totalizer.toml"),
+    ),
+    (
+        "ems-sim-dtsu666.toml",
+        include_str!("../profiles/ems-sim-dtsu666.toml"),
+    ),
+    (
+        "ems-sim-sdm630.toml",
+        include_str!("../profiles/ems-sim-sdm630.toml"),
+    ),
+    (
+        "ems-sim-flow-totalizer.toml",
+        include_str!("../profiles/ems-sim-flow-totalizer.toml"),
+    ),
+    (
+        "ems-sim-belt-scale.toml",
+        include_str!("../profiles/ems-sim-belt-scale.toml"),
+    ),
+    (
+        "ems-sim-water-meter.toml",
+        include_str!("../profiles/ems-sim-water-meter.toml"),
+    ),
+];
 
+/// A profile file as written: it may extend another profile.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ProfileFile {
+    name: String,
+    /// Name of a profile whose points (and register limit) this one starts from.
+    #[serde(default)]
+    extends: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    max_registers: Option<u16>,
+    #[serde(default)]
+    points: Vec<PointDef>,
+}
+
+/// A device model's register map, with any `extends` resolved.
+#[derive(Debug, Clone)]
 pub struct Profile {
     pub name: String,
-    #[serde(default)]
     pub description: String,
     /// Most registers the device returns in one request (Modbus allows 125).
-    #[serde(default = "default_max_registers")]
     pub max_registers: u16,
     pub points: Vec<PointDef>,
 }
 
-fn default_max_registers() -> u16 {
-    125
-}
+const DEFAULT_MAX_REGISTERS: u16 = 125;
 
 /// Which register table a point lives in (function code 3 or 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
@@ -118,16 +169,44 @@ pub struct Library {
 impl Library {
     pub fn built_in() -> Self {
         let mut lib = Library::default();
-        for text in BUILT_IN {
-            let src = Source::embedded("<built-in profile>", text);
-            let p: Profile = src.parse().expect("built-in profile parses");
-            p.validate(&src).expect("built-in profile is valid");
-            lib.profiles.insert(p.name.clone(), p);
+        for (name, text) in BUILT_IN {
+            lib.add(&Source::embedded(
+                &format!("<built-in profile {name}>"),
+                text,
+            ))
+            .unwrap_or_else(|e| panic!("built-in profile: {e}"));
         }
         lib
     }
 
-    /// Adds every `*.toml` in `dir`; a profile there replaces a built-in one of the same name.
+    /// Adds one profile file; a profile it extends must be known already.
+    pub fn add(&mut self, src: &Source) -> Result<(), ConfigError> {
+        let file: ProfileFile = src.parse()?;
+        let (mut points, mut max_registers) = (Vec::new(), DEFAULT_MAX_REGISTERS);
+        if let Some(parent) = &file.extends {
+            let Some(p) = self.profiles.get(parent) else {
+                return Err(src.error(
+                    "extends",
+                    format!("unknown profile `{parent}` (it must come first)"),
+                ));
+            };
+            points = p.points.clone();
+            max_registers = p.max_registers;
+        }
+        points.extend(file.points);
+        let profile = Profile {
+            name: file.name,
+            description: file.description,
+            max_registers: file.max_registers.unwrap_or(max_registers),
+            points,
+        };
+        profile.validate(src)?;
+        self.profiles.insert(profile.name.clone(), profile);
+        Ok(())
+    }
+
+    /// Adds every `*.toml` in `dir` in name order; a profile there replaces a built-in one of the
+    /// same name.
     pub fn load_dir(&mut self, dir: &Path) -> Result<(), ConfigError> {
         let entries = std::fs::read_dir(dir).map_err(|e| ConfigError {
             file: dir.to_owned(),
@@ -142,10 +221,7 @@ impl Library {
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         {
-            let src = Source::read(&path)?;
-            let p: Profile = src.parse()?;
-            p.validate(&src)?;
-            self.profiles.insert(p.name.clone(), p);
+            self.add(&Source::read(&path)?)?;
         }
         Ok(())
     }
@@ -174,9 +250,41 @@ mod tests {
     #[test]
     fn duplicate_point_ids_are_refused() {
         let text = "name = \"x\"\n[[points]]\nid = \"a\"\naddress = 0\ntype = \"u16\"\n[[points]]\nid = \"a\"\naddress = 1\ntype = \"u16\"\n";
-        let src = Source::embedded("x.toml", text);
-        let p: Profile = src.parse().unwrap();
-        let err = p.validate(&src).unwrap_err();
+        let err = Library::default()
+            .add(&Source::embedded("x.toml", text))
+            .unwrap_err();
         assert_eq!(err.key.as_deref(), Some("points[1].id"));
+    }
+
+    #[test]
+    fn a_simulator_variant_is_the_real_map_plus_its_clock() {
+        let lib = Library::built_in();
+        for model in [
+            "dtsu666",
+            "sdm630",
+            "flow-totalizer",
+            "belt-scale",
+            "water-meter",
+        ] {
+            let real = lib.get(model).unwrap();
+            let sim = lib.get(&format!("ems-sim-{model}")).unwrap();
+            assert_eq!(sim.points.len(), real.points.len() + 1, "{model}");
+            assert_eq!(sim.max_registers, real.max_registers, "{model}");
+            assert!(
+                real.clock_point().is_none() && sim.clock_point().is_some(),
+                "{model}"
+            );
+            assert!(
+                real.points.iter().any(|p| p.counter),
+                "{model} has a counter"
+            );
+        }
+        let err = Library::default()
+            .add(&Source::embedded(
+                "y.toml",
+                "name = \"y\"\nextends = \"nope\"\n",
+            ))
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("extends"));
     }
 }
