@@ -6,13 +6,16 @@
 //! ([`truth`]) so tests can prove the accounting right.
 
 pub mod clock;
+pub mod control;
+pub mod faults;
 pub mod meter;
 pub mod model;
 pub mod plant;
+pub mod rtu;
 pub mod scenario;
 pub mod service;
 pub mod truth;
 
 pub use clock::SimClock;
 pub use scenario::Scenario;
-pub use service::{run, SimOptions};
+pub use service::{run, run_with, SimOptions};

@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ems_sim::service::SimOptions;
+use std::sync::{Arc, Mutex};
+
+use ems_sim::plant::Plant;
+use ems_sim::rtu;
+use ems_sim::service::SharedPlant;
 use ems_sim::{Scenario, SimClock};
 use tokio_util::sync::CancellationToken;
 
@@ -28,9 +32,29 @@ struct Args {
     /// Override the scenario's random seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Write the ground truth here: JSON lines, one per unit per simulated hour.
+    /// Write the ground truth here: JSON lines, one per unit per simulated hour, and events.
     #[arg(long)]
     truth: Option<PathBuf>,
+    /// Add a fault, as a TOML inline table with the fields of a scenario's [[faults]], e.g.
+    /// '{ device = "bf1-power", kind = "exception", code = 4, at_h = 1.0, for_h = 0.5 }'.
+    #[arg(long = "fault", value_name = "TABLE")]
+    faults: Vec<String>,
+    /// Serve the control API (inject faults while running, read the clock) here; port 0 picks
+    /// a free port (printed as `CONTROL addr`).
+    #[arg(long)]
+    control: Option<String>,
+    /// Also serve Modbus RTU on a new pseudo-terminal (its path printed as `RTU path`).
+    #[arg(long)]
+    rtu_pty: bool,
+    /// Also serve Modbus RTU on this serial port.
+    #[arg(long, value_name = "PATH")]
+    rtu: Option<PathBuf>,
+    /// Also serve RTU framing over TCP here (printed as `RTU-TCP addr`).
+    #[arg(long, value_name = "ADDR")]
+    rtu_tcp: Option<String>,
+    /// Baud rate of the RTU line: sets its timing (and the port's speed).
+    #[arg(long, default_value_t = 9600)]
+    baud: u32,
 }
 
 /// Errors end the process with one line naming the cause chain (file, line and key for a bad
@@ -69,22 +93,77 @@ async fn run() -> anyhow::Result<()> {
             .timestamp_millis(),
         None => chrono::Utc::now().timestamp_millis(),
     };
+    for (i, text) in args.faults.iter().enumerate() {
+        #[derive(serde::Deserialize)]
+        struct One {
+            f: ems_sim::faults::FaultSpec,
+        }
+        let one: One = toml::from_str(&format!("f = {text}"))
+            .with_context(|| format!("--fault #{}: {text}", i + 1))?;
+        scenario.faults.push(one.f);
+    }
+    let clock = SimClock::new(start_ms, args.speed);
+    let plant = Plant::new(scenario, start_ms);
+    let plant: SharedPlant = Arc::new(Mutex::new(plant));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    // Machine-readable for scripts and tests that start us on port 0.
+    // Machine-readable lines for scripts and tests that start us on port 0.
     println!("LISTEN {addr}");
-    tracing::info!(%addr, scenario = %scenario.name, meters = scenario.meters.len(), speed = args.speed, "Simulator serving Modbus TCP.");
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let opts = SimOptions {
-        scenario,
-        clock: SimClock::new(start_ms, args.speed),
-        truth: args.truth,
-    };
-    ems_sim::run(listener, opts, shutdown).await?;
+    if let Some(control) = &args.control {
+        let l = tokio::net::TcpListener::bind(control)
+            .await
+            .with_context(|| format!("cannot listen on {control}"))?;
+        println!("CONTROL {}", l.local_addr()?);
+        let (router, stop) = (
+            ems_sim::control::router(plant.clone(), clock),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            axum::serve(l, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("control API failed")
+        });
+    }
+    if args.rtu_pty {
+        let pty = rtu::open_pty()?;
+        println!("RTU {}", pty.path.display());
+        let (p, stop, baud) = (plant.clone(), shutdown.clone(), args.baud);
+        tasks.spawn(async move {
+            let _keep_open = pty._slave;
+            rtu::serve(pty.master, p, clock, baud, stop).await
+        });
+    }
+    if let Some(path) = &args.rtu {
+        let port = rtu::open_serial(path, args.baud).await?;
+        println!("RTU {}", path.display());
+        let (p, stop, baud) = (plant.clone(), shutdown.clone(), args.baud);
+        tasks.spawn(async move { rtu::serve(port, p, clock, baud, stop).await });
+    }
+    if let Some(at) = &args.rtu_tcp {
+        let l = tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("cannot listen on {at}"))?;
+        println!("RTU-TCP {}", l.local_addr()?);
+        let (p, stop, baud) = (plant.clone(), shutdown.clone(), args.baud);
+        tasks.spawn(async move { rtu::serve_over_tcp(l, p, clock, baud, stop).await });
+    }
+    {
+        let p = plant.lock().expect("plant lock poisoned");
+        let s = p.scenario();
+        tracing::info!(%addr, scenario = %s.name, meters = s.meters.len(), faults = p.faults().len(), speed = args.speed, "Simulator serving Modbus.");
+    }
+    ems_sim::run_with(listener, plant, clock, args.truth, shutdown.clone()).await?;
+    shutdown.cancel();
+    while let Some(t) = tasks.join_next().await {
+        t.context("simulator task panicked")??;
+    }
     tracing::info!("Simulator stopped.");
     Ok(())
 }

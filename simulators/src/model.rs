@@ -1,6 +1,11 @@
-//! Process models: how much of each carrier a process unit consumes or recovers per tonne of
-//! product, and how its output varies over time. The figures are typical of the equipment the
-//! scenarios name and are documented in docs/simulators.md.
+//! Process models: what a process unit consumes, recovers and produces over time.
+//!
+//! Each kind has a table of flows per tonne of product at nominal operation (the figures and
+//! their grounds are in docs/simulators.md). Output follows the unit's operating state (a
+//! schedule of normal, reduced, stopped, restart), a slow swing and random drift. The converter
+//! runs in heats (charge, blow, tap, idle): its gas and steam are recovered only while blowing
+//! and its steel is counted at tapping. The potline has anode effects: minutes of high cell
+//! voltage that cost extra DC energy.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub enum UnitKind {
     BlastFurnace,
     Converter,
+    ReheatingFurnace,
     Kiln,
     Electrolysis,
 }
@@ -25,6 +31,23 @@ pub enum Role {
     Product,
     /// Fresh-water intake.
     Water,
+    /// Raw material or working medium charged (hot metal, scrap, oxygen): measured, not energy.
+    Material,
+    /// A meter inside the boundary (the potline's DC energy): measured, not added.
+    Submeter,
+}
+
+/// When a flow runs, for batch processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// All the time, at the average rate.
+    Always,
+    /// Converter: charging hot metal and scrap.
+    Charge,
+    /// Converter: oxygen blowing (gas and steam recovery).
+    Blow,
+    /// Converter: tapping steel.
+    Tap,
 }
 
 /// One metered flow of a unit.
@@ -32,7 +55,7 @@ pub enum Role {
 pub struct FlowDef {
     /// Name within the unit, referenced by meters in a scenario.
     pub name: &'static str,
-    /// Energy carrier code (see gateway/data/coefficients.toml); the product or "water" otherwise.
+    /// Energy carrier code (see gateway/data/coefficients.toml), or what the flow is otherwise.
     pub carrier: &'static str,
     pub role: Role,
     /// Physical unit the meter counts in.
@@ -41,6 +64,7 @@ pub struct FlowDef {
     pub per_t: f64,
     /// Relative swing of the specific consumption around `per_t` (process variation).
     pub wobble: f64,
+    pub phase: Phase,
 }
 
 const fn flow(
@@ -58,12 +82,33 @@ const fn flow(
         unit,
         per_t,
         wobble,
+        phase: Phase::Always,
     }
 }
 
-use Role::{Consumed, Product, Recovered, Water};
+const fn batch(
+    name: &'static str,
+    carrier: &'static str,
+    role: Role,
+    unit: &'static str,
+    per_t: f64,
+    wobble: f64,
+    phase: Phase,
+) -> FlowDef {
+    FlowDef {
+        name,
+        carrier,
+        role,
+        unit,
+        per_t,
+        wobble,
+        phase,
+    }
+}
 
-/// Blast furnace, per tonne of hot metal (1 080 m3 class): coke rate 360 kg/t, pulverised coal
+use Role::{Consumed, Material, Product, Recovered, Submeter, Water};
+
+/// Blast furnace (1 080 m3 class), per tonne of hot metal: coke rate 360 kg/t, pulverised coal
 /// 150 kg/t, hot stoves burning 700 m3/t of blast-furnace gas, 1 600 m3/t of gas exported,
 /// TRT generating 35 kWh/t from top-gas pressure.
 const BLAST_FURNACE: &[FlowDef] = &[
@@ -77,15 +122,51 @@ const BLAST_FURNACE: &[FlowDef] = &[
     flow("water", "water", Water, "m3", 1.2, 0.05),
 ];
 
-/// Converter (BOF, 120 t class), per tonne of liquid steel: recovery of converter gas and steam
+/// Converter (BOF, 120 t heats), per tonne of liquid steel: recovery of converter gas and steam
 /// exceeds what the process consumes, so the net figure is negative.
 const CONVERTER: &[FlowDef] = &[
-    flow("steel", "crude_steel", Product, "t", 1.0, 0.0),
+    batch("steel", "crude_steel", Product, "t", 1.0, 0.0, Phase::Tap),
+    batch(
+        "hot_metal",
+        "hot_metal",
+        Material,
+        "t",
+        0.90,
+        0.02,
+        Phase::Charge,
+    ),
+    batch("scrap", "scrap", Material, "t", 0.18, 0.05, Phase::Charge),
+    batch("oxygen", "oxygen", Material, "m3", 55.0, 0.03, Phase::Blow),
     flow("power", "electricity", Consumed, "kWh", 28.0, 0.05),
     flow("natural_gas", "natural_gas", Consumed, "m3", 3.0, 0.05),
-    flow("steam", "steam_1_0mpa", Recovered, "t", 0.080, 0.04),
-    flow("ldg", "converter_gas", Recovered, "m3", 100.0, 0.04),
+    batch(
+        "steam",
+        "steam_1_0mpa",
+        Recovered,
+        "t",
+        0.080,
+        0.04,
+        Phase::Blow,
+    ),
+    batch(
+        "ldg",
+        "converter_gas",
+        Recovered,
+        "m3",
+        100.0,
+        0.04,
+        Phase::Blow,
+    ),
     flow("water", "water", Water, "m3", 0.5, 0.05),
+];
+
+/// Rolling-mill reheating furnace with regenerative burners, per tonne of billets: 1.2 GJ/t of
+/// coke-oven gas (72 m3 at 16 726 kJ/m3), 20 kWh/t for fans and drives.
+const REHEATING_FURNACE: &[FlowDef] = &[
+    flow("billets", "billets", Product, "t", 1.0, 0.0),
+    flow("cog", "coke_oven_gas", Consumed, "m3", 72.0, 0.04),
+    flow("power", "electricity", Consumed, "kWh", 20.0, 0.05),
+    flow("water", "water", Water, "m3", 0.3, 0.05),
 ];
 
 /// Cement kiln line (5 000 t/d clinker), per tonne of clinker: 3 000 kJ/kg clinker from raw
@@ -98,23 +179,91 @@ const KILN: &[FlowDef] = &[
     flow("water", "water", Water, "m3", 0.25, 0.05),
 ];
 
-/// Aluminium potline (300 cells at 400 kA), per tonne of aluminium: AC power 13 120 kWh/t
-/// (3.95 V per cell, 92.5 % current efficiency, 97 % rectifier efficiency).
+/// Aluminium potline (300 cells at 400 kA), per tonne of aluminium: 3.95 V per cell at 92.5 %
+/// current efficiency is 12 725 kWh/t DC; AC is DC over a 97 % rectifier efficiency.
 const ELECTROLYSIS: &[FlowDef] = &[
     flow("aluminium", "aluminium", Product, "t", 1.0, 0.0),
-    flow("ac_power", "electricity", Consumed, "kWh", 13_120.0, 0.01),
+    flow(
+        "ac_power",
+        "electricity",
+        Consumed,
+        "kWh",
+        DC_KWH_PER_T / RECTIFIER_EFFICIENCY,
+        0.01,
+    ),
+    flow(
+        "dc_power",
+        "electricity_dc",
+        Submeter,
+        "kWh",
+        DC_KWH_PER_T,
+        0.01,
+    ),
     flow("water", "water", Water, "m3", 2.0, 0.05),
 ];
+
+/// Faraday: 0.335 6 kg of aluminium per kA-h at 100 % current efficiency.
+pub const FARADAY_KG_PER_KAH: f64 = 0.3356;
+const CELL_VOLTAGE: f64 = 3.95;
+const CURRENT_EFFICIENCY: f64 = 0.925;
+const DC_KWH_PER_T: f64 = CELL_VOLTAGE / (FARADAY_KG_PER_KAH * CURRENT_EFFICIENCY) * 1000.0;
+const RECTIFIER_EFFICIENCY: f64 = 0.97;
+/// Anode effects: chance per potline-hour, duration, extra line voltage while one lasts.
+const ANODE_EFFECT_PER_HOUR: f64 = 0.6;
+const ANODE_EFFECT_MS: i64 = 120_000;
+const ANODE_EFFECT_EXTRA_V: f64 = 30.0;
+const POTLINE_CURRENT_KA: f64 = 400.0;
+
+/// Converter heat size and the share of each phase in a heat.
+const HEAT_T: f64 = 120.0;
+const PHASES: [(Phase, f64); 4] = [
+    (Phase::Charge, 0.14),
+    (Phase::Blow, 0.44),
+    (Phase::Tap, 0.22),
+    (Phase::Always, 0.20),
+];
+
+/// Share of nominal electricity and water a stopped unit still draws.
+const STANDBY: f64 = 0.03;
+/// How much more fuel and power per tonne a unit needs while it restarts (heating up).
+const RESTART_PENALTY: f64 = 0.30;
 
 impl UnitKind {
     pub fn flows(self) -> &'static [FlowDef] {
         match self {
             UnitKind::BlastFurnace => BLAST_FURNACE,
             UnitKind::Converter => CONVERTER,
+            UnitKind::ReheatingFurnace => REHEATING_FURNACE,
             UnitKind::Kiln => KILN,
             UnitKind::Electrolysis => ELECTROLYSIS,
         }
     }
+}
+
+/// An operating state, from a scenario's schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    Normal,
+    /// Output at `load` of normal; fixed losses make each tonne a little dearer.
+    Reduced {
+        load: f64,
+    },
+    /// No output; standby power and water only.
+    Stopped,
+    /// Output ramps from zero to normal over `hours`, with extra fuel and power per tonne.
+    Restart {
+        hours: f64,
+    },
+    /// Converter gas and steam recovery out of service (vented, flared): everything else normal.
+    NoRecovery,
+}
+
+/// A state taking effect at a time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StateChange {
+    pub at_ms: i64,
+    pub state: State,
 }
 
 /// A unit being simulated: its flows integrated since the start of the run.
@@ -126,12 +275,15 @@ pub struct UnitModel {
     /// Quantity of each flow since the start, in the flow's unit, same order as `kind.flows()`.
     pub totals: Vec<f64>,
     seed: u64,
+    /// Sorted by time; before the first change the unit runs normally.
+    schedule: Vec<StateChange>,
 }
 
 /// Length of one integration step. Rates change over minutes, so a second is exact enough.
 const STEP_MS: i64 = 1_000;
 /// Spacing of the random knots of the load and consumption variation.
 const KNOT_MS: i64 = 600_000;
+const HOUR_MS: i64 = 3_600_000;
 
 impl UnitModel {
     pub fn new(id: String, kind: UnitKind, capacity_t_per_h: f64, seed: u64) -> Self {
@@ -142,22 +294,134 @@ impl UnitModel {
             capacity_t_per_h,
             totals,
             seed,
+            schedule: Vec::new(),
         }
     }
 
-    /// Output relative to capacity at time `t_ms`: a slow six-hour swing plus random drift.
-    pub fn load(&self, t_ms: i64) -> f64 {
+    pub fn set_schedule(&mut self, mut schedule: Vec<StateChange>) {
+        schedule.sort_by_key(|c| c.at_ms);
+        self.schedule = schedule;
+    }
+
+    pub fn schedule(&self) -> &[StateChange] {
+        &self.schedule
+    }
+
+    /// The state in force at `t_ms` and when it began.
+    pub fn state_at(&self, t_ms: i64) -> (State, i64) {
+        self.schedule
+            .iter()
+            .rev()
+            .find(|c| c.at_ms <= t_ms)
+            .map_or((State::Normal, i64::MIN), |c| (c.state, c.at_ms))
+    }
+
+    /// Output relative to capacity in normal operation: a slow six-hour swing plus drift.
+    fn swing(&self, t_ms: i64) -> f64 {
         let phase = (self.seed % 1000) as f64 / 1000.0 * std::f64::consts::TAU;
         let swing = 0.04 * (t_ms as f64 / 21_600_000.0 * std::f64::consts::TAU + phase).sin();
         0.95 + swing + 0.03 * noise(self.seed, t_ms)
     }
 
+    /// Output relative to capacity, and the factor on specific consumption, at `t_ms`.
+    fn operating(&self, t_ms: i64) -> (f64, f64) {
+        match self.state_at(t_ms) {
+            (State::Normal | State::NoRecovery, _) => (self.swing(t_ms), 1.0),
+            (State::Reduced { load }, _) => (self.swing(t_ms) * load, 1.0 + 0.1 * (1.0 - load)),
+            (State::Stopped, _) => (0.0, 1.0),
+            (State::Restart { hours }, since) => {
+                let x = ((t_ms - since) as f64 / (hours * HOUR_MS as f64)).clamp(0.0, 1.0);
+                (self.swing(t_ms) * x, 1.0 + RESTART_PENALTY * (1.0 - x))
+            }
+        }
+    }
+
     /// Rate of flow `k` in its unit per second at `t_ms`.
     pub fn rate(&self, k: usize, t_ms: i64) -> f64 {
         let f = &self.kind.flows()[k];
-        let product_per_s = self.capacity_t_per_h / 3600.0 * self.load(t_ms);
-        let specific = f.per_t * (1.0 + f.wobble * noise(self.seed ^ ((k as u64 + 1) << 20), t_ms));
-        product_per_s * specific
+        let (state, since) = self.state_at(t_ms);
+        let nominal_per_s = self.capacity_t_per_h / 3600.0;
+        if state == State::Stopped {
+            let standby = matches!(
+                (f.role, f.carrier),
+                (Role::Consumed, "electricity") | (Role::Water, _)
+            );
+            return if standby {
+                f.per_t * nominal_per_s * STANDBY
+            } else {
+                0.0
+            };
+        }
+        if state == State::NoRecovery && f.role == Role::Recovered {
+            return 0.0;
+        }
+        let (load, penalty) = self.operating(t_ms);
+        let specific = f.per_t
+            * (1.0 + f.wobble * noise(self.seed ^ ((k as u64 + 1) << 20), t_ms))
+            * if f.role == Role::Consumed {
+                penalty
+            } else {
+                1.0
+            };
+        let mut rate = match (self.kind, f.phase) {
+            (UnitKind::Converter, phase) if phase != Phase::Always => {
+                // Heats follow one another at the pace the operating state sets (not the
+                // continuous swing: a heat is a heat); a lower load stretches the cycle.
+                let load = match state {
+                    State::Reduced { load } => load,
+                    State::Restart { hours } => {
+                        ((t_ms - since) as f64 / (hours * HOUR_MS as f64)).clamp(0.05, 1.0)
+                    }
+                    _ => 1.0,
+                };
+                let cycle_ms = HEAT_T / (self.capacity_t_per_h * load) * HOUR_MS as f64;
+                let origin = if since == i64::MIN { 0 } else { since };
+                let pos = ((t_ms - origin) as f64).rem_euclid(cycle_ms) / cycle_ms;
+                let (mut from, mut share) = (0.0, 0.0);
+                for (p, s) in PHASES {
+                    if p == phase {
+                        share = s;
+                        break;
+                    }
+                    from += s;
+                }
+                if load > 0.0 && pos >= from && pos < from + share {
+                    specific * HEAT_T / (share * cycle_ms / 1000.0)
+                } else {
+                    0.0
+                }
+            }
+            _ => specific * nominal_per_s * load,
+        };
+        if self.kind == UnitKind::Electrolysis && f.role != Role::Product && f.role != Role::Water {
+            if let Some((start, end)) = self.anode_effect(t_ms.div_euclid(HOUR_MS)) {
+                if t_ms >= start && t_ms < end && load > 0.0 {
+                    let extra_kw = POTLINE_CURRENT_KA * ANODE_EFFECT_EXTRA_V;
+                    let extra = if f.role == Role::Submeter {
+                        extra_kw
+                    } else {
+                        extra_kw / RECTIFIER_EFFICIENCY
+                    };
+                    rate += extra / 3600.0;
+                }
+            }
+        }
+        rate
+    }
+
+    /// The anode effect in hour `hour` (counted from the epoch), if one happens: (start, end).
+    pub fn anode_effect(&self, hour: i64) -> Option<(i64, i64)> {
+        if self.kind != UnitKind::Electrolysis {
+            return None;
+        }
+        let draw = (unit_random(self.seed ^ 0xAE, hour) + 1.0) / 2.0;
+        if draw >= ANODE_EFFECT_PER_HOUR {
+            return None;
+        }
+        let offset = ((unit_random(self.seed ^ 0xAF, hour) + 1.0) / 2.0
+            * (HOUR_MS - ANODE_EFFECT_MS) as f64) as i64;
+        let start = hour * HOUR_MS + offset;
+        Some((start, start + ANODE_EFFECT_MS))
     }
 
     /// Integrates every flow from `from_ms` to `to_ms`, adding into `totals` and `into`.
@@ -199,15 +463,16 @@ fn unit_random(seed: u64, knot: i64) -> f64 {
 mod tests {
     use super::*;
 
-    fn coefficient(carrier: &str, unit: &str) -> f64 {
-        // kgce per metered unit, GB/T 2589 (2008 appendix A values); converter gas from an LHV
-        // of 7 500 kJ/m3; steam 1.0 MPa by the refinery method. Same as the gateway's data file.
+    /// kgce per metered unit, GB/T 2589 (2008 appendix A values); converter gas from an LHV of
+    /// 7 500 kJ/m3; steam 1.0 MPa by the refinery method. Same figures as the gateway's file.
+    pub(crate) fn coefficient(carrier: &str, unit: &str) -> f64 {
         match (carrier, unit) {
             ("electricity", "kWh") => 0.1229,
             ("coke", "t") => 971.4,
             ("washed_coal", "t") => 900.0,
             ("raw_coal", "t") => 714.3,
             ("bfg", "m3") => 0.1286,
+            ("coke_oven_gas", "m3") => 0.5714,
             ("natural_gas", "m3") => 1.2143,
             ("converter_gas", "m3") => 7_500.0 / 29_307.0,
             ("steam_1_0mpa", "t") => 108.571,
@@ -232,6 +497,8 @@ mod tests {
         assert!((370.0..=410.0).contains(&bf), "blast furnace {bf}");
         let bof = nominal_kgce_per_t(UnitKind::Converter);
         assert!((-30.0..=-10.0).contains(&bof), "converter {bof}");
+        let rhf = nominal_kgce_per_t(UnitKind::ReheatingFurnace);
+        assert!((35.0..=55.0).contains(&rhf), "reheating furnace {rhf}");
         let kiln = nominal_kgce_per_t(UnitKind::Kiln);
         assert!((100.0..=117.0).contains(&kiln), "kiln {kiln}");
         let al_kwh = UnitKind::Electrolysis.flows()[1].per_t;
@@ -241,30 +508,156 @@ mod tests {
         );
     }
 
+    fn run(m: &mut UnitModel, from: i64, to: i64) -> Vec<f64> {
+        let mut acc = vec![0.0; m.totals.len()];
+        m.advance(from, to, &mut acc);
+        acc
+    }
+
     #[test]
     fn integration_is_additive_across_split_points() {
         let mut a = UnitModel::new("u".into(), UnitKind::Kiln, 208.0, 7);
         let mut b = a.clone();
-        let mut sink = vec![0.0; a.totals.len()];
-        a.advance(0, 7_200_000, &mut sink);
-        b.advance(0, 1_234_567, &mut sink);
-        b.advance(1_234_567, 7_200_000, &mut sink);
+        run(&mut a, 0, 7_200_000);
+        run(&mut b, 0, 1_234_567);
+        run(&mut b, 1_234_567, 7_200_000);
         for (x, y) in a.totals.iter().zip(&b.totals) {
             assert!((x - y).abs() < 1e-9 * x.abs().max(1.0), "{x} vs {y}");
         }
-        // Two hours at about 95 % of 208 t/h.
-        assert!((380.0..420.0).contains(&a.totals[0]), "{}", a.totals[0]);
+        assert!(
+            (380.0..420.0).contains(&a.totals[0]),
+            "two hours near 95 % of 208 t/h: {}",
+            a.totals[0]
+        );
     }
 
     #[test]
     fn the_same_seed_gives_the_same_plant() {
-        let run = |seed| {
+        let go = |seed| {
             let mut m = UnitModel::new("u".into(), UnitKind::BlastFurnace, 108.0, seed);
-            let mut sink = vec![0.0; m.totals.len()];
-            m.advance(0, 3_600_000, &mut sink);
-            m.totals
+            run(&mut m, 0, 3_600_000)
         };
-        assert_eq!(run(1), run(1));
-        assert_ne!(run(1), run(2));
+        assert_eq!(go(1), go(1));
+        assert_ne!(go(1), go(2));
+    }
+
+    #[test]
+    fn converter_recovers_only_while_blowing_and_taps_whole_heats() {
+        let mut m = UnitModel::new("bof".into(), UnitKind::Converter, 150.0, 3);
+        let ldg = 7;
+        let steel = 0;
+        // One heat at 150 t/h is 48 minutes; blowing is 14 %..58 % of it.
+        let cycle = 48 * 60_000;
+        assert_eq!(m.rate(ldg, cycle / 20), 0.0, "charging");
+        assert!(m.rate(ldg, cycle / 3) > 0.0, "blowing");
+        assert_eq!(m.rate(steel, cycle / 3), 0.0, "no steel while blowing");
+        assert!(m.rate(steel, cycle * 7 / 10) > 0.0, "tapping");
+        let q = run(&mut m, 0, 10 * cycle);
+        // One-second steps blur each phase edge by at most a second of tapping (0.19 t).
+        assert!(
+            (q[steel] - 1_200.0).abs() < 20.0 * 0.19,
+            "ten heats of 120 t: {}",
+            q[steel]
+        );
+        let net: f64 = CONVERTER
+            .iter()
+            .zip(&q)
+            .map(|(f, q)| match f.role {
+                Role::Consumed => q * coefficient(f.carrier, f.unit),
+                Role::Recovered => -q * coefficient(f.carrier, f.unit),
+                _ => 0.0,
+            })
+            .sum::<f64>()
+            / q[steel];
+        assert!(
+            (-30.0..-10.0).contains(&net),
+            "negative-energy steelmaking: {net}"
+        );
+    }
+
+    #[test]
+    fn operating_states_change_output_and_energy() {
+        let h = HOUR_MS;
+        let mut m = UnitModel::new("k".into(), UnitKind::Kiln, 208.0, 5);
+        m.set_schedule(vec![
+            StateChange {
+                at_ms: 2 * h,
+                state: State::Stopped,
+            },
+            StateChange {
+                at_ms: 4 * h,
+                state: State::Restart { hours: 2.0 },
+            },
+            StateChange {
+                at_ms: 6 * h,
+                state: State::Reduced { load: 0.5 },
+            },
+        ]);
+        let normal = run(&mut m, 0, h);
+        let _ = run(&mut m, h, 2 * h);
+        let stopped = run(&mut m, 2 * h, 3 * h);
+        assert_eq!(stopped[0], 0.0, "no clinker while stopped");
+        assert!(
+            stopped[2] > 0.0 && stopped[2] < 0.05 * normal[2],
+            "standby power only: {}",
+            stopped[2]
+        );
+        assert_eq!(stopped[1], 0.0, "no coal while stopped");
+        let restart = run(&mut m, 4 * h, 5 * h);
+        assert!(
+            restart[0] < 0.5 * normal[0],
+            "output ramps up: {}",
+            restart[0]
+        );
+        assert!(
+            restart[1] / restart[0] > 1.1 * normal[1] / normal[0],
+            "a restarting kiln burns more per tonne"
+        );
+        let reduced = run(&mut m, 7 * h, 8 * h);
+        assert!(
+            (reduced[0] / normal[0] - 0.5).abs() < 0.1,
+            "half load: {}",
+            reduced[0] / normal[0]
+        );
+    }
+
+    #[test]
+    fn converter_without_recovery_goes_above_zero() {
+        let mut m = UnitModel::new("bof".into(), UnitKind::Converter, 150.0, 3);
+        m.set_schedule(vec![StateChange {
+            at_ms: 0,
+            state: State::NoRecovery,
+        }]);
+        let q = run(&mut m, 0, 8 * HOUR_MS);
+        let kgce: f64 = CONVERTER
+            .iter()
+            .zip(&q)
+            .filter(|(f, _)| f.role == Role::Consumed || f.role == Role::Recovered)
+            .map(|(f, q)| {
+                let sign = if f.role == Role::Consumed { 1.0 } else { -1.0 };
+                sign * q * coefficient(f.carrier, f.unit)
+            })
+            .sum();
+        assert!(kgce > 0.0, "{kgce}");
+    }
+
+    #[test]
+    fn potline_output_follows_faraday_and_anode_effects_cost_energy() {
+        let mut m = UnitModel::new("pot".into(), UnitKind::Electrolysis, 37.2, 9);
+        let q = run(&mut m, 0, 24 * HOUR_MS);
+        let faraday_t_per_h =
+            FARADAY_KG_PER_KAH * POTLINE_CURRENT_KA * 300.0 * CURRENT_EFFICIENCY / 1000.0;
+        assert!(
+            (faraday_t_per_h - 37.2).abs() < 0.1,
+            "capacity is Faraday's: {faraday_t_per_h}"
+        );
+        let effects = (0..24).filter_map(|h| m.anode_effect(h)).count();
+        assert!((5..=22).contains(&effects), "about 0.6 per hour: {effects}");
+        let dc_per_t = q[2] / q[0];
+        assert!(dc_per_t > DC_KWH_PER_T * 0.99, "DC kWh/t {dc_per_t}");
+        assert!(
+            (q[1] / q[2] - 1.0 / RECTIFIER_EFFICIENCY).abs() < 0.01,
+            "AC = DC / rectifier efficiency"
+        );
     }
 }

@@ -1,42 +1,101 @@
-//! The running plant: the models advanced on the simulated clock, read through meters, and
-//! the hourly truth collected as it closes. Pure state; the Modbus service and the truth writer
-//! drive it.
+//! The running plant: the models advanced on the simulated clock, read through meters with
+//! their faults, and the truth (hourly intervals and events) collected as it happens. Pure
+//! state; the Modbus services and the truth writer drive it.
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 use tokio_modbus::ExceptionCode;
 
+use crate::faults::{Fault, FaultKind, FaultSpec};
 use crate::meter::{Reading, Table};
-use crate::model::Role;
+use crate::model::{Role, StateChange};
 use crate::scenario::Scenario;
-use crate::truth::{TruthFlow, TruthRecord};
+use crate::truth::{TruthEvent, TruthFlow, TruthLine, TruthRecord};
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// Something that happens at an instant and goes into the truth file.
+#[derive(Debug, Clone)]
+struct Pending {
+    at_ms: i64,
+    what: Happening,
+}
+
+#[derive(Debug, Clone)]
+enum Happening {
+    State { unit: usize, change: StateChange },
+    FaultStart(usize),
+    FaultEnd(usize),
+    AnodeEffect { unit: usize, end_ms: i64 },
+}
+
 pub struct Plant {
     scenario: Scenario,
+    start_ms: i64,
     /// Simulated time up to which the models are integrated.
     now_ms: i64,
     /// Start of the truth interval being accumulated.
     interval_start_ms: i64,
     /// Per unit, per flow: quantity in the current truth interval.
     interval: Vec<Vec<f64>>,
-    closed: Vec<TruthRecord>,
+    faults: Vec<Fault>,
+    /// Per meter: what it showed when a freeze began.
+    frozen: Vec<Option<Reading>>,
+    /// Per meter: how many times its counter has wrapped.
+    wraps: Vec<i64>,
+    pending: Vec<Pending>,
+    closed: Vec<TruthLine>,
 }
 
 impl Plant {
-    pub fn new(scenario: Scenario, start_ms: i64) -> Self {
+    pub fn new(mut scenario: Scenario, start_ms: i64) -> Self {
+        let mut pending = Vec::new();
+        for &(unit, at_h, state) in &scenario.schedule {
+            let change = StateChange {
+                at_ms: start_ms + (at_h * HOUR_MS as f64) as i64,
+                state,
+            };
+            pending.push(Pending {
+                at_ms: change.at_ms,
+                what: Happening::State { unit, change },
+            });
+        }
+        for (i, unit) in scenario.units.iter_mut().enumerate() {
+            let changes = pending
+                .iter()
+                .filter_map(|p| match p.what {
+                    Happening::State { unit, change } if unit == i => Some(change),
+                    _ => None,
+                })
+                .collect();
+            unit.set_schedule(changes);
+        }
+        let specs = scenario.faults.clone();
+        let n_meters = scenario.meters.len();
         let interval = scenario
             .units
             .iter()
             .map(|u| vec![0.0; u.totals.len()])
             .collect();
-        Plant {
+        let mut plant = Plant {
             scenario,
+            start_ms,
             now_ms: start_ms,
             interval_start_ms: start_ms,
             interval,
+            faults: Vec::new(),
+            frozen: vec![None; n_meters],
+            wraps: vec![0; n_meters],
+            pending,
             closed: Vec::new(),
+        };
+        for spec in specs {
+            plant
+                .add_fault(&spec, start_ms)
+                .expect("scenario faults were validated");
         }
+        plant.schedule_anode_effects(start_ms.div_euclid(HOUR_MS));
+        plant.pending.sort_by_key(|p| p.at_ms);
+        plant
     }
 
     pub fn scenario(&self) -> &Scenario {
@@ -47,17 +106,198 @@ impl Plant {
         self.now_ms
     }
 
-    /// Integrates the plant up to `t_ms`, closing truth intervals at every whole hour.
+    pub fn start_ms(&self) -> i64 {
+        self.start_ms
+    }
+
+    pub fn faults(&self) -> &[Fault] {
+        &self.faults
+    }
+
+    /// Adds a fault whose `at_h` counts from `origin_ms` (the run's start for scenario faults,
+    /// now for faults injected while running).
+    pub fn add_fault(&mut self, spec: &FaultSpec, origin_ms: i64) -> Result<(), String> {
+        if spec.device != "*" && !self.scenario.meters.iter().any(|m| m.device == spec.device) {
+            return Err(format!("no meter `{}`", spec.device));
+        }
+        let fault = spec
+            .resolve(origin_ms)
+            .map_err(|(key, msg)| format!("{key}: {msg}"))?;
+        if fault.kind == FaultKind::Rollover {
+            self.arrange_rollover(&fault)?;
+        }
+        let i = self.faults.len();
+        self.pending.push(Pending {
+            at_ms: fault.from_ms.max(self.now_ms),
+            what: Happening::FaultStart(i),
+        });
+        if !fault.kind.is_instant() {
+            self.pending.push(Pending {
+                at_ms: fault.to_ms,
+                what: Happening::FaultEnd(i),
+            });
+        }
+        self.pending.sort_by_key(|p| p.at_ms);
+        self.faults.push(fault);
+        Ok(())
+    }
+
+    /// Sets a meter's counter so that it reaches its rollover exactly when the fault starts.
+    fn arrange_rollover(&mut self, fault: &Fault) -> Result<(), String> {
+        let now = self.now_ms;
+        for m in self
+            .scenario
+            .meters
+            .iter_mut()
+            .filter(|m| fault.device == "*" || m.device == fault.device)
+        {
+            let mut unit = self.scenario.units[m.unit_index].clone();
+            let mut sink = vec![0.0; unit.totals.len()];
+            unit.advance(now, fault.from_ms.max(now), &mut sink);
+            let total_then = unit.totals[m.flow_index];
+            let rollover = m.model.rollover();
+            // counter(total_then) must be a multiple of the rollover.
+            let shown_then = m.counter(total_then);
+            let bump = rollover - shown_then.rem_euclid(rollover);
+            m.initial += bump;
+            if let Some((at, reading)) = m.replaced {
+                m.replaced = Some((at, reading + bump));
+            }
+        }
+        Ok(())
+    }
+
+    fn schedule_anode_effects(&mut self, hour: i64) {
+        for (i, u) in self.scenario.units.iter().enumerate() {
+            if let Some((start, end)) = u.anode_effect(hour) {
+                if start >= self.now_ms {
+                    self.pending.push(Pending {
+                        at_ms: start,
+                        what: Happening::AnodeEffect {
+                            unit: i,
+                            end_ms: end,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Integrates the plant up to `t_ms`, stopping at every event and whole hour on the way.
     pub fn advance_to(&mut self, t_ms: i64) {
         while self.now_ms < t_ms {
             let hour_end = self.now_ms - self.now_ms.rem_euclid(HOUR_MS) + HOUR_MS;
-            let to = hour_end.min(t_ms);
+            let next_event = self
+                .pending
+                .first()
+                .map_or(i64::MAX, |p| p.at_ms.max(self.now_ms));
+            let to = hour_end.min(t_ms).min(next_event);
             for (unit, acc) in self.scenario.units.iter_mut().zip(&mut self.interval) {
                 unit.advance(self.now_ms, to, acc);
             }
             self.now_ms = to;
+            self.note_rollovers();
+            while self.pending.first().is_some_and(|p| p.at_ms <= self.now_ms) {
+                let p = self.pending.remove(0);
+                self.happen(p);
+            }
             if to == hour_end {
                 self.close_interval();
+                self.schedule_anode_effects(hour_end.div_euclid(HOUR_MS));
+                self.pending.sort_by_key(|p| p.at_ms);
+            }
+        }
+    }
+
+    fn event(&mut self, event: &str, unit: Option<String>, device: Option<String>, detail: String) {
+        self.closed.push(TruthLine::Event(TruthEvent {
+            at: rfc3339(self.now_ms),
+            event: event.into(),
+            unit,
+            device,
+            detail,
+        }));
+    }
+
+    fn happen(&mut self, p: Pending) {
+        match p.what {
+            Happening::State { unit, change } => {
+                let id = self.scenario.units[unit].id.clone();
+                self.event("state", Some(id), None, format!("{:?}", change.state));
+            }
+            Happening::AnodeEffect { unit, end_ms } => {
+                let id = self.scenario.units[unit].id.clone();
+                self.event(
+                    "anode_effect",
+                    Some(id),
+                    None,
+                    format!("until {}", rfc3339(end_ms)),
+                );
+            }
+            Happening::FaultStart(i) => {
+                let fault = self.faults[i].clone();
+                for m in 0..self.scenario.meters.len() {
+                    let meter = &self.scenario.meters[m];
+                    if !(fault.device == "*" || fault.device == meter.device) {
+                        continue;
+                    }
+                    match fault.kind {
+                        FaultKind::Replace { reading } => {
+                            let total =
+                                self.scenario.units[meter.unit_index].totals[meter.flow_index];
+                            self.scenario.meters[m].replaced = Some((total, reading));
+                            self.wraps[m] = 0;
+                        }
+                        FaultKind::Freeze => self.frozen[m] = Some(self.reading(m)),
+                        _ => {}
+                    }
+                }
+                let until = if fault.kind.is_instant() {
+                    String::new()
+                } else {
+                    format!(" until {}", rfc3339(fault.to_ms))
+                };
+                self.event(
+                    "fault_start",
+                    None,
+                    Some(fault.device.clone()),
+                    format!("{}{until}", fault.describe()),
+                );
+            }
+            Happening::FaultEnd(i) => {
+                let fault = self.faults[i].clone();
+                if fault.kind == FaultKind::Freeze {
+                    for m in 0..self.scenario.meters.len() {
+                        if fault.device == "*" || fault.device == self.scenario.meters[m].device {
+                            self.frozen[m] = None;
+                        }
+                    }
+                }
+                self.event(
+                    "fault_end",
+                    None,
+                    Some(fault.device.clone()),
+                    fault.describe(),
+                );
+            }
+        }
+    }
+
+    fn note_rollovers(&mut self) {
+        for m in 0..self.scenario.meters.len() {
+            let meter = &self.scenario.meters[m];
+            let counter =
+                meter.counter(self.scenario.units[meter.unit_index].totals[meter.flow_index]);
+            let wraps = (counter / meter.model.rollover()).floor() as i64;
+            if wraps > self.wraps[m] {
+                self.wraps[m] = wraps;
+                let (device, rollover) = (meter.device.clone(), meter.model.rollover());
+                self.event(
+                    "rollover",
+                    None,
+                    Some(device),
+                    format!("counter passed {rollover} and restarted from zero"),
+                );
             }
         }
     }
@@ -94,14 +334,52 @@ impl Plant {
                 });
                 *qty = 0.0;
             }
-            self.closed.push(rec);
+            self.closed.push(TruthLine::Interval(rec));
         }
         self.interval_start_ms = self.now_ms;
     }
 
-    /// Truth records closed since the last call.
-    pub fn take_closed(&mut self) -> Vec<TruthRecord> {
+    /// Truth lines closed since the last call.
+    pub fn take_closed(&mut self) -> Vec<TruthLine> {
         std::mem::take(&mut self.closed)
+    }
+
+    /// Index of the meter at `unit_id`.
+    pub fn meter_at(&self, unit_id: u8) -> Option<usize> {
+        self.scenario
+            .meters
+            .iter()
+            .position(|m| m.unit_id == unit_id)
+    }
+
+    /// The faults acting on meter `m` now, of the kinds a link or device shows.
+    pub fn active_faults(&self, m: usize) -> impl Iterator<Item = &Fault> {
+        let device = &self.scenario.meters[m].device;
+        let now = self.now_ms;
+        self.faults.iter().filter(move |f| f.applies(device, now))
+    }
+
+    /// What meter `m` shows now, faults included.
+    fn reading(&self, m: usize) -> Reading {
+        let meter = &self.scenario.meters[m];
+        if let Some(frozen) = self.frozen[m] {
+            return Reading {
+                clock_ms: self.now_ms,
+                ..frozen
+            };
+        }
+        let unit = &self.scenario.units[meter.unit_index];
+        let mut counter = meter.counter(unit.totals[meter.flow_index]);
+        for f in self.active_faults(m) {
+            if let FaultKind::Spike { magnitude } = f.kind {
+                counter += magnitude;
+            }
+        }
+        Reading {
+            clock_ms: self.now_ms,
+            counter,
+            rate_per_h: unit.rate(meter.flow_index, self.now_ms) * 3600.0,
+        }
     }
 
     /// Registers `addr..addr+count` of `table` of the meter at `unit_id`, as of now.
@@ -112,22 +390,14 @@ impl Plant {
         addr: u16,
         count: u16,
     ) -> Result<Vec<u16>, ExceptionCode> {
-        let meter = self
-            .scenario
-            .meters
-            .iter()
-            .find(|m| m.unit_id == unit_id)
-            // What a serial-to-Ethernet gateway answers for a device that is not on its line.
+        // What a serial-to-Ethernet gateway answers for a device that is not on its line.
+        let m = self
+            .meter_at(unit_id)
             .ok_or(ExceptionCode::GatewayTargetDevice)?;
-        let unit = &self.scenario.units[meter.unit_index];
-        let reading = Reading {
-            clock_ms: self.now_ms,
-            counter: meter.counter(unit.totals[meter.flow_index]),
-            rate_per_h: unit.rate(meter.flow_index, self.now_ms) * 3600.0,
-        };
+        let meter = &self.scenario.meters[m];
         meter
             .model
-            .image(reading)
+            .image(self.reading(m))
             .read(table, addr, count)
             .ok_or(ExceptionCode::IllegalDataAddress)
     }
@@ -143,9 +413,56 @@ pub fn rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::faults::KindName;
     use ems_core::{decode, DataType, WordOrder};
 
     const T0: i64 = 1_767_196_800_000; // 2026-01-01T00:00:00+08:00 is 2025-12-31T16:00:00Z
+
+    fn intervals(lines: &[TruthLine]) -> Vec<&TruthRecord> {
+        lines
+            .iter()
+            .filter_map(|l| {
+                if let TruthLine::Interval(r) = l {
+                    Some(r)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn events<'a>(lines: &'a [TruthLine], kind: &str) -> Vec<&'a TruthEvent> {
+        lines
+            .iter()
+            .filter_map(|l| {
+                if let TruthLine::Event(e) = l {
+                    Some(e)
+                } else {
+                    None
+                }
+            })
+            .filter(|e| e.event == kind)
+            .collect()
+    }
+
+    fn belt_total(p: &Plant, unit_id: u8) -> f64 {
+        let regs = p.read(unit_id, Table::Holding, 2, 2).unwrap(); // belt scale: u32 in 0.01 t
+        decode(&regs, DataType::U32, WordOrder::ABCD).unwrap() * 0.01
+    }
+
+    fn spec(device: &str, kind: KindName, at_h: f64, for_h: f64) -> FaultSpec {
+        FaultSpec {
+            device: device.into(),
+            kind,
+            at_h,
+            for_h,
+            code: None,
+            delay_ms: None,
+            reading: None,
+            magnitude: None,
+            truncate: None,
+        }
+    }
 
     #[test]
     fn truth_closes_on_whole_hours_and_matches_meter_movement() {
@@ -156,31 +473,28 @@ mod tests {
             .find(|m| m.device == "bf1-coke")
             .unwrap()
             .unit_id;
+        let units = scenario.units.len();
         let mut plant = Plant::new(scenario, T0 + 1_800_000);
-        let read_total = |p: &Plant| {
-            let regs = p.read(coke, Table::Holding, 2, 2).unwrap(); // belt scale: u32 in 0.01 t
-            decode(&regs, DataType::U32, WordOrder::ABCD).unwrap() * 0.01
-        };
-        let before = read_total(&plant);
+        let before = belt_total(&plant, coke);
         plant.advance_to(T0 + 3 * 3_600_000 + 60_000);
-        let truth = plant.take_closed();
-        // Half an hour, then two whole hours, for each of the four units.
-        assert_eq!(truth.len(), 3 * 4);
-        assert_eq!(truth[4].start, "2025-12-31T17:00:00.000Z");
-        assert_eq!(truth[4].end, "2025-12-31T18:00:00.000Z");
-        let true_coke: f64 = truth
-            .iter()
-            .filter(|r| r.unit == "bf1")
-            .flat_map(|r| r.flows.iter().filter(|f| f.flow == "coke").map(|f| f.qty))
-            .sum();
+        let lines = plant.take_closed();
+        let truth = intervals(&lines);
+        // Half an hour, then two whole hours, for each unit.
+        assert_eq!(truth.len(), 3 * units);
+        assert_eq!(truth[units].start, "2025-12-31T17:00:00.000Z");
+        assert_eq!(truth[units].end, "2025-12-31T18:00:00.000Z");
+        let coke_qty = |recs: &[&TruthRecord]| -> f64 {
+            recs.iter()
+                .filter(|r| r.unit == "bf1")
+                .flat_map(|r| r.flows.iter().filter(|f| f.flow == "coke"))
+                .map(|f| f.qty)
+                .sum()
+        };
+        let true_coke = coke_qty(&truth);
         plant.close_interval();
-        let last = plant.take_closed();
-        let tail: f64 = last
-            .iter()
-            .filter(|r| r.unit == "bf1")
-            .map(|r| r.flows[1].qty)
-            .sum();
-        let moved = read_total(&plant) - before;
+        let tail = plant.take_closed();
+        let tail = coke_qty(&intervals(&tail));
+        let moved = belt_total(&plant, coke) - before;
         assert!(
             (moved - (true_coke + tail)).abs() <= 0.02,
             "meter moved {moved}, truth {true_coke} + {tail}"
@@ -199,5 +513,102 @@ mod tests {
             Err(ExceptionCode::GatewayTargetDevice)
         );
         assert_eq!(plant.read(11, Table::Holding, 0, 4).map(|r| r.len()), Ok(4));
+    }
+
+    #[test]
+    fn replacement_rollover_freeze_and_spike_show_in_the_registers_and_the_truth() {
+        let scenario = Scenario::load("demo").unwrap();
+        let coke = scenario
+            .meters
+            .iter()
+            .find(|m| m.device == "bf1-coke")
+            .unwrap()
+            .unit_id;
+        let mut plant = Plant::new(scenario, T0);
+        plant
+            .add_fault(
+                &FaultSpec {
+                    reading: Some(5.0),
+                    ..spec("bf1-coke", KindName::Replace, 1.0, 0.0)
+                },
+                T0,
+            )
+            .unwrap();
+        plant.advance_to(T0 + 3_600_000 + 60_000);
+        let after_swap = belt_total(&plant, coke);
+        assert!(
+            (5.0..7.0).contains(&after_swap),
+            "a new meter starts near its reading: {after_swap}"
+        );
+
+        plant
+            .add_fault(
+                &spec("bf1-coke", KindName::Freeze, 0.0, 0.5),
+                plant.now_ms(),
+            )
+            .unwrap();
+        plant.advance_to(plant.now_ms() + 1_000);
+        let frozen = belt_total(&plant, coke);
+        plant.advance_to(plant.now_ms() + 600_000);
+        assert_eq!(belt_total(&plant, coke), frozen, "frozen");
+        plant.advance_to(plant.now_ms() + 1_800_000);
+        assert!(
+            belt_total(&plant, coke) > frozen + 10.0,
+            "catches up after the freeze"
+        );
+
+        let base = belt_total(&plant, coke);
+        plant
+            .add_fault(
+                &FaultSpec {
+                    magnitude: Some(1_000.0),
+                    ..spec("bf1-coke", KindName::Spike, 0.0, 0.01)
+                },
+                plant.now_ms(),
+            )
+            .unwrap();
+        plant.advance_to(plant.now_ms() + 1_000);
+        assert!(belt_total(&plant, coke) > base + 999.0, "spike");
+        plant.advance_to(plant.now_ms() + 60_000);
+        assert!(belt_total(&plant, coke) < base + 100.0, "spike over");
+
+        plant
+            .add_fault(
+                &spec("bf1-coke", KindName::Rollover, 0.5, 0.0),
+                plant.now_ms(),
+            )
+            .unwrap();
+        plant.advance_to(plant.now_ms() + 1_900_000);
+        assert!(
+            belt_total(&plant, coke) < 20.0,
+            "wrapped at the register width: {}",
+            belt_total(&plant, coke)
+        );
+
+        let lines = plant.take_closed();
+        assert_eq!(events(&lines, "rollover").len(), 1);
+        let starts = events(&lines, "fault_start");
+        assert_eq!(starts.len(), 4, "{starts:?}");
+        assert_eq!(
+            events(&lines, "fault_end").len(),
+            2,
+            "freeze and spike ended"
+        );
+    }
+
+    #[test]
+    fn states_and_anode_effects_are_logged() {
+        let mut scenario = Scenario::load("demo").unwrap();
+        let bof = scenario.units.iter().position(|u| u.id == "bof1").unwrap();
+        scenario
+            .schedule
+            .push((bof, 1.0, crate::model::State::NoRecovery));
+        let mut plant = Plant::new(scenario, T0);
+        plant.advance_to(T0 + 24 * 3_600_000);
+        let lines = plant.take_closed();
+        let states = events(&lines, "state");
+        assert_eq!(states.len(), 1);
+        assert_eq!(states[0].at, rfc3339(T0 + 3_600_000));
+        assert!(!events(&lines, "anode_effect").is_empty());
     }
 }

@@ -6,11 +6,17 @@ use std::path::Path;
 use ems_config::{ConfigError, Source, Spanned};
 use serde::Deserialize;
 
+use crate::faults::FaultSpec;
 use crate::meter::{Meter, MeterModel};
-use crate::model::{UnitKind, UnitModel};
+use crate::model::{State, UnitKind, UnitModel};
 
 /// The scenarios built into the binary, by name.
-pub const BUILT_IN: &[(&str, &str)] = &[("demo", include_str!("../scenarios/demo.toml"))];
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("demo", include_str!("../scenarios/demo.toml")),
+    ("steelworks", include_str!("../scenarios/steelworks.toml")),
+    ("aluminium", include_str!("../scenarios/aluminium.toml")),
+    ("cement", include_str!("../scenarios/cement.toml")),
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +28,36 @@ struct ScenarioFile {
     seed: u64,
     units: Vec<UnitConf>,
     meters: Vec<MeterConf>,
+    /// Operating states over time.
+    #[serde(default)]
+    schedule: Vec<ScheduleConf>,
+    #[serde(default)]
+    faults: Vec<FaultSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleConf {
+    unit: Spanned<String>,
+    /// Hours after the start of the run.
+    at_h: f64,
+    state: StateName,
+    /// reduced: output as a share of normal.
+    #[serde(default)]
+    load: Option<f64>,
+    /// restart: hours to reach normal output.
+    #[serde(default)]
+    hours: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StateName {
+    Normal,
+    Reduced,
+    Stopped,
+    Restart,
+    NoRecovery,
 }
 
 fn default_seed() -> u64 {
@@ -64,6 +100,9 @@ pub struct Scenario {
     /// Display names of the units, same order as `units`.
     pub unit_names: Vec<String>,
     pub meters: Vec<Meter>,
+    /// (unit index, hours after start, state).
+    pub schedule: Vec<(usize, f64, State)>,
+    pub faults: Vec<FaultSpec>,
 }
 
 impl Scenario {
@@ -169,7 +208,52 @@ impl Scenario {
                 replaced: None,
             });
         }
+        let mut schedule = Vec::new();
+        for (i, c) in file.schedule.iter().enumerate() {
+            let key = |k: &str| format!("schedule[{i}].{k}");
+            let Some(unit) = units.iter().position(|u| &u.id == c.unit.get_ref()) else {
+                return Err(src.error_at(
+                    c.unit.span(),
+                    &key("unit"),
+                    format!("no unit `{}`", c.unit.get_ref()),
+                ));
+            };
+            if !(c.at_h.is_finite() && c.at_h >= 0.0) {
+                return Err(src.error(&key("at_h"), "must be zero or more hours"));
+            }
+            let state = match c.state {
+                StateName::Normal => State::Normal,
+                StateName::Stopped => State::Stopped,
+                StateName::NoRecovery => State::NoRecovery,
+                StateName::Reduced => match c.load {
+                    Some(load) if load > 0.0 && load < 1.0 => State::Reduced { load },
+                    _ => {
+                        return Err(
+                            src.error(&key("load"), "a reduced state needs `load` between 0 and 1")
+                        )
+                    }
+                },
+                StateName::Restart => match c.hours {
+                    Some(hours) if hours > 0.0 && hours.is_finite() => State::Restart { hours },
+                    _ => return Err(src.error(&key("hours"), "a restart needs `hours` above zero")),
+                },
+            };
+            schedule.push((unit, c.at_h, state));
+        }
+        for (i, f) in file.faults.iter().enumerate() {
+            if f.device != "*" && !meters.iter().any(|m| m.device == f.device) {
+                return Err(src.error(
+                    &format!("faults[{i}].device"),
+                    format!("no meter `{}`", f.device),
+                ));
+            }
+            if let Err((k, msg)) = f.resolve(0) {
+                return Err(src.error(&format!("faults[{i}].{k}"), msg));
+            }
+        }
         Ok(Scenario {
+            schedule,
+            faults: file.faults,
             name: file.name,
             description: file.description,
             seed: file.seed,

@@ -1,50 +1,195 @@
-//! The Modbus TCP face of the plant, and the task that writes the truth file.
+//! The Modbus faces of the plant (TCP here, RTU in [`crate::rtu`]) and the truth writer.
+//!
+//! [`answer`] decides what the plant says to one request, faults included; the transports only
+//! carry it.
 
-use std::future;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_modbus::server::tcp::Server;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SimClock;
+use crate::faults::FaultKind;
 use crate::meter::Table;
 use crate::plant::Plant;
 use crate::scenario::Scenario;
 
-/// Serves every meter of the plant on one address, each under its unit id.
-#[derive(Clone)]
-struct SimService {
-    plant: Arc<Mutex<Plant>>,
-    clock: SimClock,
+pub type SharedPlant = Arc<Mutex<Plant>>;
+
+/// What the plant does with one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// `None`: no answer at all.
+    pub response: Option<Result<Response, ExceptionCode>>,
+    /// Wait this long (real time) before answering.
+    pub delay: Duration,
+    /// Close the connection instead of answering.
+    pub drop_connection: bool,
+    /// RTU: spoil the frame (`Some(true)`: cut it short, `Some(false)`: bad CRC).
+    pub corrupt: Option<bool>,
 }
 
-impl tokio_modbus::server::Service for SimService {
+/// Advances the plant to now and answers a request for `slave`, faults included.
+pub fn answer(plant: &Mutex<Plant>, clock: &SimClock, slave: u8, request: &Request<'_>) -> Answer {
+    let mut plant = plant.lock().expect("plant lock poisoned");
+    plant.advance_to(clock.now_ms());
+    let mut a = Answer {
+        response: None,
+        delay: Duration::ZERO,
+        drop_connection: false,
+        corrupt: None,
+    };
+    let read = |table, addr, count| {
+        let regs = plant.read(slave, table, addr, count);
+        match table {
+            Table::Holding => regs.map(Response::ReadHoldingRegisters),
+            Table::Input => regs.map(Response::ReadInputRegisters),
+        }
+    };
+    let normal = match *request {
+        Request::ReadHoldingRegisters(addr, count) => read(Table::Holding, addr, count),
+        Request::ReadInputRegisters(addr, count) => read(Table::Input, addr, count),
+        _ => Err(ExceptionCode::IllegalFunction),
+    };
+    a.response = Some(normal);
+    let Some(m) = plant.meter_at(slave) else {
+        return a;
+    };
+    for fault in plant.active_faults(m) {
+        match fault.kind {
+            FaultKind::DropConnection => a.drop_connection = true,
+            FaultKind::NoResponse => a.response = None,
+            FaultKind::Offline { delay_ms } => {
+                a.delay = a.delay.max(Duration::from_millis(delay_ms));
+                a.response = a.response.map(|_| Err(ExceptionCode::GatewayTargetDevice));
+            }
+            FaultKind::Exception(code) => {
+                a.response = a.response.map(|_| Err(ExceptionCode::new(code)));
+            }
+            FaultKind::Slow { delay_ms } => a.delay = a.delay.max(Duration::from_millis(delay_ms)),
+            FaultKind::CorruptFrame { truncate } => a.corrupt = Some(truncate),
+            FaultKind::Rollover
+            | FaultKind::Replace { .. }
+            | FaultKind::Freeze
+            | FaultKind::Spike { .. } => {}
+        }
+    }
+    a
+}
+
+/// One TCP connection's service: answers requests, and can end its connection.
+#[derive(Clone)]
+struct TcpService {
+    plant: SharedPlant,
+    clock: SimClock,
+    hang_up: Arc<AtomicBool>,
+}
+
+type AnswerFuture = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
+
+impl tokio_modbus::server::Service for TcpService {
     type Request = SlaveRequest<'static>;
-    type Response = Response;
+    type Response = Option<Response>;
     type Exception = ExceptionCode;
-    type Future = future::Ready<Result<Response, ExceptionCode>>;
+    type Future = AnswerFuture;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        let mut plant = self.plant.lock().expect("plant lock poisoned");
-        plant.advance_to(self.clock.now_ms());
-        let res = match req.request {
-            Request::ReadHoldingRegisters(addr, count) => plant
-                .read(req.slave, Table::Holding, addr, count)
-                .map(Response::ReadHoldingRegisters),
-            Request::ReadInputRegisters(addr, count) => plant
-                .read(req.slave, Table::Input, addr, count)
-                .map(Response::ReadInputRegisters),
-            _ => Err(ExceptionCode::IllegalFunction),
-        };
-        future::ready(res)
+        let a = answer(&self.plant, &self.clock, req.slave, &req.request);
+        let hang_up = self.hang_up.clone();
+        Box::pin(async move {
+            if !a.delay.is_zero() {
+                tokio::time::sleep(a.delay).await;
+            }
+            if a.drop_connection {
+                hang_up.store(true, Ordering::SeqCst);
+                return Ok(None);
+            }
+            match a.response {
+                None => Ok(None),
+                Some(r) => r.map(Some),
+            }
+        })
     }
+}
+
+/// A TCP stream that reads as closed once its service decides to hang up.
+struct HangUpStream {
+    inner: TcpStream,
+    hang_up: Arc<AtomicBool>,
+}
+
+impl AsyncRead for HangUpStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.hang_up.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for HangUpStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves Modbus TCP on `listener` until `shutdown`.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    plant: SharedPlant,
+    clock: SimClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let server = Server::new(listener);
+    let on_connected = move |stream: TcpStream, _addr: SocketAddr| {
+        let hang_up = Arc::new(AtomicBool::new(false));
+        let service = TcpService {
+            plant: plant.clone(),
+            clock,
+            hang_up: hang_up.clone(),
+        };
+        async move {
+            Ok(Some((
+                service,
+                HangUpStream {
+                    inner: stream,
+                    hang_up,
+                },
+            )))
+        }
+    };
+    let on_error = |e| tracing::debug!(error = %e, "Modbus connection ended with an error.");
+    server
+        .serve_until(&on_connected, on_error, shutdown.cancelled_owned())
+        .await
+        .context("Modbus TCP server failed")?;
+    Ok(())
 }
 
 pub struct SimOptions {
@@ -53,34 +198,34 @@ pub struct SimOptions {
     pub truth: Option<PathBuf>,
 }
 
-/// Runs the simulator on `listener` until `shutdown` is cancelled, then closes the truth
-/// interval in progress and flushes the truth file.
+/// Runs the simulator's Modbus TCP server on `listener` until `shutdown` is cancelled, then
+/// closes the truth interval in progress and flushes the truth file.
 pub async fn run(
     listener: TcpListener,
     opts: SimOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let plant = Arc::new(Mutex::new(Plant::new(opts.scenario, opts.clock.start_ms())));
-    let service = SimService {
-        plant: plant.clone(),
-        clock: opts.clock,
-    };
-    let server = Server::new(listener);
-    let on_connected = move |stream, addr: SocketAddr| {
-        let service = service.clone();
-        async move { accept_tcp_connection(stream, addr, move |_| Ok(Some(service.clone()))) }
-    };
-    let on_error = |e| tracing::debug!(error = %e, "Modbus connection ended with an error.");
-    let serve = server.serve_until(&on_connected, on_error, shutdown.clone().cancelled_owned());
+    run_with(listener, plant, opts.clock, opts.truth, shutdown).await
+}
 
-    let truth = write_truth(plant, opts.clock, opts.truth, shutdown.clone());
-    let (served, written) = tokio::join!(serve, truth);
-    served.context("Modbus server failed")?;
+/// [`run`] with a plant the caller shares (with the control API, an RTU server, ...).
+pub async fn run_with(
+    listener: TcpListener,
+    plant: SharedPlant,
+    clock: SimClock,
+    truth: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let serve = serve_tcp(listener, plant.clone(), clock, shutdown.clone());
+    let written = write_truth(plant, clock, truth, shutdown.clone());
+    let (served, written) = tokio::join!(serve, written);
+    served?;
     written
 }
 
 async fn write_truth(
-    plant: Arc<Mutex<Plant>>,
+    plant: SharedPlant,
     clock: SimClock,
     path: Option<PathBuf>,
     shutdown: CancellationToken,
@@ -99,7 +244,7 @@ async fn write_truth(
             _ = tick.tick() => false,
             () = shutdown.cancelled() => true,
         };
-        let records = {
+        let lines = {
             let mut plant = plant.lock().expect("plant lock poisoned");
             plant.advance_to(clock.now_ms());
             if stopping {
@@ -109,8 +254,8 @@ async fn write_truth(
         };
         if let Some(f) = file.as_mut() {
             let mut buf = Vec::new();
-            for r in &records {
-                serde_json::to_writer(&mut buf, r)?;
+            for l in &lines {
+                serde_json::to_writer(&mut buf, l)?;
                 buf.push(b'\n');
             }
             f.write_all(&buf).await?;

@@ -1,11 +1,21 @@
-//! The truth file: what really flowed, integrated from the model, never read from a meter.
+//! The truth file: what really flowed and what really happened, never read from a meter.
 //!
-//! One JSON line per unit per simulated hour (the first and last may be shorter), appended as
-//! each hour closes. Tests compare the gateway's figures with these.
+//! JSON lines of two kinds, told apart by `record`: an `interval` per unit per simulated hour
+//! (the first and last may be shorter) with the true quantities integrated from the model, and
+//! an `event` for everything that happened that a meter reading may not show: injected faults
+//! starting and ending, counters wrapping, meters replaced, operating states changing, anode
+//! effects. Tests compare the gateway's figures and flags with these.
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Role, UnitKind};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum TruthLine {
+    Interval(TruthRecord),
+    Event(TruthEvent),
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TruthRecord {
@@ -26,4 +36,17 @@ pub struct TruthFlow {
     pub role: Role,
     pub unit: String,
     pub qty: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TruthEvent {
+    /// When it happened, RFC 3339 UTC.
+    pub at: String,
+    /// fault_start, fault_end, rollover, meter_replaced, state, anode_effect.
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub detail: String,
 }

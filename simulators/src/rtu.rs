@@ -1,0 +1,303 @@
+//! Modbus RTU: the plant on a serial line (a real port or a pseudo-terminal) or RTU framing
+//! over TCP, with the line's timing for its baud rate.
+//!
+//! A small framer of our own rather than tokio-modbus' RTU server, because the simulator must
+//! also misbehave on purpose: answer with a bad CRC, cut a frame short, answer late after the
+//! master has given up. It resynchronises on garbage by sliding one byte at a time until a
+//! frame's CRC checks, as a real slave does after line noise. A unit id nobody has stays silent
+//! (on RS-485 there is no gateway to answer for it).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_modbus::{ExceptionCode, Request, Response};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SimClock;
+use crate::service::{answer, SharedPlant};
+
+/// CRC-16/MODBUS (polynomial 0xA001 reflected, initial 0xFFFF), sent low byte first.
+pub fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc = 0xFFFFu16;
+    for &b in bytes {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+fn with_crc(mut frame: Vec<u8>) -> Vec<u8> {
+    let crc = crc16(&frame);
+    frame.extend_from_slice(&crc.to_le_bytes());
+    frame
+}
+
+/// Length of the request frame starting `buf`, if its function code is known and it is complete
+/// enough to tell.
+fn request_len(buf: &[u8]) -> Option<usize> {
+    match *buf.get(1)? {
+        1..=6 => Some(8),
+        15 | 16 => buf.get(6).map(|&n| 9 + usize::from(n)),
+        _ => None,
+    }
+}
+
+/// A parsed request: unit id and what it asks.
+#[derive(Debug, PartialEq)]
+pub struct Frame {
+    pub unit: u8,
+    pub function: u8,
+    pub addr: u16,
+    pub count: u16,
+}
+
+/// Takes one valid frame off the front of `buf`, dropping garbage before it. `None` when more
+/// bytes are needed.
+pub fn take_frame(buf: &mut Vec<u8>) -> Option<Frame> {
+    loop {
+        if buf.len() < 2 {
+            return None;
+        }
+        let Some(len) = request_len(buf) else {
+            buf.remove(0); // not a function code we know: noise
+            continue;
+        };
+        if buf.len() < len {
+            return None;
+        }
+        let (body, crc) = buf[..len].split_at(len - 2);
+        if crc16(body).to_le_bytes() != [crc[0], crc[1]] {
+            buf.remove(0);
+            continue;
+        }
+        let f = Frame {
+            unit: body[0],
+            function: body[1],
+            addr: u16::from_be_bytes([body[2], body[3]]),
+            count: u16::from_be_bytes([body[4], body[5]]),
+        };
+        buf.drain(..len);
+        return Some(f);
+    }
+}
+
+/// The response frame for `frame`: data or exception.
+pub fn response_frame(frame: &Frame, response: &Result<Response, ExceptionCode>) -> Vec<u8> {
+    let body = match response {
+        Ok(Response::ReadHoldingRegisters(regs) | Response::ReadInputRegisters(regs)) => {
+            let mut b = vec![frame.unit, frame.function, (regs.len() * 2) as u8];
+            for r in regs {
+                b.extend_from_slice(&r.to_be_bytes());
+            }
+            b
+        }
+        Ok(_) => vec![frame.unit, frame.function | 0x80, 0x01],
+        Err(e) => vec![frame.unit, frame.function | 0x80, u8::from(*e)],
+    };
+    with_crc(body)
+}
+
+/// Time one character takes on the line: 11 bits (start, 8 data, parity or a second stop, stop).
+pub fn char_time(baud: u32) -> Duration {
+    Duration::from_secs_f64(11.0 / f64::from(baud))
+}
+
+/// Serves RTU frames on `stream` until `shutdown` or the stream ends.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    plant: SharedPlant,
+    clock: SimClock,
+    baud: u32,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    let ct = char_time(baud);
+    loop {
+        while let Some(frame) = take_frame(&mut buf) {
+            let request = match frame.function {
+                3 => Request::ReadHoldingRegisters(frame.addr, frame.count),
+                4 => Request::ReadInputRegisters(frame.addr, frame.count),
+                _ => Request::ReadCoils(frame.addr, frame.count),
+            };
+            if plant
+                .lock()
+                .expect("plant lock poisoned")
+                .meter_at(frame.unit)
+                .is_none()
+            {
+                continue; // nobody with that address on the line
+            }
+            let mut a = answer(&plant, &clock, frame.unit, &request);
+            if !matches!(frame.function, 3 | 4) {
+                a.response = a.response.map(|_| Err(ExceptionCode::IllegalFunction));
+            }
+            let Some(response) = a.response else { continue };
+            let mut out = response_frame(&frame, &response);
+            match a.corrupt {
+                Some(true) => out.truncate(out.len().saturating_sub(3)),
+                Some(false) => *out.last_mut().expect("frames are never empty") ^= 0xFF,
+                None => {}
+            }
+            // The request and the answer each take their time on the wire, with the 3.5
+            // character silence before the answer.
+            let wire = ct.mul_f64(8.0 + 3.5 + out.len() as f64);
+            tokio::time::sleep(wire + a.delay).await;
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+        }
+        let n = tokio::select! {
+            n = stream.read(&mut chunk) => n?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A pseudo-terminal pair: the simulator serves the master side; a master device (an edge, a
+/// test client) opens `path` as its serial port.
+pub struct Pty {
+    pub path: PathBuf,
+    pub master: tokio::fs::File,
+    /// Kept open (hold it as long as the master is served) so the master does not read
+    /// end-of-file while no client has the port open.
+    pub _slave: OwnedFd,
+}
+
+pub fn open_pty() -> anyhow::Result<Pty> {
+    let pair = nix::pty::openpty(None, None).context("cannot open a pseudo-terminal")?;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", pair.slave.as_raw_fd()))
+        .context("pseudo-terminal name")?;
+    raw_mode(&pair.slave, None)?;
+    let master = tokio::fs::File::from_std(std::fs::File::from(pair.master));
+    Ok(Pty {
+        path,
+        master,
+        _slave: pair.slave,
+    })
+}
+
+/// A real serial port, raw 8N1 at `baud`.
+pub async fn open_serial(path: &Path, baud: u32) -> anyhow::Result<tokio::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open serial port {}", path.display()))?;
+    let fd = OwnedFd::from(file);
+    raw_mode(&fd, Some(baud))?;
+    Ok(tokio::fs::File::from_std(std::fs::File::from(fd)))
+}
+
+fn raw_mode(fd: &OwnedFd, baud: Option<u32>) -> anyhow::Result<()> {
+    use nix::sys::termios::{cfmakeraw, cfsetspeed, tcgetattr, tcsetattr, BaudRate, SetArg};
+    let mut t = tcgetattr(fd).context("not a terminal")?;
+    cfmakeraw(&mut t);
+    if let Some(baud) = baud {
+        let rate = match baud {
+            1200 => BaudRate::B1200,
+            2400 => BaudRate::B2400,
+            4800 => BaudRate::B4800,
+            9600 => BaudRate::B9600,
+            19200 => BaudRate::B19200,
+            38400 => BaudRate::B38400,
+            57600 => BaudRate::B57600,
+            115200 => BaudRate::B115200,
+            other => anyhow::bail!("unsupported baud rate {other}"),
+        };
+        cfsetspeed(&mut t, rate)?;
+    }
+    tcsetattr(fd, SetArg::TCSANOW, &t)?;
+    Ok(())
+}
+
+/// RTU framing over TCP (as many serial-to-Ethernet converters do in transparent mode).
+pub async fn serve_over_tcp(
+    listener: tokio::net::TcpListener,
+    plant: SharedPlant,
+    clock: SimClock,
+    baud: u32,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let (plant, shutdown) = (plant.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, plant, clock, baud, shutdown).await {
+                tracing::debug!(error = %e, "RTU-over-TCP connection ended.");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_matches_the_specification_example() {
+        // Modbus over serial line v1.02, read holding registers example: 01 03 00 00 00 0A -> C5 CD.
+        assert_eq!(
+            crc16(&[0x01, 0x03, 0x00, 0x00, 0x00, 0x0A]).to_le_bytes(),
+            [0xC5, 0xCD]
+        );
+    }
+
+    #[test]
+    fn frames_are_found_after_garbage_and_split_reads() {
+        let frame = with_crc(vec![0x0B, 0x03, 0x40, 0x1E, 0x00, 0x02]);
+        let mut buf = vec![0x00, 0xFF, 0x42];
+        buf.extend_from_slice(&frame[..5]);
+        assert_eq!(take_frame(&mut buf), None, "incomplete");
+        buf.extend_from_slice(&frame[5..]);
+        let f = take_frame(&mut buf).unwrap();
+        assert_eq!(
+            f,
+            Frame {
+                unit: 0x0B,
+                function: 3,
+                addr: 0x401E,
+                count: 2
+            }
+        );
+        assert!(buf.is_empty());
+        let mut bad = frame.clone();
+        bad[7] ^= 1;
+        let mut buf = bad;
+        assert_eq!(
+            take_frame(&mut buf),
+            None,
+            "a frame with a bad CRC is not answered"
+        );
+    }
+
+    #[test]
+    fn responses_carry_data_or_the_exception() {
+        let f = Frame {
+            unit: 5,
+            function: 4,
+            addr: 0,
+            count: 2,
+        };
+        let ok = response_frame(&f, &Ok(Response::ReadInputRegisters(vec![0x1234, 0xABCD])));
+        assert_eq!(&ok[..7], &[5, 4, 4, 0x12, 0x34, 0xAB, 0xCD]);
+        assert_eq!(crc16(&ok[..7]).to_le_bytes(), [ok[7], ok[8]]);
+        let exc = response_frame(&f, &Err(ExceptionCode::IllegalDataAddress));
+        assert_eq!(&exc[..3], &[5, 0x84, 2]);
+    }
+}
