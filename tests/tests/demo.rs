@@ -39,11 +39,11 @@ fn demo_serves_live_figures_and_stops_cleanly() {
     );
 
     eventually(
-        "all 22 demo meters reporting",
+        "all 30 demo meters reporting",
         Duration::from_secs(30),
         || {
             let d = get_json(&addr, "/api/v1/devices");
-            d.as_array().unwrap().len() == 22
+            d.as_array().unwrap().len() == 30
                 && d.as_array().unwrap().iter().all(|x| x["online"] == true)
         },
     );
@@ -52,7 +52,7 @@ fn demo_serves_live_figures_and_stops_cleanly() {
         "a full hour for every unit",
         Duration::from_secs(60),
         || {
-            ["bf1", "bof1", "kiln1", "pot1"].iter().all(|u| {
+            ["bf1", "bof1", "rhf1", "kiln1", "pot1"].iter().all(|u| {
                 get_json(&addr, &format!("/api/v1/units/{u}/indicators?period=hour"))
                     .as_array()
                     .unwrap()
