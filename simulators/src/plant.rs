@@ -360,6 +360,10 @@ impl Plant {
     }
 
     /// What meter `m` shows now, faults included.
+    pub fn shown(&self, m: usize) -> Reading {
+        self.reading(m)
+    }
+
     fn reading(&self, m: usize) -> Reading {
         let meter = &self.scenario.meters[m];
         if let Some(frozen) = self.frozen[m] {

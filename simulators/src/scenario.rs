@@ -282,6 +282,32 @@ mod tests {
     }
 
     #[test]
+    fn bad_schedules_and_faults_name_their_key() {
+        let base = "name = \"t\"\n[[units]]\nid = \"k1\"\nname = \"Kiln\"\nkind = \"kiln\"\ncapacity_t_per_h = 200.0\n[[meters]]\ndevice = \"k1-coal\"\nunit_id = 1\nunit = \"k1\"\nflow = \"coal\"\n";
+        let err = |extra: &str| {
+            Scenario::from_source(&Source::embedded("p.toml", &format!("{base}{extra}")))
+                .unwrap_err()
+        };
+        let e = err("[[schedule]]\nunit = \"k9\"\nat_h = 1.0\nstate = \"stopped\"\n");
+        assert!(
+            e.to_string()
+                .starts_with("p.toml:13:8: key `schedule[0].unit`"),
+            "{e}"
+        );
+        let e = err("[[schedule]]\nunit = \"k1\"\nat_h = 1.0\nstate = \"reduced\"\n");
+        assert_eq!(e.key.as_deref(), Some("schedule[0].load"));
+        let e = err("[[faults]]\ndevice = \"k1-gas\"\nkind = \"freeze\"\nfor_h = 1.0\n");
+        assert_eq!(e.key.as_deref(), Some("faults[0].device"));
+        let e = err("[[faults]]\ndevice = \"k1-coal\"\nkind = \"exception\"\nfor_h = 1.0\n");
+        assert_eq!(e.key.as_deref(), Some("faults[0].code"));
+        let e = err("[[faults]]\ndevice = \"k1-coal\"\nkind = \"melt\"\n");
+        assert!(
+            e.line.is_some() && e.to_string().contains("faults[0].kind"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_flow_names_line_and_key() {
         let text = "name = \"t\"\n[[units]]\nid = \"k1\"\nname = \"Kiln\"\nkind = \"kiln\"\ncapacity_t_per_h = 200.0\n\n[[meters]]\ndevice = \"k1-gas\"\nunit_id = 1\nunit = \"k1\"\nflow = \"gas\"\n";
         let err = Scenario::from_source(&Source::embedded("plant.toml", text)).unwrap_err();
