@@ -319,7 +319,7 @@ mod tests {
         for (name, text) in EXAMPLES {
             let plant =
                 Plant::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(plant.units.len(), 4);
+            assert_eq!(plant.units.len(), 5);
         }
     }
 

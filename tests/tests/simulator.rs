@@ -74,6 +74,36 @@ const COUNTERS: &[(&str, u8, u16, DataType, WordOrder, f64)] = &[
     ("bof1-power", 3, 0x0048, DataType::F32, WordOrder::ABCD, 1.0),
 ];
 
+/// (device, table, rate register, type, order, scale to the flow unit per hour).
+const RATES: &[(&str, u8, u16, DataType, WordOrder, f64)] = &[
+    ("bf1-coke", 4, 0x0000, DataType::U16, WordOrder::ABCD, 0.1),
+    (
+        "bf1-power",
+        4,
+        0x2012,
+        DataType::F32,
+        WordOrder::ABCD,
+        0.0001,
+    ), // Pt in 0.1 W -> kW
+    (
+        "bf1-bfg-stoves",
+        4,
+        0x0000,
+        DataType::F32,
+        WordOrder::CDAB,
+        1.0,
+    ),
+    ("bf1-water", 4, 0x1000, DataType::F32, WordOrder::BADC, 1.0),
+    (
+        "bof1-power",
+        3,
+        0x0034,
+        DataType::F32,
+        WordOrder::ABCD,
+        0.001,
+    ), // W -> kW
+];
+
 #[test]
 fn every_register_map_reads_back_over_tcp_and_rtu() {
     let dir = TempDir::new("sim-maps");
@@ -131,6 +161,34 @@ fn every_register_map_reads_back_over_tcp_and_rtu() {
                 "{device} clock over {name}"
             );
         }
+    }
+    for (device, table, addr, ty, order, scale) in RATES {
+        let m = meters
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["device"] == *device)
+            .unwrap();
+        let want = m["rate_per_h"].as_f64().unwrap();
+        let regs = mbpoll(
+            &links[0].1,
+            m["unit_id"].as_u64().unwrap() as u8,
+            *table,
+            *addr,
+            ty.registers(),
+        )
+        .unwrap();
+        let got = decode(&regs, *ty, *order).unwrap() * scale;
+        // u16 in 0.1 t/h rounds; floats keep 24 bits.
+        let tolerance = if *ty == DataType::U16 {
+            0.05
+        } else {
+            want.abs() * 1e-6
+        };
+        assert!(
+            (got - want).abs() <= tolerance,
+            "{device} rate: read {got}, model {want}"
+        );
     }
     // A register the map does not have is refused, as a real meter does.
     let err = mbpoll(&links[0].1, 12, 4, 0x0100, 2).unwrap_err();
