@@ -11,7 +11,10 @@
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeZone};
 use serde::Serialize;
 
-use crate::config::{Role, Unit};
+use std::collections::BTreeMap;
+
+use crate::config::{CorrectionConfig, Role, Unit};
+use crate::limits::{Figure, InputValue, Judgement, WaterJudgement};
 
 pub const HOUR_MS: i64 = 3_600_000;
 
@@ -172,6 +175,19 @@ pub struct Indicator {
     /// Share of the energy, product and water figures that was spread over sample gaps.
     pub estimated_share: f64,
     pub carriers: Vec<CarrierFigure>,
+    /// Level reached against the unit's first limit: 1, 2 or 3; null when above the limit or
+    /// not judged (no limit, no product, a correction input missing).
+    pub level: Option<u8>,
+    /// Whether every limit judged is met; null when none was judged.
+    pub within_limit: Option<bool>,
+    /// Every limit judged, with its corrected thresholds.
+    pub limits: Vec<Judgement>,
+    /// Why a limit could not be judged in this period.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limit_errors: Vec<String>,
+    pub water_quota: Option<WaterJudgement>,
+    /// The correction inputs used (the relevant variables of the standards).
+    pub corrections: BTreeMap<String, InputValue>,
 }
 
 /// Computes a unit's indicators; `hours(flow_index)` gives that flow's rows as (hour, row).
@@ -200,8 +216,15 @@ pub fn indicators(
                 completeness: 1.0,
                 estimated_share: 0.0,
                 carriers: Vec::new(),
+                level: None,
+                within_limit: None,
+                limits: Vec::new(),
+                limit_errors: Vec::new(),
+                water_quota: None,
+                corrections: BTreeMap::new(),
             };
             let (mut total_abs, mut estimated_abs) = (0.0, 0.0);
+            let mut by_device: BTreeMap<&str, f64> = BTreeMap::new();
             for (flow, rows) in unit.flows.iter().zip(&rows) {
                 let mut sum = PointHour::default();
                 for (_, r) in rows.iter().filter(|(h, _)| *h >= start && *h < end) {
@@ -213,6 +236,10 @@ pub fn indicators(
                     .completeness
                     .min(sum.covered_ms as f64 / (end - start) as f64);
                 let value = sum.delta * flow.factor;
+                *by_device.entry(flow.device.as_str()).or_default() += value;
+                if flow.role == Role::Material {
+                    continue;
+                }
                 total_abs += value.abs();
                 estimated_abs += (sum.estimated * flow.factor).abs();
                 let kgce = match flow.role {
@@ -232,6 +259,7 @@ pub fn indicators(
                         ind.water_m3 += value;
                         continue;
                     }
+                    Role::Material => continue,
                 };
                 if flow.carrier.as_deref() == Some("electricity") {
                     let kwh = sum.delta
@@ -261,9 +289,58 @@ pub fn indicators(
                 ind.estimated_share = estimated_abs / total_abs;
             }
             ind.completeness = ind.completeness.clamp(0.0, 1.0);
+            judge(unit, &mut ind, &by_device);
             ind
         })
         .collect()
+}
+
+/// Derives the correction inputs of one period and judges the unit's figures.
+fn judge(unit: &Unit, ind: &mut Indicator, by_device: &BTreeMap<&str, f64>) {
+    let sum = |devices: &[String]| {
+        devices
+            .iter()
+            .map(|d| by_device.get(d.as_str()).copied().unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    for (name, c) in &unit.corrections {
+        let value = match c {
+            CorrectionConfig::Number(x) => Some(InputValue::Number(*x)),
+            CorrectionConfig::Text(t) => Some(InputValue::Text(t.clone())),
+            CorrectionConfig::Ratio { ratio, of } => {
+                let den = sum(of);
+                (den > 0.0).then(|| InputValue::Number(100.0 * sum(ratio) / den))
+            }
+        };
+        if let Some(v) = value {
+            ind.corrections.insert(name.clone(), v);
+        }
+    }
+    for limit in &unit.limits {
+        let figure = match limit.indicator {
+            Figure::KgcePerT => ind.kgce_per_t,
+            Figure::KwhPerT => ind.kwh_per_t,
+        };
+        let Some(value) = figure else { continue };
+        match limit.judge(value, &ind.corrections) {
+            Ok(j) => ind.limits.push(j),
+            Err(e) => ind.limit_errors.push(e),
+        }
+    }
+    if let Some(first) = ind
+        .limits
+        .first()
+        .filter(|j| unit.limits.first().is_some_and(|l| l.code == j.code))
+    {
+        ind.level = first.level;
+    }
+    if !ind.limits.is_empty() {
+        ind.within_limit =
+            Some(ind.limits.iter().all(|j| j.within_limit) && ind.limit_errors.is_empty());
+    }
+    if let (Some(q), Some(w)) = (&unit.water_quota, ind.water_m3_per_t) {
+        ind.water_quota = Some(q.judge(w));
+    }
 }
 
 #[cfg(test)]
@@ -358,6 +435,9 @@ mod tests {
             id: "bof1".into(),
             name: "BOF".into(),
             kind: "converter".into(),
+            limits: Vec::new(),
+            water_quota: None,
+            corrections: BTreeMap::new(),
             flows: vec![
                 flow("steel", Role::Product, None, "t", 1.0),
                 flow("power", Role::Consumed, Some("electricity"), "kWh", 0.1229),
@@ -406,11 +486,89 @@ mod tests {
     }
 
     #[test]
+    fn converter_level_with_the_scrap_ratio_taken_from_its_own_scales() {
+        // Hand-computed: 150 t steel, 4 200 kWh and 15 000 m3 LDG as above: -22.150 kgce/t.
+        // Charged 27 t scrap and 135 t hot metal: scrap ratio 27 / 162 = 16.667 %, so GB 21256
+        // table 4 moves up by 0.23 x 16.667 = 3.833: -26.167 / -24.167 / -8.167. -22.150 is
+        // above level 2 and within level 3.
+        let limits = crate::limits::Limits::built_in();
+        let mut corrections = BTreeMap::new();
+        corrections.insert(
+            "scrap_ratio_pct".to_string(),
+            CorrectionConfig::Ratio {
+                ratio: vec!["scrap".into()],
+                of: vec!["scrap".into(), "hot_metal".into()],
+            },
+        );
+        corrections.insert(
+            "steel_category".to_string(),
+            CorrectionConfig::Text("plain_carbon".into()),
+        );
+        let unit = Unit {
+            id: "bof1".into(),
+            name: "BOF".into(),
+            kind: "converter".into(),
+            limits: vec![limits.limit("converter").unwrap().clone()],
+            water_quota: None,
+            corrections,
+            flows: vec![
+                flow("steel", Role::Product, None, "t", 1.0),
+                flow("power", Role::Consumed, Some("electricity"), "kWh", 0.1229),
+                flow(
+                    "ldg",
+                    Role::Recovered,
+                    Some("converter_gas"),
+                    "m3",
+                    7_500.0 / 29_307.0,
+                ),
+                flow("scrap", Role::Material, None, "t", 1.0),
+                flow("hot_metal", Role::Material, None, "t", 1.0),
+            ],
+        };
+        let deltas = [150.0, 4_200.0, 15_000.0, 27.0, 135.0];
+        let tz: FixedOffset = "+00:00".parse().unwrap();
+        let ind = indicators(&unit, &[(0, HOUR_MS)], tz, |i| {
+            vec![(
+                0,
+                PointHour {
+                    delta: deltas[i],
+                    covered_ms: HOUR_MS,
+                    estimated: 0.0,
+                },
+            )]
+        });
+        let i = &ind[0];
+        assert!((i.kgce_per_t.unwrap() + 22.150).abs() < 1e-3);
+        match i.corrections.get("scrap_ratio_pct") {
+            Some(InputValue::Number(x)) => assert!((x - 16.6667).abs() < 1e-3, "{x}"),
+            other => panic!("{other:?}"),
+        }
+        let j = &i.limits[0];
+        let want = [-26.1667, -24.1667, -8.1667];
+        assert!(
+            j.thresholds
+                .iter()
+                .zip(want)
+                .all(|(a, b)| (a - b).abs() < 1e-3),
+            "{:?}",
+            j.thresholds
+        );
+        assert_eq!((i.level, i.within_limit), (Some(3), Some(true)));
+        assert!(
+            i.carriers.iter().all(|c| c.role != Role::Material),
+            "materials are not energy"
+        );
+    }
+
+    #[test]
     fn the_weakest_meter_decides_completeness_and_no_product_means_no_ratio() {
         let unit = Unit {
             id: "k".into(),
             name: "K".into(),
             kind: "kiln".into(),
+            limits: Vec::new(),
+            water_quota: None,
+            corrections: BTreeMap::new(),
             flows: vec![
                 flow("clinker", Role::Product, None, "t", 1.0),
                 flow("coal", Role::Consumed, Some("raw_coal"), "t", 714.3),

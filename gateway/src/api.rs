@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/quarantine", get(quarantine))
         .route("/api/v1/coefficients", get(coefficients))
+        .route("/api/v1/limits", get(limits))
         .route("/api/v1/events", get(events))
         .with_state(state)
 }
@@ -206,6 +207,15 @@ async fn coefficients(State(s): State<AppState>) -> ApiResult<serde_json::Value>
         "kj_per_kgce": c.kj_per_kgce,
         "electricity_basis": s.plant.config.accounting.electricity,
         "carriers": c.all().collect::<Vec<_>>(),
+    })))
+}
+
+async fn limits(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
+    let l = &s.plant.limits;
+    Ok(Json(serde_json::json!({
+        "version": l.version,
+        "limits": l.limits().collect::<Vec<_>>(),
+        "water_quotas": l.quotas().collect::<Vec<_>>(),
     })))
 }
 

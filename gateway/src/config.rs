@@ -7,6 +7,7 @@ use ems_config::{ConfigError, Source, Spanned};
 use serde::{Deserialize, Serialize};
 
 use crate::coefficients::{unit_factor, Coefficients};
+use crate::limits::Limits;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +97,9 @@ pub struct AccountingConfig {
     /// A coefficients file replacing the built-in one (same format as gateway/data/coefficients.toml).
     #[serde(default)]
     pub coefficients: Option<PathBuf>,
+    /// A limits file replacing the built-in one (same format as gateway/data/limits.toml).
+    #[serde(default)]
+    pub limits: Option<PathBuf>,
     /// Two samples further apart than this leave the time between them uncovered (the delta
     /// still counts, spread evenly, and is marked estimated).
     #[serde(default = "default_max_sample_gap_s")]
@@ -108,6 +112,7 @@ impl Default for AccountingConfig {
             utc_offset: default_utc_offset(),
             electricity: ElectricityBasis::default(),
             coefficients: None,
+            limits: None,
             max_sample_gap_s: default_max_sample_gap_s(),
         }
     }
@@ -128,6 +133,26 @@ pub struct UnitConfig {
     /// blast_furnace, converter, kiln, electrolysis, ...
     pub kind: String,
     pub flows: Vec<FlowConfig>,
+    /// Limit standards the unit is judged against (codes from the limits file); the first is
+    /// its headline level.
+    #[serde(default)]
+    pub limits: Vec<Spanned<String>>,
+    /// Water-intake quota (code from the limits file).
+    #[serde(default)]
+    pub water_quota: Option<Spanned<String>>,
+    /// The relevant variables the limits' corrections need: a number, a category, or a ratio
+    /// (in %) of the unit's own flows, e.g. `scrap_ratio_pct = { ratio = ["bof1-scrap"],
+    /// of = ["bof1-scrap", "bof1-hot-metal"] }`.
+    #[serde(default)]
+    pub corrections: std::collections::BTreeMap<String, CorrectionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum CorrectionConfig {
+    Number(f64),
+    Text(String),
+    Ratio { ratio: Vec<String>, of: Vec<String> },
 }
 
 /// One metered flow across a unit's boundary.
@@ -157,6 +182,8 @@ pub enum Role {
     Recovered,
     Product,
     Water,
+    /// Raw material or working medium (hot metal, scrap, oxygen): not energy; feeds ratios.
+    Material,
 }
 
 /// A flow with its conversion to kgce resolved.
@@ -180,6 +207,12 @@ pub struct Unit {
     pub kind: String,
     #[serde(skip)]
     pub flows: Vec<Flow>,
+    #[serde(skip)]
+    pub limits: Vec<crate::limits::Limit>,
+    #[serde(skip)]
+    pub water_quota: Option<crate::limits::WaterQuota>,
+    #[serde(skip)]
+    pub corrections: std::collections::BTreeMap<String, CorrectionConfig>,
 }
 
 /// The loaded, checked configuration.
@@ -189,6 +222,7 @@ pub struct Plant {
     pub units: Vec<Unit>,
     pub utc_offset: chrono::FixedOffset,
     pub coefficients: Coefficients,
+    pub limits: Limits,
 }
 
 impl Plant {
@@ -201,6 +235,10 @@ impl Plant {
         let coefficients = match &config.accounting.coefficients {
             Some(path) => Coefficients::from_source(&Source::read(path)?)?,
             None => Coefficients::built_in(),
+        };
+        let limits = match &config.accounting.limits {
+            Some(path) => Limits::from_source(&Source::read(path)?)?,
+            None => Limits::built_in(),
         };
         let utc_offset: chrono::FixedOffset =
             config.accounting.utc_offset.parse().map_err(|_| {
@@ -224,6 +262,7 @@ impl Plant {
                 let key = |k: &str| format!("units[{i}].flows[{j}].{k}");
                 let unit = f.unit.get_ref();
                 let factor = match f.role {
+                    Role::Material => Some(1.0),
                     Role::Product => unit_factor(unit, "t"),
                     Role::Water => unit_factor(unit, "m3"),
                     Role::Consumed | Role::Recovered => {
@@ -283,11 +322,60 @@ impl Plant {
                     "a unit needs at least one product flow",
                 ));
             }
+            let mut unit_limits = Vec::new();
+            for (j, code) in u.limits.iter().enumerate() {
+                let Some(l) = limits.limit(code.get_ref()) else {
+                    return Err(src.error_at(
+                        code.span(),
+                        &format!("units[{i}].limits[{j}]"),
+                        format!("unknown limit `{}`", code.get_ref()),
+                    ));
+                };
+                for c in &l.correction {
+                    if !u.corrections.contains_key(c.input()) {
+                        return Err(src.error(
+                            &format!("units[{i}].corrections"),
+                            format!("limit `{}` needs `{}`", l.code, c.input()),
+                        ));
+                    }
+                }
+                unit_limits.push(l.clone());
+            }
+            for (name, c) in &u.corrections {
+                if let CorrectionConfig::Ratio { ratio, of } = c {
+                    for d in ratio.iter().chain(of) {
+                        if !flows.iter().any(|f| &f.device == d) {
+                            return Err(src.error(
+                                &format!("units[{i}].corrections.{name}"),
+                                format!("`{d}` is not one of the unit's flows"),
+                            ));
+                        }
+                    }
+                }
+            }
+            let water_quota = match &u.water_quota {
+                None => None,
+                Some(code) => Some(
+                    limits
+                        .quota(code.get_ref())
+                        .ok_or_else(|| {
+                            src.error_at(
+                                code.span(),
+                                &format!("units[{i}].water_quota"),
+                                format!("unknown water quota `{}`", code.get_ref()),
+                            )
+                        })?
+                        .clone(),
+                ),
+            };
             units.push(Unit {
                 id: u.id.get_ref().clone(),
                 name: u.name.clone(),
                 kind: u.kind.clone(),
                 flows,
+                limits: unit_limits,
+                water_quota,
+                corrections: u.corrections.clone(),
             });
         }
         Ok(Plant {
@@ -295,6 +383,7 @@ impl Plant {
             units,
             utc_offset,
             coefficients,
+            limits,
         })
     }
 
@@ -345,6 +434,40 @@ mod tests {
             .find(|f| f.carrier.as_deref() == Some("converter_gas"))
             .unwrap();
         assert!((ldg.factor - 7_500.0 / 29_307.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn limits_and_their_correction_inputs_are_checked() {
+        let base = "[mqtt]\nhost = \"h\"\n[storage]\npath = \"x.db\"\n[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"converter\"\n";
+        let flows = "[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n";
+        let err = |unit: &str| {
+            Plant::from_source(&Source::embedded(
+                "gw.toml",
+                &format!("{base}{unit}{flows}"),
+            ))
+            .unwrap_err()
+        };
+        let e = err("limits = [\"converterr\"]\n");
+        assert_eq!(
+            e.to_string(),
+            "gw.toml:9:11: key `units[0].limits[0]`: unknown limit `converterr`"
+        );
+        let e = err("limits = [\"converter\"]\n");
+        assert!(
+            e.to_string()
+                .contains("limit `converter` needs `scrap_ratio_pct`"),
+            "{e}"
+        );
+        let e = err("limits = [\"converter\"]\ncorrections = { scrap_ratio_pct = { ratio = [\"s\"], of = [\"s\", \"d\"] }, steel_category = \"plain_carbon\" }\n");
+        assert!(
+            e.to_string().contains("`s` is not one of the unit's flows"),
+            "{e}"
+        );
+        let e = err("water_quota = \"dishwater\"\n");
+        assert!(
+            e.to_string().contains("unknown water quota `dishwater`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod coefficients;
 pub mod config;
 pub mod demo;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod store;
 
