@@ -236,7 +236,7 @@ impl Limits {
         }
         let mut quotas = BTreeMap::new();
         for (i, q) in file.water_quota.into_iter().enumerate() {
-            if !(q.advanced <= q.general) {
+            if !(q.advanced.is_finite() && q.general.is_finite()) || q.advanced > q.general {
                 return Err(src.error(
                     &format!("water_quota[{i}].advanced"),
                     "must not exceed `general`",
