@@ -239,7 +239,7 @@ impl Limits {
             if !(q.advanced.is_finite() && q.general.is_finite()) || q.advanced > q.general {
                 return Err(src.error(
                     &format!("water_quota[{i}].advanced"),
-                    "must not exceed `general`",
+                    "finite, and not above `general`",
                 ));
             }
             if quotas.insert(q.code.clone(), q).is_some() {
