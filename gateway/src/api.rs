@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/quarantine", get(quarantine))
         .route("/api/v1/coefficients", get(coefficients))
         .route("/api/v1/limits", get(limits))
+        .route("/api/v1/integrity", get(integrity))
         .route("/api/v1/events", get(events))
         .with_state(state)
 }
@@ -208,6 +209,15 @@ async fn coefficients(State(s): State<AppState>) -> ApiResult<serde_json::Value>
         "electricity_basis": s.plant.config.accounting.electricity,
         "carriers": c.all().collect::<Vec<_>>(),
     })))
+}
+
+/// Recomputes every rollup from the raw samples and reports any difference.
+async fn integrity(State(s): State<AppState>) -> ApiResult<crate::store::Integrity> {
+    let (reader, rules) = (s.reader.clone(), crate::accounting_rules(&s.plant));
+    let out = tokio::task::spawn_blocking(move || reader.verify_rollups(&rules))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(out))
 }
 
 async fn limits(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
