@@ -2,9 +2,9 @@
 //!
 //! Pure functions; the store feeds them rows and keeps what they return.
 //!
-//! The base rollup is per meter point and hour: the counter's increase attributed to that hour
-//! (an interval between two samples that spans hours is spread evenly over its time), how much
-//! of the hour good samples covered, and how much of the delta came from intervals longer than
+//! The base rollup is per meter point and 15-minute slot: the counter's increase attributed to
+//! that slot (an interval between two samples that spans slots is spread evenly over its time),
+//! how much of the slot good samples covered, and how much of the delta came from intervals longer than
 //! the allowed sample gap (spread by assumption, hence "estimated"). Unit figures for any period
 //! are sums of these rows, so they can always be recomputed from raw samples.
 
@@ -18,11 +18,15 @@ use crate::limits::{Figure, InputValue, Judgement, WaterJudgement};
 
 pub const HOUR_MS: i64 = 3_600_000;
 
-/// One point's share of one hour.
+/// The base rollup: 15 minutes, the national platform's real-time indicator period. Every
+/// longer period (hour, shift, day, month, year) is an exact sum of slots.
+pub const SLOT_MS: i64 = 900_000;
+
+/// One point's share of one 15-minute slot.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct PointHour {
+pub struct PointSlot {
     pub delta: f64,
-    /// Milliseconds of the hour spanned by intervals no longer than the allowed gap.
+    /// Milliseconds of the slot spanned by intervals no longer than the allowed gap.
     pub covered_ms: i64,
     /// Part of `delta` from longer intervals.
     pub estimated: f64,
@@ -39,8 +43,8 @@ pub fn counter_delta(prev: f64, next: f64, rollover: Option<f64>) -> Option<f64>
     (prev <= r && next >= 0.0).then_some(r - prev + next)
 }
 
-/// Spreads `delta` evenly over `[from_ms, to_ms)`, calling `f(hour_start, part, part_ms)` for
-/// each hour touched.
+/// Spreads `delta` evenly over `[from_ms, to_ms)`, calling `f(slot_start, part, part_ms)` for
+/// each 15-minute slot touched.
 pub fn apportion(from_ms: i64, to_ms: i64, delta: f64, mut f: impl FnMut(i64, f64, i64)) {
     if to_ms <= from_ms {
         return;
@@ -48,26 +52,26 @@ pub fn apportion(from_ms: i64, to_ms: i64, delta: f64, mut f: impl FnMut(i64, f6
     let span = (to_ms - from_ms) as f64;
     let mut t = from_ms;
     while t < to_ms {
-        let hour = t - t.rem_euclid(HOUR_MS);
-        let end = (hour + HOUR_MS).min(to_ms);
-        f(hour, delta * (end - t) as f64 / span, end - t);
+        let slot = t - t.rem_euclid(SLOT_MS);
+        let end = (slot + SLOT_MS).min(to_ms);
+        f(slot, delta * (end - t) as f64 / span, end - t);
         t = end;
     }
 }
 
-/// Adds the interval between two good samples of a point into its hours.
+/// Adds the interval between two good samples of a point into its slots.
 pub fn add_interval(
     from_ms: i64,
     to_ms: i64,
     delta: f64,
     max_gap_ms: i64,
-    mut add: impl FnMut(i64, PointHour),
+    mut add: impl FnMut(i64, PointSlot),
 ) {
     let long = to_ms - from_ms > max_gap_ms;
     apportion(from_ms, to_ms, delta, |hour, part, part_ms| {
         add(
             hour,
-            PointHour {
+            PointSlot {
                 delta: part,
                 covered_ms: if long { 0 } else { part_ms },
                 estimated: if long { part } else { 0.0 },
@@ -79,17 +83,52 @@ pub fn add_interval(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
+    #[serde(rename = "15min")]
+    Quarter,
     Hour,
+    Shift,
     Day,
     Month,
+    Year,
+}
+
+/// The plant's time: its UTC offset and when its shifts start (ms after local midnight).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calendar {
+    pub tz: FixedOffset,
+    /// Sorted, each in `0..24 h`.
+    pub shift_starts: Vec<i64>,
+}
+
+impl Calendar {
+    /// The shift boundary at or before `ms`.
+    fn shift_start(&self, ms: i64) -> i64 {
+        let day = midnight(local(ms, self.tz).date_naive(), self.tz);
+        [day - 24 * HOUR_MS, day]
+            .iter()
+            .flat_map(|d| self.shift_starts.iter().map(move |s| d + s))
+            .filter(|&b| b <= ms)
+            .max()
+            .expect("a shift starts within a day of any time")
+    }
+
+    fn next_shift(&self, start: i64) -> i64 {
+        let day = midnight(local(start, self.tz).date_naive(), self.tz);
+        [day, day + 24 * HOUR_MS]
+            .iter()
+            .flat_map(|d| self.shift_starts.iter().map(move |s| d + s))
+            .filter(|&b| b > start)
+            .min()
+            .expect("a shift starts within a day of any time")
+    }
 }
 
 /// Period boundaries covering `[from_ms, to_ms)` in the plant's local time.
-pub fn buckets(period: Period, from_ms: i64, to_ms: i64, tz: FixedOffset) -> Vec<(i64, i64)> {
+pub fn buckets(period: Period, from_ms: i64, to_ms: i64, cal: &Calendar) -> Vec<(i64, i64)> {
     let mut out = Vec::new();
-    let mut start = period_start(period, from_ms, tz);
+    let mut start = period_start(period, from_ms, cal);
     while start < to_ms {
-        let end = next_start(period, start, tz);
+        let end = next_start(period, start, cal);
         out.push((start, end));
         start = end;
     }
@@ -109,9 +148,17 @@ fn midnight(d: NaiveDate, tz: FixedOffset) -> i64 {
         .timestamp_millis()
 }
 
-fn period_start(period: Period, ms: i64, tz: FixedOffset) -> i64 {
+fn period_start(period: Period, ms: i64, cal: &Calendar) -> i64 {
+    let tz = cal.tz;
+    let offset = i64::from(tz.local_minus_utc()) * 1000;
     match period {
-        Period::Hour => ms - (ms + i64::from(tz.local_minus_utc()) * 1000).rem_euclid(HOUR_MS),
+        Period::Quarter => ms - (ms + offset).rem_euclid(SLOT_MS),
+        Period::Hour => ms - (ms + offset).rem_euclid(HOUR_MS),
+        Period::Shift => cal.shift_start(ms),
+        Period::Year => midnight(
+            NaiveDate::from_ymd_opt(local(ms, tz).year(), 1, 1).expect("1 January exists"),
+            tz,
+        ),
         Period::Day => midnight(local(ms, tz).date_naive(), tz),
         Period::Month => midnight(
             local(ms, tz)
@@ -123,9 +170,16 @@ fn period_start(period: Period, ms: i64, tz: FixedOffset) -> i64 {
     }
 }
 
-fn next_start(period: Period, start: i64, tz: FixedOffset) -> i64 {
+fn next_start(period: Period, start: i64, cal: &Calendar) -> i64 {
+    let tz = cal.tz;
     match period {
+        Period::Quarter => start + SLOT_MS,
         Period::Hour => start + HOUR_MS,
+        Period::Shift => cal.next_shift(start),
+        Period::Year => midnight(
+            NaiveDate::from_ymd_opt(local(start, tz).year() + 1, 1, 1).expect("1 January exists"),
+            tz,
+        ),
         Period::Day => start + 24 * HOUR_MS,
         Period::Month => {
             let d = local(start, tz).date_naive();
@@ -190,14 +244,14 @@ pub struct Indicator {
     pub corrections: BTreeMap<String, InputValue>,
 }
 
-/// Computes a unit's indicators; `hours(flow_index)` gives that flow's rows as (hour, row).
+/// Computes a unit's indicators; `slots(flow_index)` gives that flow's rows as (slot, row).
 pub fn indicators(
     unit: &Unit,
     periods: &[(i64, i64)],
     tz: FixedOffset,
-    hours: impl Fn(usize) -> Vec<(i64, PointHour)>,
+    slots: impl Fn(usize) -> Vec<(i64, PointSlot)>,
 ) -> Vec<Indicator> {
-    let rows: Vec<Vec<(i64, PointHour)>> = (0..unit.flows.len()).map(&hours).collect();
+    let rows: Vec<Vec<(i64, PointSlot)>> = (0..unit.flows.len()).map(&slots).collect();
     periods
         .iter()
         .map(|&(start, end)| {
@@ -226,7 +280,7 @@ pub fn indicators(
             let (mut total_abs, mut estimated_abs) = (0.0, 0.0);
             let mut by_device: BTreeMap<&str, f64> = BTreeMap::new();
             for (flow, rows) in unit.flows.iter().zip(&rows) {
-                let mut sum = PointHour::default();
+                let mut sum = PointSlot::default();
                 for (_, r) in rows.iter().filter(|(h, _)| *h >= start && *h < end) {
                     sum.delta += r.delta;
                     sum.covered_ms += r.covered_ms;
@@ -360,16 +414,19 @@ mod tests {
     }
 
     #[test]
-    fn an_interval_is_spread_over_the_hours_it_spans() {
+    fn an_interval_is_spread_over_the_slots_it_spans() {
         let mut parts = Vec::new();
-        // 00:30 to 02:15, 105 minutes, 210 units.
-        apportion(1_800_000, 2 * HOUR_MS + 900_000, 210.0, |h, d, ms| {
-            parts.push((h, d, ms))
-        });
-        assert_eq!(parts.len(), 3);
-        assert_eq!(parts[0], (0, 60.0, 1_800_000));
-        assert_eq!(parts[1], (HOUR_MS, 120.0, HOUR_MS));
-        assert_eq!(parts[2], (2 * HOUR_MS, 30.0, 900_000));
+        // 00:10 to 00:50, 40 minutes, 80 units: 5 + 15 + 15 + 5 minutes.
+        apportion(600_000, 3_000_000, 80.0, |h, d, ms| parts.push((h, d, ms)));
+        assert_eq!(
+            parts,
+            vec![
+                (0, 10.0, 300_000),
+                (SLOT_MS, 30.0, SLOT_MS),
+                (2 * SLOT_MS, 30.0, SLOT_MS),
+                (3 * SLOT_MS, 10.0, 300_000)
+            ]
+        );
     }
 
     #[test]
@@ -386,6 +443,10 @@ mod tests {
     #[test]
     fn days_and_months_start_at_local_midnight() {
         let cst: FixedOffset = "+08:00".parse().unwrap();
+        let cal = Calendar {
+            tz: cst,
+            shift_starts: vec![0, 8 * HOUR_MS, 16 * HOUR_MS],
+        };
         // 2026-01-31T20:00:00+08:00 .. 2026-02-02T00:00:00+08:00
         let from = cst
             .with_ymd_and_hms(2026, 1, 31, 20, 0, 0)
@@ -395,13 +456,13 @@ mod tests {
             .with_ymd_and_hms(2026, 2, 2, 0, 0, 0)
             .unwrap()
             .timestamp_millis();
-        let days = buckets(Period::Day, from, to, cst);
+        let days = buckets(Period::Day, from, to, &cal);
         assert_eq!(days.len(), 2);
         assert_eq!(
             local(days[0].0, cst).to_rfc3339(),
             "2026-01-31T00:00:00+08:00"
         );
-        let months = buckets(Period::Month, from, to, cst);
+        let months = buckets(Period::Month, from, to, &cal);
         assert_eq!(months.len(), 2);
         assert_eq!(
             local(months[1].0, cst).to_rfc3339(),
@@ -411,8 +472,55 @@ mod tests {
             local(months[1].1, cst).to_rfc3339(),
             "2026-03-01T00:00:00+08:00"
         );
-        let hours = buckets(Period::Hour, from + 1, from + HOUR_MS, cst);
+        let hours = buckets(Period::Hour, from + 1, from + HOUR_MS, &cal);
         assert_eq!(hours, vec![(from, from + HOUR_MS)]);
+    }
+
+    #[test]
+    fn quarters_shifts_and_years() {
+        let cst: FixedOffset = "+08:00".parse().unwrap();
+        // Shifts at 08:00, 16:00 and 00:00 local, written in any order.
+        let cal = Calendar {
+            tz: cst,
+            shift_starts: vec![0, 8 * HOUR_MS, 16 * HOUR_MS],
+        };
+        let at = |d, h, m| {
+            cst.with_ymd_and_hms(2026, 1, d, h, m, 0)
+                .unwrap()
+                .timestamp_millis()
+        };
+        let q = buckets(Period::Quarter, at(5, 10, 7), at(5, 10, 40), &cal);
+        assert_eq!(
+            q,
+            vec![
+                (at(5, 10, 0), at(5, 10, 15)),
+                (at(5, 10, 15), at(5, 10, 30)),
+                (at(5, 10, 30), at(5, 10, 45))
+            ]
+        );
+        let s = buckets(Period::Shift, at(5, 7, 0), at(5, 17, 0), &cal);
+        assert_eq!(
+            s,
+            vec![
+                (at(5, 0, 0), at(5, 8, 0)),
+                (at(5, 8, 0), at(5, 16, 0)),
+                (at(5, 16, 0), at(6, 0, 0))
+            ]
+        );
+        // A plant whose shifts start at 07:30, 15:30 and 23:30: the night shift spans midnight.
+        let cal2 = Calendar {
+            tz: cst,
+            shift_starts: vec![
+                7 * HOUR_MS + 1_800_000,
+                15 * HOUR_MS + 1_800_000,
+                23 * HOUR_MS + 1_800_000,
+            ],
+        };
+        let night = buckets(Period::Shift, at(6, 2, 0), at(6, 3, 0), &cal2);
+        assert_eq!(night, vec![(at(5, 23, 30), at(6, 7, 30))]);
+        let y = buckets(Period::Year, at(5, 0, 0), at(5, 1, 0), &cal);
+        assert_eq!(local(y[0].0, cst).to_rfc3339(), "2026-01-01T00:00:00+08:00");
+        assert_eq!(local(y[0].1, cst).to_rfc3339(), "2027-01-01T00:00:00+08:00");
     }
 
     fn flow(device: &str, role: Role, carrier: Option<&str>, unit: &str, factor: f64) -> Flow {
@@ -454,7 +562,7 @@ mod tests {
         let full = |delta: f64| {
             vec![(
                 0,
-                PointHour {
+                PointSlot {
                     delta,
                     covered_ms: HOUR_MS,
                     estimated: 0.0,
@@ -530,7 +638,7 @@ mod tests {
         let ind = indicators(&unit, &[(0, HOUR_MS)], tz, |i| {
             vec![(
                 0,
-                PointHour {
+                PointSlot {
                     delta: deltas[i],
                     covered_ms: HOUR_MS,
                     estimated: 0.0,
@@ -579,7 +687,7 @@ mod tests {
             let covered = if i == 0 { HOUR_MS } else { HOUR_MS / 2 };
             vec![(
                 0,
-                PointHour {
+                PointSlot {
                     delta: if i == 0 { 0.0 } else { 1.0 },
                     covered_ms: covered,
                     estimated: 0.0,

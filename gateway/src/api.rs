@@ -153,7 +153,7 @@ async fn unit_indicators(
         return Err(ApiError::BadRequest("`from` must be before `to`".into()));
     }
     let tz = s.plant.utc_offset;
-    let periods = buckets(period, from, to, tz);
+    let periods = buckets(period, from, to, &s.plant.calendar);
     if periods.len() > MAX_PERIODS {
         return Err(ApiError::BadRequest(format!(
             "more than {MAX_PERIODS} periods; narrow the range"
@@ -167,7 +167,7 @@ async fn unit_indicators(
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Indicator>> {
         let mut rows = Vec::with_capacity(unit.flows.len());
         for f in &unit.flows {
-            rows.push(reader.point_hours(&f.device, &f.point, lo, hi)?);
+            rows.push(reader.point_slots(&f.device, &f.point, lo, hi)?);
         }
         Ok(indicators(&unit, &periods, tz, |i| rows[i].clone()))
     })

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use ems_config::{ConfigError, Source, Spanned};
 use serde::{Deserialize, Serialize};
 
+use crate::accounting::Calendar;
 use crate::coefficients::{unit_factor, Coefficients};
 use crate::limits::Limits;
 
@@ -100,6 +101,9 @@ pub struct AccountingConfig {
     /// A limits file replacing the built-in one (same format as gateway/data/limits.toml).
     #[serde(default)]
     pub limits: Option<PathBuf>,
+    /// When shifts start, local time ("HH:MM"); `period=shift` follows them.
+    #[serde(default = "default_shifts")]
+    pub shifts: Vec<String>,
     /// Two samples further apart than this leave the time between them uncovered (the delta
     /// still counts, spread evenly, and is marked estimated).
     #[serde(default = "default_max_sample_gap_s")]
@@ -113,9 +117,14 @@ impl Default for AccountingConfig {
             electricity: ElectricityBasis::default(),
             coefficients: None,
             limits: None,
+            shifts: default_shifts(),
             max_sample_gap_s: default_max_sample_gap_s(),
         }
     }
+}
+
+fn default_shifts() -> Vec<String> {
+    vec!["00:00".into(), "08:00".into(), "16:00".into()]
 }
 
 fn default_utc_offset() -> String {
@@ -221,6 +230,7 @@ pub struct Plant {
     pub config: GatewayConfig,
     pub units: Vec<Unit>,
     pub utc_offset: chrono::FixedOffset,
+    pub calendar: Calendar,
     pub coefficients: Coefficients,
     pub limits: Limits,
 }
@@ -247,6 +257,25 @@ impl Plant {
                     "expected an offset such as \"+08:00\"",
                 )
             })?;
+        let mut shift_starts = Vec::new();
+        for (i, text) in config.accounting.shifts.iter().enumerate() {
+            let t = chrono::NaiveTime::parse_from_str(text, "%H:%M").map_err(|_| {
+                src.error(
+                    &format!("accounting.shifts[{i}]"),
+                    "expected a local time such as \"08:00\"",
+                )
+            })?;
+            shift_starts.push(i64::from(chrono::Timelike::num_seconds_from_midnight(&t)) * 1000);
+        }
+        shift_starts.sort_unstable();
+        shift_starts.dedup();
+        if shift_starts.is_empty() {
+            return Err(src.error("accounting.shifts", "at least one shift start"));
+        }
+        let calendar = Calendar {
+            tz: utc_offset,
+            shift_starts,
+        };
         let mut ids = HashSet::new();
         let mut units = Vec::new();
         for (i, u) in config.units.iter().enumerate() {
@@ -382,6 +411,7 @@ impl Plant {
             config,
             units,
             utc_offset,
+            calendar,
             coefficients,
             limits,
         })

@@ -13,7 +13,7 @@ use ems_core::wire::{Status, Telemetry};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
-use crate::accounting::{add_interval, counter_delta, PointHour};
+use crate::accounting::{add_interval, counter_delta, PointSlot};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[r#"
@@ -50,10 +50,10 @@ CREATE TABLE counter_state (
     device TEXT NOT NULL, point TEXT NOT NULL, ts_ms INTEGER NOT NULL, value REAL NOT NULL,
     PRIMARY KEY (device, point)
 ) WITHOUT ROWID;
-CREATE TABLE point_hours (
-    device TEXT NOT NULL, point TEXT NOT NULL, hour_ms INTEGER NOT NULL,
+CREATE TABLE point_slots (
+    device TEXT NOT NULL, point TEXT NOT NULL, slot_ms INTEGER NOT NULL,
     delta REAL NOT NULL, covered_ms INTEGER NOT NULL, estimated REAL NOT NULL,
-    PRIMARY KEY (device, point, hour_ms)
+    PRIMARY KEY (device, point, slot_ms)
 ) WITHOUT ROWID;
 "#];
 
@@ -334,7 +334,7 @@ fn account_sample(
     let interval =
         |tx: &Transaction<'_>, a: (i64, f64), b: (i64, f64), sign: f64| -> anyhow::Result<()> {
             if let Some(delta) = counter_delta(a.1, b.1, rule.rollover) {
-                add_to_hours(tx, &key, a.0, b.0, delta, max_gap_ms, sign)?;
+                add_to_slots(tx, &key, a.0, b.0, delta, max_gap_ms, sign)?;
             }
             Ok(())
         };
@@ -379,7 +379,7 @@ fn account_sample(
     Ok(false)
 }
 
-fn add_to_hours(
+fn add_to_slots(
     tx: &Transaction<'_>,
     key: &(String, String),
     from_ms: i64,
@@ -389,8 +389,8 @@ fn add_to_hours(
     sign: f64,
 ) -> anyhow::Result<()> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO point_hours (device, point, hour_ms, delta, covered_ms, estimated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (device, point, hour_ms) DO UPDATE SET
+        "INSERT INTO point_slots (device, point, slot_ms, delta, covered_ms, estimated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (device, point, slot_ms) DO UPDATE SET
            delta = delta + excluded.delta, covered_ms = covered_ms + excluded.covered_ms,
            estimated = estimated + excluded.estimated",
     )?;
@@ -444,7 +444,7 @@ pub struct DeviceRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct Integrity {
     pub samples_checked: u64,
-    pub hours_checked: u64,
+    pub slots_checked: u64,
     /// Empty when every stored rollup equals its recomputation.
     pub mismatches: Vec<String>,
 }
@@ -504,21 +504,21 @@ impl Reader {
         })
     }
 
-    /// Rollup rows of one point with `from_ms <= hour < to_ms`.
-    pub fn point_hours(
+    /// Rollup rows of one point with `from_ms <= slot < to_ms`.
+    pub fn point_slots(
         &self,
         device: &str,
         point: &str,
         from_ms: i64,
         to_ms: i64,
-    ) -> anyhow::Result<Vec<(i64, PointHour)>> {
+    ) -> anyhow::Result<Vec<(i64, PointSlot)>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT hour_ms, delta, covered_ms, estimated FROM point_hours
-                 WHERE device = ?1 AND point = ?2 AND hour_ms >= ?3 AND hour_ms < ?4 ORDER BY hour_ms",
+                "SELECT slot_ms, delta, covered_ms, estimated FROM point_slots
+                 WHERE device = ?1 AND point = ?2 AND slot_ms >= ?3 AND slot_ms < ?4 ORDER BY slot_ms",
             )?;
             let rows = stmt.query_map(params![device, point, from_ms, to_ms], |r| {
-                Ok((r.get(0)?, PointHour { delta: r.get(1)?, covered_ms: r.get(2)?, estimated: r.get(3)? }))
+                Ok((r.get(0)?, PointSlot { delta: r.get(1)?, covered_ms: r.get(2)?, estimated: r.get(3)? }))
             })?;
             rows.collect()
         })
@@ -545,7 +545,7 @@ impl Reader {
     /// with the stored ones: what an auditor asks for.
     pub fn verify_rollups(&self, rules: &AccountingRules) -> anyhow::Result<Integrity> {
         self.with(|c| {
-            let mut expected: HashMap<(String, String, i64), PointHour> = HashMap::new();
+            let mut expected: HashMap<(String, String, i64), PointSlot> = HashMap::new();
             let mut stmt = c.prepare(
                 "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND quality = 'good'
                  AND value IS NOT NULL ORDER BY ts_ms, seq",
@@ -573,10 +573,10 @@ impl Reader {
                     prev = Some((ts, v));
                 }
             }
-            let mut stored: HashMap<(String, String, i64), PointHour> = HashMap::new();
-            let mut stmt = c.prepare("SELECT device, point, hour_ms, delta, covered_ms, estimated FROM point_hours")?;
+            let mut stored: HashMap<(String, String, i64), PointSlot> = HashMap::new();
+            let mut stmt = c.prepare("SELECT device, point, slot_ms, delta, covered_ms, estimated FROM point_slots")?;
             for row in stmt.query_map([], |r| {
-                Ok(((r.get(0)?, r.get(1)?, r.get(2)?), PointHour { delta: r.get(3)?, covered_ms: r.get(4)?, estimated: r.get(5)? }))
+                Ok(((r.get(0)?, r.get(1)?, r.get(2)?), PointSlot { delta: r.get(3)?, covered_ms: r.get(4)?, estimated: r.get(5)? }))
             })? {
                 let (k, v) = row?;
                 stored.insert(k, v);
@@ -593,7 +593,7 @@ impl Reader {
                     ));
                 }
             }
-            Ok(Integrity { samples_checked, hours_checked: keys.len() as u64, mismatches })
+            Ok(Integrity { samples_checked, slots_checked: keys.len() as u64, mismatches })
         })
     }
 
@@ -655,11 +655,11 @@ mod tests {
         }
     }
 
-    fn hours(store: &Store) -> Vec<(i64, PointHour)> {
+    fn hours(store: &Store) -> Vec<(i64, PointSlot)> {
         store
             .reader()
             .unwrap()
-            .point_hours("m", "total", 0, 100 * H)
+            .point_slots("m", "total", 0, 100 * H)
             .unwrap()
     }
 
@@ -750,7 +750,7 @@ mod tests {
         assert!(integrity.mismatches.is_empty() && integrity.samples_checked == 2);
         Connection::open(&path)
             .unwrap()
-            .execute("UPDATE point_hours SET delta = delta + 1", [])
+            .execute("UPDATE point_slots SET delta = delta + 1", [])
             .unwrap();
         let integrity = store.reader().unwrap().verify_rollups(&rules()).unwrap();
         assert_eq!(integrity.mismatches.len(), 1, "{:?}", integrity.mismatches);

@@ -285,6 +285,24 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
         kiln["water_quota"]["grade"], "general",
         "0.25 m3/t: above the advanced value 0.225, within the quota 0.510"
     );
+    // Every period is a sum of the same 15-minute slots: quarters, hours, shifts and the day agree.
+    let energy = |period: &str| -> (usize, f64) {
+        let rows = get_json(&http, &format!("/api/v1/units/kiln1/indicators?period={period}&from=2026-01-01T00:00:00%2B08:00&to=2026-01-02T00:00:00%2B08:00"));
+        let rows = rows.as_array().unwrap();
+        (
+            rows.len(),
+            rows.iter()
+                .map(|r| r["energy_kgce"].as_f64().unwrap())
+                .sum(),
+        )
+    };
+    let (n_q, e_q) = energy("15min");
+    let (n_h, e_h) = energy("hour");
+    let (n_s, e_s) = energy("shift");
+    assert_eq!((n_q, n_h, n_s), (96, 24, 3));
+    for e in [e_h, e_s, kiln["energy_kgce"].as_f64().unwrap()] {
+        assert!((e - e_q).abs() < 1e-6 * e_q.abs(), "{e} vs {e_q}");
+    }
     let bof = day("bof1");
     let scrap = bof["corrections"]["scrap_ratio_pct"].as_f64().unwrap();
     assert!(
