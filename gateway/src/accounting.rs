@@ -43,6 +43,128 @@ pub fn counter_delta(prev: f64, next: f64, rollover: Option<f64>) -> Option<f64>
     (prev <= r && next >= 0.0).then_some(r - prev + next)
 }
 
+/// How a counter point's readings turn into intervals, and what looks wrong with them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CounterRule {
+    /// The counter wraps to zero after this value.
+    pub rollover: Option<f64>,
+    /// The flow's physical maximum, per hour: a reading implying more is a spike.
+    pub max_rate_per_h: Option<f64>,
+    /// A counter that has not moved for this long is flagged frozen.
+    pub frozen_after_ms: i64,
+}
+
+/// The state of one counter point between readings.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CounterTrack {
+    /// The last accepted reading: (time, value).
+    pub anchor: Option<(i64, f64)>,
+    /// Readings rejected in a row since the anchor.
+    pub rejected: u32,
+    /// When the counter last changed.
+    pub changed_ms: i64,
+}
+
+/// After this many rejected readings in a row the counter has really moved: start afresh.
+const MAX_REJECTED: u32 = 3;
+
+/// What one reading did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CounterEvent {
+    /// An interval to add to the slots. `bridged`: the counter restarted (meter replaced or
+    /// reset) and only the new count since zero is known; the interval is estimated.
+    Interval {
+        from_ms: i64,
+        to_ms: i64,
+        delta: f64,
+        bridged: bool,
+    },
+    /// Rejected: the rate it implies exceeds the flow's maximum.
+    Spike { rate_per_h: f64 },
+    /// Several rejected readings agree: the counter jumped for good; counting resumes from
+    /// there and the interval is left unmeasured.
+    Jump { from: f64, to: f64 },
+    /// The counter has not moved for longer than allowed.
+    Frozen { since_ms: i64 },
+}
+
+impl CounterTrack {
+    /// Takes the next reading in time order; returns what it did.
+    pub fn push(&mut self, ts_ms: i64, value: f64, rule: &CounterRule) -> Vec<CounterEvent> {
+        let mut out = Vec::new();
+        let Some((t0, v0)) = self.anchor else {
+            *self = CounterTrack {
+                anchor: Some((ts_ms, value)),
+                rejected: 0,
+                changed_ms: ts_ms,
+            };
+            return out;
+        };
+        if ts_ms <= t0 {
+            return out;
+        }
+        let hours = (ts_ms - t0) as f64 / HOUR_MS as f64;
+        let too_fast = |d: f64| rule.max_rate_per_h.is_some_and(|max| d / hours > max);
+        let (delta, bridged) = match counter_delta(v0, value, rule.rollover) {
+            Some(d) => (d, false),
+            // Backwards without a rollover: a replaced or reset meter, counting from zero.
+            None => (value.max(0.0), true),
+        };
+        if too_fast(delta) {
+            self.rejected += 1;
+            if self.rejected < MAX_REJECTED {
+                out.push(CounterEvent::Spike {
+                    rate_per_h: delta / hours,
+                });
+                return out;
+            }
+            out.push(CounterEvent::Jump {
+                from: v0,
+                to: value,
+            });
+            *self = CounterTrack {
+                anchor: Some((ts_ms, value)),
+                rejected: 0,
+                changed_ms: ts_ms,
+            };
+            return out;
+        }
+        out.push(CounterEvent::Interval {
+            from_ms: t0,
+            to_ms: ts_ms,
+            delta,
+            bridged,
+        });
+        if value != v0 {
+            self.changed_ms = ts_ms;
+        } else if rule.frozen_after_ms > 0
+            && t0 - self.changed_ms <= rule.frozen_after_ms
+            && ts_ms - self.changed_ms > rule.frozen_after_ms
+        {
+            out.push(CounterEvent::Frozen {
+                since_ms: self.changed_ms,
+            });
+        }
+        self.anchor = Some((ts_ms, value));
+        self.rejected = 0;
+        out
+    }
+}
+
+/// Adds one accepted interval into slots: a bridged one counts but is estimated and uncovered.
+pub fn add_event(event: &CounterEvent, max_gap_ms: i64, mut add: impl FnMut(i64, PointSlot)) {
+    if let CounterEvent::Interval {
+        from_ms,
+        to_ms,
+        delta,
+        bridged,
+    } = *event
+    {
+        let gap = if bridged { -1 } else { max_gap_ms };
+        add_interval(from_ms, to_ms, delta, gap, &mut add);
+    }
+}
+
 /// Spreads `delta` evenly over `[from_ms, to_ms)`, calling `f(slot_start, part, part_ms)` for
 /// each 15-minute slot touched.
 pub fn apportion(from_ms: i64, to_ms: i64, delta: f64, mut f: impl FnMut(i64, f64, i64)) {
@@ -402,6 +524,113 @@ mod tests {
     use super::*;
     use crate::config::Flow;
 
+    fn rule() -> CounterRule {
+        CounterRule {
+            rollover: Some(1_000.0),
+            max_rate_per_h: Some(100.0),
+            frozen_after_ms: 2 * HOUR_MS,
+        }
+    }
+
+    fn intervals(events: &[CounterEvent]) -> Vec<(f64, bool)> {
+        events
+            .iter()
+            .filter_map(|e| {
+                if let CounterEvent::Interval { delta, bridged, .. } = e {
+                    Some((*delta, *bridged))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_spike_is_rejected_and_counting_resumes_from_the_last_good_reading() {
+        let mut t = CounterTrack::default();
+        let r = rule();
+        t.push(0, 100.0, &r);
+        assert_eq!(intervals(&t.push(HOUR_MS, 150.0, &r)), vec![(50.0, false)]);
+        // +800 in an hour: the flow cannot do more than 100 an hour.
+        let e = t.push(2 * HOUR_MS, 950.0, &r);
+        assert!(matches!(e[0], CounterEvent::Spike { .. }), "{e:?}");
+        // Back to normal: the interval runs from the last good reading, 150 at 1 h.
+        assert_eq!(
+            intervals(&t.push(3 * HOUR_MS, 260.0, &r)),
+            vec![(110.0, false)]
+        );
+    }
+
+    #[test]
+    fn a_jump_that_stays_re_anchors_instead_of_rejecting_forever() {
+        let mut t = CounterTrack::default();
+        let r = rule();
+        t.push(0, 100.0, &r);
+        let events: Vec<_> = (1..=3)
+            .flat_map(|h| t.push(h * HOUR_MS, 900.0 + h as f64, &r))
+            .collect();
+        assert!(
+            matches!(events.last(), Some(CounterEvent::Jump { .. })),
+            "{events:?}"
+        );
+        assert_eq!(
+            intervals(&t.push(4 * HOUR_MS, 950.0, &r)),
+            vec![(47.0, false)]
+        );
+    }
+
+    #[test]
+    fn a_replaced_meter_is_bridged_from_zero_and_marked() {
+        let mut t = CounterTrack::default();
+        let r = CounterRule {
+            rollover: None,
+            ..rule()
+        };
+        t.push(0, 700.0, &r);
+        // The new meter reads 30 an hour later: only those 30 are known.
+        assert_eq!(intervals(&t.push(HOUR_MS, 30.0, &r)), vec![(30.0, true)]);
+        let mut slots = Vec::new();
+        add_event(
+            &CounterEvent::Interval {
+                from_ms: 0,
+                to_ms: HOUR_MS,
+                delta: 30.0,
+                bridged: true,
+            },
+            900_000,
+            |s, p| slots.push((s, p)),
+        );
+        assert!(slots
+            .iter()
+            .all(|(_, p)| p.covered_ms == 0 && p.estimated == p.delta));
+    }
+
+    #[test]
+    fn a_counter_that_stops_moving_is_flagged_once() {
+        let mut t = CounterTrack::default();
+        let r = rule();
+        t.push(0, 100.0, &r);
+        let frozen: usize = (1..=6)
+            .map(|h| {
+                t.push(h * HOUR_MS, 100.0, &r)
+                    .iter()
+                    .filter(|e| matches!(e, CounterEvent::Frozen { .. }))
+                    .count()
+            })
+            .sum();
+        assert_eq!(frozen, 1, "flagged when it passes two hours, once");
+        t.push(7 * HOUR_MS, 120.0, &r);
+        let again: usize = (8..=10)
+            .map(|h| {
+                t.push(h * HOUR_MS, 120.0, &r)
+                    .iter()
+                    .filter(|e| matches!(e, CounterEvent::Frozen { .. }))
+                    .count()
+            })
+            .sum();
+        assert_eq!(again, 1, "a new episode is flagged again");
+    }
+
     #[test]
     fn deltas_with_and_without_rollover() {
         assert_eq!(counter_delta(10.0, 15.5, None), Some(5.5));
@@ -532,6 +761,7 @@ mod tests {
             unit: unit.into(),
             factor,
             rollover: None,
+            max_rate_per_h: None,
         }
     }
 

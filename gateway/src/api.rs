@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/coefficients", get(coefficients))
         .route("/api/v1/limits", get(limits))
         .route("/api/v1/integrity", get(integrity))
+        .route("/api/v1/anomalies", get(anomalies))
         .route("/api/v1/events", get(events))
         .with_state(state)
 }
@@ -209,6 +210,18 @@ async fn coefficients(State(s): State<AppState>) -> ApiResult<serde_json::Value>
         "electricity_basis": s.plant.config.accounting.electricity,
         "carriers": c.all().collect::<Vec<_>>(),
     })))
+}
+
+async fn anomalies(
+    State(s): State<AppState>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult<Vec<crate::store::AnomalyRow>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let reader = s.reader.clone();
+    let rows = tokio::task::spawn_blocking(move || reader.anomalies(limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(rows))
 }
 
 /// Recomputes every rollup from the raw samples and reports any difference.

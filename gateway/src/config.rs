@@ -108,6 +108,9 @@ pub struct AccountingConfig {
     /// still counts, spread evenly, and is marked estimated).
     #[serde(default = "default_max_sample_gap_s")]
     pub max_sample_gap_s: u64,
+    /// A counter unchanged for this long is flagged frozen (0: never).
+    #[serde(default = "default_frozen_after_s")]
+    pub frozen_after_s: u64,
 }
 
 impl Default for AccountingConfig {
@@ -119,6 +122,7 @@ impl Default for AccountingConfig {
             limits: None,
             shifts: default_shifts(),
             max_sample_gap_s: default_max_sample_gap_s(),
+            frozen_after_s: default_frozen_after_s(),
         }
     }
 }
@@ -132,6 +136,9 @@ fn default_utc_offset() -> String {
 }
 fn default_max_sample_gap_s() -> u64 {
     900
+}
+fn default_frozen_after_s() -> u64 {
+    3_600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +189,10 @@ pub struct FlowConfig {
     /// The counter wraps to zero after this value (in the point's engineering unit).
     #[serde(default)]
     pub rollover: Option<f64>,
+    /// The most this flow can physically do per hour (in the point's unit): a reading implying
+    /// more is a spike and is rejected.
+    #[serde(default)]
+    pub max_rate_per_h: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -207,6 +218,7 @@ pub struct Flow {
     /// m3 per metered unit (water).
     pub factor: f64,
     pub rollover: Option<f64>,
+    pub max_rate_per_h: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -343,6 +355,7 @@ impl Plant {
                     unit: unit.clone(),
                     factor,
                     rollover: f.rollover,
+                    max_rate_per_h: f.max_rate_per_h,
                 });
             }
             if !flows.iter().any(|f| f.role == Role::Product) {

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::metrics::{KindLabel, Metrics, ReasonLabel};
 use crate::store::{AccountingRules, Incoming, Rejected, Store};
 
 /// Largest payload accepted; one device's poll is a few kilobytes.
@@ -220,6 +220,9 @@ pub async fn run(
             writer_metrics.duplicates.inc_by(outcome.duplicates);
             writer_metrics.points.inc_by(outcome.points);
             writer_metrics.late_samples.inc_by(outcome.late_samples);
+            for kind in &outcome.anomalies {
+                writer_metrics.anomalies.get_or_create(&KindLabel { kind: kind.to_string() }).inc();
+            }
             for p in batch {
                 if ack_tx.send(p).is_err() {
                     return Ok(());

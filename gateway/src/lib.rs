@@ -40,6 +40,8 @@ pub fn accounting_rules(plant: &Plant) -> AccountingRules {
                 (f.device.clone(), f.point.clone()),
                 Tracked {
                     rollover: f.rollover,
+                    max_rate_per_h: f.max_rate_per_h,
+                    frozen_after_ms: plant.config.accounting.frozen_after_s as i64 * 1000,
                 },
             )
         })

@@ -13,6 +13,11 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub received: Counter,
@@ -21,6 +26,7 @@ pub struct Metrics {
     pub points: Counter,
     pub late_samples: Counter,
     pub quarantined: Family<ReasonLabel, Counter>,
+    pub anomalies: Family<KindLabel, Counter>,
     pub commit_seconds: Histogram,
     pub commit_errors: Counter,
     pub batch_size: Gauge,
@@ -38,6 +44,7 @@ impl Default for Metrics {
             points: Counter::default(),
             late_samples: Counter::default(),
             quarantined: Family::default(),
+            anomalies: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             commit_errors: Counter::default(),
             batch_size: Gauge::default(),

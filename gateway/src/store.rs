@@ -13,7 +13,9 @@ use ems_core::wire::{Status, Telemetry};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
-use crate::accounting::{add_interval, counter_delta, PointSlot};
+use crate::accounting::{
+    add_event, add_interval, counter_delta, CounterEvent, CounterRule, CounterTrack, PointSlot,
+};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[r#"
@@ -48,8 +50,13 @@ CREATE TABLE quarantine (
 );
 CREATE TABLE counter_state (
     device TEXT NOT NULL, point TEXT NOT NULL, ts_ms INTEGER NOT NULL, value REAL NOT NULL,
+    rejected INTEGER NOT NULL, changed_ms INTEGER NOT NULL,
     PRIMARY KEY (device, point)
 ) WITHOUT ROWID;
+CREATE TABLE anomalies (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, point TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL, detail TEXT NOT NULL
+);
 CREATE TABLE point_slots (
     device TEXT NOT NULL, point TEXT NOT NULL, slot_ms INTEGER NOT NULL,
     delta REAL NOT NULL, covered_ms INTEGER NOT NULL, estimated REAL NOT NULL,
@@ -58,10 +65,7 @@ CREATE TABLE point_slots (
 "#];
 
 /// A counter point the accounting follows, with what it needs to take deltas.
-#[derive(Debug, Clone, Copy)]
-pub struct Tracked {
-    pub rollover: Option<f64>,
-}
+pub type Tracked = CounterRule;
 
 /// What the writer needs to know about accounting.
 #[derive(Debug, Clone)]
@@ -86,20 +90,22 @@ pub enum Incoming {
     Rejected(Rejected),
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
     pub stored: u64,
     pub duplicates: u64,
     pub points: u64,
     pub quarantined: u64,
     pub late_samples: u64,
+    /// Counter anomalies found (spikes, jumps, restarts, frozen counters), by kind.
+    pub anomalies: Vec<&'static str>,
 }
 
 pub struct Store {
     path: PathBuf,
     conn: Connection,
-    /// Last good sample of each tracked point: (ts_ms, value).
-    last: HashMap<(String, String), (i64, f64)>,
+    /// State of each tracked counter point.
+    last: HashMap<(String, String), CounterTrack>,
 }
 
 fn open_conn(path: &Path) -> anyhow::Result<Connection> {
@@ -198,7 +204,7 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 
 fn write_telemetry(
     tx: &Transaction<'_>,
-    last: &mut HashMap<(String, String), (i64, f64)>,
+    last: &mut HashMap<(String, String), CounterTrack>,
     t: &Telemetry,
     rules: &AccountingRules,
     received_ms: i64,
@@ -235,7 +241,7 @@ fn write_telemetry(
         let (Some(rule), Some(v)) = (rules.tracked.get(&key), p.v) else {
             continue;
         };
-        if account_sample(tx, last, key, t.ts_ms, v, *rule, rules.max_gap_ms)? {
+        if account_sample(tx, last, key, t.ts_ms, v, rule, rules.max_gap_ms, out)? {
             out.late_samples += 1;
         }
     }
@@ -307,76 +313,132 @@ fn update_ledger(tx: &Transaction<'_>, t: &Telemetry, received_ms: i64) -> anyho
     Ok(())
 }
 
-/// Adds one good counter sample to the point-hour rollups. Returns whether it arrived late.
+/// Adds one good counter sample to the point-slot rollups. Returns whether it arrived late.
 ///
-/// In order, the interval from the last sample to this one is added. Out of order, the interval
+/// In order, the counter track decides (see [`CounterTrack`]): the interval from the last
+/// accepted reading is added, a spike is rejected, a restarted meter is bridged and marked
+/// estimated, a frozen counter is flagged; anomalies are recorded. Out of order, the interval
 /// that used to span this sample's time is taken out and its two halves are put in: exactly the
 /// intervals the sample touches are recomputed, nothing else.
+#[allow(clippy::too_many_arguments)]
 fn account_sample(
     tx: &Transaction<'_>,
-    last: &mut HashMap<(String, String), (i64, f64)>,
+    last: &mut HashMap<(String, String), CounterTrack>,
     key: (String, String),
     ts_ms: i64,
     value: f64,
-    rule: Tracked,
+    rule: &CounterRule,
     max_gap_ms: i64,
+    out: &mut BatchOutcome,
 ) -> anyhow::Result<bool> {
-    let prev = match last.get(&key) {
-        Some(p) => Some(*p),
+    let mut track = match last.get(&key) {
+        Some(t) => *t,
         None => tx
             .query_row(
-                "SELECT ts_ms, value FROM counter_state WHERE device = ?1 AND point = ?2",
+                "SELECT ts_ms, value, rejected, changed_ms FROM counter_state WHERE device = ?1 AND point = ?2",
                 params![key.0, key.1],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok(CounterTrack { anchor: Some((r.get(0)?, r.get(1)?)), rejected: r.get(2)?, changed_ms: r.get(3)? }),
             )
-            .optional()?,
+            .optional()?
+            .unwrap_or_default(),
     };
-    let interval =
-        |tx: &Transaction<'_>, a: (i64, f64), b: (i64, f64), sign: f64| -> anyhow::Result<()> {
-            if let Some(delta) = counter_delta(a.1, b.1, rule.rollover) {
-                add_to_slots(tx, &key, a.0, b.0, delta, max_gap_ms, sign)?;
-            }
-            Ok(())
-        };
-    match prev {
-        Some(p) if ts_ms > p.0 => {
-            interval(tx, p, (ts_ms, value), 1.0)?;
+    if let Some((anchor_ts, _)) = track.anchor {
+        if ts_ms == anchor_ts {
+            return Ok(false);
         }
-        None => {}
-        Some(p) if ts_ms == p.0 => return Ok(false),
-        Some(_) => {
-            // Late: find its neighbours among the good samples already stored (excluding itself).
-            let neighbour = |sql: &str| -> rusqlite::Result<Option<(i64, f64)>> {
-                tx.query_row(sql, params![key.0, key.1, ts_ms], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()
-            };
-            let before = neighbour(
-                "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND ts_ms < ?3 AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
-            )?;
-            let after = neighbour(
-                "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND ts_ms > ?3 AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms ASC LIMIT 1",
-            )?;
-            if let (Some(b), Some(a)) = (before, after) {
-                interval(tx, b, a, -1.0)?;
-            }
-            if let Some(b) = before {
-                interval(tx, b, (ts_ms, value), 1.0)?;
-            }
-            if let Some(a) = after {
-                interval(tx, (ts_ms, value), a, 1.0)?;
-            }
+        if ts_ms < anchor_ts {
+            late_sample(tx, &key, ts_ms, value, rule, max_gap_ms)?;
             return Ok(true);
         }
     }
-    tx.execute(
-        "INSERT INTO counter_state (device, point, ts_ms, value) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (device, point) DO UPDATE SET ts_ms = ?3, value = ?4",
-        params![key.0, key.1, ts_ms, value],
-    )?;
-    last.insert(key, (ts_ms, value));
+    for event in track.push(ts_ms, value, rule) {
+        let mut result = Ok(());
+        let mut stmt = tx.prepare_cached(UPSERT_SLOT)?;
+        add_event(&event, max_gap_ms, |slot, r| {
+            if result.is_ok() {
+                result = stmt
+                    .execute(params![
+                        key.0,
+                        key.1,
+                        slot,
+                        r.delta,
+                        r.covered_ms,
+                        r.estimated
+                    ])
+                    .map(|_| ());
+            }
+        });
+        result?;
+        let anomaly = match event {
+            CounterEvent::Interval { bridged: false, .. } => None,
+            CounterEvent::Interval { delta, .. } => Some(("restart", format!("counter went back; the new count {delta} is taken from zero and marked estimated"))),
+            CounterEvent::Spike { rate_per_h } => Some(("spike", format!("reading {value} implies {rate_per_h:.1} per hour, above the flow's maximum; rejected"))),
+            CounterEvent::Jump { from, to } => Some(("jump", format!("counter moved from {from} to {to} and stayed; counting resumes there, the interval is unmeasured"))),
+            CounterEvent::Frozen { since_ms } => Some(("frozen", format!("unchanged since {}", rfc3339(since_ms)))),
+        };
+        if let Some((kind, detail)) = anomaly {
+            tx.execute(
+                "INSERT INTO anomalies (device, point, ts_ms, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key.0, key.1, ts_ms, kind, detail],
+            )?;
+            out.anomalies.push(kind);
+        }
+    }
+    if let Some((ts, v)) = track.anchor {
+        tx.execute(
+            "INSERT INTO counter_state (device, point, ts_ms, value, rejected, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (device, point) DO UPDATE SET ts_ms = ?3, value = ?4, rejected = ?5, changed_ms = ?6",
+            params![key.0, key.1, ts, v, track.rejected, track.changed_ms],
+        )?;
+    }
+    last.insert(key, track);
     Ok(false)
+}
+
+const UPSERT_SLOT: &str = "INSERT INTO point_slots (device, point, slot_ms, delta, covered_ms, estimated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (device, point, slot_ms) DO UPDATE SET
+       delta = delta + excluded.delta, covered_ms = covered_ms + excluded.covered_ms,
+       estimated = estimated + excluded.estimated";
+
+/// A sample older than the last accepted one: the interval between its stored neighbours is
+/// replaced by the two intervals it splits it into. (Spike rejection applies to samples in
+/// order; a late sample is taken as read.)
+fn late_sample(
+    tx: &Transaction<'_>,
+    key: &(String, String),
+    ts_ms: i64,
+    value: f64,
+    rule: &CounterRule,
+    max_gap_ms: i64,
+) -> anyhow::Result<()> {
+    let interval = |a: (i64, f64), b: (i64, f64), sign: f64| -> anyhow::Result<()> {
+        if let Some(delta) = counter_delta(a.1, b.1, rule.rollover) {
+            add_to_slots(tx, key, a.0, b.0, delta, max_gap_ms, sign)?;
+        }
+        Ok(())
+    };
+    let neighbour = |sql: &str| -> rusqlite::Result<Option<(i64, f64)>> {
+        tx.query_row(sql, params![key.0, key.1, ts_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+    };
+    let before = neighbour(
+        "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND ts_ms < ?3 AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
+    )?;
+    let after = neighbour(
+        "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND ts_ms > ?3 AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms ASC LIMIT 1",
+    )?;
+    if let (Some(b), Some(a)) = (before, after) {
+        interval(b, a, -1.0)?;
+    }
+    if let Some(b) = before {
+        interval(b, (ts_ms, value), 1.0)?;
+    }
+    if let Some(a) = after {
+        interval((ts_ms, value), a, 1.0)?;
+    }
+    Ok(())
 }
 
 fn add_to_slots(
@@ -388,12 +450,7 @@ fn add_to_slots(
     max_gap_ms: i64,
     sign: f64,
 ) -> anyhow::Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO point_slots (device, point, slot_ms, delta, covered_ms, estimated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (device, point, slot_ms) DO UPDATE SET
-           delta = delta + excluded.delta, covered_ms = covered_ms + excluded.covered_ms,
-           estimated = estimated + excluded.estimated",
-    )?;
+    let mut stmt = tx.prepare_cached(UPSERT_SLOT)?;
     let mut result = Ok(());
     add_interval(from_ms, to_ms, delta, max_gap_ms, |hour, r| {
         if result.is_ok() {
@@ -438,6 +495,17 @@ pub struct DeviceRow {
     /// Sequence numbers still missing.
     pub missing: i64,
     pub gaps: Vec<[i64; 2]>,
+}
+
+/// A counter anomaly found at ingest.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnomalyRow {
+    pub device: String,
+    pub point: String,
+    pub at: String,
+    /// spike, jump, restart, frozen.
+    pub kind: String,
+    pub detail: String,
 }
 
 /// The outcome of recomputing the rollups from raw samples.
@@ -552,25 +620,19 @@ impl Reader {
             )?;
             let mut samples_checked = 0u64;
             for ((device, point), rule) in &rules.tracked {
-                let mut prev: Option<(i64, f64)> = None;
+                let mut track = CounterTrack::default();
                 let rows = stmt.query_map(params![device, point], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)))?;
                 for row in rows {
                     let (ts, v) = row?;
                     samples_checked += 1;
-                    if let Some((pts, pv)) = prev {
-                        if ts == pts {
-                            continue;
-                        }
-                        if let Some(delta) = counter_delta(pv, v, rule.rollover) {
-                            add_interval(pts, ts, delta, rules.max_gap_ms, |hour, r| {
-                                let e = expected.entry((device.clone(), point.clone(), hour)).or_default();
-                                e.delta += r.delta;
-                                e.covered_ms += r.covered_ms;
-                                e.estimated += r.estimated;
-                            });
-                        }
+                    for event in track.push(ts, v, rule) {
+                        add_event(&event, rules.max_gap_ms, |slot, r| {
+                            let e = expected.entry((device.clone(), point.clone(), slot)).or_default();
+                            e.delta += r.delta;
+                            e.covered_ms += r.covered_ms;
+                            e.estimated += r.estimated;
+                        });
                     }
-                    prev = Some((ts, v));
                 }
             }
             let mut stored: HashMap<(String, String, i64), PointSlot> = HashMap::new();
@@ -594,6 +656,16 @@ impl Reader {
                 }
             }
             Ok(Integrity { samples_checked, slots_checked: keys.len() as u64, mismatches })
+        })
+    }
+
+    pub fn anomalies(&self, limit: i64) -> anyhow::Result<Vec<AnomalyRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT device, point, ts_ms, kind, detail FROM anomalies ORDER BY id DESC LIMIT ?1")?;
+            let rows = stmt.query_map([limit], |r| {
+                Ok(AnomalyRow { device: r.get(0)?, point: r.get(1)?, at: rfc3339(r.get(2)?), kind: r.get(3)?, detail: r.get(4)? })
+            })?;
+            rows.collect()
         })
     }
 
@@ -647,6 +719,8 @@ mod tests {
             ("m".to_string(), "total".to_string()),
             Tracked {
                 rollover: Some(1_000.0),
+                max_rate_per_h: Some(200.0),
+                frozen_after_ms: 2 * H,
             },
         );
         AccountingRules {
@@ -733,6 +807,60 @@ mod tests {
             .unwrap()
             .mismatches
             .is_empty());
+    }
+
+    #[test]
+    fn spikes_are_rejected_restarts_bridged_and_both_recorded() {
+        let path = temp_db("anomaly");
+        let mut store = Store::open(&path).unwrap();
+        let r = rules();
+        // Max 200 an hour. 100 -> 150 (50 in 15 min is fine) -> 990 (spike) -> 175 -> 20 (restart).
+        let out = store
+            .write_batch(
+                &[
+                    msg(1, 0, 100.0),
+                    msg(2, 900_000, 150.0),
+                    msg(3, 1_800_000, 990.0),
+                    msg(4, 2_700_000, 175.0),
+                ],
+                &r,
+                0,
+            )
+            .unwrap();
+        assert_eq!(out.anomalies, vec!["spike"]);
+        let total: f64 = hours(&store).iter().map(|(_, p)| p.delta).sum();
+        assert!(
+            (total - 75.0).abs() < 1e-9,
+            "the spike is not counted: {total}"
+        );
+        let mut r2 = r.clone();
+        r2.tracked.values_mut().for_each(|t| t.rollover = None);
+        let out = store
+            .write_batch(&[msg(5, 3_600_000, 20.0)], &r2, 0)
+            .unwrap();
+        assert_eq!(out.anomalies, vec!["restart"]);
+        let rows = hours(&store);
+        let last = rows.last().unwrap().1;
+        assert_eq!(
+            (last.delta, last.covered_ms, last.estimated),
+            (20.0, 0, 20.0),
+            "bridged from zero, estimated"
+        );
+        let listed = store.reader().unwrap().anomalies(10).unwrap();
+        assert_eq!(
+            listed.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(),
+            vec!["restart", "spike"]
+        );
+        assert!(
+            store
+                .reader()
+                .unwrap()
+                .verify_rollups(&r2)
+                .unwrap()
+                .mismatches
+                .is_empty(),
+            "recomputation agrees"
+        );
     }
 
     #[test]
