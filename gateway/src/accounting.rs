@@ -22,6 +22,9 @@ pub const HOUR_MS: i64 = 3_600_000;
 /// longer period (hour, shift, day, month, year) is an exact sum of slots.
 pub const SLOT_MS: i64 = 900_000;
 
+/// Completeness a period needs to be reportable (national online-monitoring data quality, >= 90 %).
+pub const REPORTABLE_COMPLETENESS: f64 = 0.9;
+
 /// One point's share of one 15-minute slot.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PointSlot {
@@ -348,6 +351,8 @@ pub struct Indicator {
     pub water_m3_per_t: Option<f64>,
     /// Share of the period covered by good samples, the weakest meter of the unit deciding.
     pub completeness: f64,
+    /// At least 90 % complete: what the national online-monitoring rules accept for reporting.
+    pub reportable: bool,
     /// Share of the energy, product and water figures that was spread over sample gaps.
     pub estimated_share: f64,
     pub carriers: Vec<CarrierFigure>,
@@ -390,6 +395,7 @@ pub fn indicators(
                 water_m3: 0.0,
                 water_m3_per_t: None,
                 completeness: 1.0,
+                reportable: false,
                 estimated_share: 0.0,
                 carriers: Vec::new(),
                 level: None,
@@ -465,6 +471,7 @@ pub fn indicators(
                 ind.estimated_share = estimated_abs / total_abs;
             }
             ind.completeness = ind.completeness.clamp(0.0, 1.0);
+            ind.reportable = ind.completeness >= REPORTABLE_COMPLETENESS;
             judge(unit, &mut ind, &by_device);
             ind
         })
@@ -925,6 +932,7 @@ mod tests {
             )]
         });
         assert_eq!(ind[0].completeness, 0.5);
+        assert!(!ind[0].reportable, "under 90 % is not reportable");
         assert_eq!(ind[0].kgce_per_t, None);
     }
 }

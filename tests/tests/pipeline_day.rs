@@ -118,6 +118,8 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
             .unwrap_or(false)
     });
 
+    // A real second more (24 simulated minutes), so the last hour is fully covered by samples.
+    std::thread::sleep(Duration::from_secs(1));
     // SIGTERM: the edge stops polling and delivers everything it read.
     assert!(
         edge.terminate(Duration::from_secs(20)).success(),
@@ -161,6 +163,12 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|r| r["record"] == "interval")
         .collect();
+    // The day includes a counter wrapping at its display maximum (bf1-bfg-export).
+    let raw_truth = std::fs::read_to_string(&truth_path).unwrap();
+    assert!(
+        raw_truth.contains("\"event\":\"rollover\""),
+        "the demo day crosses a rollover"
+    );
     let units = get_json(&http, "/api/v1/units");
     assert_eq!(units.as_array().unwrap().len(), 5);
     for unit in units.as_array().unwrap() {
