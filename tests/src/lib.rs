@@ -250,3 +250,53 @@ pub fn write_config(example: &str, replacements: &[(&str, &str)], to: &Path) {
     }
     std::fs::write(to, text).unwrap();
 }
+
+/// Writes `gateway.toml` in `dir`: the demo gateway config on the broker at `mqtt_port`, its
+/// database `gw.db` in `dir`, HTTP on a free port.
+pub fn write_gateway_config(dir: &Path, mqtt_port: u16) {
+    write_config(
+        "gateway/examples/demo.toml",
+        &[
+            ("port = 1883", &format!("port = {mqtt_port}")),
+            ("path = \"ems-gateway.db\"", "path = \"gw.db\""),
+            ("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\""),
+        ],
+        &dir.join("gateway.toml"),
+    );
+}
+
+/// Starts `ems-gateway serve` with `dir/gateway.toml` and waits until the broker holds its
+/// subscription (before that, a broker drops QoS 1 messages nobody subscribed to). Returns the
+/// process and its HTTP address.
+pub fn start_gateway(dir: &Path) -> (Proc, String) {
+    let p = Proc::start(
+        &bin("ems-gateway"),
+        &["serve", "--config", "gateway.toml"],
+        dir,
+    );
+    let http = p.wait_line("HTTP ", Duration::from_secs(10));
+    eventually(
+        "the gateway's subscription",
+        Duration::from_secs(10),
+        || get_text(&http, "/metrics").contains("ems_gateway_mqtt_subscribed 1"),
+    );
+    (p, http)
+}
+
+/// kgce per metered unit, entered here from GB/T 2589 (2008 appendix A values, via
+/// shared/reference/standards.md) independently of the gateway's data file, so that tests
+/// recompute the truth's energy on their own. Converter gas at the demo's measured 7 500 kJ/m3.
+pub fn kgce_per_unit(carrier: &str, unit: &str) -> f64 {
+    match (carrier, unit) {
+        ("electricity", "kWh") => 0.1229,
+        ("coke", "t") => 971.4,
+        ("washed_coal", "t") => 900.0,
+        ("raw_coal", "t") => 714.3,
+        ("bfg", "m3") => 0.1286,
+        ("coke_oven_gas", "m3") => 0.5714,
+        ("natural_gas", "m3") => 1.2143,
+        ("steam_1_0mpa", "t") => 108.571,
+        ("converter_gas", "m3") => 7_500.0 / 29_307.0,
+        other => panic!("no coefficient for {other:?}"),
+    }
+}

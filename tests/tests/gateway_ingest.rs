@@ -8,33 +8,6 @@ use std::time::Duration;
 
 use ems_tests::*;
 
-fn gateway_config(d: &std::path::Path, port: u16) {
-    write_config(
-        "gateway/examples/demo.toml",
-        &[
-            ("port = 1883", &format!("port = {port}")),
-            ("path = \"ems-gateway.db\"", "path = \"gw.db\""),
-            ("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\""),
-        ],
-        &d.join("gateway.toml"),
-    );
-}
-
-fn start_gateway(d: &std::path::Path) -> (Proc, String) {
-    let p = Proc::start(
-        &bin("ems-gateway"),
-        &["serve", "--config", "gateway.toml"],
-        d,
-    );
-    let http = p.wait_line("HTTP ", Duration::from_secs(10));
-    eventually(
-        "the gateway's subscription",
-        Duration::from_secs(10),
-        || get_text(&http, "/metrics").contains("ems_gateway_mqtt_subscribed 1"),
-    );
-    (p, http)
-}
-
 #[test]
 fn sigkill_the_gateway_again_and_again_loses_nothing() {
     let dir = TempDir::new("sigkill");
@@ -56,7 +29,7 @@ fn sigkill_the_gateway_again_and_again_loses_nothing() {
         d,
     );
     let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
-    gateway_config(d, broker.port);
+    write_gateway_config(d, broker.port);
     let (mut gateway, _) = start_gateway(d);
     write_config(
         "firmware/edge/examples/demo.toml",
@@ -165,7 +138,7 @@ fn bad_input_is_quarantined_counted_and_does_not_disturb_good_messages() {
     let dir = TempDir::new("quarantine");
     let d = dir.path();
     let broker = Mosquitto::start(d);
-    gateway_config(d, broker.port);
+    write_gateway_config(d, broker.port);
     let (mut gateway, http) = start_gateway(d);
     let now = chrono::Utc::now().timestamp_millis();
     let good = |seq: u64| {

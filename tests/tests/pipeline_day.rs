@@ -8,24 +8,6 @@ use std::time::Duration;
 use ems_tests::*;
 use serde_json::Value;
 
-/// kgce per metered unit, entered here from GB/T 2589 (2008 appendix A, via
-/// shared/reference/standards.md) independently of the gateway's data file.
-fn kgce_per_unit(carrier: &str, unit: &str) -> f64 {
-    match (carrier, unit) {
-        ("electricity", "kWh") => 0.1229,
-        ("coke", "t") => 971.4,
-        ("washed_coal", "t") => 900.0,
-        ("raw_coal", "t") => 714.3,
-        ("bfg", "m3") => 0.1286,
-        ("coke_oven_gas", "m3") => 0.5714,
-        ("natural_gas", "m3") => 1.2143,
-        ("steam_1_0mpa", "t") => 108.571,
-        // The demo gateway config gives the recovered gas a measured 7 500 kJ/m3.
-        ("converter_gas", "m3") => 7_500.0 / 29_307.0,
-        other => panic!("no coefficient for {other:?}"),
-    }
-}
-
 /// Comprehensive energy (kgce) of one truth record, computed from the true physical quantities.
 fn truth_kgce(rec: &Value) -> f64 {
     let mut kgce = 0.0;
@@ -67,31 +49,8 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
     let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
 
     let port = broker.port.to_string();
-    let db = d.join("gw.db");
-    write_config(
-        "gateway/examples/demo.toml",
-        &[
-            ("port = 1883", &format!("port = {port}")),
-            (
-                "path = \"ems-gateway.db\"",
-                &format!("path = {:?}", db.to_str().unwrap()),
-            ),
-            ("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\""),
-        ],
-        &d.join("gateway.toml"),
-    );
-    let mut gateway = Proc::start(
-        &bin("ems-gateway"),
-        &["serve", "--config", "gateway.toml"],
-        d,
-    );
-    let http = gateway.wait_line("HTTP ", Duration::from_secs(10));
-    // The broker keeps QoS 1 messages only for sessions that subscribed: wait for that.
-    eventually(
-        "the gateway's subscription",
-        Duration::from_secs(10),
-        || get_text(&http, "/metrics").contains("ems_gateway_mqtt_subscribed 1"),
-    );
+    write_gateway_config(d, broker.port);
+    let (mut gateway, http) = start_gateway(d);
 
     write_config(
         "firmware/edge/examples/demo.toml",

@@ -27,29 +27,8 @@ fn sigterm_mid_stream_loses_nothing_and_stores_nothing_twice() {
     );
     let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
     let port = broker.port.to_string();
-    write_config(
-        "gateway/examples/demo.toml",
-        &[
-            ("port = 1883", &format!("port = {port}")),
-            ("path = \"ems-gateway.db\"", "path = \"gw.db\""),
-            ("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\""),
-        ],
-        &d.join("gateway.toml"),
-    );
-    let start_gateway = || {
-        let p = Proc::start(
-            &bin("ems-gateway"),
-            &["serve", "--config", "gateway.toml"],
-            d,
-        );
-        let http = p.wait_line("HTTP ", Duration::from_secs(10));
-        eventually(
-            "the gateway's subscription",
-            Duration::from_secs(10),
-            || get_text(&http, "/metrics").contains("ems_gateway_mqtt_subscribed 1"),
-        );
-        (p, http)
-    };
+    write_gateway_config(d, broker.port);
+    let start_gateway = || start_gateway(d);
     let (mut gateway, _) = start_gateway();
     write_config(
         "firmware/edge/examples/demo.toml",

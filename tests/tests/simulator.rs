@@ -201,22 +201,6 @@ fn truth_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// kgce per metered unit (GB/T 2589 2008 appendix values; converter gas at 7 500 kJ/m3).
-fn kgce(carrier: &str, unit: &str) -> f64 {
-    match (carrier, unit) {
-        ("electricity", "kWh") => 0.1229,
-        ("coke", "t") => 971.4,
-        ("washed_coal", "t") => 900.0,
-        ("raw_coal", "t") => 714.3,
-        ("bfg", "m3") => 0.1286,
-        ("coke_oven_gas", "m3") => 0.5714,
-        ("natural_gas", "m3") => 1.2143,
-        ("converter_gas", "m3") => 7_500.0 / 29_307.0,
-        ("steam_1_0mpa", "t") => 108.571,
-        other => panic!("no coefficient for {other:?}"),
-    }
-}
-
 /// (kgce, AC kWh, product t) summed over truth intervals.
 fn totals<'a>(recs: impl Iterator<Item = &'a Value>) -> (f64, f64, f64) {
     let (mut e, mut kwh, mut t) = (0.0, 0.0, 0.0);
@@ -229,7 +213,9 @@ fn totals<'a>(recs: impl Iterator<Item = &'a Value>) -> (f64, f64, f64) {
                 "recovered" => -1.0,
                 _ => continue,
             };
-            e += sign * q * kgce(f["carrier"].as_str().unwrap(), f["unit"].as_str().unwrap());
+            e += sign
+                * q
+                * kgce_per_unit(f["carrier"].as_str().unwrap(), f["unit"].as_str().unwrap());
             if f["carrier"] == "electricity" {
                 kwh += sign * q;
             }
