@@ -185,22 +185,70 @@ impl Drop for Proc {
 /// A private Mosquitto on a free port (the machine's own on 1883 is left alone).
 pub struct Mosquitto {
     pub port: u16,
-    _proc: Proc,
+    conf: PathBuf,
+    dir: PathBuf,
+    proc: Option<Proc>,
 }
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
+        Mosquitto::with_settings(dir, "persistence false\n")
+    }
+
+    /// A broker that keeps sessions and queued messages across a restart.
+    pub fn start_persistent(dir: &Path) -> Mosquitto {
+        let store = dir.join("mosquitto-store");
+        std::fs::create_dir_all(&store).unwrap();
+        // Started as root, mosquitto drops to its own user: let that user write its database.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Mosquitto::with_settings(
+            dir,
+            &format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                store.display()
+            ),
+        )
+    }
+
+    fn with_settings(dir: &Path, extra: &str) -> Mosquitto {
         let port = free_port();
         let conf = dir.join(format!("mosquitto-{port}.conf"));
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\n")).unwrap();
+        // Queue a long gateway outage's worth of messages (the default keeps only 1 000).
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n{extra}")).unwrap();
+        let mut m = Mosquitto {
+            port,
+            conf,
+            dir: dir.to_owned(),
+            proc: None,
+        };
+        m.restart();
+        m
+    }
+
+    /// Stops the broker (SIGTERM: it saves its state if persistent).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            assert!(
+                p.terminate(Duration::from_secs(10)).success(),
+                "mosquitto stop"
+            );
+        }
+    }
+
+    /// Starts it again on the same port with the same settings.
+    pub fn restart(&mut self) {
         let program = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .map(PathBuf::from)
             .find(|p| p.exists())
             .expect("mosquitto is not installed (tests/run installs it)");
-        let proc = Proc::start(&program, &["-c", conf.to_str().unwrap()], dir);
-        wait_for_port(port, Duration::from_secs(10));
-        Mosquitto { port, _proc: proc }
+        self.proc = Some(Proc::start(
+            &program,
+            &["-c", self.conf.to_str().unwrap()],
+            &self.dir,
+        ));
+        wait_for_port(self.port, Duration::from_secs(10));
     }
 }
 

@@ -114,6 +114,88 @@ fn sigkill_the_gateway_again_and_again_loses_nothing() {
     assert!(gateway.terminate(Duration::from_secs(20)).success());
 }
 
+#[test]
+fn a_broker_stopped_and_restarted_mid_stream_loses_nothing() {
+    let dir = TempDir::new("broker");
+    let d = dir.path();
+    let mut broker = Mosquitto::start_persistent(d);
+    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let sim = Proc::start(
+        &bin("ems-sim"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--speed",
+            "60",
+            "--start",
+            &start,
+        ],
+        d,
+    );
+    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+    write_gateway_config(d, broker.port);
+    let (mut gateway, http) = start_gateway(d);
+    write_config(
+        "firmware/edge/examples/demo.toml",
+        &[
+            ("tcp://127.0.0.1:5020", &format!("tcp://{sim_addr}")),
+            ("port = 1883", &format!("port = {}", broker.port)),
+            ("poll_interval_ms = 1000", "poll_interval_ms = 100"),
+        ],
+        &d.join("edge.toml"),
+    );
+    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    std::thread::sleep(Duration::from_secs(2));
+    // The broker goes away for a while: the edge keeps polling into its outbox, the gateway
+    // keeps trying to reconnect.
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    broker.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        edge.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        edge.stderr_tail()
+    );
+    assert!(
+        edge.stderr().contains("every message was acknowledged"),
+        "{}",
+        edge.stderr_tail()
+    );
+    let seq: HashMap<String, u64> =
+        serde_json::from_str(&std::fs::read_to_string(d.join("ems-edge-data/seq.json")).unwrap())
+            .unwrap();
+    eventually(
+        "every sequence number stored",
+        Duration::from_secs(30),
+        || {
+            let devices = get_json(&http, "/api/v1/devices");
+            let devices = devices.as_array().unwrap();
+            devices.len() == seq.len()
+                && devices
+                    .iter()
+                    .all(|d| d["last_seq"].as_u64() == seq.get(d["id"].as_str().unwrap()).copied())
+        },
+    );
+    for dev in get_json(&http, "/api/v1/devices").as_array().unwrap() {
+        assert_eq!(dev["missing"], 0, "{dev}");
+        assert_eq!(
+            dev["messages"].as_u64(),
+            seq.get(dev["id"].as_str().unwrap()).copied(),
+            "stored once: {dev}"
+        );
+    }
+    assert!(
+        seq.values().all(|&n| n >= 60),
+        "the edge polled through the outage: {seq:?}"
+    );
+    assert!(get_json(&http, "/api/v1/integrity")["mismatches"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(gateway.terminate(Duration::from_secs(20)).success());
+}
+
 fn publish(port: u16, topic: &str, payload_file: &std::path::Path) {
     let ok = Command::new("mosquitto_pub")
         .args([
