@@ -245,6 +245,7 @@ pub async fn run(
     });
 
     let mut work_tx = Some(work_tx);
+    let mut had_session = false;
     let mut dropped_at_shutdown = 0u64;
     loop {
         let event = tokio::select! {
@@ -257,6 +258,16 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if had_session && !ack.session_present {
+                    // Whatever the broker had queued for us while we were away is gone; the
+                    // ledger will show it as sequence gaps.
+                    metrics.sessions_lost.inc();
+                    tracing::error!(
+                        host = %cfg.mqtt.host,
+                        "The broker no longer has this gateway's session: messages queued for it are lost. Check the broker's persistence."
+                    );
+                }
+                had_session = true;
                 tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, session_present = ack.session_present, "MQTT connected.");
                 client
                     .subscribe_many([

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub batch_size: Gauge,
     /// 1 while the broker holds the gateway's subscriptions.
     pub subscribed: Gauge,
+    pub sessions_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -49,6 +50,7 @@ impl Default for Metrics {
             commit_errors: Counter::default(),
             batch_size: Gauge::default(),
             subscribed: Gauge::default(),
+            sessions_lost: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -96,6 +98,11 @@ impl Default for Metrics {
             "mqtt_subscribed",
             "1 while the broker holds the gateway's subscriptions",
             m.subscribed.clone(),
+        );
+        registry.register(
+            "mqtt_sessions_lost",
+            "Reconnects on which the broker no longer had the gateway's session (queued messages lost)",
+            m.sessions_lost.clone(),
         );
         Metrics { registry, ..m }
     }

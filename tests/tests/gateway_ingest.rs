@@ -189,6 +189,10 @@ fn a_broker_stopped_and_restarted_mid_stream_loses_nothing() {
         seq.values().all(|&n| n >= 60),
         "the edge polled through the outage: {seq:?}"
     );
+    assert!(
+        get_text(&http, "/metrics").contains("ems_gateway_mqtt_sessions_lost_total 0"),
+        "the broker kept the gateway's session"
+    );
     assert!(get_json(&http, "/api/v1/integrity")["mismatches"]
         .as_array()
         .unwrap()
