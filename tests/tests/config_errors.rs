@@ -87,6 +87,52 @@ fn simulator_names_file_line_and_key() {
 }
 
 #[test]
+fn edge_probe_reads_a_device_once_and_shows_each_point_with_its_quality() {
+    let dir = TempDir::new("probe");
+    let sim = Proc::start(
+        &bin("ems-sim"),
+        &["--listen", "127.0.0.1:0", "--speed", "0.0001"],
+        dir.path(),
+    );
+    let addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+    // bf1-power, a DTSU666 (unit 14), read with the real meter's profile.
+    let mut probe = Proc::start(
+        &bin("ems-edge"),
+        &[
+            "probe",
+            "--link",
+            &addr,
+            "--unit-id",
+            "14",
+            "--profile",
+            "dtsu666",
+        ],
+        dir.path(),
+    );
+    assert!(
+        probe.wait(Duration::from_secs(15)).success(),
+        "{}",
+        probe.stderr()
+    );
+    let mut lines = Vec::new();
+    while let Some(l) = probe.next_line(Duration::from_millis(200)) {
+        lines.push(l);
+    }
+    let text = lines.join("\n");
+    assert!(text.contains("requests touching"), "{text}");
+    let import = lines
+        .iter()
+        .find(|l| l.starts_with("import_kwh"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        import.ends_with("good") && import.contains("kWh"),
+        "{import}"
+    );
+    let v: f64 = import.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(v > 10_000.0, "{import}");
+}
+
+#[test]
 fn every_binary_has_help() {
     let dir = TempDir::new("help");
     for b in ["ems-sim", "ems-edge", "ems-gateway"] {

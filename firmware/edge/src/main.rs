@@ -26,6 +26,21 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Read one device once and print every point decoded, with its quality (commissioning).
+    Probe {
+        /// Modbus TCP address, host:port.
+        #[arg(long)]
+        link: String,
+        #[arg(long)]
+        unit_id: u8,
+        /// Profile name (built in, or from --profiles-dir).
+        #[arg(long)]
+        profile: String,
+        #[arg(long)]
+        profiles_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
 }
 
 /// Errors end the process with one line naming the cause chain (file, line and key for a bad
@@ -55,6 +70,68 @@ async fn run() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(ems_edge::cancel_on_signal(shutdown.clone()));
             ems_edge::run(site, shutdown).await?;
+        }
+        Command::Probe {
+            link,
+            unit_id,
+            profile,
+            profiles_dir,
+            timeout_ms,
+        } => {
+            let mut library = ems_edge::profile::Library::built_in();
+            if let Some(dir) = &profiles_dir {
+                library.load_dir(dir)?;
+            }
+            let Some(profile) = library.get(&profile).cloned() else {
+                let known: Vec<_> = library.names().collect();
+                anyhow::bail!("unknown profile `{profile}`; known: {}", known.join(", "));
+            };
+            let device = ems_edge::config::Device {
+                id: "probe".into(),
+                link: link.clone(),
+                unit_id,
+                profile,
+                clock: ems_edge::config::ClockSource::System,
+                timeout_ms,
+            };
+            let plan = ems_edge::poller::DevicePlan::new(device)?;
+            println!("{} unit {unit_id}: {}", link, plan.summary());
+            let mut ctx =
+                ems_edge::poller::connect(&link, std::time::Duration::from_millis(timeout_ms))
+                    .await?;
+            let reading = ems_edge::poller::read_device(&mut ctx, &plan).await;
+            if let Some(clock) = reading.device_clock_ms {
+                println!(
+                    "{:<16} {}",
+                    "clock",
+                    chrono::DateTime::from_timestamp_millis(clock)
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default()
+                );
+            }
+            for (p, def) in reading.points.iter().zip(
+                plan.device
+                    .profile
+                    .points
+                    .iter()
+                    .filter(|d| d.role != ems_edge::profile::PointRole::Clock),
+            ) {
+                match p.v {
+                    Some(v) => {
+                        let shown = format!("{v:.6}");
+                        let shown = shown.trim_end_matches('0').trim_end_matches('.');
+                        println!("{:<16} {:>18} {:<6} {}", p.id, shown, def.unit, p.q)
+                    }
+                    None => println!("{:<16} {:>18} {:<6} {}", p.id, "-", def.unit, p.q),
+                }
+            }
+            for (table, span) in &reading.refused {
+                println!(
+                    "refused: {table:?} registers {}..{} (exception 02 on a bridged read)",
+                    span.start,
+                    span.end()
+                );
+            }
         }
         Command::Plan { config } => {
             let site = Site::load(&config)?;

@@ -383,7 +383,7 @@ fn unreachable_reading(plan: &DevicePlan) -> Reading {
     }
 }
 
-async fn connect(link: &str, timeout: Duration) -> anyhow::Result<Context> {
+pub async fn connect(link: &str, timeout: Duration) -> anyhow::Result<Context> {
     let addr = tokio::net::lookup_host(link)
         .await
         .with_context(|| format!("cannot resolve {link}"))?
