@@ -1,8 +1,9 @@
 //! Helpers for end-to-end tests: the real binaries, a real Mosquitto, temporary directories.
 //!
 //! The binaries are the workspace's own debug builds (`cargo build --workspace`, which
-//! `tests/run` does first). Every server binds a free port; nothing assumes a fixed one.
+//! `tests/run.sh` does first). Every server binds a free port; nothing assumes a fixed one.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -28,7 +29,7 @@ pub fn bin(name: &str) -> PathBuf {
         .join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --workspace` first (tests/run does)",
+        "{} is missing: run `cargo build --workspace` first (tests/run.sh does)",
         path.display()
     );
     path
@@ -247,7 +248,7 @@ impl Mosquitto {
             .into_iter()
             .map(PathBuf::from)
             .find(|p| p.exists())
-            .expect("mosquitto is not installed (tests/run installs it)");
+            .expect("mosquitto is not installed (tests/run.sh installs it)");
         self.proc = Some(Proc::start(
             &program,
             &["-c", self.conf.to_str().unwrap()],
@@ -352,4 +353,57 @@ pub fn kgce_per_unit(carrier: &str, unit: &str) -> f64 {
         ("converter_gas", "m3") => 7_500.0 / 29_307.0,
         other => panic!("no coefficient for {other:?}"),
     }
+}
+
+/// Writes `edge.toml` in `dir`: the demo edge config polling the simulator at `sim_addr` every
+/// `poll_ms`, publishing to the broker at `mqtt_port`, its state in `dir/ems-edge-data`.
+pub fn write_edge_config(dir: &Path, sim_addr: &str, mqtt_port: u16, poll_ms: u64) {
+    write_config(
+        "firmware/edge/examples/demo.toml",
+        &[
+            ("tcp://127.0.0.1:5020", &format!("tcp://{sim_addr}")),
+            ("port = 1883", &format!("port = {mqtt_port}")),
+            (
+                "poll_interval_ms = 1000",
+                &format!("poll_interval_ms = {poll_ms}"),
+            ),
+        ],
+        &dir.join("edge.toml"),
+    );
+}
+
+/// The last sequence number the edge in `dir` gave each device (its durable state).
+pub fn edge_sequence_numbers(dir: &Path) -> HashMap<String, u64> {
+    let text = std::fs::read_to_string(dir.join("ems-edge-data/seq.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Waits until the gateway at `http` holds the last number `seq` names for every device, then
+/// checks that each number was stored exactly once and none is missing. Returns how many
+/// redelivered copies the ledger dropped.
+pub fn assert_stored_exactly_once(http: &str, seq: &HashMap<String, u64>) -> u64 {
+    eventually(
+        "every sequence number stored",
+        Duration::from_secs(30),
+        || {
+            let devices = get_json(http, "/api/v1/devices");
+            let devices = devices.as_array().unwrap();
+            devices.len() == seq.len()
+                && devices
+                    .iter()
+                    .all(|d| d["last_seq"].as_u64() == seq.get(d["id"].as_str().unwrap()).copied())
+        },
+    );
+    let mut duplicates = 0;
+    for dev in get_json(http, "/api/v1/devices").as_array().unwrap() {
+        let id = dev["id"].as_str().unwrap();
+        assert_eq!(dev["missing"], 0, "no sequence gaps: {dev}");
+        assert_eq!(
+            dev["messages"].as_u64(),
+            seq.get(id).copied(),
+            "each number stored exactly once: {dev}"
+        );
+        duplicates += dev["duplicates"].as_u64().unwrap();
+    }
+    duplicates
 }

@@ -2,7 +2,6 @@
 //! it loses nothing and stores nothing twice, its rollups equal a recomputation from the raw
 //! samples, and bad input is kept aside with its reason without disturbing good messages.
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -31,15 +30,7 @@ fn sigkill_the_gateway_again_and_again_loses_nothing() {
     let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
     write_gateway_config(d, broker.port);
     let (mut gateway, _) = start_gateway(d);
-    write_config(
-        "firmware/edge/examples/demo.toml",
-        &[
-            ("tcp://127.0.0.1:5020", &format!("tcp://{sim_addr}")),
-            ("port = 1883", &format!("port = {}", broker.port)),
-            ("poll_interval_ms = 1000", "poll_interval_ms = 100"),
-        ],
-        &d.join("edge.toml"),
-    );
+    write_edge_config(d, &sim_addr, broker.port, 100);
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
     for round in 0..4 {
         // Killed mid-batch: whatever it had not committed was never acknowledged.
@@ -70,32 +61,8 @@ fn sigkill_the_gateway_again_and_again_loses_nothing() {
         gateway = g;
         http
     };
-    let seq: HashMap<String, u64> =
-        serde_json::from_str(&std::fs::read_to_string(d.join("ems-edge-data/seq.json")).unwrap())
-            .unwrap();
-    eventually(
-        "every sequence number stored",
-        Duration::from_secs(30),
-        || {
-            let devices = get_json(&http, "/api/v1/devices");
-            let devices = devices.as_array().unwrap();
-            devices.len() == seq.len()
-                && devices
-                    .iter()
-                    .all(|d| d["last_seq"].as_u64() == seq.get(d["id"].as_str().unwrap()).copied())
-        },
-    );
-    let mut redelivered = 0;
-    for dev in get_json(&http, "/api/v1/devices").as_array().unwrap() {
-        let id = dev["id"].as_str().unwrap();
-        assert_eq!(dev["missing"], 0, "{dev}");
-        assert_eq!(
-            dev["messages"].as_u64(),
-            seq.get(id).copied(),
-            "each number stored exactly once: {dev}"
-        );
-        redelivered += dev["duplicates"].as_u64().unwrap();
-    }
+    let seq = edge_sequence_numbers(d);
+    let redelivered = assert_stored_exactly_once(&http, &seq);
     eprintln!(
         "{} devices, {} messages each on average, {redelivered} redelivered copies dropped",
         seq.len(),
@@ -135,15 +102,7 @@ fn a_broker_stopped_and_restarted_mid_stream_loses_nothing() {
     let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
     write_gateway_config(d, broker.port);
     let (mut gateway, http) = start_gateway(d);
-    write_config(
-        "firmware/edge/examples/demo.toml",
-        &[
-            ("tcp://127.0.0.1:5020", &format!("tcp://{sim_addr}")),
-            ("port = 1883", &format!("port = {}", broker.port)),
-            ("poll_interval_ms = 1000", "poll_interval_ms = 100"),
-        ],
-        &d.join("edge.toml"),
-    );
+    write_edge_config(d, &sim_addr, broker.port, 100);
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
     std::thread::sleep(Duration::from_secs(2));
     // The broker goes away for a while: the edge keeps polling into its outbox, the gateway
@@ -162,29 +121,8 @@ fn a_broker_stopped_and_restarted_mid_stream_loses_nothing() {
         "{}",
         edge.stderr_tail()
     );
-    let seq: HashMap<String, u64> =
-        serde_json::from_str(&std::fs::read_to_string(d.join("ems-edge-data/seq.json")).unwrap())
-            .unwrap();
-    eventually(
-        "every sequence number stored",
-        Duration::from_secs(30),
-        || {
-            let devices = get_json(&http, "/api/v1/devices");
-            let devices = devices.as_array().unwrap();
-            devices.len() == seq.len()
-                && devices
-                    .iter()
-                    .all(|d| d["last_seq"].as_u64() == seq.get(d["id"].as_str().unwrap()).copied())
-        },
-    );
-    for dev in get_json(&http, "/api/v1/devices").as_array().unwrap() {
-        assert_eq!(dev["missing"], 0, "{dev}");
-        assert_eq!(
-            dev["messages"].as_u64(),
-            seq.get(dev["id"].as_str().unwrap()).copied(),
-            "stored once: {dev}"
-        );
-    }
+    let seq = edge_sequence_numbers(d);
+    assert_stored_exactly_once(&http, &seq);
     assert!(
         seq.values().all(|&n| n >= 60),
         "the edge polled through the outage: {seq:?}"
@@ -215,7 +153,7 @@ fn publish(port: u16, topic: &str, payload_file: &std::path::Path) {
             payload_file.to_str().unwrap(),
         ])
         .status()
-        .expect("mosquitto_pub is installed (tests/run installs it)");
+        .expect("mosquitto_pub is installed (tests/run.sh installs it)");
     assert!(ok.success(), "publish to {topic}");
 }
 

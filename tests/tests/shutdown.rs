@@ -2,7 +2,6 @@
 //! and restarted while the edge keeps publishing, then the edge is stopped; every sequence
 //! number must be stored exactly once.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use ems_tests::*;
@@ -26,19 +25,10 @@ fn sigterm_mid_stream_loses_nothing_and_stores_nothing_twice() {
         d,
     );
     let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
-    let port = broker.port.to_string();
     write_gateway_config(d, broker.port);
     let start_gateway = || start_gateway(d);
     let (mut gateway, _) = start_gateway();
-    write_config(
-        "firmware/edge/examples/demo.toml",
-        &[
-            ("tcp://127.0.0.1:5020", &format!("tcp://{sim_addr}")),
-            ("port = 1883", &format!("port = {port}")),
-            ("poll_interval_ms = 1000", "poll_interval_ms = 100"),
-        ],
-        &d.join("edge.toml"),
-    );
+    write_edge_config(d, &sim_addr, broker.port, 100);
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
     std::thread::sleep(Duration::from_secs(3));
 
@@ -62,34 +52,12 @@ fn sigterm_mid_stream_loses_nothing_and_stores_nothing_twice() {
         "{}",
         edge.stderr_tail()
     );
-    let seq: HashMap<String, u64> =
-        serde_json::from_str(&std::fs::read_to_string(d.join("ems-edge-data/seq.json")).unwrap())
-            .unwrap();
+    let seq = edge_sequence_numbers(d);
     assert!(
         seq.values().all(|&n| n >= 50),
         "the edge polled throughout: {seq:?}"
     );
-    eventually(
-        "every sequence number stored",
-        Duration::from_secs(20),
-        || {
-            let devices = get_json(&http, "/api/v1/devices");
-            let devices = devices.as_array().unwrap();
-            devices.len() == seq.len()
-                && devices
-                    .iter()
-                    .all(|d| d["last_seq"].as_u64() == seq.get(d["id"].as_str().unwrap()).copied())
-        },
-    );
-    for dev in get_json(&http, "/api/v1/devices").as_array().unwrap() {
-        let id = dev["id"].as_str().unwrap();
-        assert_eq!(dev["missing"], 0, "{dev}");
-        assert_eq!(
-            dev["messages"].as_u64(),
-            seq.get(id).copied(),
-            "each number stored once: {dev}"
-        );
-    }
+    assert_stored_exactly_once(&http, &seq);
 
     assert!(
         gateway.terminate(Duration::from_secs(20)).success(),

@@ -35,7 +35,7 @@ fn mbpoll(link: &[&str], unit: u8, table: u8, addr: u16, count: u16) -> Result<V
     let out = Command::new("mbpoll")
         .args(&args)
         .output()
-        .expect("mbpoll is installed (tests/run installs it)");
+        .expect("mbpoll is installed (tests/run.sh installs it)");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let regs: Vec<u16> = text
