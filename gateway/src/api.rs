@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/limits", get(limits))
         .route("/api/v1/integrity", get(integrity))
         .route("/api/v1/anomalies", get(anomalies))
+        .route("/api/v1/samples.csv", get(samples_csv))
         .route("/api/v1/events", get(events))
         .with_state(state)
 }
@@ -210,6 +211,30 @@ async fn coefficients(State(s): State<AppState>) -> ApiResult<serde_json::Value>
         "electricity_basis": s.plant.config.accounting.electricity,
         "carriers": c.all().collect::<Vec<_>>(),
     })))
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    device: Option<String>,
+    from: String,
+    to: String,
+}
+
+/// Raw samples of any range as CSV (one device, or all).
+async fn samples_csv(
+    State(s): State<AppState>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let (from, to) = (parse_time("from", &q.from)?, parse_time("to", &q.to)?);
+    let reader = s.reader.clone();
+    let body = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        reader.export_csv(q.device.as_deref(), from, to, &mut out)?;
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
 }
 
 async fn anomalies(

@@ -26,6 +26,28 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Copy the database while the gateway may be running (SQLite online backup), and check the copy.
+    Backup {
+        #[arg(long)]
+        config: PathBuf,
+        /// The new file to write; never overwritten.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Write raw samples of a range as CSV (device, seq, point, time, value, quality).
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        /// RFC 3339 start (inclusive).
+        #[arg(long)]
+        from: String,
+        /// RFC 3339 end (exclusive).
+        #[arg(long)]
+        to: String,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Run a simulated plant, an edge agent, an embedded broker and the gateway in one process.
     Demo {
         /// Dashboard and API address.
@@ -78,6 +100,32 @@ async fn run() -> anyhow::Result<()> {
             let now = Arc::new(|| chrono::Utc::now().timestamp_millis());
             ems_gateway::serve(plant, listener, now, None, shutdown).await?;
             tracing::info!("Gateway stopped.");
+        }
+        Command::Backup { config, to } => {
+            let plant = Plant::load(&config)?;
+            let messages = ems_gateway::store::Store::backup(&plant.config.storage.path, &to)?;
+            println!("Backup {}: {messages} messages, integrity ok", to.display());
+        }
+        Command::Export {
+            config,
+            from,
+            to,
+            device,
+        } => {
+            let plant = Plant::load(&config)?;
+            let time = |name: &str, t: &str| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.timestamp_millis())
+                    .with_context(|| format!("--{name} {t}: not an RFC 3339 time"))
+            };
+            let store = ems_gateway::store::Store::open(&plant.config.storage.path)?;
+            let n = store.reader()?.export_csv(
+                device.as_deref(),
+                time("from", &from)?,
+                time("to", &to)?,
+                std::io::stdout().lock(),
+            )?;
+            tracing::info!(rows = n, "Exported.");
         }
         Command::Demo { http, speed, data } => {
             ems_gateway::demo::run(

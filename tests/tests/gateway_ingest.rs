@@ -289,3 +289,112 @@ fn bad_input_is_quarantined_counted_and_does_not_disturb_good_messages() {
     );
     assert!(gateway.terminate(Duration::from_secs(20)).success());
 }
+
+#[test]
+fn a_backup_taken_while_running_holds_what_was_stored_and_exports_as_csv() {
+    let dir = TempDir::new("backup");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let sim = Proc::start(
+        &bin("ems-sim"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--speed",
+            "60",
+            "--start",
+            &start,
+        ],
+        d,
+    );
+    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+    write_gateway_config(d, broker.port);
+    let (mut gateway, http) = start_gateway(d);
+    write_edge_config(d, &sim_addr, broker.port, 100);
+    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // While the edge publishes and the gateway commits.
+    let mut backup = Proc::start(
+        &bin("ems-gateway"),
+        &["backup", "--config", "gateway.toml", "--to", "copy.db"],
+        d,
+    );
+    assert!(
+        backup.wait(Duration::from_secs(30)).success(),
+        "{}",
+        backup.stderr()
+    );
+    let said = backup.wait_line("Backup ", Duration::from_secs(1));
+    let copied: u64 = said
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(copied > 100, "{said}");
+
+    // The copy is a working database: export its samples with a config that points at it.
+    let text = std::fs::read_to_string(d.join("gateway.toml")).unwrap();
+    std::fs::write(
+        d.join("copy.toml"),
+        text.replace("path = \"gw.db\"", "path = \"copy.db\""),
+    )
+    .unwrap();
+    let (from, to) = (
+        (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339(),
+        chrono::Utc::now().to_rfc3339(),
+    );
+    let mut export = Proc::start(
+        &bin("ems-gateway"),
+        &[
+            "export",
+            "--config",
+            "copy.toml",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--device",
+            "bf1-coke",
+        ],
+        d,
+    );
+    assert!(
+        export.wait(Duration::from_secs(30)).success(),
+        "{}",
+        export.stderr()
+    );
+    let mut lines = Vec::new();
+    while let Some(l) = export.next_line(Duration::from_millis(200)) {
+        lines.push(l);
+    }
+    assert_eq!(lines[0], "device,seq,point,time,value,quality");
+    let totals: Vec<&String> = lines.iter().filter(|l| l.contains(",total_t,")).collect();
+    assert!(
+        totals.len() > 3
+            && totals
+                .iter()
+                .all(|l| l.starts_with("bf1-coke,") && l.ends_with(",good")),
+        "{lines:?}"
+    );
+
+    // The live gateway serves the same columns over HTTP, and has at least as much.
+    assert!(edge.terminate(Duration::from_secs(20)).success());
+    let q = |t: &str| t.replace('+', "%2B");
+    let live = get_text(
+        &http,
+        &format!(
+            "/api/v1/samples.csv?device=bf1-coke&from={}&to={}",
+            q(&from),
+            q(&to)
+        ),
+    );
+    assert!(live.starts_with("device,seq,point,time,value,quality\n"));
+    assert!(live.lines().filter(|l| l.contains(",total_t,")).count() >= totals.len());
+    assert!(gateway.terminate(Duration::from_secs(20)).success());
+}
