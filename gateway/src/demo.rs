@@ -70,21 +70,24 @@ dynamic_filters = true
 /// Waits (up to ten seconds) until the gateway holds the last sequence number the edge gave
 /// each device, so stopping the gateway leaves nothing in the embedded broker.
 async fn wait_until_stored(data_dir: &std::path::Path) {
-    let check = || -> anyhow::Result<bool> {
-        let seq = ems_edge::seq::SeqStore::open(&data_dir.join("edge"))?;
-        let reader = crate::store::Store::open(&data_dir.join("ems-gateway.db"))?.reader()?;
-        Ok(reader
-            .devices()?
-            .iter()
-            .all(|d| d.last_seq as u64 >= seq.last(&d.id)))
+    // The edge has stopped: its numbers are final. The gateway's grow as it commits.
+    let opened = ems_edge::seq::SeqStore::open(&data_dir.join("edge")).and_then(|seq| {
+        Ok((
+            seq,
+            crate::store::Store::open(&data_dir.join("ems-gateway.db"))?.reader()?,
+        ))
+    });
+    let (seq, reader) = match opened {
+        Ok(both) => both,
+        Err(e) => {
+            return tracing::warn!(error = %e, "Cannot compare edge and gateway sequence numbers.")
+        }
     };
     for _ in 0..100 {
-        match check() {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot compare edge and gateway sequence numbers.")
-            }
+        match reader.devices() {
+            Ok(devices) if devices.iter().all(|d| d.last_seq as u64 >= seq.last(&d.id)) => return,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Cannot read the gateway's ledger."),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

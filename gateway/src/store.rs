@@ -726,11 +726,6 @@ impl Reader {
             rows.collect()
         })
     }
-
-    /// Poll time of the newest sample stored, if any.
-    pub fn newest_sample_ms(&self) -> anyhow::Result<Option<i64>> {
-        self.with(|c| c.query_row("SELECT MAX(last_ts_ms) FROM devices", [], |r| r.get(0)))
-    }
 }
 
 pub fn rfc3339(ms: i64) -> String {

@@ -30,7 +30,6 @@ enum Happening {
 
 pub struct Plant {
     scenario: Scenario,
-    start_ms: i64,
     /// Simulated time up to which the models are integrated.
     now_ms: i64,
     /// Start of the truth interval being accumulated.
@@ -78,7 +77,6 @@ impl Plant {
             .collect();
         let mut plant = Plant {
             scenario,
-            start_ms,
             now_ms: start_ms,
             interval_start_ms: start_ms,
             interval,
@@ -104,10 +102,6 @@ impl Plant {
 
     pub fn now_ms(&self) -> i64 {
         self.now_ms
-    }
-
-    pub fn start_ms(&self) -> i64 {
-        self.start_ms
     }
 
     pub fn faults(&self) -> &[Fault] {
@@ -248,7 +242,7 @@ impl Plant {
                             self.scenario.meters[m].replaced = Some((total, reading));
                             self.wraps[m] = 0;
                         }
-                        FaultKind::Freeze => self.frozen[m] = Some(self.reading(m)),
+                        FaultKind::Freeze => self.frozen[m] = Some(self.shown(m)),
                         _ => {}
                     }
                 }
@@ -361,10 +355,6 @@ impl Plant {
 
     /// What meter `m` shows now, faults included.
     pub fn shown(&self, m: usize) -> Reading {
-        self.reading(m)
-    }
-
-    fn reading(&self, m: usize) -> Reading {
         let meter = &self.scenario.meters[m];
         if let Some(frozen) = self.frozen[m] {
             return Reading {
@@ -401,7 +391,7 @@ impl Plant {
         let meter = &self.scenario.meters[m];
         meter
             .model
-            .image(self.reading(m))
+            .image(self.shown(m))
             .read(table, addr, count)
             .ok_or(ExceptionCode::IllegalDataAddress)
     }

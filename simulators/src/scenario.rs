@@ -22,7 +22,9 @@ pub const BUILT_IN: &[(&str, &str)] = &[
 #[serde(deny_unknown_fields)]
 struct ScenarioFile {
     name: String,
+    /// For people reading the file; the simulator does not use it.
     #[serde(default)]
+    #[allow(dead_code)]
     description: String,
     #[serde(default = "default_seed")]
     seed: u64,
@@ -68,6 +70,8 @@ fn default_seed() -> u64 {
 #[serde(deny_unknown_fields)]
 struct UnitConf {
     id: Spanned<String>,
+    /// For people reading the file (and the gateway config that mirrors it).
+    #[allow(dead_code)]
     name: String,
     kind: UnitKind,
     capacity_t_per_h: f64,
@@ -94,11 +98,8 @@ fn default_model() -> MeterModel {
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
-    pub description: String,
     pub seed: u64,
     pub units: Vec<UnitModel>,
-    /// Display names of the units, same order as `units`.
-    pub unit_names: Vec<String>,
     pub meters: Vec<Meter>,
     /// (unit index, hours after start, state).
     pub schedule: Vec<(usize, f64, State)>,
@@ -129,7 +130,6 @@ impl Scenario {
         let file: ScenarioFile = src.parse()?;
         let mut unit_ids = HashSet::new();
         let mut units = Vec::new();
-        let mut unit_names = Vec::new();
         for (i, u) in file.units.iter().enumerate() {
             if !unit_ids.insert(u.id.get_ref().clone()) {
                 return Err(src.error_at(
@@ -150,7 +150,6 @@ impl Scenario {
                 u.capacity_t_per_h,
                 unit_seed(file.seed, i),
             ));
-            unit_names.push(u.name.clone());
         }
         let mut devices = HashSet::new();
         let mut addresses = HashSet::new();
@@ -255,10 +254,8 @@ impl Scenario {
             schedule,
             faults: file.faults,
             name: file.name,
-            description: file.description,
             seed: file.seed,
             units,
-            unit_names,
             meters,
         })
     }

@@ -12,26 +12,12 @@ fn sigkill_the_gateway_again_and_again_loses_nothing() {
     let dir = TempDir::new("sigkill");
     let d = dir.path();
     let broker = Mosquitto::start(d);
-    // Simulated time starts an hour back so it stays behind the gateway's real clock (a poll
-    // time from the future is quarantined, rightly).
-    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    let sim = Proc::start(
-        &bin("ems-sim"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--speed",
-            "60",
-            "--start",
-            &start,
-        ],
-        d,
-    );
-    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
-    write_gateway_config(d, broker.port);
-    let (mut gateway, _) = start_gateway(d);
-    write_edge_config(d, &sim_addr, broker.port, 100);
-    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    let Pipeline {
+        sim: _sim,
+        mut gateway,
+        http: _,
+        mut edge,
+    } = start_pipeline(d, broker.port);
     for round in 0..4 {
         // Killed mid-batch: whatever it had not committed was never acknowledged.
         std::thread::sleep(Duration::from_millis(1_500 + 300 * round));
@@ -86,24 +72,12 @@ fn a_broker_stopped_and_restarted_mid_stream_loses_nothing() {
     let dir = TempDir::new("broker");
     let d = dir.path();
     let mut broker = Mosquitto::start_persistent(d);
-    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    let sim = Proc::start(
-        &bin("ems-sim"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--speed",
-            "60",
-            "--start",
-            &start,
-        ],
-        d,
-    );
-    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
-    write_gateway_config(d, broker.port);
-    let (mut gateway, http) = start_gateway(d);
-    write_edge_config(d, &sim_addr, broker.port, 100);
-    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    let Pipeline {
+        sim: _sim,
+        mut gateway,
+        http,
+        mut edge,
+    } = start_pipeline(d, broker.port);
     std::thread::sleep(Duration::from_secs(2));
     // The broker goes away for a while: the edge keeps polling into its outbox, the gateway
     // keeps trying to reconnect.
@@ -295,24 +269,12 @@ fn a_backup_taken_while_running_holds_what_was_stored_and_exports_as_csv() {
     let dir = TempDir::new("backup");
     let d = dir.path();
     let broker = Mosquitto::start(d);
-    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    let sim = Proc::start(
-        &bin("ems-sim"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--speed",
-            "60",
-            "--start",
-            &start,
-        ],
-        d,
-    );
-    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
-    write_gateway_config(d, broker.port);
-    let (mut gateway, http) = start_gateway(d);
-    write_edge_config(d, &sim_addr, broker.port, 100);
-    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    let Pipeline {
+        sim: _sim,
+        mut gateway,
+        http,
+        mut edge,
+    } = start_pipeline(d, broker.port);
     std::thread::sleep(Duration::from_secs(3));
 
     // While the edge publishes and the gateway commits.
