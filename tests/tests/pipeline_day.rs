@@ -66,7 +66,7 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
             .unwrap_or(false)
     });
 
-    // A real second more (24 simulated minutes), so the last hour is fully covered by samples.
+    // A real second more (24 simulated minutes), so that hour 23 is not the last with data.
     std::thread::sleep(Duration::from_secs(1));
     // SIGTERM: the edge stops polling and delivers everything it read.
     assert!(
@@ -107,12 +107,17 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
         );
         let hours = hours.as_array().unwrap();
         assert_eq!(hours.len(), 24, "{id}");
-        // Full hours, each with its truth.
-        let full: Vec<(&Value, &Value)> = hours
+        // The hours between the edge's first and last, each with its truth. The first and the
+        // last hour with data hold less than the truth by the part before the first poll or
+        // after the last. A stall of the edge under load only lowers an hour's coverage (its
+        // delta still counts, marked estimated), so inner hours need only be reportable.
+        let with_data: Vec<usize> = (0..hours.len())
+            .filter(|&i| hours[i]["completeness"].as_f64().unwrap() > 0.0)
+            .collect();
+        let (first, last) = (with_data[0], *with_data.last().unwrap());
+        let full: Vec<(&Value, &Value)> = hours[first + 1..last]
             .iter()
-            // Only fully covered hours: a partial one (before the edge's first poll) holds less
-            // than the truth by the part it missed.
-            .filter(|h| h["completeness"].as_f64().unwrap() >= 0.9999)
+            .filter(|h| h["reportable"] == true)
             .map(|h| {
                 let start =
                     chrono::DateTime::parse_from_rfc3339(h["start"].as_str().unwrap()).unwrap();
@@ -129,7 +134,7 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
             })
             .collect();
         assert!(
-            full.len() >= 22,
+            full.len() >= 20,
             "{id}: only {} full hours to compare",
             full.len()
         );
