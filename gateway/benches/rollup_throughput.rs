@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use ems_core::wire::{PointValue, Telemetry};
 use ems_core::Quality;
-use ems_gateway::accounting::CounterRule;
+use ems_gateway::accounting::{CounterRule, GapFill};
 use ems_gateway::store::{AccountingRules, Incoming, Store};
 
 fn main() {
@@ -31,6 +31,7 @@ fn main() {
                 rollover: Some(100_000_000.0),
                 max_rate_per_h: Some(1e9),
                 frozen_after_ms: 3_600_000,
+                fill: GapFill::Rate,
             };
             tracked.insert((format!("m{d}"), p.to_string()), rule);
         }

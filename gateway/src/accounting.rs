@@ -46,6 +46,19 @@ pub fn counter_delta(prev: f64, next: f64, rollover: Option<f64>) -> Option<f64>
     (prev <= r && next >= 0.0).then_some(r - prev + next)
 }
 
+/// How an interval the counter cannot measure (a meter restarted or jumped) is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GapFill {
+    /// At the counter's recent rate (an hour-weighted average of its measured intervals),
+    /// never below what a restarted meter has counted since zero. Marked estimated.
+    #[default]
+    Rate,
+    /// Not filled: a restarted meter's count since zero is all that is taken (marked
+    /// estimated), and a jump's interval is left uncovered, lowering completeness.
+    None,
+}
+
 /// How a counter point's readings turn into intervals, and what looks wrong with them.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CounterRule {
@@ -55,6 +68,7 @@ pub struct CounterRule {
     pub max_rate_per_h: Option<f64>,
     /// A counter that has not moved for this long is flagged frozen.
     pub frozen_after_ms: i64,
+    pub fill: GapFill,
 }
 
 /// The state of one counter point between readings.
@@ -66,16 +80,20 @@ pub struct CounterTrack {
     pub rejected: u32,
     /// When the counter last changed.
     pub changed_ms: i64,
+    /// Recent rate of the measured intervals, per hour (what [`GapFill::Rate`] fills with).
+    pub rate_per_h: Option<f64>,
 }
 
 /// After this many rejected readings in a row the counter has really moved: start afresh.
 const MAX_REJECTED: u32 = 3;
+/// The recent rate forgets with this time constant.
+const RATE_TIME_CONSTANT_H: f64 = 1.0;
 
 /// What one reading did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CounterEvent {
-    /// An interval to add to the slots. `bridged`: the counter restarted (meter replaced or
-    /// reset) and only the new count since zero is known; the interval is estimated.
+    /// An interval to add to the slots. `bridged`: not measured by the counter (a restart or a
+    /// jump, see [`GapFill`]); it counts but is estimated.
     Interval {
         from_ms: i64,
         to_ms: i64,
@@ -84,8 +102,11 @@ pub enum CounterEvent {
     },
     /// Rejected: the rate it implies exceeds the flow's maximum.
     Spike { rate_per_h: f64 },
-    /// Several rejected readings agree: the counter jumped for good; counting resumes from
-    /// there and the interval is left unmeasured.
+    /// The counter went back to near zero: a meter replaced or reset. Counting resumes from
+    /// the new reading; the interval is bridged.
+    Restart { from: f64, to: f64 },
+    /// Several rejected readings in a row: the counter jumped for good; counting resumes from
+    /// there and the interval is bridged (or left unmeasured with [`GapFill::None`]).
     Jump { from: f64, to: f64 },
     /// The counter has not moved for longer than allowed.
     Frozen { since_ms: i64 },
@@ -98,8 +119,8 @@ impl CounterTrack {
         let Some((t0, v0)) = self.anchor else {
             *self = CounterTrack {
                 anchor: Some((ts_ms, value)),
-                rejected: 0,
                 changed_ms: ts_ms,
+                ..*self
             };
             return out;
         };
@@ -108,16 +129,49 @@ impl CounterTrack {
         }
         let hours = (ts_ms - t0) as f64 / HOUR_MS as f64;
         let too_fast = |d: f64| rule.max_rate_per_h.is_some_and(|max| d / hours > max);
-        let (delta, bridged) = match counter_delta(v0, value, rule.rollover) {
-            Some(d) => (d, false),
-            // Backwards without a rollover: a replaced or reset meter, counting from zero.
-            None => (value.max(0.0), true),
+        let bridge = |counted: f64, rate: Option<f64>| CounterEvent::Interval {
+            from_ms: t0,
+            to_ms: ts_ms,
+            delta: match (rule.fill, rate) {
+                (GapFill::Rate, Some(rate)) => (rate * hours).max(counted),
+                _ => counted,
+            },
+            bridged: true,
         };
-        if too_fast(delta) {
+        let wrap_or_forward = counter_delta(v0, value, rule.rollover);
+        if let Some(delta) = wrap_or_forward.filter(|d| !too_fast(*d)) {
+            out.push(CounterEvent::Interval {
+                from_ms: t0,
+                to_ms: ts_ms,
+                delta,
+                bridged: false,
+            });
+            let w = 1.0 - (-hours / RATE_TIME_CONSTANT_H).exp();
+            let rate = delta / hours;
+            self.rate_per_h = Some(self.rate_per_h.map_or(rate, |r| r + (rate - r) * w));
+            if value != v0 {
+                self.changed_ms = ts_ms;
+            } else if rule.frozen_after_ms > 0
+                && t0 - self.changed_ms <= rule.frozen_after_ms
+                && ts_ms - self.changed_ms > rule.frozen_after_ms
+            {
+                out.push(CounterEvent::Frozen {
+                    since_ms: self.changed_ms,
+                });
+            }
+        } else if value < v0 && value >= 0.0 && !too_fast(value) {
+            // Backwards, and not a wrap the flow could have made: a new meter counting from zero.
+            out.push(CounterEvent::Restart {
+                from: v0,
+                to: value,
+            });
+            out.push(bridge(value, self.rate_per_h));
+            self.changed_ms = ts_ms;
+        } else {
             self.rejected += 1;
             if self.rejected < MAX_REJECTED {
                 out.push(CounterEvent::Spike {
-                    rate_per_h: delta / hours,
+                    rate_per_h: wrap_or_forward.unwrap_or(value) / hours,
                 });
                 return out;
             }
@@ -125,28 +179,10 @@ impl CounterTrack {
                 from: v0,
                 to: value,
             });
-            *self = CounterTrack {
-                anchor: Some((ts_ms, value)),
-                rejected: 0,
-                changed_ms: ts_ms,
-            };
-            return out;
-        }
-        out.push(CounterEvent::Interval {
-            from_ms: t0,
-            to_ms: ts_ms,
-            delta,
-            bridged,
-        });
-        if value != v0 {
+            if rule.fill == GapFill::Rate && self.rate_per_h.is_some() {
+                out.push(bridge(0.0, self.rate_per_h));
+            }
             self.changed_ms = ts_ms;
-        } else if rule.frozen_after_ms > 0
-            && t0 - self.changed_ms <= rule.frozen_after_ms
-            && ts_ms - self.changed_ms > rule.frozen_after_ms
-        {
-            out.push(CounterEvent::Frozen {
-                since_ms: self.changed_ms,
-            });
         }
         self.anchor = Some((ts_ms, value));
         self.rejected = 0;
@@ -536,6 +572,7 @@ mod tests {
             rollover: Some(1_000.0),
             max_rate_per_h: Some(100.0),
             frozen_after_ms: 2 * HOUR_MS,
+            fill: GapFill::Rate,
         }
     }
 
@@ -610,6 +647,63 @@ mod tests {
         assert!(slots
             .iter()
             .all(|(_, p)| p.covered_ms == 0 && p.estimated == p.delta));
+    }
+
+    #[test]
+    fn a_replaced_meter_is_told_from_a_wrap_and_filled_at_the_recent_rate() {
+        // Rollover at 1 000 declared, at most 100 an hour, steady 40 an hour.
+        let mut t = CounterTrack::default();
+        let r = rule();
+        for h in 0..=3 {
+            t.push(h * HOUR_MS, 500.0 + 40.0 * h as f64, &r);
+        }
+        // A new meter reads 10 an hour later. As a wrap that would be 1 000 - 620 + 10 = 390
+        // in an hour: more than the flow can do, so it is a restart.
+        let e = t.push(4 * HOUR_MS, 10.0, &r);
+        assert!(
+            matches!(
+                e[0],
+                CounterEvent::Restart {
+                    from: 620.0,
+                    to: 10.0
+                }
+            ),
+            "{e:?}"
+        );
+        let filled = intervals(&e);
+        assert_eq!(filled.len(), 1);
+        assert!(
+            (filled[0].0 - 40.0).abs() < 1e-9 && filled[0].1,
+            "{filled:?}"
+        );
+        // And counting goes on from the new meter's reading.
+        assert_eq!(
+            intervals(&t.push(5 * HOUR_MS, 50.0, &r)),
+            vec![(40.0, false)]
+        );
+        // A real wrap near the top stays a measured interval.
+        let mut t = CounterTrack::default();
+        t.push(0, 980.0, &r);
+        assert_eq!(intervals(&t.push(HOUR_MS, 20.0, &r)), vec![(40.0, false)]);
+    }
+
+    #[test]
+    fn a_jump_is_filled_at_the_recent_rate_or_left_open_as_declared() {
+        let run = |fill: GapFill| {
+            let r = CounterRule { fill, ..rule() };
+            let mut t = CounterTrack::default();
+            t.push(0, 100.0, &r);
+            t.push(HOUR_MS, 130.0, &r);
+            (2..=4)
+                .flat_map(|h| t.push(h * HOUR_MS, 900.0 + h as f64, &r))
+                .collect::<Vec<_>>()
+        };
+        let filled = run(GapFill::Rate);
+        assert!(matches!(filled[2], CounterEvent::Jump { .. }), "{filled:?}");
+        // From the last good reading (1 h) to the jump's (4 h): three hours at 30 an hour.
+        assert_eq!(intervals(&filled), vec![(90.0, true)]);
+        let open = run(GapFill::None);
+        assert!(intervals(&open).is_empty(), "{open:?}");
     }
 
     #[test]

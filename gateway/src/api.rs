@@ -5,15 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::accounting::{buckets, indicators, Indicator, Period, HOUR_MS};
+use crate::alarms::{AckOutcome, AlarmBook, AlarmRow};
 use crate::config::Plant;
 use crate::ingest::NowFn;
 use crate::metrics::Metrics;
@@ -23,6 +25,7 @@ use crate::store::Reader;
 pub struct AppState {
     pub plant: Arc<Plant>,
     pub reader: Arc<Reader>,
+    pub alarms: Arc<std::sync::Mutex<AlarmBook>>,
     pub metrics: Arc<Metrics>,
     pub committed: broadcast::Sender<()>,
     pub now: NowFn,
@@ -35,6 +38,13 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// No or an unknown operator token.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
 }
@@ -44,6 +54,9 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "API request failed.");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -72,6 +85,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/limits", get(limits))
         .route("/api/v1/integrity", get(integrity))
         .route("/api/v1/anomalies", get(anomalies))
+        .route("/api/v1/alarms", get(alarms))
+        .route("/api/v1/alarms/:id/ack", post(ack_alarm))
         .route("/api/v1/samples.csv", get(samples_csv))
         .route("/api/v1/events", get(events))
         .with_state(state)
@@ -265,6 +280,88 @@ async fn limits(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
         "limits": l.limits().collect::<Vec<_>>(),
         "water_quotas": l.quotas().collect::<Vec<_>>(),
     })))
+}
+
+#[derive(Deserialize)]
+struct AlarmQuery {
+    /// Only alarms still open or not yet acknowledged.
+    #[serde(default)]
+    pending: bool,
+    limit: Option<i64>,
+}
+
+async fn alarms(
+    State(s): State<AppState>,
+    Query(q): Query<AlarmQuery>,
+) -> ApiResult<Vec<AlarmRow>> {
+    let limit = q.limit.unwrap_or(200).clamp(1, 10_000);
+    let book = s.alarms.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        book.lock()
+            .expect("alarm book lock poisoned")
+            .list(q.pending, limit)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(rows))
+}
+
+/// The operator whose bearer token the request carries.
+fn operator(s: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let operators = &s.plant.config.http.operators;
+    if operators.is_empty() {
+        return Err(ApiError::Forbidden(
+            "no operators are configured ([http.operators]); nothing can be changed through the API".into(),
+        ));
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("an operator's bearer token is required".into()))?;
+    operators
+        .iter()
+        .find(|(_, t)| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                t.as_bytes(),
+                token.as_bytes(),
+            ))
+        })
+        .map(|(name, _)| name.clone())
+        .ok_or_else(|| ApiError::Unauthorized("unknown operator token".into()))
+}
+
+async fn ack_alarm(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> ApiResult<AlarmRow> {
+    let by = operator(&s, &headers)?;
+    let (book, now_ms) = (s.alarms.clone(), (s.now)());
+    let outcome = tokio::task::spawn_blocking(move || {
+        book.lock()
+            .expect("alarm book lock poisoned")
+            .ack(id, &by, now_ms)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    match outcome {
+        AckOutcome::Acked(row) => {
+            tracing::info!(
+                id,
+                by = row.acked_by.as_deref().unwrap_or(""),
+                "Alarm acknowledged."
+            );
+            let _ = s.committed.send(());
+            Ok(Json(row))
+        }
+        AckOutcome::AlreadyAcked(row) => Err(ApiError::Conflict(format!(
+            "alarm {id} was already acknowledged by {} at {}",
+            row.acked_by.unwrap_or_default(),
+            row.acked.unwrap_or_default()
+        ))),
+        AckOutcome::NotFound => Err(ApiError::NotFound(format!("no alarm {id}"))),
+    }
 }
 
 /// Server-sent events: `update` after new data is committed, at most once a second.

@@ -19,6 +19,8 @@ pub struct GatewayConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub accounting: AccountingConfig,
+    #[serde(default)]
+    pub alarms: AlarmsConfig,
     pub units: Vec<UnitConfig>,
 }
 
@@ -62,14 +64,81 @@ pub struct StorageConfig {
 pub struct HttpConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Operators and their bearer tokens: acknowledging alarms needs one. Viewing needs none.
+    #[serde(default)]
+    pub operators: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_listen(),
+            operators: Default::default(),
         }
     }
+}
+
+/// When alarms are raised and cleared (see `alarms.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmsConfig {
+    /// Real seconds between evaluations.
+    #[serde(default = "default_check_every_s")]
+    pub check_every_s: f64,
+    /// Unit figures are judged over this many trailing hours (whole 15-minute slots).
+    #[serde(default = "default_window_h")]
+    pub window_h: u32,
+    /// "Near the limit": within this percentage of the limit's magnitude below it.
+    #[serde(default = "default_near_limit_pct")]
+    pub near_limit_pct: f64,
+    /// An alarm clears only once the figure is this percentage (of the threshold's magnitude)
+    /// back below its threshold, so a figure hovering at the threshold does not flap.
+    #[serde(default = "default_hysteresis_pct")]
+    pub hysteresis_pct: f64,
+    /// A device with no good reading for this long (plant time) is offline.
+    #[serde(default = "default_offline_after_s")]
+    pub offline_after_s: u64,
+    /// What "now" is for alarms: the gateway's clock, or the newest poll time received (for
+    /// replayed or simulated plants whose time is not the wall clock's).
+    #[serde(default)]
+    pub clock: AlarmClock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmClock {
+    #[default]
+    Wall,
+    Data,
+}
+
+impl Default for AlarmsConfig {
+    fn default() -> Self {
+        AlarmsConfig {
+            check_every_s: default_check_every_s(),
+            window_h: default_window_h(),
+            near_limit_pct: default_near_limit_pct(),
+            hysteresis_pct: default_hysteresis_pct(),
+            offline_after_s: default_offline_after_s(),
+            clock: AlarmClock::default(),
+        }
+    }
+}
+
+fn default_check_every_s() -> f64 {
+    10.0
+}
+fn default_window_h() -> u32 {
+    24
+}
+fn default_near_limit_pct() -> f64 {
+    5.0
+}
+fn default_hysteresis_pct() -> f64 {
+    2.0
+}
+fn default_offline_after_s() -> u64 {
+    600
 }
 
 fn default_listen() -> String {
@@ -111,6 +180,10 @@ pub struct AccountingConfig {
     /// A counter unchanged for this long is flagged frozen (0: never).
     #[serde(default = "default_frozen_after_s")]
     pub frozen_after_s: u64,
+    /// How an interval a counter could not measure (a meter restarted or jumped) is filled;
+    /// either way it is marked estimated.
+    #[serde(default)]
+    pub gap_fill: crate::accounting::GapFill,
 }
 
 impl Default for AccountingConfig {
@@ -123,6 +196,7 @@ impl Default for AccountingConfig {
             shifts: default_shifts(),
             max_sample_gap_s: default_max_sample_gap_s(),
             frozen_after_s: default_frozen_after_s(),
+            gap_fill: Default::default(),
         }
     }
 }
@@ -283,6 +357,24 @@ impl Plant {
         shift_starts.dedup();
         if shift_starts.is_empty() {
             return Err(src.error("accounting.shifts", "at least one shift start"));
+        }
+        let a = &config.alarms;
+        if !(a.check_every_s.is_finite() && a.check_every_s > 0.0) {
+            return Err(src.error(
+                "alarms.check_every_s",
+                "must be a positive number of seconds",
+            ));
+        }
+        if a.window_h == 0 {
+            return Err(src.error("alarms.window_h", "at least one hour"));
+        }
+        for (key, pct) in [
+            ("alarms.near_limit_pct", a.near_limit_pct),
+            ("alarms.hysteresis_pct", a.hysteresis_pct),
+        ] {
+            if !(0.0..100.0).contains(&pct) {
+                return Err(src.error(key, "a percentage from 0 to below 100"));
+            }
         }
         let calendar = Calendar {
             tz: utc_offset,

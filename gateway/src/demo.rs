@@ -24,6 +24,19 @@ pub struct DemoOptions {
     pub http: String,
     pub speed: f64,
     pub data_dir: Option<PathBuf>,
+    /// The token of the demo's one operator ("demo"); random when not given.
+    pub operator_token: Option<String>,
+}
+
+/// 128 random bits as hex, from the standard library's randomly seeded hasher.
+fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let part = || {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    format!("{:016x}{:016x}", part(), part())
 }
 
 /// Picks a free TCP port on loopback.
@@ -130,6 +143,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let mut plant = Plant::from_source(&Source::embedded("<demo gateway config>", GATEWAY_CONFIG))?;
     plant.config.mqtt.port = broker_port;
     plant.config.storage.path = data_dir.join("ems-gateway.db");
+    let token = opts.operator_token.unwrap_or_else(random_token);
+    plant
+        .config
+        .http
+        .operators
+        .insert("demo".into(), token.clone());
+    plant.config.alarms.check_every_s = 2.0;
     let gateway_stop = CancellationToken::new();
     let now = Arc::new(move || clock.now_ms());
     let (subscribed_tx, subscribed) = oneshot::channel();
@@ -162,6 +182,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let edge = tokio::spawn(ems_edge::run(site, edge_stop.clone()));
 
     println!("Dashboard: http://{http_addr}/");
+    println!("Operator token (to acknowledge alarms): {token}");
     println!(
         "Simulated plant at {} times real time; data in {}",
         opts.speed,

@@ -2,11 +2,13 @@
 //!
 //! [`ingest`] validates and commits what the edges send ([`store`] keeps it in SQLite);
 //! [`accounting`] turns counters into hourly deltas and unit indicators using the
-//! [`coefficients`] data file and the plant model of [`config`]; [`api`] serves them.
+//! [`coefficients`] data file and the plant model of [`config`]; [`alarms`] watches them and
+//! the ledger; [`api`] serves them.
 //! [`serve`] runs it all with shutdown as a parameter; [`demo`] adds a broker, a simulated
 //! plant and an edge in the same process.
 
 pub mod accounting;
+pub mod alarms;
 pub mod api;
 pub mod coefficients;
 pub mod config;
@@ -42,6 +44,7 @@ pub fn accounting_rules(plant: &Plant) -> AccountingRules {
                     rollover: f.rollover,
                     max_rate_per_h: f.max_rate_per_h,
                     frozen_after_ms: plant.config.accounting.frozen_after_s as i64 * 1000,
+                    fill: plant.config.accounting.gap_fill,
                 },
             )
         })
@@ -75,9 +78,21 @@ pub async fn serve(
         rules: accounting_rules(&plant),
     };
     let plant = Arc::new(plant);
+    let db = &plant.config.storage.path;
+    let alarm_book = Arc::new(std::sync::Mutex::new(alarms::AlarmBook::open(db)?));
+    let alarm_task = tokio::spawn(alarms::run(
+        plant.clone(),
+        Arc::new(alarms::AlarmBook::open(db)?.into()),
+        Arc::new(store.reader()?),
+        now.clone(),
+        metrics.clone(),
+        committed.clone(),
+        shutdown.clone(),
+    ));
     let state = api::AppState {
         plant,
         reader,
+        alarms: alarm_book,
         metrics: metrics.clone(),
         committed: committed.clone(),
         now,
@@ -100,6 +115,8 @@ pub async fn serve(
     .await;
     shutdown.cancel();
     let http_result = http.await.context("HTTP task panicked")?;
+    let alarm_result = alarm_task.await.context("alarm task panicked")?;
     ingest_result?;
+    alarm_result?;
     http_result
 }

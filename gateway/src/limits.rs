@@ -28,6 +28,15 @@ pub enum Figure {
     KwhPerT,
 }
 
+impl Figure {
+    pub fn unit_label(self) -> &'static str {
+        match self {
+            Figure::KgcePerT => "kgce/t",
+            Figure::KwhPerT => "kWh/t",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limit {

@@ -59,6 +59,9 @@ enum Command {
         /// Keep the demo's data here (default: a fresh temporary directory).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Bearer token of the demo operator "demo" (default: random, printed at start).
+        #[arg(long)]
+        operator_token: Option<String>,
     },
 }
 
@@ -127,12 +130,18 @@ async fn run() -> anyhow::Result<()> {
             )?;
             tracing::info!(rows = n, "Exported.");
         }
-        Command::Demo { http, speed, data } => {
+        Command::Demo {
+            http,
+            speed,
+            data,
+            operator_token,
+        } => {
             ems_gateway::demo::run(
                 DemoOptions {
                     http,
                     speed,
                     data_dir: data,
+                    operator_token,
                 },
                 shutdown,
             )

@@ -33,6 +33,9 @@ pub struct Metrics {
     /// 1 while the broker holds the gateway's subscriptions.
     pub subscribed: Gauge,
     pub sessions_lost: Counter,
+    /// Open alarms by kind, from the last evaluation.
+    pub alarms_open: Family<KindLabel, Gauge>,
+    pub alarms_raised: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,6 +54,8 @@ impl Default for Metrics {
             batch_size: Gauge::default(),
             subscribed: Gauge::default(),
             sessions_lost: Counter::default(),
+            alarms_open: Family::default(),
+            alarms_raised: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -103,6 +108,17 @@ impl Default for Metrics {
             "mqtt_sessions_lost",
             "Reconnects on which the broker no longer had the gateway's session (queued messages lost)",
             m.sessions_lost.clone(),
+        );
+        registry.register(
+            "counter_anomalies",
+            "Counter anomalies found at ingest (spike, jump, restart, frozen), by kind",
+            m.anomalies.clone(),
+        );
+        registry.register("alarms_open", "Open alarms, by kind", m.alarms_open.clone());
+        registry.register(
+            "alarms_raised",
+            "Alarms raised, by kind",
+            m.alarms_raised.clone(),
         );
         Metrics { registry, ..m }
     }

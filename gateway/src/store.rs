@@ -14,11 +14,13 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use crate::accounting::{
-    add_event, add_interval, counter_delta, CounterEvent, CounterRule, CounterTrack, PointSlot,
+    add_event, add_interval, counter_delta, CounterEvent, CounterRule, CounterTrack, GapFill,
+    PointSlot,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE messages (
     device TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
     edge TEXT NOT NULL, received_ms INTEGER NOT NULL,
@@ -62,7 +64,24 @@ CREATE TABLE point_slots (
     delta REAL NOT NULL, covered_ms INTEGER NOT NULL, estimated REAL NOT NULL,
     PRIMARY KEY (device, point, slot_ms)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- When each device last delivered a good reading (plant time): what "offline" is judged on.
+ALTER TABLE devices ADD COLUMN last_good_ms INTEGER;
+-- A counter's recent rate, per hour: what fills an interval it could not measure.
+ALTER TABLE counter_state ADD COLUMN rate_per_h REAL;
+CREATE TABLE alarms (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL,
+    raised_ms INTEGER NOT NULL, cleared_ms INTEGER,
+    value REAL, threshold REAL, message TEXT NOT NULL,
+    acked_ms INTEGER, acked_by TEXT,
+    -- For counter anomalies: the anomaly this alarm reports.
+    anomaly_id INTEGER
+);
+-- At most one open alarm per condition.
+CREATE UNIQUE INDEX alarms_open ON alarms (kind, subject) WHERE cleared_ms IS NULL;
+"#,
+];
 
 /// A counter point the accounting follows, with what it needs to take deltas.
 pub type Tracked = CounterRule;
@@ -108,7 +127,7 @@ pub struct Store {
     last: HashMap<(String, String), CounterTrack>,
 }
 
-fn open_conn(path: &Path) -> anyhow::Result<Connection> {
+pub(crate) fn open_conn(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -275,6 +294,7 @@ fn write_telemetry(
 /// Sequence bookkeeping: last number, and the ranges still missing.
 fn update_ledger(tx: &Transaction<'_>, t: &Telemetry, received_ms: i64) -> anyhow::Result<()> {
     let seq = t.seq as i64;
+    let any_good = t.points.iter().any(|p| p.q.is_good() && p.v.is_some());
     let prev: Option<i64> = tx
         .query_row(
             "SELECT last_seq FROM devices WHERE device = ?1",
@@ -285,8 +305,9 @@ fn update_ledger(tx: &Transaction<'_>, t: &Telemetry, received_ms: i64) -> anyho
     match prev {
         None => {
             tx.execute(
-                "INSERT INTO devices (device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
-                params![t.device, t.site, t.edge, seq, t.ts_ms, received_ms],
+                "INSERT INTO devices (device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages, last_good_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, CASE WHEN ?7 THEN ?5 END)",
+                params![t.device, t.site, t.edge, seq, t.ts_ms, received_ms, any_good],
             )?;
             if seq > 1 {
                 // Numbering starts at 1: anything before the first message we saw is missing.
@@ -301,8 +322,9 @@ fn update_ledger(tx: &Transaction<'_>, t: &Telemetry, received_ms: i64) -> anyho
                 )?;
             }
             tx.execute(
-                "UPDATE devices SET last_seq = ?2, last_ts_ms = ?3, last_seen_ms = ?4, messages = messages + 1, site = ?5, edge = ?6 WHERE device = ?1",
-                params![t.device, seq, t.ts_ms, received_ms, t.site, t.edge],
+                "UPDATE devices SET last_seq = ?2, last_ts_ms = ?3, last_seen_ms = ?4, messages = messages + 1, site = ?5, edge = ?6,
+                 last_good_ms = CASE WHEN ?7 THEN ?3 ELSE last_good_ms END WHERE device = ?1",
+                params![t.device, seq, t.ts_ms, received_ms, t.site, t.edge, any_good],
             )?;
         }
         Some(_) => {
@@ -359,9 +381,9 @@ fn account_sample(
         Some(t) => *t,
         None => tx
             .query_row(
-                "SELECT ts_ms, value, rejected, changed_ms FROM counter_state WHERE device = ?1 AND point = ?2",
+                "SELECT ts_ms, value, rejected, changed_ms, rate_per_h FROM counter_state WHERE device = ?1 AND point = ?2",
                 params![key.0, key.1],
-                |r| Ok(CounterTrack { anchor: Some((r.get(0)?, r.get(1)?)), rejected: r.get(2)?, changed_ms: r.get(3)? }),
+                |r| Ok(CounterTrack { anchor: Some((r.get(0)?, r.get(1)?)), rejected: r.get(2)?, changed_ms: r.get(3)?, rate_per_h: r.get(4)? }),
             )
             .optional()?
             .unwrap_or_default(),
@@ -394,10 +416,10 @@ fn account_sample(
         });
         result?;
         let anomaly = match event {
-            CounterEvent::Interval { bridged: false, .. } => None,
-            CounterEvent::Interval { delta, .. } => Some(("restart", format!("counter went back; the new count {delta} is taken from zero and marked estimated"))),
+            CounterEvent::Interval { .. } => None,
+            CounterEvent::Restart { from, to } => Some(("restart", format!("counter went back from {from} to {to} (meter replaced or reset); counting resumes there, the interval is {}", fill_note(rule.fill)))),
             CounterEvent::Spike { rate_per_h } => Some(("spike", format!("reading {value} implies {rate_per_h:.1} per hour, above the flow's maximum; rejected"))),
-            CounterEvent::Jump { from, to } => Some(("jump", format!("counter moved from {from} to {to} and stayed; counting resumes there, the interval is unmeasured"))),
+            CounterEvent::Jump { from, to } => Some(("jump", format!("counter moved from {from} to {to} and stayed; counting resumes there, the interval is {}", fill_note(rule.fill)))),
             CounterEvent::Frozen { since_ms } => Some(("frozen", format!("unchanged since {}", rfc3339(since_ms)))),
         };
         if let Some((kind, detail)) = anomaly {
@@ -410,13 +432,20 @@ fn account_sample(
     }
     if let Some((ts, v)) = track.anchor {
         tx.execute(
-            "INSERT INTO counter_state (device, point, ts_ms, value, rejected, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (device, point) DO UPDATE SET ts_ms = ?3, value = ?4, rejected = ?5, changed_ms = ?6",
-            params![key.0, key.1, ts, v, track.rejected, track.changed_ms],
+            "INSERT INTO counter_state (device, point, ts_ms, value, rejected, changed_ms, rate_per_h) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (device, point) DO UPDATE SET ts_ms = ?3, value = ?4, rejected = ?5, changed_ms = ?6, rate_per_h = ?7",
+            params![key.0, key.1, ts, v, track.rejected, track.changed_ms, track.rate_per_h],
         )?;
     }
     last.insert(key, track);
     Ok(false)
+}
+
+fn fill_note(fill: GapFill) -> &'static str {
+    match fill {
+        GapFill::Rate => "filled at the recent rate and marked estimated",
+        GapFill::None => "not filled (a restart's count since zero is kept, marked estimated)",
+    }
 }
 
 const UPSERT_SLOT: &str = "INSERT INTO point_slots (device, point, slot_ms, delta, covered_ms, estimated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -774,6 +803,7 @@ mod tests {
                 rollover: Some(1_000.0),
                 max_rate_per_h: Some(200.0),
                 frozen_after_ms: 2 * H,
+                fill: GapFill::None,
             },
         );
         AccountingRules {

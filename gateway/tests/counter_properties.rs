@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use ems_core::wire::{PointValue, Telemetry};
 use ems_core::Quality;
-use ems_gateway::accounting::{add_event, apportion, CounterEvent, CounterRule, CounterTrack};
+use ems_gateway::accounting::{
+    add_event, apportion, CounterEvent, CounterRule, CounterTrack, GapFill,
+};
 use ems_gateway::store::{AccountingRules, Incoming, Store};
 use proptest::prelude::*;
 
@@ -16,6 +18,7 @@ fn rule() -> CounterRule {
         rollover: Some(ROLLOVER),
         max_rate_per_h: None,
         frozen_after_ms: 0,
+        fill: GapFill::None,
     }
 }
 

@@ -282,6 +282,26 @@ pub fn get_text(addr: &str, path: &str) -> String {
     resp.body_mut().read_to_string().unwrap()
 }
 
+/// POSTs an empty body, with an operator's bearer token if given; returns the status and the
+/// JSON body (errors too: they carry `{"error": ...}`).
+pub fn post(addr: &str, path: &str, bearer: Option<&str>) -> (u16, serde_json::Value) {
+    let mut req = ureq::post(&format!("http://{addr}{path}"))
+        .config()
+        .http_status_as_error(false)
+        .build();
+    if let Some(token) = bearer {
+        req = req.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut resp = req
+        .send_empty()
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap();
+    let json = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {body}"));
+    (status, json)
+}
+
 /// Polls `check` every 100 ms until it returns true or `timeout` passes.
 pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -305,8 +325,12 @@ pub fn write_config(example: &str, replacements: &[(&str, &str)], to: &Path) {
     std::fs::write(to, text).unwrap();
 }
 
+/// The bearer token of the operator `shift_lead` in the gateway config of the tests.
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
+
 /// Writes `gateway.toml` in `dir`: the demo gateway config on the broker at `mqtt_port`, its
-/// database `gw.db` in `dir`, HTTP on a free port.
+/// database `gw.db` in `dir`, HTTP on a free port, alarms evaluated twice a second on the
+/// simulator's time (the newest poll time), and one operator (`shift_lead`, [`OPERATOR_TOKEN`]).
 pub fn write_gateway_config(dir: &Path, mqtt_port: u16) {
     write_config(
         "gateway/examples/demo.toml",
@@ -314,6 +338,12 @@ pub fn write_gateway_config(dir: &Path, mqtt_port: u16) {
             ("port = 1883", &format!("port = {mqtt_port}")),
             ("path = \"ems-gateway.db\"", "path = \"gw.db\""),
             ("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\""),
+            (
+                "# operators = { shift_lead = \"change-me\" }",
+                &format!("operators = {{ shift_lead = \"{OPERATOR_TOKEN}\" }}"),
+            ),
+            ("check_every_s = 10", "check_every_s = 0.5"),
+            ("clock = \"wall\"", "clock = \"data\""),
         ],
         &dir.join("gateway.toml"),
     );
@@ -353,6 +383,51 @@ pub fn kgce_per_unit(carrier: &str, unit: &str) -> f64 {
         ("converter_gas", "m3") => 7_500.0 / 29_307.0,
         other => panic!("no coefficient for {other:?}"),
     }
+}
+
+/// Comprehensive energy (kgce) of one truth record, computed from the true physical quantities.
+pub fn truth_kgce(rec: &serde_json::Value) -> f64 {
+    let mut kgce = 0.0;
+    for f in rec["flows"].as_array().unwrap() {
+        let sign = match f["role"].as_str().unwrap() {
+            "consumed" => 1.0,
+            "recovered" => -1.0,
+            _ => continue,
+        };
+        kgce += sign
+            * f["qty"].as_f64().unwrap()
+            * kgce_per_unit(f["carrier"].as_str().unwrap(), f["unit"].as_str().unwrap());
+    }
+    kgce
+}
+
+/// Net electricity (kWh) of one truth record: consumed minus recovered.
+pub fn truth_kwh(rec: &serde_json::Value) -> f64 {
+    rec["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["carrier"] == "electricity")
+        .map(|f| {
+            let qty = f["qty"].as_f64().unwrap();
+            assert_eq!(f["unit"], "kWh", "{f}");
+            match f["role"].as_str().unwrap() {
+                "consumed" => qty,
+                "recovered" => -qty,
+                _ => 0.0,
+            }
+        })
+        .sum()
+}
+
+/// The interval records of a truth file.
+pub fn truth_intervals(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["record"] == "interval")
+        .collect()
 }
 
 /// Writes `edge.toml` in `dir`: the demo edge config polling the simulator at `sim_addr` every

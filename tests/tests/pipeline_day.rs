@@ -7,22 +7,6 @@ use std::time::Duration;
 use ems_tests::*;
 use serde_json::Value;
 
-/// Comprehensive energy (kgce) of one truth record, computed from the true physical quantities.
-fn truth_kgce(rec: &Value) -> f64 {
-    let mut kgce = 0.0;
-    for f in rec["flows"].as_array().unwrap() {
-        let sign = match f["role"].as_str().unwrap() {
-            "consumed" => 1.0,
-            "recovered" => -1.0,
-            _ => continue,
-        };
-        kgce += sign
-            * f["qty"].as_f64().unwrap()
-            * kgce_per_unit(f["carrier"].as_str().unwrap(), f["unit"].as_str().unwrap());
-    }
-    kgce
-}
-
 #[test]
 fn a_simulated_day_matches_the_truth_hour_by_hour() {
     let dir = TempDir::new("day");
@@ -84,12 +68,7 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
     }
 
     // Hour by hour, unit energy against the truth.
-    let truth: Vec<Value> = std::fs::read_to_string(&truth_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["record"] == "interval")
-        .collect();
+    let truth = truth_intervals(&truth_path);
     // The day includes a counter wrapping at its display maximum (bf1-bfg-export).
     let raw_truth = std::fs::read_to_string(&truth_path).unwrap();
     assert!(

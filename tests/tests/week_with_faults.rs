@@ -1,0 +1,308 @@
+//! A simulated week of the demo plant with faults, through the real binaries and a real
+//! Mosquitto: counter rollovers, a meter replaced, a meter offline for an hour, and the broker
+//! stopped for about three simulated hours. Every unit's daily kgce/t, kWh/t and m3/t must match
+//! the simulator's truth within 0.5 % on days with full data; the days that lost data must say
+//! so (estimated or not reportable). The faults must also raise the right alarms, on the API and
+//! on the MQTT alarm topic, and acknowledging one needs an operator.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ems_tests::*;
+use serde_json::Value;
+
+/// Simulated start: an hour before the first day compared, so the edge is polling by then.
+const START: &str = "2026-01-04T23:00:00+08:00";
+const DAYS: [&str; 7] = [
+    "2026-01-05",
+    "2026-01-06",
+    "2026-01-07",
+    "2026-01-08",
+    "2026-01-09",
+    "2026-01-10",
+    "2026-01-11",
+];
+/// Hours after START at which day `i` (0-based) begins.
+fn day_h(i: usize) -> f64 {
+    1.0 + 24.0 * i as f64
+}
+
+/// Waits until the truth holds `hours` whole hours of all five units.
+fn wait_for_truth(path: &std::path::Path, hours: f64, timeout: Duration) {
+    let needed = (hours as usize) * 5;
+    eventually(&format!("{hours} simulated hours"), timeout, || {
+        std::fs::read_to_string(path)
+            .map(|t| {
+                t.lines()
+                    .filter(|l| l.contains("\"record\":\"interval\""))
+                    .count()
+                    >= needed
+            })
+            .unwrap_or(false)
+    });
+}
+
+#[derive(Default, Debug)]
+struct Day {
+    kgce: f64,
+    kwh: f64,
+    product_t: f64,
+    water_m3: f64,
+}
+
+#[test]
+fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
+    let dir = TempDir::new("week");
+    let d = dir.path();
+    // Persistent: the gateway's session, and what it holds, survive the broker's restart.
+    let mut broker = Mosquitto::start_persistent(d);
+    let truth_path = d.join("truth.jsonl");
+
+    let faults = [
+        // Day 2, 10:00: the blast furnace's coke scale is replaced; the new one starts at zero.
+        format!(
+            r#"{{ device = "bf1-coke", kind = "replace", at_h = {} }}"#,
+            day_h(1) + 10.0
+        ),
+        // Day 3, 06:00: the kiln's coal meter is offline for an hour.
+        format!(
+            r#"{{ device = "kiln1-coal", kind = "offline", delay_ms = 20, at_h = {}, for_h = 1.0 }}"#,
+            day_h(2) + 6.0
+        ),
+        // Day 4, 12:00: the potline's AC meter wraps (the blast furnace's gas export meter
+        // wraps by itself every few hours).
+        format!(
+            r#"{{ device = "pot1-ac-power", kind = "rollover", at_h = {} }}"#,
+            day_h(3) + 12.0
+        ),
+    ];
+    let mut args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--speed".into(),
+        "2880".into(),
+        "--start".into(),
+        START.into(),
+        "--truth".into(),
+        truth_path.to_str().unwrap().into(),
+    ];
+    for f in &faults {
+        args.push("--fault".into());
+        args.push(f.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut sim = Proc::start(&bin("ems-sim"), &args, d);
+    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+
+    write_gateway_config(d, broker.port);
+    // At 2 880x a poll every 100 ms is 288 simulated seconds; allow a stall of the edge under
+    // CI load up to 30 simulated minutes before an interval counts as a gap.
+    let cfg = d.join("gateway.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("max_sample_gap_s = 900"));
+    std::fs::write(
+        &cfg,
+        text.replace("max_sample_gap_s = 900", "max_sample_gap_s = 1800"),
+    )
+    .unwrap();
+    let (mut gateway, http) = start_gateway(d);
+    write_edge_config(d, &sim_addr, broker.port, 100);
+    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+
+    // Day 5, 08:00: the broker goes away for four real seconds (about three simulated hours).
+    // The edge keeps polling and delivers the backlog when the broker is back.
+    wait_for_truth(&truth_path, day_h(4) + 8.0, Duration::from_secs(240));
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    broker.restart();
+
+    // The week and one hour more.
+    wait_for_truth(&truth_path, day_h(7) + 1.0, Duration::from_secs(240));
+    assert!(
+        edge.terminate(Duration::from_secs(30)).success(),
+        "edge exit; stderr:\n{}",
+        edge.stderr_tail()
+    );
+    let seq = edge_sequence_numbers(d);
+    assert_eq!(seq.len(), 30, "every demo meter was polled");
+    assert_stored_exactly_once(&http, &seq);
+
+    let raw_truth = std::fs::read_to_string(&truth_path).unwrap();
+    for needed in [
+        "\"event\":\"rollover\"",
+        "meter replaced",
+        "offline (exception 0b",
+    ] {
+        assert!(raw_truth.contains(needed), "truth lacks {needed}");
+    }
+
+    // The truth, summed per unit and local day.
+    let mut truth: BTreeMap<(String, String), Day> = BTreeMap::new();
+    for rec in truth_intervals(&truth_path) {
+        let start = chrono::DateTime::parse_from_rfc3339(rec["start"].as_str().unwrap()).unwrap();
+        let day = start.format("%Y-%m-%d").to_string();
+        let t = truth
+            .entry((rec["unit"].as_str().unwrap().to_owned(), day))
+            .or_default();
+        t.kgce += truth_kgce(&rec);
+        t.kwh += truth_kwh(&rec);
+        t.product_t += rec["product_t"].as_f64().unwrap();
+        t.water_m3 += rec["water_m3"].as_f64().unwrap();
+    }
+
+    let mut compared = Vec::new();
+    let mut marked = Vec::new();
+    let mut worst: BTreeMap<String, f64> = BTreeMap::new();
+    for unit in get_json(&http, "/api/v1/units").as_array().unwrap() {
+        let id = unit["id"].as_str().unwrap();
+        let days = get_json(
+            &http,
+            &format!("/api/v1/units/{id}/indicators?period=day&from=2026-01-05T00:00:00%2B08:00&to=2026-01-12T00:00:00%2B08:00"),
+        );
+        let days = days.as_array().unwrap();
+        assert_eq!(days.len(), 7, "{id}");
+        for (day, got) in DAYS.iter().zip(days) {
+            assert!(got["start"].as_str().unwrap().starts_with(day), "{got}");
+            let want = &truth[&(id.to_owned(), day.to_string())];
+            let estimated = got["estimated_share"].as_f64().unwrap();
+            if got["reportable"] != true || estimated > 0.0 {
+                marked.push((id.to_owned(), day.to_string()));
+                continue;
+            }
+            let figures = [
+                (
+                    "kgce/t",
+                    got["kgce_per_t"].as_f64(),
+                    want.kgce / want.product_t,
+                ),
+                (
+                    "kWh/t",
+                    got["kwh_per_t"].as_f64(),
+                    want.kwh / want.product_t,
+                ),
+                (
+                    "m3/t",
+                    got["water_m3_per_t"].as_f64(),
+                    want.water_m3 / want.product_t,
+                ),
+            ];
+            for (name, got_v, want_v) in figures {
+                let got_v = got_v.unwrap_or_else(|| panic!("{id} {day}: no {name}"));
+                let dev = ((got_v - want_v) / want_v).abs();
+                let w = worst.entry(format!("{id} {name}")).or_default();
+                *w = w.max(dev);
+                assert!(
+                    dev < 0.005,
+                    "{id} {day}: {name} {got_v:.4} vs truth {want_v:.4} ({:.3} % off), not marked estimated",
+                    dev * 100.0
+                );
+            }
+            compared.push((id.to_owned(), day.to_string()));
+        }
+    }
+    eprintln!("compared {} unit-days; marked {marked:?}", compared.len());
+    for (k, v) in &worst {
+        eprintln!("worst daily deviation {k}: {:.4} %", v * 100.0);
+    }
+    // The faults that lost data are marked; the broker outage lost nothing (the edge kept what
+    // it read) so that day is complete for every unit.
+    for lost in [("bf1", DAYS[1]), ("kiln1", DAYS[2])] {
+        assert!(
+            marked.contains(&(lost.0.to_owned(), lost.1.to_owned())),
+            "{lost:?} lost data and must be marked estimated or not reportable"
+        );
+    }
+    for unit in ["bf1", "bof1", "rhf1", "kiln1", "pot1"] {
+        assert!(
+            compared.contains(&(unit.to_owned(), DAYS[4].to_owned())),
+            "{unit}: the broker outage day must be complete"
+        );
+    }
+    assert!(
+        compared.len() >= 30,
+        "only {} of 35 unit-days had full data",
+        compared.len()
+    );
+
+    // Alarms: the kiln's coal meter went offline and came back; the coke scale restarted.
+    let alarms = get_json(&http, "/api/v1/alarms?limit=1000");
+    let alarms = alarms.as_array().unwrap();
+    // Oldest first: the edge's stop at the end raises a fresh offline alarm for every meter.
+    let find = |kind: &str, subject: &str| {
+        alarms
+            .iter()
+            .rev()
+            .find(|a| a["kind"] == kind && a["subject"] == subject)
+            .unwrap_or_else(|| panic!("no {kind} alarm for {subject} in {alarms:#?}"))
+            .clone()
+    };
+    let offline = find("device_offline", "kiln1-coal");
+    assert!(offline["cleared"].is_string(), "it came back: {offline}");
+    let restart = find("counter_anomaly", "bf1-coke/total_t");
+    assert!(
+        restart["message"].as_str().unwrap().contains("restart"),
+        "{restart}"
+    );
+    // No sequence gap stays open: the broker outage lost nothing.
+    assert!(
+        !alarms
+            .iter()
+            .any(|a| a["kind"] == "sequence_gap" && a["active"] == true),
+        "{alarms:#?}"
+    );
+
+    // The alarm topic holds the current state of each alarm, retained.
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-t", "ems/v1/alarms/#", "-v", "--retained-only", "-W", "3"])
+        .output()
+        .expect("mosquitto_sub runs");
+    let published = String::from_utf8_lossy(&out.stdout);
+    let line = published
+        .lines()
+        .find(|l| l.starts_with("ems/v1/alarms/device_offline/kiln1-coal "))
+        .unwrap_or_else(|| panic!("no retained alarm for kiln1-coal in:\n{published}"));
+    let payload: Value = serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+    let newest = alarms
+        .iter()
+        .find(|a| a["kind"] == "device_offline" && a["subject"] == "kiln1-coal")
+        .unwrap();
+    assert_eq!(
+        (&payload["id"], &payload["active"]),
+        (&newest["id"], &newest["active"]),
+        "the topic holds the alarm's current state: {payload}"
+    );
+
+    // Acknowledging needs an operator.
+    let path = format!("/api/v1/alarms/{}/ack", offline["id"]);
+    let (status, body) = post(&http, &path, None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post(&http, &path, Some("not-a-token"));
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post(&http, &path, Some(OPERATOR_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["acked_by"], "shift_lead");
+    let (status, body) = post(&http, &path, Some(OPERATOR_TOKEN));
+    assert_eq!(status, 409, "the first acknowledgement stands: {body}");
+    let pending = get_json(&http, "/api/v1/alarms?pending=true&limit=1000");
+    assert!(
+        !pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == offline["id"]),
+        "acknowledged and cleared: no longer pending"
+    );
+    let metrics = get_text(&http, "/metrics");
+    assert!(
+        metrics.contains("ems_gateway_alarms_raised_total{kind=\"device_offline\"}"),
+        "{metrics}"
+    );
+
+    assert!(
+        gateway.terminate(Duration::from_secs(20)).success(),
+        "gateway exit; stderr:\n{}",
+        gateway.stderr_tail()
+    );
+    assert!(sim.terminate(Duration::from_secs(10)).success());
+}
