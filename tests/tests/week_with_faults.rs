@@ -139,7 +139,10 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
     // The truth, summed per unit and local day.
     let mut truth: BTreeMap<(String, String), Day> = BTreeMap::new();
     for rec in truth_intervals(&truth_path) {
-        let start = chrono::DateTime::parse_from_rfc3339(rec["start"].as_str().unwrap()).unwrap();
+        // The truth is in UTC; the plant's days start at local (+08:00) midnight.
+        let start = chrono::DateTime::parse_from_rfc3339(rec["start"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap());
         let day = start.format("%Y-%m-%d").to_string();
         let t = truth
             .entry((rec["unit"].as_str().unwrap().to_owned(), day))
@@ -153,6 +156,7 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
     let mut compared = Vec::new();
     let mut marked = Vec::new();
     let mut worst: BTreeMap<String, f64> = BTreeMap::new();
+    let mut wrong = Vec::new();
     for unit in get_json(&http, "/api/v1/units").as_array().unwrap() {
         let id = unit["id"].as_str().unwrap();
         let days = get_json(
@@ -191,11 +195,12 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
                 let dev = ((got_v - want_v) / want_v).abs();
                 let w = worst.entry(format!("{id} {name}")).or_default();
                 *w = w.max(dev);
-                assert!(
-                    dev < 0.005,
-                    "{id} {day}: {name} {got_v:.4} vs truth {want_v:.4} ({:.3} % off), not marked estimated",
-                    dev * 100.0
-                );
+                if dev >= 0.005 {
+                    wrong.push(format!(
+                        "{id} {day}: {name} {got_v:.4} vs truth {want_v:.4} ({:.3} % off), not marked estimated: {got}",
+                        dev * 100.0
+                    ));
+                }
             }
             compared.push((id.to_owned(), day.to_string()));
         }
@@ -204,6 +209,7 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
     for (k, v) in &worst {
         eprintln!("worst daily deviation {k}: {:.4} %", v * 100.0);
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // The faults that lost data are marked; the broker outage lost nothing (the edge kept what
     // it read) so that day is complete for every unit.
     for lost in [("bf1", DAYS[1]), ("kiln1", DAYS[2])] {
