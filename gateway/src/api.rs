@@ -11,7 +11,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use crate::accounting::{buckets, indicators, Indicator, Period, HOUR_MS};
@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/plant", get(plant))
         .route("/api/v1/units", get(units))
         .route("/api/v1/units/:id/indicators", get(unit_indicators))
         .route("/api/v1/devices", get(devices))
@@ -110,25 +111,40 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-#[derive(Serialize)]
-struct UnitView {
-    id: String,
-    name: String,
-    kind: String,
+async fn units(State(s): State<AppState>) -> ApiResult<Vec<crate::config::Unit>> {
+    Ok(Json(s.plant.units.clone()))
 }
 
-async fn units(State(s): State<AppState>) -> ApiResult<Vec<UnitView>> {
-    Ok(Json(
+/// The hierarchy: enterprise, sites, workshops and the units in each.
+async fn plant(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
+    let units_of = |workshop: &str| -> Vec<&str> {
         s.plant
             .units
             .iter()
-            .map(|u| UnitView {
-                id: u.id.clone(),
-                name: u.name.clone(),
-                kind: u.kind.clone(),
-            })
-            .collect(),
-    ))
+            .filter(|u| u.workshop.as_deref() == Some(workshop))
+            .map(|u| u.id.as_str())
+            .collect()
+    };
+    let enterprise = s.plant.config.enterprise.as_ref();
+    let sites: Vec<_> = enterprise
+        .iter()
+        .flat_map(|e| &e.sites)
+        .map(|site| {
+            let workshops: Vec<_> = site
+                .workshops
+                .iter()
+                .map(
+                    |w| serde_json::json!({ "id": w.id, "name": w.name, "units": units_of(&w.id) }),
+                )
+                .collect();
+            serde_json::json!({ "id": site.id, "name": site.name, "workshops": workshops })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "enterprise": enterprise.map(|e| serde_json::json!({ "name": e.name, "code": e.code })),
+        "sites": sites,
+        "units_outside_workshops": s.plant.units.iter().filter(|u| u.workshop.is_none()).map(|u| &u.id).collect::<Vec<_>>(),
+    })))
 }
 
 #[derive(Deserialize)]

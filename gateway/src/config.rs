@@ -21,7 +21,38 @@ pub struct GatewayConfig {
     pub accounting: AccountingConfig,
     #[serde(default)]
     pub alarms: AlarmsConfig,
+    #[serde(default)]
+    pub enterprise: Option<EnterpriseConfig>,
     pub units: Vec<UnitConfig>,
+}
+
+/// The enterprise the gateway accounts for, and its sites and workshops: the levels above the
+/// process units that reports add up to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnterpriseConfig {
+    pub name: String,
+    /// Unified social credit code (统一社会信用代码).
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub workshops: Vec<WorkshopConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkshopConfig {
+    pub id: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +253,9 @@ pub struct UnitConfig {
     pub name: String,
     /// blast_furnace, converter, kiln, electrolysis, ...
     pub kind: String,
+    /// The workshop (id from `[[enterprise.sites.workshops]]`) the unit belongs to.
+    #[serde(default)]
+    pub workshop: Option<Spanned<String>>,
     pub flows: Vec<FlowConfig>,
     /// Limit standards the unit is judged against (codes from the limits file); the first is
     /// its headline level.
@@ -300,6 +334,8 @@ pub struct Unit {
     pub id: String,
     pub name: String,
     pub kind: String,
+    pub site: Option<String>,
+    pub workshop: Option<String>,
     #[serde(skip)]
     pub flows: Vec<Flow>,
     #[serde(skip)]
@@ -380,6 +416,18 @@ impl Plant {
             tz: utc_offset,
             shift_starts,
         };
+        // Workshop id -> site id.
+        let mut workshops = std::collections::HashMap::new();
+        for (i, site) in config.enterprise.iter().flat_map(|e| &e.sites).enumerate() {
+            for (j, w) in site.workshops.iter().enumerate() {
+                if workshops.insert(w.id.clone(), site.id.clone()).is_some() {
+                    return Err(src.error(
+                        &format!("enterprise.sites[{i}].workshops[{j}].id"),
+                        format!("duplicate workshop id `{}`", w.id),
+                    ));
+                }
+            }
+        }
         let mut ids = HashSet::new();
         let mut units = Vec::new();
         for (i, u) in config.units.iter().enumerate() {
@@ -390,6 +438,25 @@ impl Plant {
                     "duplicate unit id",
                 ));
             }
+            let (workshop, site) = match &u.workshop {
+                Some(w) => match workshops.get(w.get_ref()) {
+                    Some(site) => (Some(w.get_ref().clone()), Some(site.clone())),
+                    None => {
+                        return Err(src.error_at(
+                            w.span(),
+                            &format!("units[{i}].workshop"),
+                            format!("unknown workshop `{}`", w.get_ref()),
+                        ))
+                    }
+                },
+                None if !workshops.is_empty() => {
+                    return Err(src.error(
+                        &format!("units[{i}].workshop"),
+                        "the enterprise declares workshops: name the unit's",
+                    ))
+                }
+                None => (None, None),
+            };
             let mut flows = Vec::new();
             for (j, f) in u.flows.iter().enumerate() {
                 let key = |k: &str| format!("units[{i}].flows[{j}].{k}");
@@ -506,6 +573,8 @@ impl Plant {
                 id: u.id.get_ref().clone(),
                 name: u.name.clone(),
                 kind: u.kind.clone(),
+                site,
+                workshop,
                 flows,
                 limits: unit_limits,
                 water_quota,
@@ -545,6 +614,35 @@ mod tests {
                 Plant::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(plant.units.len(), 5);
         }
+    }
+
+    #[test]
+    fn units_sit_in_declared_workshops() {
+        let demo = Plant::from_source(&Source::embedded(
+            "demo.toml",
+            include_str!("../examples/demo.toml"),
+        ))
+        .unwrap();
+        let bof = demo.unit("bof1").unwrap();
+        assert_eq!(
+            (bof.workshop.as_deref(), bof.site.as_deref()),
+            (Some("steelmaking"), Some("main"))
+        );
+        let head = "[mqtt]\nhost = \"h\"\n[storage]\npath = \"x.db\"\n[enterprise]\nname = \"E\"\n[[enterprise.sites]]\nid = \"s\"\nname = \"S\"\nworkshops = [{ id = \"w\", name = \"W\" }]\n[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"kiln\"\n";
+        let flows = "[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n";
+        let err = |unit: &str| {
+            Plant::from_source(&Source::embedded(
+                "gw.toml",
+                &format!("{head}{unit}{flows}"),
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        assert_eq!(
+            err("workshop = \"ww\"\n"),
+            "gw.toml:15:12: key `units[0].workshop`: unknown workshop `ww`"
+        );
+        assert!(err("").contains("key `units[0].workshop`: the enterprise declares workshops"));
     }
 
     #[test]
