@@ -18,7 +18,7 @@ pub struct EdgeConfig {
     pub site: String,
     /// This agent's name, unique in the site; also its MQTT client id.
     pub edge_id: String,
-    /// Where the agent keeps its state (sequence numbers).
+    /// Where the agent keeps its state (sequence numbers, the spool).
     pub data_dir: PathBuf,
     /// How often every device is polled.
     #[serde(default = "default_poll_interval_ms")]
@@ -27,6 +27,9 @@ pub struct EdgeConfig {
     #[serde(default)]
     pub profiles_dir: Option<PathBuf>,
     pub mqtt: MqttConfig,
+    /// The disk spool every poll result passes through (`{data_dir}/spool`).
+    #[serde(default)]
+    pub spool: crate::spool::SpoolConfig,
     pub devices: Vec<DeviceConfig>,
 }
 

@@ -1,8 +1,8 @@
 //! ems-edge: the edge agent. Polls meters over Modbus, publishes over MQTT.
 //!
 //! [`config`] and [`profile`] describe the site; [`poller`] reads devices with the plans from
-//! ems-core's planner; [`seq`] keeps sequence numbers durable; [`outbox`] and [`publisher`]
-//! deliver at least once. [`run`] wires them together with shutdown as a parameter.
+//! ems-core's planner; [`seq`] keeps sequence numbers durable; [`spool`] keeps every result on
+//! disk until the broker has it; [`outbox`] and [`publisher`] deliver at least once. [`run`] wires them together with shutdown as a parameter.
 
 pub mod config;
 pub mod outbox;
@@ -10,6 +10,7 @@ pub mod poller;
 pub mod profile;
 pub mod publisher;
 pub mod seq;
+pub mod spool;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,14 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
     let cfg = &site.config;
     let seq = Arc::new(Mutex::new(SeqStore::open(&cfg.data_dir)?));
     let links = plan_site(&site)?;
+    let (spool, report) = spool::Spool::open(&cfg.data_dir.join("spool"), cfg.spool.clone())?;
+    let spool = Arc::new(Mutex::new(spool));
+    if report.pending > 0 {
+        tracing::info!(
+            pending = report.pending,
+            "Spool holds messages from before the restart; delivering them first."
+        );
+    }
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let publisher = tokio::spawn(publisher::run(
         PublisherConfig {
@@ -52,6 +61,7 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
             edge: cfg.edge_id.clone(),
             devices: site.devices.iter().map(|d| d.id.clone()).collect(),
         },
+        spool.clone(),
         rx,
     ));
     let mut pollers = Vec::new();
@@ -60,7 +70,9 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
             site: cfg.site.clone(),
             edge: cfg.edge_id.clone(),
             interval: Duration::from_millis(cfg.poll_interval_ms),
+            topic_prefix: cfg.mqtt.topic_prefix.clone(),
             seq: seq.clone(),
+            spool: spool.clone(),
             out: tx.clone(),
         };
         pollers.push(tokio::spawn(poller::run_link(
@@ -80,10 +92,16 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
         }
     }
     let stats = publisher.await.context("publisher panicked")?;
-    if stats.undelivered > 0 {
+    if stats.dropped > 0 {
         tracing::error!(
+            dropped = stats.dropped,
+            "The spool was full: the oldest undelivered messages were dropped."
+        );
+    }
+    if stats.undelivered > 0 {
+        tracing::warn!(
             undelivered = stats.undelivered,
-            "Stopped with messages the broker never acknowledged."
+            "Stopped with messages the broker has not acknowledged; they stay in the spool for the next start."
         );
     } else {
         tracing::info!(

@@ -13,6 +13,8 @@ pub struct Message {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// Its record in the disk spool, if it has one (telemetry does, status does not).
+    pub spool_id: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -86,6 +88,20 @@ impl Outbox {
         self.queued.is_empty() && self.in_flight.is_empty()
     }
 
+    /// Telemetry held only here, not in the spool (the disk failed when it came).
+    pub fn unspooled_telemetry(&self) -> u64 {
+        self.queued
+            .iter()
+            .chain(self.in_flight.iter().map(|f| &f.msg))
+            .filter(|m| !m.retain && m.spool_id.is_none())
+            .count() as u64
+    }
+
+    /// Messages waiting to be handed to the client.
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
     /// Messages not yet acknowledged (queued and in flight).
     pub fn len(&self) -> usize {
         self.queued.len() + self.in_flight.len()
@@ -101,6 +117,7 @@ mod tests {
             topic: format!("t/{n}"),
             payload: vec![n],
             retain: false,
+            spool_id: Some(n.into()),
         }
     }
 

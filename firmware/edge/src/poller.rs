@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ems_core::plan::{plan, LinkCost, PlanError, Span};
-use ems_core::wire::{PointValue, Telemetry, PROTOCOL_VERSION};
+use ems_core::wire::{topic, PointValue, Telemetry, PROTOCOL_VERSION};
 use ems_core::{decode, Quality};
 use tokio::sync::mpsc;
 use tokio_modbus::client::{Context, Reader as _};
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ClockSource, Device};
 use crate::profile::{PointDef, PointRole, Table};
 use crate::seq::SeqStore;
+use crate::spool::Spool;
 
 /// Round trip assumed for Modbus TCP when planning; bridging any gap within the device limit
 /// is cheaper than a second request at this cost.
@@ -275,13 +276,24 @@ pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
     }
 }
 
-/// Where a link task sends each poll result.
+/// What a link task tells the publisher.
+#[derive(Debug)]
+pub enum Handoff {
+    /// New results are in the spool.
+    Spooled,
+    /// The spool could not take this result (disk failure): hold it in memory.
+    Unspooled(Telemetry),
+}
+
+/// Where a link task puts each poll result: the spool, then a word to the publisher.
 pub struct LinkContext {
     pub site: String,
     pub edge: String,
     pub interval: Duration,
+    pub topic_prefix: String,
     pub seq: Arc<Mutex<SeqStore>>,
-    pub out: mpsc::Sender<Telemetry>,
+    pub spool: Arc<Mutex<Spool>>,
+    pub out: mpsc::Sender<Handoff>,
 }
 
 /// Polls every device of one link each interval until `shutdown`.
@@ -336,7 +348,8 @@ pub async fn run_link(
             };
             batch.push((plan.device.id.clone(), ts_ms, reading.points));
         }
-        // Numbers are on disk before any message carrying them can leave.
+        // Numbers are on disk before any message carrying them is spooled or can leave: a crash
+        // in between leaves a gap (honest), never a number used twice (a silent loss).
         let messages: Vec<Telemetry> = {
             let mut seq = lc.seq.lock().expect("sequence store lock poisoned");
             let msgs = batch
@@ -354,10 +367,26 @@ pub async fn run_link(
             seq.persist().context("cannot persist sequence numbers")?;
             msgs
         };
-        for m in messages {
-            if lc.out.send(m).await.is_err() {
+        let mut unspooled = Vec::new();
+        {
+            let mut spool = lc.spool.lock().expect("spool lock poisoned");
+            for m in messages {
+                let topic = topic::data(&lc.topic_prefix, &m.site, &m.device);
+                let payload = serde_json::to_vec(&m).expect("telemetry serializes");
+                if let Err(e) = spool.append(&topic, &payload) {
+                    tracing::error!(error = %e, device = %m.device, seq = m.seq, "Cannot spool; handing the result over in memory.");
+                    unspooled.push(m);
+                }
+            }
+        }
+        for m in unspooled {
+            if lc.out.send(Handoff::Unspooled(m)).await.is_err() {
                 return Ok(());
             }
+        }
+        match lc.out.try_send(Handoff::Spooled) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
         }
     }
 }

@@ -1,21 +1,28 @@
-//! Publishing: telemetry and status to the broker, QoS 1, through the [`Outbox`].
+//! Publishing: telemetry and status to the broker, QoS 1, through the [`Spool`] and the
+//! [`Outbox`].
 //!
 //! Two small loops: one drives rumqttc's event loop and forwards the events that matter; the
-//! other owns the outbox, hands messages to the client as the in-flight window allows, and
-//! retires them on PUBACK.
+//! other appends every poll result to the disk spool, feeds the outbox from the spool in order
+//! (a bounded window in memory; a backlog of any size waits on disk), hands messages to the
+//! client as the in-flight window allows, and retires them from both on PUBACK.
 
 use std::time::Duration;
 
-use ems_core::wire::{topic, Status, Telemetry, PROTOCOL_VERSION};
+use ems_core::wire::{topic, Status, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
 use crate::outbox::{Message, Outbox};
+use crate::poller::Handoff;
+use crate::spool::Spool;
+use std::sync::{Arc, Mutex};
 
 /// Most messages handed to the client and not yet acknowledged.
 const MAX_IN_FLIGHT: usize = 100;
+/// Messages read from the spool ahead of sending.
+const WINDOW: usize = 1_000;
 /// How long a shutdown waits for the broker to acknowledge what is still in the outbox.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,8 +44,11 @@ enum LinkEvent {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PublishStats {
     pub acknowledged: u64,
-    /// Messages still unacknowledged when the drain timed out.
-    pub undelivered: usize,
+    /// Messages still unacknowledged when the drain timed out: they stay in the spool and are
+    /// delivered after the next start.
+    pub undelivered: u64,
+    /// Messages the spool dropped because it was full.
+    pub dropped: u64,
 }
 
 fn status(cfg: &PublisherConfig, online: bool) -> Message {
@@ -58,12 +68,18 @@ fn status(cfg: &PublisherConfig, online: bool) -> Message {
         topic: topic::status(&cfg.mqtt.topic_prefix, &cfg.site, &cfg.edge),
         payload: serde_json::to_vec(&s).expect("status serializes"),
         retain: true,
+        spool_id: None,
     }
 }
 
 /// Publishes everything that arrives on `rx` until it closes (the pollers stopped), then
 /// waits up to [`DRAIN_TIMEOUT`] for the last acknowledgements and goes offline.
-pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> PublishStats {
+pub async fn run(
+    cfg: PublisherConfig,
+    spool: Arc<Mutex<Spool>>,
+    mut rx: mpsc::Receiver<Handoff>,
+) -> PublishStats {
+    let spool = |f: &mut dyn FnMut(&mut Spool)| f(&mut spool.lock().expect("spool lock poisoned"));
     let mut opts = MqttOptions::new(cfg.edge.clone(), cfg.mqtt.host.clone(), cfg.mqtt.port);
     opts.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)));
     // A fresh session every time: the outbox, not the client, decides what is sent again.
@@ -118,7 +134,24 @@ pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> Pub
     let mut connected = false;
     let mut input_open = true;
     let mut drain_deadline = None;
+    let mut sync_timer = tokio::time::interval(Duration::from_millis(200));
     loop {
+        if outbox.queued() < WINDOW / 2 {
+            let room = WINDOW - outbox.queued();
+            spool(&mut |s| match s.read_next(room) {
+                Ok(records) => {
+                    for r in records {
+                        outbox.push(Message {
+                            topic: r.topic,
+                            payload: r.payload,
+                            retain: false,
+                            spool_id: Some(r.id),
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "Cannot read the spool."),
+            });
+        }
         if connected {
             while let Some(m) = outbox.next_to_send() {
                 if client
@@ -130,7 +163,9 @@ pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> Pub
                 }
             }
         }
-        if !input_open && outbox.is_empty() {
+        let mut depth = 0;
+        spool(&mut |s| depth = s.depth());
+        if !input_open && outbox.is_empty() && depth == 0 {
             break;
         }
         let deadline = drain_deadline
@@ -149,17 +184,25 @@ pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> Pub
                 }
                 Some(LinkEvent::Sent(pkid)) => outbox.on_outgoing(pkid),
                 Some(LinkEvent::Acked(pkid)) => {
-                    if outbox.on_puback(pkid).is_some() {
+                    if let Some(m) = outbox.on_puback(pkid) {
                         stats.acknowledged += 1;
+                        if let Some(id) = m.spool_id {
+                            spool(&mut |s| if let Err(e) = s.ack(id) {
+                                tracing::error!(error = %e, "Cannot mark a spooled message delivered.");
+                            });
+                        }
                     }
                 }
                 None => break,
             },
             msg = rx.recv(), if input_open => match msg {
-                Some(t) => outbox.push(Message {
+                // Read from the spool at the top of the loop.
+                Some(Handoff::Spooled) => {}
+                Some(Handoff::Unspooled(t)) => outbox.push(Message {
                     topic: topic::data(&cfg.mqtt.topic_prefix, &t.site, &t.device),
                     payload: serde_json::to_vec(&t).expect("telemetry serializes"),
                     retain: false,
+                    spool_id: None,
                 }),
                 None => {
                     input_open = false;
@@ -167,9 +210,19 @@ pub async fn run(cfg: PublisherConfig, mut rx: mpsc::Receiver<Telemetry>) -> Pub
                 }
             },
             () = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => break,
+            _ = sync_timer.tick() => spool(&mut |s| if let Err(e) = s.sync_if_due() {
+                tracing::error!(error = %e, "Cannot sync the spool.");
+            }),
         }
     }
-    stats.undelivered = outbox.len();
+    spool(&mut |s| {
+        if let Err(e) = s.sync() {
+            tracing::error!(error = %e, "Cannot sync the spool.");
+        }
+        stats.undelivered = s.depth();
+        stats.dropped = s.dropped;
+    });
+    stats.undelivered += outbox.unspooled_telemetry();
     if connected {
         // A clean disconnect does not fire the last will: say offline ourselves.
         let off = status(&cfg, false);
