@@ -23,6 +23,9 @@ pub struct GatewayConfig {
     pub alarms: AlarmsConfig,
     #[serde(default)]
     pub enterprise: Option<EnterpriseConfig>,
+    /// The InfluxDB 2 sink (off when absent).
+    #[serde(default)]
+    pub influx: Option<crate::influx::InfluxConfig>,
     pub units: Vec<UnitConfig>,
 }
 

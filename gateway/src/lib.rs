@@ -13,6 +13,7 @@ pub mod api;
 pub mod coefficients;
 pub mod config;
 pub mod demo;
+pub mod influx;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
@@ -64,7 +65,10 @@ pub async fn serve(
     subscribed: Option<oneshot::Sender<()>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&plant.config.storage.path)?;
+    let mut store = Store::open(&plant.config.storage.path)?;
+    if plant.config.influx.is_some() {
+        store.enable_sink()?;
+    }
     let reader = Arc::new(store.reader()?);
     let metrics = Arc::new(metrics::Metrics::default());
     let (committed, _) = broadcast::channel(16);
@@ -89,6 +93,17 @@ pub async fn serve(
         committed.clone(),
         shutdown.clone(),
     ));
+    let sink_task = match plant.config.influx.clone() {
+        Some(cfg) => Some(tokio::spawn(influx::run(
+            plant.clone(),
+            cfg,
+            influx::SinkQueue::open(db)?,
+            Arc::new(store.reader()?),
+            metrics.clone(),
+            shutdown.clone(),
+        ))),
+        None => None,
+    };
     let state = api::AppState {
         plant,
         reader,
@@ -116,6 +131,9 @@ pub async fn serve(
     shutdown.cancel();
     let http_result = http.await.context("HTTP task panicked")?;
     let alarm_result = alarm_task.await.context("alarm task panicked")?;
+    if let Some(t) = sink_task {
+        t.await.context("sink task panicked")??;
+    }
     ingest_result?;
     alarm_result?;
     http_result

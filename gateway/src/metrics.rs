@@ -36,6 +36,9 @@ pub struct Metrics {
     /// Open alarms by kind, from the last evaluation.
     pub alarms_open: Family<KindLabel, Gauge>,
     pub alarms_raised: Family<KindLabel, Counter>,
+    pub sink_lines_written: Counter,
+    pub sink_write_errors: Counter,
+    pub sink_queue_depth: Gauge,
 }
 
 impl Default for Metrics {
@@ -56,6 +59,9 @@ impl Default for Metrics {
             sessions_lost: Counter::default(),
             alarms_open: Family::default(),
             alarms_raised: Family::default(),
+            sink_lines_written: Counter::default(),
+            sink_write_errors: Counter::default(),
+            sink_queue_depth: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -119,6 +125,21 @@ impl Default for Metrics {
             "alarms_raised",
             "Alarms raised, by kind",
             m.alarms_raised.clone(),
+        );
+        registry.register(
+            "sink_lines_written",
+            "Lines the time-series server accepted",
+            m.sink_lines_written.clone(),
+        );
+        registry.register(
+            "sink_write_errors",
+            "Writes to the time-series server that failed (retried with backoff)",
+            m.sink_write_errors.clone(),
+        );
+        registry.register(
+            "sink_queue_depth",
+            "Stored messages waiting for the time-series server",
+            m.sink_queue_depth.clone(),
         );
         Metrics { registry, ..m }
     }

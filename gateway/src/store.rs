@@ -81,6 +81,12 @@ CREATE TABLE alarms (
 -- At most one open alarm per condition.
 CREATE UNIQUE INDEX alarms_open ON alarms (kind, subject) WHERE cleared_ms IS NULL;
 "#,
+    r#"
+-- The time-series sink's queue: line protocol of stored messages not yet accepted, and the
+-- 15-minute slots whose rollups changed since last sent (see influx.rs).
+CREATE TABLE sink_queue (id INTEGER PRIMARY KEY, lines TEXT NOT NULL);
+CREATE TABLE sink_dirty_slots (slot_ms INTEGER PRIMARY KEY, version INTEGER NOT NULL);
+"#,
 ];
 
 /// A counter point the accounting follows, with what it needs to take deltas.
@@ -125,6 +131,8 @@ pub struct Store {
     conn: Connection,
     /// State of each tracked counter point.
     last: HashMap<(String, String), CounterTrack>,
+    /// Queue what is stored for the time-series sink.
+    sink: bool,
 }
 
 pub(crate) fn open_conn(path: &Path) -> anyhow::Result<Connection> {
@@ -146,7 +154,26 @@ impl Store {
             path: path.to_owned(),
             conn,
             last: HashMap::new(),
+            sink: false,
         })
+    }
+
+    /// From now on, queue every stored message and every changed rollup slot for the
+    /// time-series sink, in the transaction that stores them. (Temporary triggers: a gateway
+    /// without a sink pays nothing.)
+    pub fn enable_sink(&mut self) -> anyhow::Result<()> {
+        self.conn.execute_batch(
+            "CREATE TEMP TRIGGER IF NOT EXISTS sink_slot_inserted AFTER INSERT ON main.point_slots BEGIN
+                 INSERT INTO sink_dirty_slots (slot_ms, version) VALUES (NEW.slot_ms, 1)
+                 ON CONFLICT (slot_ms) DO UPDATE SET version = version + 1;
+             END;
+             CREATE TEMP TRIGGER IF NOT EXISTS sink_slot_updated AFTER UPDATE ON main.point_slots BEGIN
+                 INSERT INTO sink_dirty_slots (slot_ms, version) VALUES (NEW.slot_ms, 1)
+                 ON CONFLICT (slot_ms) DO UPDATE SET version = version + 1;
+             END;",
+        )?;
+        self.sink = true;
+        Ok(())
     }
 
     /// Copies the database at `from` to the new file `to` while a gateway may be writing to it
@@ -191,7 +218,12 @@ impl Store {
         for item in batch {
             match item {
                 Incoming::Telemetry(t) => {
-                    write_telemetry(&tx, &mut self.last, t, rules, received_ms, &mut out)?
+                    let stored = out.stored;
+                    write_telemetry(&tx, &mut self.last, t, rules, received_ms, &mut out)?;
+                    if self.sink && out.stored > stored {
+                        tx.prepare_cached("INSERT INTO sink_queue (lines) VALUES (?1)")?
+                            .execute([crate::influx::sample_lines(t)])?;
+                    }
                 }
                 Incoming::Status(s) => {
                     tx.execute(

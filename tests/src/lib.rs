@@ -194,6 +194,75 @@ impl Drop for Proc {
     }
 }
 
+/// A private VictoriaMetrics (Debian's `victoria-metrics`, which accepts the InfluxDB v2 write
+/// API) on a free port, keeping every timestamp (100-year retention: simulated plants live in
+/// the past) and one value per series and millisecond.
+pub struct VictoriaMetrics {
+    pub port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl VictoriaMetrics {
+    pub fn start(dir: &Path) -> VictoriaMetrics {
+        let mut vm = VictoriaMetrics {
+            port: free_port(),
+            dir: dir.to_owned(),
+            proc: None,
+        };
+        vm.restart();
+        vm
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none(), "already running");
+        let listen = format!("-httpListenAddr=127.0.0.1:{}", self.port);
+        let storage = format!("-storageDataPath={}", self.dir.join("vm-data").display());
+        let p = Proc::start(
+            Path::new("/usr/bin/victoria-metrics"),
+            &[
+                &listen,
+                &storage,
+                "-retentionPeriod=100y",
+                "-dedup.minScrapeInterval=1ms",
+            ],
+            &self.dir,
+        );
+        let url = self.url();
+        eventually("VictoriaMetrics up", Duration::from_secs(20), || {
+            ureq::get(&format!("{url}/health")).call().is_ok()
+        });
+        self.proc = Some(p);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            assert!(p.terminate(Duration::from_secs(20)).success());
+        }
+    }
+
+    /// Every series whose name matches the regex `name`, as VictoriaMetrics exports them
+    /// (`{"metric": {labels}, "values": [...], "timestamps": [...]}`), after a flush.
+    pub fn export(&self, name: &str) -> Vec<serde_json::Value> {
+        ureq::post(&format!("{}/internal/force_flush", self.url()))
+            .send_empty()
+            .ok();
+        let mut resp = ureq::post(&format!("{}/api/v1/export", self.url()))
+            .send_form([("match[]", format!("{{__name__=~\"{name}\"}}"))])
+            .unwrap();
+        resp.body_mut()
+            .read_to_string()
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
 /// A private Mosquitto on a free port (the machine's own on 1883 is left alone).
 pub struct Mosquitto {
     pub port: u16,
@@ -502,6 +571,11 @@ pub struct Pipeline {
 /// gateway (`dir/gateway.toml`) and the edge (`dir/edge.toml`, polling every 100 ms) over the
 /// broker at `mqtt_port`.
 pub fn start_pipeline(dir: &Path, mqtt_port: u16) -> Pipeline {
+    start_pipeline_with(dir, mqtt_port, "")
+}
+
+/// [`start_pipeline`] with `gateway_extra` appended to the gateway's config (more tables).
+pub fn start_pipeline_with(dir: &Path, mqtt_port: u16, gateway_extra: &str) -> Pipeline {
     let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
     let sim = Proc::start(
         &bin("ems-sim"),
@@ -517,6 +591,11 @@ pub fn start_pipeline(dir: &Path, mqtt_port: u16) -> Pipeline {
     );
     let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
     write_gateway_config(dir, mqtt_port);
+    if !gateway_extra.is_empty() {
+        let path = dir.join("gateway.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}\n{gateway_extra}")).unwrap();
+    }
     let (gateway, http) = start_gateway(dir);
     write_edge_config(dir, &sim_addr, mqtt_port, 100);
     let edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], dir);

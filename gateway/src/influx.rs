@@ -1,0 +1,341 @@
+//! The InfluxDB 2 sink: raw samples and 15-minute unit rollups as line protocol, for plants that
+//! already run a time-series store (and Grafana on it).
+//!
+//! Durable: the lines of every stored message are queued in SQLite in the very transaction that
+//! stores the message, and each 15-minute slot a new sample touches is marked dirty there too.
+//! The sink sends the oldest queued lines and the dirty slots' unit figures in one write, and
+//! takes them off the queue only when the server has accepted it; a failing server is retried
+//! with exponential backoff, the queue growing on disk meanwhile. A rollup rewritten later (a
+//! late sample) is simply written again: same series, same time, the new value wins.
+//!
+//! Measurements: `ems_sample` (tags site, device, point, quality; fields `value`, `good`),
+//! `ems_unit` (tags unit, kind, workshop; fields energy_kgce, consumed_kgce, recovered_kgce,
+//! product_t, electricity_kwh, water_m3, completeness, estimated_share and, with product,
+//! kgce_per_t, kwh_per_t, water_m3_per_t; `level` when judged) and `ems_carrier` (tags unit,
+//! device, carrier, role; fields quantity, kgce), all with millisecond timestamps.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ems_core::wire::Telemetry;
+use influxdb2::api::write::TimestampPrecision;
+use rusqlite::{params, Connection};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::accounting::{indicators, Indicator, SLOT_MS};
+use crate::config::{Plant, Unit};
+use crate::metrics::Metrics;
+use crate::store::{open_conn, Reader};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// e.g. "http://influxdb:8086".
+    pub url: String,
+    pub org: String,
+    pub bucket: String,
+    #[serde(default)]
+    pub token: String,
+    /// Most queued messages sent in one write.
+    #[serde(default = "default_batch_messages")]
+    pub batch_messages: usize,
+    /// Longest wait between retries while the server fails.
+    #[serde(default = "default_max_backoff_s")]
+    pub max_backoff_s: u64,
+}
+
+fn default_batch_messages() -> usize {
+    2_000
+}
+fn default_max_backoff_s() -> u64 {
+    60
+}
+
+/// A tag value or key with line protocol's special characters escaped.
+pub fn escape_tag(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, ',' | '=' | ' ' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The lines of one telemetry message: one per point.
+pub fn sample_lines(t: &Telemetry) -> String {
+    let mut out = String::new();
+    let (site, device) = (escape_tag(&t.site), escape_tag(&t.device));
+    for p in &t.points {
+        let _ = write!(
+            out,
+            "ems_sample,site={site},device={device},point={},quality={} ",
+            escape_tag(&p.id),
+            escape_tag(&p.q.to_string())
+        );
+        if let Some(v) = p.v {
+            let _ = write!(out, "value={v:?},");
+        }
+        let _ = writeln!(out, "good={} {}", p.q.is_good() && p.v.is_some(), t.ts_ms);
+    }
+    out
+}
+
+/// The lines of one unit's figures for the slot starting at `slot_ms`.
+pub fn unit_lines(unit: &Unit, slot_ms: i64, ind: &Indicator) -> String {
+    let mut out = String::new();
+    let tags = format!(
+        "unit={},kind={},workshop={}",
+        escape_tag(&unit.id),
+        escape_tag(&unit.kind),
+        escape_tag(unit.workshop.as_deref().unwrap_or("none"))
+    );
+    let _ = write!(
+        out,
+        "ems_unit,{tags} energy_kgce={:?},consumed_kgce={:?},recovered_kgce={:?},product_t={:?},electricity_kwh={:?},water_m3={:?},completeness={:?},estimated_share={:?}",
+        ind.energy_kgce,
+        ind.consumed_kgce,
+        ind.recovered_kgce,
+        ind.product_t,
+        ind.electricity_kwh,
+        ind.water_m3,
+        ind.completeness,
+        ind.estimated_share
+    );
+    for (name, v) in [
+        ("kgce_per_t", ind.kgce_per_t),
+        ("kwh_per_t", ind.kwh_per_t),
+        ("water_m3_per_t", ind.water_m3_per_t),
+    ] {
+        if let Some(v) = v {
+            let _ = write!(out, ",{name}={v:?}");
+        }
+    }
+    if let Some(level) = ind.level {
+        let _ = write!(out, ",level={level}i");
+    }
+    let _ = writeln!(out, " {slot_ms}");
+    for c in &ind.carriers {
+        let _ = writeln!(
+            out,
+            "ems_carrier,unit={},device={},carrier={},role={} quantity={:?},kgce={:?} {slot_ms}",
+            escape_tag(&unit.id),
+            escape_tag(&c.device),
+            escape_tag(&c.carrier),
+            escape_tag(&format!("{:?}", c.role).to_lowercase()),
+            c.quantity,
+            c.kgce
+        );
+    }
+    out
+}
+
+/// The sink's view of its queue in the gateway's database.
+pub struct SinkQueue {
+    conn: Connection,
+}
+
+/// What one write carries, and how to take it off the queue once accepted.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub body: String,
+    pub lines: u64,
+    last_id: Option<i64>,
+    slots: Vec<(i64, i64)>,
+}
+
+impl SinkQueue {
+    pub fn open(path: &Path) -> anyhow::Result<SinkQueue> {
+        Ok(SinkQueue {
+            conn: open_conn(path)?,
+        })
+    }
+
+    /// Queued messages not yet accepted by the server.
+    pub fn depth(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM sink_queue", [], |r| r.get(0))?)
+    }
+
+    /// The oldest queued messages and the dirty slots' unit figures.
+    pub fn next(
+        &self,
+        plant: &Plant,
+        reader: &Reader,
+        max_messages: usize,
+    ) -> anyhow::Result<Pending> {
+        let mut p = Pending::default();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, lines FROM sink_queue ORDER BY id LIMIT ?1")?;
+        let rows = stmt.query_map([max_messages as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (id, lines) = row?;
+            p.lines += lines.lines().count() as u64;
+            p.body.push_str(&lines);
+            p.last_id = Some(id);
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT slot_ms, version FROM sink_dirty_slots ORDER BY slot_ms LIMIT 500",
+        )?;
+        p.slots = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if let (Some(first), Some(last)) = (p.slots.first(), p.slots.last()) {
+            let (lo, hi) = (first.0, last.0 + SLOT_MS);
+            let periods: Vec<(i64, i64)> = p.slots.iter().map(|(s, _)| (*s, s + SLOT_MS)).collect();
+            for unit in &plant.units {
+                let mut rows = Vec::with_capacity(unit.flows.len());
+                for f in &unit.flows {
+                    rows.push(reader.point_slots(&f.device, &f.point, lo, hi)?);
+                }
+                let figures = indicators(unit, &periods, plant.utc_offset, |i| rows[i].clone());
+                for ((slot, _), ind) in periods.iter().zip(&figures) {
+                    if ind.completeness > 0.0 || ind.energy_kgce != 0.0 || ind.product_t != 0.0 {
+                        let lines = unit_lines(unit, *slot, ind);
+                        p.lines += lines.lines().count() as u64;
+                        p.body.push_str(&lines);
+                    }
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// The server accepted `p`: off the queue. A slot dirtied again meanwhile stays dirty.
+    pub fn done(&mut self, p: &Pending) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        if let Some(last) = p.last_id {
+            tx.execute("DELETE FROM sink_queue WHERE id <= ?1", [last])?;
+        }
+        for (slot, version) in &p.slots {
+            tx.execute(
+                "DELETE FROM sink_dirty_slots WHERE slot_ms = ?1 AND version = ?2",
+                params![slot, version],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Sends the queue to the server until `shutdown`; what is left waits in the database.
+pub async fn run(
+    plant: Arc<Plant>,
+    cfg: InfluxConfig,
+    queue: SinkQueue,
+    reader: Arc<Reader>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = influxdb2::Client::new(cfg.url.clone(), cfg.org.clone(), cfg.token.clone());
+    let queue = Arc::new(std::sync::Mutex::new(queue));
+    let max_backoff = Duration::from_secs(cfg.max_backoff_s.max(1));
+    let mut backoff = Duration::from_secs(1);
+    let mut failing = false;
+    loop {
+        let (q, plant2, reader2, batch) = (
+            queue.clone(),
+            plant.clone(),
+            reader.clone(),
+            cfg.batch_messages,
+        );
+        let pending = tokio::task::spawn_blocking(move || {
+            let q = q.lock().expect("sink queue lock poisoned");
+            let depth = q.depth()?;
+            Ok::<_, anyhow::Error>((q.next(&plant2, &reader2, batch)?, depth))
+        })
+        .await?;
+        let (pending, depth) = match pending {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot read the sink queue.");
+                (Pending::default(), 0)
+            }
+        };
+        metrics.sink_queue_depth.set(depth);
+        if pending.body.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        }
+        let written = tokio::select! {
+            r = client.write_line_protocol_with_precision(&cfg.org, &cfg.bucket, pending.body.clone(), TimestampPrecision::Milliseconds) => r,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        match written {
+            Ok(()) => {
+                let q = queue.clone();
+                tokio::task::spawn_blocking(move || {
+                    q.lock()
+                        .expect("sink queue lock poisoned")
+                        .done(&pending)
+                        .map(|()| pending.lines)
+                })
+                .await?
+                .map(|lines| metrics.sink_lines_written.inc_by(lines))?;
+                if failing {
+                    tracing::info!(url = %cfg.url, "Time-series server accepts writes again.");
+                }
+                failing = false;
+                backoff = Duration::from_secs(1);
+            }
+            Err(e) => {
+                metrics.sink_write_errors.inc();
+                if !failing {
+                    tracing::warn!(url = %cfg.url, error = %e, "Time-series server write failed; queued on disk, retrying with backoff.");
+                }
+                failing = true;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ems_core::wire::PointValue;
+    use ems_core::Quality;
+
+    #[test]
+    fn samples_become_one_line_per_point_with_tags_escaped() {
+        let t = Telemetry {
+            v: 1,
+            site: "plant a".into(),
+            edge: "e".into(),
+            device: "m,1".into(),
+            seq: 7,
+            ts_ms: 1_767_196_800_123,
+            points: vec![
+                PointValue {
+                    id: "total".into(),
+                    v: Some(12.5),
+                    q: Quality::Good,
+                },
+                PointValue {
+                    id: "flow".into(),
+                    v: None,
+                    q: Quality::Timeout,
+                },
+            ],
+        };
+        assert_eq!(
+            sample_lines(&t),
+            "ems_sample,site=plant\\ a,device=m\\,1,point=total,quality=good value=12.5,good=true 1767196800123\n\
+             ems_sample,site=plant\\ a,device=m\\,1,point=flow,quality=timeout good=false 1767196800123\n"
+        );
+    }
+}
