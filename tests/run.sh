@@ -11,6 +11,10 @@ command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v mbpoll >/dev/null 2>&1 || missing+=(mbpoll)
 # The InfluxDB v2 write API the gateway's sink talks to (VictoriaMetrics accepts it).
 command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
+# Cross linkers for the ARM boards' builds of the edge, and qemu-user to run the aarch64 one.
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v arm-linux-gnueabihf-gcc >/dev/null 2>&1 || missing+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+[ -x /usr/bin/qemu-aarch64 ] || missing+=(qemu-user)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -35,6 +39,15 @@ if command -v rustup >/dev/null 2>&1; then
 else
   echo "==> no rustup: the no_std build of ems-core for thumbv7em-none-eabihf is NOT checked"
 fi
+
+# --- release builds of the edge for the ARM boards (the aarch64 one is tested under qemu) -------
+if command -v rustup >/dev/null 2>&1; then
+  rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf >/dev/null
+fi
+for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+  echo "==> ems-edge release for $target"
+  cargo build --quiet --release -p ems-edge --target "$target"
+done
 
 # --- tests: the end-to-end ones start the binaries, so build them first -----------------------
 echo "==> cargo build --workspace"
