@@ -91,6 +91,10 @@ fn default_topic_prefix() -> String {
 pub struct StorageConfig {
     /// SQLite database file.
     pub path: PathBuf,
+    /// Raw samples older than this many days are deleted (checked hourly); rollups, the ledger,
+    /// alarms and quarantine are kept. Absent: raw samples are kept for ever.
+    #[serde(default)]
+    pub raw_retention_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
 use crate::metrics::{KindLabel, Metrics, ReasonLabel};
-use crate::store::{AccountingRules, Incoming, Rejected, Store};
+use crate::storage::Storage;
+use crate::store::{AccountingRules, Incoming, Rejected};
 
 /// Largest payload accepted; one device's poll is a few kilobytes.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
@@ -155,7 +156,7 @@ pub struct IngestConfig {
 /// message for this session.
 pub async fn run(
     cfg: IngestConfig,
-    mut store: Store,
+    mut store: impl Storage,
     metrics: Arc<Metrics>,
     committed: broadcast::Sender<()>,
     mut subscribed: Option<oneshot::Sender<()>>,

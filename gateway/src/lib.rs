@@ -17,6 +17,7 @@ pub mod influx;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod storage;
 pub mod store;
 
 use std::collections::HashMap;
@@ -93,6 +94,14 @@ pub async fn serve(
         committed.clone(),
         shutdown.clone(),
     ));
+    let retention_task = plant.config.storage.raw_retention_days.map(|days| {
+        tokio::spawn(prune_raw_samples(
+            db.clone(),
+            days,
+            now.clone(),
+            shutdown.clone(),
+        ))
+    });
     let sink_task = match plant.config.influx.clone() {
         Some(cfg) => Some(tokio::spawn(influx::run(
             plant.clone(),
@@ -131,10 +140,42 @@ pub async fn serve(
     shutdown.cancel();
     let http_result = http.await.context("HTTP task panicked")?;
     let alarm_result = alarm_task.await.context("alarm task panicked")?;
+    if let Some(t) = retention_task {
+        t.await.context("retention task panicked")?;
+    }
     if let Some(t) = sink_task {
         t.await.context("sink task panicked")??;
     }
     ingest_result?;
     alarm_result?;
     http_result
+}
+
+/// Deletes raw samples older than `days` at start and then hourly, until `shutdown`.
+async fn prune_raw_samples(
+    db: std::path::PathBuf,
+    days: u32,
+    now: NowFn,
+    shutdown: CancellationToken,
+) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3_600));
+    loop {
+        tokio::select! {
+            _ = hourly.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let before_ms = now() - i64::from(days) * 86_400_000;
+        let db = db.clone();
+        let result =
+            tokio::task::spawn_blocking(move || store::Pruner::open(&db)?.prune_raw(before_ms))
+                .await;
+        match result {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(rows = n, before = %store::rfc3339(before_ms), "Old raw samples deleted (retention).")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Retention: cannot delete old samples."),
+            Err(e) => tracing::error!(error = %e, "Retention task failed."),
+        }
+    }
 }

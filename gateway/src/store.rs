@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::accounting::{
     add_event, add_interval, counter_delta, CounterEvent, CounterRule, CounterTrack, GapFill,
-    PointSlot,
+    PointSlot, SLOT_MS,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
@@ -86,6 +86,9 @@ CREATE UNIQUE INDEX alarms_open ON alarms (kind, subject) WHERE cleared_ms IS NU
 -- 15-minute slots whose rollups changed since last sent (see influx.rs).
 CREATE TABLE sink_queue (id INTEGER PRIMARY KEY, lines TEXT NOT NULL);
 CREATE TABLE sink_dirty_slots (slot_ms INTEGER PRIMARY KEY, version INTEGER NOT NULL);
+-- Raw samples before this poll time have been deleted by the retention setting; rollups and
+-- the ledger are kept.
+CREATE TABLE retention (id INTEGER PRIMARY KEY CHECK (id = 1), raw_before_ms INTEGER NOT NULL);
 "#,
 ];
 
@@ -559,6 +562,51 @@ fn add_to_slots(
     Ok(result?)
 }
 
+/// Deletes raw samples older than the retention horizon; rollups and the ledger stay.
+pub struct Pruner {
+    conn: Connection,
+}
+
+impl Pruner {
+    pub fn open(path: &Path) -> anyhow::Result<Pruner> {
+        Ok(Pruner {
+            conn: open_conn(path)?,
+        })
+    }
+
+    /// Deletes the samples polled before `before_ms`, device by device in short transactions
+    /// (ingest goes on meanwhile). Returns the rows deleted.
+    pub fn prune_raw(&mut self, before_ms: i64) -> anyhow::Result<u64> {
+        let devices: Vec<String> = self
+            .conn
+            .prepare("SELECT device FROM devices")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut deleted = 0u64;
+        for device in devices {
+            // Sequence numbers follow poll order, so everything old sits at the low end of
+            // the device's key range; the time check guards against a clock set back.
+            let last_old: Option<i64> = self.conn.query_row(
+                "SELECT MAX(seq) FROM messages WHERE device = ?1 AND ts_ms < ?2",
+                params![device, before_ms],
+                |r| r.get(0),
+            )?;
+            if let Some(seq) = last_old {
+                deleted += self.conn.execute(
+                    "DELETE FROM samples WHERE device = ?1 AND seq <= ?2 AND ts_ms < ?3",
+                    params![device, seq, before_ms],
+                )? as u64;
+            }
+        }
+        self.conn.execute(
+            "INSERT INTO retention (id, raw_before_ms) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET raw_before_ms = MAX(raw_before_ms, ?1)",
+            [before_ms],
+        )?;
+        Ok(deleted)
+    }
+}
+
 /// A read-only view for the API.
 pub struct Reader {
     conn: Mutex<Connection>,
@@ -704,11 +752,20 @@ impl Reader {
                  AND value IS NOT NULL ORDER BY ts_ms, seq",
             )?;
             let mut samples_checked = 0u64;
+            // Where retention deleted older samples, the first kept one starts the recomputation
+            // and the slot it falls in cannot be checked.
+            let pruned: bool = c
+                .query_row("SELECT COUNT(*) FROM retention", [], |r| r.get::<_, i64>(0))?
+                > 0;
+            let mut unchecked_before: HashMap<(String, String), i64> = HashMap::new();
             for ((device, point), rule) in &rules.tracked {
                 let mut track = CounterTrack::default();
                 let rows = stmt.query_map(params![device, point], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)))?;
                 for row in rows {
                     let (ts, v) = row?;
+                    unchecked_before
+                        .entry((device.clone(), point.clone()))
+                        .or_insert(ts - ts.rem_euclid(SLOT_MS) + SLOT_MS);
                     samples_checked += 1;
                     for event in track.push(ts, v, rule) {
                         add_event(&event, rules.max_gap_ms, |slot, r| {
@@ -731,6 +788,9 @@ impl Reader {
             let mut mismatches = Vec::new();
             let keys: std::collections::BTreeSet<_> = expected.keys().chain(stored.keys()).cloned().collect();
             for k in &keys {
+                if pruned && unchecked_before.get(&(k.0.clone(), k.1.clone())).is_none_or(|&t| k.2 < t) {
+                    continue;
+                }
                 let (e, s) = (expected.get(k).copied().unwrap_or_default(), stored.get(k).copied().unwrap_or_default());
                 let tol = 1e-6 * e.delta.abs().max(1.0);
                 if (e.delta - s.delta).abs() > tol || e.covered_ms != s.covered_ms || (e.estimated - s.estimated).abs() > tol {
@@ -922,6 +982,37 @@ mod tests {
             .unwrap()
             .mismatches
             .is_empty());
+    }
+
+    #[test]
+    fn retention_deletes_old_raw_samples_and_keeps_rollups_and_the_ledger() {
+        let path = temp_db("retention");
+        let mut store = Store::open(&path).unwrap();
+        // Every 10 minutes for 6 hours, 10 units a reading.
+        let batch: Vec<_> = (0..36)
+            .map(|i| msg(i + 1, i as i64 * 600_000, 100.0 + 10.0 * i as f64))
+            .collect();
+        store.write_batch(&batch, &rules(), 0).unwrap();
+        let before = hours(&store);
+        let deleted = Pruner::open(&path).unwrap().prune_raw(3 * H).unwrap();
+        assert_eq!(deleted, 18, "the readings polled before 3 h");
+        let reader = store.reader().unwrap();
+        let mut csv = Vec::new();
+        assert_eq!(reader.export_csv(None, 0, 10 * H, &mut csv).unwrap(), 18);
+        assert_eq!(hours(&store), before, "rollups are kept");
+        assert_eq!(
+            reader.devices().unwrap()[0].last_seq,
+            36,
+            "the ledger is kept"
+        );
+        let check = reader.verify_rollups(&rules()).unwrap();
+        assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+        assert!(check.slots_checked > 0);
+        // A message that comes again after pruning is still known: dropped as a duplicate.
+        let out = store
+            .write_batch(&[msg(2, 600_000, 110.0)], &rules(), 0)
+            .unwrap();
+        assert_eq!((out.stored, out.duplicates), (0, 1));
     }
 
     #[test]
