@@ -23,6 +23,11 @@ pub struct EdgeConfig {
     /// How often every device is polled.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// A device that fails three polls in a row is polled less often (every 2, 4, 8 ...
+    /// intervals), at least once this often; its first good reading brings it back. Its
+    /// timeouts then stop holding up the other devices on its link.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
     /// Extra profiles (`*.toml`), beside the built-in library.
     #[serde(default)]
     pub profiles_dir: Option<PathBuf>,
@@ -35,6 +40,9 @@ pub struct EdgeConfig {
 
 fn default_poll_interval_ms() -> u64 {
     1_000
+}
+fn default_max_backoff_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

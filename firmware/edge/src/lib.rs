@@ -70,6 +70,7 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
             site: cfg.site.clone(),
             edge: cfg.edge_id.clone(),
             interval: Duration::from_millis(cfg.poll_interval_ms),
+            max_skip: (cfg.max_backoff_ms / cfg.poll_interval_ms).max(1),
             topic_prefix: cfg.mqtt.topic_prefix.clone(),
             seq: seq.clone(),
             spool: spool.clone(),

@@ -276,6 +276,42 @@ pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
     }
 }
 
+/// Failures in a row before a device is polled less often.
+const FAILS_BEFORE_BACKOFF: u32 = 3;
+
+/// Per-device backoff: after [`FAILS_BEFORE_BACKOFF`] failed polls in a row the device skips
+/// 1, 3, 7, ... cycles (polled every 2, 4, 8 ... intervals) up to `max_skip`; one good reading
+/// resets it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    failures: u32,
+    skip: u64,
+}
+
+impl Backoff {
+    /// Whether the device is polled this cycle.
+    pub fn due(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// Records a poll; returns the cycles it will now skip when that changed.
+    pub fn record(&mut self, ok: bool, max_skip: u64) -> Option<u64> {
+        if ok {
+            let was = self.failures >= FAILS_BEFORE_BACKOFF;
+            *self = Backoff::default();
+            return was.then_some(0);
+        }
+        self.failures = self.failures.saturating_add(1);
+        let over = self.failures.checked_sub(FAILS_BEFORE_BACKOFF)?;
+        self.skip = ((1u64 << (over + 1).min(32)) - 1).min(max_skip.max(1));
+        Some(self.skip)
+    }
+}
+
 /// What a link task tells the publisher.
 #[derive(Debug)]
 pub enum Handoff {
@@ -290,6 +326,8 @@ pub struct LinkContext {
     pub site: String,
     pub edge: String,
     pub interval: Duration,
+    /// The most cycles a failing device skips.
+    pub max_skip: u64,
     pub topic_prefix: String,
     pub seq: Arc<Mutex<SeqStore>>,
     pub spool: Arc<Mutex<Spool>>,
@@ -304,6 +342,7 @@ pub async fn run_link(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut ctx: Option<Context> = None;
+    let mut backoffs = vec![Backoff::default(); plans.len()];
     let mut tick = tokio::time::interval(lc.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -311,16 +350,24 @@ pub async fn run_link(
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return Ok(()),
         }
-        if ctx.is_none() {
-            match connect(&link, lc.interval.max(Duration::from_secs(1))).await {
-                Ok(c) => ctx = Some(c),
-                Err(e) => {
-                    tracing::warn!(link = %link, error = %e, "Cannot connect; marking its devices.")
+        // A connection dropped after one device's failure (a timeout leaves the stream in an
+        // unknown state) is made again for the next device; a link that cannot be reached is
+        // tried once a cycle.
+        let mut unreachable = false;
+        let mut batch = Vec::with_capacity(plans.len());
+        for (plan, backoff) in plans.iter_mut().zip(backoffs.iter_mut()) {
+            if !backoff.due() {
+                continue;
+            }
+            if ctx.is_none() && !unreachable {
+                match connect(&link, lc.interval.max(Duration::from_secs(1))).await {
+                    Ok(c) => ctx = Some(c),
+                    Err(e) => {
+                        unreachable = true;
+                        tracing::warn!(link = %link, error = %e, "Cannot connect; marking its devices.")
+                    }
                 }
             }
-        }
-        let mut batch = Vec::with_capacity(plans.len());
-        for plan in &mut plans {
             let system_ms = chrono::Utc::now().timestamp_millis();
             let reading = match ctx.as_mut() {
                 Some(c) => read_device(c, plan).await,
@@ -328,6 +375,16 @@ pub async fn run_link(
             };
             if reading.link_failed {
                 ctx = None;
+            }
+            let ok = reading.points.iter().any(|p| p.q.is_good());
+            match backoff.record(ok, lc.max_skip) {
+                Some(0) => {
+                    tracing::info!(device = %plan.device.id, "Device answers again; polled every cycle.")
+                }
+                Some(skip) => {
+                    tracing::warn!(device = %plan.device.id, skip_cycles = skip, "Device keeps failing; polled less often.")
+                }
+                None => {}
             }
             if !reading.refused.is_empty() {
                 let mut refused = plan.refused.clone();
@@ -441,6 +498,23 @@ mod tests {
             clock: ClockSource::Device,
             timeout_ms: 100,
         }
+    }
+
+    #[test]
+    fn a_failing_device_is_polled_less_often_and_comes_back_at_once() {
+        let mut b = Backoff::default();
+        let mut polled = Vec::new();
+        for cycle in 0..40 {
+            if b.due() {
+                polled.push(cycle);
+                b.record(false, 8);
+            }
+        }
+        // Three failures, then every 2, 4, 8 cycles, then every 9 (skip at most 8).
+        assert_eq!(polled, vec![0, 1, 2, 4, 8, 16, 25, 34]);
+        assert_eq!(b.record(true, 8), Some(0), "back at once");
+        assert!(b.due() && b.due());
+        assert_eq!(b.record(false, 8), None, "one failure is not a pattern");
     }
 
     #[test]

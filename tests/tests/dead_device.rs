@@ -1,0 +1,113 @@
+//! One dead meter on a shared Modbus TCP link: the others' data stays complete, the dead one
+//! is polled less often while it is silent, and it is read again by itself once it answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ems_tests::*;
+
+#[test]
+fn a_dead_device_does_not_hold_up_the_others_and_comes_back_by_itself() {
+    let dir = TempDir::new("dead");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    // 60x, an hour back; the kiln's coal meter stays silent for the first 12 simulated minutes
+    // (12 real seconds).
+    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let mut sim = Proc::start(
+        &bin("ems-sim"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--speed",
+            "60",
+            "--start",
+            &start,
+            "--fault",
+            r#"{ device = "kiln1-coal", kind = "no_response", at_h = 0.0, for_h = 0.2 }"#,
+        ],
+        d,
+    );
+    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+    write_gateway_config(d, broker.port);
+    let (mut gateway, http) = start_gateway(d);
+    // Every 100 ms; a silent meter times out after 300 ms and backs off to at most 2 s.
+    write_config(
+        "firmware/edge/examples/demo.toml",
+        &[
+            ("tcp://127.0.0.1:5020", &format!("tcp://{sim_addr}")),
+            ("port = 1883", &format!("port = {}", broker.port)),
+            ("poll_interval_ms = 1000", "poll_interval_ms = 100"),
+            ("max_backoff_ms = 60000", "max_backoff_ms = 2000"),
+            (
+                "id = \"kiln1-coal\"\nlink",
+                "id = \"kiln1-coal\"\ntimeout_ms = 300\nlink",
+            ),
+        ],
+        &d.join("edge.toml"),
+    );
+    let started = Instant::now();
+    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    std::thread::sleep(Duration::from_secs(20));
+    assert!(
+        edge.terminate(Duration::from_secs(20)).success(),
+        "{}",
+        edge.stderr_tail()
+    );
+    let ran = started.elapsed().as_secs_f64();
+    let seq = edge_sequence_numbers(d);
+    assert_stored_exactly_once(&http, &seq);
+
+    // Per device: messages, and those without a single good point.
+    let csv = get_text(
+        &http,
+        "/api/v1/samples.csv?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+    );
+    let mut good: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut all: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for line in csv.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        let seq: u64 = c[1].parse().unwrap();
+        all.entry(c[0].into()).or_default().insert(seq);
+        if c[5] == "good" {
+            good.entry(c[0].into()).or_default().insert(seq);
+        }
+    }
+    let nominal = ran / 0.1;
+    for (device, seqs) in &all {
+        if device == "kiln1-coal" {
+            continue;
+        }
+        let n = good.get(device).map_or(0, BTreeSet::len);
+        assert_eq!(n, seqs.len(), "{device}: every reading good");
+        // Without backoff every cycle would wait 300 ms for the dead meter: a quarter of the
+        // nominal polls. With it, most of them happen.
+        assert!(
+            n as f64 > 0.6 * nominal,
+            "{device}: {n} polls in {ran:.1} s (nominal {nominal:.0})"
+        );
+    }
+    let dead_all = all["kiln1-coal"].len();
+    let dead_good = good.get("kiln1-coal").map_or(0, BTreeSet::len);
+    let failed = dead_all - dead_good;
+    let fewest = all
+        .iter()
+        .filter(|(d, _)| *d != "kiln1-coal")
+        .map(|(_, s)| s.len())
+        .min()
+        .unwrap();
+    eprintln!(
+        "{ran:.1} s: healthy meters {fewest}+ polls (nominal {nominal:.0}); silent meter {failed} failed, {dead_good} good"
+    );
+    // 12 s silent: polled every cycle it would have failed about 30 times (300 ms + 100 ms).
+    assert!(
+        (3..=15).contains(&failed),
+        "the silent meter was polled less often: {failed} failed polls"
+    );
+    assert!(
+        dead_good as f64 > 0.5 * (ran - 13.0) / 0.1,
+        "it is read every cycle again once it answers: {dead_good} good polls"
+    );
+    assert!(gateway.terminate(Duration::from_secs(20)).success());
+    assert!(sim.terminate(Duration::from_secs(10)).success());
+}
