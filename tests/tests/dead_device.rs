@@ -38,7 +38,10 @@ fn a_dead_device_does_not_hold_up_the_others_and_comes_back_by_itself() {
             ("tcp://127.0.0.1:5020", &format!("tcp://{sim_addr}")),
             ("port = 1883", &format!("port = {}", broker.port)),
             ("poll_interval_ms = 1000", "poll_interval_ms = 100"),
-            ("max_backoff_ms = 60000", "max_backoff_ms = 2000"),
+            (
+                "max_backoff_ms = 60000",
+                "max_backoff_ms = 2000\nmetrics_listen = \"127.0.0.1:0\"",
+            ),
             (
                 "id = \"kiln1-coal\"\nlink",
                 "id = \"kiln1-coal\"\ntimeout_ms = 300\nlink",
@@ -48,7 +51,24 @@ fn a_dead_device_does_not_hold_up_the_others_and_comes_back_by_itself() {
     );
     let started = Instant::now();
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
-    std::thread::sleep(Duration::from_secs(20));
+    let metrics_addr = edge.wait_line("METRICS ", Duration::from_secs(10));
+
+    // While the meter is silent, the edge's metrics say so.
+    std::thread::sleep(Duration::from_secs(6));
+    let metrics = get_text(&metrics_addr, "/metrics");
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+    };
+    assert_eq!(value("ems_edge_devices_backing_off "), 1.0);
+    assert!(value("ems_edge_point_failures_total{device=\"kiln1-coal\",kind=\"timeout\"} ") > 0.0);
+    assert!(value("ems_edge_polls_total{device=\"bf1-coke\"} ") > 30.0);
+    assert!(value("ems_edge_delivered_total ") > 100.0);
+    assert!(value("ems_edge_spool_depth ") < 1_000.0);
+    std::thread::sleep(Duration::from_secs(14));
     assert!(
         edge.terminate(Duration::from_secs(20)).success(),
         "{}",

@@ -28,6 +28,9 @@ pub struct EdgeConfig {
     /// timeouts then stop holding up the other devices on its link.
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g. "127.0.0.1:9464"; off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// Extra profiles (`*.toml`), beside the built-in library.
     #[serde(default)]
     pub profiles_dir: Option<PathBuf>,

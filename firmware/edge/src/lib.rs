@@ -5,6 +5,7 @@
 //! disk until the broker has it; [`outbox`] and [`publisher`] deliver at least once. [`run`] wires them together with shutdown as a parameter.
 
 pub mod config;
+pub mod metrics;
 pub mod outbox;
 pub mod poller;
 pub mod profile;
@@ -53,6 +54,22 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
             "Spool holds messages from before the restart; delivering them first."
         );
     }
+    let metrics = Arc::new(metrics::EdgeMetrics::default());
+    let metrics_server = match &cfg.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            // Machine-readable for scripts and tests that use port 0.
+            println!("METRICS {}", listener.local_addr()?);
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let publisher = tokio::spawn(publisher::run(
         PublisherConfig {
@@ -63,6 +80,7 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
         },
         spool.clone(),
         rx,
+        metrics.clone(),
     ));
     let mut pollers = Vec::new();
     for (link, plans) in links {
@@ -71,6 +89,7 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
             edge: cfg.edge_id.clone(),
             interval: Duration::from_millis(cfg.poll_interval_ms),
             max_skip: (cfg.max_backoff_ms / cfg.poll_interval_ms).max(1),
+            metrics: metrics.clone(),
             topic_prefix: cfg.mqtt.topic_prefix.clone(),
             seq: seq.clone(),
             spool: spool.clone(),
@@ -93,6 +112,10 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
         }
     }
     let stats = publisher.await.context("publisher panicked")?;
+    if let Some(server) = metrics_server {
+        shutdown.cancel();
+        server.await.context("metrics server panicked")??;
+    }
     if stats.dropped > 0 {
         tracing::error!(
             dropped = stats.dropped,

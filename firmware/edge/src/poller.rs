@@ -19,6 +19,7 @@ use tokio_modbus::Slave;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClockSource, Device};
+use crate::metrics::{DeviceLabel, EdgeMetrics, FailureLabel};
 use crate::profile::{PointDef, PointRole, Table};
 use crate::seq::SeqStore;
 use crate::spool::Spool;
@@ -298,6 +299,11 @@ impl Backoff {
         true
     }
 
+    /// Polled less often at the moment.
+    pub fn backing_off(&self) -> bool {
+        self.failures >= FAILS_BEFORE_BACKOFF
+    }
+
     /// Records a poll; returns the cycles it will now skip when that changed.
     pub fn record(&mut self, ok: bool, max_skip: u64) -> Option<u64> {
         if ok {
@@ -328,6 +334,7 @@ pub struct LinkContext {
     pub interval: Duration,
     /// The most cycles a failing device skips.
     pub max_skip: u64,
+    pub metrics: Arc<EdgeMetrics>,
     pub topic_prefix: String,
     pub seq: Arc<Mutex<SeqStore>>,
     pub spool: Arc<Mutex<Spool>>,
@@ -369,15 +376,43 @@ pub async fn run_link(
                 }
             }
             let system_ms = chrono::Utc::now().timestamp_millis();
+            let label = DeviceLabel {
+                device: plan.device.id.clone(),
+            };
+            let polled = std::time::Instant::now();
             let reading = match ctx.as_mut() {
-                Some(c) => read_device(c, plan).await,
+                Some(c) => {
+                    lc.metrics.requests.inc_by(plan.reads.len() as u64);
+                    read_device(c, plan).await
+                }
                 None => unreachable_reading(plan),
             };
+            lc.metrics.polls.get_or_create(&label).inc();
+            lc.metrics
+                .poll_seconds
+                .get_or_create(&label)
+                .observe(polled.elapsed().as_secs_f64());
+            for p in reading.points.iter().filter(|p| p.v.is_none()) {
+                lc.metrics
+                    .point_failures
+                    .get_or_create(&FailureLabel {
+                        device: label.device.clone(),
+                        kind: p.q.to_string(),
+                    })
+                    .inc();
+            }
             if reading.link_failed {
                 ctx = None;
             }
             let ok = reading.points.iter().any(|p| p.q.is_good());
-            match backoff.record(ok, lc.max_skip) {
+            let was_backing_off = backoff.backing_off();
+            let change = backoff.record(ok, lc.max_skip);
+            match (was_backing_off, backoff.backing_off()) {
+                (false, true) => lc.metrics.devices_backing_off.inc(),
+                (true, false) => lc.metrics.devices_backing_off.dec(),
+                _ => 0,
+            };
+            match change {
                 Some(0) => {
                     tracing::info!(device = %plan.device.id, "Device answers again; polled every cycle.")
                 }

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
+use crate::metrics::EdgeMetrics;
 use crate::outbox::{Message, Outbox};
 use crate::poller::Handoff;
 use crate::spool::Spool;
@@ -78,6 +79,7 @@ pub async fn run(
     cfg: PublisherConfig,
     spool: Arc<Mutex<Spool>>,
     mut rx: mpsc::Receiver<Handoff>,
+    metrics: Arc<EdgeMetrics>,
 ) -> PublishStats {
     let spool = |f: &mut dyn FnMut(&mut Spool)| f(&mut spool.lock().expect("spool lock poisoned"));
     let mut opts = MqttOptions::new(cfg.edge.clone(), cfg.mqtt.host.clone(), cfg.mqtt.port);
@@ -186,6 +188,7 @@ pub async fn run(
                 Some(LinkEvent::Acked(pkid)) => {
                     if let Some(m) = outbox.on_puback(pkid) {
                         stats.acknowledged += 1;
+                        metrics.delivered.inc();
                         if let Some(id) = m.spool_id {
                             spool(&mut |s| if let Err(e) = s.ack(id) {
                                 tracing::error!(error = %e, "Cannot mark a spooled message delivered.");
@@ -210,8 +213,12 @@ pub async fn run(
                 }
             },
             () = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => break,
-            _ = sync_timer.tick() => spool(&mut |s| if let Err(e) = s.sync_if_due() {
-                tracing::error!(error = %e, "Cannot sync the spool.");
+            _ = sync_timer.tick() => spool(&mut |s| {
+                if let Err(e) = s.sync_if_due() {
+                    tracing::error!(error = %e, "Cannot sync the spool.");
+                }
+                metrics.spool_depth.set(s.depth() as i64);
+                metrics.spool_dropped.set(s.dropped as i64);
             }),
         }
     }

@@ -1,0 +1,132 @@
+//! The agent's Prometheus metrics, served on `metrics_listen` (off when not configured): polls
+//! and their latency per device, Modbus requests, failures by kind, the spool's depth and what
+//! it dropped, and deliveries the broker acknowledged.
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabel {
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabel {
+    pub device: String,
+    /// The quality code: timeout, exception:NN, comm, crc, decode.
+    pub kind: String,
+}
+
+pub struct EdgeMetrics {
+    registry: Registry,
+    pub polls: Family<DeviceLabel, Counter>,
+    pub poll_seconds: Family<DeviceLabel, Histogram, fn() -> Histogram>,
+    pub requests: Counter,
+    pub point_failures: Family<FailureLabel, Counter>,
+    pub devices_backing_off: Gauge,
+    pub spool_depth: Gauge,
+    pub spool_dropped: Gauge,
+    pub delivered: Counter,
+}
+
+fn poll_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ems_edge");
+        let m = EdgeMetrics {
+            polls: Family::default(),
+            poll_seconds: Family::new_with_constructor(poll_histogram),
+            requests: Counter::default(),
+            point_failures: Family::default(),
+            devices_backing_off: Gauge::default(),
+            spool_depth: Gauge::default(),
+            spool_dropped: Gauge::default(),
+            delivered: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("polls", "Device polls", m.polls.clone());
+        registry.register(
+            "poll_seconds",
+            "Time to read one device (all its requests)",
+            m.poll_seconds.clone(),
+        );
+        registry.register(
+            "modbus_requests",
+            "Modbus read requests sent",
+            m.requests.clone(),
+        );
+        registry.register(
+            "point_failures",
+            "Points read without a value, by device and quality code",
+            m.point_failures.clone(),
+        );
+        registry.register(
+            "devices_backing_off",
+            "Devices polled less often because they keep failing",
+            m.devices_backing_off.clone(),
+        );
+        registry.register(
+            "spool_depth",
+            "Poll results on disk the broker has not acknowledged (the replay backlog)",
+            m.spool_depth.clone(),
+        );
+        registry.register(
+            "spool_dropped",
+            "Poll results the full spool dropped since start",
+            m.spool_dropped.clone(),
+        );
+        registry.register(
+            "delivered",
+            "Messages the broker acknowledged",
+            m.delivered.clone(),
+        );
+        EdgeMetrics { registry, ..m }
+    }
+}
+
+impl EdgeMetrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<EdgeMetrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
