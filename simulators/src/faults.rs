@@ -34,6 +34,9 @@ pub struct FaultSpec {
     /// corrupt_frame: cut the frame short instead of spoiling its CRC.
     #[serde(default)]
     pub truncate: Option<bool>,
+    /// short_requests: the most registers one request may ask for.
+    #[serde(default)]
+    pub registers: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +52,7 @@ pub enum KindName {
     Replace,
     Freeze,
     Spike,
+    ShortRequests,
 }
 
 /// What a fault does, with its parameters checked.
@@ -76,6 +80,9 @@ pub enum FaultKind {
     Freeze,
     /// The counter reads `magnitude` too high while the fault lasts.
     Spike { magnitude: f64 },
+    /// A device (or the gateway in front of it) that takes shorter requests than Modbus allows:
+    /// a read of more than `registers` is answered with exception 03 (illegal data value).
+    ShortRequests { registers: u16 },
 }
 
 impl FaultKind {
@@ -114,6 +121,9 @@ impl Fault {
             FaultKind::Replace { reading } => format!("meter replaced, new reading {reading}"),
             FaultKind::Freeze => "values frozen".into(),
             FaultKind::Spike { magnitude } => format!("counter spikes by {magnitude}"),
+            FaultKind::ShortRequests { registers } => {
+                format!("exception 03 for reads of more than {registers} registers")
+            }
         }
     }
 }
@@ -153,6 +163,12 @@ impl FaultSpec {
             KindName::Freeze => FaultKind::Freeze,
             KindName::Spike => FaultKind::Spike {
                 magnitude: need(self.magnitude, "magnitude")?,
+            },
+            KindName::ShortRequests => FaultKind::ShortRequests {
+                registers: self.registers.filter(|&r| r > 0).ok_or((
+                    "registers",
+                    "a short_requests fault needs `registers` above zero".to_owned(),
+                ))?,
             },
         };
         if !kind.is_instant() && self.for_h <= 0.0 {

@@ -455,6 +455,7 @@ mod tests {
             reading: None,
             magnitude: None,
             truncate: None,
+            registers: None,
         }
     }
 

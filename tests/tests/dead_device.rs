@@ -131,3 +131,76 @@ fn a_dead_device_does_not_hold_up_the_others_and_comes_back_by_itself() {
     assert!(gateway.terminate(Duration::from_secs(20)).success());
     assert!(sim.terminate(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn a_device_that_takes_only_short_requests_gets_a_shorter_plan() {
+    let dir = TempDir::new("short");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    // The blast furnace's power meter answers exception 03 to reads of more than 16 registers
+    // (its profile allows 125, and the planner bridges its map into long reads).
+    let mut sim = Proc::start(
+        &bin("ems-sim"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--speed",
+            "60",
+            "--start",
+            &start,
+            "--fault",
+            r#"{ device = "bf1-power", kind = "short_requests", registers = 16, at_h = 0.0, for_h = 10.0 }"#,
+        ],
+        d,
+    );
+    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+    write_gateway_config(d, broker.port);
+    let (mut gateway, http) = start_gateway(d);
+    write_edge_config(d, &sim_addr, broker.port, 100);
+    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(edge.terminate(Duration::from_secs(20)).success());
+    let log = std::fs::read_to_string(
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("ems-edge-") && name.ends_with(".stderr")
+            })
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    assert!(
+        log.contains("length limit lowered") && log.contains("bf1-power"),
+        "the edge says what it learned:\n{}",
+        edge.stderr_tail()
+    );
+    let seq = edge_sequence_numbers(d);
+    assert_stored_exactly_once(&http, &seq);
+    // After at most a few polls every point of the meter reads good, every poll.
+    let csv = get_text(
+        &http,
+        "/api/v1/samples.csv?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&device=bf1-power",
+    );
+    let mut bad_seqs = BTreeSet::new();
+    let mut seqs = BTreeSet::new();
+    for line in csv.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        let s: u64 = c[1].parse().unwrap();
+        seqs.insert(s);
+        if c[5] != "good" {
+            assert_eq!(c[5], "exception:03", "{line}");
+            bad_seqs.insert(s);
+        }
+    }
+    assert!(seqs.len() > 20, "{} polls", seqs.len());
+    assert!(
+        !bad_seqs.is_empty() && bad_seqs.iter().all(|&s| s <= 3),
+        "only the first polls fail: {bad_seqs:?}"
+    );
+    assert!(gateway.terminate(Duration::from_secs(20)).success());
+    assert!(sim.terminate(Duration::from_secs(10)).success());
+}

@@ -151,6 +151,8 @@ pub struct Reading {
     pub link_failed: bool,
     /// Registers found refused in this poll (the plan must avoid them from now on).
     pub refused: Vec<(Table, Span)>,
+    /// The device refused a long read with exception 03: the length limit to plan with now.
+    pub shorter: Option<u16>,
 }
 
 async fn read_once(
@@ -183,12 +185,21 @@ enum Failure {
 
 /// Exception 02: illegal data address.
 const ILLEGAL_DATA_ADDRESS: u8 = 2;
+const ILLEGAL_DATA_VALUE: u8 = 3;
 
 pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
     let profile = &plan.device.profile;
     let mut values: Vec<Result<f64, Quality>> = vec![Err(Quality::Comm); profile.points.len()];
     let mut link_failed = false;
     let mut refused = Vec::new();
+    let mut shorter = None;
+    // No limit may go below the longest single point.
+    let longest = profile
+        .points
+        .iter()
+        .map(|p| p.data_type.registers())
+        .max()
+        .unwrap_or(1);
     ctx.set_slave(Slave(plan.device.unit_id));
     let timeout = Duration::from_millis(plan.device.timeout_ms);
     for read in &plan.reads {
@@ -199,6 +210,14 @@ pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
             Ok(regs) => {
                 for &i in &read.points {
                     values[i] = decode_point(&profile.points[i], read, &regs);
+                }
+            }
+            Err(Failure::Device(ILLEGAL_DATA_VALUE)) if read.len > longest => {
+                // The device (or a gateway in front of it) takes shorter requests than its
+                // profile says: halve the limit; the next poll reads with the new plan.
+                shorter = Some((read.len / 2).max(longest));
+                for &i in &read.points {
+                    values[i] = Err(Quality::Exception(ILLEGAL_DATA_VALUE));
                 }
             }
             Err(Failure::Device(ILLEGAL_DATA_ADDRESS)) if read.points.len() > 1 => {
@@ -274,6 +293,7 @@ pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
         device_clock_ms,
         link_failed,
         refused,
+        shorter,
     }
 }
 
@@ -434,6 +454,19 @@ pub async fn run_link(
                     }
                 }
             }
+            if let Some(max) = reading.shorter {
+                let mut device = plan.device.clone();
+                device.profile.max_registers = max;
+                match DevicePlan::with_refused(device, plan.refused.clone()) {
+                    Ok(p) => {
+                        tracing::warn!(device = %plan.device.id, max_registers = max, plan = %p.summary(), "Device refuses long requests (exception 03); length limit lowered and replanned.");
+                        *plan = p;
+                    }
+                    Err(e) => {
+                        tracing::error!(device = %plan.device.id, error = %e, "Cannot replan.")
+                    }
+                }
+            }
             let ts_ms = match plan.device.clock {
                 ClockSource::Device => reading.device_clock_ms.unwrap_or(system_ms),
                 ClockSource::System => system_ms,
@@ -501,6 +534,7 @@ fn unreachable_reading(plan: &DevicePlan) -> Reading {
         device_clock_ms: None,
         link_failed: true,
         refused: Vec::new(),
+        shorter: None,
     }
 }
 
