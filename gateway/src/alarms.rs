@@ -6,7 +6,8 @@
 //!   (the level-3 threshold after corrections); it clears once the figure is back below by the
 //!   hysteresis band.
 //! - `near_limit` (`unit/limit`): within `near_limit_pct` of the limit; `above_limit` supersedes it.
-//! - `data_gap` (unit): the window is under 90 % complete, so its figures are not reportable.
+//! - `data_gap` (unit): the window (from the unit's first data on, if later) is under 90 %
+//!   complete, so its figures are not reportable.
 //!   While it is open the unit's limit alarms keep their state: nothing can be judged.
 //! - `device_offline` (device): its edge reported it offline, or no good reading arrived for
 //!   `offline_after_s` of plant time.
@@ -121,9 +122,23 @@ pub fn observe_units(
     reader: &Reader,
 ) -> anyhow::Result<Vec<Observation>> {
     let end = now_ms - now_ms.rem_euclid(SLOT_MS);
-    let start = end - i64::from(cfg.window_h) * HOUR_MS;
+    let window_start = end - i64::from(cfg.window_h) * HOUR_MS;
     let mut out = Vec::new();
     for unit in &plant.units {
+        // A unit that started reporting within the window is judged from its first data on:
+        // the time before commissioning is not a gap. Less than an hour is not judged yet.
+        let mut first = None;
+        for f in &unit.flows {
+            if let Some(s) = reader.first_slot(&f.device, &f.point)? {
+                first = Some(first.map_or(s, |m: i64| m.min(s)));
+            }
+        }
+        let Some(first) = first else { continue };
+        let start = window_start.max(first);
+        if end - start < HOUR_MS {
+            continue;
+        }
+        let hours = (end - start) as f64 / HOUR_MS as f64;
         let mut rows = Vec::with_capacity(unit.flows.len());
         for f in &unit.flows {
             rows.push(reader.point_slots(&f.device, &f.point, start, end)?);
@@ -142,8 +157,8 @@ pub fn observe_units(
             value: Some(completeness),
             threshold: Some(90.0),
             message: format!(
-                "{}: only {completeness:.1} % of the last {} h covered by good samples; its figures are not reportable",
-                unit.name, cfg.window_h
+                "{}: only {completeness:.1} % of the last {hours:.1} h covered by good samples; its figures are not reportable",
+                unit.name
             ),
         });
         if !ind.reportable {
@@ -162,8 +177,8 @@ pub fn observe_units(
                 value: Some(j.value),
                 threshold: Some(limit),
                 message: format!(
-                    "{}: {:.2} {unit_label} over the last {} h, above the {} limit of {limit:.2}",
-                    unit.name, j.value, cfg.window_h, j.standard
+                    "{}: {:.2} {unit_label} over the last {hours:.1} h, above the {} limit of {limit:.2}",
+                    unit.name, j.value, j.standard
                 ),
             });
             let near = limit - limit.abs() * cfg.near_limit_pct / 100.0;
@@ -176,8 +191,8 @@ pub fn observe_units(
                 value: Some(j.value),
                 threshold: Some(near),
                 message: format!(
-                    "{}: {:.2} {unit_label} over the last {} h, within {} % of the {} limit of {limit:.2}",
-                    unit.name, j.value, cfg.window_h, cfg.near_limit_pct, j.standard
+                    "{}: {:.2} {unit_label} over the last {hours:.1} h, within {} % of the {} limit of {limit:.2}",
+                    unit.name, j.value, cfg.near_limit_pct, j.standard
                 ),
             });
         }

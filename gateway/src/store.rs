@@ -705,6 +705,16 @@ impl Reader {
         })
     }
 
+    /// The first 15-minute slot the point has data in.
+    pub fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT MIN(slot_ms) FROM point_slots WHERE device = ?1 AND point = ?2",
+            )?
+            .query_row(params![device, point], |r| r.get(0))
+        })
+    }
+
     /// Rollup rows of one point with `from_ms <= slot < to_ms`.
     pub fn point_slots(
         &self,
