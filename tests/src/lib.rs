@@ -566,6 +566,27 @@ pub struct Pipeline {
     pub edge: Proc,
 }
 
+/// Starts the demo plant's simulator at 60x, starting an hour back (so that simulated time
+/// stays behind the gateway's clock), with `faults` (TOML inline tables for `--fault`). Returns
+/// it and its Modbus TCP address.
+pub fn start_sim(dir: &Path, faults: &[&str]) -> (Proc, String) {
+    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--speed",
+        "60",
+        "--start",
+        &start,
+    ];
+    for f in faults {
+        args.extend(["--fault", f]);
+    }
+    let sim = Proc::start(&bin("ems-sim"), &args, dir);
+    let addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+    (sim, addr)
+}
+
 /// Starts the demo plant's simulator (60x, starting an hour back so that simulated time stays
 /// behind the gateway's real clock: a poll time from the future is quarantined, rightly), the
 /// gateway (`dir/gateway.toml`) and the edge (`dir/edge.toml`, polling every 100 ms) over the
@@ -576,20 +597,7 @@ pub fn start_pipeline(dir: &Path, mqtt_port: u16) -> Pipeline {
 
 /// [`start_pipeline`] with `gateway_extra` appended to the gateway's config (more tables).
 pub fn start_pipeline_with(dir: &Path, mqtt_port: u16, gateway_extra: &str) -> Pipeline {
-    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    let sim = Proc::start(
-        &bin("ems-sim"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--speed",
-            "60",
-            "--start",
-            &start,
-        ],
-        dir,
-    );
-    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+    let (sim, sim_addr) = start_sim(dir, &[]);
     write_gateway_config(dir, mqtt_port);
     if !gateway_extra.is_empty() {
         let path = dir.join("gateway.toml");

@@ -13,22 +13,10 @@ fn a_dead_device_does_not_hold_up_the_others_and_comes_back_by_itself() {
     let broker = Mosquitto::start(d);
     // 60x, an hour back; the kiln's coal meter stays silent for the first 12 simulated minutes
     // (12 real seconds).
-    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    let mut sim = Proc::start(
-        &bin("ems-sim"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--speed",
-            "60",
-            "--start",
-            &start,
-            "--fault",
-            r#"{ device = "kiln1-coal", kind = "no_response", at_h = 0.0, for_h = 0.2 }"#,
-        ],
+    let (mut sim, sim_addr) = start_sim(
         d,
+        &[r#"{ device = "kiln1-coal", kind = "no_response", at_h = 0.0, for_h = 0.2 }"#],
     );
-    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
     write_gateway_config(d, broker.port);
     let (mut gateway, http) = start_gateway(d);
     // Every 100 ms; a silent meter times out after 300 ms and backs off to at most 2 s.
@@ -137,24 +125,14 @@ fn a_device_that_takes_only_short_requests_gets_a_shorter_plan() {
     let dir = TempDir::new("short");
     let d = dir.path();
     let broker = Mosquitto::start(d);
-    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
     // The blast furnace's power meter answers exception 03 to reads of more than 16 registers
     // (its profile allows 125, and the planner bridges its map into long reads).
-    let mut sim = Proc::start(
-        &bin("ems-sim"),
+    let (mut sim, sim_addr) = start_sim(
+        d,
         &[
-            "--listen",
-            "127.0.0.1:0",
-            "--speed",
-            "60",
-            "--start",
-            &start,
-            "--fault",
             r#"{ device = "bf1-power", kind = "short_requests", registers = 16, at_h = 0.0, for_h = 10.0 }"#,
         ],
-        d,
     );
-    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
     write_gateway_config(d, broker.port);
     let (mut gateway, http) = start_gateway(d);
     write_edge_config(d, &sim_addr, broker.port, 100);

@@ -35,20 +35,7 @@ fn the_aarch64_edge_under_qemu_delivers_everything_to_the_gateway() {
     let dir = TempDir::new("arm");
     let d = dir.path();
     let broker = Mosquitto::start(d);
-    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    let mut sim = Proc::start(
-        &bin("ems-sim"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--speed",
-            "60",
-            "--start",
-            &start,
-        ],
-        d,
-    );
-    let sim_addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+    let (mut sim, sim_addr) = start_sim(d, &[]);
     write_gateway_config(d, broker.port);
     let (mut gateway, http) = start_gateway(d);
     write_edge_config(d, &sim_addr, broker.port, 200);

@@ -357,13 +357,18 @@ impl Spool {
         Ok(())
     }
 
+    /// Everything below `below` is delivered (or dropped); then the mark moves on over records
+    /// acknowledged out of order and over corrupt ones, which never come back for one.
     fn advance_acked_to(&mut self, below: u64) {
         self.acked_below = below;
         self.acked_ahead = self.acked_ahead.split_off(&below);
-        while self.acked_ahead.remove(&self.acked_below) {
+        self.corrupt = self.corrupt.split_off(&below);
+        while self.acked_below < self.next_id()
+            && (self.acked_ahead.remove(&self.acked_below)
+                || self.corrupt.remove(&self.acked_below))
+        {
             self.acked_below += 1;
         }
-        self.corrupt = self.corrupt.split_off(&self.acked_below);
     }
 
     /// Up to `max` records after the last one returned, in order.
@@ -412,15 +417,7 @@ impl Spool {
             return Ok(());
         }
         self.acked_ahead.insert(id);
-        let below = self.acked_below;
-        self.advance_acked_to(below);
-        // Corrupt records never come back for acknowledgement: step over them.
-        while self.acked_below < self.next_id()
-            && (self.acked_ahead.remove(&self.acked_below)
-                || self.corrupt.remove(&self.acked_below))
-        {
-            self.acked_below += 1;
-        }
+        self.advance_acked_to(self.acked_below);
         self.remove_delivered_segments()
     }
 
