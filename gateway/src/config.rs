@@ -419,6 +419,11 @@ impl Plant {
                 return Err(src.error(key, "a percentage from 0 to below 100"));
             }
         }
+        if let Some(i) = &config.influx {
+            if !(i.rollup_settle_s.is_finite() && (0.0..=86_400.0).contains(&i.rollup_settle_s)) {
+                return Err(src.error("influx.rollup_settle_s", "seconds from 0 to 86400"));
+            }
+        }
         let calendar = Calendar {
             tz: utc_offset,
             shift_starts,

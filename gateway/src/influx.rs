@@ -5,8 +5,14 @@
 //! stores the message, and each 15-minute slot a new sample touches is marked dirty there too.
 //! The sink sends the oldest queued lines and the dirty slots' unit figures in one write, and
 //! takes them off the queue only when the server has accepted it; a failing server is retried
-//! with exponential backoff, the queue growing on disk meanwhile. A rollup rewritten later (a
-//! late sample) is simply written again: same series, same time, the new value wins.
+//! with exponential backoff, the queue growing on disk meanwhile.
+//!
+//! A slot's rollup is written once the slot has settled: no stored sample has touched it for
+//! `rollup_settle_s`. So the server gets one value per slot, not a growing partial one with
+//! every batch; that matters because not every server resolves a rewrite the way InfluxDB does
+//! (last write wins): VictoriaMetrics with deduplication keeps the largest value written at a
+//! timestamp. A slot touched again later (a late sample, a replayed backlog) is written again
+//! once it settles again.
 //!
 //! Measurements: `ems_sample` (tags site, device, point, quality; fields `value`, `good`),
 //! `ems_unit` (tags unit, kind, workshop; fields energy_kgce, consumed_kgce, recovered_kgce,
@@ -14,10 +20,11 @@
 //! kgce_per_t, kwh_per_t, water_m3_per_t; `level` when judged) and `ems_carrier` (tags unit,
 //! device, carrier, role; fields quantity, kgce), all with millisecond timestamps.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ems_core::wire::Telemetry;
 use influxdb2::api::write::TimestampPrecision;
@@ -45,6 +52,9 @@ pub struct InfluxConfig {
     /// Longest wait between retries while the server fails.
     #[serde(default = "default_max_backoff_s")]
     pub max_backoff_s: u64,
+    /// Seconds without a new sample before a 15-minute slot's rollup is written.
+    #[serde(default = "default_rollup_settle_s")]
+    pub rollup_settle_s: f64,
 }
 
 fn default_batch_messages() -> usize {
@@ -52,6 +62,9 @@ fn default_batch_messages() -> usize {
 }
 fn default_max_backoff_s() -> u64 {
     60
+}
+fn default_rollup_settle_s() -> f64 {
+    30.0
 }
 
 /// A tag value or key with line protocol's special characters escaped.
@@ -137,6 +150,24 @@ pub fn unit_lines(unit: &Unit, slot_ms: i64, ind: &Indicator) -> String {
 /// The sink's view of its queue in the gateway's database.
 pub struct SinkQueue {
     conn: Connection,
+    settling: Settling,
+}
+
+/// When each dirty slot's version was first seen: a slot is ready once its version has stayed
+/// the same for `settle`.
+struct Settling {
+    settle: Duration,
+    seen: HashMap<i64, (i64, Instant)>,
+}
+
+impl Settling {
+    fn ready(&mut self, slot: i64, version: i64, now: Instant) -> bool {
+        let e = self.seen.entry(slot).or_insert((version, now));
+        if e.0 != version {
+            *e = (version, now);
+        }
+        now.duration_since(e.1) >= self.settle
+    }
 }
 
 /// What one write carries, and how to take it off the queue once accepted.
@@ -149,9 +180,14 @@ pub struct Pending {
 }
 
 impl SinkQueue {
-    pub fn open(path: &Path) -> anyhow::Result<SinkQueue> {
+    /// The queue in the database at `path`; slot rollups wait `settle` without change.
+    pub fn open(path: &Path, settle: Duration) -> anyhow::Result<SinkQueue> {
         Ok(SinkQueue {
             conn: open_conn(path)?,
+            settling: Settling {
+                settle,
+                seen: HashMap::new(),
+            },
         })
     }
 
@@ -162,12 +198,13 @@ impl SinkQueue {
             .query_row("SELECT COUNT(*) FROM sink_queue", [], |r| r.get(0))?)
     }
 
-    /// The oldest queued messages and the dirty slots' unit figures.
+    /// The oldest queued messages and the settled dirty slots' unit figures, as of `now`.
     pub fn next(
-        &self,
+        &mut self,
         plant: &Plant,
         reader: &Reader,
         max_messages: usize,
+        now: Instant,
     ) -> anyhow::Result<Pending> {
         let mut p = Pending::default();
         let mut stmt = self
@@ -185,9 +222,14 @@ impl SinkQueue {
         let mut stmt = self.conn.prepare_cached(
             "SELECT slot_ms, version FROM sink_dirty_slots ORDER BY slot_ms LIMIT 500",
         )?;
-        p.slots = stmt
+        let dirty: Vec<(i64, i64)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
+        let settling = &mut self.settling;
+        p.slots = dirty
+            .into_iter()
+            .filter(|(slot, version)| settling.ready(*slot, *version, now))
+            .collect();
         if let (Some(first), Some(last)) = (p.slots.first(), p.slots.last()) {
             let (lo, hi) = (first.0, last.0 + SLOT_MS);
             let periods: Vec<(i64, i64)> = p.slots.iter().map(|(s, _)| (*s, s + SLOT_MS)).collect();
@@ -222,6 +264,16 @@ impl SinkQueue {
             )?;
         }
         tx.commit()?;
+        for (slot, version) in &p.slots {
+            if self
+                .settling
+                .seen
+                .get(slot)
+                .is_some_and(|e| e.0 == *version)
+            {
+                self.settling.seen.remove(slot);
+            }
+        }
         Ok(())
     }
 }
@@ -248,9 +300,10 @@ pub async fn run(
             cfg.batch_messages,
         );
         let pending = tokio::task::spawn_blocking(move || {
-            let q = q.lock().expect("sink queue lock poisoned");
+            let mut q = q.lock().expect("sink queue lock poisoned");
             let depth = q.depth()?;
-            Ok::<_, anyhow::Error>((q.next(&plant2, &reader2, batch)?, depth))
+            let next = q.next(&plant2, &reader2, batch, Instant::now())?;
+            Ok::<_, anyhow::Error>((next, depth))
         })
         .await?;
         let (pending, depth) = match pending {
@@ -309,6 +362,24 @@ mod tests {
     use super::*;
     use ems_core::wire::PointValue;
     use ems_core::Quality;
+
+    #[test]
+    fn a_slot_is_ready_only_after_it_stopped_changing_for_the_settle_time() {
+        let mut s = Settling {
+            settle: Duration::from_secs(30),
+            seen: HashMap::new(),
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(!s.ready(900_000, 1, at(0)));
+        assert!(!s.ready(900_000, 1, at(29)));
+        // Touched again at 29 s: the wait starts over.
+        assert!(!s.ready(900_000, 2, at(29)));
+        assert!(!s.ready(900_000, 2, at(58)));
+        assert!(s.ready(900_000, 2, at(59)));
+        // Another slot has its own clock.
+        assert!(!s.ready(1_800_000, 1, at(59)));
+    }
 
     #[test]
     fn samples_become_one_line_per_point_with_tags_escaped() {

@@ -22,6 +22,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -103,14 +104,17 @@ pub async fn serve(
         ))
     });
     let sink_task = match plant.config.influx.clone() {
-        Some(cfg) => Some(tokio::spawn(influx::run(
-            plant.clone(),
-            cfg,
-            influx::SinkQueue::open(db)?,
-            Arc::new(store.reader()?),
-            metrics.clone(),
-            shutdown.clone(),
-        ))),
+        Some(cfg) => {
+            let queue = influx::SinkQueue::open(db, Duration::from_secs_f64(cfg.rollup_settle_s))?;
+            Some(tokio::spawn(influx::run(
+                plant.clone(),
+                cfg,
+                queue,
+                Arc::new(store.reader()?),
+                metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
         None => None,
     };
     let state = api::AppState {

@@ -22,7 +22,7 @@ fn the_time_series_server_down_for_a_while_ends_with_every_sample_and_rollup() {
     let broker = Mosquitto::start(d);
     let mut vm = VictoriaMetrics::start(d);
     let influx = format!(
-        "[influx]\nurl = \"{}\"\norg = \"plant\"\nbucket = \"ems\"\ntoken = \"t\"\nmax_backoff_s = 2\n",
+        "[influx]\nurl = \"{}\"\norg = \"plant\"\nbucket = \"ems\"\ntoken = \"t\"\nmax_backoff_s = 2\nrollup_settle_s = 2\n",
         vm.url()
     );
     let Pipeline {
