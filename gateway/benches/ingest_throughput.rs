@@ -11,7 +11,7 @@
 //! of ten points, the shape ems-edge sends: one message per device per poll). Needs `mosquitto`
 //! (tests/run.sh installs it); the bench starts its own on a free port.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,18 +200,37 @@ async fn start_gateway(
     (stop, task)
 }
 
-/// 3. The same rows, bulk-loaded into the same schema: messages and samples only.
+/// 3. The same rows, bulk-loaded into the same schema: messages and samples only (series ids
+/// known in advance).
 fn storage_ceiling(db: &std::path::Path, msgs: &[Telemetry]) -> f64 {
     ems_gateway::store::Store::open(db).unwrap();
     let mut conn = Connection::open(db).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    let mut series: HashMap<(&str, &str), i64> = HashMap::new();
+    {
+        let tx = conn.transaction().unwrap();
+        for t in msgs {
+            for p in &t.points {
+                let next = series.len() as i64 + 1;
+                series.entry((&t.device, &p.id)).or_insert_with(|| {
+                    tx.execute(
+                        "INSERT INTO series (id, device, point) VALUES (?1, ?2, ?3)",
+                        rusqlite::params![next, t.device, p.id],
+                    )
+                    .unwrap();
+                    next
+                });
+            }
+        }
+        tx.commit().unwrap();
+    }
     let started = Instant::now();
     for chunk in msgs.chunks(2_000) {
         let tx = conn.transaction().unwrap();
         {
             let mut m = tx.prepare("INSERT INTO messages (device, seq, ts_ms, edge, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
-            let mut s = tx.prepare("INSERT INTO samples (device, seq, point, ts_ms, value, quality) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").unwrap();
+            let mut s = tx.prepare("INSERT INTO point_samples (series, ts_ms, seq, value, quality) VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
             for t in chunk {
                 m.execute(rusqlite::params![
                     t.device,
@@ -223,10 +242,9 @@ fn storage_ceiling(db: &std::path::Path, msgs: &[Telemetry]) -> f64 {
                 .unwrap();
                 for p in &t.points {
                     s.execute(rusqlite::params![
-                        t.device,
-                        t.seq as i64,
-                        p.id,
+                        series[&(t.device.as_str(), p.id.as_str())],
                         t.ts_ms,
+                        t.seq as i64,
                         p.v,
                         "good"
                     ])
