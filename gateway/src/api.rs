@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/units", get(units))
         .route("/api/v1/units/:id/indicators", get(unit_indicators))
         .route("/api/v1/devices", get(devices))
+        .route("/api/v1/devices/:id/gaps/:from/lost", post(declare_lost))
         .route("/api/v1/quarantine", get(quarantine))
         .route("/api/v1/coefficients", get(coefficients))
         .route("/api/v1/limits", get(limits))
@@ -102,6 +103,17 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let reader = s.reader.clone();
+    match tokio::task::spawn_blocking(move || reader.sequence_totals()).await {
+        Ok(Ok((missing, lost))) => {
+            s.metrics.sequence_missing.set(missing);
+            s.metrics.sequence_lost.set(lost);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Cannot read the ledger's totals for the metrics.")
+        }
+        Err(e) => tracing::warn!(error = %e, "Cannot read the ledger's totals for the metrics."),
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -377,6 +389,52 @@ async fn ack_alarm(
             row.acked.unwrap_or_default()
         ))),
         AckOutcome::NotFound => Err(ApiError::NotFound(format!("no alarm {id}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct LostBody {
+    reason: String,
+}
+
+/// An operator declares a device's open gap (by its first number) lost, with a reason: the
+/// numbers stop counting as missing and the declaration is kept with the ledger.
+async fn declare_lost(
+    State(s): State<AppState>,
+    Path((device, from)): Path<(String, i64)>,
+    headers: HeaderMap,
+    Json(body): Json<LostBody>,
+) -> ApiResult<crate::store::LostRange> {
+    let by = operator(&s, &headers)?;
+    let reason = body.reason.trim().to_owned();
+    if reason.is_empty() {
+        return Err(ApiError::BadRequest(
+            "a reason is required: the declaration is part of the record".into(),
+        ));
+    }
+    let (db, now_ms) = (s.plant.config.storage.path.clone(), (s.now)());
+    let dev = device.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::store::declare_lost(&db, &dev, from, &by, &reason, now_ms)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    match outcome {
+        crate::store::DeclareOutcome::Declared(range) => {
+            tracing::warn!(
+                device,
+                from = range.from_seq,
+                to = range.to_seq,
+                by = range.declared_by,
+                reason = range.reason,
+                "Sequence numbers declared lost."
+            );
+            let _ = s.committed.send(());
+            Ok(Json(range))
+        }
+        crate::store::DeclareOutcome::NoSuchGap => Err(ApiError::NotFound(format!(
+            "device {device} has no open gap starting at {from}"
+        ))),
     }
 }
 

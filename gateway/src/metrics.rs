@@ -39,6 +39,10 @@ pub struct Metrics {
     pub sink_lines_written: Counter,
     pub sink_write_errors: Counter,
     pub sink_queue_depth: Gauge,
+    /// Sequence numbers missing (in open gaps) and declared lost, over all devices; set from
+    /// the ledger when the metrics are read.
+    pub sequence_missing: Gauge,
+    pub sequence_lost: Gauge,
 }
 
 impl Default for Metrics {
@@ -62,6 +66,8 @@ impl Default for Metrics {
             sink_lines_written: Counter::default(),
             sink_write_errors: Counter::default(),
             sink_queue_depth: Gauge::default(),
+            sequence_missing: Gauge::default(),
+            sequence_lost: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -140,6 +146,16 @@ impl Default for Metrics {
             "sink_queue_depth",
             "Stored messages waiting for the time-series server",
             m.sink_queue_depth.clone(),
+        );
+        registry.register(
+            "sequence_missing",
+            "Sequence numbers not yet received, over all devices (open gaps in the ledger)",
+            m.sequence_missing.clone(),
+        );
+        registry.register(
+            "sequence_lost",
+            "Sequence numbers an operator declared lost, over all devices",
+            m.sequence_lost.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -112,6 +112,16 @@ CREATE VIEW samples AS
            p.value AS value, p.quality AS quality
     FROM point_samples p JOIN series r ON r.id = p.series;
 "#,
+    r#"
+-- Sequence ranges an operator declared lost (the edge's spool overflowed, a board died): no
+-- longer counted as missing, kept with who declared them and why. A number that arrives after
+-- all is stored and taken out of its range.
+CREATE TABLE lost (
+    device TEXT NOT NULL, from_seq INTEGER NOT NULL, to_seq INTEGER NOT NULL,
+    declared_ms INTEGER NOT NULL, declared_by TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (device, from_seq)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// A counter point the accounting follows, with what it needs to take deltas.
@@ -540,6 +550,8 @@ fn update_ledger(
                         )?;
                     }
                 }
+            } else {
+                found_after_all(tx, &t.device, seq)?;
             }
             false
         }
@@ -560,6 +572,92 @@ fn update_ledger(
         }
     }
     Ok(())
+}
+
+/// A number declared lost arrived after all: it leaves its lost range (split in two).
+fn found_after_all(tx: &Transaction<'_>, device: &str, seq: i64) -> rusqlite::Result<()> {
+    type Row = (i64, i64, i64, String, String);
+    let range: Option<Row> = tx
+        .query_row(
+            "SELECT from_seq, to_seq, declared_ms, declared_by, reason FROM lost
+             WHERE device = ?1 AND from_seq <= ?2 AND to_seq >= ?2",
+            params![device, seq],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((from, to, declared_ms, by, reason)) = range else {
+        return Ok(());
+    };
+    tx.execute(
+        "DELETE FROM lost WHERE device = ?1 AND from_seq = ?2",
+        params![device, from],
+    )?;
+    for (a, b) in [(from, seq - 1), (seq + 1, to)] {
+        if a <= b {
+            tx.execute(
+                "INSERT INTO lost (device, from_seq, to_seq, declared_ms, declared_by, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![device, a, b, declared_ms, by, reason],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// What declaring a gap lost did.
+#[derive(Debug)]
+pub enum DeclareOutcome {
+    Declared(LostRange),
+    NoSuchGap,
+}
+
+/// A sequence range declared lost.
+#[derive(Debug, Clone, Serialize)]
+pub struct LostRange {
+    pub from_seq: i64,
+    pub to_seq: i64,
+    pub declared: String,
+    pub declared_by: String,
+    pub reason: String,
+}
+
+/// Declares the open gap of `device` that starts at `from_seq` lost: its numbers no longer
+/// count as missing. Opens its own connection to the database at `path` (a rare operator act).
+pub fn declare_lost(
+    path: &Path,
+    device: &str,
+    from_seq: i64,
+    by: &str,
+    reason: &str,
+    now_ms: i64,
+) -> anyhow::Result<DeclareOutcome> {
+    let mut conn = open_conn(path)?;
+    let tx = conn.transaction()?;
+    let gap: Option<i64> = tx
+        .query_row(
+            "SELECT to_seq FROM gaps WHERE device = ?1 AND from_seq = ?2",
+            params![device, from_seq],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(to_seq) = gap else {
+        return Ok(DeclareOutcome::NoSuchGap);
+    };
+    tx.execute(
+        "DELETE FROM gaps WHERE device = ?1 AND from_seq = ?2",
+        params![device, from_seq],
+    )?;
+    tx.execute(
+        "INSERT INTO lost (device, from_seq, to_seq, declared_ms, declared_by, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![device, from_seq, to_seq, now_ms, by, reason],
+    )?;
+    tx.commit()?;
+    Ok(DeclareOutcome::Declared(LostRange {
+        from_seq,
+        to_seq,
+        declared: rfc3339(now_ms),
+        declared_by: by.to_owned(),
+        reason: reason.to_owned(),
+    }))
 }
 
 /// Adds one good counter sample to the point-slot rollups. Returns whether it arrived late.
@@ -753,6 +851,9 @@ pub struct DeviceRow {
     /// Sequence numbers still missing.
     pub missing: i64,
     pub gaps: Vec<[i64; 2]>,
+    /// Sequence numbers declared lost, and the ranges with who declared them and why.
+    pub lost: i64,
+    pub lost_ranges: Vec<LostRange>,
 }
 
 /// A counter anomaly found at ingest.
@@ -799,6 +900,14 @@ impl Reader {
                 let (d, a, b) = row?;
                 gaps.entry(d).or_default().push([a, b]);
             }
+            let mut lost: HashMap<String, Vec<LostRange>> = HashMap::new();
+            let mut stmt = c.prepare("SELECT device, from_seq, to_seq, declared_ms, declared_by, reason FROM lost ORDER BY device, from_seq")?;
+            for row in stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, LostRange { from_seq: r.get(1)?, to_seq: r.get(2)?, declared: rfc3339(r.get(3)?), declared_by: r.get(4)?, reason: r.get(5)? }))
+            })? {
+                let (d, range) = row?;
+                lost.entry(d).or_default().push(range);
+            }
             let mut online: HashMap<String, bool> = HashMap::new();
             let mut stmt = c.prepare("SELECT edge, online FROM edges")?;
             for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))? {
@@ -812,6 +921,7 @@ impl Reader {
                 let id: String = r.get(0)?;
                 let edge: String = r.get(2)?;
                 let g = gaps.get(&id).cloned().unwrap_or_default();
+                let l = lost.get(&id).cloned().unwrap_or_default();
                 Ok(DeviceRow {
                     online: online.get(&edge).copied().unwrap_or(false),
                     site: r.get(1)?,
@@ -822,11 +932,25 @@ impl Reader {
                     duplicates: r.get(7)?,
                     missing: g.iter().map(|[a, b]| b - a + 1).sum(),
                     gaps: g,
+                    lost: l.iter().map(|r| r.to_seq - r.from_seq + 1).sum(),
+                    lost_ranges: l,
                     edge,
                     id,
                 })
             })?;
             rows.collect()
+        })
+    }
+
+    /// Sequence numbers missing (open gaps) and declared lost, over all devices.
+    pub fn sequence_totals(&self) -> anyhow::Result<(i64, i64)> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT (SELECT COALESCE(SUM(to_seq - from_seq + 1), 0) FROM gaps),
+                        (SELECT COALESCE(SUM(to_seq - from_seq + 1), 0) FROM lost)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
     }
 
@@ -1066,7 +1190,9 @@ mod tests {
             .unwrap();
         }
         let mut store = Store::open(&path).unwrap();
-        store.write_batch(&[msg(2, 600_000, 20.0)], &rules(), 0).unwrap();
+        store
+            .write_batch(&[msg(2, 600_000, 20.0)], &rules(), 0)
+            .unwrap();
         let mut csv = Vec::new();
         let rows = store
             .reader()
@@ -1118,6 +1244,38 @@ mod tests {
             (1, vec![[3, 3]])
         );
         assert_eq!(devices[0].duplicates, 1);
+    }
+
+    #[test]
+    fn a_lost_range_splits_around_a_number_that_arrives_after_all() {
+        let path = temp_db("lost");
+        let mut store = Store::open(&path).unwrap();
+        let r = rules();
+        store
+            .write_batch(&[msg(1, 0, 10.0), msg(9, 600_000, 20.0)], &r, 0)
+            .unwrap();
+        assert!(matches!(
+            declare_lost(&path, "m", 3, "op", "why", 5).unwrap(),
+            DeclareOutcome::NoSuchGap
+        ));
+        assert!(matches!(
+            declare_lost(&path, "m", 2, "op", "spool overflow", 5).unwrap(),
+            DeclareOutcome::Declared(LostRange {
+                from_seq: 2,
+                to_seq: 8,
+                ..
+            })
+        ));
+        store.write_batch(&[msg(5, 300_000, 15.0)], &r, 0).unwrap();
+        let d = &store.reader().unwrap().devices().unwrap()[0];
+        let ranges: Vec<_> = d
+            .lost_ranges
+            .iter()
+            .map(|l| (l.from_seq, l.to_seq))
+            .collect();
+        assert_eq!(ranges, vec![(2, 4), (6, 8)]);
+        assert_eq!((d.missing, d.lost), (0, 6));
+        assert!(d.lost_ranges.iter().all(|l| l.reason == "spool overflow"));
     }
 
     #[test]

@@ -360,6 +360,16 @@ pub fn get_text(addr: &str, path: &str) -> String {
 /// POSTs an empty body, with an operator's bearer token if given; returns the status and the
 /// JSON body (errors too: they carry `{"error": ...}`).
 pub fn post(addr: &str, path: &str, bearer: Option<&str>) -> (u16, serde_json::Value) {
+    post_json(addr, path, bearer, None)
+}
+
+/// [`post`] with a JSON body.
+pub fn post_json(
+    addr: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let mut req = ureq::post(&format!("http://{addr}{path}"))
         .config()
         .http_status_as_error(false)
@@ -367,9 +377,11 @@ pub fn post(addr: &str, path: &str, bearer: Option<&str>) -> (u16, serde_json::V
     if let Some(token) = bearer {
         req = req.header("Authorization", &format!("Bearer {token}"));
     }
-    let mut resp = req
-        .send_empty()
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let sent = match body {
+        Some(b) => req.send_json(b),
+        None => req.send_empty(),
+    };
+    let mut resp = sent.unwrap_or_else(|e| panic!("POST {path}: {e}"));
     let status = resp.status().as_u16();
     let body = resp.body_mut().read_to_string().unwrap();
     let json = serde_json::from_str(&body)
@@ -566,11 +578,11 @@ pub struct Pipeline {
     pub edge: Proc,
 }
 
-/// Starts the demo plant's simulator at 60x, starting an hour back (so that simulated time
-/// stays behind the gateway's clock), with `faults` (TOML inline tables for `--fault`). Returns
+/// Starts the demo plant's simulator at 60x, starting four hours back (so that simulated time
+/// stays behind the gateway's clock for four minutes of test), with `faults` (TOML inline tables for `--fault`). Returns
 /// it and its Modbus TCP address.
 pub fn start_sim(dir: &Path, faults: &[&str]) -> (Proc, String) {
-    let start = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let start = (chrono::Utc::now() - chrono::Duration::hours(4)).to_rfc3339();
     let mut args = vec![
         "--listen",
         "127.0.0.1:0",
@@ -587,7 +599,7 @@ pub fn start_sim(dir: &Path, faults: &[&str]) -> (Proc, String) {
     (sim, addr)
 }
 
-/// Starts the demo plant's simulator (60x, starting an hour back so that simulated time stays
+/// Starts the demo plant's simulator (60x, starting four hours back so that simulated time stays
 /// behind the gateway's real clock: a poll time from the future is quarantined, rightly), the
 /// gateway (`dir/gateway.toml`) and the edge (`dir/edge.toml`, polling every 100 ms) over the
 /// broker at `mqtt_port`.

@@ -265,6 +265,77 @@ fn bad_input_is_quarantined_counted_and_does_not_disturb_good_messages() {
 }
 
 #[test]
+fn a_gap_counts_as_missing_until_filled_or_declared_lost_by_an_operator() {
+    let dir = TempDir::new("lost");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    write_gateway_config(d, broker.port);
+    let (mut gateway, http) = start_gateway(d);
+    let now = chrono::Utc::now().timestamp_millis();
+    let send = |seq: u64| {
+        let f = d.join(format!("seq-{seq}.json"));
+        std::fs::write(
+            &f,
+            format!(
+                r#"{{"v":1,"site":"demo","edge":"e1","device":"bf1-coke","seq":{seq},"ts_ms":{},"points":[{{"id":"total_t","v":{},"q":"good"}}]}}"#,
+                now - 60_000 + seq as i64 * 1_000,
+                100.0 + seq as f64
+            ),
+        )
+        .unwrap();
+        publish(broker.port, "ems/v1/demo/data/bf1-coke", &f);
+    };
+    let coke = || get_json(&http, "/api/v1/devices")[0].clone();
+    let metric = |name: &str| {
+        get_text(&http, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    };
+    for seq in [1, 2, 6, 4] {
+        send(seq);
+    }
+    eventually("four stored", Duration::from_secs(20), || {
+        coke()["messages"] == 4
+    });
+    assert_eq!(coke()["gaps"], serde_json::json!([[3, 3], [5, 5]]));
+    assert_eq!(metric("ems_gateway_sequence_missing"), "2");
+
+    let path = "/api/v1/devices/bf1-coke/gaps/3/lost";
+    let reason = serde_json::json!({"reason": "edge spool overflowed during the fibre cut"});
+    let (status, body) = post_json(&http, path, None, Some(&reason));
+    assert_eq!(status, 401, "{body}");
+    let blank = serde_json::json!({"reason": "  "});
+    let (status, body) = post_json(&http, path, Some(OPERATOR_TOKEN), Some(&blank));
+    assert_eq!(status, 400, "a declaration needs a reason: {body}");
+    let (status, body) = post_json(
+        &http,
+        "/api/v1/devices/bf1-coke/gaps/4/lost",
+        Some(OPERATOR_TOKEN),
+        Some(&reason),
+    );
+    assert_eq!(status, 404, "4 is stored, not a gap: {body}");
+    let (status, body) = post_json(&http, path, Some(OPERATOR_TOKEN), Some(&reason));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["declared_by"], "shift_lead");
+    let c = coke();
+    assert_eq!((&c["missing"], &c["lost"]), (&1.into(), &1.into()), "{c}");
+    assert_eq!(c["lost_ranges"][0]["reason"], reason["reason"]);
+    assert_eq!(metric("ems_gateway_sequence_missing"), "1");
+    assert_eq!(metric("ems_gateway_sequence_lost"), "1");
+
+    // It turns up after all: stored, and no longer lost.
+    send(3);
+    eventually("the late number stored", Duration::from_secs(20), || {
+        coke()["messages"] == 5
+    });
+    let c = coke();
+    assert_eq!((&c["missing"], &c["lost"]), (&1.into(), &0.into()), "{c}");
+    assert_eq!(metric("ems_gateway_sequence_lost"), "0");
+    assert!(gateway.terminate(Duration::from_secs(20)).success());
+}
+
+#[test]
 fn a_backup_taken_while_running_holds_what_was_stored_and_exports_as_csv() {
     let dir = TempDir::new("backup");
     let d = dir.path();
