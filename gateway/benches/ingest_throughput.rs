@@ -200,8 +200,8 @@ async fn start_gateway(
     (stop, task)
 }
 
-/// 3. The same rows, bulk-loaded into the same schema: messages and samples only (series ids
-/// known in advance).
+/// Part 3: the same rows, bulk-loaded into the same schema: messages and samples only (series
+/// ids known in advance).
 fn storage_ceiling(db: &std::path::Path, msgs: &[Telemetry]) -> f64 {
     ems_gateway::store::Store::open(db).unwrap();
     let mut conn = Connection::open(db).unwrap();
