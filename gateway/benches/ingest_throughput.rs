@@ -207,6 +207,10 @@ fn storage_ceiling(db: &std::path::Path, msgs: &[Telemetry]) -> f64 {
     let mut conn = Connection::open(db).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    // The writer's page cache, as the gateway's store sets it.
+    conn.pragma_update(None, "cache_size", -32_768).unwrap();
+    conn.pragma_update(None, "wal_autocheckpoint", 8_192)
+        .unwrap();
     let mut series: HashMap<(&str, &str), i64> = HashMap::new();
     {
         let tx = conn.transaction().unwrap();
@@ -226,7 +230,7 @@ fn storage_ceiling(db: &std::path::Path, msgs: &[Telemetry]) -> f64 {
         tx.commit().unwrap();
     }
     let started = Instant::now();
-    for chunk in msgs.chunks(2_000) {
+    for chunk in msgs.chunks(8_000) {
         let tx = conn.transaction().unwrap();
         {
             let mut m = tx.prepare("INSERT INTO messages (device, seq, ts_ms, edge, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();

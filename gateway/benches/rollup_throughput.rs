@@ -24,7 +24,7 @@ fn main() {
     let polls = args.get(1).copied().unwrap_or(200);
     let path = std::env::temp_dir().join(format!("ems-rollup-bench-{}.db", std::process::id()));
     let mut store = Store::open(&path).expect("open store");
-    let mut tracked = HashMap::new();
+    let mut tracked: HashMap<String, HashMap<String, CounterRule>> = HashMap::new();
     for d in 0..devices {
         for p in ["import_kwh", "export_kwh"] {
             let rule = CounterRule {
@@ -33,7 +33,10 @@ fn main() {
                 frozen_after_ms: 3_600_000,
                 fill: GapFill::Rate,
             };
-            tracked.insert((format!("m{d}"), p.to_string()), rule);
+            tracked
+                .entry(format!("m{d}"))
+                .or_default()
+                .insert(p.to_string(), rule);
         }
     }
     let rules = AccountingRules {

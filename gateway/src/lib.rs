@@ -38,20 +38,18 @@ const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
 
 /// The counter points the plant's units account for.
 pub fn accounting_rules(plant: &Plant) -> AccountingRules {
-    let tracked: HashMap<_, _> = plant
-        .flows()
-        .map(|f| {
-            (
-                (f.device.clone(), f.point.clone()),
-                Tracked {
-                    rollover: f.rollover,
-                    max_rate_per_h: f.max_rate_per_h,
-                    frozen_after_ms: plant.config.accounting.frozen_after_s as i64 * 1000,
-                    fill: plant.config.accounting.gap_fill,
-                },
-            )
-        })
-        .collect();
+    let mut tracked: HashMap<String, HashMap<String, Tracked>> = HashMap::new();
+    for f in plant.flows() {
+        tracked.entry(f.device.clone()).or_default().insert(
+            f.point.clone(),
+            Tracked {
+                rollover: f.rollover,
+                max_rate_per_h: f.max_rate_per_h,
+                frozen_after_ms: plant.config.accounting.frozen_after_s as i64 * 1000,
+                fill: plant.config.accounting.gap_fill,
+            },
+        );
+    }
     AccountingRules {
         tracked,
         max_gap_ms: plant.config.accounting.max_sample_gap_s as i64 * 1000,

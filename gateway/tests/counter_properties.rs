@@ -121,7 +121,10 @@ proptest! {
     ) {
         let samples = readings(500.0, &steps, 300_000);
         let mut tracked = HashMap::new();
-        tracked.insert(("m".to_string(), "total".to_string()), rule());
+        tracked.insert(
+            "m".to_string(),
+            HashMap::from([("total".to_string(), rule())]),
+        );
         let rules = AccountingRules { tracked, max_gap_ms: 900_000 };
         let dir = std::env::temp_dir().join(format!("ems-prop-{}-{order}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -379,7 +379,7 @@ fn a_backup_taken_while_running_holds_what_was_stored_and_exports_as_csv() {
     )
     .unwrap();
     let (from, to) = (
-        (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339(),
+        (chrono::Utc::now() - chrono::Duration::hours(5)).to_rfc3339(),
         chrono::Utc::now().to_rfc3339(),
     );
     let mut export = Proc::start(
