@@ -17,7 +17,8 @@
 //! Measurements: `ems_sample` (tags site, device, point, quality; fields `value`, `good`),
 //! `ems_unit` (tags unit, kind, workshop; fields energy_kgce, consumed_kgce, recovered_kgce,
 //! product_t, electricity_kwh, water_m3, completeness, estimated_share and, with product,
-//! kgce_per_t, kwh_per_t, water_m3_per_t; `level` when judged) and `ems_carrier` (tags unit,
+//! kgce_per_t, kwh_per_t, water_m3_per_t; `level` and the first limit's corrected
+//! `level1_threshold`..`level3_threshold` when judged; `water_quota_m3_per_t`) and `ems_carrier` (tags unit,
 //! device, carrier, role; fields quantity, kgce), all with millisecond timestamps.
 
 use std::collections::HashMap;
@@ -66,6 +67,34 @@ fn default_max_backoff_s() -> u64 {
 fn default_rollup_settle_s() -> f64 {
     30.0
 }
+
+/// Every measurement the sink writes, with every field it can carry (a field without a value
+/// in a period is left out of that line). Dashboards query only these.
+pub const WRITTEN: &[(&str, &[&str])] = &[
+    ("ems_sample", &["value", "good"]),
+    (
+        "ems_unit",
+        &[
+            "energy_kgce",
+            "consumed_kgce",
+            "recovered_kgce",
+            "product_t",
+            "electricity_kwh",
+            "water_m3",
+            "completeness",
+            "estimated_share",
+            "kgce_per_t",
+            "kwh_per_t",
+            "water_m3_per_t",
+            "level",
+            "level1_threshold",
+            "level2_threshold",
+            "level3_threshold",
+            "water_quota_m3_per_t",
+        ],
+    ),
+    ("ems_carrier", &["quantity", "kgce"]),
+];
 
 /// A tag value or key with line protocol's special characters escaped.
 pub fn escape_tag(s: &str) -> String {
@@ -130,6 +159,18 @@ pub fn unit_lines(unit: &Unit, slot_ms: i64, ind: &Indicator) -> String {
     }
     if let Some(level) = ind.level {
         let _ = write!(out, ",level={level}i");
+    }
+    // The first limit's corrected thresholds, so that a chart can draw the limit lines.
+    if let Some(j) = ind.limits.first() {
+        for (name, v) in ["level1_threshold", "level2_threshold", "level3_threshold"]
+            .iter()
+            .zip(j.thresholds)
+        {
+            let _ = write!(out, ",{name}={v:?}");
+        }
+    }
+    if let Some(q) = &ind.water_quota {
+        let _ = write!(out, ",water_quota_m3_per_t={:?}", q.general);
     }
     let _ = writeln!(out, " {slot_ms}");
     for c in &ind.carriers {
@@ -362,6 +403,106 @@ mod tests {
     use super::*;
     use ems_core::wire::PointValue;
     use ems_core::Quality;
+
+    /// Measurement and field names of line-protocol lines (values here never hold spaces).
+    fn fields_of(lines: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for line in lines.lines() {
+            let mut parts = line.split(' ');
+            let series = parts.next().unwrap();
+            let measurement = series.split(',').next().unwrap();
+            for field in parts.next().unwrap().split(',') {
+                let name = field.split('=').next().unwrap();
+                out.push((measurement.to_owned(), name.to_owned()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_judged_period_writes_every_field_the_dashboards_may_query() {
+        use crate::accounting::CarrierFigure;
+        use crate::config::Role;
+        use crate::limits::{Figure, Judgement, WaterJudgement};
+        let unit = Unit {
+            id: "bf1".into(),
+            name: "BF".into(),
+            kind: "blast_furnace".into(),
+            site: None,
+            workshop: Some("ironmaking".into()),
+            flows: Vec::new(),
+            limits: Vec::new(),
+            water_quota: None,
+            corrections: Default::default(),
+        };
+        let ind = Indicator {
+            start: String::new(),
+            end: String::new(),
+            energy_kgce: 37_300.0,
+            consumed_kgce: 40_000.0,
+            recovered_kgce: 2_700.0,
+            product_t: 100.0,
+            kgce_per_t: Some(373.0),
+            electricity_kwh: 5_000.0,
+            kwh_per_t: Some(50.0),
+            water_m3: 120.0,
+            water_m3_per_t: Some(1.2),
+            completeness: 1.0,
+            reportable: true,
+            estimated_share: 0.0,
+            carriers: vec![CarrierFigure {
+                device: "bf1-coke".into(),
+                carrier: "coke".into(),
+                role: Role::Consumed,
+                quantity: 35.0,
+                unit: "t".into(),
+                kgce: 33_900.0,
+            }],
+            level: Some(2),
+            within_limit: Some(true),
+            limits: vec![Judgement {
+                code: "GB 21256-2025".into(),
+                standard: "GB 21256-2025".into(),
+                indicator: Figure::KgcePerT,
+                value: 373.0,
+                thresholds: [361.0, 370.0, 385.0],
+                level: Some(3),
+                within_limit: true,
+            }],
+            limit_errors: Vec::new(),
+            water_quota: Some(WaterJudgement {
+                code: "GB/T 18916.1".into(),
+                standard: "GB/T 18916.1-2021".into(),
+                value: 1.2,
+                general: 2.4,
+                advanced: 1.5,
+                grade: "advanced",
+            }),
+            corrections: Default::default(),
+        };
+        let mut written = fields_of(&unit_lines(&unit, 0, &ind));
+        written.extend(fields_of(&sample_lines(&Telemetry {
+            v: 1,
+            site: "s".into(),
+            edge: "e".into(),
+            device: "d".into(),
+            seq: 1,
+            ts_ms: 0,
+            points: vec![PointValue {
+                id: "p".into(),
+                v: Some(1.0),
+                q: Quality::Good,
+            }],
+        })));
+        written.sort();
+        written.dedup();
+        let mut declared: Vec<(String, String)> = WRITTEN
+            .iter()
+            .flat_map(|(m, fields)| fields.iter().map(|f| (m.to_string(), f.to_string())))
+            .collect();
+        declared.sort();
+        assert_eq!(written, declared);
+    }
 
     #[test]
     fn a_slot_is_ready_only_after_it_stopped_changing_for_the_settle_time() {
