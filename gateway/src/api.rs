@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/units", get(units))
         .route("/api/v1/units/:id/indicators", get(unit_indicators))
         .route("/api/v1/devices", get(devices))
+        .route("/api/v1/edges", get(edges))
         .route("/api/v1/devices/:id/gaps/:from/lost", post(declare_lost))
         .route("/api/v1/quarantine", get(quarantine))
         .route("/api/v1/coefficients", get(coefficients))
@@ -219,6 +220,14 @@ async fn unit_indicators(
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(result))
+}
+
+async fn edges(State(s): State<AppState>) -> ApiResult<Vec<crate::store::EdgeRow>> {
+    let reader = s.reader.clone();
+    let rows = tokio::task::spawn_blocking(move || reader.edges())
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(rows))
 }
 
 async fn devices(State(s): State<AppState>) -> ApiResult<Vec<crate::store::DeviceRow>> {

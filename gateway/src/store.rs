@@ -122,6 +122,11 @@ CREATE TABLE lost (
     PRIMARY KEY (device, from_seq)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- What each edge last said of its spool: results not yet delivered, results dropped (full).
+ALTER TABLE edges ADD COLUMN spool_depth INTEGER;
+ALTER TABLE edges ADD COLUMN spool_dropped INTEGER;
+"#,
 ];
 
 /// A counter point the accounting follows, with what it needs to take deltas.
@@ -273,11 +278,13 @@ impl Store {
                     }
                 }
                 Incoming::Status(s) => {
+                    // The last will says nothing of the spool: the last report stands.
                     tx.execute(
-                        "INSERT INTO edges (edge, site, online, devices, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                        "INSERT INTO edges (edge, site, online, devices, changed_ms, spool_depth, spool_dropped) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                          ON CONFLICT (edge) DO UPDATE SET site = ?2, online = ?3,
-                           devices = CASE WHEN ?3 THEN ?4 ELSE devices END, changed_ms = ?5",
-                        params![s.edge, s.site, s.online, serde_json::to_string(&s.devices)?, received_ms],
+                           devices = CASE WHEN ?3 THEN ?4 ELSE devices END, changed_ms = ?5,
+                           spool_depth = COALESCE(?6, spool_depth), spool_dropped = COALESCE(?7, spool_dropped)",
+                        params![s.edge, s.site, s.online, serde_json::to_string(&s.devices)?, received_ms, s.spool_depth.map(|d| d as i64), s.spool_dropped.map(|d| d as i64)],
                     )?;
                 }
                 Incoming::Rejected(r) => {
@@ -865,6 +872,20 @@ pub struct DeviceRow {
     pub lost_ranges: Vec<LostRange>,
 }
 
+/// An edge as its last status message described it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeRow {
+    pub id: String,
+    pub site: String,
+    pub online: bool,
+    pub devices: Vec<String>,
+    /// When the gateway received its last status (its own clock), RFC 3339.
+    pub changed: String,
+    /// Results waiting in its spool, and dropped by it, at its last report (null before any).
+    pub spool_depth: Option<i64>,
+    pub spool_dropped: Option<i64>,
+}
+
 /// A counter anomaly found at ingest.
 #[derive(Debug, Clone, Serialize)]
 pub struct AnomalyRow {
@@ -945,6 +966,26 @@ impl Reader {
                     lost_ranges: l,
                     edge,
                     id,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn edges(&self) -> anyhow::Result<Vec<EdgeRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT edge, site, online, devices, changed_ms, spool_depth, spool_dropped FROM edges ORDER BY edge",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(EdgeRow {
+                    id: r.get(0)?,
+                    site: r.get(1)?,
+                    online: r.get(2)?,
+                    devices: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                    changed: rfc3339(r.get(4)?),
+                    spool_depth: r.get(5)?,
+                    spool_dropped: r.get(6)?,
                 })
             })?;
             rows.collect()

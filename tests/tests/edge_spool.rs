@@ -44,6 +44,12 @@ fn an_edge_killed_during_a_broker_outage_delivers_everything_after_its_restart()
 
     broker.restart();
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    // Back online, the edge reports the backlog it starts to replay.
+    eventually(
+        "the edge reports its spool backlog",
+        Duration::from_secs(15),
+        || get_json(&http, "/api/v1/edges")[0]["spool_depth"].as_i64() > Some(0),
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         edge.terminate(Duration::from_secs(30)).success(),
@@ -55,6 +61,12 @@ fn an_edge_killed_during_a_broker_outage_delivers_everything_after_its_restart()
         assert!(seq[device] > *n, "{device}: polled again after the restart");
     }
     let redelivered = assert_stored_exactly_once(&http, &seq);
+    let e = get_json(&http, "/api/v1/edges")[0].clone();
+    assert_eq!(
+        (&e["online"], &e["spool_depth"], &e["spool_dropped"]),
+        (&false.into(), &0.into(), &0.into()),
+        "stopped cleanly with everything delivered: {e}"
+    );
     eprintln!("{redelivered} copies delivered twice and dropped by the gateway");
     assert!(
         spooled_bytes(d) < 1_000_000,

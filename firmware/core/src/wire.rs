@@ -46,6 +46,12 @@ pub struct Status {
     pub devices: Vec<String>,
     #[serde(default)]
     pub ts_ms: Option<i64>,
+    /// Results in the edge's spool not yet acknowledged by the broker, and results its spool
+    /// has dropped (full) since the edge started; absent in the last will.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_depth: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_dropped: Option<u64>,
 }
 
 /// Topic names of protocol v1.

@@ -52,7 +52,11 @@ pub struct PublishStats {
     pub dropped: u64,
 }
 
-fn status(cfg: &PublisherConfig, online: bool) -> Message {
+/// How often a connected edge republishes its status (with its spool backlog).
+const STATUS_EVERY: Duration = Duration::from_secs(30);
+
+/// The edge's status; `spool` is (depth, dropped), absent in the last will.
+fn status(cfg: &PublisherConfig, online: bool, spool: Option<(u64, u64)>) -> Message {
     let s = Status {
         v: PROTOCOL_VERSION,
         site: cfg.site.clone(),
@@ -64,6 +68,8 @@ fn status(cfg: &PublisherConfig, online: bool) -> Message {
             Vec::new()
         },
         ts_ms: online.then(|| chrono::Utc::now().timestamp_millis()),
+        spool_depth: spool.map(|s| s.0),
+        spool_dropped: spool.map(|s| s.1),
     };
     Message {
         topic: topic::status(&cfg.mqtt.topic_prefix, &cfg.site, &cfg.edge),
@@ -90,7 +96,7 @@ pub async fn run(
     if let (Some(user), Some(pass)) = (&cfg.mqtt.username, &cfg.mqtt.password) {
         opts.set_credentials(user.clone(), pass.clone());
     }
-    let will = status(&cfg, false);
+    let will = status(&cfg, false, None);
     opts.set_last_will(LastWill::new(
         will.topic,
         will.payload,
@@ -137,6 +143,7 @@ pub async fn run(
     let mut input_open = true;
     let mut drain_deadline = None;
     let mut sync_timer = tokio::time::interval(Duration::from_millis(200));
+    let mut status_timer = tokio::time::interval(STATUS_EVERY);
     loop {
         if outbox.queued() < WINDOW / 2 {
             let room = WINDOW - outbox.queued();
@@ -178,7 +185,9 @@ pub async fn run(
                     tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, "MQTT connected.");
                     connected = true;
                     outbox.on_disconnect();
-                    outbox.push(status(&cfg, true));
+                    let mut backlog = (0, 0);
+                    spool(&mut |s| backlog = (s.depth(), s.dropped));
+                    outbox.push(status(&cfg, true, Some(backlog)));
                 }
                 Some(LinkEvent::Disconnected) => {
                     connected = false;
@@ -213,6 +222,11 @@ pub async fn run(
                 }
             },
             () = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => break,
+            _ = status_timer.tick(), if connected && input_open => {
+                let mut backlog = (0, 0);
+                spool(&mut |s| backlog = (s.depth(), s.dropped));
+                outbox.push(status(&cfg, true, Some(backlog)));
+            }
             _ = sync_timer.tick() => spool(&mut |s| {
                 if let Err(e) = s.sync_if_due() {
                     tracing::error!(error = %e, "Cannot sync the spool.");
@@ -231,8 +245,9 @@ pub async fn run(
     });
     stats.undelivered += outbox.unspooled_telemetry();
     if connected {
-        // A clean disconnect does not fire the last will: say offline ourselves.
-        let off = status(&cfg, false);
+        // A clean disconnect does not fire the last will: say offline ourselves, with what
+        // stays undelivered in the spool.
+        let off = status(&cfg, false, Some((stats.undelivered, stats.dropped)));
         let _ = client
             .publish(off.topic, QoS::AtLeastOnce, true, off.payload)
             .await;
