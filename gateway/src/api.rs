@@ -73,11 +73,11 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(healthz))
+    // What reading needs: nothing, or a viewer's or operator's token (`open_viewing = false`).
+    let reads = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/plant", get(plant))
+        .route("/api/v1/completeness", get(completeness))
         .route("/api/v1/units", get(units))
         .route("/api/v1/units/:id/indicators", get(unit_indicators))
         .route("/api/v1/devices", get(devices))
@@ -92,11 +92,186 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alarms/:id/ack", post(ack_alarm))
         .route("/api/v1/samples.csv", get(samples_csv))
         .route("/api/v1/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_viewer,
+        ));
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/assets/uplot.min.js", get(uplot_js))
+        .route("/assets/uplot.min.css", get(uplot_css))
+        .route("/assets/uplot-LICENSE.txt", get(uplot_license))
+        .merge(reads)
         .with_state(state)
+}
+
+/// Refuses reads without a viewer's or operator's token when viewing is not open. (The page
+/// and its assets stay reachable: the page asks for the token.) Server-sent events cannot
+/// carry a header from a browser, so `?token=` is accepted too.
+async fn require_viewer(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let http = &s.plant.config.http;
+    if http.open_viewing {
+        return next.run(req).await;
+    }
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(str::to_owned)
+    });
+    let Some(token) = from_header.or(from_query) else {
+        return ApiError::Unauthorized(
+            "viewing needs a viewer's or operator's bearer token".into(),
+        )
+        .into_response();
+    };
+    let known = http
+        .viewers
+        .values()
+        .chain(http.operators.values())
+        .any(|t| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                t.as_bytes(),
+                token.as_bytes(),
+            ))
+        });
+    if known {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized("unknown token".into()).into_response()
+    }
 }
 
 async fn index() -> Html<&'static str> {
     Html(include_str!("../web/index.html"))
+}
+
+/// Vendored uPlot (see web/vendor/uplot/README.md), cached by browsers for a day.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn uplot_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../web/vendor/uplot/uPlot.iife.min.js"),
+    )
+}
+
+async fn uplot_css() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../web/vendor/uplot/uPlot.min.css"),
+    )
+}
+
+async fn uplot_license() -> Response {
+    asset(
+        "text/plain; charset=utf-8",
+        include_str!("../web/vendor/uplot/LICENSE"),
+    )
+}
+
+#[derive(Deserialize)]
+struct CompletenessQuery {
+    days: Option<i64>,
+}
+
+/// One accounted meter point's completeness per local day.
+#[derive(Debug, serde::Serialize)]
+struct PointCompleteness {
+    device: String,
+    point: String,
+    /// `start` of each day (plant time) and the share of it covered by good samples: of its
+    /// elapsed part today, from the point's first data on; null before that.
+    days: Vec<DayCompleteness>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct DayCompleteness {
+    start: String,
+    completeness: Option<f64>,
+}
+
+/// Completeness of every meter point the accounting uses, per day of the last `days` (7).
+async fn completeness(
+    State(s): State<AppState>,
+    Query(q): Query<CompletenessQuery>,
+) -> ApiResult<Vec<PointCompleteness>> {
+    let days = q.days.unwrap_or(7);
+    if !(1..=92).contains(&days) {
+        return Err(ApiError::BadRequest("`days` from 1 to 92".into()));
+    }
+    let now = (s.now)();
+    let periods = buckets(
+        Period::Day,
+        now - (days - 1) * 24 * HOUR_MS,
+        now,
+        &s.plant.calendar,
+    );
+    let (Some(first), Some(last)) = (periods.first().copied(), periods.last().copied()) else {
+        return Ok(Json(Vec::new()));
+    };
+    let mut points: Vec<(String, String)> = s
+        .plant
+        .flows()
+        .map(|f| (f.device.clone(), f.point.clone()))
+        .collect();
+    points.sort();
+    points.dedup();
+    let (reader, tz) = (s.reader.clone(), s.plant.utc_offset);
+    let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<PointCompleteness>> {
+        let mut out = Vec::with_capacity(points.len());
+        for (device, point) in points {
+            let slots = reader.point_slots(&device, &point, first.0, last.1)?;
+            let first_data = reader.first_slot(&device, &point)?.unwrap_or(i64::MAX);
+            let days = periods
+                .iter()
+                .map(|&(start, end)| {
+                    let covered: i64 = slots
+                        .iter()
+                        .filter(|(t, _)| (start..end).contains(t))
+                        .map(|(_, r)| r.covered_ms)
+                        .sum();
+                    let span = end.min(now) - start.max(first_data);
+                    DayCompleteness {
+                        start: chrono::DateTime::from_timestamp_millis(start)
+                            .unwrap_or_default()
+                            .with_timezone(&tz)
+                            .to_rfc3339(),
+                        completeness: (span > 0)
+                            .then(|| (covered as f64 / span as f64).min(1.0)),
+                    }
+                })
+                .collect();
+            out.push(PointCompleteness {
+                device,
+                point,
+                days,
+            });
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(rows))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -102,9 +102,22 @@ pub struct StorageConfig {
 pub struct HttpConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Operators and their bearer tokens: acknowledging alarms needs one. Viewing needs none.
+    /// Operators and their bearer tokens: acknowledging alarms and declaring gaps lost needs
+    /// one.
     #[serde(default)]
     pub operators: std::collections::BTreeMap<String, String>,
+    /// Viewers and their bearer tokens: with `open_viewing = false`, reading the API needs a
+    /// viewer's or an operator's token.
+    #[serde(default)]
+    pub viewers: std::collections::BTreeMap<String, String>,
+    /// Whether the dashboard and the read API are open to anyone who reaches the port (the
+    /// energy centre's own network); writing always needs an operator.
+    #[serde(default = "default_true")]
+    pub open_viewing: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for HttpConfig {
@@ -112,6 +125,8 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: default_listen(),
             operators: Default::default(),
+            viewers: Default::default(),
+            open_viewing: true,
         }
     }
 }
