@@ -29,6 +29,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub committed: broadcast::Sender<()>,
     pub now: NowFn,
+    /// Ends the live streams, so that an open dashboard does not hold up a graceful stop.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Every way a request can fail, and its status.
@@ -256,8 +258,7 @@ async fn completeness(
                             .unwrap_or_default()
                             .with_timezone(&tz)
                             .to_rfc3339(),
-                        completeness: (span > 0)
-                            .then(|| (covered as f64 / span as f64).min(1.0)),
+                        completeness: (span > 0).then(|| (covered as f64 / span as f64).min(1.0)),
                     }
                 })
                 .collect();
@@ -627,14 +628,17 @@ async fn events(
     State(s): State<AppState>,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let rx = s.committed.subscribe();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        if let Err(broadcast::error::RecvError::Closed) = rx.recv().await {
-            return None;
+    let stream = futures::stream::unfold((rx, s.shutdown), |(mut rx, stop)| async move {
+        tokio::select! {
+            r = rx.recv() => if let Err(broadcast::error::RecvError::Closed) = r {
+                return None;
+            },
+            () = stop.cancelled() => return None,
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Fold everything that committed meanwhile into this one event.
         while let Ok(()) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {}
-        Some((Ok(Event::default().event("update").data("{}")), rx))
+        Some((Ok(Event::default().event("update").data("{}")), (rx, stop)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -122,6 +122,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         committed: committed.clone(),
         now,
+        shutdown: shutdown.clone(),
     };
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {

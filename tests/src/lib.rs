@@ -626,3 +626,117 @@ pub fn start_pipeline_with(dir: &Path, mqtt_port: u16, gateway_extra: &str) -> P
         edge,
     }
 }
+
+/// Headless Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`): the
+/// few commands the dashboard test needs, over plain HTTP.
+pub struct Browser {
+    base: String,
+    session: String,
+    _driver: Proc,
+}
+
+impl Browser {
+    /// Starts `chromedriver` on a free port and opens a headless session of `width` x `height`.
+    pub fn start(dir: &Path, width: u32, height: u32) -> Browser {
+        let port = free_port();
+        let driver = Proc::start(
+            Path::new("/usr/bin/chromedriver"),
+            &[&format!("--port={port}")],
+            dir,
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        eventually("chromedriver", Duration::from_secs(20), || {
+            ureq::get(&format!("{base}/status")).call().is_ok()
+        });
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         &format!("--window-size={width},{height}"),
+                         &format!("--user-data-dir={}", dir.join("chromium-profile").display())],
+            },
+        }}});
+        let resp: serde_json::Value = ureq::post(&format!("{base}/session"))
+            .send_json(&caps)
+            .expect("a Chromium session")
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let session = resp["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {resp}"))
+            .to_owned();
+        Browser {
+            base,
+            session,
+            _driver: driver,
+        }
+    }
+
+    fn command(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let url = format!("{}/session/{}/{path}", self.base, self.session);
+        let mut resp = ureq::post(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(&body)
+            .unwrap_or_else(|e| panic!("WebDriver {path}: {e}"));
+        let v: serde_json::Value = resp.body_mut().read_json().unwrap();
+        assert!(resp.status().is_success(), "WebDriver {path} failed: {v}");
+        v["value"].clone()
+    }
+
+    pub fn goto(&self, url: &str) {
+        self.command("url", serde_json::json!({ "url": url }));
+    }
+
+    /// Runs `script` (a function body; `return` gives the result) in the page.
+    pub fn js(&self, script: &str) -> serde_json::Value {
+        self.command(
+            "execute/sync",
+            serde_json::json!({ "script": script, "args": [] }),
+        )
+    }
+
+    /// Waits until `script` returns something truthy; returns it.
+    pub fn wait_for(&self, what: &str, timeout: Duration, script: &str) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        eventually(what, timeout, || {
+            last = self.js(script);
+            !(last.is_null() || last == false || last == "" || last == 0)
+        });
+        last
+    }
+
+    /// Saves a PNG of the viewport at `path`.
+    pub fn screenshot(&self, path: &Path) {
+        let url = format!("{}/session/{}/screenshot", self.base, self.session);
+        let v: serde_json::Value = ureq::get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let png = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            v["value"].as_str().unwrap(),
+        )
+        .unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
+    }
+}
+
+/// Where tests leave what a person may want to look at (screenshots): `target/test-artifacts`.
+pub fn artifacts_dir(test: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-artifacts")
+        .join(test)
+}
