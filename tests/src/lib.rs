@@ -454,6 +454,29 @@ pub fn start_gateway(dir: &Path) -> (Proc, String) {
     (p, http)
 }
 
+/// [`start_gateway`] for a gateway whose viewing needs `token`.
+pub fn start_gateway_with_token(dir: &Path, token: &str) -> (Proc, String) {
+    let p = Proc::start(
+        &bin("ems-gateway"),
+        &["serve", "--config", "gateway.toml"],
+        dir,
+    );
+    let http = p.wait_line("HTTP ", Duration::from_secs(10));
+    eventually(
+        "the gateway's subscription",
+        Duration::from_secs(10),
+        || {
+            ureq::get(&format!("http://{http}/metrics"))
+                .header("Authorization", &format!("Bearer {token}"))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_string().ok())
+                .is_some_and(|t| t.contains("ems_gateway_mqtt_subscribed 1"))
+        },
+    );
+    (p, http)
+}
+
 /// kgce per metered unit, entered here from GB/T 2589 (2008 appendix A values, via
 /// shared/reference/standards.md) independently of the gateway's data file, so that tests
 /// recompute the truth's energy on their own. Converter gas at the demo's measured 7 500 kJ/m3.
