@@ -48,7 +48,9 @@ fn fill(dir: &std::path::Path, days: i64) -> usize {
     let plant = ems_gateway::Plant::load(&dir.join("gateway.toml")).expect("demo config");
     let rules = ems_gateway::accounting_rules(&plant);
     let rates = rates(&plant);
-    let mut by_device: HashMap<&str, Vec<(&str, f64, Option<f64>)>> = HashMap::new();
+    // Device -> its points with their rate per hour and rollover.
+    type Points<'a> = Vec<(&'a str, f64, Option<f64>)>;
+    let mut by_device: HashMap<&str, Points> = HashMap::new();
     for ((d, p), (r, roll)) in &rates {
         by_device.entry(d).or_default().push((p, *r, *roll));
     }
