@@ -230,7 +230,7 @@ fn storage_ceiling(db: &std::path::Path, msgs: &[Telemetry]) -> f64 {
         tx.commit().unwrap();
     }
     let started = Instant::now();
-    for chunk in msgs.chunks(8_000) {
+    for chunk in msgs.chunks(20_000) {
         let tx = conn.transaction().unwrap();
         {
             let mut m = tx.prepare("INSERT INTO messages (device, seq, ts_ms, edge, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();

@@ -21,7 +21,7 @@ use crate::store::{AccountingRules, Incoming, Rejected};
 /// Largest payload accepted; one device's poll is a few kilobytes.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
 /// Most messages committed in one transaction.
-const MAX_BATCH: usize = 8_000;
+const MAX_BATCH: usize = 20_000;
 
 pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
 
