@@ -120,33 +120,19 @@ async fn require_viewer(
     if http.open_viewing {
         return next.run(req).await;
     }
-    let from_header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
     let from_query = req.uri().query().and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("token="))
             .map(str::to_owned)
     });
-    let Some(token) = from_header.or(from_query) else {
+    let Some(token) = bearer(req.headers()).map(str::to_owned).or(from_query) else {
         return ApiError::Unauthorized(
             "viewing needs a viewer's or operator's bearer token".into(),
         )
         .into_response();
     };
-    let known = http
-        .viewers
-        .values()
-        .chain(http.operators.values())
-        .any(|t| {
-            bool::from(subtle::ConstantTimeEq::ct_eq(
-                t.as_bytes(),
-                token.as_bytes(),
-            ))
-        });
+    let known =
+        holder(&http.viewers, &token).is_some() || holder(&http.operators, &token).is_some();
     if known {
         next.run(req).await
     } else {
@@ -527,12 +513,22 @@ fn operator(s: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
             "no operators are configured ([http.operators]); nothing can be changed through the API".into(),
         ));
     }
-    let token = headers
+    let token = bearer(headers)
+        .ok_or_else(|| ApiError::Unauthorized("an operator's bearer token is required".into()))?;
+    holder(operators, token).ok_or_else(|| ApiError::Unauthorized("unknown operator token".into()))
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::Unauthorized("an operator's bearer token is required".into()))?;
-    operators
+}
+
+/// Whose `token` it is among `tokens` (name -> token), compared in constant time.
+fn holder(tokens: &std::collections::BTreeMap<String, String>, token: &str) -> Option<String> {
+    tokens
         .iter()
         .find(|(_, t)| {
             bool::from(subtle::ConstantTimeEq::ct_eq(
@@ -541,7 +537,6 @@ fn operator(s: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
             ))
         })
         .map(|(name, _)| name.clone())
-        .ok_or_else(|| ApiError::Unauthorized("unknown operator token".into()))
 }
 
 async fn ack_alarm(

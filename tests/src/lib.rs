@@ -440,22 +440,15 @@ pub fn write_gateway_config(dir: &Path, mqtt_port: u16) {
 /// subscription (before that, a broker drops QoS 1 messages nobody subscribed to). Returns the
 /// process and its HTTP address.
 pub fn start_gateway(dir: &Path) -> (Proc, String) {
-    let p = Proc::start(
-        &bin("ems-gateway"),
-        &["serve", "--config", "gateway.toml"],
-        dir,
-    );
-    let http = p.wait_line("HTTP ", Duration::from_secs(10));
-    eventually(
-        "the gateway's subscription",
-        Duration::from_secs(10),
-        || get_text(&http, "/metrics").contains("ems_gateway_mqtt_subscribed 1"),
-    );
-    (p, http)
+    start_gateway_reading_with(dir, None)
 }
 
 /// [`start_gateway`] for a gateway whose viewing needs `token`.
 pub fn start_gateway_with_token(dir: &Path, token: &str) -> (Proc, String) {
+    start_gateway_reading_with(dir, Some(token))
+}
+
+fn start_gateway_reading_with(dir: &Path, token: Option<&str>) -> (Proc, String) {
     let p = Proc::start(
         &bin("ems-gateway"),
         &["serve", "--config", "gateway.toml"],
@@ -466,9 +459,11 @@ pub fn start_gateway_with_token(dir: &Path, token: &str) -> (Proc, String) {
         "the gateway's subscription",
         Duration::from_secs(10),
         || {
-            ureq::get(&format!("http://{http}/metrics"))
-                .header("Authorization", &format!("Bearer {token}"))
-                .call()
+            let mut req = ureq::get(&format!("http://{http}/metrics"));
+            if let Some(t) = token {
+                req = req.header("Authorization", &format!("Bearer {t}"));
+            }
+            req.call()
                 .ok()
                 .and_then(|mut r| r.body_mut().read_to_string().ok())
                 .is_some_and(|t| t.contains("ems_gateway_mqtt_subscribed 1"))
