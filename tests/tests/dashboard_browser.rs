@@ -27,14 +27,19 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
         .iter()
         .map(|u| u["id"].as_str().unwrap().to_owned())
         .collect();
-    eventually("today's figure for every unit", WAIT, || {
-        units.iter().all(|u| {
-            let days = get_json(&http, &format!("/api/v1/units/{u}/indicators?period=day"));
-            days.as_array()
-                .and_then(|d| d.last())
-                .is_some_and(|d| d["product_t"].as_f64() > Some(0.0))
-        })
-    });
+    // The converter makes steel only at tapping, every 48 simulated minutes (48 s here).
+    eventually(
+        "today's figure for every unit",
+        Duration::from_secs(150),
+        || {
+            units.iter().all(|u| {
+                let days = get_json(&http, &format!("/api/v1/units/{u}/indicators?period=day"));
+                days.as_array()
+                    .and_then(|d| d.last())
+                    .is_some_and(|d| d["product_t"].as_f64() > Some(0.0))
+            })
+        },
+    );
     let shots = artifacts_dir("dashboard");
     let browser = Browser::start(d, 1400, 1000);
 
