@@ -17,6 +17,7 @@ pub mod influx;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod packed;
 pub mod storage;
 pub mod store;
 

@@ -127,7 +127,19 @@ CREATE TABLE lost (
 ALTER TABLE edges ADD COLUMN spool_depth INTEGER;
 ALTER TABLE edges ADD COLUMN spool_dropped INTEGER;
 "#,
+    r#"
+-- Raw samples packed into their message's row (see packed.rs): one insert per message instead
+-- of one per point, so ingest keeps its rate as the database grows. `points` is NULL once
+-- retention deleted the samples; the row stays as the ledger's record of the number.
+-- `pack_point_samples` moves the samples stored so far, then drops their table.
+ALTER TABLE messages ADD COLUMN points BLOB;
+CREATE INDEX messages_by_time ON messages (device, ts_ms);
+DROP VIEW samples;
+"#,
 ];
+
+/// The schema version whose migration packs `point_samples` into `messages.points`.
+const PACKED_SAMPLES_VERSION: usize = 7;
 
 /// A counter point the accounting follows, with what it needs to take deltas.
 pub type Tracked = CounterRule;
@@ -324,12 +336,53 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if i + 1 == PACKED_SAMPLES_VERSION {
+            pack_point_samples(&tx)?;
+        }
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
             [i as i64 + 1],
         )?;
         tx.commit()?;
     }
+    Ok(())
+}
+
+/// Migration 7's data step: every sample of `point_samples` into its message's BLOB. A sample
+/// without a message row (none are written so, but nothing is dropped on that assumption) gets
+/// one, with no edge and no receive time.
+fn pack_point_samples(tx: &Transaction<'_>) -> anyhow::Result<()> {
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO messages (device, seq, ts_ms, edge, received_ms)
+           SELECT r.device, p.seq, MIN(p.ts_ms), '', 0 FROM point_samples p
+           JOIN series r ON r.id = p.series GROUP BY r.device, p.seq",
+    )?;
+    let mut read = tx.prepare(
+        "SELECT r.device, p.seq, p.series, p.value, p.quality FROM point_samples p
+         JOIN series r ON r.id = p.series ORDER BY r.device, p.seq, r.point",
+    )?;
+    let mut write = tx.prepare("UPDATE messages SET points = ?3 WHERE device = ?1 AND seq = ?2")?;
+    let mut rows = read.query([])?;
+    let mut current: Option<(String, i64)> = None;
+    let mut blob = Vec::new();
+    while let Some(r) = rows.next()? {
+        let key: (String, i64) = (r.get(0)?, r.get(1)?);
+        if current.as_ref() != Some(&key) {
+            if let Some((device, seq)) = current.replace(key) {
+                write.execute(params![device, seq, blob])?;
+                blob.clear();
+            }
+        }
+        let q: String = r.get(4)?;
+        let q = q
+            .parse()
+            .map_err(|e| anyhow::anyhow!("stored quality {q:?}: {e}"))?;
+        crate::packed::push(&mut blob, r.get(2)?, r.get(3)?, q);
+    }
+    if let Some((device, seq)) = current {
+        write.execute(params![device, seq, blob])?;
+    }
+    tx.execute_batch("DROP TABLE point_samples")?;
     Ok(())
 }
 
@@ -462,11 +515,15 @@ fn write_telemetry(
     received_ms: i64,
     out: &mut BatchOutcome,
 ) -> anyhow::Result<()> {
+    let mut blob = Vec::with_capacity(t.points.len() * 14);
+    for p in &t.points {
+        crate::packed::push(&mut blob, series.get(tx, &t.device, &p.id)?, p.v, p.q);
+    }
     let inserted = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO messages (device, seq, ts_ms, edge, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO messages (device, seq, ts_ms, edge, received_ms, points) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
-        .execute(params![t.device, t.seq as i64, t.ts_ms, t.edge, received_ms])?;
+        .execute(params![t.device, t.seq as i64, t.ts_ms, t.edge, received_ms, blob])?;
     if inserted == 0 {
         out.duplicates += 1;
         tx.execute(
@@ -477,17 +534,7 @@ fn write_telemetry(
     }
     out.stored += 1;
     update_ledger(tx, gathered, t, received_ms)?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO point_samples (series, ts_ms, seq, value, quality) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
     for p in &t.points {
-        let id = series.get(tx, &t.device, &p.id)?;
-        // Most points are good: no allocation for them.
-        let quality: std::borrow::Cow<str> = match p.q {
-            ems_core::Quality::Good => "good".into(),
-            q => q.to_string().into(),
-        };
-        insert.execute(params![id, t.ts_ms, t.seq as i64, p.v, quality])?;
         out.points += 1;
         let rule = rules.tracked.get(&t.device).and_then(|d| d.get(&p.id));
         let (Some(rule), Some(v)) = (rule, p.v) else {
@@ -776,17 +823,25 @@ fn late_sample(
             });
         }
     };
-    let neighbour = |sql: &str| -> rusqlite::Result<Option<(i64, f64)>> {
-        tx.query_row(sql, params![key.0, key.1, ts_ms], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()
+    let series: i64 = tx
+        .prepare_cached("SELECT id FROM series WHERE device = ?1 AND point = ?2")?
+        .query_row(params![key.0, key.1], |r| r.get(0))?;
+    // The nearest stored message on that side with a good value of this point.
+    let neighbour = |sql: &str| -> anyhow::Result<Option<(i64, f64)>> {
+        let mut stmt = tx.prepare_cached(sql)?;
+        let mut rows = stmt.query(params![key.0, ts_ms])?;
+        while let Some(r) = rows.next()? {
+            if let Some(v) = crate::packed::good_value(r.get_ref(1)?.as_blob()?, series)? {
+                return Ok(Some((r.get(0)?, v)));
+            }
+        }
+        Ok(None)
     };
     let before = neighbour(
-        "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND ts_ms < ?3 AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
+        "SELECT ts_ms, points FROM messages WHERE device = ?1 AND ts_ms < ?2 AND points IS NOT NULL ORDER BY ts_ms DESC, seq DESC",
     )?;
     let after = neighbour(
-        "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND ts_ms > ?3 AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms ASC LIMIT 1",
+        "SELECT ts_ms, points FROM messages WHERE device = ?1 AND ts_ms > ?2 AND points IS NOT NULL ORDER BY ts_ms ASC, seq ASC",
     )?;
     if let (Some(b), Some(a)) = (before, after) {
         interval(b, a, -1.0);
@@ -813,7 +868,8 @@ impl Pruner {
     }
 
     /// Deletes the samples polled before `before_ms`, device by device in short transactions
-    /// (ingest goes on meanwhile). Returns the rows deleted.
+    /// (ingest goes on meanwhile); the message rows stay for the ledger. Returns the samples
+    /// deleted.
     pub fn prune_raw(&mut self, before_ms: i64) -> anyhow::Result<u64> {
         let devices: Vec<String> = self
             .conn
@@ -830,11 +886,20 @@ impl Pruner {
                 |r| r.get(0),
             )?;
             if let Some(seq) = last_old {
-                deleted += self.conn.execute(
-                    "DELETE FROM point_samples WHERE series IN (SELECT id FROM series WHERE device = ?1)
-                     AND ts_ms < ?3 AND seq <= ?2",
+                let tx = self.conn.transaction()?;
+                let bytes: i64 = tx.query_row(
+                    "SELECT COALESCE(SUM(length(points)), 0) FROM messages
+                     WHERE device = ?1 AND seq <= ?2 AND ts_ms < ?3",
                     params![device, seq, before_ms],
-                )? as u64;
+                    |r| r.get(0),
+                )?;
+                tx.execute(
+                    "UPDATE messages SET points = NULL
+                     WHERE device = ?1 AND seq <= ?2 AND ts_ms < ?3 AND points IS NOT NULL",
+                    params![device, seq, before_ms],
+                )?;
+                tx.commit()?;
+                deleted += crate::packed::count(bytes as usize) as u64;
             }
         }
         self.conn.execute(
@@ -1057,9 +1122,9 @@ impl Reader {
         self.with(|c| {
             let mut expected: HashMap<(String, String, i64), PointSlot> = HashMap::new();
             let mut stmt = c.prepare(
-                "SELECT ts_ms, value FROM samples WHERE device = ?1 AND point = ?2 AND quality = 'good'
-                 AND value IS NOT NULL ORDER BY ts_ms, seq",
+                "SELECT ts_ms, points FROM messages WHERE device = ?1 AND points IS NOT NULL ORDER BY ts_ms, seq",
             )?;
+            let mut series_id = c.prepare("SELECT id FROM series WHERE device = ?1 AND point = ?2")?;
             let mut samples_checked = 0u64;
             // Where retention deleted older samples, the first kept one starts the recomputation
             // and the slot it falls in cannot be checked.
@@ -1067,23 +1132,35 @@ impl Reader {
                 .query_row("SELECT COUNT(*) FROM retention", [], |r| r.get::<_, i64>(0))?
                 > 0;
             let mut unchecked_before: HashMap<(String, String), i64> = HashMap::new();
-            let tracked = rules.tracked.iter().flat_map(|(d, points)| points.iter().map(move |(p, rule)| (d, p, rule)));
-            for (device, point, rule) in tracked {
-                let mut track = CounterTrack::default();
-                let rows = stmt.query_map(params![device, point], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)))?;
-                for row in rows {
-                    let (ts, v) = row?;
-                    unchecked_before
-                        .entry((device.clone(), point.clone()))
-                        .or_insert(ts - ts.rem_euclid(SLOT_MS) + SLOT_MS);
-                    samples_checked += 1;
-                    for event in track.push(ts, v, rule) {
-                        add_event(&event, rules.max_gap_ms, |slot, r| {
-                            let e = expected.entry((device.clone(), point.clone(), slot)).or_default();
-                            e.delta += r.delta;
-                            e.covered_ms += r.covered_ms;
-                            e.estimated += r.estimated;
-                        });
+            // Each device's messages are read once, in poll order, for all its tracked points.
+            for (device, points) in &rules.tracked {
+                let mut tracks: HashMap<i64, (&String, &CounterRule, CounterTrack)> = HashMap::new();
+                for (point, rule) in points {
+                    if let Some(id) = series_id.query_row(params![device, point], |r| r.get::<_, i64>(0)).optional()? {
+                        tracks.insert(id, (point, rule, CounterTrack::default()));
+                    }
+                }
+                let mut rows = stmt.query([device])?;
+                while let Some(row) = rows.next()? {
+                    let ts: i64 = row.get(0)?;
+                    let packed = crate::packed::unpack(row.get_ref(1)?.as_blob()?)
+                        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, e.into()))?;
+                    for p in packed {
+                        let (Some((point, rule, track)), Some(v), true) = (tracks.get_mut(&p.series), p.value, p.quality.is_good()) else {
+                            continue;
+                        };
+                        unchecked_before
+                            .entry((device.clone(), (*point).clone()))
+                            .or_insert(ts - ts.rem_euclid(SLOT_MS) + SLOT_MS);
+                        samples_checked += 1;
+                        for event in track.push(ts, v, rule) {
+                            add_event(&event, rules.max_gap_ms, |slot, r| {
+                                let e = expected.entry((device.clone(), (*point).clone(), slot)).or_default();
+                                e.delta += r.delta;
+                                e.covered_ms += r.covered_ms;
+                                e.estimated += r.estimated;
+                            });
+                        }
                     }
                 }
             }
@@ -1126,23 +1203,34 @@ impl Reader {
         let mut w = csv::Writer::from_writer(out);
         w.write_record(["device", "seq", "point", "time", "value", "quality"])?;
         let conn = self.conn.lock().expect("reader lock poisoned");
+        let names: HashMap<i64, String> = conn
+            .prepare("SELECT id, point FROM series")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         let mut stmt = conn.prepare(
-            "SELECT device, seq, point, ts_ms, value, quality FROM samples
-             WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR device = ?3) ORDER BY device, ts_ms, seq, point",
+            "SELECT device, seq, ts_ms, points FROM messages
+             WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR device = ?3) AND points IS NOT NULL
+             ORDER BY device, ts_ms, seq",
         )?;
         let mut rows = stmt.query(params![from_ms, to_ms, device])?;
         let mut n = 0;
         while let Some(r) = rows.next()? {
-            let value: Option<f64> = r.get(4)?;
-            w.write_record([
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?.to_string(),
-                r.get::<_, String>(2)?,
-                rfc3339(r.get(3)?),
-                value.map(|v| v.to_string()).unwrap_or_default(),
-                r.get::<_, String>(5)?,
-            ])?;
-            n += 1;
+            let (device, seq, ts): (String, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let mut points = crate::packed::unpack(r.get_ref(3)?.as_blob()?)?;
+            let name =
+                |p: &crate::packed::PackedPoint| names.get(&p.series).map_or("", String::as_str);
+            points.sort_by(|a, b| name(a).cmp(name(b)));
+            for p in &points {
+                w.write_record([
+                    device.clone(),
+                    seq.to_string(),
+                    name(p).to_owned(),
+                    rfc3339(ts),
+                    p.value.map(|v| v.to_string()).unwrap_or_default(),
+                    p.quality.to_string(),
+                ])?;
+                n += 1;
+            }
         }
         w.flush()?;
         Ok(n)
@@ -1223,7 +1311,7 @@ mod tests {
     }
 
     #[test]
-    fn samples_stored_before_the_series_schema_are_kept_by_the_migration() {
+    fn samples_stored_before_the_packed_schema_are_kept_by_the_migrations() {
         let path = temp_db("migrate");
         {
             let conn = Connection::open(&path).unwrap();
