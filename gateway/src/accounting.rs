@@ -296,6 +296,11 @@ pub fn buckets(period: Period, from_ms: i64, to_ms: i64, cal: &Calendar) -> Vec<
     out
 }
 
+/// A time in the plant's local offset, RFC 3339: how reports and the API write period bounds.
+pub fn local_rfc3339(ms: i64, tz: FixedOffset) -> String {
+    local(ms, tz).to_rfc3339()
+}
+
 fn local(ms: i64, tz: FixedOffset) -> DateTime<FixedOffset> {
     tz.timestamp_millis_opt(ms)
         .single()

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod packed;
+pub mod report;
 pub mod storage;
 pub mod store;
 

@@ -48,6 +48,11 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Reports for the authority from the stored figures (JSON or CSV, to stdout or a file).
+    Report {
+        #[command(subcommand)]
+        kind: ReportKind,
+    },
     /// Run a simulated plant, an edge agent, an embedded broker and the gateway in one process.
     Demo {
         /// Dashboard and API address.
@@ -63,6 +68,96 @@ enum Command {
         #[arg(long)]
         operator_token: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReportKind {
+    /// Annual energy utilisation report of the enterprise: energy by carrier, each unit's
+    /// output and unit energy against its limits, water, months, data quality.
+    Annual {
+        #[arg(long)]
+        config: PathBuf,
+        /// Calendar year (plant local time).
+        #[arg(long)]
+        year: i32,
+        #[command(flatten)]
+        output: ReportOutput,
+    },
+    /// Energy-savings verification of one unit: monthly baseline regressed on output (R²,
+    /// CV(RMSE), NMBE against ASHRAE Guideline 14), CUSUM, savings by the product method.
+    Savings {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        unit: String,
+        /// First and last month of the baseline period, YYYY-MM.
+        #[arg(long, required = true, num_args = 2, value_names = ["FROM", "TO"])]
+        baseline: Vec<String>,
+        /// First and last month of the reporting period, YYYY-MM.
+        #[arg(long, required = true, num_args = 2, value_names = ["FROM", "TO"])]
+        reporting: Vec<String>,
+        #[command(flatten)]
+        output: ReportOutput,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportOutput {
+    /// json or csv (one row per figure).
+    #[arg(long, default_value = "json")]
+    format: ReportFormat,
+    /// Write here instead of stdout (never over an existing file).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ReportFormat {
+    Json,
+    Csv,
+}
+
+impl ReportOutput {
+    fn write(
+        &self,
+        json: &impl serde::Serialize,
+        csv: impl FnOnce() -> Vec<ems_gateway::report::tables::Figure>,
+    ) -> anyhow::Result<()> {
+        let mut out: Box<dyn std::io::Write> = match &self.out {
+            Some(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            ),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        match self.format {
+            ReportFormat::Json => {
+                serde_json::to_writer_pretty(&mut out, json)?;
+                writeln!(out)?;
+            }
+            ReportFormat::Csv => ems_gateway::report::tables::write_csv(&csv(), &mut out)?,
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// A progress bar on the terminal for a long report (nothing when stderr is not one).
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
 }
 
 /// Errors end the process with one line naming the cause chain (file, line and key for a bad
@@ -130,6 +225,7 @@ async fn run() -> anyhow::Result<()> {
             )?;
             tracing::info!(rows = n, "Exported.");
         }
+        Command::Report { kind } => report(kind)?,
         Command::Demo {
             http,
             speed,
@@ -149,4 +245,50 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn report(kind: ReportKind) -> anyhow::Result<()> {
+    use ems_gateway::report;
+    match kind {
+        ReportKind::Annual {
+            config,
+            year,
+            output,
+        } => {
+            let plant = Plant::load(&config)?;
+            let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
+            let bar = progress_bar(&format!("annual report {year}"));
+            let now = chrono::Utc::now().timestamp_millis();
+            let r = report::annual::build(&plant, &reader, year, now, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            output.write(&r, || report::tables::annual_figures(&r))
+        }
+        ReportKind::Savings {
+            config,
+            unit,
+            baseline,
+            reporting,
+            output,
+        } => {
+            let plant = Plant::load(&config)?;
+            let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
+            let months = |v: &[String]| -> anyhow::Result<_> {
+                Ok((
+                    report::savings::parse_month(&v[0])?,
+                    report::savings::parse_month(&v[1])?,
+                ))
+            };
+            let r = report::savings::build(
+                &plant,
+                &reader,
+                &unit,
+                months(&baseline)?,
+                months(&reporting)?,
+            )?;
+            output.write(&r, || report::tables::savings_figures(&r))
+        }
+    }
 }

@@ -1,0 +1,293 @@
+//! The enterprise's annual energy utilisation report (能源利用状况报告): energy by carrier,
+//! comprehensive energy, each unit's output and unit energy against its limits with the level
+//! reached, water against quotas, energy recovered, monthly tables, and the data-quality
+//! section every report carries.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{unit_figures, year_periods, FORMAT_VERSION};
+use crate::accounting::{buckets, Indicator, Period};
+use crate::config::{Plant, Role};
+use crate::store::Reader;
+
+/// Completeness a period needs to be reportable (national online-monitoring rules).
+pub const MIN_COMPLETENESS: f64 = 0.9;
+/// Largest deviation between the sum of a month's daily figures and its monthly figure.
+pub const MAX_DAILY_MONTHLY_DEVIATION_PCT: f64 = 5.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnualReport {
+    /// "annual"; with [`FORMAT_VERSION`] in `version`.
+    pub report: &'static str,
+    pub version: u32,
+    pub enterprise: Option<String>,
+    pub enterprise_code: Option<String>,
+    pub year: i32,
+    pub start: String,
+    pub end: String,
+    pub generated_at: String,
+    pub totals: Totals,
+    /// The enterprise's totals month by month.
+    pub months: Vec<MonthTotals>,
+    pub units: Vec<UnitSection>,
+    pub data_quality: DataQuality,
+}
+
+/// Sums over the enterprise's units.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub consumed_tce: f64,
+    pub recovered_tce: f64,
+    /// Consumed minus recovered.
+    pub comprehensive_tce: f64,
+    pub water_m3: f64,
+    pub by_carrier: Vec<CarrierTotal>,
+}
+
+/// One carrier (and role: consumed or recovered) over the year.
+#[derive(Debug, Clone, Serialize)]
+pub struct CarrierTotal {
+    pub carrier: String,
+    pub role: Role,
+    pub unit: String,
+    /// Physical quantity in `unit`.
+    pub quantity: f64,
+    /// Signed as in the unit figures: recovered energy is negative.
+    pub kgce: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MonthTotals {
+    pub start: String,
+    pub consumed_tce: f64,
+    pub recovered_tce: f64,
+    pub comprehensive_tce: f64,
+    pub water_m3: f64,
+}
+
+/// A process unit: its year and its months, each with output, unit energy, limits and water.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitSection {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub year: Indicator,
+    pub months: Vec<Indicator>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataQuality {
+    pub min_completeness: f64,
+    pub max_daily_monthly_deviation_pct: f64,
+    /// Completeness of every meter point the units use, month by month.
+    pub meters: Vec<MeterQuality>,
+    /// The sequence ledger of every device: duplicates dropped, numbers missing or lost.
+    pub sequence: Vec<SequenceQuality>,
+    /// Each unit's months: the sum of its daily figures against the monthly figure.
+    pub daily_vs_monthly: Vec<DailyVsMonthly>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MeterQuality {
+    pub device: String,
+    pub point: String,
+    pub months: Vec<MeterMonth>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MeterMonth {
+    pub start: String,
+    /// Share of the month (up to now) covered by good samples; null for a month not begun.
+    pub completeness: Option<f64>,
+    pub reportable: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SequenceQuality {
+    pub device: String,
+    pub messages: i64,
+    pub duplicates: i64,
+    pub missing: i64,
+    pub lost: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DailyVsMonthly {
+    pub unit: String,
+    pub start: String,
+    pub month_kgce: f64,
+    pub sum_of_days_kgce: f64,
+    /// |days - month| / |month|, percent; null when the month is zero.
+    pub deviation_pct: Option<f64>,
+    pub within_limit: bool,
+}
+
+/// Builds the report for the local calendar year `year`. `now_ms` bounds completeness (months
+/// not over yet count up to now); `progress(done, total)` is told after each unit.
+pub fn build(
+    plant: &Plant,
+    reader: &Reader,
+    year: i32,
+    now_ms: i64,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<AnnualReport> {
+    let ((start, end), months) = year_periods(plant, year)?;
+    let days = buckets(Period::Day, start, end, &plant.calendar);
+    let steps = plant.units.len() + 1;
+    let mut totals = Totals::default();
+    let mut carriers: BTreeMap<(String, String, String), (Role, f64, f64)> = BTreeMap::new();
+    let mut month_totals: Vec<MonthTotals> = months
+        .iter()
+        .map(|&(s, _)| MonthTotals {
+            start: crate::accounting::local_rfc3339(s, plant.utc_offset),
+            consumed_tce: 0.0,
+            recovered_tce: 0.0,
+            comprehensive_tce: 0.0,
+            water_m3: 0.0,
+        })
+        .collect();
+    let mut units = Vec::with_capacity(plant.units.len());
+    let mut daily_vs_monthly = Vec::new();
+    for (i, unit) in plant.units.iter().enumerate() {
+        let year_fig = unit_figures(plant, reader, unit, &[(start, end)])?
+            .pop()
+            .expect("one period asked, one given");
+        let month_figs = unit_figures(plant, reader, unit, &months)?;
+        let day_figs = unit_figures(plant, reader, unit, &days)?;
+        totals.consumed_tce += year_fig.consumed_kgce / 1000.0;
+        totals.recovered_tce += year_fig.recovered_kgce / 1000.0;
+        totals.comprehensive_tce += year_fig.energy_kgce / 1000.0;
+        totals.water_m3 += year_fig.water_m3;
+        for c in &year_fig.carriers {
+            if matches!(c.role, Role::Consumed | Role::Recovered) {
+                let e = carriers
+                    .entry((c.carrier.clone(), format!("{:?}", c.role), c.unit.clone()))
+                    .or_insert((c.role, 0.0, 0.0));
+                e.1 += c.quantity;
+                e.2 += c.kgce;
+            }
+        }
+        for (m, (t, fig)) in month_totals.iter_mut().zip(&month_figs).enumerate() {
+            t.consumed_tce += fig.consumed_kgce / 1000.0;
+            t.recovered_tce += fig.recovered_kgce / 1000.0;
+            t.comprehensive_tce += fig.energy_kgce / 1000.0;
+            t.water_m3 += fig.water_m3;
+            let (ms, me) = months[m];
+            let sum_of_days: f64 = days
+                .iter()
+                .zip(&day_figs)
+                .filter(|((ds, _), _)| *ds >= ms && *ds < me)
+                .map(|(_, d)| d.energy_kgce)
+                .sum();
+            let deviation_pct = (fig.energy_kgce != 0.0)
+                .then(|| 100.0 * (sum_of_days - fig.energy_kgce).abs() / fig.energy_kgce.abs());
+            daily_vs_monthly.push(DailyVsMonthly {
+                unit: unit.id.clone(),
+                start: t.start.clone(),
+                month_kgce: fig.energy_kgce,
+                sum_of_days_kgce: sum_of_days,
+                deviation_pct,
+                within_limit: deviation_pct.is_none_or(|d| d <= MAX_DAILY_MONTHLY_DEVIATION_PCT),
+            });
+        }
+        units.push(UnitSection {
+            id: unit.id.clone(),
+            name: unit.name.clone(),
+            kind: unit.kind.clone(),
+            year: year_fig,
+            months: month_figs,
+        });
+        progress(i + 1, steps);
+    }
+    totals.by_carrier = carriers
+        .into_iter()
+        .map(
+            |((carrier, _, unit), (role, quantity, kgce))| CarrierTotal {
+                carrier,
+                role,
+                unit,
+                quantity,
+                kgce,
+            },
+        )
+        .collect();
+    let data_quality = DataQuality {
+        min_completeness: MIN_COMPLETENESS,
+        max_daily_monthly_deviation_pct: MAX_DAILY_MONTHLY_DEVIATION_PCT,
+        meters: meter_quality(plant, reader, &months, now_ms)?,
+        sequence: reader
+            .devices()?
+            .into_iter()
+            .map(|d| SequenceQuality {
+                device: d.id,
+                messages: d.messages,
+                duplicates: d.duplicates,
+                missing: d.missing,
+                lost: d.lost,
+            })
+            .collect(),
+        daily_vs_monthly,
+    };
+    progress(steps, steps);
+    let enterprise = plant.config.enterprise.as_ref();
+    Ok(AnnualReport {
+        report: "annual",
+        version: FORMAT_VERSION,
+        enterprise: enterprise.map(|e| e.name.clone()),
+        enterprise_code: enterprise.and_then(|e| e.code.clone()),
+        year,
+        start: crate::accounting::local_rfc3339(start, plant.utc_offset),
+        end: crate::accounting::local_rfc3339(end, plant.utc_offset),
+        generated_at: crate::accounting::local_rfc3339(now_ms, plant.utc_offset),
+        totals,
+        months: month_totals,
+        units,
+        data_quality,
+    })
+}
+
+fn meter_quality(
+    plant: &Plant,
+    reader: &Reader,
+    months: &[(i64, i64)],
+    now_ms: i64,
+) -> anyhow::Result<Vec<MeterQuality>> {
+    let mut points: Vec<(String, String)> = plant
+        .flows()
+        .map(|f| (f.device.clone(), f.point.clone()))
+        .collect();
+    points.sort();
+    points.dedup();
+    let (Some(first), Some(last)) = (months.first(), months.last()) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(points.len());
+    for (device, point) in points {
+        let slots = reader.point_slots(&device, &point, first.0, last.1)?;
+        let months = months
+            .iter()
+            .map(|&(s, e)| {
+                let span = e.min(now_ms) - s;
+                let covered: i64 = slots
+                    .iter()
+                    .filter(|(t, _)| (s..e).contains(t))
+                    .map(|(_, r)| r.covered_ms)
+                    .sum();
+                let completeness = (span > 0).then(|| covered as f64 / span as f64);
+                MeterMonth {
+                    start: crate::accounting::local_rfc3339(s, plant.utc_offset),
+                    completeness,
+                    reportable: completeness.is_some_and(|c| c >= MIN_COMPLETENESS),
+                }
+            })
+            .collect();
+        out.push(MeterQuality {
+            device,
+            point,
+            months,
+        });
+    }
+    Ok(out)
+}
