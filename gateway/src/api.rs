@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alarms", get(alarms))
         .route("/api/v1/alarms/:id/ack", post(ack_alarm))
         .route("/api/v1/samples.csv", get(samples_csv))
+        .route("/api/v1/reports/:kind", get(report))
         .route("/api/v1/events", get(events))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -449,6 +450,98 @@ async fn samples_csv(
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ReportQuery {
+    year: Option<i32>,
+    month: Option<String>,
+    format: Option<String>,
+}
+
+/// `annual?year=YYYY` or `compliance?month=YYYY-MM`, as `format=json` (default), `csv` (one
+/// row per figure) or `pdf` (annual): the same documents as `ems-gateway report`.
+async fn report(
+    State(s): State<AppState>,
+    Path(kind): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    use crate::report::{annual, compliance, pdf, tables};
+    let format = q.format.clone().unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "csv" | "pdf") {
+        return Err(ApiError::BadRequest(format!(
+            "unknown format `{format}`: json, csv or pdf"
+        )));
+    }
+    let (plant, reader, now) = (s.plant.clone(), s.reader.clone(), (s.now)());
+    let asked = format.clone();
+    let made = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String), ApiError> {
+        let format = asked;
+        let csv = |figures: Vec<tables::Figure>| -> anyhow::Result<Vec<u8>> {
+            let mut out = Vec::new();
+            tables::write_csv(&figures, &mut out)?;
+            Ok(out)
+        };
+        match kind.as_str() {
+            "annual" => {
+                let year = q
+                    .year
+                    .ok_or_else(|| ApiError::BadRequest("`year` is required".into()))?;
+                let r = annual::build(&plant, &reader, year, now, |_, _| {})?;
+                let name = format!("annual-{year}");
+                Ok(match format.as_str() {
+                    "csv" => (csv(tables::annual_figures(&r))?, name),
+                    "pdf" => (pdf::render(&r, &plant, &pdf::load_font(None)?.1)?, name),
+                    _ => (
+                        serde_json::to_vec_pretty(&r).map_err(anyhow::Error::from)?,
+                        name,
+                    ),
+                })
+            }
+            "compliance" => {
+                let month = q
+                    .month
+                    .as_deref()
+                    .ok_or_else(|| ApiError::BadRequest("`month` is required".into()))?;
+                let month = crate::report::parse_month(month)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                let r = compliance::build(&plant, &reader, month)?;
+                let name = format!("compliance-{}", r.month);
+                Ok(match format.as_str() {
+                    "csv" => (csv(tables::compliance_figures(&r))?, name),
+                    "pdf" => {
+                        return Err(ApiError::BadRequest(
+                            "PDF is made for the annual report".into(),
+                        ))
+                    }
+                    _ => (
+                        serde_json::to_vec_pretty(&r).map_err(anyhow::Error::from)?,
+                        name,
+                    ),
+                })
+            }
+            other => Err(ApiError::NotFound(format!(
+                "no report `{other}`: annual or compliance"
+            ))),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    let (body, name) = made;
+    let content_type = match format.as_str() {
+        "csv" => "text/csv; charset=utf-8",
+        "pdf" => "application/pdf",
+        _ => "application/json",
+    };
+    let disposition = format!("attachment; filename=\"{name}.{format}\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn anomalies(

@@ -82,6 +82,20 @@ enum ReportKind {
         year: i32,
         #[command(flatten)]
         output: ReportOutput,
+        /// For PDF: the CJK font to embed, FILE or FILE:INDEX for a collection (default: the
+        /// first of Debian's Noto CJK, WenQuanYi or AR PL fonts found).
+        #[arg(long)]
+        font: Option<String>,
+    },
+    /// Monthly compliance report: per unit and day, the level reached and every exceedance.
+    Compliance {
+        #[arg(long)]
+        config: PathBuf,
+        /// The month, YYYY-MM (plant local time).
+        #[arg(long)]
+        month: String,
+        #[command(flatten)]
+        output: ReportOutput,
     },
     /// Energy-savings verification of one unit: monthly baseline regressed on output (R²,
     /// CV(RMSE), NMBE against ASHRAE Guideline 14), CUSUM, savings by the product method.
@@ -103,7 +117,7 @@ enum ReportKind {
 
 #[derive(clap::Args, Debug)]
 struct ReportOutput {
-    /// json or csv (one row per figure).
+    /// json, csv (one row per figure) or pdf (annual report only).
     #[arg(long, default_value = "json")]
     format: ReportFormat,
     /// Write here instead of stdout (never over an existing file).
@@ -115,6 +129,7 @@ struct ReportOutput {
 enum ReportFormat {
     Json,
     Csv,
+    Pdf,
 }
 
 impl ReportOutput {
@@ -122,7 +137,15 @@ impl ReportOutput {
         &self,
         json: &impl serde::Serialize,
         csv: impl FnOnce() -> Vec<ems_gateway::report::tables::Figure>,
+        pdf: Option<&dyn Fn() -> anyhow::Result<Vec<u8>>>,
     ) -> anyhow::Result<()> {
+        let pdf = match (self.format, pdf) {
+            (ReportFormat::Pdf, Some(render)) => Some(render()?),
+            (ReportFormat::Pdf, None) => {
+                anyhow::bail!("PDF is made for the annual report; use json or csv")
+            }
+            _ => None,
+        };
         let mut out: Box<dyn std::io::Write> = match &self.out {
             Some(path) => Box::new(
                 std::fs::OpenOptions::new()
@@ -139,6 +162,7 @@ impl ReportOutput {
                 writeln!(out)?;
             }
             ReportFormat::Csv => ems_gateway::report::tables::write_csv(&csv(), &mut out)?,
+            ReportFormat::Pdf => out.write_all(&pdf.expect("rendered above"))?,
         }
         out.flush()?;
         Ok(())
@@ -254,8 +278,14 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
             config,
             year,
             output,
+            font,
         } => {
             let plant = Plant::load(&config)?;
+            // A missing font is found before the long part.
+            let font = match output.format {
+                ReportFormat::Pdf => Some(report::pdf::load_font(font.as_deref())?.1),
+                _ => None,
+            };
             let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
             let bar = progress_bar(&format!("annual report {year}"));
             let now = chrono::Utc::now().timestamp_millis();
@@ -264,7 +294,19 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
                 bar.set_position(done as u64);
             })?;
             bar.finish_and_clear();
-            output.write(&r, || report::tables::annual_figures(&r))
+            let pdf = || report::pdf::render(&r, &plant, font.as_ref().expect("loaded for PDF"));
+            output.write(&r, || report::tables::annual_figures(&r), Some(&pdf))
+        }
+        ReportKind::Compliance {
+            config,
+            month,
+            output,
+        } => {
+            let plant = Plant::load(&config)?;
+            let month = report::parse_month(&month)?;
+            let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
+            let r = report::compliance::build(&plant, &reader, month)?;
+            output.write(&r, || report::tables::compliance_figures(&r), None)
         }
         ReportKind::Savings {
             config,
@@ -276,10 +318,7 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
             let plant = Plant::load(&config)?;
             let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
             let months = |v: &[String]| -> anyhow::Result<_> {
-                Ok((
-                    report::savings::parse_month(&v[0])?,
-                    report::savings::parse_month(&v[1])?,
-                ))
+                Ok((report::parse_month(&v[0])?, report::parse_month(&v[1])?))
             };
             let r = report::savings::build(
                 &plant,
@@ -288,7 +327,7 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
                 months(&baseline)?,
                 months(&reporting)?,
             )?;
-            output.write(&r, || report::tables::savings_figures(&r))
+            output.write(&r, || report::tables::savings_figures(&r), None)
         }
     }
 }

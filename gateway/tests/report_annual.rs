@@ -78,12 +78,19 @@ unit = "m3"
     )
 }
 
+/// 2025-07-10T00:00+08:00: a burner fault wastes a third more coal for two local days.
+const BAD_DAYS_START: i64 = 1_752_076_800_000;
+
 /// Hourly increments of each meter: clinker varies by hour and season, the rest follow it.
 fn increments(hour: i64) -> [(&'static str, &'static str, f64); 5] {
     let clinker = 200.0 + (hour % 7) as f64 * 3.0 + ((hour / 720) % 12) as f64 * 2.0;
+    // The increment of hour h is what flowed in the hour ending at YEAR_START + h hours.
+    let ended = YEAR_START + hour * H;
+    let fault = (BAD_DAYS_START + H..=BAD_DAYS_START + 48 * H).contains(&ended);
+    let coal = clinker * 0.138 * if fault { 4.0 / 3.0 } else { 1.0 };
     [
         ("kiln1-clinker", "total_t", clinker),
-        ("kiln1-coal", "total_t", clinker * 0.138),
+        ("kiln1-coal", "total_t", coal),
         (
             "kiln1-power",
             "import_kwh",
@@ -364,5 +371,165 @@ fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
     assert!(v.model.accepted && v.model.r2 > 0.99, "{:?}", v.model);
     let last = v.periods.last().unwrap();
     assert!(close(last.cusum_kgce, -v.avoided_tce * 1000.0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs a poppler tool (tests/run.sh installs poppler-utils).
+fn poppler(tool: &str, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e} (tests/run.sh installs poppler-utils)"));
+    assert!(
+        out.status.success(),
+        "{tool}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn the_pdf_has_its_pages_chinese_text_figures_and_charts() {
+    let dir = std::env::temp_dir().join(format!("ems-report-pdf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    let plant = Plant::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
+    let mut store = Store::open(&db).unwrap();
+    fill_year(&mut store, &plant);
+    let r = report::annual::build(
+        &plant,
+        &store.reader().unwrap(),
+        2025,
+        YEAR_START + 400 * 24 * H,
+        |_, _| {},
+    )
+    .unwrap();
+    let (font_file, font) = report::pdf::load_font(None)
+        .expect("a CJK font (tests/run.sh installs fonts-wqy-microhei)");
+    let pdf = report::pdf::render(&r, &plant, &font).unwrap();
+    // The font is embedded as a subset: far smaller than the font file.
+    let font_len = std::fs::metadata(&font_file).unwrap().len() as usize;
+    assert!(
+        pdf.len() < font_len / 4,
+        "{} bytes of PDF, font {font_len}",
+        pdf.len()
+    );
+    let file = dir.join("annual.pdf");
+    std::fs::write(&file, &pdf).unwrap();
+    // Kept for a person to look at: target/tmp/annual-report.pdf.
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("annual-report.pdf"),
+        &pdf,
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+
+    let text = String::from_utf8(poppler("pdftotext", &["-layout", path, "-"])).unwrap();
+    for expected in [
+        "2025年度能源利用状况报告",
+        "测试水泥有限公司",
+        "91000000TEST00001X",
+        "一、能源消费总量",
+        "二、分品种能源消费",
+        "原煤",
+        "四、主要产品单位产品能耗与取水",
+        "五、数据质量",
+        "kiln1-power/import_kwh",
+    ] {
+        assert!(
+            text.contains(expected),
+            "`{expected}` missing from the PDF text:\n{text}"
+        );
+    }
+    // Figures as the JSON has them, rounded as printed.
+    assert!(
+        text.contains(&format!("{:.3}", r.totals.comprehensive_tce)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{:.2}", r.units[0].year.kgce_per_t.unwrap())),
+        "{text}"
+    );
+    // The power meter's March (97 %) is reportable; the sequence table shows its 24 missing.
+    assert!(text.contains("97"), "{text}");
+    let pages = text.matches('\u{c}').count();
+    assert!(pages >= 3, "{pages} pages");
+
+    // Every page renders, and the pages with charts carry ink: the bars are drawn.
+    poppler(
+        "pdftoppm",
+        &[
+            "-r",
+            "40",
+            "-gray",
+            path,
+            dir.join("page").to_str().unwrap(),
+        ],
+    );
+    let mut rendered: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pgm"))
+        .collect();
+    rendered.sort();
+    assert_eq!(rendered.len(), pages, "{rendered:?}");
+    for p in &rendered {
+        let img = std::fs::read(p).unwrap();
+        // Binary PGM: "P5", width, height, maxval, then one byte per pixel.
+        let header: Vec<&[u8]> = img.splitn(5, |b| b.is_ascii_whitespace()).collect();
+        let pixels = header[4];
+        let dark = pixels.iter().filter(|&&v| v < 128).count();
+        assert!(
+            dark > 200,
+            "{} is nearly blank ({dark} dark pixels)",
+            p.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_compliance_report_lists_each_day_and_every_exceedance() {
+    let dir = std::env::temp_dir().join(format!("ems-report-compliance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    let plant = Plant::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
+    let mut store = Store::open(&db).unwrap();
+    fill_year(&mut store, &plant);
+    let reader = store.reader().unwrap();
+    let r = report::compliance::build(&plant, &reader, (2025, 7)).unwrap();
+    assert_eq!(r.month, "2025-07");
+    let u = &r.units[0];
+    assert_eq!(u.days.len(), 31);
+    assert_eq!((u.days_judged, u.days_within_limits), (31, 29));
+    // The two fault days, recomputed here: a third more coal puts them above level 3.
+    let raw = raw_samples(&store);
+    let days: Vec<&str> = u.exceedances.iter().map(|e| e.day.as_str()).collect();
+    assert_eq!(days, ["2025-07-10", "2025-07-11"], "{:?}", u.exceedances);
+    for (i, e) in u.exceedances.iter().enumerate() {
+        let (from, to) = (
+            BAD_DAYS_START + i as i64 * 24 * H,
+            BAD_DAYS_START + (i as i64 + 1) * 24 * H,
+        );
+        let inc = |d: &str| increase(&raw[d], from, to);
+        let energy = inc("kiln1-coal") * RAW_COAL_KGCE_PER_T
+            + (inc("kiln1-power") - inc("kiln1-whr")) * ELECTRICITY_KGCE_PER_KWH;
+        let per_t = energy / inc("kiln1-clinker");
+        assert_eq!(e.code, "clinker_comprehensive");
+        assert!(
+            close(e.value, per_t) && per_t > CLINKER_LEVELS[2],
+            "{e:?} vs {per_t}"
+        );
+        assert_eq!(e.threshold, CLINKER_LEVELS[2]);
+        assert_eq!(u.days[9 + i].level, None);
+        assert_eq!(u.days[9 + i].within_limit, Some(false));
+    }
+    assert!(u
+        .days
+        .iter()
+        .enumerate()
+        .all(|(i, d)| (9..11).contains(&i) || d.within_limit == Some(true)));
     let _ = std::fs::remove_dir_all(&dir);
 }

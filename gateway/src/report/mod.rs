@@ -2,11 +2,13 @@
 //! accounting as the dashboard, so a figure in a report is the figure on the screen.
 //!
 //! [`annual`] is the enterprise's annual energy utilisation report with its data-quality
-//! section; [`baseline`] fits an energy baseline and verifies savings against it; [`tables`]
-//! writes any report's tables as CSV.
+//! section; [`compliance`] the monthly report of each unit's days against its limits; [`baseline`] fits an energy baseline and verifies savings against it; [`tables`]
+//! writes any report's tables as CSV; [`pdf`] draws the annual report in Chinese.
 
 pub mod annual;
 pub mod baseline;
+pub mod compliance;
+pub mod pdf;
 pub mod savings;
 pub mod tables;
 
@@ -60,4 +62,20 @@ pub fn local_midnight(plant: &Plant, year: i32, month: u32, day: u32) -> anyhow:
         .single()
         .expect("a fixed offset maps every local time once")
         .timestamp_millis())
+}
+
+/// A month as `(year, month)`.
+pub type Month = (i32, u32);
+
+/// Parses "YYYY-MM".
+pub fn parse_month(s: &str) -> anyhow::Result<Month> {
+    let (y, m) = s
+        .split_once('-')
+        .ok_or_else(|| anyhow::anyhow!("`{s}`: a month is written YYYY-MM"))?;
+    let (y, m): (i32, u32) = (
+        y.parse().map_err(|_| anyhow::anyhow!("`{s}`: bad year"))?,
+        m.parse().map_err(|_| anyhow::anyhow!("`{s}`: bad month"))?,
+    );
+    anyhow::ensure!((1..=12).contains(&m), "`{s}`: month must be 01 to 12");
+    Ok((y, m))
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::annual::MIN_COMPLETENESS;
 use super::baseline::{verify, Interval, Observation, Verification};
-use super::{local_midnight, unit_figures, FORMAT_VERSION};
+use super::{local_midnight, unit_figures, Month, FORMAT_VERSION};
 use crate::accounting::{buckets, Period};
 use crate::config::Plant;
 use crate::store::Reader;
@@ -24,9 +24,6 @@ pub struct SavingsReport {
     pub excluded: Vec<String>,
     pub verification: Verification,
 }
-
-/// A month as `(year, month)`.
-pub type Month = (i32, u32);
 
 fn month_range(plant: &Plant, from: Month, to: Month) -> anyhow::Result<Vec<(i64, i64)>> {
     let start = local_midnight(plant, from.0, from.1, 1)?;
@@ -96,17 +93,4 @@ pub fn build(
         excluded,
         verification,
     })
-}
-
-/// Parses "YYYY-MM".
-pub fn parse_month(s: &str) -> anyhow::Result<Month> {
-    let (y, m) = s
-        .split_once('-')
-        .ok_or_else(|| anyhow::anyhow!("`{s}`: a month is written YYYY-MM"))?;
-    let (y, m): (i32, u32) = (
-        y.parse().map_err(|_| anyhow::anyhow!("`{s}`: bad year"))?,
-        m.parse().map_err(|_| anyhow::anyhow!("`{s}`: bad month"))?,
-    );
-    anyhow::ensure!((1..=12).contains(&m), "`{s}`: month must be 01 to 12");
-    Ok((y, m))
 }

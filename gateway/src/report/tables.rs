@@ -193,6 +193,33 @@ pub fn write_csv(figures: &[Figure], out: impl std::io::Write) -> anyhow::Result
     Ok(())
 }
 
+/// Every figure of a monthly compliance report.
+pub fn compliance_figures(r: &super::compliance::ComplianceReport) -> Vec<Figure> {
+    let mut out = Vec::new();
+    for u in &r.units {
+        push_indicator(&mut out, "unit_month", &u.id, &u.month);
+        for d in &u.days {
+            push_indicator(&mut out, "unit_days", &u.id, d);
+        }
+        for e in &u.exceedances {
+            for (figure, value) in [
+                ("exceedance_value", e.value),
+                ("exceedance_threshold", e.threshold),
+            ] {
+                out.push(Figure {
+                    section: "exceedances",
+                    subject: format!("{}/{}", u.id, e.code),
+                    period: e.day.clone(),
+                    figure,
+                    value: num(value),
+                    unit: e.unit.into(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Every figure of a savings verification.
 pub fn savings_figures(r: &super::savings::SavingsReport) -> Vec<Figure> {
     let v = &r.verification;

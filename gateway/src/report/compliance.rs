@@ -1,0 +1,135 @@
+//! The monthly compliance report: per unit and day, the level reached against the unit's limits
+//! and water quota, and every exceedance of the month listed on its own.
+
+use serde::Serialize;
+
+use super::{local_midnight, unit_figures, FORMAT_VERSION};
+use crate::accounting::{buckets, Indicator, Period};
+use crate::config::Plant;
+use crate::store::Reader;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComplianceReport {
+    /// "compliance"; with [`FORMAT_VERSION`] in `version`.
+    pub report: &'static str,
+    pub version: u32,
+    pub enterprise: Option<String>,
+    /// "YYYY-MM".
+    pub month: String,
+    pub units: Vec<UnitMonth>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitMonth {
+    pub id: String,
+    pub name: String,
+    /// The whole month.
+    pub month: Indicator,
+    pub days: Vec<Indicator>,
+    /// Days judged and found above a limit or the water quota.
+    pub exceedances: Vec<Exceedance>,
+    /// Days with output that no limit could judge (an input missing), with the reason.
+    pub unjudged_days: Vec<Unjudged>,
+    pub days_judged: usize,
+    pub days_within_limits: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Exceedance {
+    pub day: String,
+    /// The limit's or the water quota's code.
+    pub code: String,
+    pub standard: String,
+    pub value: f64,
+    /// The threshold exceeded: the corrected level-3 limit, or the general water quota.
+    pub threshold: f64,
+    pub unit: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Unjudged {
+    pub day: String,
+    pub reasons: Vec<String>,
+}
+
+/// Builds the report for the local month `(year, month)`.
+pub fn build(
+    plant: &Plant,
+    reader: &Reader,
+    (year, month): (i32, u32),
+) -> anyhow::Result<ComplianceReport> {
+    let start = local_midnight(plant, year, month, 1)?;
+    let (ny, nm) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    let end = local_midnight(plant, ny, nm, 1)?;
+    let days = buckets(Period::Day, start, end, &plant.calendar);
+    let mut units = Vec::with_capacity(plant.units.len());
+    for unit in &plant.units {
+        let month_fig = unit_figures(plant, reader, unit, &[(start, end)])?
+            .pop()
+            .expect("one period asked, one given");
+        let day_figs = unit_figures(plant, reader, unit, &days)?;
+        let mut exceedances = Vec::new();
+        let mut unjudged_days = Vec::new();
+        let (mut judged, mut within) = (0, 0);
+        for d in &day_figs {
+            let day = d.start.get(..10).unwrap_or(&d.start).to_owned();
+            if d.within_limit.is_some() {
+                judged += 1;
+            }
+            if d.within_limit == Some(true)
+                && d.water_quota
+                    .as_ref()
+                    .is_none_or(|w| w.grade != "above_quota")
+            {
+                within += 1;
+            }
+            for j in d.limits.iter().filter(|j| !j.within_limit) {
+                exceedances.push(Exceedance {
+                    day: day.clone(),
+                    code: j.code.clone(),
+                    standard: j.standard.clone(),
+                    value: j.value,
+                    threshold: j.thresholds[2],
+                    unit: j.indicator.unit_label(),
+                });
+            }
+            if let Some(w) = d.water_quota.as_ref().filter(|w| w.grade == "above_quota") {
+                exceedances.push(Exceedance {
+                    day: day.clone(),
+                    code: w.code.clone(),
+                    standard: w.standard.clone(),
+                    value: w.value,
+                    threshold: w.general,
+                    unit: "m3/t",
+                });
+            }
+            if d.product_t > 0.0 && !d.limit_errors.is_empty() {
+                unjudged_days.push(Unjudged {
+                    day,
+                    reasons: d.limit_errors.clone(),
+                });
+            }
+        }
+        units.push(UnitMonth {
+            id: unit.id.clone(),
+            name: unit.name.clone(),
+            month: month_fig,
+            days: day_figs,
+            exceedances,
+            unjudged_days,
+            days_judged: judged,
+            days_within_limits: within,
+        });
+    }
+    Ok(ComplianceReport {
+        report: "compliance",
+        version: FORMAT_VERSION,
+        enterprise: plant.config.enterprise.as_ref().map(|e| e.name.clone()),
+        month: format!("{year}-{month:02}"),
+        units,
+    })
+}

@@ -1,0 +1,232 @@
+//! Reports end to end: the demo plant runs through edge, broker and gateway; then the annual
+//! report downloaded from the dashboard's API and the one `ems-gateway report` writes are the
+//! same document, the PDF carries the plant's Chinese names, the compliance report covers every
+//! day of the month, and bad requests get clear errors.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ems_tests::*;
+
+/// GET returning status, content type and body bytes.
+fn get_bytes(http: &str, path: &str) -> (u16, String, Vec<u8>) {
+    let mut resp = ureq::get(&format!("http://{http}{path}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .unwrap();
+    (resp.status().as_u16(), ctype, body)
+}
+
+fn without_generated_at(mut v: serde_json::Value) -> serde_json::Value {
+    v.as_object_mut().unwrap().remove("generated_at");
+    v
+}
+
+#[test]
+fn reports_come_alike_from_the_api_and_the_command_line() {
+    let dir = TempDir::new("reports");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let Pipeline {
+        mut sim,
+        mut gateway,
+        http,
+        mut edge,
+    } = start_pipeline(d, broker.port);
+    eventually("the kiln's output today", Duration::from_secs(60), || {
+        get_json(&http, "/api/v1/units/kiln1/indicators?period=day")
+            .as_array()
+            .and_then(|d| d.last())
+            .is_some_and(|d| d["product_t"].as_f64() > Some(0.0))
+    });
+    // The edge stops once the broker has everything; the gateway has then committed it all,
+    // so the figures stand still for the comparison.
+    assert!(edge.terminate(Duration::from_secs(30)).success());
+    std::thread::sleep(Duration::from_secs(2));
+    let today = get_json(&http, "/api/v1/units/kiln1/indicators?period=day");
+    let start = today.as_array().unwrap().last().unwrap()["start"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (year, month) = (&start[..4], &start[..7]);
+
+    // The same annual report from the API and from the command line.
+    let api = get_json(&http, &format!("/api/v1/reports/annual?year={year}"));
+    assert_eq!(api["report"], "annual");
+    let units = api["units"].as_array().unwrap();
+    assert_eq!(units.len(), 5, "every unit of the demo plant");
+    let kiln = units.iter().find(|u| u["id"] == "kiln1").unwrap();
+    assert!(kiln["year"]["product_t"].as_f64().unwrap() > 0.0);
+    let out = Command::new(bin("ems-gateway"))
+        .args([
+            "report",
+            "annual",
+            "--config",
+            "gateway.toml",
+            "--year",
+            year,
+            "--out",
+            "annual.json",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("annual.json")).unwrap()).unwrap();
+    assert_eq!(without_generated_at(cli), without_generated_at(api.clone()));
+    // A report already written is never overwritten.
+    let again = Command::new(bin("ems-gateway"))
+        .args([
+            "report",
+            "annual",
+            "--config",
+            "gateway.toml",
+            "--year",
+            year,
+            "--out",
+            "annual.json",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("cannot create"));
+
+    // The PDF download, in Chinese with the plant's own names.
+    let (code, ctype, pdf) = get_bytes(
+        &http,
+        &format!("/api/v1/reports/annual?year={year}&format=pdf"),
+    );
+    assert_eq!(
+        (code, ctype.as_str()),
+        (200, "application/pdf"),
+        "{}",
+        String::from_utf8_lossy(&pdf)
+    );
+    assert!(pdf.starts_with(b"%PDF"));
+    std::fs::write(d.join("annual.pdf"), &pdf).unwrap();
+    let text = Command::new("pdftotext")
+        .args(["annual.pdf", "-"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        text.status.success(),
+        "pdftotext (tests/run.sh installs poppler-utils)"
+    );
+    let text = String::from_utf8(text.stdout).unwrap();
+    let kiln_name = kiln["name"].as_str().unwrap();
+    for expected in [
+        format!("{year}年度能源利用状况报告"),
+        kiln_name.to_owned(),
+        "五、数据质量".into(),
+    ] {
+        assert!(
+            text.contains(&expected),
+            "`{expected}` missing from:\n{text}"
+        );
+    }
+
+    // CSV: one row per figure.
+    let (code, ctype, csv) = get_bytes(
+        &http,
+        &format!("/api/v1/reports/annual?year={year}&format=csv"),
+    );
+    assert_eq!((code, ctype.as_str()), (200, "text/csv; charset=utf-8"));
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(
+        csv.starts_with("section,subject,period,figure,value,unit\n"),
+        "{csv}"
+    );
+    assert!(csv
+        .lines()
+        .any(|l| l.starts_with("unit_year,kiln1,") && l.contains(",unit_energy,")));
+
+    // The month's compliance report has every day of every unit.
+    let comp = get_json(&http, &format!("/api/v1/reports/compliance?month={month}"));
+    assert_eq!(comp["month"], month);
+    let days_in_month = comp["units"][0]["days"].as_array().unwrap().len();
+    assert!((28..=31).contains(&days_in_month));
+    for u in comp["units"].as_array().unwrap() {
+        assert_eq!(
+            u["days"].as_array().unwrap().len(),
+            days_in_month,
+            "{}",
+            u["id"]
+        );
+    }
+
+    // Clear errors.
+    for (path, code, says) in [
+        (
+            format!("/api/v1/reports/annual?year={year}&format=xml"),
+            400,
+            "unknown format",
+        ),
+        (
+            "/api/v1/reports/annual".to_owned(),
+            400,
+            "`year` is required",
+        ),
+        (
+            "/api/v1/reports/weekly?year=2025".to_owned(),
+            404,
+            "no report",
+        ),
+        (
+            "/api/v1/reports/compliance?month=2025-13".to_owned(),
+            400,
+            "month must be 01 to 12",
+        ),
+        (
+            format!("/api/v1/reports/compliance?month={month}&format=pdf"),
+            400,
+            "annual report",
+        ),
+    ] {
+        let (got, _, body) = get_bytes(&http, &path);
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(got, code, "{path}: {body}");
+        assert!(body.contains(says), "{path}: {body}");
+    }
+    let bad_font = Command::new(bin("ems-gateway"))
+        .args([
+            "report",
+            "annual",
+            "--config",
+            "gateway.toml",
+            "--year",
+            year,
+            "--format",
+            "pdf",
+            "--font",
+            "/nonexistent.ttf",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!bad_font.status.success());
+    assert!(String::from_utf8_lossy(&bad_font.stderr).contains("font /nonexistent.ttf"));
+
+    assert!(gateway.terminate(Duration::from_secs(20)).success());
+    sim.kill();
+}
