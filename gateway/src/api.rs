@@ -25,6 +25,8 @@ use crate::store::Reader;
 pub struct AppState {
     pub plant: Arc<Plant>,
     pub reader: Arc<Reader>,
+    /// The uploader's last error per endpoint.
+    pub upload_errors: crate::upload::UploadErrors,
     pub alarms: Arc<std::sync::Mutex<AlarmBook>>,
     pub metrics: Arc<Metrics>,
     pub committed: broadcast::Sender<()>,
@@ -94,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alarms/:id/ack", post(ack_alarm))
         .route("/api/v1/samples.csv", get(samples_csv))
         .route("/api/v1/reports/:kind", get(report))
+        .route("/api/v1/uploads", get(uploads))
         .route("/api/v1/events", get(events))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -450,6 +453,36 @@ async fn samples_csv(
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
+}
+
+/// Each upload endpoint: records made, confirmed, pending, the last confirmed, the last error.
+async fn uploads(State(s): State<AppState>) -> ApiResult<Vec<crate::upload::EndpointStatus>> {
+    let Some(cfg) = s.plant.config.upload.clone() else {
+        return Ok(Json(Vec::new()));
+    };
+    let (db, errors) = (s.plant.config.storage.path.clone(), s.upload_errors.clone());
+    let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let outbox = crate::upload::Outbox::open(&db)?;
+        let errors = errors.lock().expect("errors lock").clone();
+        cfg.endpoints
+            .iter()
+            .map(|e| {
+                let (records, confirmed, last) = outbox.status(&e.id)?;
+                Ok(crate::upload::EndpointStatus {
+                    id: e.id.clone(),
+                    url: e.url.clone(),
+                    records,
+                    confirmed,
+                    pending: records - confirmed,
+                    last_confirmed: last,
+                    last_error: errors.get(&e.id).cloned(),
+                })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(rows))
 }
 
 #[derive(Debug, Deserialize)]

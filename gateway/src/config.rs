@@ -26,6 +26,9 @@ pub struct GatewayConfig {
     /// The InfluxDB 2 sink (off when absent).
     #[serde(default)]
     pub influx: Option<crate::influx::InfluxConfig>,
+    /// The provincial platform upload (off when absent).
+    #[serde(default)]
+    pub upload: Option<crate::upload::UploadConfig>,
     pub units: Vec<UnitConfig>,
 }
 

@@ -18,9 +18,11 @@ pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod packed;
+pub mod receiver;
 pub mod report;
 pub mod storage;
 pub mod store;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,9 +119,22 @@ pub async fn serve(
         }
         None => None,
     };
+    let upload_errors = upload::UploadErrors::default();
+    let upload_task = match plant.config.upload.clone() {
+        Some(cfg) => Some(tokio::spawn(upload::run(
+            plant.clone(),
+            cfg,
+            Arc::new(store.reader()?),
+            now.clone(),
+            upload_errors.clone(),
+            shutdown.clone(),
+        ))),
+        None => None,
+    };
     let state = api::AppState {
         plant,
         reader,
+        upload_errors,
         alarms: alarm_book,
         metrics: metrics.clone(),
         committed: committed.clone(),
@@ -150,6 +165,9 @@ pub async fn serve(
     }
     if let Some(t) = sink_task {
         t.await.context("sink task panicked")??;
+    }
+    if let Some(t) = upload_task {
+        t.await.context("upload task panicked")??;
     }
     ingest_result?;
     alarm_result?;

@@ -53,6 +53,21 @@ enum Command {
         #[command(subcommand)]
         kind: ReportKind,
     },
+    /// The reference receiver of the provincial upload: checks, stores once and acknowledges
+    /// each record (for tests and commissioning; see docs/upload.md).
+    Receive {
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: String,
+        /// Records, one JSON line each (appended; ids already there are not stored again).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        token: Option<String>,
+        /// Answer every Nth new record with the previous record's id (a duplicate
+        /// acknowledgement), to test an uploader.
+        #[arg(long)]
+        stale_ack_every: Option<u64>,
+    },
     /// Run a simulated plant, an edge agent, an embedded broker and the gateway in one process.
     Demo {
         /// Dashboard and API address.
@@ -250,6 +265,23 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!(rows = n, "Exported.");
         }
         Command::Report { kind } => report(kind)?,
+        Command::Receive {
+            listen,
+            out,
+            token,
+            stale_ack_every,
+        } => {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("RECEIVER {}", listener.local_addr()?);
+            let opts = ems_gateway::receiver::ReceiverOptions {
+                out,
+                token,
+                stale_ack_every,
+            };
+            ems_gateway::receiver::run(listener, opts, shutdown).await?;
+        }
         Command::Demo {
             http,
             speed,

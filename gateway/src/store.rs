@@ -136,6 +136,20 @@ ALTER TABLE messages ADD COLUMN points BLOB;
 CREATE INDEX messages_by_time ON messages (device, ts_ms);
 DROP VIEW samples;
 "#,
+    r#"
+-- The provincial upload (upload.rs): records as sent, each endpoint's acknowledgements, and
+-- where each kind of record goes on.
+CREATE TABLE upload_outbox (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, period_start_ms INTEGER NOT NULL,
+    record_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    UNIQUE (kind, period_start_ms)
+);
+CREATE TABLE upload_acks (
+    endpoint TEXT NOT NULL, outbox_id INTEGER NOT NULL, acked_ms INTEGER NOT NULL,
+    PRIMARY KEY (endpoint, outbox_id)
+) WITHOUT ROWID;
+CREATE TABLE upload_state (kind TEXT PRIMARY KEY, next_start_ms INTEGER NOT NULL);
+"#,
 ];
 
 /// The schema version whose migration packs `point_samples` into `messages.points`.

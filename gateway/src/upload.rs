@@ -1,0 +1,550 @@
+//! Upload to the provincial online-monitoring platform: real-time indicators every 15 minutes
+//! (30 or 60 where the province relaxes it), daily and monthly figures, to every configured
+//! endpoint over HTTPS (docs/upload.md).
+//!
+//! A record is made once its period is over (plus `settle_s` for late samples) and goes into a
+//! durable outbox in the gateway's database, exactly as it will be sent (the mapping of field
+//! names and energy-type codes already applied). Each endpoint has its own cursor: the next
+//! record goes only after the previous one is acknowledged (an answer naming its `record_id`),
+//! retried with backoff for as long as it takes, across restarts. Receivers deduplicate by
+//! `record_id`, so a record resent after a lost acknowledgement is stored once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rusqlite::{params, Connection, OptionalExtension as _};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::accounting::{buckets, local_rfc3339, Period};
+use crate::config::Plant;
+use crate::ingest::NowFn;
+use crate::report::unit_figures;
+use crate::store::Reader;
+
+/// The upload format's name and version, in every record.
+pub const FORMAT: &str = "ems-upload";
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    pub endpoints: Vec<EndpointConfig>,
+    /// Minutes per real-time record: 15 (the rule), 30 or 60 where the province allows it.
+    #[serde(default = "default_realtime_min")]
+    pub realtime_interval_min: i64,
+    /// Seconds after a period ends before its record is made, for late samples.
+    #[serde(default = "default_settle_s")]
+    pub settle_s: i64,
+    /// The first period to upload (RFC 3339); default: when the uploader first ran.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Field names and energy-type codes of the platform (TOML, see docs/upload.md).
+    #[serde(default)]
+    pub mapping: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub id: String,
+    pub url: String,
+    /// Bearer token the platform issued.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// An extra CA certificate (PEM) for the platform's HTTPS.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+}
+
+fn default_realtime_min() -> i64 {
+    15
+}
+fn default_settle_s() -> i64 {
+    120
+}
+fn default_timeout_s() -> u64 {
+    30
+}
+
+/// Renames fields and recodes energy types for a platform whose code tables differ from ours.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// Our carrier codes (coefficients file) to the platform's energy-type codes.
+    #[serde(default)]
+    pub energy_codes: BTreeMap<String, String>,
+}
+
+impl Mapping {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Mapping> {
+        let src = ems_config::Source::read(path)?;
+        Ok(src.parse()?)
+    }
+
+    /// Applies the mapping to a record: carrier codes first, then field names.
+    pub fn apply(&self, v: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| {
+                        let v = match (k.as_str(), v) {
+                            ("carrier", Value::String(c)) => {
+                                Value::String(self.energy_codes.get(&c).cloned().unwrap_or(c))
+                            }
+                            (_, v) => self.apply(v),
+                        };
+                        (self.fields.get(&k).cloned().unwrap_or(k), v)
+                    })
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.into_iter().map(|v| self.apply(v)).collect()),
+            v => v,
+        }
+    }
+}
+
+/// The kinds of record, with how their periods are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Realtime,
+    Daily,
+    Monthly,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Realtime, Kind::Daily, Kind::Monthly];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Realtime => "realtime",
+            Kind::Daily => "daily",
+            Kind::Monthly => "monthly",
+        }
+    }
+
+    /// Periods starting at `from` (on a boundary) and ended by `until`.
+    fn periods(self, plant: &Plant, interval_ms: i64, from: i64, until: i64) -> Vec<(i64, i64)> {
+        let all = match self {
+            Kind::Realtime => {
+                let offset = plant.utc_offset.local_minus_utc() as i64 * 1000;
+                let mut start = from - (from + offset).rem_euclid(interval_ms);
+                let mut out = Vec::new();
+                while start + interval_ms <= until {
+                    out.push((start, start + interval_ms));
+                    start += interval_ms;
+                }
+                return out;
+            }
+            Kind::Daily => buckets(Period::Day, from, until, &plant.calendar),
+            Kind::Monthly => buckets(Period::Month, from, until, &plant.calendar),
+        };
+        all.into_iter().filter(|&(_, e)| e <= until).collect()
+    }
+}
+
+/// One record of the upload format (before the mapping), for `period` of `kind`.
+fn record(
+    plant: &Plant,
+    reader: &Reader,
+    kind: Kind,
+    (start, end): (i64, i64),
+    now_ms: i64,
+) -> anyhow::Result<serde_json::Value> {
+    let tz = plant.utc_offset;
+    let enterprise = plant.config.enterprise.as_ref();
+    let code = enterprise
+        .and_then(|e| e.code.clone())
+        .unwrap_or_else(|| enterprise.map(|e| e.name.clone()).unwrap_or_default());
+    let mut units = Vec::with_capacity(plant.units.len());
+    let (mut consumed, mut recovered, mut comprehensive) = (0.0, 0.0, 0.0);
+    for unit in &plant.units {
+        let f = unit_figures(plant, reader, unit, &[(start, end)])?
+            .pop()
+            .expect("one period asked, one given");
+        consumed += f.consumed_kgce;
+        recovered += f.recovered_kgce;
+        comprehensive += f.energy_kgce;
+        units.push(serde_json::json!({
+            "unit": unit.id,
+            "name": unit.name,
+            "output_t": f.product_t,
+            "energy_kgce": f.energy_kgce,
+            "consumed_kgce": f.consumed_kgce,
+            "recovered_kgce": f.recovered_kgce,
+            "kgce_per_t": f.kgce_per_t,
+            "electricity_kwh": f.electricity_kwh,
+            "kwh_per_t": f.kwh_per_t,
+            "water_m3": f.water_m3,
+            "level": f.level,
+            "within_limit": f.within_limit,
+            "completeness": f.completeness,
+            "reportable": f.reportable,
+            "estimated_share": f.estimated_share,
+            "carriers": f.carriers.iter().map(|c| serde_json::json!({
+                "carrier": c.carrier,
+                "role": c.role,
+                "quantity": c.quantity,
+                "unit": c.unit,
+                "kgce": c.kgce,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    let period_start = local_rfc3339(start, tz);
+    Ok(serde_json::json!({
+        "format": FORMAT,
+        "version": VERSION,
+        "record_id": format!("{code}/{}/{period_start}", kind.name()),
+        "kind": kind.name(),
+        "enterprise_code": code,
+        "period_start": period_start,
+        "period_end": local_rfc3339(end, tz),
+        "generated_at": local_rfc3339(now_ms, tz),
+        "consumed_tce": consumed / 1000.0,
+        "recovered_tce": recovered / 1000.0,
+        "comprehensive_tce": comprehensive / 1000.0,
+        "units": units,
+    }))
+}
+
+/// The outbox and the endpoints' confirmations, in the gateway's database.
+pub struct Outbox {
+    conn: Connection,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointStatus {
+    pub id: String,
+    pub url: String,
+    pub records: i64,
+    pub confirmed: i64,
+    pub pending: i64,
+    pub last_confirmed: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl Outbox {
+    pub fn open(path: &std::path::Path) -> anyhow::Result<Outbox> {
+        Ok(Outbox {
+            conn: crate::store::open_conn(path)?,
+        })
+    }
+
+    /// The start of the next period of `kind` to make, set to `default` the first time.
+    fn next_start(&self, kind: Kind, default: i64) -> rusqlite::Result<i64> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO upload_state (kind, next_start_ms) VALUES (?1, ?2)",
+            params![kind.name(), default],
+        )?;
+        self.conn.query_row(
+            "SELECT next_start_ms FROM upload_state WHERE kind = ?1",
+            [kind.name()],
+            |r| r.get(0),
+        )
+    }
+
+    /// Queues a record and moves the kind's cursor past its period, in one transaction.
+    fn push(
+        &mut self,
+        kind: Kind,
+        (start, end): (i64, i64),
+        record: &serde_json::Value,
+        record_id: &str,
+        now_ms: i64,
+    ) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO upload_outbox (kind, period_start_ms, record_id, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![kind.name(), start, record_id, record.to_string(), now_ms],
+        )?;
+        tx.execute(
+            "UPDATE upload_state SET next_start_ms = ?2 WHERE kind = ?1",
+            params![kind.name(), end],
+        )?;
+        tx.commit()
+    }
+
+    /// The first record `endpoint` has not confirmed: (outbox id, record id, body).
+    fn next_for(&self, endpoint: &str) -> rusqlite::Result<Option<(i64, String, String)>> {
+        self.conn
+            .query_row(
+                "SELECT id, record_id, body FROM upload_outbox
+                 WHERE id > COALESCE((SELECT MAX(outbox_id) FROM upload_acks WHERE endpoint = ?1), 0)
+                 ORDER BY id LIMIT 1",
+                [endpoint],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+    }
+
+    fn confirm(&self, endpoint: &str, outbox_id: i64, now_ms: i64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO upload_acks (endpoint, outbox_id, acked_ms) VALUES (?1, ?2, ?3)",
+            params![endpoint, outbox_id, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Records, confirmations and the last confirmed record of an endpoint.
+    pub fn status(&self, endpoint: &str) -> rusqlite::Result<(i64, i64, Option<String>)> {
+        let records: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM upload_outbox", [], |r| r.get(0))?;
+        let confirmed: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM upload_acks WHERE endpoint = ?1",
+            [endpoint],
+            |r| r.get(0),
+        )?;
+        let last = self
+            .conn
+            .query_row(
+                "SELECT o.record_id FROM upload_acks a JOIN upload_outbox o ON o.id = a.outbox_id
+                 WHERE a.endpoint = ?1 ORDER BY a.outbox_id DESC LIMIT 1",
+                [endpoint],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok((records, confirmed, last))
+    }
+}
+
+/// What the API shows of the uploader: last error per endpoint (the rest is in the database).
+pub type UploadErrors = Arc<Mutex<HashMap<String, String>>>;
+
+/// Makes records as their periods end and sends them to every endpoint, until `shutdown`.
+pub async fn run(
+    plant: Arc<Plant>,
+    cfg: UploadConfig,
+    reader: Arc<Reader>,
+    now: NowFn,
+    errors: UploadErrors,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        [15, 30, 60].contains(&cfg.realtime_interval_min),
+        "[upload] realtime_interval_min must be 15, 30 or 60"
+    );
+    let mapping = match &cfg.mapping {
+        Some(p) => Mapping::load(p)?,
+        None => Mapping::default(),
+    };
+    let from = match &cfg.from {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .with_context(|| format!("[upload] from = {t:?}: not an RFC 3339 time"))?
+            .timestamp_millis(),
+        None => now(),
+    };
+    let db = plant.config.storage.path.clone();
+    let mut senders = Vec::new();
+    for ep in cfg.endpoints.clone() {
+        let mut client = reqwest::Client::builder().timeout(Duration::from_secs(ep.timeout_s));
+        if let Some(ca) = &ep.ca_file {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("[upload] ca_file {}", ca.display()))?;
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        senders.push(tokio::spawn(send(
+            ep,
+            client.build()?,
+            Outbox::open(&db)?,
+            now.clone(),
+            errors.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let interval_ms = cfg.realtime_interval_min * 60_000;
+    let mut outbox = Outbox::open(&db)?;
+    while !shutdown.is_cancelled() {
+        let until = now() - cfg.settle_s * 1000;
+        for kind in Kind::ALL {
+            let next = outbox.next_start(kind, from)?;
+            for period in kind.periods(&plant, interval_ms, next, until) {
+                let (p, r, t) = (plant.clone(), reader.clone(), now());
+                let rec =
+                    tokio::task::spawn_blocking(move || record(&p, &r, kind, period, t)).await??;
+                let id = rec["record_id"].as_str().unwrap_or_default().to_owned();
+                outbox.push(kind, period, &mapping.apply(rec), &id, t)?;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    for s in senders {
+        s.await.context("upload sender panicked")??;
+    }
+    Ok(())
+}
+
+/// One endpoint's sender: the next unconfirmed record, again and again until acknowledged.
+async fn send(
+    ep: EndpointConfig,
+    client: reqwest::Client,
+    outbox: Outbox,
+    now: NowFn,
+    errors: UploadErrors,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(500);
+    while !shutdown.is_cancelled() {
+        let Some((id, record_id, body)) = outbox.next_for(&ep.id)? else {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            }
+        };
+        let mut req = client
+            .post(&ep.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(t) = &ep.token {
+            req = req.bearer_auth(t);
+        }
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = req.send() => acknowledged(r, &record_id).await,
+        };
+        match outcome {
+            Ok(()) => {
+                outbox.confirm(&ep.id, id, now())?;
+                errors.lock().expect("errors lock").remove(&ep.id);
+                backoff = Duration::from_millis(500);
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %ep.id, record = %record_id, error = %e, "Upload not acknowledged; retrying.");
+                errors
+                    .lock()
+                    .expect("errors lock")
+                    .insert(ep.id.clone(), format!("{record_id}: {e}"));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the answer acknowledges this very record: a 2xx with `{"ack": record_id}`.
+async fn acknowledged(
+    r: reqwest::Result<reqwest::Response>,
+    record_id: &str,
+) -> anyhow::Result<()> {
+    let r = r.context("no answer")?;
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    anyhow::ensure!(
+        status.is_success(),
+        "HTTP {status}: {}",
+        text.chars().take(200).collect::<String>()
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&text).context("acknowledgement is not JSON")?;
+    match v["ack"].as_str() {
+        Some(a) if a == record_id => Ok(()),
+        Some(a) => anyhow::bail!("acknowledged {a}, not this record"),
+        None => anyhow::bail!("no `ack` in the answer"),
+    }
+}
+
+/// Checks a record against the upload format (what the reference receiver accepts).
+pub fn validate(v: &serde_json::Value) -> Result<(), String> {
+    let s = |k: &str| v[k].as_str().ok_or(format!("`{k}` must be a string"));
+    let n = |o: &serde_json::Value, k: &str| o[k].as_f64().ok_or(format!("`{k}` must be a number"));
+    if v["format"] != FORMAT || v["version"] != VERSION {
+        return Err(format!("not {FORMAT} version {VERSION}"));
+    }
+    if s("record_id")?.is_empty() {
+        return Err("`record_id` is empty".into());
+    }
+    if !["realtime", "daily", "monthly"].contains(&s("kind")?) {
+        return Err("`kind` must be realtime, daily or monthly".into());
+    }
+    let t = |k: &str| -> Result<i64, String> {
+        chrono::DateTime::parse_from_rfc3339(s(k)?)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| format!("`{k}` is not RFC 3339"))
+    };
+    if t("period_start")? >= t("period_end")? {
+        return Err("`period_start` must be before `period_end`".into());
+    }
+    t("generated_at")?;
+    for k in ["consumed_tce", "recovered_tce", "comprehensive_tce"] {
+        n(v, k)?;
+    }
+    let units = v["units"].as_array().ok_or("`units` must be a list")?;
+    for u in units {
+        u["unit"].as_str().ok_or("a unit needs its `unit` id")?;
+        for k in ["output_t", "energy_kgce", "completeness", "estimated_share"] {
+            n(u, k)?;
+        }
+        if !u["reportable"].is_boolean() {
+            return Err("`reportable` must be true or false".into());
+        }
+        for c in u["carriers"]
+            .as_array()
+            .ok_or("`carriers` must be a list")?
+        {
+            c["carrier"].as_str().ok_or("a carrier needs its code")?;
+            n(c, "quantity")?;
+            n(c, "kgce")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mapping_renames_fields_and_recodes_carriers_everywhere() {
+        let m = Mapping {
+            fields: [
+                ("output_t".to_owned(), "cl".to_owned()),
+                ("carrier".to_owned(), "nyzl".to_owned()),
+            ]
+            .into(),
+            energy_codes: [("electricity".to_owned(), "3300".to_owned())].into(),
+        };
+        let v = serde_json::json!({"units": [{"output_t": 5.0, "carriers": [{"carrier": "electricity"}, {"carrier": "coke"}]}]});
+        assert_eq!(
+            m.apply(v),
+            serde_json::json!({"units": [{"cl": 5.0, "carriers": [{"nyzl": "3300"}, {"nyzl": "coke"}]}]})
+        );
+    }
+
+    #[test]
+    fn the_validator_names_what_is_wrong() {
+        let good = serde_json::json!({
+            "format": FORMAT, "version": VERSION, "record_id": "x/realtime/1", "kind": "realtime",
+            "period_start": "2025-01-01T00:00:00+08:00", "period_end": "2025-01-01T00:15:00+08:00",
+            "generated_at": "2025-01-01T00:17:00+08:00", "consumed_tce": 1.0, "recovered_tce": 0.0,
+            "comprehensive_tce": 1.0,
+            "units": [{"unit": "k", "output_t": 1.0, "energy_kgce": 1.0, "completeness": 1.0,
+                       "estimated_share": 0.0, "reportable": true,
+                       "carriers": [{"carrier": "coke", "quantity": 1.0, "kgce": 971.4}]}],
+        });
+        assert_eq!(validate(&good), Ok(()));
+        let mut bad = good.clone();
+        bad["kind"] = "weekly".into();
+        assert!(validate(&bad).unwrap_err().contains("`kind`"));
+        let mut bad = good.clone();
+        bad["period_end"] = bad["period_start"].clone();
+        assert!(validate(&bad).unwrap_err().contains("before"));
+        let mut bad = good;
+        bad["units"][0]["carriers"][0]["kgce"] = "lots".into();
+        assert!(validate(&bad).unwrap_err().contains("`kgce`"));
+    }
+}

@@ -1,0 +1,138 @@
+//! Upload to the provincial platform over real HTTP to two reference receivers
+//! (`ems-gateway receive`): one endpoint is down for a while, the gateway is killed with records
+//! still pending for it, and both receivers answer some records with a stale (duplicate)
+//! acknowledgement. In the end every record has reached every endpoint exactly once, in order.
+
+use std::time::Duration;
+
+use ems_tests::*;
+
+fn start_receiver(dir: &std::path::Path, listen: &str, out: &str) -> (Proc, String) {
+    let p = Proc::start(
+        &bin("ems-gateway"),
+        &[
+            "receive",
+            "--listen",
+            listen,
+            "--out",
+            out,
+            "--stale-ack-every",
+            "3",
+        ],
+        dir,
+    );
+    let addr = p.wait_line("RECEIVER ", Duration::from_secs(10));
+    (p, addr)
+}
+
+fn record_ids(dir: &std::path::Path, out: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join(out))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["record_id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+fn endpoint(http: &str, id: &str) -> serde_json::Value {
+    get_json(http, "/api/v1/uploads")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("endpoint {id}"))
+}
+
+#[test]
+fn every_record_reaches_every_endpoint_once_and_in_order() {
+    let dir = TempDir::new("upload");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    write_gateway_config(d, broker.port);
+    let (_a, a_addr) = start_receiver(d, "127.0.0.1:0", "a.jsonl");
+    // Endpoint b's address, with nobody listening yet: the platform is down.
+    let b_port = free_port();
+    let from = (chrono::Utc::now() - chrono::Duration::hours(3)).to_rfc3339();
+    let cfg = d.join("gateway.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}\n[upload]\nfrom = \"{from}\"\nsettle_s = 1\n\
+             [[upload.endpoints]]\nid = \"a\"\nurl = \"http://{a_addr}/\"\n\
+             [[upload.endpoints]]\nid = \"b\"\nurl = \"http://127.0.0.1:{b_port}/\"\ntimeout_s = 2\n"
+        ),
+    )
+    .unwrap();
+    let (mut gateway, http) = start_gateway(d);
+
+    // Three hours of 15-minute records (and the day's or month's if one closed) reach a.
+    eventually(
+        "endpoint a confirms every record",
+        Duration::from_secs(60),
+        || {
+            let a = endpoint(&http, "a");
+            a["records"].as_i64() >= Some(12) && a["pending"] == 0
+        },
+    );
+    let b = endpoint(&http, "b");
+    assert_eq!(b["confirmed"], 0, "{b}");
+    assert!(b["last_error"].is_string(), "b's failure is shown: {b}");
+
+    // The gateway dies with b's records pending, and comes back; then so does b.
+    gateway.kill();
+    let (mut gateway, http) = start_gateway(d);
+    let (_b, _) = start_receiver(d, &format!("127.0.0.1:{b_port}"), "b.jsonl");
+    eventually(
+        "both endpoints confirm every record",
+        Duration::from_secs(90),
+        || {
+            let (a, b) = (endpoint(&http, "a"), endpoint(&http, "b"));
+            a["pending"] == 0 && b["pending"] == 0
+        },
+    );
+    let b = endpoint(&http, "b");
+    assert!(b["last_error"].is_null(), "{b}");
+
+    let (a_ids, b_ids) = (record_ids(d, "a.jsonl"), record_ids(d, "b.jsonl"));
+    // A 15-minute period may end between the two reads: compare the common part.
+    let n = a_ids.len().min(b_ids.len());
+    assert!(n >= 12, "{a_ids:?}");
+    assert!(a_ids.len().abs_diff(b_ids.len()) <= 1);
+    assert_eq!(a_ids[..n], b_ids[..n], "same records in the same order");
+    for ids in [&a_ids, &b_ids] {
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "a record stored twice: {ids:?}");
+        // Real-time records in period order (their ids end with the period start).
+        let realtime: Vec<&String> = ids.iter().filter(|i| i.contains("/realtime/")).collect();
+        assert!(realtime.windows(2).all(|w| w[0] < w[1]), "{realtime:?}");
+    }
+    // Every record is the documented format (the receiver checked it; so does this).
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(d.join("b.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (first["format"].as_str(), first["version"].as_i64()),
+        (Some("ems-upload"), Some(1))
+    );
+    assert_eq!(first["units"].as_array().unwrap().len(), 5);
+
+    // The receiver refuses a record that is not the format, saying why.
+    let resp = ureq::post(&format!("http://{a_addr}/"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("Content-Type", "application/json")
+        .send(r#"{"format":"ems-upload","version":1,"record_id":"x","kind":"weekly"}"#)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    assert!(gateway.terminate(Duration::from_secs(20)).success());
+}
