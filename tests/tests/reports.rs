@@ -31,8 +31,17 @@ fn get_bytes(http: &str, path: &str) -> (u16, String, Vec<u8>) {
     (resp.status().as_u16(), ctype, body)
 }
 
-fn without_generated_at(mut v: serde_json::Value) -> serde_json::Value {
+/// A report without what depends on the moment it was made: its time, and the completeness of
+/// the month in progress (covered time over the time elapsed so far).
+fn without_the_moment(mut v: serde_json::Value, month: &str) -> serde_json::Value {
     v.as_object_mut().unwrap().remove("generated_at");
+    for m in v["data_quality"]["meters"].as_array_mut().unwrap() {
+        for mm in m["months"].as_array_mut().unwrap() {
+            if mm["start"].as_str().unwrap().starts_with(month) {
+                mm["completeness"] = serde_json::Value::Null;
+            }
+        }
+    }
     v
 }
 
@@ -92,7 +101,10 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
     );
     let cli: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("annual.json")).unwrap()).unwrap();
-    assert_eq!(without_generated_at(cli), without_generated_at(api.clone()));
+    assert_eq!(
+        without_the_moment(cli, month),
+        without_the_moment(api.clone(), month)
+    );
     // A report already written is never overwritten.
     let again = Command::new(bin("ems-gateway"))
         .args([
