@@ -9,88 +9,9 @@
 //! chromium-driver and mosquitto (tests/run.sh installs them) and the release binaries
 //! (`cargo build --release -p ems-gateway`: a bench runs those).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ems_core::wire::{PointValue, Telemetry};
-use ems_core::Quality;
-use ems_gateway::config::Role;
-use ems_gateway::store::{Incoming, Store};
 use ems_tests::*;
-
-/// Meter units per hour for each accounted point: 100 t of product an hour per unit, 300 kgce
-/// per tonne shared by the consumed flows, a tenth of it recovered, 2 m3 of water per tonne.
-fn rates(plant: &ems_gateway::Plant) -> HashMap<(String, String), (f64, Option<f64>)> {
-    let mut out = HashMap::new();
-    for u in &plant.units {
-        let consumed = u
-            .flows
-            .iter()
-            .filter(|f| f.role == Role::Consumed)
-            .count()
-            .max(1) as f64;
-        for f in &u.flows {
-            let per_h = match f.role {
-                Role::Product => 100.0,
-                Role::Consumed => 30_000.0 / consumed,
-                Role::Recovered => 3_000.0,
-                Role::Water => 200.0,
-                Role::Material => 50.0,
-            } / f.factor.max(1e-9);
-            let per_h = f.max_rate_per_h.map_or(per_h, |m| per_h.min(m / 2.0));
-            out.insert((f.device.clone(), f.point.clone()), (per_h, f.rollover));
-        }
-    }
-    out
-}
-
-fn fill(dir: &std::path::Path, days: i64) -> usize {
-    let plant = ems_gateway::Plant::load(&dir.join("gateway.toml")).expect("demo config");
-    let rules = ems_gateway::accounting_rules(&plant);
-    let rates = rates(&plant);
-    // Device -> its points with their rate per hour and rollover.
-    type Points<'a> = Vec<(&'a str, f64, Option<f64>)>;
-    let mut by_device: HashMap<&str, Points> = HashMap::new();
-    for ((d, p), (r, roll)) in &rates {
-        by_device.entry(d).or_default().push((p, *r, *roll));
-    }
-    let mut store = Store::open(&dir.join("gw.db")).unwrap();
-    let now = chrono::Utc::now().timestamp_millis();
-    let start = now - days * 86_400_000;
-    let polls = days * 1_440;
-    let mut messages = 0;
-    let mut batch = Vec::with_capacity(4_000);
-    for k in 0..polls {
-        let ts = start + k * 60_000;
-        for (device, points) in &by_device {
-            batch.push(Incoming::Telemetry(Telemetry {
-                v: 1,
-                site: "demo".into(),
-                edge: "edge-1".into(),
-                device: (*device).into(),
-                seq: k as u64 + 1,
-                ts_ms: ts,
-                points: points
-                    .iter()
-                    .map(|(p, per_h, roll)| {
-                        let v = 1_000.0 + per_h * k as f64 / 60.0;
-                        PointValue {
-                            id: (*p).into(),
-                            v: Some(roll.map_or(v, |r| v % r)),
-                            q: Quality::Good,
-                        }
-                    })
-                    .collect(),
-            }));
-        }
-        if batch.len() >= 4_000 || k == polls - 1 {
-            messages += batch.len();
-            store.write_batch(&batch, &rules, ts).unwrap();
-            batch.clear();
-        }
-    }
-    messages
-}
 
 fn main() {
     let days: i64 = std::env::args()
@@ -102,7 +23,13 @@ fn main() {
     let broker = Mosquitto::start(d);
     write_gateway_config(d, broker.port);
     let started = Instant::now();
-    let messages = fill(d, days);
+    let now = chrono::Utc::now().timestamp_millis();
+    let messages = demo_data::fill(
+        &d.join("gateway.toml"),
+        &d.join("gw.db"),
+        now - days * 86_400_000,
+        days,
+    );
     println!(
         "{days} days of the demo plant: {messages} messages written in {:.0} s",
         started.elapsed().as_secs_f64()

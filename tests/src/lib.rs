@@ -3,6 +3,8 @@
 //! The binaries are the workspace's own debug builds (`cargo build --workspace`, which
 //! `tests/run.sh` does first). Every server binds a free port; nothing assumes a fixed one.
 
+pub mod demo_data;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
