@@ -493,7 +493,7 @@ struct ReportQuery {
 }
 
 /// `annual?year=YYYY` or `compliance?month=YYYY-MM`, as `format=json` (default), `csv` (one
-/// row per figure) or `pdf` (annual): the same documents as `ems-gateway report`.
+/// row per figure) or `pdf`: the same documents as `ems-gateway report`.
 async fn report(
     State(s): State<AppState>,
     Path(kind): Path<String>,
@@ -524,7 +524,7 @@ async fn report(
                 let name = format!("annual-{year}");
                 Ok(match format.as_str() {
                     "csv" => (csv(tables::annual_figures(&r))?, name),
-                    "pdf" => (pdf::render(&r, &plant, &pdf::load_font(None)?.1)?, name),
+                    "pdf" => (pdf::annual(&r, &plant, &pdf::load_font(None)?.1)?, name),
                     _ => (
                         serde_json::to_vec_pretty(&r).map_err(anyhow::Error::from)?,
                         name,
@@ -538,15 +538,11 @@ async fn report(
                     .ok_or_else(|| ApiError::BadRequest("`month` is required".into()))?;
                 let month = crate::report::parse_month(month)
                     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-                let r = compliance::build(&plant, &reader, month)?;
+                let r = compliance::build(&plant, &reader, month, now)?;
                 let name = format!("compliance-{}", r.month);
                 Ok(match format.as_str() {
                     "csv" => (csv(tables::compliance_figures(&r))?, name),
-                    "pdf" => {
-                        return Err(ApiError::BadRequest(
-                            "PDF is made for the annual report".into(),
-                        ))
-                    }
+                    "pdf" => (pdf::compliance(&r, &pdf::load_font(None)?.1)?, name),
                     _ => (
                         serde_json::to_vec_pretty(&r).map_err(anyhow::Error::from)?,
                         name,

@@ -97,10 +97,6 @@ enum ReportKind {
         year: i32,
         #[command(flatten)]
         output: ReportOutput,
-        /// For PDF: the CJK font to embed, FILE or FILE:INDEX for a collection (default: the
-        /// first of Debian's Noto CJK, WenQuanYi or AR PL fonts found).
-        #[arg(long)]
-        font: Option<String>,
     },
     /// Monthly compliance report: per unit and day, the level reached and every exceedance.
     Compliance {
@@ -132,9 +128,13 @@ enum ReportKind {
 
 #[derive(clap::Args, Debug)]
 struct ReportOutput {
-    /// json, csv (one row per figure) or pdf (annual report only).
+    /// json, csv (one row per figure) or pdf (in Chinese).
     #[arg(long, default_value = "json")]
     format: ReportFormat,
+    /// For PDF: the CJK font to embed, FILE or FILE:INDEX for a collection (default: the
+    /// first of Debian's Noto CJK, WenQuanYi or AR PL fonts found).
+    #[arg(long)]
+    font: Option<String>,
     /// Write here instead of stdout (never over an existing file).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -148,17 +148,22 @@ enum ReportFormat {
 }
 
 impl ReportOutput {
+    /// The font a PDF needs, found before the long part of a report (none for other formats).
+    fn font(&self) -> anyhow::Result<Option<krilla::text::Font>> {
+        Ok(match self.format {
+            ReportFormat::Pdf => Some(ems_gateway::report::pdf::load_font(self.font.as_deref())?.1),
+            _ => None,
+        })
+    }
+
     fn write(
         &self,
         json: &impl serde::Serialize,
         csv: impl FnOnce() -> Vec<ems_gateway::report::tables::Figure>,
-        pdf: Option<&dyn Fn() -> anyhow::Result<Vec<u8>>>,
+        pdf: impl FnOnce() -> anyhow::Result<Vec<u8>>,
     ) -> anyhow::Result<()> {
-        let pdf = match (self.format, pdf) {
-            (ReportFormat::Pdf, Some(render)) => Some(render()?),
-            (ReportFormat::Pdf, None) => {
-                anyhow::bail!("PDF is made for the annual report; use json or csv")
-            }
+        let pdf = match self.format {
+            ReportFormat::Pdf => Some(pdf()?),
             _ => None,
         };
         let mut out: Box<dyn std::io::Write> = match &self.out {
@@ -310,14 +315,9 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
             config,
             year,
             output,
-            font,
         } => {
             let plant = Plant::load(&config)?;
-            // A missing font is found before the long part.
-            let font = match output.format {
-                ReportFormat::Pdf => Some(report::pdf::load_font(font.as_deref())?.1),
-                _ => None,
-            };
+            let font = output.font()?;
             let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
             let bar = progress_bar(&format!("annual report {year}"));
             let now = chrono::Utc::now().timestamp_millis();
@@ -326,8 +326,8 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
                 bar.set_position(done as u64);
             })?;
             bar.finish_and_clear();
-            let pdf = || report::pdf::render(&r, &plant, font.as_ref().expect("loaded for PDF"));
-            output.write(&r, || report::tables::annual_figures(&r), Some(&pdf))
+            let pdf = || report::pdf::annual(&r, &plant, font.as_ref().expect("loaded for PDF"));
+            output.write(&r, || report::tables::annual_figures(&r), pdf)
         }
         ReportKind::Compliance {
             config,
@@ -335,10 +335,17 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
             output,
         } => {
             let plant = Plant::load(&config)?;
+            let font = output.font()?;
             let month = report::parse_month(&month)?;
             let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
-            let r = report::compliance::build(&plant, &reader, month)?;
-            output.write(&r, || report::tables::compliance_figures(&r), None)
+            let r = report::compliance::build(
+                &plant,
+                &reader,
+                month,
+                chrono::Utc::now().timestamp_millis(),
+            )?;
+            let pdf = || report::pdf::compliance(&r, font.as_ref().expect("loaded for PDF"));
+            output.write(&r, || report::tables::compliance_figures(&r), pdf)
         }
         ReportKind::Savings {
             config,
@@ -348,6 +355,7 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
             output,
         } => {
             let plant = Plant::load(&config)?;
+            let font = output.font()?;
             let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
             let months = |v: &[String]| -> anyhow::Result<_> {
                 Ok((report::parse_month(&v[0])?, report::parse_month(&v[1])?))
@@ -359,7 +367,8 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
                 months(&baseline)?,
                 months(&reporting)?,
             )?;
-            output.write(&r, || report::tables::savings_figures(&r), None)
+            let pdf = || report::pdf::savings(&r, font.as_ref().expect("loaded for PDF"));
+            output.write(&r, || report::tables::savings_figures(&r), pdf)
         }
     }
 }

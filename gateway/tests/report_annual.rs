@@ -371,7 +371,38 @@ fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
     assert!(v.model.accepted && v.model.r2 > 0.99, "{:?}", v.model);
     let last = v.periods.last().unwrap();
     assert!(close(last.cusum_kgce, -v.avoided_tce * 1000.0));
+    // The PDF: model judgement, both savings figures and the CUSUM chart's title.
+    let text = pdf_text(&dir, "savings", &report::pdf::savings(&r, &font()).unwrap());
+    for expected in [
+        "节能量审核报告".to_owned(),
+        "CUSUM".to_owned(),
+        format!("{:.4}", v.model.r2),
+        format!("{:.3}", v.product_method_savings_tce.unwrap()),
+        format!("{:.3}", v.avoided_tce),
+    ] {
+        assert!(text.contains(&expected), "`{expected}` missing:\n{text}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn font() -> krilla::text::Font {
+    report::pdf::load_font(None)
+        .expect("a CJK font (tests/run.sh installs fonts-wqy-microhei)")
+        .1
+}
+
+/// The text of a PDF, as pdftotext reads it.
+fn pdf_text(dir: &std::path::Path, name: &str, pdf: &[u8]) -> String {
+    let file = dir.join(format!("{name}.pdf"));
+    std::fs::write(&file, pdf).unwrap();
+    // Kept for a person to look at: target/tmp/<name>-report.pdf.
+    let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-report.pdf"));
+    std::fs::write(keep, pdf).unwrap();
+    String::from_utf8(poppler(
+        "pdftotext",
+        &["-layout", file.to_str().unwrap(), "-"],
+    ))
+    .unwrap()
 }
 
 /// Runs a poppler tool (tests/run.sh installs poppler-utils).
@@ -407,7 +438,7 @@ fn the_pdf_has_its_pages_chinese_text_figures_and_charts() {
     .unwrap();
     let (font_file, font) = report::pdf::load_font(None)
         .expect("a CJK font (tests/run.sh installs fonts-wqy-microhei)");
-    let pdf = report::pdf::render(&r, &plant, &font).unwrap();
+    let pdf = report::pdf::annual(&r, &plant, &font).unwrap();
     // The font is embedded as a subset: far smaller than the font file.
     let font_len = std::fs::metadata(&font_file).unwrap().len() as usize;
     assert!(
@@ -499,7 +530,8 @@ fn the_compliance_report_lists_each_day_and_every_exceedance() {
     let mut store = Store::open(&db).unwrap();
     fill_year(&mut store, &plant);
     let reader = store.reader().unwrap();
-    let r = report::compliance::build(&plant, &reader, (2025, 7)).unwrap();
+    let r =
+        report::compliance::build(&plant, &reader, (2025, 7), YEAR_START + 400 * 24 * H).unwrap();
     assert_eq!(r.month, "2025-07");
     let u = &r.units[0];
     assert_eq!(u.days.len(), 31);
@@ -531,5 +563,27 @@ fn the_compliance_report_lists_each_day_and_every_exceedance() {
         .iter()
         .enumerate()
         .all(|(i, d)| (9..11).contains(&i) || d.within_limit == Some(true)));
+    // The month's data quality, and the PDF listing both exceedances.
+    let power = r
+        .data_quality
+        .meters
+        .iter()
+        .find(|m| m.device == "kiln1-power")
+        .unwrap();
+    assert_eq!(power.months[0].completeness, Some(1.0));
+    let text = pdf_text(
+        &dir,
+        "compliance",
+        &report::pdf::compliance(&r, &font()).unwrap(),
+    );
+    for expected in [
+        "2025-07 月度能耗限额符合性报告",
+        "超限记录",
+        "2025-07-10",
+        "2025-07-11",
+        "数据质量",
+    ] {
+        assert!(text.contains(expected), "`{expected}` missing:\n{text}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

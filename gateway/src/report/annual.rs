@@ -217,17 +217,7 @@ pub fn build(
         min_completeness: MIN_COMPLETENESS,
         max_daily_monthly_deviation_pct: MAX_DAILY_MONTHLY_DEVIATION_PCT,
         meters: meter_quality(plant, reader, &months, now_ms)?,
-        sequence: reader
-            .devices()?
-            .into_iter()
-            .map(|d| SequenceQuality {
-                device: d.id,
-                messages: d.messages,
-                duplicates: d.duplicates,
-                missing: d.missing,
-                lost: d.lost,
-            })
-            .collect(),
+        sequence: sequence_quality(reader)?,
         daily_vs_monthly,
     };
     progress(steps, steps);
@@ -248,7 +238,23 @@ pub fn build(
     })
 }
 
-fn meter_quality(
+/// Every device's sequence ledger.
+pub(crate) fn sequence_quality(reader: &Reader) -> anyhow::Result<Vec<SequenceQuality>> {
+    Ok(reader
+        .devices()?
+        .into_iter()
+        .map(|d| SequenceQuality {
+            device: d.id,
+            messages: d.messages,
+            duplicates: d.duplicates,
+            missing: d.missing,
+            lost: d.lost,
+        })
+        .collect())
+}
+
+/// Completeness of every meter point the units use, for each of `months` (up to `now_ms`).
+pub(crate) fn meter_quality(
     plant: &Plant,
     reader: &Reader,
     months: &[(i64, i64)],

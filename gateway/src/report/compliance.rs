@@ -3,6 +3,9 @@
 
 use serde::Serialize;
 
+use super::annual::{
+    meter_quality, sequence_quality, MeterQuality, SequenceQuality, MIN_COMPLETENESS,
+};
 use super::{local_midnight, unit_figures, FORMAT_VERSION};
 use crate::accounting::{buckets, Indicator, Period};
 use crate::config::Plant;
@@ -17,6 +20,15 @@ pub struct ComplianceReport {
     /// "YYYY-MM".
     pub month: String,
     pub units: Vec<UnitMonth>,
+    pub data_quality: MonthQuality,
+}
+
+/// The data behind the month: each meter point's completeness and the devices' ledgers.
+#[derive(Debug, Clone, Serialize)]
+pub struct MonthQuality {
+    pub min_completeness: f64,
+    pub meters: Vec<MeterQuality>,
+    pub sequence: Vec<SequenceQuality>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,11 +64,13 @@ pub struct Unjudged {
     pub reasons: Vec<String>,
 }
 
-/// Builds the report for the local month `(year, month)`.
+/// Builds the report for the local month `(year, month)`; `now_ms` bounds the completeness of a
+/// month in progress.
 pub fn build(
     plant: &Plant,
     reader: &Reader,
     (year, month): (i32, u32),
+    now_ms: i64,
 ) -> anyhow::Result<ComplianceReport> {
     let start = local_midnight(plant, year, month, 1)?;
     let (ny, nm) = if month == 12 {
@@ -131,5 +145,10 @@ pub fn build(
         enterprise: plant.config.enterprise.as_ref().map(|e| e.name.clone()),
         month: format!("{year}-{month:02}"),
         units,
+        data_quality: MonthQuality {
+            min_completeness: MIN_COMPLETENESS,
+            meters: meter_quality(plant, reader, &[(start, end)], now_ms)?,
+            sequence: sequence_quality(reader)?,
+        },
     })
 }

@@ -1,5 +1,6 @@
-//! The annual report as a PDF in Chinese: tables and charts drawn with krilla, which embeds
-//! the subset of the CJK font the text uses (so the file shows the same everywhere).
+//! Reports as PDF in Chinese: tables and charts drawn with krilla, which embeds the subset of
+//! the CJK font the text uses (so the file shows the same everywhere). This module is the page
+//! engine; [`annual`], [`compliance`] and [`savings`] lay out their report.
 //!
 //! Layout is two passes: [`Layout`] places text, lines and boxes on pages (breaking pages where
 //! a block would not fit), then [`render`] draws them. The font is the plant's choice (`--font`)
@@ -15,9 +16,15 @@ use krilla::paint::{Fill, Stroke};
 use krilla::text::{Font, TextDirection};
 use krilla::Document;
 
-use super::annual::{AnnualReport, MIN_COMPLETENESS};
 use crate::accounting::Indicator;
-use crate::config::{Plant, Role};
+
+mod annual;
+mod compliance;
+mod savings;
+
+pub use annual::annual;
+pub use compliance::compliance;
+pub use savings::savings;
 
 const PAGE_W: f32 = 595.28;
 const PAGE_H: f32 = 841.89;
@@ -304,291 +311,13 @@ fn month_label(start: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Places the whole annual report.
-fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
-    let mut l = Layout::new(format!(
-        "{} {}年度能源利用状况报告 · 数据版本 {} · 生成于 {}",
-        r.enterprise.clone().unwrap_or_default(),
-        r.year,
-        r.version,
-        r.generated_at
-    ));
-    l.paragraph(18.0, format!("{}年度能源利用状况报告", r.year));
-    l.paragraph(
-        11.0,
-        format!(
-            "重点用能单位：{}",
-            r.enterprise.clone().unwrap_or_else(|| "（未配置）".into())
-        ),
-    );
-    if let Some(code) = &r.enterprise_code {
-        l.paragraph(BODY, format!("统一社会信用代码：{code}"));
-    }
-    l.paragraph(BODY, format!("报告期：{} 至 {}", r.start, r.end));
-    l.paragraph(
-        BODY,
-        "折标系数见 GB/T 2589；限额等级见各单位所执行的能耗限额标准；数据完整率不低于 90% 方可上报。",
-    );
-
-    l.heading("一、能源消费总量");
-    let t = &r.totals;
-    l.table(
-        &[200.0, 150.0],
-        &["指标", "数值"],
-        &[
-            vec![
-                "综合能源消费量（tce）".into(),
-                format_num(t.comprehensive_tce, 3),
-            ],
-            vec!["能源消费量（tce）".into(), format_num(t.consumed_tce, 3)],
-            vec![
-                "余热余能回收利用量（tce）".into(),
-                format_num(t.recovered_tce, 3),
-            ],
-            vec!["取水量（m³）".into(), format_num(t.water_m3, 1)],
-        ],
-    );
-
-    l.heading("二、分品种能源消费");
-    let carrier_rows: Vec<Vec<String>> = t
-        .by_carrier
-        .iter()
-        .map(|c| {
-            let name = plant
-                .coefficients
-                .get(&c.carrier)
-                .map_or(c.carrier.clone(), |k| k.name_zh.clone());
-            let role = if c.role == Role::Recovered {
-                "回收"
-            } else {
-                "消费"
-            };
-            vec![
-                name,
-                role.into(),
-                format_num(c.quantity, 2),
-                c.unit.clone(),
-                format_num(c.kgce / 1000.0, 3),
-            ]
-        })
-        .collect();
-    l.table(
-        &[150.0, 50.0, 110.0, 60.0, 100.0],
-        &["能源品种", "类别", "实物量", "单位", "折标准煤（tce）"],
-        &carrier_rows,
-    );
-
-    l.heading("三、月度能源消费");
-    let month_rows: Vec<Vec<String>> = r
-        .months
-        .iter()
-        .map(|m| {
-            vec![
-                month_label(&m.start),
-                format_num(m.consumed_tce, 3),
-                format_num(m.recovered_tce, 3),
-                format_num(m.comprehensive_tce, 3),
-                format_num(m.water_m3, 1),
-            ]
-        })
-        .collect();
-    l.table(
-        &[60.0, 100.0, 100.0, 100.0, 100.0],
-        &[
-            "月份",
-            "消费（tce）",
-            "回收（tce）",
-            "综合（tce）",
-            "取水（m³）",
-        ],
-        &month_rows,
-    );
-    l.bar_chart(
-        "月度综合能源消费量",
-        "tce",
-        &r.months
-            .iter()
-            .map(|m| month_label(&m.start))
-            .collect::<Vec<_>>(),
-        &r.months
-            .iter()
-            .map(|m| Some(m.comprehensive_tce))
-            .collect::<Vec<_>>(),
-        &[],
-    );
-
-    l.heading("四、主要产品单位产品能耗与取水");
-    let unit_rows: Vec<Vec<String>> = r
-        .units
-        .iter()
-        .map(|u| {
-            let y = &u.year;
-            let limit = y.limits.first().map_or("—".into(), |j| j.standard.clone());
-            let water = y.water_quota.as_ref().map_or("—".into(), |w| {
-                format!("{:.3}/{:.3}", w.general, w.advanced)
-            });
-            vec![
-                u.name.clone(),
-                format_num(y.product_t, 1),
-                opt(y.kgce_per_t, 2),
-                limit,
-                level_text(y),
-                opt(y.water_m3_per_t, 3),
-                water,
-            ]
-        })
-        .collect();
-    l.table(
-        &[110.0, 65.0, 60.0, 85.0, 45.0, 55.0, 75.0],
-        &[
-            "单元",
-            "产量（t）",
-            "kgce/t",
-            "限额标准",
-            "等级",
-            "取水 m³/t",
-            "定额 通用/先进",
-        ],
-        &unit_rows,
-    );
-    for u in &r.units {
-        l.heading(&format!("{}（{}）月度指标", u.name, u.id));
-        let rows: Vec<Vec<String>> = u
-            .months
-            .iter()
-            .map(|m| {
-                let complete = if m.completeness < MIN_COMPLETENESS {
-                    format!("!{}", pct(m.completeness))
-                } else {
-                    pct(m.completeness)
-                };
-                vec![
-                    month_label(&m.start),
-                    format_num(m.product_t, 1),
-                    format_num(m.energy_kgce / 1000.0, 3),
-                    opt(m.kgce_per_t, 2),
-                    opt(m.kwh_per_t, 1),
-                    level_text(m),
-                    complete,
-                    pct(m.estimated_share),
-                ]
-            })
-            .collect();
-        l.table(
-            &[45.0, 75.0, 80.0, 60.0, 60.0, 50.0, 60.0, 60.0],
-            &[
-                "月份",
-                "产量（t）",
-                "综合（tce）",
-                "kgce/t",
-                "kWh/t",
-                "等级",
-                "完整率",
-                "估算占比",
-            ],
-            &rows,
-        );
-        let lines: Vec<(String, f64)> = u
-            .year
-            .limits
-            .first()
-            .filter(|j| j.indicator == crate::limits::Figure::KgcePerT)
-            .map(|j| {
-                j.thresholds
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (format!("{}级", i + 1), *t))
-                    .collect()
-            })
-            .unwrap_or_default();
-        l.bar_chart(
-            &format!("{} 月度单位产品综合能耗", u.name),
-            "kgce/t",
-            &u.months
-                .iter()
-                .map(|m| month_label(&m.start))
-                .collect::<Vec<_>>(),
-            &u.months.iter().map(|m| m.kgce_per_t).collect::<Vec<_>>(),
-            &lines,
-        );
-    }
-
-    l.heading("五、数据质量");
-    l.paragraph(BODY, "计量点月度数据完整率（红色：低于 90%，不可上报）");
-    let mut widths = vec![115.0];
-    widths.extend(std::iter::repeat_n(32.5, 12));
-    let mut header = vec!["计量点"];
-    let month_names: Vec<String> = (1..=12).map(|m| format!("{m}月")).collect();
-    header.extend(month_names.iter().map(String::as_str));
-    let meter_rows: Vec<Vec<String>> = r
-        .data_quality
-        .meters
-        .iter()
-        .map(|m| {
-            let mut row = vec![format!("{}/{}", m.device, m.point)];
-            row.extend(m.months.iter().map(|mm| match mm.completeness {
-                Some(c) if c < MIN_COMPLETENESS => format!("!{:.0}", c * 100.0),
-                Some(c) => format!("{:.0}", c * 100.0),
-                None => "—".into(),
-            }));
-            row
-        })
-        .collect();
-    l.table(&widths, &header, &meter_rows);
-    l.paragraph(BODY, "设备序列号台账");
-    let seq_rows: Vec<Vec<String>> = r
-        .data_quality
-        .sequence
-        .iter()
-        .map(|s| {
-            let missing = if s.missing > 0 {
-                format!("!{}", s.missing)
-            } else {
-                "0".into()
-            };
-            vec![
-                s.device.clone(),
-                s.messages.to_string(),
-                s.duplicates.to_string(),
-                missing,
-                s.lost.to_string(),
-            ]
-        })
-        .collect();
-    l.table(
-        &[150.0, 80.0, 80.0, 80.0, 80.0],
-        &["设备", "消息数", "重复（已剔除）", "缺失", "声明丢失"],
-        &seq_rows,
-    );
-    let worst = r
-        .data_quality
-        .daily_vs_monthly
-        .iter()
-        .filter_map(|d| d.deviation_pct.map(|p| (p, d)))
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    l.paragraph(
-        BODY,
-        match worst {
-            Some((p, d)) => format!(
-                "日数据累计与月数据最大偏差：{p:.4}%（{} {}，限值 {:.0}%）",
-                d.unit,
-                month_label(&d.start),
-                r.data_quality.max_daily_monthly_deviation_pct
-            ),
-            None => "日数据累计与月数据偏差：无数据".into(),
-        },
-    );
-    l
-}
-
-/// Renders the annual report as PDF bytes with `font` embedded (subset).
-pub fn render(r: &AnnualReport, plant: &Plant, font: &Font) -> anyhow::Result<Vec<u8>> {
-    let l = layout(r, plant);
+/// Draws laid-out pages into a PDF titled `title`, with `font` embedded (subset).
+fn finish(l: Layout, title: String, font: &Font) -> anyhow::Result<Vec<u8>> {
     let total = l.pages.len();
     let mut doc = Document::new();
     doc.set_metadata(
         krilla::metadata::Metadata::new()
-            .title(format!("{}年度能源利用状况报告", r.year))
+            .title(title)
             .language("zh-CN".into())
             .creator("ems-gateway".into()),
     );

@@ -1,0 +1,163 @@
+//! The monthly compliance report, laid out: each unit's days against its limits, the
+//! exceedances, and the month's data quality.
+
+use krilla::text::Font;
+
+use super::{finish, format_num, level_text, opt, pct, Layout, BODY};
+use crate::accounting::Indicator;
+use crate::limits::Figure;
+use crate::report::compliance::ComplianceReport;
+
+/// The compliance report as PDF bytes.
+pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> {
+    let title = format!("{} 月度能耗限额符合性报告", r.month);
+    let mut l = Layout::new(format!(
+        "{} {title} · 数据版本 {}",
+        r.enterprise.clone().unwrap_or_default(),
+        r.version
+    ));
+    l.paragraph(18.0, title.clone());
+    l.paragraph(
+        11.0,
+        format!(
+            "重点用能单位：{}",
+            r.enterprise.clone().unwrap_or_else(|| "（未配置）".into())
+        ),
+    );
+    l.paragraph(
+        BODY,
+        "逐日判定各单元单位产品能耗所达到的限额等级；超过 3 级限额或取水定额的日期单列。",
+    );
+    for u in &r.units {
+        l.heading(&format!("{}（{}）", u.name, u.id));
+        // The unit's headline figure: kWh/t where its first limit judges electricity.
+        let kwh = u
+            .month
+            .limits
+            .first()
+            .is_some_and(|j| j.indicator == Figure::KwhPerT);
+        let (label, figure): (&str, fn(&Indicator) -> Option<f64>) = if kwh {
+            ("kWh/t", |i| i.kwh_per_t)
+        } else {
+            ("kgce/t", |i| i.kgce_per_t)
+        };
+        l.paragraph(
+            BODY,
+            format!(
+                "本月 {} {label}，{}；评价 {} 天，其中达标 {} 天，超限 {} 次。",
+                opt(figure(&u.month), 2),
+                level_text(&u.month).trim_start_matches('!'),
+                u.days_judged,
+                u.days_within_limits,
+                u.exceedances.len()
+            ),
+        );
+        let rows: Vec<Vec<String>> = u
+            .days
+            .iter()
+            .map(|d| {
+                vec![
+                    d.start.get(5..10).unwrap_or_default().to_owned(),
+                    format_num(d.product_t, 1),
+                    opt(figure(d), 2),
+                    level_text(d),
+                    pct(d.completeness),
+                    pct(d.estimated_share),
+                ]
+            })
+            .collect();
+        l.table(
+            &[70.0, 90.0, 90.0, 70.0, 80.0, 80.0],
+            &["日期", "产量（t）", label, "等级", "完整率", "估算占比"],
+            &rows,
+        );
+        let lines: Vec<(String, f64)> = u
+            .month
+            .limits
+            .first()
+            .map(|j| {
+                j.thresholds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("{}级", i + 1), *t))
+                    .collect()
+            })
+            .unwrap_or_default();
+        l.bar_chart(
+            &format!("{} 逐日单位产品能耗", u.name),
+            label,
+            &u.days
+                .iter()
+                .map(|d| d.start.get(8..10).unwrap_or_default().to_owned())
+                .collect::<Vec<_>>(),
+            &u.days.iter().map(figure).collect::<Vec<_>>(),
+            &lines,
+        );
+        if !u.exceedances.is_empty() {
+            l.paragraph(BODY, "超限记录");
+            let rows: Vec<Vec<String>> = u
+                .exceedances
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.day.clone(),
+                        e.code.clone(),
+                        e.standard.clone(),
+                        format!("!{}", format_num(e.value, 2)),
+                        format_num(e.threshold, 2),
+                        e.unit.to_owned(),
+                    ]
+                })
+                .collect();
+            l.table(
+                &[70.0, 130.0, 100.0, 70.0, 60.0, 50.0],
+                &["日期", "限额/定额", "标准", "实际值", "限值", "单位"],
+                &rows,
+            );
+        }
+        for d in &u.unjudged_days {
+            l.paragraph(BODY, format!("{} 未评价：{}", d.day, d.reasons.join("；")));
+        }
+    }
+    l.heading("数据质量");
+    let rows: Vec<Vec<String>> = r
+        .data_quality
+        .meters
+        .iter()
+        .map(|m| {
+            let c = m.months.first().and_then(|mm| mm.completeness);
+            let text = match c {
+                Some(c) if c < r.data_quality.min_completeness => format!("!{}", pct(c)),
+                Some(c) => pct(c),
+                None => "—".into(),
+            };
+            vec![format!("{}/{}", m.device, m.point), text]
+        })
+        .collect();
+    l.table(&[220.0, 100.0], &["计量点", "本月完整率"], &rows);
+    let rows: Vec<Vec<String>> = r
+        .data_quality
+        .sequence
+        .iter()
+        .map(|s| {
+            let missing = if s.missing > 0 {
+                format!("!{}", s.missing)
+            } else {
+                "0".into()
+            };
+            vec![
+                s.device.clone(),
+                s.messages.to_string(),
+                s.duplicates.to_string(),
+                missing,
+                s.lost.to_string(),
+            ]
+        })
+        .collect();
+    l.table(
+        &[150.0, 80.0, 80.0, 80.0, 80.0],
+        &["设备", "消息数", "重复（已剔除）", "缺失", "声明丢失"],
+        &rows,
+    );
+    finish(l, title, font)
+}
