@@ -67,6 +67,12 @@ enum Command {
         /// acknowledgement), to test an uploader.
         #[arg(long)]
         stale_ack_every: Option<u64>,
+        /// Serve HTTPS with this certificate chain (PEM)...
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// ...and this PKCS#8 private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Run a simulated plant, an edge agent, an embedded broker and the gateway in one process.
     Demo {
@@ -275,6 +281,8 @@ async fn run() -> anyhow::Result<()> {
             out,
             token,
             stale_ack_every,
+            tls_cert,
+            tls_key,
         } => {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
@@ -284,6 +292,7 @@ async fn run() -> anyhow::Result<()> {
                 out,
                 token,
                 stale_ack_every,
+                tls: tls_cert.zip(tls_key),
             };
             ems_gateway::receiver::run(listener, opts, shutdown).await?;
         }

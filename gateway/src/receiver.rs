@@ -23,6 +23,8 @@ pub struct ReceiverOptions {
     /// Every Nth new record is answered with the previous record's id: a duplicate
     /// acknowledgement, which an uploader must not take for this record's.
     pub stale_ack_every: Option<u64>,
+    /// Serve HTTPS with this certificate chain and PKCS#8 key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 struct Book {
@@ -45,6 +47,7 @@ pub async fn run(
         opts.stale_ack_every.is_none_or(|n| n >= 2),
         "--stale-ack-every must be at least 2"
     );
+    let tls = opts.tls.clone();
     let mut seen = HashSet::new();
     let mut last = None;
     if let Ok(f) = std::fs::File::open(&opts.out) {
@@ -67,10 +70,64 @@ pub async fn run(
         last,
     }));
     let app = Router::new().route("/", post(receive)).with_state(book);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await?
+        }
+        Some((cert, key)) => serve_tls(listener, app, tls_acceptor(&cert, &key)?, shutdown).await?,
+    }
     Ok(())
+}
+
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    let pem = |p: &std::path::Path| -> anyhow::Result<std::io::BufReader<std::fs::File>> {
+        Ok(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("{}", p.display()))?,
+        ))
+    };
+    let certs = rustls_pemfile::certs(&mut pem(cert)?)?
+        .into_iter()
+        .map(tokio_rustls::rustls::Certificate)
+        .collect();
+    let key = rustls_pemfile::pkcs8_private_keys(&mut pem(key)?)?
+        .pop()
+        .with_context(|| format!("{}: no PKCS#8 private key", key.display()))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_safe_defaults()
+        .with_no_client_auth()
+        .with_single_cert(certs, tokio_rustls::rustls::PrivateKey(key))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// HTTPS: each accepted connection's TLS handshake, then HTTP/1.1 with the router.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted?,
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> axum::response::Response {

@@ -1,5 +1,5 @@
-//! Upload to the provincial platform over real HTTP to two reference receivers
-//! (`ems-gateway receive`): one endpoint is down for a while, the gateway is killed with records
+//! Upload to the provincial platform to two reference receivers (`ems-gateway receive`), one
+//! over plain HTTP, one over HTTPS with the test's own CA: the HTTPS endpoint is down for a while, the gateway is killed with records
 //! still pending for it, and both receivers answer some records with a stale (duplicate)
 //! acknowledgement. In the end every record has reached every endpoint exactly once, in order.
 
@@ -7,22 +7,85 @@ use std::time::Duration;
 
 use ems_tests::*;
 
-fn start_receiver(dir: &std::path::Path, listen: &str, out: &str) -> (Proc, String) {
-    let p = Proc::start(
-        &bin("ems-gateway"),
-        &[
-            "receive",
-            "--listen",
-            listen,
-            "--out",
-            out,
-            "--stale-ack-every",
-            "3",
-        ],
-        dir,
-    );
+fn start_receiver(dir: &std::path::Path, listen: &str, out: &str, tls: &[&str]) -> (Proc, String) {
+    let mut args = vec![
+        "receive",
+        "--listen",
+        listen,
+        "--out",
+        out,
+        "--stale-ack-every",
+        "3",
+    ];
+    args.extend(tls);
+    let p = Proc::start(&bin("ems-gateway"), &args, dir);
     let addr = p.wait_line("RECEIVER ", Duration::from_secs(10));
     (p, addr)
+}
+
+/// A CA and a certificate it signs for 127.0.0.1 (openssl): ca.pem, leaf.pem, leaf.key.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ems test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
 }
 
 fn record_ids(dir: &std::path::Path, out: &str) -> Vec<String> {
@@ -52,7 +115,8 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
     let d = dir.path();
     let broker = Mosquitto::start(d);
     write_gateway_config(d, broker.port);
-    let (_a, a_addr) = start_receiver(d, "127.0.0.1:0", "a.jsonl");
+    let (_a, a_addr) = start_receiver(d, "127.0.0.1:0", "a.jsonl", &[]);
+    make_certificates(d);
     // Endpoint b's address, with nobody listening yet: the platform is down.
     let b_port = free_port();
     let from = (chrono::Utc::now() - chrono::Duration::hours(3)).to_rfc3339();
@@ -63,7 +127,7 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
         format!(
             "{text}\n[upload]\nfrom = \"{from}\"\nsettle_s = 1\n\
              [[upload.endpoints]]\nid = \"a\"\nurl = \"http://{a_addr}/\"\n\
-             [[upload.endpoints]]\nid = \"b\"\nurl = \"http://127.0.0.1:{b_port}/\"\ntimeout_s = 2\n"
+             [[upload.endpoints]]\nid = \"b\"\nurl = \"https://127.0.0.1:{b_port}/\"\nca_file = \"ca.pem\"\ntimeout_s = 2\n"
         ),
     )
     .unwrap();
@@ -85,7 +149,8 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
     // The gateway dies with b's records pending, and comes back; then so does b.
     gateway.kill();
     let (mut gateway, http) = start_gateway(d);
-    let (_b, _) = start_receiver(d, &format!("127.0.0.1:{b_port}"), "b.jsonl");
+    let tls = ["--tls-cert", "leaf.pem", "--tls-key", "leaf.key"];
+    let (_b, _) = start_receiver(d, &format!("127.0.0.1:{b_port}"), "b.jsonl", &tls);
     eventually(
         "both endpoints confirm every record",
         Duration::from_secs(90),
