@@ -124,6 +124,10 @@ enum ReportKind {
         /// First and last month of the baseline period, YYYY-MM.
         #[arg(long, required = true, num_args = 2, value_names = ["FROM", "TO"])]
         baseline: Vec<String>,
+        /// A relevant variable besides output, as DEVICE/POINT: its monthly increase enters
+        /// the regression (repeatable).
+        #[arg(long = "variable", value_name = "DEVICE/POINT")]
+        variables: Vec<String>,
         /// First and last month of the reporting period, YYYY-MM.
         #[arg(long, required = true, num_args = 2, value_names = ["FROM", "TO"])]
         reporting: Vec<String>,
@@ -361,8 +365,17 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
             unit,
             baseline,
             reporting,
+            variables,
             output,
         } => {
+            let variables = variables
+                .iter()
+                .map(|v| {
+                    v.split_once('/')
+                        .map(|(d, p)| (d.to_owned(), p.to_owned()))
+                        .with_context(|| format!("--variable {v}: write DEVICE/POINT"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let plant = Plant::load(&config)?;
             let font = output.font()?;
             let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
@@ -375,6 +388,7 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
                 &unit,
                 months(&baseline)?,
                 months(&reporting)?,
+                &variables,
             )?;
             let pdf = || report::pdf::savings(&r, font.as_ref().expect("loaded for PDF"));
             output.write(&r, || report::tables::savings_figures(&r), pdf)

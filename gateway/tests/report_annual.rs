@@ -345,6 +345,7 @@ fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
         "kiln1",
         ((2025, 1), (2025, 6)),
         ((2025, 7), (2025, 12)),
+        &[],
     )
     .unwrap();
     assert!(r.excluded.is_empty(), "{:?}", r.excluded);
@@ -371,6 +372,31 @@ fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
     assert!(v.model.accepted && v.model.r2 > 0.99, "{:?}", v.model);
     let last = v.periods.last().unwrap();
     assert!(close(last.cusum_kgce, -v.avoided_tce * 1000.0));
+    // A configured relevant variable enters the regression beside output.
+    let power = ("kiln1-power".to_owned(), "import_kwh".to_owned());
+    let with_power = report::savings::build(
+        &plant,
+        &reader,
+        "kiln1",
+        ((2025, 1), (2025, 6)),
+        ((2025, 7), (2025, 12)),
+        &[power],
+    )
+    .unwrap();
+    let m = &with_power.verification.model;
+    assert_eq!(m.variables, ["output_t", "kiln1-power/import_kwh"]);
+    assert_eq!(m.coefficients.len(), 3);
+    // March: the power meter's silent day still leaves it above 90 %, so no month is left out.
+    assert!(with_power.excluded.is_empty(), "{:?}", with_power.excluded);
+    let march = &with_power.baseline_months[2];
+    let (from, to) = (
+        report::local_midnight(&plant, 2025, 3, 1).unwrap(),
+        report::local_midnight(&plant, 2025, 4, 1).unwrap(),
+    );
+    assert!(close(
+        march.variables[1],
+        increase(&raw_samples(&store)["kiln1-power"], from, to)
+    ));
     // The PDF: model judgement, both savings figures and the CUSUM chart's title.
     let text = pdf_text(&dir, "savings", &report::pdf::savings(&r, &font()).unwrap());
     for expected in [

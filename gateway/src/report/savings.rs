@@ -20,7 +20,8 @@ pub struct SavingsReport {
     pub unit_name: String,
     pub baseline_months: Vec<Observation>,
     pub reporting_months: Vec<Observation>,
-    /// Months left out: under the reportable completeness, or without output.
+    /// Months left out: under the reportable completeness (the unit's or a variable's meter),
+    /// or without output.
     pub excluded: Vec<String>,
     pub verification: Verification,
 }
@@ -44,13 +45,16 @@ fn month_range(plant: &Plant, from: Month, to: Month) -> anyhow::Result<Vec<(i64
     Ok(buckets(Period::Month, start, end, &plant.calendar))
 }
 
-/// Builds the verification of `unit` for the two month ranges (inclusive).
+/// Builds the verification of `unit` for the two month ranges (inclusive). The baseline is
+/// regressed on output and on each of `variables`: meter points (device, point) whose monthly
+/// increase is a relevant variable (heating degree-days, ore grade tonnes, ...).
 pub fn build(
     plant: &Plant,
     reader: &Reader,
     unit: &str,
     baseline: (Month, Month),
     reporting: (Month, Month),
+    variables: &[(String, String)],
 ) -> anyhow::Result<SavingsReport> {
     let u = plant
         .unit(unit)
@@ -59,26 +63,52 @@ pub fn build(
     let mut observe = |range: (Month, Month)| -> anyhow::Result<Vec<Observation>> {
         let months = month_range(plant, range.0, range.1)?;
         let figures = unit_figures(plant, reader, u, &months)?;
+        // Each variable's increase per month; a month missing part of one is left out too.
+        let mut extra: Vec<Vec<(f64, i64)>> = Vec::with_capacity(variables.len());
+        for (device, point) in variables {
+            let slots =
+                reader.point_slots(device, point, months[0].0, months[months.len() - 1].1)?;
+            extra.push(
+                months
+                    .iter()
+                    .map(|&(s, e)| {
+                        let inside = slots.iter().filter(|(t, _)| (s..e).contains(t));
+                        let covered: i64 = inside.clone().map(|(_, r)| r.covered_ms).sum();
+                        (inside.map(|(_, r)| r.delta).sum(), covered)
+                    })
+                    .collect(),
+            );
+        }
         Ok(figures
             .into_iter()
-            .filter_map(|f| {
+            .zip(&months)
+            .enumerate()
+            .filter_map(|(i, (f, &(s, e)))| {
+                let var_complete = extra
+                    .iter()
+                    .all(|v| v[i].1 as f64 >= MIN_COMPLETENESS * (e - s) as f64);
                 let label = f.start.get(..7).unwrap_or(&f.start).to_owned();
-                if f.completeness < MIN_COMPLETENESS || f.product_t <= 0.0 {
+                if f.completeness < MIN_COMPLETENESS || f.product_t <= 0.0 || !var_complete {
                     excluded.push(label);
                     return None;
                 }
                 Some(Observation {
                     label,
                     energy_kgce: f.energy_kgce,
-                    variables: vec![f.product_t],
+                    variables: std::iter::once(f.product_t)
+                        .chain(extra.iter().map(|v| v[i].0))
+                        .collect(),
                 })
             })
             .collect())
     };
     let baseline_months = observe(baseline)?;
     let reporting_months = observe(reporting)?;
+    let names: Vec<String> = std::iter::once("output_t".to_owned())
+        .chain(variables.iter().map(|(d, p)| format!("{d}/{p}")))
+        .collect();
     let verification = verify(
-        &["output_t".to_owned()],
+        &names,
         &baseline_months,
         &reporting_months,
         Interval::Monthly,

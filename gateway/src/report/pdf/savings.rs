@@ -21,37 +21,41 @@ pub fn savings(r: &SavingsReport, font: &Font) -> anyhow::Result<Vec<u8>> {
     l.paragraph(BODY, format!("基准期：{}", span(&r.baseline_months)));
     l.paragraph(BODY, format!("报告期：{}", span(&r.reporting_months)));
 
-    l.heading("一、能耗基准模型（综合能耗 = a + b × 产量）");
+    l.heading("一、能耗基准模型（综合能耗 = a + Σ bᵢ × 相关变量ᵢ）");
     let verdict = if m.accepted { "接受" } else { "!不接受" };
-    l.table(
-        &[200.0, 120.0, 150.0],
-        &["统计量", "数值", "判据"],
-        &[
-            vec![
-                "截距 a（kgce）".into(),
-                format_num(m.coefficients[0], 1),
-                String::new(),
-            ],
-            vec![
-                "斜率 b（kgce/t）".into(),
-                format_num(m.coefficients.get(1).copied().unwrap_or(f64::NAN), 3),
-                String::new(),
-            ],
-            vec!["样本月数".into(), m.observations.to_string(), String::new()],
-            vec!["R²".into(), format_num(m.r2, 4), format!("≥ {}", m.min_r2)],
-            vec![
-                "CV(RMSE)".into(),
-                format!("{:.2}%", m.cv_rmse_pct),
-                format!("≤ {}%（ASHRAE Guideline 14）", m.max_cv_rmse_pct),
-            ],
-            vec![
-                "NMBE".into(),
-                format!("{:.3}%", m.nmbe_pct),
-                format!("±{}%（ASHRAE Guideline 14）", m.max_abs_nmbe_pct),
-            ],
-            vec!["模型判定".into(), verdict.into(), String::new()],
+    let mut rows = vec![vec![
+        "截距 a（kgce）".into(),
+        format_num(m.coefficients[0], 1),
+        String::new(),
+    ]];
+    for (name, b) in m.variables.iter().zip(&m.coefficients[1..]) {
+        let name = if name == "output_t" {
+            "产量（t）"
+        } else {
+            name
+        };
+        rows.push(vec![
+            format!("系数 b：{name}"),
+            format_num(*b, 4),
+            String::new(),
+        ]);
+    }
+    rows.extend([
+        vec!["样本月数".into(), m.observations.to_string(), String::new()],
+        vec!["R²".into(), format_num(m.r2, 4), format!("≥ {}", m.min_r2)],
+        vec![
+            "CV(RMSE)".into(),
+            format!("{:.2}%", m.cv_rmse_pct),
+            format!("≤ {}%（ASHRAE Guideline 14）", m.max_cv_rmse_pct),
         ],
-    );
+        vec![
+            "NMBE".into(),
+            format!("{:.3}%", m.nmbe_pct),
+            format!("±{}%（ASHRAE Guideline 14）", m.max_abs_nmbe_pct),
+        ],
+        vec!["模型判定".into(), verdict.into(), String::new()],
+    ]);
+    l.table(&[200.0, 120.0, 150.0], &["统计量", "数值", "判据"], &rows);
 
     l.heading("二、节能量");
     l.table(
