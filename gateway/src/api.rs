@@ -490,9 +490,28 @@ struct ReportQuery {
     year: Option<i32>,
     month: Option<String>,
     format: Option<String>,
+    /// Savings: the unit, and each period as `YYYY-MM..YYYY-MM`.
+    unit: Option<String>,
+    baseline: Option<String>,
+    reporting: Option<String>,
 }
 
-/// `annual?year=YYYY` or `compliance?month=YYYY-MM`, as `format=json` (default), `csv` (one
+/// `YYYY-MM..YYYY-MM` of a query parameter.
+fn month_range(
+    name: &str,
+    v: Option<&str>,
+) -> Result<(crate::report::Month, crate::report::Month), ApiError> {
+    let bad = |e: String| ApiError::BadRequest(format!("`{name}`: {e}"));
+    let v = v.ok_or_else(|| bad("is required, as YYYY-MM..YYYY-MM".into()))?;
+    let (a, b) = v
+        .split_once("..")
+        .ok_or_else(|| bad("write YYYY-MM..YYYY-MM".into()))?;
+    let month = |m| crate::report::parse_month(m).map_err(|e| bad(e.to_string()));
+    Ok((month(a)?, month(b)?))
+}
+
+/// `annual?year=YYYY`, `compliance?month=YYYY-MM` or
+/// `savings?unit=ID&baseline=YYYY-MM..YYYY-MM&reporting=YYYY-MM..YYYY-MM`, as `format=json` (default), `csv` (one
 /// row per figure) or `pdf`: the same documents as `ems-gateway report`.
 async fn report(
     State(s): State<AppState>,
@@ -549,8 +568,28 @@ async fn report(
                     ),
                 })
             }
+            "savings" => {
+                let unit = q
+                    .unit
+                    .as_deref()
+                    .ok_or_else(|| ApiError::BadRequest("`unit` is required".into()))?;
+                let baseline = month_range("baseline", q.baseline.as_deref())?;
+                let reporting = month_range("reporting", q.reporting.as_deref())?;
+                let r =
+                    crate::report::savings::build(&plant, &reader, unit, baseline, reporting, &[])
+                        .map_err(|e| ApiError::BadRequest(format!("{e:#}")))?;
+                let name = format!("savings-{unit}");
+                Ok(match format.as_str() {
+                    "csv" => (csv(tables::savings_figures(&r))?, name),
+                    "pdf" => (pdf::savings(&r, &pdf::load_font(None)?.1)?, name),
+                    _ => (
+                        serde_json::to_vec_pretty(&r).map_err(anyhow::Error::from)?,
+                        name,
+                    ),
+                })
+            }
             other => Err(ApiError::NotFound(format!(
-                "no report `{other}`: annual or compliance"
+                "no report `{other}`: annual, compliance or savings"
             ))),
         }
     })

@@ -221,6 +221,13 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
             404,
             "no report",
         ),
+        // A month of a few hours is no baseline: the fit says why.
+        (
+            format!("/api/v1/reports/savings?unit=kiln1&baseline={month}..{month}&reporting={month}..{month}"),
+            400,
+            "periods",
+        ),
+        ("/api/v1/reports/savings?baseline=2025-01..2025-06".to_owned(), 400, "`unit` is required"),
         (
             "/api/v1/reports/compliance?month=2025-13".to_owned(),
             400,
