@@ -372,6 +372,25 @@ fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
     assert!(v.model.accepted && v.model.r2 > 0.99, "{:?}", v.model);
     let last = v.periods.last().unwrap();
     assert!(close(last.cusum_kgce, -v.avoided_tce * 1000.0));
+    // Data quality over both periods: the unit's five meter points, the power meter's March.
+    assert_eq!(r.data_quality.meters.len(), 5);
+    let power = r
+        .data_quality
+        .meters
+        .iter()
+        .find(|m| m.device == "kiln1-power")
+        .unwrap();
+    assert_eq!(power.months.len(), 12);
+    assert!(power.months[2].completeness.unwrap() < 1.0 && power.months[2].reportable);
+    assert_eq!(
+        r.data_quality
+            .sequence
+            .iter()
+            .find(|s| s.device == "kiln1-power")
+            .unwrap()
+            .missing,
+        24
+    );
     // A configured relevant variable enters the regression beside output.
     let power = ("kiln1-power".to_owned(), "import_kwh".to_owned());
     let with_power = report::savings::build(
@@ -589,6 +608,11 @@ fn the_compliance_report_lists_each_day_and_every_exceedance() {
         .iter()
         .enumerate()
         .all(|(i, d)| (9..11).contains(&i) || d.within_limit == Some(true)));
+    assert!(r
+        .data_quality
+        .daily_vs_monthly
+        .iter()
+        .all(|d| d.deviation_pct.unwrap() < 1e-9));
     // The month's data quality, and the PDF listing both exceedances.
     let power = r
         .data_quality

@@ -175,22 +175,13 @@ pub fn build(
             t.comprehensive_tce += fig.energy_kgce / 1000.0;
             t.water_m3 += fig.water_m3;
             let (ms, me) = months[m];
-            let sum_of_days: f64 = days
+            let month_days: Vec<Indicator> = days
                 .iter()
                 .zip(&day_figs)
                 .filter(|((ds, _), _)| *ds >= ms && *ds < me)
-                .map(|(_, d)| d.energy_kgce)
-                .sum();
-            let deviation_pct = (fig.energy_kgce != 0.0)
-                .then(|| 100.0 * (sum_of_days - fig.energy_kgce).abs() / fig.energy_kgce.abs());
-            daily_vs_monthly.push(DailyVsMonthly {
-                unit: unit.id.clone(),
-                start: t.start.clone(),
-                month_kgce: fig.energy_kgce,
-                sum_of_days_kgce: sum_of_days,
-                deviation_pct,
-                within_limit: deviation_pct.is_none_or(|d| d <= MAX_DAILY_MONTHLY_DEVIATION_PCT),
-            });
+                .map(|(_, d)| d.clone())
+                .collect();
+            daily_vs_monthly.push(self::daily_vs_monthly(&unit.id, fig, &month_days));
         }
         units.push(UnitSection {
             id: unit.id.clone(),
@@ -236,6 +227,25 @@ pub fn build(
         units,
         data_quality,
     })
+}
+
+/// A month's energy against the sum of its days' (the 5 % rule of the online-monitoring upload).
+pub(crate) fn daily_vs_monthly(
+    unit: &str,
+    month: &Indicator,
+    days: &[Indicator],
+) -> DailyVsMonthly {
+    let sum_of_days: f64 = days.iter().map(|d| d.energy_kgce).sum();
+    let deviation_pct = (month.energy_kgce != 0.0)
+        .then(|| 100.0 * (sum_of_days - month.energy_kgce).abs() / month.energy_kgce.abs());
+    DailyVsMonthly {
+        unit: unit.to_owned(),
+        start: month.start.clone(),
+        month_kgce: month.energy_kgce,
+        sum_of_days_kgce: sum_of_days,
+        deviation_pct,
+        within_limit: deviation_pct.is_none_or(|d| d <= MAX_DAILY_MONTHLY_DEVIATION_PCT),
+    }
 }
 
 /// Every device's sequence ledger.

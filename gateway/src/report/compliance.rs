@@ -4,7 +4,8 @@
 use serde::Serialize;
 
 use super::annual::{
-    meter_quality, sequence_quality, MeterQuality, SequenceQuality, MIN_COMPLETENESS,
+    daily_vs_monthly, meter_quality, sequence_quality, DailyVsMonthly, MeterQuality,
+    SequenceQuality, MIN_COMPLETENESS,
 };
 use super::{local_midnight, unit_figures, FORMAT_VERSION};
 use crate::accounting::{buckets, Indicator, Period};
@@ -29,6 +30,8 @@ pub struct MonthQuality {
     pub min_completeness: f64,
     pub meters: Vec<MeterQuality>,
     pub sequence: Vec<SequenceQuality>,
+    /// Each unit's month against the sum of its days.
+    pub daily_vs_monthly: Vec<DailyVsMonthly>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -139,6 +142,10 @@ pub fn build(
             days_within_limits: within,
         });
     }
+    let daily_vs_monthly = units
+        .iter()
+        .map(|u| daily_vs_monthly(&u.id, &u.month, &u.days))
+        .collect();
     Ok(ComplianceReport {
         report: "compliance",
         version: FORMAT_VERSION,
@@ -149,6 +156,7 @@ pub fn build(
             min_completeness: MIN_COMPLETENESS,
             meters: meter_quality(plant, reader, &[(start, end)], now_ms)?,
             sequence: sequence_quality(reader)?,
+            daily_vs_monthly,
         },
     })
 }

@@ -4,7 +4,9 @@
 
 use serde::Serialize;
 
-use super::annual::MIN_COMPLETENESS;
+use super::annual::{
+    meter_quality, sequence_quality, MeterQuality, SequenceQuality, MIN_COMPLETENESS,
+};
 use super::baseline::{verify, Interval, Observation, Verification};
 use super::{local_midnight, unit_figures, Month, FORMAT_VERSION};
 use crate::accounting::{buckets, Period};
@@ -24,6 +26,15 @@ pub struct SavingsReport {
     /// or without output.
     pub excluded: Vec<String>,
     pub verification: Verification,
+    /// The unit's meter points month by month over both periods, and the devices' ledgers.
+    pub data_quality: SavingsQuality,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SavingsQuality {
+    pub min_completeness: f64,
+    pub meters: Vec<MeterQuality>,
+    pub sequence: Vec<SequenceQuality>,
 }
 
 fn month_range(plant: &Plant, from: Month, to: Month) -> anyhow::Result<Vec<(i64, i64)>> {
@@ -104,6 +115,17 @@ pub fn build(
     };
     let baseline_months = observe(baseline)?;
     let reporting_months = observe(reporting)?;
+    let mut all_months = month_range(plant, baseline.0, baseline.1)?;
+    all_months.extend(month_range(plant, reporting.0, reporting.1)?);
+    // Whole months: a savings period is judged on months that are over.
+    let meters = meter_quality(plant, reader, &all_months, i64::MAX)?
+        .into_iter()
+        .filter(|m| {
+            u.flows
+                .iter()
+                .any(|f| f.device == m.device && f.point == m.point)
+        })
+        .collect();
     let names: Vec<String> = std::iter::once("output_t".to_owned())
         .chain(variables.iter().map(|(d, p)| format!("{d}/{p}")))
         .collect();
@@ -122,5 +144,13 @@ pub fn build(
         reporting_months,
         excluded,
         verification,
+        data_quality: SavingsQuality {
+            min_completeness: MIN_COMPLETENESS,
+            meters,
+            sequence: sequence_quality(reader)?
+                .into_iter()
+                .filter(|s| u.flows.iter().any(|f| f.device == s.device))
+                .collect(),
+        },
     })
 }

@@ -159,5 +159,15 @@ pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> 
         &["设备", "消息数", "重复（已剔除）", "缺失", "声明丢失"],
         &rows,
     );
+    for d in &r.data_quality.daily_vs_monthly {
+        l.paragraph(
+            BODY,
+            format!(
+                "{}：日数据累计与月数据偏差 {}（限值 5%）",
+                d.unit,
+                d.deviation_pct.map_or("—".into(), |p| format!("{p:.4}%"))
+            ),
+        );
+    }
     finish(l, title, font)
 }

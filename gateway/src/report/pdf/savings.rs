@@ -136,5 +136,63 @@ pub fn savings(r: &SavingsReport, font: &Font) -> anyhow::Result<Vec<u8>> {
             )
         },
     );
+    let rows: Vec<Vec<String>> = r
+        .data_quality
+        .meters
+        .iter()
+        .map(|m| {
+            let worst = m
+                .months
+                .iter()
+                .filter_map(|mm| mm.completeness)
+                .fold(f64::INFINITY, f64::min);
+            let short: Vec<&str> = m
+                .months
+                .iter()
+                .filter(|mm| !mm.reportable)
+                .map(|mm| mm.start.get(..7).unwrap_or(&mm.start))
+                .collect();
+            let worst = if worst.is_finite() {
+                super::pct(worst)
+            } else {
+                "—".into()
+            };
+            let short = if short.is_empty() {
+                "无".to_owned()
+            } else {
+                format!("!{}", short.join("、"))
+            };
+            vec![format!("{}/{}", m.device, m.point), worst, short]
+        })
+        .collect();
+    l.table(
+        &[180.0, 90.0, 225.0],
+        &["计量点", "最低月完整率", "低于 90% 的月份"],
+        &rows,
+    );
+    let rows: Vec<Vec<String>> = r
+        .data_quality
+        .sequence
+        .iter()
+        .map(|s| {
+            let missing = if s.missing > 0 {
+                format!("!{}", s.missing)
+            } else {
+                "0".into()
+            };
+            vec![
+                s.device.clone(),
+                s.messages.to_string(),
+                s.duplicates.to_string(),
+                missing,
+                s.lost.to_string(),
+            ]
+        })
+        .collect();
+    l.table(
+        &[150.0, 80.0, 80.0, 80.0, 80.0],
+        &["设备", "消息数", "重复（已剔除）", "缺失", "声明丢失"],
+        &rows,
+    );
     finish(l, title, font)
 }
