@@ -518,89 +518,60 @@ async fn report(
     Path(kind): Path<String>,
     Query(q): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    use crate::report::{annual, compliance, pdf, tables};
-    let format = q.format.clone().unwrap_or_else(|| "json".into());
-    if !matches!(format.as_str(), "json" | "csv" | "pdf") {
-        return Err(ApiError::BadRequest(format!(
-            "unknown format `{format}`: json, csv or pdf"
-        )));
-    }
+    use crate::report::{annual, compliance, document, pdf, savings, tables, Format};
+    let asked = q.format.clone().unwrap_or_else(|| "json".into());
+    let format = Format::parse(&asked).ok_or_else(|| {
+        ApiError::BadRequest(format!("unknown format `{asked}`: json, csv or pdf"))
+    })?;
     let (plant, reader, now) = (s.plant.clone(), s.reader.clone(), (s.now)());
-    let asked = format.clone();
-    let made = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String), ApiError> {
-        let format = asked;
-        let csv = |figures: Vec<tables::Figure>| -> anyhow::Result<Vec<u8>> {
-            let mut out = Vec::new();
-            tables::write_csv(&figures, &mut out)?;
-            Ok(out)
-        };
-        match kind.as_str() {
-            "annual" => {
-                let year = q
-                    .year
-                    .ok_or_else(|| ApiError::BadRequest("`year` is required".into()))?;
-                let r = annual::build(&plant, &reader, year, now, |_, _| {})?;
-                let name = format!("annual-{year}");
-                Ok(match format.as_str() {
-                    "csv" => (csv(tables::annual_figures(&r))?, name),
-                    "pdf" => (pdf::annual(&r, &plant, &pdf::load_font(None)?.1)?, name),
-                    _ => (
-                        serde_json::to_vec_pretty(&r).map_err(anyhow::Error::from)?,
-                        name,
-                    ),
-                })
-            }
-            "compliance" => {
-                let month = q
-                    .month
-                    .as_deref()
-                    .ok_or_else(|| ApiError::BadRequest("`month` is required".into()))?;
-                let month = crate::report::parse_month(month)
-                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-                let r = compliance::build(&plant, &reader, month, now)?;
-                let name = format!("compliance-{}", r.month);
-                Ok(match format.as_str() {
-                    "csv" => (csv(tables::compliance_figures(&r))?, name),
-                    "pdf" => (pdf::compliance(&r, &pdf::load_font(None)?.1)?, name),
-                    _ => (
-                        serde_json::to_vec_pretty(&r).map_err(anyhow::Error::from)?,
-                        name,
-                    ),
-                })
-            }
-            "savings" => {
-                let unit = q
-                    .unit
-                    .as_deref()
-                    .ok_or_else(|| ApiError::BadRequest("`unit` is required".into()))?;
-                let baseline = month_range("baseline", q.baseline.as_deref())?;
-                let reporting = month_range("reporting", q.reporting.as_deref())?;
-                let r =
-                    crate::report::savings::build(&plant, &reader, unit, baseline, reporting, &[])
+    let (body, name) =
+        tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String), ApiError> {
+            let font = || -> anyhow::Result<krilla::text::Font> { Ok(pdf::load_font(None)?.1) };
+            let required = |v: Option<&str>, what: &str| {
+                v.map(str::to_owned)
+                    .ok_or_else(|| ApiError::BadRequest(format!("`{what}` is required")))
+            };
+            match kind.as_str() {
+                "annual" => {
+                    let year = q
+                        .year
+                        .ok_or_else(|| ApiError::BadRequest("`year` is required".into()))?;
+                    let r = annual::build(&plant, &reader, year, now, |_, _| {})?;
+                    let pdf = |r: &_| pdf::annual(r, &plant, &font()?);
+                    Ok((
+                        document(format, &r, tables::annual_figures, pdf)?,
+                        format!("annual-{year}"),
+                    ))
+                }
+                "compliance" => {
+                    let month = crate::report::parse_month(&required(q.month.as_deref(), "month")?)
+                        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                    let r = compliance::build(&plant, &reader, month, now)?;
+                    let pdf = |r: &_| pdf::compliance(r, &font()?);
+                    let name = format!("compliance-{}", r.month);
+                    Ok((document(format, &r, tables::compliance_figures, pdf)?, name))
+                }
+                "savings" => {
+                    let unit = required(q.unit.as_deref(), "unit")?;
+                    let baseline = month_range("baseline", q.baseline.as_deref())?;
+                    let reporting = month_range("reporting", q.reporting.as_deref())?;
+                    let r = savings::build(&plant, &reader, &unit, baseline, reporting, &[])
                         .map_err(|e| ApiError::BadRequest(format!("{e:#}")))?;
-                let name = format!("savings-{unit}");
-                Ok(match format.as_str() {
-                    "csv" => (csv(tables::savings_figures(&r))?, name),
-                    "pdf" => (pdf::savings(&r, &pdf::load_font(None)?.1)?, name),
-                    _ => (
-                        serde_json::to_vec_pretty(&r).map_err(anyhow::Error::from)?,
-                        name,
-                    ),
-                })
+                    let pdf = |r: &_| pdf::savings(r, &font()?);
+                    Ok((
+                        document(format, &r, tables::savings_figures, pdf)?,
+                        format!("savings-{unit}"),
+                    ))
+                }
+                other => Err(ApiError::NotFound(format!(
+                    "no report `{other}`: annual, compliance or savings"
+                ))),
             }
-            other => Err(ApiError::NotFound(format!(
-                "no report `{other}`: annual, compliance or savings"
-            ))),
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))??;
-    let (body, name) = made;
-    let content_type = match format.as_str() {
-        "csv" => "text/csv; charset=utf-8",
-        "pdf" => "application/pdf",
-        _ => "application/json",
-    };
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+    let content_type = format.content_type();
+    let format = format.extension();
     let disposition = format!("attachment; filename=\"{name}.{format}\"");
     Ok((
         [

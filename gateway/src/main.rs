@@ -1,6 +1,6 @@
 //! ems-gateway: the collector's command line.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -140,7 +140,7 @@ enum ReportKind {
 struct ReportOutput {
     /// json, csv (one row per figure) or pdf (in Chinese).
     #[arg(long, default_value = "json")]
-    format: ReportFormat,
+    format: ems_gateway::report::Format,
     /// For PDF: the CJK font to embed, FILE or FILE:INDEX for a collection (default: the
     /// first of Debian's Noto CJK, WenQuanYi or AR PL fonts found).
     #[arg(long)]
@@ -150,51 +150,34 @@ struct ReportOutput {
     out: Option<PathBuf>,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum ReportFormat {
-    Json,
-    Csv,
-    Pdf,
-}
-
 impl ReportOutput {
     /// The font a PDF needs, found before the long part of a report (none for other formats).
     fn font(&self) -> anyhow::Result<Option<krilla::text::Font>> {
         Ok(match self.format {
-            ReportFormat::Pdf => Some(ems_gateway::report::pdf::load_font(self.font.as_deref())?.1),
+            ems_gateway::report::Format::Pdf => {
+                Some(ems_gateway::report::pdf::load_font(self.font.as_deref())?.1)
+            }
             _ => None,
         })
     }
 
-    fn write(
+    /// Writes `report` in the chosen format, to `--out` (never over a file) or stdout.
+    fn write<R: serde::Serialize>(
         &self,
-        json: &impl serde::Serialize,
-        csv: impl FnOnce() -> Vec<ems_gateway::report::tables::Figure>,
-        pdf: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+        report: &R,
+        figures: impl FnOnce(&R) -> Vec<ems_gateway::report::tables::Figure>,
+        pdf: impl FnOnce(&R) -> anyhow::Result<Vec<u8>>,
     ) -> anyhow::Result<()> {
-        let pdf = match self.format {
-            ReportFormat::Pdf => Some(pdf()?),
-            _ => None,
-        };
-        let mut out: Box<dyn std::io::Write> = match &self.out {
-            Some(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(path)
-                    .with_context(|| format!("cannot create {}", path.display()))?,
-            ),
-            None => Box::new(std::io::stdout().lock()),
-        };
-        match self.format {
-            ReportFormat::Json => {
-                serde_json::to_writer_pretty(&mut out, json)?;
-                writeln!(out)?;
-            }
-            ReportFormat::Csv => ems_gateway::report::tables::write_csv(&csv(), &mut out)?,
-            ReportFormat::Pdf => out.write_all(&pdf.expect("rendered above"))?,
+        let bytes = ems_gateway::report::document(self.format, report, figures, pdf)?;
+        match &self.out {
+            Some(path) => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?
+                .write_all(&bytes)?,
+            None => std::io::stdout().lock().write_all(&bytes)?,
         }
-        out.flush()?;
         Ok(())
     }
 }
@@ -339,8 +322,9 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
                 bar.set_position(done as u64);
             })?;
             bar.finish_and_clear();
-            let pdf = || report::pdf::annual(&r, &plant, font.as_ref().expect("loaded for PDF"));
-            output.write(&r, || report::tables::annual_figures(&r), pdf)
+            let pdf =
+                |r: &_| report::pdf::annual(r, &plant, font.as_ref().expect("loaded for PDF"));
+            output.write(&r, report::tables::annual_figures, pdf)
         }
         ReportKind::Compliance {
             config,
@@ -357,8 +341,8 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
                 month,
                 chrono::Utc::now().timestamp_millis(),
             )?;
-            let pdf = || report::pdf::compliance(&r, font.as_ref().expect("loaded for PDF"));
-            output.write(&r, || report::tables::compliance_figures(&r), pdf)
+            let pdf = |r: &_| report::pdf::compliance(r, font.as_ref().expect("loaded for PDF"));
+            output.write(&r, report::tables::compliance_figures, pdf)
         }
         ReportKind::Savings {
             config,
@@ -390,8 +374,8 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
                 months(&reporting)?,
                 &variables,
             )?;
-            let pdf = || report::pdf::savings(&r, font.as_ref().expect("loaded for PDF"));
-            output.write(&r, || report::tables::savings_figures(&r), pdf)
+            let pdf = |r: &_| report::pdf::savings(r, font.as_ref().expect("loaded for PDF"));
+            output.write(&r, report::tables::savings_figures, pdf)
         }
     }
 }

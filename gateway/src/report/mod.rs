@@ -19,6 +19,65 @@ use crate::store::Reader;
 /// Version of the report JSON: readers check it before reading the figures.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The formats every report comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Json,
+    /// One row per figure ([`tables`]).
+    Csv,
+    /// In Chinese ([`pdf`]).
+    Pdf,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        Some(match s {
+            "json" => Format::Json,
+            "csv" => Format::Csv,
+            "pdf" => Format::Pdf,
+            _ => return None,
+        })
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::Pdf => "pdf",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Pdf => "application/pdf",
+        }
+    }
+}
+
+/// A report as the bytes of `format`: pretty JSON, its `figures` as CSV, or its `pdf`.
+pub fn document<R: serde::Serialize>(
+    format: Format,
+    report: &R,
+    figures: impl FnOnce(&R) -> Vec<tables::Figure>,
+    pdf: impl FnOnce(&R) -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<Vec<u8>> {
+    Ok(match format {
+        Format::Json => {
+            let mut out = serde_json::to_vec_pretty(report)?;
+            out.push(b'\n');
+            out
+        }
+        Format::Csv => {
+            let mut out = Vec::new();
+            tables::write_csv(&figures(report), &mut out)?;
+            out
+        }
+        Format::Pdf => pdf(report)?,
+    })
+}
+
 /// A unit's figures for each of `periods`, from the stored slots.
 pub fn unit_figures(
     plant: &Plant,

@@ -246,30 +246,7 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
         .collect();
     l.table(&widths, &header, &meter_rows);
     l.paragraph(BODY, "设备序列号台账");
-    let seq_rows: Vec<Vec<String>> = r
-        .data_quality
-        .sequence
-        .iter()
-        .map(|s| {
-            let missing = if s.missing > 0 {
-                format!("!{}", s.missing)
-            } else {
-                "0".into()
-            };
-            vec![
-                s.device.clone(),
-                s.messages.to_string(),
-                s.duplicates.to_string(),
-                missing,
-                s.lost.to_string(),
-            ]
-        })
-        .collect();
-    l.table(
-        &[150.0, 80.0, 80.0, 80.0, 80.0],
-        &["设备", "消息数", "重复（已剔除）", "缺失", "声明丢失"],
-        &seq_rows,
-    );
+    l.sequence_table(&r.data_quality.sequence);
     let worst = r
         .data_quality
         .daily_vs_monthly

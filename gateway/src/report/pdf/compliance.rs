@@ -135,30 +135,7 @@ pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> 
         })
         .collect();
     l.table(&[220.0, 100.0], &["计量点", "本月完整率"], &rows);
-    let rows: Vec<Vec<String>> = r
-        .data_quality
-        .sequence
-        .iter()
-        .map(|s| {
-            let missing = if s.missing > 0 {
-                format!("!{}", s.missing)
-            } else {
-                "0".into()
-            };
-            vec![
-                s.device.clone(),
-                s.messages.to_string(),
-                s.duplicates.to_string(),
-                missing,
-                s.lost.to_string(),
-            ]
-        })
-        .collect();
-    l.table(
-        &[150.0, 80.0, 80.0, 80.0, 80.0],
-        &["设备", "消息数", "重复（已剔除）", "缺失", "声明丢失"],
-        &rows,
-    );
+    l.sequence_table(&r.data_quality.sequence);
     for d in &r.data_quality.daily_vs_monthly {
         l.paragraph(
             BODY,

@@ -212,6 +212,32 @@ impl Layout {
         self.y += 6.0;
     }
 
+    /// The devices' sequence ledgers, missing numbers in red: every report's last table.
+    fn sequence_table(&mut self, ledgers: &[crate::report::annual::SequenceQuality]) {
+        let rows: Vec<Vec<String>> = ledgers
+            .iter()
+            .map(|s| {
+                let missing = if s.missing > 0 {
+                    format!("!{}", s.missing)
+                } else {
+                    "0".into()
+                };
+                vec![
+                    s.device.clone(),
+                    s.messages.to_string(),
+                    s.duplicates.to_string(),
+                    missing,
+                    s.lost.to_string(),
+                ]
+            })
+            .collect();
+        self.table(
+            &[150.0, 80.0, 80.0, 80.0, 80.0],
+            &["设备", "消息数", "重复（已剔除）", "缺失", "声明丢失"],
+            &rows,
+        );
+    }
+
     /// A bar chart of `values` labelled below, with horizontal reference lines (label, value).
     fn bar_chart(
         &mut self,

@@ -170,29 +170,6 @@ pub fn savings(r: &SavingsReport, font: &Font) -> anyhow::Result<Vec<u8>> {
         &["计量点", "最低月完整率", "低于 90% 的月份"],
         &rows,
     );
-    let rows: Vec<Vec<String>> = r
-        .data_quality
-        .sequence
-        .iter()
-        .map(|s| {
-            let missing = if s.missing > 0 {
-                format!("!{}", s.missing)
-            } else {
-                "0".into()
-            };
-            vec![
-                s.device.clone(),
-                s.messages.to_string(),
-                s.duplicates.to_string(),
-                missing,
-                s.lost.to_string(),
-            ]
-        })
-        .collect();
-    l.table(
-        &[150.0, 80.0, 80.0, 80.0, 80.0],
-        &["设备", "消息数", "重复（已剔除）", "缺失", "声明丢失"],
-        &rows,
-    );
+    l.sequence_table(&r.data_quality.sequence);
     finish(l, title, font)
 }
