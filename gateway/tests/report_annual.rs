@@ -139,6 +139,18 @@ fn fill_year(store: &mut Store, plant: &Plant) {
     store.write_batch(&batch, &rules, YEAR_START).unwrap();
 }
 
+/// A fresh store in its own directory, holding the year, and the plant it belongs to.
+fn year_in_store(tag: &str) -> (std::path::PathBuf, Plant, Store) {
+    let dir = std::env::temp_dir().join(format!("ems-report-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    let plant = Plant::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
+    let mut store = Store::open(&db).unwrap();
+    fill_year(&mut store, &plant);
+    (dir, plant, store)
+}
+
 /// Raw samples read back from the store: device -> (time, value), in time order.
 fn raw_samples(store: &Store) -> HashMap<String, Vec<(i64, f64)>> {
     let mut csv = Vec::new();
@@ -178,13 +190,7 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn every_figure_of_the_annual_report_is_recomputed_from_raw_samples() {
-    let dir = std::env::temp_dir().join(format!("ems-report-annual-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("gateway.db");
-    let plant = Plant::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
-    let mut store = Store::open(&db).unwrap();
-    fill_year(&mut store, &plant);
+    let (dir, plant, store) = year_in_store("annual");
 
     let now = YEAR_START + 400 * 24 * H;
     let mut steps = Vec::new();
@@ -331,13 +337,7 @@ fn every_figure_of_the_annual_report_is_recomputed_from_raw_samples() {
 
 #[test]
 fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
-    let dir = std::env::temp_dir().join(format!("ems-report-savings-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("gateway.db");
-    let plant = Plant::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
-    let mut store = Store::open(&db).unwrap();
-    fill_year(&mut store, &plant);
+    let (dir, plant, store) = year_in_store("savings");
     let reader = store.reader().unwrap();
     let r = report::savings::build(
         &plant,
@@ -466,13 +466,7 @@ fn poppler(tool: &str, args: &[&str]) -> Vec<u8> {
 
 #[test]
 fn the_pdf_has_its_pages_chinese_text_figures_and_charts() {
-    let dir = std::env::temp_dir().join(format!("ems-report-pdf-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("gateway.db");
-    let plant = Plant::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
-    let mut store = Store::open(&db).unwrap();
-    fill_year(&mut store, &plant);
+    let (dir, plant, store) = year_in_store("pdf");
     let r = report::annual::build(
         &plant,
         &store.reader().unwrap(),
@@ -567,13 +561,7 @@ fn the_pdf_has_its_pages_chinese_text_figures_and_charts() {
 
 #[test]
 fn the_compliance_report_lists_each_day_and_every_exceedance() {
-    let dir = std::env::temp_dir().join(format!("ems-report-compliance-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("gateway.db");
-    let plant = Plant::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
-    let mut store = Store::open(&db).unwrap();
-    fill_year(&mut store, &plant);
+    let (dir, plant, store) = year_in_store("compliance");
     let reader = store.reader().unwrap();
     let r =
         report::compliance::build(&plant, &reader, (2025, 7), YEAR_START + 400 * 24 * H).unwrap();

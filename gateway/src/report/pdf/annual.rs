@@ -203,13 +203,7 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
             .limits
             .first()
             .filter(|j| j.indicator == crate::limits::Figure::KgcePerT)
-            .map(|j| {
-                j.thresholds
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (format!("{}级", i + 1), *t))
-                    .collect()
-            })
+            .map(super::limit_lines)
             .unwrap_or_default();
         l.bar_chart(
             &format!("{} 月度单位产品综合能耗", u.name),

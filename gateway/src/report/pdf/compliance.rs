@@ -75,13 +75,7 @@ pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> 
             .month
             .limits
             .first()
-            .map(|j| {
-                j.thresholds
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (format!("{}级", i + 1), *t))
-                    .collect()
-            })
+            .map(super::limit_lines)
             .unwrap_or_default();
         l.bar_chart(
             &format!("{} 逐日单位产品能耗", u.name),

@@ -337,6 +337,15 @@ fn month_label(start: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A limit's corrected level 1-3 thresholds as a chart's reference lines.
+fn limit_lines(j: &crate::limits::Judgement) -> Vec<(String, f64)> {
+    j.thresholds
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("{}级", i + 1), *t))
+        .collect()
+}
+
 /// Draws laid-out pages into a PDF titled `title`, with `font` embedded (subset).
 fn finish(l: Layout, title: String, font: &Font) -> anyhow::Result<Vec<u8>> {
     let total = l.pages.len();
