@@ -8,6 +8,23 @@ use std::time::Duration;
 
 use ems_tests::*;
 
+/// `ems-gateway report annual --config gateway.toml --year YEAR` with `extra` arguments, in `dir`.
+fn annual_report(dir: &std::path::Path, year: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(bin("ems-gateway"))
+        .args([
+            "report",
+            "annual",
+            "--config",
+            "gateway.toml",
+            "--year",
+            year,
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 /// GET returning status, content type and body bytes.
 fn get_bytes(http: &str, path: &str) -> (u16, String, Vec<u8>) {
     let mut resp = ureq::get(&format!("http://{http}{path}"))
@@ -80,20 +97,7 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
     assert_eq!(units.len(), 5, "every unit of the demo plant");
     let kiln = units.iter().find(|u| u["id"] == "kiln1").unwrap();
     assert!(kiln["year"]["product_t"].as_f64().unwrap() > 0.0);
-    let out = Command::new(bin("ems-gateway"))
-        .args([
-            "report",
-            "annual",
-            "--config",
-            "gateway.toml",
-            "--year",
-            year,
-            "--out",
-            "annual.json",
-        ])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let out = annual_report(d, year, &["--out", "annual.json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -106,20 +110,7 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
         without_the_moment(api.clone(), month)
     );
     // A report already written is never overwritten.
-    let again = Command::new(bin("ems-gateway"))
-        .args([
-            "report",
-            "annual",
-            "--config",
-            "gateway.toml",
-            "--year",
-            year,
-            "--out",
-            "annual.json",
-        ])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let again = annual_report(d, year, &["--out", "annual.json"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("cannot create"));
 
@@ -239,22 +230,7 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
         assert_eq!(got, code, "{path}: {body}");
         assert!(body.contains(says), "{path}: {body}");
     }
-    let bad_font = Command::new(bin("ems-gateway"))
-        .args([
-            "report",
-            "annual",
-            "--config",
-            "gateway.toml",
-            "--year",
-            year,
-            "--format",
-            "pdf",
-            "--font",
-            "/nonexistent.ttf",
-        ])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let bad_font = annual_report(d, year, &["--format", "pdf", "--font", "/nonexistent.ttf"]);
     assert!(!bad_font.status.success());
     assert!(String::from_utf8_lossy(&bad_font.stderr).contains("font /nonexistent.ttf"));
 
