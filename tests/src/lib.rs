@@ -631,11 +631,24 @@ pub fn start_pipeline(dir: &Path, mqtt_port: u16) -> Pipeline {
 pub fn start_pipeline_with(dir: &Path, mqtt_port: u16, gateway_extra: &str) -> Pipeline {
     let (sim, sim_addr) = start_sim(dir, &[]);
     write_gateway_config(dir, mqtt_port);
-    if !gateway_extra.is_empty() {
-        let path = dir.join("gateway.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, format!("{text}\n{gateway_extra}")).unwrap();
+    let path = dir.join("gateway.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    // "Today" on the dashboard and in the API is the gateway's (wall-clock) day, while the
+    // simulator runs four hours behind it. Between the plant's midnight and 04:00 the data
+    // would all be yesterday's, so then the plant keeps UTC days instead: a test of live
+    // figures must not hinge on the hour it happens to run at.
+    let same_day = |offset: chrono::FixedOffset| {
+        let now = chrono::Utc::now();
+        let day = |t: chrono::DateTime<chrono::Utc>| t.with_timezone(&offset).date_naive();
+        day(now - chrono::Duration::hours(4)) == day(now + chrono::Duration::minutes(15))
+    };
+    if !same_day(chrono::FixedOffset::east_opt(8 * 3600).unwrap()) {
+        assert!(same_day(chrono::FixedOffset::east_opt(0).unwrap()));
+        let from = "utc_offset = \"+08:00\"";
+        assert!(text.contains(from), "the example's plant keeps +08:00");
+        text = text.replace(from, "utc_offset = \"+00:00\"");
     }
+    std::fs::write(&path, format!("{text}\n{gateway_extra}")).unwrap();
     let (gateway, http) = start_gateway(dir);
     write_edge_config(dir, &sim_addr, mqtt_port, 100);
     let edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], dir);
