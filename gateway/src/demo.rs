@@ -176,7 +176,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     // About one sample per simulated minute, never faster than ten polls a second.
     site.config.poll_interval_ms = (60_000.0 / opts.speed).clamp(100.0, 1_000.0) as u64;
     for d in &mut site.devices {
-        d.link = sim_addr.to_string();
+        d.link = ems_edge::link::Link::Tcp(sim_addr.to_string());
     }
     let edge_stop = CancellationToken::new();
     let edge = tokio::spawn(ems_edge::run(site, edge_stop.clone()));

@@ -602,6 +602,11 @@ pub struct Pipeline {
 /// stays behind the gateway's clock for four minutes of test), with `faults` (TOML inline tables for `--fault`). Returns
 /// it and its Modbus TCP address.
 pub fn start_sim(dir: &Path, faults: &[&str]) -> (Proc, String) {
+    start_sim_with(dir, faults, &[])
+}
+
+/// [`start_sim`] with `extra` command-line arguments (e.g. `--rtu-pty`).
+pub fn start_sim_with(dir: &Path, faults: &[&str], extra: &[&str]) -> (Proc, String) {
     let start = (chrono::Utc::now() - chrono::Duration::hours(4)).to_rfc3339();
     let mut args = vec![
         "--listen",
@@ -614,6 +619,7 @@ pub fn start_sim(dir: &Path, faults: &[&str]) -> (Proc, String) {
     for f in faults {
         args.extend(["--fault", f]);
     }
+    args.extend(extra);
     let sim = Proc::start(&bin("ems-sim"), &args, dir);
     let addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
     (sim, addr)

@@ -101,7 +101,7 @@ fn edge_probe_reads_a_device_once_and_shows_each_point_with_its_quality() {
         &[
             "probe",
             "--link",
-            &addr,
+            &format!("tcp://{addr}"),
             "--unit-id",
             "14",
             "--profile",

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use ems_config::{ConfigError, Source, Spanned};
 use serde::Deserialize;
 
+use crate::link::Link;
 use crate::profile::{Library, Profile};
 
 /// The site configuration of the demo plant (`ems-sim --scenario demo`).
@@ -90,7 +91,8 @@ pub enum ClockSource {
 pub struct DeviceConfig {
     /// Device name, unique in the site; last level of its data topic.
     pub id: Spanned<String>,
-    /// `tcp://host:port`.
+    /// `tcp://host:port`, or `rtu:///dev/ttyUSB0?baud=9600&parity=even&stop_bits=1&turnaround_ms=0`
+    /// (see [`crate::link`]).
     pub link: Spanned<String>,
     pub unit_id: u8,
     pub profile: Spanned<String>,
@@ -108,7 +110,7 @@ fn default_timeout_ms() -> u64 {
 #[derive(Debug, Clone)]
 pub struct Device {
     pub id: String,
-    pub link: String,
+    pub link: Link,
     pub unit_id: u8,
     pub profile: Profile,
     pub clock: ClockSource,
@@ -160,9 +162,25 @@ impl Site {
                     format!("duplicate device id `{id}`"),
                 ));
             }
-            let Some(link) = d.link.get_ref().strip_prefix("tcp://") else {
-                return Err(src.error_at(d.link.span(), &key("link"), "expected tcp://host:port"));
-            };
+            let link: Link = d
+                .link
+                .get_ref()
+                .parse()
+                .map_err(|e: String| src.error_at(d.link.span(), &key("link"), e))?;
+            // One bus, one set of line settings: two would fight over the port.
+            if let Link::Rtu(line) = &link {
+                let clash = devices.iter().find_map(|other: &Device| match &other.link {
+                    Link::Rtu(o) if o.path == line.path && o != line => Some(other.link.clone()),
+                    _ => None,
+                });
+                if let Some(other) = clash {
+                    return Err(src.error_at(
+                        d.link.span(),
+                        &key("link"),
+                        format!("{} is already used as {other}: one serial port, one set of line settings", line.path.display()),
+                    ));
+                }
+            }
             let Some(profile) = library.get(d.profile.get_ref()) else {
                 let known: Vec<_> = library.names().collect();
                 return Err(src.error_at(
@@ -183,7 +201,7 @@ impl Site {
             }
             devices.push(Device {
                 id: id.clone(),
-                link: link.to_owned(),
+                link,
                 unit_id: d.unit_id,
                 profile: profile.clone(),
                 clock: d.clock,

@@ -5,6 +5,7 @@
 //! disk until the broker has it; [`outbox`] and [`publisher`] deliver at least once. [`run`] wires them together with shutdown as a parameter.
 
 pub mod config;
+pub mod link;
 pub mod metrics;
 pub mod outbox;
 pub mod poller;
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Site;
+use link::Link;
 use poller::{DevicePlan, LinkContext};
 use publisher::{PublishStats, PublisherConfig};
 use seq::SeqStore;
@@ -30,8 +32,8 @@ use seq::SeqStore;
 const CHANNEL_CAPACITY: usize = 10_000;
 
 /// Plans every device (logging its plan) and groups the plans by link.
-pub fn plan_site(site: &Site) -> anyhow::Result<BTreeMap<String, Vec<DevicePlan>>> {
-    let mut links: BTreeMap<String, Vec<DevicePlan>> = BTreeMap::new();
+pub fn plan_site(site: &Site) -> anyhow::Result<BTreeMap<Link, Vec<DevicePlan>>> {
+    let mut links: BTreeMap<Link, Vec<DevicePlan>> = BTreeMap::new();
     for d in &site.devices {
         let plan =
             DevicePlan::new(d.clone()).with_context(|| format!("cannot plan device {}", d.id))?;

@@ -28,9 +28,9 @@ enum Command {
     },
     /// Read one device once and print every point decoded, with its quality (commissioning).
     Probe {
-        /// Modbus TCP address, host:port.
+        /// tcp://host:port, or rtu:///dev/ttyUSB0?baud=9600&parity=even&stop_bits=1.
         #[arg(long)]
-        link: String,
+        link: ems_edge::link::Link,
         #[arg(long)]
         unit_id: u8,
         /// Profile name (built in, or from --profiles-dir).
@@ -97,7 +97,7 @@ async fn run() -> anyhow::Result<()> {
             let plan = ems_edge::poller::DevicePlan::new(device)?;
             println!("{} unit {unit_id}: {}", link, plan.summary());
             let mut ctx =
-                ems_edge::poller::connect(&link, std::time::Duration::from_millis(timeout_ms))
+                ems_edge::link::connect(&link, std::time::Duration::from_millis(timeout_ms))
                     .await?;
             let reading = ems_edge::poller::read_device(&mut ctx, &plan).await;
             if let Some(clock) = reading.device_clock_ms {

@@ -9,24 +9,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ems_core::plan::{plan, LinkCost, PlanError, Span};
+use ems_core::plan::{plan, PlanError, Span};
 use ems_core::wire::{topic, PointValue, Telemetry, PROTOCOL_VERSION};
 use ems_core::{decode, Quality};
 use tokio::sync::mpsc;
-use tokio_modbus::client::{Context, Reader as _};
-use tokio_modbus::prelude::SlaveContext as _;
-use tokio_modbus::Slave;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClockSource, Device};
+use crate::link::{connect, Connection, Failure, Link};
 use crate::metrics::{DeviceLabel, EdgeMetrics, FailureLabel};
 use crate::profile::{PointDef, PointRole, Table};
 use crate::seq::SeqStore;
 use crate::spool::Spool;
-
-/// Round trip assumed for Modbus TCP when planning; bridging any gap within the device limit
-/// is cheaper than a second request at this cost.
-const TCP_ROUND_TRIP_S: f64 = 0.002;
 
 /// One planned read request.
 #[derive(Debug, Clone)]
@@ -53,7 +47,7 @@ impl DevicePlan {
 
     /// Plans around registers the device is known to refuse.
     pub fn with_refused(device: Device, refused: Vec<(Table, Span)>) -> Result<Self, PlanError> {
-        let cost = LinkCost::tcp(TCP_ROUND_TRIP_S);
+        let cost = device.link.cost();
         let mut reads = Vec::new();
         for table in [Table::Holding, Table::Input] {
             let forbidden: Vec<Span> = refused
@@ -155,41 +149,15 @@ pub struct Reading {
     pub shorter: Option<u16>,
 }
 
-async fn read_once(
-    ctx: &mut Context,
-    table: Table,
-    start: u16,
-    len: u16,
-    timeout: Duration,
-) -> Result<Vec<u16>, Failure> {
-    let call = async {
-        match table {
-            Table::Holding => ctx.read_holding_registers(start, len).await,
-            Table::Input => ctx.read_input_registers(start, len).await,
-        }
-    };
-    match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(Ok(regs))) => Ok(regs),
-        Ok(Ok(Err(exception))) => Err(Failure::Device(u8::from(exception))),
-        Ok(Err(e)) => Err(Failure::Link(Quality::Comm, e.to_string())),
-        // A late answer would arrive as the reply to the next request: start afresh.
-        Err(_) => Err(Failure::Link(Quality::Timeout, "no answer in time".into())),
-    }
-}
-
-/// "The device said no" kept apart from "the wire failed".
-enum Failure {
-    Device(u8),
-    Link(Quality, String),
-}
-
 /// Exception 02: illegal data address.
 const ILLEGAL_DATA_ADDRESS: u8 = 2;
 const ILLEGAL_DATA_VALUE: u8 = 3;
 
-pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
+pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
     let profile = &plan.device.profile;
     let mut values: Vec<Result<f64, Quality>> = vec![Err(Quality::Comm); profile.points.len()];
+    // The device stopped answering or the link broke: its remaining reads are skipped.
+    let mut gave_up = false;
     let mut link_failed = false;
     let mut refused = Vec::new();
     let mut shorter = None;
@@ -200,13 +168,16 @@ pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
         .map(|p| p.data_type.registers())
         .max()
         .unwrap_or(1);
-    ctx.set_slave(Slave(plan.device.unit_id));
+    let unit = plan.device.unit_id;
     let timeout = Duration::from_millis(plan.device.timeout_ms);
     for read in &plan.reads {
         if link_failed {
             break;
         }
-        match read_once(ctx, read.table, read.start, read.len, timeout).await {
+        match link
+            .read(unit, read.table, read.start, read.len, timeout)
+            .await
+        {
             Ok(regs) => {
                 for &i in &read.points {
                     values[i] = decode_point(&profile.points[i], read, &regs);
@@ -232,24 +203,23 @@ pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
                         len: p.data_type.registers(),
                         points: vec![i],
                     };
-                    values[i] = match read_once(
-                        ctx,
-                        single.table,
-                        single.start,
-                        single.len,
-                        timeout,
-                    )
-                    .await
+                    values[i] = match link
+                        .read(unit, single.table, single.start, single.len, timeout)
+                        .await
                     {
                         Ok(regs) => decode_point(p, &single, &regs),
                         Err(Failure::Device(code)) => Err(Quality::Exception(code)),
-                        Err(Failure::Link(q, e)) => {
-                            tracing::warn!(device = %plan.device.id, error = %e, start = single.start, "Modbus request failed.");
-                            link_failed = true;
-                            Err(q)
+                        Err(Failure::Link {
+                            quality,
+                            error,
+                            broken,
+                        }) => {
+                            tracing::warn!(device = %plan.device.id, %error, start = single.start, "Modbus request failed.");
+                            (gave_up, link_failed) = (true, broken);
+                            Err(quality)
                         }
                     };
-                    if link_failed {
+                    if gave_up {
                         break;
                     }
                 }
@@ -259,11 +229,15 @@ pub async fn read_device(ctx: &mut Context, plan: &DevicePlan) -> Reading {
                     values[i] = Err(Quality::Exception(code));
                 }
             }
-            Err(Failure::Link(q, e)) => {
-                tracing::warn!(device = %plan.device.id, error = %e, start = read.start, "Modbus request failed.");
-                link_failed = true;
+            Err(Failure::Link {
+                quality,
+                error,
+                broken,
+            }) => {
+                tracing::warn!(device = %plan.device.id, %error, start = read.start, "Modbus request failed.");
+                (gave_up, link_failed) = (true, broken);
                 for &i in &read.points {
-                    values[i] = Err(q);
+                    values[i] = Err(quality);
                 }
             }
         }
@@ -363,12 +337,12 @@ pub struct LinkContext {
 
 /// Polls every device of one link each interval until `shutdown`.
 pub async fn run_link(
-    link: String,
+    link: Link,
     mut plans: Vec<DevicePlan>,
     lc: LinkContext,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut ctx: Option<Context> = None;
+    let mut ctx: Option<Connection> = None;
     let mut backoffs = vec![Backoff::default(); plans.len()];
     let mut tick = tokio::time::interval(lc.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -391,7 +365,7 @@ pub async fn run_link(
                     Ok(c) => ctx = Some(c),
                     Err(e) => {
                         unreachable = true;
-                        tracing::warn!(link = %link, error = %e, "Cannot connect; marking its devices.")
+                        tracing::warn!(link = %link, error = format!("{e:#}"), "Cannot connect; marking its devices.")
                     }
                 }
             }
@@ -538,18 +512,6 @@ fn unreachable_reading(plan: &DevicePlan) -> Reading {
     }
 }
 
-pub async fn connect(link: &str, timeout: Duration) -> anyhow::Result<Context> {
-    let addr = tokio::net::lookup_host(link)
-        .await
-        .with_context(|| format!("cannot resolve {link}"))?
-        .next()
-        .with_context(|| format!("{link} resolves to nothing"))?;
-    let ctx = tokio::time::timeout(timeout, tokio_modbus::client::tcp::connect(addr))
-        .await
-        .with_context(|| format!("connecting to {link} timed out"))??;
-    Ok(ctx)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,7 +520,7 @@ mod tests {
     fn device() -> Device {
         Device {
             id: "m".into(),
-            link: "127.0.0.1:1".into(),
+            link: Link::Tcp("127.0.0.1:1".into()),
             unit_id: 1,
             profile: Library::built_in()
                 .get("ems-sim-totalizer")
@@ -592,6 +554,25 @@ mod tests {
         assert_eq!(
             plan.summary(),
             "1 requests touching 10 registers for 3 points"
+        );
+    }
+
+    #[test]
+    fn the_plan_follows_the_link_a_slow_serial_line_bridges_less() {
+        let mut d = device();
+        d.profile = Library::built_in().get("sdm630").unwrap().clone();
+        let tcp = DevicePlan::new(d.clone()).unwrap();
+        d.link = "rtu:///dev/ttyS0?baud=9600".parse().unwrap();
+        let rtu = DevicePlan::new(d).unwrap();
+        // SDM630: 0x00, 0x06, 0x34, 0x48, 0x4A. Over TCP one read covers them all; at 9600
+        // baud a request costs what 10 registers do, so the 0x08..0x34 gap is not worth it.
+        assert_eq!(
+            tcp.summary(),
+            "1 requests touching 76 registers for 5 points"
+        );
+        assert_eq!(
+            rtu.summary(),
+            "3 requests touching 14 registers for 5 points"
         );
     }
 
