@@ -294,7 +294,8 @@ impl Mosquitto {
         )
     }
 
-    fn with_settings(dir: &Path, extra: &str) -> Mosquitto {
+    /// A broker with `extra` lines in its configuration (after its plain listener on `port`).
+    pub fn with_settings(dir: &Path, extra: &str) -> Mosquitto {
         let port = free_port();
         let conf = dir.join(format!("mosquitto-{port}.conf"));
         // Queue a long gateway outage's worth of messages (the default keeps only 1 000).
@@ -778,4 +779,92 @@ pub fn artifacts_dir(test: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/test-artifacts")
         .join(test)
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA in `dir` (openssl): ca.pem and ca.key, valid two days.
+pub fn make_ca(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ems test CA",
+        ],
+    );
+}
+
+/// A certificate the test CA signs: `{name}.pem` and `{name}.key` (readable by all, so a
+/// broker that drops root can load it), with `extension` (e.g. `subjectAltName=IP:127.0.0.1`).
+pub fn sign_certificate(dir: &Path, name: &str, extension: &str) {
+    let (key, csr, ext, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    std::fs::write(
+        dir.join(&ext),
+        format!("{extension}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o644)).unwrap();
 }

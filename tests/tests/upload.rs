@@ -23,71 +23,6 @@ fn start_receiver(dir: &std::path::Path, listen: &str, out: &str, tls: &[&str]) 
     (p, addr)
 }
 
-/// A CA and a certificate it signs for 127.0.0.1 (openssl): ca.pem, leaf.pem, leaf.key.
-fn make_certificates(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=ems test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
-}
-
 fn record_ids(dir: &std::path::Path, out: &str) -> Vec<String> {
     std::fs::read_to_string(dir.join(out))
         .unwrap_or_default()
@@ -116,7 +51,8 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
     let broker = Mosquitto::start(d);
     write_gateway_config(d, broker.port);
     let (_a, a_addr) = start_receiver(d, "127.0.0.1:0", "a.jsonl", &[]);
-    make_certificates(d);
+    make_ca(d);
+    sign_certificate(d, "leaf", "subjectAltName=IP:127.0.0.1");
     // Endpoint b's address, with nobody listening yet: the platform is down.
     let b_port = free_port();
     let from = (chrono::Utc::now() - chrono::Duration::hours(3)).to_rfc3339();

@@ -63,6 +63,29 @@ pub struct MqttConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// MQTT over TLS: the broker's CA and, for brokers that require them, this edge's
+    /// certificate and key (PEM files).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_file: Spanned<PathBuf>,
+    #[serde(default)]
+    pub client_cert: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub client_key: Option<Spanned<PathBuf>>,
+}
+
+/// The PEM files [`TlsConfig`] names, read at start so that a wrong path stops the agent with
+/// the line that names it rather than a connection that keeps failing.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: Vec<u8>,
+    /// Certificate chain and private key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 fn default_mqtt_port() -> u16 {
@@ -122,6 +145,25 @@ pub struct Device {
 pub struct Site {
     pub config: EdgeConfig,
     pub devices: Vec<Device>,
+    pub tls: Option<TlsFiles>,
+}
+
+fn read_pem(src: &Source, key: &str, path: &Spanned<PathBuf>) -> Result<Vec<u8>, ConfigError> {
+    let bytes = std::fs::read(path.get_ref()).map_err(|e| {
+        src.error_at(
+            path.span(),
+            key,
+            format!("cannot read {}: {e}", path.get_ref().display()),
+        )
+    })?;
+    if !bytes.starts_with(b"-----BEGIN") {
+        return Err(src.error_at(
+            path.span(),
+            key,
+            format!("{} is not a PEM file", path.get_ref().display()),
+        ));
+    }
+    Ok(bytes)
 }
 
 impl Site {
@@ -208,7 +250,27 @@ impl Site {
                 timeout_ms: d.timeout_ms,
             });
         }
-        Ok(Site { config, devices })
+        let tls = match &config.mqtt.tls {
+            None => None,
+            Some(t) => Some(TlsFiles {
+                ca: read_pem(src, "mqtt.tls.ca_file", &t.ca_file)?,
+                client: match (&t.client_cert, &t.client_key) {
+                    (None, None) => None,
+                    (Some(cert), Some(key)) => Some((
+                        read_pem(src, "mqtt.tls.client_cert", cert)?,
+                        read_pem(src, "mqtt.tls.client_key", key)?,
+                    )),
+                    _ => {
+                        return Err(src.error("mqtt.tls", "client_cert and client_key go together"))
+                    }
+                },
+            }),
+        };
+        Ok(Site {
+            config,
+            devices,
+            tls,
+        })
     }
 }
 
@@ -229,6 +291,20 @@ mod tests {
                 Site::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
             assert!(!site.devices.is_empty());
         }
+    }
+
+    #[test]
+    fn a_missing_tls_file_names_its_line_and_key() {
+        let text = "site = \"s\"\nedge_id = \"e\"\ndata_dir = \"/tmp\"\n[mqtt]\nhost = \"h\"\n[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"\n\n[[devices]]\nid = \"m1\"\nlink = \"tcp://127.0.0.1:502\"\nunit_id = 1\nprofile = \"dtsu666\"\n";
+        let msg = Site::from_source(&Source::embedded("edge.toml", text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with(
+                "edge.toml:7:11: key `mqtt.tls.ca_file`: cannot read /nonexistent/ca.pem"
+            ),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
     let publisher = tokio::spawn(publisher::run(
         PublisherConfig {
             mqtt: cfg.mqtt.clone(),
+            tls: site.tls.clone(),
             site: cfg.site.clone(),
             edge: cfg.edge_id.clone(),
             devices: site.devices.iter().map(|d| d.id.clone()).collect(),

@@ -13,7 +13,7 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, TlsFiles};
 use crate::metrics::EdgeMetrics;
 use crate::outbox::{Message, Outbox};
 use crate::poller::Handoff;
@@ -29,6 +29,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PublisherConfig {
     pub mqtt: MqttConfig,
+    pub tls: Option<TlsFiles>,
     pub site: String,
     pub edge: String,
     pub devices: Vec<String>,
@@ -95,6 +96,13 @@ pub async fn run(
     opts.set_inflight(MAX_IN_FLIGHT as u16);
     if let (Some(user), Some(pass)) = (&cfg.mqtt.username, &cfg.mqtt.password) {
         opts.set_credentials(user.clone(), pass.clone());
+    }
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(rumqttc::Transport::tls(
+            tls.ca.clone(),
+            tls.client.clone(),
+            None,
+        ));
     }
     let will = status(&cfg, false, None);
     opts.set_last_will(LastWill::new(
