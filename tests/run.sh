@@ -48,13 +48,13 @@ else
   echo "==> no rustup: the no_std build of ems-core for thumbv7em-none-eabihf is NOT checked"
 fi
 
-# --- release builds of the edge for the ARM boards (the aarch64 one is tested under qemu) -------
+# --- the edge as it ships to the ARM boards (profile `edge`; the aarch64 one runs under qemu) ---
 if command -v rustup >/dev/null 2>&1; then
   rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf >/dev/null
 fi
 for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   echo "==> ems-edge release for $target"
-  cargo build --quiet --release -p ems-edge --target "$target"
+  cargo build --quiet --profile edge -p ems-edge --target "$target"
 done
 
 # --- tests: the end-to-end ones start the binaries, so build them first -----------------------

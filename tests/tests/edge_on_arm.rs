@@ -1,4 +1,4 @@
-//! The release build of ems-edge for the aarch64 boards, run under qemu-user against ems-sim and
+//! The build of ems-edge for the aarch64 boards (profile `edge`: size-optimised, as it ships), run under qemu-user against ems-sim and
 //! a real Mosquitto: what it reads arrives at the gateway, every sequence number exactly once.
 
 use std::path::PathBuf;
@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use ems_tests::*;
 
-/// The cross-built release binary (`tests/run.sh` builds it).
+/// The cross-built binary (`tests/run.sh` builds it).
 fn cross_edge(target: &str) -> PathBuf {
     let path = workspace()
         .join("target")
         .join(target)
-        .join("release/ems-edge");
+        .join("edge/ems-edge");
     assert!(
         path.exists(),
-        "{} is missing: `cargo build --release -p ems-edge --target {target}` (tests/run.sh does)",
+        "{} is missing: `cargo build --profile edge -p ems-edge --target {target}` (tests/run.sh does)",
         path.display()
     );
     path

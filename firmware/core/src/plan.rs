@@ -179,6 +179,35 @@ pub fn plan(
     Ok(requests)
 }
 
+/// The fixed-gap planner of common collectors (Telegraf's Modbus input and the like), kept as
+/// the yardstick for [`plan`]: in address order, extend the current request over gaps of at
+/// most `gap` registers while it stays within `max_registers`.
+pub fn greedy(points: &[Span], gap: u32, max_registers: u16) -> Vec<PlannedRequest> {
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by_key(|&i| (points[i].start, points[i].len));
+    let mut out: Vec<PlannedRequest> = Vec::new();
+    for i in order {
+        let p = points[i];
+        if let Some(last) = out.last_mut() {
+            let end = u32::from(last.start) + u32::from(last.len);
+            let new_end = end.max(p.end());
+            if u32::from(p.start) <= end + gap
+                && new_end - u32::from(last.start) <= u32::from(max_registers)
+            {
+                last.len = (new_end - u32::from(last.start)) as u16;
+                last.points.push(i);
+                continue;
+            }
+        }
+        out.push(PlannedRequest {
+            start: p.start,
+            len: p.len,
+            points: alloc::vec![i],
+        });
+    }
+    out
+}
+
 /// Total modelled time of a plan on a link.
 pub fn plan_cost(requests: &[PlannedRequest], cost: LinkCost) -> f64 {
     requests

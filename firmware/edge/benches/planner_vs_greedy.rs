@@ -9,35 +9,8 @@
 //! tools do by default); "best greedy" is the greedy planner at the gap setting that happens to
 //! suit that map and link best, which a user would have to find by hand per device.
 
-use ems_core::plan::{plan, plan_cost, LinkCost, PlannedRequest, Span};
+use ems_core::plan::{greedy, plan, plan_cost, LinkCost, PlannedRequest, Span};
 use ems_edge::profile::{Library, Table};
-
-/// Greedy: in address order, extend the current request over gaps of at most `gap` registers
-/// while it stays within `max`.
-fn greedy(points: &[Span], gap: u32, max: u16) -> Vec<PlannedRequest> {
-    let mut order: Vec<usize> = (0..points.len()).collect();
-    order.sort_by_key(|&i| (points[i].start, points[i].len));
-    let mut out: Vec<PlannedRequest> = Vec::new();
-    for i in order {
-        let p = points[i];
-        if let Some(last) = out.last_mut() {
-            let end = u32::from(last.start) + u32::from(last.len);
-            let new_end = end.max(p.end());
-            if u32::from(p.start) <= end + gap && new_end - u32::from(last.start) <= u32::from(max)
-            {
-                last.len = (new_end - u32::from(last.start)) as u16;
-                last.points.push(i);
-                continue;
-            }
-        }
-        out.push(PlannedRequest {
-            start: p.start,
-            len: p.len,
-            points: vec![i],
-        });
-    }
-    out
-}
 
 fn registers(reqs: &[PlannedRequest]) -> u32 {
     reqs.iter().map(|r| u32::from(r.len)).sum()

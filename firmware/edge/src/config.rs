@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ems_config::{ConfigError, Source, Spanned};
 use serde::Deserialize;
@@ -135,7 +136,7 @@ pub struct Device {
     pub id: String,
     pub link: Link,
     pub unit_id: u8,
-    pub profile: Profile,
+    pub profile: Arc<Profile>,
     pub clock: ClockSource,
     pub timeout_ms: u64,
 }

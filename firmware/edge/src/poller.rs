@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ems_core::plan::{plan, PlanError, Span};
+use ems_core::plan::{plan, PlanError, PlannedRequest, Span};
 use ems_core::wire::{topic, PointValue, Telemetry, PROTOCOL_VERSION};
 use ems_core::{decode, Quality};
 use tokio::sync::mpsc;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClockSource, Device};
 use crate::link::{connect, Connection, Failure, Link};
-use crate::metrics::{DeviceLabel, EdgeMetrics, FailureLabel};
+use crate::metrics::{DeviceLabel, EdgeMetrics, FailureLabel, LinkLabel};
 use crate::profile::{PointDef, PointRole, Table};
 use crate::seq::SeqStore;
 use crate::spool::Spool;
@@ -48,6 +48,19 @@ impl DevicePlan {
     /// Plans around registers the device is known to refuse.
     pub fn with_refused(device: Device, refused: Vec<(Table, Span)>) -> Result<Self, PlanError> {
         let cost = device.link.cost();
+        let max = device.profile.max_registers;
+        DevicePlan::planned_by(device, refused, |spans, forbidden| {
+            plan(spans, cost, max, forbidden)
+        })
+    }
+
+    /// The plan `planner` makes of each register table's points (their spans, and the spans
+    /// refused there); benchmarks compare other planners through this.
+    pub fn planned_by(
+        device: Device,
+        refused: Vec<(Table, Span)>,
+        mut planner: impl FnMut(&[Span], &[Span]) -> Result<Vec<PlannedRequest>, PlanError>,
+    ) -> Result<Self, PlanError> {
         let mut reads = Vec::new();
         for table in [Table::Holding, Table::Input] {
             let forbidden: Vec<Span> = refused
@@ -73,7 +86,7 @@ impl DevicePlan {
                     }
                 })
                 .collect();
-            for r in plan(&spans, cost, device.profile.max_registers, &forbidden)? {
+            for r in planner(&spans, &forbidden)? {
                 reads.push(Read {
                     table,
                     start: r.start,
@@ -344,6 +357,9 @@ pub async fn run_link(
 ) -> anyhow::Result<()> {
     let mut ctx: Option<Connection> = None;
     let mut backoffs = vec![Backoff::default(); plans.len()];
+    let link_label = LinkLabel {
+        link: link.to_string(),
+    };
     let mut tick = tokio::time::interval(lc.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -384,7 +400,7 @@ pub async fn run_link(
             lc.metrics.polls.get_or_create(&label).inc();
             lc.metrics
                 .poll_seconds
-                .get_or_create(&label)
+                .get_or_create(&link_label)
                 .observe(polled.elapsed().as_secs_f64());
             for p in reading.points.iter().filter(|p| p.v.is_none()) {
                 lc.metrics
@@ -430,7 +446,7 @@ pub async fn run_link(
             }
             if let Some(max) = reading.shorter {
                 let mut device = plan.device.clone();
-                device.profile.max_registers = max;
+                std::sync::Arc::make_mut(&mut device.profile).max_registers = max;
                 match DevicePlan::with_refused(device, plan.refused.clone()) {
                     Ok(p) => {
                         tracing::warn!(device = %plan.device.id, max_registers = max, plan = %p.summary(), "Device refuses long requests (exception 03); length limit lowered and replanned.");

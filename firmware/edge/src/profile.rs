@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use ems_config::{ConfigError, Source};
 use ems_core::{DataType, WordOrder};
@@ -163,7 +164,8 @@ impl Profile {
 /// All profiles known to a site: the built-in library plus any from a profiles directory.
 #[derive(Debug, Clone, Default)]
 pub struct Library {
-    profiles: BTreeMap<String, Profile>,
+    /// Shared: thousands of devices of one meter type hold one copy of its map.
+    profiles: BTreeMap<String, Arc<Profile>>,
 }
 
 impl Library {
@@ -201,7 +203,8 @@ impl Library {
             points,
         };
         profile.validate(src)?;
-        self.profiles.insert(profile.name.clone(), profile);
+        self.profiles
+            .insert(profile.name.clone(), Arc::new(profile));
         Ok(())
     }
 
@@ -226,7 +229,7 @@ impl Library {
         Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Option<&Profile> {
+    pub fn get(&self, name: &str) -> Option<&Arc<Profile>> {
         self.profiles.get(name)
     }
 

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 
 /// Most messages handed to the client and not yet acknowledged.
 const MAX_IN_FLIGHT: usize = 100;
+/// Largest packet the edge sends (the gateway takes payloads up to 256 kB).
+const MAX_PACKET: usize = 1 << 20;
 /// Messages read from the spool ahead of sending.
 const WINDOW: usize = 1_000;
 /// How long a shutdown waits for the broker to acknowledge what is still in the outbox.
@@ -94,6 +96,9 @@ pub async fn run(
     // A fresh session every time: the outbox, not the client, decides what is sent again.
     opts.set_clean_session(true);
     opts.set_inflight(MAX_IN_FLIGHT as u16);
+    // rumqttc refuses to send packets over 10 kB by default; the status of an edge with a few
+    // hundred meters is larger, and a refused packet drops the connection over and over.
+    opts.set_max_packet_size(64 * 1024, MAX_PACKET);
     if let (Some(user), Some(pass)) = (&cfg.mqtt.username, &cfg.mqtt.password) {
         opts.set_credentials(user.clone(), pass.clone());
     }

@@ -1,0 +1,302 @@
+//! The edge's polling measured against ems-sim (issue #4's benchmark).
+//!
+//! 1. Poll-cycle time of one meter of each kind in the demo plant, read with our planner's plan,
+//!    with the greedy fixed-gap planner's at gap 0 (no bridging, the usual default) and at its
+//!    best gap for that map and link (by the link's cost model, as a user tuning it would pick):
+//!    over Modbus TCP, and over RTU at 9 600 baud on the simulator's pseudo-terminal (which
+//!    keeps the line's timing). For RTU, the ratio of the measured cycle to the wire-time lower
+//!    bound of our plan (frames and 3.5-character silences at 11 bits a character).
+//! 2. The agent itself (`ems-edge run`, built with the `edge` profile it ships with) polling at
+//!    least 10 000 points over TCP into a private Mosquitto: once every second (resident memory,
+//!    CPU-seconds per 1 000 points), and as fast as the link allows (points per second); each
+//!    run must end with every message acknowledged by the broker.
+//!
+//! `cargo build --release -p ems-sim && cargo build --profile edge -p ems-edge &&
+//! cargo bench -p ems-tests --bench edge_poll`
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ems_core::plan::{greedy, LinkCost};
+use ems_edge::config::Device;
+use ems_edge::link::{connect, Link, Parity, SerialLine};
+use ems_edge::poller::{read_device, DevicePlan};
+use ems_tests::*;
+
+/// Median seconds of a cycle of each plan over `n` rounds (one unmeasured first), the plans
+/// taking turns so that drift and neighbours' load fall on all alike. Panics if a point does not
+/// read good: a fast cycle of failures must not pass for a fast cycle.
+async fn cycles(
+    conn: &mut ems_edge::link::Connection,
+    plans: &[&DevicePlan],
+    n: usize,
+) -> Vec<f64> {
+    let mut times = vec![Vec::with_capacity(n); plans.len()];
+    for round in 0..=n {
+        for (k, plan) in plans.iter().enumerate() {
+            let t = Instant::now();
+            let r = read_device(conn, plan).await;
+            let dt = t.elapsed().as_secs_f64();
+            if let Some(bad) = r.points.iter().find(|p| !p.q.is_good()) {
+                panic!("{}: {} read {}", plan.device.id, bad.id, bad.q);
+            }
+            if round > 0 {
+                times[k].push(dt);
+            }
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
+}
+
+/// One row per plan: requests, registers and the measured cycle.
+fn plans(device: &Device, cost: LinkCost) -> Vec<(String, DevicePlan, f64)> {
+    let max = device.profile.max_registers;
+    let by_gap = |gap: u32| {
+        DevicePlan::planned_by(device.clone(), Vec::new(), |spans, _| {
+            Ok(greedy(spans, gap, max))
+        })
+        .unwrap()
+    };
+    let modelled =
+        |p: &DevicePlan| -> f64 { p.reads.iter().map(|r| cost.request(u32::from(r.len))).sum() };
+    let (best_gap, best) = (0..=u32::from(max))
+        .map(|g| (g, by_gap(g)))
+        .min_by(|a, b| modelled(&a.1).total_cmp(&modelled(&b.1)))
+        .unwrap();
+    let ours = DevicePlan::new(device.clone()).unwrap();
+    vec![
+        ("ours".into(), ours.clone(), modelled(&ours)),
+        (
+            format!("greedy best (gap {best_gap})"),
+            best.clone(),
+            modelled(&best),
+        ),
+        ("greedy gap 0".into(), by_gap(0), modelled(&by_gap(0))),
+    ]
+}
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+/// User plus system CPU seconds of `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after_name.split(' ').collect();
+    // Fields 14 and 15 of stat (utime, stime), counted from the state field (3).
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0);
+    ticks as f64 / hz
+}
+
+/// Runs `ems-edge run` on `devices` (id, profile, unit id) for `secs` at `poll_ms`; returns
+/// points polled, seconds, CPU seconds and the peak resident set (kB).
+fn run_agent(
+    dir: &std::path::Path,
+    sim_addr: &str,
+    mqtt_port: u16,
+    devices: &[(String, String, u8, usize)],
+    poll_ms: u64,
+    secs: u64,
+) -> (u64, f64, f64, u64) {
+    let data = dir.join(format!("edge-{poll_ms}"));
+    let mut toml = format!(
+        "site = \"bench\"\nedge_id = \"edge-{poll_ms}\"\ndata_dir = \"{}\"\npoll_interval_ms = {poll_ms}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\n",
+        data.display()
+    );
+    for (id, profile, unit, _) in devices {
+        toml.push_str(&format!(
+            "[[devices]]\nid = \"{id}\"\nlink = \"tcp://{sim_addr}\"\nunit_id = {unit}\nprofile = \"{profile}\"\n\n"
+        ));
+    }
+    let config = dir.join(format!("edge-{poll_ms}.toml"));
+    std::fs::write(&config, toml).unwrap();
+    // The agent as it ships to the boards.
+    let program = workspace().join("target/edge/ems-edge");
+    assert!(
+        program.exists(),
+        "{} is missing: cargo build --profile edge -p ems-edge",
+        program.display()
+    );
+    let mut edge = Proc::start(
+        &program,
+        &["run", "--config", config.to_str().unwrap()],
+        dir,
+    );
+    let pid = edge.pid();
+    let started = Instant::now();
+    let cpu0 = cpu_seconds(pid);
+    let mut peak_rss = 0;
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(500));
+        peak_rss = peak_rss.max(proc_status(pid, "VmRSS:"));
+    }
+    let cpu = cpu_seconds(pid) - cpu0;
+    let elapsed = started.elapsed().as_secs_f64();
+    peak_rss = peak_rss.max(proc_status(pid, "VmHWM:"));
+    assert!(
+        edge.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        edge.stderr_tail()
+    );
+    // Polled is not enough: everything read must have reached the broker.
+    assert!(
+        edge.stderr().contains("every message was acknowledged"),
+        "{}",
+        edge.stderr_tail()
+    );
+    let seq: BTreeMap<String, u64> =
+        serde_json::from_str(&std::fs::read_to_string(data.join("seq.json")).unwrap()).unwrap();
+    let points: u64 = devices
+        .iter()
+        .map(|(id, _, _, n)| seq.get(id).copied().unwrap_or(0) * *n as u64)
+        .sum();
+    (points, elapsed, cpu, peak_rss)
+}
+
+fn main() {
+    let dir = TempDir::new("edge-poll");
+    let d = dir.path();
+    let (sim, sim_addr) = start_sim_with(d, &[], &["--rtu-pty", "--baud", "9600"]);
+    let pty = sim.wait_line("RTU ", Duration::from_secs(10));
+    let site = ems_edge::Site::load(&workspace().join("firmware/edge/examples/demo.toml")).unwrap();
+    // One meter of each kind.
+    let mut kinds: BTreeMap<String, Device> = BTreeMap::new();
+    for dev in &site.devices {
+        kinds
+            .entry(dev.profile.name.clone())
+            .or_insert_with(|| dev.clone());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // 1. Cycles, TCP and RTU.
+    let links = [
+        (Link::Tcp(sim_addr.clone()), 1_000),
+        (
+            // A pseudo-terminal has no parity: 8N2 keeps the 11 bits a character.
+            Link::Rtu(SerialLine {
+                path: pty.clone().into(),
+                baud: 9_600,
+                parity: Parity::None,
+                stop_bits: 2,
+                turnaround_ms: 0,
+            }),
+            5,
+        ),
+    ];
+    println!(
+        "{:<24} {:<5} {:<22} {:>4} {:>5} {:>10} {:>10} {:>8}",
+        "meter", "link", "planner", "req", "regs", "model ms", "cycle ms", "vs ours"
+    );
+    let mut worst_vs_best: f64 = 0.0;
+    let mut worst_vs_wire: f64 = 0.0;
+    for (link, n) in &links {
+        let kind = if matches!(link, Link::Tcp(_)) {
+            "TCP"
+        } else {
+            "RTU"
+        };
+        let mut conn = rt
+            .block_on(connect(link, Duration::from_secs(2)))
+            .expect("connect to ems-sim");
+        for (name, dev) in &kinds {
+            let mut dev = dev.clone();
+            dev.link = link.clone();
+            dev.timeout_ms = 2_000;
+            let rows = plans(&dev, link.cost());
+            let plan_refs: Vec<&DevicePlan> = rows.iter().map(|r| &r.1).collect();
+            let measured = rt.block_on(cycles(&mut conn, &plan_refs, *n));
+            let ours_cycle = measured[0];
+            worst_vs_best = worst_vs_best.max(ours_cycle / measured[1]);
+            for ((planner, plan, model), c) in rows.iter().zip(&measured) {
+                let regs: u32 = plan.reads.iter().map(|r| u32::from(r.len)).sum();
+                println!(
+                    "{:<24} {:<5} {:<22} {:>4} {:>5} {:>10.3} {:>10.3} {:>7.2}x",
+                    name,
+                    kind,
+                    planner,
+                    plan.reads.len(),
+                    regs,
+                    model * 1e3,
+                    c * 1e3,
+                    c / ours_cycle
+                );
+            }
+            if let Link::Rtu(_) = link {
+                let ours = &rows[0].1;
+                let wire_cost = LinkCost::rtu(9_600, 0.0);
+                let wire: f64 = ours
+                    .reads
+                    .iter()
+                    .map(|r| wire_cost.request(u32::from(r.len)))
+                    .sum();
+                worst_vs_wire = worst_vs_wire.max(ours_cycle / wire);
+                println!(
+                    "{:<24} RTU   wire-time lower bound {:.3} ms: measured {:.3}x",
+                    name,
+                    wire * 1e3,
+                    ours_cycle / wire
+                );
+            }
+        }
+    }
+    println!(
+        "measured: ours / greedy at its best gap, worst {worst_vs_best:.3}x; RTU cycle / wire-time lower bound, worst {worst_vs_wire:.3}x"
+    );
+
+    // 2. The agent with 10 000 points.
+    let broker = Mosquitto::start(d);
+    let mut devices = Vec::new();
+    let mut total = 0;
+    'fill: for k in 0.. {
+        for dev in &site.devices {
+            let n = dev
+                .profile
+                .points
+                .iter()
+                .filter(|p| p.role != ems_edge::profile::PointRole::Clock)
+                .count();
+            devices.push((
+                format!("{}-{k}", dev.id),
+                dev.profile.name.clone(),
+                dev.unit_id,
+                n,
+            ));
+            total += n;
+            if total >= 10_000 {
+                break 'fill;
+            }
+        }
+    }
+    for (poll_ms, what) in [(1_000, "every second"), (10, "as fast as the link allows")] {
+        let (points, secs, cpu, rss) = run_agent(d, &sim_addr, broker.port, &devices, poll_ms, 30);
+        println!(
+            "ems-edge, {} devices, {total} points, polled {what}: {:.0} points/s, {:.3} CPU-s per 1000 points, peak RSS {:.1} MB",
+            devices.len(),
+            points as f64 / secs,
+            cpu / (points as f64 / 1000.0),
+            rss as f64 / 1024.0
+        );
+    }
+}
