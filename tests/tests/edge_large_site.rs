@@ -1,0 +1,47 @@
+//! A large site: 900 meters behind one edge. Its retained status (which lists every meter) is
+//! far beyond the 10 kB an MQTT client library allows by default; the edge must still connect,
+//! publish and have every reading acknowledged by the broker.
+
+use std::time::Duration;
+
+use ems_tests::*;
+
+#[test]
+fn an_edge_with_nine_hundred_meters_delivers_everything() {
+    let dir = TempDir::new("large-site");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let (mut sim, sim_addr) = start_sim(d, &[]);
+    write_edge_config(d, &sim_addr, broker.port, 500);
+    // The demo plant's 30 meters, each configured thirty times under its own id.
+    let path = d.join("edge.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let first = text.find("[[devices]]").unwrap();
+    let (head, devices) = text.split_at(first);
+    let mut site = head.to_owned();
+    for copy in 0..30 {
+        site.push_str(&devices.replace("\nid = \"", &format!("\nid = \"c{copy}-")));
+        site.push('\n');
+    }
+    assert_eq!(site.matches("[[devices]]").count(), 900);
+    std::fs::write(&path, site).unwrap();
+
+    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        edge.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        edge.stderr_tail()
+    );
+    let log = edge.stderr();
+    assert!(!log.contains("connection lost"), "{}", edge.stderr_tail());
+    assert!(
+        log.contains("Stopped; every message was acknowledged."),
+        "{}",
+        edge.stderr_tail()
+    );
+    let seq = edge_sequence_numbers(d);
+    assert_eq!(seq.len(), 900);
+    assert!(seq.values().all(|&n| n >= 3), "every meter polled: {seq:?}");
+    assert!(sim.terminate(Duration::from_secs(10)).success());
+}
