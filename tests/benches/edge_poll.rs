@@ -201,6 +201,7 @@ fn main() {
                 parity: Parity::None,
                 stop_bits: 2,
                 turnaround_ms: 0,
+                de: None,
             }),
             5,
         ),

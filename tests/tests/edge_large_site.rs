@@ -1,6 +1,7 @@
 //! A large site: 900 meters behind one edge. Its retained status (which lists every meter) is
 //! far beyond the 10 kB an MQTT client library allows by default; the edge must still connect,
-//! publish and have every reading acknowledged by the broker.
+//! publish and have every reading acknowledged by the broker. The board's watchdog is fed while
+//! the agent runs and disarmed when it stops cleanly.
 
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ fn an_edge_with_nine_hundred_meters_delivers_everything() {
         site.push('\n');
     }
     assert_eq!(site.matches("[[devices]]").count(), 900);
+    // The board's watchdog: a plain file stands in for /dev/watchdog (each write feeds it).
+    std::fs::write(d.join("watchdog"), b"").unwrap();
+    site.push_str("[board]\nwatchdog = \"watchdog\"\nhang_after_s = 30\n");
     std::fs::write(&path, site).unwrap();
 
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
@@ -40,6 +44,10 @@ fn an_edge_with_nine_hundred_meters_delivers_everything() {
         "{}",
         edge.stderr_tail()
     );
+    // Fed about once a second while it ran, then disarmed by the clean stop.
+    let fed = std::fs::read(d.join("watchdog")).unwrap();
+    assert!(fed.len() >= 4 && fed.ends_with(b"V"), "{fed:?}");
+    assert!(fed[..fed.len() - 1].iter().all(|&b| b == 0), "{fed:?}");
     let seq = edge_sequence_numbers(d);
     assert_eq!(seq.len(), 900);
     assert!(seq.values().all(|&n| n >= 3), "every meter polled: {seq:?}");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ems_config::{ConfigError, Source, Spanned};
 use serde::Deserialize;
 
+use crate::board::GpioLine;
 use crate::link::Link;
 use crate::profile::{Library, Profile};
 
@@ -41,6 +42,40 @@ pub struct EdgeConfig {
     #[serde(default)]
     pub spool: crate::spool::SpoolConfig,
     pub devices: Vec<DeviceConfig>,
+    /// The board's LEDs and watchdog (absent: none driven).
+    #[serde(default)]
+    pub board: Option<BoardConfig>,
+}
+
+/// `[board]`: GPIO lines as `/dev/gpiochipN:LINE`, the watchdog as a device path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardConfig {
+    /// Blinks while every link completes its cycles and the publisher runs.
+    #[serde(default)]
+    pub run_led: Option<Spanned<String>>,
+    /// Lit while a device keeps failing or the broker is out of reach.
+    #[serde(default)]
+    pub fault_led: Option<Spanned<String>>,
+    /// Fed while the agent is alive (e.g. "/dev/watchdog"); disarmed on a clean stop.
+    #[serde(default)]
+    pub watchdog: Option<PathBuf>,
+    /// The agent counts as hung when a link or the publisher shows no progress this long.
+    #[serde(default = "default_hang_after_s")]
+    pub hang_after_s: u64,
+}
+
+fn default_hang_after_s() -> u64 {
+    60
+}
+
+/// The board's outputs, checked.
+#[derive(Debug, Clone)]
+pub struct BoardSpec {
+    pub run_led: Option<GpioLine>,
+    pub fault_led: Option<GpioLine>,
+    pub watchdog: Option<PathBuf>,
+    pub hang_after: std::time::Duration,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -147,6 +182,7 @@ pub struct Site {
     pub config: EdgeConfig,
     pub devices: Vec<Device>,
     pub tls: Option<TlsFiles>,
+    pub board: Option<BoardSpec>,
 }
 
 fn read_pem(src: &Source, key: &str, path: &Spanned<PathBuf>) -> Result<Vec<u8>, ConfigError> {
@@ -267,10 +303,31 @@ impl Site {
                 },
             }),
         };
+        let board = match &config.board {
+            None => None,
+            Some(b) => {
+                let line = |key: &str, v: &Option<Spanned<String>>| {
+                    v.as_ref()
+                        .map(|v| {
+                            v.get_ref()
+                                .parse::<GpioLine>()
+                                .map_err(|e| src.error_at(v.span(), key, e))
+                        })
+                        .transpose()
+                };
+                Some(BoardSpec {
+                    run_led: line("board.run_led", &b.run_led)?,
+                    fault_led: line("board.fault_led", &b.fault_led)?,
+                    watchdog: b.watchdog.clone(),
+                    hang_after: std::time::Duration::from_secs(b.hang_after_s.max(1)),
+                })
+            }
+        };
         Ok(Site {
             config,
             devices,
             tls,
+            board,
         })
     }
 }
@@ -303,6 +360,20 @@ mod tests {
         assert!(
             msg.starts_with(
                 "edge.toml:7:11: key `mqtt.tls.ca_file`: cannot read /nonexistent/ca.pem"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_bad_gpio_line_names_its_line_and_key() {
+        let text = "site = \"s\"\nedge_id = \"e\"\ndata_dir = \"/tmp\"\n[mqtt]\nhost = \"h\"\n[board]\nrun_led = \"gpio17\"\n\n[[devices]]\nid = \"m1\"\nlink = \"tcp://127.0.0.1:502\"\nunit_id = 1\nprofile = \"dtsu666\"\n";
+        let msg = Site::from_source(&Source::embedded("edge.toml", text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with(
+                "edge.toml:7:11: key `board.run_led`: `gpio17`: expected /dev/gpiochipN:LINE"
             ),
             "{msg}"
         );

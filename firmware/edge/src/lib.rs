@@ -4,6 +4,7 @@
 //! ems-core's planner; [`seq`] keeps sequence numbers durable; [`spool`] keeps every result on
 //! disk until the broker has it; [`outbox`] and [`publisher`] deliver at least once. [`run`] wires them together with shutdown as a parameter.
 
+pub mod board;
 pub mod config;
 pub mod link;
 pub mod metrics;
@@ -72,6 +73,18 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
         }
         None => None,
     };
+    // One heartbeat per link, and the publisher's last.
+    let heartbeats = board::Heartbeats::new(links.len() + 1);
+    let supervisor = match &site.board {
+        Some(spec) => Some(tokio::spawn(board::supervise(
+            board::Board::open(spec)?,
+            heartbeats.clone(),
+            spec.hang_after,
+            metrics.clone(),
+            shutdown.clone(),
+        ))),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let publisher = tokio::spawn(publisher::run(
         PublisherConfig {
@@ -80,14 +93,16 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
             site: cfg.site.clone(),
             edge: cfg.edge_id.clone(),
             devices: site.devices.iter().map(|d| d.id.clone()).collect(),
+            heartbeat: (heartbeats.clone(), links.len()),
         },
         spool.clone(),
         rx,
         metrics.clone(),
     ));
     let mut pollers = Vec::new();
-    for (link, plans) in links {
+    for (i, (link, plans)) in links.into_iter().enumerate() {
         let lc = LinkContext {
+            heartbeat: (heartbeats.clone(), i),
             site: cfg.site.clone(),
             edge: cfg.edge_id.clone(),
             interval: Duration::from_millis(cfg.poll_interval_ms),
@@ -115,6 +130,10 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
         }
     }
     let stats = publisher.await.context("publisher panicked")?;
+    if let Some(s) = supervisor {
+        shutdown.cancel();
+        s.await.context("board supervisor panicked")??;
+    }
     if let Some(server) = metrics_server {
         shutdown.cancel();
         server.await.context("metrics server panicked")??;

@@ -5,7 +5,8 @@
 //! - `rtu:///dev/ttyUSB0?baud=9600&parity=even&stop_bits=1&turnaround_ms=0`: one bus, one
 //!   transaction at a time on it, each request sent only after the line has been silent for
 //!   3.5 characters (1.75 ms above 19 200 baud, as the Modbus serial line specification says)
-//!   plus the configured turnaround gap that slow devices need between frames.
+//!   plus the configured turnaround gap that slow devices need between frames; `de=/dev/gpiochip0:22`
+//!   names the GPIO line that enables the RS-485 driver of a half-duplex adapter.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use tokio_modbus::client::{Context, Reader as _};
 use tokio_modbus::prelude::SlaveContext as _;
 use tokio_modbus::Slave;
 
+use crate::board::{DirectionControlled, GpioLine};
 use crate::profile::Table;
 
 /// Round trip assumed for Modbus TCP when planning; bridging any gap within the device limit
@@ -40,6 +42,9 @@ pub struct SerialLine {
     pub stop_bits: u8,
     /// Extra silence after each answer before the next request, for devices that need it.
     pub turnaround_ms: u32,
+    /// The GPIO line that enables the RS-485 driver of a half-duplex adapter, if it is not
+    /// switched by the adapter or the kernel itself.
+    pub de: Option<GpioLine>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +55,11 @@ pub enum Parity {
 }
 
 impl SerialLine {
+    /// One character on the wire.
+    pub fn char_time(&self) -> Duration {
+        Duration::from_secs_f64(f64::from(self.bits_per_char()) / f64::from(self.baud))
+    }
+
     /// Bits on the wire per character: start, 8 data, parity, stop.
     fn bits_per_char(&self) -> u32 {
         1 + 8 + u32::from(self.parity != Parity::None) + u32::from(self.stop_bits)
@@ -93,7 +103,11 @@ impl fmt::Display for Link {
                     l.baud,
                     l.stop_bits,
                     l.turnaround_ms
-                )
+                )?;
+                match &l.de {
+                    Some(de) => write!(f, "&de={de}"),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -127,6 +141,7 @@ impl FromStr for Link {
             parity: Parity::Even,
             stop_bits: 1,
             turnaround_ms: 0,
+            de: None,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair
@@ -151,9 +166,10 @@ impl FromStr for Link {
                         .ok_or_else(bad)?
                 }
                 "turnaround_ms" => line.turnaround_ms = v.parse().map_err(|_| bad())?,
+                "de" => line.de = Some(v.parse()?),
                 _ => {
                     return Err(format!(
-                        "unknown setting `{k}`; known: baud, parity, stop_bits, turnaround_ms"
+                        "unknown setting `{k}`; known: baud, parity, stop_bits, turnaround_ms, de"
                     ))
                 }
             }
@@ -288,9 +304,18 @@ pub async fn connect(link: &Link, timeout: Duration) -> anyhow::Result<Connectio
             }
             port.discard_buffers()
                 .with_context(|| format!("cannot flush {path}"))?;
+            let serial = Some(port.try_clone()?);
+            let ctx = match &line.de {
+                None => tokio_modbus::client::rtu::attach(port),
+                Some(de) => tokio_modbus::client::rtu::attach(DirectionControlled::new(
+                    port,
+                    de.open()?,
+                    line.char_time(),
+                )?),
+            };
             Ok(Connection {
-                serial: Some(port.try_clone()?),
-                ctx: tokio_modbus::client::rtu::attach(port),
+                serial,
+                ctx,
                 silence: line.silent_interval(),
                 quiet_since: Instant::now(),
             })
@@ -313,7 +338,7 @@ mod tests {
             (9_600, Parity::Even, 1, 0),
             "Modbus's default line: 9600 8E1"
         );
-        let full = "rtu:///dev/ttyS1?baud=19200&parity=none&stop_bits=2&turnaround_ms=5";
+        let full = "rtu:///dev/ttyS1?baud=19200&parity=none&stop_bits=2&turnaround_ms=5&de=/dev/gpiochip0:22";
         assert_eq!(full.parse::<Link>().unwrap().to_string(), full);
         for bad in [
             "udp://x:1",
@@ -323,6 +348,7 @@ mod tests {
             "rtu:///dev/ttyS1?parity=mark",
             "rtu:///dev/ttyS1?stop_bits=3",
             "rtu:///dev/ttyS1?speed=9600",
+            "rtu:///dev/ttyS1?de=22",
         ] {
             assert!(bad.parse::<Link>().is_err(), "{bad}");
         }
@@ -336,6 +362,7 @@ mod tests {
             parity: Parity::Even,
             stop_bits: 1,
             turnaround_ms,
+            de: None,
         };
         // 9600 8E1: 11 bits a character, 3.5 characters = 38.5 bits = 4.0104 ms.
         let t = line(9_600, 0).silent_interval().as_secs_f64();

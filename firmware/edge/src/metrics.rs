@@ -39,6 +39,8 @@ pub struct EdgeMetrics {
     pub requests: Counter,
     pub point_failures: Family<FailureLabel, Counter>,
     pub devices_backing_off: Gauge,
+    /// 1 while the broker connection is up.
+    pub broker_connected: Gauge,
     pub spool_depth: Gauge,
     pub spool_dropped: Gauge,
     pub delivered: Counter,
@@ -57,6 +59,7 @@ impl Default for EdgeMetrics {
             requests: Counter::default(),
             point_failures: Family::default(),
             devices_backing_off: Gauge::default(),
+            broker_connected: Gauge::default(),
             spool_depth: Gauge::default(),
             spool_dropped: Gauge::default(),
             delivered: Counter::default(),
@@ -82,6 +85,11 @@ impl Default for EdgeMetrics {
             "devices_backing_off",
             "Devices polled less often because they keep failing",
             m.devices_backing_off.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "1 while the MQTT connection to the broker is up",
+            m.broker_connected.clone(),
         );
         registry.register(
             "spool_depth",

@@ -346,6 +346,8 @@ pub struct LinkContext {
     pub seq: Arc<Mutex<SeqStore>>,
     pub spool: Arc<Mutex<Spool>>,
     pub out: mpsc::Sender<Handoff>,
+    /// Where this link shows it completes its cycles (the board's watchdog supervisor watches).
+    pub heartbeat: (Arc<crate::board::Heartbeats>, usize),
 }
 
 /// Polls every device of one link each interval until `shutdown`.
@@ -499,6 +501,7 @@ pub async fn run_link(
                 return Ok(());
             }
         }
+        lc.heartbeat.0.beat(lc.heartbeat.1);
         match lc.out.try_send(Handoff::Spooled) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),

@@ -13,6 +13,7 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::board::Heartbeats;
 use crate::config::{MqttConfig, TlsFiles};
 use crate::metrics::EdgeMetrics;
 use crate::outbox::{Message, Outbox};
@@ -35,6 +36,8 @@ pub struct PublisherConfig {
     pub site: String,
     pub edge: String,
     pub devices: Vec<String>,
+    /// Where the publisher shows it is alive (the board's watchdog supervisor watches).
+    pub heartbeat: (Arc<Heartbeats>, usize),
 }
 
 enum LinkEvent {
@@ -158,6 +161,8 @@ pub async fn run(
     let mut sync_timer = tokio::time::interval(Duration::from_millis(200));
     let mut status_timer = tokio::time::interval(STATUS_EVERY);
     loop {
+        let (beats, me) = &cfg.heartbeat;
+        beats.beat(*me);
         if outbox.queued() < WINDOW / 2 {
             let room = WINDOW - outbox.queued();
             spool(&mut |s| match s.read_next(room) {
@@ -197,6 +202,7 @@ pub async fn run(
                 Some(LinkEvent::Connected) => {
                     tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, "MQTT connected.");
                     connected = true;
+                    metrics.broker_connected.set(1);
                     outbox.on_disconnect();
                     let mut backlog = (0, 0);
                     spool(&mut |s| backlog = (s.depth(), s.dropped));
@@ -204,6 +210,7 @@ pub async fn run(
                 }
                 Some(LinkEvent::Disconnected) => {
                     connected = false;
+                    metrics.broker_connected.set(0);
                     outbox.on_disconnect();
                 }
                 Some(LinkEvent::Sent(pkid)) => outbox.on_outgoing(pkid),
