@@ -37,6 +37,10 @@ pub struct FaultSpec {
     /// short_requests: the most registers one request may ask for.
     #[serde(default)]
     pub registers: Option<u16>,
+    /// short_requests: ignore a longer request (the master times out) instead of answering
+    /// exception 03.
+    #[serde(default)]
+    pub silent: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,8 +85,9 @@ pub enum FaultKind {
     /// The counter reads `magnitude` too high while the fault lasts.
     Spike { magnitude: f64 },
     /// A device (or the gateway in front of it) that takes shorter requests than Modbus allows:
-    /// a read of more than `registers` is answered with exception 03 (illegal data value).
-    ShortRequests { registers: u16 },
+    /// a read of more than `registers` is answered with exception 03 (illegal data value), or
+    /// not at all when `silent`.
+    ShortRequests { registers: u16, silent: bool },
 }
 
 impl FaultKind {
@@ -121,8 +126,17 @@ impl Fault {
             FaultKind::Replace { reading } => format!("meter replaced, new reading {reading}"),
             FaultKind::Freeze => "values frozen".into(),
             FaultKind::Spike { magnitude } => format!("counter spikes by {magnitude}"),
-            FaultKind::ShortRequests { registers } => {
+            FaultKind::ShortRequests {
+                registers,
+                silent: false,
+            } => {
                 format!("exception 03 for reads of more than {registers} registers")
+            }
+            FaultKind::ShortRequests {
+                registers,
+                silent: true,
+            } => {
+                format!("no answer to reads of more than {registers} registers")
             }
         }
     }
@@ -169,6 +183,7 @@ impl FaultSpec {
                     "registers",
                     "a short_requests fault needs `registers` above zero".to_owned(),
                 ))?,
+                silent: self.silent.unwrap_or(false),
             },
         };
         if !kind.is_instant() && self.for_h <= 0.0 {

@@ -80,11 +80,13 @@ pub fn answer(plant: &Mutex<Plant>, clock: &SimClock, slave: u8, request: &Reque
             }
             FaultKind::Slow { delay_ms } => a.delay = a.delay.max(Duration::from_millis(delay_ms)),
             FaultKind::CorruptFrame { truncate } => a.corrupt = Some(truncate),
-            FaultKind::ShortRequests { registers } => {
+            FaultKind::ShortRequests { registers, silent } => {
                 if let Request::ReadHoldingRegisters(_, n) | Request::ReadInputRegisters(_, n) =
                     *request
                 {
-                    if n > registers {
+                    if n > registers && silent {
+                        a.response = None;
+                    } else if n > registers {
                         a.response = a.response.map(|_| Err(ExceptionCode::IllegalDataValue));
                     }
                 }

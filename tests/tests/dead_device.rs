@@ -125,60 +125,60 @@ fn a_device_that_takes_only_short_requests_gets_a_shorter_plan() {
     let dir = TempDir::new("short");
     let d = dir.path();
     let broker = Mosquitto::start(d);
-    // The blast furnace's power meter answers exception 03 to reads of more than 16 registers
-    // (its profile allows 125, and the planner bridges its map into long reads).
+    // Two power meters take reads of at most 16 registers (their profile allows 125, and the
+    // planner bridges their maps into long reads): the blast furnace's answers longer ones with
+    // exception 03, the reheating furnace's ignores them (a timeout).
     let (mut sim, sim_addr) = start_sim(
         d,
         &[
             r#"{ device = "bf1-power", kind = "short_requests", registers = 16, at_h = 0.0, for_h = 10.0 }"#,
+            r#"{ device = "rhf1-power", kind = "short_requests", registers = 16, silent = true, at_h = 0.0, for_h = 10.0 }"#,
         ],
     );
     write_gateway_config(d, broker.port);
     let (mut gateway, http) = start_gateway(d);
     write_edge_config(d, &sim_addr, broker.port, 100);
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(6));
     assert!(edge.terminate(Duration::from_secs(20)).success());
-    let log = std::fs::read_to_string(
-        std::fs::read_dir(d)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .find(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with("ems-edge-") && name.ends_with(".stderr")
-            })
-            .unwrap()
-            .path(),
-    )
-    .unwrap();
-    assert!(
-        log.contains("length limit lowered") && log.contains("bf1-power"),
-        "the edge says what it learned:\n{}",
-        edge.stderr_tail()
-    );
+    let log = edge.stderr();
+    for (device, shown_by) in [
+        ("bf1-power", "exception 03"),
+        ("rhf1-power", "timeouts on long reads"),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains("length limit lowered")
+                && l.contains(device)
+                && l.contains(shown_by)),
+            "the edge says what it learned of {device}:\n{}",
+            edge.stderr_tail()
+        );
+    }
     let seq = edge_sequence_numbers(d);
     assert_stored_exactly_once(&http, &seq);
-    // After at most a few polls every point of the meter reads good, every poll.
-    let csv = get_text(
-        &http,
-        "/api/v1/samples.csv?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&device=bf1-power",
-    );
-    let mut bad_seqs = BTreeSet::new();
-    let mut seqs = BTreeSet::new();
-    for line in csv.lines().skip(1) {
-        let c: Vec<&str> = line.split(',').collect();
-        let s: u64 = c[1].parse().unwrap();
-        seqs.insert(s);
-        if c[5] != "good" {
-            assert_eq!(c[5], "exception:03", "{line}");
-            bad_seqs.insert(s);
+    // After at most a few polls every point of each meter reads good, every poll.
+    for (device, failed_as) in [("bf1-power", "exception:03"), ("rhf1-power", "timeout")] {
+        let csv = get_text(
+            &http,
+            &format!("/api/v1/samples.csv?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&device={device}"),
+        );
+        let mut bad_seqs = BTreeSet::new();
+        let mut seqs = BTreeSet::new();
+        for line in csv.lines().skip(1) {
+            let c: Vec<&str> = line.split(',').collect();
+            let s: u64 = c[1].parse().unwrap();
+            seqs.insert(s);
+            if c[5] != "good" {
+                assert_eq!(c[5], failed_as, "{line}");
+                bad_seqs.insert(s);
+            }
         }
+        assert!(seqs.len() > 20, "{device}: {} polls", seqs.len());
+        assert!(
+            !bad_seqs.is_empty() && bad_seqs.iter().all(|&s| s <= 3),
+            "{device}: only the first polls fail: {bad_seqs:?}"
+        );
     }
-    assert!(seqs.len() > 20, "{} polls", seqs.len());
-    assert!(
-        !bad_seqs.is_empty() && bad_seqs.iter().all(|&s| s <= 3),
-        "only the first polls fail: {bad_seqs:?}"
-    );
     assert!(gateway.terminate(Duration::from_secs(20)).success());
     assert!(sim.terminate(Duration::from_secs(10)).success());
 }

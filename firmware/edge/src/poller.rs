@@ -158,8 +158,9 @@ pub struct Reading {
     pub link_failed: bool,
     /// Registers found refused in this poll (the plan must avoid them from now on).
     pub refused: Vec<(Table, Span)>,
-    /// The device refused a long read with exception 03: the length limit to plan with now.
-    pub shorter: Option<u16>,
+    /// The device refused a long read (exception 03), or ignored it while answering its first
+    /// half: the length limit to plan with now, and how it showed.
+    pub shorter: Option<(u16, &'static str)>,
 }
 
 /// Exception 02: illegal data address.
@@ -199,7 +200,7 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
             Err(Failure::Device(ILLEGAL_DATA_VALUE)) if read.len > longest => {
                 // The device (or a gateway in front of it) takes shorter requests than its
                 // profile says: halve the limit; the next poll reads with the new plan.
-                shorter = Some((read.len / 2).max(longest));
+                shorter = Some(((read.len / 2).max(longest), "exception 03"));
                 for &i in &read.points {
                     values[i] = Err(Quality::Exception(ILLEGAL_DATA_VALUE));
                 }
@@ -240,6 +241,64 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
             Err(Failure::Device(code)) => {
                 for &i in &read.points {
                     values[i] = Err(Quality::Exception(code));
+                }
+            }
+            Err(Failure::Link {
+                quality: Quality::Timeout,
+                error,
+                broken,
+            }) if read.len > longest => {
+                // Some devices and serial gateways ignore a request longer than they take
+                // instead of answering exception 03. Ask for halves of it from its start, down
+                // to the longest point: if one is answered, the length was the trouble, not
+                // the device.
+                for &i in &read.points {
+                    values[i] = Err(Quality::Timeout);
+                }
+                let mut len = read.len;
+                let answered = loop {
+                    if len <= longest {
+                        break None;
+                    }
+                    len = (len / 2).max(longest);
+                    let part = Read {
+                        table: read.table,
+                        start: read.start,
+                        len,
+                        points: read
+                            .points
+                            .iter()
+                            .copied()
+                            .filter(|&i| {
+                                let p = &profile.points[i];
+                                u32::from(p.address) + u32::from(p.data_type.registers())
+                                    <= u32::from(read.start) + u32::from(len)
+                            })
+                            .collect(),
+                    };
+                    match link
+                        .read(unit, part.table, part.start, part.len, timeout)
+                        .await
+                    {
+                        Ok(regs) => break Some((part, regs)),
+                        Err(Failure::Link {
+                            quality: Quality::Timeout,
+                            ..
+                        }) => continue,
+                        Err(_) => break None,
+                    }
+                };
+                match answered {
+                    Some((part, regs)) => {
+                        shorter = Some((part.len, "timeouts on long reads"));
+                        for &i in &part.points {
+                            values[i] = decode_point(&profile.points[i], &part, &regs);
+                        }
+                    }
+                    None => {
+                        tracing::warn!(device = %plan.device.id, %error, start = read.start, "Modbus request failed.");
+                        (gave_up, link_failed) = (true, broken);
+                    }
                 }
             }
             Err(Failure::Link {
@@ -446,12 +505,12 @@ pub async fn run_link(
                     }
                 }
             }
-            if let Some(max) = reading.shorter {
+            if let Some((max, why)) = reading.shorter {
                 let mut device = plan.device.clone();
                 std::sync::Arc::make_mut(&mut device.profile).max_registers = max;
                 match DevicePlan::with_refused(device, plan.refused.clone()) {
                     Ok(p) => {
-                        tracing::warn!(device = %plan.device.id, max_registers = max, plan = %p.summary(), "Device refuses long requests (exception 03); length limit lowered and replanned.");
+                        tracing::warn!(device = %plan.device.id, max_registers = max, shown_by = why, plan = %p.summary(), "Device refuses long requests; length limit lowered and replanned.");
                         *plan = p;
                     }
                     Err(e) => {
