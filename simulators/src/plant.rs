@@ -456,6 +456,7 @@ mod tests {
             magnitude: None,
             truncate: None,
             registers: None,
+            silent: None,
         }
     }
 
