@@ -170,8 +170,9 @@ const ILLEGAL_DATA_VALUE: u8 = 3;
 pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
     let profile = &plan.device.profile;
     let mut values: Vec<Result<f64, Quality>> = vec![Err(Quality::Comm); profile.points.len()];
-    // The device stopped answering or the link broke: its remaining reads are skipped.
-    let mut gave_up = false;
+    // The device stopped answering or the link broke: its remaining reads are skipped, their
+    // points marked with the failure that stopped them.
+    let mut gave_up: Option<Quality> = None;
     let mut link_failed = false;
     let mut refused = Vec::new();
     let mut shorter = None;
@@ -185,8 +186,11 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
     let unit = plan.device.unit_id;
     let timeout = Duration::from_millis(plan.device.timeout_ms);
     for read in &plan.reads {
-        if link_failed {
-            break;
+        if let Some(q) = gave_up {
+            for &i in &read.points {
+                values[i] = Err(q);
+            }
+            continue;
         }
         match link
             .read(unit, read.table, read.start, read.len, timeout)
@@ -210,6 +214,10 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
                 // own now, and never bridge those registers again.
                 refused.extend(plan.bridged(read).into_iter().map(|s| (read.table, s)));
                 for &i in &read.points {
+                    if let Some(q) = gave_up {
+                        values[i] = Err(q);
+                        continue;
+                    }
                     let p = &profile.points[i];
                     let single = Read {
                         table: read.table,
@@ -229,13 +237,10 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
                             broken,
                         }) => {
                             tracing::warn!(device = %plan.device.id, %error, start = single.start, "Modbus request failed.");
-                            (gave_up, link_failed) = (true, broken);
+                            (gave_up, link_failed) = (Some(quality), broken);
                             Err(quality)
                         }
                     };
-                    if gave_up {
-                        break;
-                    }
                 }
             }
             Err(Failure::Device(code)) => {
@@ -297,7 +302,7 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
                     }
                     None => {
                         tracing::warn!(device = %plan.device.id, %error, start = read.start, "Modbus request failed.");
-                        (gave_up, link_failed) = (true, broken);
+                        (gave_up, link_failed) = (Some(Quality::Timeout), broken);
                     }
                 }
             }
@@ -307,7 +312,7 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
                 broken,
             }) => {
                 tracing::warn!(device = %plan.device.id, %error, start = read.start, "Modbus request failed.");
-                (gave_up, link_failed) = (true, broken);
+                (gave_up, link_failed) = (Some(quality), broken);
                 for &i in &read.points {
                     values[i] = Err(quality);
                 }
