@@ -230,9 +230,10 @@ impl Connection {
             Ok(Ok(Err(exception))) => return Err(Failure::Device(u8::from(exception))),
             Ok(Err(e)) => {
                 let text = e.to_string();
-                // A corrupt frame (bad CRC, an answer to someone else) is the line's fault,
-                // not the device's silence: it gets its own quality code.
-                let q = if text.contains("CRC") || text.contains("mismatch") {
+                // On a serial bus a corrupt frame (bad CRC, an answer to someone else) is the
+                // line's fault, not the device's silence: it gets its own quality code.
+                let serial = self.serial.is_some();
+                let q = if serial && (text.contains("CRC") || text.contains("mismatch")) {
                     Quality::Crc
                 } else {
                     Quality::Comm
