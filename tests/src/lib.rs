@@ -555,6 +555,22 @@ pub fn write_edge_config(dir: &Path, sim_addr: &str, mqtt_port: u16, poll_ms: u6
     );
 }
 
+/// Stops the edge (SIGTERM, waiting up to `timeout`) and asserts that it stopped cleanly with
+/// every message it read acknowledged by the broker.
+pub fn stop_edge_all_delivered(edge: &mut Proc, timeout: Duration) {
+    assert!(
+        edge.terminate(timeout).success(),
+        "edge exit:\n{}",
+        edge.stderr_tail()
+    );
+    assert!(
+        edge.stderr()
+            .contains("Stopped; every message was acknowledged."),
+        "{}",
+        edge.stderr_tail()
+    );
+}
+
 /// The last sequence number the edge in `dir` gave each device (its durable state).
 pub fn edge_sequence_numbers(dir: &Path) -> HashMap<String, u64> {
     let text = std::fs::read_to_string(dir.join("ems-edge-data/seq.json")).unwrap();

@@ -32,15 +32,9 @@ fn an_edge_with_nine_hundred_meters_delivers_everything() {
 
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
     std::thread::sleep(Duration::from_secs(6));
+    stop_edge_all_delivered(&mut edge, Duration::from_secs(30));
     assert!(
-        edge.terminate(Duration::from_secs(30)).success(),
-        "{}",
-        edge.stderr_tail()
-    );
-    let log = edge.stderr();
-    assert!(!log.contains("connection lost"), "{}", edge.stderr_tail());
-    assert!(
-        log.contains("Stopped; every message was acknowledged."),
+        !edge.stderr().contains("connection lost"),
         "{}",
         edge.stderr_tail()
     );

@@ -85,16 +85,7 @@ fn a_broker_stopped_and_restarted_mid_stream_loses_nothing() {
     std::thread::sleep(Duration::from_secs(4));
     broker.restart();
     std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        edge.terminate(Duration::from_secs(30)).success(),
-        "{}",
-        edge.stderr_tail()
-    );
-    assert!(
-        edge.stderr().contains("every message was acknowledged"),
-        "{}",
-        edge.stderr_tail()
-    );
+    stop_edge_all_delivered(&mut edge, Duration::from_secs(30));
     let seq = edge_sequence_numbers(d);
     assert_stored_exactly_once(&http, &seq);
     assert!(
