@@ -73,19 +73,24 @@ impl Source {
 
     /// Deserializes the whole file into `T`.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        let de = toml::Deserializer::new(&self.text);
+        // The parsed document borrows its strings from the text: a large site file costs
+        // little more than its text while it is read (an edge board counts its megabytes).
+        let de = toml::Deserializer::parse(&self.text).map_err(|e| self.toml_error(&e, None))?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner();
-            let (line, column) = inner.span().map(|s| self.line_col(s.start)).unzip();
-            ConfigError {
-                file: self.file.clone(),
-                line,
-                column,
-                key: (path != ".").then_some(path),
-                message: inner.message().trim_end().to_owned(),
-            }
+            self.toml_error(e.inner(), (path != ".").then_some(path))
         })
+    }
+
+    fn toml_error(&self, e: &toml::de::Error, key: Option<String>) -> ConfigError {
+        let (line, column) = e.span().map(|s| self.line_col(s.start)).unzip();
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            key,
+            message: e.message().trim_end().to_owned(),
+        }
     }
 
     /// An error about a value that parsed but is wrong (unknown reference, duplicate id, ...).

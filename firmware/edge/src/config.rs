@@ -41,6 +41,7 @@ pub struct EdgeConfig {
     /// The disk spool every poll result passes through (`{data_dir}/spool`).
     #[serde(default)]
     pub spool: crate::spool::SpoolConfig,
+    /// The `[[devices]]` tables as written; emptied once checked into [`Site::devices`].
     pub devices: Vec<DeviceConfig>,
     /// The board's LEDs and watchdog (absent: none driven).
     #[serde(default)]
@@ -209,7 +210,10 @@ impl Site {
     }
 
     pub fn from_source(src: &Source) -> Result<Site, ConfigError> {
-        let config: EdgeConfig = src.parse()?;
+        let mut config: EdgeConfig = src.parse()?;
+        // The raw tables are only checked here; a site of thousands of meters should not keep
+        // them for the agent's lifetime.
+        let raw_devices = std::mem::take(&mut config.devices);
         let mut library = Library::built_in();
         if let Some(dir) = &config.profiles_dir {
             library.load_dir(dir)?;
@@ -223,8 +227,8 @@ impl Site {
             }
         }
         let mut ids = HashSet::new();
-        let mut devices = Vec::new();
-        for (i, d) in config.devices.iter().enumerate() {
+        let mut devices = Vec::with_capacity(raw_devices.len());
+        for (i, d) in raw_devices.iter().enumerate() {
             let key = |k: &str| format!("devices[{i}].{k}");
             let id = d.id.get_ref();
             if !valid_topic_level(id) {

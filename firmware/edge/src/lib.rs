@@ -33,13 +33,18 @@ use seq::SeqStore;
 const CHANNEL_CAPACITY: usize = 10_000;
 
 /// Plans every device (logging its plan) and groups the plans by link.
-pub fn plan_site(site: &Site) -> anyhow::Result<BTreeMap<Link, Vec<DevicePlan>>> {
+pub fn plan_site(
+    devices: impl IntoIterator<Item = config::Device>,
+) -> anyhow::Result<BTreeMap<Link, Vec<DevicePlan>>> {
     let mut links: BTreeMap<Link, Vec<DevicePlan>> = BTreeMap::new();
-    for d in &site.devices {
-        let plan =
-            DevicePlan::new(d.clone()).with_context(|| format!("cannot plan device {}", d.id))?;
-        tracing::info!(device = %d.id, link = %d.link, plan = %plan.summary(), "Planned.");
-        links.entry(d.link.clone()).or_default().push(plan);
+    for d in devices {
+        let (id, link) = (d.id.clone(), d.link.clone());
+        let plan = DevicePlan::new(d).with_context(|| format!("cannot plan device {id}"))?;
+        tracing::info!(device = %id, link = %link, plan = %plan.summary(), "Planned.");
+        links.entry(link).or_default().push(plan);
+    }
+    for plans in links.values_mut() {
+        plans.shrink_to_fit();
     }
     Ok(links)
 }
@@ -48,7 +53,8 @@ pub fn plan_site(site: &Site) -> anyhow::Result<BTreeMap<Link, Vec<DevicePlan>>>
 pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<PublishStats> {
     let cfg = &site.config;
     let seq = Arc::new(Mutex::new(SeqStore::open(&cfg.data_dir)?));
-    let links = plan_site(&site)?;
+    let device_ids = site.devices.iter().map(|d| d.id.clone()).collect();
+    let links = plan_site(site.devices)?;
     let (spool, report) = spool::Spool::open(&cfg.data_dir.join("spool"), cfg.spool.clone())?;
     let spool = Arc::new(Mutex::new(spool));
     if report.pending > 0 {
@@ -92,7 +98,7 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
             tls: site.tls.clone(),
             site: cfg.site.clone(),
             edge: cfg.edge_id.clone(),
-            devices: site.devices.iter().map(|d| d.id.clone()).collect(),
+            devices: device_ids,
             heartbeat: (heartbeats.clone(), links.len()),
         },
         spool.clone(),

@@ -75,14 +75,30 @@ fn give_back_freed_memory() {
     }
 }
 
+/// `RUST_LOG` as levels per target (`info`, `warn,ems_edge::poller=debug`); the full
+/// EnvFilter syntax would bring a regular-expression engine onto the board for nothing.
+fn log_filter() -> tracing_subscriber::filter::Targets {
+    let default = || tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+    match std::env::var("RUST_LOG") {
+        Err(_) => default(),
+        Ok(spec) => spec.parse().unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={spec:?} is not a list of target=level ({e}); logging at info");
+            default()
+        }),
+    }
+}
+
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(log_filter())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
         )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
         .init();
     match Args::parse().command {
         Command::Run { config } => {
@@ -156,7 +172,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Plan { config } => {
             let site = Site::load(&config)?;
-            for (link, plans) in ems_edge::plan_site(&site)? {
+            for (link, plans) in ems_edge::plan_site(site.devices)? {
                 println!("link {link}");
                 for p in plans {
                     println!(
