@@ -93,6 +93,42 @@ impl Source {
         }
     }
 
+    /// Deserializes the file into `T` without its `[[name]]` tables, which come back as
+    /// [`Part`]s to read one at a time. A site file lists thousands of meters: parsed whole,
+    /// its document takes some twenty times the text's size; an edge board counts megabytes.
+    pub fn parse_apart<'s, T: DeserializeOwned>(
+        &'s self,
+        name: &'s str,
+    ) -> Result<(T, Vec<Part<'s>>), ConfigError> {
+        let ranges = array_tables(&self.text, name);
+        if ranges.is_empty() {
+            return Ok((self.parse()?, Vec::new()));
+        }
+        // The rest of the file with those tables blanked out byte for byte, so that spans and
+        // lines stay those of the file.
+        let mut rest = self.text.clone().into_bytes();
+        for r in &ranges {
+            rest[r.start..r.end].fill(b' ');
+        }
+        let rest = Source {
+            file: self.file.clone(),
+            text: String::from_utf8(rest).expect("spaces are UTF-8"),
+        };
+        let parsed = rest.parse()?;
+        drop(rest);
+        let parts = ranges
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| Part {
+                src: self,
+                name,
+                index,
+                body: r.start + self.text[r.clone()].find("]]").expect("a header") + 2..r.end,
+            })
+            .collect();
+        Ok((parsed, parts))
+    }
+
     /// An error about a value that parsed but is wrong (unknown reference, duplicate id, ...).
     pub fn error_at(
         &self,
@@ -126,6 +162,141 @@ impl Source {
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         (line, column)
+    }
+}
+
+/// The byte ranges of the top-level `[[name]]` tables of `text`, each from its header to the
+/// next table header (or the end). Strings and comments are single tokens of toml's lexer, so
+/// a header-like line inside a multi-line string is not taken for one.
+fn array_tables(text: &str, name: &str) -> Vec<Range<usize>> {
+    use toml_parser::lexer::TokenKind as K;
+    let mut found = Vec::new();
+    // The `[[name]]` table being read: where its header starts.
+    let mut open: Option<usize> = None;
+    // A header being read: where it starts, and its tokens so far (whitespace aside).
+    let mut header: Option<(usize, Vec<(K, &str)>)> = None;
+    let mut line_start = true;
+    let mut depth = 0usize;
+    let mut end_header = |start: usize, tokens: &[(K, &str)], open: &mut Option<usize>| {
+        // Any table header ends the table before it.
+        if let Some(s) = open.take() {
+            found.push(s..start);
+        }
+        let ours = matches!(
+            tokens,
+            [(K::LeftSquareBracket, _), (K::LeftSquareBracket, _), (K::Atom, n), (K::RightSquareBracket, _), (K::RightSquareBracket, _)]
+                if *n == name
+        );
+        if ours {
+            *open = Some(start);
+        }
+    };
+    for t in toml_parser::Source::new(text).lex() {
+        let (kind, span) = (t.kind(), t.span());
+        let raw = &text[span.start()..span.end()];
+        if let Some((start, tokens)) = &mut header {
+            match kind {
+                K::Whitespace => continue,
+                K::LeftSquareBracket
+                | K::RightSquareBracket
+                | K::Atom
+                | K::Dot
+                | K::BasicString
+                | K::LiteralString => {
+                    tokens.push((kind, raw));
+                    continue;
+                }
+                _ => {
+                    end_header(*start, tokens, &mut open);
+                    header = None;
+                }
+            }
+        }
+        match kind {
+            K::LeftSquareBracket if line_start && depth == 0 => {
+                header = Some((span.start(), vec![(kind, raw)]))
+            }
+            // Brackets of values (arrays, inline tables) may span lines.
+            K::LeftSquareBracket | K::LeftCurlyBracket => depth += 1,
+            K::RightSquareBracket | K::RightCurlyBracket => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        line_start = match kind {
+            K::Newline => true,
+            K::Whitespace => line_start,
+            _ => false,
+        };
+    }
+    if let Some((start, tokens)) = header {
+        end_header(start, &tokens, &mut open);
+    }
+    if let Some(s) = open {
+        found.push(s..text.len());
+    }
+    found
+}
+
+/// One `[[name]]` table of a [`Source`], read on its own ([`Source::parse_apart`]); its errors
+/// name the file's line and the key as `name[index].key`.
+#[derive(Debug, Clone)]
+pub struct Part<'s> {
+    src: &'s Source,
+    name: &'s str,
+    pub index: usize,
+    /// The table's text after its header line's `]]`.
+    body: Range<usize>,
+}
+
+impl Part<'_> {
+    /// Deserializes the table. Spans in the result count from the table's text: give them to
+    /// [`Part::error_at`].
+    pub fn parse<U: DeserializeOwned>(&self) -> Result<U, ConfigError> {
+        let text = &self.src.text[self.body.clone()];
+        let de = toml::Deserializer::parse(text).map_err(|e| self.toml_error(&e, None))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            self.toml_error(e.inner(), (path != ".").then_some(path))
+        })
+    }
+
+    fn toml_error(&self, e: &toml::de::Error, key: Option<String>) -> ConfigError {
+        let mut err = self.src.toml_error(e, None);
+        let (line, column) = e
+            .span()
+            .map(|s| self.src.line_col(self.body.start + s.start))
+            .unzip();
+        err.line = line;
+        err.column = column;
+        err.key = Some(self.key(key.as_deref()));
+        err
+    }
+
+    /// The key of this table, or of `key` in it.
+    pub fn key(&self, key: Option<&str>) -> String {
+        match key {
+            Some(k) => format!("{}[{}].{k}", self.name, self.index),
+            None => format!("{}[{}]", self.name, self.index),
+        }
+    }
+
+    /// An error about the value at `span` (of what [`Part::parse`] returned) under `key`.
+    pub fn error_at(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let at = self.body.start;
+        self.src.error_at(
+            span.start + at..span.end + at,
+            &self.key(Some(key)),
+            message,
+        )
+    }
+
+    /// An error about `key` of this table that has no single place in it.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.src.error(&self.key(Some(key)), message)
     }
 }
 
@@ -181,6 +352,88 @@ mod tests {
             .parse::<Conf>()
             .unwrap_err();
         assert!(err.line.is_some(), "{err}");
+    }
+
+    /// A file whose `[[devices]]` tables sit among things that look like headers but are not.
+    const SITE: &str = r#"name = "x"
+note = """
+[[devices]]
+is text, not a table
+"""
+levels = [
+[1, 2],
+[3],
+]
+
+[[devices]]
+unit_id = 1
+profile = "a"
+
+[[ devices ]] # with a comment
+unit_id = 2
+profile = "b"
+registers = [
+[1, 2],
+[3],
+]
+[mqtt]
+host = "h"
+
+[[devices]]
+unit_id = 3
+profile = "c""#;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Site {
+        name: String,
+        note: String,
+        levels: Vec<Vec<u8>>,
+        mqtt: Mqtt,
+        #[serde(default)]
+        devices: Vec<Dev>,
+    }
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Mqtt {
+        host: String,
+    }
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Dev {
+        unit_id: u8,
+        profile: String,
+        #[serde(default)]
+        registers: Vec<Vec<u16>>,
+    }
+
+    #[test]
+    fn tables_read_apart_are_what_the_whole_file_says() {
+        let s = src(SITE);
+        let whole: Site = s.parse().unwrap();
+        assert_eq!(whole.devices.len(), 3);
+        let (mut rest, parts): (Site, _) = s.parse_apart("devices").unwrap();
+        assert!(rest.devices.is_empty(), "the tables are not in the rest");
+        rest.devices = parts.iter().map(|p| p.parse().unwrap()).collect();
+        assert_eq!(rest, whole);
+    }
+
+    #[test]
+    fn an_error_in_a_table_read_apart_names_its_line_and_index() {
+        let s = src(&SITE.replace("unit_id = 2", "unit_id = \"two\""));
+        let (_, parts): (Site, _) = s.parse_apart("devices").unwrap();
+        let err = parts[1].parse::<Dev>().unwrap_err();
+        assert_eq!(err.line, Some(16), "{err}");
+        assert_eq!(err.key.as_deref(), Some("devices[1].unit_id"), "{err}");
+
+        let s = src("name = \"x\"\n[[devices]]\nunit_id = 1\nprofile = \"nope\"\n");
+        let (_, parts): (toml::Table, _) = s.parse_apart("devices").unwrap();
+        let d: Device = parts[0].parse().unwrap();
+        let err = parts[0].error_at(d.profile.span(), "profile", "unknown profile `nope`");
+        assert_eq!(
+            err.to_string(),
+            "site/edge.toml:4:11: key `devices[0].profile`: unknown profile `nope`"
+        );
     }
 
     #[test]

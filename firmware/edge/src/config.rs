@@ -41,8 +41,6 @@ pub struct EdgeConfig {
     /// The disk spool every poll result passes through (`{data_dir}/spool`).
     #[serde(default)]
     pub spool: crate::spool::SpoolConfig,
-    /// The `[[devices]]` tables as written; emptied once checked into [`Site::devices`].
-    pub devices: Vec<DeviceConfig>,
     /// The board's LEDs and watchdog (absent: none driven).
     #[serde(default)]
     pub board: Option<BoardConfig>,
@@ -210,10 +208,18 @@ impl Site {
     }
 
     pub fn from_source(src: &Source) -> Result<Site, ConfigError> {
-        let mut config: EdgeConfig = src.parse()?;
-        // The raw tables are only checked here; a site of thousands of meters should not keep
-        // them for the agent's lifetime.
-        let raw_devices = std::mem::take(&mut config.devices);
+        // Each [[devices]] table is read, checked and dropped in turn: a site of thousands of
+        // meters never has all its raw tables in memory at once.
+        let (config, tables): (EdgeConfig, _) =
+            src.parse_apart("devices").map_err(|mut e: ConfigError| {
+                if e.key.as_deref() == Some("devices") {
+                    e.message = "list the meters as [[devices]] tables".into();
+                }
+                e
+            })?;
+        if tables.is_empty() {
+            return Err(src.error("devices", "no [[devices]] tables: list the meters to poll"));
+        }
         let mut library = Library::built_in();
         if let Some(dir) = &config.profiles_dir {
             library.load_dir(dir)?;
@@ -227,21 +233,21 @@ impl Site {
             }
         }
         let mut ids = HashSet::new();
-        let mut devices = Vec::with_capacity(raw_devices.len());
-        for (i, d) in raw_devices.iter().enumerate() {
-            let key = |k: &str| format!("devices[{i}].{k}");
+        let mut devices = Vec::with_capacity(tables.len());
+        for table in &tables {
+            let d: DeviceConfig = table.parse()?;
             let id = d.id.get_ref();
             if !valid_topic_level(id) {
-                return Err(src.error_at(
+                return Err(table.error_at(
                     d.id.span(),
-                    &key("id"),
+                    "id",
                     "must be non-empty without '/', '+' or '#'",
                 ));
             }
             if !ids.insert(id.clone()) {
-                return Err(src.error_at(
+                return Err(table.error_at(
                     d.id.span(),
-                    &key("id"),
+                    "id",
                     format!("duplicate device id `{id}`"),
                 ));
             }
@@ -249,7 +255,7 @@ impl Site {
                 .link
                 .get_ref()
                 .parse()
-                .map_err(|e: String| src.error_at(d.link.span(), &key("link"), e))?;
+                .map_err(|e: String| table.error_at(d.link.span(), "link", e))?;
             // One bus, one set of line settings: two would fight over the port.
             if let Link::Rtu(line) = &link {
                 let clash = devices.iter().find_map(|other: &Device| match &other.link {
@@ -257,18 +263,18 @@ impl Site {
                     _ => None,
                 });
                 if let Some(other) = clash {
-                    return Err(src.error_at(
+                    return Err(table.error_at(
                         d.link.span(),
-                        &key("link"),
+                        "link",
                         format!("{} is already used as {other}: one serial port, one set of line settings", line.path.display()),
                     ));
                 }
             }
             let Some(profile) = library.get(d.profile.get_ref()) else {
                 let known: Vec<_> = library.names().collect();
-                return Err(src.error_at(
+                return Err(table.error_at(
                     d.profile.span(),
-                    &key("profile"),
+                    "profile",
                     format!(
                         "unknown profile `{}`; known: {}",
                         d.profile.get_ref(),
@@ -277,13 +283,13 @@ impl Site {
                 ));
             };
             if d.clock == ClockSource::Device && profile.clock_point().is_none() {
-                return Err(src.error(
-                    &key("clock"),
+                return Err(table.error(
+                    "clock",
                     format!("profile `{}` has no clock point", profile.name),
                 ));
             }
             devices.push(Device {
-                id: id.clone(),
+                id: d.id.into_inner(),
                 link,
                 unit_id: d.unit_id,
                 profile: profile.clone(),
@@ -380,6 +386,31 @@ mod tests {
                 "edge.toml:7:11: key `board.run_led`: `gpio17`: expected /dev/gpiochipN:LINE"
             ),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn meters_are_listed_as_devices_tables() {
+        let head = "site = \"s\"\nedge_id = \"e\"\ndata_dir = \"/tmp\"\n[mqtt]\nhost = \"h\"\n";
+        let msg = |text: &str| {
+            Site::from_source(&Source::embedded("edge.toml", text))
+                .unwrap_err()
+                .to_string()
+        };
+        let none = msg(head);
+        assert!(
+            none.contains("key `devices`: no [[devices]] tables"),
+            "{none}"
+        );
+        let inline = msg(&format!("devices = [{{ id = \"m1\", link = \"tcp://h:502\", unit_id = 1, profile = \"dtsu666\" }}]\n{head}"));
+        assert_eq!(
+            inline,
+            "edge.toml:1:1: key `devices`: list the meters as [[devices]] tables"
+        );
+        let dup = msg(&format!("{head}[[devices]]\nid = \"m1\"\nlink = \"tcp://h:502\"\nunit_id = 1\nprofile = \"dtsu666\"\n[[devices]]\nid = \"m1\"\nlink = \"tcp://h:502\"\nunit_id = 2\nprofile = \"dtsu666\"\n"));
+        assert!(
+            dup.starts_with("edge.toml:12:6: key `devices[1].id`: duplicate device id `m1`"),
+            "{dup}"
         );
     }
 
