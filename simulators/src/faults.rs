@@ -41,6 +41,9 @@ pub struct FaultSpec {
     /// exception 03.
     #[serde(default)]
     pub silent: Option<bool>,
+    /// serial_gateway: the baud rate of the serial bus behind the gateway (default 9 600).
+    #[serde(default)]
+    pub baud: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +60,7 @@ pub enum KindName {
     Freeze,
     Spike,
     ShortRequests,
+    SerialGateway,
 }
 
 /// What a fault does, with its parameters checked.
@@ -88,6 +92,10 @@ pub enum FaultKind {
     /// a read of more than `registers` is answered with exception 03 (illegal data value), or
     /// not at all when `silent`.
     ShortRequests { registers: u16, silent: bool },
+    /// The meter sits on a serial bus behind a Modbus TCP gateway: each answer takes what its
+    /// request and response frames and their silences take at `baud` (11 bits a character), so
+    /// a register costs about as much as a tenth of a request at 9 600 baud.
+    SerialGateway { baud: u32 },
 }
 
 impl FaultKind {
@@ -126,6 +134,9 @@ impl Fault {
             FaultKind::Replace { reading } => format!("meter replaced, new reading {reading}"),
             FaultKind::Freeze => "values frozen".into(),
             FaultKind::Spike { magnitude } => format!("counter spikes by {magnitude}"),
+            FaultKind::SerialGateway { baud } => {
+                format!("behind a TCP gateway to a {baud}-baud serial bus")
+            }
             FaultKind::ShortRequests {
                 registers,
                 silent: false,
@@ -184,6 +195,10 @@ impl FaultSpec {
                     "a short_requests fault needs `registers` above zero".to_owned(),
                 ))?,
                 silent: self.silent.unwrap_or(false),
+            },
+            KindName::SerialGateway => match self.baud.unwrap_or(9_600) {
+                baud if baud >= 300 => FaultKind::SerialGateway { baud },
+                _ => return Err(("baud", "must be 300 or more".to_owned())),
             },
         };
         if !kind.is_instant() && self.for_h <= 0.0 {

@@ -457,6 +457,7 @@ mod tests {
             truncate: None,
             registers: None,
             silent: None,
+            baud: None,
         }
     }
 

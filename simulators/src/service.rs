@@ -91,6 +91,17 @@ pub fn answer(plant: &Mutex<Plant>, clock: &SimClock, slave: u8, request: &Reque
                     }
                 }
             }
+            FaultKind::SerialGateway { baud } => {
+                if let Request::ReadHoldingRegisters(_, n) | Request::ReadInputRegisters(_, n) =
+                    *request
+                {
+                    // An 8-byte request, a 5-byte frame around the data, a 3.5-character
+                    // silence before each.
+                    let chars = 8.0 + 5.0 + 2.0 * f64::from(n) + 7.0;
+                    let wire = Duration::from_secs_f64(chars * 11.0 / f64::from(baud));
+                    a.delay = a.delay.max(wire);
+                }
+            }
             FaultKind::Rollover
             | FaultKind::Replace { .. }
             | FaultKind::Freeze

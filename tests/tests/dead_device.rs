@@ -182,3 +182,89 @@ fn a_device_that_takes_only_short_requests_gets_a_shorter_plan() {
     assert!(gateway.terminate(Duration::from_secs(20)).success());
     assert!(sim.terminate(Duration::from_secs(10)).success());
 }
+
+/// "N requests touching M registers" after `key=` in a log line.
+fn plan_in(line: &str, key: &str) -> (u32, u32) {
+    let rest = &line[line
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()..];
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    (words[0].parse().unwrap(), words[3].parse().unwrap())
+}
+
+fn number_after(line: &str, key: &str) -> f64 {
+    let rest = &line[line
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()..];
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_meter_behind_a_serial_gateway_is_replanned_for_what_its_reads_take() {
+    let dir = TempDir::new("gateway-cost");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    // bf1-power answers as if on a 9 600-baud bus behind a TCP gateway: ~23 ms a request and
+    // ~2.3 ms a register, where the planner assumes a 2 ms round trip on Ethernet.
+    let (mut sim, sim_addr) = start_sim(
+        d,
+        &[
+            r#"{ device = "bf1-power", kind = "serial_gateway", baud = 9600, at_h = 0.0, for_h = 10.0 }"#,
+        ],
+    );
+    write_gateway_config(d, broker.port);
+    let (mut gateway, http) = start_gateway(d);
+    write_edge_config(d, &sim_addr, broker.port, 100);
+    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let log = edge.stderr();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("Request costs measured; replanned.") && l.contains("bf1-power"))
+        {
+            break l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bf1-power was not replanned:\n{}",
+            edge.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("{line}");
+    let (was_requests, was_registers) = plan_in(&line, "was=");
+    let (requests, registers) = plan_in(&line, "plan=");
+    assert!(
+        requests > was_requests && registers < was_registers,
+        "gaps no longer bridged at ~2.3 ms a register: {line}"
+    );
+    let per_register_us = number_after(&line, "per_register_us=");
+    assert!(
+        (per_register_us / 2292.0 - 1.0).abs() < 0.25,
+        "the fitted cost per register is the bus's: {line}"
+    );
+    let per_request_ms = number_after(&line, "per_request_ms=");
+    assert!(
+        (15.0..60.0).contains(&per_request_ms),
+        "the fitted cost per request is the bus's (~23 ms) and the gateway's: {line}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop_edge_all_delivered(&mut edge, Duration::from_secs(20));
+    let seq = edge_sequence_numbers(d);
+    assert_stored_exactly_once(&http, &seq);
+    let csv = get_text(
+        &http,
+        "/api/v1/samples.csv?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&device=bf1-power",
+    );
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(rows.len() > 100, "{} samples", rows.len());
+    assert!(
+        rows.iter().all(|l| l.split(',').nth(5) == Some("good")),
+        "every reading of the slow meter good, before and after the new plan"
+    );
+    assert!(gateway.terminate(Duration::from_secs(20)).success());
+    assert!(sim.terminate(Duration::from_secs(10)).success());
+}

@@ -32,6 +32,12 @@ pub struct FailureLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplanLabel {
+    /// What the agent learned: refused_registers, length_limit, measured_cost.
+    pub reason: String,
+}
+
 pub struct EdgeMetrics {
     registry: Registry,
     pub polls: Family<DeviceLabel, Counter>,
@@ -39,6 +45,8 @@ pub struct EdgeMetrics {
     pub requests: Counter,
     pub point_failures: Family<FailureLabel, Counter>,
     pub devices_backing_off: Gauge,
+    /// Plans rebuilt from what a device showed, by what it showed.
+    pub replans: Family<ReplanLabel, Counter>,
     /// 1 while the broker connection is up.
     pub broker_connected: Gauge,
     pub spool_depth: Gauge,
@@ -59,6 +67,7 @@ impl Default for EdgeMetrics {
             requests: Counter::default(),
             point_failures: Family::default(),
             devices_backing_off: Gauge::default(),
+            replans: Family::default(),
             broker_connected: Gauge::default(),
             spool_depth: Gauge::default(),
             spool_dropped: Gauge::default(),
@@ -85,6 +94,11 @@ impl Default for EdgeMetrics {
             "devices_backing_off",
             "Devices polled less often because they keep failing",
             m.devices_backing_off.clone(),
+        );
+        registry.register(
+            "replans",
+            "Request plans rebuilt from what a device showed (refused registers, a length limit, measured request costs)",
+            m.replans.clone(),
         );
         registry.register(
             "broker_connected",

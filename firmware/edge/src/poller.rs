@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ems_core::plan::{plan, PlanError, PlannedRequest, Span};
+use ems_core::plan::{plan, CostFit, LinkCost, PlanError, PlannedRequest, Span};
 use ems_core::wire::{topic, PointValue, Telemetry, PROTOCOL_VERSION};
 use ems_core::{decode, Quality};
 use tokio::sync::mpsc;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClockSource, Device};
 use crate::link::{connect, Connection, Failure, Link};
-use crate::metrics::{DeviceLabel, EdgeMetrics, FailureLabel, LinkLabel};
+use crate::metrics::{DeviceLabel, EdgeMetrics, FailureLabel, LinkLabel, ReplanLabel};
 use crate::profile::{PointDef, PointRole, Table};
 use crate::seq::SeqStore;
 use crate::spool::Spool;
@@ -38,20 +38,45 @@ pub struct DevicePlan {
     pub reads: Vec<Read>,
     /// Registers the device refused (exception 02 on a bridged read): never read again.
     pub refused: Vec<(Table, Span)>,
+    /// The request costs planned for: the link's model, or what this device's reads were
+    /// measured to take.
+    pub cost: LinkCost,
 }
 
 impl DevicePlan {
     pub fn new(device: Device) -> Result<Self, PlanError> {
-        DevicePlan::with_refused(device, Vec::new())
+        let cost = device.link.cost();
+        DevicePlan::with_cost(device, Vec::new(), cost)
     }
 
-    /// Plans around registers the device is known to refuse.
-    pub fn with_refused(device: Device, refused: Vec<(Table, Span)>) -> Result<Self, PlanError> {
-        let cost = device.link.cost();
+    /// Plans for `cost` around registers the device is known to refuse.
+    pub fn with_cost(
+        device: Device,
+        refused: Vec<(Table, Span)>,
+        cost: LinkCost,
+    ) -> Result<Self, PlanError> {
         let max = device.profile.max_registers;
-        DevicePlan::planned_by(device, refused, |spans, forbidden| {
+        let mut p = DevicePlan::planned_by(device, refused, |spans, forbidden| {
             plan(spans, cost, max, forbidden)
-        })
+        })?;
+        p.cost = cost;
+        Ok(p)
+    }
+
+    /// This device planned again for the request costs its reads were measured to take, if
+    /// that plan reads it at least 5 % faster by that measure (timing noise must not make
+    /// plans flap).
+    pub fn for_measured_cost(&self, fit: &CostFit) -> Option<DevicePlan> {
+        let measured = fit.cost(self.device.link.cost())?;
+        let took = |p: &DevicePlan| -> f64 {
+            p.reads
+                .iter()
+                .map(|r| measured.request(u32::from(r.len)))
+                .sum()
+        };
+        let better =
+            DevicePlan::with_cost(self.device.clone(), self.refused.clone(), measured).ok()?;
+        (took(&better) < 0.95 * took(self)).then_some(better)
     }
 
     /// The plan `planner` makes of each register table's points (their spans, and the spans
@@ -96,6 +121,7 @@ impl DevicePlan {
             }
         }
         Ok(DevicePlan {
+            cost: device.link.cost(),
             device,
             reads,
             refused,
@@ -161,6 +187,8 @@ pub struct Reading {
     /// The device refused a long read (exception 03), or ignored it while answering its first
     /// half: the length limit to plan with now, and how it showed.
     pub shorter: Option<(u16, &'static str)>,
+    /// Registers and seconds of each answered request, for [`CostFit`].
+    pub timings: Vec<(u16, f64)>,
 }
 
 /// Exception 02: illegal data address.
@@ -185,6 +213,7 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
         .unwrap_or(1);
     let unit = plan.device.unit_id;
     let timeout = Duration::from_millis(plan.device.timeout_ms);
+    let mut timings = Vec::with_capacity(plan.reads.len());
     for read in &plan.reads {
         if let Some(q) = gave_up {
             for &i in &read.points {
@@ -192,11 +221,13 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
             }
             continue;
         }
+        let asked = std::time::Instant::now();
         match link
             .read(unit, read.table, read.start, read.len, timeout)
             .await
         {
             Ok(regs) => {
+                timings.push((read.len, asked.elapsed().as_secs_f64()));
                 for &i in &read.points {
                     values[i] = decode_point(&profile.points[i], read, &regs);
                 }
@@ -345,8 +376,12 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
         link_failed,
         refused,
         shorter,
+        timings,
     }
 }
+
+/// Polls between looks at whether a device's measured request costs call for another plan.
+const COST_CHECK_POLLS: u32 = 30;
 
 /// Failures in a row before a device is polled less often.
 const FAILS_BEFORE_BACKOFF: u32 = 3;
@@ -423,6 +458,10 @@ pub async fn run_link(
 ) -> anyhow::Result<()> {
     let mut ctx: Option<Connection> = None;
     let mut backoffs = vec![Backoff::default(); plans.len()];
+    // On TCP the round trip and what a device (or a gateway to a serial bus behind it) takes
+    // per register are learned from its answers; a serial line's costs are its baud rate's.
+    let learns_cost = matches!(link, Link::Tcp(_));
+    let mut fits = vec![(CostFit::default(), 0u32); plans.len()];
     let link_label = LinkLabel {
         link: link.to_string(),
     };
@@ -438,7 +477,11 @@ pub async fn run_link(
         // tried once a cycle.
         let mut unreachable = false;
         let mut batch = Vec::with_capacity(plans.len());
-        for (plan, backoff) in plans.iter_mut().zip(backoffs.iter_mut()) {
+        for ((plan, backoff), (fit, polls)) in plans
+            .iter_mut()
+            .zip(backoffs.iter_mut())
+            .zip(fits.iter_mut())
+        {
             if !backoff.due() {
                 continue;
             }
@@ -497,12 +540,41 @@ pub async fn run_link(
                 }
                 None => {}
             }
+            let replanned = |why: &str| {
+                lc.metrics
+                    .replans
+                    .get_or_create(&ReplanLabel {
+                        reason: why.to_owned(),
+                    })
+                    .inc();
+            };
+            if learns_cost {
+                for &(len, seconds) in &reading.timings {
+                    fit.observe(len, seconds);
+                }
+                *polls += 1;
+                if *polls % COST_CHECK_POLLS == 0 {
+                    if let Some(p) = plan.for_measured_cost(fit) {
+                        tracing::info!(
+                            device = %plan.device.id,
+                            per_request_ms = (p.cost.per_request * 1e6).round() / 1e3,
+                            per_register_us = (p.cost.per_register * 1e8).round() / 1e2,
+                            was = %plan.summary(),
+                            plan = %p.summary(),
+                            "Request costs measured; replanned."
+                        );
+                        replanned("measured_cost");
+                        *plan = p;
+                    }
+                }
+            }
             if !reading.refused.is_empty() {
                 let mut refused = plan.refused.clone();
                 refused.extend(reading.refused.iter().copied());
-                match DevicePlan::with_refused(plan.device.clone(), refused) {
+                match DevicePlan::with_cost(plan.device.clone(), refused, plan.cost) {
                     Ok(p) => {
                         tracing::warn!(device = %plan.device.id, refused = ?reading.refused, plan = %p.summary(), "Device refuses registers a read bridged; replanned without them.");
+                        replanned("refused_registers");
                         *plan = p;
                     }
                     Err(e) => {
@@ -513,9 +585,10 @@ pub async fn run_link(
             if let Some((max, why)) = reading.shorter {
                 let mut device = plan.device.clone();
                 std::sync::Arc::make_mut(&mut device.profile).max_registers = max;
-                match DevicePlan::with_refused(device, plan.refused.clone()) {
+                match DevicePlan::with_cost(device, plan.refused.clone(), plan.cost) {
                     Ok(p) => {
                         tracing::warn!(device = %plan.device.id, max_registers = max, shown_by = why, plan = %p.summary(), "Device refuses long requests; length limit lowered and replanned.");
+                        replanned("length_limit");
                         *plan = p;
                     }
                     Err(e) => {
@@ -592,6 +665,7 @@ fn unreachable_reading(plan: &DevicePlan) -> Reading {
         link_failed: true,
         refused: Vec::new(),
         shorter: None,
+        timings: Vec::new(),
     }
 }
 
@@ -684,7 +758,8 @@ mod tests {
                 len: 0x0E,
             },
         )];
-        let replanned = DevicePlan::with_refused(d, refused).unwrap();
+        let cost = d.link.cost();
+        let replanned = DevicePlan::with_cost(d, refused, cost).unwrap();
         assert!(replanned
             .reads
             .iter()
