@@ -132,7 +132,38 @@ async fn publisher(port: u16, id: &str) -> AsyncClient {
     client
 }
 
-/// 1. A plain subscriber draining one publisher's messages.
+/// Publishers at once, each its own connection, like the edges of a plant: one client alone
+/// (rumqttc's event loop on one connection) cannot fill Mosquitto.
+const PUBLISHERS: usize = 4;
+
+/// Publishes each (device, topic, payload) at QoS 1, device `d` through publisher
+/// `d % PUBLISHERS` so that every device's messages keep their order; returns the publishing
+/// tasks.
+async fn publish_split(
+    port: u16,
+    id: &str,
+    messages: Vec<(usize, String, Vec<u8>)>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut parts: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); PUBLISHERS];
+    for (d, topic, payload) in messages {
+        parts[d % PUBLISHERS].push((topic, payload));
+    }
+    let mut tasks = Vec::new();
+    for (k, part) in parts.into_iter().enumerate() {
+        let client = publisher(port, &format!("{id}-{k}")).await;
+        tasks.push(tokio::spawn(async move {
+            for (topic, payload) in part {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    tasks
+}
+
+/// 1. A plain subscriber draining the publishers' messages.
 async fn plain_subscriber(port: u16, payloads: &[Vec<u8>]) -> f64 {
     let mut opts = MqttOptions::new("bench-sub", "127.0.0.1", port);
     opts.set_max_packet_size(1 << 20, 1 << 20);
@@ -145,16 +176,13 @@ async fn plain_subscriber(port: u16, payloads: &[Vec<u8>]) -> f64 {
             break;
         }
     }
-    let pubc = publisher(port, "bench-pub-plain").await;
     let n = payloads.len();
-    let payloads = payloads.to_vec();
-    tokio::spawn(async move {
-        for p in payloads {
-            pubc.publish("bench/plain/x", QoS::AtLeastOnce, false, p)
-                .await
-                .unwrap();
-        }
-    });
+    let messages = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i % DEVICES, format!("bench/plain/{}", i % DEVICES), p.clone()))
+        .collect();
+    publish_split(port, "bench-pub-plain", messages).await;
     let (mut got, mut first) = (0usize, None);
     while got < n {
         if let Ok(Event::Incoming(Packet::Publish(_))) = ev.poll().await {
@@ -300,18 +328,14 @@ async fn main() {
 
     let db = dir.join("gateway.db");
     let (stop, task) = start_gateway(port, &db, "bench-gateway").await;
-    let pubc = publisher(port, "bench-pub").await;
+    let messages = msgs
+        .iter()
+        .zip(&payloads)
+        .enumerate()
+        .map(|(i, (t, p))| (i % DEVICES, format!("ems/v1/s/data/{}", t.device), p.clone()))
+        .collect();
     let started = Instant::now();
-    for (t, p) in msgs.iter().zip(&payloads) {
-        pubc.publish(
-            format!("ems/v1/s/data/{}", t.device),
-            QoS::AtLeastOnce,
-            false,
-            p.clone(),
-        )
-        .await
-        .unwrap();
-    }
+    publish_split(port, "bench-pub", messages).await;
     while count_messages(&db) < n as i64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

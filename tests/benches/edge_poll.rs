@@ -5,7 +5,9 @@
 //!    best gap for that map and link (by the link's cost model, as a user tuning it would pick):
 //!    over Modbus TCP, and over RTU at 9 600 baud on the simulator's pseudo-terminal (which
 //!    keeps the line's timing). On TCP the cost model is the one the agent fits from its reads
-//!    (200 rounds of every plan first); the plan for the assumed 2 ms round trip is shown too. For RTU, the ratio of the measured cycle to the wire-time lower
+//!    (200 rounds of every plan first); the plan for the assumed 2 ms round trip is shown too.
+//!    Every plan avoids the registers the meter refuses (ems-sim answers exception 02 for
+//!    unmapped ones), which ours learns on its first polls as the agent does. For RTU, the ratio of the measured cycle to the wire-time lower
 //!    bound of our plan (frames and 3.5-character silences at 11 bits a character).
 //! 2. The agent itself (`ems-edge run`, built with the `edge` profile it ships with) polling at
 //!    least 10 000 points over TCP into a private Mosquitto: once every second (resident memory,
@@ -18,10 +20,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use ems_core::plan::{greedy, CostFit, LinkCost};
+use ems_core::plan::{greedy, CostFit, LinkCost, Span};
 use ems_edge::config::Device;
 use ems_edge::link::{connect, Link, Parity, SerialLine};
 use ems_edge::poller::{read_device, DevicePlan};
+use ems_edge::profile::Table;
 use ems_tests::*;
 
 /// Median seconds of a cycle of each plan over `n` rounds (one unmeasured first), the plans
@@ -73,8 +76,32 @@ async fn fit_cost(
     fit
 }
 
-/// One row per plan: requests, registers and the measured cycle.
-fn plans(device: &Device, cost: LinkCost) -> Vec<(String, DevicePlan, f64)> {
+/// The registers `device` refuses, learned as the agent learns them on its first polls
+/// (exception 02 on a bridged read) with its plan for `cost`.
+async fn refused_by(
+    conn: &mut ems_edge::link::Connection,
+    device: &Device,
+    cost: LinkCost,
+) -> Vec<(Table, Span)> {
+    let mut refused = Vec::new();
+    loop {
+        let plan = DevicePlan::with_cost(device.clone(), refused.clone(), cost).unwrap();
+        let learned = read_device(conn, &plan).await.refused;
+        if learned.is_empty() {
+            return refused;
+        }
+        refused.extend(learned);
+    }
+}
+
+/// One row per plan: requests, registers and the measured cycle. Every plan avoids the
+/// registers the device refuses: ours learns them; a user tuning the greedy planner would pick
+/// the best gap whose requests the device answers.
+fn plans(
+    device: &Device,
+    cost: LinkCost,
+    refused: &[(Table, Span)],
+) -> Vec<(String, DevicePlan, f64)> {
     let max = device.profile.max_registers;
     let by_gap = |gap: u32| {
         DevicePlan::planned_by(device.clone(), Vec::new(), |spans, _| {
@@ -82,13 +109,23 @@ fn plans(device: &Device, cost: LinkCost) -> Vec<(String, DevicePlan, f64)> {
         })
         .unwrap()
     };
+    let answered = |p: &DevicePlan| {
+        p.reads.iter().all(|r| {
+            refused.iter().all(|(t, s)| {
+                *t != r.table
+                    || s.end() <= u32::from(r.start)
+                    || u32::from(r.start) + u32::from(r.len) <= u32::from(s.start)
+            })
+        })
+    };
     let modelled =
         |p: &DevicePlan| -> f64 { p.reads.iter().map(|r| cost.request(u32::from(r.len))).sum() };
     let (best_gap, best) = (0..=u32::from(max))
         .map(|g| (g, by_gap(g)))
+        .filter(|(_, p)| answered(p))
         .min_by(|a, b| modelled(&a.1).total_cmp(&modelled(&b.1)))
         .unwrap();
-    let ours = DevicePlan::with_cost(device.clone(), Vec::new(), cost).unwrap();
+    let ours = DevicePlan::with_cost(device.clone(), refused.to_vec(), cost).unwrap();
     vec![
         ("ours".into(), ours.clone(), modelled(&ours)),
         (
@@ -239,7 +276,8 @@ fn main() {
             let mut dev = dev.clone();
             dev.link = link.clone();
             dev.timeout_ms = 2_000;
-            let mut rows = plans(&dev, link.cost());
+            let refused = rt.block_on(refused_by(&mut conn, &dev, link.cost()));
+            let mut rows = plans(&dev, link.cost(), &refused);
             if let Link::Tcp(_) = link {
                 // As the agent does on TCP: plan for the costs measured on this link, and pick
                 // the greedy planner's best gap by them too.
@@ -247,7 +285,7 @@ fn main() {
                 let fit = rt.block_on(fit_cost(&mut conn, &refs, 200));
                 let learned = fit.cost(link.cost()).expect("enough reads to fit");
                 let assumed = rows.remove(0);
-                rows = plans(&dev, learned);
+                rows = plans(&dev, learned, &refused);
                 rows[0].0 = format!(
                     "ours ({:.0} us + {:.2} us/reg)",
                     learned.per_request * 1e6,
