@@ -1,5 +1,5 @@
 //! Ingest through a real Mosquitto, in one run:
-//! 1. how fast a plain subscriber drains the broker (QoS 1, one publisher);
+//! 1. how fast a plain subscriber drains the broker (QoS 1, four publishers as four edges);
 //! 2. the gateway's sustained ingest (messages and points per second) into SQLite with the
 //!    ledger and accounting on;
 //! 3. the ceiling of the storage engine: a minimal bulk loader writing the same rows (messages
@@ -180,7 +180,13 @@ async fn plain_subscriber(port: u16, payloads: &[Vec<u8>]) -> f64 {
     let messages = payloads
         .iter()
         .enumerate()
-        .map(|(i, p)| (i % DEVICES, format!("bench/plain/{}", i % DEVICES), p.clone()))
+        .map(|(i, p)| {
+            (
+                i % DEVICES,
+                format!("bench/plain/{}", i % DEVICES),
+                p.clone(),
+            )
+        })
         .collect();
     publish_split(port, "bench-pub-plain", messages).await;
     let (mut got, mut first) = (0usize, None);
@@ -332,7 +338,13 @@ async fn main() {
         .iter()
         .zip(&payloads)
         .enumerate()
-        .map(|(i, (t, p))| (i % DEVICES, format!("ems/v1/s/data/{}", t.device), p.clone()))
+        .map(|(i, (t, p))| {
+            (
+                i % DEVICES,
+                format!("ems/v1/s/data/{}", t.device),
+                p.clone(),
+            )
+        })
         .collect();
     let started = Instant::now();
     publish_split(port, "bench-pub", messages).await;
