@@ -34,6 +34,9 @@ pub struct FaultSpec {
     /// corrupt_frame: cut the frame short instead of spoiling its CRC.
     #[serde(default)]
     pub truncate: Option<bool>,
+    /// corrupt_frame: spoil only every n-th answer of the meter (line noise), not all.
+    #[serde(default)]
+    pub every: Option<u32>,
     /// short_requests: the most registers one request may ask for.
     #[serde(default)]
     pub registers: Option<u16>,
@@ -78,7 +81,7 @@ pub enum FaultKind {
     /// The TCP connection is closed when a request for the device arrives.
     DropConnection,
     /// RTU: the answer's CRC is wrong, or the frame is cut short.
-    CorruptFrame { truncate: bool },
+    CorruptFrame { truncate: bool, every: u32 },
     /// The counter reaches its rollover at the fault's start (the meter's starting reading is
     /// set so that it does).
     Rollover,
@@ -128,8 +131,19 @@ impl Fault {
                 format!("offline (exception 0b after {delay_ms} ms)")
             }
             FaultKind::DropConnection => "TCP connection dropped".into(),
-            FaultKind::CorruptFrame { truncate: true } => "RTU frames truncated".into(),
-            FaultKind::CorruptFrame { truncate: false } => "RTU frames with bad CRC".into(),
+            FaultKind::CorruptFrame { truncate, every } => format!(
+                "{}RTU frames {}",
+                if every > 1 {
+                    format!("every {every}th of its ")
+                } else {
+                    String::new()
+                },
+                if truncate {
+                    "truncated"
+                } else {
+                    "with bad CRC"
+                }
+            ),
             FaultKind::Rollover => "counter reaches its rollover".into(),
             FaultKind::Replace { reading } => format!("meter replaced, new reading {reading}"),
             FaultKind::Freeze => "values frozen".into(),
@@ -180,6 +194,7 @@ impl FaultSpec {
             KindName::DropConnection => FaultKind::DropConnection,
             KindName::CorruptFrame => FaultKind::CorruptFrame {
                 truncate: self.truncate.unwrap_or(false),
+                every: self.every.unwrap_or(1).max(1),
             },
             KindName::Rollover => FaultKind::Rollover,
             KindName::Replace => FaultKind::Replace {

@@ -41,6 +41,8 @@ pub struct Plant {
     frozen: Vec<Option<Reading>>,
     /// Per meter: how many times its counter has wrapped.
     wraps: Vec<i64>,
+    /// Per meter: requests it was asked so far.
+    asked: Vec<u64>,
     pending: Vec<Pending>,
     closed: Vec<TruthLine>,
 }
@@ -83,6 +85,7 @@ impl Plant {
             faults: Vec::new(),
             frozen: vec![None; n_meters],
             wraps: vec![0; n_meters],
+            asked: vec![0; n_meters],
             pending,
             closed: Vec::new(),
         };
@@ -346,6 +349,12 @@ impl Plant {
             .position(|m| m.unit_id == unit_id)
     }
 
+    /// Counts a request to meter `m`; returns how many it has been asked, this one included.
+    pub fn ask(&mut self, m: usize) -> u64 {
+        self.asked[m] += 1;
+        self.asked[m]
+    }
+
     /// The faults acting on meter `m` now, of the kinds a link or device shows.
     pub fn active_faults(&self, m: usize) -> impl Iterator<Item = &Fault> {
         let device = &self.scenario.meters[m].device;
@@ -458,6 +467,7 @@ mod tests {
             registers: None,
             silent: None,
             baud: None,
+            every: None,
         }
     }
 

@@ -67,6 +67,7 @@ pub fn answer(plant: &Mutex<Plant>, clock: &SimClock, slave: u8, request: &Reque
     let Some(m) = plant.meter_at(slave) else {
         return a;
     };
+    let asked = plant.ask(m);
     for fault in plant.active_faults(m) {
         match fault.kind {
             FaultKind::DropConnection => a.drop_connection = true,
@@ -79,7 +80,11 @@ pub fn answer(plant: &Mutex<Plant>, clock: &SimClock, slave: u8, request: &Reque
                 a.response = a.response.map(|_| Err(ExceptionCode::new(code)));
             }
             FaultKind::Slow { delay_ms } => a.delay = a.delay.max(Duration::from_millis(delay_ms)),
-            FaultKind::CorruptFrame { truncate } => a.corrupt = Some(truncate),
+            FaultKind::CorruptFrame { truncate, every } => {
+                if asked % u64::from(every) == 0 {
+                    a.corrupt = Some(truncate);
+                }
+            }
             FaultKind::ShortRequests { registers, silent } => {
                 if let Request::ReadHoldingRegisters(_, n) | Request::ReadInputRegisters(_, n) =
                     *request

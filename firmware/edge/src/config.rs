@@ -158,10 +158,18 @@ pub struct DeviceConfig {
     pub clock: ClockSource,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// A request that times out or comes back garbled on a serial bus is sent again this many
+    /// times before its points are marked (a TCP connection that timed out is made again on
+    /// the next poll instead).
+    #[serde(default = "default_retries")]
+    pub retries: u8,
 }
 
 fn default_timeout_ms() -> u64 {
     1_000
+}
+fn default_retries() -> u8 {
+    1
 }
 
 /// A device ready to poll: its config with the profile resolved.
@@ -173,6 +181,7 @@ pub struct Device {
     pub profile: Arc<Profile>,
     pub clock: ClockSource,
     pub timeout_ms: u64,
+    pub retries: u8,
 }
 
 /// The loaded, checked configuration.
@@ -295,6 +304,7 @@ impl Site {
                 profile: profile.clone(),
                 clock: d.clock,
                 timeout_ms: d.timeout_ms,
+                retries: d.retries,
             });
         }
         let tls = match &config.mqtt.tls {

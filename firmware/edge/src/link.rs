@@ -257,6 +257,27 @@ impl Connection {
             broken,
         })
     }
+
+    /// [`Connection::read`], sent again up to `retries` times after a timeout or a garbled
+    /// answer that left the link usable (a serial bus). An exception is the device's answer:
+    /// it would say the same again.
+    pub async fn read_retrying(
+        &mut self,
+        unit: u8,
+        table: Table,
+        start: u16,
+        len: u16,
+        timeout: Duration,
+        retries: u8,
+    ) -> Result<Vec<u16>, Failure> {
+        let mut tries = 0;
+        loop {
+            match self.read(unit, table, start, len, timeout).await {
+                Err(Failure::Link { broken: false, .. }) if tries < retries => tries += 1,
+                answer => return answer,
+            }
+        }
+    }
 }
 
 /// Opens `link`: connects over TCP, or opens the serial port raw with its line settings and

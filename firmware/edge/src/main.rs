@@ -130,6 +130,7 @@ async fn run() -> anyhow::Result<()> {
                 profile,
                 clock: ems_edge::config::ClockSource::System,
                 timeout_ms,
+                retries: 1,
             };
             let plan = ems_edge::poller::DevicePlan::new(device)?;
             println!("{} unit {unit_id}: {}", link, plan.summary());

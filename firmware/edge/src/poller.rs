@@ -213,6 +213,7 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
         .unwrap_or(1);
     let unit = plan.device.unit_id;
     let timeout = Duration::from_millis(plan.device.timeout_ms);
+    let retries = plan.device.retries;
     let mut timings = Vec::with_capacity(plan.reads.len());
     for read in &plan.reads {
         if let Some(q) = gave_up {
@@ -223,7 +224,7 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
         }
         let asked = std::time::Instant::now();
         match link
-            .read(unit, read.table, read.start, read.len, timeout)
+            .read_retrying(unit, read.table, read.start, read.len, timeout, retries)
             .await
         {
             Ok(regs) => {
@@ -257,7 +258,14 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
                         points: vec![i],
                     };
                     values[i] = match link
-                        .read(unit, single.table, single.start, single.len, timeout)
+                        .read_retrying(
+                            unit,
+                            single.table,
+                            single.start,
+                            single.len,
+                            timeout,
+                            retries,
+                        )
                         .await
                     {
                         Ok(regs) => decode_point(p, &single, &regs),
@@ -685,6 +693,7 @@ mod tests {
                 .clone(),
             clock: ClockSource::Device,
             timeout_ms: 100,
+            retries: 1,
         }
     }
 
