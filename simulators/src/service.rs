@@ -81,7 +81,7 @@ pub fn answer(plant: &Mutex<Plant>, clock: &SimClock, slave: u8, request: &Reque
             }
             FaultKind::Slow { delay_ms } => a.delay = a.delay.max(Duration::from_millis(delay_ms)),
             FaultKind::CorruptFrame { truncate, every } => {
-                if asked % u64::from(every) == 0 {
+                if asked.is_multiple_of(u64::from(every)) {
                     a.corrupt = Some(truncate);
                 }
             }
