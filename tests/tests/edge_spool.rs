@@ -15,22 +15,30 @@ fn spooled_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// A broker that keeps sessions, and the demo pipeline through it once every meter's data is
+/// being stored.
+fn pipeline_storing(d: &std::path::Path) -> (Mosquitto, Pipeline) {
+    let broker = Mosquitto::start_persistent(d);
+    let pipeline = start_pipeline(d, broker.port);
+    eventually("data stored", Duration::from_secs(20), || {
+        get_json(&pipeline.http, "/api/v1/devices")
+            .as_array()
+            .is_some_and(|d| d.len() == 30 && d.iter().all(|d| d["messages"].as_i64() > Some(3)))
+    });
+    (broker, pipeline)
+}
+
 #[test]
 fn an_edge_killed_during_a_broker_outage_delivers_everything_after_its_restart() {
     let dir = TempDir::new("spool");
     let d = dir.path();
-    let mut broker = Mosquitto::start_persistent(d);
+    let (mut broker, pipeline) = pipeline_storing(d);
     let Pipeline {
         sim: _sim,
         mut gateway,
         http,
         mut edge,
-    } = start_pipeline(d, broker.port);
-    eventually("data stored", Duration::from_secs(20), || {
-        get_json(&http, "/api/v1/devices")
-            .as_array()
-            .is_some_and(|d| d.len() == 30 && d.iter().all(|d| d["messages"].as_i64() > Some(3)))
-    });
+    } = pipeline;
 
     // The broker goes away; the edge goes on polling into its spool, then dies without warning.
     broker.stop();
@@ -79,18 +87,13 @@ fn an_edge_killed_during_a_broker_outage_delivers_everything_after_its_restart()
 fn after_minutes_without_the_broker_the_backlog_arrives_whole_with_its_own_times() {
     let dir = TempDir::new("outage");
     let d = dir.path();
-    let mut broker = Mosquitto::start_persistent(d);
+    let (mut broker, pipeline) = pipeline_storing(d);
     let Pipeline {
         sim: _sim,
         mut gateway,
         http,
         mut edge,
-    } = start_pipeline(d, broker.port);
-    eventually("data stored", Duration::from_secs(20), || {
-        get_json(&http, "/api/v1/devices")
-            .as_array()
-            .is_some_and(|d| d.len() == 30 && d.iter().all(|d| d["messages"].as_i64() > Some(3)))
-    });
+    } = pipeline;
 
     // Three minutes without the broker: some 1 800 polls of each meter wait in the spool.
     broker.stop();
