@@ -96,11 +96,6 @@ impl CostFit {
         self.sxy += x * seconds;
     }
 
-    /// Observations so far, older ones counting less.
-    pub fn weight(&self) -> f64 {
-        self.n
-    }
-
     /// The fitted cost, or `None` before [`CostFit::ENOUGH`] observations. Never cheaper per
     /// register than `wire` (what the medium itself takes), never below zero per request; when
     /// the reads seen were all about the same length, the per-register part is the wire's.
