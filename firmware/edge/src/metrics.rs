@@ -1,7 +1,8 @@
 //! The agent's Prometheus metrics, served on `metrics_listen` (off when not configured): polls
 //! per device and their latency per link (a histogram per device would cost thousands of series
-//! and most of the agent's memory on a big site), Modbus requests, failures by kind, the spool's depth and what
-//! it dropped, and deliveries the broker acknowledged.
+//! and most of the agent's memory on a big site), Modbus requests, failures by kind, plans
+//! rebuilt by what showed, the spool's depth and what it dropped, and deliveries the broker
+//! acknowledged, with those that replayed a backlog.
 
 use std::sync::Arc;
 
@@ -52,6 +53,8 @@ pub struct EdgeMetrics {
     pub spool_depth: Gauge,
     pub spool_dropped: Gauge,
     pub delivered: Counter,
+    /// Of those, messages that waited in the spool for the broker (the replay of a backlog).
+    pub replayed: Counter,
 }
 
 fn poll_histogram() -> Histogram {
@@ -72,6 +75,7 @@ impl Default for EdgeMetrics {
             spool_depth: Gauge::default(),
             spool_dropped: Gauge::default(),
             delivered: Counter::default(),
+            replayed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("polls", "Device polls", m.polls.clone());
@@ -119,6 +123,11 @@ impl Default for EdgeMetrics {
             "delivered",
             "Messages the broker acknowledged",
             m.delivered.clone(),
+        );
+        registry.register(
+            "replayed",
+            "Messages the broker acknowledged that were read while it was out of reach (the backlog replayed)",
+            m.replayed.clone(),
         );
         EdgeMetrics { registry, ..m }
     }

@@ -156,6 +156,9 @@ pub async fn run(
     let mut outbox = Outbox::new(MAX_IN_FLIGHT);
     let mut stats = PublishStats::default();
     let mut connected = false;
+    // Spool records below this id were read before the broker connection (re)opened: their
+    // delivery is the replay of a backlog.
+    let mut backlog_below = 0;
     let mut input_open = true;
     let mut drain_deadline = None;
     let mut sync_timer = tokio::time::interval(Duration::from_millis(200));
@@ -205,7 +208,10 @@ pub async fn run(
                     metrics.broker_connected.set(1);
                     outbox.on_disconnect();
                     let mut backlog = (0, 0);
-                    spool(&mut |s| backlog = (s.depth(), s.dropped));
+                    spool(&mut |s| {
+                        backlog = (s.depth(), s.dropped);
+                        backlog_below = s.next_id();
+                    });
                     outbox.push(status(&cfg, true, Some(backlog)));
                 }
                 Some(LinkEvent::Disconnected) => {
@@ -219,6 +225,9 @@ pub async fn run(
                         stats.acknowledged += 1;
                         metrics.delivered.inc();
                         if let Some(id) = m.spool_id {
+                            if id < backlog_below {
+                                metrics.replayed.inc();
+                            }
                             spool(&mut |s| if let Err(e) = s.ack(id) {
                                 tracing::error!(error = %e, "Cannot mark a spooled message delivered.");
                             });

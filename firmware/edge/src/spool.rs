@@ -248,7 +248,8 @@ impl Spool {
         Ok((spool, report))
     }
 
-    fn next_id(&self) -> u64 {
+    /// The id the next appended record gets: every record below it was appended already.
+    pub fn next_id(&self) -> u64 {
         self.segments
             .last()
             .map_or(self.acked_below, |s| s.end_id())
