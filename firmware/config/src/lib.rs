@@ -73,24 +73,35 @@ impl Source {
 
     /// Deserializes the whole file into `T`.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        // The parsed document borrows its strings from the text: a large site file costs
-        // little more than its text while it is read (an edge board counts its megabytes).
-        let de = toml::Deserializer::parse(&self.text).map_err(|e| self.toml_error(&e, None))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            self.toml_error(e.inner(), (path != ".").then_some(path))
-        })
+        self.parse_at(&self.text, 0, |path| path)
     }
 
-    fn toml_error(&self, e: &toml::de::Error, key: Option<String>) -> ConfigError {
-        let (line, column) = e.span().map(|s| self.line_col(s.start)).unzip();
-        ConfigError {
-            file: self.file.clone(),
-            line,
-            column,
-            key,
-            message: e.message().trim_end().to_owned(),
-        }
+    /// Deserializes `text`, a stretch of this file starting at byte `offset`, so that errors
+    /// point at the file's lines; `key` turns serde's path in `text` (absent for the whole of
+    /// it) into the key an error names.
+    fn parse_at<T: DeserializeOwned>(
+        &self,
+        text: &str,
+        offset: usize,
+        key: impl Fn(Option<String>) -> Option<String>,
+    ) -> Result<T, ConfigError> {
+        let error = |e: &toml::de::Error, path: Option<String>| {
+            let (line, column) = e.span().map(|s| self.line_col(offset + s.start)).unzip();
+            ConfigError {
+                file: self.file.clone(),
+                line,
+                column,
+                key: key(path),
+                message: e.message().trim_end().to_owned(),
+            }
+        };
+        // The parsed document borrows its strings from the text: a large site file costs
+        // little more than its text while it is read (an edge board counts its megabytes).
+        let de = toml::Deserializer::parse(text).map_err(|e| error(&e, None))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            error(e.inner(), (path != ".").then_some(path))
+        })
     }
 
     /// Deserializes the file into `T` without its `[[name]]` tables, which come back as
@@ -110,11 +121,8 @@ impl Source {
         for r in &ranges {
             rest[r.start..r.end].fill(b' ');
         }
-        let rest = Source {
-            file: self.file.clone(),
-            text: String::from_utf8(rest).expect("spaces are UTF-8"),
-        };
-        let parsed = rest.parse()?;
+        let rest = String::from_utf8(rest).expect("spaces are UTF-8");
+        let parsed = self.parse_at(&rest, 0, |path| path)?;
         drop(rest);
         let parts = ranges
             .into_iter()
@@ -177,7 +185,7 @@ fn array_tables(text: &str, name: &str) -> Vec<Range<usize>> {
     let mut header: Option<(usize, Vec<(K, &str)>)> = None;
     let mut line_start = true;
     let mut depth = 0usize;
-    let mut end_header = |start: usize, tokens: &[(K, &str)], open: &mut Option<usize>| {
+    let mut end_header = |start: usize, tokens: &[(K, &str)]| {
         // Any table header ends the table before it.
         if let Some(s) = open.take() {
             found.push(s..start);
@@ -188,7 +196,7 @@ fn array_tables(text: &str, name: &str) -> Vec<Range<usize>> {
                 if *n == name
         );
         if ours {
-            *open = Some(start);
+            open = Some(start);
         }
     };
     for t in toml_parser::Source::new(text).lex() {
@@ -207,7 +215,7 @@ fn array_tables(text: &str, name: &str) -> Vec<Range<usize>> {
                     continue;
                 }
                 _ => {
-                    end_header(*start, tokens, &mut open);
+                    end_header(*start, tokens);
                     header = None;
                 }
             }
@@ -228,11 +236,10 @@ fn array_tables(text: &str, name: &str) -> Vec<Range<usize>> {
         };
     }
     if let Some((start, tokens)) = header {
-        end_header(start, &tokens, &mut open);
+        end_header(start, &tokens);
     }
-    if let Some(s) = open {
-        found.push(s..text.len());
-    }
+    // The end of the file closes the last table as a header would.
+    end_header(text.len(), &[]);
     found
 }
 
@@ -242,7 +249,7 @@ fn array_tables(text: &str, name: &str) -> Vec<Range<usize>> {
 pub struct Part<'s> {
     src: &'s Source,
     name: &'s str,
-    pub index: usize,
+    index: usize,
     /// The table's text after its header line's `]]`.
     body: Range<usize>,
 }
@@ -252,27 +259,13 @@ impl Part<'_> {
     /// [`Part::error_at`].
     pub fn parse<U: DeserializeOwned>(&self) -> Result<U, ConfigError> {
         let text = &self.src.text[self.body.clone()];
-        let de = toml::Deserializer::parse(text).map_err(|e| self.toml_error(&e, None))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            self.toml_error(e.inner(), (path != ".").then_some(path))
+        self.src.parse_at(text, self.body.start, |path| {
+            Some(self.key(path.as_deref()))
         })
     }
 
-    fn toml_error(&self, e: &toml::de::Error, key: Option<String>) -> ConfigError {
-        let mut err = self.src.toml_error(e, None);
-        let (line, column) = e
-            .span()
-            .map(|s| self.src.line_col(self.body.start + s.start))
-            .unzip();
-        err.line = line;
-        err.column = column;
-        err.key = Some(self.key(key.as_deref()));
-        err
-    }
-
     /// The key of this table, or of `key` in it.
-    pub fn key(&self, key: Option<&str>) -> String {
+    fn key(&self, key: Option<&str>) -> String {
         match key {
             Some(k) => format!("{}[{}].{k}", self.name, self.index),
             None => format!("{}[{}]", self.name, self.index),

@@ -66,7 +66,8 @@ fn one_malloc_arena() {
     }
 }
 
-/// Hands the memory that parsing a large site file took back to the system.
+/// Hands back to the system what reading a large site file left free (the blanked copy of its
+/// text, each table's parse): about 0.2 MB at 2 885 devices.
 fn give_back_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free pages of the allocator's heap.
