@@ -20,6 +20,8 @@ use crate::store::{AccountingRules, Incoming, Rejected};
 
 /// Largest payload accepted; one device's poll is a few kilobytes.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
+/// The largest packet MQTT can frame (remaining length of four bytes).
+const MQTT_MAX_PACKET: usize = 268_435_455;
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 20_000;
 
@@ -186,7 +188,10 @@ pub async fn run(
     // Persistent session: what we have not acknowledged waits for us at the broker.
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
-    opts.set_max_packet_size(MAX_PAYLOAD * 2, MAX_PAYLOAD * 2);
+    // Every packet is read whole, however large: one the client refused would drop the
+    // connection, come back first on the next and stall ingest for good. Oversized payloads
+    // are quarantined (cut to MAX_PAYLOAD); the broker's `message_size_limit` bounds them.
+    opts.set_max_packet_size(MQTT_MAX_PACKET, MAX_PAYLOAD);
     opts.set_inflight(1_000);
     if let (Some(u), Some(p)) = (&cfg.mqtt.username, &cfg.mqtt.password) {
         opts.set_credentials(u.clone(), p.clone());

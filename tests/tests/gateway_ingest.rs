@@ -178,6 +178,12 @@ fn bad_input_is_quarantined_counted_and_does_not_disturb_good_messages() {
             format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024)),
             "oversized",
         ),
+        // Larger than any MQTT packet the gateway reads whole.
+        (
+            "ems/v1/demo/data/bf1-coke",
+            format!("{{\"pad\":\"{}\"}}", "x".repeat(3 << 20)),
+            "oversized",
+        ),
         ("ems/v1/demo/data/bf1-coke", good(2), ""),
     ];
     for (i, (topic, payload, _)) in cases.iter().enumerate() {
@@ -236,7 +242,7 @@ fn bad_input_is_quarantined_counted_and_does_not_disturb_good_messages() {
         ("schema", 1),
         ("mismatch", 1),
         ("future", 1),
-        ("oversized", 1),
+        ("oversized", 2),
     ] {
         let line = format!("ems_gateway_messages_quarantined_total{{reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "missing `{line}` in:\n{metrics}");
