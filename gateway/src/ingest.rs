@@ -199,60 +199,63 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
     let prefix = cfg.validation.topic_prefix.clone();
 
-    // Event loop -> writer: every publish, in arrival order.
-    let (work_tx, mut work_rx) = mpsc::channel::<Publish>(20_000);
+    // Event loop -> writer: every publish, in arrival order, classified (parsing there leaves
+    // the writer thread only the storing: the two run side by side).
+    let (work_tx, mut work_rx) = mpsc::channel::<(Publish, Incoming)>(20_000);
     // Writer -> acknowledger: publishes whose batch is committed.
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();
 
     let writer_metrics = metrics.clone();
-    let validation = cfg.validation.clone();
     let rules = cfg.rules;
-    let writer = std::thread::Builder::new().name("ingest-writer".into()).spawn(move || -> anyhow::Result<()> {
-        while let Some(first) = work_rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match work_rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            let items: Vec<Incoming> = batch.iter().map(|p| classify(&p.topic, &p.payload, &validation)).collect();
-            for item in &items {
-                if let Incoming::Rejected(r) = item {
-                    tracing::warn!(topic = %r.topic, reason = %r.reason, "Message quarantined.");
-                    writer_metrics.quarantined.get_or_create(&ReasonLabel { reason: reason_code(&r.reason) }).inc();
-                }
-            }
-            let started = Instant::now();
-            let outcome = loop {
-                match store.write_batch(&items, &rules, chrono::Utc::now().timestamp_millis()) {
-                    Ok(o) => break o,
-                    Err(e) => {
-                        // Nothing of the batch is acknowledged until it commits.
-                        writer_metrics.commit_errors.inc();
-                        tracing::error!(error = %e, "Commit failed; retrying.");
-                        std::thread::sleep(Duration::from_secs(1));
+    let writer = std::thread::Builder::new()
+        .name("ingest-writer".into())
+        .spawn(move || -> anyhow::Result<()> {
+            while let Some(first) = work_rx.blocking_recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match work_rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
                     }
                 }
-            };
-            writer_metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-            writer_metrics.batch_size.set(batch.len() as i64);
-            writer_metrics.stored.inc_by(outcome.stored);
-            writer_metrics.duplicates.inc_by(outcome.duplicates);
-            writer_metrics.points.inc_by(outcome.points);
-            writer_metrics.late_samples.inc_by(outcome.late_samples);
-            for kind in &outcome.anomalies {
-                writer_metrics.anomalies.get_or_create(&KindLabel { kind: kind.to_string() }).inc();
-            }
-            for p in batch {
-                if ack_tx.send(p).is_err() {
-                    return Ok(());
+                let (batch, items): (Vec<Publish>, Vec<Incoming>) = batch.into_iter().unzip();
+                let started = Instant::now();
+                let outcome = loop {
+                    match store.write_batch(&items, &rules, chrono::Utc::now().timestamp_millis()) {
+                        Ok(o) => break o,
+                        Err(e) => {
+                            // Nothing of the batch is acknowledged until it commits.
+                            writer_metrics.commit_errors.inc();
+                            tracing::error!(error = %e, "Commit failed; retrying.");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                };
+                writer_metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                writer_metrics.batch_size.set(batch.len() as i64);
+                writer_metrics.stored.inc_by(outcome.stored);
+                writer_metrics.duplicates.inc_by(outcome.duplicates);
+                writer_metrics.points.inc_by(outcome.points);
+                writer_metrics.late_samples.inc_by(outcome.late_samples);
+                for kind in &outcome.anomalies {
+                    writer_metrics
+                        .anomalies
+                        .get_or_create(&KindLabel {
+                            kind: kind.to_string(),
+                        })
+                        .inc();
                 }
+                for p in batch {
+                    if ack_tx.send(p).is_err() {
+                        return Ok(());
+                    }
+                }
+                let _ = committed.send(());
             }
-            let _ = committed.send(());
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
 
     let ack_client = client.clone();
     let acker = tokio::spawn(async move {
@@ -313,7 +316,14 @@ pub async fn run(
                 metrics.received.inc();
                 match &work_tx {
                     Some(tx) => tx
-                        .send(p)
+                        .send({
+                            let item = classify(&p.topic, &p.payload, &cfg.validation);
+                            if let Incoming::Rejected(r) = &item {
+                                tracing::warn!(topic = %r.topic, reason = %r.reason, "Message quarantined.");
+                                metrics.quarantined.get_or_create(&ReasonLabel { reason: reason_code(&r.reason) }).inc();
+                            }
+                            (p, item)
+                        })
                         .await
                         .map_err(|_| anyhow::anyhow!("ingest writer stopped"))?,
                     // Not acknowledged: the broker keeps it for our next session.
