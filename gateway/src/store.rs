@@ -193,11 +193,19 @@ pub struct BatchOutcome {
     pub anomalies: Vec<&'static str>,
 }
 
+/// The writer's own maps, looked up for every point of every message: a faster hash than the
+/// standard SipHash (per-process seeded).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
+/// Device -> point -> state of each tracked counter point.
+type CounterTracks = FastMap<String, FastMap<String, CounterTrack>>;
+
 pub struct Store {
     path: PathBuf,
     conn: Connection,
     /// State of each tracked counter point.
-    last: HashMap<(String, String), CounterTrack>,
+    last: CounterTracks,
     /// Series id of each device's points.
     series: SeriesIds,
     /// Queue what is stored for the time-series sink.
@@ -228,7 +236,7 @@ impl Store {
         Ok(Store {
             path: path.to_owned(),
             conn,
-            last: HashMap::new(),
+            last: CounterTracks::default(),
             series: SeriesIds::default(),
             sink: false,
         })
@@ -401,29 +409,26 @@ fn pack_point_samples(tx: &Transaction<'_>) -> anyhow::Result<()> {
 }
 
 /// What a batch touches many times but stores once, at its end: additions to the rollup slots,
-/// counter states and the devices' ledger rows.
+/// counter states and the devices' ledger rows (keyed by the batch's own strings).
 #[derive(Debug, Default)]
-struct Gathered {
-    slots: HashMap<(String, String, i64), PointSlot>,
-    counters: HashSet<(String, String)>,
-    devices: HashMap<String, LedgerUpdate>,
+struct Gathered<'a> {
+    slots: FastMap<(&'a str, &'a str, i64), PointSlot>,
+    counters: FastSet<(&'a str, &'a str)>,
+    devices: FastMap<&'a str, LedgerUpdate<'a>>,
 }
 
 /// A device's ledger row changes within one batch.
 #[derive(Debug)]
-struct LedgerUpdate {
+struct LedgerUpdate<'a> {
     /// Highest sequence number so far, with its poll time, site and edge.
-    newest: Option<(i64, i64, String, String)>,
+    newest: Option<(i64, i64, &'a str, &'a str)>,
     messages: i64,
     last_good_ms: Option<i64>,
 }
 
-impl Gathered {
-    fn add_slot(&mut self, key: &(String, String), slot: i64, r: PointSlot) {
-        let e = self
-            .slots
-            .entry((key.0.clone(), key.1.clone(), slot))
-            .or_default();
+impl<'a> Gathered<'a> {
+    fn add_slot(&mut self, (device, point): (&'a str, &'a str), slot: i64, r: PointSlot) {
+        let e = self.slots.entry((device, point, slot)).or_default();
         e.delta += r.delta;
         e.covered_ms += r.covered_ms;
         e.estimated += r.estimated;
@@ -432,7 +437,7 @@ impl Gathered {
     fn write(
         self,
         tx: &Transaction<'_>,
-        last: &HashMap<(String, String), CounterTrack>,
+        last: &CounterTracks,
         received_ms: i64,
     ) -> rusqlite::Result<()> {
         let mut stmt = tx.prepare_cached(UPSERT_SLOT)?;
@@ -450,17 +455,17 @@ impl Gathered {
             "INSERT INTO counter_state (device, point, ts_ms, value, rejected, changed_ms, rate_per_h) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (device, point) DO UPDATE SET ts_ms = ?3, value = ?4, rejected = ?5, changed_ms = ?6, rate_per_h = ?7",
         )?;
-        for key in &self.counters {
+        for &(device, point) in &self.counters {
             if let Some(
                 track @ CounterTrack {
                     anchor: Some((ts, v)),
                     ..
                 },
-            ) = last.get(key)
+            ) = last.get(device).and_then(|d| d.get(point))
             {
                 stmt.execute(params![
-                    key.0,
-                    key.1,
+                    device,
+                    point,
                     ts,
                     v,
                     track.rejected,
@@ -497,7 +502,7 @@ impl Gathered {
 
 /// The `series` id of each device and point, as stored.
 #[derive(Debug, Default)]
-struct SeriesIds(HashMap<String, HashMap<String, i64>>);
+struct SeriesIds(FastMap<String, FastMap<String, i64>>);
 
 impl SeriesIds {
     fn get(&mut self, tx: &Transaction<'_>, device: &str, point: &str) -> rusqlite::Result<i64> {
@@ -517,14 +522,10 @@ impl SeriesIds {
     }
 }
 
-fn write_telemetry(
+fn write_telemetry<'a>(
     tx: &Transaction<'_>,
-    (last, series, gathered): (
-        &mut HashMap<(String, String), CounterTrack>,
-        &mut SeriesIds,
-        &mut Gathered,
-    ),
-    t: &Telemetry,
+    (last, series, gathered): (&mut CounterTracks, &mut SeriesIds, &mut Gathered<'a>),
+    t: &'a Telemetry,
     rules: &AccountingRules,
     received_ms: i64,
     out: &mut BatchOutcome,
@@ -548,13 +549,15 @@ fn write_telemetry(
     }
     out.stored += 1;
     update_ledger(tx, gathered, t, received_ms)?;
+    out.points += t.points.len() as u64;
+    let Some(device_rules) = rules.tracked.get(&t.device) else {
+        return Ok(());
+    };
     for p in &t.points {
-        out.points += 1;
-        let rule = rules.tracked.get(&t.device).and_then(|d| d.get(&p.id));
-        let (Some(rule), Some(v)) = (rule, p.v) else {
+        let (Some(rule), Some(v)) = (device_rules.get(&p.id), p.v) else {
             continue;
         };
-        let key = (t.device.clone(), p.id.clone());
+        let key = (t.device.as_str(), p.id.as_str());
         let state = (&mut *last, &mut *gathered);
         if account_sample(tx, state, key, t.ts_ms, v, rule, rules.max_gap_ms, out)? {
             out.late_samples += 1;
@@ -565,15 +568,15 @@ fn write_telemetry(
 
 /// Sequence bookkeeping: last number, and the ranges still missing. The device's row is
 /// written once per batch (see [`Gathered`]); gaps at once.
-fn update_ledger(
+fn update_ledger<'a>(
     tx: &Transaction<'_>,
-    gathered: &mut Gathered,
-    t: &Telemetry,
+    gathered: &mut Gathered<'a>,
+    t: &'a Telemetry,
     received_ms: i64,
 ) -> anyhow::Result<()> {
     let seq = t.seq as i64;
     let any_good = t.points.iter().any(|p| p.q.is_good() && p.v.is_some());
-    let prev: Option<i64> = match gathered.devices.get(&t.device) {
+    let prev: Option<i64> = match gathered.devices.get(t.device.as_str()) {
         Some(LedgerUpdate {
             newest: Some((s, ..)),
             ..
@@ -635,7 +638,7 @@ fn update_ledger(
     };
     let u = gathered
         .devices
-        .entry(t.device.clone())
+        .entry(t.device.as_str())
         .or_insert(LedgerUpdate {
             newest: None,
             messages: 0,
@@ -643,7 +646,7 @@ fn update_ledger(
         });
     u.messages += 1;
     if newest {
-        u.newest = Some((seq, t.ts_ms, t.site.clone(), t.edge.clone()));
+        u.newest = Some((seq, t.ts_ms, &t.site, &t.edge));
         if any_good {
             u.last_good_ms = Some(t.ts_ms);
         }
@@ -745,17 +748,21 @@ pub fn declare_lost(
 /// that used to span this sample's time is taken out and its two halves are put in: exactly the
 /// intervals the sample touches are recomputed, nothing else.
 #[allow(clippy::too_many_arguments)]
-fn account_sample(
+fn account_sample<'a>(
     tx: &Transaction<'_>,
-    (last, gathered): (&mut HashMap<(String, String), CounterTrack>, &mut Gathered),
-    key: (String, String),
+    (last, gathered): (&mut CounterTracks, &mut Gathered<'a>),
+    key: (&'a str, &'a str),
     ts_ms: i64,
     value: f64,
     rule: &CounterRule,
     max_gap_ms: i64,
     out: &mut BatchOutcome,
 ) -> anyhow::Result<bool> {
-    let mut track = match last.get(&key) {
+    if !last.contains_key(key.0) {
+        last.insert(key.0.to_owned(), FastMap::default());
+    }
+    let tracks = last.get_mut(key.0).expect("inserted");
+    let mut track = match tracks.get(key.1) {
         Some(t) => *t,
         None => tx
             .query_row(
@@ -771,13 +778,13 @@ fn account_sample(
             return Ok(false);
         }
         if ts_ms < anchor_ts {
-            late_sample(tx, gathered, &key, ts_ms, value, rule, max_gap_ms)?;
+            late_sample(tx, gathered, key, ts_ms, value, rule, max_gap_ms)?;
             return Ok(true);
         }
     }
     for event in track.push(ts_ms, value, rule) {
         add_event(&event, max_gap_ms, |slot, r| {
-            gathered.add_slot(&key, slot, r)
+            gathered.add_slot(key, slot, r)
         });
         let anomaly = match event {
             CounterEvent::Interval { .. } => None,
@@ -795,9 +802,14 @@ fn account_sample(
         }
     }
     if track.anchor.is_some() {
-        gathered.counters.insert(key.clone());
+        gathered.counters.insert(key);
     }
-    last.insert(key, track);
+    match tracks.get_mut(key.1) {
+        Some(t) => *t = track,
+        None => {
+            tracks.insert(key.1.to_owned(), track);
+        }
+    }
     Ok(false)
 }
 
@@ -816,10 +828,10 @@ const UPSERT_SLOT: &str = "INSERT INTO point_slots (device, point, slot_ms, delt
 /// A sample older than the last accepted one: the interval between its stored neighbours is
 /// replaced by the two intervals it splits it into. (Spike rejection applies to samples in
 /// order; a late sample is taken as read.)
-fn late_sample(
+fn late_sample<'a>(
     tx: &Transaction<'_>,
-    gathered: &mut Gathered,
-    key: &(String, String),
+    gathered: &mut Gathered<'a>,
+    key: (&'a str, &'a str),
     ts_ms: i64,
     value: f64,
     rule: &CounterRule,
