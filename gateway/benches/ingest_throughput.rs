@@ -242,6 +242,21 @@ async fn start_gateway(
     (stop, task)
 }
 
+/// Each message with its device (which publisher sends it) and the gateway's topic for it.
+fn to_gateway(msgs: &[Telemetry], payloads: &[Vec<u8>]) -> Vec<(usize, String, Vec<u8>)> {
+    msgs.iter()
+        .zip(payloads)
+        .enumerate()
+        .map(|(i, (t, p))| {
+            (
+                i % DEVICES,
+                format!("ems/v1/s/data/{}", t.device),
+                p.clone(),
+            )
+        })
+        .collect()
+}
+
 /// Part 3: the messages published while the gateway's session is away, counted in at the
 /// broker by a bare subscriber, then taken in by the gateway; its rate in messages/s.
 async fn catch_up(
@@ -265,18 +280,7 @@ async fn catch_up(
             break;
         }
     }
-    let messages = msgs
-        .iter()
-        .zip(payloads)
-        .enumerate()
-        .map(|(i, (t, p))| {
-            (
-                i % DEVICES,
-                format!("ems/v1/s/data/{}", t.device),
-                p.clone(),
-            )
-        })
-        .collect();
+    let messages = to_gateway(msgs, payloads);
     publish_split(port, "bench-pub-catch-up", messages).await;
     let mut got = 0;
     while got < msgs.len() {
@@ -394,18 +398,7 @@ async fn main() {
 
     let db = dir.join("gateway.db");
     let (stop, task) = start_gateway(port, &db, "bench-gateway").await;
-    let messages = msgs
-        .iter()
-        .zip(&payloads)
-        .enumerate()
-        .map(|(i, (t, p))| {
-            (
-                i % DEVICES,
-                format!("ems/v1/s/data/{}", t.device),
-                p.clone(),
-            )
-        })
-        .collect();
+    let messages = to_gateway(&msgs, &payloads);
     let started = Instant::now();
     publish_split(port, "bench-pub", messages).await;
     while count_messages(&db) < n as i64 {
