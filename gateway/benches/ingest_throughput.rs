@@ -165,19 +165,35 @@ async fn publish_split(
     tasks
 }
 
-/// 1. A plain subscriber draining the publishers' messages.
-async fn plain_subscriber(port: u16, payloads: &[Vec<u8>]) -> f64 {
-    let mut opts = MqttOptions::new("bench-sub", "127.0.0.1", port);
+/// A bare subscriber (automatic acknowledgements) once the broker has confirmed `filter`.
+async fn bare_subscriber(port: u16, id: &str, filter: &str) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (sub, mut ev) = AsyncClient::new(opts, 10_000);
-    sub.subscribe("bench/plain/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    sub.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     loop {
         if let Ok(Event::Incoming(Packet::SubAck(_))) = ev.poll().await {
             break;
         }
     }
+    (sub, ev)
+}
+
+/// Takes `n` messages; returns when the first arrived.
+async fn receive(ev: &mut rumqttc::EventLoop, n: usize) -> Instant {
+    let (mut got, mut first) = (0usize, None);
+    while got < n {
+        if let Ok(Event::Incoming(Packet::Publish(_))) = ev.poll().await {
+            first.get_or_insert_with(Instant::now);
+            got += 1;
+        }
+    }
+    first.expect("n > 0")
+}
+
+/// 1. A plain subscriber draining the publishers' messages.
+async fn plain_subscriber(port: u16, payloads: &[Vec<u8>]) -> f64 {
+    let (_sub, mut ev) = bare_subscriber(port, "bench-sub", "bench/plain/#").await;
     let n = payloads.len();
     let messages = payloads
         .iter()
@@ -191,14 +207,7 @@ async fn plain_subscriber(port: u16, payloads: &[Vec<u8>]) -> f64 {
         })
         .collect();
     publish_split(port, "bench-pub-plain", messages).await;
-    let (mut got, mut first) = (0usize, None);
-    while got < n {
-        if let Ok(Event::Incoming(Packet::Publish(_))) = ev.poll().await {
-            first.get_or_insert_with(Instant::now);
-            got += 1;
-        }
-    }
-    n as f64 / first.unwrap().elapsed().as_secs_f64()
+    n as f64 / receive(&mut ev, n).await.elapsed().as_secs_f64()
 }
 
 /// Messages stored so far, from the ledger (committed with them): a few hundred rows to sum,
@@ -268,26 +277,9 @@ async fn catch_up(
     let (stop, task) = start_gateway(port, db, "bench-gateway-catch-up").await;
     stop.cancel();
     task.await.unwrap().unwrap();
-    let mut opts = MqttOptions::new("bench-count", "127.0.0.1", port);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (counter, mut ev) = AsyncClient::new(opts, 10_000);
-    counter
-        .subscribe("ems/v1/s/data/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    loop {
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = ev.poll().await {
-            break;
-        }
-    }
-    let messages = to_gateway(msgs, payloads);
-    publish_split(port, "bench-pub-catch-up", messages).await;
-    let mut got = 0;
-    while got < msgs.len() {
-        if let Ok(Event::Incoming(Packet::Publish(_))) = ev.poll().await {
-            got += 1;
-        }
-    }
+    let (counter, mut ev) = bare_subscriber(port, "bench-count", "ems/v1/s/data/#").await;
+    publish_split(port, "bench-pub-catch-up", to_gateway(msgs, payloads)).await;
+    receive(&mut ev, msgs.len()).await;
     // Every message is at the broker, queued for the gateway's session too.
     counter.disconnect().await.unwrap();
     let started = Instant::now();

@@ -161,6 +161,21 @@ fn reason_code(reason: &str) -> String {
     reason.split(':').next().unwrap_or("other").to_owned()
 }
 
+/// A publish with its classification; a rejection is logged and counted.
+fn classify_counted(p: Publish, v: &Validation, metrics: &Metrics) -> (Publish, Incoming) {
+    let item = classify(&p.topic, &p.payload, v);
+    if let Incoming::Rejected(r) = &item {
+        tracing::warn!(topic = %r.topic, reason = %r.reason, "Message quarantined.");
+        metrics
+            .quarantined
+            .get_or_create(&ReasonLabel {
+                reason: reason_code(&r.reason),
+            })
+            .inc();
+    }
+    (p, item)
+}
+
 pub struct IngestConfig {
     pub mqtt: MqttConfig,
     pub validation: Validation,
@@ -316,14 +331,7 @@ pub async fn run(
                 metrics.received.inc();
                 match &work_tx {
                     Some(tx) => tx
-                        .send({
-                            let item = classify(&p.topic, &p.payload, &cfg.validation);
-                            if let Incoming::Rejected(r) = &item {
-                                tracing::warn!(topic = %r.topic, reason = %r.reason, "Message quarantined.");
-                                metrics.quarantined.get_or_create(&ReasonLabel { reason: reason_code(&r.reason) }).inc();
-                            }
-                            (p, item)
-                        })
+                        .send(classify_counted(p, &cfg.validation, &metrics))
                         .await
                         .map_err(|_| anyhow::anyhow!("ingest writer stopped"))?,
                     // Not acknowledged: the broker keeps it for our next session.

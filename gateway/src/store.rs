@@ -758,6 +758,7 @@ fn account_sample<'a>(
     max_gap_ms: i64,
     out: &mut BatchOutcome,
 ) -> anyhow::Result<bool> {
+    // Owned keys are built only for a device or point seen for the first time.
     if !last.contains_key(key.0) {
         last.insert(key.0.to_owned(), FastMap::default());
     }

@@ -178,7 +178,8 @@ fn bad_input_is_quarantined_counted_and_does_not_disturb_good_messages() {
             format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024)),
             "oversized",
         ),
-        // Larger than any MQTT packet the gateway reads whole.
+        // Over what an MQTT client reads by default: still read, quarantined and acknowledged
+        // (refused, it would come back first after every reconnect and stop the stream).
         (
             "ems/v1/demo/data/bf1-coke",
             format!("{{\"pad\":\"{}\"}}", "x".repeat(3 << 20)),
