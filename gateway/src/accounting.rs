@@ -412,6 +412,20 @@ pub struct Indicator {
     pub corrections: BTreeMap<String, InputValue>,
 }
 
+/// Below this share of a flow's total, an estimated amount is rounding left over, not an
+/// estimate: a slot's `estimated` is a running sum, and a late sample takes the estimated
+/// interval it splits out again, which in floating point can leave ~1e-16 where readings
+/// replaced every estimate. A real one is far larger: one second bridged in a year is 3e-8.
+const ESTIMATE_RESIDUE: f64 = 1e-12;
+
+fn without_rounding_residue(estimated: f64, total: f64) -> f64 {
+    if estimated.abs() <= ESTIMATE_RESIDUE * total.abs() {
+        0.0
+    } else {
+        estimated
+    }
+}
+
 /// Computes a unit's indicators; `slots(flow_index)` gives that flow's rows as (slot, row).
 pub fn indicators(
     unit: &Unit,
@@ -455,6 +469,7 @@ pub fn indicators(
                     sum.covered_ms += r.covered_ms;
                     sum.estimated += r.estimated;
                 }
+                sum.estimated = without_rounding_residue(sum.estimated, sum.delta);
                 ind.completeness = ind
                     .completeness
                     .min(sum.covered_ms as f64 / (end - start) as f64);
@@ -869,6 +884,48 @@ mod tests {
             rollover: None,
             max_rate_per_h: None,
         }
+    }
+
+    #[test]
+    fn an_estimate_taken_back_leaves_no_estimated_share_and_a_real_one_shows() {
+        let unit = Unit {
+            id: "kiln1".into(),
+            name: "Kiln".into(),
+            kind: "kiln".into(),
+            site: None,
+            workshop: None,
+            limits: Vec::new(),
+            water_quota: None,
+            corrections: BTreeMap::new(),
+            flows: vec![
+                flow("clinker", Role::Product, None, "t", 1.0),
+                flow("power", Role::Consumed, Some("electricity"), "kWh", 0.1229),
+            ],
+        };
+        let tz: FixedOffset = "+00:00".parse().unwrap();
+        let day = [(0, 24 * HOUR_MS)];
+        // A gap bridged at 0.1 + 0.2, then taken out again as the replayed readings came:
+        // floating point leaves 5.6e-17 in the slot.
+        let residue = 0.1 + 0.2 - 0.3;
+        assert_ne!(residue, 0.0);
+        let slot = |delta: f64, estimated: f64| {
+            vec![(
+                0,
+                PointSlot {
+                    delta,
+                    covered_ms: 24 * HOUR_MS,
+                    estimated,
+                },
+            )]
+        };
+        let replayed = indicators(&unit, &day, tz, |i| slot(1_000.0 * (i + 1) as f64, residue));
+        assert_eq!(replayed[0].estimated_share, 0.0);
+        // One second of the day's 2 000 kWh bridged (0.023 kWh) is an estimate and says so.
+        let bridged = 2_000.0 / 86_400.0;
+        let real = indicators(&unit, &day, tz, |i| {
+            slot(1_000.0 * (i + 1) as f64, if i == 1 { bridged } else { 0.0 })
+        });
+        assert!(real[0].estimated_share > 0.0, "{}", real[0].estimated_share);
     }
 
     #[test]
