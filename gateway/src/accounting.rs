@@ -886,22 +886,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_estimate_taken_back_leaves_no_estimated_share_and_a_real_one_shows() {
-        let unit = Unit {
-            id: "kiln1".into(),
-            name: "Kiln".into(),
-            kind: "kiln".into(),
+    /// A unit of `kind` with no limits to judge and no corrections.
+    fn unjudged(kind: &str, flows: Vec<Flow>) -> Unit {
+        Unit {
+            id: kind.into(),
+            name: kind.into(),
+            kind: kind.into(),
             site: None,
             workshop: None,
             limits: Vec::new(),
             water_quota: None,
             corrections: BTreeMap::new(),
-            flows: vec![
+            flows,
+        }
+    }
+
+    #[test]
+    fn an_estimate_taken_back_leaves_no_estimated_share_and_a_real_one_shows() {
+        let unit = unjudged(
+            "kiln",
+            vec![
                 flow("clinker", Role::Product, None, "t", 1.0),
                 flow("power", Role::Consumed, Some("electricity"), "kWh", 0.1229),
             ],
-        };
+        );
         let tz: FixedOffset = "+00:00".parse().unwrap();
         let day = [(0, 24 * HOUR_MS)];
         // A gap bridged at 0.1 + 0.2, then taken out again as the replayed readings came:
@@ -932,16 +940,9 @@ mod tests {
     fn converter_figure_goes_negative_when_recovery_exceeds_use() {
         // Hand-computed: 150 t steel; 4 200 kWh x 0.1229 = 516.18 kgce consumed;
         // 15 000 m3 LDG at 7 500 kJ/m3 = 3 838.67 kgce recovered; net -3 322.49 kgce, -22.15 kgce/t.
-        let unit = Unit {
-            id: "bof1".into(),
-            name: "BOF".into(),
-            kind: "converter".into(),
-            site: None,
-            workshop: None,
-            limits: Vec::new(),
-            water_quota: None,
-            corrections: BTreeMap::new(),
-            flows: vec![
+        let unit = unjudged(
+            "converter",
+            vec![
                 flow("steel", Role::Product, None, "t", 1.0),
                 flow("power", Role::Consumed, Some("electricity"), "kWh", 0.1229),
                 flow(
@@ -953,7 +954,7 @@ mod tests {
                 ),
                 flow("water", Role::Water, None, "m3", 1.0),
             ],
-        };
+        );
         let full = |delta: f64| {
             vec![(
                 0,
@@ -1067,20 +1068,13 @@ mod tests {
 
     #[test]
     fn the_weakest_meter_decides_completeness_and_no_product_means_no_ratio() {
-        let unit = Unit {
-            id: "k".into(),
-            name: "K".into(),
-            kind: "kiln".into(),
-            site: None,
-            workshop: None,
-            limits: Vec::new(),
-            water_quota: None,
-            corrections: BTreeMap::new(),
-            flows: vec![
+        let unit = unjudged(
+            "kiln",
+            vec![
                 flow("clinker", Role::Product, None, "t", 1.0),
                 flow("coal", Role::Consumed, Some("raw_coal"), "t", 714.3),
             ],
-        };
+        );
         let tz: FixedOffset = "+00:00".parse().unwrap();
         let ind = indicators(&unit, &[(0, HOUR_MS)], tz, |i| {
             let covered = if i == 0 { HOUR_MS } else { HOUR_MS / 2 };
