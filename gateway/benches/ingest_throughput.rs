@@ -112,7 +112,7 @@ fn telemetry(device: usize, seq: u64, ts_ms: i64) -> Telemetry {
 
 fn gateway_config(port: u16, db: &std::path::Path, client_id: &str) -> String {
     let mut cfg = format!(
-        "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{client_id}\"\n[storage]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[accounting]\nmax_sample_gap_s = 86400\n",
+        "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{client_id}\"\n[storage]\npath = \"{}\"\n[ingest]\nsites = [\"s\"]\nedges = [\"e\"]\n[http]\nlisten = \"127.0.0.1:0\"\n[accounting]\nmax_sample_gap_s = 86400\n",
         db.display()
     );
     for u in 0..DEVICES / PER_UNIT {

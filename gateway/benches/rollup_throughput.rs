@@ -13,7 +13,7 @@ use std::time::Instant;
 use ems_core::wire::{PointValue, Telemetry};
 use ems_core::Quality;
 use ems_gateway::accounting::{CounterRule, GapFill};
-use ems_gateway::store::{AccountingRules, Incoming, Store};
+use ems_gateway::store::{AccountingRules, Incoming, Store, WriteRules};
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -39,10 +39,11 @@ fn main() {
                 .insert(p.to_string(), rule);
         }
     }
-    let rules = AccountingRules {
+    let rules: WriteRules = AccountingRules {
         tracked,
         max_gap_ms: 900_000,
-    };
+    }
+    .into();
     let t0 = 1_767_196_800_000i64;
     let mut batch = Vec::with_capacity(2_000);
     let (mut messages, mut points, mut counters) = (0u64, 0u64, 0u64);
@@ -56,7 +57,7 @@ fn main() {
                 v: Some(v),
                 q: Quality::Good,
             };
-            batch.push(Incoming::Telemetry(Telemetry {
+            batch.push(Incoming::built(Telemetry {
                 v: 1,
                 site: "s".into(),
                 edge: "e".into(),

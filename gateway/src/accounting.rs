@@ -82,6 +82,9 @@ pub struct CounterTrack {
     pub changed_ms: i64,
     /// Recent rate of the measured intervals, per hour (what [`GapFill::Rate`] fills with).
     pub rate_per_h: Option<f64>,
+    /// The time of the last reading taken, accepted or rejected: a reading at or before it is
+    /// late, and the counter is replayed from a state before it (see [`replay`]).
+    pub through_ms: i64,
 }
 
 /// After this many rejected readings in a row the counter has really moved: start afresh.
@@ -120,6 +123,7 @@ impl CounterTrack {
             *self = CounterTrack {
                 anchor: Some((ts_ms, value)),
                 changed_ms: ts_ms,
+                through_ms: ts_ms,
                 ..*self
             };
             return out;
@@ -127,6 +131,7 @@ impl CounterTrack {
         if ts_ms <= t0 {
             return out;
         }
+        self.through_ms = self.through_ms.max(ts_ms);
         let hours = (ts_ms - t0) as f64 / HOUR_MS as f64;
         let too_fast = |d: f64| rule.max_rate_per_h.is_some_and(|max| d / hours > max);
         let bridge = |counted: f64, rate: Option<f64>| CounterEvent::Interval {
@@ -188,6 +193,57 @@ impl CounterTrack {
         self.rejected = 0;
         out
     }
+}
+
+/// What replaying a counter's readings gave: the slot rollups, every finding other than an
+/// interval (spike, restart, jump, frozen) with the reading's time and value, the state after
+/// the last reading of each slot, and the state at the end.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replay {
+    pub slots: BTreeMap<i64, PointSlot>,
+    pub findings: Vec<(i64, f64, CounterEvent)>,
+    pub checkpoints: Vec<(i64, CounterTrack)>,
+    pub end: CounterTrack,
+}
+
+/// The 15-minute slot a time falls in.
+pub fn slot_of(ts_ms: i64) -> i64 {
+    ts_ms - ts_ms.rem_euclid(SLOT_MS)
+}
+
+/// Replays `readings` (in time order) from the state `start` through [`CounterTrack::push`],
+/// the one function that decides every reading, in order or late: what ingest keeps for a late
+/// reading is the difference between the replays with and without it, so the rollups always
+/// equal a replay of all stored readings in time order (what the integrity check computes).
+pub fn replay(
+    start: CounterTrack,
+    readings: impl IntoIterator<Item = (i64, f64)>,
+    rule: &CounterRule,
+    max_gap_ms: i64,
+) -> Replay {
+    let mut out = Replay {
+        end: start,
+        ..Replay::default()
+    };
+    for (ts, value) in readings {
+        for event in out.end.push(ts, value, rule) {
+            add_event(&event, max_gap_ms, |slot, r| {
+                let e = out.slots.entry(slot).or_default();
+                e.delta += r.delta;
+                e.covered_ms += r.covered_ms;
+                e.estimated += r.estimated;
+            });
+            if !matches!(event, CounterEvent::Interval { .. }) {
+                out.findings.push((ts, value, event));
+            }
+        }
+        let slot = slot_of(ts);
+        match out.checkpoints.last_mut() {
+            Some((s, t)) if *s == slot => *t = out.end,
+            _ => out.checkpoints.push((slot, out.end)),
+        }
+    }
+    out
 }
 
 /// Adds one accepted interval into slots: a bridged one counts but is estimated and uncovered.
@@ -294,6 +350,35 @@ pub fn buckets(period: Period, from_ms: i64, to_ms: i64, cal: &Calendar) -> Vec<
         start = end;
     }
     out
+}
+
+/// At most how many periods [`buckets`] gives for `[from_ms, to_ms)`, computed without
+/// building them: what a request is checked against before any work.
+pub fn buckets_at_most(period: Period, from_ms: i64, to_ms: i64, cal: &Calendar) -> u64 {
+    if to_ms <= from_ms {
+        return 0;
+    }
+    let span = (to_ms as i128 - from_ms as i128) as u128;
+    let per = |len: i64| (span / len as u128 + 2) as u64;
+    let days = per(24 * HOUR_MS);
+    let year_month = |ms: i64| {
+        let d = local(ms, cal.tz);
+        (i128::from(d.year()), i128::from(d.month()))
+    };
+    match period {
+        Period::Quarter => per(SLOT_MS),
+        Period::Hour => per(HOUR_MS),
+        Period::Day => days,
+        Period::Shift => days.saturating_mul(cal.shift_starts.len() as u64),
+        Period::Month | Period::Year => {
+            let ((y0, m0), (y1, m1)) = (year_month(from_ms), year_month(to_ms));
+            let n = match period {
+                Period::Month => (y1 * 12 + m1) - (y0 * 12 + m0) + 1,
+                _ => y1 - y0 + 1,
+            };
+            n.max(0) as u64
+        }
+    }
 }
 
 /// A time in the plant's local offset, RFC 3339: how reports and the API write period bounds.
@@ -824,6 +909,45 @@ mod tests {
         );
         let hours = buckets(Period::Hour, from + 1, from + HOUR_MS, &cal);
         assert_eq!(hours, vec![(from, from + HOUR_MS)]);
+    }
+
+    #[test]
+    fn the_count_of_periods_is_known_before_they_are_built() {
+        let cst: FixedOffset = "+08:00".parse().unwrap();
+        let cal = Calendar {
+            tz: cst,
+            shift_starts: vec![0, 8 * HOUR_MS, 16 * HOUR_MS],
+        };
+        let at = |y, mo, d, h| {
+            cst.with_ymd_and_hms(y, mo, d, h, 0, 0)
+                .unwrap()
+                .timestamp_millis()
+        };
+        for (from, to) in [
+            (at(2026, 1, 31, 20), at(2026, 2, 2, 0)),
+            (at(2025, 12, 31, 23), at(2026, 1, 1, 1)),
+            (at(2024, 3, 5, 7), at(2026, 11, 17, 13)),
+        ] {
+            for p in [
+                Period::Quarter,
+                Period::Hour,
+                Period::Shift,
+                Period::Day,
+                Period::Month,
+                Period::Year,
+            ] {
+                let built = buckets(p, from, to, &cal).len() as u64;
+                let bound = buckets_at_most(p, from, to, &cal);
+                // An upper bound, and a close one (shifts are counted as whole days of them).
+                assert!(
+                    built <= bound && bound <= 2 * built + 6,
+                    "{p:?}: {built} built, bound {bound}"
+                );
+            }
+        }
+        // A thousand years of 15-minute periods is refused on arithmetic alone.
+        let (y0, y1) = (at(1000, 1, 1, 0), at(2000, 1, 1, 0));
+        assert!(buckets_at_most(Period::Quarter, y0, y1, &cal) > 35_000_000);
     }
 
     #[test]

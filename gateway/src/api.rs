@@ -4,17 +4,18 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
-use crate::accounting::{buckets, indicators, Indicator, Period, HOUR_MS};
+use crate::accounting::{buckets, buckets_at_most, indicators, Indicator, Period, HOUR_MS};
 use crate::alarms::{AckOutcome, AlarmBook, AlarmRow};
 use crate::config::Plant;
 use crate::ingest::NowFn;
@@ -49,6 +50,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// A request refused before any work: its own status (405, 413, 414, 415, 422...).
+    #[error("{1}")]
+    Refused(StatusCode, String),
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
 }
@@ -61,6 +65,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Refused(status, _) => *status,
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "API request failed.");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -76,6 +81,72 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// Axum's own extractors answer a bad query, path or body in plain text; these wrap them so
+/// that every refusal of every route has the one JSON error shape.
+struct Query<T>(T);
+struct Path<T>(T);
+struct Json<T>(T);
+
+#[axum::async_trait]
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+#[axum::async_trait]
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+#[axum::async_trait]
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(e) => Err(ApiError::Refused(e.status(), e.body_text())),
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// The longest request target answered (414 beyond): every parameter of the API fits in far
+/// less.
+const MAX_URI_BYTES: usize = 8_192;
+/// The largest request body read (413 beyond): an operator's declaration is a sentence.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+async fn bounded_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > MAX_URI_BYTES {
+        return ApiError::Refused(
+            StatusCode::URI_TOO_LONG,
+            format!("request target of {len} bytes, at most {MAX_URI_BYTES}"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The live stream: the one route that takes its token in the query.
+const EVENTS_PATH: &str = "/api/v1/events";
+
 pub fn router(state: AppState) -> Router {
     // What reading needs: nothing, or a viewer's or operator's token (`open_viewing = false`).
     let reads = Router::new()
@@ -88,6 +159,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/devices/:id/gaps/:from/lost", post(declare_lost))
         .route("/api/v1/quarantine", get(quarantine))
+        .route("/api/v1/quarantine/totals", get(quarantine_totals))
+        .route("/api/v1/quarantine/:id/payload", get(quarantine_payload))
         .route("/api/v1/coefficients", get(coefficients))
         .route("/api/v1/limits", get(limits))
         .route("/api/v1/integrity", get(integrity))
@@ -97,7 +170,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/samples.csv", get(samples_csv))
         .route("/api/v1/reports/:kind", get(report))
         .route("/api/v1/uploads", get(uploads))
-        .route("/api/v1/events", get(events))
+        .route(EVENTS_PATH, get(events))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_viewer,
@@ -109,12 +182,22 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/uplot.min.css", get(uplot_css))
         .route("/assets/uplot-LICENSE.txt", get(uplot_license))
         .merge(reads)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::Refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route".into(),
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(bounded_request))
         .with_state(state)
 }
 
 /// Refuses reads without a viewer's or operator's token when viewing is not open. (The page
 /// and its assets stay reachable: the page asks for the token.) Server-sent events cannot
-/// carry a header from a browser, so `?token=` is accepted too.
+/// carry a header from a browser, so `?token=` is accepted there, and only there: a token in
+/// a URL ends up in logs and histories.
 async fn require_viewer(
     State(s): State<AppState>,
     req: axum::extract::Request,
@@ -124,11 +207,14 @@ async fn require_viewer(
     if http.open_viewing {
         return next.run(req).await;
     }
-    let from_query = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(str::to_owned)
-    });
+    let from_query = (req.uri().path() == EVENTS_PATH)
+        .then(|| req.uri().query())
+        .flatten()
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(str::to_owned)
+        });
     let Some(token) = bearer(req.headers()).map(str::to_owned).or(from_query) else {
         return ApiError::Unauthorized(
             "viewing needs a viewer's or operator's bearer token".into(),
@@ -265,8 +351,24 @@ async fn completeness(
     Ok(Json(rows))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `ok`, or 503 `stalled` while a storing batch has taken longer than `[ingest]
+/// stall_after_s` (what a poisoned message or a dead disk would do): a supervisor restarts on
+/// it, and the message that caused it is the batch's.
+async fn healthz(State(s): State<AppState>) -> Response {
+    let busy = s.metrics.writer.busy_for();
+    let limit = Duration::from_secs(s.plant.config.ingest.stall_after_s);
+    if busy > limit {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": "stalled",
+                "writer_busy_s": busy.as_secs_f64(),
+                "error": format!("the ingest writer has been on one batch for {} s", busy.as_secs()),
+            })),
+        )
+            .into_response();
+    }
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -340,7 +442,7 @@ fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
 }
 
 /// Most periods one request may ask for.
-const MAX_PERIODS: usize = 10_000;
+const MAX_PERIODS: u64 = 10_000;
 
 async fn unit_indicators(
     State(s): State<AppState>,
@@ -365,12 +467,13 @@ async fn unit_indicators(
         return Err(ApiError::BadRequest("`from` must be before `to`".into()));
     }
     let tz = s.plant.utc_offset;
-    let periods = buckets(period, from, to, &s.plant.calendar);
-    if periods.len() > MAX_PERIODS {
+    // Counted before any is built: a thousand years of quarters is refused on arithmetic.
+    if buckets_at_most(period, from, to, &s.plant.calendar) > MAX_PERIODS {
         return Err(ApiError::BadRequest(format!(
             "more than {MAX_PERIODS} periods; narrow the range"
         )));
     }
+    let periods = buckets(period, from, to, &s.plant.calendar);
     let (Some(first), Some(last)) = (periods.first(), periods.last()) else {
         return Ok(Json(Vec::new()));
     };
@@ -413,12 +516,40 @@ async fn quarantine(
     State(s): State<AppState>,
     Query(q): Query<LimitQuery>,
 ) -> ApiResult<Vec<crate::store::QuarantineRow>> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
     let reader = s.reader.clone();
     let rows = tokio::task::spawn_blocking(move || reader.quarantine(limit))
         .await
         .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(rows))
+}
+
+/// Refusals by reason since the database was made (retention deletes entries, not counts).
+async fn quarantine_totals(
+    State(s): State<AppState>,
+) -> ApiResult<Vec<crate::store::QuarantineTotal>> {
+    let reader = s.reader.clone();
+    let rows = tokio::task::spawn_blocking(move || reader.quarantine_totals())
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(rows))
+}
+
+/// The kept bytes of one quarantined payload, as received.
+async fn quarantine_payload(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let reader = s.reader.clone();
+    let payload = tokio::task::spawn_blocking(move || reader.quarantine_payload(id))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??
+        .ok_or_else(|| ApiError::NotFound(format!("no quarantine entry {id}")))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        payload,
+    )
+        .into_response())
 }
 
 async fn coefficients(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
@@ -438,21 +569,69 @@ struct ExportQuery {
     to: String,
 }
 
-/// Raw samples of any range as CSV (one device, or all).
+/// Raw samples of any range as CSV (one device, or all), streamed: however long the range,
+/// the gateway holds a few chunks of it at a time.
 async fn samples_csv(
     State(s): State<AppState>,
     Query(q): Query<ExportQuery>,
 ) -> Result<Response, ApiError> {
     let (from, to) = (parse_time("from", &q.from)?, parse_time("to", &q.to)?);
+    if from >= to {
+        return Err(ApiError::BadRequest("`from` must be before `to`".into()));
+    }
     let reader = s.reader.clone();
-    let body = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        reader.export_csv(q.device.as_deref(), from, to, &mut out)?;
-        Ok(out)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))??;
-    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let written = reader
+            .export_csv(q.device.as_deref(), from, to, &mut out)
+            .and_then(|_| Ok(std::io::Write::flush(&mut out)?));
+        if let Err(e) = written {
+            // The status is sent: the client sees the body end in an error, never a short file
+            // that looks whole.
+            tracing::warn!(error = %e, "Export stopped.");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// Hands what is written to the response body in chunks; fails once the client has gone.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+    }
 }
 
 /// Each upload endpoint: records made, confirmed, pending, the last confirmed, the last error.
@@ -496,6 +675,14 @@ struct ReportQuery {
     reporting: Option<String>,
 }
 
+/// A report's error: a parameter it cannot answer is the caller's (400), the rest the gateway's.
+fn report_error(e: anyhow::Error) -> ApiError {
+    match e.downcast_ref::<crate::report::InvalidRequest>() {
+        Some(bad) => ApiError::BadRequest(bad.0.clone()),
+        None => ApiError::Internal(e),
+    }
+}
+
 /// `YYYY-MM..YYYY-MM` of a query parameter.
 fn month_range(
     name: &str,
@@ -506,7 +693,7 @@ fn month_range(
     let (a, b) = v
         .split_once("..")
         .ok_or_else(|| bad("write YYYY-MM..YYYY-MM".into()))?;
-    let month = |m| crate::report::parse_month(m).map_err(|e| bad(e.to_string()));
+    let month = |m| crate::report::parse_month(m).map_err(report_error);
     Ok((month(a)?, month(b)?))
 }
 
@@ -536,7 +723,8 @@ async fn report(
                     let year = q
                         .year
                         .ok_or_else(|| ApiError::BadRequest("`year` is required".into()))?;
-                    let r = annual::build(&plant, &reader, year, now, |_, _| {})?;
+                    let r = annual::build(&plant, &reader, year, now, |_, _| {})
+                        .map_err(report_error)?;
                     let pdf = |r: &_| pdf::annual(r, &plant, &font()?);
                     Ok((
                         document(format, &r, tables::annual_figures, pdf)?,
@@ -545,8 +733,8 @@ async fn report(
                 }
                 "compliance" => {
                     let month = crate::report::parse_month(&required(q.month.as_deref(), "month")?)
-                        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-                    let r = compliance::build(&plant, &reader, month, now)?;
+                        .map_err(report_error)?;
+                    let r = compliance::build(&plant, &reader, month, now).map_err(report_error)?;
                     let pdf = |r: &_| pdf::compliance(r, &font()?);
                     let name = format!("compliance-{}", r.month);
                     Ok((document(format, &r, tables::compliance_figures, pdf)?, name))
@@ -555,8 +743,8 @@ async fn report(
                     let unit = required(q.unit.as_deref(), "unit")?;
                     let baseline = month_range("baseline", q.baseline.as_deref())?;
                     let reporting = month_range("reporting", q.reporting.as_deref())?;
-                    let r = savings::build(&plant, &reader, &unit, baseline, reporting, &[])
-                        .map_err(|e| ApiError::BadRequest(format!("{e:#}")))?;
+                    let r = savings::build(&plant, &reader, &unit, baseline, reporting, &[], now)
+                        .map_err(report_error)?;
                     let pdf = |r: &_| pdf::savings(r, &font()?);
                     Ok((
                         document(format, &r, tables::savings_figures, pdf)?,
@@ -650,12 +838,12 @@ fn operator(s: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     holder(operators, token).ok_or_else(|| ApiError::Unauthorized("unknown operator token".into()))
 }
 
-/// The token of an `Authorization: Bearer` header.
+/// The token of an `Authorization: Bearer` header (the scheme is case-insensitive, RFC 7235).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Whose `token` it is among `tokens` (name -> token), compared in constant time.

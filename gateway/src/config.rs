@@ -21,6 +21,11 @@ pub struct GatewayConfig {
     pub accounting: AccountingConfig,
     #[serde(default)]
     pub alarms: AlarmsConfig,
+    /// What ingest accepts: the plant's sites, edges and devices, and the bounds of time and
+    /// numbering a message must keep.
+    pub ingest: AcceptConfig,
+    #[serde(default)]
+    pub quarantine: QuarantineConfig,
     #[serde(default)]
     pub enterprise: Option<EnterpriseConfig>,
     /// The InfluxDB 2 sink (off when absent).
@@ -132,6 +137,94 @@ impl Default for HttpConfig {
             open_viewing: true,
         }
     }
+}
+
+/// What ingest accepts (`[ingest]`). A message outside it is quarantined with its reason and
+/// counted, never stored as data: what a faulty meter, a board without a clock or a stranger on
+/// the plant network sends must not reach the record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptConfig {
+    /// The MQTT sites (the edges' `site`, the topic's second level) this gateway collects.
+    pub sites: Vec<String>,
+    /// The edges allowed to publish: names, or prefixes ending in `*` (`"line2-*"`).
+    pub edges: Vec<String>,
+    /// Devices stored besides those the units account for (meters read for information only),
+    /// as names or `*`-ended prefixes. A device in neither is quarantined as unknown.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// The earliest poll time accepted, RFC 3339: before the plant's commissioning, and in any
+    /// case after what a board without a real-time clock reports before NTP (1970, 2000).
+    #[serde(default = "default_earliest")]
+    pub earliest: String,
+    /// How far past the gateway's clock a poll time may be.
+    #[serde(default = "default_max_future_s")]
+    pub max_future_s: u64,
+    /// How far a message's poll time may lie behind its device's newest message: a late
+    /// sample recomputes the accounting from there on, so this bounds that work. Must be
+    /// shorter than `storage.raw_retention_days`.
+    #[serde(default = "default_max_late_s")]
+    pub max_late_s: u64,
+    /// The most a device's sequence number may jump ahead of its last one (a jump is a gap
+    /// the ledger keeps open: a corrupt or hostile number must not open billions).
+    #[serde(default = "default_max_seq_jump")]
+    pub max_seq_jump: u64,
+    /// A storing batch taking longer than this marks the gateway unhealthy (`/healthz`).
+    #[serde(default = "default_stall_after_s")]
+    pub stall_after_s: u64,
+}
+
+fn default_earliest() -> String {
+    "2020-01-01T00:00:00Z".into()
+}
+fn default_max_future_s() -> u64 {
+    600
+}
+fn default_max_late_s() -> u64 {
+    86_400
+}
+fn default_max_seq_jump() -> u64 {
+    10_000_000
+}
+fn default_stall_after_s() -> u64 {
+    60
+}
+
+/// `true` when `name` is one of `patterns`: equal to one, or starting with one that ends in `*`.
+pub fn matches_any(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => p == name,
+    })
+}
+
+/// How long refused messages are kept and how much of each (`[quarantine]`). The count and
+/// bytes of every refusal by reason are kept for ever.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineConfig {
+    /// Entries older than this are deleted (checked hourly); absent: kept for ever.
+    #[serde(default = "default_quarantine_retention_days")]
+    pub retention_days: Option<u32>,
+    /// At most this much of a payload is kept; its full size and SHA-256 always are.
+    #[serde(default = "default_quarantine_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        QuarantineConfig {
+            retention_days: default_quarantine_retention_days(),
+            max_payload_bytes: default_quarantine_max_payload_bytes(),
+        }
+    }
+}
+
+fn default_quarantine_retention_days() -> Option<u32> {
+    Some(180)
+}
+fn default_quarantine_max_payload_bytes() -> usize {
+    65_536
 }
 
 /// When alarms are raised and cleared (see `alarms.rs`).
@@ -380,6 +473,78 @@ pub struct Plant {
     pub calendar: Calendar,
     pub coefficients: Coefficients,
     pub limits: Limits,
+    /// `ingest.earliest`, ms since the epoch.
+    pub earliest_ms: i64,
+}
+
+/// Checks `[ingest]` and `[quarantine]`; returns the earliest acceptable time.
+fn check_accept(src: &Source, config: &GatewayConfig) -> Result<i64, ConfigError> {
+    let a = &config.ingest;
+    for (key, names) in [("ingest.sites", &a.sites), ("ingest.edges", &a.edges)] {
+        if names.is_empty() {
+            return Err(src.error(key, "name at least one (what this gateway collects)"));
+        }
+    }
+    for (key, names) in [
+        ("ingest.sites", &a.sites),
+        ("ingest.edges", &a.edges),
+        ("ingest.devices", &a.devices),
+    ] {
+        if let Some((i, bad)) = names
+            .iter()
+            .enumerate()
+            .find(|(_, n)| !valid_name(n.strip_suffix('*').unwrap_or(n)))
+        {
+            return Err(src.error(
+                &format!("{key}[{i}]"),
+                format!("`{bad}` is not a name: 1 to {MAX_NAME_LEN} letters, digits, `_`, `-`, `.` or `:`"),
+            ));
+        }
+    }
+    if a.sites.iter().any(|s| s.ends_with('*')) {
+        return Err(src.error("ingest.sites", "sites are names, not patterns"));
+    }
+    let earliest = chrono::DateTime::parse_from_rfc3339(&a.earliest)
+        .map_err(|e| src.error("ingest.earliest", format!("not an RFC 3339 time: {e}")))?
+        .timestamp_millis();
+    if a.max_seq_jump == 0 || a.max_seq_jump > i64::MAX as u64 / 4 {
+        return Err(src.error("ingest.max_seq_jump", "from 1 to 2^61"));
+    }
+    if a.max_late_s == 0 || a.max_late_s > 366 * 86_400 {
+        return Err(src.error("ingest.max_late_s", "from 1 s to a year"));
+    }
+    if a.max_future_s > 7 * 86_400 {
+        return Err(src.error("ingest.max_future_s", "at most a week"));
+    }
+    if a.stall_after_s == 0 {
+        return Err(src.error("ingest.stall_after_s", "at least one second"));
+    }
+    if let Some(days) = config.storage.raw_retention_days {
+        if u64::from(days) * 86_400 <= a.max_late_s {
+            return Err(src.error(
+                "ingest.max_late_s",
+                "must be shorter than storage.raw_retention_days: a late sample is accounted against the raw samples around it",
+            ));
+        }
+    }
+    if config.quarantine.max_payload_bytes < 1_024 {
+        return Err(src.error(
+            "quarantine.max_payload_bytes",
+            "at least 1024 bytes (enough to see what was sent)",
+        ));
+    }
+    Ok(earliest)
+}
+
+/// The longest site, edge, device or point name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// A site, edge, device or point name: what a topic level and a ledger key may hold.
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 impl Plant {
@@ -446,6 +611,7 @@ impl Plant {
             tz: utc_offset,
             shift_starts,
         };
+        let earliest_ms = check_accept(src, &config)?;
         // Workshop id -> site id.
         let mut workshops = std::collections::HashMap::new();
         for (i, site) in config.enterprise.iter().flat_map(|e| &e.sites).enumerate() {
@@ -618,11 +784,18 @@ impl Plant {
             calendar,
             coefficients,
             limits,
+            earliest_ms,
         })
     }
 
     pub fn unit(&self, id: &str) -> Option<&Unit> {
         self.units.iter().find(|u| u.id == id)
+    }
+
+    /// Whether telemetry of `device` is stored: a unit accounts for it, or `[ingest] devices`
+    /// names it.
+    pub fn known_device(&self, device: &str) -> bool {
+        self.flows().any(|f| f.device == device) || matches_any(&self.config.ingest.devices, device)
     }
 
     /// Every (device, point) some unit accounts for, with its flow.
@@ -634,6 +807,9 @@ impl Plant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `[ingest]` table every config needs, for the configs written out in these tests.
+    const INGEST: &str = "[ingest]\nsites = [\"s\"]\nedges = [\"e\"]\n";
 
     #[test]
     fn shipped_example_configs_parse() {
@@ -663,7 +839,7 @@ mod tests {
         let err = |unit: &str| {
             Plant::from_source(&Source::embedded(
                 "gw.toml",
-                &format!("{head}{unit}{flows}"),
+                &format!("{head}{unit}{flows}{INGEST}"),
             ))
             .unwrap_err()
             .to_string()
@@ -706,7 +882,7 @@ mod tests {
         let err = |unit: &str| {
             Plant::from_source(&Source::embedded(
                 "gw.toml",
-                &format!("{base}{unit}{flows}"),
+                &format!("{base}{unit}{flows}{INGEST}"),
             ))
             .unwrap_err()
         };
@@ -736,7 +912,8 @@ mod tests {
     #[test]
     fn unknown_carrier_names_line_and_key() {
         let text = "[mqtt]\nhost = \"h\"\n[storage]\npath = \"x.db\"\n[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"kiln\"\n[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"unobtainium\"\nunit = \"t\"\n";
-        let err = Plant::from_source(&Source::embedded("gw.toml", text)).unwrap_err();
+        let text = format!("{text}{INGEST}");
+        let err = Plant::from_source(&Source::embedded("gw.toml", &text)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "gw.toml:13:11: key `units[0].flows[0].carrier`: unknown carrier `unobtainium`"

@@ -5,6 +5,7 @@
 //! message's batch committed, in arrival order. A crash at any moment loses nothing that was
 //! acknowledged, and the broker redelivers the rest (persistent session, manual acks).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,10 +14,10 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::MqttConfig;
+use crate::config::{matches_any, valid_name, MqttConfig};
 use crate::metrics::{KindLabel, Metrics, ReasonLabel};
 use crate::storage::Storage;
-use crate::store::{AccountingRules, Incoming, Rejected};
+use crate::store::{Incoming, Raw, Rejected, WriteRules};
 
 /// Largest payload accepted; one device's poll is a few kilobytes.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
@@ -27,22 +28,53 @@ const MAX_BATCH: usize = 20_000;
 
 pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-/// Limits on what is accepted.
+/// Most points one message may carry (a device's poll is tens).
+pub const MAX_POINTS: usize = 4_096;
+
+/// What is accepted: the plant's own sites, edges and devices, within the bounds of time.
 #[derive(Clone)]
 pub struct Validation {
     pub topic_prefix: String,
+    pub sites: HashSet<String>,
+    /// Edge names or `*`-ended prefixes.
+    pub edges: Vec<String>,
+    /// Devices the units account for, and the `[ingest] devices` names or prefixes.
+    pub accounted: HashSet<String>,
+    pub other_devices: Vec<String>,
+    /// Poll times before this are refused (a board without a clock, a dead clock battery).
+    pub earliest_ms: i64,
     /// How far past the gateway's clock a poll time may be.
     pub max_future_ms: i64,
     pub now: NowFn,
 }
 
+impl Validation {
+    pub fn for_plant(plant: &crate::Plant, now: NowFn) -> Validation {
+        let a = &plant.config.ingest;
+        Validation {
+            topic_prefix: plant.config.mqtt.topic_prefix.clone(),
+            sites: a.sites.iter().cloned().collect(),
+            edges: a.edges.clone(),
+            accounted: plant.flows().map(|f| f.device.clone()).collect(),
+            other_devices: a.devices.clone(),
+            earliest_ms: plant.earliest_ms,
+            max_future_ms: a.max_future_s as i64 * 1000,
+            now,
+        }
+    }
+
+    fn known_device(&self, device: &str) -> bool {
+        self.accounted.contains(device) || matches_any(&self.other_devices, device)
+    }
+}
+
 /// Classifies one MQTT message; anything wrong becomes a rejection with its reason.
-pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
+pub fn classify(topic_name: &str, payload: &bytes::Bytes, v: &Validation) -> Incoming {
     let reject = |code: &str, detail: String| {
         Incoming::Rejected(Rejected {
             topic: topic_name.to_owned(),
             reason: format!("{code}: {detail}"),
-            payload: payload[..payload.len().min(MAX_PAYLOAD)].to_vec(),
+            payload: payload.to_vec(),
         })
     };
     if payload.len() > MAX_PAYLOAD {
@@ -54,6 +86,17 @@ pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
     let Some(parsed) = topic::parse(&v.topic_prefix, topic_name) else {
         return reject("topic", "not a protocol v1 topic".into());
     };
+    let (topic::Parsed::Data { site, .. } | topic::Parsed::Status { site, .. }) = parsed;
+    if !v.sites.contains(site) {
+        return reject(
+            "site",
+            format!("site `{}` is not one this gateway collects", shown(site)),
+        );
+    }
+    // A message is one JSON object: serde would also take a struct written as an array.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return reject("json", "not a JSON object".into());
+    }
     // Telemetry, the bulk of the traffic, parses straight into its type; anything else, or
     // telemetry that fails to, goes through a generic parse that tells why.
     let direct = match parsed {
@@ -93,15 +136,47 @@ pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
                     "mismatch",
                     format!(
                         "message names {}/{}, topic {site}/{device}",
-                        t.site, t.device
+                        shown(&t.site),
+                        shown(&t.device)
                     ),
+                );
+            }
+            if !v.known_device(device) {
+                return reject(
+                    "unknown_device",
+                    format!(
+                        "device `{}` is neither accounted nor in [ingest] devices",
+                        shown(device)
+                    ),
+                );
+            }
+            if !matches_any(&v.edges, &t.edge) {
+                return reject(
+                    "unknown_edge",
+                    format!("edge `{}` is not in [ingest] edges", shown(&t.edge)),
                 );
             }
             if t.seq == 0 {
                 return reject("schema", "sequence numbers start at 1".into());
             }
+            if t.seq > i64::MAX as u64 {
+                return reject(
+                    "seq_range",
+                    format!("sequence number {} is above 2^63 - 1", t.seq),
+                );
+            }
+            if t.ts_ms < v.earliest_ms {
+                return reject(
+                    "too_early",
+                    format!(
+                        "poll time {} is before the earliest accepted, {} (a clock not set?)",
+                        crate::store::rfc3339(t.ts_ms),
+                        crate::store::rfc3339(v.earliest_ms)
+                    ),
+                );
+            }
             let now = (v.now)();
-            if t.ts_ms > now + v.max_future_ms {
+            if t.ts_ms > now.saturating_add(v.max_future_ms) {
                 return reject(
                     "future",
                     format!(
@@ -111,8 +186,20 @@ pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
                     ),
                 );
             }
-            let mut ids = std::collections::HashSet::new();
+            if t.points.len() > MAX_POINTS {
+                return reject(
+                    "schema",
+                    format!("{} points, at most {MAX_POINTS}", t.points.len()),
+                );
+            }
+            let mut ids = HashSet::with_capacity(t.points.len());
             for p in &t.points {
+                if !valid_name(&p.id) {
+                    return reject(
+                        "schema",
+                        format!("point id `{}` is not a name", shown(&p.id)),
+                    );
+                }
                 if !ids.insert(p.id.as_str()) {
                     return reject("schema", format!("point `{}` appears twice", p.id));
                 }
@@ -139,7 +226,11 @@ pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
                     (false, None) => {}
                 }
             }
-            Incoming::Telemetry(t)
+            let raw = Raw {
+                topic: topic_name.to_owned(),
+                payload: payload.clone(),
+            };
+            Incoming::Telemetry(t, raw)
         }
         topic::Parsed::Status { site, edge } => {
             let s: Status = match serde_json::from_value(value.unwrap_or_default()) {
@@ -149,16 +240,33 @@ pub fn classify(topic_name: &str, payload: &[u8], v: &Validation) -> Incoming {
             if s.edge != edge || s.site != site {
                 return reject(
                     "mismatch",
-                    format!("status names {}/{}, topic {site}/{edge}", s.site, s.edge),
+                    format!(
+                        "status names {}/{}, topic {site}/{edge}",
+                        shown(&s.site),
+                        shown(&s.edge)
+                    ),
                 );
+            }
+            if !matches_any(&v.edges, edge) {
+                return reject(
+                    "unknown_edge",
+                    format!("edge `{}` is not in [ingest] edges", shown(edge)),
+                );
+            }
+            if let Some(bad) = s.devices.iter().find(|d| !valid_name(d)) {
+                return reject("schema", format!("device `{}` is not a name", shown(bad)));
             }
             Incoming::Status(s)
         }
     }
 }
 
-fn reason_code(reason: &str) -> String {
-    reason.split(':').next().unwrap_or("other").to_owned()
+/// A name from outside, as a log line or reason may show it: at most 64 characters.
+fn shown(name: &str) -> String {
+    match name.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}...", &name[..cut]),
+        None => name.to_owned(),
+    }
 }
 
 /// A publish with its classification; a rejection is logged and counted.
@@ -169,7 +277,7 @@ fn classify_counted(p: Publish, v: &Validation, metrics: &Metrics) -> (Publish, 
         metrics
             .quarantined
             .get_or_create(&ReasonLabel {
-                reason: reason_code(&r.reason),
+                reason: crate::store::reason_code(&r.reason).to_owned(),
             })
             .inc();
     }
@@ -179,7 +287,7 @@ fn classify_counted(p: Publish, v: &Validation, metrics: &Metrics) -> (Publish, 
 pub struct IngestConfig {
     pub mqtt: MqttConfig,
     pub validation: Validation,
-    pub rules: AccountingRules,
+    pub rules: WriteRules,
 }
 
 /// Runs ingest until `shutdown`: stops taking new messages, commits and acknowledges what it
@@ -235,6 +343,7 @@ pub async fn run(
                 }
                 let (batch, items): (Vec<Publish>, Vec<Incoming>) = batch.into_iter().unzip();
                 let started = Instant::now();
+                writer_metrics.writer.start_batch();
                 let outcome = loop {
                     match store.write_batch(&items, &rules, chrono::Utc::now().timestamp_millis()) {
                         Ok(o) => break o,
@@ -246,9 +355,19 @@ pub async fn run(
                         }
                     }
                 };
+                writer_metrics.writer.end_batch();
                 writer_metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
+                writer_metrics.conflicts.inc_by(outcome.conflicts);
+                for code in &outcome.refused {
+                    writer_metrics
+                        .quarantined
+                        .get_or_create(&ReasonLabel {
+                            reason: (*code).to_owned(),
+                        })
+                        .inc();
+                }
                 writer_metrics.batch_size.set(batch.len() as i64);
                 writer_metrics.stored.inc_by(outcome.stored);
                 writer_metrics.duplicates.inc_by(outcome.duplicates);
@@ -371,13 +490,19 @@ mod tests {
     fn validation() -> Validation {
         Validation {
             topic_prefix: "ems/v1".into(),
+            sites: HashSet::from(["demo".to_string()]),
+            edges: vec!["e1".into(), "line2-*".into()],
+            accounted: HashSet::from(["m1".to_string()]),
+            other_devices: vec!["info-*".into()],
+            earliest_ms: 1_577_836_800_000, // 2020-01-01
             max_future_ms: 600_000,
             now: Arc::new(|| 1_767_200_000_000),
         }
     }
 
     fn reason(topic: &str, payload: &str) -> String {
-        match classify(topic, payload.as_bytes(), &validation()) {
+        let payload = bytes::Bytes::copy_from_slice(payload.as_bytes());
+        match classify(topic, &payload, &validation()) {
             Incoming::Rejected(r) => r.reason,
             other => panic!("accepted: {other:?}"),
         }
@@ -385,41 +510,83 @@ mod tests {
 
     const GOOD: &str = r#"{"v":1,"site":"demo","edge":"e1","device":"m1","seq":5,"ts_ms":1767196800000,"points":[{"id":"total","v":12.5,"q":"good"},{"id":"rate","v":null,"q":"timeout"}]}"#;
 
+    fn accepted(topic: &str, payload: &str) -> bool {
+        let payload = bytes::Bytes::copy_from_slice(payload.as_bytes());
+        matches!(
+            classify(topic, &payload, &validation()),
+            Incoming::Telemetry(..) | Incoming::Status(_)
+        )
+    }
+
     #[test]
     fn a_good_message_is_accepted() {
-        assert!(matches!(
-            classify("ems/v1/demo/data/m1", GOOD.as_bytes(), &validation()),
-            Incoming::Telemetry(_)
-        ));
+        assert!(accepted("ems/v1/demo/data/m1", GOOD));
+        // An edge and a device named by a prefix pattern.
+        let info = GOOD
+            .replace("\"m1\"", "\"info-7\"")
+            .replace("\"e1\"", "\"line2-b\"");
+        assert!(accepted("ems/v1/demo/data/info-7", &info));
+        let status = r#"{"v":1,"site":"demo","edge":"e1","online":true,"devices":["m1"]}"#;
+        assert!(accepted("ems/v1/demo/status/e1", status));
     }
 
     #[test]
     fn each_kind_of_bad_input_is_rejected_with_its_reason() {
-        assert!(reason("ems/v1/demo/data/m1", "{not json").starts_with("json:"));
-        assert!(
-            reason("ems/v1/demo/data/m1", &GOOD.replace("\"v\":1,", "\"v\":2,"))
-                .starts_with("version:")
-        );
-        assert!(reason(
-            "ems/v1/demo/data/m1",
-            &GOOD.replace("\"seq\":5", "\"seq\":\"5\"")
-        )
-        .starts_with("schema:"));
+        let data = "ems/v1/demo/data/m1";
+        assert!(reason(data, "{not json").starts_with("json:"));
+        assert!(reason(data, &GOOD.replace("\"v\":1,", "\"v\":2,")).starts_with("version:"));
+        assert!(reason(data, &GOOD.replace("\"seq\":5", "\"seq\":\"5\"")).starts_with("schema:"));
         assert!(reason("ems/v1/demo/data/m2", GOOD).starts_with("mismatch:"));
-        assert!(reason(
-            "ems/v1/demo/data/m1",
-            &GOOD.replace("1767196800000", "1867196800000")
-        )
-        .starts_with("future:"));
-        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("12.5", "NaN")).starts_with("json:"));
-        assert!(reason("ems/v1/demo/data/m1", &GOOD.replace("12.5", "1e999")).starts_with("json:"));
+        assert!(
+            reason(data, &GOOD.replace("1767196800000", "1867196800000")).starts_with("future:")
+        );
+        assert!(reason(data, &GOOD.replace("12.5", "NaN")).starts_with("json:"));
+        assert!(reason(data, &GOOD.replace("12.5", "1e999")).starts_with("json:"));
         assert!(reason("ems/v1/demo/other/m1", GOOD).starts_with("topic:"));
         let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_PAYLOAD));
-        assert!(reason("ems/v1/demo/data/m1", &big).starts_with("oversized:"));
+        assert!(reason(data, &big).starts_with("oversized:"));
         assert!(reason(
-            "ems/v1/demo/data/m1",
+            data,
             &GOOD.replace("\"v\":null,\"q\":\"timeout\"", "\"v\":3,\"q\":\"timeout\"")
         )
         .starts_with("schema:"));
+    }
+
+    #[test]
+    fn what_the_plant_does_not_have_and_times_no_clock_gives_are_refused() {
+        let data = "ems/v1/demo/data/m1";
+        // Sites, devices and edges the configuration does not name; `..` is no site either.
+        let other_site = GOOD.replace("\"demo\"", "\"other-plant\"");
+        assert!(reason("ems/v1/other-plant/data/m1", &other_site).starts_with("site:"));
+        assert!(
+            reason("ems/v1/../data/m1", &GOOD.replace("\"demo\"", "\"..\"")).starts_with("site:")
+        );
+        let long = "d".repeat(60_000);
+        let stranger = GOOD.replace("\"m1\"", &format!("\"{long}\""));
+        let r = reason(&format!("ems/v1/demo/data/{long}"), &stranger);
+        assert!(r.starts_with("unknown_device:") && r.len() < 200, "{r}");
+        assert!(reason(data, &GOOD.replace("\"e1\"", "\"e9\"")).starts_with("unknown_edge:"));
+        let status = r#"{"v":1,"site":"demo","edge":"e9","online":true,"devices":["m1"]}"#;
+        assert!(reason("ems/v1/demo/status/e9", status).starts_with("unknown_edge:"));
+        // A struct written as a JSON array is not a message.
+        let array = r#"[1,"demo","e1","m1",5,1767196800000,[]]"#;
+        assert!(reason(data, array).starts_with("json:"));
+        // 1970 (a board before NTP), a hundred-thousand-year-old stamp, numbers past 2^63.
+        assert!(reason(data, &GOOD.replace("1767196800000", "0")).starts_with("too_early:"));
+        assert!(
+            reason(data, &GOOD.replace("1767196800000", "-1000000000000000"))
+                .starts_with("too_early:")
+        );
+        assert!(reason(
+            data,
+            &GOOD.replace("\"seq\":5", "\"seq\":9223372036854775808")
+        )
+        .starts_with("seq_range:"));
+        assert!(reason(
+            data,
+            &GOOD.replace("\"seq\":5", "\"seq\":18446744073709551615")
+        )
+        .starts_with("seq_range:"));
+        assert!(reason(data, &GOOD.replace("\"rate\"", "\"a b\"")).starts_with("schema:"));
     }
 }

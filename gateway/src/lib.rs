@@ -35,10 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Plant;
 use ingest::{IngestConfig, NowFn, Validation};
-use store::{AccountingRules, Store, Tracked};
-
-/// How far ahead of the gateway's clock a poll time may be before it is quarantined.
-const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
+use store::{AccountingRules, Store, Tracked, WriteRules};
 
 /// The counter points the plant's units account for.
 pub fn accounting_rules(plant: &Plant) -> AccountingRules {
@@ -60,6 +57,17 @@ pub fn accounting_rules(plant: &Plant) -> AccountingRules {
     }
 }
 
+/// What the store checks and keeps, from the plant's `[ingest]` and `[quarantine]`.
+pub fn write_rules(plant: &Plant) -> WriteRules {
+    let a = &plant.config.ingest;
+    WriteRules {
+        accounting: accounting_rules(plant),
+        max_late_ms: a.max_late_s as i64 * 1000,
+        max_seq_jump: a.max_seq_jump as i64,
+        quarantine_payload_bytes: plant.config.quarantine.max_payload_bytes,
+    }
+}
+
 /// Runs ingest and the HTTP API until `shutdown`; HTTP on `listener`. `subscribed` fires when
 /// the broker holds the gateway's subscription (see [`ingest::run`]).
 pub async fn serve(
@@ -78,12 +86,8 @@ pub async fn serve(
     let (committed, _) = broadcast::channel(16);
     let ingest_cfg = IngestConfig {
         mqtt: plant.config.mqtt.clone(),
-        validation: Validation {
-            topic_prefix: plant.config.mqtt.topic_prefix.clone(),
-            max_future_ms: MAX_FUTURE_MS,
-            now: now.clone(),
-        },
-        rules: accounting_rules(&plant),
+        validation: Validation::for_plant(&plant, now.clone()),
+        rules: write_rules(&plant),
     };
     let plant = Arc::new(plant);
     let db = &plant.config.storage.path;
@@ -97,14 +101,7 @@ pub async fn serve(
         committed.clone(),
         shutdown.clone(),
     ));
-    let retention_task = plant.config.storage.raw_retention_days.map(|days| {
-        tokio::spawn(prune_raw_samples(
-            db.clone(),
-            days,
-            now.clone(),
-            shutdown.clone(),
-        ))
-    });
+    let upkeep_task = tokio::spawn(upkeep(plant.clone(), now.clone(), shutdown.clone()));
     let sink_task = match plant.config.influx.clone() {
         Some(cfg) => {
             let queue = influx::SinkQueue::open(db, Duration::from_secs_f64(cfg.rollup_settle_s))?;
@@ -160,9 +157,7 @@ pub async fn serve(
     shutdown.cancel();
     let http_result = http.await.context("HTTP task panicked")?;
     let alarm_result = alarm_task.await.context("alarm task panicked")?;
-    if let Some(t) = retention_task {
-        t.await.context("retention task panicked")?;
-    }
+    upkeep_task.await.context("upkeep task panicked")?;
     if let Some(t) = sink_task {
         t.await.context("sink task panicked")??;
     }
@@ -174,31 +169,42 @@ pub async fn serve(
     http_result
 }
 
-/// Deletes raw samples older than `days` at start and then hourly, until `shutdown`.
-async fn prune_raw_samples(
-    db: std::path::PathBuf,
-    days: u32,
-    now: NowFn,
-    shutdown: CancellationToken,
-) {
+/// At start and then hourly until `shutdown`: raw samples older than `raw_retention_days` (if
+/// set), quarantine entries older than its `retention_days` (if set), and counter checkpoints
+/// no late reading can need any more are deleted.
+async fn upkeep(plant: Arc<Plant>, now: NowFn, shutdown: CancellationToken) {
     let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3_600));
     loop {
         tokio::select! {
             _ = hourly.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let before_ms = now() - i64::from(days) * 86_400_000;
-        let db = db.clone();
-        let result =
-            tokio::task::spawn_blocking(move || store::Pruner::open(&db)?.prune_raw(before_ms))
-                .await;
-        match result {
-            Ok(Ok(n)) if n > 0 => {
-                tracing::info!(rows = n, before = %store::rfc3339(before_ms), "Old raw samples deleted (retention).")
+        let (plant, now_ms) = (plant.clone(), now());
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let mut pruner = store::Pruner::open(&plant.config.storage.path)?;
+            if let Some(days) = plant.config.storage.raw_retention_days {
+                let before_ms = now_ms - i64::from(days) * 86_400_000;
+                let n = pruner.prune_raw(before_ms)?;
+                if n > 0 {
+                    tracing::info!(rows = n, before = %store::rfc3339(before_ms), "Old raw samples deleted (retention).");
+                }
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "Retention: cannot delete old samples."),
-            Err(e) => tracing::error!(error = %e, "Retention task failed."),
+            if let Some(days) = plant.config.quarantine.retention_days {
+                let before_ms = now_ms - i64::from(days) * 86_400_000;
+                let n = pruner.prune_quarantine(before_ms)?;
+                if n > 0 {
+                    tracing::info!(entries = n, before = %store::rfc3339(before_ms), "Old quarantine entries deleted (their counts are kept).");
+                }
+            }
+            let window = plant.config.ingest.max_late_s as i64 * 1000 + accounting::SLOT_MS;
+            pruner.prune_checkpoints(window)?;
+            Ok(())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Upkeep failed; retried in an hour."),
+            Err(e) => tracing::error!(error = %e, "Upkeep task failed."),
         }
     }
 }

@@ -373,6 +373,7 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
                 months(&baseline)?,
                 months(&reporting)?,
                 &variables,
+                chrono::Utc::now().timestamp_millis(),
             )?;
             let pdf = |r: &_| report::pdf::savings(r, font.as_ref().expect("loaded for PDF"));
             output.write(&r, report::tables::savings_figures, pdf)

@@ -43,6 +43,55 @@ pub struct Metrics {
     /// the ledger when the metrics are read.
     pub sequence_missing: Gauge,
     pub sequence_lost: Gauge,
+    /// Copies of a stored (device, seq) with other content (quarantined as `conflict`).
+    pub conflicts: Counter,
+    /// Seconds the storing batch under way has taken (0 while the writer waits for work).
+    pub writer_busy_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// When the storing batch under way started, for `/healthz` and the gauge above.
+    pub writer: WriterHealth,
+}
+
+/// Whether the ingest writer makes progress: a batch that takes longer than the configured
+/// `stall_after_s` (a poisoned message, a disk that stopped answering) marks the gateway
+/// unhealthy.
+#[derive(Debug)]
+pub struct WriterHealth {
+    epoch: std::time::Instant,
+    /// Milliseconds after `epoch` the current batch started, plus one; 0 when idle.
+    busy_since: std::sync::atomic::AtomicU64,
+}
+
+impl Default for WriterHealth {
+    fn default() -> Self {
+        WriterHealth {
+            epoch: std::time::Instant::now(),
+            busy_since: Default::default(),
+        }
+    }
+}
+
+impl WriterHealth {
+    pub fn start_batch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.busy_since
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn end_batch(&self) {
+        self.busy_since
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the batch under way has taken; zero when idle.
+    pub fn busy_for(&self) -> std::time::Duration {
+        match self.busy_since.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => std::time::Duration::ZERO,
+            since => self
+                .epoch
+                .elapsed()
+                .saturating_sub(std::time::Duration::from_millis(since - 1)),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -68,6 +117,9 @@ impl Default for Metrics {
             sink_queue_depth: Gauge::default(),
             sequence_missing: Gauge::default(),
             sequence_lost: Gauge::default(),
+            conflicts: Counter::default(),
+            writer_busy_seconds: Gauge::default(),
+            writer: WriterHealth::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -157,12 +209,24 @@ impl Default for Metrics {
             "Sequence numbers an operator declared lost, over all devices",
             m.sequence_lost.clone(),
         );
+        registry.register(
+            "messages_conflicting",
+            "Copies of a stored message (same device and sequence number) with other content, quarantined",
+            m.conflicts.clone(),
+        );
+        registry.register(
+            "writer_busy_seconds",
+            "Seconds the storing batch under way has taken (0 while idle): a writer that stops making progress shows here",
+            m.writer_busy_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
     pub fn render(&self) -> String {
+        self.writer_busy_seconds
+            .set(self.writer.busy_for().as_secs_f64());
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

@@ -3,7 +3,7 @@
 //! [`crate::ingest::run`] with ingest and the accounting arithmetic ([`crate::accounting`])
 //! unchanged.
 
-use crate::store::{AccountingRules, BatchOutcome, Incoming};
+use crate::store::{BatchOutcome, Incoming, WriteRules};
 
 pub trait Storage: Send + 'static {
     /// Commits one batch atomically: the messages with their ledger entries, the raw samples,
@@ -13,7 +13,7 @@ pub trait Storage: Send + 'static {
     fn write_batch(
         &mut self,
         batch: &[Incoming],
-        rules: &AccountingRules,
+        rules: &WriteRules,
         received_ms: i64,
     ) -> anyhow::Result<BatchOutcome>;
 }
@@ -22,7 +22,7 @@ impl Storage for crate::store::Store {
     fn write_batch(
         &mut self,
         batch: &[Incoming],
-        rules: &AccountingRules,
+        rules: &WriteRules,
         received_ms: i64,
     ) -> anyhow::Result<BatchOutcome> {
         crate::store::Store::write_batch(self, batch, rules, received_ms)

@@ -4,7 +4,7 @@
 //! a commit survives a power cut, and only committed messages are acknowledged to the broker).
 //! Readers use their own connections.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -14,8 +14,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use crate::accounting::{
-    add_event, add_interval, counter_delta, CounterEvent, CounterRule, CounterTrack, GapFill,
-    PointSlot, SLOT_MS,
+    add_event, replay, slot_of, CounterEvent, CounterRule, CounterTrack, GapFill, PointSlot,
+    SLOT_MS,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
@@ -150,6 +150,40 @@ CREATE TABLE upload_acks (
 ) WITHOUT ROWID;
 CREATE TABLE upload_state (kind TEXT PRIMARY KEY, next_start_ms INTEGER NOT NULL);
 "#,
+    r#"
+-- A tracked counter's state after the last reading of each 15-minute slot (accounting.rs,
+-- `replay`): a late reading is accounted by replaying the counter from the checkpoint before
+-- it, so ingest decides every reading as the integrity check does. The newest row of a point
+-- is its current state (it replaces counter_state). Rows older than `max_late_s` are pruned,
+-- the newest before that kept.
+CREATE TABLE counter_checkpoints (
+    device TEXT NOT NULL, point TEXT NOT NULL, slot_ms INTEGER NOT NULL,
+    through_ms INTEGER NOT NULL, ts_ms INTEGER NOT NULL, value REAL NOT NULL,
+    rejected INTEGER NOT NULL, changed_ms INTEGER NOT NULL, rate_per_h REAL,
+    PRIMARY KEY (device, point, slot_ms)
+) WITHOUT ROWID;
+INSERT INTO counter_checkpoints
+    SELECT device, point, ts_ms - (((ts_ms % 900000) + 900000) % 900000), ts_ms, ts_ms, value,
+           rejected, changed_ms, rate_per_h
+    FROM counter_state;
+DROP TABLE counter_state;
+-- An anomaly a late reading showed to be none (the replay with it no longer finds it).
+ALTER TABLE anomalies ADD COLUMN withdrawn_ms INTEGER;
+-- Copies of a stored (device, seq) with other content, quarantined.
+ALTER TABLE devices ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+-- What was refused: the full size and SHA-256 of the payload (of which at most
+-- [quarantine] max_payload_bytes is kept), and totals by reason that outlive retention.
+ALTER TABLE quarantine ADD COLUMN payload_bytes INTEGER;
+ALTER TABLE quarantine ADD COLUMN payload_sha256 TEXT;
+CREATE TABLE quarantine_totals (
+    reason TEXT PRIMARY KEY, count INTEGER NOT NULL, bytes INTEGER NOT NULL
+);
+INSERT INTO quarantine_totals
+    SELECT CASE WHEN instr(reason, ':') > 0 THEN substr(reason, 1, instr(reason, ':') - 1) ELSE reason END,
+           COUNT(*), SUM(length(payload))
+    FROM quarantine GROUP BY 1;
+CREATE INDEX quarantine_by_time ON quarantine (received_ms);
+"#,
 ];
 
 /// The schema version whose migration packs `point_samples` into `messages.points`.
@@ -166,6 +200,31 @@ pub struct AccountingRules {
     pub max_gap_ms: i64,
 }
 
+/// What the writer checks against its own records before storing a message, and how much of a
+/// refused one it keeps (from `[ingest]` and `[quarantine]`).
+#[derive(Debug, Clone)]
+pub struct WriteRules {
+    pub accounting: AccountingRules,
+    /// A message whose poll time lies further behind its device's newest is refused as late.
+    pub max_late_ms: i64,
+    /// A sequence number further ahead of its device's last is refused as a jump.
+    pub max_seq_jump: i64,
+    /// At most this much of a refused payload is kept (its size and SHA-256 always are).
+    pub quarantine_payload_bytes: usize,
+}
+
+impl From<AccountingRules> for WriteRules {
+    /// The configuration's defaults (`[ingest]`, `[quarantine]`).
+    fn from(accounting: AccountingRules) -> WriteRules {
+        WriteRules {
+            accounting,
+            max_late_ms: 86_400_000,
+            max_seq_jump: 10_000_000,
+            quarantine_payload_bytes: 65_536,
+        }
+    }
+}
+
 /// A message that failed validation, kept with its reason.
 #[derive(Debug, Clone)]
 pub struct Rejected {
@@ -174,20 +233,41 @@ pub struct Rejected {
     pub payload: Vec<u8>,
 }
 
+/// A valid message as it came: kept in the quarantine if the store refuses it (late, a
+/// sequence jump, a conflicting copy).
+#[derive(Debug, Clone, Default)]
+pub struct Raw {
+    pub topic: String,
+    /// Empty for a message built in-process (tests, benchmarks): the quarantine then keeps it
+    /// serialised.
+    pub payload: bytes::Bytes,
+}
+
 /// One unit of ingest work, in arrival order.
 #[derive(Debug, Clone)]
 pub enum Incoming {
-    Telemetry(Telemetry),
+    Telemetry(Telemetry, Raw),
     Status(Status),
     Rejected(Rejected),
+}
+
+impl Incoming {
+    /// Telemetry built in-process, with no payload as received.
+    pub fn built(t: Telemetry) -> Incoming {
+        Incoming::Telemetry(t, Raw::default())
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
     pub stored: u64,
     pub duplicates: u64,
+    /// Copies of a stored (device, seq) with other content: quarantined.
+    pub conflicts: u64,
     pub points: u64,
     pub quarantined: u64,
+    /// Reason codes of the messages the store itself refused (late, seq_jump, conflict).
+    pub refused: Vec<&'static str>,
     pub late_samples: u64,
     /// Counter anomalies found (spikes, jumps, restarts, frozen counters), by kind.
     pub anomalies: Vec<&'static str>,
@@ -196,7 +276,6 @@ pub struct BatchOutcome {
 /// The writer's own maps, looked up for every point of every message: a faster hash than the
 /// standard SipHash (per-process seeded).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// Device -> point -> state of each tracked counter point.
 type CounterTracks = FastMap<String, FastMap<String, CounterTrack>>;
@@ -287,6 +366,7 @@ impl Store {
     pub fn reader(&self) -> anyhow::Result<Reader> {
         Ok(Reader {
             conn: Mutex::new(open_conn(&self.path)?),
+            path: self.path.clone(),
         })
     }
 
@@ -294,7 +374,7 @@ impl Store {
     pub fn write_batch(
         &mut self,
         batch: &[Incoming],
-        rules: &AccountingRules,
+        rules: &WriteRules,
         received_ms: i64,
     ) -> anyhow::Result<BatchOutcome> {
         let mut out = BatchOutcome::default();
@@ -302,10 +382,10 @@ impl Store {
         let tx = self.conn.transaction()?;
         for item in batch {
             match item {
-                Incoming::Telemetry(t) => {
+                Incoming::Telemetry(t, raw) => {
                     let stored = out.stored;
                     let caches = (&mut self.last, &mut self.series, &mut gathered);
-                    write_telemetry(&tx, caches, t, rules, received_ms, &mut out)?;
+                    write_telemetry(&tx, caches, (t, raw), rules, received_ms, &mut out)?;
                     if self.sink && out.stored > stored {
                         tx.prepare_cached("INSERT INTO sink_queue (lines) VALUES (?1)")?
                             .execute([crate::influx::sample_lines(t)])?;
@@ -318,19 +398,21 @@ impl Store {
                          ON CONFLICT (edge) DO UPDATE SET site = ?2, online = ?3,
                            devices = CASE WHEN ?3 THEN ?4 ELSE devices END, changed_ms = ?5,
                            spool_depth = COALESCE(?6, spool_depth), spool_dropped = COALESCE(?7, spool_dropped)",
-                        params![s.edge, s.site, s.online, serde_json::to_string(&s.devices)?, received_ms, s.spool_depth.map(|d| d as i64), s.spool_dropped.map(|d| d as i64)],
+                        params![s.edge, s.site, s.online, serde_json::to_string(&s.devices)?, received_ms, s.spool_depth.map(|d| d.min(i64::MAX as u64) as i64), s.spool_dropped.map(|d| d.min(i64::MAX as u64) as i64)],
                     )?;
                 }
                 Incoming::Rejected(r) => {
-                    tx.execute(
-                        "INSERT INTO quarantine (received_ms, topic, reason, payload) VALUES (?1, ?2, ?3, ?4)",
-                        params![received_ms, r.topic, r.reason, r.payload],
-                    )?;
+                    let refusal = Refusal {
+                        topic: &r.topic,
+                        reason: &r.reason,
+                        payload: &r.payload,
+                    };
+                    refusal.keep(&tx, received_ms, rules.quarantine_payload_bytes)?;
                     out.quarantined += 1;
                 }
             }
         }
-        gathered.write(&tx, &self.last, received_ms)?;
+        gathered.write(&tx, received_ms)?;
         match tx.commit() {
             Ok(()) => Ok(out),
             Err(e) => {
@@ -341,6 +423,62 @@ impl Store {
             }
         }
     }
+}
+
+/// A message kept aside, with why.
+struct Refusal<'a> {
+    topic: &'a str,
+    reason: &'a str,
+    payload: &'a [u8],
+}
+
+/// The longest topic kept with a refused message (MQTT allows 64 KiB).
+const MAX_TOPIC_KEPT: usize = 1_024;
+
+impl Refusal<'_> {
+    /// Stores it in the quarantine, at most `cap` bytes of its payload (with the full size and
+    /// SHA-256), and counts it in the totals by reason, which retention never deletes.
+    fn keep(&self, tx: &Transaction<'_>, received_ms: i64, cap: usize) -> rusqlite::Result<()> {
+        use sha2::Digest as _;
+        let digest = hex(&sha2::Sha256::digest(self.payload));
+        let topic = cut_at_char(self.topic, MAX_TOPIC_KEPT);
+        tx.prepare_cached(
+            "INSERT INTO quarantine (received_ms, topic, reason, payload, payload_bytes, payload_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            received_ms,
+            topic,
+            self.reason,
+            &self.payload[..self.payload.len().min(cap)],
+            self.payload.len() as i64,
+            digest
+        ])?;
+        tx.prepare_cached(
+            "INSERT INTO quarantine_totals (reason, count, bytes) VALUES (?1, 1, ?2)
+             ON CONFLICT (reason) DO UPDATE SET count = count + 1, bytes = bytes + ?2",
+        )?
+        .execute(params![reason_code(self.reason), self.payload.len() as i64])?;
+        Ok(())
+    }
+}
+
+/// The code of a refusal reason: what comes before its first `:`.
+pub fn reason_code(reason: &str) -> &str {
+    reason.split(':').next().unwrap_or(reason)
+}
+
+/// Lower-case hexadecimal of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut_at_char(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -409,11 +547,12 @@ fn pack_point_samples(tx: &Transaction<'_>) -> anyhow::Result<()> {
 }
 
 /// What a batch touches many times but stores once, at its end: additions to the rollup slots,
-/// counter states and the devices' ledger rows (keyed by the batch's own strings).
+/// the counters' checkpoints and the devices' ledger rows (keyed by the batch's own strings).
 #[derive(Debug, Default)]
 struct Gathered<'a> {
     slots: FastMap<(&'a str, &'a str, i64), PointSlot>,
-    counters: FastSet<(&'a str, &'a str)>,
+    /// Per counter point, its state after the last reading of each slot the batch reached.
+    checkpoints: FastMap<(&'a str, &'a str), Vec<(i64, CounterTrack)>>,
     devices: FastMap<&'a str, LedgerUpdate<'a>>,
 }
 
@@ -434,12 +573,16 @@ impl<'a> Gathered<'a> {
         e.estimated += r.estimated;
     }
 
-    fn write(
-        self,
-        tx: &Transaction<'_>,
-        last: &CounterTracks,
-        received_ms: i64,
-    ) -> rusqlite::Result<()> {
+    /// Records a counter's state after a reading in order (slots only move forward).
+    fn checkpoint(&mut self, key: (&'a str, &'a str), slot: i64, track: CounterTrack) {
+        let list = self.checkpoints.entry(key).or_default();
+        match list.last_mut() {
+            Some((s, t)) if *s == slot => *t = track,
+            _ => list.push((slot, track)),
+        }
+    }
+
+    fn write(self, tx: &Transaction<'_>, received_ms: i64) -> rusqlite::Result<()> {
         let mut stmt = tx.prepare_cached(UPSERT_SLOT)?;
         for ((device, point, slot), r) in &self.slots {
             stmt.execute(params![
@@ -451,28 +594,8 @@ impl<'a> Gathered<'a> {
                 r.estimated
             ])?;
         }
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO counter_state (device, point, ts_ms, value, rejected, changed_ms, rate_per_h) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (device, point) DO UPDATE SET ts_ms = ?3, value = ?4, rejected = ?5, changed_ms = ?6, rate_per_h = ?7",
-        )?;
-        for &(device, point) in &self.counters {
-            if let Some(
-                track @ CounterTrack {
-                    anchor: Some((ts, v)),
-                    ..
-                },
-            ) = last.get(device).and_then(|d| d.get(point))
-            {
-                stmt.execute(params![
-                    device,
-                    point,
-                    ts,
-                    v,
-                    track.rejected,
-                    track.changed_ms,
-                    track.rate_per_h
-                ])?;
-            }
+        for ((device, point), list) in &self.checkpoints {
+            write_checkpoints(tx, (device, point), list)?;
         }
         let mut stmt = tx.prepare_cached(
             "UPDATE devices SET last_seq = COALESCE(?2, last_seq), last_ts_ms = COALESCE(?3, last_ts_ms),
@@ -500,6 +623,47 @@ impl<'a> Gathered<'a> {
     }
 }
 
+fn write_checkpoints(
+    tx: &Transaction<'_>,
+    (device, point): (&str, &str),
+    list: &[(i64, CounterTrack)],
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO counter_checkpoints (device, point, slot_ms, through_ms, ts_ms, value, rejected, changed_ms, rate_per_h)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (device, point, slot_ms) DO UPDATE SET through_ms = ?4, ts_ms = ?5, value = ?6,
+           rejected = ?7, changed_ms = ?8, rate_per_h = ?9",
+    )?;
+    for (slot, t) in list {
+        let Some((ts, v)) = t.anchor else { continue };
+        stmt.execute(params![
+            device,
+            point,
+            slot,
+            t.through_ms,
+            ts,
+            v,
+            t.rejected,
+            t.changed_ms,
+            t.rate_per_h
+        ])?;
+    }
+    Ok(())
+}
+
+/// A checkpoint row as a counter state.
+fn checkpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CounterTrack> {
+    Ok(CounterTrack {
+        through_ms: r.get(0)?,
+        anchor: Some((r.get(1)?, r.get(2)?)),
+        rejected: r.get(3)?,
+        changed_ms: r.get(4)?,
+        rate_per_h: r.get(5)?,
+    })
+}
+
+const CHECKPOINT_COLUMNS: &str = "through_ms, ts_ms, value, rejected, changed_ms, rate_per_h";
+
 /// The `series` id of each device and point, as stored.
 #[derive(Debug, Default)]
 struct SeriesIds(FastMap<String, FastMap<String, i64>>);
@@ -525,11 +689,42 @@ impl SeriesIds {
 fn write_telemetry<'a>(
     tx: &Transaction<'_>,
     (last, series, gathered): (&mut CounterTracks, &mut SeriesIds, &mut Gathered<'a>),
-    t: &'a Telemetry,
-    rules: &AccountingRules,
+    (t, raw): (&'a Telemetry, &Raw),
+    rules: &WriteRules,
     received_ms: i64,
     out: &mut BatchOutcome,
 ) -> anyhow::Result<()> {
+    let seq = t.seq as i64;
+    let ledger = ledger_row(tx, gathered, &t.device)?;
+    if let Some((last_seq, last_ts)) = ledger {
+        let refused = if seq > last_seq && seq - last_seq > rules.max_seq_jump {
+            Some((
+                "seq_jump",
+                format!(
+                    "sequence number {seq} is {} ahead of the device's last, {last_seq} (at most {})",
+                    seq - last_seq,
+                    rules.max_seq_jump
+                ),
+            ))
+        } else if t.ts_ms < last_ts.saturating_sub(rules.max_late_ms) && !stored(tx, t)? {
+            Some((
+                "late",
+                format!(
+                    "poll time {} is {} s behind the device's newest message, {} (at most {} s)",
+                    rfc3339(t.ts_ms),
+                    (last_ts - t.ts_ms) / 1000,
+                    rfc3339(last_ts),
+                    rules.max_late_ms / 1000
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, detail)) = refused {
+            refuse(tx, t, raw, code, &detail, rules, received_ms, out)?;
+            return Ok(());
+        }
+    }
     let mut blob = Vec::with_capacity(t.points.len() * 14);
     for p in &t.points {
         crate::packed::push(&mut blob, series.get(tx, &t.device, &p.id)?, p.v, p.q);
@@ -538,19 +733,14 @@ fn write_telemetry<'a>(
         .prepare_cached(
             "INSERT OR IGNORE INTO messages (device, seq, ts_ms, edge, received_ms, points) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
-        .execute(params![t.device, t.seq as i64, t.ts_ms, t.edge, received_ms, blob])?;
+        .execute(params![t.device, seq, t.ts_ms, t.edge, received_ms, blob])?;
     if inserted == 0 {
-        out.duplicates += 1;
-        tx.execute(
-            "UPDATE devices SET duplicates = duplicates + 1 WHERE device = ?1",
-            [&t.device],
-        )?;
-        return Ok(());
+        return duplicate(tx, t, raw, rules, received_ms, out);
     }
     out.stored += 1;
-    update_ledger(tx, gathered, t, received_ms)?;
+    update_ledger(tx, gathered, t, ledger.map(|l| l.0), received_ms)?;
     out.points += t.points.len() as u64;
-    let Some(device_rules) = rules.tracked.get(&t.device) else {
+    let Some(device_rules) = rules.accounting.tracked.get(&t.device) else {
         return Ok(());
     };
     for p in &t.points {
@@ -558,34 +748,166 @@ fn write_telemetry<'a>(
             continue;
         };
         let key = (t.device.as_str(), p.id.as_str());
-        let state = (&mut *last, &mut *gathered);
-        if account_sample(tx, state, key, t.ts_ms, v, rule, rules.max_gap_ms, out)? {
+        let reading = Reading {
+            ts_ms: t.ts_ms,
+            seq,
+            value: v,
+        };
+        let max_gap_ms = rules.accounting.max_gap_ms;
+        if account_sample(tx, (last, gathered), key, reading, rule, max_gap_ms, out)? {
             out.late_samples += 1;
         }
     }
     Ok(())
 }
 
+/// The device's last sequence number and its poll time, as of this point in the batch.
+fn ledger_row(
+    tx: &Transaction<'_>,
+    gathered: &Gathered<'_>,
+    device: &str,
+) -> rusqlite::Result<Option<(i64, i64)>> {
+    if let Some(LedgerUpdate {
+        newest: Some((seq, ts, ..)),
+        ..
+    }) = gathered.devices.get(device)
+    {
+        return Ok(Some((*seq, *ts)));
+    }
+    tx.prepare_cached("SELECT last_seq, last_ts_ms FROM devices WHERE device = ?1")?
+        .query_row([device], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+fn stored(tx: &Transaction<'_>, t: &Telemetry) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT 1 FROM messages WHERE device = ?1 AND seq = ?2")?
+        .exists(params![t.device, t.seq as i64])
+}
+
+/// Keeps a message the store refuses in the quarantine, counted by its reason code.
+#[allow(clippy::too_many_arguments)]
+fn refuse(
+    tx: &Transaction<'_>,
+    t: &Telemetry,
+    raw: &Raw,
+    code: &'static str,
+    detail: &str,
+    rules: &WriteRules,
+    received_ms: i64,
+    out: &mut BatchOutcome,
+) -> anyhow::Result<()> {
+    let built;
+    let payload: &[u8] = if raw.payload.is_empty() {
+        built = serde_json::to_vec(t)?;
+        &built
+    } else {
+        &raw.payload
+    };
+    let topic = if raw.topic.is_empty() {
+        format!("{}/data/{}", t.site, t.device)
+    } else {
+        raw.topic.clone()
+    };
+    let reason = format!("{code}: {detail}");
+    let refusal = Refusal {
+        topic: &topic,
+        reason: &reason,
+        payload,
+    };
+    refusal.keep(tx, received_ms, rules.quarantine_payload_bytes)?;
+    tracing::warn!(device = %t.device, seq = t.seq, reason = %reason, "Message quarantined.");
+    out.quarantined += 1;
+    out.refused.push(code);
+    Ok(())
+}
+
+/// A (device, seq) already stored came again: a plain duplicate (a redelivery) when its content
+/// is the same, a conflict (a corrupted or tampered copy) when not, kept in the quarantine with
+/// the digests of both versions.
+fn duplicate(
+    tx: &Transaction<'_>,
+    t: &Telemetry,
+    raw: &Raw,
+    rules: &WriteRules,
+    received_ms: i64,
+    out: &mut BatchOutcome,
+) -> anyhow::Result<()> {
+    let (ts, edge, points): (i64, String, Option<Vec<u8>>) = tx
+        .prepare_cached("SELECT ts_ms, edge, points FROM messages WHERE device = ?1 AND seq = ?2")?
+        .query_row(params![t.device, t.seq as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let stored_points = match &points {
+        Some(blob) => {
+            let mut named = Vec::new();
+            let mut name = tx.prepare_cached("SELECT point FROM series WHERE id = ?1")?;
+            for p in crate::packed::unpack(blob)? {
+                let point: String = name.query_row([p.series], |r| r.get(0))?;
+                named.push((point, p.value, p.quality));
+            }
+            Some(named)
+        }
+        // Retention deleted its samples: the poll time and edge are what can be compared.
+        None => None,
+    };
+    let received_points = stored_points.as_ref().map(|_| {
+        t.points
+            .iter()
+            .map(|p| (p.id.clone(), p.v, p.q))
+            .collect::<Vec<_>>()
+    });
+    let stored_digest = version_digest(ts, &edge, stored_points);
+    let received_digest = version_digest(t.ts_ms, &t.edge, received_points);
+    if stored_digest == received_digest {
+        out.duplicates += 1;
+        tx.prepare_cached("UPDATE devices SET duplicates = duplicates + 1 WHERE device = ?1")?
+            .execute([&t.device])?;
+        return Ok(());
+    }
+    out.conflicts += 1;
+    tx.prepare_cached("UPDATE devices SET conflicts = conflicts + 1 WHERE device = ?1")?
+        .execute([&t.device])?;
+    let detail = format!(
+        "sequence number {} of {} is stored with other content: stored version sha256 {stored_digest}, this copy {received_digest}",
+        t.seq, t.device
+    );
+    refuse(tx, t, raw, "conflict", &detail, rules, received_ms, out)
+}
+
+/// SHA-256 of one version of a message, over its content in a canonical text: the poll time,
+/// the edge and each point (sorted by id) with its value's IEEE 754 bits and its quality.
+/// Two deliveries of the same reading give the same digest whatever their JSON spelling.
+fn version_digest(
+    ts_ms: i64,
+    edge: &str,
+    points: Option<Vec<(String, Option<f64>, ems_core::Quality)>>,
+) -> String {
+    use sha2::Digest as _;
+    let mut text = format!("{ts_ms}\n{edge}\n");
+    if let Some(mut points) = points {
+        points.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, v, q) in points {
+            let bits = v
+                .map(|v| format!("{:016x}", v.to_bits()))
+                .unwrap_or_default();
+            text.push_str(&format!("{id}\t{bits}\t{q}\n"));
+        }
+    }
+    hex(&sha2::Sha256::digest(text.as_bytes()))
+}
+
 /// Sequence bookkeeping: last number, and the ranges still missing. The device's row is
-/// written once per batch (see [`Gathered`]); gaps at once.
+/// written once per batch (see [`Gathered`]); gaps at once. `prev` is the device's last number
+/// before this message.
 fn update_ledger<'a>(
     tx: &Transaction<'_>,
     gathered: &mut Gathered<'a>,
     t: &'a Telemetry,
+    prev: Option<i64>,
     received_ms: i64,
 ) -> anyhow::Result<()> {
     let seq = t.seq as i64;
     let any_good = t.points.iter().any(|p| p.q.is_good() && p.v.is_some());
-    let prev: Option<i64> = match gathered.devices.get(t.device.as_str()) {
-        Some(LedgerUpdate {
-            newest: Some((s, ..)),
-            ..
-        }) => Some(*s),
-        _ => tx
-            .prepare_cached("SELECT last_seq FROM devices WHERE device = ?1")?
-            .query_row([&t.device], |r| r.get(0))
-            .optional()?,
-    };
     let newest = match prev {
         None => {
             tx.execute(
@@ -740,20 +1062,27 @@ pub fn declare_lost(
     }))
 }
 
-/// Adds one good counter sample to the point-slot rollups. Returns whether it arrived late.
+/// One good reading of a counter point.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    ts_ms: i64,
+    seq: i64,
+    value: f64,
+}
+
+/// Adds one good counter reading to the point-slot rollups. Returns whether it arrived late.
 ///
-/// In order, the counter track decides (see [`CounterTrack`]): the interval from the last
-/// accepted reading is added, a spike is rejected, a restarted meter is bridged and marked
-/// estimated, a frozen counter is flagged; anomalies are recorded. Out of order, the interval
-/// that used to span this sample's time is taken out and its two halves are put in: exactly the
-/// intervals the sample touches are recomputed, nothing else.
-#[allow(clippy::too_many_arguments)]
+/// Every reading is decided by [`CounterTrack::push`]. In order (after the last reading the
+/// counter took), it is pushed onto the counter's state: the interval from the last accepted
+/// reading is added, a spike is rejected, a restarted meter is bridged and marked estimated, a
+/// frozen counter is flagged. A late reading makes the counter replay from the checkpoint
+/// before it, over the stored readings with it and without it, and the difference goes in (see
+/// [`recount`]): the rollups stay what a replay of all readings in time order gives.
 fn account_sample<'a>(
     tx: &Transaction<'_>,
     (last, gathered): (&mut CounterTracks, &mut Gathered<'a>),
     key: (&'a str, &'a str),
-    ts_ms: i64,
-    value: f64,
+    reading: Reading,
     rule: &CounterRule,
     max_gap_ms: i64,
     out: &mut BatchOutcome,
@@ -766,44 +1095,25 @@ fn account_sample<'a>(
     let mut track = match tracks.get(key.1) {
         Some(t) => *t,
         None => tx
-            .query_row(
-                "SELECT ts_ms, value, rejected, changed_ms, rate_per_h FROM counter_state WHERE device = ?1 AND point = ?2",
-                params![key.0, key.1],
-                |r| Ok(CounterTrack { anchor: Some((r.get(0)?, r.get(1)?)), rejected: r.get(2)?, changed_ms: r.get(3)?, rate_per_h: r.get(4)? }),
-            )
+            .prepare_cached(&format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM counter_checkpoints WHERE device = ?1 AND point = ?2
+                 ORDER BY slot_ms DESC LIMIT 1"
+            ))?
+            .query_row(params![key.0, key.1], checkpoint_row)
             .optional()?
             .unwrap_or_default(),
     };
-    if let Some((anchor_ts, _)) = track.anchor {
-        if ts_ms == anchor_ts {
-            return Ok(false);
+    let late = track.anchor.is_some() && reading.ts_ms <= track.through_ms;
+    if late {
+        track = recount(tx, gathered, key, reading, rule, max_gap_ms, out)?;
+    } else {
+        for event in track.push(reading.ts_ms, reading.value, rule) {
+            add_event(&event, max_gap_ms, |slot, r| {
+                gathered.add_slot(key, slot, r)
+            });
+            record_anomaly(tx, key, reading.ts_ms, reading.value, &event, rule, out)?;
         }
-        if ts_ms < anchor_ts {
-            late_sample(tx, gathered, key, ts_ms, value, rule, max_gap_ms)?;
-            return Ok(true);
-        }
-    }
-    for event in track.push(ts_ms, value, rule) {
-        add_event(&event, max_gap_ms, |slot, r| {
-            gathered.add_slot(key, slot, r)
-        });
-        let anomaly = match event {
-            CounterEvent::Interval { .. } => None,
-            CounterEvent::Restart { from, to } => Some(("restart", format!("counter went back from {from} to {to} (meter replaced or reset); counting resumes there, the interval is {}", fill_note(rule.fill)))),
-            CounterEvent::Spike { rate_per_h } => Some(("spike", format!("reading {value} implies {rate_per_h:.1} per hour, above the flow's maximum; rejected"))),
-            CounterEvent::Jump { from, to } => Some(("jump", format!("counter moved from {from} to {to} and stayed; counting resumes there, the interval is {}", fill_note(rule.fill)))),
-            CounterEvent::Frozen { since_ms } => Some(("frozen", format!("unchanged since {}", rfc3339(since_ms)))),
-        };
-        if let Some((kind, detail)) = anomaly {
-            tx.execute(
-                "INSERT INTO anomalies (device, point, ts_ms, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key.0, key.1, ts_ms, kind, detail],
-            )?;
-            out.anomalies.push(kind);
-        }
-    }
-    if track.anchor.is_some() {
-        gathered.counters.insert(key);
+        gathered.checkpoint(key, slot_of(reading.ts_ms), track);
     }
     match tracks.get_mut(key.1) {
         Some(t) => *t = track,
@@ -811,7 +1121,42 @@ fn account_sample<'a>(
             tracks.insert(key.1.to_owned(), track);
         }
     }
-    Ok(false)
+    Ok(late)
+}
+
+/// Stores what a finding other than an interval says of the counter (an anomaly).
+fn record_anomaly(
+    tx: &Transaction<'_>,
+    (device, point): (&str, &str),
+    ts_ms: i64,
+    value: f64,
+    event: &CounterEvent,
+    rule: &CounterRule,
+    out: &mut BatchOutcome,
+) -> rusqlite::Result<()> {
+    let Some((kind, detail)) = anomaly_text(event, value, rule) else {
+        return Ok(());
+    };
+    tx.prepare_cached(
+        "INSERT INTO anomalies (device, point, ts_ms, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![device, point, ts_ms, kind, detail])?;
+    out.anomalies.push(kind);
+    Ok(())
+}
+
+fn anomaly_text(
+    event: &CounterEvent,
+    value: f64,
+    rule: &CounterRule,
+) -> Option<(&'static str, String)> {
+    Some(match *event {
+        CounterEvent::Interval { .. } => return None,
+        CounterEvent::Restart { from, to } => ("restart", format!("counter went back from {from} to {to} (meter replaced or reset); counting resumes there, the interval is {}", fill_note(rule.fill))),
+        CounterEvent::Spike { rate_per_h } => ("spike", format!("reading {value} implies {rate_per_h:.1} per hour, above the flow's maximum; rejected")),
+        CounterEvent::Jump { from, to } => ("jump", format!("counter moved from {from} to {to} and stayed; counting resumes there, the interval is {}", fill_note(rule.fill))),
+        CounterEvent::Frozen { since_ms } => ("frozen", format!("unchanged since {}", rfc3339(since_ms))),
+    })
 }
 
 fn fill_note(fill: GapFill) -> &'static str {
@@ -826,60 +1171,123 @@ const UPSERT_SLOT: &str = "INSERT INTO point_slots (device, point, slot_ms, delt
        delta = delta + excluded.delta, covered_ms = covered_ms + excluded.covered_ms,
        estimated = estimated + excluded.estimated";
 
-/// A sample older than the last accepted one: the interval between its stored neighbours is
-/// replaced by the two intervals it splits it into. (Spike rejection applies to samples in
-/// order; a late sample is taken as read.)
-fn late_sample<'a>(
+/// A late reading (already stored with its message): the counter is replayed from its last
+/// checkpoint before the reading, over the stored readings after that checkpoint with and
+/// without this one. The slots get the difference, the anomalies the findings that differ (new
+/// ones recorded, ones no longer found withdrawn), the checkpoints the new states. The work is
+/// bounded by `[ingest] max_late_s`: nothing later than that behind the device's newest
+/// message is stored. Returns the counter's state after its newest reading.
+fn recount<'a>(
     tx: &Transaction<'_>,
     gathered: &mut Gathered<'a>,
     key: (&'a str, &'a str),
-    ts_ms: i64,
-    value: f64,
+    late: Reading,
     rule: &CounterRule,
     max_gap_ms: i64,
-) -> anyhow::Result<()> {
-    let mut interval = |a: (i64, f64), b: (i64, f64), sign: f64| {
-        if let Some(delta) = counter_delta(a.1, b.1, rule.rollover) {
-            add_interval(a.0, b.0, delta, max_gap_ms, |slot, r| {
-                let r = PointSlot {
-                    delta: sign * r.delta,
-                    covered_ms: sign as i64 * r.covered_ms,
-                    estimated: sign * r.estimated,
-                };
-                gathered.add_slot(key, slot, r);
-            });
-        }
-    };
+    out: &mut BatchOutcome,
+) -> anyhow::Result<CounterTrack> {
+    // The checkpoints of this batch go first, so that the table holds every state.
+    if let Some(list) = gathered.checkpoints.remove(&key) {
+        write_checkpoints(tx, key, &list)?;
+    }
+    let start: Option<CounterTrack> = tx
+        .prepare_cached(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM counter_checkpoints
+             WHERE device = ?1 AND point = ?2 AND slot_ms <= ?3 AND through_ms < ?4
+             ORDER BY slot_ms DESC LIMIT 1"
+        ))?
+        .query_row(
+            params![key.0, key.1, slot_of(late.ts_ms), late.ts_ms],
+            checkpoint_row,
+        )
+        .optional()?;
+    let from_ms = start.map_or(i64::MIN, |t| t.through_ms);
     let series: i64 = tx
         .prepare_cached("SELECT id FROM series WHERE device = ?1 AND point = ?2")?
         .query_row(params![key.0, key.1], |r| r.get(0))?;
-    // The nearest stored message on that side with a good value of this point.
-    let neighbour = |sql: &str| -> anyhow::Result<Option<(i64, f64)>> {
-        let mut stmt = tx.prepare_cached(sql)?;
-        let mut rows = stmt.query(params![key.0, ts_ms])?;
-        while let Some(r) = rows.next()? {
-            if let Some(v) = crate::packed::good_value(r.get_ref(1)?.as_blob()?, series)? {
-                return Ok(Some((r.get(0)?, v)));
-            }
+    // The stored readings after the checkpoint, in the order the integrity check takes them.
+    let mut readings: Vec<Reading> = Vec::new();
+    let mut stmt = tx.prepare_cached(
+        "SELECT ts_ms, seq, points FROM messages WHERE device = ?1 AND ts_ms > ?2 AND points IS NOT NULL
+         ORDER BY ts_ms, seq",
+    )?;
+    let mut rows = stmt.query(params![key.0, from_ms])?;
+    while let Some(r) = rows.next()? {
+        if let Some(value) = crate::packed::good_value(r.get_ref(2)?.as_blob()?, series)? {
+            readings.push(Reading {
+                ts_ms: r.get(0)?,
+                seq: r.get(1)?,
+                value,
+            });
         }
-        Ok(None)
+    }
+    let start = start.unwrap_or_default();
+    let with = replay(
+        start,
+        readings.iter().map(|r| (r.ts_ms, r.value)),
+        rule,
+        max_gap_ms,
+    );
+    let without = replay(
+        start,
+        readings
+            .iter()
+            .filter(|r| r.seq != late.seq)
+            .map(|r| (r.ts_ms, r.value)),
+        rule,
+        max_gap_ms,
+    );
+    let slots: std::collections::BTreeSet<i64> = with
+        .slots
+        .keys()
+        .chain(without.slots.keys())
+        .copied()
+        .collect();
+    for slot in slots {
+        let (a, b) = (
+            with.slots.get(&slot).copied().unwrap_or_default(),
+            without.slots.get(&slot).copied().unwrap_or_default(),
+        );
+        let diff = PointSlot {
+            delta: a.delta - b.delta,
+            covered_ms: a.covered_ms - b.covered_ms,
+            estimated: a.estimated - b.estimated,
+        };
+        if diff != PointSlot::default() {
+            gathered.add_slot(key, slot, diff);
+        }
+    }
+    // Findings are matched by time and kind.
+    let kinds = |r: &crate::accounting::Replay| -> Vec<(i64, &'static str)> {
+        let mut v: Vec<_> = r
+            .findings
+            .iter()
+            .filter_map(|(ts, value, e)| anomaly_text(e, *value, rule).map(|(k, _)| (*ts, k)))
+            .collect();
+        v.sort_unstable();
+        v
     };
-    let before = neighbour(
-        "SELECT ts_ms, points FROM messages WHERE device = ?1 AND ts_ms < ?2 AND points IS NOT NULL ORDER BY ts_ms DESC, seq DESC",
-    )?;
-    let after = neighbour(
-        "SELECT ts_ms, points FROM messages WHERE device = ?1 AND ts_ms > ?2 AND points IS NOT NULL ORDER BY ts_ms ASC, seq ASC",
-    )?;
-    if let (Some(b), Some(a)) = (before, after) {
-        interval(b, a, -1.0);
+    let (found_with, found_without) = (kinds(&with), kinds(&without));
+    for (ts, value, event) in &with.findings {
+        let Some((kind, _)) = anomaly_text(event, *value, rule) else {
+            continue;
+        };
+        let had = found_without.iter().filter(|f| **f == (*ts, kind)).count();
+        let has = found_with.iter().filter(|f| **f == (*ts, kind)).count();
+        if has > had {
+            record_anomaly(tx, key, *ts, *value, event, rule, out)?;
+        }
     }
-    if let Some(b) = before {
-        interval(b, (ts_ms, value), 1.0);
+    for f in found_without.iter().filter(|f| !found_with.contains(f)) {
+        tx.prepare_cached(
+            "UPDATE anomalies SET withdrawn_ms = ?5 WHERE id = (
+                 SELECT id FROM anomalies WHERE device = ?1 AND point = ?2 AND ts_ms = ?3 AND kind = ?4
+                   AND withdrawn_ms IS NULL ORDER BY id DESC LIMIT 1)",
+        )?
+        .execute(params![key.0, key.1, f.0, f.1, late.ts_ms])?;
     }
-    if let Some(a) = after {
-        interval((ts_ms, value), a, 1.0);
-    }
-    Ok(())
+    write_checkpoints(tx, key, &with.checkpoints)?;
+    Ok(with.end)
 }
 
 /// Deletes raw samples older than the retention horizon; rollups and the ledger stay.
@@ -938,9 +1346,44 @@ impl Pruner {
     }
 }
 
+impl Pruner {
+    /// Deletes counter checkpoints no late reading can need any more: those of a point older
+    /// than `window_ms` behind its device's newest message, except the newest of them (the
+    /// state a replay starts from). Returns the rows deleted.
+    pub fn prune_checkpoints(&mut self, window_ms: i64) -> anyhow::Result<u64> {
+        let devices: Vec<(String, i64)> = self
+            .conn
+            .prepare("SELECT device, last_ts_ms FROM devices")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut deleted = 0;
+        for (device, newest) in devices {
+            let cutoff = slot_of(newest.saturating_sub(window_ms));
+            deleted += self.conn.execute(
+                "DELETE FROM counter_checkpoints AS c WHERE device = ?1 AND slot_ms < (
+                     SELECT MAX(k.slot_ms) FROM counter_checkpoints k
+                     WHERE k.device = c.device AND k.point = c.point AND k.slot_ms <= ?2)",
+                params![device, cutoff],
+            )? as u64;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes quarantine entries received before `before_ms`; their counts stay in the totals.
+    pub fn prune_quarantine(&mut self, before_ms: i64) -> anyhow::Result<u64> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM quarantine WHERE received_ms < ?1", [before_ms])?
+            as u64)
+    }
+}
+
 /// A read-only view for the API.
 pub struct Reader {
     conn: Mutex<Connection>,
+    /// For reads that take long (an export paced by its client): a connection of their own,
+    /// so that they never hold up the API's other reads.
+    path: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -956,6 +1399,8 @@ pub struct DeviceRow {
     pub last_seen: String,
     pub messages: i64,
     pub duplicates: i64,
+    /// Copies of a stored message with other content (kept in the quarantine).
+    pub conflicts: i64,
     /// Sequence numbers still missing.
     pub missing: i64,
     pub gaps: Vec<[i64; 2]>,
@@ -987,6 +1432,9 @@ pub struct AnomalyRow {
     /// spike, jump, restart, frozen.
     pub kind: String,
     pub detail: String,
+    /// When a late reading showed it to be none (the counter replayed with it no longer
+    /// finds it), RFC 3339 of that reading's poll time; null while it stands.
+    pub withdrawn: Option<String>,
 }
 
 /// The outcome of recomputing the rollups from raw samples.
@@ -1004,8 +1452,25 @@ pub struct QuarantineRow {
     pub received: String,
     pub topic: String,
     pub reason: String,
-    /// The payload as received (lossy UTF-8).
+    /// The start of the payload as received (lossy UTF-8, at most [`PAYLOAD_PREVIEW`] bytes;
+    /// the whole kept part at `/api/v1/quarantine/{id}/payload`).
     pub payload: String,
+    /// The payload's full size and SHA-256 (null for entries from before they were kept).
+    pub payload_bytes: Option<i64>,
+    pub payload_sha256: Option<String>,
+    /// Whether more was received than `payload` shows.
+    pub truncated: bool,
+}
+
+/// How much of each payload a quarantine listing shows.
+pub const PAYLOAD_PREVIEW: usize = 2_048;
+
+/// Refusals by reason since the database was made, kept whatever quarantine retention deletes.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineTotal {
+    pub reason: String,
+    pub count: i64,
+    pub bytes: i64,
 }
 
 impl Reader {
@@ -1037,7 +1502,7 @@ impl Reader {
                 online.insert(e, o);
             }
             let mut stmt = c.prepare(
-                "SELECT device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages, duplicates FROM devices ORDER BY device",
+                "SELECT device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages, duplicates, conflicts FROM devices ORDER BY device",
             )?;
             let rows = stmt.query_map([], |r| {
                 let id: String = r.get(0)?;
@@ -1052,9 +1517,10 @@ impl Reader {
                     last_seen: rfc3339(r.get(5)?),
                     messages: r.get(6)?,
                     duplicates: r.get(7)?,
-                    missing: g.iter().map(|[a, b]| b - a + 1).sum(),
+                    conflicts: r.get(8)?,
+                    missing: g.iter().fold(0i64, |n, [a, b]| n.saturating_add(b - a + 1)),
                     gaps: g,
-                    lost: l.iter().map(|r| r.to_seq - r.from_seq + 1).sum(),
+                    lost: l.iter().fold(0i64, |n, r| n.saturating_add(r.to_seq - r.from_seq + 1)),
                     lost_ranges: l,
                     edge,
                     id,
@@ -1088,10 +1554,11 @@ impl Reader {
     pub fn sequence_totals(&self) -> anyhow::Result<(i64, i64)> {
         self.with(|c| {
             c.query_row(
-                "SELECT (SELECT COALESCE(SUM(to_seq - from_seq + 1), 0) FROM gaps),
-                        (SELECT COALESCE(SUM(to_seq - from_seq + 1), 0) FROM lost)",
+                "SELECT (SELECT TOTAL(to_seq - from_seq + 1) FROM gaps),
+                        (SELECT TOTAL(to_seq - from_seq + 1) FROM lost)",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                // TOTAL sums as a float: numbers near 2^63 overflow SUM's integer.
+                |r| Ok((r.get::<_, f64>(0)? as i64, r.get::<_, f64>(1)? as i64)),
             )
         })
     }
@@ -1128,15 +1595,48 @@ impl Reader {
 
     pub fn quarantine(&self, limit: i64) -> anyhow::Result<Vec<QuarantineRow>> {
         self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT id, received_ms, topic, reason, payload FROM quarantine ORDER BY id DESC LIMIT ?1")?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT id, received_ms, topic, reason, substr(payload, 1, {PAYLOAD_PREVIEW}),
+                        length(payload), payload_bytes, payload_sha256
+                 FROM quarantine ORDER BY id DESC LIMIT ?1"
+            ))?;
             let rows = stmt.query_map([limit], |r| {
+                let kept: i64 = r.get(5)?;
+                let full: Option<i64> = r.get(6)?;
                 Ok(QuarantineRow {
                     id: r.get(0)?,
                     received: rfc3339(r.get(1)?),
                     topic: r.get(2)?,
                     reason: r.get(3)?,
                     payload: String::from_utf8_lossy(&r.get::<_, Vec<u8>>(4)?).into_owned(),
+                    truncated: full.unwrap_or(kept) > (PAYLOAD_PREVIEW as i64).min(kept),
+                    payload_bytes: full,
+                    payload_sha256: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The kept part of one quarantined payload, as received.
+    pub fn quarantine_payload(&self, id: i64) -> anyhow::Result<Option<Vec<u8>>> {
+        self.with(|c| {
+            c.query_row("SELECT payload FROM quarantine WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    pub fn quarantine_totals(&self) -> anyhow::Result<Vec<QuarantineTotal>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT reason, count, bytes FROM quarantine_totals ORDER BY reason")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(QuarantineTotal {
+                    reason: r.get(0)?,
+                    count: r.get(1)?,
+                    bytes: r.get(2)?,
                 })
             })?;
             rows.collect()
@@ -1229,7 +1729,7 @@ impl Reader {
     ) -> anyhow::Result<u64> {
         let mut w = csv::Writer::from_writer(out);
         w.write_record(["device", "seq", "point", "time", "value", "quality"])?;
-        let conn = self.conn.lock().expect("reader lock poisoned");
+        let conn = open_conn(&self.path)?;
         let names: HashMap<i64, String> = conn
             .prepare("SELECT id, point FROM series")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -1265,9 +1765,9 @@ impl Reader {
 
     pub fn anomalies(&self, limit: i64) -> anyhow::Result<Vec<AnomalyRow>> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT device, point, ts_ms, kind, detail FROM anomalies ORDER BY id DESC LIMIT ?1")?;
+            let mut stmt = c.prepare("SELECT device, point, ts_ms, kind, detail, withdrawn_ms FROM anomalies ORDER BY id DESC LIMIT ?1")?;
             let rows = stmt.query_map([limit], |r| {
-                Ok(AnomalyRow { device: r.get(0)?, point: r.get(1)?, at: rfc3339(r.get(2)?), kind: r.get(3)?, detail: r.get(4)? })
+                Ok(AnomalyRow { device: r.get(0)?, point: r.get(1)?, at: rfc3339(r.get(2)?), kind: r.get(3)?, detail: r.get(4)?, withdrawn: r.get::<_, Option<i64>>(5)?.map(rfc3339) })
             })?;
             rows.collect()
         })
@@ -1297,7 +1797,7 @@ mod tests {
     }
 
     fn msg(seq: u64, ts_ms: i64, total: f64) -> Incoming {
-        Incoming::Telemetry(Telemetry {
+        Incoming::built(Telemetry {
             v: 1,
             site: "s".into(),
             edge: "e".into(),
@@ -1312,7 +1812,7 @@ mod tests {
         })
     }
 
-    fn rules() -> AccountingRules {
+    fn rules() -> WriteRules {
         let mut tracked: HashMap<String, HashMap<String, Tracked>> = HashMap::new();
         tracked.entry("m".to_string()).or_default().insert(
             "total".to_string(),
@@ -1327,6 +1827,7 @@ mod tests {
             tracked,
             max_gap_ms: 900_000,
         }
+        .into()
     }
 
     fn hours(store: &Store) -> Vec<(i64, PointSlot)> {
@@ -1473,7 +1974,7 @@ mod tests {
         assert!(late
             .reader()
             .unwrap()
-            .verify_rollups(&rules())
+            .verify_rollups(&rules().accounting)
             .unwrap()
             .mismatches
             .is_empty());
@@ -1500,7 +2001,7 @@ mod tests {
             36,
             "the ledger is kept"
         );
-        let check = reader.verify_rollups(&rules()).unwrap();
+        let check = reader.verify_rollups(&rules().accounting).unwrap();
         assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
         assert!(check.slots_checked > 0);
         // A message that comes again after pruning is still known: dropped as a duplicate.
@@ -1535,7 +2036,8 @@ mod tests {
             "the spike is not counted: {total}"
         );
         let mut r2 = r.clone();
-        r2.tracked
+        r2.accounting
+            .tracked
             .values_mut()
             .flat_map(|d| d.values_mut())
             .for_each(|t| t.rollover = None);
@@ -1559,7 +2061,7 @@ mod tests {
             store
                 .reader()
                 .unwrap()
-                .verify_rollups(&r2)
+                .verify_rollups(&r2.accounting)
                 .unwrap()
                 .mismatches
                 .is_empty(),
@@ -1605,13 +2107,282 @@ mod tests {
             (hours(&store)[0].1.delta - 15.0).abs() < 1e-9,
             "990 -> 5 across the rollover at 1000 is 15"
         );
-        let integrity = store.reader().unwrap().verify_rollups(&rules()).unwrap();
+        let integrity = store
+            .reader()
+            .unwrap()
+            .verify_rollups(&rules().accounting)
+            .unwrap();
         assert!(integrity.mismatches.is_empty() && integrity.samples_checked == 2);
         Connection::open(&path)
             .unwrap()
             .execute("UPDATE point_slots SET delta = delta + 1", [])
             .unwrap();
-        let integrity = store.reader().unwrap().verify_rollups(&rules()).unwrap();
+        let integrity = store
+            .reader()
+            .unwrap()
+            .verify_rollups(&rules().accounting)
+            .unwrap();
         assert_eq!(integrity.mismatches.len(), 1, "{:?}", integrity.mismatches);
+    }
+
+    fn quarantined(store: &Store) -> Vec<QuarantineRow> {
+        store.reader().unwrap().quarantine(100).unwrap()
+    }
+
+    fn integrity_holds(store: &Store) {
+        let check = store
+            .reader()
+            .unwrap()
+            .verify_rollups(&rules().accounting)
+            .unwrap();
+        assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    }
+
+    #[test]
+    fn a_late_reading_slightly_below_the_one_before_is_decided_as_in_order_not_as_a_wrap() {
+        // The issue's case: 2000.0, 2000.5, 2001.0 at 0, 60 s and 120 s (seq 1, 2, 4), then
+        // seq 3 at 90 s with 2000.4. In time order 2000.4 after 2000.5 is a spike (as a wrap
+        // of the 42 949 672.96 t counter it would be millions of tonnes in 30 s), so the
+        // slot holds 1.0 t, a spike is on record, and ingest and the integrity check agree.
+        let mut store = Store::open(&temp_db("late-wrap")).unwrap();
+        let mut r = rules();
+        r.accounting.tracked.get_mut("m").unwrap().insert(
+            "total".into(),
+            Tracked {
+                rollover: Some(42_949_672.96),
+                max_rate_per_h: Some(864.0),
+                frozen_after_ms: 2 * H,
+                fill: GapFill::Rate,
+            },
+        );
+        let t = 10 * H;
+        let out = store
+            .write_batch(
+                &[
+                    msg(1, t, 2000.0),
+                    msg(2, t + 60_000, 2000.5),
+                    msg(4, t + 120_000, 2001.0),
+                ],
+                &r,
+                0,
+            )
+            .unwrap();
+        assert!(out.anomalies.is_empty());
+        let out = store
+            .write_batch(&[msg(3, t + 90_000, 2000.4)], &r, 0)
+            .unwrap();
+        assert_eq!(
+            (out.late_samples, out.anomalies.clone()),
+            (1, vec!["spike"])
+        );
+        let slots = store
+            .reader()
+            .unwrap()
+            .point_slots("m", "total", 0, 100 * H)
+            .unwrap();
+        let total: f64 = slots.iter().map(|(_, p)| p.delta).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{slots:?}");
+        assert!(slots.iter().all(|(_, p)| p.estimated.abs() < 1e-12));
+        let check = store
+            .reader()
+            .unwrap()
+            .verify_rollups(&r.accounting)
+            .unwrap();
+        assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    }
+
+    #[test]
+    fn a_late_reading_that_moves_a_finding_withdraws_the_old_one_and_records_the_new() {
+        // At most 200 an hour. 100 at 0 h, then 700, 705, 710 at 1, 2 and 3 h: each implies
+        // more than 200 an hour from 100, so two spikes and, at the third, a jump (the counter
+        // moved for good). A late reading of 708 at 2.5 h is the third rejected one in time
+        // order: the jump is there, and 710 at 3 h follows it at 4 an hour.
+        let mut store = Store::open(&temp_db("withdraw")).unwrap();
+        let mut r = rules();
+        r.accounting
+            .tracked
+            .values_mut()
+            .flat_map(|d| d.values_mut())
+            .for_each(|t| t.rollover = None);
+        let batch = [
+            msg(1, 0, 100.0),
+            msg(2, H, 700.0),
+            msg(3, 2 * H, 705.0),
+            msg(5, 3 * H, 710.0),
+        ];
+        let out = store.write_batch(&batch, &r, 0).unwrap();
+        assert_eq!(out.anomalies, vec!["spike", "spike", "jump"]);
+        let out = store
+            .write_batch(&[msg(4, 5 * H / 2, 708.0)], &r, 0)
+            .unwrap();
+        assert_eq!((out.late_samples, out.anomalies.clone()), (1, vec!["jump"]));
+        let listed = store.reader().unwrap().anomalies(10).unwrap();
+        let jumps: Vec<_> = listed
+            .iter()
+            .filter(|a| a.kind == "jump")
+            .map(|a| (a.at.as_str(), a.withdrawn.is_some()))
+            .collect();
+        assert_eq!(
+            jumps,
+            vec![
+                ("1970-01-01T02:30:00.000Z", false),
+                ("1970-01-01T03:00:00.000Z", true)
+            ]
+        );
+        let check = store
+            .reader()
+            .unwrap()
+            .verify_rollups(&r.accounting)
+            .unwrap();
+        assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    }
+
+    #[test]
+    fn a_copy_with_other_content_is_a_conflict_kept_with_both_digests() {
+        let mut store = Store::open(&temp_db("conflict")).unwrap();
+        let r = rules();
+        store
+            .write_batch(&[msg(1, 0, 10.0), msg(2, 600_000, 20.0)], &r, 0)
+            .unwrap();
+        let out = store
+            .write_batch(&[msg(2, 600_000, 20.0), msg(2, 600_000, 25.0)], &r, 0)
+            .unwrap();
+        assert_eq!(
+            (out.duplicates, out.conflicts, out.refused.clone()),
+            (1, 1, vec!["conflict"])
+        );
+        let q = quarantined(&store);
+        assert_eq!(q.len(), 1);
+        let digests =
+            q[0].reason.matches("sha256 ").count() + q[0].reason.matches(", this copy ").count();
+        assert!(
+            q[0].reason.starts_with("conflict:") && digests == 2,
+            "{}",
+            q[0].reason
+        );
+        let d = &store.reader().unwrap().devices().unwrap()[0];
+        assert_eq!((d.messages, d.duplicates, d.conflicts), (2, 1, 1));
+        // The stored version is untouched.
+        let mut csv = Vec::new();
+        store
+            .reader()
+            .unwrap()
+            .export_csv(None, 0, H, &mut csv)
+            .unwrap();
+        assert!(String::from_utf8(csv)
+            .unwrap()
+            .contains("m,2,total,1970-01-01T00:10:00.000Z,20,good"));
+    }
+
+    #[test]
+    fn a_sequence_jump_and_a_reading_too_late_are_quarantined_not_stored() {
+        let mut store = Store::open(&temp_db("bounds")).unwrap();
+        let mut r = rules();
+        r.max_seq_jump = 1_000;
+        r.max_late_ms = 2 * H;
+        let day = 24 * H;
+        store
+            .write_batch(&[msg(1, day, 10.0), msg(2, day + 600_000, 20.0)], &r, 0)
+            .unwrap();
+        let out = store
+            .write_batch(
+                &[
+                    msg(i64::MAX as u64, day + 700_000, 21.0),
+                    msg(3, day - 3 * H, 5.0),
+                    // An old copy of a stored number is still a duplicate, not a refusal.
+                    msg(1, day, 10.0),
+                    msg(1_002, day + 800_000, 22.0),
+                ],
+                &r,
+                0,
+            )
+            .unwrap();
+        assert_eq!(out.refused, vec!["seq_jump", "late"]);
+        assert_eq!((out.stored, out.duplicates), (1, 1));
+        let d = &store.reader().unwrap().devices().unwrap()[0];
+        assert_eq!((d.last_seq, d.missing), (1_002, 999));
+        assert_eq!(store.reader().unwrap().sequence_totals().unwrap().0, 999);
+        integrity_holds(&store);
+    }
+
+    #[test]
+    fn the_quarantine_keeps_the_start_of_a_payload_its_size_and_digest_and_counts_outlive_it() {
+        let path = temp_db("quarantine");
+        let mut store = Store::open(&path).unwrap();
+        let mut r = rules();
+        r.quarantine_payload_bytes = 1_024;
+        let big = vec![b'x'; 300_000];
+        let bad = Incoming::Rejected(Rejected {
+            topic: "ems/v1/s/data/m".into(),
+            reason: "oversized: 300000 bytes".into(),
+            payload: big.clone(),
+        });
+        store.write_batch(&[bad.clone(), bad], &r, 5).unwrap();
+        let q = quarantined(&store);
+        use sha2::Digest as _;
+        assert_eq!(q[0].payload_bytes, Some(300_000));
+        assert_eq!(
+            q[0].payload_sha256.as_deref(),
+            Some(hex(&sha2::Sha256::digest(&big)).as_str())
+        );
+        assert!(q[0].truncated && q[0].payload.len() <= PAYLOAD_PREVIEW);
+        let kept = store
+            .reader()
+            .unwrap()
+            .quarantine_payload(q[0].id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.len(), 1_024);
+        assert_eq!(Pruner::open(&path).unwrap().prune_quarantine(6).unwrap(), 2);
+        assert!(quarantined(&store).is_empty());
+        let totals = store.reader().unwrap().quarantine_totals().unwrap();
+        assert_eq!(
+            (totals[0].reason.as_str(), totals[0].count, totals[0].bytes),
+            ("oversized", 2, 600_000)
+        );
+    }
+
+    #[test]
+    fn checkpoints_out_of_reach_of_late_readings_are_pruned_and_late_ones_still_add_up() {
+        let path = temp_db("checkpoints");
+        let mut store = Store::open(&path).unwrap();
+        let r = rules();
+        // A reading every 10 minutes for 20 hours, 5 units each.
+        let all: Vec<_> = (0..120)
+            .map(|i| msg(i + 1, i as i64 * 600_000, 5.0 * i as f64))
+            .collect();
+        let (early, rest): (Vec<_>, Vec<_>) = all
+            .iter()
+            .cloned()
+            .enumerate()
+            .partition(|(i, _)| i % 7 != 3);
+        store
+            .write_batch(
+                &early.into_iter().map(|(_, m)| m).collect::<Vec<_>>(),
+                &r,
+                0,
+            )
+            .unwrap();
+        let count = |p: &Path| -> i64 {
+            Connection::open(p)
+                .unwrap()
+                .query_row("SELECT COUNT(*) FROM counter_checkpoints", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before = count(&path);
+        let deleted = Pruner::open(&path)
+            .unwrap()
+            .prune_checkpoints(12 * H)
+            .unwrap();
+        assert!(deleted > 0 && count(&path) == before - deleted as i64);
+        // The held-back readings of the last 12 hours arrive: accounted as in order.
+        let late: Vec<_> = rest
+            .into_iter()
+            .filter(|(i, _)| *i as i64 * 600_000 > 8 * H)
+            .map(|(_, m)| m)
+            .collect();
+        let out = store.write_batch(&late, &r, 0).unwrap();
+        assert_eq!(out.late_samples, late.len() as u64);
+        integrity_holds(&store);
     }
 }

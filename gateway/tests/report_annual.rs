@@ -33,6 +33,9 @@ port = 1883
 client_id = "report-test"
 [storage]
 path = "{}"
+[ingest]
+sites = ["s"]
+edges = ["e"]
 [accounting]
 max_sample_gap_s = 3600
 [enterprise]
@@ -102,7 +105,7 @@ fn increments(hour: i64) -> [(&'static str, &'static str, f64); 5] {
 }
 
 fn fill_year(store: &mut Store, plant: &Plant) {
-    let rules = ems_gateway::accounting_rules(plant);
+    let rules = ems_gateway::write_rules(plant);
     let hours = 365 * 24;
     let mut totals: HashMap<&str, f64> = HashMap::new();
     let mut batch = Vec::new();
@@ -117,7 +120,7 @@ fn fill_year(store: &mut Store, plant: &Plant) {
             if device == "kiln1-power" && (OUTAGE_START..OUTAGE_START + 24 * H).contains(&ts) {
                 continue;
             }
-            batch.push(Incoming::Telemetry(Telemetry {
+            batch.push(Incoming::built(Telemetry {
                 v: 1,
                 site: "s".into(),
                 edge: "e".into(),
@@ -346,6 +349,7 @@ fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
         ((2025, 1), (2025, 6)),
         ((2025, 7), (2025, 12)),
         &[],
+        YEAR_START + 400 * 24 * H,
     )
     .unwrap();
     assert!(r.excluded.is_empty(), "{:?}", r.excluded);
@@ -400,6 +404,7 @@ fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
         ((2025, 1), (2025, 6)),
         ((2025, 7), (2025, 12)),
         &[power],
+        YEAR_START + 400 * 24 * H,
     )
     .unwrap();
     let m = &with_power.verification.model;

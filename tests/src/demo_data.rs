@@ -40,7 +40,7 @@ fn rates(plant: &ems_gateway::Plant) -> HashMap<(String, String), (f64, Option<f
 /// `start_ms`, into the store at `db` through the gateway's own write path. Returns the messages.
 pub fn fill(config: &Path, db: &Path, start_ms: i64, days: i64) -> usize {
     let plant = ems_gateway::Plant::load(config).expect("demo config");
-    let rules = ems_gateway::accounting_rules(&plant);
+    let rules = ems_gateway::write_rules(&plant);
     let rates = rates(&plant);
     // Device -> its points with their rate per hour and rollover.
     type Points<'a> = Vec<(&'a str, f64, Option<f64>)>;
@@ -56,7 +56,7 @@ pub fn fill(config: &Path, db: &Path, start_ms: i64, days: i64) -> usize {
     for k in 0..polls {
         let ts = start + k * 60_000;
         for (device, points) in &by_device {
-            batch.push(Incoming::Telemetry(Telemetry {
+            batch.push(Incoming::built(Telemetry {
                 v: 1,
                 site: "demo".into(),
                 edge: "edge-1".into(),

@@ -133,6 +133,7 @@ pub fn build(
     now_ms: i64,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<AnnualReport> {
+    super::check_months(plant, (year, 1), (year, 12), now_ms)?;
     let ((start, end), months) = year_periods(plant, year)?;
     let days = buckets(Period::Day, start, end, &plant.calendar);
     let steps = plant.units.len() + 1;

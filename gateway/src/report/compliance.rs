@@ -75,6 +75,7 @@ pub fn build(
     (year, month): (i32, u32),
     now_ms: i64,
 ) -> anyhow::Result<ComplianceReport> {
+    super::check_months(plant, (year, month), (year, month), now_ms)?;
     let start = local_midnight(plant, year, month, 1)?;
     let (ny, nm) = if month == 12 {
         (year + 1, 1)

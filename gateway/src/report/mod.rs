@@ -126,15 +126,65 @@ pub fn local_midnight(plant: &Plant, year: i32, month: u32, day: u32) -> anyhow:
 /// A month as `(year, month)`.
 pub type Month = (i32, u32);
 
+/// A report parameter that cannot be answered (the API's 400): the rest of a report's errors
+/// are the gateway's own.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRequest(pub String);
+
+/// The most months one range of a report may cover (20 years).
+pub const MAX_REPORT_MONTHS: i64 = 240;
+
+/// Checks a report's months before any work: in order, not before the month of `[ingest]
+/// earliest` (nothing before it is ever stored), not after the year after `now_ms`, and at
+/// most [`MAX_REPORT_MONTHS`].
+pub fn check_months(plant: &Plant, from: Month, to: Month, now_ms: i64) -> anyhow::Result<()> {
+    use chrono::Datelike as _;
+    let month_of = |ms: i64| {
+        let d = chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .with_timezone(&plant.utc_offset);
+        (d.year(), d.month())
+    };
+    let index = |(y, m): Month| i64::from(y) * 12 + i64::from(m) - 1;
+    let (earliest, now) = (month_of(plant.earliest_ms), month_of(now_ms));
+    let bad = |why: String| anyhow::Error::new(InvalidRequest(why));
+    if index(from) > index(to) {
+        return Err(bad(format!(
+            "{}-{:02} is after {}-{:02}",
+            from.0, from.1, to.0, to.1
+        )));
+    }
+    if index(from) < index(earliest) {
+        return Err(bad(format!(
+            "{}-{:02} is before {}-{:02}, the month of [ingest] earliest: nothing is stored before it",
+            from.0, from.1, earliest.0, earliest.1
+        )));
+    }
+    if to.0 > now.0 + 1 {
+        return Err(bad(format!("{} is more than a year ahead", to.0)));
+    }
+    if index(to) - index(from) + 1 > MAX_REPORT_MONTHS {
+        return Err(bad(format!("more than {MAX_REPORT_MONTHS} months at once")));
+    }
+    Ok(())
+}
+
 /// Parses "YYYY-MM".
 pub fn parse_month(s: &str) -> anyhow::Result<Month> {
     let (y, m) = s
         .split_once('-')
-        .ok_or_else(|| anyhow::anyhow!("`{s}`: a month is written YYYY-MM"))?;
+        .ok_or_else(|| InvalidRequest(format!("`{s}`: a month is written YYYY-MM")))?;
+    let bad = |why: &str| anyhow::Error::new(InvalidRequest(format!("`{s}`: {why}")));
+    if y.len() != 4 || !y.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("the year has four digits"));
+    }
     let (y, m): (i32, u32) = (
-        y.parse().map_err(|_| anyhow::anyhow!("`{s}`: bad year"))?,
-        m.parse().map_err(|_| anyhow::anyhow!("`{s}`: bad month"))?,
+        y.parse().map_err(|_| bad("bad year"))?,
+        m.parse().map_err(|_| bad("bad month"))?,
     );
-    anyhow::ensure!((1..=12).contains(&m), "`{s}`: month must be 01 to 12");
+    if !(1..=12).contains(&m) {
+        return Err(bad("month must be 01 to 12"));
+    }
     Ok((y, m))
 }

@@ -8,6 +8,7 @@ use super::annual::{
     meter_quality, sequence_quality, MeterQuality, SequenceQuality, MIN_COMPLETENESS,
 };
 use super::baseline::{verify, Interval, Observation, Verification};
+use super::InvalidRequest;
 use super::{local_midnight, unit_figures, Month, FORMAT_VERSION};
 use crate::accounting::{buckets, Period};
 use crate::config::Plant;
@@ -66,10 +67,13 @@ pub fn build(
     baseline: (Month, Month),
     reporting: (Month, Month),
     variables: &[(String, String)],
+    now_ms: i64,
 ) -> anyhow::Result<SavingsReport> {
     let u = plant
         .unit(unit)
-        .ok_or_else(|| anyhow::anyhow!("no unit `{unit}` in the configuration"))?;
+        .ok_or_else(|| InvalidRequest(format!("no unit `{unit}` in the configuration")))?;
+    super::check_months(plant, baseline.0, baseline.1, now_ms)?;
+    super::check_months(plant, reporting.0, reporting.1, now_ms)?;
     let mut excluded = Vec::new();
     let mut observe = |range: (Month, Month)| -> anyhow::Result<Vec<Observation>> {
         let months = month_range(plant, range.0, range.1)?;
@@ -134,7 +138,9 @@ pub fn build(
         &baseline_months,
         &reporting_months,
         Interval::Monthly,
-    )?;
+    )
+    // The stored months do not support a fit: the request cannot be answered as asked.
+    .map_err(|e| InvalidRequest(format!("{e:#}")))?;
     Ok(SavingsReport {
         report: "savings",
         version: FORMAT_VERSION,
