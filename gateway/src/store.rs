@@ -696,34 +696,45 @@ fn write_telemetry<'a>(
 ) -> anyhow::Result<()> {
     let seq = t.seq as i64;
     let ledger = ledger_row(tx, gathered, &t.device)?;
-    if let Some((last_seq, last_ts)) = ledger {
-        let refused = if seq > last_seq && seq - last_seq > rules.max_seq_jump {
-            Some((
-                "seq_jump",
-                format!(
-                    "sequence number {seq} is {} ahead of the device's last, {last_seq} (at most {})",
-                    seq - last_seq,
-                    rules.max_seq_jump
-                ),
-            ))
-        } else if t.ts_ms < last_ts.saturating_sub(rules.max_late_ms) && !stored(tx, t)? {
-            Some((
-                "late",
-                format!(
-                    "poll time {} is {} s behind the device's newest message, {} (at most {} s)",
-                    rfc3339(t.ts_ms),
-                    (last_ts - t.ts_ms) / 1000,
-                    rfc3339(last_ts),
-                    rules.max_late_ms / 1000
-                ),
-            ))
-        } else {
-            None
-        };
-        if let Some((code, detail)) = refused {
-            refuse(tx, t, raw, code, &detail, rules, received_ms, out)?;
-            return Ok(());
+    let device_rules = rules.accounting.tracked.get(&t.device);
+    let mut refused = match ledger {
+        Some((last_seq, _)) if seq > last_seq && seq - last_seq > rules.max_seq_jump => Some((
+            "seq_jump",
+            format!(
+                "sequence number {seq} is {} ahead of the device's last, {last_seq} (at most {})",
+                seq - last_seq,
+                rules.max_seq_jump
+            ),
+        )),
+        _ => None,
+    };
+    // Late against what its counters have taken (a message without counter readings costs no
+    // replay, and a poll whose device clock could not be read does not move the bound).
+    if let (None, Some(device_rules)) = (&refused, device_rules) {
+        for p in t.points.iter().filter(|p| p.v.is_some()) {
+            if !device_rules.contains_key(&p.id) {
+                continue;
+            }
+            let through = track_of(tx, last, (&t.device, &p.id))?.through_ms;
+            if t.ts_ms < through.saturating_sub(rules.max_late_ms) && !stored(tx, t)? {
+                refused = Some((
+                    "late",
+                    format!(
+                        "poll time {} is {} s behind the last reading of `{}`, {} (at most {} s)",
+                        rfc3339(t.ts_ms),
+                        (through - t.ts_ms) / 1000,
+                        p.id,
+                        rfc3339(through),
+                        rules.max_late_ms / 1000
+                    ),
+                ));
+                break;
+            }
         }
+    }
+    if let Some((code, detail)) = refused {
+        refuse(tx, t, raw, code, &detail, rules, received_ms, out)?;
+        return Ok(());
     }
     let mut blob = Vec::with_capacity(t.points.len() * 14);
     for p in &t.points {
@@ -740,7 +751,7 @@ fn write_telemetry<'a>(
     out.stored += 1;
     update_ledger(tx, gathered, t, ledger.map(|l| l.0), received_ms)?;
     out.points += t.points.len() as u64;
-    let Some(device_rules) = rules.accounting.tracked.get(&t.device) else {
+    let Some(device_rules) = device_rules else {
         return Ok(());
     };
     for p in &t.points {
@@ -1087,23 +1098,10 @@ fn account_sample<'a>(
     max_gap_ms: i64,
     out: &mut BatchOutcome,
 ) -> anyhow::Result<bool> {
-    // Owned keys are built only for a device or point seen for the first time.
-    if !last.contains_key(key.0) {
-        last.insert(key.0.to_owned(), FastMap::default());
-    }
-    let tracks = last.get_mut(key.0).expect("inserted");
-    let mut track = match tracks.get(key.1) {
-        Some(t) => *t,
-        None => tx
-            .prepare_cached(&format!(
-                "SELECT {CHECKPOINT_COLUMNS} FROM counter_checkpoints WHERE device = ?1 AND point = ?2
-                 ORDER BY slot_ms DESC LIMIT 1"
-            ))?
-            .query_row(params![key.0, key.1], checkpoint_row)
-            .optional()?
-            .unwrap_or_default(),
-    };
-    let late = track.anchor.is_some() && reading.ts_ms <= track.through_ms;
+    let mut track = track_of(tx, last, key)?;
+    let late = track.anchor.is_some()
+        && (reading.ts_ms < track.through_ms
+            || (reading.ts_ms == track.through_ms && !last_at_its_time(tx, key.0, reading)?));
     if late {
         track = recount(tx, gathered, key, reading, rule, max_gap_ms, out)?;
     } else {
@@ -1115,6 +1113,11 @@ fn account_sample<'a>(
         }
         gathered.checkpoint(key, slot_of(reading.ts_ms), track);
     }
+    // Owned keys are built only for a device or point seen for the first time.
+    if !last.contains_key(key.0) {
+        last.insert(key.0.to_owned(), FastMap::default());
+    }
+    let tracks = last.get_mut(key.0).expect("inserted");
     match tracks.get_mut(key.1) {
         Some(t) => *t = track,
         None => {
@@ -1122,6 +1125,39 @@ fn account_sample<'a>(
         }
     }
     Ok(late)
+}
+
+/// A counter point's state: cached, else its newest checkpoint, else none yet.
+fn track_of(
+    tx: &Transaction<'_>,
+    last: &CounterTracks,
+    (device, point): (&str, &str),
+) -> rusqlite::Result<CounterTrack> {
+    if let Some(t) = last.get(device).and_then(|d| d.get(point)) {
+        return Ok(*t);
+    }
+    Ok(tx
+        .prepare_cached(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM counter_checkpoints WHERE device = ?1 AND point = ?2
+             ORDER BY slot_ms DESC LIMIT 1"
+        ))?
+        .query_row(params![device, point], checkpoint_row)
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// Whether `reading` (stored already) has the highest sequence number of its device's readings
+/// at its poll time: then it comes last in time order, and a meter whose clock stands still does
+/// not make every poll a replay.
+fn last_at_its_time(
+    tx: &Transaction<'_>,
+    device: &str,
+    reading: Reading,
+) -> rusqlite::Result<bool> {
+    let highest: Option<i64> = tx
+        .prepare_cached("SELECT MAX(seq) FROM messages WHERE device = ?1 AND ts_ms = ?2")?
+        .query_row(params![device, reading.ts_ms], |r| r.get(0))?;
+    Ok(highest == Some(reading.seq))
 }
 
 /// Stores what a finding other than an interval says of the counter (an anomaly).
@@ -2383,6 +2419,22 @@ mod tests {
             .collect();
         let out = store.write_batch(&late, &r, 0).unwrap();
         assert_eq!(out.late_samples, late.len() as u64);
+        integrity_holds(&store);
+    }
+
+    #[test]
+    fn a_meter_clock_standing_still_is_taken_in_order_not_replayed_every_poll() {
+        let mut store = Store::open(&temp_db("still-clock")).unwrap();
+        let r = rules();
+        store.write_batch(&[msg(1, 0, 10.0)], &r, 0).unwrap();
+        let stuck: Vec<_> = (2..50)
+            .map(|seq| msg(seq, 600_000, 20.0 + seq as f64))
+            .collect();
+        let out = store.write_batch(&stuck, &r, 0).unwrap();
+        assert_eq!(out.late_samples, 0, "each comes last in (time, seq) order");
+        // The first at that time counts; the rest add nothing, as in a recomputation.
+        let total: f64 = hours(&store).iter().map(|(_, p)| p.delta).sum();
+        assert!((total - 12.0).abs() < 1e-9, "{total}");
         integrity_holds(&store);
     }
 }

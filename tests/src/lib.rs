@@ -294,12 +294,50 @@ impl Mosquitto {
         )
     }
 
+    /// A broker with the configuration the gateway ships (gateway/dist/mosquitto.conf), on a
+    /// free port of its own with its database in `dir`.
+    pub fn start_shipped(dir: &Path) -> Mosquitto {
+        let store = dir.join("mosquitto-store");
+        std::fs::create_dir_all(&store).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let text =
+            std::fs::read_to_string(workspace().join("gateway/dist/mosquitto.conf")).unwrap();
+        let port = free_port();
+        let replaced = text
+            .replace("listener 1883\n", &format!("listener {port} 127.0.0.1\n"))
+            .replace(
+                "persistence_location /var/lib/mosquitto/",
+                &format!("persistence_location {}/", store.display()),
+            );
+        assert_ne!(
+            replaced, text,
+            "the shipped file has its listener and database lines"
+        );
+        Mosquitto::with_text(dir, port, &replaced)
+    }
+
+    /// SIGKILL, as in a crash or a power cut: nothing is saved.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
     /// A broker with `extra` lines in its configuration (after its plain listener on `port`).
     pub fn with_settings(dir: &Path, extra: &str) -> Mosquitto {
         let port = free_port();
-        let conf = dir.join(format!("mosquitto-{port}.conf"));
         // Queue a long gateway outage's worth of messages (the default keeps only 1 000).
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n{extra}")).unwrap();
+        Mosquitto::with_text(
+            dir,
+            port,
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n{extra}"),
+        )
+    }
+
+    fn with_text(dir: &Path, port: u16, text: &str) -> Mosquitto {
+        let conf = dir.join(format!("mosquitto-{port}.conf"));
+        std::fs::write(&conf, text).unwrap();
         let mut m = Mosquitto {
             port,
             conf,
@@ -358,6 +396,32 @@ pub fn get_text(addr: &str, path: &str) -> String {
         .call()
         .unwrap_or_else(|e| panic!("GET {path}: {e}"));
     resp.body_mut().read_to_string().unwrap()
+}
+
+/// GETs a path with an `Authorization` header value if given; returns the status and the body
+/// whatever the status.
+pub fn get_status(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+    let mut req = ureq::get(&format!("http://{addr}{path}"))
+        .config()
+        .http_status_as_error(false)
+        .build();
+    if let Some(value) = authorization {
+        req = req.header("Authorization", value);
+    }
+    let mut resp = req.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// The peak resident memory of a process so far, in MiB (`VmHWM`).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib / 1024.0
 }
 
 /// POSTs an empty body, with an operator's bearer token if given; returns the status and the

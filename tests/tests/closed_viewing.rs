@@ -54,6 +54,13 @@ fn closed_viewing_needs_a_token_for_data_but_not_for_the_page() {
     }
     assert_eq!(status(&http, "/api/v1/units", Some("view-token")), 200);
     assert_eq!(status(&http, "/api/v1/units", Some(OPERATOR_TOKEN)), 200);
+    // A token in the URL only where a browser cannot send a header: the event stream.
+    assert_eq!(status(&http, "/api/v1/events?token=view-token", None), 200);
+    assert_eq!(
+        status(&http, "/api/v1/units?token=view-token", None),
+        401,
+        "tokens stay out of URLs (and logs) on every other route"
+    );
     // A viewer is not an operator.
     let (code, body) = post(&http, "/api/v1/alarms/1/ack", Some("view-token"));
     assert_eq!(code, 401, "{body}");
