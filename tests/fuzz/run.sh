@@ -33,6 +33,12 @@ seeds_of() {
   esac
 }
 
+# Built once, then run: the binaries stay what was built while the sources change.
+one=()
+[ ${#targets[@]} -eq 1 ] && one=("${targets[0]}")
+cargo +nightly fuzz build --fuzz-dir tests/fuzz -O -a -s none "${one[@]}" || exit 1
+# A workspace member: its binaries land in the workspace's target directory.
+bindir=target/x86_64-unknown-linux-gnu/release
 status=0
 for t in "${targets[@]}"; do
   corpus=target/fuzz-corpus/$t
@@ -43,7 +49,7 @@ for t in "${targets[@]}"; do
   [ -n "$extra" ] && dirs+=("$extra")
   log=target/fuzz-$t.log
   echo "==> $t (${secs} s or 10 million runs)"
-  cargo +nightly fuzz run --fuzz-dir tests/fuzz -O -a -s none "$t" "${dirs[@]}" -- \
+  "$bindir/$t" "${dirs[@]}" \
     -max_total_time="$secs" -runs=10000000 -rss_limit_mb=4096 -timeout=20 \
     -artifact_prefix="tests/fuzz/artifacts/$t/" -print_final_stats=1 >"$log" 2>&1
   rc=$?

@@ -236,6 +236,11 @@ impl Spool {
             dropped: 0,
             corrupt,
         };
+        // Damaged records at or below the acknowledgement mark count for nothing (the fuzzer
+        // found a spool whose only record was acknowledged and then damaged: its depth went
+        // below zero); at the mark, the mark moves over them.
+        spool.advance_acked_to(acked_below);
+        spool.read_id = spool.acked_below;
         spool.remove_delivered_segments()?;
         report.pending = spool.depth();
         if report.torn_bytes > 0 || report.corrupt > 0 {
@@ -517,6 +522,25 @@ mod tests {
         assert_eq!(s.depth(), 0);
         assert_eq!(s.segments.len(), 1, "delivered segments are deleted");
         assert_eq!(s.append("t/x", b"next").unwrap(), 21, "ids never repeat");
+    }
+
+    #[test]
+    fn a_record_damaged_after_its_acknowledgement_counts_for_nothing() {
+        let d = dir("acked-damaged");
+        let seg;
+        {
+            let (mut s, _) = Spool::open(&d, small()).unwrap();
+            s.append("t/x", b"msg 1").unwrap();
+            let r = s.read_next(1).unwrap();
+            s.ack(r[0].id).unwrap();
+            s.sync().unwrap();
+            seg = s.segments[0].path.clone();
+        }
+        overwrite(&seg, HEADER + 3, b"X");
+        let (mut s, report) = Spool::open(&d, small()).unwrap();
+        assert_eq!((report.corrupt, report.pending, s.depth()), (1, 0, 0));
+        assert!(s.read_next(10).unwrap().is_empty());
+        assert_eq!(s.append("t/x", b"msg 2").unwrap(), 2, "ids never repeat");
     }
 
     #[test]
