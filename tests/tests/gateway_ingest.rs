@@ -600,6 +600,71 @@ fn every_hostile_or_broken_message_is_kept_aside_and_ingest_goes_on() {
 }
 
 #[test]
+fn a_writer_that_cannot_store_shows_in_healthz_and_metrics_and_recovers() {
+    let dir = TempDir::new("stall");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    write_gateway_config(d, broker.port);
+    let cfg = d.join("gateway.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let from = "# stall_after_s = 60";
+    assert!(text.contains(from));
+    std::fs::write(&cfg, text.replace(from, "stall_after_s = 2")).unwrap();
+    let (mut gateway, http) = start_gateway(d);
+    let now = chrono::Utc::now().timestamp_millis();
+    let send = |seq: u64| {
+        let f = d.join(format!("stall-{seq}.json"));
+        std::fs::write(
+            &f,
+            format!(
+                r#"{{"v":1,"site":"demo","edge":"edge-1","device":"bf1-coke","seq":{seq},"ts_ms":{},"points":[{{"id":"total_t","v":{},"q":"good"}}]}}"#,
+                now - 60_000 + seq as i64 * 1_000,
+                100 + seq
+            ),
+        )
+        .unwrap();
+        publish(broker.port, "ems/v1/demo/data/bf1-coke", &f);
+    };
+    let messages = || {
+        get_json(&http, "/api/v1/devices")
+            .as_array()
+            .unwrap()
+            .first()
+            .map(|d| d["messages"].as_u64().unwrap())
+    };
+    send(1);
+    eventually("the first stored", Duration::from_secs(20), || {
+        messages() == Some(1)
+    });
+    assert_eq!(get_status(&http, "/healthz", None).0, 200);
+    // Another process holds the database's write lock, as a disk that stopped answering would
+    // hold the writer: the next batch cannot commit.
+    let lock = rusqlite::Connection::open(d.join("gw.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    send(2);
+    eventually("/healthz to say stalled", Duration::from_secs(20), || {
+        let (status, body) = get_status(&http, "/healthz", None);
+        status == 503 && body.contains("\"stalled\"")
+    });
+    let busy: f64 = get_text(&http, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("ems_gateway_writer_busy_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(busy >= 2.0, "{busy}");
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    eventually(
+        "the second stored once the disk answers",
+        Duration::from_secs(30),
+        || messages() == Some(2),
+    );
+    assert_eq!(get_status(&http, "/healthz", None).0, 200);
+    assert!(gateway.terminate(Duration::from_secs(20)).success());
+}
+
+#[test]
 fn a_gap_counts_as_missing_until_filled_or_declared_lost_by_an_operator() {
     let dir = TempDir::new("lost");
     let d = dir.path();
