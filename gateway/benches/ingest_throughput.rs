@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ems_core::wire::{PointValue, Telemetry};
 use ems_core::Quality;
-use ems_gateway::Plant;
+use ems_gateway::Config;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use rusqlite::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -307,7 +307,7 @@ async fn start_gateway(
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
-    let plant = Plant::from_source(&ems_config::Source::embedded(
+    let config = Config::from_source(&ems_config::Source::embedded(
         "<bench>",
         &gateway_config(port, db, client_id),
     ))
@@ -317,7 +317,7 @@ async fn start_gateway(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let now = Arc::new(|| chrono::Utc::now().timestamp_millis());
     let task = tokio::spawn(ems_gateway::serve(
-        plant,
+        config,
         listener,
         now,
         Some(tx),

@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use ems_core::wire::{PointValue, Telemetry};
 use ems_core::Quality;
-use ems_gateway::accounting::{CounterRule, GapFill};
-use ems_gateway::store::{AccountingRules, Incoming, Store, WriteRules};
+use ems_energy::counter::{CounterRule, GapFill};
+use ems_gateway::storage::{AccountingRules, Incoming, WriteRules};
+use ems_gateway::store::Store;
 
 fn main() {
     let args: Vec<usize> = std::env::args()

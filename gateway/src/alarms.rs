@@ -30,11 +30,13 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::accounting::{indicators, HOUR_MS, SLOT_MS};
-use crate::config::{AlarmClock, AlarmsConfig, Plant};
-use crate::ingest::NowFn;
+use crate::clock::NowFn;
+use crate::config::{AlarmClock, AlarmsConfig, MqttConfig};
 use crate::metrics::{KindLabel, Metrics};
 use crate::store::{open_conn, rfc3339, Reader};
+use ems_energy::counter::{HOUR_MS, SLOT_MS};
+use ems_energy::indicators::indicators;
+use ems_energy::Plant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,9 +145,10 @@ pub fn observe_units(
         for f in &unit.flows {
             rows.push(reader.point_slots(&f.device, &f.point, start, end)?);
         }
-        let Some(ind) =
-            indicators(unit, &[(start, end)], plant.utc_offset, |i| rows[i].clone()).pop()
-        else {
+        let Some(ind) = indicators(unit, &[(start, end)], plant.utc_offset(), |i| {
+            rows[i].clone()
+        })
+        .pop() else {
             continue;
         };
         let completeness = ind.completeness * 100.0;
@@ -478,12 +481,12 @@ impl AlarmBook {
 
 /// One evaluation: every condition, in one transaction. Returns what changed.
 pub fn evaluate(
+    cfg: &AlarmsConfig,
     plant: &Plant,
     book: &mut AlarmBook,
     reader: &Reader,
     now_ms: i64,
 ) -> anyhow::Result<Vec<AlarmRow>> {
-    let cfg = &plant.config.alarms;
     let now_ms = match cfg.clock {
         AlarmClock::Wall => now_ms,
         AlarmClock::Data => book.newest_poll_ms()?.unwrap_or(now_ms),
@@ -496,7 +499,10 @@ pub fn evaluate(
 }
 
 /// Evaluates the alarms every `check_every_s` until `shutdown`, publishing each change.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
+    cfg: AlarmsConfig,
+    mqtt: MqttConfig,
     plant: Arc<Plant>,
     book: Arc<Mutex<AlarmBook>>,
     reader: Arc<Reader>,
@@ -505,7 +511,6 @@ pub async fn run(
     changed_tx: broadcast::Sender<()>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mqtt = &plant.config.mqtt;
     let prefix = mqtt.topic_prefix.clone();
     let mut opts = MqttOptions::new(format!("{}-alarms", mqtt.client_id), &mqtt.host, mqtt.port);
     opts.set_keep_alive(Duration::from_secs(30));
@@ -548,7 +553,7 @@ pub async fn run(
         }
     });
 
-    let period = Duration::from_secs_f64(plant.config.alarms.check_every_s);
+    let period = Duration::from_secs_f64(cfg.check_every_s);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -556,10 +561,11 @@ pub async fn run(
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => break,
         }
-        let (plant, book, reader, now_ms) = (plant.clone(), book.clone(), reader.clone(), now());
+        let (cfg, plant, book, reader) = (cfg.clone(), plant.clone(), book.clone(), reader.clone());
+        let now_ms = now();
         let result = tokio::task::spawn_blocking(move || {
             let mut book = book.lock().expect("alarm book lock poisoned");
-            let changed = evaluate(&plant, &mut book, &reader, now_ms)?;
+            let changed = evaluate(&cfg, &plant, &mut book, &reader, now_ms)?;
             Ok::<_, anyhow::Error>((changed, book.open_counts()?))
         })
         .await?;

@@ -15,16 +15,19 @@ use axum::Router;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
-use crate::accounting::{buckets, buckets_at_most, indicators, Indicator, Period, HOUR_MS};
 use crate::alarms::{AckOutcome, AlarmBook, AlarmRow};
-use crate::config::Plant;
-use crate::ingest::NowFn;
+use crate::clock::NowFn;
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Reader;
+use ems_energy::calendar::{buckets, buckets_at_most, local_rfc3339, Period};
+use ems_energy::counter::HOUR_MS;
+use ems_energy::figures::{point_completeness, unit_figures};
+use ems_energy::indicators::Indicator;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub plant: Arc<Plant>,
+    pub config: Arc<Config>,
     pub reader: Arc<Reader>,
     /// The uploader's last error per endpoint.
     pub upload_errors: crate::upload::UploadErrors,
@@ -203,7 +206,7 @@ async fn require_viewer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let http = &s.plant.config.http;
+    let http = &s.config.http;
     if http.open_viewing {
         return next.run(req).await;
     }
@@ -302,40 +305,33 @@ async fn completeness(
         Period::Day,
         now - (days - 1) * 24 * HOUR_MS,
         now,
-        &s.plant.calendar,
+        &s.config.plant.calendar,
     );
     let (Some(first), Some(last)) = (periods.first().copied(), periods.last().copied()) else {
         return Ok(Json(Vec::new()));
     };
     let mut points: Vec<(String, String)> = s
+        .config
         .plant
         .flows()
         .map(|f| (f.device.clone(), f.point.clone()))
         .collect();
     points.sort();
     points.dedup();
-    let (reader, tz) = (s.reader.clone(), s.plant.utc_offset);
+    let (reader, tz, earliest) = (
+        s.reader.clone(),
+        s.config.plant.utc_offset(),
+        s.config.earliest_ms,
+    );
     let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<PointCompleteness>> {
         let mut out = Vec::with_capacity(points.len());
         for (device, point) in points {
             let slots = reader.point_slots(&device, &point, first.0, last.1)?;
-            let first_data = reader.first_slot(&device, &point)?.unwrap_or(i64::MAX);
             let days = periods
                 .iter()
-                .map(|&(start, end)| {
-                    let covered: i64 = slots
-                        .iter()
-                        .filter(|(t, _)| (start..end).contains(t))
-                        .map(|(_, r)| r.covered_ms)
-                        .sum();
-                    let span = end.min(now) - start.max(first_data);
-                    DayCompleteness {
-                        start: chrono::DateTime::from_timestamp_millis(start)
-                            .unwrap_or_default()
-                            .with_timezone(&tz)
-                            .to_rfc3339(),
-                        completeness: (span > 0).then(|| (covered as f64 / span as f64).min(1.0)),
-                    }
+                .map(|&day| DayCompleteness {
+                    start: local_rfc3339(day.0, tz),
+                    completeness: point_completeness(&slots, day, earliest, now),
                 })
                 .collect();
             out.push(PointCompleteness {
@@ -356,7 +352,7 @@ async fn completeness(
 /// it, and the message that caused it is the batch's.
 async fn healthz(State(s): State<AppState>) -> Response {
     let busy = s.metrics.writer.busy_for();
-    let limit = Duration::from_secs(s.plant.config.ingest.stall_after_s);
+    let limit = Duration::from_secs(s.config.ingest.stall_after_s);
     if busy > limit {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -392,21 +388,22 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn units(State(s): State<AppState>) -> ApiResult<Vec<crate::config::Unit>> {
-    Ok(Json(s.plant.units.clone()))
+async fn units(State(s): State<AppState>) -> ApiResult<Vec<ems_energy::model::Unit>> {
+    Ok(Json(s.config.plant.units.clone()))
 }
 
 /// The hierarchy: enterprise, sites, workshops and the units in each.
 async fn plant(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
     let units_of = |workshop: &str| -> Vec<&str> {
-        s.plant
+        s.config
+            .plant
             .units
             .iter()
             .filter(|u| u.workshop.as_deref() == Some(workshop))
             .map(|u| u.id.as_str())
             .collect()
     };
-    let enterprise = s.plant.config.enterprise.as_ref();
+    let enterprise = s.config.plant.enterprise.as_ref();
     let sites: Vec<_> = enterprise
         .iter()
         .flat_map(|e| &e.sites)
@@ -424,7 +421,7 @@ async fn plant(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
     Ok(Json(serde_json::json!({
         "enterprise": enterprise.map(|e| serde_json::json!({ "name": e.name, "code": e.code })),
         "sites": sites,
-        "units_outside_workshops": s.plant.units.iter().filter(|u| u.workshop.is_none()).map(|u| &u.id).collect::<Vec<_>>(),
+        "units_outside_workshops": s.config.plant.units.iter().filter(|u| u.workshop.is_none()).map(|u| &u.id).collect::<Vec<_>>(),
     })))
 }
 
@@ -450,6 +447,7 @@ async fn unit_indicators(
     Query(q): Query<IndicatorQuery>,
 ) -> ApiResult<Vec<Indicator>> {
     let unit = s
+        .config
         .plant
         .unit(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no unit `{id}`")))?
@@ -466,28 +464,18 @@ async fn unit_indicators(
     if from >= to {
         return Err(ApiError::BadRequest("`from` must be before `to`".into()));
     }
-    let tz = s.plant.utc_offset;
     // Counted before any is built: a thousand years of quarters is refused on arithmetic.
-    if buckets_at_most(period, from, to, &s.plant.calendar) > MAX_PERIODS {
+    if buckets_at_most(period, from, to, &s.config.plant.calendar) > MAX_PERIODS {
         return Err(ApiError::BadRequest(format!(
             "more than {MAX_PERIODS} periods; narrow the range"
         )));
     }
-    let periods = buckets(period, from, to, &s.plant.calendar);
-    let (Some(first), Some(last)) = (periods.first(), periods.last()) else {
-        return Ok(Json(Vec::new()));
-    };
-    let (lo, hi) = (first.0, last.1);
-    let reader = s.reader.clone();
-    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Indicator>> {
-        let mut rows = Vec::with_capacity(unit.flows.len());
-        for f in &unit.flows {
-            rows.push(reader.point_slots(&f.device, &f.point, lo, hi)?);
-        }
-        Ok(indicators(&unit, &periods, tz, |i| rows[i].clone()))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))??;
+    let periods = buckets(period, from, to, &s.config.plant.calendar);
+    let (plant, reader) = (s.config.plant.clone(), s.reader.clone());
+    let result =
+        tokio::task::spawn_blocking(move || unit_figures(&plant, &*reader, &unit, &periods))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(result))
 }
 
@@ -553,11 +541,11 @@ async fn quarantine_payload(
 }
 
 async fn coefficients(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
-    let c = &s.plant.coefficients;
+    let c = &s.config.plant.coefficients;
     Ok(Json(serde_json::json!({
         "version": c.version,
         "kj_per_kgce": c.kj_per_kgce,
-        "electricity_basis": s.plant.config.accounting.electricity,
+        "electricity_basis": s.config.plant.electricity,
         "carriers": c.all().collect::<Vec<_>>(),
     })))
 }
@@ -636,10 +624,10 @@ impl std::io::Write for ChunkWriter {
 
 /// Each upload endpoint: records made, confirmed, pending, the last confirmed, the last error.
 async fn uploads(State(s): State<AppState>) -> ApiResult<Vec<crate::upload::EndpointStatus>> {
-    let Some(cfg) = s.plant.config.upload.clone() else {
+    let Some(cfg) = s.config.upload.clone() else {
         return Ok(Json(Vec::new()));
     };
-    let (db, errors) = (s.plant.config.storage.path.clone(), s.upload_errors.clone());
+    let (db, errors) = (s.config.storage.path.clone(), s.upload_errors.clone());
     let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let outbox = crate::upload::Outbox::open(&db)?;
         let errors = errors.lock().expect("errors lock").clone();
@@ -669,10 +657,12 @@ struct ReportQuery {
     year: Option<i32>,
     month: Option<String>,
     format: Option<String>,
-    /// Savings: the unit, and each period as `YYYY-MM..YYYY-MM`.
+    /// Savings: the unit, each period as `YYYY-MM..YYYY-MM`, and relevant variables besides
+    /// output as `DEVICE/POINT,DEVICE/POINT`.
     unit: Option<String>,
     baseline: Option<String>,
     reporting: Option<String>,
+    variables: Option<String>,
 }
 
 /// A report's error: a parameter it cannot answer is the caller's (400), the rest the gateway's.
@@ -697,67 +687,69 @@ fn month_range(
     Ok((month(a)?, month(b)?))
 }
 
-/// `annual?year=YYYY`, `compliance?month=YYYY-MM` or
-/// `savings?unit=ID&baseline=YYYY-MM..YYYY-MM&reporting=YYYY-MM..YYYY-MM`, as `format=json` (default), `csv` (one
-/// row per figure) or `pdf`: the same documents as `ems-gateway report`.
+/// The report a query asks for: `annual?year=YYYY`, `compliance?month=YYYY-MM` or
+/// `savings?unit=ID&baseline=YYYY-MM..YYYY-MM&reporting=YYYY-MM..YYYY-MM[&variables=D/P,...]`.
+fn report_request(kind: &str, q: &ReportQuery) -> Result<crate::report::Request, ApiError> {
+    use crate::report::Request;
+    let required = |v: &Option<String>, what: &str| {
+        v.clone()
+            .ok_or_else(|| ApiError::BadRequest(format!("`{what}` is required")))
+    };
+    Ok(match kind {
+        "annual" => Request::Annual {
+            year: q
+                .year
+                .ok_or_else(|| ApiError::BadRequest("`year` is required".into()))?,
+        },
+        "compliance" => Request::Compliance {
+            month: crate::report::parse_month(&required(&q.month, "month")?)
+                .map_err(report_error)?,
+        },
+        "savings" => Request::Savings {
+            unit: required(&q.unit, "unit")?,
+            baseline: month_range("baseline", q.baseline.as_deref())?,
+            reporting: month_range("reporting", q.reporting.as_deref())?,
+            variables: match &q.variables {
+                Some(v) => crate::report::parse_variables(&v.split(',').collect::<Vec<_>>())
+                    .map_err(report_error)?,
+                None => Vec::new(),
+            },
+        },
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no report `{other}`: annual, compliance or savings"
+            )))
+        }
+    })
+}
+
+/// Any report as `format=json` (default), `csv` (one row per figure) or `pdf`: the same
+/// documents as `ems-gateway report`, through the same [`crate::report::make`].
 async fn report(
     State(s): State<AppState>,
     Path(kind): Path<String>,
     Query(q): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    use crate::report::{annual, compliance, document, pdf, savings, tables, Format};
+    use crate::report::{make, pdf, Format, Inputs};
     let asked = q.format.clone().unwrap_or_else(|| "json".into());
     let format = Format::parse(&asked).ok_or_else(|| {
         ApiError::BadRequest(format!("unknown format `{asked}`: json, csv or pdf"))
     })?;
-    let (plant, reader, now) = (s.plant.clone(), s.reader.clone(), (s.now)());
-    let (body, name) =
-        tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String), ApiError> {
-            let font = || -> anyhow::Result<krilla::text::Font> { Ok(pdf::load_font(None)?.1) };
-            let required = |v: Option<&str>, what: &str| {
-                v.map(str::to_owned)
-                    .ok_or_else(|| ApiError::BadRequest(format!("`{what}` is required")))
-            };
-            match kind.as_str() {
-                "annual" => {
-                    let year = q
-                        .year
-                        .ok_or_else(|| ApiError::BadRequest("`year` is required".into()))?;
-                    let r = annual::build(&plant, &reader, year, now, |_, _| {})
-                        .map_err(report_error)?;
-                    let pdf = |r: &_| pdf::annual(r, &plant, &font()?);
-                    Ok((
-                        document(format, &r, tables::annual_figures, pdf)?,
-                        format!("annual-{year}"),
-                    ))
-                }
-                "compliance" => {
-                    let month = crate::report::parse_month(&required(q.month.as_deref(), "month")?)
-                        .map_err(report_error)?;
-                    let r = compliance::build(&plant, &reader, month, now).map_err(report_error)?;
-                    let pdf = |r: &_| pdf::compliance(r, &font()?);
-                    let name = format!("compliance-{}", r.month);
-                    Ok((document(format, &r, tables::compliance_figures, pdf)?, name))
-                }
-                "savings" => {
-                    let unit = required(q.unit.as_deref(), "unit")?;
-                    let baseline = month_range("baseline", q.baseline.as_deref())?;
-                    let reporting = month_range("reporting", q.reporting.as_deref())?;
-                    let r = savings::build(&plant, &reader, &unit, baseline, reporting, &[], now)
-                        .map_err(report_error)?;
-                    let pdf = |r: &_| pdf::savings(r, &font()?);
-                    Ok((
-                        document(format, &r, tables::savings_figures, pdf)?,
-                        format!("savings-{unit}"),
-                    ))
-                }
-                other => Err(ApiError::NotFound(format!(
-                    "no report `{other}`: annual, compliance or savings"
-                ))),
-            }
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))??;
+    let request = report_request(&kind, &q)?;
+    let (config, reader, now_ms) = (s.config.clone(), s.reader.clone(), (s.now)());
+    let name = request.name();
+    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
+        let inputs = Inputs {
+            plant: &config.plant,
+            reader: &reader,
+            now_ms,
+            earliest_ms: config.earliest_ms,
+        };
+        let font = || -> anyhow::Result<krilla::text::Font> { Ok(pdf::load_font(None)?.1) };
+        make(&inputs, &request, format, &font, |_, _| {}).map_err(report_error)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
     let content_type = format.content_type();
     let format = format.extension();
     let disposition = format!("attachment; filename=\"{name}.{format}\"");
@@ -785,7 +777,7 @@ async fn anomalies(
 
 /// Recomputes every rollup from the raw samples and reports any difference.
 async fn integrity(State(s): State<AppState>) -> ApiResult<crate::store::Integrity> {
-    let (reader, rules) = (s.reader.clone(), crate::accounting_rules(&s.plant));
+    let (reader, rules) = (s.reader.clone(), s.config.accounting_rules());
     let out = tokio::task::spawn_blocking(move || reader.verify_rollups(&rules))
         .await
         .map_err(|e| ApiError::Internal(e.into()))??;
@@ -793,7 +785,7 @@ async fn integrity(State(s): State<AppState>) -> ApiResult<crate::store::Integri
 }
 
 async fn limits(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
-    let l = &s.plant.limits;
+    let l = &s.config.plant.limits;
     Ok(Json(serde_json::json!({
         "version": l.version,
         "limits": l.limits().collect::<Vec<_>>(),
@@ -827,7 +819,7 @@ async fn alarms(
 
 /// The operator whose bearer token the request carries.
 fn operator(s: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let operators = &s.plant.config.http.operators;
+    let operators = &s.config.http.operators;
     if operators.is_empty() {
         return Err(ApiError::Forbidden(
             "no operators are configured ([http.operators]); nothing can be changed through the API".into(),
@@ -912,7 +904,7 @@ async fn declare_lost(
             "a reason is required: the declaration is part of the record".into(),
         ));
     }
-    let (db, now_ms) = (s.plant.config.storage.path.clone(), (s.now)());
+    let (db, now_ms) = (s.config.storage.path.clone(), (s.now)());
     let dev = device.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         crate::store::declare_lost(&db, &dev, from, &by, &reason, now_ms)

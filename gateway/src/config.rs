@@ -1,69 +1,146 @@
-//! The gateway's configuration (TOML): broker, storage, HTTP, and the plant's accounting model.
+//! The gateway's configuration (TOML): its runtime parts (broker, storage, what ingest accepts,
+//! quarantine, HTTP, alarms, the sinks), each component's own table, and the plant's tables
+//! (`[accounting]`, `[enterprise]`, `[[units]]`), which ems-energy turns into the plant model.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use ems_config::{ConfigError, Source, Spanned};
-use serde::{Deserialize, Serialize};
+use ems_config::{ConfigError, Source};
+use ems_energy::coefficients::Coefficients;
+use ems_energy::limits::Limits;
+use ems_energy::model::{AccountingConfig, EnterpriseConfig, UnitConfig};
+use ems_energy::Plant;
+use serde::Deserialize;
 
-use crate::accounting::Calendar;
-use crate::coefficients::{unit_factor, Coefficients};
-use crate::limits::Limits;
+use crate::storage::{AccountingRules, WriteRules};
 
+/// The file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GatewayConfig {
+struct GatewayConfig {
+    mqtt: MqttConfig,
+    storage: StorageConfig,
+    #[serde(default)]
+    http: HttpConfig,
+    #[serde(default)]
+    accounting: AccountingConfig,
+    #[serde(default)]
+    alarms: AlarmsConfig,
+    ingest: AcceptConfig,
+    #[serde(default)]
+    quarantine: QuarantineConfig,
+    #[serde(default)]
+    enterprise: Option<EnterpriseConfig>,
+    #[serde(default)]
+    influx: Option<crate::influx::InfluxConfig>,
+    #[serde(default)]
+    upload: Option<crate::upload::UploadConfig>,
+    units: Vec<UnitConfig>,
+}
+
+/// The loaded, checked configuration: each component's part, and the plant.
+#[derive(Debug, Clone)]
+pub struct Config {
     pub mqtt: MqttConfig,
     pub storage: StorageConfig,
-    #[serde(default)]
     pub http: HttpConfig,
-    #[serde(default)]
-    pub accounting: AccountingConfig,
-    #[serde(default)]
     pub alarms: AlarmsConfig,
-    /// What ingest accepts: the plant's sites, edges and devices, and the bounds of time and
-    /// numbering a message must keep.
+    /// What ingest accepts.
     pub ingest: AcceptConfig,
-    #[serde(default)]
     pub quarantine: QuarantineConfig,
-    #[serde(default)]
-    pub enterprise: Option<EnterpriseConfig>,
     /// The InfluxDB 2 sink (off when absent).
-    #[serde(default)]
     pub influx: Option<crate::influx::InfluxConfig>,
     /// The provincial platform upload (off when absent).
-    #[serde(default)]
     pub upload: Option<crate::upload::UploadConfig>,
-    pub units: Vec<UnitConfig>,
+    /// `ingest.earliest`, ms since the epoch.
+    pub earliest_ms: i64,
+    pub plant: Arc<Plant>,
 }
 
-/// The enterprise the gateway accounts for, and its sites and workshops: the levels above the
-/// process units that reports add up to.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnterpriseConfig {
-    pub name: String,
-    /// Unified social credit code (统一社会信用代码).
-    #[serde(default)]
-    pub code: Option<String>,
-    #[serde(default)]
-    pub sites: Vec<SiteConfig>,
-}
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::from_source(&Source::read(path)?)
+    }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteConfig {
-    pub id: String,
-    pub name: String,
-    #[serde(default)]
-    pub workshops: Vec<WorkshopConfig>,
-}
+    pub fn from_source(src: &Source) -> Result<Config, ConfigError> {
+        let config: GatewayConfig = src.parse()?;
+        let coefficients = match &config.accounting.coefficients {
+            Some(path) => Coefficients::from_source(&Source::read(path)?)?,
+            None => Coefficients::built_in(),
+        };
+        let limits = match &config.accounting.limits {
+            Some(path) => Limits::from_source(&Source::read(path)?)?,
+            None => Limits::built_in(),
+        };
+        let a = &config.alarms;
+        if !(a.check_every_s.is_finite() && a.check_every_s > 0.0) {
+            return Err(src.error(
+                "alarms.check_every_s",
+                "must be a positive number of seconds",
+            ));
+        }
+        if a.window_h == 0 {
+            return Err(src.error("alarms.window_h", "at least one hour"));
+        }
+        for (key, pct) in [
+            ("alarms.near_limit_pct", a.near_limit_pct),
+            ("alarms.hysteresis_pct", a.hysteresis_pct),
+        ] {
+            if !(0.0..100.0).contains(&pct) {
+                return Err(src.error(key, "a percentage from 0 to below 100"));
+            }
+        }
+        if let Some(i) = &config.influx {
+            if !(i.rollup_settle_s.is_finite() && (0.0..=86_400.0).contains(&i.rollup_settle_s)) {
+                return Err(src.error("influx.rollup_settle_s", "seconds from 0 to 86400"));
+            }
+        }
+        let earliest_ms = check_accept(src, &config)?;
+        let plant = Plant::build(
+            src,
+            &config.accounting,
+            &config.enterprise,
+            &config.units,
+            coefficients,
+            limits,
+        )?;
+        Ok(Config {
+            mqtt: config.mqtt,
+            storage: config.storage,
+            http: config.http,
+            alarms: config.alarms,
+            ingest: config.ingest,
+            quarantine: config.quarantine,
+            influx: config.influx,
+            upload: config.upload,
+            earliest_ms,
+            plant: Arc::new(plant),
+        })
+    }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkshopConfig {
-    pub id: String,
-    pub name: String,
+    /// What the store checks and keeps: the plant's counter rules, `[ingest]` and `[quarantine]`.
+    pub fn write_rules(&self) -> WriteRules {
+        WriteRules {
+            accounting: self.accounting_rules(),
+            max_late_ms: self.ingest.max_late_s as i64 * 1000,
+            max_seq_jump: self.ingest.max_seq_jump as i64,
+            quarantine_payload_bytes: self.quarantine.max_payload_bytes,
+        }
+    }
+
+    /// The counter points the plant's units account for.
+    pub fn accounting_rules(&self) -> AccountingRules {
+        AccountingRules {
+            tracked: self.plant.counter_rules(),
+            max_gap_ms: self.plant.max_sample_gap_ms,
+        }
+    }
+
+    /// Whether telemetry of `device` is stored: a unit accounts for it, or `[ingest] devices`
+    /// names it.
+    pub fn known_device(&self, device: &str) -> bool {
+        self.plant.flows().any(|f| f.device == device) || matches_any(&self.ingest.devices, device)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,189 +371,6 @@ fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
 
-/// Which electricity coefficient the comprehensive energy uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ElectricityBasis {
-    /// 当量值, 0.1229 kgce/kWh: what the limit standards use.
-    #[default]
-    Equivalent,
-    /// 等价值, from the year's thermal-power coal rate.
-    Equal,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AccountingConfig {
-    /// The plant's UTC offset: days and months start at local midnight. China: "+08:00".
-    #[serde(default = "default_utc_offset")]
-    pub utc_offset: String,
-    #[serde(default)]
-    pub electricity: ElectricityBasis,
-    /// A coefficients file replacing the built-in one (same format as gateway/data/coefficients.toml).
-    #[serde(default)]
-    pub coefficients: Option<PathBuf>,
-    /// A limits file replacing the built-in one (same format as gateway/data/limits.toml).
-    #[serde(default)]
-    pub limits: Option<PathBuf>,
-    /// When shifts start, local time ("HH:MM"); `period=shift` follows them.
-    #[serde(default = "default_shifts")]
-    pub shifts: Vec<String>,
-    /// Two samples further apart than this leave the time between them uncovered (the delta
-    /// still counts, spread evenly, and is marked estimated).
-    #[serde(default = "default_max_sample_gap_s")]
-    pub max_sample_gap_s: u64,
-    /// A counter unchanged for this long is flagged frozen (0: never).
-    #[serde(default = "default_frozen_after_s")]
-    pub frozen_after_s: u64,
-    /// How an interval a counter could not measure (a meter restarted or jumped) is filled;
-    /// either way it is marked estimated.
-    #[serde(default)]
-    pub gap_fill: crate::accounting::GapFill,
-}
-
-impl Default for AccountingConfig {
-    fn default() -> Self {
-        AccountingConfig {
-            utc_offset: default_utc_offset(),
-            electricity: ElectricityBasis::default(),
-            coefficients: None,
-            limits: None,
-            shifts: default_shifts(),
-            max_sample_gap_s: default_max_sample_gap_s(),
-            frozen_after_s: default_frozen_after_s(),
-            gap_fill: Default::default(),
-        }
-    }
-}
-
-fn default_shifts() -> Vec<String> {
-    vec!["00:00".into(), "08:00".into(), "16:00".into()]
-}
-
-fn default_utc_offset() -> String {
-    "+08:00".into()
-}
-fn default_max_sample_gap_s() -> u64 {
-    900
-}
-fn default_frozen_after_s() -> u64 {
-    3_600
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UnitConfig {
-    pub id: Spanned<String>,
-    pub name: String,
-    /// blast_furnace, converter, kiln, electrolysis, ...
-    pub kind: String,
-    /// The workshop (id from `[[enterprise.sites.workshops]]`) the unit belongs to.
-    #[serde(default)]
-    pub workshop: Option<Spanned<String>>,
-    pub flows: Vec<FlowConfig>,
-    /// Limit standards the unit is judged against (codes from the limits file); the first is
-    /// its headline level.
-    #[serde(default)]
-    pub limits: Vec<Spanned<String>>,
-    /// Water-intake quota (code from the limits file).
-    #[serde(default)]
-    pub water_quota: Option<Spanned<String>>,
-    /// The relevant variables the limits' corrections need: a number, a category, or a ratio
-    /// (in %) of the unit's own flows, e.g. `scrap_ratio_pct = { ratio = ["bof1-scrap"],
-    /// of = ["bof1-scrap", "bof1-hot-metal"] }`.
-    #[serde(default)]
-    pub corrections: std::collections::BTreeMap<String, CorrectionConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum CorrectionConfig {
-    Number(f64),
-    Text(String),
-    Ratio { ratio: Vec<String>, of: Vec<String> },
-}
-
-/// One metered flow across a unit's boundary.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FlowConfig {
-    pub device: String,
-    pub point: String,
-    pub role: Role,
-    /// Energy carrier code (see the coefficients file); required for consumed and recovered.
-    #[serde(default)]
-    pub carrier: Option<Spanned<String>>,
-    /// Unit the point counts in (t, kg, kWh, MWh, m3, km3, MJ, GJ).
-    pub unit: Spanned<String>,
-    /// Measured lower heating value, kJ per metered unit: replaces the carrier's coefficient.
-    #[serde(default)]
-    pub lhv_kj: Option<f64>,
-    /// The counter wraps to zero after this value (in the point's engineering unit).
-    #[serde(default)]
-    pub rollover: Option<f64>,
-    /// The most this flow can physically do per hour (in the point's unit): a reading implying
-    /// more is a spike and is rejected.
-    #[serde(default)]
-    pub max_rate_per_h: Option<f64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Consumed,
-    Recovered,
-    Product,
-    Water,
-    /// Raw material or working medium (hot metal, scrap, oxygen): not energy; feeds ratios.
-    Material,
-}
-
-/// A flow with its conversion to kgce resolved.
-#[derive(Debug, Clone)]
-pub struct Flow {
-    pub device: String,
-    pub point: String,
-    pub role: Role,
-    pub carrier: Option<String>,
-    pub unit: String,
-    /// kgce per metered unit (consumed and recovered flows), tonnes per metered unit (product),
-    /// m3 per metered unit (water).
-    pub factor: f64,
-    pub rollover: Option<f64>,
-    pub max_rate_per_h: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Unit {
-    pub id: String,
-    pub name: String,
-    pub kind: String,
-    pub site: Option<String>,
-    pub workshop: Option<String>,
-    #[serde(skip)]
-    pub flows: Vec<Flow>,
-    #[serde(skip)]
-    pub limits: Vec<crate::limits::Limit>,
-    #[serde(skip)]
-    pub water_quota: Option<crate::limits::WaterQuota>,
-    #[serde(skip)]
-    pub corrections: std::collections::BTreeMap<String, CorrectionConfig>,
-}
-
-/// The loaded, checked configuration.
-#[derive(Debug, Clone)]
-pub struct Plant {
-    pub config: GatewayConfig,
-    pub units: Vec<Unit>,
-    pub utc_offset: chrono::FixedOffset,
-    pub calendar: Calendar,
-    pub coefficients: Coefficients,
-    pub limits: Limits,
-    /// `ingest.earliest`, ms since the epoch.
-    pub earliest_ms: i64,
-}
-
 /// Checks `[ingest]` and `[quarantine]`; returns the earliest acceptable time.
 fn check_accept(src: &Source, config: &GatewayConfig) -> Result<i64, ConfigError> {
     let a = &config.ingest;
@@ -547,376 +441,54 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
-impl Plant {
-    pub fn load(path: &Path) -> Result<Plant, ConfigError> {
-        Plant::from_source(&Source::read(path)?)
-    }
-
-    pub fn from_source(src: &Source) -> Result<Plant, ConfigError> {
-        let config: GatewayConfig = src.parse()?;
-        let coefficients = match &config.accounting.coefficients {
-            Some(path) => Coefficients::from_source(&Source::read(path)?)?,
-            None => Coefficients::built_in(),
-        };
-        let limits = match &config.accounting.limits {
-            Some(path) => Limits::from_source(&Source::read(path)?)?,
-            None => Limits::built_in(),
-        };
-        let utc_offset: chrono::FixedOffset =
-            config.accounting.utc_offset.parse().map_err(|_| {
-                src.error(
-                    "accounting.utc_offset",
-                    "expected an offset such as \"+08:00\"",
-                )
-            })?;
-        let mut shift_starts = Vec::new();
-        for (i, text) in config.accounting.shifts.iter().enumerate() {
-            let t = chrono::NaiveTime::parse_from_str(text, "%H:%M").map_err(|_| {
-                src.error(
-                    &format!("accounting.shifts[{i}]"),
-                    "expected a local time such as \"08:00\"",
-                )
-            })?;
-            shift_starts.push(i64::from(chrono::Timelike::num_seconds_from_midnight(&t)) * 1000);
-        }
-        shift_starts.sort_unstable();
-        shift_starts.dedup();
-        if shift_starts.is_empty() {
-            return Err(src.error("accounting.shifts", "at least one shift start"));
-        }
-        let a = &config.alarms;
-        if !(a.check_every_s.is_finite() && a.check_every_s > 0.0) {
-            return Err(src.error(
-                "alarms.check_every_s",
-                "must be a positive number of seconds",
-            ));
-        }
-        if a.window_h == 0 {
-            return Err(src.error("alarms.window_h", "at least one hour"));
-        }
-        for (key, pct) in [
-            ("alarms.near_limit_pct", a.near_limit_pct),
-            ("alarms.hysteresis_pct", a.hysteresis_pct),
-        ] {
-            if !(0.0..100.0).contains(&pct) {
-                return Err(src.error(key, "a percentage from 0 to below 100"));
-            }
-        }
-        if let Some(i) = &config.influx {
-            if !(i.rollup_settle_s.is_finite() && (0.0..=86_400.0).contains(&i.rollup_settle_s)) {
-                return Err(src.error("influx.rollup_settle_s", "seconds from 0 to 86400"));
-            }
-        }
-        let calendar = Calendar {
-            tz: utc_offset,
-            shift_starts,
-        };
-        let earliest_ms = check_accept(src, &config)?;
-        // Workshop id -> site id.
-        let mut workshops = std::collections::HashMap::new();
-        for (i, site) in config.enterprise.iter().flat_map(|e| &e.sites).enumerate() {
-            for (j, w) in site.workshops.iter().enumerate() {
-                if workshops.insert(w.id.clone(), site.id.clone()).is_some() {
-                    return Err(src.error(
-                        &format!("enterprise.sites[{i}].workshops[{j}].id"),
-                        format!("duplicate workshop id `{}`", w.id),
-                    ));
-                }
-            }
-        }
-        let mut ids = HashSet::new();
-        let mut units = Vec::new();
-        for (i, u) in config.units.iter().enumerate() {
-            if !ids.insert(u.id.get_ref().clone()) {
-                return Err(src.error_at(
-                    u.id.span(),
-                    &format!("units[{i}].id"),
-                    "duplicate unit id",
-                ));
-            }
-            let (workshop, site) = match &u.workshop {
-                Some(w) => match workshops.get(w.get_ref()) {
-                    Some(site) => (Some(w.get_ref().clone()), Some(site.clone())),
-                    None => {
-                        return Err(src.error_at(
-                            w.span(),
-                            &format!("units[{i}].workshop"),
-                            format!("unknown workshop `{}`", w.get_ref()),
-                        ))
-                    }
-                },
-                None if !workshops.is_empty() => {
-                    return Err(src.error(
-                        &format!("units[{i}].workshop"),
-                        "the enterprise declares workshops: name the unit's",
-                    ))
-                }
-                None => (None, None),
-            };
-            let mut flows = Vec::new();
-            for (j, f) in u.flows.iter().enumerate() {
-                let key = |k: &str| format!("units[{i}].flows[{j}].{k}");
-                let unit = f.unit.get_ref();
-                let factor = match f.role {
-                    Role::Material => Some(1.0),
-                    Role::Product => unit_factor(unit, "t"),
-                    Role::Water => unit_factor(unit, "m3"),
-                    Role::Consumed | Role::Recovered => {
-                        let Some(code) = &f.carrier else {
-                            return Err(src.error(
-                                &key("carrier"),
-                                "consumed and recovered flows need a carrier",
-                            ));
-                        };
-                        let code_str = if code.get_ref() == "electricity"
-                            && config.accounting.electricity == ElectricityBasis::Equal
-                        {
-                            "electricity_equal"
-                        } else {
-                            code.get_ref().as_str()
-                        };
-                        let Some(carrier) = coefficients.get(code_str) else {
-                            return Err(src.error_at(
-                                code.span(),
-                                &key("carrier"),
-                                format!("unknown carrier `{}`", code.get_ref()),
-                            ));
-                        };
-                        match f.lhv_kj {
-                            Some(lhv) if lhv.is_finite() && lhv > 0.0 => {
-                                Some(lhv / coefficients.kj_per_kgce)
-                            }
-                            Some(_) => {
-                                return Err(src.error(&key("lhv_kj"), "must be a positive number"))
-                            }
-                            None => {
-                                unit_factor(unit, &carrier.unit).map(|k| k * carrier.kgce_per_unit)
-                            }
-                        }
-                    }
-                };
-                let Some(factor) = factor else {
-                    return Err(src.error_at(
-                        f.unit.span(),
-                        &key("unit"),
-                        format!("unit `{unit}` does not fit a {:?} flow", f.role),
-                    ));
-                };
-                flows.push(Flow {
-                    device: f.device.clone(),
-                    point: f.point.clone(),
-                    role: f.role,
-                    carrier: f.carrier.as_ref().map(|c| c.get_ref().clone()),
-                    unit: unit.clone(),
-                    factor,
-                    rollover: f.rollover,
-                    max_rate_per_h: f.max_rate_per_h,
-                });
-            }
-            if !flows.iter().any(|f| f.role == Role::Product) {
-                return Err(src.error(
-                    &format!("units[{i}].flows"),
-                    "a unit needs at least one product flow",
-                ));
-            }
-            let mut unit_limits = Vec::new();
-            for (j, code) in u.limits.iter().enumerate() {
-                let Some(l) = limits.limit(code.get_ref()) else {
-                    return Err(src.error_at(
-                        code.span(),
-                        &format!("units[{i}].limits[{j}]"),
-                        format!("unknown limit `{}`", code.get_ref()),
-                    ));
-                };
-                for c in &l.correction {
-                    if !u.corrections.contains_key(c.input()) {
-                        return Err(src.error(
-                            &format!("units[{i}].corrections"),
-                            format!("limit `{}` needs `{}`", l.code, c.input()),
-                        ));
-                    }
-                }
-                unit_limits.push(l.clone());
-            }
-            for (name, c) in &u.corrections {
-                if let CorrectionConfig::Ratio { ratio, of } = c {
-                    for d in ratio.iter().chain(of) {
-                        if !flows.iter().any(|f| &f.device == d) {
-                            return Err(src.error(
-                                &format!("units[{i}].corrections.{name}"),
-                                format!("`{d}` is not one of the unit's flows"),
-                            ));
-                        }
-                    }
-                }
-            }
-            let water_quota = match &u.water_quota {
-                None => None,
-                Some(code) => Some(
-                    limits
-                        .quota(code.get_ref())
-                        .ok_or_else(|| {
-                            src.error_at(
-                                code.span(),
-                                &format!("units[{i}].water_quota"),
-                                format!("unknown water quota `{}`", code.get_ref()),
-                            )
-                        })?
-                        .clone(),
-                ),
-            };
-            units.push(Unit {
-                id: u.id.get_ref().clone(),
-                name: u.name.clone(),
-                kind: u.kind.clone(),
-                site,
-                workshop,
-                flows,
-                limits: unit_limits,
-                water_quota,
-                corrections: u.corrections.clone(),
-            });
-        }
-        Ok(Plant {
-            config,
-            units,
-            utc_offset,
-            calendar,
-            coefficients,
-            limits,
-            earliest_ms,
-        })
-    }
-
-    pub fn unit(&self, id: &str) -> Option<&Unit> {
-        self.units.iter().find(|u| u.id == id)
-    }
-
-    /// Whether telemetry of `device` is stored: a unit accounts for it, or `[ingest] devices`
-    /// names it.
-    pub fn known_device(&self, device: &str) -> bool {
-        self.flows().any(|f| f.device == device) || matches_any(&self.config.ingest.devices, device)
-    }
-
-    /// Every (device, point) some unit accounts for, with its flow.
-    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
-        self.units.iter().flat_map(|u| u.flows.iter())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The `[ingest]` table every config needs, for the configs written out in these tests.
-    const INGEST: &str = "[ingest]\nsites = [\"s\"]\nedges = [\"e\"]\n";
 
     #[test]
     fn shipped_example_configs_parse() {
         // Every config shipped in gateway/examples/.
         const EXAMPLES: &[(&str, &str)] = &[("demo.toml", include_str!("../examples/demo.toml"))];
         for (name, text) in EXAMPLES {
-            let plant =
-                Plant::from_source(&Source::embedded(name, text)).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(plant.units.len(), 5);
+            let config = Config::from_source(&Source::embedded(name, text))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(config.plant.units.len(), 5);
+            assert!(config.known_device("bof1-oxygen") && !config.known_device("intruder"));
         }
     }
 
     #[test]
-    fn units_sit_in_declared_workshops() {
-        let demo = Plant::from_source(&Source::embedded(
-            "demo.toml",
-            include_str!("../examples/demo.toml"),
-        ))
-        .unwrap();
-        let bof = demo.unit("bof1").unwrap();
-        assert_eq!(
-            (bof.workshop.as_deref(), bof.site.as_deref()),
-            (Some("steelmaking"), Some("main"))
-        );
-        let head = "[mqtt]\nhost = \"h\"\n[storage]\npath = \"x.db\"\n[enterprise]\nname = \"E\"\n[[enterprise.sites]]\nid = \"s\"\nname = \"S\"\nworkshops = [{ id = \"w\", name = \"W\" }]\n[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"kiln\"\n";
-        let flows = "[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n";
-        let err = |unit: &str| {
-            Plant::from_source(&Source::embedded(
-                "gw.toml",
-                &format!("{head}{unit}{flows}{INGEST}"),
-            ))
-            .unwrap_err()
-            .to_string()
+    fn what_ingest_accepts_is_checked_with_file_line_and_key() {
+        let base = "[mqtt]\nhost = \"h\"\n[storage]\npath = \"x.db\"\n[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"kiln\"\n[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n";
+        let err = |ingest: &str| {
+            Config::from_source(&Source::embedded("gw.toml", &format!("{base}{ingest}")))
+                .unwrap_err()
+                .to_string()
         };
-        assert_eq!(
-            err("workshop = \"ww\"\n"),
-            "gw.toml:15:12: key `units[0].workshop`: unknown workshop `ww`"
+        assert!(err("").contains("ingest"), "[ingest] is required");
+        assert!(err("[ingest]\nsites = []\nedges = [\"e\"]\n")
+            .contains("key `ingest.sites`: name at least one"));
+        assert!(
+            err("[ingest]\nsites = [\"s\"]\nedges = [\"e/x\"]\n").contains("key `ingest.edges[0]`")
         );
-        assert!(err("").contains("key `units[0].workshop`: the enterprise declares workshops"));
-    }
-
-    #[test]
-    fn coefficients_follow_the_metered_unit_and_measured_heating_value() {
-        let plant = Plant::from_source(&Source::embedded(
-            "demo.toml",
-            include_str!("../examples/demo.toml"),
+        assert!(
+            err("[ingest]\nsites = [\"s\"]\nedges = [\"e\"]\nearliest = \"soon\"\n")
+                .contains("key `ingest.earliest`")
+        );
+        assert!(
+            err("[ingest]\nsites = [\"s\"]\nedges = [\"e\"]\nmax_seq_jump = 0\n")
+                .contains("key `ingest.max_seq_jump`")
+        );
+        let retention = base.replace("path = \"x.db\"", "path = \"x.db\"\nraw_retention_days = 1");
+        let e = Config::from_source(&Source::embedded(
+            "gw.toml",
+            &format!("{retention}[ingest]\nsites = [\"s\"]\nedges = [\"e\"]\nmax_late_s = 86400\n"),
         ))
-        .unwrap();
-        let bf = plant.unit("bf1").unwrap();
-        let coke = bf
-            .flows
-            .iter()
-            .find(|f| f.carrier.as_deref() == Some("coke"))
-            .unwrap();
-        assert_eq!(coke.unit, "t");
-        assert!((coke.factor - 971.4).abs() < 1e-9);
-        let bof = plant.unit("bof1").unwrap();
-        let ldg = bof
-            .flows
-            .iter()
-            .find(|f| f.carrier.as_deref() == Some("converter_gas"))
-            .unwrap();
-        assert!((ldg.factor - 7_500.0 / 29_307.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn limits_and_their_correction_inputs_are_checked() {
-        let base = "[mqtt]\nhost = \"h\"\n[storage]\npath = \"x.db\"\n[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"converter\"\n";
-        let flows = "[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n";
-        let err = |unit: &str| {
-            Plant::from_source(&Source::embedded(
-                "gw.toml",
-                &format!("{base}{unit}{flows}{INGEST}"),
-            ))
-            .unwrap_err()
-        };
-        let e = err("limits = [\"converterr\"]\n");
-        assert_eq!(
-            e.to_string(),
-            "gw.toml:9:11: key `units[0].limits[0]`: unknown limit `converterr`"
-        );
-        let e = err("limits = [\"converter\"]\n");
+        .unwrap_err();
         assert!(
             e.to_string()
-                .contains("limit `converter` needs `scrap_ratio_pct`"),
+                .contains("shorter than storage.raw_retention_days"),
             "{e}"
-        );
-        let e = err("limits = [\"converter\"]\ncorrections = { scrap_ratio_pct = { ratio = [\"s\"], of = [\"s\", \"d\"] }, steel_category = \"plain_carbon\" }\n");
-        assert!(
-            e.to_string().contains("`s` is not one of the unit's flows"),
-            "{e}"
-        );
-        let e = err("water_quota = \"dishwater\"\n");
-        assert!(
-            e.to_string().contains("unknown water quota `dishwater`"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn unknown_carrier_names_line_and_key() {
-        let text = "[mqtt]\nhost = \"h\"\n[storage]\npath = \"x.db\"\n[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"kiln\"\n[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"unobtainium\"\nunit = \"t\"\n";
-        let text = format!("{text}{INGEST}");
-        let err = Plant::from_source(&Source::embedded("gw.toml", &text)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "gw.toml:13:11: key `units[0].flows[0].carrier`: unknown carrier `unobtainium`"
         );
     }
 }

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Plant;
+use crate::config::Config;
 
 pub const GATEWAY_CONFIG: &str = include_str!("../examples/demo.toml");
 
@@ -140,21 +140,18 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         sim_stop.clone(),
     ));
 
-    let mut plant = Plant::from_source(&Source::embedded("<demo gateway config>", GATEWAY_CONFIG))?;
-    plant.config.mqtt.port = broker_port;
-    plant.config.storage.path = data_dir.join("ems-gateway.db");
+    let mut config =
+        Config::from_source(&Source::embedded("<demo gateway config>", GATEWAY_CONFIG))?;
+    config.mqtt.port = broker_port;
+    config.storage.path = data_dir.join("ems-gateway.db");
     let token = opts.operator_token.unwrap_or_else(random_token);
-    plant
-        .config
-        .http
-        .operators
-        .insert("demo".into(), token.clone());
-    plant.config.alarms.check_every_s = 2.0;
+    config.http.operators.insert("demo".into(), token.clone());
+    config.alarms.check_every_s = 2.0;
     let gateway_stop = CancellationToken::new();
     let now = Arc::new(move || clock.now_ms());
     let (subscribed_tx, subscribed) = oneshot::channel();
     let gateway = tokio::spawn(crate::serve(
-        plant,
+        config,
         http,
         now,
         Some(subscribed_tx),

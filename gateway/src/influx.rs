@@ -33,10 +33,12 @@ use rusqlite::{params, Connection};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::accounting::{indicators, Indicator, SLOT_MS};
-use crate::config::{Plant, Unit};
 use crate::metrics::Metrics;
 use crate::store::{open_conn, Reader};
+use ems_energy::counter::SLOT_MS;
+use ems_energy::indicators::{indicators, Indicator};
+use ems_energy::model::Unit;
+use ems_energy::Plant;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -279,7 +281,7 @@ impl SinkQueue {
                 for f in &unit.flows {
                     rows.push(reader.point_slots(&f.device, &f.point, lo, hi)?);
                 }
-                let figures = indicators(unit, &periods, plant.utc_offset, |i| rows[i].clone());
+                let figures = indicators(unit, &periods, plant.utc_offset(), |i| rows[i].clone());
                 for ((slot, _), ind) in periods.iter().zip(&figures) {
                     if ind.completeness > 0.0 || ind.energy_kgce != 0.0 || ind.product_t != 0.0 {
                         let lines = unit_lines(unit, *slot, ind);
@@ -421,9 +423,9 @@ mod tests {
 
     #[test]
     fn a_judged_period_writes_every_field_the_dashboards_may_query() {
-        use crate::accounting::CarrierFigure;
-        use crate::config::Role;
-        use crate::limits::{Figure, Judgement, WaterJudgement};
+        use ems_energy::indicators::CarrierFigure;
+        use ems_energy::limits::{Figure, Judgement, WaterJudgement};
+        use ems_energy::model::Role;
         let unit = Unit {
             id: "bf1".into(),
             name: "BF".into(),

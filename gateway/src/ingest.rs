@@ -14,10 +14,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::NowFn;
 use crate::config::{matches_any, valid_name, MqttConfig};
 use crate::metrics::{KindLabel, Metrics, ReasonLabel};
 use crate::storage::Storage;
-use crate::store::{Incoming, Raw, Rejected, WriteRules};
+use crate::storage::{Incoming, Raw, Rejected, WriteRules};
 
 /// Largest payload accepted; one device's poll is a few kilobytes.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
@@ -25,8 +26,6 @@ pub const MAX_PAYLOAD: usize = 256 * 1024;
 const MQTT_MAX_PACKET: usize = 268_435_455;
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 20_000;
-
-pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// Most points one message may carry (a device's poll is tens).
 pub const MAX_POINTS: usize = 4_096;
@@ -49,15 +48,15 @@ pub struct Validation {
 }
 
 impl Validation {
-    pub fn for_plant(plant: &crate::Plant, now: NowFn) -> Validation {
-        let a = &plant.config.ingest;
+    pub fn for_config(config: &crate::Config, now: NowFn) -> Validation {
+        let a = &config.ingest;
         Validation {
-            topic_prefix: plant.config.mqtt.topic_prefix.clone(),
+            topic_prefix: config.mqtt.topic_prefix.clone(),
             sites: a.sites.iter().cloned().collect(),
             edges: a.edges.clone(),
-            accounted: plant.flows().map(|f| f.device.clone()).collect(),
+            accounted: config.plant.flows().map(|f| f.device.clone()).collect(),
             other_devices: a.devices.clone(),
-            earliest_ms: plant.earliest_ms,
+            earliest_ms: config.earliest_ms,
             max_future_ms: a.max_future_s as i64 * 1000,
             now,
         }
@@ -277,7 +276,7 @@ fn classify_counted(p: Publish, v: &Validation, metrics: &Metrics) -> (Publish, 
         metrics
             .quarantined
             .get_or_create(&ReasonLabel {
-                reason: crate::store::reason_code(&r.reason).to_owned(),
+                reason: crate::storage::reason_code(&r.reason).to_owned(),
             })
             .inc();
     }

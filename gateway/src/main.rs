@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+#[cfg(feature = "demo")]
 use ems_gateway::demo::DemoOptions;
-use ems_gateway::Plant;
+use ems_gateway::Config;
 use tokio_util::sync::CancellationToken;
 
 /// Collector of the energy management centre: MQTT ingest, energy accounting against the
@@ -75,6 +76,7 @@ enum Command {
         tls_key: Option<PathBuf>,
     },
     /// Run a simulated plant, an edge agent, an embedded broker and the gateway in one process.
+    #[cfg(feature = "demo")]
     Demo {
         /// Dashboard and API address.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -162,21 +164,15 @@ impl ReportOutput {
     }
 
     /// Writes `report` in the chosen format, to `--out` (never over a file) or stdout.
-    fn write<R: serde::Serialize>(
-        &self,
-        report: &R,
-        figures: impl FnOnce(&R) -> Vec<ems_gateway::report::tables::Figure>,
-        pdf: impl FnOnce(&R) -> anyhow::Result<Vec<u8>>,
-    ) -> anyhow::Result<()> {
-        let bytes = ems_gateway::report::document(self.format, report, figures, pdf)?;
+    fn write(&self, bytes: &[u8]) -> anyhow::Result<()> {
         match &self.out {
             Some(path) => std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(path)
                 .with_context(|| format!("cannot create {}", path.display()))?
-                .write_all(&bytes)?,
-            None => std::io::stdout().lock().write_all(&bytes)?,
+                .write_all(bytes)?,
+            None => std::io::stdout().lock().write_all(bytes)?,
         }
         Ok(())
     }
@@ -200,13 +196,7 @@ fn progress_bar(what: &str) -> indicatif::ProgressBar {
 /// Errors end the process with one line naming the cause chain (file, line and key for a bad
 /// configuration), not a backtrace.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ems_process::exit(run())
 }
 
 #[tokio::main]
@@ -220,25 +210,25 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let shutdown = CancellationToken::new();
-    tokio::spawn(ems_edge::cancel_on_signal(shutdown.clone()));
+    tokio::spawn(ems_process::cancel_on_signal(shutdown.clone()));
     // The embedded broker (demo only) reports every client disconnect as an error; its log is
     // off unless RUST_LOG asks for it.
     match Args::parse().command {
         Command::Serve { config } => {
-            let plant = Plant::load(&config)?;
-            let listen = plant.config.http.listen.clone();
+            let config = Config::load(&config)?;
+            let listen = config.http.listen.clone();
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             // Machine-readable for scripts and tests that use port 0.
             println!("HTTP {}", listener.local_addr()?);
             let now = Arc::new(|| chrono::Utc::now().timestamp_millis());
-            ems_gateway::serve(plant, listener, now, None, shutdown).await?;
+            ems_gateway::serve(config, listener, now, None, shutdown).await?;
             tracing::info!("Gateway stopped.");
         }
         Command::Backup { config, to } => {
-            let plant = Plant::load(&config)?;
-            let messages = ems_gateway::store::Store::backup(&plant.config.storage.path, &to)?;
+            let config = Config::load(&config)?;
+            let messages = ems_gateway::store::Store::backup(&config.storage.path, &to)?;
             println!("Backup {}: {messages} messages, integrity ok", to.display());
         }
         Command::Export {
@@ -247,13 +237,13 @@ async fn run() -> anyhow::Result<()> {
             to,
             device,
         } => {
-            let plant = Plant::load(&config)?;
+            let config = Config::load(&config)?;
             let time = |name: &str, t: &str| {
                 chrono::DateTime::parse_from_rfc3339(t)
                     .map(|t| t.timestamp_millis())
                     .with_context(|| format!("--{name} {t}: not an RFC 3339 time"))
             };
-            let store = ems_gateway::store::Store::open(&plant.config.storage.path)?;
+            let store = ems_gateway::store::Store::open(&config.storage.path)?;
             let n = store.reader()?.export_csv(
                 device.as_deref(),
                 time("from", &from)?,
@@ -283,6 +273,7 @@ async fn run() -> anyhow::Result<()> {
             };
             ems_gateway::receiver::run(listener, opts, shutdown).await?;
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             http,
             speed,
@@ -305,45 +296,27 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn report(kind: ReportKind) -> anyhow::Result<()> {
-    use ems_gateway::report;
-    match kind {
+    use ems_gateway::report::{self, Request};
+    let months = |v: &[String]| -> anyhow::Result<_> {
+        Ok((report::parse_month(&v[0])?, report::parse_month(&v[1])?))
+    };
+    let (config, request, output) = match kind {
         ReportKind::Annual {
             config,
             year,
             output,
-        } => {
-            let plant = Plant::load(&config)?;
-            let font = output.font()?;
-            let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
-            let bar = progress_bar(&format!("annual report {year}"));
-            let now = chrono::Utc::now().timestamp_millis();
-            let r = report::annual::build(&plant, &reader, year, now, |done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            })?;
-            bar.finish_and_clear();
-            let pdf =
-                |r: &_| report::pdf::annual(r, &plant, font.as_ref().expect("loaded for PDF"));
-            output.write(&r, report::tables::annual_figures, pdf)
-        }
+        } => (config, Request::Annual { year }, output),
         ReportKind::Compliance {
             config,
             month,
             output,
-        } => {
-            let plant = Plant::load(&config)?;
-            let font = output.font()?;
-            let month = report::parse_month(&month)?;
-            let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
-            let r = report::compliance::build(
-                &plant,
-                &reader,
-                month,
-                chrono::Utc::now().timestamp_millis(),
-            )?;
-            let pdf = |r: &_| report::pdf::compliance(r, font.as_ref().expect("loaded for PDF"));
-            output.write(&r, report::tables::compliance_figures, pdf)
-        }
+        } => (
+            config,
+            Request::Compliance {
+                month: report::parse_month(&month)?,
+            },
+            output,
+        ),
         ReportKind::Savings {
             config,
             unit,
@@ -351,32 +324,38 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
             reporting,
             variables,
             output,
-        } => {
-            let variables = variables
-                .iter()
-                .map(|v| {
-                    v.split_once('/')
-                        .map(|(d, p)| (d.to_owned(), p.to_owned()))
-                        .with_context(|| format!("--variable {v}: write DEVICE/POINT"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let plant = Plant::load(&config)?;
-            let font = output.font()?;
-            let reader = ems_gateway::store::Store::open(&plant.config.storage.path)?.reader()?;
-            let months = |v: &[String]| -> anyhow::Result<_> {
-                Ok((report::parse_month(&v[0])?, report::parse_month(&v[1])?))
-            };
-            let r = report::savings::build(
-                &plant,
-                &reader,
-                &unit,
-                months(&baseline)?,
-                months(&reporting)?,
-                &variables,
-                chrono::Utc::now().timestamp_millis(),
-            )?;
-            let pdf = |r: &_| report::pdf::savings(r, font.as_ref().expect("loaded for PDF"));
-            output.write(&r, report::tables::savings_figures, pdf)
-        }
-    }
+        } => (
+            config,
+            Request::Savings {
+                unit,
+                baseline: months(&baseline)?,
+                reporting: months(&reporting)?,
+                variables: report::parse_variables(&variables)?,
+            },
+            output,
+        ),
+    };
+    let config = Config::load(&config)?;
+    // The font is looked for before the long part of a report.
+    let font = output.font()?;
+    let reader = ems_gateway::store::Store::open(&config.storage.path)?.reader()?;
+    let inputs = report::Inputs {
+        plant: &config.plant,
+        reader: &reader,
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        earliest_ms: config.earliest_ms,
+    };
+    let bar = progress_bar(&request.name());
+    let bytes = report::make(
+        &inputs,
+        &request,
+        output.format,
+        &|| font.clone().context("a font for the PDF"),
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    output.write(&bytes)
 }

@@ -3,7 +3,10 @@
 //! [`crate::ingest::run`] with ingest and the accounting arithmetic ([`crate::accounting`])
 //! unchanged.
 
-use crate::store::{BatchOutcome, Incoming, WriteRules};
+use std::collections::HashMap;
+
+use ems_core::wire::{Status, Telemetry};
+use ems_energy::counter::CounterRule;
 
 pub trait Storage: Send + 'static {
     /// Commits one batch atomically: the messages with their ledger entries, the raw samples,
@@ -18,13 +21,96 @@ pub trait Storage: Send + 'static {
     ) -> anyhow::Result<BatchOutcome>;
 }
 
-impl Storage for crate::store::Store {
-    fn write_batch(
-        &mut self,
-        batch: &[Incoming],
-        rules: &WriteRules,
-        received_ms: i64,
-    ) -> anyhow::Result<BatchOutcome> {
-        crate::store::Store::write_batch(self, batch, rules, received_ms)
+/// A counter point the accounting follows, with what it needs to take deltas.
+pub type Tracked = CounterRule;
+
+/// What the writer needs to know about accounting.
+#[derive(Debug, Clone)]
+pub struct AccountingRules {
+    /// Device -> point -> how to follow it.
+    pub tracked: HashMap<String, HashMap<String, Tracked>>,
+    pub max_gap_ms: i64,
+}
+
+/// What the writer checks against its own records before storing a message, and how much of a
+/// refused one it keeps (from `[ingest]` and `[quarantine]`).
+#[derive(Debug, Clone)]
+pub struct WriteRules {
+    pub accounting: AccountingRules,
+    /// A message whose poll time lies further behind its device's newest is refused as late.
+    pub max_late_ms: i64,
+    /// A sequence number further ahead of its device's last is refused as a jump.
+    pub max_seq_jump: i64,
+    /// At most this much of a refused payload is kept (its size and SHA-256 always are).
+    pub quarantine_payload_bytes: usize,
+}
+
+impl From<AccountingRules> for WriteRules {
+    /// The configuration's defaults (`[ingest]`, `[quarantine]`).
+    fn from(accounting: AccountingRules) -> WriteRules {
+        WriteRules {
+            accounting,
+            max_late_ms: 86_400_000,
+            max_seq_jump: 10_000_000,
+            quarantine_payload_bytes: 65_536,
+        }
     }
+}
+
+/// A message that failed validation, kept with its reason.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub topic: String,
+    pub reason: String,
+    pub payload: Vec<u8>,
+}
+
+/// A valid message as it came: kept in the quarantine if the store refuses it (late, a
+/// sequence jump, a conflicting copy).
+#[derive(Debug, Clone, Default)]
+pub struct Raw {
+    pub topic: String,
+    /// Empty for a message built in-process (tests, benchmarks): the quarantine then keeps it
+    /// serialised.
+    pub payload: bytes::Bytes,
+}
+
+/// One unit of ingest work, in arrival order.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Telemetry(Telemetry, Raw),
+    Status(Status),
+    Rejected(Rejected),
+}
+
+impl Incoming {
+    /// Telemetry built in-process, with no payload as received.
+    pub fn built(t: Telemetry) -> Incoming {
+        Incoming::Telemetry(t, Raw::default())
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub stored: u64,
+    pub duplicates: u64,
+    /// Copies of a stored (device, seq) with other content: quarantined.
+    pub conflicts: u64,
+    pub points: u64,
+    pub quarantined: u64,
+    /// Reason codes of the messages the store itself refused (late, seq_jump, conflict).
+    pub refused: Vec<&'static str>,
+    pub late_samples: u64,
+    /// Counter anomalies found (spikes, jumps, restarts, frozen counters), by kind.
+    pub anomalies: Vec<&'static str>,
+}
+
+/// The code of a refusal reason: what comes before its first `:`.
+pub fn reason_code(reason: &str) -> &str {
+    reason.split(':').next().unwrap_or(reason)
+}
+
+/// Lower-case hexadecimal of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -19,11 +19,11 @@ use rusqlite::{params, Connection, OptionalExtension as _};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::accounting::{buckets, local_rfc3339, Period};
-use crate::config::Plant;
-use crate::ingest::NowFn;
-use crate::report::unit_figures;
+use crate::clock::NowFn;
 use crate::store::Reader;
+use ems_energy::calendar::{buckets, local_rfc3339, Period};
+use ems_energy::figures::unit_figures;
+use ems_energy::Plant;
 
 /// The upload format's name and version, in every record.
 pub const FORMAT: &str = "ems-upload";
@@ -135,7 +135,7 @@ impl Kind {
     fn periods(self, plant: &Plant, interval_ms: i64, from: i64, until: i64) -> Vec<(i64, i64)> {
         let all = match self {
             Kind::Realtime => {
-                let offset = plant.utc_offset.local_minus_utc() as i64 * 1000;
+                let offset = plant.utc_offset().local_minus_utc() as i64 * 1000;
                 let mut start = from - (from + offset).rem_euclid(interval_ms);
                 let mut out = Vec::new();
                 while start + interval_ms <= until {
@@ -159,8 +159,8 @@ fn record(
     (start, end): (i64, i64),
     now_ms: i64,
 ) -> anyhow::Result<serde_json::Value> {
-    let tz = plant.utc_offset;
-    let enterprise = plant.config.enterprise.as_ref();
+    let tz = plant.utc_offset();
+    let enterprise = plant.enterprise.as_ref();
     let code = enterprise
         .and_then(|e| e.code.clone())
         .unwrap_or_else(|| enterprise.map(|e| e.name.clone()).unwrap_or_default());
@@ -323,6 +323,7 @@ pub type UploadErrors = Arc<Mutex<HashMap<String, String>>>;
 pub async fn run(
     plant: Arc<Plant>,
     cfg: UploadConfig,
+    db: std::path::PathBuf,
     reader: Arc<Reader>,
     now: NowFn,
     errors: UploadErrors,
@@ -342,7 +343,6 @@ pub async fn run(
             .timestamp_millis(),
         None => now(),
     };
-    let db = plant.config.storage.path.clone();
     let mut senders = Vec::new();
     for ep in cfg.endpoints.clone() {
         let mut client = reqwest::Client::builder().timeout(Duration::from_secs(ep.timeout_s));

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use ems_core::wire::{PointValue, Telemetry};
 use ems_core::Quality;
 use ems_gateway::report;
-use ems_gateway::store::{Incoming, Store};
-use ems_gateway::Plant;
+use ems_gateway::storage::Incoming;
+use ems_gateway::store::Store;
+use ems_gateway::Config;
 
 /// GB/T 2589 appendix A as this test knows it: raw coal 0.7143 kgce/kg, electricity
 /// (equivalent value) 0.1229 kgce/kWh.
@@ -104,8 +105,8 @@ fn increments(hour: i64) -> [(&'static str, &'static str, f64); 5] {
     ]
 }
 
-fn fill_year(store: &mut Store, plant: &Plant) {
-    let rules = ems_gateway::write_rules(plant);
+fn fill_year(store: &mut Store, config: &Config) {
+    let rules = config.write_rules();
     let hours = 365 * 24;
     let mut totals: HashMap<&str, f64> = HashMap::new();
     let mut batch = Vec::new();
@@ -143,15 +144,26 @@ fn fill_year(store: &mut Store, plant: &Plant) {
 }
 
 /// A fresh store in its own directory, holding the year, and the plant it belongs to.
-fn year_in_store(tag: &str) -> (std::path::PathBuf, Plant, Store) {
+fn year_in_store(tag: &str) -> (std::path::PathBuf, Config, Store) {
     let dir = std::env::temp_dir().join(format!("ems-report-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("gateway.db");
-    let plant = Plant::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
+    let config =
+        Config::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
     let mut store = Store::open(&db).unwrap();
-    fill_year(&mut store, &plant);
-    (dir, plant, store)
+    fill_year(&mut store, &config);
+    (dir, config, store)
+}
+
+/// What a report is made from, at a "now" long after the golden year.
+fn inputs<'a>(config: &'a Config, reader: &'a ems_gateway::store::Reader) -> report::Inputs<'a> {
+    report::Inputs {
+        plant: &config.plant,
+        reader,
+        now_ms: YEAR_START + 400 * 24 * H,
+        earliest_ms: config.earliest_ms,
+    }
 }
 
 /// Raw samples read back from the store: device -> (time, value), in time order.
@@ -193,14 +205,12 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn every_figure_of_the_annual_report_is_recomputed_from_raw_samples() {
-    let (dir, plant, store) = year_in_store("annual");
+    let (dir, config, store) = year_in_store("annual");
 
-    let now = YEAR_START + 400 * 24 * H;
     let mut steps = Vec::new();
-    let r = report::annual::build(&plant, &store.reader().unwrap(), 2025, now, |d, t| {
-        steps.push((d, t))
-    })
-    .unwrap();
+    let reader = store.reader().unwrap();
+    let r =
+        report::annual::build(&inputs(&config, &reader), 2025, |d, t| steps.push((d, t))).unwrap();
     assert_eq!(steps.last(), Some(&(2, 2)), "progress ends at its total");
     let json: serde_json::Value = serde_json::to_value(&r).unwrap();
     assert_eq!(json["report"], "annual");
@@ -211,7 +221,7 @@ fn every_figure_of_the_annual_report_is_recomputed_from_raw_samples() {
     let month_bounds: Vec<i64> = (1..=13)
         .map(|m| {
             let (y, m) = if m == 13 { (2026, 1) } else { (2025, m) };
-            report::local_midnight(&plant, y, m, 1).unwrap()
+            report::local_midnight(&config.plant, y, m, 1).unwrap()
         })
         .collect();
     let unit = &r.units[0];
@@ -340,27 +350,24 @@ fn every_figure_of_the_annual_report_is_recomputed_from_raw_samples() {
 
 #[test]
 fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
-    let (dir, plant, store) = year_in_store("savings");
+    let (dir, config, store) = year_in_store("savings");
     let reader = store.reader().unwrap();
     let r = report::savings::build(
-        &plant,
-        &reader,
+        &inputs(&config, &reader),
         "kiln1",
         ((2025, 1), (2025, 6)),
         ((2025, 7), (2025, 12)),
         &[],
-        YEAR_START + 400 * 24 * H,
     )
     .unwrap();
     assert!(r.excluded.is_empty(), "{:?}", r.excluded);
     assert_eq!((r.baseline_months.len(), r.reporting_months.len()), (6, 6));
     assert_eq!(r.baseline_months[2].label, "2025-03");
     // Figures from the same months of the annual report.
-    let annual =
-        report::annual::build(&plant, &reader, 2025, YEAR_START + 400 * 24 * H, |_, _| {}).unwrap();
+    let annual = report::annual::build(&inputs(&config, &reader), 2025, |_, _| {}).unwrap();
     let months = &annual.units[0].months;
     let sum = |range: std::ops::Range<usize>,
-               f: &dyn Fn(&ems_gateway::accounting::Indicator) -> f64| {
+               f: &dyn Fn(&ems_energy::indicators::Indicator) -> f64| {
         range.map(|i| f(&months[i])).sum::<f64>()
     };
     let (be, bo) = (sum(0..6, &|m| m.energy_kgce), sum(0..6, &|m| m.product_t));
@@ -398,13 +405,11 @@ fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
     // A configured relevant variable enters the regression beside output.
     let power = ("kiln1-power".to_owned(), "import_kwh".to_owned());
     let with_power = report::savings::build(
-        &plant,
-        &reader,
+        &inputs(&config, &reader),
         "kiln1",
         ((2025, 1), (2025, 6)),
         ((2025, 7), (2025, 12)),
         &[power],
-        YEAR_START + 400 * 24 * H,
     )
     .unwrap();
     let m = &with_power.verification.model;
@@ -414,8 +419,8 @@ fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
     assert!(with_power.excluded.is_empty(), "{:?}", with_power.excluded);
     let march = &with_power.baseline_months[2];
     let (from, to) = (
-        report::local_midnight(&plant, 2025, 3, 1).unwrap(),
-        report::local_midnight(&plant, 2025, 4, 1).unwrap(),
+        report::local_midnight(&config.plant, 2025, 3, 1).unwrap(),
+        report::local_midnight(&config.plant, 2025, 4, 1).unwrap(),
     );
     assert!(close(
         march.variables[1],
@@ -471,18 +476,12 @@ fn poppler(tool: &str, args: &[&str]) -> Vec<u8> {
 
 #[test]
 fn the_pdf_has_its_pages_chinese_text_figures_and_charts() {
-    let (dir, plant, store) = year_in_store("pdf");
-    let r = report::annual::build(
-        &plant,
-        &store.reader().unwrap(),
-        2025,
-        YEAR_START + 400 * 24 * H,
-        |_, _| {},
-    )
-    .unwrap();
+    let (dir, config, store) = year_in_store("pdf");
+    let reader = store.reader().unwrap();
+    let r = report::annual::build(&inputs(&config, &reader), 2025, |_, _| {}).unwrap();
     let (font_file, font) = report::pdf::load_font(None)
         .expect("a CJK font (tests/run.sh installs fonts-wqy-microhei)");
-    let pdf = report::pdf::annual(&r, &plant, &font).unwrap();
+    let pdf = report::pdf::annual(&r, &config.plant, &font).unwrap();
     // The font is embedded as a subset: far smaller than the font file.
     let font_len = std::fs::metadata(&font_file).unwrap().len() as usize;
     assert!(
@@ -566,10 +565,9 @@ fn the_pdf_has_its_pages_chinese_text_figures_and_charts() {
 
 #[test]
 fn the_compliance_report_lists_each_day_and_every_exceedance() {
-    let (dir, plant, store) = year_in_store("compliance");
+    let (dir, config, store) = year_in_store("compliance");
     let reader = store.reader().unwrap();
-    let r =
-        report::compliance::build(&plant, &reader, (2025, 7), YEAR_START + 400 * 24 * H).unwrap();
+    let r = report::compliance::build(&inputs(&config, &reader), (2025, 7)).unwrap();
     assert_eq!(r.month, "2025-07");
     let u = &r.units[0];
     assert_eq!(u.days.len(), 31);

@@ -60,13 +60,7 @@ struct Args {
 /// Errors end the process with one line naming the cause chain (file, line and key for a bad
 /// configuration), not a backtrace.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ems_process::exit(run())
 }
 
 #[tokio::main]
@@ -106,7 +100,7 @@ async fn run() -> anyhow::Result<()> {
     let plant = Plant::new(scenario, start_ms);
     let plant: SharedPlant = Arc::new(Mutex::new(plant));
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(ems_process::cancel_on_signal(shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -166,14 +160,4 @@ async fn run() -> anyhow::Result<()> {
     }
     tracing::info!("Simulator stopped.");
     Ok(())
-}
-
-async fn cancel_on_signal(token: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    token.cancel();
 }

@@ -55,7 +55,7 @@ pub enum Phase {
 pub struct FlowDef {
     /// Name within the unit, referenced by meters in a scenario.
     pub name: &'static str,
-    /// Energy carrier code (see gateway/data/coefficients.toml), or what the flow is otherwise.
+    /// Energy carrier code (see gateway/energy/data/coefficients.toml), or what the flow is otherwise.
     pub carrier: &'static str,
     pub role: Role,
     /// Physical unit the meter counts in.

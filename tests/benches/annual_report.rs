@@ -25,11 +25,7 @@ fn main() {
     // The broker is never started: the report reads the database only.
     write_gateway_config(d, free_port());
     let config = d.join("gateway.toml");
-    let db = ems_gateway::Plant::load(&config)
-        .unwrap()
-        .config
-        .storage
-        .path;
+    let db = ems_gateway::Config::load(&config).unwrap().storage.path;
     let db = if db.is_absolute() { db } else { d.join(db) };
     let started = Instant::now();
     let messages = demo_data::fill(&config, &db, YEAR_START_MS, days);

@@ -27,8 +27,8 @@ seeds_of() {
       # The input's first byte picks the file kind: 0 coefficients, 1 limits.
       local d=target/fuzz-seeds/data_files
       mkdir -p "$d"
-      { printf '\x00'; cat gateway/data/coefficients.toml; } > "$d/coefficients"
-      { printf '\x01'; cat gateway/data/limits.toml; } > "$d/limits"
+      { printf '\x00'; cat gateway/energy/data/coefficients.toml; } > "$d/coefficients"
+      { printf '\x01'; cat gateway/energy/data/limits.toml; } > "$d/limits"
       echo "$d" ;;
   esac
 }

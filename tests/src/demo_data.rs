@@ -7,8 +7,9 @@ use std::path::Path;
 
 use ems_core::wire::{PointValue, Telemetry};
 use ems_core::Quality;
-use ems_gateway::config::Role;
-use ems_gateway::store::{Incoming, Store};
+use ems_energy::model::Role;
+use ems_gateway::storage::Incoming;
+use ems_gateway::store::Store;
 
 /// Meter units per hour for each accounted point: 100 t of product an hour per unit, 300 kgce
 /// per tonne shared by the consumed flows, a tenth of it recovered, 2 m3 of water per tonne.
@@ -39,9 +40,9 @@ fn rates(plant: &ems_gateway::Plant) -> HashMap<(String, String), (f64, Option<f
 /// Writes `days` of one-minute polls of every accounted meter of the plant in `config`, from
 /// `start_ms`, into the store at `db` through the gateway's own write path. Returns the messages.
 pub fn fill(config: &Path, db: &Path, start_ms: i64, days: i64) -> usize {
-    let plant = ems_gateway::Plant::load(config).expect("demo config");
-    let rules = ems_gateway::write_rules(&plant);
-    let rates = rates(&plant);
+    let config = ems_gateway::Config::load(config).expect("demo config");
+    let rules = config.write_rules();
+    let rates = rates(&config.plant);
     // Device -> its points with their rate per hour and rollover.
     type Points<'a> = Vec<(&'a str, f64, Option<f64>)>;
     let mut by_device: HashMap<&str, Points> = HashMap::new();

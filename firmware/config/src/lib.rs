@@ -6,7 +6,9 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+#[cfg(feature = "fs")]
+use std::path::Path;
+use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 
@@ -49,6 +51,7 @@ pub struct Source {
 }
 
 impl Source {
+    #[cfg(feature = "fs")]
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),

@@ -166,14 +166,3 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
         None => Ok(stats),
     }
 }
-
-/// Cancels `token` on SIGTERM or Ctrl-C.
-pub async fn cancel_on_signal(token: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    token.cancel();
-}

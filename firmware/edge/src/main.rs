@@ -47,13 +47,7 @@ enum Command {
 /// configuration), not a backtrace.
 fn main() -> std::process::ExitCode {
     one_malloc_arena();
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ems_process::exit(run())
 }
 
 /// An edge agent waits on wires, not on processors: glibc's one malloc arena per thread would
@@ -106,7 +100,7 @@ async fn run() -> anyhow::Result<()> {
             let site = Site::load(&config)?;
             give_back_freed_memory();
             let shutdown = CancellationToken::new();
-            tokio::spawn(ems_edge::cancel_on_signal(shutdown.clone()));
+            tokio::spawn(ems_process::cancel_on_signal(shutdown.clone()));
             ems_edge::run(site, shutdown).await?;
         }
         Command::Probe {

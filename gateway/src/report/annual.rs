@@ -7,10 +7,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{unit_figures, year_periods, FORMAT_VERSION};
-use crate::accounting::{buckets, Indicator, Period};
-use crate::config::{Plant, Role};
+use super::{year_periods, Inputs, FORMAT_VERSION};
 use crate::store::Reader;
+use ems_energy::calendar::{buckets, local_rfc3339, Period};
+use ems_energy::figures::{point_completeness, unit_figures};
+use ems_energy::indicators::Indicator;
+use ems_energy::model::Role;
+use ems_energy::Plant;
 
 /// Completeness a period needs to be reportable (national online-monitoring rules).
 pub const MIN_COMPLETENESS: f64 = 0.9;
@@ -127,13 +130,17 @@ pub struct DailyVsMonthly {
 /// Builds the report for the local calendar year `year`. `now_ms` bounds completeness (months
 /// not over yet count up to now); `progress(done, total)` is told after each unit.
 pub fn build(
-    plant: &Plant,
-    reader: &Reader,
+    inputs: &Inputs,
     year: i32,
-    now_ms: i64,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<AnnualReport> {
-    super::check_months(plant, (year, 1), (year, 12), now_ms)?;
+    let Inputs {
+        plant,
+        reader,
+        now_ms,
+        earliest_ms,
+    } = *inputs;
+    inputs.check_months((year, 1), (year, 12))?;
     let ((start, end), months) = year_periods(plant, year)?;
     let days = buckets(Period::Day, start, end, &plant.calendar);
     let steps = plant.units.len() + 1;
@@ -142,7 +149,7 @@ pub fn build(
     let mut month_totals: Vec<MonthTotals> = months
         .iter()
         .map(|&(s, _)| MonthTotals {
-            start: crate::accounting::local_rfc3339(s, plant.utc_offset),
+            start: local_rfc3339(s, plant.utc_offset()),
             consumed_tce: 0.0,
             recovered_tce: 0.0,
             comprehensive_tce: 0.0,
@@ -208,21 +215,21 @@ pub fn build(
     let data_quality = DataQuality {
         min_completeness: MIN_COMPLETENESS,
         max_daily_monthly_deviation_pct: MAX_DAILY_MONTHLY_DEVIATION_PCT,
-        meters: meter_quality(plant, reader, &months, now_ms)?,
+        meters: meter_quality(plant, reader, &months, earliest_ms, now_ms)?,
         sequence: sequence_quality(reader)?,
         daily_vs_monthly,
     };
     progress(steps, steps);
-    let enterprise = plant.config.enterprise.as_ref();
+    let enterprise = plant.enterprise.as_ref();
     Ok(AnnualReport {
         report: "annual",
         version: FORMAT_VERSION,
         enterprise: enterprise.map(|e| e.name.clone()),
         enterprise_code: enterprise.and_then(|e| e.code.clone()),
         year,
-        start: crate::accounting::local_rfc3339(start, plant.utc_offset),
-        end: crate::accounting::local_rfc3339(end, plant.utc_offset),
-        generated_at: crate::accounting::local_rfc3339(now_ms, plant.utc_offset),
+        start: local_rfc3339(start, plant.utc_offset()),
+        end: local_rfc3339(end, plant.utc_offset()),
+        generated_at: local_rfc3339(now_ms, plant.utc_offset()),
         totals,
         months: month_totals,
         units,
@@ -269,6 +276,7 @@ pub(crate) fn meter_quality(
     plant: &Plant,
     reader: &Reader,
     months: &[(i64, i64)],
+    earliest_ms: i64,
     now_ms: i64,
 ) -> anyhow::Result<Vec<MeterQuality>> {
     let mut points: Vec<(String, String)> = plant
@@ -286,15 +294,9 @@ pub(crate) fn meter_quality(
         let months = months
             .iter()
             .map(|&(s, e)| {
-                let span = e.min(now_ms) - s;
-                let covered: i64 = slots
-                    .iter()
-                    .filter(|(t, _)| (s..e).contains(t))
-                    .map(|(_, r)| r.covered_ms)
-                    .sum();
-                let completeness = (span > 0).then(|| covered as f64 / span as f64);
+                let completeness = point_completeness(&slots, (s, e), earliest_ms, now_ms);
                 MeterMonth {
-                    start: crate::accounting::local_rfc3339(s, plant.utc_offset),
+                    start: local_rfc3339(s, plant.utc_offset()),
                     completeness,
                     reportable: completeness.is_some_and(|c| c >= MIN_COMPLETENESS),
                 }

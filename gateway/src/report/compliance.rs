@@ -7,10 +7,10 @@ use super::annual::{
     daily_vs_monthly, meter_quality, sequence_quality, DailyVsMonthly, MeterQuality,
     SequenceQuality, MIN_COMPLETENESS,
 };
-use super::{local_midnight, unit_figures, FORMAT_VERSION};
-use crate::accounting::{buckets, Indicator, Period};
-use crate::config::Plant;
-use crate::store::Reader;
+use super::{local_midnight, Inputs, FORMAT_VERSION};
+use ems_energy::calendar::{buckets, Period};
+use ems_energy::figures::unit_figures;
+use ems_energy::indicators::Indicator;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ComplianceReport {
@@ -69,13 +69,14 @@ pub struct Unjudged {
 
 /// Builds the report for the local month `(year, month)`; `now_ms` bounds the completeness of a
 /// month in progress.
-pub fn build(
-    plant: &Plant,
-    reader: &Reader,
-    (year, month): (i32, u32),
-    now_ms: i64,
-) -> anyhow::Result<ComplianceReport> {
-    super::check_months(plant, (year, month), (year, month), now_ms)?;
+pub fn build(inputs: &Inputs, (year, month): (i32, u32)) -> anyhow::Result<ComplianceReport> {
+    let Inputs {
+        plant,
+        reader,
+        now_ms,
+        earliest_ms,
+    } = *inputs;
+    inputs.check_months((year, month), (year, month))?;
     let start = local_midnight(plant, year, month, 1)?;
     let (ny, nm) = if month == 12 {
         (year + 1, 1)
@@ -150,12 +151,12 @@ pub fn build(
     Ok(ComplianceReport {
         report: "compliance",
         version: FORMAT_VERSION,
-        enterprise: plant.config.enterprise.as_ref().map(|e| e.name.clone()),
+        enterprise: plant.enterprise.as_ref().map(|e| e.name.clone()),
         month: format!("{year}-{month:02}"),
         units,
         data_quality: MonthQuality {
             min_completeness: MIN_COMPLETENESS,
-            meters: meter_quality(plant, reader, &[(start, end)], now_ms)?,
+            meters: meter_quality(plant, reader, &[(start, end)], earliest_ms, now_ms)?,
             sequence: sequence_quality(reader)?,
             daily_vs_monthly,
         },

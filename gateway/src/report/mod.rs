@@ -6,15 +6,14 @@
 //! writes any report's tables as CSV; [`pdf`] draws the annual report in Chinese.
 
 pub mod annual;
-pub mod baseline;
 pub mod compliance;
 pub mod pdf;
 pub mod savings;
 pub mod tables;
 
-use crate::accounting::{buckets, indicators, Indicator, Period};
-use crate::config::{Plant, Unit};
 use crate::store::Reader;
+use ems_energy::calendar::{buckets, Period};
+use ems_energy::Plant;
 
 /// Version of the report JSON: readers check it before reading the figures.
 pub const FORMAT_VERSION: u32 = 1;
@@ -78,23 +77,99 @@ pub fn document<R: serde::Serialize>(
     })
 }
 
-/// A unit's figures for each of `periods`, from the stored slots.
-pub fn unit_figures(
-    plant: &Plant,
-    reader: &Reader,
-    unit: &Unit,
-    periods: &[(i64, i64)],
-) -> anyhow::Result<Vec<Indicator>> {
-    let (Some(first), Some(last)) = (periods.first(), periods.last()) else {
-        return Ok(Vec::new());
-    };
-    let mut rows = Vec::with_capacity(unit.flows.len());
-    for f in &unit.flows {
-        rows.push(reader.point_slots(&f.device, &f.point, first.0, last.1)?);
+/// What every report is made from: the plant, its stored record, "now" (what is still to come is
+/// not missing) and the earliest time anything can be stored (`[ingest] earliest`).
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub plant: &'a Plant,
+    pub reader: &'a Reader,
+    pub now_ms: i64,
+    pub earliest_ms: i64,
+}
+
+/// Which report, with its parameters: what the command line and the API both ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// The enterprise's annual energy utilisation report of a local calendar year.
+    Annual { year: i32 },
+    /// A month's days per unit against the limits.
+    Compliance { month: Month },
+    /// A unit's savings against a baseline, regressed on output and on `variables` (meter
+    /// points whose monthly increase is a relevant variable).
+    Savings {
+        unit: String,
+        baseline: (Month, Month),
+        reporting: (Month, Month),
+        variables: Vec<(String, String)>,
+    },
+}
+
+impl Request {
+    /// The document's name without its extension: `annual-2025`, `compliance-2025-07`,
+    /// `savings-kiln1`.
+    pub fn name(&self) -> String {
+        match self {
+            Request::Annual { year } => format!("annual-{year}"),
+            Request::Compliance { month: (y, m) } => format!("compliance-{y}-{m:02}"),
+            Request::Savings { unit, .. } => format!("savings-{unit}"),
+        }
     }
-    Ok(indicators(unit, periods, plant.utc_offset, |i| {
-        rows[i].clone()
-    }))
+}
+
+/// `DEVICE/POINT` variables of a savings report.
+pub fn parse_variables<S: AsRef<str>>(texts: &[S]) -> anyhow::Result<Vec<(String, String)>> {
+    texts
+        .iter()
+        .map(|v| {
+            let v = v.as_ref();
+            v.split_once('/')
+                .filter(|(d, p)| !d.is_empty() && !p.is_empty())
+                .map(|(d, p)| (d.to_owned(), p.to_owned()))
+                .ok_or_else(|| {
+                    anyhow::Error::new(InvalidRequest(format!(
+                        "variable `{v}`: write DEVICE/POINT"
+                    )))
+                })
+        })
+        .collect()
+}
+
+/// Builds the report `request` asks for and writes it in `format`: the one way the command line
+/// and the API make a report. `font` gives the CJK font a PDF embeds (asked for PDF only);
+/// `progress(done, total)` follows a long build.
+pub fn make(
+    inputs: &Inputs,
+    request: &Request,
+    format: Format,
+    font: &dyn Fn() -> anyhow::Result<krilla::text::Font>,
+    progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Vec<u8>> {
+    match request {
+        Request::Annual { year } => {
+            let r = annual::build(inputs, *year, progress)?;
+            let plant = inputs.plant;
+            document(format, &r, tables::annual_figures, |r| {
+                pdf::annual(r, plant, &font()?)
+            })
+        }
+        Request::Compliance { month } => {
+            let r = compliance::build(inputs, *month)?;
+            document(format, &r, tables::compliance_figures, |r| {
+                pdf::compliance(r, &font()?)
+            })
+        }
+        Request::Savings {
+            unit,
+            baseline,
+            reporting,
+            variables,
+        } => {
+            let r = savings::build(inputs, unit, *baseline, *reporting, variables)?;
+            document(format, &r, tables::savings_figures, |r| {
+                pdf::savings(r, &font()?)
+            })
+        }
+    }
 }
 
 /// A period's start and end, ms.
@@ -116,7 +191,7 @@ pub fn local_midnight(plant: &Plant, year: i32, month: u32, day: u32) -> anyhow:
     let date = chrono::NaiveDate::from_ymd_opt(year, month, day)
         .ok_or_else(|| anyhow::anyhow!("{year}-{month:02}-{day:02} is not a date"))?;
     Ok(plant
-        .utc_offset
+        .utc_offset()
         .from_local_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight"))
         .single()
         .expect("a fixed offset maps every local time once")
@@ -138,16 +213,29 @@ pub const MAX_REPORT_MONTHS: i64 = 240;
 /// Checks a report's months before any work: in order, not before the month of `[ingest]
 /// earliest` (nothing before it is ever stored), not after the year after `now_ms`, and at
 /// most [`MAX_REPORT_MONTHS`].
-pub fn check_months(plant: &Plant, from: Month, to: Month, now_ms: i64) -> anyhow::Result<()> {
+impl Inputs<'_> {
+    /// Checks a report's months before any work (see [`check_months`]).
+    pub fn check_months(&self, from: Month, to: Month) -> anyhow::Result<()> {
+        check_months(self.plant, from, to, self.earliest_ms, self.now_ms)
+    }
+}
+
+pub fn check_months(
+    plant: &Plant,
+    from: Month,
+    to: Month,
+    earliest_ms: i64,
+    now_ms: i64,
+) -> anyhow::Result<()> {
     use chrono::Datelike as _;
     let month_of = |ms: i64| {
         let d = chrono::DateTime::from_timestamp_millis(ms)
             .unwrap_or_default()
-            .with_timezone(&plant.utc_offset);
+            .with_timezone(&plant.utc_offset());
         (d.year(), d.month())
     };
     let index = |(y, m): Month| i64::from(y) * 12 + i64::from(m) - 1;
-    let (earliest, now) = (month_of(plant.earliest_ms), month_of(now_ms));
+    let (earliest, now) = (month_of(earliest_ms), month_of(now_ms));
     let bad = |why: String| anyhow::Error::new(InvalidRequest(why));
     if index(from) > index(to) {
         return Err(bad(format!(

@@ -7,12 +7,12 @@ use serde::Serialize;
 use super::annual::{
     meter_quality, sequence_quality, MeterQuality, SequenceQuality, MIN_COMPLETENESS,
 };
-use super::baseline::{verify, Interval, Observation, Verification};
 use super::InvalidRequest;
-use super::{local_midnight, unit_figures, Month, FORMAT_VERSION};
-use crate::accounting::{buckets, Period};
-use crate::config::Plant;
-use crate::store::Reader;
+use super::{local_midnight, Inputs, Month, FORMAT_VERSION};
+use ems_energy::baseline::{verify, Interval, Observation, Verification};
+use ems_energy::calendar::{buckets, Period};
+use ems_energy::figures::unit_figures;
+use ems_energy::Plant;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SavingsReport {
@@ -61,19 +61,23 @@ fn month_range(plant: &Plant, from: Month, to: Month) -> anyhow::Result<Vec<(i64
 /// regressed on output and on each of `variables`: meter points (device, point) whose monthly
 /// increase is a relevant variable (heating degree-days, ore grade tonnes, ...).
 pub fn build(
-    plant: &Plant,
-    reader: &Reader,
+    inputs: &Inputs,
     unit: &str,
     baseline: (Month, Month),
     reporting: (Month, Month),
     variables: &[(String, String)],
-    now_ms: i64,
 ) -> anyhow::Result<SavingsReport> {
+    let Inputs {
+        plant,
+        reader,
+        earliest_ms,
+        ..
+    } = *inputs;
     let u = plant
         .unit(unit)
         .ok_or_else(|| InvalidRequest(format!("no unit `{unit}` in the configuration")))?;
-    super::check_months(plant, baseline.0, baseline.1, now_ms)?;
-    super::check_months(plant, reporting.0, reporting.1, now_ms)?;
+    inputs.check_months(baseline.0, baseline.1)?;
+    inputs.check_months(reporting.0, reporting.1)?;
     let mut excluded = Vec::new();
     let mut observe = |range: (Month, Month)| -> anyhow::Result<Vec<Observation>> {
         let months = month_range(plant, range.0, range.1)?;
@@ -122,7 +126,7 @@ pub fn build(
     let mut all_months = month_range(plant, baseline.0, baseline.1)?;
     all_months.extend(month_range(plant, reporting.0, reporting.1)?);
     // Whole months: a savings period is judged on months that are over.
-    let meters = meter_quality(plant, reader, &all_months, i64::MAX)?
+    let meters = meter_quality(plant, reader, &all_months, earliest_ms, i64::MAX)?
         .into_iter()
         .filter(|m| {
             u.flows

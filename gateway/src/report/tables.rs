@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::annual::AnnualReport;
-use crate::accounting::Indicator;
+use ems_energy::indicators::Indicator;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Figure {
@@ -97,7 +97,7 @@ pub fn annual_figures(r: &AnnualReport) -> Vec<Figure> {
     out.push(whole("water", r.totals.water_m3, "m3"));
     for c in &r.totals.by_carrier {
         let role = match c.role {
-            crate::config::Role::Recovered => "recovered",
+            ems_energy::model::Role::Recovered => "recovered",
             _ => "consumed",
         };
         let subject = format!("{}/{role}", c.carrier);

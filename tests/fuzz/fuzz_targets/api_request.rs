@@ -31,15 +31,16 @@ fn api() -> &'static Api {
                 "# operators = { shift_lead = \"change-me\" }",
                 "operators = { op = \"secret\" }",
             );
-        let plant = ems_gateway::Plant::from_source(&Source::embedded("demo.toml", &text)).unwrap();
+        let config =
+            ems_gateway::Config::from_source(&Source::embedded("demo.toml", &text)).unwrap();
         let store = ems_gateway::store::Store::open(&db).unwrap();
-        let now: ems_gateway::ingest::NowFn = Arc::new(|| 1_767_200_000_000);
+        let now: ems_gateway::clock::NowFn = Arc::new(|| 1_767_200_000_000);
         let state = ems_gateway::api::AppState {
             reader: Arc::new(store.reader().unwrap()),
             alarms: Arc::new(std::sync::Mutex::new(
                 ems_gateway::alarms::AlarmBook::open(&db).unwrap(),
             )),
-            plant: Arc::new(plant),
+            config: Arc::new(config),
             upload_errors: Default::default(),
             metrics: Arc::new(ems_gateway::metrics::Metrics::default()),
             committed: tokio::sync::broadcast::channel(4).0,

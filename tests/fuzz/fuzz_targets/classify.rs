@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use ems_gateway::ingest::{classify, Validation};
-use ems_gateway::store::Incoming;
+use ems_gateway::storage::Incoming;
 use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_767_200_000_000;

@@ -3,8 +3,8 @@
 #![no_main]
 
 use ems_config::Source;
-use ems_gateway::coefficients::Coefficients;
-use ems_gateway::limits::Limits;
+use ems_energy::coefficients::Coefficients;
+use ems_energy::limits::Limits;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (bool, &str)| {

@@ -6,9 +6,9 @@ use ems_config::Source;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    match ems_gateway::Plant::from_source(&Source::embedded("gw.toml", text)) {
-        Ok(plant) => {
-            let _ = ems_gateway::write_rules(&plant);
+    match ems_gateway::Config::from_source(&Source::embedded("gw.toml", text)) {
+        Ok(config) => {
+            let _ = config.write_rules();
         }
         Err(e) => assert!(e.to_string().starts_with("gw.toml"), "{e}"),
     }

@@ -10,8 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 use arbitrary::Arbitrary;
 use ems_core::wire::{PointValue, Telemetry};
 use ems_core::Quality;
-use ems_gateway::accounting::{CounterRule, GapFill};
-use ems_gateway::store::{AccountingRules, Incoming, Store, WriteRules};
+use ems_energy::counter::{CounterRule, GapFill};
+use ems_gateway::storage::{AccountingRules, Incoming, WriteRules};
+use ems_gateway::store::Store;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]

@@ -3,8 +3,9 @@
 use krilla::text::Font;
 
 use super::{finish, format_num, level_text, month_label, opt, pct, Layout, BODY};
-use crate::config::{Plant, Role};
 use crate::report::annual::{AnnualReport, MIN_COMPLETENESS};
+use ems_energy::model::Role;
+use ems_energy::Plant;
 
 /// The annual report as PDF bytes.
 pub fn annual(r: &AnnualReport, plant: &Plant, font: &Font) -> anyhow::Result<Vec<u8>> {
@@ -202,7 +203,7 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
             .year
             .limits
             .first()
-            .filter(|j| j.indicator == crate::limits::Figure::KgcePerT)
+            .filter(|j| j.indicator == ems_energy::limits::Figure::KgcePerT)
             .map(super::limit_lines)
             .unwrap_or_default();
         l.bar_chart(

@@ -4,9 +4,9 @@
 use krilla::text::Font;
 
 use super::{finish, format_num, level_text, opt, pct, Layout, BODY};
-use crate::accounting::Indicator;
-use crate::limits::Figure;
 use crate::report::compliance::ComplianceReport;
+use ems_energy::indicators::Indicator;
+use ems_energy::limits::Figure;
 
 /// The compliance report as PDF bytes.
 pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> {

@@ -16,7 +16,7 @@ use krilla::paint::{Fill, Stroke};
 use krilla::text::{Font, TextDirection};
 use krilla::Document;
 
-use crate::accounting::Indicator;
+use ems_energy::indicators::Indicator;
 
 mod annual;
 mod compliance;
@@ -338,7 +338,7 @@ fn month_label(start: &str) -> String {
 }
 
 /// A limit's corrected level 1-3 thresholds as a chart's reference lines.
-fn limit_lines(j: &crate::limits::Judgement) -> Vec<(String, f64)> {
+fn limit_lines(j: &ems_energy::limits::Judgement) -> Vec<(String, f64)> {
     j.thresholds
         .iter()
         .enumerate()

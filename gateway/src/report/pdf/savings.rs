@@ -14,7 +14,7 @@ pub fn savings(r: &SavingsReport, font: &Font) -> anyhow::Result<Vec<u8>> {
     let title = format!("{} 节能量审核报告", r.unit_name);
     let mut l = Layout::new(format!("{title} · 数据版本 {}", r.version));
     l.paragraph(18.0, title.clone());
-    let span = |o: &[crate::report::baseline::Observation]| match (o.first(), o.last()) {
+    let span = |o: &[ems_energy::baseline::Observation]| match (o.first(), o.last()) {
         (Some(a), Some(b)) => format!("{} 至 {}（{} 个月）", a.label, b.label, o.len()),
         _ => "无".into(),
     };

@@ -1,4 +1,4 @@
-//! Standard-coal coefficients as data (gateway/data/coefficients.toml), with their sources.
+//! Standard-coal coefficients as data (gateway/energy/data/coefficients.toml), with their sources.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! Limit standards and water quotas as data (gateway/data/limits.toml), and judging a unit
+//! Limit standards and water quotas as data (gateway/energy/data/limits.toml), and judging a unit
 //! figure against them: the corrected thresholds and the level reached.
 
 use std::collections::BTreeMap;
@@ -281,7 +281,7 @@ impl Limits {
 
 #[cfg(test)]
 mod tests {
-    //! Golden examples, computed by hand from the figures in gateway/data/limits.toml.
+    //! Golden examples, computed by hand from the figures in gateway/energy/data/limits.toml.
     use super::*;
 
     fn inputs(pairs: &[(&str, InputValue)]) -> BTreeMap<String, InputValue> {

@@ -9,6 +9,11 @@
 
 use serde::Serialize;
 
+/// Why a baseline cannot be fitted to the periods given (too few, degenerate).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct FitError(pub String);
+
 /// One period (a month or a day) of energy and its relevant variables.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Observation {
@@ -78,21 +83,23 @@ pub fn fit(
     variables: &[String],
     baseline: &[Observation],
     interval: Interval,
-) -> anyhow::Result<Model> {
+) -> Result<Model, FitError> {
     let k = variables.len();
     let n = baseline.len();
     let p = k + 1;
-    anyhow::ensure!(
-        n > p,
-        "a baseline with {k} variable(s) needs more than {p} periods, got {n}"
-    );
+    if n <= p {
+        return Err(FitError(format!(
+            "a baseline with {k} variable(s) needs more than {p} periods, got {n}"
+        )));
+    }
     for o in baseline {
-        anyhow::ensure!(
-            o.variables.len() == k,
-            "period {} has {} variable(s), the model {k}",
-            o.label,
-            o.variables.len()
-        );
+        if o.variables.len() != k {
+            return Err(FitError(format!(
+                "period {} has {} variable(s), the model {k}",
+                o.label,
+                o.variables.len()
+            )));
+        }
     }
     // Centred normal equations: better conditioned than raw ones when energy is in millions
     // and production in thousands.
@@ -111,8 +118,8 @@ pub fn fit(
         }
     }
     let slopes = solve(a).ok_or_else(|| {
-        anyhow::anyhow!(
-            "the baseline variables are constant or depend on each other: no unique fit"
+        FitError(
+            "the baseline variables are constant or depend on each other: no unique fit".into(),
         )
     })?;
     let intercept = y_mean - slopes.iter().zip(&x_mean).map(|(b, x)| b * x).sum::<f64>();
@@ -215,19 +222,20 @@ pub fn verify(
     baseline: &[Observation],
     reporting: &[Observation],
     interval: Interval,
-) -> anyhow::Result<Verification> {
+) -> Result<Verification, FitError> {
     let model = fit(variables, baseline, interval)?;
     let mut cusum = 0.0;
     let mut avoided = 0.0;
     let mut periods = Vec::with_capacity(reporting.len());
     for o in reporting {
-        anyhow::ensure!(
-            o.variables.len() == variables.len(),
-            "period {} has {} variable(s), the model {}",
-            o.label,
-            o.variables.len(),
-            variables.len()
-        );
+        if o.variables.len() != variables.len() {
+            return Err(FitError(format!(
+                "period {} has {} variable(s), the model {}",
+                o.label,
+                o.variables.len(),
+                variables.len()
+            )));
+        }
         let adjusted = model.predict(&o.variables);
         cusum += o.energy_kgce - adjusted;
         avoided += adjusted - o.energy_kgce;

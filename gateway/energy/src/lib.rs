@@ -1,0 +1,19 @@
+//! ems-energy: the energy domain, pure. The plant model and its boundaries ([`model`]), counters
+//! and their 15-minute slots ([`counter`]), the plant's calendar ([`calendar`]), standard-coal
+//! coefficients ([`coefficients`]) and limit standards ([`limits`]) as data with their sources,
+//! a unit's figures over any period ([`indicators`], read through [`figures`]), and energy
+//! baselines with savings ([`baseline`]).
+//!
+//! No I/O: no files, clock, network, database or runtime. Whatever stores the slots implements
+//! [`figures::SlotSource`]; "now" is always a parameter.
+
+pub mod baseline;
+pub mod calendar;
+pub mod coefficients;
+pub mod counter;
+pub mod figures;
+pub mod indicators;
+pub mod limits;
+pub mod model;
+
+pub use model::Plant;

@@ -1,0 +1,606 @@
+//! The plant model: the enterprise, its sites and workshops, the process units and the metered
+//! flows across each unit's boundary with their roles and conversion to standard coal, built
+//! from the configuration's `[accounting]`, `[enterprise]` and `[[units]]` tables.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use ems_config::{ConfigError, Source, Spanned};
+use serde::{Deserialize, Serialize};
+
+use crate::calendar::Calendar;
+use crate::coefficients::{unit_factor, Coefficients};
+use crate::counter::{CounterRule, GapFill};
+use crate::limits::Limits;
+
+/// The enterprise the gateway accounts for, and its sites and workshops: the levels above the
+/// process units that reports add up to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnterpriseConfig {
+    pub name: String,
+    /// Unified social credit code (统一社会信用代码).
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub workshops: Vec<WorkshopConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkshopConfig {
+    pub id: String,
+    pub name: String,
+}
+
+/// Which electricity coefficient the comprehensive energy uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ElectricityBasis {
+    /// 当量值, 0.1229 kgce/kWh: what the limit standards use.
+    #[default]
+    Equivalent,
+    /// 等价值, from the year's thermal-power coal rate.
+    Equal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountingConfig {
+    /// The plant's UTC offset: days and months start at local midnight. China: "+08:00".
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset: String,
+    #[serde(default)]
+    pub electricity: ElectricityBasis,
+    /// A coefficients file replacing the built-in one (same format as gateway/energy/data/coefficients.toml).
+    #[serde(default)]
+    pub coefficients: Option<PathBuf>,
+    /// A limits file replacing the built-in one (same format as gateway/energy/data/limits.toml).
+    #[serde(default)]
+    pub limits: Option<PathBuf>,
+    /// When shifts start, local time ("HH:MM"); `period=shift` follows them.
+    #[serde(default = "default_shifts")]
+    pub shifts: Vec<String>,
+    /// Two samples further apart than this leave the time between them uncovered (the delta
+    /// still counts, spread evenly, and is marked estimated).
+    #[serde(default = "default_max_sample_gap_s")]
+    pub max_sample_gap_s: u64,
+    /// A counter unchanged for this long is flagged frozen (0: never).
+    #[serde(default = "default_frozen_after_s")]
+    pub frozen_after_s: u64,
+    /// How an interval a counter could not measure (a meter restarted or jumped) is filled;
+    /// either way it is marked estimated.
+    #[serde(default)]
+    pub gap_fill: GapFill,
+}
+
+impl Default for AccountingConfig {
+    fn default() -> Self {
+        AccountingConfig {
+            utc_offset: default_utc_offset(),
+            electricity: ElectricityBasis::default(),
+            coefficients: None,
+            limits: None,
+            shifts: default_shifts(),
+            max_sample_gap_s: default_max_sample_gap_s(),
+            frozen_after_s: default_frozen_after_s(),
+            gap_fill: Default::default(),
+        }
+    }
+}
+
+fn default_shifts() -> Vec<String> {
+    vec!["00:00".into(), "08:00".into(), "16:00".into()]
+}
+
+fn default_utc_offset() -> String {
+    "+08:00".into()
+}
+fn default_max_sample_gap_s() -> u64 {
+    900
+}
+fn default_frozen_after_s() -> u64 {
+    3_600
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitConfig {
+    pub id: Spanned<String>,
+    pub name: String,
+    /// blast_furnace, converter, kiln, electrolysis, ...
+    pub kind: String,
+    /// The workshop (id from `[[enterprise.sites.workshops]]`) the unit belongs to.
+    #[serde(default)]
+    pub workshop: Option<Spanned<String>>,
+    pub flows: Vec<FlowConfig>,
+    /// Limit standards the unit is judged against (codes from the limits file); the first is
+    /// its headline level.
+    #[serde(default)]
+    pub limits: Vec<Spanned<String>>,
+    /// Water-intake quota (code from the limits file).
+    #[serde(default)]
+    pub water_quota: Option<Spanned<String>>,
+    /// The relevant variables the limits' corrections need: a number, a category, or a ratio
+    /// (in %) of the unit's own flows, e.g. `scrap_ratio_pct = { ratio = ["bof1-scrap"],
+    /// of = ["bof1-scrap", "bof1-hot-metal"] }`.
+    #[serde(default)]
+    pub corrections: std::collections::BTreeMap<String, CorrectionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum CorrectionConfig {
+    Number(f64),
+    Text(String),
+    Ratio { ratio: Vec<String>, of: Vec<String> },
+}
+
+/// One metered flow across a unit's boundary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    pub device: String,
+    pub point: String,
+    pub role: Role,
+    /// Energy carrier code (see the coefficients file); required for consumed and recovered.
+    #[serde(default)]
+    pub carrier: Option<Spanned<String>>,
+    /// Unit the point counts in (t, kg, kWh, MWh, m3, km3, MJ, GJ).
+    pub unit: Spanned<String>,
+    /// Measured lower heating value, kJ per metered unit: replaces the carrier's coefficient.
+    #[serde(default)]
+    pub lhv_kj: Option<f64>,
+    /// The counter wraps to zero after this value (in the point's engineering unit).
+    #[serde(default)]
+    pub rollover: Option<f64>,
+    /// The most this flow can physically do per hour (in the point's unit): a reading implying
+    /// more is a spike and is rejected.
+    #[serde(default)]
+    pub max_rate_per_h: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Consumed,
+    Recovered,
+    Product,
+    Water,
+    /// Raw material or working medium (hot metal, scrap, oxygen): not energy; feeds ratios.
+    Material,
+}
+
+/// A flow with its conversion to kgce resolved.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub device: String,
+    pub point: String,
+    pub role: Role,
+    pub carrier: Option<String>,
+    pub unit: String,
+    /// kgce per metered unit (consumed and recovered flows), tonnes per metered unit (product),
+    /// m3 per metered unit (water).
+    pub factor: f64,
+    pub rollover: Option<f64>,
+    pub max_rate_per_h: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Unit {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub site: Option<String>,
+    pub workshop: Option<String>,
+    #[serde(skip)]
+    pub flows: Vec<Flow>,
+    #[serde(skip)]
+    pub limits: Vec<crate::limits::Limit>,
+    #[serde(skip)]
+    pub water_quota: Option<crate::limits::WaterQuota>,
+    #[serde(skip)]
+    pub corrections: std::collections::BTreeMap<String, CorrectionConfig>,
+}
+
+/// The plant's tables alone, as a file holding only them is read (tests, tools).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantTables {
+    #[serde(default)]
+    pub accounting: AccountingConfig,
+    #[serde(default)]
+    pub enterprise: Option<EnterpriseConfig>,
+    pub units: Vec<UnitConfig>,
+}
+
+/// The plant, checked: what every figure is computed from.
+#[derive(Debug, Clone)]
+pub struct Plant {
+    pub enterprise: Option<EnterpriseConfig>,
+    pub units: Vec<Unit>,
+    pub calendar: Calendar,
+    pub coefficients: Coefficients,
+    pub limits: Limits,
+    pub electricity: ElectricityBasis,
+    /// Readings further apart leave the time between them uncovered (estimated).
+    pub max_sample_gap_ms: i64,
+    pub frozen_after_ms: i64,
+    pub gap_fill: GapFill,
+}
+
+/// The counter rules of every point the units account for: device -> point -> rule.
+pub type CounterRules =
+    std::collections::HashMap<String, std::collections::HashMap<String, CounterRule>>;
+
+impl Plant {
+    /// Builds and checks the plant from its tables in `src` (errors name the file, line and
+    /// key), with the coefficient and limit data in force.
+    pub fn build(
+        src: &Source,
+        accounting: &AccountingConfig,
+        enterprise: &Option<EnterpriseConfig>,
+        units_config: &[UnitConfig],
+        coefficients: Coefficients,
+        limits: Limits,
+    ) -> Result<Plant, ConfigError> {
+        let utc_offset: chrono::FixedOffset = accounting.utc_offset.parse().map_err(|_| {
+            src.error(
+                "accounting.utc_offset",
+                "expected an offset such as \"+08:00\"",
+            )
+        })?;
+        let mut shift_starts = Vec::new();
+        for (i, text) in accounting.shifts.iter().enumerate() {
+            let t = chrono::NaiveTime::parse_from_str(text, "%H:%M").map_err(|_| {
+                src.error(
+                    &format!("accounting.shifts[{i}]"),
+                    "expected a local time such as \"08:00\"",
+                )
+            })?;
+            shift_starts.push(i64::from(chrono::Timelike::num_seconds_from_midnight(&t)) * 1000);
+        }
+        shift_starts.sort_unstable();
+        shift_starts.dedup();
+        if shift_starts.is_empty() {
+            return Err(src.error("accounting.shifts", "at least one shift start"));
+        }
+        let calendar = Calendar {
+            tz: utc_offset,
+            shift_starts,
+        };
+        // Workshop id -> site id.
+        let mut workshops = std::collections::HashMap::new();
+        for (i, site) in enterprise.iter().flat_map(|e| &e.sites).enumerate() {
+            for (j, w) in site.workshops.iter().enumerate() {
+                if workshops.insert(w.id.clone(), site.id.clone()).is_some() {
+                    return Err(src.error(
+                        &format!("enterprise.sites[{i}].workshops[{j}].id"),
+                        format!("duplicate workshop id `{}`", w.id),
+                    ));
+                }
+            }
+        }
+        let mut ids = HashSet::new();
+        let mut units = Vec::new();
+        for (i, u) in units_config.iter().enumerate() {
+            if !ids.insert(u.id.get_ref().clone()) {
+                return Err(src.error_at(
+                    u.id.span(),
+                    &format!("units[{i}].id"),
+                    "duplicate unit id",
+                ));
+            }
+            let (workshop, site) = match &u.workshop {
+                Some(w) => match workshops.get(w.get_ref()) {
+                    Some(site) => (Some(w.get_ref().clone()), Some(site.clone())),
+                    None => {
+                        return Err(src.error_at(
+                            w.span(),
+                            &format!("units[{i}].workshop"),
+                            format!("unknown workshop `{}`", w.get_ref()),
+                        ))
+                    }
+                },
+                None if !workshops.is_empty() => {
+                    return Err(src.error(
+                        &format!("units[{i}].workshop"),
+                        "the enterprise declares workshops: name the unit's",
+                    ))
+                }
+                None => (None, None),
+            };
+            let mut flows = Vec::new();
+            for (j, f) in u.flows.iter().enumerate() {
+                let key = |k: &str| format!("units[{i}].flows[{j}].{k}");
+                let unit = f.unit.get_ref();
+                let factor = match f.role {
+                    Role::Material => Some(1.0),
+                    Role::Product => unit_factor(unit, "t"),
+                    Role::Water => unit_factor(unit, "m3"),
+                    Role::Consumed | Role::Recovered => {
+                        let Some(code) = &f.carrier else {
+                            return Err(src.error(
+                                &key("carrier"),
+                                "consumed and recovered flows need a carrier",
+                            ));
+                        };
+                        let code_str = if code.get_ref() == "electricity"
+                            && accounting.electricity == ElectricityBasis::Equal
+                        {
+                            "electricity_equal"
+                        } else {
+                            code.get_ref().as_str()
+                        };
+                        let Some(carrier) = coefficients.get(code_str) else {
+                            return Err(src.error_at(
+                                code.span(),
+                                &key("carrier"),
+                                format!("unknown carrier `{}`", code.get_ref()),
+                            ));
+                        };
+                        match f.lhv_kj {
+                            Some(lhv) if lhv.is_finite() && lhv > 0.0 => {
+                                Some(lhv / coefficients.kj_per_kgce)
+                            }
+                            Some(_) => {
+                                return Err(src.error(&key("lhv_kj"), "must be a positive number"))
+                            }
+                            None => {
+                                unit_factor(unit, &carrier.unit).map(|k| k * carrier.kgce_per_unit)
+                            }
+                        }
+                    }
+                };
+                let Some(factor) = factor else {
+                    return Err(src.error_at(
+                        f.unit.span(),
+                        &key("unit"),
+                        format!("unit `{unit}` does not fit a {:?} flow", f.role),
+                    ));
+                };
+                flows.push(Flow {
+                    device: f.device.clone(),
+                    point: f.point.clone(),
+                    role: f.role,
+                    carrier: f.carrier.as_ref().map(|c| c.get_ref().clone()),
+                    unit: unit.clone(),
+                    factor,
+                    rollover: f.rollover,
+                    max_rate_per_h: f.max_rate_per_h,
+                });
+            }
+            if !flows.iter().any(|f| f.role == Role::Product) {
+                return Err(src.error(
+                    &format!("units[{i}].flows"),
+                    "a unit needs at least one product flow",
+                ));
+            }
+            let mut unit_limits = Vec::new();
+            for (j, code) in u.limits.iter().enumerate() {
+                let Some(l) = limits.limit(code.get_ref()) else {
+                    return Err(src.error_at(
+                        code.span(),
+                        &format!("units[{i}].limits[{j}]"),
+                        format!("unknown limit `{}`", code.get_ref()),
+                    ));
+                };
+                for c in &l.correction {
+                    if !u.corrections.contains_key(c.input()) {
+                        return Err(src.error(
+                            &format!("units[{i}].corrections"),
+                            format!("limit `{}` needs `{}`", l.code, c.input()),
+                        ));
+                    }
+                }
+                unit_limits.push(l.clone());
+            }
+            for (name, c) in &u.corrections {
+                if let CorrectionConfig::Ratio { ratio, of } = c {
+                    for d in ratio.iter().chain(of) {
+                        if !flows.iter().any(|f| &f.device == d) {
+                            return Err(src.error(
+                                &format!("units[{i}].corrections.{name}"),
+                                format!("`{d}` is not one of the unit's flows"),
+                            ));
+                        }
+                    }
+                }
+            }
+            let water_quota = match &u.water_quota {
+                None => None,
+                Some(code) => Some(
+                    limits
+                        .quota(code.get_ref())
+                        .ok_or_else(|| {
+                            src.error_at(
+                                code.span(),
+                                &format!("units[{i}].water_quota"),
+                                format!("unknown water quota `{}`", code.get_ref()),
+                            )
+                        })?
+                        .clone(),
+                ),
+            };
+            units.push(Unit {
+                id: u.id.get_ref().clone(),
+                name: u.name.clone(),
+                kind: u.kind.clone(),
+                site,
+                workshop,
+                flows,
+                limits: unit_limits,
+                water_quota,
+                corrections: u.corrections.clone(),
+            });
+        }
+        Ok(Plant {
+            enterprise: enterprise.clone(),
+            units,
+            calendar,
+            coefficients,
+            limits,
+            electricity: accounting.electricity,
+            max_sample_gap_ms: accounting.max_sample_gap_s as i64 * 1000,
+            frozen_after_ms: accounting.frozen_after_s as i64 * 1000,
+            gap_fill: accounting.gap_fill,
+        })
+    }
+
+    /// A plant from a file of only its tables, with the built-in coefficients and limits.
+    pub fn from_tables(src: &Source) -> Result<Plant, ConfigError> {
+        let t: PlantTables = src.parse()?;
+        Plant::build(
+            src,
+            &t.accounting,
+            &t.enterprise,
+            &t.units,
+            Coefficients::built_in(),
+            Limits::built_in(),
+        )
+    }
+
+    /// The plant's UTC offset: its days and months start at local midnight.
+    pub fn utc_offset(&self) -> chrono::FixedOffset {
+        self.calendar.tz
+    }
+
+    /// How each accounted counter point's readings turn into intervals.
+    pub fn counter_rules(&self) -> CounterRules {
+        let mut tracked = CounterRules::new();
+        for f in self.flows() {
+            tracked.entry(f.device.clone()).or_default().insert(
+                f.point.clone(),
+                CounterRule {
+                    rollover: f.rollover,
+                    max_rate_per_h: f.max_rate_per_h,
+                    frozen_after_ms: self.frozen_after_ms,
+                    fill: self.gap_fill,
+                },
+            );
+        }
+        tracked
+    }
+
+    pub fn unit(&self, id: &str) -> Option<&Unit> {
+        self.units.iter().find(|u| u.id == id)
+    }
+
+    /// Every (device, point) some unit accounts for, with its flow.
+    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
+        self.units.iter().flat_map(|u| u.flows.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo plant's tables (the gateway's example file without its runtime tables).
+    fn demo() -> Plant {
+        let text = include_str!("../../examples/demo.toml");
+        let start = text
+            .find("[accounting]")
+            .expect("the example has [accounting]");
+        Plant::from_tables(&Source::embedded("demo.toml", &text[start..]))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn units_sit_in_declared_workshops() {
+        let demo = demo();
+        let bof = demo.unit("bof1").unwrap();
+        assert_eq!(
+            (bof.workshop.as_deref(), bof.site.as_deref()),
+            (Some("steelmaking"), Some("main"))
+        );
+        let head = "[enterprise]\nname = \"E\"\n[[enterprise.sites]]\nid = \"s\"\nname = \"S\"\nworkshops = [{ id = \"w\", name = \"W\" }]\n[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"kiln\"\n";
+        let flows = "[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n";
+        let err = |unit: &str| {
+            Plant::from_tables(&Source::embedded(
+                "gw.toml",
+                &format!("{head}{unit}{flows}"),
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        assert_eq!(
+            err("workshop = \"ww\"\n"),
+            "gw.toml:11:12: key `units[0].workshop`: unknown workshop `ww`"
+        );
+        assert!(err("").contains("key `units[0].workshop`: the enterprise declares workshops"));
+    }
+
+    #[test]
+    fn coefficients_follow_the_metered_unit_and_measured_heating_value() {
+        let plant = demo();
+        let bf = plant.unit("bf1").unwrap();
+        let coke = bf
+            .flows
+            .iter()
+            .find(|f| f.carrier.as_deref() == Some("coke"))
+            .unwrap();
+        assert_eq!(coke.unit, "t");
+        assert!((coke.factor - 971.4).abs() < 1e-9);
+        let bof = plant.unit("bof1").unwrap();
+        let ldg = bof
+            .flows
+            .iter()
+            .find(|f| f.carrier.as_deref() == Some("converter_gas"))
+            .unwrap();
+        assert!((ldg.factor - 7_500.0 / 29_307.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn limits_and_their_correction_inputs_are_checked() {
+        let base = "[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"converter\"\n";
+        let flows = "[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n";
+        let err = |unit: &str| {
+            Plant::from_tables(&Source::embedded(
+                "gw.toml",
+                &format!("{base}{unit}{flows}"),
+            ))
+            .unwrap_err()
+        };
+        let e = err("limits = [\"converterr\"]\n");
+        assert_eq!(
+            e.to_string(),
+            "gw.toml:5:11: key `units[0].limits[0]`: unknown limit `converterr`"
+        );
+        let e = err("limits = [\"converter\"]\n");
+        assert!(
+            e.to_string()
+                .contains("limit `converter` needs `scrap_ratio_pct`"),
+            "{e}"
+        );
+        let e = err("limits = [\"converter\"]\ncorrections = { scrap_ratio_pct = { ratio = [\"s\"], of = [\"s\", \"d\"] }, steel_category = \"plain_carbon\" }\n");
+        assert!(
+            e.to_string().contains("`s` is not one of the unit's flows"),
+            "{e}"
+        );
+        let e = err("water_quota = \"dishwater\"\n");
+        assert!(
+            e.to_string().contains("unknown water quota `dishwater`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_carrier_names_line_and_key() {
+        let text = "[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"kiln\"\n[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"unobtainium\"\nunit = \"t\"\n";
+        let err = Plant::from_tables(&Source::embedded("gw.toml", text)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "gw.toml:9:11: key `units[0].flows[0].carrier`: unknown carrier `unobtainium`"
+        );
+    }
+}

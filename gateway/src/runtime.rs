@@ -1,0 +1,160 @@
+//! Startup glue: runs ingest, the HTTP API, alarms, upkeep and the sinks of one gateway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::NowFn;
+use crate::config::Config;
+use crate::ingest::{IngestConfig, Validation};
+use crate::store::Store;
+use crate::{alarms, api, influx, ingest, metrics, store, upload};
+
+/// Runs ingest and the HTTP API until `shutdown`; HTTP on `listener`. `subscribed` fires when
+/// the broker holds the gateway's subscription (see [`ingest::run`]).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    now: NowFn,
+    subscribed: Option<oneshot::Sender<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut store = Store::open(&config.storage.path)?;
+    if config.influx.is_some() {
+        store.enable_sink(Box::new(influx::sample_lines))?;
+    }
+    let reader = Arc::new(store.reader()?);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (committed, _) = broadcast::channel(16);
+    let ingest_cfg = IngestConfig {
+        mqtt: config.mqtt.clone(),
+        validation: Validation::for_config(&config, now.clone()),
+        rules: config.write_rules(),
+    };
+    let config = Arc::new(config);
+    let plant = config.plant.clone();
+    let db = &config.storage.path;
+    let alarm_book = Arc::new(std::sync::Mutex::new(alarms::AlarmBook::open(db)?));
+    let alarm_task = tokio::spawn(alarms::run(
+        config.alarms.clone(),
+        config.mqtt.clone(),
+        plant.clone(),
+        Arc::new(alarms::AlarmBook::open(db)?.into()),
+        Arc::new(store.reader()?),
+        now.clone(),
+        metrics.clone(),
+        committed.clone(),
+        shutdown.clone(),
+    ));
+    let upkeep_task = tokio::spawn(upkeep(config.clone(), now.clone(), shutdown.clone()));
+    let sink_task = match config.influx.clone() {
+        Some(cfg) => {
+            let queue = influx::SinkQueue::open(db, Duration::from_secs_f64(cfg.rollup_settle_s))?;
+            Some(tokio::spawn(influx::run(
+                plant.clone(),
+                cfg,
+                queue,
+                Arc::new(store.reader()?),
+                metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let upload_errors = upload::UploadErrors::default();
+    let upload_task = match config.upload.clone() {
+        Some(cfg) => Some(tokio::spawn(upload::run(
+            plant.clone(),
+            cfg,
+            db.clone(),
+            Arc::new(store.reader()?),
+            now.clone(),
+            upload_errors.clone(),
+            shutdown.clone(),
+        ))),
+        None => None,
+    };
+    let state = api::AppState {
+        config,
+        reader,
+        upload_errors,
+        alarms: alarm_book,
+        metrics: metrics.clone(),
+        committed: committed.clone(),
+        now,
+        shutdown: shutdown.clone(),
+    };
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+            .context("HTTP server failed")
+    });
+    let ingest_result = ingest::run(
+        ingest_cfg,
+        store,
+        metrics,
+        committed,
+        subscribed,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let http_result = http.await.context("HTTP task panicked")?;
+    let alarm_result = alarm_task.await.context("alarm task panicked")?;
+    upkeep_task.await.context("upkeep task panicked")?;
+    if let Some(t) = sink_task {
+        t.await.context("sink task panicked")??;
+    }
+    if let Some(t) = upload_task {
+        t.await.context("upload task panicked")??;
+    }
+    ingest_result?;
+    alarm_result?;
+    http_result
+}
+
+/// At start and then hourly until `shutdown`: raw samples older than `raw_retention_days` (if
+/// set), quarantine entries older than its `retention_days` (if set), and counter checkpoints
+/// no late reading can need any more are deleted.
+async fn upkeep(config: Arc<Config>, now: NowFn, shutdown: CancellationToken) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3_600));
+    loop {
+        tokio::select! {
+            _ = hourly.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let (config, now_ms) = (config.clone(), now());
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let mut pruner = store::Pruner::open(&config.storage.path)?;
+            if let Some(days) = config.storage.raw_retention_days {
+                let before_ms = now_ms - i64::from(days) * 86_400_000;
+                let n = pruner.prune_raw(before_ms)?;
+                if n > 0 {
+                    tracing::info!(rows = n, before = %store::rfc3339(before_ms), "Old raw samples deleted (retention).");
+                }
+            }
+            if let Some(days) = config.quarantine.retention_days {
+                let before_ms = now_ms - i64::from(days) * 86_400_000;
+                let n = pruner.prune_quarantine(before_ms)?;
+                if n > 0 {
+                    tracing::info!(entries = n, before = %store::rfc3339(before_ms), "Old quarantine entries deleted (their counts are kept).");
+                }
+            }
+            let window = config.ingest.max_late_s as i64 * 1000 + ems_energy::counter::SLOT_MS;
+            pruner.prune_checkpoints(window)?;
+            Ok(())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Upkeep failed; retried in an hour."),
+            Err(e) => tracing::error!(error = %e, "Upkeep task failed."),
+        }
+    }
+}

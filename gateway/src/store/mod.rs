@@ -1,0 +1,121 @@
+//! SQLite storage, split by job: [`schema`] (every table and its migrations: the one place that
+//! knows a table's shape), [`write`] (ingest's batches: ledger, raw samples, quarantine, edge
+//! status), [`counters`] (counter readings into slots, late ones recounted from checkpoints),
+//! [`read`] (what the API, reports, alarms and sinks read), [`integrity`] (the recomputation and
+//! the export), [`upkeep`] (retention, backup).
+//!
+//! One writer connection commits each ingest batch in one transaction (WAL, synchronous=FULL:
+//! a commit survives a power cut, and only committed messages are acknowledged to the broker).
+//! Readers use their own connections.
+
+mod counters;
+mod integrity;
+mod read;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod upkeep;
+mod write;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context as _;
+use ems_core::wire::Telemetry;
+use ems_energy::counter::CounterTrack;
+use rusqlite::Connection;
+
+use schema::migrate;
+use write::SeriesIds;
+
+pub use read::{
+    AnomalyRow, DeviceRow, EdgeRow, Integrity, QuarantineRow, QuarantineTotal, Reader,
+    PAYLOAD_PREVIEW,
+};
+pub use upkeep::Pruner;
+pub use write::{declare_lost, DeclareOutcome, LostRange};
+
+/// Line protocol (or any text) a time-series sink wants queued for each stored message, written
+/// in the storing transaction. The sink owns the encoding; the store only keeps what it gives.
+pub type SinkEncoder = Box<dyn Fn(&Telemetry) -> String + Send>;
+
+/// The writer's own maps, looked up for every point of every message: a faster hash than the
+/// standard SipHash (per-process seeded).
+pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Device -> point -> state of each tracked counter point.
+pub(super) type CounterTracks = FastMap<String, FastMap<String, CounterTrack>>;
+
+pub struct Store {
+    path: PathBuf,
+    conn: Connection,
+    /// State of each tracked counter point.
+    last: CounterTracks,
+    /// Series id of each device's points.
+    series: SeriesIds,
+    /// Queue what is stored for the time-series sink.
+    sink: Option<SinkEncoder>,
+}
+
+pub(crate) fn open_conn(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        let mut conn = open_conn(path)?;
+        // The writer revisits the recent pages of every device's series and rollups: keep them
+        // in memory (32 MiB) rather than reading them back from the file on every batch.
+        conn.pragma_update(None, "cache_size", -32_768)?;
+        // Checkpoint every 8 192 pages (32 MiB of WAL) rather than 1 000: a hot page rewritten by
+        // many batches is copied into the database once per checkpoint, not once per few batches.
+        conn.pragma_update(None, "wal_autocheckpoint", 8_192)?;
+        migrate(&mut conn)
+            .with_context(|| format!("cannot migrate database {}", path.display()))?;
+        Ok(Store {
+            path: path.to_owned(),
+            conn,
+            last: CounterTracks::default(),
+            series: SeriesIds::default(),
+            sink: None,
+        })
+    }
+
+    /// From now on, queue every stored message (as `encode` writes it) and every changed rollup
+    /// slot for the time-series sink, in the transaction that stores them. (Temporary
+    /// triggers: a gateway without a sink pays nothing.)
+    pub fn enable_sink(&mut self, encode: SinkEncoder) -> anyhow::Result<()> {
+        self.conn.execute_batch(
+            "CREATE TEMP TRIGGER IF NOT EXISTS sink_slot_inserted AFTER INSERT ON main.point_slots BEGIN
+                 INSERT INTO sink_dirty_slots (slot_ms, version) VALUES (NEW.slot_ms, 1)
+                 ON CONFLICT (slot_ms) DO UPDATE SET version = version + 1;
+             END;
+             CREATE TEMP TRIGGER IF NOT EXISTS sink_slot_updated AFTER UPDATE ON main.point_slots BEGIN
+                 INSERT INTO sink_dirty_slots (slot_ms, version) VALUES (NEW.slot_ms, 1)
+                 ON CONFLICT (slot_ms) DO UPDATE SET version = version + 1;
+             END;",
+        )?;
+        self.sink = Some(encode);
+        Ok(())
+    }
+
+    pub fn reader(&self) -> anyhow::Result<Reader> {
+        Ok(Reader {
+            conn: Mutex::new(open_conn(&self.path)?),
+            path: self.path.clone(),
+        })
+    }
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
