@@ -629,7 +629,7 @@ async fn uploads(State(s): State<AppState>) -> ApiResult<Vec<crate::upload::Endp
     };
     let (db, errors) = (s.config.storage.path.clone(), s.upload_errors.clone());
     let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let outbox = crate::upload::Outbox::open(&db)?;
+        let outbox = crate::store::upload_outbox::Outbox::open(&db)?;
         let errors = errors.lock().expect("errors lock").clone();
         cfg.endpoints
             .iter()

@@ -150,7 +150,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let gateway_stop = CancellationToken::new();
     let now = Arc::new(move || clock.now_ms());
     let (subscribed_tx, subscribed) = oneshot::channel();
-    let gateway = tokio::spawn(crate::serve(
+    let gateway = tokio::spawn(crate::runtime::serve(
         config,
         http,
         now,

@@ -29,14 +29,14 @@ use std::time::{Duration, Instant};
 
 use ems_core::wire::Telemetry;
 use influxdb2::api::write::TimestampPrecision;
-use rusqlite::{params, Connection};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{open_conn, Reader};
+use crate::store::Reader;
 use ems_energy::counter::SLOT_MS;
-use ems_energy::indicators::{indicators, Indicator};
+use ems_energy::figures::unit_figures;
+use ems_energy::indicators::Indicator;
 use ems_energy::model::Unit;
 use ems_energy::Plant;
 
@@ -190,9 +190,10 @@ pub fn unit_lines(unit: &Unit, slot_ms: i64, ind: &Indicator) -> String {
     out
 }
 
-/// The sink's view of its queue in the gateway's database.
+/// The sink's view of its queue: the table's rows, and when each dirty slot's version was
+/// first seen.
 pub struct SinkQueue {
-    conn: Connection,
+    table: crate::store::sink_queue::SinkTable,
     settling: Settling,
 }
 
@@ -226,7 +227,7 @@ impl SinkQueue {
     /// The queue in the database at `path`; slot rollups wait `settle` without change.
     pub fn open(path: &Path, settle: Duration) -> anyhow::Result<SinkQueue> {
         Ok(SinkQueue {
-            conn: open_conn(path)?,
+            table: crate::store::sink_queue::SinkTable::open(path)?,
             settling: Settling {
                 settle,
                 seen: HashMap::new(),
@@ -236,9 +237,7 @@ impl SinkQueue {
 
     /// Queued messages not yet accepted by the server.
     pub fn depth(&self) -> anyhow::Result<i64> {
-        Ok(self
-            .conn
-            .query_row("SELECT COUNT(*) FROM sink_queue", [], |r| r.get(0))?)
+        self.table.depth()
     }
 
     /// The oldest queued messages and the settled dirty slots' unit figures, as of `now`.
@@ -250,38 +249,22 @@ impl SinkQueue {
         now: Instant,
     ) -> anyhow::Result<Pending> {
         let mut p = Pending::default();
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, lines FROM sink_queue ORDER BY id LIMIT ?1")?;
-        let rows = stmt.query_map([max_messages as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-        })?;
-        for row in rows {
-            let (id, lines) = row?;
+        for (id, lines) in self.table.oldest(max_messages)? {
             p.lines += lines.lines().count() as u64;
             p.body.push_str(&lines);
             p.last_id = Some(id);
         }
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT slot_ms, version FROM sink_dirty_slots ORDER BY slot_ms LIMIT 500",
-        )?;
-        let dirty: Vec<(i64, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
         let settling = &mut self.settling;
-        p.slots = dirty
+        p.slots = self
+            .table
+            .dirty_slots(500)?
             .into_iter()
             .filter(|(slot, version)| settling.ready(*slot, *version, now))
             .collect();
-        if let (Some(first), Some(last)) = (p.slots.first(), p.slots.last()) {
-            let (lo, hi) = (first.0, last.0 + SLOT_MS);
+        if !p.slots.is_empty() {
             let periods: Vec<(i64, i64)> = p.slots.iter().map(|(s, _)| (*s, s + SLOT_MS)).collect();
             for unit in &plant.units {
-                let mut rows = Vec::with_capacity(unit.flows.len());
-                for f in &unit.flows {
-                    rows.push(reader.point_slots(&f.device, &f.point, lo, hi)?);
-                }
-                let figures = indicators(unit, &periods, plant.utc_offset(), |i| rows[i].clone());
+                let figures = unit_figures(plant, reader, unit, &periods)?;
                 for ((slot, _), ind) in periods.iter().zip(&figures) {
                     if ind.completeness > 0.0 || ind.energy_kgce != 0.0 || ind.product_t != 0.0 {
                         let lines = unit_lines(unit, *slot, ind);
@@ -296,17 +279,7 @@ impl SinkQueue {
 
     /// The server accepted `p`: off the queue. A slot dirtied again meanwhile stays dirty.
     pub fn done(&mut self, p: &Pending) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
-        if let Some(last) = p.last_id {
-            tx.execute("DELETE FROM sink_queue WHERE id <= ?1", [last])?;
-        }
-        for (slot, version) in &p.slots {
-            tx.execute(
-                "DELETE FROM sink_dirty_slots WHERE slot_ms = ?1 AND version = ?2",
-                params![slot, version],
-            )?;
-        }
-        tx.commit()?;
+        self.table.remove(p.last_id, &p.slots)?;
         for (slot, version) in &p.slots {
             if self
                 .settling

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rusqlite::{params, Connection, OptionalExtension as _};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -215,11 +214,6 @@ fn record(
     }))
 }
 
-/// The outbox and the endpoints' confirmations, in the gateway's database.
-pub struct Outbox {
-    conn: Connection,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct EndpointStatus {
     pub id: String,
@@ -229,91 +223,6 @@ pub struct EndpointStatus {
     pub pending: i64,
     pub last_confirmed: Option<String>,
     pub last_error: Option<String>,
-}
-
-impl Outbox {
-    pub fn open(path: &std::path::Path) -> anyhow::Result<Outbox> {
-        Ok(Outbox {
-            conn: crate::store::open_conn(path)?,
-        })
-    }
-
-    /// The start of the next period of `kind` to make, set to `default` the first time.
-    fn next_start(&self, kind: Kind, default: i64) -> rusqlite::Result<i64> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO upload_state (kind, next_start_ms) VALUES (?1, ?2)",
-            params![kind.name(), default],
-        )?;
-        self.conn.query_row(
-            "SELECT next_start_ms FROM upload_state WHERE kind = ?1",
-            [kind.name()],
-            |r| r.get(0),
-        )
-    }
-
-    /// Queues a record and moves the kind's cursor past its period, in one transaction.
-    fn push(
-        &mut self,
-        kind: Kind,
-        (start, end): (i64, i64),
-        record: &serde_json::Value,
-        record_id: &str,
-        now_ms: i64,
-    ) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO upload_outbox (kind, period_start_ms, record_id, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![kind.name(), start, record_id, record.to_string(), now_ms],
-        )?;
-        tx.execute(
-            "UPDATE upload_state SET next_start_ms = ?2 WHERE kind = ?1",
-            params![kind.name(), end],
-        )?;
-        tx.commit()
-    }
-
-    /// The first record `endpoint` has not confirmed: (outbox id, record id, body).
-    fn next_for(&self, endpoint: &str) -> rusqlite::Result<Option<(i64, String, String)>> {
-        self.conn
-            .query_row(
-                "SELECT id, record_id, body FROM upload_outbox
-                 WHERE id > COALESCE((SELECT MAX(outbox_id) FROM upload_acks WHERE endpoint = ?1), 0)
-                 ORDER BY id LIMIT 1",
-                [endpoint],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-    }
-
-    fn confirm(&self, endpoint: &str, outbox_id: i64, now_ms: i64) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO upload_acks (endpoint, outbox_id, acked_ms) VALUES (?1, ?2, ?3)",
-            params![endpoint, outbox_id, now_ms],
-        )?;
-        Ok(())
-    }
-
-    /// Records, confirmations and the last confirmed record of an endpoint.
-    pub fn status(&self, endpoint: &str) -> rusqlite::Result<(i64, i64, Option<String>)> {
-        let records: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM upload_outbox", [], |r| r.get(0))?;
-        let confirmed: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM upload_acks WHERE endpoint = ?1",
-            [endpoint],
-            |r| r.get(0),
-        )?;
-        let last = self
-            .conn
-            .query_row(
-                "SELECT o.record_id FROM upload_acks a JOIN upload_outbox o ON o.id = a.outbox_id
-                 WHERE a.endpoint = ?1 ORDER BY a.outbox_id DESC LIMIT 1",
-                [endpoint],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok((records, confirmed, last))
-    }
 }
 
 /// What the API shows of the uploader: last error per endpoint (the rest is in the database).
@@ -354,24 +263,24 @@ pub async fn run(
         senders.push(tokio::spawn(send(
             ep,
             client.build()?,
-            Outbox::open(&db)?,
+            crate::store::upload_outbox::Outbox::open(&db)?,
             now.clone(),
             errors.clone(),
             shutdown.clone(),
         )));
     }
     let interval_ms = cfg.realtime_interval_min * 60_000;
-    let mut outbox = Outbox::open(&db)?;
+    let mut outbox = crate::store::upload_outbox::Outbox::open(&db)?;
     while !shutdown.is_cancelled() {
         let until = now() - cfg.settle_s * 1000;
         for kind in Kind::ALL {
-            let next = outbox.next_start(kind, from)?;
+            let next = outbox.next_start(kind.name(), from)?;
             for period in kind.periods(&plant, interval_ms, next, until) {
                 let (p, r, t) = (plant.clone(), reader.clone(), now());
                 let rec =
                     tokio::task::spawn_blocking(move || record(&p, &r, kind, period, t)).await??;
                 let id = rec["record_id"].as_str().unwrap_or_default().to_owned();
-                outbox.push(kind, period, &mapping.apply(rec), &id, t)?;
+                outbox.push(kind.name(), period, &mapping.apply(rec), &id, t)?;
             }
         }
         tokio::select! {
@@ -389,7 +298,7 @@ pub async fn run(
 async fn send(
     ep: EndpointConfig,
     client: reqwest::Client,
-    outbox: Outbox,
+    outbox: crate::store::upload_outbox::Outbox,
     now: NowFn,
     errors: UploadErrors,
     shutdown: CancellationToken,

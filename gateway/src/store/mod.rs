@@ -8,13 +8,16 @@
 //! a commit survives a power cut, and only committed messages are acknowledged to the broker).
 //! Readers use their own connections.
 
+pub mod alarm_book;
 mod counters;
 mod integrity;
 mod read;
 mod schema;
+pub mod sink_queue;
 #[cfg(test)]
 mod tests;
 mod upkeep;
+pub mod upload_outbox;
 mod write;
 
 use std::collections::HashMap;
