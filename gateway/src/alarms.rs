@@ -168,6 +168,7 @@ pub fn observe_devices(
     out
 }
 
+/// One evaluation: every condition, in one transaction. Returns what changed.
 pub fn evaluate(
     cfg: &AlarmsConfig,
     plant: &Plant,

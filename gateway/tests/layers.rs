@@ -7,8 +7,21 @@ use std::path::{Path, PathBuf};
 
 /// Crates that would bring I/O, a runtime, a database or a server into the domain.
 const NOT_IN_THE_DOMAIN: &[&str] = &[
-    "tokio", "mio", "socket2", "rusqlite", "libsqlite3-sys", "axum", "hyper", "reqwest",
-    "rumqttc", "rumqttd", "tokio-modbus", "influxdb2", "krilla", "ems-gateway", "ems-edge",
+    "tokio",
+    "mio",
+    "socket2",
+    "rusqlite",
+    "libsqlite3-sys",
+    "axum",
+    "hyper",
+    "reqwest",
+    "rumqttc",
+    "rumqttd",
+    "tokio-modbus",
+    "influxdb2",
+    "krilla",
+    "ems-gateway",
+    "ems-edge",
     "ems-sim",
 ];
 
@@ -16,17 +29,33 @@ const NOT_IN_THE_DOMAIN: &[&str] = &[
 fn the_energy_domain_depends_on_nothing_with_io() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args(["tree", "-p", "ems-energy", "-e", "normal", "--prefix", "none", "--offline"])
+        .args([
+            "tree",
+            "-p",
+            "ems-energy",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tree = String::from_utf8(out.stdout).unwrap();
     let crates: BTreeSet<&str> = tree
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert!(crates.contains("ems-energy") && crates.contains("serde"), "{tree}");
+    assert!(
+        crates.contains("ems-energy") && crates.contains("serde"),
+        "{tree}"
+    );
     let found: Vec<&&str> = NOT_IN_THE_DOMAIN
         .iter()
         .filter(|c| crates.contains(**c))
@@ -40,8 +69,16 @@ fn the_energy_domain_does_no_io_itself() {
     for file in rust_files(&dir) {
         let code = code_of(&std::fs::read_to_string(&file).unwrap());
         for io in [
-            "std::fs", "std::net", "std::io", "std::process", "std::env", "SystemTime",
-            "Instant", "Utc::now", "Local::now", "include_bytes",
+            "std::fs",
+            "std::net",
+            "std::io",
+            "std::process",
+            "std::env",
+            "SystemTime",
+            "Instant",
+            "Utc::now",
+            "Local::now",
+            "include_bytes",
         ] {
             assert!(!code.contains(io), "{} uses {io}", file.display());
         }
@@ -54,7 +91,12 @@ fn the_gateways_modules_import_each_other_without_a_circle() {
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in rust_files(&src) {
         let rel = file.strip_prefix(&src).unwrap();
-        let top = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = top.trim_end_matches(".rs").to_owned();
         if module == "lib" || module == "main" {
             continue;
@@ -69,7 +111,10 @@ fn the_gateways_modules_import_each_other_without_a_circle() {
     }
     assert!(graph.len() > 10, "{graph:?}");
     if let Some(circle) = find_circle(&graph) {
-        panic!("modules import each other in a circle: {}", circle.join(" -> "));
+        panic!(
+            "modules import each other in a circle: {}",
+            circle.join(" -> ")
+        );
     }
 }
 
@@ -82,9 +127,23 @@ fn a_circle_is_found_where_there_is_one() {
         }
         g
     };
-    let circle = find_circle(&graph(&[("api", "store"), ("store", "config"), ("config", "store")]));
-    assert_eq!(circle, Some(vec!["store".into(), "config".into(), "store".into()]));
-    assert_eq!(find_circle(&graph(&[("api", "store"), ("api", "config"), ("config", "store")])), None);
+    let circle = find_circle(&graph(&[
+        ("api", "store"),
+        ("store", "config"),
+        ("config", "store"),
+    ]));
+    assert_eq!(
+        circle,
+        Some(vec!["store".into(), "config".into(), "store".into()])
+    );
+    assert_eq!(
+        find_circle(&graph(&[
+            ("api", "store"),
+            ("api", "config"),
+            ("config", "store")
+        ])),
+        None
+    );
     assert_eq!(
         crate_references("use crate::{alarms, api::AppState};\nlet x = crate::store::rfc3339(1); crate::Config::load"),
         ["alarms", "api", "store"].map(String::from).into_iter().collect()

@@ -109,6 +109,48 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
         without_the_moment(cli, month),
         without_the_moment(api.clone(), month)
     );
+    // The screen and the report agree: each unit's figures for this month on the dashboard's
+    // API are the annual report's month row, both read through ems-energy's unit_figures.
+    let month_start = format!("{}-01{}", &start[..7], &start[10..]);
+    for u in units {
+        let id = u["id"].as_str().unwrap();
+        let screen = get_json(
+            &http,
+            &format!(
+                "/api/v1/units/{id}/indicators?period=month&from={}&to={}",
+                month_start.replace('+', "%2B"),
+                month_start
+                    .replace('+', "%2B")
+                    .replace("T00:00:00", "T00:00:01")
+            ),
+        );
+        let screen = &screen.as_array().unwrap()[0];
+        let row = u["months"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["start"] == screen["start"])
+            .unwrap_or_else(|| panic!("{id}: no month {} in the report", screen["start"]));
+        for figure in [
+            "energy_kgce",
+            "product_t",
+            "kgce_per_t",
+            "electricity_kwh",
+            "water_m3",
+            "completeness",
+            "estimated_share",
+        ] {
+            assert_eq!(
+                screen[figure], row[figure],
+                "{id} {figure}: screen {} report {}",
+                screen[figure], row[figure]
+            );
+        }
+        assert!(
+            screen["completeness"].as_f64().unwrap() > 0.0,
+            "{id}: {screen}"
+        );
+    }
     // A report already written is never overwritten.
     let again = annual_report(d, year, &["--out", "annual.json"]);
     assert!(!again.status.success());

@@ -231,6 +231,15 @@ fn now_ms() -> i64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as i64
 }
 
+/// The board's outputs, checked.
+#[derive(Debug, Clone)]
+pub struct BoardSpec {
+    pub run_led: Option<GpioLine>,
+    pub fault_led: Option<GpioLine>,
+    pub watchdog: Option<PathBuf>,
+    pub hang_after: Duration,
+}
+
 /// The board's outputs and what drives them.
 pub struct Board {
     pub run_led: Option<Box<dyn Line>>,
@@ -282,7 +291,7 @@ impl Board {
 
 impl Board {
     /// Takes the lines and the watchdog `spec` names.
-    pub fn open(spec: &crate::config::BoardSpec) -> anyhow::Result<Board> {
+    pub fn open(spec: &BoardSpec) -> anyhow::Result<Board> {
         let watchdog: Option<Box<dyn Watchdog>> = match &spec.watchdog {
             Some(path) => Some(Box::new(LinuxWatchdog::open(path)?)),
             None => None,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ems_config::{ConfigError, Source, Spanned};
 use serde::Deserialize;
 
-use crate::board::GpioLine;
+use crate::board::{BoardSpec, GpioLine};
 use crate::link::Link;
 use crate::profile::{Library, Profile};
 
@@ -66,15 +66,6 @@ pub struct BoardConfig {
 
 fn default_hang_after_s() -> u64 {
     60
-}
-
-/// The board's outputs, checked.
-#[derive(Debug, Clone)]
-pub struct BoardSpec {
-    pub run_led: Option<GpioLine>,
-    pub fault_led: Option<GpioLine>,
-    pub watchdog: Option<PathBuf>,
-    pub hang_after: std::time::Duration,
 }
 
 fn default_poll_interval_ms() -> u64 {

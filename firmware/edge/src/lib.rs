@@ -6,6 +6,8 @@
 
 pub mod board;
 pub mod config;
+pub mod device_plan;
+pub mod learner;
 pub mod link;
 pub mod metrics;
 pub mod outbox;

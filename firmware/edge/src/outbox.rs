@@ -17,6 +17,19 @@ pub struct Message {
     pub spool_id: Option<u64>,
 }
 
+impl Message {
+    /// A poll result as it goes to the broker: the protocol's topic and JSON (the one place
+    /// both are made).
+    pub fn telemetry(prefix: &str, t: &ems_core::wire::Telemetry, spool_id: Option<u64>) -> Self {
+        Message {
+            topic: ems_core::wire::topic::data(prefix, &t.site, &t.device),
+            payload: serde_json::to_vec(t).expect("telemetry serializes"),
+            retain: false,
+            spool_id,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct InFlight {
     msg: Message,

@@ -9,187 +9,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ems_core::plan::{plan, CostFit, LinkCost, PlanError, PlannedRequest, Span};
-use ems_core::wire::{topic, PointValue, Telemetry, PROTOCOL_VERSION};
-use ems_core::{decode, Quality};
+use ems_core::wire::{PointValue, Telemetry, PROTOCOL_VERSION};
+use ems_core::Quality;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClockSource, Device};
+use crate::config::ClockSource;
+pub use crate::device_plan::{decode_point, DevicePlan, Read, Reading};
+use crate::learner::{Learner, Lesson};
 use crate::link::{connect, Connection, Failure, Link};
 use crate::metrics::{DeviceLabel, EdgeMetrics, FailureLabel, LinkLabel, ReplanLabel};
-use crate::profile::{PointDef, PointRole, Table};
+use crate::profile::PointRole;
 use crate::seq::SeqStore;
 use crate::spool::Spool;
-
-/// One planned read request.
-#[derive(Debug, Clone)]
-pub struct Read {
-    pub table: Table,
-    pub start: u16,
-    pub len: u16,
-    /// Indices into the profile's points.
-    pub points: Vec<usize>,
-}
-
-#[derive(Debug, Clone)]
-pub struct DevicePlan {
-    pub device: Device,
-    pub reads: Vec<Read>,
-    /// Registers the device refused (exception 02 on a bridged read): never read again.
-    pub refused: Vec<(Table, Span)>,
-    /// The request costs planned for: the link's model, or what this device's reads were
-    /// measured to take.
-    pub cost: LinkCost,
-}
-
-impl DevicePlan {
-    pub fn new(device: Device) -> Result<Self, PlanError> {
-        let cost = device.link.cost();
-        DevicePlan::with_cost(device, Vec::new(), cost)
-    }
-
-    /// Plans for `cost` around registers the device is known to refuse.
-    pub fn with_cost(
-        device: Device,
-        refused: Vec<(Table, Span)>,
-        cost: LinkCost,
-    ) -> Result<Self, PlanError> {
-        let max = device.profile.max_registers;
-        let mut p = DevicePlan::planned_by(device, refused, |spans, forbidden| {
-            plan(spans, cost, max, forbidden)
-        })?;
-        p.cost = cost;
-        Ok(p)
-    }
-
-    /// This device planned again for the request costs its reads were measured to take, if
-    /// that plan reads it at least 5 % faster by that measure (timing noise must not make
-    /// plans flap).
-    pub fn for_measured_cost(&self, fit: &CostFit) -> Option<DevicePlan> {
-        let measured = fit.cost(self.device.link.cost())?;
-        let took = |p: &DevicePlan| -> f64 {
-            p.reads
-                .iter()
-                .map(|r| measured.request(u32::from(r.len)))
-                .sum()
-        };
-        let better =
-            DevicePlan::with_cost(self.device.clone(), self.refused.clone(), measured).ok()?;
-        (took(&better) < 0.95 * took(self)).then_some(better)
-    }
-
-    /// The plan `planner` makes of each register table's points (their spans, and the spans
-    /// refused there); benchmarks compare other planners through this.
-    pub fn planned_by(
-        device: Device,
-        refused: Vec<(Table, Span)>,
-        mut planner: impl FnMut(&[Span], &[Span]) -> Result<Vec<PlannedRequest>, PlanError>,
-    ) -> Result<Self, PlanError> {
-        let mut reads = Vec::new();
-        for table in [Table::Holding, Table::Input] {
-            let forbidden: Vec<Span> = refused
-                .iter()
-                .filter(|(t, _)| *t == table)
-                .map(|(_, s)| *s)
-                .collect();
-            let idx: Vec<usize> = device
-                .profile
-                .points
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.table == table)
-                .map(|(i, _)| i)
-                .collect();
-            let spans: Vec<Span> = idx
-                .iter()
-                .map(|&i| {
-                    let p = &device.profile.points[i];
-                    Span {
-                        start: p.address,
-                        len: p.data_type.registers(),
-                    }
-                })
-                .collect();
-            for r in planner(&spans, &forbidden)? {
-                reads.push(Read {
-                    table,
-                    start: r.start,
-                    len: r.len,
-                    points: r.points.iter().map(|&k| idx[k]).collect(),
-                });
-            }
-        }
-        Ok(DevicePlan {
-            cost: device.link.cost(),
-            device,
-            reads,
-            refused,
-        })
-    }
-
-    /// The registers of `read` that no point asked for: what a bridged read added.
-    fn bridged(&self, read: &Read) -> Vec<Span> {
-        let points = &self.device.profile.points;
-        let mut covered: Vec<(u32, u32)> = read
-            .points
-            .iter()
-            .map(|&i| {
-                let start = u32::from(points[i].address);
-                (start, start + u32::from(points[i].data_type.registers()))
-            })
-            .collect();
-        covered.sort_unstable();
-        let mut out = Vec::new();
-        let mut at = u32::from(read.start);
-        for (a, b) in covered {
-            if a > at {
-                out.push(Span {
-                    start: at as u16,
-                    len: (a - at) as u16,
-                });
-            }
-            at = at.max(b);
-        }
-        out
-    }
-
-    /// "N requests touching M registers for K points".
-    pub fn summary(&self) -> String {
-        let regs: u32 = self.reads.iter().map(|r| u32::from(r.len)).sum();
-        format!(
-            "{} requests touching {} registers for {} points",
-            self.reads.len(),
-            regs,
-            self.device.profile.points.len()
-        )
-    }
-}
-
-/// Engineering value of one point from the registers of the read that covers it.
-pub fn decode_point(def: &PointDef, read: &Read, regs: &[u16]) -> Result<f64, Quality> {
-    let from = usize::from(def.address - read.start);
-    let to = from + usize::from(def.data_type.registers());
-    let raw = regs.get(from..to).ok_or(Quality::Decode)?;
-    let v = decode(raw, def.data_type, def.order).map_err(|_| Quality::Decode)?;
-    Ok(v * def.scale + def.offset)
-}
-
-/// The outcome of polling one device once.
-pub struct Reading {
-    pub points: Vec<PointValue>,
-    /// The device's own clock, if it has one and it was read.
-    pub device_clock_ms: Option<i64>,
-    /// The link failed: the connection must be rebuilt.
-    pub link_failed: bool,
-    /// Registers found refused in this poll (the plan must avoid them from now on).
-    pub refused: Vec<(Table, Span)>,
-    /// The device refused a long read (exception 03), or ignored it while answering its first
-    /// half: the length limit to plan with now, and how it showed.
-    pub shorter: Option<(u16, &'static str)>,
-    /// Registers and seconds of each answered request, for [`CostFit`].
-    pub timings: Vec<(u16, f64)>,
-}
 
 /// Exception 02: illegal data address.
 const ILLEGAL_DATA_ADDRESS: u8 = 2;
@@ -388,9 +220,6 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
     }
 }
 
-/// Polls between looks at whether a device's measured request costs call for another plan.
-const COST_CHECK_POLLS: u32 = 30;
-
 /// Failures in a row before a device is polled less often.
 const FAILS_BEFORE_BACKOFF: u32 = 3;
 
@@ -466,10 +295,7 @@ pub async fn run_link(
 ) -> anyhow::Result<()> {
     let mut ctx: Option<Connection> = None;
     let mut backoffs = vec![Backoff::default(); plans.len()];
-    // On TCP the round trip and what a device (or a gateway to a serial bus behind it) takes
-    // per register are learned from its answers; a serial line's costs are its baud rate's.
-    let learns_cost = matches!(link, Link::Tcp(_));
-    let mut fits = vec![(CostFit::default(), 0u32); plans.len()];
+    let mut learners = vec![Learner::new(matches!(link, Link::Tcp(_))); plans.len()];
     let link_label = LinkLabel {
         link: link.to_string(),
     };
@@ -485,10 +311,10 @@ pub async fn run_link(
         // tried once a cycle.
         let mut unreachable = false;
         let mut batch = Vec::with_capacity(plans.len());
-        for ((plan, backoff), (fit, polls)) in plans
+        for ((plan, backoff), learner) in plans
             .iter_mut()
             .zip(backoffs.iter_mut())
-            .zip(fits.iter_mut())
+            .zip(learners.iter_mut())
         {
             if !backoff.due() {
                 continue;
@@ -548,59 +374,20 @@ pub async fn run_link(
                 }
                 None => {}
             }
-            let replanned = |why: &str| {
-                lc.metrics
-                    .replans
-                    .get_or_create(&ReplanLabel {
-                        reason: why.to_owned(),
-                    })
-                    .inc();
-            };
-            if learns_cost {
-                for &(len, seconds) in &reading.timings {
-                    fit.observe(len, seconds);
-                }
-                *polls += 1;
-                if *polls % COST_CHECK_POLLS == 0 {
-                    if let Some(p) = plan.for_measured_cost(fit) {
-                        tracing::info!(
-                            device = %plan.device.id,
-                            per_request_ms = (p.cost.per_request * 1e6).round() / 1e3,
-                            per_register_us = (p.cost.per_register * 1e8).round() / 1e2,
-                            was = %plan.summary(),
-                            plan = %p.summary(),
-                            "Request costs measured; replanned."
-                        );
-                        replanned("measured_cost");
+            for lesson in learner.learn(plan, &reading) {
+                match lesson {
+                    Ok((lesson, p)) => {
+                        log_replan(&plan.device.id, &lesson, plan, &p);
+                        lc.metrics
+                            .replans
+                            .get_or_create(&ReplanLabel {
+                                reason: lesson.reason().to_owned(),
+                            })
+                            .inc();
                         *plan = p;
                     }
-                }
-            }
-            if !reading.refused.is_empty() {
-                let mut refused = plan.refused.clone();
-                refused.extend(reading.refused.iter().copied());
-                match DevicePlan::with_cost(plan.device.clone(), refused, plan.cost) {
-                    Ok(p) => {
-                        tracing::warn!(device = %plan.device.id, refused = ?reading.refused, plan = %p.summary(), "Device refuses registers a read bridged; replanned without them.");
-                        replanned("refused_registers");
-                        *plan = p;
-                    }
-                    Err(e) => {
-                        tracing::error!(device = %plan.device.id, error = %e, "Cannot replan.")
-                    }
-                }
-            }
-            if let Some((max, why)) = reading.shorter {
-                let mut device = plan.device.clone();
-                std::sync::Arc::make_mut(&mut device.profile).max_registers = max;
-                match DevicePlan::with_cost(device, plan.refused.clone(), plan.cost) {
-                    Ok(p) => {
-                        tracing::warn!(device = %plan.device.id, max_registers = max, shown_by = why, plan = %p.summary(), "Device refuses long requests; length limit lowered and replanned.");
-                        replanned("length_limit");
-                        *plan = p;
-                    }
-                    Err(e) => {
-                        tracing::error!(device = %plan.device.id, error = %e, "Cannot replan.")
+                    Err((lesson, e)) => {
+                        tracing::error!(device = %plan.device.id, reason = lesson.reason(), error = %e, "Cannot replan.")
                     }
                 }
             }
@@ -633,9 +420,8 @@ pub async fn run_link(
         {
             let mut spool = lc.spool.lock().expect("spool lock poisoned");
             for m in messages {
-                let topic = topic::data(&lc.topic_prefix, &m.site, &m.device);
-                let payload = serde_json::to_vec(&m).expect("telemetry serializes");
-                if let Err(e) = spool.append(&topic, &payload) {
+                let msg = crate::outbox::Message::telemetry(&lc.topic_prefix, &m, None);
+                if let Err(e) = spool.append(&msg.topic, &msg.payload) {
                     tracing::error!(error = %e, device = %m.device, seq = m.seq, "Cannot spool; handing the result over in memory.");
                     unspooled.push(m);
                 }
@@ -650,6 +436,30 @@ pub async fn run_link(
         match lc.out.try_send(Handoff::Spooled) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+        }
+    }
+}
+
+/// Says what a device's new plan is and what showed it was needed.
+fn log_replan(device: &str, lesson: &Lesson, was: &DevicePlan, plan: &DevicePlan) {
+    let (was, plan) = (was.summary(), plan.summary());
+    match lesson {
+        Lesson::MeasuredCost {
+            per_request_s,
+            per_register_s,
+        } => tracing::info!(
+            device,
+            per_request_ms = (per_request_s * 1e6).round() / 1e3,
+            per_register_us = (per_register_s * 1e8).round() / 1e2,
+            %was,
+            %plan,
+            "Request costs measured; replanned."
+        ),
+        Lesson::RefusedRegisters(refused) => {
+            tracing::warn!(device, ?refused, %plan, "Device refuses registers a read bridged; replanned without them.")
+        }
+        Lesson::LengthLimit { max, shown_by } => {
+            tracing::warn!(device, max_registers = max, shown_by, %plan, "Device refuses long requests; length limit lowered and replanned.")
         }
     }
 }
@@ -680,7 +490,10 @@ fn unreachable_reading(plan: &DevicePlan) -> Reading {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Device;
     use crate::profile::Library;
+    use crate::profile::Table;
+    use ems_core::plan::Span;
 
     fn device() -> Device {
         Device {

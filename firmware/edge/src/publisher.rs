@@ -1,10 +1,12 @@
 //! Publishing: telemetry and status to the broker, QoS 1, through the [`Spool`] and the
 //! [`Outbox`].
 //!
-//! Two small loops: one drives rumqttc's event loop and forwards the events that matter; the
-//! other appends every poll result to the disk spool, feeds the outbox from the spool in order
-//! (a bounded window in memory; a backlog of any size waits on disk), hands messages to the
-//! client as the in-flight window allows, and retires them from both on PUBACK.
+//! The pollers have already put every result in the disk spool (and tell this loop so); here
+//! two small loops deliver them. One drives rumqttc's event loop and forwards the events that
+//! matter; the other feeds the outbox from the spool in order (a bounded window in memory; a
+//! backlog of any size waits on disk), hands messages to the client as the in-flight window
+//! allows, and retires them from both on PUBACK. A result the spool could not take (a disk
+//! failure) comes over in memory instead.
 
 use std::time::Duration;
 
@@ -239,12 +241,9 @@ pub async fn run(
             msg = rx.recv(), if input_open => match msg {
                 // Read from the spool at the top of the loop.
                 Some(Handoff::Spooled) => {}
-                Some(Handoff::Unspooled(t)) => outbox.push(Message {
-                    topic: topic::data(&cfg.mqtt.topic_prefix, &t.site, &t.device),
-                    payload: serde_json::to_vec(&t).expect("telemetry serializes"),
-                    retain: false,
-                    spool_id: None,
-                }),
+                Some(Handoff::Unspooled(t)) => {
+                    outbox.push(Message::telemetry(&cfg.mqtt.topic_prefix, &t, None))
+                }
                 None => {
                     input_open = false;
                     drain_deadline = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);

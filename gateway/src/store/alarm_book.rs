@@ -312,8 +312,6 @@ impl AlarmBook {
     }
 }
 
-/// One evaluation: every condition, in one transaction. Returns what changed.
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,4 +94,3 @@ impl Outbox {
         Ok((records, confirmed, last))
     }
 }
-

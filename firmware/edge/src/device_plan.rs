@@ -1,0 +1,179 @@
+//! A device's request plan: which reads cover its points (ems-core's planner, around what the
+//! device refuses, for what its requests cost), how each point is decoded from its read, and
+//! what one poll found. Pure: no link, no clock.
+
+use ems_core::plan::{plan, CostFit, LinkCost, PlanError, PlannedRequest, Span};
+use ems_core::wire::PointValue;
+use ems_core::{decode, Quality};
+
+use crate::config::Device;
+use crate::profile::{PointDef, Table};
+
+/// One planned read request.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub table: Table,
+    pub start: u16,
+    pub len: u16,
+    /// Indices into the profile's points.
+    pub points: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DevicePlan {
+    pub device: Device,
+    pub reads: Vec<Read>,
+    /// Registers the device refused (exception 02 on a bridged read): never read again.
+    pub refused: Vec<(Table, Span)>,
+    /// The request costs planned for: the link's model, or what this device's reads were
+    /// measured to take.
+    pub cost: LinkCost,
+}
+
+impl DevicePlan {
+    pub fn new(device: Device) -> Result<Self, PlanError> {
+        let cost = device.link.cost();
+        DevicePlan::with_cost(device, Vec::new(), cost)
+    }
+
+    /// Plans for `cost` around registers the device is known to refuse.
+    pub fn with_cost(
+        device: Device,
+        refused: Vec<(Table, Span)>,
+        cost: LinkCost,
+    ) -> Result<Self, PlanError> {
+        let max = device.profile.max_registers;
+        let mut p = DevicePlan::planned_by(device, refused, |spans, forbidden| {
+            plan(spans, cost, max, forbidden)
+        })?;
+        p.cost = cost;
+        Ok(p)
+    }
+
+    /// This device planned again for the request costs its reads were measured to take, if
+    /// that plan reads it at least 5 % faster by that measure (timing noise must not make
+    /// plans flap).
+    pub fn for_measured_cost(&self, fit: &CostFit) -> Option<DevicePlan> {
+        let measured = fit.cost(self.device.link.cost())?;
+        let took = |p: &DevicePlan| -> f64 {
+            p.reads
+                .iter()
+                .map(|r| measured.request(u32::from(r.len)))
+                .sum()
+        };
+        let better =
+            DevicePlan::with_cost(self.device.clone(), self.refused.clone(), measured).ok()?;
+        (took(&better) < 0.95 * took(self)).then_some(better)
+    }
+
+    /// The plan `planner` makes of each register table's points (their spans, and the spans
+    /// refused there); benchmarks compare other planners through this.
+    pub fn planned_by(
+        device: Device,
+        refused: Vec<(Table, Span)>,
+        mut planner: impl FnMut(&[Span], &[Span]) -> Result<Vec<PlannedRequest>, PlanError>,
+    ) -> Result<Self, PlanError> {
+        let mut reads = Vec::new();
+        for table in [Table::Holding, Table::Input] {
+            let forbidden: Vec<Span> = refused
+                .iter()
+                .filter(|(t, _)| *t == table)
+                .map(|(_, s)| *s)
+                .collect();
+            let idx: Vec<usize> = device
+                .profile
+                .points
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.table == table)
+                .map(|(i, _)| i)
+                .collect();
+            let spans: Vec<Span> = idx
+                .iter()
+                .map(|&i| {
+                    let p = &device.profile.points[i];
+                    Span {
+                        start: p.address,
+                        len: p.data_type.registers(),
+                    }
+                })
+                .collect();
+            for r in planner(&spans, &forbidden)? {
+                reads.push(Read {
+                    table,
+                    start: r.start,
+                    len: r.len,
+                    points: r.points.iter().map(|&k| idx[k]).collect(),
+                });
+            }
+        }
+        Ok(DevicePlan {
+            cost: device.link.cost(),
+            device,
+            reads,
+            refused,
+        })
+    }
+
+    /// The registers of `read` that no point asked for: what a bridged read added.
+    pub fn bridged(&self, read: &Read) -> Vec<Span> {
+        let points = &self.device.profile.points;
+        let mut covered: Vec<(u32, u32)> = read
+            .points
+            .iter()
+            .map(|&i| {
+                let start = u32::from(points[i].address);
+                (start, start + u32::from(points[i].data_type.registers()))
+            })
+            .collect();
+        covered.sort_unstable();
+        let mut out = Vec::new();
+        let mut at = u32::from(read.start);
+        for (a, b) in covered {
+            if a > at {
+                out.push(Span {
+                    start: at as u16,
+                    len: (a - at) as u16,
+                });
+            }
+            at = at.max(b);
+        }
+        out
+    }
+
+    /// "N requests touching M registers for K points".
+    pub fn summary(&self) -> String {
+        let regs: u32 = self.reads.iter().map(|r| u32::from(r.len)).sum();
+        format!(
+            "{} requests touching {} registers for {} points",
+            self.reads.len(),
+            regs,
+            self.device.profile.points.len()
+        )
+    }
+}
+
+/// Engineering value of one point from the registers of the read that covers it.
+pub fn decode_point(def: &PointDef, read: &Read, regs: &[u16]) -> Result<f64, Quality> {
+    let from = usize::from(def.address - read.start);
+    let to = from + usize::from(def.data_type.registers());
+    let raw = regs.get(from..to).ok_or(Quality::Decode)?;
+    let v = decode(raw, def.data_type, def.order).map_err(|_| Quality::Decode)?;
+    Ok(v * def.scale + def.offset)
+}
+
+/// The outcome of polling one device once.
+pub struct Reading {
+    pub points: Vec<PointValue>,
+    /// The device's own clock, if it has one and it was read.
+    pub device_clock_ms: Option<i64>,
+    /// The link failed: the connection must be rebuilt.
+    pub link_failed: bool,
+    /// Registers found refused in this poll (the plan must avoid them from now on).
+    pub refused: Vec<(Table, Span)>,
+    /// The device refused a long read (exception 03), or ignored it while answering its first
+    /// half: the length limit to plan with now, and how it showed.
+    pub shorter: Option<(u16, &'static str)>,
+    /// Registers and seconds of each answered request, for [`CostFit`].
+    pub timings: Vec<(u16, f64)>,
+}
