@@ -9,9 +9,11 @@
 extern crate alloc;
 
 pub mod decode;
+pub mod dlt645;
 #[cfg(feature = "alloc")]
 pub mod plan;
 pub mod quality;
+pub mod rtu;
 #[cfg(feature = "alloc")]
 pub mod wire;
 
