@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod control;
+pub mod dlt645;
 pub mod faults;
 pub mod meter;
 pub mod model;

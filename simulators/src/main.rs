@@ -55,6 +55,17 @@ struct Args {
     /// Baud rate of the RTU line: sets its timing (and the port's speed).
     #[arg(long, default_value_t = 9600)]
     baud: u32,
+    /// Also serve the DL/T 645 meters on a new pseudo-terminal (its path printed as
+    /// `DLT645 path`).
+    #[arg(long)]
+    dlt645_pty: bool,
+    /// Also serve the DL/T 645 meters over TCP here, as behind a serial device server
+    /// (printed as `DLT645-TCP addr`).
+    #[arg(long, value_name = "ADDR")]
+    dlt645_tcp: Option<String>,
+    /// Baud rate of the DL/T 645 line (the standard's default: 2400).
+    #[arg(long, default_value_t = 2400)]
+    dlt645_baud: u32,
 }
 
 /// Errors end the process with one line naming the cause chain (file, line and key for a bad
@@ -147,6 +158,23 @@ async fn run() -> anyhow::Result<()> {
         println!("RTU-TCP {}", l.local_addr()?);
         let (p, stop, baud) = (plant.clone(), shutdown.clone(), args.baud);
         tasks.spawn(async move { rtu::serve_over_tcp(l, p, clock, baud, stop).await });
+    }
+    if args.dlt645_pty {
+        let pty = rtu::open_pty()?;
+        println!("DLT645 {}", pty.path.display());
+        let (p, stop, baud) = (plant.clone(), shutdown.clone(), args.dlt645_baud);
+        tasks.spawn(async move {
+            let _keep_open = pty._slave;
+            ems_sim::dlt645::serve(pty.master, p, clock, baud, stop).await
+        });
+    }
+    if let Some(at) = &args.dlt645_tcp {
+        let l = tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("cannot listen on {at}"))?;
+        println!("DLT645-TCP {}", l.local_addr()?);
+        let (p, stop, baud) = (plant.clone(), shutdown.clone(), args.dlt645_baud);
+        tasks.spawn(async move { ems_sim::dlt645::serve_over_tcp(l, p, clock, baud, stop).await });
     }
     {
         let p = plant.lock().expect("plant lock poisoned");

@@ -34,6 +34,35 @@ pub enum MeterModel {
     BeltScale,
     /// Electromagnetic water meter: flow float32 BADC, total u32 DCBA in 0.01 m3.
     WaterMeter,
+    /// Three-phase electricity meter on DL/T 645-2007 (not Modbus), at the address of its
+    /// unit id in 12 digits (unit 41: 000000000041): forward active energy total and by tariff
+    /// (XXXXXX.XX kWh, wraps at 1 000 000), phase voltages, currents, total power, power factor,
+    /// and the simulator's clock under data identifier FF000001 (ms, 16 digits).
+    Dlt645Meter,
+}
+
+/// The simulator's clock under DL/T 645: a data identifier of the manufacturer range.
+pub const DLT645_CLOCK_DI: u32 = 0xFF00_0001;
+
+/// Shares of a DL/T 645 meter's total by tariff 1-4 (尖, 峰, 平, 谷).
+const TARIFF_SHARES: [f64; 4] = [0.1, 0.3, 0.4, 0.2];
+
+/// `value` in BCD over `bytes` bytes with `decimals` of them after the point, lowest byte first;
+/// a negative value sets the top bit when `signed`. Digits beyond the width are dropped, as a
+/// meter's display drops them.
+fn bcd(value: f64, bytes: usize, decimals: i32, signed: bool) -> Vec<u8> {
+    let mut n = (value.abs() * 10f64.powi(decimals)).round() as u64;
+    let mut out = Vec::with_capacity(bytes);
+    for _ in 0..bytes {
+        let lo = (n % 10) as u8;
+        let hi = ((n / 10) % 10) as u8;
+        out.push((hi << 4) | lo);
+        n /= 100;
+    }
+    if signed && value < 0.0 {
+        *out.last_mut().expect("at least one byte") |= 0x80;
+    }
+    out
 }
 
 /// Which register table a block lives in.
@@ -98,7 +127,39 @@ impl MeterModel {
             MeterModel::Dtsu666 | MeterModel::Sdm630 => 100_000_000.0,
             MeterModel::FlowTotalizer => 100_000_000.0,
             MeterModel::BeltScale | MeterModel::WaterMeter => 4_294_967_296.0 * 0.01,
+            // XXXXXX.XX kWh.
+            MeterModel::Dlt645Meter => 1_000_000.0,
         }
+    }
+
+    /// Whether the meter speaks DL/T 645 rather than Modbus.
+    pub fn dlt645(self) -> bool {
+        self == MeterModel::Dlt645Meter
+    }
+
+    /// The value bytes a DL/T 645 meter answers for data identifier `di` (written as the
+    /// standard prints it), or `None`: no such data.
+    pub fn dlt645_value(self, di: u32, r: Reading) -> Option<Vec<u8>> {
+        if !self.dlt645() {
+            return None;
+        }
+        let shown = r.counter.rem_euclid(self.rollover());
+        let kw = r.rate_per_h;
+        let amps = kw * 1000.0 / 3.0 / 230.0;
+        Some(match di {
+            0x0001_0000 => bcd(shown, 4, 2, false),
+            0x0001_0100..=0x0001_0400 if di & 0xFF == 0 => {
+                let tariff = ((di >> 8) & 0xFF) as usize;
+                bcd(shown * TARIFF_SHARES[tariff - 1], 4, 2, false)
+            }
+            0x0002_0000 => bcd(0.0, 4, 2, false),
+            0x0201_0100 | 0x0201_0200 | 0x0201_0300 => bcd(230.0, 2, 1, false),
+            0x0202_0100 | 0x0202_0200 | 0x0202_0300 => bcd(amps, 3, 3, true),
+            0x0203_0000 => bcd(kw, 3, 4, true),
+            0x0206_0000 => bcd(0.955, 2, 3, true),
+            DLT645_CLOCK_DI => bcd(r.clock_ms as f64, 8, 0, false),
+            _ => return None,
+        })
     }
 
     /// The register image for a reading.
@@ -181,6 +242,8 @@ impl MeterModel {
                 ));
                 img.block(Table::Holding, 0x0000, regs);
             }
+            // Not on Modbus: it answers DL/T 645 only (see `dlt645_value`).
+            MeterModel::Dlt645Meter => {}
             MeterModel::WaterMeter => {
                 img.block(
                     Table::Holding,
@@ -337,6 +400,36 @@ mod tests {
         let sdm = MeterModel::Sdm630.image(reading(1.0));
         assert!(sdm.read(Table::Input, 0x0048, 4).is_some());
         assert!(sdm.read(Table::Holding, 0x0048, 2).is_none());
+    }
+
+    #[test]
+    fn a_dlt645_meter_answers_in_bcd_lowest_byte_first() {
+        let m = MeterModel::Dlt645Meter;
+        // 12 345.50 kWh as XXXXXX.XX: 50 45 23 01.
+        assert_eq!(
+            m.dlt645_value(0x0001_0000, reading(12_345.5)),
+            Some(vec![0x50, 0x45, 0x23, 0x01])
+        );
+        // Over a million kWh it wraps, as its six integer digits do.
+        assert_eq!(
+            m.dlt645_value(0x0001_0000, reading(1_000_007.25)),
+            Some(vec![0x25, 0x07, 0x00, 0x00])
+        );
+        // 98.5 kW as XX.XXXX: 00 50 98.
+        assert_eq!(
+            m.dlt645_value(0x0203_0000, reading(1.0)),
+            Some(vec![0x00, 0x50, 0x98])
+        );
+        assert_eq!(
+            m.dlt645_value(0x0099_0000, reading(1.0)),
+            None,
+            "no such data"
+        );
+        assert_eq!(
+            MeterModel::Dtsu666.dlt645_value(0x0001_0000, reading(1.0)),
+            None
+        );
+        assert_eq!(bcd(-1.2345, 3, 4, true), vec![0x45, 0x23, 0x81]);
     }
 
     #[test]

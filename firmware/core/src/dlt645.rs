@@ -101,8 +101,13 @@ pub fn read_request(edition: Edition, addr: &Address, di: u32) -> alloc::vec::Ve
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
     /// More bytes are needed; those before `from` can never start a frame and may go.
-    NeedMore { from: usize },
-    Frame { start: usize, end: usize },
+    NeedMore {
+        from: usize,
+    },
+    Frame {
+        start: usize,
+        end: usize,
+    },
 }
 
 /// Finds the first frame in `buf`: a start byte, six address bytes, a second start byte, the
@@ -191,7 +196,10 @@ pub fn parse_reply(
         return Err(FrameError::Mismatch);
     }
     if control & 0x40 != 0 {
-        return data.first().map(|&e| Reply::Error(e)).ok_or(FrameError::Mismatch);
+        return data
+            .first()
+            .map(|&e| Reply::Error(e))
+            .ok_or(FrameError::Mismatch);
     }
     let n = edition.di_len();
     if data.len() < n || data[..n] != di.to_le_bytes()[..n] {
@@ -268,8 +276,8 @@ mod tests {
         assert_eq!(
             f,
             [
-                0xFE, 0xFE, 0xFE, 0xFE, 0x68, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0x68, 0x11,
-                0x04, 0x33, 0x33, 0x34, 0x33, 0xAE, 0x16
+                0xFE, 0xFE, 0xFE, 0xFE, 0x68, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0x68, 0x11, 0x04,
+                0x33, 0x33, 0x34, 0x33, 0xAE, 0x16
             ]
         );
         // Meter 123456789012: its address lowest digits first (12 90 78 56 34 12); checksum
@@ -283,7 +291,9 @@ mod tests {
         // 0x286 + 01 + 02 + 43 + C3 = 0x38F -> 8F.
         let f = read_request(Edition::V1997, &addr, 0x9010);
         assert_eq!(&f[12..], [0x01, 0x02, 0x43, 0xC3, 0x8F, 0x16]);
-        assert!(Address::parse("12345678901").is_none() && Address::parse("12345678901x").is_none());
+        assert!(
+            Address::parse("12345678901").is_none() && Address::parse("12345678901x").is_none()
+        );
     }
 
     /// A meter's reply as bytes: preamble, header, data with 0x33 added, checksum, end.
@@ -301,13 +311,24 @@ mod tests {
     fn a_reply_is_found_checked_and_its_value_decoded() {
         let addr = Address::parse("000000001234").unwrap();
         // 00 01 00 00 then 12345.67 kWh as XXXXXX.XX: 67 45 23 01.
-        let bytes = reply(&addr, 0x91, &[0x00, 0x00, 0x01, 0x00, 0x67, 0x45, 0x23, 0x01]);
+        let bytes = reply(
+            &addr,
+            0x91,
+            &[0x00, 0x00, 0x01, 0x00, 0x67, 0x45, 0x23, 0x01],
+        );
         for cut in 0..bytes.len() {
-            assert!(matches!(find_frame(&bytes[..cut]), Scan::NeedMore { .. }), "{cut}");
+            assert!(
+                matches!(find_frame(&bytes[..cut]), Scan::NeedMore { .. }),
+                "{cut}"
+            );
         }
-        let Scan::Frame { start, end } = find_frame(&bytes) else { panic!() };
+        let Scan::Frame { start, end } = find_frame(&bytes) else {
+            panic!()
+        };
         assert_eq!((start, end), (2, bytes.len()));
-        let Ok(Reply::Data(value)) = parse_reply(Edition::V2007, &addr, 0x0001_0000, &bytes[start..end]) else {
+        let Ok(Reply::Data(value)) =
+            parse_reply(Edition::V2007, &addr, 0x0001_0000, &bytes[start..end])
+        else {
             panic!()
         };
         let energy = Format::parse("XXXXXX.XX", false).unwrap();
@@ -315,9 +336,15 @@ mod tests {
         // Noise, another meter, an error reply.
         let mut noisy = bytes.clone();
         noisy[14] ^= 1;
-        assert_eq!(parse_reply(Edition::V2007, &addr, 0x0001_0000, &noisy[2..]), Err(FrameError::Checksum));
+        assert_eq!(
+            parse_reply(Edition::V2007, &addr, 0x0001_0000, &noisy[2..]),
+            Err(FrameError::Checksum)
+        );
         let other = Address::parse("000000005678").unwrap();
-        assert_eq!(parse_reply(Edition::V2007, &other, 0x0001_0000, &bytes[2..]), Err(FrameError::Mismatch));
+        assert_eq!(
+            parse_reply(Edition::V2007, &other, 0x0001_0000, &bytes[2..]),
+            Err(FrameError::Mismatch)
+        );
         let refused = reply(&addr, 0xD1, &[NO_SUCH_DATA]);
         assert_eq!(
             parse_reply(Edition::V2007, &addr, 0x0201_0100, &refused[2..]),
@@ -331,10 +358,16 @@ mod tests {
         // Phase A voltage XXX.X: 230.1 V is 01 23 on the wire (lowest byte first).
         assert_eq!(decode_bcd(&[0x01, 0x23], f("XXX.X", false)), Ok(230.1));
         // Active power XX.XXXX, signed: -1.2345 kW is 45 23 81.
-        assert_eq!(decode_bcd(&[0x45, 0x23, 0x81], f("XX.XXXX", true)), Ok(-1.2345));
+        assert_eq!(
+            decode_bcd(&[0x45, 0x23, 0x81], f("XX.XXXX", true)),
+            Ok(-1.2345)
+        );
         // Power factor X.XXX: 0.987 is 87 09.
         assert_eq!(decode_bcd(&[0x87, 0x09], f("X.XXX", true)), Ok(0.987));
-        assert_eq!(decode_bcd(&[0x1A, 0x23], f("XXX.X", false)), Err(BcdError::NotBcd));
+        assert_eq!(
+            decode_bcd(&[0x1A, 0x23], f("XXX.X", false)),
+            Err(BcdError::NotBcd)
+        );
         assert_eq!(decode_bcd(&[0x01], f("XXX.X", false)), Err(BcdError::Short));
         assert!(Format::parse("XXX", false).is_none() && Format::parse("XX.X.X", false).is_none());
     }

@@ -8,7 +8,7 @@ use ems_config::{ConfigError, Source, Spanned};
 use serde::Deserialize;
 
 use crate::board::{BoardSpec, GpioLine};
-use crate::link::Link;
+use crate::link::{Link, Protocol};
 use crate::profile::{Library, Profile};
 
 /// The site configuration of the demo plant (`ems-sim --scenario demo`).
@@ -140,10 +140,16 @@ pub enum ClockSource {
 pub struct DeviceConfig {
     /// Device name, unique in the site; last level of its data topic.
     pub id: Spanned<String>,
-    /// `tcp://host:port`, or `rtu:///dev/ttyUSB0?baud=9600&parity=even&stop_bits=1&turnaround_ms=0`
-    /// (see [`crate::link`]).
+    /// `tcp://host:port`, `rtu:///dev/ttyUSB0?baud=9600&parity=even&stop_bits=1&turnaround_ms=0`,
+    /// `rtu+tcp://host:port`, `dlt645:///dev/ttyS1?baud=2400` or `dlt645+tcp://host:port` (see
+    /// [`crate::link`]).
     pub link: Spanned<String>,
-    pub unit_id: u8,
+    /// Modbus: the device's unit id (slave address).
+    #[serde(default)]
+    pub unit_id: Option<u8>,
+    /// DL/T 645: the meter's 12-digit address (its nameplate number).
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
     pub profile: Spanned<String>,
     #[serde(default)]
     pub clock: ClockSource,
@@ -168,7 +174,10 @@ fn default_retries() -> u8 {
 pub struct Device {
     pub id: String,
     pub link: Link,
+    /// Modbus unit id (0 for a DL/T 645 meter).
     pub unit_id: u8,
+    /// A DL/T 645 meter's address.
+    pub meter: Option<ems_core::dlt645::Address>,
     pub profile: Arc<Profile>,
     pub clock: ClockSource,
     pub timeout_ms: u64,
@@ -256,10 +265,15 @@ impl Site {
                 .get_ref()
                 .parse()
                 .map_err(|e: String| table.error_at(d.link.span(), "link", e))?;
-            // One bus, one set of line settings: two would fight over the port.
-            if let Link::Rtu(line) = &link {
+            // One bus, one set of line settings and one protocol: two would fight over the port.
+            if let Link::Rtu(line) | Link::Dlt645(line) = &link {
                 let clash = devices.iter().find_map(|other: &Device| match &other.link {
-                    Link::Rtu(o) if o.path == line.path && o != line => Some(other.link.clone()),
+                    Link::Rtu(o) | Link::Dlt645(o)
+                        if o.path == line.path
+                            && (o != line || other.link.protocol() != link.protocol()) =>
+                    {
+                        Some(other.link.clone())
+                    }
                     _ => None,
                 });
                 if let Some(other) = clash {
@@ -282,6 +296,54 @@ impl Site {
                     ),
                 ));
             };
+            let (unit_id, meter) = match (link.protocol(), profile.protocol) {
+                (Protocol::Modbus, None) => match (d.unit_id, &d.address) {
+                    (Some(unit), None) => (unit, None),
+                    (None, _) => {
+                        return Err(table.error("unit_id", "a Modbus device needs its unit id"))
+                    }
+                    (Some(_), Some(a)) => {
+                        return Err(table.error_at(
+                            a.span(),
+                            "address",
+                            "`address` is a DL/T 645 meter's; a Modbus device has `unit_id`",
+                        ))
+                    }
+                },
+                (Protocol::Dlt645, Some(_)) => match (&d.address, d.unit_id) {
+                    (Some(a), None) => match ems_core::dlt645::Address::parse(a.get_ref()) {
+                        Some(addr) => (0, Some(addr)),
+                        None => {
+                            return Err(table.error_at(
+                                a.span(),
+                                "address",
+                                "a DL/T 645 address is the meter's 12 digits, \"000012345678\"",
+                            ))
+                        }
+                    },
+                    (None, _) => {
+                        return Err(
+                            table.error("address", "a DL/T 645 meter needs its 12-digit address")
+                        )
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(table.error(
+                            "unit_id",
+                            "`unit_id` is Modbus's; a DL/T 645 meter has `address`",
+                        ))
+                    }
+                },
+                (Protocol::Modbus, Some(_)) | (Protocol::Dlt645, None) => {
+                    return Err(table.error_at(
+                        d.profile.span(),
+                        "profile",
+                        format!(
+                            "profile `{}` and link {link} speak different protocols",
+                            profile.name
+                        ),
+                    ))
+                }
+            };
             if d.clock == ClockSource::Device && profile.clock_point().is_none() {
                 return Err(table.error(
                     "clock",
@@ -291,7 +353,8 @@ impl Site {
             devices.push(Device {
                 id: d.id.into_inner(),
                 link,
-                unit_id: d.unit_id,
+                unit_id,
+                meter,
                 profile: profile.clone(),
                 clock: d.clock,
                 timeout_ms: d.timeout_ms,

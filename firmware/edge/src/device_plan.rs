@@ -74,6 +74,23 @@ impl DevicePlan {
         mut planner: impl FnMut(&[Span], &[Span]) -> Result<Vec<PlannedRequest>, PlanError>,
     ) -> Result<Self, PlanError> {
         let mut reads = Vec::new();
+        if device.profile.protocol.is_some() {
+            // DL/T 645: one data identifier a request.
+            reads = (0..device.profile.points.len())
+                .map(|i| Read {
+                    table: Table::Holding,
+                    start: 0,
+                    len: 1,
+                    points: vec![i],
+                })
+                .collect();
+            return Ok(DevicePlan {
+                cost: device.link.cost(),
+                device,
+                reads,
+                refused,
+            });
+        }
         for table in [Table::Holding, Table::Input] {
             let forbidden: Vec<Span> = refused
                 .iter()
@@ -141,8 +158,15 @@ impl DevicePlan {
         out
     }
 
-    /// "N requests touching M registers for K points".
+    /// "N requests touching M registers for K points" (DL/T 645: "N requests for K points").
     pub fn summary(&self) -> String {
+        if self.device.profile.protocol.is_some() {
+            return format!(
+                "{} requests for {} points (one data identifier each)",
+                self.reads.len(),
+                self.device.profile.points.len()
+            );
+        }
         let regs: u32 = self.reads.iter().map(|r| u32::from(r.len)).sum();
         format!(
             "{} requests touching {} registers for {} points",
@@ -176,4 +200,29 @@ pub struct Reading {
     pub shorter: Option<(u16, &'static str)>,
     /// Registers and seconds of each answered request, for [`CostFit`].
     pub timings: Vec<(u16, f64)>,
+}
+
+/// Registers as a reader of a datasheet writes them: the table, the first and the last
+/// (inclusive), in decimal and hex, and how many.
+pub fn registers(table: Table, start: u16, len: u16) -> String {
+    let last = u32::from(start) + u32::from(len.max(1)) - 1;
+    let table = match table {
+        Table::Holding => "holding",
+        Table::Input => "input",
+    };
+    format!("{table} {start}-{last} (0x{start:04X}-0x{last:04X}, {len} registers)")
+}
+
+/// One request of `plan` in words: what it asks for and the points it reads.
+pub fn describe(plan: &DevicePlan, read: &Read) -> String {
+    let points = &plan.device.profile.points;
+    let ids: Vec<&str> = read.points.iter().map(|&i| points[i].id.as_str()).collect();
+    match read.points.first().and_then(|&i| points[i].dlt645) {
+        Some(p) => format!("data identifier {:08X}: {}", p.di, ids.join(", ")),
+        None => format!(
+            "{}: {}",
+            registers(read.table, read.start, read.len),
+            ids.join(", ")
+        ),
+    }
 }

@@ -135,6 +135,7 @@ mod tests {
             id: "m".into(),
             link,
             unit_id: 1,
+            meter: None,
             profile: Library::built_in().get("ems-sim-dtsu666").unwrap().clone(),
             clock: ClockSource::Device,
             timeout_ms: 100,

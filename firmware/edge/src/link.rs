@@ -1,12 +1,21 @@
-//! Where devices are reached: Modbus TCP, or Modbus RTU on a serial line (RS-485).
+//! Where devices are reached, and how: Modbus TCP, Modbus RTU and DL/T 645, on a serial line
+//! (RS-485) or over TCP to a serial device server.
 //!
 //! A link is written in the site config as a URL:
-//! - `tcp://host:port`: one persistent connection, many unit ids over it;
+//! - `tcp://host:port`: Modbus TCP, one persistent connection, many unit ids over it;
 //! - `rtu:///dev/ttyUSB0?baud=9600&parity=even&stop_bits=1&turnaround_ms=0`: one bus, one
 //!   transaction at a time on it, each request sent only after the line has been silent for
 //!   3.5 characters (1.75 ms above 19 200 baud, as the Modbus serial line specification says)
 //!   plus the configured turnaround gap that slow devices need between frames; `de=/dev/gpiochip0:22`
-//!   names the GPIO line that enables the RS-485 driver of a half-duplex adapter.
+//!   names the GPIO line that enables the RS-485 driver of a half-duplex adapter;
+//! - `rtu+tcp://host:port`: RTU frames (with their CRC) over TCP, to an RS-485 bus behind a
+//!   serial device server in transparent mode, several unit ids on it;
+//! - `dlt645:///dev/ttyS1?baud=2400` (DL/T 645's own default line: 2400 baud, 8E1) and
+//!   `dlt645+tcp://host:port`: DL/T 645 meters, addressed by their 12-digit numbers.
+//!
+//! The edge frames RTU and DL/T 645 itself (ems-core's `rtu` and `dlt645`): a corrupt answer is
+//! known as `crc` the moment it has arrived (or stops arriving), not after a timeout, and what
+//! a late answer leaves behind is thrown away before the next request.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -28,9 +37,23 @@ const TCP_ROUND_TRIP_S: f64 = 0.002;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Link {
-    /// `host:port`.
+    /// Modbus TCP to `host:port`.
     Tcp(String),
+    /// Modbus RTU on a serial line.
     Rtu(SerialLine),
+    /// Modbus RTU frames over TCP to a serial device server at `host:port`.
+    RtuTcp(String),
+    /// DL/T 645 on a serial line.
+    Dlt645(SerialLine),
+    /// DL/T 645 frames over TCP to a serial device server at `host:port`.
+    Dlt645Tcp(String),
+}
+
+/// What a link speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Modbus,
+    Dlt645,
 }
 
 /// A serial bus and its line settings.
@@ -76,21 +99,49 @@ impl SerialLine {
     }
 }
 
+/// A serial device server's bus is assumed to run at this speed until its answers are
+/// measured (the common setting of Chinese plants' RS-485 meters).
+const ASSUMED_SERVER_BAUD: u32 = 9_600;
+
 impl Link {
     /// The cost model the request planner optimises for this link.
     pub fn cost(&self) -> LinkCost {
         match self {
             Link::Tcp(_) => LinkCost::tcp(TCP_ROUND_TRIP_S),
-            Link::Rtu(line) => LinkCost::rtu(line.baud, f64::from(line.turnaround_ms) / 1000.0),
+            Link::Rtu(line) | Link::Dlt645(line) => {
+                LinkCost::rtu(line.baud, f64::from(line.turnaround_ms) / 1000.0)
+            }
+            Link::RtuTcp(_) | Link::Dlt645Tcp(_) => {
+                LinkCost::rtu(ASSUMED_SERVER_BAUD, TCP_ROUND_TRIP_S)
+            }
         }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Link::Tcp(_) | Link::Rtu(_) | Link::RtuTcp(_) => Protocol::Modbus,
+            Link::Dlt645(_) | Link::Dlt645Tcp(_) => Protocol::Dlt645,
+        }
+    }
+
+    /// Whether what its requests cost is learned from their answers (over TCP), rather than
+    /// known from a serial line's speed.
+    pub fn learns_cost(&self) -> bool {
+        matches!(self, Link::Tcp(_) | Link::RtuTcp(_) | Link::Dlt645Tcp(_))
     }
 }
 
 impl fmt::Display for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Link::Tcp(addr) => write!(f, "tcp://{addr}"),
-            Link::Rtu(l) => {
+        let (scheme, l) = match self {
+            Link::Tcp(addr) => return write!(f, "tcp://{addr}"),
+            Link::RtuTcp(addr) => return write!(f, "rtu+tcp://{addr}"),
+            Link::Dlt645Tcp(addr) => return write!(f, "dlt645+tcp://{addr}"),
+            Link::Rtu(l) => ("rtu", l),
+            Link::Dlt645(l) => ("dlt645", l),
+        };
+        {
+            {
                 let parity = match l.parity {
                     Parity::None => "none",
                     Parity::Even => "even",
@@ -98,7 +149,7 @@ impl fmt::Display for Link {
                 };
                 write!(
                     f,
-                    "rtu://{}?baud={}&parity={parity}&stop_bits={}&turnaround_ms={}",
+                    "{scheme}://{}?baud={}&parity={parity}&stop_bits={}&turnaround_ms={}",
                     l.path.display(),
                     l.baud,
                     l.stop_bits,
@@ -117,19 +168,32 @@ impl FromStr for Link {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(addr) = s.strip_prefix("tcp://") {
+        let host_port = |scheme: &str, addr: &str| {
             if addr
                 .rsplit_once(':')
                 .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             {
-                return Err(format!("`{s}`: expected tcp://host:port"));
+                return Err(format!("`{s}`: expected {scheme}://host:port"));
             }
-            return Ok(Link::Tcp(addr.to_owned()));
+            Ok(addr.to_owned())
+        };
+        for (scheme, make) in [
+            ("tcp", Link::Tcp as fn(String) -> Link),
+            ("rtu+tcp", Link::RtuTcp),
+            ("dlt645+tcp", Link::Dlt645Tcp),
+        ] {
+            if let Some(addr) = s.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")) {
+                return Ok(make(host_port(scheme, addr)?));
+            }
         }
-        let Some(rest) = s.strip_prefix("rtu://") else {
-            return Err(format!(
-                "`{s}`: expected tcp://host:port or rtu:///dev/ttyX?baud=9600"
-            ));
+        let (rest, dlt645) = match (s.strip_prefix("rtu://"), s.strip_prefix("dlt645://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => {
+                return Err(format!(
+                    "`{s}`: expected tcp://host:port, rtu:///dev/ttyX?baud=9600, rtu+tcp://host:port, dlt645:///dev/ttyX?baud=2400 or dlt645+tcp://host:port"
+                ))
+            }
         };
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         if !path.starts_with('/') {
@@ -137,7 +201,8 @@ impl FromStr for Link {
         }
         let mut line = SerialLine {
             path: PathBuf::from(path),
-            baud: 9_600,
+            // Each protocol's own default line: Modbus 9600 8E1, DL/T 645 2400 8E1.
+            baud: if dlt645 { 2_400 } else { 9_600 },
             parity: Parity::Even,
             stop_bits: 1,
             turnaround_ms: 0,
@@ -174,35 +239,165 @@ impl FromStr for Link {
                 }
             }
         }
-        Ok(Link::Rtu(line))
+        Ok(if dlt645 {
+            Link::Dlt645(line)
+        } else {
+            Link::Rtu(line)
+        })
     }
 }
 
-/// An open link: the Modbus client and, on a serial bus, when the line last went quiet.
+/// The bytes of a serial line or of a TCP stream to a serial device server.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// An open link.
 pub struct Connection {
-    ctx: Context,
-    /// The silence owed before each request (zero on TCP).
+    io: Io,
+    /// The silence owed before each request (zero on Modbus TCP).
     silence: Duration,
     quiet_since: Instant,
-    /// On a serial bus, a second handle to the port to throw away what a late answer leaves.
-    serial: Option<serial2_tokio::SerialPort>,
+    /// After the first byte of an answer, this long without another ends it: a frame cut short
+    /// is known as such without waiting out the whole timeout.
+    gap: Duration,
+}
+
+enum Io {
+    /// Modbus TCP through tokio-modbus (MBAP headers carry the framing).
+    ModbusTcp(Context),
+    /// A byte stream framed by the edge: Modbus RTU or DL/T 645.
+    Framed {
+        stream: Box<dyn Stream>,
+        /// On a serial line, a second handle to the port to throw away what a late answer
+        /// leaves; over TCP what is waiting is read off before each request.
+        serial: Option<serial2_tokio::SerialPort>,
+    },
 }
 
 /// "The device said no" kept apart from "the wire failed".
+#[derive(Debug)]
 pub enum Failure {
+    /// A Modbus exception code, or a DL/T 645 meter's error byte.
     Device(u8),
     Link {
         quality: ems_core::Quality,
+        /// What happened, in words for the person at the meter.
         error: String,
-        /// The connection must be rebuilt (TCP: a late answer would be taken for the next
-        /// one's). A silent or garbled device on a serial bus leaves the bus usable.
+        /// The connection must be rebuilt (a TCP stream that failed or lost its place). A silent
+        /// or garbled device on a bus leaves the bus usable.
         broken: bool,
     },
 }
 
+impl Failure {
+    fn corrupt(error: String) -> Failure {
+        Failure::Link {
+            quality: ems_core::Quality::Crc,
+            error,
+            broken: false,
+        }
+    }
+}
+
+/// An answer read off a framed link.
+enum Arrived {
+    /// As many bytes as the frame said it has.
+    Whole(Vec<u8>),
+    /// Nothing came back in time.
+    Nothing,
+    /// Bytes came, then stopped before the frame was whole.
+    CutShort(Vec<u8>),
+}
+
 impl Connection {
-    /// Reads `len` registers at `start` from `unit`, waiting out the line's silent interval
-    /// first on a serial bus.
+    /// Waits out the line's silent interval, then throws away whatever is waiting from before
+    /// (a late answer to a request given up on would be taken for the next one's).
+    async fn prepare(&mut self) -> Result<(), Failure> {
+        if !self.silence.is_zero() {
+            tokio::time::sleep_until((self.quiet_since + self.silence).into()).await;
+        }
+        if let Io::Framed { stream, serial } = &mut self.io {
+            match serial {
+                Some(port) => {
+                    let _ = port.discard_input_buffer();
+                }
+                None => {
+                    let mut junk = [0u8; 256];
+                    loop {
+                        use tokio::io::AsyncReadExt as _;
+                        match tokio::time::timeout(Duration::ZERO, stream.read(&mut junk)).await {
+                            Ok(Ok(n)) if n > 0 => continue,
+                            Ok(Ok(_)) => return Err(closed()),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `request` and reads the answer, as long as `whole` says a frame of what has
+    /// arrived is (`None` while it cannot tell yet).
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        timeout: Duration,
+        whole: impl Fn(&[u8]) -> Option<usize>,
+    ) -> Result<Arrived, Failure> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        self.prepare().await?;
+        let gap = self.gap;
+        let Io::Framed { stream, .. } = &mut self.io else {
+            unreachable!("framed exchanges happen on framed links");
+        };
+        let sent = async {
+            stream.write_all(request).await?;
+            stream.flush().await
+        };
+        if let Err(e) = sent.await {
+            return Err(Failure::Link {
+                quality: ems_core::Quality::Comm,
+                error: format!("cannot send: {e}"),
+                broken: true,
+            });
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut buf = Vec::with_capacity(64);
+        let mut chunk = [0u8; 256];
+        let arrived = loop {
+            if let Some(n) = whole(&buf).filter(|&n| buf.len() >= n) {
+                buf.truncate(n);
+                break Arrived::Whole(buf);
+            }
+            let wait = if buf.is_empty() {
+                deadline
+            } else {
+                deadline.min(tokio::time::Instant::now() + gap)
+            };
+            match tokio::time::timeout_at(wait, stream.read(&mut chunk)).await {
+                Ok(Ok(0)) => return Err(closed()),
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => {
+                    return Err(Failure::Link {
+                        quality: ems_core::Quality::Comm,
+                        error: format!("the line failed: {e}"),
+                        broken: true,
+                    })
+                }
+                Err(_) if buf.is_empty() => break Arrived::Nothing,
+                Err(_) => break Arrived::CutShort(buf),
+            }
+            // A frame's bytes are bounded: noise that never makes one cannot fill memory.
+            if buf.len() > 1_024 {
+                break Arrived::CutShort(buf);
+            }
+        };
+        self.quiet_since = Instant::now();
+        Ok(arrived)
+    }
+
+    /// Reads `len` registers at `start` from `unit` (Modbus TCP or RTU).
     pub async fn read(
         &mut self,
         unit: u8,
@@ -211,56 +406,72 @@ impl Connection {
         len: u16,
         timeout: Duration,
     ) -> Result<Vec<u16>, Failure> {
-        use ems_core::Quality;
-        if !self.silence.is_zero() {
-            tokio::time::sleep_until((self.quiet_since + self.silence).into()).await;
+        use ems_core::rtu::{self, Answer, FrameError};
+        if let Io::ModbusTcp(ctx) = &mut self.io {
+            return modbus_tcp_read(ctx, unit, table, start, len, timeout).await;
         }
-        self.ctx.set_slave(Slave(unit));
-        let ctx = &mut self.ctx;
-        let call = async {
-            match table {
-                Table::Holding => ctx.read_holding_registers(start, len).await,
-                Table::Input => ctx.read_input_registers(start, len).await,
-            }
+        let function = match table {
+            Table::Holding => rtu::READ_HOLDING,
+            Table::Input => rtu::READ_INPUT,
         };
-        let result = tokio::time::timeout(timeout, call).await;
-        self.quiet_since = Instant::now();
-        let (quality, error) = match result {
-            Ok(Ok(Ok(regs))) => return Ok(regs),
-            Ok(Ok(Err(exception))) => return Err(Failure::Device(u8::from(exception))),
-            Ok(Err(e)) => {
-                let text = e.to_string();
-                // On a serial bus a corrupt frame (bad CRC, an answer to someone else) is the
-                // line's fault, not the device's silence: it gets its own quality code.
-                let serial = self.serial.is_some();
-                let q = if serial && (text.contains("CRC") || text.contains("mismatch")) {
-                    Quality::Crc
-                } else {
-                    Quality::Comm
+        let request = rtu::read_request(unit, function, start, len);
+        let expected = 5 + 2 * usize::from(len);
+        match self.exchange(&request, timeout, rtu::answer_len).await? {
+            Arrived::Whole(frame) => match rtu::parse_answer(&request, &frame) {
+                Ok(Answer::Registers(regs)) => Ok(regs),
+                Ok(Answer::Exception(code)) => Err(Failure::Device(code)),
+                Err(FrameError::Crc) => Err(Failure::corrupt(
+                    "the answer arrived corrupt (its CRC is wrong: noise or a collision on the line)".into(),
+                )),
+                Err(FrameError::Mismatch) => Err(Failure::corrupt(
+                    "an answer from another unit or to another request (two masters, or a late answer)".into(),
+                )),
+            },
+            Arrived::Nothing => Err(no_answer(timeout, false)),
+            Arrived::CutShort(part) => Err(Failure::corrupt(format!(
+                "the answer stopped after {} of {} bytes (a loose wire, or noise)",
+                part.len(),
+                rtu::answer_len(&part).unwrap_or(expected)
+            ))),
+        }
+    }
+
+    /// Reads data identifier `di` from the DL/T 645 meter at `addr`: the value bytes.
+    pub async fn read_dlt645(
+        &mut self,
+        edition: ems_core::dlt645::Edition,
+        addr: &ems_core::dlt645::Address,
+        di: u32,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Failure> {
+        use ems_core::dlt645::{self, Reply, Scan};
+        let request = dlt645::read_request(edition, addr, di);
+        let frame_end = |buf: &[u8]| match dlt645::find_frame(buf) {
+            Scan::Frame { end, .. } => Some(end),
+            Scan::NeedMore { .. } => None,
+        };
+        match self.exchange(&request, timeout, frame_end).await? {
+            Arrived::Whole(bytes) => {
+                let Scan::Frame { start, end } = dlt645::find_frame(&bytes) else {
+                    unreachable!("a whole frame was found in these bytes");
                 };
-                (q, text)
+                match dlt645::parse_reply(edition, addr, di, &bytes[start..end]) {
+                    Ok(Reply::Data(value)) => Ok(value),
+                    Ok(Reply::Error(code)) => Err(Failure::Device(code)),
+                    Err(e) => Err(Failure::corrupt(format!("the reply is not good: {e}"))),
+                }
             }
-            Err(_) => (Quality::Timeout, "no answer in time".to_owned()),
-        };
-        let broken = match &self.serial {
-            // Whatever is left of a garbled or late answer is thrown away once the line has
-            // been quiet; the client's own buffer is cleared before its next request.
-            Some(port) if quality != Quality::Comm => {
-                tokio::time::sleep(self.silence).await;
-                port.discard_input_buffer().is_err()
-            }
-            _ => true,
-        };
-        Err(Failure::Link {
-            quality,
-            error,
-            broken,
-        })
+            Arrived::Nothing => Err(no_answer(timeout, false)),
+            Arrived::CutShort(part) => Err(Failure::corrupt(format!(
+                "the reply stopped after {} bytes (a loose wire, or noise)",
+                part.len()
+            ))),
+        }
     }
 
     /// [`Connection::read`], sent again up to `retries` times after a timeout or a garbled
-    /// answer that left the link usable (a serial bus). An exception is the device's answer:
-    /// it would say the same again.
+    /// answer that left the link usable (a bus). An exception is the device's answer: it would
+    /// say the same again.
     pub async fn read_retrying(
         &mut self,
         unit: u8,
@@ -280,27 +491,106 @@ impl Connection {
     }
 }
 
+fn closed() -> Failure {
+    Failure::Link {
+        quality: ems_core::Quality::Comm,
+        error: "the connection was closed by the other end".into(),
+        broken: true,
+    }
+}
+
+fn no_answer(timeout: Duration, broken: bool) -> Failure {
+    Failure::Link {
+        quality: ems_core::Quality::Timeout,
+        error: format!(
+            "no answer within {} ms (the device is off, unpowered, at another address or baud rate, or its wires are not connected)",
+            timeout.as_millis()
+        ),
+        broken,
+    }
+}
+
+async fn modbus_tcp_read(
+    ctx: &mut Context,
+    unit: u8,
+    table: Table,
+    start: u16,
+    len: u16,
+    timeout: Duration,
+) -> Result<Vec<u16>, Failure> {
+    ctx.set_slave(Slave(unit));
+    let call = async {
+        match table {
+            Table::Holding => ctx.read_holding_registers(start, len).await,
+            Table::Input => ctx.read_input_registers(start, len).await,
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(Ok(regs))) => Ok(regs),
+        Ok(Ok(Err(exception))) => Err(Failure::Device(u8::from(exception))),
+        Ok(Err(e)) => Err(Failure::Link {
+            quality: ems_core::Quality::Comm,
+            error: format!("the Modbus TCP connection failed: {e}"),
+            broken: true,
+        }),
+        // A late answer would be taken for the next request's: the connection is made again.
+        Err(_) => Err(no_answer(timeout, true)),
+    }
+}
+
+/// How long a quiet line after an answer's first byte means it has ended: several characters'
+/// time (3.5 end an RTU frame), and over TCP what a serial server takes to pass on a packet.
+fn frame_gap(char_time: Duration, over_tcp: bool) -> Duration {
+    let line = (char_time * 8).max(Duration::from_millis(5));
+    if over_tcp {
+        line + Duration::from_millis(50)
+    } else {
+        line
+    }
+}
+
 /// Opens `link`: connects over TCP, or opens the serial port raw with its line settings and
 /// discards whatever was left in its buffers.
 pub async fn connect(link: &Link, timeout: Duration) -> anyhow::Result<Connection> {
-    match link {
-        Link::Tcp(addr) => {
+    let tcp = |addr: &str| {
+        let addr = addr.to_owned();
+        async move {
             let sock = tokio::net::lookup_host(addr.as_str())
                 .await
                 .with_context(|| format!("cannot resolve {addr}"))?
                 .next()
                 .with_context(|| format!("{addr} resolves to nothing"))?;
-            let ctx = tokio::time::timeout(timeout, tokio_modbus::client::tcp::connect(sock))
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(sock))
                 .await
-                .with_context(|| format!("connecting to {link} timed out"))??;
+                .with_context(|| format!("connecting to {addr} timed out"))?
+                .with_context(|| format!("cannot connect to {addr}"))
+        }
+    };
+    match link {
+        Link::Tcp(addr) => {
+            let stream = tcp(addr).await?;
             Ok(Connection {
-                ctx,
+                io: Io::ModbusTcp(tokio_modbus::client::tcp::attach(stream)),
                 silence: Duration::ZERO,
                 quiet_since: Instant::now(),
-                serial: None,
+                gap: Duration::ZERO,
             })
         }
-        Link::Rtu(line) => {
+        Link::RtuTcp(addr) | Link::Dlt645Tcp(addr) => {
+            let stream = tcp(addr).await?;
+            let _ = stream.set_nodelay(true);
+            let char_time = Duration::from_secs_f64(11.0 / f64::from(ASSUMED_SERVER_BAUD));
+            Ok(Connection {
+                io: Io::Framed {
+                    stream: Box::new(stream),
+                    serial: None,
+                },
+                silence: Duration::ZERO,
+                quiet_since: Instant::now(),
+                gap: frame_gap(char_time, true),
+            })
+        }
+        Link::Rtu(line) | Link::Dlt645(line) => {
             let path = line.path.display();
             let mut port = serial2_tokio::SerialPort::open(&line.path, serial2_tokio::KeepSettings)
                 .with_context(|| format!("cannot open serial port {path}"))?;
@@ -327,19 +617,23 @@ pub async fn connect(link: &Link, timeout: Duration) -> anyhow::Result<Connectio
             port.discard_buffers()
                 .with_context(|| format!("cannot flush {path}"))?;
             let serial = Some(port.try_clone()?);
-            let ctx = match &line.de {
-                None => tokio_modbus::client::rtu::attach(port),
-                Some(de) => tokio_modbus::client::rtu::attach(DirectionControlled::new(
+            let stream: Box<dyn Stream> = match &line.de {
+                None => Box::new(port),
+                Some(de) => Box::new(DirectionControlled::new(
                     port,
                     de.open()?,
                     line.char_time(),
                 )?),
             };
             Ok(Connection {
-                serial,
-                ctx,
-                silence: line.silent_interval(),
+                io: Io::Framed { stream, serial },
+                // DL/T 645 asks no silent interval, only the turnaround a meter may need.
+                silence: match link.protocol() {
+                    Protocol::Modbus => line.silent_interval(),
+                    Protocol::Dlt645 => Duration::from_millis(u64::from(line.turnaround_ms)),
+                },
                 quiet_since: Instant::now(),
+                gap: frame_gap(line.char_time(), false),
             })
         }
     }

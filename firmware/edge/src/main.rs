@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
+
 use clap::{Parser, Subcommand};
 use ems_edge::Site;
 use tokio_util::sync::CancellationToken;
@@ -26,13 +28,19 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Read one device once and print every point decoded, with its quality (commissioning).
+    /// Read one device once and print the requests sent and every point decoded, with its
+    /// quality (commissioning). Exits with 1 when no point came back good.
     Probe {
-        /// tcp://host:port, or rtu:///dev/ttyUSB0?baud=9600&parity=even&stop_bits=1.
+        /// tcp://host:port, rtu:///dev/ttyUSB0?baud=9600&parity=even&stop_bits=1,
+        /// rtu+tcp://host:port, dlt645:///dev/ttyS1?baud=2400 or dlt645+tcp://host:port.
         #[arg(long)]
         link: ems_edge::link::Link,
-        #[arg(long)]
-        unit_id: u8,
+        /// Modbus: the unit id.
+        #[arg(long, required_unless_present = "address")]
+        unit_id: Option<u8>,
+        /// DL/T 645: the meter's 12-digit address.
+        #[arg(long, conflicts_with = "unit_id")]
+        address: Option<String>,
         /// Profile name (built in, or from --profiles-dir).
         #[arg(long)]
         profile: String,
@@ -106,6 +114,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Probe {
             link,
             unit_id,
+            address,
             profile,
             profiles_dir,
             timeout_ms,
@@ -118,17 +127,36 @@ async fn run() -> anyhow::Result<()> {
                 let known: Vec<_> = library.names().collect();
                 anyhow::bail!("unknown profile `{profile}`; known: {}", known.join(", "));
             };
+            let meter = match &address {
+                Some(a) => Some(ems_core::dlt645::Address::parse(a).with_context(|| {
+                    format!("--address {a}: a DL/T 645 address is the meter's 12 digits")
+                })?),
+                None => None,
+            };
+            anyhow::ensure!(
+                (link.protocol() == ems_edge::link::Protocol::Dlt645) == profile.protocol.is_some(),
+                "profile `{}` and link {link} speak different protocols",
+                profile.name
+            );
             let device = ems_edge::config::Device {
                 id: "probe".into(),
                 link: link.clone(),
-                unit_id,
+                unit_id: unit_id.unwrap_or(0),
+                meter,
                 profile,
                 clock: ems_edge::config::ClockSource::System,
                 timeout_ms,
                 retries: 1,
             };
             let plan = ems_edge::poller::DevicePlan::new(device)?;
-            println!("{} unit {unit_id}: {}", link, plan.summary());
+            let whom = match &address {
+                Some(a) => format!("meter {a}"),
+                None => format!("unit {}", unit_id.unwrap_or(0)),
+            };
+            println!("{link} {whom}: {}", plan.summary());
+            for r in &plan.reads {
+                println!("request {}", ems_edge::device_plan::describe(&plan, r));
+            }
             let mut ctx =
                 ems_edge::link::connect(&link, std::time::Duration::from_millis(timeout_ms))
                     .await?;
@@ -160,10 +188,12 @@ async fn run() -> anyhow::Result<()> {
             }
             for (table, span) in &reading.refused {
                 println!(
-                    "refused: {table:?} registers {}..{} (exception 02 on a bridged read)",
-                    span.start,
-                    span.end()
+                    "refused: {} (exception 02 on a bridged read)",
+                    ems_edge::device_plan::registers(*table, span.start, span.len)
                 );
+            }
+            if !reading.points.iter().any(|p| p.q.is_good()) {
+                anyhow::bail!("no point of {whom} on {link} came back good");
             }
         }
         Command::Plan { config } => {
@@ -171,25 +201,18 @@ async fn run() -> anyhow::Result<()> {
             for (link, plans) in ems_edge::plan_site(site.devices)? {
                 println!("link {link}");
                 for p in plans {
-                    println!(
-                        "  {} (unit {}): {}",
-                        p.device.id,
-                        p.device.unit_id,
-                        p.summary()
-                    );
+                    let whom = match &p.device.meter {
+                        Some(a) => format!("meter {a}"),
+                        None => format!("unit {}", p.device.unit_id),
+                    };
+                    println!("  {} ({whom}): {}", p.device.id, p.summary());
                     for r in &p.reads {
-                        let ids: Vec<_> = r
-                            .points
-                            .iter()
-                            .map(|&i| p.device.profile.points[i].id.as_str())
-                            .collect();
+                        println!("    {}", ems_edge::device_plan::describe(&p, r));
+                    }
+                    for (table, span) in &p.refused {
                         println!(
-                            "    {:?} {}..{} ({} registers): {}",
-                            r.table,
-                            r.start,
-                            r.start + r.len,
-                            r.len,
-                            ids.join(", ")
+                            "    never read: {} (refused by the device)",
+                            ems_edge::device_plan::registers(*table, span.start, span.len)
                         );
                     }
                 }

@@ -19,15 +19,19 @@ pub use crate::device_plan::{decode_point, DevicePlan, Read, Reading};
 use crate::learner::{Learner, Lesson};
 use crate::link::{connect, Connection, Failure, Link};
 use crate::metrics::{DeviceLabel, EdgeMetrics, FailureLabel, LinkLabel, ReplanLabel};
-use crate::profile::PointRole;
+use crate::profile::{PointRole, Profile, Table};
 use crate::seq::SeqStore;
 use crate::spool::Spool;
+use ems_core::plan::Span;
 
 /// Exception 02: illegal data address.
 const ILLEGAL_DATA_ADDRESS: u8 = 2;
 const ILLEGAL_DATA_VALUE: u8 = 3;
 
 pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
+    if let (Some(edition), Some(addr)) = (plan.device.profile.protocol, plan.device.meter) {
+        return read_meter(link, plan, edition, &addr).await;
+    }
     let profile = &plan.device.profile;
     let mut values: Vec<Result<f64, Quality>> = vec![Err(Quality::Comm); profile.points.len()];
     // The device stopped answering or the link broke: its remaining reads are skipped, their
@@ -190,6 +194,93 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
             }
         }
     }
+    reading_of(
+        profile,
+        values,
+        Findings {
+            link_failed,
+            refused,
+            shorter,
+            timings,
+        },
+    )
+}
+
+/// What a poll found besides its values.
+struct Findings {
+    link_failed: bool,
+    refused: Vec<(Table, Span)>,
+    shorter: Option<(u16, &'static str)>,
+    timings: Vec<(u16, f64)>,
+}
+
+/// Reads a DL/T 645 meter: one data identifier a request, each decoded from its BCD format.
+async fn read_meter(
+    link: &mut Connection,
+    plan: &DevicePlan,
+    edition: ems_core::dlt645::Edition,
+    addr: &ems_core::dlt645::Address,
+) -> Reading {
+    let profile = &plan.device.profile;
+    let timeout = Duration::from_millis(plan.device.timeout_ms);
+    let mut values = vec![Err(Quality::Comm); profile.points.len()];
+    let mut gave_up: Option<Quality> = None;
+    let mut link_failed = false;
+    let mut timings = Vec::with_capacity(profile.points.len());
+    for (i, def) in profile.points.iter().enumerate() {
+        let Some(point) = def.dlt645 else { continue };
+        if let Some(q) = gave_up {
+            values[i] = Err(q);
+            continue;
+        }
+        let asked = std::time::Instant::now();
+        let mut tries = 0;
+        let answer = loop {
+            match link.read_dlt645(edition, addr, point.di, timeout).await {
+                Err(Failure::Link { broken: false, .. }) if tries < plan.device.retries => {
+                    tries += 1
+                }
+                answer => break answer,
+            }
+        };
+        values[i] = match answer {
+            Ok(bytes) => {
+                timings.push((1, asked.elapsed().as_secs_f64()));
+                ems_core::dlt645::decode_bcd(&bytes, point.format)
+                    .map(|v| v * def.scale + def.offset)
+                    .map_err(|_| Quality::Decode)
+            }
+            Err(Failure::Device(code)) => Err(Quality::Exception(code)),
+            Err(Failure::Link {
+                quality,
+                error,
+                broken,
+            }) => {
+                tracing::warn!(device = %plan.device.id, %error, di = format!("{:08X}", point.di), "DL/T 645 read failed.");
+                // A meter that does not answer one identifier will not answer the next.
+                if quality != Quality::Crc {
+                    gave_up = Some(quality);
+                }
+                link_failed |= broken;
+                Err(quality)
+            }
+        };
+    }
+    reading_of(
+        profile,
+        values,
+        Findings {
+            link_failed,
+            refused: Vec::new(),
+            shorter: None,
+            timings,
+        },
+    )
+}
+
+/// A poll's reading from each point's value or failure: the clock point stamps it, the rest
+/// are reported.
+fn reading_of(profile: &Profile, values: Vec<Result<f64, Quality>>, f: Findings) -> Reading {
     let mut device_clock_ms = None;
     let mut points = Vec::with_capacity(values.len());
     for (def, value) in profile.points.iter().zip(values) {
@@ -213,10 +304,10 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
     Reading {
         points,
         device_clock_ms,
-        link_failed,
-        refused,
-        shorter,
-        timings,
+        link_failed: f.link_failed,
+        refused: f.refused,
+        shorter: f.shorter,
+        timings: f.timings,
     }
 }
 
@@ -295,7 +386,9 @@ pub async fn run_link(
 ) -> anyhow::Result<()> {
     let mut ctx: Option<Connection> = None;
     let mut backoffs = vec![Backoff::default(); plans.len()];
-    let mut learners = vec![Learner::new(matches!(link, Link::Tcp(_))); plans.len()];
+    // What requests cost is learned over TCP; a DL/T 645 meter's plan has nothing to bridge.
+    let learns = link.learns_cost() && link.protocol() == crate::link::Protocol::Modbus;
+    let mut learners = vec![Learner::new(learns); plans.len()];
     let link_label = LinkLabel {
         link: link.to_string(),
     };
@@ -500,6 +593,7 @@ mod tests {
             id: "m".into(),
             link: Link::Tcp("127.0.0.1:1".into()),
             unit_id: 1,
+            meter: None,
             profile: Library::built_in()
                 .get("ems-sim-totalizer")
                 .unwrap()

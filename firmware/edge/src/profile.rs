@@ -62,8 +62,11 @@ struct ProfileFile {
     description: String,
     #[serde(default)]
     max_registers: Option<u16>,
+    /// What the device speaks: Modbus (the default), or `dlt645-2007` / `dlt645-1997`.
     #[serde(default)]
-    points: Vec<PointDef>,
+    protocol: Option<ems_core::dlt645::Edition>,
+    #[serde(default)]
+    points: Vec<PointFile>,
 }
 
 /// A device model's register map, with any `extends` resolved.
@@ -73,6 +76,8 @@ pub struct Profile {
     pub description: String,
     /// Most registers the device returns in one request (Modbus allows 125).
     pub max_registers: u16,
+    /// `None`: Modbus. Otherwise the DL/T 645 edition the meter speaks.
+    pub protocol: Option<ems_core::dlt645::Edition>,
     pub points: Vec<PointDef>,
 }
 
@@ -98,29 +103,144 @@ pub enum PointRole {
     Clock,
 }
 
+/// A point as a profile file writes it: a register (`address`, `type`) for Modbus, a data
+/// identifier (`di`, `format`) for DL/T 645.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct PointFile {
+    id: String,
+    /// Zero-based register address (the number on the wire, not the "4xxxx" reference).
+    #[serde(default)]
+    address: Option<u16>,
+    #[serde(default)]
+    table: Table,
+    #[serde(rename = "type", default)]
+    data_type: Option<DataType>,
+    #[serde(default)]
+    order: WordOrder,
+    /// DL/T 645: the data identifier as the standard prints it, `"00010000"` (2007) or
+    /// `"9010"` (1997).
+    #[serde(default)]
+    di: Option<String>,
+    /// DL/T 645: the value's format as the standard prints it, `"XXXXXX.XX"`.
+    #[serde(default)]
+    format: Option<String>,
+    /// DL/T 645: the top bit of the value is its sign (currents, powers, power factors).
+    #[serde(default)]
+    signed: bool,
+    #[serde(default = "one")]
+    scale: f64,
+    #[serde(default)]
+    offset: f64,
+    #[serde(default)]
+    unit: String,
+    #[serde(default)]
+    counter: bool,
+    #[serde(default)]
+    role: PointRole,
+}
+
+/// A point of a device model, ready to read.
+#[derive(Debug, Clone)]
 pub struct PointDef {
     pub id: String,
-    /// Zero-based register address (the number on the wire, not the "4xxxx" reference).
+    /// Modbus: the zero-based register address, its table, type and word order (for a DL/T 645
+    /// point these are unused).
     pub address: u16,
-    #[serde(default)]
     pub table: Table,
-    #[serde(rename = "type")]
     pub data_type: DataType,
-    #[serde(default)]
     pub order: WordOrder,
-    #[serde(default = "one")]
+    /// DL/T 645: the data identifier and the value's format.
+    pub dlt645: Option<Dlt645Point>,
     pub scale: f64,
-    #[serde(default)]
     pub offset: f64,
-    #[serde(default)]
     pub unit: String,
     /// A cumulative counter (energy, volume, mass); the gateway takes deltas of it.
-    #[serde(default)]
     pub counter: bool,
-    #[serde(default)]
     pub role: PointRole,
+}
+
+/// What a DL/T 645 meter is asked for, and how its answer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dlt645Point {
+    pub di: u32,
+    pub format: ems_core::dlt645::Format,
+}
+
+/// A point of the file checked against its profile's protocol.
+fn point_of(
+    src: &Source,
+    i: usize,
+    p: PointFile,
+    protocol: Option<ems_core::dlt645::Edition>,
+) -> Result<PointDef, ConfigError> {
+    let key = |k: &str| format!("points[{i}].{k}");
+    let (address, data_type, dlt645) = match protocol {
+        None => {
+            if p.di.is_some() || p.format.is_some() {
+                return Err(src.error(
+                    &key("di"),
+                    "a Modbus profile's points have `address` and `type`; `di` and `format` are DL/T 645's (set `protocol`)",
+                ));
+            }
+            let Some(address) = p.address else {
+                return Err(src.error(&key("address"), "a Modbus point needs its register address"));
+            };
+            let Some(data_type) = p.data_type else {
+                return Err(src.error(
+                    &key("type"),
+                    "a Modbus point needs its type (u16, i32, f32, ...)",
+                ));
+            };
+            (address, data_type, None)
+        }
+        Some(edition) => {
+            if p.address.is_some() || p.data_type.is_some() {
+                return Err(src.error(
+                    &key("address"),
+                    "a DL/T 645 point is read by `di` and `format`, not by register",
+                ));
+            }
+            let digits = 2 * edition.di_len();
+            let di = p
+                .di
+                .as_deref()
+                .filter(|d| d.len() == digits)
+                .and_then(|d| u32::from_str_radix(d, 16).ok())
+                .ok_or_else(|| {
+                    src.error(
+                        &key("di"),
+                        format!(
+                            "the data identifier in {digits} hex digits, as the standard prints it"
+                        ),
+                    )
+                })?;
+            let format = p
+                .format
+                .as_deref()
+                .and_then(|f| ems_core::dlt645::Format::parse(f, p.signed))
+                .ok_or_else(|| {
+                    src.error(
+                        &key("format"),
+                        "the value's format as the standard prints it, such as \"XXXXXX.XX\" (an even number of X)",
+                    )
+                })?;
+            (0, DataType::U16, Some(Dlt645Point { di, format }))
+        }
+    };
+    Ok(PointDef {
+        id: p.id,
+        address,
+        table: p.table,
+        data_type,
+        order: p.order,
+        dlt645,
+        scale: p.scale,
+        offset: p.offset,
+        unit: p.unit,
+        counter: p.counter,
+        role: p.role,
+    })
 }
 
 fn one() -> f64 {
@@ -185,6 +305,7 @@ impl Library {
     pub fn add(&mut self, src: &Source) -> Result<(), ConfigError> {
         let file: ProfileFile = src.parse()?;
         let (mut points, mut max_registers) = (Vec::new(), DEFAULT_MAX_REGISTERS);
+        let mut protocol = file.protocol;
         if let Some(parent) = &file.extends {
             let Some(p) = self.profiles.get(parent) else {
                 return Err(src.error(
@@ -194,12 +315,19 @@ impl Library {
             };
             points = p.points.clone();
             max_registers = p.max_registers;
+            if file.protocol.is_some_and(|f| Some(f) != p.protocol) {
+                return Err(src.error("protocol", format!("`{parent}` speaks another protocol")));
+            }
+            protocol = p.protocol;
         }
-        points.extend(file.points);
+        for (i, p) in file.points.into_iter().enumerate() {
+            points.push(point_of(src, i, p, protocol)?);
+        }
         let profile = Profile {
             name: file.name,
             description: file.description,
             max_registers: file.max_registers.unwrap_or(max_registers),
+            protocol,
             points,
         };
         profile.validate(src)?;
