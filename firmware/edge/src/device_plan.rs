@@ -75,8 +75,19 @@ impl DevicePlan {
     ) -> Result<Self, PlanError> {
         let mut reads = Vec::new();
         if device.profile.protocol.is_some() {
-            // DL/T 645: one data identifier a request.
-            reads = (0..device.profile.points.len())
+            // DL/T 645: one data identifier a request, the meter's clock first and the counters
+            // right after it, so that the time a poll is stamped with is the counters' own (a
+            // request takes tens of milliseconds, a poll of ten identifiers a good part of a
+            // second).
+            let points = &device.profile.points;
+            let mut order: Vec<usize> = (0..points.len()).collect();
+            order.sort_by_key(|&i| match (points[i].role, points[i].counter) {
+                (crate::profile::PointRole::Clock, _) => 0,
+                (_, true) => 1,
+                _ => 2,
+            });
+            reads = order
+                .into_iter()
                 .map(|i| Read {
                     table: Table::Holding,
                     start: 0,

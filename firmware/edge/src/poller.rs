@@ -227,7 +227,8 @@ async fn read_meter(
     let mut gave_up: Option<Quality> = None;
     let mut link_failed = false;
     let mut timings = Vec::with_capacity(profile.points.len());
-    for (i, def) in profile.points.iter().enumerate() {
+    for i in plan.reads.iter().flat_map(|r| r.points.iter().copied()) {
+        let def = &profile.points[i];
         let Some(point) = def.dlt645 else { continue };
         if let Some(q) = gave_up {
             values[i] = Err(q);

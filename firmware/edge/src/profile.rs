@@ -25,6 +25,14 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../profiles/water-meter.toml"),
     ),
     (
+        "dlt645-2007.toml",
+        include_str!("../profiles/dlt645-2007.toml"),
+    ),
+    (
+        "ems-sim-dlt645.toml",
+        include_str!("../profiles/ems-sim-dlt645.toml"),
+    ),
+    (
         "ems-sim-totalizer.toml",
         include_str!("../profiles/ems-sim-totalizer.toml"),
     ),
@@ -202,19 +210,18 @@ fn point_of(
                 ));
             }
             let digits = 2 * edition.di_len();
-            let di = p
-                .di
-                .as_deref()
-                .filter(|d| d.len() == digits)
-                .and_then(|d| u32::from_str_radix(d, 16).ok())
-                .ok_or_else(|| {
-                    src.error(
-                        &key("di"),
-                        format!(
+            let di =
+                p.di.as_deref()
+                    .filter(|d| d.len() == digits)
+                    .and_then(|d| u32::from_str_radix(d, 16).ok())
+                    .ok_or_else(|| {
+                        src.error(
+                            &key("di"),
+                            format!(
                             "the data identifier in {digits} hex digits, as the standard prints it"
                         ),
-                    )
-                })?;
+                        )
+                    })?;
             let format = p
                 .format
                 .as_deref()
