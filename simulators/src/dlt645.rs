@@ -131,10 +131,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             delay = delay.max(Duration::from_millis(delay_ms))
                         }
                         FaultKind::Exception(code) => value = Err(code),
-                        FaultKind::CorruptFrame { truncate, every } => {
-                            if asked.is_multiple_of(u64::from(every)) {
-                                corrupt = Some(truncate);
-                            }
+                        FaultKind::CorruptFrame { truncate, every }
+                            if asked.is_multiple_of(u64::from(every)) =>
+                        {
+                            corrupt = Some(truncate);
                         }
                         _ => {}
                     }
@@ -187,7 +187,7 @@ pub async fn serve_over_tcp(
             a = listener.accept() => a?,
             () = shutdown.cancelled() => return Ok(()),
         };
-        let (plant, clock, stop) = (plant.clone(), clock.clone(), shutdown.clone());
+        let (plant, stop) = (plant.clone(), shutdown.clone());
         tokio::spawn(async move {
             if let Err(e) = serve(sock, plant, clock, baud, stop).await {
                 tracing::debug!(error = %e, "DL/T 645 connection ended.");
