@@ -47,6 +47,11 @@ pub struct FaultSpec {
     /// serial_gateway: the baud rate of the serial bus behind the gateway (default 9 600).
     #[serde(default)]
     pub baud: Option<u32>,
+    /// refuse_registers: the first and the last register refused (inclusive).
+    #[serde(default)]
+    pub from: Option<u16>,
+    #[serde(default)]
+    pub to: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +69,7 @@ pub enum KindName {
     Spike,
     ShortRequests,
     SerialGateway,
+    RefuseRegisters,
 }
 
 /// What a fault does, with its parameters checked.
@@ -99,6 +105,9 @@ pub enum FaultKind {
     /// request and response frames and their silences take at `baud` (11 bits a character), so
     /// a register costs about as much as a tenth of a request at 9 600 baud.
     SerialGateway { baud: u32 },
+    /// Registers `from..=to` are not in the meter's map (a firmware without them, a reserved
+    /// range): a read that touches one is refused with exception 02.
+    RefuseRegisters { from: u16, to: u16 },
 }
 
 impl FaultKind {
@@ -150,6 +159,9 @@ impl Fault {
             FaultKind::Spike { magnitude } => format!("counter spikes by {magnitude}"),
             FaultKind::SerialGateway { baud } => {
                 format!("behind a TCP gateway to a {baud}-baud serial bus")
+            }
+            FaultKind::RefuseRegisters { from, to } => {
+                format!("exception 02 for reads touching registers {from}-{to}")
             }
             FaultKind::ShortRequests {
                 registers,
@@ -210,6 +222,14 @@ impl FaultSpec {
                     "a short_requests fault needs `registers` above zero".to_owned(),
                 ))?,
                 silent: self.silent.unwrap_or(false),
+            },
+            KindName::RefuseRegisters => match (self.from, self.to) {
+                (Some(from), Some(to)) if from <= to => FaultKind::RefuseRegisters { from, to },
+                (Some(_), Some(_)) => return Err(("to", "must be at or after `from`".to_owned())),
+                (None, _) => {
+                    return Err(("from", "a refuse_registers fault needs `from`".to_owned()))
+                }
+                (_, None) => return Err(("to", "a refuse_registers fault needs `to`".to_owned())),
             },
             KindName::SerialGateway => match self.baud.unwrap_or(9_600) {
                 baud if baud >= 300 => FaultKind::SerialGateway { baud },

@@ -467,6 +467,8 @@ mod tests {
             registers: None,
             silent: None,
             baud: None,
+            from: None,
+            to: None,
             every: None,
         }
     }

@@ -96,6 +96,16 @@ pub fn answer(plant: &Mutex<Plant>, clock: &SimClock, slave: u8, request: &Reque
                     }
                 }
             }
+            FaultKind::RefuseRegisters { from, to } => {
+                if let Request::ReadHoldingRegisters(addr, n)
+                | Request::ReadInputRegisters(addr, n) = *request
+                {
+                    let end = u32::from(addr) + u32::from(n);
+                    if u32::from(addr) <= u32::from(to) && end > u32::from(from) {
+                        a.response = Some(Err(ExceptionCode::IllegalDataAddress));
+                    }
+                }
+            }
             FaultKind::SerialGateway { baud } => {
                 if let Request::ReadHoldingRegisters(_, n) | Request::ReadInputRegisters(_, n) =
                     *request

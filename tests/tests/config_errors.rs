@@ -130,6 +130,72 @@ fn edge_probe_reads_a_device_once_and_shows_each_point_with_its_quality() {
     );
     let v: f64 = import.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(v > 10_000.0, "{import}");
+    // It prints the requests it sends, with inclusive register ranges.
+    assert!(
+        text.contains(
+            "request holding 16414-16425 (0x401E-0x4029, 12 registers): import_kwh, export_kwh"
+        ),
+        "{text}"
+    );
+}
+
+/// Runs `ems-edge probe` on the simulator at `addr` for `unit` with `profile`; exit status and
+/// what it printed.
+fn probe(dir: &std::path::Path, addr: &str, unit: &str, profile: &str) -> (bool, String) {
+    let mut probe = Proc::start(
+        &bin("ems-edge"),
+        &[
+            "probe",
+            "--link",
+            &format!("tcp://{addr}"),
+            "--unit-id",
+            unit,
+            "--profile",
+            profile,
+        ],
+        dir,
+    );
+    let ok = probe.wait(Duration::from_secs(15)).success();
+    let mut lines = Vec::new();
+    while let Some(l) = probe.next_line(Duration::from_millis(200)) {
+        lines.push(l);
+    }
+    (ok, lines.join("\n"))
+}
+
+#[test]
+fn probe_bisects_a_refused_range_to_exactly_its_registers_and_fails_when_nothing_is_good() {
+    let dir = TempDir::new("probe-refused");
+    // bf1-power (a DTSU666, unit 14) refuses 0x2010-0x2011, inside the gap the read of its
+    // instantaneous block bridges between the current (0x200C) and the power (0x2012).
+    let sim = Proc::start(
+        &bin("ems-sim"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--speed",
+            "0.0001",
+            "--fault",
+            r#"{ device = "bf1-power", kind = "refuse_registers", from = 8208, to = 8209, for_h = 1000.0 }"#,
+        ],
+        dir.path(),
+    );
+    let addr = sim.wait_line("LISTEN ", Duration::from_secs(10));
+    let (ok, text) = probe(dir.path(), &addr, "14", "dtsu666");
+    assert!(ok, "{text}");
+    let refused: Vec<&str> = text.lines().filter(|l| l.starts_with("refused:")).collect();
+    assert_eq!(
+        refused,
+        ["refused: holding 8208-8209 (0x2010-0x2011, 2 registers) (exception 02 on a bridged read)"],
+        "{text}"
+    );
+    assert!(
+        text.lines().filter(|l| l.ends_with(" good")).count() >= 5,
+        "every point read: {text}"
+    );
+    // A unit id nobody answers: nothing good, and the probe says so by its exit status.
+    let (ok, text) = probe(dir.path(), &addr, "99", "dtsu666");
+    assert!(!ok, "{text}");
 }
 
 #[test]

@@ -107,6 +107,119 @@ impl Learner {
 
 type Replans = Vec<Result<(Lesson, DevicePlan), (Lesson, PlanError)>>;
 
+/// Finding exactly which registers of the gaps a refused read bridged the device refuses: each
+/// gap is read on its own, and a refused one is halved until the refused registers are found
+/// (a span refused whole while both its halves are answered is refused as a whole: a read may
+/// not cross a boundary of the device's map there). Pure: the poller asks for the next span to
+/// read and says whether the device refused it.
+#[derive(Debug, Clone, Default)]
+pub struct Bisection {
+    nodes: Vec<Node>,
+    queue: std::collections::VecDeque<usize>,
+    found: Vec<Span>,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    span: Span,
+    parent: Option<usize>,
+    /// Halves not yet settled.
+    pending: u8,
+    /// A refused register was found below it.
+    found_below: bool,
+}
+
+impl Bisection {
+    pub fn new(gaps: &[Span]) -> Bisection {
+        let mut b = Bisection::default();
+        for &span in gaps {
+            b.push(span, None);
+        }
+        b
+    }
+
+    fn push(&mut self, span: Span, parent: Option<usize>) {
+        self.nodes.push(Node {
+            span,
+            parent,
+            pending: 0,
+            found_below: false,
+        });
+        self.queue.push_back(self.nodes.len() - 1);
+    }
+
+    /// The span to read next, if any is left.
+    pub fn next(&self) -> Option<Span> {
+        self.queue.front().map(|&i| self.nodes[i].span)
+    }
+
+    /// What reading the span [`Bisection::next`] gave: refused (exception 02) or answered.
+    pub fn record(&mut self, refused: bool) {
+        let Some(i) = self.queue.pop_front() else {
+            return;
+        };
+        let span = self.nodes[i].span;
+        if !refused {
+            self.settle(i, false);
+        } else if span.len == 1 {
+            self.found.push(span);
+            self.settle(i, true);
+        } else {
+            let half = span.len / 2;
+            self.nodes[i].pending = 2;
+            self.push(
+                Span {
+                    start: span.start,
+                    len: half,
+                },
+                Some(i),
+            );
+            self.push(
+                Span {
+                    start: span.start + half,
+                    len: span.len - half,
+                },
+                Some(i),
+            );
+        }
+    }
+
+    fn settle(&mut self, mut i: usize, mut found: bool) {
+        while let Some(p) = self.nodes[i].parent {
+            let parent = &mut self.nodes[p];
+            parent.pending -= 1;
+            parent.found_below |= found;
+            if parent.pending > 0 {
+                return;
+            }
+            if !parent.found_below {
+                // Refused whole, both halves answered.
+                self.found.push(parent.span);
+            }
+            found = true;
+            i = p;
+        }
+    }
+
+    /// The refused spans found, merged, once nothing is left to read.
+    pub fn refused(&self) -> Vec<Span> {
+        let mut spans = self.found.clone();
+        spans.sort_by_key(|s| s.start);
+        let mut out: Vec<Span> = Vec::new();
+        for s in spans {
+            match out.last_mut() {
+                Some(last) if u32::from(last.start) + u32::from(last.len) >= u32::from(s.start) => {
+                    let end = (u32::from(last.start) + u32::from(last.len))
+                        .max(u32::from(s.start) + u32::from(s.len));
+                    last.len = (end - u32::from(last.start)) as u16;
+                }
+                _ => out.push(s),
+            }
+        }
+        out
+    }
+}
+
 /// Keeps one replan; the next lesson is planned on the plan it made.
 fn record(
     out: &mut Replans,
@@ -201,6 +314,41 @@ mod tests {
             learner.learn(last, &reading()).is_empty(),
             "nothing new, nothing learned"
         );
+    }
+
+    /// Runs a bisection against a device that refuses what `refuses` says of a span.
+    fn bisect(gaps: &[Span], refuses: impl Fn(Span) -> bool) -> (Vec<Span>, usize) {
+        let mut b = Bisection::new(gaps);
+        let mut reads = 0;
+        while let Some(span) = b.next() {
+            reads += 1;
+            b.record(refuses(span));
+        }
+        (b.refused(), reads)
+    }
+
+    #[test]
+    fn a_bisection_finds_exactly_the_refused_registers() {
+        let span = |start, len| Span { start, len };
+        let holds = |s: Span, a: u16, b: u16| s.start < b && a < s.start + s.len;
+        // Registers 105..=107 of the gap 100..120 are unmapped, the rest answer.
+        let (found, reads) = bisect(&[span(100, 20)], |s| holds(s, 105, 108));
+        assert_eq!(found, vec![span(105, 3)]);
+        assert!(
+            reads <= 12,
+            "{reads} reads to find three registers in twenty"
+        );
+        // Two gaps, one clean, one refused throughout.
+        let (found, _) = bisect(&[span(10, 4), span(50, 6)], |s| holds(s, 50, 56));
+        assert_eq!(found, vec![span(50, 6)]);
+        // A read may not cross 204 (two blocks of the device's map meet there): the gap is
+        // refused whole, each half answered.
+        let (found, reads) = bisect(&[span(200, 8)], |s| {
+            holds(s, 203, 205) && s.len > 1 && s.start < 204 && s.start + s.len > 204
+        });
+        assert_eq!(found, vec![span(200, 8)]);
+        assert_eq!(reads, 3);
+        assert_eq!(bisect(&[], |_| true).0, vec![]);
     }
 
     #[test]

@@ -78,9 +78,12 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
                 }
             }
             Err(Failure::Device(ILLEGAL_DATA_ADDRESS)) if read.points.len() > 1 => {
-                // A bridged read touched registers the device refuses: read each point on its
-                // own now, and never bridge those registers again.
-                refused.extend(plan.bridged(read).into_iter().map(|s| (read.table, s)));
+                // A bridged read touched registers the device refuses: find which, by
+                // bisecting the gaps it bridged (never those again; the rest may still be
+                // bridged), then read each point on its own now.
+                let found =
+                    bisect_refused(link, unit, read.table, &plan.bridged(read), timeout).await;
+                refused.extend(found.into_iter().map(|s| (read.table, s)));
                 for &i in &read.points {
                     if let Some(q) = gave_up {
                         values[i] = Err(q);
@@ -204,6 +207,31 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
             timings,
         },
     )
+}
+
+/// Reads the registers of `gaps` on their own, halving what the device refuses, until the
+/// refused ones are found (see [`crate::learner::Bisection`]). A failure of the link itself ends
+/// it: what is left is taken as refused whole, which costs requests but never a bad read.
+async fn bisect_refused(
+    link: &mut Connection,
+    unit: u8,
+    table: Table,
+    gaps: &[Span],
+    timeout: Duration,
+) -> Vec<Span> {
+    let mut b = crate::learner::Bisection::new(gaps);
+    while let Some(span) = b.next() {
+        match link.read(unit, table, span.start, span.len, timeout).await {
+            Ok(_) => b.record(false),
+            Err(Failure::Device(ILLEGAL_DATA_ADDRESS)) => b.record(true),
+            Err(_) => {
+                while b.next().is_some() {
+                    b.record(true);
+                }
+            }
+        }
+    }
+    b.refused()
 }
 
 /// What a poll found besides its values.
