@@ -121,8 +121,8 @@ impl Source {
         // The rest of the file with those tables blanked out byte for byte, so that spans and
         // lines stay those of the file.
         let mut rest = self.text.clone().into_bytes();
-        for r in &ranges {
-            rest[r.start..r.end].fill(b' ');
+        for t in &ranges {
+            rest[t.start..t.body.end].fill(b' ');
         }
         let rest = String::from_utf8(rest).expect("spaces are UTF-8");
         let parsed = self.parse_at(&rest, 0, |path| path)?;
@@ -130,11 +130,11 @@ impl Source {
         let parts = ranges
             .into_iter()
             .enumerate()
-            .map(|(index, r)| Part {
+            .map(|(index, t)| Part {
                 src: self,
                 name,
                 index,
-                body: r.start + self.text[r.clone()].find("]]").expect("a header") + 2..r.end,
+                body: t.body,
             })
             .collect();
         Ok((parsed, parts))
@@ -176,36 +176,49 @@ impl Source {
     }
 }
 
-/// The byte ranges of the top-level `[[name]]` tables of `text`, each from its header to the
-/// next table header (or the end). Strings and comments are single tokens of toml's lexer, so
-/// a header-like line inside a multi-line string is not taken for one.
-fn array_tables(text: &str, name: &str) -> Vec<Range<usize>> {
+/// Where one `[[name]]` table lies in the text: its header, and its body up to the next header.
+struct ArrayTable {
+    start: usize,
+    body: Range<usize>,
+}
+
+/// The top-level `[[name]]` tables of `text`, each from its header to the next table header
+/// (or the end). Strings and comments are single tokens of toml's lexer, so a header-like
+/// line inside a multi-line string is not taken for one.
+
+fn array_tables(text: &str, name: &str) -> Vec<ArrayTable> {
     use toml_parser::lexer::TokenKind as K;
     let mut found = Vec::new();
-    // The `[[name]]` table being read: where its header starts.
-    let mut open: Option<usize> = None;
-    // A header being read: where it starts, and its tokens so far (whitespace aside).
-    let mut header: Option<(usize, Vec<(K, &str)>)> = None;
+    // The `[[name]]` table being read: where its header starts and ends.
+    let mut open: Option<(usize, usize)> = None;
+    // A header being read: its tokens so far (whitespace aside), with their spans.
+    let mut header: Option<Vec<(K, &str, Range<usize>)>> = None;
     let mut line_start = true;
     let mut depth = 0usize;
-    let mut end_header = |start: usize, tokens: &[(K, &str)]| {
+    let mut end_header = |tokens: &[(K, &str, Range<usize>)], at: usize| {
+        let start = tokens.first().map_or(at, |t| t.2.start);
         // Any table header ends the table before it.
-        if let Some(s) = open.take() {
-            found.push(s..start);
+        if let Some((s, header_end)) = open.take() {
+            found.push(ArrayTable {
+                start: s,
+                body: header_end..start,
+            });
         }
-        let ours = matches!(
-            tokens,
-            [(K::LeftSquareBracket, _), (K::LeftSquareBracket, _), (K::Atom, n), (K::RightSquareBracket, _), (K::RightSquareBracket, _)]
-                if *n == name
-        );
-        if ours {
-            open = Some(start);
+        // `[[` and `]]` are single tokens to TOML: `[[devices] ]` is not a header of ours
+        // (the parser of the rest then says what is wrong with it, and where).
+        if let [(K::LeftSquareBracket, _, a), (K::LeftSquareBracket, _, b), (K::Atom, n, _), (K::RightSquareBracket, _, c), (K::RightSquareBracket, _, d)] =
+            tokens
+        {
+            if *n == name && a.end == b.start && c.end == d.start {
+                open = Some((start, d.end));
+            }
         }
     };
     for t in toml_parser::Source::new(text).lex() {
         let (kind, span) = (t.kind(), t.span());
-        let raw = &text[span.start()..span.end()];
-        if let Some((start, tokens)) = &mut header {
+        let range = span.start()..span.end();
+        let raw = &text[range.clone()];
+        if let Some(tokens) = &mut header {
             match kind {
                 K::Whitespace => continue,
                 K::LeftSquareBracket
@@ -214,18 +227,18 @@ fn array_tables(text: &str, name: &str) -> Vec<Range<usize>> {
                 | K::Dot
                 | K::BasicString
                 | K::LiteralString => {
-                    tokens.push((kind, raw));
+                    tokens.push((kind, raw, range));
                     continue;
                 }
                 _ => {
-                    end_header(*start, tokens);
+                    end_header(tokens, range.start);
                     header = None;
                 }
             }
         }
         match kind {
             K::LeftSquareBracket if line_start && depth == 0 => {
-                header = Some((span.start(), vec![(kind, raw)]))
+                header = Some(vec![(kind, raw, range)])
             }
             // Brackets of values (arrays, inline tables) may span lines.
             K::LeftSquareBracket | K::LeftCurlyBracket => depth += 1,
@@ -238,11 +251,11 @@ fn array_tables(text: &str, name: &str) -> Vec<Range<usize>> {
             _ => false,
         };
     }
-    if let Some((start, tokens)) = header {
-        end_header(start, &tokens);
+    if let Some(tokens) = header {
+        end_header(&tokens, text.len());
     }
     // The end of the file closes the last table as a header would.
-    end_header(text.len(), &[]);
+    end_header(&[], text.len());
     found
 }
 
@@ -430,6 +443,23 @@ profile = "c""#;
             err.to_string(),
             "site/edge.toml:4:11: key `devices[0].profile`: unknown profile `nope`"
         );
+    }
+
+    #[test]
+    fn a_header_with_its_brackets_apart_is_an_error_at_its_line_not_a_panic() {
+        // Found by the edge_config fuzz target: `] ]` was taken for our `]]`, and the header's
+        // end looked for in text that did not hold it.
+        let s =
+            src("name = \"x\"\n[[devices] ]=id\n \"a\"\nunit_id = 1\n[[devices]]\nunit_id = 2\n");
+        let err = s.parse_apart::<toml::Table>("devices").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.to_string().starts_with("site/edge.toml:2:"), "{err}");
+
+        // Space inside the brackets is TOML's own, and the table is still read apart.
+        let s = src("name = \"x\"\n[[ devices ]]\nunit_id = 1\nprofile = \"p\"\n");
+        let (_, parts): (toml::Table, _) = s.parse_apart("devices").unwrap();
+        let d: Device = parts[0].parse().unwrap();
+        assert_eq!(d.unit_id, 1);
     }
 
     #[test]
