@@ -185,7 +185,6 @@ struct ArrayTable {
 /// The top-level `[[name]]` tables of `text`, each from its header to the next table header
 /// (or the end). Strings and comments are single tokens of toml's lexer, so a header-like
 /// line inside a multi-line string is not taken for one.
-
 fn array_tables(text: &str, name: &str) -> Vec<ArrayTable> {
     use toml_parser::lexer::TokenKind as K;
     let mut found = Vec::new();
