@@ -5,6 +5,7 @@
 //! disk until the broker has it; [`outbox`] and [`publisher`] deliver at least once. [`run`] wires them together with shutdown as a parameter.
 
 pub mod board;
+pub mod bus;
 pub mod config;
 pub mod device_plan;
 pub mod learner;

@@ -14,6 +14,7 @@ use ems_core::Quality;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::{Backoff, Turns};
 use crate::config::ClockSource;
 pub use crate::device_plan::{decode_point, DevicePlan, Read, Reading};
 use crate::learner::{Learner, Lesson};
@@ -340,47 +341,6 @@ fn reading_of(profile: &Profile, values: Vec<Result<f64, Quality>>, f: Findings)
     }
 }
 
-/// Failures in a row before a device is polled less often.
-const FAILS_BEFORE_BACKOFF: u32 = 3;
-
-/// Per-device backoff: after [`FAILS_BEFORE_BACKOFF`] failed polls in a row the device skips
-/// 1, 3, 7, ... cycles (polled every 2, 4, 8 ... intervals) up to `max_skip`; one good reading
-/// resets it.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    failures: u32,
-    skip: u64,
-}
-
-impl Backoff {
-    /// Whether the device is polled this cycle.
-    pub fn due(&mut self) -> bool {
-        if self.skip > 0 {
-            self.skip -= 1;
-            return false;
-        }
-        true
-    }
-
-    /// Polled less often at the moment.
-    pub fn backing_off(&self) -> bool {
-        self.failures >= FAILS_BEFORE_BACKOFF
-    }
-
-    /// Records a poll; returns the cycles it will now skip when that changed.
-    pub fn record(&mut self, ok: bool, max_skip: u64) -> Option<u64> {
-        if ok {
-            let was = self.failures >= FAILS_BEFORE_BACKOFF;
-            *self = Backoff::default();
-            return was.then_some(0);
-        }
-        self.failures = self.failures.saturating_add(1);
-        let over = self.failures.checked_sub(FAILS_BEFORE_BACKOFF)?;
-        self.skip = ((1u64 << (over + 1).min(32)) - 1).min(max_skip.max(1));
-        Some(self.skip)
-    }
-}
-
 /// What a link task tells the publisher.
 #[derive(Debug)]
 pub enum Handoff {
@@ -414,7 +374,8 @@ pub async fn run_link(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut ctx: Option<Connection> = None;
-    let mut backoffs = vec![Backoff::default(); plans.len()];
+    let mut backoffs: Vec<Backoff> = (0..plans.len() as u64).map(Backoff::new).collect();
+    let mut turns = Turns::default();
     // What requests cost is learned over TCP; a DL/T 645 meter's plan has nothing to bridge.
     let learns = link.learns_cost() && link.protocol() == crate::link::Protocol::Modbus;
     let mut learners = vec![Learner::new(learns); plans.len()];
@@ -433,14 +394,21 @@ pub async fn run_link(
         // tried once a cycle.
         let mut unreachable = false;
         let mut batch = Vec::with_capacity(plans.len());
-        for ((plan, backoff), learner) in plans
-            .iter_mut()
-            .zip(backoffs.iter_mut())
-            .zip(learners.iter_mut())
-        {
-            if !backoff.due() {
+        let cycle = turns.cycle(&mut backoffs);
+        let started = std::time::Instant::now();
+        let order = cycle
+            .healthy
+            .iter()
+            .map(|&i| (i, false))
+            .chain(cycle.retry.map(|i| (i, true)));
+        for (i, retry) in order {
+            // A backed-off device is tried only in what is left of the cycle's time (or when it
+            // was put off too often).
+            if retry && !cycle.forced && started.elapsed() >= lc.interval {
+                turns.deferred(i);
                 continue;
             }
+            let (plan, backoff, learner) = (&mut plans[i], &mut backoffs[i], &mut learners[i]);
             if ctx.is_none() && !unreachable {
                 match connect(&link, lc.interval.max(Duration::from_secs(1))).await {
                     Ok(c) => ctx = Some(c),
@@ -631,23 +599,6 @@ mod tests {
             timeout_ms: 100,
             retries: 1,
         }
-    }
-
-    #[test]
-    fn a_failing_device_is_polled_less_often_and_comes_back_at_once() {
-        let mut b = Backoff::default();
-        let mut polled = Vec::new();
-        for cycle in 0..40 {
-            if b.due() {
-                polled.push(cycle);
-                b.record(false, 8);
-            }
-        }
-        // Three failures, then every 2, 4, 8 cycles, then every 9 (skip at most 8).
-        assert_eq!(polled, vec![0, 1, 2, 4, 8, 16, 25, 34]);
-        assert_eq!(b.record(true, 8), Some(0), "back at once");
-        assert!(b.due() && b.due());
-        assert_eq!(b.record(false, 8), None, "one failure is not a pattern");
     }
 
     #[test]
