@@ -112,6 +112,9 @@ pub fn char_time(baud: u32) -> Duration {
 }
 
 /// Serves RTU frames on `stream` until `shutdown` or the stream ends.
+///
+/// A late answer (the `slow` fault) does not hold the line: as on a real bus, the others go on
+/// being answered, and the late frame goes out when it is due, between theirs.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     plant: SharedPlant,
@@ -122,6 +125,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     let ct = char_time(baud);
+    // Late answers, with when each is due.
+    let mut late: Vec<(tokio::time::Instant, Vec<u8>)> = Vec::new();
     loop {
         while let Some(frame) = take_frame(&mut buf) {
             let request = match frame.function {
@@ -151,12 +156,27 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             // The request and the answer each take their time on the wire, with the 3.5
             // character silence before the answer.
             let wire = ct.mul_f64(8.0 + 3.5 + out.len() as f64);
-            tokio::time::sleep(wire + a.delay).await;
+            if !a.delay.is_zero() {
+                late.push((tokio::time::Instant::now() + wire + a.delay, out));
+                continue;
+            }
+            tokio::time::sleep(wire).await;
+            send_due(&mut stream, &mut late).await?;
             stream.write_all(&out).await?;
             stream.flush().await?;
         }
+        let next_late = late.iter().map(|l| l.0).min();
         let n = tokio::select! {
             n = stream.read(&mut chunk) => n?,
+            () = async {
+                match next_late {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                send_due(&mut stream, &mut late).await?;
+                continue;
+            }
             () = shutdown.cancelled() => return Ok(()),
         };
         if n == 0 {
@@ -164,6 +184,21 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Writes the late answers that are due, in the order they fall due.
+async fn send_due<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    late: &mut Vec<(tokio::time::Instant, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    let now = tokio::time::Instant::now();
+    late.sort_by_key(|l| l.0);
+    let due = late.iter().take_while(|l| l.0 <= now).count();
+    for (_, frame) in late.drain(..due) {
+        stream.write_all(&frame).await?;
+    }
+    stream.flush().await?;
+    Ok(())
 }
 
 /// A pseudo-terminal pair: the simulator serves the master side; a master device (an edge, a

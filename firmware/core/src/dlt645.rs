@@ -97,6 +97,14 @@ pub fn read_request(edition: Edition, addr: &Address, di: u32) -> alloc::vec::Ve
     f
 }
 
+/// Bytes on the line for one read of a value `value_bytes` long: the request and the reply,
+/// each with its four-byte preamble (meters usually send one before their reply too) around
+/// 68, address, 68, control, length, identifier, checksum and 16. At 11 bits a character, the
+/// least time a read can take.
+pub fn read_exchange_bytes(edition: Edition, value_bytes: usize) -> usize {
+    2 * (PREAMBLE.len() + 12 + edition.di_len()) + value_bytes
+}
+
 /// Where the first whole frame in what has arrived lies, past any preamble or noise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
@@ -267,6 +275,16 @@ pub fn decode_bcd(value: &[u8], fmt: Format) -> Result<f64, BcdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_exchange_is_its_request_twice_and_the_value() {
+        let addr = Address::parse("000000000043").unwrap();
+        for edition in [Edition::V2007, Edition::V1997] {
+            let request = read_request(edition, &addr, 0x0001_0000).len();
+            assert_eq!(read_exchange_bytes(edition, 4), 2 * request + 4);
+        }
+        assert_eq!(read_exchange_bytes(Edition::V2007, 4), 44);
+    }
 
     #[test]
     fn a_read_request_is_framed_as_meters_expect() {

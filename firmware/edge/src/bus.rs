@@ -8,6 +8,10 @@
 //! cycle's time lasts, so that six dead meters cost a healthy one on their bus at most one
 //! timeout a cycle.
 
+use std::time::Duration;
+
+use crate::link::Wait;
+
 /// One device's backoff.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Backoff {
@@ -121,6 +125,41 @@ impl Turns {
     }
 }
 
+/// A device's answer times, and the first try's timeout fitted to them: three times the
+/// slowest of its last [`KEPT`] first-try answers and 50 ms, within the device's bounds. A dead
+/// meter then costs its bus a few of its usual answer times a try, not a whole second; a slow
+/// answer past the fit is caught by the retry, which waits twice as long.
+#[derive(Debug, Default, Clone)]
+pub struct TimeoutFit {
+    recent: std::collections::VecDeque<Duration>,
+}
+
+/// First-try answers a fit is drawn from.
+pub const KEPT: usize = 32;
+/// Answers seen before the first try waits less than the device's longest timeout.
+const BEFORE_FITTING: usize = 8;
+
+impl TimeoutFit {
+    /// An answer that came on its request's first try, after `took`.
+    pub fn answered(&mut self, took: Duration) {
+        if self.recent.len() == KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(took);
+    }
+
+    /// How long each try of the next request waits, between `least` and `most`.
+    pub fn wait(&self, least: Duration, most: Duration) -> Wait {
+        let first = match self.recent.iter().max() {
+            Some(slowest) if self.recent.len() >= BEFORE_FITTING => {
+                (*slowest * 3 + Duration::from_millis(50)).clamp(least, most)
+            }
+            _ => most,
+        };
+        Wait { first, most }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +234,42 @@ mod tests {
         // Device 2 answers: healthy again.
         backoffs[2].record(true, 60);
         assert!(turns.cycle(&mut backoffs).healthy.contains(&2));
+    }
+
+    #[test]
+    fn the_first_try_waits_three_slowest_answers_within_bounds_and_retries_wait_longer() {
+        let (least, most) = (Duration::from_millis(100), Duration::from_millis(1000));
+        let mut fit = TimeoutFit::default();
+        for _ in 0..BEFORE_FITTING - 1 {
+            fit.answered(Duration::from_millis(40));
+        }
+        assert_eq!(fit.wait(least, most).first, most, "too few answers to fit");
+        fit.answered(Duration::from_millis(60));
+        let w = fit.wait(least, most);
+        assert_eq!(w.first, Duration::from_millis(230));
+        assert_eq!(
+            (0..4)
+                .map(|n| w.try_number(n).as_millis())
+                .collect::<Vec<_>>(),
+            [230, 460, 920, 1000]
+        );
+        // A quick device waits no less than the floor; a slow one no more than its timeout.
+        let mut quick = TimeoutFit::default();
+        let mut slow = TimeoutFit::default();
+        for _ in 0..KEPT {
+            quick.answered(Duration::from_millis(5));
+            slow.answered(Duration::from_millis(900));
+        }
+        assert_eq!(quick.wait(least, most).first, least);
+        assert_eq!(slow.wait(least, most).first, most);
+        // The slowest answer counts for its last KEPT answers, then no more.
+        let mut fit = TimeoutFit::default();
+        fit.answered(Duration::from_millis(300));
+        for _ in 0..KEPT - 1 {
+            fit.answered(Duration::from_millis(10));
+        }
+        assert_eq!(fit.wait(least, most).first, Duration::from_millis(950));
+        fit.answered(Duration::from_millis(10));
+        assert_eq!(fit.wait(least, most).first, least);
     }
 }

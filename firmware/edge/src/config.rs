@@ -131,7 +131,8 @@ pub enum ClockSource {
     /// The edge's own clock (kept by NTP on the board).
     #[default]
     System,
-    /// The device's real-time clock register (the profile's `role = "clock"` point).
+    /// The device's real-time clock register (the profile's `role = "clock"` point); a poll
+    /// whose clock read failed keeps to the device's time base (see [`crate::stamp`]).
     Device,
 }
 
@@ -153,8 +154,15 @@ pub struct DeviceConfig {
     pub profile: Spanned<String>,
     #[serde(default)]
     pub clock: ClockSource,
+    /// The longest a request waits for its answer. Its first try waits less once the device
+    /// has answered a few times: three times its slowest recent answer and 50 ms, never under
+    /// `min_timeout_ms`; each retry waits twice as long as the try before, up to this.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The shortest a fitted first try waits (default 100, or `timeout_ms` if that is less;
+    /// equal to `timeout_ms`: a fixed timeout).
+    #[serde(default)]
+    pub min_timeout_ms: Option<Spanned<u64>>,
     /// A request that times out or comes back garbled on a serial bus is sent again this many
     /// times before its points are marked (a TCP connection that timed out is made again on
     /// the next poll instead).
@@ -181,6 +189,7 @@ pub struct Device {
     pub profile: Arc<Profile>,
     pub clock: ClockSource,
     pub timeout_ms: u64,
+    pub min_timeout_ms: u64,
     pub retries: u8,
 }
 
@@ -350,6 +359,17 @@ impl Site {
                     format!("profile `{}` has no clock point", profile.name),
                 ));
             }
+            let min_timeout_ms = match d.min_timeout_ms {
+                None => d.timeout_ms.min(100),
+                Some(m) if *m.get_ref() > d.timeout_ms => {
+                    return Err(table.error_at(
+                        m.span(),
+                        "min_timeout_ms",
+                        format!("must be at most timeout_ms ({})", d.timeout_ms),
+                    ))
+                }
+                Some(m) => m.into_inner(),
+            };
             devices.push(Device {
                 id: d.id.into_inner(),
                 link,
@@ -358,6 +378,7 @@ impl Site {
                 profile: profile.clone(),
                 clock: d.clock,
                 timeout_ms: d.timeout_ms,
+                min_timeout_ms,
                 retries: d.retries,
             });
         }

@@ -209,8 +209,11 @@ pub struct Reading {
     /// The device refused a long read (exception 03), or ignored it while answering its first
     /// half: the length limit to plan with now, and how it showed.
     pub shorter: Option<(u16, &'static str)>,
-    /// Registers and seconds of each answered request, for [`CostFit`].
+    /// Registers and seconds of each request answered on its first try, for [`CostFit`].
     pub timings: Vec<(u16, f64)>,
+    /// Seconds from the first try to the answer of each request answered only on a retry:
+    /// a device slower than its fitted timeout (see [`crate::bus::TimeoutFit`]).
+    pub answered_on_retry: Vec<f64>,
 }
 
 /// Registers as a reader of a datasheet writes them: the table, the first and the last

@@ -252,6 +252,7 @@ mod tests {
             profile: Library::built_in().get("ems-sim-dtsu666").unwrap().clone(),
             clock: ClockSource::Device,
             timeout_ms: 100,
+            min_timeout_ms: 100,
             retries: 1,
         })
         .unwrap()
@@ -265,6 +266,7 @@ mod tests {
             refused: Vec::new(),
             shorter: None,
             timings: Vec::new(),
+            answered_on_retry: Vec::new(),
         }
     }
 

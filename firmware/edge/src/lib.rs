@@ -17,6 +17,7 @@ pub mod profile;
 pub mod publisher;
 pub mod seq;
 pub mod spool;
+pub mod stamp;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -260,6 +260,25 @@ pub struct Connection {
     /// After the first byte of an answer, this long without another ends it: a frame cut short
     /// is known as such without waiting out the whole timeout.
     gap: Duration,
+    /// Bytes that came after a whole frame, kept for the next frame of the same request.
+    after: Vec<u8>,
+    /// Requests given up on whose answers may still come (see [`Connection::awaits_late_answer`]).
+    late: Vec<Late>,
+}
+
+/// Who answers a request on a framed link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Unit(u8),
+    Meter(ems_core::dlt645::Address),
+}
+
+/// A request whose answer may still arrive, until when.
+#[derive(Debug)]
+struct Late {
+    peer: Peer,
+    request: Vec<u8>,
+    until: Instant,
 }
 
 enum Io {
@@ -316,6 +335,7 @@ impl Connection {
         if !self.silence.is_zero() {
             tokio::time::sleep_until((self.quiet_since + self.silence).into()).await;
         }
+        self.after.clear();
         if let Io::Framed { stream, serial } = &mut self.io {
             match serial {
                 Some(port) => {
@@ -337,17 +357,39 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends `request` and reads the answer, as long as `whole` says a frame of what has
-    /// arrived is (`None` while it cannot tell yet).
+    /// Sends `request` to `peer` and reads the answer, for `timeout` at most, as long as
+    /// `whole` says a frame of what has arrived is (`None` while it cannot tell yet). Returns
+    /// it with the answer's deadline.
+    ///
+    /// Modbus RTU and DL/T 645 carry no transaction number: an answer that comes after its
+    /// request was given up on would be taken for the answer to the next request to the same
+    /// device if both answers have the same length (a clock read answered with a counter's
+    /// registers). So a request to a device with a late answer owed to another request waits
+    /// until that answer is due no more, and what came meanwhile is thrown away.
     async fn exchange(
         &mut self,
+        peer: Peer,
         request: &[u8],
         timeout: Duration,
         whole: impl Fn(&[u8]) -> Option<usize>,
-    ) -> Result<Arrived, Failure> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    ) -> Result<(Arrived, tokio::time::Instant), Failure> {
+        use tokio::io::AsyncWriteExt as _;
+        let now = Instant::now();
+        self.late.retain(|l| l.until > now);
+        let owed = self
+            .late
+            .iter()
+            .filter(|l| l.peer == peer && l.request != request);
+        if let Some(until) = owed.map(|l| l.until).max() {
+            tracing::debug!(
+                ?peer,
+                wait_ms = (until - now).as_millis() as u64,
+                "Waiting out a late answer owed to another request."
+            );
+            tokio::time::sleep_until(until.into()).await;
+            self.late.retain(|l| l.peer != peer || l.request == request);
+        }
         self.prepare().await?;
-        let gap = self.gap;
         let Io::Framed { stream, .. } = &mut self.io else {
             unreachable!("framed exchanges happen on framed links");
         };
@@ -363,11 +405,79 @@ impl Connection {
             });
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut buf = Vec::with_capacity(64);
+        Ok((self.receive(deadline, whole).await?, deadline))
+    }
+
+    /// After a request's last frame: if nothing came, or it came while an earlier try of the
+    /// same request was owed an answer (either may have answered), its answer may still come
+    /// until `most` after it was sent.
+    fn owe(
+        &mut self,
+        peer: Peer,
+        request: &[u8],
+        answered: bool,
+        sent: tokio::time::Instant,
+        most: Duration,
+    ) {
+        let retried = self
+            .late
+            .iter()
+            .any(|l| l.peer == peer && l.request == request);
+        if !answered || retried {
+            self.late.push(Late {
+                peer,
+                request: request.to_vec(),
+                until: (sent + most).into_std(),
+            });
+        }
+    }
+
+    /// Waits until no answer of `peer`'s to an earlier request is owed any more (what came
+    /// meanwhile is thrown away before the next request).
+    pub async fn settle(&mut self, peer: Peer) {
+        let now = Instant::now();
+        self.late.retain(|l| l.until > now);
+        if let Some(until) = self
+            .late
+            .iter()
+            .filter(|l| l.peer == peer)
+            .map(|l| l.until)
+            .max()
+        {
+            tracing::debug!(
+                ?peer,
+                wait_ms = (until - now).as_millis() as u64,
+                "Waiting out a late answer."
+            );
+            tokio::time::sleep_until(until.into()).await;
+            self.late.retain(|l| l.peer != peer);
+        }
+    }
+
+    /// Whether `peer` may still send an answer to a request given up on: the next request to
+    /// it would wait that out (see [`Connection::exchange`]).
+    pub fn awaits_late_answer(&self, peer: Peer) -> bool {
+        let now = Instant::now();
+        self.late.iter().any(|l| l.peer == peer && l.until > now)
+    }
+
+    /// Reads one frame, until `deadline` at most: after a stray frame (a late answer from
+    /// another device) the answer may still come.
+    async fn receive(
+        &mut self,
+        deadline: tokio::time::Instant,
+        whole: impl Fn(&[u8]) -> Option<usize>,
+    ) -> Result<Arrived, Failure> {
+        use tokio::io::AsyncReadExt as _;
+        let gap = self.gap;
+        let Io::Framed { stream, .. } = &mut self.io else {
+            unreachable!("framed exchanges happen on framed links");
+        };
+        let mut buf = std::mem::take(&mut self.after);
         let mut chunk = [0u8; 256];
         let arrived = loop {
             if let Some(n) = whole(&buf).filter(|&n| buf.len() >= n) {
-                buf.truncate(n);
+                self.after = buf.split_off(n);
                 break Arrived::Whole(buf);
             }
             let wait = if buf.is_empty() {
@@ -397,16 +507,18 @@ impl Connection {
         Ok(arrived)
     }
 
-    /// Reads `len` registers at `start` from `unit` (Modbus TCP or RTU).
+    /// Reads `len` registers at `start` from `unit` (Modbus TCP or RTU), waiting `wait.first`
+    /// for the answer, which may come until `wait.most` (see [`Connection::exchange`]).
     pub async fn read(
         &mut self,
         unit: u8,
         table: Table,
         start: u16,
         len: u16,
-        timeout: Duration,
+        wait: Wait,
     ) -> Result<Vec<u16>, Failure> {
         use ems_core::rtu::{self, Answer, FrameError};
+        let timeout = wait.first;
         if let Io::ModbusTcp(ctx) = &mut self.io {
             return modbus_tcp_read(ctx, unit, table, start, len, timeout).await;
         }
@@ -416,7 +528,26 @@ impl Connection {
         };
         let request = rtu::read_request(unit, function, start, len);
         let expected = 5 + 2 * usize::from(len);
-        match self.exchange(&request, timeout, rtu::answer_len).await? {
+        let peer = Peer::Unit(unit);
+        let (mut arrived, deadline) = self
+            .exchange(peer, &request, timeout, rtu::answer_len)
+            .await?;
+        // A whole, sound frame from another unit (or to another request) is a late answer
+        // to a request given up on, ours or another master's: the answer may still follow.
+        let mut strays = 0;
+        while let Arrived::Whole(frame) = &arrived {
+            if strays == MAX_STRAYS
+                || rtu::parse_answer(&request, frame) != Err(FrameError::Mismatch)
+            {
+                break;
+            }
+            strays += 1;
+            tracing::debug!(unit, frame = %hex(frame), "A stray frame on the line, passed over.");
+            arrived = self.receive(deadline, rtu::answer_len).await?;
+        }
+        let answered = !matches!(arrived, Arrived::Nothing);
+        self.owe(peer, &request, answered, deadline - timeout, wait.most);
+        match arrived {
             Arrived::Whole(frame) => match rtu::parse_answer(&request, &frame) {
                 Ok(Answer::Registers(regs)) => Ok(regs),
                 Ok(Answer::Exception(code)) => Err(Failure::Device(code)),
@@ -424,7 +555,7 @@ impl Connection {
                     "the answer arrived corrupt (its CRC is wrong: noise or a collision on the line)".into(),
                 )),
                 Err(FrameError::Mismatch) => Err(Failure::corrupt(
-                    "an answer from another unit or to another request (two masters, or a late answer)".into(),
+                    "only answers from other units or to other requests came (two masters, or late answers)".into(),
                 )),
             },
             Arrived::Nothing => Err(no_answer(timeout, false)),
@@ -442,20 +573,37 @@ impl Connection {
         edition: ems_core::dlt645::Edition,
         addr: &ems_core::dlt645::Address,
         di: u32,
-        timeout: Duration,
+        wait: Wait,
     ) -> Result<Vec<u8>, Failure> {
         use ems_core::dlt645::{self, Reply, Scan};
+        let timeout = wait.first;
         let request = dlt645::read_request(edition, addr, di);
         let frame_end = |buf: &[u8]| match dlt645::find_frame(buf) {
             Scan::Frame { end, .. } => Some(end),
             Scan::NeedMore { .. } => None,
         };
-        match self.exchange(&request, timeout, frame_end).await? {
+        let peer = Peer::Meter(*addr);
+        let (mut arrived, deadline) = self.exchange(peer, &request, timeout, frame_end).await?;
+        let frame = |bytes: &[u8]| match dlt645::find_frame(bytes) {
+            Scan::Frame { start, end } => start..end,
+            Scan::NeedMore { .. } => unreachable!("a whole frame was found in these bytes"),
+        };
+        // Another meter's late reply (sound, to another address or identifier) is passed over.
+        let mut strays = 0;
+        while let Arrived::Whole(bytes) = &arrived {
+            let reply = dlt645::parse_reply(edition, addr, di, &bytes[frame(bytes)]);
+            if strays == MAX_STRAYS || !matches!(reply, Err(dlt645::FrameError::Mismatch)) {
+                break;
+            }
+            strays += 1;
+            tracing::debug!(meter = %addr, frame = %hex(bytes), "A stray frame on the line, passed over.");
+            arrived = self.receive(deadline, frame_end).await?;
+        }
+        let answered = !matches!(arrived, Arrived::Nothing);
+        self.owe(peer, &request, answered, deadline - timeout, wait.most);
+        match arrived {
             Arrived::Whole(bytes) => {
-                let Scan::Frame { start, end } = dlt645::find_frame(&bytes) else {
-                    unreachable!("a whole frame was found in these bytes");
-                };
-                match dlt645::parse_reply(edition, addr, di, &bytes[start..end]) {
+                match dlt645::parse_reply(edition, addr, di, &bytes[frame(&bytes)]) {
                     Ok(Reply::Data(value)) => Ok(value),
                     Ok(Reply::Error(code)) => Err(Failure::Device(code)),
                     Err(e) => Err(Failure::corrupt(format!("the reply is not good: {e}"))),
@@ -470,25 +618,70 @@ impl Connection {
     }
 
     /// [`Connection::read`], sent again up to `retries` times after a timeout or a garbled
-    /// answer that left the link usable (a bus). An exception is the device's answer: it would
-    /// say the same again.
+    /// answer that left the link usable (a bus), each try waiting as `wait` says. An exception
+    /// is the device's answer: it would say the same again. With the registers comes whether
+    /// the first try brought them (only such an answer's time says how fast the device is).
     pub async fn read_retrying(
         &mut self,
         unit: u8,
         table: Table,
         start: u16,
         len: u16,
-        timeout: Duration,
+        wait: Wait,
         retries: u8,
-    ) -> Result<Vec<u16>, Failure> {
+    ) -> Result<(Vec<u16>, bool), Failure> {
+        // An answer owed to an earlier request, this one too, must not be taken for this
+        // one's: only this request's own retries may take its first try's late answer.
+        self.settle(Peer::Unit(unit)).await;
         let mut tries = 0;
         loop {
-            match self.read(unit, table, start, len, timeout).await {
+            let this_try = Wait {
+                first: wait.try_number(tries),
+                most: wait.most,
+            };
+            match self.read(unit, table, start, len, this_try).await {
                 Err(Failure::Link { broken: false, .. }) if tries < retries => tries += 1,
-                answer => return answer,
+                answer => return answer.map(|regs| (regs, tries == 0)),
             }
         }
     }
+}
+
+/// How long a request waits for its answer: `first` on its first try (a time fitted to the
+/// device, see [`crate::bus::TimeoutFit`]), twice as long on each retry, never more than
+/// `most` (the device's `timeout_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub first: Duration,
+    pub most: Duration,
+}
+
+impl Wait {
+    /// The same wait for every try.
+    pub fn fixed(timeout: Duration) -> Wait {
+        Wait {
+            first: timeout,
+            most: timeout,
+        }
+    }
+
+    /// The wait of try `n` (0 is the first).
+    pub fn try_number(self, n: u8) -> Duration {
+        self.first.saturating_mul(1u32 << n.min(16)).min(self.most)
+    }
+}
+
+/// Stray frames passed over while waiting for one answer: more is not a late answer but a
+/// second master or a broken line.
+const MAX_STRAYS: usize = 4;
+
+/// Bytes as a debug log shows them.
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn closed() -> Failure {
@@ -574,6 +767,8 @@ pub async fn connect(link: &Link, timeout: Duration) -> anyhow::Result<Connectio
                 silence: Duration::ZERO,
                 quiet_since: Instant::now(),
                 gap: Duration::ZERO,
+                after: Vec::new(),
+                late: Vec::new(),
             })
         }
         Link::RtuTcp(addr) | Link::Dlt645Tcp(addr) => {
@@ -588,6 +783,8 @@ pub async fn connect(link: &Link, timeout: Duration) -> anyhow::Result<Connectio
                 silence: Duration::ZERO,
                 quiet_since: Instant::now(),
                 gap: frame_gap(char_time, true),
+                after: Vec::new(),
+                late: Vec::new(),
             })
         }
         Link::Rtu(line) | Link::Dlt645(line) => {
@@ -634,6 +831,8 @@ pub async fn connect(link: &Link, timeout: Duration) -> anyhow::Result<Connectio
                 },
                 quiet_since: Instant::now(),
                 gap: frame_gap(line.char_time(), false),
+                after: Vec::new(),
+                late: Vec::new(),
             })
         }
     }
@@ -695,5 +894,125 @@ mod tests {
         // registers do, so it bridges gaps of up to 10 registers and no longer.
         let cost = Link::Rtu(line(9_600, 0)).cost();
         assert!((cost.per_request / cost.per_register - 10.0).abs() < 1e-9);
+    }
+
+    /// An RTU answer of `unit` with `regs`, as a device sends it.
+    fn rtu_answer(unit: u8, regs: &[u16]) -> Vec<u8> {
+        let mut f = vec![unit, ems_core::rtu::READ_HOLDING, 2 * regs.len() as u8];
+        f.extend(regs.iter().flat_map(|r| r.to_be_bytes()));
+        let crc = ems_core::rtu::crc16(&f);
+        f.extend(crc.to_le_bytes());
+        f
+    }
+
+    /// A serial device server that answers each request with `answers(request)`.
+    async fn server(answers: fn(&[u8]) -> Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 8];
+            while s.read_exact(&mut req).await.is_ok() {
+                s.write_all(&answers(&req)).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_from_another_unit_is_passed_over_and_ours_still_read() {
+        // Unit 42's late answer comes first, then unit 43's own.
+        let addr = server(|_| [rtu_answer(42, &[7, 7]), rtu_answer(43, &[1, 2])].concat()).await;
+        let mut c = connect(&Link::RtuTcp(addr), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let regs = c
+            .read(
+                43,
+                Table::Holding,
+                0,
+                2,
+                Wait::fixed(Duration::from_millis(500)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(regs, [1, 2]);
+
+        // Nothing but others' answers: a plain failure, not taken for ours.
+        let addr = server(|_| rtu_answer(42, &[7, 7]).repeat(6)).await;
+        let mut c = connect(&Link::RtuTcp(addr), Duration::from_secs(1))
+            .await
+            .unwrap();
+        match c
+            .read(
+                43,
+                Table::Holding,
+                0,
+                2,
+                Wait::fixed(Duration::from_millis(300)),
+            )
+            .await
+        {
+            Err(Failure::Link { quality, error, .. }) => {
+                assert!(
+                    quality == ems_core::Quality::Crc || quality == ems_core::Quality::Timeout,
+                    "{quality} {error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_is_never_taken_for_the_next_requests_answer() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // A device that answers its first request 150 ms late, and the next at once; both
+        // answers are two registers of unit 7, alike but for their values.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 8];
+            let mut first = true;
+            while s.read_exact(&mut req).await.is_ok() {
+                let start = u16::from_be_bytes([req[2], req[3]]);
+                if first {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    first = false;
+                }
+                s.write_all(&rtu_answer(7, &[start, start])).await.unwrap();
+            }
+        });
+        let mut c = connect(&Link::RtuTcp(addr), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let fitted = Wait {
+            first: Duration::from_millis(50),
+            most: Duration::from_millis(400),
+        };
+        assert!(matches!(
+            c.read(7, Table::Holding, 100, 2, fitted).await,
+            Err(Failure::Link {
+                quality: ems_core::Quality::Timeout,
+                ..
+            })
+        ));
+        assert!(c.awaits_late_answer(Peer::Unit(7)));
+        assert!(!c.awaits_late_answer(Peer::Unit(8)));
+        // The answer to the read of 100 comes while 200 would be waited for: it must not be
+        // taken for 200's.
+        let regs = c
+            .read(
+                7,
+                Table::Holding,
+                200,
+                2,
+                Wait::fixed(Duration::from_millis(500)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(regs, [200, 200]);
+        assert!(!c.awaits_late_answer(Peer::Unit(7)));
     }
 }

@@ -146,6 +146,7 @@ async fn run() -> anyhow::Result<()> {
                 profile,
                 clock: ems_edge::config::ClockSource::System,
                 timeout_ms,
+                min_timeout_ms: timeout_ms,
                 retries: 1,
             };
             let plan = ems_edge::poller::DevicePlan::new(device)?;
@@ -160,7 +161,9 @@ async fn run() -> anyhow::Result<()> {
             let mut ctx =
                 ems_edge::link::connect(&link, std::time::Duration::from_millis(timeout_ms))
                     .await?;
-            let reading = ems_edge::poller::read_device(&mut ctx, &plan).await;
+            // One poll, each try waiting the whole timeout (nothing is known yet of the device).
+            let wait = ems_edge::link::Wait::fixed(std::time::Duration::from_millis(timeout_ms));
+            let reading = ems_edge::poller::read_device(&mut ctx, &plan, wait).await;
             if let Some(clock) = reading.device_clock_ms {
                 println!(
                     "{:<16} {}",

@@ -14,24 +14,26 @@ use ems_core::Quality;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Backoff, Turns};
+use crate::bus::{Backoff, TimeoutFit, Turns};
 use crate::config::ClockSource;
 pub use crate::device_plan::{decode_point, DevicePlan, Read, Reading};
 use crate::learner::{Learner, Lesson};
-use crate::link::{connect, Connection, Failure, Link};
+use crate::link::{connect, Connection, Failure, Link, Peer, Wait};
 use crate::metrics::{DeviceLabel, EdgeMetrics, FailureLabel, LinkLabel, ReplanLabel};
 use crate::profile::{PointRole, Profile, Table};
 use crate::seq::SeqStore;
 use crate::spool::Spool;
+use crate::stamp::MeterClock;
 use ems_core::plan::Span;
 
 /// Exception 02: illegal data address.
 const ILLEGAL_DATA_ADDRESS: u8 = 2;
 const ILLEGAL_DATA_VALUE: u8 = 3;
 
-pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
+/// Reads one device by its plan, each request's tries waiting as `wait` says.
+pub async fn read_device(link: &mut Connection, plan: &DevicePlan, wait: Wait) -> Reading {
     if let (Some(edition), Some(addr)) = (plan.device.profile.protocol, plan.device.meter) {
-        return read_meter(link, plan, edition, &addr).await;
+        return read_meter(link, plan, edition, &addr, wait).await;
     }
     let profile = &plan.device.profile;
     let mut values: Vec<Result<f64, Quality>> = vec![Err(Quality::Comm); profile.points.len()];
@@ -49,9 +51,11 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
         .max()
         .unwrap_or(1);
     let unit = plan.device.unit_id;
-    let timeout = Duration::from_millis(plan.device.timeout_ms);
+    // Finding what a device refuses or how long a request it takes waits its whole timeout.
+    let timeout = wait.most;
     let retries = plan.device.retries;
     let mut timings = Vec::with_capacity(plan.reads.len());
+    let mut answered_on_retry = Vec::new();
     for read in &plan.reads {
         if let Some(q) = gave_up {
             for &i in &read.points {
@@ -61,13 +65,24 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
         }
         let asked = std::time::Instant::now();
         match link
-            .read_retrying(unit, read.table, read.start, read.len, timeout, retries)
+            .read_retrying(unit, read.table, read.start, read.len, wait, retries)
             .await
         {
-            Ok(regs) => {
-                timings.push((read.len, asked.elapsed().as_secs_f64()));
+            Ok((regs, first_try)) => {
+                let took = asked.elapsed().as_secs_f64();
+                if first_try {
+                    timings.push((read.len, took));
+                } else {
+                    answered_on_retry.push(took);
+                }
                 for &i in &read.points {
                     values[i] = decode_point(&profile.points[i], read, &regs);
+                }
+                // Answered on a retry after a timeout: the other try's answer may still come,
+                // and the next request would wait it out. The bus has better use for that
+                // time; the device's other reads wait for the next poll.
+                if link.awaits_late_answer(Peer::Unit(unit)) {
+                    gave_up = Some(Quality::Timeout);
                 }
             }
             Err(Failure::Device(ILLEGAL_DATA_VALUE)) if read.len > longest => {
@@ -98,17 +113,10 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
                         points: vec![i],
                     };
                     values[i] = match link
-                        .read_retrying(
-                            unit,
-                            single.table,
-                            single.start,
-                            single.len,
-                            timeout,
-                            retries,
-                        )
+                        .read_retrying(unit, single.table, single.start, single.len, wait, retries)
                         .await
                     {
-                        Ok(regs) => decode_point(p, &single, &regs),
+                        Ok((regs, _)) => decode_point(p, &single, &regs),
                         Err(Failure::Device(code)) => Err(Quality::Exception(code)),
                         Err(Failure::Link {
                             quality,
@@ -161,7 +169,7 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
                             .collect(),
                     };
                     match link
-                        .read(unit, part.table, part.start, part.len, timeout)
+                        .read(unit, part.table, part.start, part.len, Wait::fixed(timeout))
                         .await
                     {
                         Ok(regs) => break Some((part, regs)),
@@ -206,6 +214,7 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan) -> Reading {
             refused,
             shorter,
             timings,
+            answered_on_retry,
         },
     )
 }
@@ -222,7 +231,10 @@ async fn bisect_refused(
 ) -> Vec<Span> {
     let mut b = crate::learner::Bisection::new(gaps);
     while let Some(span) = b.next() {
-        match link.read(unit, table, span.start, span.len, timeout).await {
+        match link
+            .read(unit, table, span.start, span.len, Wait::fixed(timeout))
+            .await
+        {
             Ok(_) => b.record(false),
             Err(Failure::Device(ILLEGAL_DATA_ADDRESS)) => b.record(true),
             Err(_) => {
@@ -241,6 +253,7 @@ struct Findings {
     refused: Vec<(Table, Span)>,
     shorter: Option<(u16, &'static str)>,
     timings: Vec<(u16, f64)>,
+    answered_on_retry: Vec<f64>,
 }
 
 /// Reads a DL/T 645 meter: one data identifier a request, each decoded from its BCD format.
@@ -249,13 +262,14 @@ async fn read_meter(
     plan: &DevicePlan,
     edition: ems_core::dlt645::Edition,
     addr: &ems_core::dlt645::Address,
+    wait: Wait,
 ) -> Reading {
     let profile = &plan.device.profile;
-    let timeout = Duration::from_millis(plan.device.timeout_ms);
     let mut values = vec![Err(Quality::Comm); profile.points.len()];
     let mut gave_up: Option<Quality> = None;
     let mut link_failed = false;
     let mut timings = Vec::with_capacity(profile.points.len());
+    let mut answered_on_retry = Vec::new();
     for i in plan.reads.iter().flat_map(|r| r.points.iter().copied()) {
         let def = &profile.points[i];
         let Some(point) = def.dlt645 else { continue };
@@ -263,10 +277,16 @@ async fn read_meter(
             values[i] = Err(q);
             continue;
         }
+        // An answer owed to an earlier poll's request must not be taken for this one's.
+        link.settle(Peer::Meter(*addr)).await;
         let asked = std::time::Instant::now();
         let mut tries = 0;
         let answer = loop {
-            match link.read_dlt645(edition, addr, point.di, timeout).await {
+            let this_try = Wait {
+                first: wait.try_number(tries),
+                most: wait.most,
+            };
+            match link.read_dlt645(edition, addr, point.di, this_try).await {
                 Err(Failure::Link { broken: false, .. }) if tries < plan.device.retries => {
                     tries += 1
                 }
@@ -275,7 +295,16 @@ async fn read_meter(
         };
         values[i] = match answer {
             Ok(bytes) => {
-                timings.push((1, asked.elapsed().as_secs_f64()));
+                let took = asked.elapsed().as_secs_f64();
+                if tries == 0 {
+                    timings.push((1, took));
+                } else {
+                    answered_on_retry.push(took);
+                }
+                // As for Modbus: a late answer owed ends this poll of the meter.
+                if link.awaits_late_answer(Peer::Meter(*addr)) {
+                    gave_up = Some(Quality::Timeout);
+                }
                 ems_core::dlt645::decode_bcd(&bytes, point.format)
                     .map(|v| v * def.scale + def.offset)
                     .map_err(|_| Quality::Decode)
@@ -304,6 +333,7 @@ async fn read_meter(
             refused: Vec::new(),
             shorter: None,
             timings,
+            answered_on_retry,
         },
     )
 }
@@ -338,6 +368,7 @@ fn reading_of(profile: &Profile, values: Vec<Result<f64, Quality>>, f: Findings)
         refused: f.refused,
         shorter: f.shorter,
         timings: f.timings,
+        answered_on_retry: f.answered_on_retry,
     }
 }
 
@@ -376,6 +407,8 @@ pub async fn run_link(
     let mut ctx: Option<Connection> = None;
     let mut backoffs: Vec<Backoff> = (0..plans.len() as u64).map(Backoff::new).collect();
     let mut turns = Turns::default();
+    let mut fits = vec![TimeoutFit::default(); plans.len()];
+    let mut clocks = vec![MeterClock::default(); plans.len()];
     // What requests cost is learned over TCP; a DL/T 645 meter's plan has nothing to bridge.
     let learns = link.learns_cost() && link.protocol() == crate::link::Protocol::Modbus;
     let mut learners = vec![Learner::new(learns); plans.len()];
@@ -408,7 +441,12 @@ pub async fn run_link(
                 turns.deferred(i);
                 continue;
             }
-            let (plan, backoff, learner) = (&mut plans[i], &mut backoffs[i], &mut learners[i]);
+            let (plan, backoff, learner, fit) = (
+                &mut plans[i],
+                &mut backoffs[i],
+                &mut learners[i],
+                &mut fits[i],
+            );
             if ctx.is_none() && !unreachable {
                 match connect(&link, lc.interval.max(Duration::from_secs(1))).await {
                     Ok(c) => ctx = Some(c),
@@ -426,7 +464,11 @@ pub async fn run_link(
             let reading = match ctx.as_mut() {
                 Some(c) => {
                     lc.metrics.requests.inc_by(plan.reads.len() as u64);
-                    read_device(c, plan).await
+                    let wait = fit.wait(
+                        Duration::from_millis(plan.device.min_timeout_ms),
+                        Duration::from_millis(plan.device.timeout_ms),
+                    );
+                    read_device(c, plan, wait).await
                 }
                 None => unreachable_reading(plan),
             };
@@ -446,6 +488,10 @@ pub async fn run_link(
             }
             if reading.link_failed {
                 ctx = None;
+            }
+            let answer_times = reading.timings.iter().map(|t| t.1);
+            for seconds in answer_times.chain(reading.answered_on_retry.iter().copied()) {
+                fit.answered(Duration::from_secs_f64(seconds));
             }
             let ok = reading.points.iter().any(|p| p.q.is_good());
             let was_backing_off = backoff.backing_off();
@@ -482,7 +528,7 @@ pub async fn run_link(
                 }
             }
             let ts_ms = match plan.device.clock {
-                ClockSource::Device => reading.device_clock_ms.unwrap_or(system_ms),
+                ClockSource::Device => clocks[i].stamp(reading.device_clock_ms, system_ms),
                 ClockSource::System => system_ms,
             };
             batch.push((plan.device.id.clone(), ts_ms, reading.points));
@@ -574,6 +620,7 @@ fn unreachable_reading(plan: &DevicePlan) -> Reading {
         refused: Vec::new(),
         shorter: None,
         timings: Vec::new(),
+        answered_on_retry: Vec::new(),
     }
 }
 
@@ -597,6 +644,7 @@ mod tests {
                 .clone(),
             clock: ClockSource::Device,
             timeout_ms: 100,
+            min_timeout_ms: 100,
             retries: 1,
         }
     }
