@@ -214,6 +214,9 @@ pub struct Reading {
     /// Seconds from the first try to the answer of each request answered only on a retry:
     /// a device slower than its fitted timeout (see [`crate::bus::TimeoutFit`]).
     pub answered_on_retry: Vec<f64>,
+    /// Each failed request in plain words: which registers (or data identifier), and what
+    /// went wrong (written to the log at most once a minute a device, see [`crate::log_limit`]).
+    pub failures: Vec<String>,
 }
 
 /// Registers as a reader of a datasheet writes them: the table, the first and the last

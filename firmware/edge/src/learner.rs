@@ -267,6 +267,7 @@ mod tests {
             shorter: None,
             timings: Vec::new(),
             answered_on_retry: Vec::new(),
+            failures: Vec::new(),
         }
     }
 

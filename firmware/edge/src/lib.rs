@@ -10,6 +10,7 @@ pub mod config;
 pub mod device_plan;
 pub mod learner;
 pub mod link;
+pub mod log_limit;
 pub mod metrics;
 pub mod outbox;
 pub mod poller;

@@ -189,6 +189,9 @@ async fn run() -> anyhow::Result<()> {
                     None => println!("{:<16} {:>18} {:<6} {}", p.id, "-", def.unit, p.q),
                 }
             }
+            for failure in &reading.failures {
+                println!("failed: {failure}");
+            }
             for (table, span) in &reading.refused {
                 println!(
                     "refused: {} (exception 02 on a bridged read)",

@@ -55,6 +55,8 @@ pub struct EdgeMetrics {
     pub delivered: Counter,
     /// Of those, messages that waited in the spool for the broker (the replay of a backlog).
     pub replayed: Counter,
+    /// Warnings of failing devices not written (one a device a minute at most).
+    pub log_lines_held_back: Counter,
 }
 
 fn poll_histogram() -> Histogram {
@@ -76,6 +78,7 @@ impl Default for EdgeMetrics {
             spool_dropped: Gauge::default(),
             delivered: Counter::default(),
             replayed: Counter::default(),
+            log_lines_held_back: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("polls", "Device polls", m.polls.clone());
@@ -128,6 +131,11 @@ impl Default for EdgeMetrics {
             "replayed",
             "Messages the broker acknowledged that were read while it was out of reach (the backlog replayed)",
             m.replayed.clone(),
+        );
+        registry.register(
+            "log_lines_held_back",
+            "Warnings of failing devices not written to the log (one a device a minute at most; point_failures counts every failure)",
+            m.log_lines_held_back.clone(),
         );
         EdgeMetrics { registry, ..m }
     }

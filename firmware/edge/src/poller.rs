@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Backoff, TimeoutFit, Turns};
 use crate::config::ClockSource;
-pub use crate::device_plan::{decode_point, DevicePlan, Read, Reading};
+pub use crate::device_plan::{decode_point, registers, DevicePlan, Read, Reading};
 use crate::learner::{Learner, Lesson};
 use crate::link::{connect, Connection, Failure, Link, Peer, Wait};
+use crate::log_limit::LogLimit;
 use crate::metrics::{DeviceLabel, EdgeMetrics, FailureLabel, LinkLabel, ReplanLabel};
 use crate::profile::{PointRole, Profile, Table};
 use crate::seq::SeqStore;
@@ -56,6 +57,7 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan, wait: Wait) -
     let retries = plan.device.retries;
     let mut timings = Vec::with_capacity(plan.reads.len());
     let mut answered_on_retry = Vec::new();
+    let mut failures = Vec::new();
     for read in &plan.reads {
         if let Some(q) = gave_up {
             for &i in &read.points {
@@ -123,7 +125,10 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan, wait: Wait) -
                             error,
                             broken,
                         }) => {
-                            tracing::warn!(device = %plan.device.id, %error, start = single.start, "Modbus request failed.");
+                            failures.push(format!(
+                                "{}: {error}",
+                                registers(single.table, single.start, single.len)
+                            ));
                             (gave_up, link_failed) = (Some(quality), broken);
                             Err(quality)
                         }
@@ -188,7 +193,10 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan, wait: Wait) -
                         }
                     }
                     None => {
-                        tracing::warn!(device = %plan.device.id, %error, start = read.start, "Modbus request failed.");
+                        failures.push(format!(
+                            "{}: {error}",
+                            registers(read.table, read.start, read.len)
+                        ));
                         (gave_up, link_failed) = (Some(Quality::Timeout), broken);
                     }
                 }
@@ -198,7 +206,10 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan, wait: Wait) -
                 error,
                 broken,
             }) => {
-                tracing::warn!(device = %plan.device.id, %error, start = read.start, "Modbus request failed.");
+                failures.push(format!(
+                    "{}: {error}",
+                    registers(read.table, read.start, read.len)
+                ));
                 (gave_up, link_failed) = (Some(quality), broken);
                 for &i in &read.points {
                     values[i] = Err(quality);
@@ -215,6 +226,7 @@ pub async fn read_device(link: &mut Connection, plan: &DevicePlan, wait: Wait) -
             shorter,
             timings,
             answered_on_retry,
+            failures,
         },
     )
 }
@@ -254,6 +266,7 @@ struct Findings {
     shorter: Option<(u16, &'static str)>,
     timings: Vec<(u16, f64)>,
     answered_on_retry: Vec<f64>,
+    failures: Vec<String>,
 }
 
 /// Reads a DL/T 645 meter: one data identifier a request, each decoded from its BCD format.
@@ -270,6 +283,7 @@ async fn read_meter(
     let mut link_failed = false;
     let mut timings = Vec::with_capacity(profile.points.len());
     let mut answered_on_retry = Vec::new();
+    let mut failures = Vec::new();
     for i in plan.reads.iter().flat_map(|r| r.points.iter().copied()) {
         let def = &profile.points[i];
         let Some(point) = def.dlt645 else { continue };
@@ -315,7 +329,7 @@ async fn read_meter(
                 error,
                 broken,
             }) => {
-                tracing::warn!(device = %plan.device.id, %error, di = format!("{:08X}", point.di), "DL/T 645 read failed.");
+                failures.push(format!("data identifier {:08X}: {error}", point.di));
                 // A meter that does not answer one identifier will not answer the next.
                 if quality != Quality::Crc {
                     gave_up = Some(quality);
@@ -334,6 +348,7 @@ async fn read_meter(
             shorter: None,
             timings,
             answered_on_retry,
+            failures,
         },
     )
 }
@@ -369,6 +384,7 @@ fn reading_of(profile: &Profile, values: Vec<Result<f64, Quality>>, f: Findings)
         shorter: f.shorter,
         timings: f.timings,
         answered_on_retry: f.answered_on_retry,
+        failures: f.failures,
     }
 }
 
@@ -409,6 +425,7 @@ pub async fn run_link(
     let mut turns = Turns::default();
     let mut fits = vec![TimeoutFit::default(); plans.len()];
     let mut clocks = vec![MeterClock::default(); plans.len()];
+    let mut log_limits = vec![LogLimit::default(); plans.len()];
     // What requests cost is learned over TCP; a DL/T 645 meter's plan has nothing to bridge.
     let learns = link.learns_cost() && link.protocol() == crate::link::Protocol::Modbus;
     let mut learners = vec![Learner::new(learns); plans.len()];
@@ -489,6 +506,19 @@ pub async fn run_link(
             if reading.link_failed {
                 ctx = None;
             }
+            if let Some(first) = reading.failures.first() {
+                match log_limits[i].allow(std::time::Instant::now()) {
+                    Some(held_back) => tracing::warn!(
+                        device = %plan.device.id,
+                        failed_requests = reading.failures.len(),
+                        held_back,
+                        "Poll failed: {first}"
+                    ),
+                    None => {
+                        lc.metrics.log_lines_held_back.inc();
+                    }
+                }
+            }
             let answer_times = reading.timings.iter().map(|t| t.1);
             for seconds in answer_times.chain(reading.answered_on_retry.iter().copied()) {
                 fit.answered(Duration::from_secs_f64(seconds));
@@ -505,8 +535,11 @@ pub async fn run_link(
                 Some(0) => {
                     tracing::info!(device = %plan.device.id, "Device answers again; polled every cycle.")
                 }
+                Some(skip) if !was_backing_off => {
+                    tracing::warn!(device = %plan.device.id, skip_cycles = skip, "Device failing; polled less often until it answers.")
+                }
                 Some(skip) => {
-                    tracing::warn!(device = %plan.device.id, skip_cycles = skip, "Device keeps failing; polled less often.")
+                    tracing::debug!(device = %plan.device.id, skip_cycles = skip, "Device still failing.")
                 }
                 None => {}
             }
@@ -621,6 +654,7 @@ fn unreachable_reading(plan: &DevicePlan) -> Reading {
         shorter: None,
         timings: Vec::new(),
         answered_on_retry: Vec::new(),
+        failures: Vec::new(),
     }
 }
 

@@ -120,8 +120,12 @@ struct PointFile {
     /// Zero-based register address (the number on the wire, not the "4xxxx" reference).
     #[serde(default)]
     address: Option<u16>,
+    /// Or the one-based reference a datasheet prints: 40001-49999 or 400001-465536 for
+    /// holding register 0 on, 30001-39999 or 300001-365536 for input register 0 on.
     #[serde(default)]
-    table: Table,
+    reference: Option<u32>,
+    #[serde(default)]
+    table: Option<Table>,
     #[serde(rename = "type", default)]
     data_type: Option<DataType>,
     #[serde(default)]
@@ -183,7 +187,7 @@ fn point_of(
     protocol: Option<ems_core::dlt645::Edition>,
 ) -> Result<PointDef, ConfigError> {
     let key = |k: &str| format!("points[{i}].{k}");
-    let (address, data_type, dlt645) = match protocol {
+    let (address, table, data_type, dlt645) = match protocol {
         None => {
             if p.di.is_some() || p.format.is_some() {
                 return Err(src.error(
@@ -191,8 +195,34 @@ fn point_of(
                     "a Modbus profile's points have `address` and `type`; `di` and `format` are DL/T 645's (set `protocol`)",
                 ));
             }
-            let Some(address) = p.address else {
-                return Err(src.error(&key("address"), "a Modbus point needs its register address"));
+            let (address, table) = match (p.address, p.reference) {
+                (Some(a), None) => (a, p.table.unwrap_or_default()),
+                (None, Some(r)) => {
+                    if p.table.is_some() {
+                        return Err(src.error(
+                            &key("table"),
+                            "a reference names its table (4xxxx holding, 3xxxx input): drop `table`",
+                        ));
+                    }
+                    from_reference(r).ok_or_else(|| {
+                        src.error(
+                            &key("reference"),
+                            format!("{r} is not a register reference: 40001-49999 or 400001-465536 (holding), 30001-39999 or 300001-365536 (input)"),
+                        )
+                    })?
+                }
+                (Some(_), Some(_)) => {
+                    return Err(src.error(
+                        &key("reference"),
+                        "give `address` (zero-based) or `reference` (one-based, 4xxxx), not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(src.error(
+                        &key("address"),
+                        "a Modbus point needs its register: `address` (zero-based) or `reference` (one-based 4xxxx)",
+                    ))
+                }
             };
             let Some(data_type) = p.data_type else {
                 return Err(src.error(
@@ -200,10 +230,10 @@ fn point_of(
                     "a Modbus point needs its type (u16, i32, f32, ...)",
                 ));
             };
-            (address, data_type, None)
+            (address, table, data_type, None)
         }
         Some(edition) => {
-            if p.address.is_some() || p.data_type.is_some() {
+            if p.address.is_some() || p.reference.is_some() || p.data_type.is_some() {
                 return Err(src.error(
                     &key("address"),
                     "a DL/T 645 point is read by `di` and `format`, not by register",
@@ -232,13 +262,18 @@ fn point_of(
                         "the value's format as the standard prints it, such as \"XXXXXX.XX\" (an even number of X)",
                     )
                 })?;
-            (0, DataType::U16, Some(Dlt645Point { di, format }))
+            (
+                0,
+                Table::Holding,
+                DataType::U16,
+                Some(Dlt645Point { di, format }),
+            )
         }
     };
     Ok(PointDef {
         id: p.id,
         address,
-        table: p.table,
+        table,
         data_type,
         order: p.order,
         dlt645,
@@ -248,6 +283,19 @@ fn point_of(
         counter: p.counter,
         role: p.role,
     })
+}
+
+/// A one-based Modicon reference as a table and a zero-based address: 40001 is holding 0,
+/// 30010 input 9; six digits (400001) reach the whole 65 536 registers.
+fn from_reference(r: u32) -> Option<(u16, Table)> {
+    let (table, first) = match r {
+        40_001..=49_999 => (Table::Holding, 40_001),
+        30_001..=39_999 => (Table::Input, 30_001),
+        400_001..=465_536 => (Table::Holding, 400_001),
+        300_001..=365_536 => (Table::Input, 300_001),
+        _ => return None,
+    };
+    Some((u16::try_from(r - first).ok()?, table))
 }
 
 fn one() -> f64 {
@@ -383,6 +431,42 @@ mod tests {
         let p = lib.get("ems-sim-totalizer").unwrap();
         assert_eq!(p.clock_point(), Some(0));
         assert!(p.points.iter().any(|p| p.counter));
+    }
+
+    #[test]
+    fn a_datasheets_one_based_reference_is_the_register_before_it() {
+        let point = |line: &str| {
+            let text = format!("name = \"x\"\n[[points]]\nid = \"a\"\n{line}\ntype = \"u16\"\n");
+            let mut lib = Library::default();
+            lib.add(&Source::embedded("x.toml", &text)).map(|()| {
+                let p = &lib.get("x").unwrap().points[0];
+                (p.table, p.address)
+            })
+        };
+        // Off by one, as datasheets number them: 40001 is the first holding register, 0.
+        assert_eq!(point("reference = 40001").unwrap(), (Table::Holding, 0));
+        assert_eq!(
+            point("reference = 40031").unwrap(),
+            point("address = 30").unwrap()
+        );
+        assert_eq!(point("reference = 30010").unwrap(), (Table::Input, 9));
+        assert_eq!(
+            point("reference = 465536").unwrap(),
+            (Table::Holding, 65_535)
+        );
+        assert_eq!(point("reference = 300001").unwrap(), (Table::Input, 0));
+        for bad in [
+            "reference = 40000",
+            "reference = 10001",
+            "reference = 50000",
+        ] {
+            let err = point(bad).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("points[0].reference"), "{bad}");
+        }
+        let both = point("address = 0\nreference = 40001").unwrap_err();
+        assert_eq!(both.key.as_deref(), Some("points[0].reference"));
+        let table = point("reference = 40001\ntable = \"input\"").unwrap_err();
+        assert_eq!(table.key.as_deref(), Some("points[0].table"));
     }
 
     #[test]
