@@ -141,6 +141,22 @@ pub fn encode(value: f64, ty: DataType, order: WordOrder, out: &mut [u16]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_worked_example_of_docs_profiles_md() {
+        // 230.5 V as f32 is 0x4366_8000; each order puts those bytes in the registers so.
+        for (order, regs) in [
+            (WordOrder::ABCD, [0x4366, 0x8000]),
+            (WordOrder::CDAB, [0x8000, 0x4366]),
+            (WordOrder::BADC, [0x6643, 0x0080]),
+            (WordOrder::DCBA, [0x0080, 0x6643]),
+        ] {
+            assert_eq!(decode(&regs, DataType::F32, order), Ok(230.5), "{order:?}");
+        }
+        // Read with the wrong order, the same registers are a number no meter shows.
+        let wrong = decode(&[0x8000, 0x4366], DataType::F32, WordOrder::ABCD).unwrap();
+        assert!(wrong.abs() < 1e-30, "{wrong}");
+    }
+
     use super::*;
 
     #[test]
