@@ -84,7 +84,7 @@ dynamic_filters = true
 /// each device, so stopping the gateway leaves nothing in the embedded broker.
 async fn wait_until_stored(data_dir: &std::path::Path) {
     // The edge has stopped: its numbers are final. The gateway's grow as it commits.
-    let opened = ems_edge::seq::SeqStore::open(&data_dir.join("edge")).and_then(|seq| {
+    let opened = ems_edge::seq::SeqStore::read(&data_dir.join("edge")).and_then(|seq| {
         Ok((
             seq,
             crate::store::Store::open(&data_dir.join("ems-gateway.db"))?.reader()?,
@@ -98,7 +98,13 @@ async fn wait_until_stored(data_dir: &std::path::Path) {
     };
     for _ in 0..100 {
         match reader.devices() {
-            Ok(devices) if devices.iter().all(|d| d.last_seq as u64 >= seq.last(&d.id)) => return,
+            Ok(devices)
+                if devices
+                    .iter()
+                    .all(|d| d.last_seq as u64 >= seq.get(&d.id).copied().unwrap_or(0)) =>
+            {
+                return
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "Cannot read the gateway's ledger."),
         }

@@ -291,8 +291,7 @@ fn run_agent(
     peak_rss = peak_rss.max(proc_status(pid, "VmHWM:"));
     // Polled is not enough: everything read must have reached the broker.
     stop_edge_all_delivered(&mut edge, Duration::from_secs(30));
-    let seq: BTreeMap<String, u64> =
-        serde_json::from_str(&std::fs::read_to_string(data.join("seq.json")).unwrap()).unwrap();
+    let seq = ems_edge::seq::SeqStore::read(&data).unwrap();
     let points: u64 = devices
         .iter()
         .map(|(id, _, _, n)| seq.get(id).copied().unwrap_or(0) * *n as u64)

@@ -637,8 +637,10 @@ pub fn stop_edge_all_delivered(edge: &mut Proc, timeout: Duration) {
 
 /// The last sequence number the edge in `dir` gave each device (its durable state).
 pub fn edge_sequence_numbers(dir: &Path) -> HashMap<String, u64> {
-    let text = std::fs::read_to_string(dir.join("ems-edge-data/seq.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    ems_edge::seq::SeqStore::read(&dir.join("ems-edge-data"))
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 /// Waits until the gateway at `http` holds the last number `seq` names for every device, then
