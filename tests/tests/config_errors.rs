@@ -120,6 +120,13 @@ fn edge_probe_reads_a_device_once_and_shows_each_point_with_its_quality() {
     }
     let text = lines.join("\n");
     assert!(text.contains("requests touching"), "{text}");
+    // It names the profile and where its map comes from, to check against the meter's manual.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("profile dtsu666: ") && l.contains("(map: CHINT DTSU666")),
+        "{text}"
+    );
     let import = lines
         .iter()
         .find(|l| l.starts_with("import_kwh"))

@@ -155,6 +155,11 @@ async fn run() -> anyhow::Result<()> {
                 None => format!("unit {}", unit_id.unwrap_or(0)),
             };
             println!("{link} {whom}: {}", plan.summary());
+            let profile = &plan.device.profile;
+            println!(
+                "profile {}: {} (map: {})",
+                profile.name, profile.description, profile.datasheet
+            );
             for r in &plan.reads {
                 println!("request {}", ems_edge::device_plan::describe(&plan, r));
             }

@@ -13,6 +13,22 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("dtsu666.toml", include_str!("../profiles/dtsu666.toml")),
     ("sdm630.toml", include_str!("../profiles/sdm630.toml")),
     (
+        "siemens-pac3200.toml",
+        include_str!("../profiles/siemens-pac3200.toml"),
+    ),
+    (
+        "schneider-pm5100.toml",
+        include_str!("../profiles/schneider-pm5100.toml"),
+    ),
+    (
+        "schneider-iem3000.toml",
+        include_str!("../profiles/schneider-iem3000.toml"),
+    ),
+    (
+        "abb-b-series.toml",
+        include_str!("../profiles/abb-b-series.toml"),
+    ),
+    (
         "flow-totalizer.toml",
         include_str!("../profiles/flow-totalizer.toml"),
     ),
@@ -68,6 +84,9 @@ struct ProfileFile {
     extends: Option<String>,
     #[serde(default)]
     description: String,
+    /// Where the map comes from: the manual, its edition or revision, and the section.
+    #[serde(default)]
+    datasheet: Option<String>,
     #[serde(default)]
     max_registers: Option<u16>,
     /// What the device speaks: Modbus (the default), or `dlt645-2007` / `dlt645-1997`.
@@ -82,6 +101,8 @@ struct ProfileFile {
 pub struct Profile {
     pub name: String,
     pub description: String,
+    /// Where the map comes from (a profile that extends another and names none keeps its).
+    pub datasheet: String,
     /// Most registers the device returns in one request (Modbus allows 125).
     pub max_registers: u16,
     /// `None`: Modbus. Otherwise the DL/T 645 edition the meter speaks.
@@ -361,6 +382,7 @@ impl Library {
         let file: ProfileFile = src.parse()?;
         let (mut points, mut max_registers) = (Vec::new(), DEFAULT_MAX_REGISTERS);
         let mut protocol = file.protocol;
+        let mut datasheet = String::new();
         if let Some(parent) = &file.extends {
             let Some(p) = self.profiles.get(parent) else {
                 return Err(src.error(
@@ -370,6 +392,7 @@ impl Library {
             };
             points = p.points.clone();
             max_registers = p.max_registers;
+            datasheet = p.datasheet.clone();
             if file.protocol.is_some_and(|f| Some(f) != p.protocol) {
                 return Err(src.error("protocol", format!("`{parent}` speaks another protocol")));
             }
@@ -381,6 +404,7 @@ impl Library {
         let profile = Profile {
             name: file.name,
             description: file.description,
+            datasheet: file.datasheet.unwrap_or(datasheet),
             max_registers: file.max_registers.unwrap_or(max_registers),
             protocol,
             points,
@@ -467,6 +491,86 @@ mod tests {
         assert_eq!(both.key.as_deref(), Some("points[0].reference"));
         let table = point("reference = 40001\ntable = \"input\"").unwrap_err();
         assert_eq!(table.key.as_deref(), Some("points[0].table"));
+    }
+
+    /// The named meters of the library, each from a manufacturer's map.
+    const NAMED_METERS: [&str; 6] = [
+        "dtsu666",
+        "sdm630",
+        "siemens-pac3200",
+        "schneider-pm5100",
+        "schneider-iem3000",
+        "abb-b-series",
+    ];
+
+    #[test]
+    fn every_built_in_profile_says_where_its_map_comes_from() {
+        let lib = Library::built_in();
+        for name in lib.names() {
+            let p = lib.get(name).unwrap();
+            assert!(
+                p.datasheet.len() > 10,
+                "{name}: datasheet `{}`",
+                p.datasheet
+            );
+        }
+        for name in NAMED_METERS.into_iter().chain(["dlt645-2007"]) {
+            let p = lib
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is built in"));
+            let import = p.points.iter().find(|d| d.id == "import_kwh");
+            assert!(
+                import.is_some_and(|d| d.counter && d.unit == "kWh"),
+                "{name}: an import_kwh counter in kWh, what accounting reads"
+            );
+        }
+    }
+
+    /// What a point of `profile` reads when the meter sends `raw` in its own units.
+    fn reads(lib: &Library, profile: &str, id: &str, raw: f64) -> f64 {
+        let def = lib.get(profile).unwrap().points.iter().find(|d| d.id == id);
+        let def = def.unwrap_or_else(|| panic!("{profile}.{id}"));
+        let mut regs = vec![0u16; usize::from(def.data_type.registers())];
+        ems_core::decode::encode(raw, def.data_type, def.order, &mut regs);
+        let read = crate::device_plan::Read {
+            table: def.table,
+            start: def.address,
+            len: def.data_type.registers(),
+            points: vec![],
+        };
+        crate::device_plan::decode_point(def, &read, &regs).unwrap()
+    }
+
+    #[test]
+    fn the_named_meters_read_their_units_as_their_manuals_give_them() {
+        let lib = Library::built_in();
+        let close = |got: f64, want: f64| (got - want).abs() <= want.abs() * 1e-9 + 1e-9;
+        for (profile, id, raw, want) in [
+            // PAC3200: energies a double in Wh, power a float in W.
+            ("siemens-pac3200", "import_kwh", 12_345_678.9, 12_345.6789),
+            ("siemens-pac3200", "power_kw", 1_500.0, 1.5),
+            // ABB: energies u64 in 0.01 kWh, power i32 in 0.01 W (signed), PF i16 in 0.001.
+            ("abb-b-series", "import_kwh", 123_456_789.0, 1_234_567.89),
+            ("abb-b-series", "power_kw", -150_000.0, -1.5),
+            ("abb-b-series", "pf", -950.0, -0.95),
+            ("abb-b-series", "voltage_l1_v", 2_305.0, 230.5),
+            // Schneider: already kW and kWh.
+            ("schneider-pm5100", "import_kwh", 4_321.5, 4_321.5),
+            ("schneider-iem3000", "power_kw", 12.25, 12.25),
+            // CHINT DTSU666: power in 0.1 W.
+            ("dtsu666", "p_kw", 15_000.0, 1.5),
+        ] {
+            let got = reads(&lib, profile, id, raw);
+            assert!(
+                close(got, want),
+                "{profile}.{id}: {raw} read {got}, want {want}"
+            );
+        }
+        // The Schneider manual numbers registers from 1: the PM5100's energy (2700 in its
+        // list) is wire address 2699.
+        let pm = lib.get("schneider-pm5100").unwrap();
+        let import = pm.points.iter().find(|d| d.id == "import_kwh").unwrap();
+        assert_eq!(import.address, 2699);
     }
 
     #[test]
