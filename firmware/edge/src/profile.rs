@@ -547,7 +547,7 @@ mod tests {
         let close = |got: f64, want: f64| (got - want).abs() <= want.abs() * 1e-9 + 1e-9;
         for (profile, id, raw, want) in [
             // PAC3200: energies a double in Wh, power a float in W.
-            ("siemens-pac3200", "import_kwh", 12_345_678.9, 12_345.6789),
+            ("siemens-pac3200", "import_kwh", 12_345_678.9, 12_345.678_9),
             ("siemens-pac3200", "power_kw", 1_500.0, 1.5),
             // ABB: energies u64 in 0.01 kWh, power i32 in 0.01 W (signed), PF i16 in 0.001.
             ("abb-b-series", "import_kwh", 123_456_789.0, 1_234_567.89),
