@@ -25,20 +25,21 @@ const NOT_IN_THE_DOMAIN: &[&str] = &[
     "ems-sim",
 ];
 
-#[test]
-fn the_energy_domain_depends_on_nothing_with_io() {
+/// The crates `package` depends on for its own build (normal edges), named once each.
+fn dependency_tree(package: &str, extra: &[&str]) -> (String, BTreeSet<String>) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
         .args([
             "tree",
             "-p",
-            "ems-energy",
+            package,
             "-e",
             "normal",
             "--prefix",
             "none",
             "--offline",
         ])
+        .args(extra)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");
@@ -48,10 +49,17 @@ fn the_energy_domain_depends_on_nothing_with_io() {
         String::from_utf8_lossy(&out.stderr)
     );
     let tree = String::from_utf8(out.stdout).unwrap();
-    let crates: BTreeSet<&str> = tree
+    let crates = tree
         .lines()
         .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
         .collect();
+    (tree, crates)
+}
+
+#[test]
+fn the_energy_domain_depends_on_nothing_with_io() {
+    let (tree, crates) = dependency_tree("ems-energy", &[]);
     assert!(
         crates.contains("ems-energy") && crates.contains("serde"),
         "{tree}"
@@ -61,6 +69,34 @@ fn the_energy_domain_depends_on_nothing_with_io() {
         .filter(|c| crates.contains(**c))
         .collect();
     assert!(found.is_empty(), "ems-energy pulls in {found:?}:\n{tree}");
+}
+
+/// A plant's production build: the gateway without its default `demo` feature carries neither
+/// the edge (GPIO, serial, Modbus stacks) nor the simulator nor the embedded broker.
+#[test]
+fn the_production_gateway_links_neither_the_edge_nor_the_simulator() {
+    let (tree, crates) = dependency_tree("ems-gateway", &["--no-default-features"]);
+    assert!(
+        crates.contains("ems-energy") && crates.contains("rusqlite"),
+        "{tree}"
+    );
+    let found: Vec<&str> = [
+        "ems-edge",
+        "ems-sim",
+        "rumqttd",
+        "tokio-modbus",
+        "linux-embedded-hal",
+    ]
+    .into_iter()
+    .filter(|c| crates.contains(*c))
+    .collect();
+    assert!(
+        found.is_empty(),
+        "the production gateway pulls in {found:?}:\n{tree}"
+    );
+    // And the demo build does carry them: the check above can see them.
+    let (_, with_demo) = dependency_tree("ems-gateway", &[]);
+    assert!(with_demo.contains("ems-edge") && with_demo.contains("ems-sim"));
 }
 
 #[test]
