@@ -97,20 +97,25 @@ impl CostFit {
     }
 
     /// The fitted cost, or `None` before [`CostFit::ENOUGH`] observations. Never cheaper per
-    /// register than `wire` (what the medium itself takes), never below zero per request; when
-    /// the reads seen were all about the same length, the per-register part is the wire's.
+    /// register than `wire` (what the medium is assumed to take), unless the reads themselves
+    /// were faster than that floor allows (a loopback, a gigabit LAN: with the slope at the floor
+    /// the cost per request would come out below zero); never below zero per request; when the
+    /// reads seen were all about the same length, the per-register part is the wire's.
     pub fn cost(&self, wire: LinkCost) -> Option<LinkCost> {
         if self.n < Self::ENOUGH {
             return None;
         }
         let (mx, my) = (self.sx / self.n, self.sy / self.n);
         let var = self.sxx / self.n - mx * mx;
-        let slope = if var >= 4.0 {
-            (self.sxy / self.n - mx * my) / var
+        let slope = (var >= 4.0).then(|| (self.sxy / self.n - mx * my) / var);
+        let floored = slope.unwrap_or(wire.per_register).max(wire.per_register);
+        let per_register = if my - floored * mx >= 0.0 {
+            floored
         } else {
-            wire.per_register
+            // Faster than the floor: the reads' own slope, or, from reads all of one length,
+            // nothing per register (the request's round trip is what such a link costs).
+            slope.unwrap_or(0.0).max(0.0)
         };
-        let per_register = slope.max(wire.per_register);
         Some(LinkCost {
             per_request: (my - per_register * mx).max(0.0),
             per_register,
@@ -332,6 +337,37 @@ mod tests {
         let pts = [span(0, 2), span(42, 2)];
         assert_eq!(plan(&pts, wire, 125, &[]).unwrap().len(), 1);
         assert_eq!(plan(&pts, got, 125, &[]).unwrap().len(), 2);
+
+        // A link faster than the assumed wire (a loopback: 8 us a request, 0.3 us a register,
+        // below the 10 Mbit/s floor of 1.6 us): the floor would leave nothing for the request
+        // itself, and a plan with a request per point; the reads' own slope is taken instead.
+        let fast = LinkCost {
+            per_request: 8e-6,
+            per_register: 0.3e-6,
+        };
+        let mut fit_fast = CostFit::default();
+        for k in 0..400u16 {
+            let len = 2 + (k * 7) % 60;
+            fit_fast.observe(len, fast.request(u32::from(len)));
+        }
+        let got = fit_fast.cost(wire).unwrap();
+        assert!((got.per_request - 8e-6).abs() < 1e-7, "{got:?}");
+        assert!((got.per_register - 0.3e-6).abs() < 1e-8, "{got:?}");
+        assert_eq!(
+            plan(&[span(0, 2), span(10, 2)], got, 125, &[])
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // ... and from reads all of one length on such a link, the time is the request's.
+        let mut fast_same = CostFit::default();
+        for _ in 0..100 {
+            fast_same.observe(10, 9e-6);
+        }
+        let got = fast_same.cost(wire).unwrap();
+        assert_eq!(got.per_register, 0.0);
+        assert!((got.per_request - 9e-6).abs() < 1e-9, "{got:?}");
 
         // Reads all of one length say nothing about the cost per register: the wire's is kept.
         let mut same = CostFit::default();
