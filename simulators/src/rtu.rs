@@ -127,6 +127,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let ct = char_time(baud);
     // Late answers, with when each is due.
     let mut late: Vec<(tokio::time::Instant, Vec<u8>)> = Vec::new();
+    // When the last answer left the line: a request goes on the wire only after 3.5 characters
+    // of silence from it. A master on the serial line waits that itself (the edge does); over
+    // TCP the serial device server holds the request back, as here.
+    let mut line_quiet_from: Option<tokio::time::Instant> = None;
     loop {
         while let Some(frame) = take_frame(&mut buf) {
             let request = match frame.function {
@@ -160,10 +164,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 late.push((tokio::time::Instant::now() + wire + a.delay, out));
                 continue;
             }
+            if let Some(quiet) = line_quiet_from {
+                tokio::time::sleep_until(quiet + ct.mul_f64(3.5)).await;
+            }
             tokio::time::sleep(wire).await;
             send_due(&mut stream, &mut late).await?;
             stream.write_all(&out).await?;
             stream.flush().await?;
+            line_quiet_from = Some(tokio::time::Instant::now());
         }
         let next_late = late.iter().map(|l| l.0).min();
         let n = tokio::select! {
@@ -318,6 +326,56 @@ mod tests {
             take_frame(&mut buf),
             None,
             "a frame with a bad CRC is not answered"
+        );
+    }
+
+    /// Over TCP, as a serial device server: requests sent back to back still reach the line
+    /// 3.5 characters after the answer before them, so each exchange takes the request, two
+    /// silences and the answer on the wire, as the edge's wire-time bound counts them.
+    #[tokio::test]
+    async fn back_to_back_requests_over_tcp_wait_for_the_lines_silence() {
+        let scenario = crate::scenario::Scenario::load("demo").unwrap();
+        let clock = SimClock::new(1_750_000_000_000, 1.0);
+        let plant: SharedPlant = std::sync::Arc::new(std::sync::Mutex::new(
+            crate::plant::Plant::new(scenario, clock.now_ms()),
+        ));
+        let baud = 1_200;
+        let (mut master, server) = tokio::io::duplex(1024);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(server, plant, clock, baud, shutdown.clone()));
+        let request = with_crc(vec![11, 3, 0x40, 0x1E, 0x00, 0x02]);
+        // The first request; the second follows its answer at once, as the edge sends over TCP.
+        master.write_all(&request).await.unwrap();
+        // The time each answer arrived, and its length; the second request goes out the
+        // moment the first answer is in.
+        let mut answers = Vec::new();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 64];
+        let start = tokio::time::Instant::now();
+        while answers.len() < 2 {
+            let n = master.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            let len = match buf.get(1..3) {
+                Some([f, _]) if f & 0x80 != 0 => 5,
+                Some([_, count]) => 5 + usize::from(*count),
+                _ => continue,
+            };
+            if buf.len() >= len {
+                answers.push((start.elapsed(), len));
+                buf.drain(..len);
+                if answers.len() == 1 {
+                    master.write_all(&request).await.unwrap();
+                }
+            }
+        }
+        shutdown.cancel();
+        let ct = char_time(baud).as_secs_f64();
+        let len = answers[1].1 as f64;
+        let second = (answers[1].0 - answers[0].0).as_secs_f64();
+        let wire = (8.0 + 2.0 * 3.5 + len) * ct;
+        assert!(
+            second >= 0.98 * wire,
+            "the second exchange took {second:.4} s, the wire {wire:.4} s"
         );
     }
 
