@@ -57,6 +57,10 @@ for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   cargo build --quiet --profile edge -p ems-edge --target "$target"
 done
 
+# --- a plant's production gateway: without the demo, the edge and the simulator ----------------
+echo "==> ems-gateway --no-default-features"
+cargo build --quiet -p ems-gateway --no-default-features
+
 # --- tests: the end-to-end ones start the binaries, so build them first -----------------------
 echo "==> cargo build --workspace"
 cargo build --workspace --quiet
