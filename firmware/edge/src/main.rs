@@ -81,10 +81,22 @@ fn give_back_freed_memory() {
 /// `RUST_LOG` as levels per target (`info`, `warn,ems_edge::poller=debug`); the full
 /// EnvFilter syntax would bring a regular-expression engine onto the board for nothing.
 fn log_filter() -> tracing_subscriber::filter::Targets {
-    let default = || tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
-    match std::env::var("RUST_LOG") {
-        Err(_) => default(),
-        Ok(spec) => spec.parse().unwrap_or_else(|e| {
+    log_filter_of(std::env::var("RUST_LOG").ok())
+}
+
+/// Without `RUST_LOG`: info, but the Modbus library only at error. The edge itself writes one
+/// warning a device a minute naming the registers and what went wrong in plain words (and
+/// counts every failure in its metrics); the library's own warnings, some with byte dumps,
+/// would say the same thing on every poll. `RUST_LOG=info,tokio_modbus=debug` brings them back.
+fn log_filter_of(spec: Option<String>) -> tracing_subscriber::filter::Targets {
+    let default = || {
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::INFO)
+            .with_target("tokio_modbus", tracing::Level::ERROR)
+    };
+    match spec {
+        None => default(),
+        Some(spec) => spec.parse().unwrap_or_else(|e| {
             eprintln!("RUST_LOG={spec:?} is not a list of target=level ({e}); logging at info");
             default()
         }),
@@ -231,4 +243,21 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter_of;
+    use tracing::Level;
+
+    #[test]
+    fn the_modbus_librarys_warnings_are_left_to_the_edges_own_by_default() {
+        let f = log_filter_of(None);
+        assert!(!f.would_enable("tokio_modbus::service::tcp", &Level::WARN));
+        assert!(f.would_enable("tokio_modbus::service::tcp", &Level::ERROR));
+        assert!(f.would_enable("ems_edge::poller", &Level::WARN));
+        assert!(f.would_enable("ems_edge::poller", &Level::INFO));
+        let asked = log_filter_of(Some("info,tokio_modbus=debug".into()));
+        assert!(asked.would_enable("tokio_modbus::codec", &Level::DEBUG));
+    }
 }
