@@ -110,6 +110,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     let ct = crate::rtu::char_time(baud);
+    // Late replies (the `slow` fault), with when each is due: as on a real bus a slow meter
+    // does not hold the line, and the other meters go on being answered meanwhile.
+    let mut late: Vec<(tokio::time::Instant, Vec<u8>)> = Vec::new();
     loop {
         while let Some(req) = take_request(&mut buf) {
             let (reply, delay) = {
@@ -155,12 +158,28 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 (out, delay)
             };
             // The request (about 20 bytes) and the reply take their time on the wire.
-            tokio::time::sleep(ct.mul_f64(20.0 + reply.len() as f64) + delay).await;
+            let wire = ct.mul_f64(20.0 + reply.len() as f64);
+            if !delay.is_zero() {
+                late.push((tokio::time::Instant::now() + wire + delay, reply));
+                continue;
+            }
+            tokio::time::sleep(wire).await;
+            crate::rtu::send_due(&mut stream, &mut late).await?;
             stream.write_all(&reply).await?;
             stream.flush().await?;
         }
+        let next_late = late.iter().map(|l| l.0).min();
         let n = tokio::select! {
             n = stream.read(&mut chunk) => n?,
+            () = async {
+                match next_late {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                crate::rtu::send_due(&mut stream, &mut late).await?;
+                continue;
+            }
             () = shutdown.cancelled() => return Ok(()),
         };
         if n == 0 {
@@ -199,6 +218,58 @@ pub async fn serve_over_tcp(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_of(unit_id: u8, di: u32) -> Vec<u8> {
+        let mut req = vec![0xFE, 0xFE, 0xFE, 0xFE, 0x68];
+        req.extend_from_slice(&address_of(unit_id));
+        req.extend_from_slice(&[0x68, 0x11, 0x04]);
+        req.extend(di.to_le_bytes().iter().map(|b| b.wrapping_add(OFFSET)));
+        let cs = sum(&req[4..]);
+        req.extend_from_slice(&[cs, 0x16]);
+        req
+    }
+
+    /// A slow meter does not hold the line: the meter asked after it answers first, and the
+    /// slow one's reply still comes, late.
+    #[tokio::test]
+    async fn a_slow_meters_late_reply_does_not_hold_the_line() {
+        let text = "name = \"two\"\ndescription = \"Two DL/T 645 meters\"\nseed = 1\n\n[[units]]\nid = \"kiln1\"\nname = \"kiln\"\nkind = \"kiln\"\ncapacity_t_per_h = 208.0\n\n[[meters]]\ndevice = \"slow\"\nunit_id = 43\nunit = \"kiln1\"\nflow = \"power\"\nmodel = \"dlt645-meter\"\n\n[[meters]]\ndevice = \"quick\"\nunit_id = 44\nunit = \"kiln1\"\nflow = \"power\"\nmodel = \"dlt645-meter\"\n";
+        let scenario =
+            crate::scenario::Scenario::from_source(&ems_config::Source::embedded("two.toml", text))
+                .unwrap();
+        let clock = SimClock::new(1_750_000_000_000, 1.0);
+        let mut plant = crate::plant::Plant::new(scenario, clock.now_ms());
+        let slow: crate::faults::FaultSpec =
+            toml::from_str("device = \"slow\"\nkind = \"slow\"\ndelay_ms = 400\nfor_h = 1.0\n")
+                .unwrap();
+        plant.add_fault(&slow, clock.now_ms()).unwrap();
+        let plant: SharedPlant = std::sync::Arc::new(std::sync::Mutex::new(plant));
+        let (mut master, line) = tokio::io::duplex(1024);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(line, plant, clock, 9_600, shutdown.clone()));
+        let mut both = read_of(43, 0x0001_0000);
+        both.extend(read_of(44, 0x0001_0000));
+        master.write_all(&both).await.unwrap();
+        // The replies in the order they come: each names its meter after the preamble and 68.
+        let mut got = Vec::new();
+        let mut from = Vec::new();
+        let mut chunk = [0u8; 256];
+        while from.len() < 2 {
+            let n = tokio::time::timeout(Duration::from_secs(3), master.read(&mut chunk))
+                .await
+                .expect("both meters answer")
+                .unwrap();
+            got.extend_from_slice(&chunk[..n]);
+            while let ems_core::dlt645::Scan::Frame { start, end } =
+                ems_core::dlt645::find_frame(&got)
+            {
+                from.push(got[start + 1..start + 7].to_vec());
+                got.drain(..end);
+            }
+        }
+        shutdown.cancel();
+        assert_eq!(from, [address_of(44).to_vec(), address_of(43).to_vec()]);
+    }
 
     #[test]
     fn a_request_is_taken_through_its_wake_up_bytes_and_noise() {

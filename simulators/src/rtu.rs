@@ -194,8 +194,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Writes the late answers that are due, in the order they fall due.
-async fn send_due<S: AsyncWrite + Unpin>(
+/// Writes the late answers that are due, in the order they fall due (the DL/T 645 server's too).
+pub(crate) async fn send_due<S: AsyncWrite + Unpin>(
     stream: &mut S,
     late: &mut Vec<(tokio::time::Instant, Vec<u8>)>,
 ) -> anyhow::Result<()> {
