@@ -36,7 +36,7 @@ pub struct EdgeConfig {
     pub metrics_listen: Option<String>,
     /// Extra profiles (`*.toml`), beside the built-in library.
     #[serde(default)]
-    pub profiles_dir: Option<PathBuf>,
+    pub profiles_dir: Option<Spanned<PathBuf>>,
     pub mqtt: MqttConfig,
     /// The disk spool every poll result passes through (`{data_dir}/spool`).
     #[serde(default)]
@@ -240,7 +240,17 @@ impl Site {
         }
         let mut library = Library::built_in();
         if let Some(dir) = &config.profiles_dir {
-            library.load_dir(dir)?;
+            // A directory that cannot be read is this file's error, at its key; a bad profile
+            // in it is that profile file's, at its own line and key.
+            let path = dir.get_ref();
+            library.load_dir(path).map_err(|e| {
+                if e.file == *path && e.line.is_none() {
+                    let message = format!("{}: {}", path.display(), e.message);
+                    src.error_at(dir.span(), "profiles_dir", message)
+                } else {
+                    e
+                }
+            })?;
         }
         if config.poll_interval_ms == 0 {
             return Err(src.error("poll_interval_ms", "must be above zero"));
@@ -497,6 +507,19 @@ mod tests {
             dup.starts_with("edge.toml:12:6: key `devices[1].id`: duplicate device id `m1`"),
             "{dup}"
         );
+    }
+
+    #[test]
+    fn a_profiles_dir_that_cannot_be_read_names_the_site_files_line_and_key() {
+        // Found by the edge_config fuzz target: the error named the directory only.
+        let text = "site = \"s\"\nedge_id = \"e\"\ndata_dir = \"/tmp\"\nprofiles_dir = \"/nonexistent/ems-profiles\"\n[mqtt]\nhost = \"h\"\n\n[[devices]]\nid = \"m1\"\nlink = \"tcp://127.0.0.1:502\"\nunit_id = 1\nprofile = \"dtsu666\"\n";
+        let err = Site::from_source(&Source::embedded("edge.toml", text)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("edge.toml:4:") && msg.contains("key `profiles_dir`"),
+            "{msg}"
+        );
+        assert!(msg.contains("/nonexistent/ems-profiles"), "{msg}");
     }
 
     #[test]
