@@ -71,10 +71,16 @@ struct Args {
 /// Errors end the process with one line naming the cause chain (file, line and key for a bad
 /// configuration), not a backtrace.
 fn main() -> std::process::ExitCode {
-    ems_process::exit(run())
+    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+    let result = runtime.block_on(run());
+    // A pseudo-terminal is read through tokio::fs::File, whose reads run on the blocking pool:
+    // one left waiting for bytes that no master will send any more must not hold the exit
+    // (dropping the runtime would wait for it for ever; seen as a simulator that did not stop
+    // on SIGTERM).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    ems_process::exit(result)
 }
 
-#[tokio::main]
 async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
