@@ -155,7 +155,12 @@ fn healthy_meters_keep_their_rate_beside_a_noisy_one_and_its_points_say_why() {
         ["crc"],
         "a frame cut short is crc at once"
     );
-    assert_eq!(late.iter().collect::<Vec<_>>(), ["timeout"]);
+    assert_eq!(
+        late.iter().collect::<Vec<_>>(),
+        ["timeout"],
+        "a late answer is a timeout\n{}",
+        edge.stderr_tail()
+    );
     assert!(gateway.terminate(Duration::from_secs(20)).success());
     assert!(sim.terminate(Duration::from_secs(10)).success());
 }

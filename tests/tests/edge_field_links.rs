@@ -167,9 +167,11 @@ clock = "device"
         // time: its counters are read a request after its clock, tens of milliseconds, which at
         // 240x is seconds of plant time; an hour's energy may move by that much of the change
         // of its rate (0.05 %), beyond the 0.01 kWh resolution.
+        // The scale behind the serial server has the same lag: its total is read a request
+        // after its clock (with the line's silences, ~40 ms: ~10 s of plant time at 240x).
         let clinker = h["product_t"].as_f64().unwrap();
         assert!(
-            (clinker - qty("clinker")).abs() <= 0.02 + 1e-9,
+            (clinker - qty("clinker")).abs() <= 0.02 + 3e-4 * qty("clinker"),
             "{}: clinker {clinker} vs {}",
             h["start"],
             qty("clinker")
