@@ -209,11 +209,27 @@ pub(crate) async fn send_due<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// A serial line as the simulator serves it: reads and writes on two handles of the same
+/// port. `tokio::fs::File` runs each operation on the blocking pool, one at a time a handle: on
+/// one handle, a late answer due while a read waits for bytes would wait for the next request
+/// (and at the end, when no more come, for ever: the simulator did not stop).
+pub type Line = tokio::io::Join<tokio::fs::File, tokio::fs::File>;
+
+fn line_of(fd: OwnedFd) -> anyhow::Result<Line> {
+    let writer = fd
+        .try_clone()
+        .context("cannot duplicate the line's handle")?;
+    Ok(tokio::io::join(
+        tokio::fs::File::from_std(std::fs::File::from(fd)),
+        tokio::fs::File::from_std(std::fs::File::from(writer)),
+    ))
+}
+
 /// A pseudo-terminal pair: the simulator serves the master side; a master device (an edge, a
 /// test client) opens `path` as its serial port.
 pub struct Pty {
     pub path: PathBuf,
-    pub master: tokio::fs::File,
+    pub master: Line,
     /// Kept open (hold it as long as the master is served) so the master does not read
     /// end-of-file while no client has the port open.
     pub _slave: OwnedFd,
@@ -224,7 +240,7 @@ pub fn open_pty() -> anyhow::Result<Pty> {
     let path = std::fs::read_link(format!("/proc/self/fd/{}", pair.slave.as_raw_fd()))
         .context("pseudo-terminal name")?;
     raw_mode(&pair.slave, None)?;
-    let master = tokio::fs::File::from_std(std::fs::File::from(pair.master));
+    let master = line_of(pair.master)?;
     Ok(Pty {
         path,
         master,
@@ -233,7 +249,7 @@ pub fn open_pty() -> anyhow::Result<Pty> {
 }
 
 /// A real serial port, raw 8N1 at `baud`.
-pub async fn open_serial(path: &Path, baud: u32) -> anyhow::Result<tokio::fs::File> {
+pub async fn open_serial(path: &Path, baud: u32) -> anyhow::Result<Line> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -241,7 +257,7 @@ pub async fn open_serial(path: &Path, baud: u32) -> anyhow::Result<tokio::fs::Fi
         .with_context(|| format!("cannot open serial port {}", path.display()))?;
     let fd = OwnedFd::from(file);
     raw_mode(&fd, Some(baud))?;
-    Ok(tokio::fs::File::from_std(std::fs::File::from(fd)))
+    line_of(fd)
 }
 
 fn raw_mode(fd: &OwnedFd, baud: Option<u32>) -> anyhow::Result<()> {
