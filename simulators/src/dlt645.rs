@@ -171,12 +171,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let next_late = late.iter().map(|l| l.0).min();
         let n = tokio::select! {
             n = stream.read(&mut chunk) => n?,
-            () = async {
-                match next_late {
-                    Some(due) => tokio::time::sleep_until(due).await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            () = crate::rtu::until_due(next_late) => {
                 crate::rtu::send_due(&mut stream, &mut late).await?;
                 continue;
             }

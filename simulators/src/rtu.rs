@@ -176,12 +176,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let next_late = late.iter().map(|l| l.0).min();
         let n = tokio::select! {
             n = stream.read(&mut chunk) => n?,
-            () = async {
-                match next_late {
-                    Some(due) => tokio::time::sleep_until(due).await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            () = until_due(next_late) => {
                 send_due(&mut stream, &mut late).await?;
                 continue;
             }
@@ -191,6 +186,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sleeps until the first late answer is due; for ever when none is waiting.
+pub(crate) async fn until_due(next: Option<tokio::time::Instant>) {
+    match next {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 
