@@ -1,20 +1,13 @@
-//! DL/T 645-2007 meters of the plant on a serial line (a real port or a pseudo-terminal) or over
-//! TCP as behind a serial device server: the meter's side, with a framer of its own (the edge's
-//! is ems-core's; two implementations of the standard check each other).
+//! DL/T 645-2007 meters of the plant, served on a line by [`crate::meter_line`]: the meter's
+//! side of the framing, its own (the edge's is ems-core's; two implementations of the standard
+//! check each other).
 //!
 //! A meter answers a read (control code 0x11) addressed to it, or broadcast, with 0x91 and the
-//! value; an identifier it does not have gets the error reply 0xD1 with "no such data". The same
-//! faults as on Modbus: no answer (offline, no response), late (slow), a corrupt or cut-short
-//! frame, and an error reply in place of an exception.
+//! value; an identifier it does not have gets the error reply 0xD1 with "no such data"; an
+//! `exception` fault answers the error reply with its code.
 
-use std::time::Duration;
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
-
-use crate::clock::SimClock;
-use crate::faults::FaultKind;
-use crate::service::SharedPlant;
+use crate::meter::{MeterModel, Protocol, Reading};
+use crate::meter_line::LineProtocol;
 
 const OFFSET: u8 = 0x33;
 
@@ -99,120 +92,43 @@ pub fn reply_frame(address: &[u8; 6], di: u32, value: Result<Vec<u8>, u8>) -> Ve
 /// The error byte's "no such data".
 const NO_SUCH_DATA: u8 = 0x02;
 
-/// Serves DL/T 645 meters on `stream` until `shutdown` or the stream ends.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    plant: SharedPlant,
-    clock: SimClock,
-    baud: u32,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    let ct = crate::rtu::char_time(baud);
-    // Late replies (the `slow` fault), with when each is due: as on a real bus a slow meter
-    // does not hold the line, and the other meters go on being answered meanwhile.
-    let mut late: Vec<(tokio::time::Instant, Vec<u8>)> = Vec::new();
-    loop {
-        while let Some(req) = take_request(&mut buf) {
-            let (reply, delay) = {
-                let mut p = plant.lock().expect("plant lock poisoned");
-                p.advance_to(clock.now_ms());
-                let meter = p.scenario().meters.iter().position(|m| {
-                    m.model.dlt645()
-                        && (address_of(m.unit_id) == req.address || req.address == [0xAA; 6])
-                });
-                let Some(m) = meter else { continue }; // nobody with that address on the line
-                let asked = p.ask(m);
-                let model = p.scenario().meters[m].model;
-                let mut value = model.dlt645_value(req.di, p.shown(m)).ok_or(NO_SUCH_DATA);
-                let (mut silent, mut delay, mut corrupt) = (false, Duration::ZERO, None);
-                for fault in p.active_faults(m) {
-                    match fault.kind {
-                        FaultKind::NoResponse | FaultKind::Offline { .. } => silent = true,
-                        FaultKind::Slow { delay_ms } => {
-                            delay = delay.max(Duration::from_millis(delay_ms))
-                        }
-                        FaultKind::Exception(code) => value = Err(code),
-                        FaultKind::CorruptFrame { truncate, every }
-                            if asked.is_multiple_of(u64::from(every)) =>
-                        {
-                            corrupt = Some(truncate);
-                        }
-                        _ => {}
-                    }
-                }
-                if silent {
-                    continue;
-                }
-                let address = p.scenario().meters[m].unit_id;
-                let mut out = reply_frame(&address_of(address), req.di, value);
-                match corrupt {
-                    Some(true) => out.truncate(out.len() - 4),
-                    Some(false) => {
-                        let cs = out.len() - 2;
-                        out[cs] ^= 0xFF;
-                    }
-                    None => {}
-                }
-                (out, delay)
-            };
-            // The request (about 20 bytes) and the reply take their time on the wire.
-            let wire = ct.mul_f64(20.0 + reply.len() as f64);
-            if !delay.is_zero() {
-                late.push((tokio::time::Instant::now() + wire + delay, reply));
-                continue;
-            }
-            tokio::time::sleep(wire).await;
-            crate::rtu::send_due(&mut stream, &mut late).await?;
-            stream.write_all(&reply).await?;
-            stream.flush().await?;
-        }
-        let next_late = late.iter().map(|l| l.0).min();
-        let n = tokio::select! {
-            n = stream.read(&mut chunk) => n?,
-            () = crate::rtu::until_due(next_late) => {
-                crate::rtu::send_due(&mut stream, &mut late).await?;
-                continue;
-            }
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        // Noise without a frame in it cannot fill memory.
-        if buf.len() > 4_096 {
-            buf.drain(..buf.len() - 256);
-        }
-    }
-}
+/// DL/T 645-2007 on a line (see [`crate::meter_line`]).
+pub struct Dlt645;
 
-/// Serves DL/T 645 over TCP at `listener`, each connection as one line (a serial device server).
-pub async fn serve_over_tcp(
-    listener: tokio::net::TcpListener,
-    plant: SharedPlant,
-    clock: SimClock,
-    baud: u32,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    loop {
-        let (sock, _) = tokio::select! {
-            a = listener.accept() => a?,
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let (plant, stop) = (plant.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = serve(sock, plant, clock, baud, stop).await {
-                tracing::debug!(error = %e, "DL/T 645 connection ended.");
-            }
-        });
+impl LineProtocol for Dlt645 {
+    type Request = ReadRequest;
+    const NAME: &'static str = "DL/T 645";
+    // FE FE FE FE, 68, six address bytes, 68, control, length, four identifier bytes, CS, 16.
+    const REQUEST_BYTES: usize = 20;
+
+    fn take_request(buf: &mut Vec<u8>) -> Option<ReadRequest> {
+        take_request(buf)
+    }
+
+    fn addressed_to(req: &ReadRequest, unit_id: u8, model: MeterModel) -> bool {
+        model.protocol() == Protocol::Dlt645
+            && (address_of(unit_id) == req.address || req.address == [0xAA; 6])
+    }
+
+    fn value(req: &ReadRequest, model: MeterModel, shown: Reading) -> Result<Vec<u8>, u8> {
+        model.dlt645_value(req.di, shown).ok_or(NO_SUCH_DATA)
+    }
+
+    fn reply(req: &ReadRequest, unit_id: u8, _: MeterModel, value: Result<Vec<u8>, u8>) -> Vec<u8> {
+        reply_frame(&address_of(unit_id), req.di, value)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+    use crate::clock::SimClock;
+    use crate::service::SharedPlant;
 
     fn read_of(unit_id: u8, di: u32) -> Vec<u8> {
         let mut req = vec![0xFE, 0xFE, 0xFE, 0xFE, 0x68];
@@ -241,7 +157,13 @@ mod tests {
         let plant: SharedPlant = std::sync::Arc::new(std::sync::Mutex::new(plant));
         let (mut master, line) = tokio::io::duplex(1024);
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve(line, plant, clock, 9_600, shutdown.clone()));
+        tokio::spawn(crate::meter_line::serve::<Dlt645, _>(
+            line,
+            plant,
+            clock,
+            9_600,
+            shutdown.clone(),
+        ));
         let mut both = read_of(43, 0x0001_0000);
         both.extend(read_of(44, 0x0001_0000));
         master.write_all(&both).await.unwrap();

@@ -66,6 +66,17 @@ struct Args {
     /// Baud rate of the DL/T 645 line (the standard's default: 2400).
     #[arg(long, default_value_t = 2400)]
     dlt645_baud: u32,
+    /// Also serve the CJ/T 188 meters on a new pseudo-terminal (its path printed as
+    /// `CJT188 path`).
+    #[arg(long)]
+    cjt188_pty: bool,
+    /// Also serve the CJ/T 188 meters over TCP here, as behind a serial device server
+    /// (printed as `CJT188-TCP addr`).
+    #[arg(long, value_name = "ADDR")]
+    cjt188_tcp: Option<String>,
+    /// Baud rate of the CJ/T 188 line (its usual speed: 2400).
+    #[arg(long, default_value_t = 2400)]
+    cjt188_baud: u32,
 }
 
 /// Errors end the process with one line naming the cause chain (file, line and key for a bad
@@ -165,23 +176,29 @@ async fn run() -> anyhow::Result<()> {
         let (p, stop, baud) = (plant.clone(), shutdown.clone(), args.baud);
         tasks.spawn(async move { rtu::serve_over_tcp(l, p, clock, baud, stop).await });
     }
-    if args.dlt645_pty {
-        let pty = rtu::open_pty()?;
-        println!("DLT645 {}", pty.path.display());
-        let (p, stop, baud) = (plant.clone(), shutdown.clone(), args.dlt645_baud);
-        tasks.spawn(async move {
-            let _keep_open = pty._slave;
-            ems_sim::dlt645::serve(pty.master, p, clock, baud, stop).await
-        });
-    }
-    if let Some(at) = &args.dlt645_tcp {
-        let l = tokio::net::TcpListener::bind(at)
-            .await
-            .with_context(|| format!("cannot listen on {at}"))?;
-        println!("DLT645-TCP {}", l.local_addr()?);
-        let (p, stop, baud) = (plant.clone(), shutdown.clone(), args.dlt645_baud);
-        tasks.spawn(async move { ems_sim::dlt645::serve_over_tcp(l, p, clock, baud, stop).await });
-    }
+    let lines = Lines {
+        plant: &plant,
+        clock,
+        shutdown: &shutdown,
+    };
+    lines
+        .serve::<ems_sim::dlt645::Dlt645>(
+            &mut tasks,
+            "DLT645",
+            args.dlt645_pty,
+            args.dlt645_tcp.as_deref(),
+            args.dlt645_baud,
+        )
+        .await?;
+    lines
+        .serve::<ems_sim::cjt188::Cjt188>(
+            &mut tasks,
+            "CJT188",
+            args.cjt188_pty,
+            args.cjt188_tcp.as_deref(),
+            args.cjt188_baud,
+        )
+        .await?;
     {
         let p = plant.lock().expect("plant lock poisoned");
         let s = p.scenario();
@@ -194,4 +211,46 @@ async fn run() -> anyhow::Result<()> {
     }
     tracing::info!("Simulator stopped.");
     Ok(())
+}
+
+/// What every meter line the simulator serves shares.
+struct Lines<'a> {
+    plant: &'a SharedPlant,
+    clock: SimClock,
+    shutdown: &'a CancellationToken,
+}
+
+impl Lines<'_> {
+    /// Serves the meters of protocol `P` on a new pseudo-terminal (printed as `NAME path`) and
+    /// over TCP at `tcp` (printed as `NAME-TCP addr`), as asked.
+    async fn serve<P: ems_sim::meter_line::LineProtocol>(
+        &self,
+        tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+        name: &str,
+        pty: bool,
+        tcp: Option<&str>,
+        baud: u32,
+    ) -> anyhow::Result<()> {
+        let clock = self.clock;
+        if pty {
+            let pty = rtu::open_pty()?;
+            println!("{name} {}", pty.path.display());
+            let (p, stop) = (self.plant.clone(), self.shutdown.clone());
+            tasks.spawn(async move {
+                let _keep_open = pty._slave;
+                ems_sim::meter_line::serve::<P, _>(pty.master, p, clock, baud, stop).await
+            });
+        }
+        if let Some(at) = tcp {
+            let l = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at}"))?;
+            println!("{name}-TCP {}", l.local_addr()?);
+            let (p, stop) = (self.plant.clone(), self.shutdown.clone());
+            tasks.spawn(async move {
+                ems_sim::meter_line::serve_over_tcp::<P>(l, p, clock, baud, stop).await
+            });
+        }
+        Ok(())
+    }
 }

@@ -39,10 +39,31 @@ pub enum MeterModel {
     /// (XXXXXX.XX kWh, wraps at 1 000 000), phase voltages, currents, total power, power factor,
     /// and the simulator's clock under data identifier FF000001 (ms, 16 digits).
     Dlt645Meter,
+    /// Cold-water meter on CJ/T 188-2004 (type 10H, not Modbus), at the address of its unit id
+    /// in 14 digits (unit 45: 00000000000045): the read of current data (901F) answers the
+    /// current and settlement-day totals (XXXXXX.XX m3, unit code 2CH, wraps at 1 000 000),
+    /// its time (Beijing time) and status; the simulator's clock under identifier FF01 (ms,
+    /// 16 digits).
+    Cjt188WaterMeter,
+}
+
+/// What a meter model speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Modbus,
+    Dlt645,
+    Cjt188,
 }
 
 /// The simulator's clock under DL/T 645: a data identifier of the manufacturer range.
 pub const DLT645_CLOCK_DI: u32 = 0xFF00_0001;
+
+/// The simulator's clock under CJ/T 188: an identifier outside the standard's.
+pub const CJT188_CLOCK_DI: u16 = 0xFF01;
+/// CJ/T 188's unit code of m3.
+const CJT188_M3: u8 = 0x2C;
+/// A CJ/T 188 meter's time is the plant's local time; the simulated plants are in China.
+const BEIJING_OFFSET_S: i32 = 8 * 3600;
 
 /// Shares of a DL/T 645 meter's total by tariff 1-4 (尖, 峰, 平, 谷).
 const TARIFF_SHARES: [f64; 4] = [0.1, 0.3, 0.4, 0.2];
@@ -63,6 +84,25 @@ fn bcd(value: f64, bytes: usize, decimals: i32, signed: bool) -> Vec<u8> {
         *out.last_mut().expect("at least one byte") |= 0x80;
     }
     out
+}
+
+/// CJ/T 188's real time, YYYYMMDDhhmmss in BCD, the seconds first, in Beijing time.
+fn cjt188_time(clock_ms: i64) -> Vec<u8> {
+    use chrono::{Datelike as _, Timelike as _};
+    let t = chrono::DateTime::from_timestamp_millis(clock_ms)
+        .unwrap_or_default()
+        .with_timezone(&chrono::FixedOffset::east_opt(BEIJING_OFFSET_S).expect("a valid offset"));
+    let pair = |n: u32| (((n / 10) % 10) << 4 | (n % 10)) as u8;
+    let year = t.year() as u32;
+    vec![
+        pair(t.second()),
+        pair(t.minute()),
+        pair(t.hour()),
+        pair(t.day()),
+        pair(t.month()),
+        pair(year % 100),
+        pair(year / 100),
+    ]
 }
 
 /// Which register table a block lives in.
@@ -127,20 +167,46 @@ impl MeterModel {
             MeterModel::Dtsu666 | MeterModel::Sdm630 => 100_000_000.0,
             MeterModel::FlowTotalizer => 100_000_000.0,
             MeterModel::BeltScale | MeterModel::WaterMeter => 4_294_967_296.0 * 0.01,
-            // XXXXXX.XX kWh.
-            MeterModel::Dlt645Meter => 1_000_000.0,
+            // XXXXXX.XX kWh, XXXXXX.XX m3.
+            MeterModel::Dlt645Meter | MeterModel::Cjt188WaterMeter => 1_000_000.0,
         }
     }
 
-    /// Whether the meter speaks DL/T 645 rather than Modbus.
-    pub fn dlt645(self) -> bool {
-        self == MeterModel::Dlt645Meter
+    pub fn protocol(self) -> Protocol {
+        match self {
+            MeterModel::Dlt645Meter => Protocol::Dlt645,
+            MeterModel::Cjt188WaterMeter => Protocol::Cjt188,
+            _ => Protocol::Modbus,
+        }
+    }
+
+    /// The bytes a CJ/T 188 meter answers after identifier `di` and the serial number, or
+    /// `None`: no such data.
+    pub fn cjt188_value(self, di: u16, r: Reading) -> Option<Vec<u8>> {
+        if self.protocol() != Protocol::Cjt188 {
+            return None;
+        }
+        match di {
+            0x901F => {
+                let shown = r.counter.rem_euclid(self.rollover());
+                let mut v = bcd(shown, 4, 2, false);
+                v.push(CJT188_M3);
+                // The simulator keeps no settlement day: it shows its current total there too.
+                v.extend(bcd(shown, 4, 2, false));
+                v.push(CJT188_M3);
+                v.extend(cjt188_time(r.clock_ms));
+                v.extend([0x00, 0x00]); // status: valve open, battery good
+                Some(v)
+            }
+            CJT188_CLOCK_DI => Some(bcd(r.clock_ms as f64, 8, 0, false)),
+            _ => None,
+        }
     }
 
     /// The value bytes a DL/T 645 meter answers for data identifier `di` (written as the
     /// standard prints it), or `None`: no such data.
     pub fn dlt645_value(self, di: u32, r: Reading) -> Option<Vec<u8>> {
-        if !self.dlt645() {
+        if self.protocol() != Protocol::Dlt645 {
             return None;
         }
         let shown = r.counter.rem_euclid(self.rollover());
@@ -242,8 +308,9 @@ impl MeterModel {
                 ));
                 img.block(Table::Holding, 0x0000, regs);
             }
-            // Not on Modbus: it answers DL/T 645 only (see `dlt645_value`).
-            MeterModel::Dlt645Meter => {}
+            // Not on Modbus: they answer DL/T 645 or CJ/T 188 only (see `dlt645_value` and
+            // `cjt188_value`).
+            MeterModel::Dlt645Meter | MeterModel::Cjt188WaterMeter => {}
             MeterModel::WaterMeter => {
                 img.block(
                     Table::Holding,
@@ -430,6 +497,30 @@ mod tests {
             None
         );
         assert_eq!(bcd(-1.2345, 3, 4, true), vec![0x45, 0x23, 0x81]);
+    }
+
+    #[test]
+    fn a_cjt188_water_meter_answers_its_totals_time_and_status() {
+        let m = MeterModel::Cjt188WaterMeter;
+        // 1 767 196 800 123 ms is 2026-01-01 00:00:00.123 Beijing time.
+        let v = m.cjt188_value(0x901F, reading(1_012_345.5)).unwrap();
+        assert_eq!(
+            v,
+            [
+                0x50, 0x45, 0x23, 0x01, 0x2C, 0x50, 0x45, 0x23, 0x01, 0x2C, 0x00, 0x00, 0x00, 0x01,
+                0x01, 0x26, 0x20, 0x00, 0x00
+            ],
+            "12 345.50 m3 after the wrap at a million, twice, then the time and status"
+        );
+        assert_eq!(
+            m.cjt188_value(CJT188_CLOCK_DI, reading(1.0)),
+            Some(bcd(1_767_196_800_123.0, 8, 0, false))
+        );
+        assert_eq!(m.cjt188_value(0x907F, reading(1.0)), None);
+        assert_eq!(
+            MeterModel::WaterMeter.cjt188_value(0x901F, reading(1.0)),
+            None
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 use core::fmt;
 
+use crate::bcd::{self, checksum};
+
 const START: u8 = 0x68;
 const END: u8 = 0x16;
 /// Added to each data byte on the wire.
@@ -52,30 +54,14 @@ impl Address {
 
     /// `"000012345678"`: exactly 12 digits, the most significant first as printed.
     pub fn parse(text: &str) -> Option<Address> {
-        let digits = text.as_bytes();
-        if digits.len() != 12 || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let mut wire = [0u8; 6];
-        for (i, pair) in digits.chunks_exact(2).enumerate() {
-            // The lowest pair goes first.
-            wire[5 - i] = ((pair[0] - b'0') << 4) | (pair[1] - b'0');
-        }
-        Some(Address(wire))
+        bcd::parse_address(text).map(Address)
     }
 }
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0.iter().rev() {
-            write!(f, "{:02x}", b)?;
-        }
-        Ok(())
+        bcd::fmt_address(&self.0, f)
     }
-}
-
-fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b))
 }
 
 /// The frame (preamble included) that asks the meter at `addr` for data identifier `di`
@@ -216,62 +202,6 @@ pub fn parse_reply(
     Ok(Reply::Data(data[n..].to_vec()))
 }
 
-/// A value's format as the standard prints it: `XXXXXX.XX` is four bytes of BCD, two of its
-/// eight digits after the point. A signed value carries its sign in the top bit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Format {
-    pub bytes: u8,
-    pub decimals: u8,
-    pub signed: bool,
-}
-
-impl Format {
-    /// `"XXXXXX.XX"` or `"XX.XXXX"`: an even number of X in all, at most one point.
-    pub fn parse(text: &str, signed: bool) -> Option<Format> {
-        let (int, frac) = text.split_once('.').unwrap_or((text, ""));
-        let ok = |s: &str| s.bytes().all(|b| b == b'X');
-        let digits = int.len() + frac.len();
-        (ok(int) && ok(frac) && digits > 0 && digits % 2 == 0 && digits <= 16).then_some(Format {
-            bytes: (digits / 2) as u8,
-            decimals: frac.len() as u8,
-            signed,
-        })
-    }
-}
-
-/// Why value bytes do not make a number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BcdError {
-    /// Fewer bytes than the format has.
-    Short,
-    /// A nibble above 9.
-    NotBcd,
-}
-
-/// The number in the first `fmt.bytes` of `value` (lowest byte first, as on the wire).
-pub fn decode_bcd(value: &[u8], fmt: Format) -> Result<f64, BcdError> {
-    let bytes = value.get(..usize::from(fmt.bytes)).ok_or(BcdError::Short)?;
-    let mut n: u64 = 0;
-    let mut negative = false;
-    for (i, &b) in bytes.iter().rev().enumerate() {
-        let b = if i == 0 && fmt.signed {
-            negative = b & 0x80 != 0;
-            b & 0x7F
-        } else {
-            b
-        };
-        let (hi, lo) = (b >> 4, b & 0x0F);
-        if hi > 9 || lo > 9 {
-            return Err(BcdError::NotBcd);
-        }
-        n = n * 100 + u64::from(hi) * 10 + u64::from(lo);
-    }
-    // No `powi` without std: the scale is an exact power of ten anyway.
-    let scale = (0..fmt.decimals).fold(1u64, |s, _| s * 10);
-    let v = n as f64 / scale as f64;
-    Ok(if negative { -v } else { v })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,8 +279,8 @@ mod tests {
         else {
             panic!()
         };
-        let energy = Format::parse("XXXXXX.XX", false).unwrap();
-        assert_eq!(decode_bcd(&value, energy), Ok(12_345.67));
+        let energy = bcd::Format::parse("XXXXXX.XX", false).unwrap();
+        assert_eq!(bcd::decode(&value, energy), Ok(12_345.67));
         // Noise, another meter, an error reply.
         let mut noisy = bytes.clone();
         noisy[14] ^= 1;
@@ -368,25 +298,5 @@ mod tests {
             parse_reply(Edition::V2007, &addr, 0x0201_0100, &refused[2..]),
             Ok(Reply::Error(NO_SUCH_DATA))
         );
-    }
-
-    #[test]
-    fn bcd_formats_with_their_signs() {
-        let f = |t, s| Format::parse(t, s).unwrap();
-        // Phase A voltage XXX.X: 230.1 V is 01 23 on the wire (lowest byte first).
-        assert_eq!(decode_bcd(&[0x01, 0x23], f("XXX.X", false)), Ok(230.1));
-        // Active power XX.XXXX, signed: -1.2345 kW is 45 23 81.
-        assert_eq!(
-            decode_bcd(&[0x45, 0x23, 0x81], f("XX.XXXX", true)),
-            Ok(-1.2345)
-        );
-        // Power factor X.XXX: 0.987 is 87 09.
-        assert_eq!(decode_bcd(&[0x87, 0x09], f("X.XXX", true)), Ok(0.987));
-        assert_eq!(
-            decode_bcd(&[0x1A, 0x23], f("XXX.X", false)),
-            Err(BcdError::NotBcd)
-        );
-        assert_eq!(decode_bcd(&[0x01], f("XXX.X", false)), Err(BcdError::Short));
-        assert!(Format::parse("XXX", false).is_none() && Format::parse("XX.X.X", false).is_none());
     }
 }

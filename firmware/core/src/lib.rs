@@ -8,6 +8,8 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod bcd;
+pub mod cjt188;
 pub mod decode;
 pub mod dlt645;
 #[cfg(feature = "alloc")]

@@ -8,8 +8,8 @@ use ems_config::{ConfigError, Source, Spanned};
 use serde::Deserialize;
 
 use crate::board::{BoardSpec, GpioLine};
-use crate::link::{Link, Protocol};
-use crate::profile::{Library, Profile};
+use crate::link::{Link, Meter};
+use crate::profile::{Dialect, Library, Profile};
 
 /// The site configuration of the demo plant (`ems-sim --scenario demo`).
 pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
@@ -148,7 +148,8 @@ pub struct DeviceConfig {
     /// Modbus: the device's unit id (slave address).
     #[serde(default)]
     pub unit_id: Option<u8>,
-    /// DL/T 645: the meter's 12-digit address (its nameplate number).
+    /// DL/T 645 and CJ/T 188: the meter's address, its nameplate number (12 digits for DL/T
+    /// 645, 14 for CJ/T 188).
     #[serde(default)]
     pub address: Option<Spanned<String>>,
     pub profile: Spanned<String>,
@@ -182,10 +183,10 @@ fn default_retries() -> u8 {
 pub struct Device {
     pub id: String,
     pub link: Link,
-    /// Modbus unit id (0 for a DL/T 645 meter).
+    /// Modbus unit id (0 for a DL/T 645 or CJ/T 188 meter).
     pub unit_id: u8,
-    /// A DL/T 645 meter's address.
-    pub meter: Option<ems_core::dlt645::Address>,
+    /// A DL/T 645 or CJ/T 188 meter: its address and how it is asked.
+    pub meter: Option<Meter>,
     pub profile: Arc<Profile>,
     pub clock: ClockSource,
     pub timeout_ms: u64,
@@ -285,9 +286,9 @@ impl Site {
                 .parse()
                 .map_err(|e: String| table.error_at(d.link.span(), "link", e))?;
             // One bus, one set of line settings and one protocol: two would fight over the port.
-            if let Link::Rtu(line) | Link::Dlt645(line) = &link {
+            if let Link::Serial(_, line) = &link {
                 let clash = devices.iter().find_map(|other: &Device| match &other.link {
-                    Link::Rtu(o) | Link::Dlt645(o)
+                    Link::Serial(_, o)
                         if o.path == line.path
                             && (o != line || other.link.protocol() != link.protocol()) =>
                     {
@@ -315,51 +316,40 @@ impl Site {
                     ),
                 ));
             };
-            let (unit_id, meter) = match (link.protocol(), profile.protocol) {
-                (Protocol::Modbus, None) => match (d.unit_id, &d.address) {
-                    (Some(unit), None) => (unit, None),
-                    (None, _) => {
-                        return Err(table.error("unit_id", "a Modbus device needs its unit id"))
-                    }
-                    (Some(_), Some(a)) => {
-                        return Err(table.error_at(
-                            a.span(),
-                            "address",
-                            "`address` is a DL/T 645 meter's; a Modbus device has `unit_id`",
-                        ))
-                    }
+            if link.protocol() != profile.dialect.protocol() {
+                return Err(table.error_at(
+                    d.profile.span(),
+                    "profile",
+                    format!(
+                        "profile `{}` and link {link} speak different protocols",
+                        profile.name
+                    ),
+                ));
+            }
+            let (unit_id, meter) = match (profile.dialect, d.unit_id, &d.address) {
+                (Dialect::Modbus, Some(unit), None) => (unit, None),
+                (Dialect::Modbus, None, _) => {
+                    return Err(table.error("unit_id", "a Modbus device needs its unit id"))
+                }
+                (Dialect::Modbus, Some(_), Some(a)) => return Err(table.error_at(
+                    a.span(),
+                    "address",
+                    "`address` is a DL/T 645 or CJ/T 188 meter's; a Modbus device has `unit_id`",
+                )),
+                (dialect, None, Some(a)) => match Meter::parse(dialect, a.get_ref()) {
+                    Ok(meter) => (0, Some(meter)),
+                    Err(e) => return Err(table.error_at(a.span(), "address", e)),
                 },
-                (Protocol::Dlt645, Some(_)) => match (&d.address, d.unit_id) {
-                    (Some(a), None) => match ems_core::dlt645::Address::parse(a.get_ref()) {
-                        Some(addr) => (0, Some(addr)),
-                        None => {
-                            return Err(table.error_at(
-                                a.span(),
-                                "address",
-                                "a DL/T 645 address is the meter's 12 digits, \"000012345678\"",
-                            ))
-                        }
-                    },
-                    (None, _) => {
-                        return Err(
-                            table.error("address", "a DL/T 645 meter needs its 12-digit address")
-                        )
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(table.error(
-                            "unit_id",
-                            "`unit_id` is Modbus's; a DL/T 645 meter has `address`",
-                        ))
-                    }
-                },
-                (Protocol::Modbus, Some(_)) | (Protocol::Dlt645, None) => {
-                    return Err(table.error_at(
-                        d.profile.span(),
-                        "profile",
-                        format!(
-                            "profile `{}` and link {link} speak different protocols",
-                            profile.name
-                        ),
+                (_, None, None) => {
+                    return Err(table.error(
+                        "address",
+                        "a DL/T 645 or CJ/T 188 meter needs its address (its nameplate number)",
+                    ))
+                }
+                (_, Some(_), _) => {
+                    return Err(table.error(
+                        "unit_id",
+                        "`unit_id` is Modbus's; a DL/T 645 or CJ/T 188 meter has `address`",
                     ))
                 }
             };

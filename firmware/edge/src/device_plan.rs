@@ -74,27 +74,33 @@ impl DevicePlan {
         mut planner: impl FnMut(&[Span], &[Span]) -> Result<Vec<PlannedRequest>, PlanError>,
     ) -> Result<Self, PlanError> {
         let mut reads = Vec::new();
-        if device.profile.protocol.is_some() {
-            // DL/T 645: one data identifier a request, the meter's clock first and the counters
-            // right after it, so that the time a poll is stamped with is the counters' own (a
-            // request takes tens of milliseconds, a poll of ten identifiers a good part of a
-            // second).
+        if device.profile.dialect != crate::profile::Dialect::Modbus {
+            // DL/T 645 and CJ/T 188: one data identifier a request, all the points it answers
+            // read from it; the meter's clock first and the counters right after it, so that
+            // the time a poll is stamped with is the counters' own (a request takes tens of
+            // milliseconds, a poll of ten identifiers a good part of a second).
             let points = &device.profile.points;
-            let mut order: Vec<usize> = (0..points.len()).collect();
-            order.sort_by_key(|&i| match (points[i].role, points[i].counter) {
+            let rank = |i: usize| match (points[i].role, points[i].counter) {
                 (crate::profile::PointRole::Clock, _) => 0,
                 (_, true) => 1,
                 _ => 2,
-            });
-            reads = order
-                .into_iter()
-                .map(|i| Read {
-                    table: Table::Holding,
-                    start: 0,
-                    len: 1,
-                    points: vec![i],
-                })
-                .collect();
+            };
+            for (i, p) in points.iter().enumerate() {
+                let di = p.meter.map(|m| m.di);
+                match reads
+                    .iter_mut()
+                    .find(|r: &&mut Read| points[r.points[0]].meter.map(|m| m.di) == di)
+                {
+                    Some(read) => read.points.push(i),
+                    None => reads.push(Read {
+                        table: Table::Holding,
+                        start: 0,
+                        len: 1,
+                        points: vec![i],
+                    }),
+                }
+            }
+            reads.sort_by_key(|r| r.points.iter().map(|&i| rank(i)).min());
             return Ok(DevicePlan {
                 cost: device.link.cost(),
                 device,
@@ -169,11 +175,12 @@ impl DevicePlan {
         out
     }
 
-    /// "N requests touching M registers for K points" (DL/T 645: "N requests for K points").
+    /// "N requests touching M registers for K points" (DL/T 645, CJ/T 188: "N requests for K
+    /// points").
     pub fn summary(&self) -> String {
-        if self.device.profile.protocol.is_some() {
+        if self.device.profile.dialect != crate::profile::Dialect::Modbus {
             return format!(
-                "{} requests for {} points (one data identifier each)",
+                "{} requests for {} points (one data identifier a request)",
                 self.reads.len(),
                 self.device.profile.points.len()
             );
@@ -234,12 +241,53 @@ pub fn registers(table: Table, start: u16, len: u16) -> String {
 pub fn describe(plan: &DevicePlan, read: &Read) -> String {
     let points = &plan.device.profile.points;
     let ids: Vec<&str> = read.points.iter().map(|&i| points[i].id.as_str()).collect();
-    match read.points.first().and_then(|&i| points[i].dlt645) {
-        Some(p) => format!("data identifier {:08X}: {}", p.di, ids.join(", ")),
+    match read.points.first().and_then(|&i| points[i].meter) {
+        Some(p) => format!(
+            "data identifier {}: {}",
+            plan.device.profile.dialect.di_text(p.di),
+            ids.join(", ")
+        ),
         None => format!(
             "{}: {}",
             registers(read.table, read.start, read.len),
             ids.join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::Meter;
+
+    #[test]
+    fn a_meter_is_asked_once_per_identifier_its_clock_first() {
+        let lib = crate::profile::Library::built_in();
+        let profile = lib.get("ems-sim-cjt188-water").unwrap().clone();
+        let meter = Meter::parse(profile.dialect, "00000000000045").unwrap();
+        let plan = DevicePlan::new(Device {
+            id: "water".into(),
+            link: "cjt188:///dev/ttyS2".parse().unwrap(),
+            unit_id: 0,
+            meter: Some(meter),
+            profile,
+            clock: crate::config::ClockSource::Device,
+            timeout_ms: 1_000,
+            min_timeout_ms: 100,
+            retries: 1,
+        })
+        .unwrap();
+        let asked: Vec<String> = plan.reads.iter().map(|r| describe(&plan, r)).collect();
+        assert_eq!(
+            asked,
+            [
+                "data identifier FF01: clock",
+                "data identifier 901F: total_m3, settlement_day_m3"
+            ]
+        );
+        assert_eq!(
+            plan.summary(),
+            "2 requests for 3 points (one data identifier a request)"
+        );
     }
 }

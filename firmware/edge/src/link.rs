@@ -1,5 +1,5 @@
-//! Where devices are reached, and how: Modbus TCP, Modbus RTU and DL/T 645, on a serial line
-//! (RS-485) or over TCP to a serial device server.
+//! Where devices are reached, and how: Modbus TCP, Modbus RTU, DL/T 645 and CJ/T 188, on a
+//! serial line (RS-485, or M-Bus through its converter) or over TCP to a serial device server.
 //!
 //! A link is written in the site config as a URL:
 //! - `tcp://host:port`: Modbus TCP, one persistent connection, many unit ids over it;
@@ -11,11 +11,14 @@
 //! - `rtu+tcp://host:port`: RTU frames (with their CRC) over TCP, to an RS-485 bus behind a
 //!   serial device server in transparent mode, several unit ids on it;
 //! - `dlt645:///dev/ttyS1?baud=2400` (DL/T 645's own default line: 2400 baud, 8E1) and
-//!   `dlt645+tcp://host:port`: DL/T 645 meters, addressed by their 12-digit numbers.
+//!   `dlt645+tcp://host:port`: DL/T 645 meters, addressed by their 12-digit numbers;
+//! - `cjt188:///dev/ttyS2?baud=2400` (its usual line, 2400 8E1) and `cjt188+tcp://host:port`:
+//!   CJ/T 188 water and heat meters, addressed by their 14-digit numbers.
 //!
-//! The edge frames RTU and DL/T 645 itself (ems-core's `rtu` and `dlt645`): a corrupt answer is
-//! known as `crc` the moment it has arrived (or stops arriving), not after a timeout, and what
-//! a late answer leaves behind is thrown away before the next request.
+//! The edge frames RTU, DL/T 645 and CJ/T 188 itself (ems-core's `rtu`, `dlt645` and
+//! `cjt188`): a corrupt answer is known as `crc` the moment it has arrived (or stops arriving),
+//! not after a timeout, and what a late answer leaves behind is thrown away before the next
+//! request.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -39,21 +42,76 @@ const TCP_ROUND_TRIP_S: f64 = 0.002;
 pub enum Link {
     /// Modbus TCP to `host:port`.
     Tcp(String),
-    /// Modbus RTU on a serial line.
-    Rtu(SerialLine),
-    /// Modbus RTU frames over TCP to a serial device server at `host:port`.
-    RtuTcp(String),
-    /// DL/T 645 on a serial line.
-    Dlt645(SerialLine),
-    /// DL/T 645 frames over TCP to a serial device server at `host:port`.
-    Dlt645Tcp(String),
+    /// A serial line (RS-485) speaking Modbus RTU, DL/T 645 or CJ/T 188.
+    Serial(Protocol, SerialLine),
+    /// The same frames over TCP to a serial device server at `host:port`.
+    Server(Protocol, String),
 }
 
-/// What a link speaks.
+pub use crate::profile::Protocol;
+
+impl Protocol {
+    /// The link URL's scheme on a serial line; `+tcp` behind a serial device server.
+    fn scheme(self) -> &'static str {
+        match self {
+            Protocol::Modbus => "rtu",
+            Protocol::Dlt645 => "dlt645",
+            Protocol::Cjt188 => "cjt188",
+        }
+    }
+
+    /// The line the protocol's devices are set to out of the box: Modbus 9600 8E1, DL/T 645
+    /// and CJ/T 188 2400 8E1.
+    fn default_baud(self) -> u32 {
+        match self {
+            Protocol::Modbus => 9_600,
+            Protocol::Dlt645 | Protocol::Cjt188 => 2_400,
+        }
+    }
+
+    const ALL: [Protocol; 3] = [Protocol::Modbus, Protocol::Dlt645, Protocol::Cjt188];
+}
+
+/// How a meter on a DL/T 645 or CJ/T 188 line is addressed and asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Modbus,
-    Dlt645,
+pub enum Meter {
+    Dlt645 {
+        edition: ems_core::dlt645::Edition,
+        addr: ems_core::dlt645::Address,
+    },
+    Cjt188 {
+        meter_type: u8,
+        addr: ems_core::cjt188::Address,
+    },
+}
+
+impl Meter {
+    /// The meter at `address` (its nameplate number) as `dialect` addresses it.
+    pub fn parse(dialect: crate::profile::Dialect, address: &str) -> Result<Meter, String> {
+        use crate::profile::Dialect;
+        match dialect {
+            Dialect::Dlt645(edition) => ems_core::dlt645::Address::parse(address)
+                .map(|addr| Meter::Dlt645 { edition, addr })
+                .ok_or_else(|| {
+                    "a DL/T 645 address is the meter's 12 digits, \"000012345678\"".into()
+                }),
+            Dialect::Cjt188 { meter_type } => ems_core::cjt188::Address::parse(address)
+                .map(|addr| Meter::Cjt188 { meter_type, addr })
+                .ok_or_else(|| {
+                    "a CJ/T 188 address is the meter's 14 digits, \"00000012345678\"".into()
+                }),
+            Dialect::Modbus => Err("a Modbus device has a unit id, not an address".into()),
+        }
+    }
+}
+
+impl fmt::Display for Meter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Meter::Dlt645 { addr, .. } => addr.fmt(f),
+            Meter::Cjt188 { addr, .. } => addr.fmt(f),
+        }
+    }
 }
 
 /// A serial bus and its line settings.
@@ -108,58 +166,51 @@ impl Link {
     pub fn cost(&self) -> LinkCost {
         match self {
             Link::Tcp(_) => LinkCost::tcp(TCP_ROUND_TRIP_S),
-            Link::Rtu(line) | Link::Dlt645(line) => {
+            Link::Serial(_, line) => {
                 LinkCost::rtu(line.baud, f64::from(line.turnaround_ms) / 1000.0)
             }
-            Link::RtuTcp(_) | Link::Dlt645Tcp(_) => {
-                LinkCost::rtu(ASSUMED_SERVER_BAUD, TCP_ROUND_TRIP_S)
-            }
+            Link::Server(..) => LinkCost::rtu(ASSUMED_SERVER_BAUD, TCP_ROUND_TRIP_S),
         }
     }
 
     pub fn protocol(&self) -> Protocol {
         match self {
-            Link::Tcp(_) | Link::Rtu(_) | Link::RtuTcp(_) => Protocol::Modbus,
-            Link::Dlt645(_) | Link::Dlt645Tcp(_) => Protocol::Dlt645,
+            Link::Tcp(_) => Protocol::Modbus,
+            Link::Serial(p, _) | Link::Server(p, _) => *p,
         }
     }
 
     /// Whether what its requests cost is learned from their answers (over TCP), rather than
     /// known from a serial line's speed.
     pub fn learns_cost(&self) -> bool {
-        matches!(self, Link::Tcp(_) | Link::RtuTcp(_) | Link::Dlt645Tcp(_))
+        !matches!(self, Link::Serial(..))
     }
 }
 
 impl fmt::Display for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (scheme, l) = match self {
+        let (p, l) = match self {
             Link::Tcp(addr) => return write!(f, "tcp://{addr}"),
-            Link::RtuTcp(addr) => return write!(f, "rtu+tcp://{addr}"),
-            Link::Dlt645Tcp(addr) => return write!(f, "dlt645+tcp://{addr}"),
-            Link::Rtu(l) => ("rtu", l),
-            Link::Dlt645(l) => ("dlt645", l),
+            Link::Server(p, addr) => return write!(f, "{}+tcp://{addr}", p.scheme()),
+            Link::Serial(p, l) => (p, l),
         };
-        {
-            {
-                let parity = match l.parity {
-                    Parity::None => "none",
-                    Parity::Even => "even",
-                    Parity::Odd => "odd",
-                };
-                write!(
-                    f,
-                    "{scheme}://{}?baud={}&parity={parity}&stop_bits={}&turnaround_ms={}",
-                    l.path.display(),
-                    l.baud,
-                    l.stop_bits,
-                    l.turnaround_ms
-                )?;
-                match &l.de {
-                    Some(de) => write!(f, "&de={de}"),
-                    None => Ok(()),
-                }
-            }
+        let parity = match l.parity {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        };
+        write!(
+            f,
+            "{}://{}?baud={}&parity={parity}&stop_bits={}&turnaround_ms={}",
+            p.scheme(),
+            l.path.display(),
+            l.baud,
+            l.stop_bits,
+            l.turnaround_ms
+        )?;
+        match &l.de {
+            Some(de) => write!(f, "&de={de}"),
+            None => Ok(()),
         }
     }
 }
@@ -177,32 +228,29 @@ impl FromStr for Link {
             }
             Ok(addr.to_owned())
         };
-        for (scheme, make) in [
-            ("tcp", Link::Tcp as fn(String) -> Link),
-            ("rtu+tcp", Link::RtuTcp),
-            ("dlt645+tcp", Link::Dlt645Tcp),
-        ] {
-            if let Some(addr) = s.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")) {
-                return Ok(make(host_port(scheme, addr)?));
-            }
+        if let Some(addr) = s.strip_prefix("tcp://") {
+            return Ok(Link::Tcp(host_port("tcp", addr)?));
         }
-        let (rest, dlt645) = match (s.strip_prefix("rtu://"), s.strip_prefix("dlt645://")) {
-            (Some(rest), _) => (rest, false),
-            (None, Some(rest)) => (rest, true),
-            (None, None) => {
-                return Err(format!(
-                    "`{s}`: expected tcp://host:port, rtu:///dev/ttyX?baud=9600, rtu+tcp://host:port, dlt645:///dev/ttyX?baud=2400 or dlt645+tcp://host:port"
-                ))
-            }
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Err(expected(s));
         };
+        let (name, server) = match scheme.strip_suffix("+tcp") {
+            Some(name) => (name, true),
+            None => (scheme, false),
+        };
+        let Some(protocol) = Protocol::ALL.into_iter().find(|p| p.scheme() == name) else {
+            return Err(expected(s));
+        };
+        if server {
+            return Ok(Link::Server(protocol, host_port(scheme, rest)?));
+        }
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         if !path.starts_with('/') {
             return Err(format!("`{s}`: the serial port must be an absolute path"));
         }
         let mut line = SerialLine {
             path: PathBuf::from(path),
-            // Each protocol's own default line: Modbus 9600 8E1, DL/T 645 2400 8E1.
-            baud: if dlt645 { 2_400 } else { 9_600 },
+            baud: protocol.default_baud(),
             parity: Parity::Even,
             stop_bits: 1,
             turnaround_ms: 0,
@@ -239,12 +287,14 @@ impl FromStr for Link {
                 }
             }
         }
-        Ok(if dlt645 {
-            Link::Dlt645(line)
-        } else {
-            Link::Rtu(line)
-        })
+        Ok(Link::Serial(protocol, line))
     }
+}
+
+fn expected(s: &str) -> String {
+    format!(
+        "`{s}`: expected tcp://host:port, rtu:///dev/ttyX?baud=9600, dlt645:///dev/ttyX?baud=2400, cjt188:///dev/ttyX?baud=2400, or rtu+tcp://, dlt645+tcp:// or cjt188+tcp://host:port (a serial device server)"
+    )
 }
 
 /// The bytes of a serial line or of a TCP stream to a serial device server.
@@ -264,13 +314,15 @@ pub struct Connection {
     after: Vec<u8>,
     /// Requests given up on whose answers may still come (see [`Connection::awaits_late_answer`]).
     late: Vec<Late>,
+    /// CJ/T 188's serial number of the last read: each read's own, echoed by its reply.
+    serial: u8,
 }
 
 /// Who answers a request on a framed link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     Unit(u8),
-    Meter(ems_core::dlt645::Address),
+    Meter(Meter),
 }
 
 /// A request whose answer may still arrive, until when.
@@ -329,6 +381,13 @@ enum Arrived {
 }
 
 impl Connection {
+    /// The serial number of the next read (CJ/T 188): a reply that echoes another is a late
+    /// reply to an earlier read, never taken for this one's. Its retries keep it.
+    pub fn next_serial(&mut self) -> u8 {
+        self.serial = self.serial.wrapping_add(1);
+        self.serial
+    }
+
     /// Waits out the line's silent interval, then throws away whatever is waiting from before
     /// (a late answer to a request given up on would be taken for the next one's).
     async fn prepare(&mut self) -> Result<(), Failure> {
@@ -567,48 +626,69 @@ impl Connection {
         }
     }
 
-    /// Reads data identifier `di` from the DL/T 645 meter at `addr`: the value bytes.
-    pub async fn read_dlt645(
+    /// Reads data identifier `di` from `meter` (DL/T 645 or CJ/T 188): the value bytes after
+    /// the identifier (and CJ/T 188's serial number `ser`, which its reply must echo).
+    pub async fn read_meter(
         &mut self,
-        edition: ems_core::dlt645::Edition,
-        addr: &ems_core::dlt645::Address,
+        meter: &Meter,
         di: u32,
+        ser: u8,
         wait: Wait,
     ) -> Result<Vec<u8>, Failure> {
-        use ems_core::dlt645::{self, Reply, Scan};
+        use ems_core::{cjt188, dlt645};
         let timeout = wait.first;
-        let request = dlt645::read_request(edition, addr, di);
-        let frame_end = |buf: &[u8]| match dlt645::find_frame(buf) {
-            Scan::Frame { end, .. } => Some(end),
-            Scan::NeedMore { .. } => None,
+        let (request, find): (_, fn(&[u8]) -> dlt645::Scan) = match meter {
+            Meter::Dlt645 { edition, addr } => {
+                (dlt645::read_request(*edition, addr, di), dlt645::find_frame)
+            }
+            Meter::Cjt188 { meter_type, addr } => (
+                cjt188::read_request(*meter_type, addr, di as u16, ser),
+                cjt188::find_frame,
+            ),
         };
-        let peer = Peer::Meter(*addr);
+        let parse = |frame: &[u8]| -> Result<Result<Vec<u8>, u8>, dlt645::FrameError> {
+            match meter {
+                Meter::Dlt645 { edition, addr } => dlt645::parse_reply(*edition, addr, di, frame)
+                    .map(|r| match r {
+                        dlt645::Reply::Data(v) => Ok(v),
+                        dlt645::Reply::Error(code) => Err(code),
+                    }),
+                Meter::Cjt188 { meter_type, addr } => {
+                    cjt188::parse_reply(*meter_type, addr, di as u16, ser, frame).map(|r| match r {
+                        cjt188::Reply::Data(v) => Ok(v),
+                        cjt188::Reply::Error(code) => Err(code),
+                    })
+                }
+            }
+        };
+        let frame = |bytes: &[u8]| match find(bytes) {
+            dlt645::Scan::Frame { start, end } => Some(start..end),
+            dlt645::Scan::NeedMore { .. } => None,
+        };
+        let frame_end = |buf: &[u8]| frame(buf).map(|r| r.end);
+        let peer = Peer::Meter(*meter);
         let (mut arrived, deadline) = self.exchange(peer, &request, timeout, frame_end).await?;
-        let frame = |bytes: &[u8]| match dlt645::find_frame(bytes) {
-            Scan::Frame { start, end } => start..end,
-            Scan::NeedMore { .. } => unreachable!("a whole frame was found in these bytes"),
-        };
-        // Another meter's late reply (sound, to another address or identifier) is passed over.
+        // Another meter's late reply (sound, to another address, identifier or number) is
+        // passed over.
         let mut strays = 0;
         while let Arrived::Whole(bytes) = &arrived {
-            let reply = dlt645::parse_reply(edition, addr, di, &bytes[frame(bytes)]);
-            if strays == MAX_STRAYS || !matches!(reply, Err(dlt645::FrameError::Mismatch)) {
+            let reply = frame(bytes).map(|r| parse(&bytes[r]));
+            if strays == MAX_STRAYS || !matches!(reply, Some(Err(dlt645::FrameError::Mismatch))) {
                 break;
             }
             strays += 1;
-            tracing::debug!(meter = %addr, frame = %hex(bytes), "A stray frame on the line, passed over.");
+            tracing::debug!(%meter, frame = %hex(bytes), "A stray frame on the line, passed over.");
             arrived = self.receive(deadline, frame_end).await?;
         }
         let answered = !matches!(arrived, Arrived::Nothing);
         self.owe(peer, &request, answered, deadline - timeout, wait.most);
         match arrived {
-            Arrived::Whole(bytes) => {
-                match dlt645::parse_reply(edition, addr, di, &bytes[frame(&bytes)]) {
-                    Ok(Reply::Data(value)) => Ok(value),
-                    Ok(Reply::Error(code)) => Err(Failure::Device(code)),
-                    Err(e) => Err(Failure::corrupt(format!("the reply is not good: {e}"))),
-                }
-            }
+            Arrived::Whole(bytes) => match frame(&bytes).map(|r| parse(&bytes[r])) {
+                Some(Ok(Ok(value))) => Ok(value),
+                Some(Ok(Err(code))) => Err(Failure::Device(code)),
+                Some(Err(e)) => Err(Failure::corrupt(format!("the reply is not good: {e}"))),
+                None => unreachable!("a whole frame was found in these bytes"),
+            },
             Arrived::Nothing => Err(no_answer(timeout, false)),
             Arrived::CutShort(part) => Err(Failure::corrupt(format!(
                 "the reply stopped after {} bytes (a loose wire, or noise)",
@@ -769,9 +849,10 @@ pub async fn connect(link: &Link, timeout: Duration) -> anyhow::Result<Connectio
                 gap: Duration::ZERO,
                 after: Vec::new(),
                 late: Vec::new(),
+                serial: 0,
             })
         }
-        Link::RtuTcp(addr) | Link::Dlt645Tcp(addr) => {
+        Link::Server(_, addr) => {
             let stream = tcp(addr).await?;
             let _ = stream.set_nodelay(true);
             let char_time = Duration::from_secs_f64(11.0 / f64::from(ASSUMED_SERVER_BAUD));
@@ -785,9 +866,10 @@ pub async fn connect(link: &Link, timeout: Duration) -> anyhow::Result<Connectio
                 gap: frame_gap(char_time, true),
                 after: Vec::new(),
                 late: Vec::new(),
+                serial: 0,
             })
         }
-        Link::Rtu(line) | Link::Dlt645(line) => {
+        Link::Serial(protocol, line) => {
             let path = line.path.display();
             let mut port = serial2_tokio::SerialPort::open(&line.path, serial2_tokio::KeepSettings)
                 .with_context(|| format!("cannot open serial port {path}"))?;
@@ -824,15 +906,19 @@ pub async fn connect(link: &Link, timeout: Duration) -> anyhow::Result<Connectio
             };
             Ok(Connection {
                 io: Io::Framed { stream, serial },
-                // DL/T 645 asks no silent interval, only the turnaround a meter may need.
-                silence: match link.protocol() {
+                // DL/T 645 and CJ/T 188 ask no silent interval, only the turnaround a meter may
+                // need.
+                silence: match protocol {
                     Protocol::Modbus => line.silent_interval(),
-                    Protocol::Dlt645 => Duration::from_millis(u64::from(line.turnaround_ms)),
+                    Protocol::Dlt645 | Protocol::Cjt188 => {
+                        Duration::from_millis(u64::from(line.turnaround_ms))
+                    }
                 },
                 quiet_since: Instant::now(),
                 gap: frame_gap(line.char_time(), false),
                 after: Vec::new(),
                 late: Vec::new(),
+                serial: 0,
             })
         }
     }
@@ -847,7 +933,9 @@ mod tests {
         let tcp: Link = "tcp://10.0.0.5:502".parse().unwrap();
         assert_eq!(tcp, Link::Tcp("10.0.0.5:502".into()));
         let rtu: Link = "rtu:///dev/ttyUSB0".parse().unwrap();
-        let Link::Rtu(line) = &rtu else { panic!() };
+        let Link::Serial(Protocol::Modbus, line) = &rtu else {
+            panic!()
+        };
         assert_eq!(
             (line.baud, line.parity, line.stop_bits, line.turnaround_ms),
             (9_600, Parity::Even, 1, 0),
@@ -892,7 +980,7 @@ mod tests {
         );
         // The planner sees the serial line's costs: a request at 9600 baud costs what 10
         // registers do, so it bridges gaps of up to 10 registers and no longer.
-        let cost = Link::Rtu(line(9_600, 0)).cost();
+        let cost = Link::Serial(Protocol::Modbus, line(9_600, 0)).cost();
         assert!((cost.per_request / cost.per_register - 10.0).abs() < 1e-9);
     }
 
@@ -924,9 +1012,12 @@ mod tests {
     async fn a_late_answer_from_another_unit_is_passed_over_and_ours_still_read() {
         // Unit 42's late answer comes first, then unit 43's own.
         let addr = server(|_| [rtu_answer(42, &[7, 7]), rtu_answer(43, &[1, 2])].concat()).await;
-        let mut c = connect(&Link::RtuTcp(addr), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut c = connect(
+            &Link::Server(Protocol::Modbus, addr),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         let regs = c
             .read(
                 43,
@@ -941,9 +1032,12 @@ mod tests {
 
         // Nothing but others' answers: a plain failure, not taken for ours.
         let addr = server(|_| rtu_answer(42, &[7, 7]).repeat(6)).await;
-        let mut c = connect(&Link::RtuTcp(addr), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut c = connect(
+            &Link::Server(Protocol::Modbus, addr),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         match c
             .read(
                 43,
@@ -984,9 +1078,12 @@ mod tests {
                 s.write_all(&rtu_answer(7, &[start, start])).await.unwrap();
             }
         });
-        let mut c = connect(&Link::RtuTcp(addr), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut c = connect(
+            &Link::Server(Protocol::Modbus, addr),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         let fitted = Wait {
             first: Duration::from_millis(50),
             most: Duration::from_millis(400),

@@ -2,13 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
-
 use clap::{Parser, Subcommand};
 use ems_edge::Site;
 use tokio_util::sync::CancellationToken;
 
-/// Edge agent for ARM boards: polls meters over Modbus and publishes their readings over MQTT.
+/// Edge agent for ARM boards: polls meters over Modbus, DL/T 645 and CJ/T 188 and publishes their
+/// readings over MQTT.
 #[derive(Parser, Debug)]
 #[command(name = "ems-edge", version)]
 struct Args {
@@ -32,13 +31,14 @@ enum Command {
     /// quality (commissioning). Exits with 1 when no point came back good.
     Probe {
         /// tcp://host:port, rtu:///dev/ttyUSB0?baud=9600&parity=even&stop_bits=1,
-        /// rtu+tcp://host:port, dlt645:///dev/ttyS1?baud=2400 or dlt645+tcp://host:port.
+        /// dlt645:///dev/ttyS1?baud=2400, cjt188:///dev/ttyS2?baud=2400, or rtu+tcp://,
+        /// dlt645+tcp:// or cjt188+tcp://host:port (a serial device server).
         #[arg(long)]
         link: ems_edge::link::Link,
         /// Modbus: the unit id.
         #[arg(long, required_unless_present = "address")]
         unit_id: Option<u8>,
-        /// DL/T 645: the meter's 12-digit address.
+        /// DL/T 645 or CJ/T 188: the meter's address (12 or 14 digits).
         #[arg(long, conflicts_with = "unit_id")]
         address: Option<String>,
         /// Profile name (built in, or from --profiles-dir).
@@ -139,17 +139,18 @@ async fn run() -> anyhow::Result<()> {
                 let known: Vec<_> = library.names().collect();
                 anyhow::bail!("unknown profile `{profile}`; known: {}", known.join(", "));
             };
-            let meter = match &address {
-                Some(a) => Some(ems_core::dlt645::Address::parse(a).with_context(|| {
-                    format!("--address {a}: a DL/T 645 address is the meter's 12 digits")
-                })?),
-                None => None,
-            };
             anyhow::ensure!(
-                (link.protocol() == ems_edge::link::Protocol::Dlt645) == profile.protocol.is_some(),
+                link.protocol() == profile.dialect.protocol(),
                 "profile `{}` and link {link} speak different protocols",
                 profile.name
             );
+            let meter = match &address {
+                Some(a) => Some(
+                    ems_edge::link::Meter::parse(profile.dialect, a)
+                        .map_err(|e| anyhow::anyhow!("--address {a}: {e}"))?,
+                ),
+                None => None,
+            };
             let device = ems_edge::config::Device {
                 id: "probe".into(),
                 link: link.clone(),

@@ -33,8 +33,8 @@ const ILLEGAL_DATA_VALUE: u8 = 3;
 
 /// Reads one device by its plan, each request's tries waiting as `wait` says.
 pub async fn read_device(link: &mut Connection, plan: &DevicePlan, wait: Wait) -> Reading {
-    if let (Some(edition), Some(addr)) = (plan.device.profile.protocol, plan.device.meter) {
-        return read_meter(link, plan, edition, &addr, wait).await;
+    if let Some(meter) = plan.device.meter {
+        return read_meter(link, plan, &meter, wait).await;
     }
     let profile = &plan.device.profile;
     let mut values: Vec<Result<f64, Quality>> = vec![Err(Quality::Comm); profile.points.len()];
@@ -269,30 +269,41 @@ struct Findings {
     failures: Vec<String>,
 }
 
-/// Reads a DL/T 645 meter: one data identifier a request, each decoded from its BCD format.
+/// Reads a DL/T 645 or CJ/T 188 meter: one data identifier a request, each point it answers
+/// decoded from its BCD format.
 async fn read_meter(
     link: &mut Connection,
     plan: &DevicePlan,
-    edition: ems_core::dlt645::Edition,
-    addr: &ems_core::dlt645::Address,
+    meter: &crate::link::Meter,
     wait: Wait,
 ) -> Reading {
     let profile = &plan.device.profile;
+    let dialect = profile.dialect;
     let mut values = vec![Err(Quality::Comm); profile.points.len()];
     let mut gave_up: Option<Quality> = None;
     let mut link_failed = false;
-    let mut timings = Vec::with_capacity(profile.points.len());
+    let mut timings = Vec::with_capacity(plan.reads.len());
     let mut answered_on_retry = Vec::new();
     let mut failures = Vec::new();
-    for i in plan.reads.iter().flat_map(|r| r.points.iter().copied()) {
-        let def = &profile.points[i];
-        let Some(point) = def.dlt645 else { continue };
+    let peer = Peer::Meter(*meter);
+    for read in &plan.reads {
+        let Some(di) = read
+            .points
+            .first()
+            .and_then(|&i| profile.points[i].meter)
+            .map(|m| m.di)
+        else {
+            continue;
+        };
         if let Some(q) = gave_up {
-            values[i] = Err(q);
+            for &i in &read.points {
+                values[i] = Err(q);
+            }
             continue;
         }
         // An answer owed to an earlier poll's request must not be taken for this one's.
-        link.settle(Peer::Meter(*addr)).await;
+        link.settle(peer).await;
+        let ser = link.next_serial();
         let asked = std::time::Instant::now();
         let mut tries = 0;
         let answer = loop {
@@ -300,14 +311,14 @@ async fn read_meter(
                 first: wait.try_number(tries),
                 most: wait.most,
             };
-            match link.read_dlt645(edition, addr, point.di, this_try).await {
+            match link.read_meter(meter, di, ser, this_try).await {
                 Err(Failure::Link { broken: false, .. }) if tries < plan.device.retries => {
                     tries += 1
                 }
                 answer => break answer,
             }
         };
-        values[i] = match answer {
+        let decoded: Result<Vec<u8>, Quality> = match answer {
             Ok(bytes) => {
                 let took = asked.elapsed().as_secs_f64();
                 if tries == 0 {
@@ -316,12 +327,10 @@ async fn read_meter(
                     answered_on_retry.push(took);
                 }
                 // As for Modbus: a late answer owed ends this poll of the meter.
-                if link.awaits_late_answer(Peer::Meter(*addr)) {
+                if link.awaits_late_answer(peer) {
                     gave_up = Some(Quality::Timeout);
                 }
-                ems_core::dlt645::decode_bcd(&bytes, point.format)
-                    .map(|v| v * def.scale + def.offset)
-                    .map_err(|_| Quality::Decode)
+                Ok(bytes)
             }
             Err(Failure::Device(code)) => Err(Quality::Exception(code)),
             Err(Failure::Link {
@@ -329,7 +338,7 @@ async fn read_meter(
                 error,
                 broken,
             }) => {
-                failures.push(format!("data identifier {:08X}: {error}", point.di));
+                failures.push(format!("data identifier {}: {error}", dialect.di_text(di)));
                 // A meter that does not answer one identifier will not answer the next.
                 if quality != Quality::Crc {
                     gave_up = Some(quality);
@@ -338,6 +347,14 @@ async fn read_meter(
                 Err(quality)
             }
         };
+        for &i in &read.points {
+            let def = &profile.points[i];
+            values[i] = match (&decoded, def.meter) {
+                (Ok(bytes), Some(point)) => point.decode(bytes).map(|v| v * def.scale + def.offset),
+                (Err(q), _) => Err(*q),
+                (Ok(_), None) => Err(Quality::Decode),
+            };
+        }
     }
     reading_of(
         profile,

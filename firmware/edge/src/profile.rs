@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ems_config::{ConfigError, Source};
+use ems_config::{ConfigError, Source, Spanned};
 use ems_core::{DataType, WordOrder};
 use serde::Deserialize;
 
@@ -49,6 +49,18 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../profiles/ems-sim-dlt645.toml"),
     ),
     (
+        "cjt188-water.toml",
+        include_str!("../profiles/cjt188-water.toml"),
+    ),
+    (
+        "cjt188-heat.toml",
+        include_str!("../profiles/cjt188-heat.toml"),
+    ),
+    (
+        "ems-sim-cjt188-water.toml",
+        include_str!("../profiles/ems-sim-cjt188-water.toml"),
+    ),
+    (
         "ems-sim-totalizer.toml",
         include_str!("../profiles/ems-sim-totalizer.toml"),
     ),
@@ -89,9 +101,14 @@ struct ProfileFile {
     datasheet: Option<String>,
     #[serde(default)]
     max_registers: Option<u16>,
-    /// What the device speaks: Modbus (the default), or `dlt645-2007` / `dlt645-1997`.
+    /// What the device speaks: `modbus` (the default), `dlt645-2007`, `dlt645-1997` or
+    /// `cjt188`.
     #[serde(default)]
-    protocol: Option<ems_core::dlt645::Edition>,
+    protocol: Option<Spanned<String>>,
+    /// CJ/T 188: the meter type the requests name (0x10 cold water, 0x11 hot water, 0x20 heat,
+    /// 0x30 gas ...).
+    #[serde(default)]
+    meter_type: Option<u8>,
     #[serde(default)]
     points: Vec<PointFile>,
 }
@@ -105,12 +122,56 @@ pub struct Profile {
     pub datasheet: String,
     /// Most registers the device returns in one request (Modbus allows 125).
     pub max_registers: u16,
-    /// `None`: Modbus. Otherwise the DL/T 645 edition the meter speaks.
-    pub protocol: Option<ems_core::dlt645::Edition>,
+    /// What the device speaks, and how its requests are framed.
+    pub dialect: Dialect,
     pub points: Vec<PointDef>,
 }
 
 const DEFAULT_MAX_REGISTERS: u16 = 125;
+
+/// What a link or a device speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Modbus,
+    Dlt645,
+    Cjt188,
+}
+
+/// A protocol with what its requests need from the profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Modbus,
+    Dlt645(ems_core::dlt645::Edition),
+    /// CJ/T 188, with the meter type its requests name.
+    Cjt188 {
+        meter_type: u8,
+    },
+}
+
+impl Dialect {
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Dialect::Modbus => Protocol::Modbus,
+            Dialect::Dlt645(_) => Protocol::Dlt645,
+            Dialect::Cjt188 { .. } => Protocol::Cjt188,
+        }
+    }
+
+    /// Hex digits of a data identifier as the standard prints it (0: registers, not
+    /// identifiers).
+    pub fn di_digits(self) -> usize {
+        match self {
+            Dialect::Modbus => 0,
+            Dialect::Dlt645(edition) => 2 * edition.di_len(),
+            Dialect::Cjt188 { .. } => 4,
+        }
+    }
+
+    /// A data identifier as the standard prints it: `00010000`, `9010`, `901F`.
+    pub fn di_text(self, di: u32) -> String {
+        format!("{di:0width$X}", width = self.di_digits())
+    }
+}
 
 /// Which register table a point lives in (function code 3 or 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
@@ -133,7 +194,8 @@ pub enum PointRole {
 }
 
 /// A point as a profile file writes it: a register (`address`, `type`) for Modbus, a data
-/// identifier (`di`, `format`) for DL/T 645.
+/// identifier (`di`, and where in its answer: `byte_offset`, `format`) for DL/T 645 and
+/// CJ/T 188.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PointFile {
@@ -151,16 +213,25 @@ struct PointFile {
     data_type: Option<DataType>,
     #[serde(default)]
     order: WordOrder,
-    /// DL/T 645: the data identifier as the standard prints it, `"00010000"` (2007) or
-    /// `"9010"` (1997).
+    /// DL/T 645 and CJ/T 188: the data identifier as the standard prints it, `"00010000"`
+    /// (DL/T 645-2007), `"9010"` (1997), `"901F"` (CJ/T 188, its default).
     #[serde(default)]
     di: Option<String>,
-    /// DL/T 645: the value's format as the standard prints it, `"XXXXXX.XX"`.
+    /// DL/T 645 and CJ/T 188: where the value starts in the answer, in bytes after the data
+    /// identifier (and CJ/T 188's serial number): a block read answers several values.
+    #[serde(default)]
+    byte_offset: u8,
+    /// DL/T 645 and CJ/T 188: the value's format as the standard prints it, `"XXXXXX.XX"`.
     #[serde(default)]
     format: Option<String>,
-    /// DL/T 645: the top bit of the value is its sign (currents, powers, power factors).
+    /// DL/T 645 and CJ/T 188: the top bit of the value is its sign (currents, powers, power
+    /// factors).
     #[serde(default)]
     signed: bool,
+    /// CJ/T 188: the value is followed by a unit code byte; the value is converted from the
+    /// unit the meter names to the point's `unit` (which must be one of the standard's).
+    #[serde(default)]
+    unit_code: bool,
     #[serde(default = "one")]
     scale: f64,
     #[serde(default)]
@@ -177,14 +248,14 @@ struct PointFile {
 #[derive(Debug, Clone)]
 pub struct PointDef {
     pub id: String,
-    /// Modbus: the zero-based register address, its table, type and word order (for a DL/T 645
-    /// point these are unused).
+    /// Modbus: the zero-based register address, its table, type and word order (unused for a
+    /// DL/T 645 or CJ/T 188 point).
     pub address: u16,
     pub table: Table,
     pub data_type: DataType,
     pub order: WordOrder,
-    /// DL/T 645: the data identifier and the value's format.
-    pub dlt645: Option<Dlt645Point>,
+    /// DL/T 645 and CJ/T 188: the data identifier and where and how its answer holds the value.
+    pub meter: Option<MeterPoint>,
     pub scale: f64,
     pub offset: f64,
     pub unit: String,
@@ -193,11 +264,37 @@ pub struct PointDef {
     pub role: PointRole,
 }
 
-/// What a DL/T 645 meter is asked for, and how its answer reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dlt645Point {
+/// What a DL/T 645 or CJ/T 188 meter is asked for, and how its answer reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeterPoint {
     pub di: u32,
-    pub format: ems_core::dlt645::Format,
+    /// Bytes of the answer before the value.
+    pub at: u8,
+    pub format: ems_core::bcd::Format,
+    /// CJ/T 188: a unit code byte follows the value; the point's unit, to convert it to.
+    pub unit_code: Option<ems_core::cjt188::Unit>,
+}
+
+impl MeterPoint {
+    /// The point's value in `answer` (the bytes after the identifier): BCD, then converted to
+    /// the point's unit from the unit the meter names, if it names one. A unit the standard
+    /// does not know, or of another kind, is `decode`: a value is never guessed.
+    pub fn decode(&self, answer: &[u8]) -> Result<f64, ems_core::Quality> {
+        use ems_core::cjt188::{convert, Unit};
+        let at = usize::from(self.at);
+        let value = answer
+            .get(at..)
+            .and_then(|v| ems_core::bcd::decode(v, self.format).ok())
+            .ok_or(ems_core::Quality::Decode)?;
+        match self.unit_code {
+            None => Ok(value),
+            Some(want) => answer
+                .get(at + usize::from(self.format.bytes))
+                .and_then(|&code| Unit::of_code(code))
+                .and_then(|given| convert(value, given, want))
+                .ok_or(ems_core::Quality::Decode),
+        }
+    }
 }
 
 /// A point of the file checked against its profile's protocol.
@@ -205,15 +302,15 @@ fn point_of(
     src: &Source,
     i: usize,
     p: PointFile,
-    protocol: Option<ems_core::dlt645::Edition>,
+    dialect: Dialect,
 ) -> Result<PointDef, ConfigError> {
     let key = |k: &str| format!("points[{i}].{k}");
-    let (address, table, data_type, dlt645) = match protocol {
-        None => {
-            if p.di.is_some() || p.format.is_some() {
+    let (address, table, data_type, meter) = match dialect {
+        Dialect::Modbus => {
+            if p.di.is_some() || p.format.is_some() || p.unit_code || p.byte_offset != 0 {
                 return Err(src.error(
                     &key("di"),
-                    "a Modbus profile's points have `address` and `type`; `di` and `format` are DL/T 645's (set `protocol`)",
+                    "a Modbus profile's points have `address` and `type`; `di`, `byte_offset`, `format` and `unit_code` are DL/T 645's and CJ/T 188's (set `protocol`)",
                 ));
             }
             let (address, table) = match (p.address, p.reference) {
@@ -253,42 +350,67 @@ fn point_of(
             };
             (address, table, data_type, None)
         }
-        Some(edition) => {
+        Dialect::Dlt645(_) | Dialect::Cjt188 { .. } => {
             if p.address.is_some() || p.reference.is_some() || p.data_type.is_some() {
                 return Err(src.error(
                     &key("address"),
-                    "a DL/T 645 point is read by `di` and `format`, not by register",
+                    "a DL/T 645 or CJ/T 188 point is read by `di` and `format`, not by register",
                 ));
             }
-            let digits = 2 * edition.di_len();
-            let di =
-                p.di.as_deref()
+            let digits = dialect.di_digits();
+            let di = match (p.di.as_deref(), dialect) {
+                (None, Dialect::Cjt188 { .. }) => Some(u32::from(ems_core::cjt188::READ_DATA)),
+                (d, _) => d
                     .filter(|d| d.len() == digits)
-                    .and_then(|d| u32::from_str_radix(d, 16).ok())
-                    .ok_or_else(|| {
-                        src.error(
-                            &key("di"),
-                            format!(
-                            "the data identifier in {digits} hex digits, as the standard prints it"
-                        ),
-                        )
-                    })?;
+                    .and_then(|d| u32::from_str_radix(d, 16).ok()),
+            };
+            let di = di.ok_or_else(|| {
+                src.error(
+                    &key("di"),
+                    format!(
+                        "the data identifier in {digits} hex digits, as the standard prints it"
+                    ),
+                )
+            })?;
             let format = p
                 .format
                 .as_deref()
-                .and_then(|f| ems_core::dlt645::Format::parse(f, p.signed))
+                .and_then(|f| ems_core::bcd::Format::parse(f, p.signed))
                 .ok_or_else(|| {
                     src.error(
                         &key("format"),
                         "the value's format as the standard prints it, such as \"XXXXXX.XX\" (an even number of X)",
                     )
                 })?;
-            (
-                0,
-                Table::Holding,
-                DataType::U16,
-                Some(Dlt645Point { di, format }),
-            )
+            let unit_code = match (p.unit_code, dialect) {
+                (false, _) => None,
+                (true, Dialect::Cjt188 { .. }) => {
+                    Some(ems_core::cjt188::Unit::named(&p.unit).ok_or_else(|| {
+                        let known: Vec<&str> =
+                            ems_core::cjt188::UNITS.iter().map(|u| u.name).collect();
+                        src.error(
+                            &key("unit"),
+                            format!(
+                                "a value with a unit code is converted to `unit`, one of the standard's: {}",
+                                known.join(", ")
+                            ),
+                        )
+                    })?)
+                }
+                (true, _) => {
+                    return Err(src.error(
+                        &key("unit_code"),
+                        "unit codes are CJ/T 188's; DL/T 645 values have fixed units",
+                    ))
+                }
+            };
+            let meter = MeterPoint {
+                di,
+                at: p.byte_offset,
+                format,
+                unit_code,
+            };
+            (0, Table::Holding, DataType::U16, Some(meter))
         }
     };
     Ok(PointDef {
@@ -297,13 +419,48 @@ fn point_of(
         table,
         data_type,
         order: p.order,
-        dlt645,
+        meter,
         scale: p.scale,
         offset: p.offset,
         unit: p.unit,
         counter: p.counter,
         role: p.role,
     })
+}
+
+/// The file's `protocol` (and CJ/T 188's `meter_type`).
+fn dialect_of(src: &Source, file: &ProfileFile) -> Result<Dialect, ConfigError> {
+    use ems_core::dlt645::Edition;
+    let name = file.protocol.as_ref().map(|p| p.get_ref().as_str());
+    let dialect = match name {
+        None | Some("modbus") => Dialect::Modbus,
+        Some("dlt645-2007") => Dialect::Dlt645(Edition::V2007),
+        Some("dlt645-1997") => Dialect::Dlt645(Edition::V1997),
+        Some("cjt188") => match file.meter_type {
+            Some(meter_type) => Dialect::Cjt188 { meter_type },
+            None => {
+                return Err(src.error(
+                    "meter_type",
+                    "a CJ/T 188 profile names its meter type: 0x10 cold water, 0x11 hot water, 0x20 heat, 0x30 gas",
+                ))
+            }
+        },
+        Some(other) => {
+            let span = file.protocol.as_ref().map(|p| p.span()).unwrap_or_default();
+            return Err(src.error_at(
+                span,
+                "protocol",
+                format!("unknown protocol `{other}`: modbus, dlt645-2007, dlt645-1997 or cjt188"),
+            ));
+        }
+    };
+    if file.meter_type.is_some() && !matches!(dialect, Dialect::Cjt188 { .. }) {
+        return Err(src.error(
+            "meter_type",
+            "`meter_type` is CJ/T 188's (protocol = \"cjt188\")",
+        ));
+    }
+    Ok(dialect)
 }
 
 /// A one-based Modicon reference as a table and a zero-based address: 40001 is holding 0,
@@ -381,7 +538,7 @@ impl Library {
     pub fn add(&mut self, src: &Source) -> Result<(), ConfigError> {
         let file: ProfileFile = src.parse()?;
         let (mut points, mut max_registers) = (Vec::new(), DEFAULT_MAX_REGISTERS);
-        let mut protocol = file.protocol;
+        let mut dialect = dialect_of(src, &file)?;
         let mut datasheet = String::new();
         if let Some(parent) = &file.extends {
             let Some(p) = self.profiles.get(parent) else {
@@ -393,20 +550,20 @@ impl Library {
             points = p.points.clone();
             max_registers = p.max_registers;
             datasheet = p.datasheet.clone();
-            if file.protocol.is_some_and(|f| Some(f) != p.protocol) {
+            if file.protocol.is_some() && dialect != p.dialect {
                 return Err(src.error("protocol", format!("`{parent}` speaks another protocol")));
             }
-            protocol = p.protocol;
+            dialect = p.dialect;
         }
         for (i, p) in file.points.into_iter().enumerate() {
-            points.push(point_of(src, i, p, protocol)?);
+            points.push(point_of(src, i, p, dialect)?);
         }
         let profile = Profile {
             name: file.name,
             description: file.description,
             datasheet: file.datasheet.unwrap_or(datasheet),
             max_registers: file.max_registers.unwrap_or(max_registers),
-            protocol,
+            dialect,
             points,
         };
         profile.validate(src)?;
@@ -571,6 +728,72 @@ mod tests {
         let pm = lib.get("schneider-pm5100").unwrap();
         let import = pm.points.iter().find(|d| d.id == "import_kwh").unwrap();
         assert_eq!(import.address, 2699);
+    }
+
+    #[test]
+    fn a_cjt188_heat_meter_reads_in_the_profiles_units_whatever_unit_it_is_set_to() {
+        let lib = Library::built_in();
+        let heat = lib.get("cjt188-heat").unwrap();
+        assert_eq!(heat.dialect, Dialect::Cjt188 { meter_type: 0x20 });
+        // The reply to 901F after its identifier and SER: settlement heat 1.00 GJ (11H),
+        // current heat 2.50 MWh (08H), power 12.34 kW (17H), flow 1.2345 m3/h (35H), volume
+        // 789.01 m3 (2CH), supply 75.20 and return 50.05 degC, 12 345 h, time, status.
+        let answer = [
+            0x00, 0x01, 0x00, 0x00, 0x11, 0x50, 0x02, 0x00, 0x00, 0x08, 0x34, 0x12, 0x00, 0x00,
+            0x17, 0x45, 0x23, 0x01, 0x00, 0x35, 0x01, 0x89, 0x07, 0x00, 0x2C, 0x20, 0x75, 0x00,
+            0x05, 0x50, 0x00, 0x45, 0x23, 0x01, 0x00, 0x00, 0x00, 0x01, 0x01, 0x26, 0x20, 0x00,
+            0x00,
+        ];
+        let read = |id: &str| {
+            let p = heat.points.iter().find(|p| p.id == id).unwrap();
+            p.meter.unwrap().decode(&answer)
+        };
+        let settled = read("settlement_day_heat_kwh").unwrap();
+        assert!((settled - 277.777_777_78).abs() < 1e-6, "{settled}");
+        assert_eq!(read("heat_kwh"), Ok(2_500.0));
+        assert_eq!(read("power_kw"), Ok(12.34));
+        assert_eq!(read("flow_m3_h"), Ok(1.2345));
+        assert_eq!(read("volume_m3"), Ok(789.01));
+        assert_eq!(read("supply_c"), Ok(75.2));
+        assert_eq!(read("return_c"), Ok(50.05));
+        assert_eq!(read("working_h"), Ok(12_345.0));
+        // A unit code the standard does not have, or of another kind, is never guessed at.
+        let mut odd = answer;
+        odd[9] = 0x2D;
+        let heat_point = heat.points.iter().find(|p| p.id == "heat_kwh").unwrap();
+        assert_eq!(
+            heat_point.meter.unwrap().decode(&odd),
+            Err(ems_core::Quality::Decode)
+        );
+        odd[9] = 0x2C;
+        assert_eq!(
+            heat_point.meter.unwrap().decode(&odd),
+            Err(ems_core::Quality::Decode)
+        );
+        assert_eq!(
+            heat_point.meter.unwrap().decode(&answer[..8]),
+            Err(ems_core::Quality::Decode)
+        );
+    }
+
+    #[test]
+    fn a_meter_protocols_keys_are_checked_against_its_protocol() {
+        let add = |text: &str| Library::default().add(&Source::embedded("x.toml", text));
+        let cjt = "name = \"x\"\nprotocol = \"cjt188\"\nmeter_type = 0x10\n[[points]]\nid = \"a\"\nformat = \"XXXXXX.XX\"\n";
+        assert!(add(cjt).is_ok(), "901F is CJ/T 188's default identifier");
+        let err = add(&format!("{cjt}unit_code = true\nunit = \"m3/d\"\n")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("points[0].unit"));
+        let err = add("name = \"x\"\nprotocol = \"cjt188\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("meter_type"));
+        let err = add("name = \"x\"\nprotocol = \"mbus\"\n").unwrap_err();
+        assert_eq!((err.key.as_deref(), err.line), (Some("protocol"), Some(2)));
+        let dlt = "name = \"x\"\nprotocol = \"dlt645-2007\"\n[[points]]\nid = \"a\"\ndi = \"00010000\"\nformat = \"XXXXXX.XX\"\nunit_code = true\n";
+        let err = add(dlt).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("points[0].unit_code"));
+        let modbus =
+            "name = \"x\"\n[[points]]\nid = \"a\"\naddress = 0\ntype = \"u16\"\nbyte_offset = 2\n";
+        let err = add(modbus).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("points[0].di"));
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The framing the edge does itself (ems-core's `rtu` and `dlt645`) over a byte stream off an
+//! The framing the edge does itself (ems-core's `rtu`, `dlt645` and `cjt188`) over a byte stream off an
 //! RS-485 line or a serial device server (noise, torn, glued and other devices' frames): never a
 //! panic; a frame the scan finds is found again in the bytes cut at its end (the edge relies on
 //! it); an answer taken has passed its CRC or checksum and answers the request sent.
 #![no_main]
 
 use arbitrary::Arbitrary;
+use ems_core::bcd;
+use ems_core::cjt188;
 use ems_core::dlt645::{self, Address, Edition, Reply, Scan};
 use ems_core::rtu::{self, Answer};
 use libfuzzer_sys::fuzz_target;
@@ -12,6 +14,9 @@ use libfuzzer_sys::fuzz_target;
 #[derive(Debug, Arbitrary)]
 struct Input {
     dlt645: bool,
+    cjt188: bool,
+    meter_type: u8,
+    ser: u8,
     edition_1997: bool,
     unit: u8,
     start: u16,
@@ -25,7 +30,9 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    if input.dlt645 {
+    if input.cjt188 {
+        cjt188_stream(&input)
+    } else if input.dlt645 {
         dlt645_stream(&input)
     } else {
         rtu_stream(&input)
@@ -68,11 +75,7 @@ fn dlt645_stream(input: &Input) {
         Edition::V2007
     };
     let addr = Address(input.address);
-    let digits = 2 * (1 + usize::from(input.format_digits % 8));
-    let decimals = usize::from(input.decimals) % digits;
-    let text = format!("{}.{}", "X".repeat(digits - decimals), "X".repeat(decimals));
-    let text = text.trim_end_matches('.');
-    let format = dlt645::Format::parse(text, input.signed).expect("a format of X digits");
+    let format = format_of(input);
     let _ = dlt645::read_request(edition, &addr, input.di);
     let mut buf = Vec::new();
     for chunk in &input.chunks {
@@ -97,7 +100,62 @@ fn dlt645_stream(input: &Input) {
                         dlt645::parse_reply(edition, &addr, input.di, &frame)
                     {
                         assert_eq!(frame[1..7], input.address);
-                        if let Ok(v) = dlt645::decode_bcd(&value, format) {
+                        if let Ok(v) = bcd::decode(&value, format) {
+                            assert!(v.is_finite());
+                        }
+                    }
+                }
+            }
+        }
+        if buf.len() > 4096 {
+            buf.clear();
+        }
+    }
+}
+
+/// A BCD format of 2 to 16 digits from the input.
+fn format_of(input: &Input) -> bcd::Format {
+    let digits = 2 * (1 + usize::from(input.format_digits % 8));
+    let decimals = usize::from(input.decimals) % digits;
+    let text = format!("{}.{}", "X".repeat(digits - decimals), "X".repeat(decimals));
+    let text = text.trim_end_matches('.');
+    bcd::Format::parse(text, input.signed).expect("a format of X digits")
+}
+
+fn cjt188_stream(input: &Input) {
+    let mut seven = [0u8; 7];
+    seven[..6].copy_from_slice(&input.address);
+    seven[6] = input.unit;
+    let addr = cjt188::Address(seven);
+    let di = input.di as u16;
+    let format = format_of(input);
+    let _ = cjt188::read_request(input.meter_type, &addr, di, input.ser);
+    let mut buf = Vec::new();
+    for chunk in &input.chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match cjt188::find_frame(&buf) {
+                Scan::NeedMore { from } => {
+                    assert!(from <= buf.len());
+                    buf.drain(..from);
+                    break;
+                }
+                Scan::Frame { start, end } => {
+                    assert!(start < end && end <= buf.len());
+                    assert_eq!(
+                        cjt188::find_frame(&buf[..end]),
+                        Scan::Frame { start, end },
+                        "the frame is found again in the bytes cut at its end"
+                    );
+                    let frame: Vec<u8> = buf[start..end].to_vec();
+                    buf.drain(..end);
+                    if let Ok(cjt188::Reply::Data(values)) =
+                        cjt188::parse_reply(input.meter_type, &addr, di, input.ser, &frame)
+                    {
+                        assert_eq!(frame[1], input.meter_type);
+                        assert_eq!(frame[2..9], seven);
+                        assert_eq!(frame[11..14], [(di >> 8) as u8, di as u8, input.ser]);
+                        if let Ok(v) = bcd::decode(&values, format) {
                             assert!(v.is_finite());
                         }
                     }
