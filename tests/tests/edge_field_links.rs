@@ -1,8 +1,9 @@
 //! The edge on a plant's own wiring: a cement kiln whose clinker scale is a Modbus RTU meter
-//! behind a serial device server (RTU frames over TCP, `rtu+tcp://`) and whose electricity
-//! meter speaks DL/T 645-2007 on an RS-485 line at 9600 baud (the simulator's pseudo-terminal),
-//! read through edge, broker and gateway: every reading is stored once, and each hour's clinker
-//! and electricity equal the simulator's truth.
+//! behind a serial device server (RTU frames over TCP, `rtu+tcp://`), whose electricity meter
+//! speaks DL/T 645-2007 on an RS-485 line and whose water meter speaks CJ/T 188 on another (the
+//! simulator's pseudo-terminals, 9600 baud), read through edge, broker and gateway: every
+//! reading is stored once, and each hour's clinker, electricity and water equal the simulator's
+//! truth.
 
 use std::time::Duration;
 
@@ -34,10 +35,18 @@ unit = "kiln1"
 flow = "power"
 model = "dlt645-meter"
 initial = 3083.5
+
+[[meters]]
+device = "kiln1-water"
+unit_id = 45
+unit = "kiln1"
+flow = "water"
+model = "cjt188-water-meter"
+initial = 912.37
 "#;
 
 #[test]
-fn a_dlt645_meter_and_a_meter_behind_a_serial_server_read_as_the_simulator_has_them() {
+fn dlt645_and_cjt188_meters_and_a_meter_behind_a_serial_server_read_as_the_simulator_has_them() {
     let dir = TempDir::new("field-links");
     let d = dir.path();
     std::fs::write(d.join("scenario.toml"), SCENARIO).unwrap();
@@ -63,11 +72,15 @@ fn a_dlt645_meter_and_a_meter_behind_a_serial_server_read_as_the_simulator_has_t
             // A newer meter's speed (DL/T 645 allows 1200 to 9600 baud; 2400 is its default).
             "--dlt645-baud",
             "9600",
+            "--cjt188-pty",
+            "--cjt188-baud",
+            "9600",
         ],
         d,
     );
     let rtu_tcp = sim.wait_line("RTU-TCP ", Duration::from_secs(10));
     let pty = sim.wait_line("DLT645 ", Duration::from_secs(10));
+    let water_pty = sim.wait_line("CJT188 ", Duration::from_secs(10));
     write_gateway_config(d, broker.port);
     let (mut gateway, http) = start_gateway(d);
     std::fs::write(
@@ -95,6 +108,13 @@ link = "dlt645://{pty}?baud=9600&parity=even"
 address = "000000000043"
 profile = "ems-sim-dlt645"
 clock = "device"
+
+[[devices]]
+id = "kiln1-water"
+link = "cjt188://{water_pty}?baud=9600&parity=even"
+address = "00000000000045"
+profile = "ems-sim-cjt188-water"
+clock = "device"
 "#,
             port = broker.port
         ),
@@ -108,7 +128,15 @@ clock = "device"
         .unwrap();
     let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
     assert!(
-        plan.contains("link rtu+tcp://") && plan.contains("link dlt645:///"),
+        plan.contains("link rtu+tcp://")
+            && plan.contains("link dlt645:///")
+            && plan.contains("link cjt188:///"),
+        "{plan}"
+    );
+    // The water meter's one read of current data answers both its totals.
+    assert!(
+        plan.contains("(meter 00000000000045): 2 requests for 3 points")
+            && plan.contains("data identifier 901F: total_m3, settlement_day_m3"),
         "{plan}"
     );
     assert!(
@@ -131,7 +159,7 @@ clock = "device"
     });
     stop_edge_all_delivered(&mut edge, Duration::from_secs(30));
     let seq = edge_sequence_numbers(d);
-    assert_eq!(seq.len(), 2, "{seq:?}");
+    assert_eq!(seq.len(), 3, "{seq:?}");
     assert_stored_exactly_once(&http, &seq);
     // Eleven identifiers a poll at 9600 baud take the DL/T 645 meter about half a second.
     assert!(seq.values().all(|&n| n >= 40), "polled all along: {seq:?}");
@@ -183,11 +211,21 @@ clock = "device"
             h["start"],
             qty("power")
         );
+        // The water meter's resolution, 0.01 m3, twice, and its own clock-to-total lag (its
+        // time is read a request before its totals).
+        let water = h["water_m3"].as_f64().unwrap();
+        assert!(
+            (water - qty("water")).abs() <= 0.02 + 5e-4 * qty("water"),
+            "{}: {water} m3 vs {}",
+            h["start"],
+            qty("water")
+        );
         eprintln!(
-            "{}: clinker {clinker:.3} t (truth {:.3}), {kwh:.2} kWh (truth {:.2})",
+            "{}: clinker {clinker:.3} t (truth {:.3}), {kwh:.2} kWh (truth {:.2}), {water:.2} m3 (truth {:.2})",
             h["start"],
             qty("clinker"),
-            qty("power")
+            qty("power"),
+            qty("water")
         );
         assert_eq!(h["estimated_share"].as_f64(), Some(0.0));
         compared += 1;

@@ -1112,4 +1112,57 @@ mod tests {
         assert_eq!(regs, [200, 200]);
         assert!(!c.awaits_late_answer(Peer::Unit(7)));
     }
+
+    /// A CJ/T 188 water meter's reply to `request` (identifier and SER as asked, SER moved by
+    /// `ser_shift`), its current total `total` (BCD, m3).
+    fn cjt188_reply(request: &[u8], ser_shift: u8, total: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0xFE, 0xFE, 0x68, 0x10];
+        f.extend_from_slice(&request[4..11]);
+        f.extend_from_slice(&[0x81, 8, request[13], request[14]]);
+        f.push(request[15].wrapping_sub(ser_shift));
+        f.extend_from_slice(&total);
+        f.push(0x2C);
+        let cs = f[2..].iter().fold(0u8, |s, b| s.wrapping_add(*b));
+        f.extend_from_slice(&[cs, 0x16]);
+        f
+    }
+
+    #[tokio::test]
+    async fn a_cjt188_reply_is_taken_only_with_its_own_serial_number() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // Before each reply, a stale one: the reply to the read before (its SER one less),
+        // with another total.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 18];
+            while s.read_exact(&mut req).await.is_ok() {
+                let stale = cjt188_reply(&req, 1, [0x99, 0x99, 0x00, 0x00]);
+                let fresh = cjt188_reply(&req, 0, [0x56, 0x34, 0x12, 0x00]);
+                s.write_all(&[stale, fresh].concat()).await.unwrap();
+            }
+        });
+        let dialect = crate::profile::Dialect::Cjt188 { meter_type: 0x10 };
+        let meter = Meter::parse(dialect, "00000000000045").unwrap();
+        let mut c = connect(
+            &Link::Server(Protocol::Cjt188, addr),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        for _ in 0..3 {
+            let ser = c.next_serial();
+            let value = c
+                .read_meter(
+                    &meter,
+                    u32::from(ems_core::cjt188::READ_DATA),
+                    ser,
+                    Wait::fixed(Duration::from_millis(500)),
+                )
+                .await
+                .unwrap();
+            assert_eq!(value, [0x56, 0x34, 0x12, 0x00, 0x2C]);
+        }
+    }
 }
