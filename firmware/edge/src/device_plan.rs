@@ -290,4 +290,41 @@ mod tests {
             "2 requests for 3 points (one data identifier a request)"
         );
     }
+
+    #[test]
+    fn a_dlt645_block_is_one_request_and_each_value_is_read_at_its_offset() {
+        // Forward active energy as a block (0001FF00): total, then tariffs 1-4, 4 bytes each.
+        let text = "name = \"block\"\nprotocol = \"dlt645-2007\"\ndatasheet = \"a test of block reads\"\n[[points]]\nid = \"import_kwh\"\ndi = \"0001FF00\"\nformat = \"XXXXXX.XX\"\ncounter = true\n[[points]]\nid = \"import_kwh_t2\"\ndi = \"0001FF00\"\nbyte_offset = 8\nformat = \"XXXXXX.XX\"\ncounter = true\n[[points]]\nid = \"p_kw\"\ndi = \"02030000\"\nformat = \"XX.XXXX\"\nsigned = true\n";
+        let mut lib = crate::profile::Library::default();
+        lib.add(&ems_config::Source::embedded("block.toml", text))
+            .unwrap();
+        let profile = lib.get("block").unwrap().clone();
+        let plan = DevicePlan::new(Device {
+            id: "m".into(),
+            link: "dlt645:///dev/ttyS1".parse().unwrap(),
+            unit_id: 0,
+            meter: Some(Meter::parse(profile.dialect, "000000000043").unwrap()),
+            profile,
+            clock: crate::config::ClockSource::System,
+            timeout_ms: 1_000,
+            min_timeout_ms: 100,
+            retries: 1,
+        })
+        .unwrap();
+        let asked: Vec<String> = plan.reads.iter().map(|r| describe(&plan, r)).collect();
+        assert_eq!(
+            asked,
+            [
+                "data identifier 0001FF00: import_kwh, import_kwh_t2",
+                "data identifier 02030000: p_kw"
+            ]
+        );
+        // 1234.56 kWh in total, 0, 345.67 at tariff 2.
+        let answer = [
+            0x56, 0x34, 0x12, 0x00, 0, 0, 0, 0, 0x67, 0x45, 0x03, 0x00, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let points = &plan.device.profile.points;
+        let value = |i: usize| points[i].meter.unwrap().decode(&answer);
+        assert_eq!((value(0), value(1)), (Ok(1_234.56), Ok(345.67)));
+    }
 }
