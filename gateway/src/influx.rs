@@ -420,6 +420,7 @@ mod tests {
             kgce_per_t: Some(373.0),
             electricity_kwh: 5_000.0,
             kwh_per_t: Some(50.0),
+            electricity_generated_kwh: 0.0,
             water_m3: 120.0,
             water_m3_per_t: Some(1.2),
             completeness: 1.0,

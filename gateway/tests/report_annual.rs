@@ -250,7 +250,9 @@ fn every_figure_of_the_annual_report_is_recomputed_from_raw_samples() {
             fig.energy_kgce
         );
         assert!(close(fig.kgce_per_t.unwrap(), energy / output));
-        assert!(close(fig.electricity_kwh, power - whr));
+        // Gross: the waste-heat power is credited in energy, not netted out (GB 16780).
+        assert!(close(fig.electricity_kwh, power));
+        assert!(close(fig.electricity_generated_kwh, whr));
         assert!(close(fig.water_m3, water));
         assert!(close(r.months[m].comprehensive_tce, energy / 1000.0));
         year_energy += energy;

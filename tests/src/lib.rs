@@ -553,6 +553,8 @@ pub fn kgce_per_unit(carrier: &str, unit: &str) -> f64 {
         ("natural_gas", "m3") => 1.2143,
         ("steam_1_0mpa", "t") => 108.571,
         ("converter_gas", "m3") => 7_500.0 / 29_307.0,
+        // Energy-consuming working medium, GB/T 2589-2008 appendix B.
+        ("oxygen", "m3") => 0.4,
         other => panic!("no coefficient for {other:?}"),
     }
 }
@@ -573,21 +575,17 @@ pub fn truth_kgce(rec: &serde_json::Value) -> f64 {
     kgce
 }
 
-/// Net electricity (kWh) of one truth record: consumed minus recovered.
+/// Electricity (kWh) one truth record's unit drew: gross, as the limit standards count it
+/// (power generated inside its boundary is credited in energy, not netted out).
 pub fn truth_kwh(rec: &serde_json::Value) -> f64 {
     rec["flows"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|f| f["carrier"] == "electricity")
+        .filter(|f| f["carrier"] == "electricity" && f["role"] == "consumed")
         .map(|f| {
-            let qty = f["qty"].as_f64().unwrap();
             assert_eq!(f["unit"], "kWh", "{f}");
-            match f["role"].as_str().unwrap() {
-                "consumed" => qty,
-                "recovered" => -qty,
-                _ => 0.0,
-            }
+            f["qty"].as_f64().unwrap()
         })
         .sum()
 }

@@ -38,9 +38,14 @@ pub struct Indicator {
     pub recovered_kgce: f64,
     pub product_t: f64,
     pub kgce_per_t: Option<f64>,
-    /// Net electricity consumed (consumed minus recovered), kWh, and per tonne.
+    /// Electricity the unit draws, kWh, and per tonne: gross, as the limit standards count it
+    /// (GB 16780 clinker comprehensive electricity, GB 21346 potline AC power). Power generated
+    /// inside the boundary (TRT, waste-heat power) is credited in the unit's energy, never netted
+    /// out of its electricity.
     pub electricity_kwh: f64,
     pub kwh_per_t: Option<f64>,
+    /// Electricity generated inside the boundary and credited (TRT, waste-heat power), kWh.
+    pub electricity_generated_kwh: f64,
     pub water_m3: f64,
     pub water_m3_per_t: Option<f64>,
     /// Share of the period covered by good samples, the weakest meter of the unit deciding.
@@ -100,6 +105,7 @@ pub fn indicators(
                 kgce_per_t: None,
                 electricity_kwh: 0.0,
                 kwh_per_t: None,
+                electricity_generated_kwh: 0.0,
                 water_m3: 0.0,
                 water_m3_per_t: None,
                 completeness: 1.0,
@@ -155,11 +161,11 @@ pub fn indicators(
                 if flow.carrier.as_deref() == Some("electricity") {
                     let kwh = sum.delta
                         * crate::coefficients::unit_factor(&flow.unit, "kWh").unwrap_or(0.0);
-                    ind.electricity_kwh += if flow.role == Role::Recovered {
-                        -kwh
+                    if flow.role == Role::Recovered {
+                        ind.electricity_generated_kwh += kwh;
                     } else {
-                        kwh
-                    };
+                        ind.electricity_kwh += kwh;
+                    }
                 }
                 ind.carriers.push(CarrierFigure {
                     device: flow.device.clone(),
@@ -301,6 +307,131 @@ mod tests {
             slot(1_000.0 * (i + 1) as f64, if i == 1 { bridged } else { 0.0 })
         });
         assert!(real[0].estimated_share > 0.0, "{}", real[0].estimated_share);
+    }
+
+    /// A unit of `text` (a `[[units]]` table) as the gateway builds it, with the coefficients of
+    /// the data file, and its figures over one period whose flows moved by `deltas`.
+    fn golden(text: &str, deltas: &[f64]) -> Indicator {
+        let plant =
+            crate::model::Plant::from_tables(&ems_config::Source::embedded("gw.toml", text))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let unit = &plant.units[0];
+        let tz: FixedOffset = "+08:00".parse().unwrap();
+        let month = 30 * 24 * HOUR_MS;
+        indicators(unit, &[(0, month)], tz, |i| {
+            vec![(
+                0,
+                PointSlot {
+                    delta: deltas[i],
+                    covered_ms: month,
+                    estimated: 0.0,
+                },
+            )]
+        })
+        .remove(0)
+    }
+
+    const FLOW: &str = "[[units.flows]]\npoint = \"total\"\n";
+
+    #[test]
+    fn golden_converter_month_counts_its_working_media_and_credits_exported_steam() {
+        // Written by hand from GB/T 2589's definitions (working media, appendix B, are energy;
+        // recovered gas and exported steam are credited), with the data file's coefficients: a
+        // month of 100 000 t of steel.
+        //   electricity     2 800 000 kWh x 0.1229            =   344 120.00 kgce
+        //   oxygen          5 500 000 m3  x 0.4000            = 2 200 000.00
+        //   nitrogen        1 500 000 m3  x 0.4000            =   600 000.00
+        //   compressed air  2 000 000 m3  x 0.0400            =    80 000.00
+        //                                          consumed   = 3 224 120.00
+        //   converter gas  13 000 000 m3 at 7 500 kJ/m3 / 29 307 = 3 326 850.24
+        //   steam exported     10 000 t x 108.571 kgce/t      = 1 085 710.00
+        //                                          recovered  = 4 412 560.24
+        //   comprehensive: -1 188 440.24 kgce, -11.884 kgce/t. Without its working media the
+        //   same converter would read -40.684 kgce/t.
+        let flow = |device: &str, rest: &str| format!("{FLOW}device = \"{device}\"\n{rest}\n");
+        let text = [
+            "[[units]]\nid = \"bof1\"\nname = \"BOF\"\nkind = \"converter\"\n".to_string(),
+            flow("steel", "role = \"product\"\nunit = \"t\""),
+            flow(
+                "power",
+                "role = \"consumed\"\ncarrier = \"electricity\"\nunit = \"kWh\"",
+            ),
+            flow(
+                "o2",
+                "role = \"consumed\"\ncarrier = \"oxygen\"\nunit = \"m3\"",
+            ),
+            flow(
+                "n2",
+                "role = \"consumed\"\ncarrier = \"nitrogen\"\nunit = \"m3\"",
+            ),
+            flow(
+                "air",
+                "role = \"consumed\"\ncarrier = \"compressed_air\"\nunit = \"m3\"",
+            ),
+            flow(
+                "ldg",
+                "role = \"recovered\"\ncarrier = \"converter_gas\"\nunit = \"m3\"\nlhv_kj = 7500.0",
+            ),
+            flow(
+                "steam",
+                "role = \"recovered\"\ncarrier = \"steam_1_0mpa\"\nunit = \"t\"",
+            ),
+        ]
+        .concat();
+        let deltas = [1e5, 2.8e6, 5.5e6, 1.5e6, 2e6, 1.3e7, 1e4];
+        let i = golden(&text, &deltas);
+        assert!(
+            (i.consumed_kgce - 3_224_120.0).abs() < 1e-6,
+            "{}",
+            i.consumed_kgce
+        );
+        assert!(
+            (i.recovered_kgce - 4_412_560.24).abs() < 0.01,
+            "{}",
+            i.recovered_kgce
+        );
+        let k = i.kgce_per_t.unwrap();
+        assert!((k - (-11.884)).abs() < 5e-4, "{k}");
+        let o2 = i.carriers.iter().find(|c| c.carrier == "oxygen").unwrap();
+        assert!((o2.kgce - 2_200_000.0).abs() < 1e-6, "{o2:?}");
+    }
+
+    #[test]
+    fn golden_kiln_month_keeps_gross_electricity_and_credits_waste_heat_power_in_energy() {
+        // GB 16780-2021: clinker comprehensive electricity is the line's gross power; the
+        // waste-heat power supplied is credited in comprehensive energy, not netted out of
+        // electricity. 100 000 t of clinker:
+        //   raw coal     14 350 t  x 714.3 kgce/t  = 10 250 205.0 kgce
+        //   electricity  5 500 000 kWh x 0.1229    =    675 950.0
+        //   waste-heat power 3 000 000 kWh x 0.1229 = -  368 700.0
+        //   comprehensive 10 557 455.0 kgce, 105.575 kgce/t; electricity 55 kWh/t (not 25).
+        let flow = |device: &str, rest: &str| format!("{FLOW}device = \"{device}\"\n{rest}\n");
+        let text = [
+            "[[units]]\nid = \"kiln1\"\nname = \"kiln\"\nkind = \"kiln\"\n".to_string(),
+            flow("clinker", "role = \"product\"\nunit = \"t\""),
+            flow(
+                "coal",
+                "role = \"consumed\"\ncarrier = \"raw_coal\"\nunit = \"t\"",
+            ),
+            flow(
+                "power",
+                "role = \"consumed\"\ncarrier = \"electricity\"\nunit = \"kWh\"",
+            ),
+            flow(
+                "whr",
+                "role = \"recovered\"\ncarrier = \"electricity\"\nunit = \"kWh\"",
+            ),
+        ]
+        .concat();
+        let i = golden(&text, &[1e5, 14_350.0, 5.5e6, 3e6]);
+        assert!(
+            (i.energy_kgce - 10_557_455.0).abs() < 1e-3,
+            "{}",
+            i.energy_kgce
+        );
+        assert_eq!(i.electricity_kwh, 5.5e6);
+        assert_eq!(i.kwh_per_t, Some(55.0));
+        assert_eq!(i.electricity_generated_kwh, 3e6);
     }
 
     #[test]
