@@ -93,7 +93,9 @@ pub fn observe_units(
             continue;
         }
         for j in &ind.limits {
-            let limit = j.thresholds[2];
+            // Level 3 for an existing unit, level 2 for a new one. Over hours this is a warning
+            // to act on, not a legal exceedance: limits judge months and years.
+            let limit = j.thresholds[usize::from(j.limit_level.clamp(1, 3)) - 1];
             let subject = format!("{}/{}", unit.id, j.code);
             let unit_label = j.indicator.unit_label();
             let (raise, clear) = above(j.value, limit, cfg.hysteresis_pct);
@@ -105,7 +107,7 @@ pub fn observe_units(
                 value: Some(j.value),
                 threshold: Some(limit),
                 message: format!(
-                    "{}: {:.2} {unit_label} over the last {hours:.1} h, above the {} limit of {limit:.2}",
+                    "{}: {:.2} {unit_label} over the last {hours:.1} h, above the {} limit of {limit:.2} (indicative: the standard judges months and years)",
                     unit.name, j.value, j.standard
                 ),
             });

@@ -593,6 +593,7 @@ fn the_compliance_report_lists_each_day_and_every_exceedance() {
             "{e:?} vs {per_t}"
         );
         assert_eq!(e.threshold, CLINKER_LEVELS[2]);
+        assert!(e.indicative, "a day is not a reporting period");
         assert_eq!(u.days[9 + i].level, None);
         assert_eq!(u.days[9 + i].within_limit, Some(false));
     }

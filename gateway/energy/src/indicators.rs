@@ -62,6 +62,9 @@ pub struct Indicator {
     pub within_limit: Option<bool>,
     /// Every limit judged, with its corrected thresholds.
     pub limits: Vec<Judgement>,
+    /// A period shorter than a month: limits are statistical figures of a reporting period
+    /// (month, year), so a shorter period's level is indicative, never an exceedance.
+    pub indicative: bool,
     /// Why a limit could not be judged in this period.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub limit_errors: Vec<String>,
@@ -115,6 +118,7 @@ pub fn indicators(
                 level: None,
                 within_limit: None,
                 limits: Vec::new(),
+                indicative: end - start < INDICATIVE_BELOW_MS,
                 limit_errors: Vec::new(),
                 water_quota: None,
                 corrections: BTreeMap::new(),
@@ -187,14 +191,27 @@ pub fn indicators(
             }
             ind.completeness = ind.completeness.clamp(0.0, 1.0);
             ind.reportable = ind.completeness >= REPORTABLE_COMPLETENESS;
-            judge(unit, &mut ind, &by_device);
+            let days = (
+                local(start, tz).date_naive(),
+                local(end - 1, tz).date_naive(),
+            );
+            judge(unit, &mut ind, &by_device, days);
             ind
         })
         .collect()
 }
 
-/// Derives the correction inputs of one period and judges the unit's figures.
-fn judge(unit: &Unit, ind: &mut Indicator, by_device: &BTreeMap<&str, f64>) {
+/// The shortest month: a period this long or longer is a reporting period.
+const INDICATIVE_BELOW_MS: i64 = 28 * 24 * 3_600_000;
+
+/// Derives the correction inputs of one period and judges the unit's figures on the edition of
+/// each limit in force on the period's first local day (`days`: its first and last).
+fn judge(
+    unit: &Unit,
+    ind: &mut Indicator,
+    by_device: &BTreeMap<&str, f64>,
+    days: (chrono::NaiveDate, chrono::NaiveDate),
+) {
     let sum = |devices: &[String]| {
         devices
             .iter()
@@ -214,14 +231,33 @@ fn judge(unit: &Unit, ind: &mut Indicator, by_device: &BTreeMap<&str, f64>) {
             ind.corrections.insert(name.clone(), v);
         }
     }
-    for limit in &unit.limits {
+    for editions in &unit.limits {
+        let Some(limit) = editions.in_force(days.0) else {
+            ind.limit_errors.push(format!(
+                "{}: no edition in force on {}",
+                editions.code, days.0
+            ));
+            continue;
+        };
         let figure = match limit.indicator {
             Figure::KgcePerT => ind.kgce_per_t,
             Figure::KwhPerT => ind.kwh_per_t,
         };
         let Some(value) = figure else { continue };
-        match limit.judge(value, &ind.corrections) {
-            Ok(j) => ind.limits.push(j),
+        match limit.judge(value, &ind.corrections, unit.status) {
+            Ok(mut j) => {
+                if let Some(next) = editions.change_within(days.0, days.1) {
+                    j.note = Some(format!(
+                        "{} {} comes into force on {} within this period: judged on {} {}, in force at its start",
+                        next.source.standard,
+                        next.source.edition,
+                        next.effective_from.map(|d| d.to_string()).unwrap_or_default(),
+                        limit.source.standard,
+                        limit.source.edition
+                    ));
+                }
+                ind.limits.push(j)
+            }
             Err(e) => ind.limit_errors.push(e),
         }
     }
@@ -267,6 +303,7 @@ mod tests {
             kind: kind.into(),
             site: None,
             workshop: None,
+            status: Default::default(),
             limits: Vec::new(),
             water_quota: None,
             corrections: BTreeMap::new(),
@@ -487,12 +524,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn converter_level_with_the_scrap_ratio_taken_from_its_own_scales() {
-        // Hand-computed: 150 t steel, 4 200 kWh and 15 000 m3 LDG as above: -22.150 kgce/t.
-        // Charged 27 t scrap and 135 t hot metal: scrap ratio 27 / 162 = 16.667 %, so GB 21256
-        // table 4 moves up by 0.23 x 16.667 = 3.833: -26.167 / -24.167 / -8.167. -22.150 is
-        // above level 2 and within level 3.
+    /// The hand-computed converter of the tests below: 150 t steel, 4 200 kWh and 15 000 m3
+    /// LDG (-22.150 kgce/t), 27 t scrap and 135 t hot metal charged, judged on GB 21256.
+    fn judged_converter(status: crate::limits::UnitStatus) -> Unit {
         let limits = crate::limits::Limits::built_in();
         let mut corrections = BTreeMap::new();
         corrections.insert(
@@ -506,13 +540,14 @@ mod tests {
             "steel_category".to_string(),
             CorrectionConfig::Text("plain_carbon".into()),
         );
-        let unit = Unit {
+        Unit {
             id: "bof1".into(),
             name: "BOF".into(),
             kind: "converter".into(),
             site: None,
             workshop: None,
-            limits: vec![limits.limit("converter").unwrap().clone()],
+            status,
+            limits: vec![limits.editions("converter").unwrap().clone()],
             water_quota: None,
             corrections,
             flows: vec![
@@ -528,19 +563,50 @@ mod tests {
                 flow("scrap", Role::Material, None, "t", 1.0),
                 flow("hot_metal", Role::Material, None, "t", 1.0),
             ],
-        };
+        }
+    }
+
+    /// The figures of `unit` over each of `periods`, its flows having moved by the converter's
+    /// deltas in each.
+    fn converter_periods(unit: &Unit, periods: &[(i64, i64)]) -> Vec<Indicator> {
         let deltas = [150.0, 4_200.0, 15_000.0, 27.0, 135.0];
-        let tz: FixedOffset = "+00:00".parse().unwrap();
-        let ind = indicators(&unit, &[(0, HOUR_MS)], tz, |i| {
-            vec![(
-                0,
-                PointSlot {
-                    delta: deltas[i],
-                    covered_ms: HOUR_MS,
-                    estimated: 0.0,
-                },
-            )]
-        });
+        let tz: FixedOffset = "+08:00".parse().unwrap();
+        indicators(unit, periods, tz, |i| {
+            periods
+                .iter()
+                .map(|&(start, end)| {
+                    (
+                        start,
+                        PointSlot {
+                            delta: deltas[i],
+                            covered_ms: end - start,
+                            estimated: 0.0,
+                        },
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// Local midnight (+08:00) of a day, in ms.
+    fn day_ms(y: i32, m: u32, d: u32) -> i64 {
+        chrono::NaiveDate::from_ymd_opt(y, m, d)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis()
+            - 8 * HOUR_MS
+    }
+
+    #[test]
+    fn converter_level_with_the_scrap_ratio_taken_from_its_own_scales() {
+        // Hand-computed: -22.150 kgce/t. Scrap ratio 27 / 162 = 16.667 %, so GB 21256-2025
+        // table 4 moves up by 0.23 x 16.667 = 3.833: -26.167 / -24.167 / -8.167. -22.150 is
+        // above level 2 and within level 3. An hour of August 2026 (the 2025 edition in force).
+        let unit = judged_converter(crate::limits::UnitStatus::Existing);
+        let aug = day_ms(2026, 8, 3);
+        let ind = converter_periods(&unit, &[(aug, aug + HOUR_MS)]);
         let i = &ind[0];
         assert!((i.kgce_per_t.unwrap() + 22.150).abs() < 1e-3);
         match i.corrections.get("scrap_ratio_pct") {
@@ -562,6 +628,59 @@ mod tests {
             i.carriers.iter().all(|c| c.role != Role::Material),
             "materials are not energy"
         );
+    }
+
+    #[test]
+    fn a_period_is_judged_on_the_edition_in_force_and_a_new_unit_on_level_two() {
+        let existing = judged_converter(crate::limits::UnitStatus::Existing);
+        let (june, july, aug) = (day_ms(2026, 6, 1), day_ms(2026, 7, 1), day_ms(2026, 8, 1));
+        let year = (day_ms(2026, 1, 1), day_ms(2027, 1, 1));
+        let ind = converter_periods(
+            &existing,
+            &[
+                (june, july),
+                (july, aug),
+                year,
+                (day_ms(2013, 1, 1), day_ms(2013, 2, 1)),
+            ],
+        );
+        // June 2026: GB 21256-2013 (-30 / -25 / -10, no corrections modelled): -22.150 is level 3.
+        let j = &ind[0].limits[0];
+        assert_eq!(j.standard, "GB 21256-2013");
+        assert_eq!(j.thresholds, [-30.0, -25.0, -10.0]);
+        assert_eq!((j.level, j.within_limit), (Some(3), true));
+        // July 2026: the 2025 edition, with its scrap-ratio correction.
+        let j = &ind[1].limits[0];
+        assert_eq!(j.standard, "GB 21256-2025");
+        assert!(
+            (j.thresholds[2] - (-8.1667)).abs() < 1e-3,
+            "{:?}",
+            j.thresholds
+        );
+        // The year 2026 starts under the 2013 edition, and says the 2025 one comes in.
+        let j = &ind[2].limits[0];
+        assert_eq!(j.standard, "GB 21256-2013");
+        assert!(
+            j.note.as_deref().is_some_and(|n| n.contains("2026-07-01")),
+            "{j:?}"
+        );
+        // Before any edition: not judged, with the reason; never "over the limit".
+        assert!(ind[3].limits.is_empty() && ind[3].level.is_none());
+        assert_eq!(ind[3].within_limit, None);
+        assert!(ind[3].limit_errors[0].contains("no edition in force on 2013-01-01"));
+        // Months are reporting periods; an hour is indicative.
+        assert!(!ind[0].indicative && !ind[2].indicative);
+        let hour = converter_periods(&existing, &[(july, july + HOUR_MS)]);
+        assert!(hour[0].indicative);
+        // A new unit must reach level 2, the entry value: level 3 is not within its limit.
+        let new = judged_converter(crate::limits::UnitStatus::New);
+        let ind = converter_periods(&new, &[(july, aug)]);
+        let j = &ind[0].limits[0];
+        assert_eq!(
+            (j.level, j.limit_level, j.within_limit),
+            (Some(3), 2, false)
+        );
+        assert_eq!(ind[0].within_limit, Some(false));
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub struct Limit {
     pub indicator: Figure,
     /// Thresholds of levels 1, 2 and 3 before corrections.
     pub levels: [f64; 3],
+    /// The day this edition comes into force (the plant's local date); absent: in force since
+    /// before any data. Editions of one standard share its `code`: a period is judged on the
+    /// edition in force on its first day.
+    #[serde(default)]
+    pub effective_from: Option<chrono::NaiveDate>,
     pub source: SourceRef,
     #[serde(default)]
     pub correction: Vec<Correction>,
@@ -106,18 +111,45 @@ pub struct WaterQuota {
     pub source: SourceRef,
 }
 
+/// Whether a unit is judged as existing (the limit is level 3) or as new or rebuilt (it must
+/// reach level 2, the standards' entry value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitStatus {
+    #[default]
+    Existing,
+    New,
+}
+
+impl UnitStatus {
+    /// The level a unit of this status must reach.
+    pub fn limit_level(self) -> u8 {
+        match self {
+            UnitStatus::Existing => 3,
+            UnitStatus::New => 2,
+        }
+    }
+}
+
 /// Where a figure stands against one limit.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Judgement {
     pub code: String,
     pub standard: String,
+    /// The edition judged on (the one in force on the period's first day).
+    pub edition: String,
     pub indicator: Figure,
     pub value: f64,
     /// Corrected thresholds of levels 1, 2, 3.
     pub thresholds: [f64; 3],
-    /// 1, 2 or 3; `None` above the level-3 limit.
+    /// 1, 2 or 3; `None` above the level-3 threshold.
     pub level: Option<u8>,
+    /// The level the unit must reach: 3 for an existing unit, 2 for a new or rebuilt one.
+    pub limit_level: u8,
     pub within_limit: bool,
+    /// Another edition comes into force within the period (judged on the one at its start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -176,21 +208,61 @@ impl Limit {
         &self,
         value: f64,
         inputs: &BTreeMap<String, InputValue>,
+        status: UnitStatus,
     ) -> Result<Judgement, String> {
         let thresholds = self.thresholds(inputs)?;
         let level = thresholds
             .iter()
             .position(|&t| value <= t)
             .map(|i| i as u8 + 1);
+        let limit_level = status.limit_level();
         Ok(Judgement {
             code: self.code.clone(),
             standard: self.source.standard.clone(),
+            edition: self.source.edition.clone(),
             indicator: self.indicator,
             value,
             thresholds,
             level,
-            within_limit: level.is_some(),
+            limit_level,
+            within_limit: level.is_some_and(|l| l <= limit_level),
+            note: None,
         })
+    }
+}
+
+/// A limit's editions in time, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Editions {
+    pub code: String,
+    pub editions: Vec<Limit>,
+}
+
+impl Editions {
+    /// The edition in force on `day`, if any is yet.
+    pub fn in_force(&self, day: chrono::NaiveDate) -> Option<&Limit> {
+        self.editions
+            .iter()
+            .rev()
+            .find(|l| l.effective_from.is_none_or(|d| d <= day))
+    }
+
+    /// An edition that comes into force after `first` and on or before `last`.
+    pub fn change_within(
+        &self,
+        first: chrono::NaiveDate,
+        last: chrono::NaiveDate,
+    ) -> Option<&Limit> {
+        self.editions
+            .iter()
+            .find(|l| l.effective_from.is_some_and(|d| first < d && d <= last))
+    }
+
+    /// The newest edition.
+    pub fn latest(&self) -> &Limit {
+        self.editions
+            .last()
+            .expect("a limit has at least one edition")
     }
 }
 
@@ -218,7 +290,7 @@ impl WaterQuota {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub version: String,
-    limits: BTreeMap<String, Limit>,
+    limits: BTreeMap<String, Editions>,
     quotas: BTreeMap<String, WaterQuota>,
 }
 
@@ -230,7 +302,7 @@ impl Limits {
 
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
         let file: File = src.parse()?;
-        let mut limits = BTreeMap::new();
+        let mut limits: BTreeMap<String, Editions> = BTreeMap::new();
         for (i, l) in file.limit.into_iter().enumerate() {
             let ordered = l.levels[0] <= l.levels[1] && l.levels[1] <= l.levels[2];
             if !(l.levels.iter().all(|x| x.is_finite()) && ordered) {
@@ -239,9 +311,21 @@ impl Limits {
                     "three finite thresholds, level 1 lowest",
                 ));
             }
-            if limits.insert(l.code.clone(), l).is_some() {
-                return Err(src.error(&format!("limit[{i}].code"), "duplicate code"));
+            let e = limits.entry(l.code.clone()).or_insert_with(|| Editions {
+                code: l.code.clone(),
+                editions: Vec::new(),
+            });
+            if e.editions
+                .iter()
+                .any(|o| o.effective_from == l.effective_from)
+            {
+                return Err(src.error(
+                    &format!("limit[{i}].code"),
+                    "duplicate code: editions of one limit need different `effective_from` dates",
+                ));
             }
+            e.editions.push(l);
+            e.editions.sort_by_key(|l| l.effective_from);
         }
         let mut quotas = BTreeMap::new();
         for (i, q) in file.water_quota.into_iter().enumerate() {
@@ -262,7 +346,13 @@ impl Limits {
         })
     }
 
+    /// The newest edition of the limit `code`.
     pub fn limit(&self, code: &str) -> Option<&Limit> {
+        self.limits.get(code).map(Editions::latest)
+    }
+
+    /// Every edition of the limit `code`.
+    pub fn editions(&self, code: &str) -> Option<&Editions> {
         self.limits.get(code)
     }
 
@@ -270,8 +360,9 @@ impl Limits {
         self.quotas.get(code)
     }
 
+    /// Every edition of every limit.
     pub fn limits(&self) -> impl Iterator<Item = &Limit> {
-        self.limits.values()
+        self.limits.values().flat_map(|e| &e.editions)
     }
 
     pub fn quotas(&self) -> impl Iterator<Item = &WaterQuota> {
@@ -332,7 +423,11 @@ mod tests {
         assert!(close(t, [361.0, 370.0, 415.0]));
         // 373 kgce/t at 60 % feed: above level 1 (368.22), within level 2 (377.22).
         let j = bf
-            .judge(373.0, &inputs(&[("feed_grade_pct", num(60.0))]))
+            .judge(
+                373.0,
+                &inputs(&[("feed_grade_pct", num(60.0))]),
+                UnitStatus::Existing,
+            )
             .unwrap();
         assert_eq!((j.level, j.within_limit), (Some(2), true));
     }
@@ -348,11 +443,20 @@ mod tests {
         let t = bof.thresholds(&ins).unwrap();
         assert!(close(t, [-26.55, -24.55, -8.55]), "{t:?}");
         // -27.2 kgce/t reaches level 1 (at or below -26.55).
-        assert_eq!(bof.judge(-27.2, &ins).unwrap().level, Some(1));
+        assert_eq!(
+            bof.judge(-27.2, &ins, UnitStatus::Existing).unwrap().level,
+            Some(1)
+        );
         // -25.0: level 2. -10.0: level 3. +2.0 (recovery out of service): above the limit.
-        assert_eq!(bof.judge(-25.0, &ins).unwrap().level, Some(2));
-        assert_eq!(bof.judge(-10.0, &ins).unwrap().level, Some(3));
-        let above = bof.judge(2.0, &ins).unwrap();
+        assert_eq!(
+            bof.judge(-25.0, &ins, UnitStatus::Existing).unwrap().level,
+            Some(2)
+        );
+        assert_eq!(
+            bof.judge(-10.0, &ins, UnitStatus::Existing).unwrap().level,
+            Some(3)
+        );
+        let above = bof.judge(2.0, &ins, UnitStatus::Existing).unwrap();
         assert_eq!((above.level, above.within_limit), (None, false));
         // Deep-drawing steel adds 1.5 more.
         let deep = inputs(&[
@@ -386,7 +490,11 @@ mod tests {
         assert!(close(t, [74.5, 81.25, 88.0]), "{t:?}");
         assert_eq!(
             cement
-                .judge(90.0, &inputs(&[("clinker_ratio_pct", num(80.0))]))
+                .judge(
+                    90.0,
+                    &inputs(&[("clinker_ratio_pct", num(80.0))]),
+                    UnitStatus::Existing
+                )
                 .unwrap()
                 .level,
             Some(2)
@@ -400,7 +508,7 @@ mod tests {
         assert_eq!(
             l.limit("aluminium_liquid_ac")
                 .unwrap()
-                .judge(13_119.0, &none)
+                .judge(13_119.0, &none, UnitStatus::Existing)
                 .unwrap()
                 .level,
             Some(3)
@@ -408,7 +516,7 @@ mod tests {
         assert_eq!(
             l.limit("aluminium_liquid_ac")
                 .unwrap()
-                .judge(12_990.0, &none)
+                .judge(12_990.0, &none, UnitStatus::Existing)
                 .unwrap()
                 .level,
             Some(2)
@@ -416,7 +524,7 @@ mod tests {
         assert_eq!(
             l.limit("clinker_comprehensive")
                 .unwrap()
-                .judge(105.6, &none)
+                .judge(105.6, &none, UnitStatus::Existing)
                 .unwrap()
                 .level,
             Some(2)
@@ -424,7 +532,7 @@ mod tests {
         assert_eq!(
             l.limit("clinker_electricity")
                 .unwrap()
-                .judge(25.0, &none)
+                .judge(25.0, &none, UnitStatus::Existing)
                 .unwrap()
                 .level,
             Some(1)
@@ -449,14 +557,14 @@ mod tests {
     fn missing_or_mistyped_inputs_are_errors_not_guesses() {
         let bof = Limits::built_in().limit("converter").unwrap().clone();
         assert!(bof
-            .judge(-20.0, &BTreeMap::new())
+            .judge(-20.0, &BTreeMap::new(), UnitStatus::Existing)
             .unwrap_err()
             .contains("scrap_ratio_pct"));
         let wrong = inputs(&[
             ("scrap_ratio_pct", num(10.0)),
             ("steel_category", InputValue::Text("mystery".into())),
         ]);
-        assert!(bof.judge(-20.0, &wrong).is_err());
+        assert!(bof.judge(-20.0, &wrong, UnitStatus::Existing).is_err());
     }
 
     #[test]

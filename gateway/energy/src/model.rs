@@ -130,6 +130,10 @@ pub struct UnitConfig {
     /// Water-intake quota (code from the limits file).
     #[serde(default)]
     pub water_quota: Option<Spanned<String>>,
+    /// `existing` (the default: the limit is level 3) or `new` for a new or rebuilt unit, which
+    /// must reach level 2, the standards' entry value.
+    #[serde(default)]
+    pub status: crate::limits::UnitStatus,
     /// The relevant variables the limits' corrections need: a number, a category, or a ratio
     /// (in %) of the unit's own flows, e.g. `scrap_ratio_pct = { ratio = ["bof1-scrap"],
     /// of = ["bof1-scrap", "bof1-hot-metal"] }`.
@@ -204,8 +208,11 @@ pub struct Unit {
     pub workshop: Option<String>,
     #[serde(skip)]
     pub flows: Vec<Flow>,
+    /// Existing or new: the level its limits require.
+    pub status: crate::limits::UnitStatus,
+    /// Each limit standard with its editions in time; the first is the headline level.
     #[serde(skip)]
-    pub limits: Vec<crate::limits::Limit>,
+    pub limits: Vec<crate::limits::Editions>,
     #[serde(skip)]
     pub water_quota: Option<crate::limits::WaterQuota>,
     #[serde(skip)]
@@ -387,22 +394,30 @@ impl Plant {
             }
             let mut unit_limits = Vec::new();
             for (j, code) in u.limits.iter().enumerate() {
-                let Some(l) = limits.limit(code.get_ref()) else {
+                let Some(editions) = limits.editions(code.get_ref()) else {
                     return Err(src.error_at(
                         code.span(),
                         &format!("units[{i}].limits[{j}]"),
                         format!("unknown limit `{}`", code.get_ref()),
                     ));
                 };
-                for c in &l.correction {
-                    if !u.corrections.contains_key(c.input()) {
-                        return Err(src.error(
-                            &format!("units[{i}].corrections"),
-                            format!("limit `{}` needs `{}`", l.code, c.input()),
-                        ));
+                for l in &editions.editions {
+                    for c in &l.correction {
+                        if !u.corrections.contains_key(c.input()) {
+                            return Err(src.error(
+                                &format!("units[{i}].corrections"),
+                                format!(
+                                    "limit `{}` ({} {}) needs `{}`",
+                                    l.code,
+                                    l.source.standard,
+                                    l.source.edition,
+                                    c.input()
+                                ),
+                            ));
+                        }
                     }
                 }
-                unit_limits.push(l.clone());
+                unit_limits.push(editions.clone());
             }
             for (name, c) in &u.corrections {
                 if let CorrectionConfig::Ratio { ratio, of } = c {
@@ -438,6 +453,7 @@ impl Plant {
                 site,
                 workshop,
                 flows,
+                status: u.status,
                 limits: unit_limits,
                 water_quota,
                 corrections: u.corrections.clone(),
@@ -579,7 +595,7 @@ mod tests {
         let e = err("limits = [\"converter\"]\n");
         assert!(
             e.to_string()
-                .contains("limit `converter` needs `scrap_ratio_pct`"),
+                .contains("limit `converter` (GB 21256-2025 2025, in force 2026-07-01) needs `scrap_ratio_pct`"),
             "{e}"
         );
         let e = err("limits = [\"converter\"]\ncorrections = { scrap_ratio_pct = { ratio = [\"s\"], of = [\"s\", \"d\"] }, steel_category = \"plain_carbon\" }\n");

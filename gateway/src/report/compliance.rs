@@ -41,7 +41,8 @@ pub struct UnitMonth {
     /// The whole month.
     pub month: Indicator,
     pub days: Vec<Indicator>,
-    /// Days judged and found above a limit or the water quota.
+    /// Days judged and found above a limit or the water quota: indicative (limits judge a
+    /// reporting period, month or year; the month's own judgement is in `month`).
     pub exceedances: Vec<Exceedance>,
     /// Days with output that no limit could judge (an input missing), with the reason.
     pub unjudged_days: Vec<Unjudged>,
@@ -56,9 +57,12 @@ pub struct Exceedance {
     pub code: String,
     pub standard: String,
     pub value: f64,
-    /// The threshold exceeded: the corrected level-3 limit, or the general water quota.
+    /// The threshold exceeded: the corrected limit of the unit's level (3 existing, 2 new), or
+    /// the general water quota.
     pub threshold: f64,
     pub unit: &'static str,
+    /// A day's figure: a warning, not a legal exceedance.
+    pub indicative: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,8 +116,9 @@ pub fn build(inputs: &Inputs, (year, month): (i32, u32)) -> anyhow::Result<Compl
                     code: j.code.clone(),
                     standard: j.standard.clone(),
                     value: j.value,
-                    threshold: j.thresholds[2],
+                    threshold: j.thresholds[usize::from(j.limit_level.clamp(1, 3)) - 1],
                     unit: j.indicator.unit_label(),
+                    indicative: d.indicative,
                 });
             }
             if let Some(w) = d.water_quota.as_ref().filter(|w| w.grade == "above_quota") {
@@ -124,6 +129,7 @@ pub fn build(inputs: &Inputs, (year, month): (i32, u32)) -> anyhow::Result<Compl
                     value: w.value,
                     threshold: w.general,
                     unit: "m3/t",
+                    indicative: d.indicative,
                 });
             }
             if d.product_t > 0.0 && !d.limit_errors.is_empty() {

@@ -26,7 +26,7 @@ pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> 
     );
     l.paragraph(
         BODY,
-        "逐日判定各单元单位产品能耗所达到的限额等级；超过 3 级限额或取水定额的日期单列。",
+        "限额按月、年判定（各单元本月结论见下）；逐日等级仅供参考：日数值超过所适用限额（现有单元 3 级，新建单元 2 级）或取水定额的日期单列。",
     );
     for u in &r.units {
         l.heading(&format!("{}（{}）", u.name, u.id));
@@ -88,7 +88,7 @@ pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> 
             &lines,
         );
         if !u.exceedances.is_empty() {
-            l.paragraph(BODY, "超限记录");
+            l.paragraph(BODY, "超限记录（逐日，仅供参考）");
             let rows: Vec<Vec<String>> = u
                 .exceedances
                 .iter()
