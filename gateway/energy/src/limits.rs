@@ -574,4 +574,41 @@ mod tests {
         assert_eq!(q.judge(0.25).grade, "general");
         assert_eq!(q.judge(0.6).grade, "above_quota");
     }
+
+    #[test]
+    fn editions_take_over_on_their_day_and_one_day_has_one_edition() {
+        let l = Limits::built_in();
+        let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let bof = l.editions("converter").unwrap();
+        let std_on = |d| bof.in_force(d).map(|e| e.source.standard.as_str());
+        assert_eq!(std_on(day(2013, 9, 30)), None);
+        assert_eq!(std_on(day(2026, 6, 30)), Some("GB 21256-2013"));
+        assert_eq!(std_on(day(2026, 7, 1)), Some("GB 21256-2025"));
+        assert!(bof
+            .change_within(day(2026, 1, 1), day(2026, 12, 31))
+            .is_some());
+        assert!(bof
+            .change_within(day(2026, 7, 1), day(2026, 7, 31))
+            .is_none());
+        assert_eq!(
+            l.limit("converter").unwrap().source.standard,
+            "GB 21256-2025"
+        );
+        // Rows added from section 6 of the reference.
+        for code in [
+            "cement_preparation_electricity",
+            "aluminium_ingot_comprehensive_ac",
+            "alumina_bayer_process",
+            "coke_stamp_charging",
+        ] {
+            assert!(l.limit(code).is_some(), "{code}");
+        }
+        let twice = "version = \"t\"\n[[limit]]\ncode = \"x\"\nname_zh = \"x\"\nname_en = \"x\"\nindicator = \"kgce_per_t\"\nlevels = [1.0, 2.0, 3.0]\neffective_from = \"2020-01-01\"\nsource = { standard = \"GB 1\", edition = \"1\", table = \"1\", verified = false }\n";
+        let err = Limits::from_source(&Source::embedded(
+            "l.toml",
+            &format!("{twice}{}", &twice[14..]),
+        ))
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("limit[1].code"));
+    }
 }
