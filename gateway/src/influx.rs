@@ -435,6 +435,7 @@ mod tests {
                 unit: "t".into(),
                 kgce: 33_900.0,
             }],
+            bases: Default::default(),
             level: Some(2),
             within_limit: Some(true),
             limits: vec![Judgement {

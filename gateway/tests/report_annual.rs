@@ -16,6 +16,8 @@ use ems_gateway::Config;
 /// (equivalent value) 0.1229 kgce/kWh.
 const RAW_COAL_KGCE_PER_T: f64 = 714.3;
 const ELECTRICITY_KGCE_PER_KWH: f64 = 0.1229;
+/// The equal value (等价值) as the data file gives it (GB 21341-2008's 0.404, secondary).
+const ELECTRICITY_EQUAL_KGCE_PER_KWH: f64 = 0.404;
 /// GB 16780-2021 table 2, clinker comprehensive energy, levels 1-3 (kgce/t).
 const CLINKER_LEVELS: [f64; 3] = [100.0, 107.0, 117.0];
 
@@ -265,6 +267,17 @@ fn every_figure_of_the_annual_report_is_recomputed_from_raw_samples() {
     let year = &unit.year;
     assert!(close(year.energy_kgce, year_energy) && close(year.product_t, year_output));
     assert!(close(r.totals.comprehensive_tce, year_energy / 1000.0));
+    // Both electricity bases side by side.
+    assert!(close(
+        r.totals.comprehensive_equivalent_tce,
+        year_energy / 1000.0
+    ));
+    let equal =
+        year_coal * RAW_COAL_KGCE_PER_T + (year_power - year_whr) * ELECTRICITY_EQUAL_KGCE_PER_KWH;
+    assert!(close(
+        r.totals.comprehensive_equal_value_tce,
+        equal / 1000.0
+    ));
     assert!(close(
         r.totals.recovered_tce,
         year_whr * ELECTRICITY_KGCE_PER_KWH / 1000.0

@@ -5,6 +5,27 @@ use std::collections::BTreeMap;
 use ems_config::{ConfigError, Source};
 use serde::{Deserialize, Serialize};
 
+/// Which electricity coefficient a figure uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ElectricityBasis {
+    /// 当量值, 0.1229 kgce/kWh: what most limit standards are built on.
+    #[default]
+    Equivalent,
+    /// 等价值, from the year's thermal-power coal rate.
+    Equal,
+}
+
+impl ElectricityBasis {
+    /// Index into a pair of (equivalent, equal-value) figures.
+    pub fn index(self) -> usize {
+        match self {
+            ElectricityBasis::Equivalent => 0,
+            ElectricityBasis::Equal => 1,
+        }
+    }
+}
+
 pub const BUILT_IN: &str = include_str!("../data/coefficients.toml");
 
 #[derive(Debug, Clone, Deserialize)]

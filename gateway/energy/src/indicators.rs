@@ -27,12 +27,38 @@ pub struct CarrierFigure {
     pub kgce: f64,
 }
 
+/// Comprehensive energy on one electricity basis.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct BasisFigure {
+    pub energy_kgce: f64,
+    pub kgce_per_t: Option<f64>,
+}
+
+/// Comprehensive energy on both electricity bases side by side, whichever the plant headlines.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Bases {
+    /// 当量值: electricity at its heat content, 0.1229 kgce/kWh.
+    pub equivalent: BasisFigure,
+    /// 等价值: electricity at the coal it took to generate.
+    pub equal_value: BasisFigure,
+}
+
+impl Bases {
+    pub fn of(&self, basis: crate::coefficients::ElectricityBasis) -> &BasisFigure {
+        match basis {
+            crate::coefficients::ElectricityBasis::Equivalent => &self.equivalent,
+            crate::coefficients::ElectricityBasis::Equal => &self.equal_value,
+        }
+    }
+}
+
 /// A unit's figures over one period.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Indicator {
     pub start: String,
     pub end: String,
-    /// Comprehensive energy: consumed minus recovered, kgce.
+    /// Comprehensive energy: consumed minus recovered, kgce, on the plant's electricity basis
+    /// (`[accounting] electricity`); both bases are in `bases`.
     pub energy_kgce: f64,
     pub consumed_kgce: f64,
     pub recovered_kgce: f64,
@@ -55,6 +81,7 @@ pub struct Indicator {
     /// Share of the energy, product and water figures that was spread over sample gaps.
     pub estimated_share: f64,
     pub carriers: Vec<CarrierFigure>,
+    pub bases: Bases,
     /// Level reached against the unit's first limit: 1, 2 or 3; null when above the limit or
     /// not judged (no limit, no product, a correction input missing).
     pub level: Option<u8>,
@@ -115,6 +142,7 @@ pub fn indicators(
                 reportable: false,
                 estimated_share: 0.0,
                 carriers: Vec::new(),
+                bases: Bases::default(),
                 level: None,
                 within_limit: None,
                 limits: Vec::new(),
@@ -143,6 +171,14 @@ pub fn indicators(
                 }
                 total_abs += value.abs();
                 estimated_abs += (sum.estimated * flow.factor).abs();
+                let on_bases = [sum.delta * flow.factors[0], sum.delta * flow.factors[1]];
+                let sign = match flow.role {
+                    Role::Consumed => 1.0,
+                    Role::Recovered => -1.0,
+                    _ => 0.0,
+                };
+                ind.bases.equivalent.energy_kgce += sign * on_bases[0];
+                ind.bases.equal_value.energy_kgce += sign * on_bases[1];
                 let kgce = match flow.role {
                     Role::Consumed => {
                         ind.consumed_kgce += value;
@@ -185,6 +221,9 @@ pub fn indicators(
                 ind.kgce_per_t = Some(ind.energy_kgce / ind.product_t);
                 ind.kwh_per_t = Some(ind.electricity_kwh / ind.product_t);
                 ind.water_m3_per_t = Some(ind.water_m3 / ind.product_t);
+                for b in [&mut ind.bases.equivalent, &mut ind.bases.equal_value] {
+                    b.kgce_per_t = Some(b.energy_kgce / ind.product_t);
+                }
             }
             if total_abs > 0.0 {
                 ind.estimated_share = estimated_abs / total_abs;
@@ -239,8 +278,9 @@ fn judge(
             ));
             continue;
         };
+        // Each standard on its own electricity basis, whichever the plant headlines.
         let figure = match limit.indicator {
-            Figure::KgcePerT => ind.kgce_per_t,
+            Figure::KgcePerT => ind.bases.of(limit.basis).kgce_per_t,
             Figure::KwhPerT => ind.kwh_per_t,
         };
         let Some(value) = figure else { continue };
@@ -284,6 +324,7 @@ mod tests {
     use crate::model::Flow;
     fn flow(device: &str, role: Role, carrier: Option<&str>, unit: &str, factor: f64) -> Flow {
         Flow {
+            factors: [factor; 2],
             device: device.into(),
             point: "total".into(),
             role,
@@ -354,13 +395,13 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
         let unit = &plant.units[0];
         let tz: FixedOffset = "+08:00".parse().unwrap();
-        let month = 30 * 24 * HOUR_MS;
-        indicators(unit, &[(0, month)], tz, |i| {
+        let (start, end) = (day_ms(2026, 9, 1), day_ms(2026, 10, 1));
+        indicators(unit, &[(start, end)], tz, |i| {
             vec![(
-                0,
+                start,
                 PointSlot {
                     delta: deltas[i],
-                    covered_ms: month,
+                    covered_ms: end - start,
                     estimated: 0.0,
                 },
             )]
@@ -469,6 +510,26 @@ mod tests {
         assert_eq!(i.electricity_kwh, 5.5e6);
         assert_eq!(i.kwh_per_t, Some(55.0));
         assert_eq!(i.electricity_generated_kwh, 3e6);
+        // Both electricity bases side by side: at the equal value (0.404 kgce/kWh in the data
+        // file) the net 2 500 000 kWh are 1 010 000 kgce: 11 260 205 kgce, 112.602 kgce/t.
+        assert!((i.bases.equivalent.energy_kgce - 10_557_455.0).abs() < 1e-3);
+        let equal = i.bases.equal_value.kgce_per_t.unwrap();
+        assert!((equal - 112.602_05).abs() < 1e-6, "{equal}");
+        // A plant that headlines the equal value still has each limit judged on its own
+        // basis: GB 16780's clinker figure on the equivalent value, 105.57, level 2 (level 3 at
+        // the equal value's 112.60).
+        let equal_plant = format!(
+            "[accounting]\nelectricity = \"equal\"\n{}",
+            text.replace(
+                "kind = \"kiln\"\n",
+                "kind = \"kiln\"\nlimits = [\"clinker_comprehensive\"]\n"
+            )
+        );
+        let i = golden(&equal_plant, &[1e5, 14_350.0, 5.5e6, 3e6]);
+        assert!((i.kgce_per_t.unwrap() - 112.602_05).abs() < 1e-6);
+        let j = &i.limits[0];
+        assert!((j.value - 105.574_55).abs() < 1e-6, "{j:?}");
+        assert_eq!(i.level, Some(2));
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct Limit {
     pub indicator: Figure,
     /// Thresholds of levels 1, 2 and 3 before corrections.
     pub levels: [f64; 3],
+    /// The electricity basis the standard's figure is built on (most: the equivalent value).
+    #[serde(default)]
+    pub basis: crate::coefficients::ElectricityBasis,
     /// The day this edition comes into force (the plant's local date); absent: in force since
     /// before any data. Editions of one standard share its `code`: a period is judged on the
     /// edition in force on its first day.

@@ -42,16 +42,7 @@ pub struct WorkshopConfig {
     pub name: String,
 }
 
-/// Which electricity coefficient the comprehensive energy uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ElectricityBasis {
-    /// 当量值, 0.1229 kgce/kWh: what the limit standards use.
-    #[default]
-    Equivalent,
-    /// 等价值, from the year's thermal-power coal rate.
-    Equal,
-}
+pub use crate::coefficients::ElectricityBasis;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,9 +183,12 @@ pub struct Flow {
     pub role: Role,
     pub carrier: Option<String>,
     pub unit: String,
-    /// kgce per metered unit (consumed and recovered flows), tonnes per metered unit (product),
-    /// m3 per metered unit (water).
+    /// kgce per metered unit (consumed and recovered flows) on the plant's electricity basis,
+    /// tonnes per metered unit (product), m3 per metered unit (water).
     pub factor: f64,
+    /// kgce per metered unit on the equivalent and the equal-value electricity basis (the
+    /// same for every carrier but electricity; for other roles, `factor`).
+    pub factors: [f64; 2],
     pub rollover: Option<f64>,
     pub max_rate_per_h: Option<f64>,
 }
@@ -330,6 +324,7 @@ impl Plant {
             for (j, f) in u.flows.iter().enumerate() {
                 let key = |k: &str| format!("units[{i}].flows[{j}].{k}");
                 let unit = f.unit.get_ref();
+                let mut factors = [0.0; 2];
                 let factor = match f.role {
                     Role::Material => Some(1.0),
                     Role::Product => unit_factor(unit, "t"),
@@ -341,31 +336,46 @@ impl Plant {
                                 "consumed and recovered flows need a carrier",
                             ));
                         };
-                        let code_str = if code.get_ref() == "electricity"
-                            && accounting.electricity == ElectricityBasis::Equal
-                        {
-                            "electricity_equal"
-                        } else {
-                            code.get_ref().as_str()
+                        // Electricity on both bases; any other carrier is the same on both.
+                        let codes = match code.get_ref().as_str() {
+                            "electricity" => ["electricity", "electricity_equal"],
+                            other => [other, other],
                         };
-                        let Some(carrier) = coefficients.get(code_str) else {
-                            return Err(src.error_at(
-                                code.span(),
-                                &key("carrier"),
-                                format!("unknown carrier `{}`", code.get_ref()),
-                            ));
-                        };
-                        match f.lhv_kj {
-                            Some(lhv) if lhv.is_finite() && lhv > 0.0 => {
-                                Some(lhv / coefficients.kj_per_kgce)
-                            }
-                            Some(_) => {
-                                return Err(src.error(&key("lhv_kj"), "must be a positive number"))
-                            }
-                            None => {
-                                unit_factor(unit, &carrier.unit).map(|k| k * carrier.kgce_per_unit)
-                            }
+                        let mut both = [0.0; 2];
+                        for (b, code_str) in both.iter_mut().zip(codes) {
+                            let Some(carrier) = coefficients.get(code_str) else {
+                                return Err(src.error_at(
+                                    code.span(),
+                                    &key("carrier"),
+                                    format!("unknown carrier `{code_str}`"),
+                                ));
+                            };
+                            *b = match f.lhv_kj {
+                                Some(lhv) if lhv.is_finite() && lhv > 0.0 => {
+                                    lhv / coefficients.kj_per_kgce
+                                }
+                                Some(_) => {
+                                    return Err(
+                                        src.error(&key("lhv_kj"), "must be a positive number")
+                                    )
+                                }
+                                None => match unit_factor(unit, &carrier.unit) {
+                                    Some(k) => k * carrier.kgce_per_unit,
+                                    None => {
+                                        return Err(src.error_at(
+                                            f.unit.span(),
+                                            &key("unit"),
+                                            format!(
+                                                "unit `{unit}` does not fit a {:?} flow",
+                                                f.role
+                                            ),
+                                        ))
+                                    }
+                                },
+                            };
                         }
+                        factors = both;
+                        Some(both[accounting.electricity.index()])
                     }
                 };
                 let Some(factor) = factor else {
@@ -382,6 +392,11 @@ impl Plant {
                     carrier: f.carrier.as_ref().map(|c| c.get_ref().clone()),
                     unit: unit.clone(),
                     factor,
+                    factors: if matches!(f.role, Role::Consumed | Role::Recovered) {
+                        factors
+                    } else {
+                        [factor; 2]
+                    },
                     rollover: f.rollover,
                     max_rate_per_h: f.max_rate_per_h,
                 });

@@ -43,8 +43,12 @@ pub struct AnnualReport {
 pub struct Totals {
     pub consumed_tce: f64,
     pub recovered_tce: f64,
-    /// Consumed minus recovered.
+    /// Consumed minus recovered, on the plant's electricity basis.
     pub comprehensive_tce: f64,
+    /// The same on both electricity bases, side by side: equivalent (当量值) and equal value
+    /// (等价值).
+    pub comprehensive_equivalent_tce: f64,
+    pub comprehensive_equal_value_tce: f64,
     pub water_m3: f64,
     pub by_carrier: Vec<CarrierTotal>,
 }
@@ -167,6 +171,8 @@ pub fn build(
         totals.consumed_tce += year_fig.consumed_kgce / 1000.0;
         totals.recovered_tce += year_fig.recovered_kgce / 1000.0;
         totals.comprehensive_tce += year_fig.energy_kgce / 1000.0;
+        totals.comprehensive_equivalent_tce += year_fig.bases.equivalent.energy_kgce / 1000.0;
+        totals.comprehensive_equal_value_tce += year_fig.bases.equal_value.energy_kgce / 1000.0;
         totals.water_m3 += year_fig.water_m3;
         for c in &year_fig.carriers {
             if matches!(c.role, Role::Consumed | Role::Recovered) {
