@@ -123,9 +123,9 @@ const BLAST_FURNACE: &[FlowDef] = &[
 ];
 
 /// Converter (BOF, 120 t heats), per tonne of liquid steel: recovery of converter gas (135 m3
-/// at 7 500 kJ/m3) and steam exceeds what the process consumes, oxygen counted as the working
-/// medium it is (GB/T 2589 appendix B), so the net figure is negative: about -16 kgce/t, the
-/// average Chinese converter's.
+/// at 7 500 kJ/m3) and steam (0.1 t, at GB/T 2589's low-pressure steam) exceeds what the process
+/// consumes, oxygen counted as the working medium it is (GB/T 2589 appendix B), so the net
+/// figure is negative: about -18 kgce/t, near the average Chinese converter's.
 const CONVERTER: &[FlowDef] = &[
     batch("steel", "crude_steel", Product, "t", 1.0, 0.0, Phase::Tap),
     batch(
@@ -141,15 +141,7 @@ const CONVERTER: &[FlowDef] = &[
     batch("oxygen", "oxygen", Consumed, "m3", 55.0, 0.03, Phase::Blow),
     flow("power", "electricity", Consumed, "kWh", 28.0, 0.05),
     flow("natural_gas", "natural_gas", Consumed, "m3", 3.0, 0.05),
-    batch(
-        "steam",
-        "steam_1_0mpa",
-        Recovered,
-        "t",
-        0.100,
-        0.04,
-        Phase::Blow,
-    ),
+    batch("steam", "steam", Recovered, "t", 0.100, 0.04, Phase::Blow),
     batch(
         "ldg",
         "converter_gas",
@@ -477,7 +469,7 @@ mod tests {
             ("coke_oven_gas", "m3") => 0.5714,
             ("natural_gas", "m3") => 1.2143,
             ("converter_gas", "m3") => 7_500.0 / 29_307.0,
-            ("steam_1_0mpa", "t") => 108.571,
+            ("steam", "t") => 128.6,
             // A working medium, GB/T 2589-2008 appendix B.
             ("oxygen", "m3") => 0.4,
             other => panic!("no coefficient for {other:?}"),

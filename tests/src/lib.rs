@@ -551,7 +551,8 @@ pub fn kgce_per_unit(carrier: &str, unit: &str) -> f64 {
         ("bfg", "m3") => 0.1286,
         ("coke_oven_gas", "m3") => 0.5714,
         ("natural_gas", "m3") => 1.2143,
-        ("steam_1_0mpa", "t") => 108.571,
+        // GB/T 2589-2008 appendix A, low-pressure steam.
+        ("steam", "t") => 128.6,
         ("converter_gas", "m3") => 7_500.0 / 29_307.0,
         // Energy-consuming working medium, GB/T 2589-2008 appendix B.
         ("oxygen", "m3") => 0.4,

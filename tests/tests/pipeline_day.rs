@@ -230,7 +230,7 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
         (scrap - 100.0 * 0.18 / 1.08).abs() < 0.5,
         "scrap ratio from the charging scales: {scrap}"
     );
-    // About -16 kgce/t with its oxygen counted (the average Chinese converter's figure): within
+    // About -18 kgce/t with its oxygen counted (near the average Chinese converter's): within
     // GB 21256-2025's level 3 (-8.17 after the scrap-ratio correction), short of level 2
     // (-24.17). Without its oxygen it would have read level 1.
     assert_eq!(bof["level"], 3, "{bof}");

@@ -422,10 +422,11 @@ mod tests {
         //   compressed air  2 000 000 m3  x 0.0400            =    80 000.00
         //                                          consumed   = 3 224 120.00
         //   converter gas  13 000 000 m3 at 7 500 kJ/m3 / 29 307 = 3 326 850.24
-        //   steam exported     10 000 t x 108.571 kgce/t      = 1 085 710.00
-        //                                          recovered  = 4 412 560.24
-        //   comprehensive: -1 188 440.24 kgce, -11.884 kgce/t. Without its working media the
-        //   same converter would read -40.684 kgce/t.
+        //   steam exported     10 000 t x 128.6 kgce/t        = 1 286 000.00
+        //     (GB/T 2589's low-pressure steam, not the petrochemical per-grade table)
+        //                                          recovered  = 4 612 850.24
+        //   comprehensive: -1 388 730.24 kgce, -13.887 kgce/t. Without its working media the
+        //   same converter would read -42.687 kgce/t.
         let flow = |device: &str, rest: &str| format!("{FLOW}device = \"{device}\"\n{rest}\n");
         let text = [
             "[[units]]\nid = \"bof1\"\nname = \"BOF\"\nkind = \"converter\"\n".to_string(),
@@ -452,7 +453,7 @@ mod tests {
             ),
             flow(
                 "steam",
-                "role = \"recovered\"\ncarrier = \"steam_1_0mpa\"\nunit = \"t\"",
+                "role = \"recovered\"\ncarrier = \"steam\"\nunit = \"t\"",
             ),
         ]
         .concat();
@@ -464,12 +465,12 @@ mod tests {
             i.consumed_kgce
         );
         assert!(
-            (i.recovered_kgce - 4_412_560.24).abs() < 0.01,
+            (i.recovered_kgce - 4_612_850.24).abs() < 0.01,
             "{}",
             i.recovered_kgce
         );
         let k = i.kgce_per_t.unwrap();
-        assert!((k - (-11.884)).abs() < 5e-4, "{k}");
+        assert!((k - (-13.887)).abs() < 5e-4, "{k}");
         let o2 = i.carriers.iter().find(|c| c.carrier == "oxygen").unwrap();
         assert!((o2.kgce - 2_200_000.0).abs() < 1e-6, "{o2:?}");
     }
