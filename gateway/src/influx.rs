@@ -422,6 +422,8 @@ mod tests {
             electricity_kwh: 5_000.0,
             kwh_per_t: Some(50.0),
             electricity_generated_kwh: 0.0,
+            dc_kwh: 0.0,
+            dc_kwh_per_t: None,
             water_m3: 120.0,
             water_m3_per_t: Some(1.2),
             completeness: 1.0,

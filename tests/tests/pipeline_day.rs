@@ -176,6 +176,22 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
                 close(wt, tw),
                 "{id} {start}: water {wt:.3} m3, truth {tw:.3}"
             );
+            // The potline's DC energy, a submeter: reported per tonne, never added.
+            if id == "pot1" {
+                let dc: f64 = rec["flows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|f| f["carrier"] == "electricity_dc")
+                    .map(|f| f["qty"].as_f64().unwrap())
+                    .sum();
+                let got = h["dc_kwh"].as_f64().unwrap();
+                assert!(close(got, dc), "{start}: DC {got:.1} kWh, truth {dc:.1}");
+                assert!(
+                    h["dc_kwh_per_t"].as_f64().unwrap() < h["kwh_per_t"].as_f64().unwrap(),
+                    "DC below AC per tonne: {h}"
+                );
+            }
         }
         eprintln!(
             "{id}: {} hours compared, worst kgce/t deviation {:.4} %",

@@ -72,6 +72,10 @@ pub struct Indicator {
     pub kwh_per_t: Option<f64>,
     /// Electricity generated inside the boundary and credited (TRT, waste-heat power), kWh.
     pub electricity_generated_kwh: f64,
+    /// The potline's DC energy (a submeter inside the boundary, never added), kWh, and per
+    /// tonne: GB 21346's DC power consumption beside the AC figure.
+    pub dc_kwh: f64,
+    pub dc_kwh_per_t: Option<f64>,
     pub water_m3: f64,
     pub water_m3_per_t: Option<f64>,
     /// Share of the period covered by good samples, the weakest meter of the unit deciding.
@@ -136,6 +140,8 @@ pub fn indicators(
                 electricity_kwh: 0.0,
                 kwh_per_t: None,
                 electricity_generated_kwh: 0.0,
+                dc_kwh: 0.0,
+                dc_kwh_per_t: None,
                 water_m3: 0.0,
                 water_m3_per_t: None,
                 completeness: 1.0,
@@ -166,8 +172,13 @@ pub fn indicators(
                     .min(sum.covered_ms as f64 / (end - start) as f64);
                 let value = sum.delta * flow.factor;
                 *by_device.entry(flow.device.as_str()).or_default() += value;
-                if flow.role == Role::Material {
-                    continue;
+                match flow.role {
+                    Role::Material => continue,
+                    Role::Submeter => {
+                        ind.dc_kwh += value;
+                        continue;
+                    }
+                    _ => {}
                 }
                 total_abs += value.abs();
                 estimated_abs += (sum.estimated * flow.factor).abs();
@@ -196,7 +207,7 @@ pub fn indicators(
                         ind.water_m3 += value;
                         continue;
                     }
-                    Role::Material => continue,
+                    Role::Material | Role::Submeter => continue,
                 };
                 if flow.carrier.as_deref() == Some("electricity") {
                     let kwh = sum.delta
@@ -221,6 +232,9 @@ pub fn indicators(
                 ind.kgce_per_t = Some(ind.energy_kgce / ind.product_t);
                 ind.kwh_per_t = Some(ind.electricity_kwh / ind.product_t);
                 ind.water_m3_per_t = Some(ind.water_m3 / ind.product_t);
+                if ind.dc_kwh > 0.0 {
+                    ind.dc_kwh_per_t = Some(ind.dc_kwh / ind.product_t);
+                }
                 for b in [&mut ind.bases.equivalent, &mut ind.bases.equal_value] {
                     b.kgce_per_t = Some(b.energy_kgce / ind.product_t);
                 }
@@ -531,6 +545,38 @@ mod tests {
         let j = &i.limits[0];
         assert!((j.value - 105.574_55).abs() < 1e-6, "{j:?}");
         assert_eq!(i.level, Some(2));
+    }
+
+    #[test]
+    fn a_potlines_dc_meter_is_reported_per_tonne_and_never_added() {
+        // GB 21346: AC power per tonne is the limit's figure; the DC energy (12 725 kWh/t here,
+        // inside the boundary, behind the rectifiers) is the potline's own KPI. 30 t of
+        // aluminium, 393 600 kWh AC, 381 750 kWh DC.
+        let flow = |device: &str, rest: &str| format!("{FLOW}device = \"{device}\"\n{rest}\n");
+        let text = [
+            "[[units]]\nid = \"pot1\"\nname = \"potline\"\nkind = \"electrolysis\"\n".to_string(),
+            flow("al", "role = \"product\"\nunit = \"t\""),
+            flow(
+                "ac",
+                "role = \"consumed\"\ncarrier = \"electricity\"\nunit = \"kWh\"",
+            ),
+            flow(
+                "dc",
+                "role = \"submeter\"\ncarrier = \"electricity_dc\"\nunit = \"kWh\"",
+            ),
+        ]
+        .concat();
+        let i = golden(&text, &[30.0, 393_600.0, 381_750.0]);
+        assert_eq!(i.kwh_per_t, Some(13_120.0));
+        assert_eq!(i.dc_kwh_per_t, Some(12_725.0));
+        assert!(
+            (i.energy_kgce - 393_600.0 * 0.1229).abs() < 1e-6,
+            "not added"
+        );
+        let bad = text.replace("carrier = \"electricity_dc\"", "carrier = \"electricity\"");
+        let err = crate::model::Plant::from_tables(&ems_config::Source::embedded("gw.toml", &bad))
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("units[0].flows[2].carrier"));
     }
 
     #[test]

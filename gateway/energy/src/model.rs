@@ -171,8 +171,11 @@ pub enum Role {
     Recovered,
     Product,
     Water,
-    /// Raw material or working medium (hot metal, scrap, oxygen): not energy; feeds ratios.
+    /// Raw material (hot metal, scrap): not energy; feeds ratios.
     Material,
+    /// A meter inside the boundary, reported and never added: the potline's DC energy
+    /// (carrier `electricity_dc`), whose kWh per tonne GB 21346 asks for beside the AC figure.
+    Submeter,
 }
 
 /// A flow with its conversion to kgce resolved.
@@ -327,6 +330,13 @@ impl Plant {
                 let mut factors = [0.0; 2];
                 let factor = match f.role {
                     Role::Material => Some(1.0),
+                    Role::Submeter => match f.carrier.as_ref().map(|c| c.get_ref().as_str()) {
+                        Some("electricity_dc") => unit_factor(unit, "kWh"),
+                        _ => return Err(src.error(
+                            &key("carrier"),
+                            "a submeter is the potline's DC energy: carrier = \"electricity_dc\"",
+                        )),
+                    },
                     Role::Product => unit_factor(unit, "t"),
                     Role::Water => unit_factor(unit, "m3"),
                     Role::Consumed | Role::Recovered => {
