@@ -162,7 +162,7 @@ mod tests {
             &address_of(45),
             Ok(vec![0x50, 0x45, 0x23, 0x01, 0x2C]),
         );
-        let addr = ems_core::cjt188::Address(address_of(45));
+        let addr = ems_core::bcd::Address(address_of(45));
         let ems_core::cjt188::Scan::Frame { start, end } = ems_core::cjt188::find_frame(&reply)
         else {
             panic!("a frame")

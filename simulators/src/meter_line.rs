@@ -141,16 +141,8 @@ pub async fn serve_over_tcp<P: LineProtocol>(
     baud: u32,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    loop {
-        let (sock, _) = tokio::select! {
-            a = listener.accept() => a?,
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let (plant, stop) = (plant.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = serve::<P, _>(sock, plant, clock, baud, stop).await {
-                tracing::debug!(error = %e, line = P::NAME, "Connection ended.");
-            }
-        });
-    }
+    crate::rtu::serve_connections(listener, shutdown, P::NAME, move |sock, stop| {
+        serve::<P, _>(sock, plant.clone(), clock, baud, stop)
+    })
+    .await
 }

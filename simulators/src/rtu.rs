@@ -293,15 +293,33 @@ pub async fn serve_over_tcp(
     baud: u32,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_connections(listener, shutdown, "RTU over TCP", move |stream, stop| {
+        serve(stream, plant.clone(), clock, baud, stop)
+    })
+    .await
+}
+
+/// Accepts connections at `listener` until `shutdown`, each served as one line by `serve_one`,
+/// as behind a serial device server; a connection's end is logged as `what`'s.
+pub async fn serve_connections<F, Fut>(
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+    what: &'static str,
+    serve_one: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(tokio::net::TcpStream, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => accepted?,
             () = shutdown.cancelled() => return Ok(()),
         };
-        let (plant, shutdown) = (plant.clone(), shutdown.clone());
+        let line = serve_one(stream, shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, plant, clock, baud, shutdown).await {
-                tracing::debug!(error = %e, "RTU-over-TCP connection ended.");
+            if let Err(e) = line.await {
+                tracing::debug!(error = %e, line = what, "Connection ended.");
             }
         });
     }

@@ -60,6 +60,27 @@ pub fn decode(value: &[u8], fmt: Format) -> Result<f64, BcdError> {
     Ok(if negative { -v } else { v })
 }
 
+/// A meter's address: its nameplate number, `2 * N` decimal digits, BCD on the wire (DL/T 645's
+/// 12 digits, CJ/T 188's 14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> Address<N> {
+    /// Every meter on the line answers (only with one meter on it).
+    pub const BROADCAST: Address<N> = Address([0xAA; N]);
+
+    /// `"000012345678"`: exactly `2 * N` digits, the most significant first as printed.
+    pub fn parse(text: &str) -> Option<Address<N>> {
+        parse_address(text).map(Address)
+    }
+}
+
+impl<const N: usize> fmt::Display for Address<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_address(&self.0, f)
+    }
+}
+
 /// A meter's address of `N` bytes: its `2 * N` digits, most significant first as printed
 /// (`"000012345678"`), as the wire carries them (the lowest pair first).
 pub fn parse_address<const N: usize>(text: &str) -> Option<[u8; N]> {

@@ -13,8 +13,6 @@
 //! unit code byte (2CH m3, 05H kWh, 11H GJ ...), which the meter may set as it is configured:
 //! the reader converts what it gets to the unit it wants, or refuses it, never guesses.
 
-use core::fmt;
-
 use crate::bcd::{self, checksum};
 pub use crate::dlt645::{FrameError, Scan};
 
@@ -27,24 +25,7 @@ pub const PREAMBLE: [u8; 2] = [0xFE; 2];
 pub const READ_DATA: u16 = 0x901F;
 
 /// A meter's address: 14 decimal digits (its nameplate number), BCD on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Address(pub [u8; 7]);
-
-impl Address {
-    /// Every meter on the line answers (only with one meter on it).
-    pub const BROADCAST: Address = Address([0xAA; 7]);
-
-    /// `"00000012345678"`: exactly 14 digits, the most significant first as printed.
-    pub fn parse(text: &str) -> Option<Address> {
-        bcd::parse_address(text).map(Address)
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        bcd::fmt_address(&self.0, f)
-    }
-}
+pub type Address = bcd::Address<7>;
 
 /// The frame (preamble included) that asks meter `addr` of type `meter_type` for data
 /// identifier `di` (as printed: `0x901F`), numbered `ser`.

@@ -45,24 +45,7 @@ impl Edition {
 }
 
 /// A meter's address: 12 decimal digits (its nameplate number), BCD on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Address(pub [u8; 6]);
-
-impl Address {
-    /// Every meter on the line answers (only with one meter on it).
-    pub const BROADCAST: Address = Address([0xAA; 6]);
-
-    /// `"000012345678"`: exactly 12 digits, the most significant first as printed.
-    pub fn parse(text: &str) -> Option<Address> {
-        bcd::parse_address(text).map(Address)
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        bcd::fmt_address(&self.0, f)
-    }
-}
+pub type Address = bcd::Address<6>;
 
 /// The frame (preamble included) that asks the meter at `addr` for data identifier `di`
 /// (written as the standard prints it: `0x00010000` is DI3 DI2 DI1 DI0 = 00 01 00 00).

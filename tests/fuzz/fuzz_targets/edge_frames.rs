@@ -7,7 +7,7 @@
 use arbitrary::Arbitrary;
 use ems_core::bcd;
 use ems_core::cjt188;
-use ems_core::dlt645::{self, Address, Edition, Reply, Scan};
+use ems_core::dlt645::{self, Edition, Reply, Scan};
 use ems_core::rtu::{self, Answer};
 use libfuzzer_sys::fuzz_target;
 
@@ -74,7 +74,7 @@ fn dlt645_stream(input: &Input) {
     } else {
         Edition::V2007
     };
-    let addr = Address(input.address);
+    let addr = bcd::Address(input.address);
     let format = format_of(input);
     let _ = dlt645::read_request(edition, &addr, input.di);
     let mut buf = Vec::new();
@@ -126,7 +126,7 @@ fn cjt188_stream(input: &Input) {
     let mut seven = [0u8; 7];
     seven[..6].copy_from_slice(&input.address);
     seven[6] = input.unit;
-    let addr = cjt188::Address(seven);
+    let addr = bcd::Address(seven);
     let di = input.di as u16;
     let format = format_of(input);
     let _ = cjt188::read_request(input.meter_type, &addr, di, input.ser);
