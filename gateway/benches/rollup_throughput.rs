@@ -33,6 +33,7 @@ fn main() {
                 max_rate_per_h: Some(1e9),
                 frozen_after_ms: 3_600_000,
                 fill: GapFill::Rate,
+                level: false,
             };
             tracked
                 .entry(format!("m{d}"))

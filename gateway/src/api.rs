@@ -158,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/completeness", get(completeness))
         .route("/api/v1/units", get(units))
         .route("/api/v1/units/:id/indicators", get(unit_indicators))
+        .route("/api/v1/enterprises/:id/balance", get(enterprise_balance))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/devices/:id/gaps/:from/lost", post(declare_lost))
@@ -419,7 +420,13 @@ async fn plant(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
         })
         .collect();
     Ok(Json(serde_json::json!({
-        "enterprise": enterprise.map(|e| serde_json::json!({ "name": e.name, "code": e.code })),
+        "enterprise": enterprise.map(|e| serde_json::json!({
+            "id": e.id.clone().or_else(|| e.code.clone()),
+            "name": e.name,
+            "code": e.code,
+            // Whether boundary meters are declared: the enterprise's figure is drawn from them.
+            "boundary": !s.config.plant.boundary.is_empty(),
+        })),
         "sites": sites,
         "units_outside_workshops": s.config.plant.units.iter().filter(|u| u.workshop.is_none()).map(|u| &u.id).collect::<Vec<_>>(),
     })))
@@ -441,18 +448,13 @@ fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
 /// Most periods one request may ask for.
 const MAX_PERIODS: u64 = 10_000;
 
-async fn unit_indicators(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<IndicatorQuery>,
-) -> ApiResult<Vec<Indicator>> {
-    let unit = s
-        .config
-        .plant
-        .unit(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("no unit `{id}`")))?
-        .clone();
-    let period = q.period.unwrap_or(Period::Hour);
+/// A figures query's period and range (default: the last 24 hours), checked.
+fn period_range(
+    s: &AppState,
+    q: &IndicatorQuery,
+    default: Period,
+) -> Result<(Period, i64, i64), ApiError> {
+    let period = q.period.unwrap_or(default);
     let to = match &q.to {
         Some(t) => parse_time("to", t)?,
         None => (s.now)(),
@@ -470,12 +472,53 @@ async fn unit_indicators(
             "more than {MAX_PERIODS} periods; narrow the range"
         )));
     }
+    Ok((period, from, to))
+}
+
+async fn unit_indicators(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<IndicatorQuery>,
+) -> ApiResult<Vec<Indicator>> {
+    let unit = s
+        .config
+        .plant
+        .unit(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no unit `{id}`")))?
+        .clone();
+    let (period, from, to) = period_range(&s, &q, Period::Hour)?;
     let periods = buckets(period, from, to, &s.config.plant.calendar);
     let (plant, reader) = (s.config.plant.clone(), s.reader.clone());
     let result =
         tokio::task::spawn_blocking(move || unit_figures(&plant, &*reader, &unit, &periods))
             .await
             .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(result))
+}
+
+/// The enterprise from its boundary and its energy balance table, per period (default: days
+/// over the last 24 hours).
+async fn enterprise_balance(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<IndicatorQuery>,
+) -> ApiResult<Vec<ems_energy::balance::Balance>> {
+    let known = s.config.plant.enterprise.as_ref().is_some_and(|e| {
+        e.id.as_deref() == Some(id.as_str()) || e.code.as_deref() == Some(id.as_str())
+    });
+    if !known {
+        return Err(ApiError::NotFound(format!(
+            "no enterprise `{id}` (its `id` or credit `code` in [enterprise])"
+        )));
+    }
+    let (period, from, to) = period_range(&s, &q, Period::Day)?;
+    let periods = buckets(period, from, to, &s.config.plant.calendar);
+    let (plant, reader) = (s.config.plant.clone(), s.reader.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        ems_energy::balance::enterprise_balance(&plant, &*reader, &periods)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(result))
 }
 

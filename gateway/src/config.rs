@@ -36,6 +36,8 @@ struct GatewayConfig {
     #[serde(default)]
     upload: Option<crate::upload::UploadConfig>,
     units: Vec<UnitConfig>,
+    #[serde(default)]
+    boundary: Vec<ems_energy::model::FlowConfig>,
 }
 
 /// The loaded, checked configuration: each component's part, and the plant.
@@ -101,6 +103,7 @@ impl Config {
             &config.accounting,
             &config.enterprise,
             &config.units,
+            &config.boundary,
             coefficients,
             limits,
         )?;

@@ -182,6 +182,10 @@ fn record(
             "kgce_per_t": f.kgce_per_t,
             "electricity_kwh": f.electricity_kwh,
             "kwh_per_t": f.kwh_per_t,
+            "energy_equivalent_kgce": f.bases.equivalent.energy_kgce,
+            "energy_equal_value_kgce": f.bases.equal_value.energy_kgce,
+            "dc_kwh": f.dc_kwh,
+            "dc_kwh_per_t": f.dc_kwh_per_t,
             "water_m3": f.water_m3,
             "level": f.level,
             "within_limit": f.within_limit,
@@ -197,6 +201,32 @@ fn record(
             })).collect::<Vec<_>>(),
         }));
     }
+    // The enterprise from its boundary where it has boundary meters (GB/T 2589); otherwise the
+    // units' sum, and the record says which.
+    let units_sum = comprehensive;
+    let boundary = if plant.boundary.is_empty() {
+        None
+    } else {
+        ems_energy::balance::enterprise_balance(plant, reader, &[(start, end)])?.pop()
+    };
+    let (drawn_from, bases) = match boundary {
+        Some(b) => {
+            comprehensive = b.enterprise.energy_kgce;
+            (
+                "boundary",
+                [b.enterprise.equivalent_kgce, b.enterprise.equal_value_kgce],
+            )
+        }
+        None => (
+            "sum_of_units",
+            units.iter().fold([0.0, 0.0], |a, u| {
+                [
+                    a[0] + u["energy_equivalent_kgce"].as_f64().unwrap_or(0.0),
+                    a[1] + u["energy_equal_value_kgce"].as_f64().unwrap_or(0.0),
+                ]
+            }),
+        ),
+    };
     let period_start = local_rfc3339(start, tz);
     Ok(serde_json::json!({
         "format": FORMAT,
@@ -210,6 +240,10 @@ fn record(
         "consumed_tce": consumed / 1000.0,
         "recovered_tce": recovered / 1000.0,
         "comprehensive_tce": comprehensive / 1000.0,
+        "comprehensive_equivalent_tce": bases[0] / 1000.0,
+        "comprehensive_equal_value_tce": bases[1] / 1000.0,
+        "comprehensive_drawn_from": drawn_from,
+        "units_sum_tce": units_sum / 1000.0,
         "units": units,
     }))
 }

@@ -77,6 +77,7 @@ proptest! {
             max_rate_per_h: Some(2_400.0),
             frozen_after_ms: 3_600_000,
             fill: GapFill::Rate,
+            level: false,
         };
         let mut tracked = HashMap::new();
         tracked.insert("m".to_string(), HashMap::from([("total".to_string(), rule)]));

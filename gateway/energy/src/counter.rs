@@ -60,6 +60,10 @@ pub struct CounterRule {
     /// A counter that has not moved for this long is flagged frozen.
     pub frozen_after_ms: i64,
     pub fill: GapFill,
+    /// A level, not a counter (a stock: coal yard, gas holder): each interval's delta is the
+    /// signed change, a fall is no restart, and a change faster than `max_rate_per_h` either
+    /// way is a spike.
+    pub level: bool,
 }
 
 /// The state of one counter point between readings.
@@ -134,6 +138,9 @@ impl CounterTrack {
             },
             bridged: true,
         };
+        if rule.level {
+            return self.push_level((t0, v0), ts_ms, value, hours, rule);
+        }
         let wrap_or_forward = counter_delta(v0, value, rule.rollover);
         if let Some(delta) = wrap_or_forward.filter(|d| !too_fast(*d)) {
             out.push(CounterEvent::Interval {
@@ -178,6 +185,52 @@ impl CounterTrack {
             if rule.fill == GapFill::Rate && self.rate_per_h.is_some() {
                 out.push(bridge(0.0, self.rate_per_h));
             }
+            self.changed_ms = ts_ms;
+        }
+        self.anchor = Some((ts_ms, value));
+        self.rejected = 0;
+        out
+    }
+}
+
+impl CounterTrack {
+    /// A level's next reading: the signed change is the interval's delta; a change too fast
+    /// for the stock is a spike, and after [`MAX_REJECTED`] in a row the level has really moved
+    /// (a stocktaking correction): counting resumes from it, that interval unmeasured.
+    fn push_level(
+        &mut self,
+        (t0, v0): (i64, f64),
+        ts_ms: i64,
+        value: f64,
+        hours: f64,
+        rule: &CounterRule,
+    ) -> Vec<CounterEvent> {
+        let delta = value - v0;
+        let too_fast = rule
+            .max_rate_per_h
+            .is_some_and(|max| delta.abs() / hours > max);
+        let mut out = Vec::new();
+        if too_fast {
+            self.rejected += 1;
+            if self.rejected < MAX_REJECTED {
+                out.push(CounterEvent::Spike {
+                    rate_per_h: delta / hours,
+                });
+                return out;
+            }
+            out.push(CounterEvent::Jump {
+                from: v0,
+                to: value,
+            });
+        } else {
+            out.push(CounterEvent::Interval {
+                from_ms: t0,
+                to_ms: ts_ms,
+                delta,
+                bridged: false,
+            });
+        }
+        if value != v0 {
             self.changed_ms = ts_ms;
         }
         self.anchor = Some((ts_ms, value));
@@ -298,6 +351,7 @@ mod tests {
             max_rate_per_h: Some(100.0),
             frozen_after_ms: 2 * HOUR_MS,
             fill: GapFill::Rate,
+            level: false,
         }
     }
 
@@ -346,6 +400,25 @@ mod tests {
             intervals(&t.push(4 * HOUR_MS, 950.0, &r)),
             vec![(47.0, false)]
         );
+    }
+
+    #[test]
+    fn a_stock_level_counts_its_falls_and_rejects_only_impossible_moves() {
+        let mut t = CounterTrack::default();
+        let r = CounterRule {
+            rollover: None,
+            max_rate_per_h: Some(100.0),
+            level: true,
+            ..rule()
+        };
+        t.push(0, 500.0, &r);
+        // Used 40 t in an hour, then a 90 t delivery: signed changes, no restart.
+        assert_eq!(intervals(&t.push(HOUR_MS, 460.0, &r)), vec![(-40.0, false)]);
+        assert_eq!(intervals(&t.push(2 * HOUR_MS, 550.0, &r)), vec![(90.0, false)]);
+        // 300 t gone in an hour is more than the bunker can move: a spike, rejected.
+        let spike = t.push(3 * HOUR_MS, 250.0, &r);
+        assert!(matches!(spike[..], [CounterEvent::Spike { .. }]), "{spike:?}");
+        assert_eq!(intervals(&t.push(4 * HOUR_MS, 520.0, &r)), vec![(-30.0, false)]);
     }
 
     #[test]

@@ -207,7 +207,13 @@ pub fn indicators(
                         ind.water_m3 += value;
                         continue;
                     }
-                    Role::Material | Role::Submeter => continue,
+                    // Never a unit's (the plant checks): the enterprise balance's.
+                    Role::Material
+                    | Role::Submeter
+                    | Role::Purchase
+                    | Role::Export
+                    | Role::Stock
+                    | Role::Flare => continue,
                 };
                 if flow.carrier.as_deref() == Some("electricity") {
                     let kwh = sum.delta
@@ -356,6 +362,7 @@ mod tests {
             id: kind.into(),
             name: kind.into(),
             kind: kind.into(),
+            function: Default::default(),
             site: None,
             workshop: None,
             status: Default::default(),
@@ -652,6 +659,7 @@ mod tests {
             id: "bof1".into(),
             name: "BOF".into(),
             kind: "converter".into(),
+            function: Default::default(),
             site: None,
             workshop: None,
             status,

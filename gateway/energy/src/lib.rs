@@ -7,6 +7,7 @@
 //! No I/O: no files, clock, network, database or runtime. Whatever stores the slots implements
 //! [`figures::SlotSource`]; "now" is always a parameter.
 
+pub mod balance;
 pub mod baseline;
 pub mod calendar;
 pub mod coefficients;

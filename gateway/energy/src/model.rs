@@ -18,6 +18,9 @@ use crate::limits::Limits;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnterpriseConfig {
+    /// Short name in URLs (`/api/v1/enterprises/{id}/...`); the credit code serves as well.
+    #[serde(default)]
+    pub id: Option<String>,
     pub name: String,
     /// Unified social credit code (统一社会信用代码).
     #[serde(default)]
@@ -108,8 +111,11 @@ fn default_frozen_after_s() -> u64 {
 pub struct UnitConfig {
     pub id: Spanned<String>,
     pub name: String,
-    /// blast_furnace, converter, kiln, electrolysis, ...
+    /// blast_furnace, converter, kiln, electrolysis, power_plant, ...
     pub kind: String,
+    /// process (the default), conversion, auxiliary or non_production.
+    #[serde(default)]
+    pub function: Function,
     /// The workshop (id from `[[enterprise.sites.workshops]]`) the unit belongs to.
     #[serde(default)]
     pub workshop: Option<Spanned<String>>,
@@ -176,6 +182,40 @@ pub enum Role {
     /// A meter inside the boundary, reported and never added: the potline's DC energy
     /// (carrier `electricity_dc`), whose kWh per tonne GB 21346 asks for beside the AC figure.
     Submeter,
+    /// Enterprise boundary (`[[boundary]]`): energy bought (grid import, coal, coke, gas).
+    Purchase,
+    /// Enterprise boundary: energy delivered outside (grid export, gas or steam sold).
+    Export,
+    /// Enterprise boundary: a stock's level (coal yard, coke bunker, gas holder), read as a
+    /// level, not a counter; its change over a period is stock change.
+    Stock,
+    /// A flare: by-product gas burnt off inside the enterprise, a loss in the gas balance.
+    Flare,
+}
+
+impl Role {
+    /// Whether the role belongs to the enterprise boundary (`[[boundary]]`), not to a unit.
+    pub fn is_boundary(self) -> bool {
+        matches!(self, Role::Purchase | Role::Export | Role::Stock | Role::Flare)
+    }
+}
+
+/// What a unit is to the enterprise: where its energy sits in the balance table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Function {
+    /// Main production: a process unit with a product.
+    #[default]
+    Process,
+    /// Energy conversion inside the enterprise (captive power plant, boiler, oxygen plant):
+    /// its consumed flows are conversion input, its recovered flows conversion output.
+    Conversion,
+    /// Auxiliary production (water works, compressed air station, repair shops): inside the
+    /// boundary, an end use.
+    Auxiliary,
+    /// Non-production users (offices' canteen, dormitories): outside the comprehensive energy,
+    /// which subtracts what they consume.
+    NonProduction,
 }
 
 /// A flow with its conversion to kgce resolved.
@@ -201,6 +241,7 @@ pub struct Unit {
     pub id: String,
     pub name: String,
     pub kind: String,
+    pub function: Function,
     pub site: Option<String>,
     pub workshop: Option<String>,
     #[serde(skip)]
@@ -225,6 +266,8 @@ pub struct PlantTables {
     #[serde(default)]
     pub enterprise: Option<EnterpriseConfig>,
     pub units: Vec<UnitConfig>,
+    #[serde(default)]
+    pub boundary: Vec<FlowConfig>,
 }
 
 /// The plant, checked: what every figure is computed from.
@@ -232,6 +275,8 @@ pub struct PlantTables {
 pub struct Plant {
     pub enterprise: Option<EnterpriseConfig>,
     pub units: Vec<Unit>,
+    /// The enterprise's boundary meters (`[[boundary]]`): purchases, exports, stocks, flares.
+    pub boundary: Vec<Flow>,
     pub calendar: Calendar,
     pub coefficients: Coefficients,
     pub limits: Limits,
@@ -254,6 +299,7 @@ impl Plant {
         accounting: &AccountingConfig,
         enterprise: &Option<EnterpriseConfig>,
         units_config: &[UnitConfig],
+        boundary_config: &[FlowConfig],
         coefficients: Coefficients,
         limits: Limits,
     ) -> Result<Plant, ConfigError> {
@@ -325,96 +371,19 @@ impl Plant {
             };
             let mut flows = Vec::new();
             for (j, f) in u.flows.iter().enumerate() {
-                let key = |k: &str| format!("units[{i}].flows[{j}].{k}");
-                let unit = f.unit.get_ref();
-                let mut factors = [0.0; 2];
-                let factor = match f.role {
-                    Role::Material => Some(1.0),
-                    Role::Submeter => match f.carrier.as_ref().map(|c| c.get_ref().as_str()) {
-                        Some("electricity_dc") => unit_factor(unit, "kWh"),
-                        _ => return Err(src.error(
-                            &key("carrier"),
-                            "a submeter is the potline's DC energy: carrier = \"electricity_dc\"",
-                        )),
-                    },
-                    Role::Product => unit_factor(unit, "t"),
-                    Role::Water => unit_factor(unit, "m3"),
-                    Role::Consumed | Role::Recovered => {
-                        let Some(code) = &f.carrier else {
-                            return Err(src.error(
-                                &key("carrier"),
-                                "consumed and recovered flows need a carrier",
-                            ));
-                        };
-                        // Electricity on both bases; any other carrier is the same on both.
-                        let codes = match code.get_ref().as_str() {
-                            "electricity" => ["electricity", "electricity_equal"],
-                            other => [other, other],
-                        };
-                        let mut both = [0.0; 2];
-                        for (b, code_str) in both.iter_mut().zip(codes) {
-                            let Some(carrier) = coefficients.get(code_str) else {
-                                return Err(src.error_at(
-                                    code.span(),
-                                    &key("carrier"),
-                                    format!("unknown carrier `{code_str}`"),
-                                ));
-                            };
-                            *b = match f.lhv_kj {
-                                Some(lhv) if lhv.is_finite() && lhv > 0.0 => {
-                                    lhv / coefficients.kj_per_kgce
-                                }
-                                Some(_) => {
-                                    return Err(
-                                        src.error(&key("lhv_kj"), "must be a positive number")
-                                    )
-                                }
-                                None => match unit_factor(unit, &carrier.unit) {
-                                    Some(k) => k * carrier.kgce_per_unit,
-                                    None => {
-                                        return Err(src.error_at(
-                                            f.unit.span(),
-                                            &key("unit"),
-                                            format!(
-                                                "unit `{unit}` does not fit a {:?} flow",
-                                                f.role
-                                            ),
-                                        ))
-                                    }
-                                },
-                            };
-                        }
-                        factors = both;
-                        Some(both[accounting.electricity.index()])
-                    }
-                };
-                let Some(factor) = factor else {
-                    return Err(src.error_at(
-                        f.unit.span(),
-                        &key("unit"),
-                        format!("unit `{unit}` does not fit a {:?} flow", f.role),
+                let key = format!("units[{i}].flows[{j}]");
+                if f.role.is_boundary() {
+                    return Err(src.error(
+                        &format!("{key}.role"),
+                        "purchase, export, stock and flare meters belong in [[boundary]]",
                     ));
-                };
-                flows.push(Flow {
-                    device: f.device.clone(),
-                    point: f.point.clone(),
-                    role: f.role,
-                    carrier: f.carrier.as_ref().map(|c| c.get_ref().clone()),
-                    unit: unit.clone(),
-                    factor,
-                    factors: if matches!(f.role, Role::Consumed | Role::Recovered) {
-                        factors
-                    } else {
-                        [factor; 2]
-                    },
-                    rollover: f.rollover,
-                    max_rate_per_h: f.max_rate_per_h,
-                });
+                }
+                flows.push(resolve_flow(src, &key, f, &coefficients, accounting.electricity)?);
             }
-            if !flows.iter().any(|f| f.role == Role::Product) {
+            if u.function == Function::Process && !flows.iter().any(|f| f.role == Role::Product) {
                 return Err(src.error(
                     &format!("units[{i}].flows"),
-                    "a unit needs at least one product flow",
+                    "a process unit needs at least one product flow",
                 ));
             }
             let mut unit_limits = Vec::new();
@@ -475,6 +444,7 @@ impl Plant {
                 id: u.id.get_ref().clone(),
                 name: u.name.clone(),
                 kind: u.kind.clone(),
+                function: u.function,
                 site,
                 workshop,
                 flows,
@@ -484,9 +454,21 @@ impl Plant {
                 corrections: u.corrections.clone(),
             });
         }
+        let mut boundary = Vec::new();
+        for (j, f) in boundary_config.iter().enumerate() {
+            let key = format!("boundary[{j}]");
+            if !f.role.is_boundary() {
+                return Err(src.error(
+                    &format!("{key}.role"),
+                    "a boundary meter is a purchase, export, stock or flare",
+                ));
+            }
+            boundary.push(resolve_flow(src, &key, f, &coefficients, accounting.electricity)?);
+        }
         Ok(Plant {
             enterprise: enterprise.clone(),
             units,
+            boundary,
             calendar,
             coefficients,
             limits,
@@ -505,6 +487,7 @@ impl Plant {
             &t.accounting,
             &t.enterprise,
             &t.units,
+            &t.boundary,
             Coefficients::built_in(),
             Limits::built_in(),
         )
@@ -524,8 +507,14 @@ impl Plant {
                 CounterRule {
                     rollover: f.rollover,
                     max_rate_per_h: f.max_rate_per_h,
-                    frozen_after_ms: self.frozen_after_ms,
+                    // A stock level stands still between deliveries and use: never "frozen".
+                    frozen_after_ms: if f.role == Role::Stock {
+                        0
+                    } else {
+                        self.frozen_after_ms
+                    },
                     fill: self.gap_fill,
+                    level: f.role == Role::Stock,
                 },
             );
         }
@@ -536,10 +525,101 @@ impl Plant {
         self.units.iter().find(|u| u.id == id)
     }
 
-    /// Every (device, point) some unit accounts for, with its flow.
+    /// Every (device, point) some unit or the boundary accounts for, with its flow.
     pub fn flows(&self) -> impl Iterator<Item = &Flow> {
-        self.units.iter().flat_map(|u| u.flows.iter())
+        self.units
+            .iter()
+            .flat_map(|u| u.flows.iter())
+            .chain(&self.boundary)
     }
+}
+
+/// Checks one flow's table and resolves its conversion to kgce (errors name `key`).
+fn resolve_flow(
+    src: &Source,
+    key: &str,
+    f: &FlowConfig,
+    coefficients: &Coefficients,
+    basis: ElectricityBasis,
+) -> Result<Flow, ConfigError> {
+    let key = |k: &str| format!("{key}.{k}");
+    let unit = f.unit.get_ref();
+    let mut factors = [0.0; 2];
+    let factor = match f.role {
+        Role::Material => Some(1.0),
+        Role::Submeter => match f.carrier.as_ref().map(|c| c.get_ref().as_str()) {
+            Some("electricity_dc") => unit_factor(unit, "kWh"),
+            _ => {
+                return Err(src.error(
+                    &key("carrier"),
+                    "a submeter is the potline's DC energy: carrier = \"electricity_dc\"",
+                ))
+            }
+        },
+        Role::Product => unit_factor(unit, "t"),
+        Role::Water => unit_factor(unit, "m3"),
+        Role::Consumed
+        | Role::Recovered
+        | Role::Purchase
+        | Role::Export
+        | Role::Stock
+        | Role::Flare => {
+            let Some(code) = &f.carrier else {
+                return Err(src.error(&key("carrier"), "an energy flow needs a carrier"));
+            };
+            // Electricity on both bases; any other carrier is the same on both.
+            let codes = match code.get_ref().as_str() {
+                "electricity" => ["electricity", "electricity_equal"],
+                other => [other, other],
+            };
+            for (b, code_str) in factors.iter_mut().zip(codes) {
+                let Some(carrier) = coefficients.get(code_str) else {
+                    return Err(src.error_at(
+                        code.span(),
+                        &key("carrier"),
+                        format!("unknown carrier `{code_str}`"),
+                    ));
+                };
+                *b = match f.lhv_kj {
+                    Some(lhv) if lhv.is_finite() && lhv > 0.0 => lhv / coefficients.kj_per_kgce,
+                    Some(_) => return Err(src.error(&key("lhv_kj"), "must be a positive number")),
+                    None => match unit_factor(unit, &carrier.unit) {
+                        Some(k) => k * carrier.kgce_per_unit,
+                        None => {
+                            return Err(src.error_at(
+                                f.unit.span(),
+                                &key("unit"),
+                                format!("unit `{unit}` does not fit a {:?} flow", f.role),
+                            ))
+                        }
+                    },
+                };
+            }
+            Some(factors[basis.index()])
+        }
+    };
+    let Some(factor) = factor else {
+        return Err(src.error_at(
+            f.unit.span(),
+            &key("unit"),
+            format!("unit `{unit}` does not fit a {:?} flow", f.role),
+        ));
+    };
+    let energy = !matches!(
+        f.role,
+        Role::Material | Role::Submeter | Role::Product | Role::Water
+    );
+    Ok(Flow {
+        device: f.device.clone(),
+        point: f.point.clone(),
+        role: f.role,
+        carrier: f.carrier.as_ref().map(|c| c.get_ref().clone()),
+        unit: unit.clone(),
+        factor,
+        factors: if energy { factors } else { [factor; 2] },
+        rollover: f.rollover,
+        max_rate_per_h: f.max_rate_per_h,
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ fn rule() -> CounterRule {
         max_rate_per_h: None,
         frozen_after_ms: 0,
         fill: GapFill::None,
+        level: false,
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::{year_periods, Inputs, FORMAT_VERSION};
 use crate::store::Reader;
 use ems_energy::calendar::{buckets, local_rfc3339, Period};
+use ems_energy::balance::{enterprise_balance, Balance};
 use ems_energy::figures::{point_completeness, unit_figures};
 use ems_energy::indicators::Indicator;
 use ems_energy::model::Role;
@@ -35,16 +36,38 @@ pub struct AnnualReport {
     /// The enterprise's totals month by month.
     pub months: Vec<MonthTotals>,
     pub units: Vec<UnitSection>,
+    /// The year's energy balance table (能源平衡表) drawn from the enterprise boundary, with the
+    /// by-product gas balance and captive power in its carrier rows; null when the plant
+    /// declares no boundary meters.
+    pub balance: Option<Balance>,
     pub data_quality: DataQuality,
 }
 
-/// Sums over the enterprise's units.
+/// Where the enterprise's comprehensive energy is drawn from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrawnFrom {
+    /// The boundary meters (`[[boundary]]`): purchases + stock decrease - exports -
+    /// non-production use, as GB/T 2589 draws it.
+    Boundary,
+    /// No boundary meters are declared: the sum of the units, which leaves out losses, flaring
+    /// and unmetered users (said so in the report).
+    #[default]
+    SumOfUnits,
+}
+
+/// The enterprise's year: comprehensive energy from its boundary (or, without boundary meters,
+/// the units' sum, said in `drawn_from`), and the units' consumption and recovery.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
+    pub drawn_from: DrawnFrom,
+    /// Summed over the units.
     pub consumed_tce: f64,
     pub recovered_tce: f64,
-    /// Consumed minus recovered, on the plant's electricity basis.
+    /// Comprehensive energy on the plant's electricity basis, drawn as `drawn_from` says.
     pub comprehensive_tce: f64,
+    /// The units' consumed minus recovered: what summing the units gives.
+    pub units_sum_tce: f64,
     /// The same on both electricity bases, side by side: equivalent (当量值) and equal value
     /// (等价值).
     pub comprehensive_equivalent_tce: f64,
@@ -71,6 +94,10 @@ pub struct MonthTotals {
     pub consumed_tce: f64,
     pub recovered_tce: f64,
     pub comprehensive_tce: f64,
+    /// Both bases, drawn as the year's totals are.
+    pub comprehensive_equivalent_tce: f64,
+    pub comprehensive_equal_value_tce: f64,
+    pub units_sum_tce: f64,
     pub water_m3: f64,
 }
 
@@ -88,7 +115,7 @@ pub struct UnitSection {
 pub struct DataQuality {
     pub min_completeness: f64,
     pub max_daily_monthly_deviation_pct: f64,
-    /// Completeness of every meter point the units use, month by month.
+    /// Completeness of every meter point the units and the boundary use, month by month.
     pub meters: Vec<MeterQuality>,
     /// The sequence ledger of every device: duplicates dropped, numbers missing or lost.
     pub sequence: Vec<SequenceQuality>,
@@ -157,6 +184,9 @@ pub fn build(
             consumed_tce: 0.0,
             recovered_tce: 0.0,
             comprehensive_tce: 0.0,
+            comprehensive_equivalent_tce: 0.0,
+            comprehensive_equal_value_tce: 0.0,
+            units_sum_tce: 0.0,
             water_m3: 0.0,
         })
         .collect();
@@ -171,6 +201,7 @@ pub fn build(
         totals.consumed_tce += year_fig.consumed_kgce / 1000.0;
         totals.recovered_tce += year_fig.recovered_kgce / 1000.0;
         totals.comprehensive_tce += year_fig.energy_kgce / 1000.0;
+        totals.units_sum_tce += year_fig.energy_kgce / 1000.0;
         totals.comprehensive_equivalent_tce += year_fig.bases.equivalent.energy_kgce / 1000.0;
         totals.comprehensive_equal_value_tce += year_fig.bases.equal_value.energy_kgce / 1000.0;
         totals.water_m3 += year_fig.water_m3;
@@ -187,6 +218,9 @@ pub fn build(
             t.consumed_tce += fig.consumed_kgce / 1000.0;
             t.recovered_tce += fig.recovered_kgce / 1000.0;
             t.comprehensive_tce += fig.energy_kgce / 1000.0;
+            t.comprehensive_equivalent_tce += fig.bases.equivalent.energy_kgce / 1000.0;
+            t.comprehensive_equal_value_tce += fig.bases.equal_value.energy_kgce / 1000.0;
+            t.units_sum_tce += fig.energy_kgce / 1000.0;
             t.water_m3 += fig.water_m3;
             let (ms, me) = months[m];
             let month_days: Vec<Indicator> = days
@@ -218,6 +252,26 @@ pub fn build(
             },
         )
         .collect();
+    // The enterprise from its boundary, where it has boundary meters: it replaces the units'
+    // sum in the totals, year and months.
+    let balance = if plant.boundary.is_empty() {
+        None
+    } else {
+        let year_balance = enterprise_balance(plant, reader, &[(start, end)])?.pop();
+        let month_balances = enterprise_balance(plant, reader, &months)?;
+        for (t, b) in month_totals.iter_mut().zip(&month_balances) {
+            t.comprehensive_tce = b.enterprise.energy_kgce / 1000.0;
+            t.comprehensive_equivalent_tce = b.enterprise.equivalent_kgce / 1000.0;
+            t.comprehensive_equal_value_tce = b.enterprise.equal_value_kgce / 1000.0;
+        }
+        if let Some(b) = &year_balance {
+            totals.drawn_from = DrawnFrom::Boundary;
+            totals.comprehensive_tce = b.enterprise.energy_kgce / 1000.0;
+            totals.comprehensive_equivalent_tce = b.enterprise.equivalent_kgce / 1000.0;
+            totals.comprehensive_equal_value_tce = b.enterprise.equal_value_kgce / 1000.0;
+        }
+        year_balance
+    };
     let data_quality = DataQuality {
         min_completeness: MIN_COMPLETENESS,
         max_daily_monthly_deviation_pct: MAX_DAILY_MONTHLY_DEVIATION_PCT,
@@ -239,6 +293,7 @@ pub fn build(
         totals,
         months: month_totals,
         units,
+        balance,
         data_quality,
     })
 }

@@ -94,7 +94,40 @@ pub fn annual_figures(r: &AnnualReport) -> Vec<Figure> {
         r.totals.comprehensive_tce,
         "tce",
     ));
+    out.push(whole(
+        "comprehensive_energy_equivalent",
+        r.totals.comprehensive_equivalent_tce,
+        "tce",
+    ));
+    out.push(whole(
+        "comprehensive_energy_equal_value",
+        r.totals.comprehensive_equal_value_tce,
+        "tce",
+    ));
+    out.push(whole("units_sum_energy", r.totals.units_sum_tce, "tce"));
     out.push(whole("water", r.totals.water_m3, "m3"));
+    for c in r.balance.iter().flat_map(|b| &b.carriers) {
+        let generated: f64 = c.generated.iter().map(|n| n.quantity).sum();
+        let consumed: f64 = c.consumed.iter().map(|n| n.quantity).sum();
+        for (figure, value) in [
+            ("purchase", c.purchase),
+            ("stock_change", c.stock_change),
+            ("generated", generated),
+            ("consumed", consumed),
+            ("export", c.export),
+            ("flared", c.flared),
+            ("remainder", c.remainder),
+        ] {
+            out.push(Figure {
+                section: "balance",
+                subject: c.carrier.clone(),
+                period: r.start.clone(),
+                figure,
+                value: num(value),
+                unit: c.unit.clone(),
+            });
+        }
+    }
     for c in &r.totals.by_carrier {
         let role = match c.role {
             ems_energy::model::Role::Recovered => "recovered",

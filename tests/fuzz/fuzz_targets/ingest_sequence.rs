@@ -58,6 +58,7 @@ fuzz_target!(|ops: Vec<Op>| {
         max_rate_per_h: Some(600.0),
         frozen_after_ms: 3_600_000,
         fill: GapFill::Rate,
+        level: false,
     };
     let mut tracked = HashMap::new();
     for d in ["a", "b"] {

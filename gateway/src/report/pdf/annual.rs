@@ -3,7 +3,7 @@
 use krilla::text::Font;
 
 use super::{finish, format_num, level_text, month_label, opt, pct, Layout, BODY};
-use crate::report::annual::{AnnualReport, MIN_COMPLETENESS};
+use crate::report::annual::{AnnualReport, DrawnFrom, MIN_COMPLETENESS};
 use ems_energy::model::Role;
 use ems_energy::Plant;
 
@@ -48,9 +48,21 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
         &["指标", "数值"],
         &[
             vec![
-                "综合能源消费量（tce）".into(),
+                match t.drawn_from {
+                    DrawnFrom::Boundary => "综合能源消费量（tce，按企业边界）".into(),
+                    DrawnFrom::SumOfUnits => "综合能源消费量（tce，各单位合计：未配置边界计量）".into(),
+                },
                 format_num(t.comprehensive_tce, 3),
             ],
+            vec![
+                "其中：当量值 / 等价值（tce）".into(),
+                format!(
+                    "{} / {}",
+                    format_num(t.comprehensive_equivalent_tce, 3),
+                    format_num(t.comprehensive_equal_value_tce, 3)
+                ),
+            ],
+            vec!["各单位合计（tce）".into(), format_num(t.units_sum_tce, 3)],
             vec!["能源消费量（tce）".into(), format_num(t.consumed_tce, 3)],
             vec![
                 "余热余能回收利用量（tce）".into(),
@@ -88,6 +100,55 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
         &["能源品种", "类别", "实物量", "单位", "折标准煤（tce）"],
         &carrier_rows,
     );
+
+    if let Some(b) = &r.balance {
+        l.paragraph(
+            11.0,
+            "能源平衡表（企业边界，GB/T 28751）：供应 = 购入 - 库存增加 + 产出；未计量差额为损失及未计量用户",
+        );
+        let name = |code: &str| {
+            plant
+                .coefficients
+                .get(code)
+                .map_or(code.to_owned(), |k| k.name_zh.clone())
+        };
+        let rows: Vec<Vec<String>> = b
+            .carriers
+            .iter()
+            .map(|c| {
+                let generated: f64 = c.generated.iter().map(|n| n.quantity).sum();
+                let consumed: f64 = c.consumed.iter().map(|n| n.quantity).sum();
+                vec![
+                    format!("{}（{}）", name(&c.carrier), c.unit),
+                    format_num(c.purchase, 1),
+                    format_num(c.stock_change, 1),
+                    format_num(generated, 1),
+                    format_num(consumed, 1),
+                    format_num(c.export, 1),
+                    format_num(c.flared, 1),
+                    format!(
+                        "{}{}",
+                        format_num(c.remainder, 1),
+                        c.remainder_pct.map_or(String::new(), |p| format!(" ({p:.2}%)"))
+                    ),
+                ]
+            })
+            .collect();
+        l.table(
+            &[90.0, 58.0, 48.0, 58.0, 60.0, 46.0, 45.0, 90.0],
+            &[
+                "能源品种",
+                "购入",
+                "库存增加",
+                "产出",
+                "分配使用",
+                "外销",
+                "放散",
+                "未计量差额",
+            ],
+            &rows,
+        );
+    }
 
     l.heading("三、月度能源消费");
     let month_rows: Vec<Vec<String>> = r
