@@ -403,6 +403,7 @@ mod tests {
             id: "bf1".into(),
             name: "BF".into(),
             kind: "blast_furnace".into(),
+            function: Default::default(),
             site: None,
             workshop: Some("ironmaking".into()),
             status: Default::default(),

@@ -171,7 +171,10 @@ fn record(
             .expect("one period asked, one given");
         consumed += f.consumed_kgce;
         recovered += f.recovered_kgce;
-        comprehensive += f.energy_kgce;
+        // Non-production users are outside the comprehensive energy (GB/T 2589).
+        if unit.function != ems_energy::model::Function::NonProduction {
+            comprehensive += f.energy_kgce;
+        }
         units.push(serde_json::json!({
             "unit": unit.id,
             "name": unit.name,
@@ -219,12 +222,17 @@ fn record(
         }
         None => (
             "sum_of_units",
-            units.iter().fold([0.0, 0.0], |a, u| {
-                [
-                    a[0] + u["energy_equivalent_kgce"].as_f64().unwrap_or(0.0),
-                    a[1] + u["energy_equal_value_kgce"].as_f64().unwrap_or(0.0),
-                ]
-            }),
+            units
+                .iter()
+                .zip(&plant.units)
+                .filter(|(_, pu)| pu.function != ems_energy::model::Function::NonProduction)
+                .map(|(u, _)| u)
+                .fold([0.0, 0.0], |a, u| {
+                    [
+                        a[0] + u["energy_equivalent_kgce"].as_f64().unwrap_or(0.0),
+                        a[1] + u["energy_equal_value_kgce"].as_f64().unwrap_or(0.0),
+                    ]
+                }),
         ),
     };
     let period_start = local_rfc3339(start, tz);

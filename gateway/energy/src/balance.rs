@@ -121,7 +121,11 @@ pub fn enterprise_balance<S: SlotSource>(
 }
 
 /// The balance for each period, given the slots of every flow in [`Plant::flows`] order.
-pub fn balances(plant: &Plant, periods: &[(i64, i64)], rows: &[&[(i64, PointSlot)]]) -> Vec<Balance> {
+pub fn balances(
+    plant: &Plant,
+    periods: &[(i64, i64)],
+    rows: &[&[(i64, PointSlot)]],
+) -> Vec<Balance> {
     periods
         .iter()
         .map(|&(start, end)| balance(plant, (start, end), rows))
@@ -169,11 +173,7 @@ fn row(carriers: &mut Vec<CarrierBalance>, f: &Flow) -> (usize, f64) {
     (carriers.len() - 1, 1.0)
 }
 
-fn balance(
-    plant: &Plant,
-    (start, end): (i64, i64),
-    rows: &[&[(i64, PointSlot)]],
-) -> Balance {
+fn balance(plant: &Plant, (start, end): (i64, i64), rows: &[&[(i64, PointSlot)]]) -> Balance {
     // Each flow's sums over the period, in `Plant::flows` order: units' flows, then the
     // boundary's.
     let mut sums = rows.iter().map(|r| sum_in(r, start, end));
@@ -377,8 +377,8 @@ mod tests {
     /// Worked by hand from GB/T 2589's definition (coke 0.9714 kgce/kg, electricity 0.1229 and
     /// 0.404 kgce/kWh, blast-furnace gas 0.1286 kgce/m3, the built-in data file's figures).
     #[test]
-    fn the_enterprise_is_drawn_from_its_boundary_and_differs_from_its_units_by_losses_and_flaring(
-    ) {
+    fn the_enterprise_is_drawn_from_its_boundary_and_differs_from_its_units_by_losses_and_flaring()
+    {
         let (plant, day) = works();
         let rows: BTreeMap<String, Vec<(i64, PointSlot)>> = day
             .iter()
@@ -408,7 +408,10 @@ mod tests {
         // 450 000 x 0.1286 - 18 435: 563 737. The boundary is higher by the electricity lost
         // (20 000 kWh, 2 458) and the gas flared or lost (150 000 m3, 19 290).
         assert!(close(e.units_sum_kgce, 563_737.0), "{e:?}");
-        assert!(close(e.boundary_minus_units_kgce, 2_458.0 + 19_290.0), "{e:?}");
+        assert!(
+            close(e.boundary_minus_units_kgce, 2_458.0 + 19_290.0),
+            "{e:?}"
+        );
 
         let row = |c: &str| b.carriers.iter().find(|r| r.carrier == c).unwrap();
         let power = row("electricity");
@@ -418,7 +421,10 @@ mod tests {
         assert!(close(power.supply, 1_150_000.0));
         assert!(close(power.distributed, 1_130_000.0));
         assert!(close(power.remainder, 20_000.0));
-        assert!(close(power.remainder_pct.unwrap(), 100.0 * 20_000.0 / 1_150_000.0));
+        assert!(close(
+            power.remainder_pct.unwrap(),
+            100.0 * 20_000.0 / 1_150_000.0
+        ));
         let gas = row("bfg");
         // Generated 1 000 000 m3; stoves 400 000, power plant 450 000 (its km3 in m3), flared
         // 100 000: flaring rate 10 %, 50 000 m3 unaccounted.
@@ -426,7 +432,10 @@ mod tests {
         assert!(close(gas.flared, 100_000.0));
         assert!(close(gas.flaring_pct.unwrap(), 10.0));
         assert!(close(gas.remainder, 50_000.0));
-        assert_eq!(gas.boundary_equivalent_kgce, 0.0, "internal gas never crosses");
+        assert_eq!(
+            gas.boundary_equivalent_kgce, 0.0,
+            "internal gas never crosses"
+        );
         let coke = row("coke");
         assert!(close(coke.supply, 480.0));
         assert!(close(coke.stock_change, 20.0));

@@ -414,11 +414,20 @@ mod tests {
         t.push(0, 500.0, &r);
         // Used 40 t in an hour, then a 90 t delivery: signed changes, no restart.
         assert_eq!(intervals(&t.push(HOUR_MS, 460.0, &r)), vec![(-40.0, false)]);
-        assert_eq!(intervals(&t.push(2 * HOUR_MS, 550.0, &r)), vec![(90.0, false)]);
+        assert_eq!(
+            intervals(&t.push(2 * HOUR_MS, 550.0, &r)),
+            vec![(90.0, false)]
+        );
         // 300 t gone in an hour is more than the bunker can move: a spike, rejected.
         let spike = t.push(3 * HOUR_MS, 250.0, &r);
-        assert!(matches!(spike[..], [CounterEvent::Spike { .. }]), "{spike:?}");
-        assert_eq!(intervals(&t.push(4 * HOUR_MS, 520.0, &r)), vec![(-30.0, false)]);
+        assert!(
+            matches!(spike[..], [CounterEvent::Spike { .. }]),
+            "{spike:?}"
+        );
+        assert_eq!(
+            intervals(&t.push(4 * HOUR_MS, 520.0, &r)),
+            vec![(-30.0, false)]
+        );
     }
 
     #[test]

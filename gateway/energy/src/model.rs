@@ -196,7 +196,10 @@ pub enum Role {
 impl Role {
     /// Whether the role belongs to the enterprise boundary (`[[boundary]]`), not to a unit.
     pub fn is_boundary(self) -> bool {
-        matches!(self, Role::Purchase | Role::Export | Role::Stock | Role::Flare)
+        matches!(
+            self,
+            Role::Purchase | Role::Export | Role::Stock | Role::Flare
+        )
     }
 }
 
@@ -378,7 +381,13 @@ impl Plant {
                         "purchase, export, stock and flare meters belong in [[boundary]]",
                     ));
                 }
-                flows.push(resolve_flow(src, &key, f, &coefficients, accounting.electricity)?);
+                flows.push(resolve_flow(
+                    src,
+                    &key,
+                    f,
+                    &coefficients,
+                    accounting.electricity,
+                )?);
             }
             if u.function == Function::Process && !flows.iter().any(|f| f.role == Role::Product) {
                 return Err(src.error(
@@ -463,7 +472,13 @@ impl Plant {
                     "a boundary meter is a purchase, export, stock or flare",
                 ));
             }
-            boundary.push(resolve_flow(src, &key, f, &coefficients, accounting.electricity)?);
+            boundary.push(resolve_flow(
+                src,
+                &key,
+                f,
+                &coefficients,
+                accounting.electricity,
+            )?);
         }
         Ok(Plant {
             enterprise: enterprise.clone(),

@@ -9,11 +9,11 @@ use serde::Serialize;
 
 use super::{year_periods, Inputs, FORMAT_VERSION};
 use crate::store::Reader;
-use ems_energy::calendar::{buckets, local_rfc3339, Period};
 use ems_energy::balance::{enterprise_balance, Balance};
+use ems_energy::calendar::{buckets, local_rfc3339, Period};
 use ems_energy::figures::{point_completeness, unit_figures};
 use ems_energy::indicators::Indicator;
-use ems_energy::model::Role;
+use ems_energy::model::{Function, Role};
 use ems_energy::Plant;
 
 /// Completeness a period needs to be reportable (national online-monitoring rules).
@@ -66,7 +66,8 @@ pub struct Totals {
     pub recovered_tce: f64,
     /// Comprehensive energy on the plant's electricity basis, drawn as `drawn_from` says.
     pub comprehensive_tce: f64,
-    /// The units' consumed minus recovered: what summing the units gives.
+    /// The production units' (not non-production) consumed minus recovered: what summing the
+    /// units gives.
     pub units_sum_tce: f64,
     /// The same on both electricity bases, side by side: equivalent (当量值) and equal value
     /// (等价值).
@@ -200,10 +201,14 @@ pub fn build(
         let day_figs = unit_figures(plant, reader, unit, &days)?;
         totals.consumed_tce += year_fig.consumed_kgce / 1000.0;
         totals.recovered_tce += year_fig.recovered_kgce / 1000.0;
-        totals.comprehensive_tce += year_fig.energy_kgce / 1000.0;
-        totals.units_sum_tce += year_fig.energy_kgce / 1000.0;
-        totals.comprehensive_equivalent_tce += year_fig.bases.equivalent.energy_kgce / 1000.0;
-        totals.comprehensive_equal_value_tce += year_fig.bases.equal_value.energy_kgce / 1000.0;
+        // Non-production users are outside the comprehensive energy (GB/T 2589).
+        let production = unit.function != Function::NonProduction;
+        if production {
+            totals.comprehensive_tce += year_fig.energy_kgce / 1000.0;
+            totals.units_sum_tce += year_fig.energy_kgce / 1000.0;
+            totals.comprehensive_equivalent_tce += year_fig.bases.equivalent.energy_kgce / 1000.0;
+            totals.comprehensive_equal_value_tce += year_fig.bases.equal_value.energy_kgce / 1000.0;
+        }
         totals.water_m3 += year_fig.water_m3;
         for c in &year_fig.carriers {
             if matches!(c.role, Role::Consumed | Role::Recovered) {
@@ -217,10 +222,12 @@ pub fn build(
         for (m, (t, fig)) in month_totals.iter_mut().zip(&month_figs).enumerate() {
             t.consumed_tce += fig.consumed_kgce / 1000.0;
             t.recovered_tce += fig.recovered_kgce / 1000.0;
-            t.comprehensive_tce += fig.energy_kgce / 1000.0;
-            t.comprehensive_equivalent_tce += fig.bases.equivalent.energy_kgce / 1000.0;
-            t.comprehensive_equal_value_tce += fig.bases.equal_value.energy_kgce / 1000.0;
-            t.units_sum_tce += fig.energy_kgce / 1000.0;
+            if production {
+                t.comprehensive_tce += fig.energy_kgce / 1000.0;
+                t.comprehensive_equivalent_tce += fig.bases.equivalent.energy_kgce / 1000.0;
+                t.comprehensive_equal_value_tce += fig.bases.equal_value.energy_kgce / 1000.0;
+                t.units_sum_tce += fig.energy_kgce / 1000.0;
+            }
             t.water_m3 += fig.water_m3;
             let (ms, me) = months[m];
             let month_days: Vec<Indicator> = days

@@ -43,6 +43,7 @@ fn rules() -> WriteRules {
             max_rate_per_h: Some(200.0),
             frozen_after_ms: 2 * H,
             fill: GapFill::None,
+            level: false,
         },
     );
     AccountingRules {
@@ -375,6 +376,7 @@ fn a_late_reading_slightly_below_the_one_before_is_decided_as_in_order_not_as_a_
             max_rate_per_h: Some(864.0),
             frozen_after_ms: 2 * H,
             fill: GapFill::Rate,
+            level: false,
         },
     );
     let t = 10 * H;

@@ -50,7 +50,9 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
             vec![
                 match t.drawn_from {
                     DrawnFrom::Boundary => "综合能源消费量（tce，按企业边界）".into(),
-                    DrawnFrom::SumOfUnits => "综合能源消费量（tce，各单位合计：未配置边界计量）".into(),
+                    DrawnFrom::SumOfUnits => {
+                        "综合能源消费量（tce，各单位合计：未配置边界计量）".into()
+                    }
                 },
                 format_num(t.comprehensive_tce, 3),
             ],
@@ -129,7 +131,8 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
                     format!(
                         "{}{}",
                         format_num(c.remainder, 1),
-                        c.remainder_pct.map_or(String::new(), |p| format!(" ({p:.2}%)"))
+                        c.remainder_pct
+                            .map_or(String::new(), |p| format!(" ({p:.2}%)"))
                     ),
                 ]
             })

@@ -1,0 +1,240 @@
+//! The enterprise from its boundary through the real store: a cement works whose coal arrives
+//! by train once a day into a yard (a stock level read by a gauge), with a kiln, its waste-heat
+//! power, an office block (non-production) and a grid meter that sees the works' losses. Two
+//! days of quarter-hour readings go in through the ingest path; the day's comprehensive energy,
+//! its balance rows and the annual report's totals are checked against figures computed here
+//! from the readings' own increments and this test's coefficients.
+
+use std::collections::HashMap;
+
+use ems_core::wire::{PointValue, Telemetry};
+use ems_core::Quality;
+use ems_gateway::report;
+use ems_gateway::storage::Incoming;
+use ems_gateway::store::Store;
+use ems_gateway::Config;
+
+/// GB/T 2589 appendix A as this test knows it: raw coal 0.7143 kgce/kg, electricity 0.1229
+/// kgce/kWh (equivalent) and 0.404 (equal value, the data file's secondary figure).
+const RAW_COAL_KGCE_PER_T: f64 = 714.3;
+const ELECTRICITY: [f64; 2] = [0.1229, 0.404];
+
+const H: i64 = 3_600_000;
+const Q: i64 = 900_000;
+/// 2025-01-01T00:00+08:00.
+const DAY1: i64 = 1_735_660_800_000;
+
+fn config(db: &std::path::Path) -> String {
+    format!(
+        r#"
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+client_id = "balance-test"
+[storage]
+path = "{}"
+[ingest]
+sites = ["s"]
+edges = ["e"]
+[enterprise]
+id = "works"
+name = "测试水泥有限公司"
+code = "91000000TEST00002X"
+
+[[units]]
+id = "kiln1"
+name = "1# 熟料线"
+kind = "kiln"
+[[units.flows]]
+device = "clinker"
+point = "total"
+role = "product"
+unit = "t"
+[[units.flows]]
+device = "kiln-coal"
+point = "total"
+role = "consumed"
+carrier = "raw_coal"
+unit = "t"
+[[units.flows]]
+device = "kiln-power"
+point = "total"
+role = "consumed"
+carrier = "electricity"
+unit = "kWh"
+[[units.flows]]
+device = "whr"
+point = "total"
+role = "recovered"
+carrier = "electricity"
+unit = "kWh"
+
+[[units]]
+id = "office"
+name = "办公楼"
+kind = "office"
+function = "non_production"
+[[units.flows]]
+device = "office-power"
+point = "total"
+role = "consumed"
+carrier = "electricity"
+unit = "kWh"
+
+[[boundary]]
+device = "grid"
+point = "total"
+role = "purchase"
+carrier = "electricity"
+unit = "kWh"
+[[boundary]]
+device = "coal-in"
+point = "total"
+role = "purchase"
+carrier = "raw_coal"
+unit = "t"
+[[boundary]]
+device = "coal-yard"
+point = "level"
+role = "stock"
+carrier = "raw_coal"
+unit = "t"
+max_rate_per_h = 5000.0  # a train unloads 700 t in a quarter of an hour
+"#,
+        db.display()
+    )
+}
+
+/// What flowed in quarter `k` (from DAY1): the train unloads 700 t of coal in the quarter
+/// after 06:00 each day; the kiln burns 7.25 t a quarter; 1 % of the grid's supply is lost.
+fn quarter(k: i64) -> HashMap<&'static str, f64> {
+    let clinker = 52.0 + (k % 4) as f64;
+    let coal = 7.25;
+    let kiln_power = clinker * 55.0;
+    let whr = clinker * 30.0;
+    let office = 40.0 + (k % 3) as f64;
+    let grid = (kiln_power - whr + office) / 0.99;
+    let delivery = if k % 96 == 24 { 700.0 } else { 0.0 };
+    HashMap::from([
+        ("clinker", clinker),
+        ("kiln-coal", coal),
+        ("kiln-power", kiln_power),
+        ("whr", whr),
+        ("office-power", office),
+        ("grid", grid),
+        ("coal-in", delivery),
+        // The yard's level moves by what came in less what the kiln took.
+        ("coal-yard", delivery - coal),
+    ])
+}
+
+#[test]
+fn the_works_is_drawn_from_its_boundary_with_its_stock_change_and_losses() {
+    let dir = std::env::temp_dir().join(format!("ems-balance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    let config =
+        Config::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
+    let mut store = Store::open(&db).unwrap();
+    let rules = config.write_rules();
+    let mut totals: HashMap<&str, f64> = HashMap::new();
+    let mut batch = Vec::new();
+    for k in 0..=2 * 96 {
+        let ts = DAY1 + k * Q;
+        for (device, inc) in quarter(k - 1) {
+            let total =
+                totals
+                    .entry(device)
+                    .or_insert(if device == "coal-yard" { 900.0 } else { 0.0 });
+            if k > 0 {
+                *total += inc;
+            }
+            let point = if device == "coal-yard" {
+                "level"
+            } else {
+                "total"
+            };
+            batch.push(Incoming::built(Telemetry {
+                v: 1,
+                site: "s".into(),
+                edge: "e".into(),
+                device: device.into(),
+                seq: k as u64 + 1,
+                ts_ms: ts,
+                points: vec![PointValue {
+                    id: point.into(),
+                    v: Some(*total),
+                    q: Quality::Good,
+                }],
+            }));
+        }
+    }
+    store.write_batch(&batch, &rules, DAY1).unwrap();
+    let reader = store.reader().unwrap();
+
+    // Day 2, from this test's own increments.
+    let day2: Vec<HashMap<&str, f64>> = (96..192).map(quarter).collect();
+    let sum = |d: &str| day2.iter().map(|q| q[d]).sum::<f64>();
+    let grid = sum("grid");
+    let coal_used = sum("coal-in") - sum("coal-yard");
+    assert!((coal_used - 96.0 * 7.25).abs() < 1e-9);
+    let want = [0, 1]
+        .map(|b| coal_used * RAW_COAL_KGCE_PER_T + (grid - sum("office-power")) * ELECTRICITY[b]);
+    let units_sum =
+        sum("kiln-coal") * RAW_COAL_KGCE_PER_T + (sum("kiln-power") - sum("whr")) * ELECTRICITY[0];
+
+    let b = ems_energy::balance::enterprise_balance(
+        &config.plant,
+        &reader,
+        &[(DAY1 + 24 * H, DAY1 + 48 * H)],
+    )
+    .unwrap()
+    .remove(0);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+    let e = &b.enterprise;
+    assert!(close(e.equivalent_kgce, want[0]), "{e:?} vs {want:?}");
+    assert!(close(e.equal_value_kgce, want[1]), "{e:?} vs {want:?}");
+    assert!(close(e.units_sum_kgce, units_sum), "{e:?}");
+    // The boundary exceeds the units by the grid's losses: 1 % of what it supplied.
+    assert!(
+        close(e.boundary_minus_units_kgce, 0.01 * grid * ELECTRICITY[0]),
+        "{e:?}"
+    );
+    let coal = b.carriers.iter().find(|c| c.carrier == "raw_coal").unwrap();
+    assert!(close(coal.purchase, 700.0));
+    assert!(close(coal.stock_change, 700.0 - 96.0 * 7.25), "{coal:?}");
+    assert!(close(coal.remainder, 0.0), "{coal:?}");
+    let power = b
+        .carriers
+        .iter()
+        .find(|c| c.carrier == "electricity")
+        .unwrap();
+    assert!(close(power.remainder, 0.01 * grid), "{power:?}");
+    assert_eq!(b.completeness, 1.0);
+
+    // The annual report's totals come from the boundary, its balance table with them.
+    let inputs = report::Inputs {
+        plant: &config.plant,
+        reader: &reader,
+        now_ms: DAY1 + 400 * 24 * H,
+        earliest_ms: config.earliest_ms,
+    };
+    let annual = report::annual::build(&inputs, 2025, |_, _| {}).unwrap();
+    let json = serde_json::to_value(&annual).unwrap();
+    assert_eq!(json["totals"]["drawn_from"], "boundary");
+    let both_days: Vec<HashMap<&str, f64>> = (0..192).map(quarter).collect();
+    let all = |d: &str| both_days.iter().map(|q| q[d]).sum::<f64>();
+    // Readings run from DAY1 to the end of day 2: the year's figure is those two days.
+    let year = ((all("coal-in") - all("coal-yard")) * RAW_COAL_KGCE_PER_T
+        + (all("grid") - all("office-power")) * ELECTRICITY[0])
+        / 1000.0;
+    let got = json["totals"]["comprehensive_tce"].as_f64().unwrap();
+    assert!(close(got, year), "{got} vs {year}");
+    assert!(json["balance"]["carriers"].as_array().unwrap().len() == 2);
+    assert!(
+        json["totals"]["units_sum_tce"].as_f64().unwrap() < got,
+        "the units leave the losses out"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
