@@ -17,6 +17,9 @@ pub enum UnitKind {
     ReheatingFurnace,
     Kiln,
     Electrolysis,
+    /// The enterprise's boundary: what it buys, stocks, sells and flares, drawn each step from
+    /// the other units' flows (see [`enterprise_step`]), never integrated on its own.
+    Enterprise,
 }
 
 /// What a flow is to the unit's energy boundary.
@@ -35,6 +38,14 @@ pub enum Role {
     Material,
     /// A meter inside the boundary (the potline's DC energy): measured, not added.
     Submeter,
+    /// Enterprise boundary: bought (grid import, coke, coal, gas, oxygen over the fence).
+    Purchase,
+    /// Enterprise boundary: sold outside (gas, steam).
+    Export,
+    /// Enterprise boundary: a stock's level changes by this flow (the coke yard).
+    Stock,
+    /// Gas burnt off at the flare: a loss inside the enterprise.
+    Flare,
 }
 
 /// When a flow runs, for batch processes.
@@ -106,10 +117,13 @@ const fn batch(
     }
 }
 
-use Role::{Consumed, Material, Product, Recovered, Submeter, Water};
+use Role::{
+    Consumed, Export, Flare, Material, Product, Purchase, Recovered, Stock, Submeter, Water,
+};
 
 /// Blast furnace (1 080 m3 class), per tonne of hot metal: coke rate 360 kg/t, pulverised coal
-/// 150 kg/t, hot stoves burning 700 m3/t of blast-furnace gas, 1 600 m3/t of gas exported,
+/// 150 kg/t, 1 600 m3/t of blast-furnace gas generated (metered gross, at the top-gas main) of
+/// which the hot stoves burn 700 m3/t (the rest goes to the gas network),
 /// TRT generating 35 kWh/t from top-gas pressure.
 const BLAST_FURNACE: &[FlowDef] = &[
     flow("hot_metal", "hot_metal", Product, "t", 1.0, 0.0),
@@ -196,6 +210,78 @@ const ELECTROLYSIS: &[FlowDef] = &[
     flow("water", "water", Water, "m3", 2.0, 0.05),
 ];
 
+/// The enterprise's boundary meters. Grid import is what the units draw, plus the unmetered
+/// auxiliaries and the distribution losses, less what TRT and waste-heat power generate; coke
+/// arrives in a daily rhythm the yard evens out; coal, gas and oxygen are bought as used; the
+/// blast-furnace gas the stoves do not burn is sold to the neighbouring power company, a share
+/// flared; converter gas and steam are sold.
+const ENTERPRISE: &[FlowDef] = &[
+    flow("grid", "electricity", Purchase, "kWh", 0.0, 0.0),
+    flow("coke_in", "coke", Purchase, "t", 0.0, 0.0),
+    flow("coke_yard", "coke", Stock, "t", 0.0, 0.0),
+    flow("pci_in", "washed_coal", Purchase, "t", 0.0, 0.0),
+    flow("coal_in", "raw_coal", Purchase, "t", 0.0, 0.0),
+    flow("gas_in", "natural_gas", Purchase, "m3", 0.0, 0.0),
+    flow("cog_in", "coke_oven_gas", Purchase, "m3", 0.0, 0.0),
+    flow("oxygen_in", "oxygen", Purchase, "m3", 0.0, 0.0),
+    flow("bfg_out", "bfg", Export, "m3", 0.0, 0.0),
+    flow("bfg_flare", "bfg", Flare, "m3", 0.0, 0.0),
+    flow("ldg_out", "converter_gas", Export, "m3", 0.0, 0.0),
+    flow("steam_out", "steam", Export, "t", 0.0, 0.0),
+];
+/// Auxiliaries no unit meter sees (lighting, pumps, offices), kW.
+pub const UNMETERED_AUX_KW: f64 = 1_500.0;
+/// Distribution losses, as a share of what the units draw.
+pub const LINE_LOSS: f64 = 0.015;
+/// Share of the surplus blast-furnace gas flared.
+pub const BFG_FLARED: f64 = 0.04;
+/// Swing of the coke deliveries around what the furnace uses, over a day.
+const COKE_DELIVERY_SWING: f64 = 0.25;
+
+/// The enterprise boundary's quantities over a step of `dt_ms` around `mid_ms`, in
+/// [`ENTERPRISE`] order, from what the other units' flows did over the same step.
+pub fn enterprise_step(others: &[(UnitKind, Vec<f64>)], mid_ms: i64, dt_ms: i64) -> Vec<f64> {
+    let sum = |role: Role, carrier: &str| -> f64 {
+        others
+            .iter()
+            .map(|(kind, d)| {
+                kind.flows()
+                    .iter()
+                    .zip(d)
+                    .filter(|(f, _)| f.role == role && f.carrier == carrier)
+                    .map(|(_, q)| q)
+                    .sum::<f64>()
+            })
+            .sum()
+    };
+    let hours = dt_ms as f64 / HOUR_MS as f64;
+    let grid = (sum(Consumed, "electricity") * (1.0 + LINE_LOSS) + UNMETERED_AUX_KW * hours
+        - sum(Recovered, "electricity"))
+    .max(0.0);
+    let coke = sum(Consumed, "coke");
+    let day = mid_ms as f64 / 86_400_000.0 * std::f64::consts::TAU;
+    let coke_in = coke * (1.0 + COKE_DELIVERY_SWING * day.sin());
+    let bfg_surplus = (sum(Recovered, "bfg") - sum(Consumed, "bfg")).max(0.0);
+    ENTERPRISE
+        .iter()
+        .map(|f| match f.name {
+            "grid" => grid,
+            "coke_in" => coke_in,
+            "coke_yard" => coke_in - coke,
+            "pci_in" => sum(Consumed, "washed_coal"),
+            "coal_in" => sum(Consumed, "raw_coal"),
+            "gas_in" => sum(Consumed, "natural_gas"),
+            "cog_in" => sum(Consumed, "coke_oven_gas"),
+            "oxygen_in" => sum(Consumed, "oxygen"),
+            "bfg_out" => bfg_surplus * (1.0 - BFG_FLARED),
+            "bfg_flare" => bfg_surplus * BFG_FLARED,
+            "ldg_out" => sum(Recovered, "converter_gas"),
+            "steam_out" => sum(Recovered, "steam"),
+            other => unreachable!("enterprise flow {other}"),
+        })
+        .collect()
+}
+
 /// Faraday: 0.335 6 kg of aluminium per kA-h at 100 % current efficiency.
 pub const FARADAY_KG_PER_KAH: f64 = 0.3356;
 const CELL_VOLTAGE: f64 = 3.95;
@@ -230,6 +316,7 @@ impl UnitKind {
             UnitKind::ReheatingFurnace => REHEATING_FURNACE,
             UnitKind::Kiln => KILN,
             UnitKind::Electrolysis => ELECTROLYSIS,
+            UnitKind::Enterprise => ENTERPRISE,
         }
     }
 }
@@ -332,6 +419,10 @@ impl UnitModel {
 
     /// Rate of flow `k` in its unit per second at `t_ms`.
     pub fn rate(&self, k: usize, t_ms: i64) -> f64 {
+        if self.kind == UnitKind::Enterprise {
+            // Drawn from the other units step by step; its meters show no rate of their own.
+            return 0.0;
+        }
         let f = &self.kind.flows()[k];
         let (state, since) = self.state_at(t_ms);
         let nominal_per_s = self.capacity_t_per_h / 3600.0;

@@ -591,6 +591,43 @@ pub fn truth_kwh(rec: &serde_json::Value) -> f64 {
         .sum()
 }
 
+/// The enterprise's comprehensive energy (kgce, equivalent basis) in one truth record of its
+/// boundary (unit kind `enterprise`): purchases less stock increase less exports, each at this
+/// crate's own coefficients; flaring is a loss inside and crosses nothing.
+pub fn truth_boundary_kgce(rec: &serde_json::Value) -> f64 {
+    let mut kgce = 0.0;
+    for f in rec["flows"].as_array().unwrap() {
+        let sign = match f["role"].as_str().unwrap() {
+            "purchase" => 1.0,
+            "stock" | "export" => -1.0,
+            _ => continue,
+        };
+        kgce += sign
+            * f["qty"].as_f64().unwrap()
+            * kgce_per_unit(f["carrier"].as_str().unwrap(), f["unit"].as_str().unwrap());
+    }
+    kgce
+}
+
+/// How many units the demo scenario simulates (the truth has an interval of each an hour),
+/// the enterprise boundary included.
+pub fn demo_truth_units() -> usize {
+    std::fs::read_to_string(workspace().join("simulators/scenarios/demo.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.trim() == "[[units]]")
+        .count()
+}
+
+/// How many meters the demo plant has: the devices of the demo edge's configuration.
+pub fn demo_meter_count() -> usize {
+    std::fs::read_to_string(workspace().join("firmware/edge/examples/demo.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.trim() == "[[devices]]")
+        .count()
+}
+
 /// The interval records of a truth file.
 pub fn truth_intervals(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

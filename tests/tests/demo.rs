@@ -38,15 +38,11 @@ fn demo_serves_live_figures_and_stops_cleanly() {
         "the dashboard page"
     );
 
-    eventually(
-        "all 30 demo meters reporting",
-        Duration::from_secs(30),
-        || {
-            let d = get_json(&addr, "/api/v1/devices");
-            d.as_array().unwrap().len() == 30
-                && d.as_array().unwrap().iter().all(|x| x["online"] == true)
-        },
-    );
+    eventually("all demo meters reporting", Duration::from_secs(30), || {
+        let d = get_json(&addr, "/api/v1/devices");
+        d.as_array().unwrap().len() == demo_meter_count()
+            && d.as_array().unwrap().iter().all(|x| x["online"] == true)
+    });
     // At 1 200x an hour passes every three seconds: full hours appear with their unit energy.
     eventually(
         "a full hour for every unit",

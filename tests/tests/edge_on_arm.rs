@@ -59,7 +59,8 @@ fn the_aarch64_edge_under_qemu_delivers_everything_to_the_gateway() {
             get_json(&http, "/api/v1/devices")
                 .as_array()
                 .is_some_and(|d| {
-                    d.len() == 30 && d.iter().all(|d| d["messages"].as_i64() >= Some(10))
+                    d.len() == demo_meter_count()
+                        && d.iter().all(|d| d["messages"].as_i64() >= Some(10))
                 })
         },
     );
@@ -70,7 +71,7 @@ fn the_aarch64_edge_under_qemu_delivers_everything_to_the_gateway() {
         edge.stderr_tail()
     );
     let seq = edge_sequence_numbers(d);
-    assert_eq!(seq.len(), 30);
+    assert_eq!(seq.len(), demo_meter_count());
     assert_stored_exactly_once(&http, &seq);
     let bf1 = get_json(&http, "/api/v1/units/bf1/indicators?period=hour");
     assert!(

@@ -29,7 +29,7 @@ fn day_h(i: usize) -> f64 {
 
 /// Waits until the truth holds `hours` whole hours of all five units.
 fn wait_for_truth(path: &std::path::Path, hours: f64, timeout: Duration) {
-    let needed = (hours as usize) * 5;
+    let needed = (hours as usize) * demo_truth_units();
     eventually(&format!("{hours} simulated hours"), timeout, || {
         std::fs::read_to_string(path)
             .map(|t| {
