@@ -395,7 +395,12 @@ pub fn get_text(addr: &str, path: &str) -> String {
     let mut resp = ureq::get(&format!("http://{addr}{path}"))
         .call()
         .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    resp.body_mut().read_to_string().unwrap()
+    // Whole-record exports (samples.csv over days of the demo plant) outgrow ureq's 10 MB default.
+    resp.body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("GET {path}: body: {e}"))
 }
 
 /// GETs a path with an `Authorization` header value if given; returns the status and the body

@@ -262,7 +262,7 @@ fn run_week(scenario: &str, dir: &std::path::Path) -> Vec<Value> {
 
 fn units_in(scenario: &str) -> usize {
     match scenario {
-        "demo" => 5,
+        "demo" => demo_truth_units(),
         "steelworks" | "cement" => 3 - usize::from(scenario == "cement"),
         _ => 1,
     }

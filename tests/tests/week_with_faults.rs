@@ -27,7 +27,7 @@ fn day_h(i: usize) -> f64 {
     1.0 + 24.0 * i as f64
 }
 
-/// Waits until the truth holds `hours` whole hours of all five units.
+/// Waits until the truth holds `hours` whole hours of every unit of the demo plant.
 fn wait_for_truth(path: &std::path::Path, hours: f64, timeout: Duration) {
     let needed = (hours as usize) * demo_truth_units();
     eventually(&format!("{hours} simulated hours"), timeout, || {
@@ -124,7 +124,7 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
         edge.stderr_tail()
     );
     let seq = edge_sequence_numbers(d);
-    assert_eq!(seq.len(), 30, "every demo meter was polled");
+    assert_eq!(seq.len(), demo_meter_count(), "every demo meter was polled");
     assert_stored_exactly_once(&http, &seq);
 
     let raw_truth = std::fs::read_to_string(&truth_path).unwrap();
@@ -232,6 +232,51 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
         compared.len() >= 30,
         "only {} of 35 unit-days had full data",
         compared.len()
+    );
+
+    // The enterprise from its boundary, day by day against the truth's purchases, stock change
+    // and sales: the units' meter faults do not touch it.
+    let mut boundary_truth: BTreeMap<String, f64> = BTreeMap::new();
+    for rec in truth_intervals(&truth_path) {
+        if rec["kind"] == "enterprise" {
+            let start = chrono::DateTime::parse_from_rfc3339(rec["start"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap());
+            *boundary_truth
+                .entry(start.format("%Y-%m-%d").to_string())
+                .or_default() += truth_boundary_kgce(&rec);
+        }
+    }
+    let balances = get_json(
+        &http,
+        "/api/v1/enterprises/demo/balance?period=day&from=2026-01-05T00:00:00%2B08:00&to=2026-01-12T00:00:00%2B08:00",
+    );
+    let balances = balances.as_array().unwrap();
+    assert_eq!(balances.len(), 7);
+    let mut enterprise_days = 0;
+    for (day, got) in DAYS.iter().zip(balances) {
+        if got["completeness"].as_f64().unwrap() < 0.999
+            || got["estimated_share"].as_f64().unwrap() > 0.0
+        {
+            eprintln!("enterprise {day} marked: {}", got["completeness"]);
+            continue;
+        }
+        let got = got["enterprise"]["equivalent_kgce"].as_f64().unwrap();
+        let want = boundary_truth[*day];
+        let dev = (got - want) / want;
+        eprintln!(
+            "enterprise {day}: {got:.1} kgce vs truth {want:.1} ({:.4} %)",
+            dev * 100.0
+        );
+        assert!(
+            dev.abs() < 0.005,
+            "enterprise {day}: {got:.1} kgce vs truth {want:.1}"
+        );
+        enterprise_days += 1;
+    }
+    assert!(
+        enterprise_days >= 6,
+        "only {enterprise_days} of 7 enterprise days were complete"
     );
 
     // Alarms: the kiln's coal meter went offline and came back; the coke scale restarted.
