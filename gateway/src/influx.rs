@@ -437,6 +437,7 @@ mod tests {
                 quantity: 35.0,
                 unit: "t".into(),
                 kgce: 33_900.0,
+                own_use: false,
             }],
             bases: Default::default(),
             level: Some(2),

@@ -68,6 +68,7 @@ point = "total"
 role = "recovered"
 carrier = "electricity"
 unit = "kWh"
+generation = "gross"
 
 [[units]]
 id = "office"

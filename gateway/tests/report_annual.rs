@@ -74,6 +74,7 @@ point = "import_kwh"
 role = "recovered"
 carrier = "electricity"
 unit = "kWh"
+generation = "gross"
 [[units.flows]]
 device = "kiln1-water"
 point = "total_m3"

@@ -236,17 +236,31 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
 
     // The enterprise from its boundary, day by day against the truth's purchases, stock change
     // and sales: the units' meter faults do not touch it.
-    let mut boundary_truth: BTreeMap<String, f64> = BTreeMap::new();
+    // Per local day: kgce on the equivalent basis, net grid kWh, BF gas generated and flared.
+    let mut boundary_truth: BTreeMap<String, [f64; 4]> = BTreeMap::new();
     for rec in truth_intervals(&truth_path) {
+        let start = chrono::DateTime::parse_from_rfc3339(rec["start"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap());
+        let t = boundary_truth
+            .entry(start.format("%Y-%m-%d").to_string())
+            .or_default();
+        for f in rec["flows"].as_array().unwrap() {
+            let q = f["qty"].as_f64().unwrap();
+            match (f["carrier"].as_str().unwrap(), f["role"].as_str().unwrap()) {
+                ("electricity", "purchase") => t[1] += q,
+                ("electricity", "export") => t[1] -= q,
+                ("bfg", "recovered") => t[2] += q,
+                ("bfg", "flare") => t[3] += q,
+                _ => {}
+            }
+        }
         if rec["kind"] == "enterprise" {
-            let start = chrono::DateTime::parse_from_rfc3339(rec["start"].as_str().unwrap())
-                .unwrap()
-                .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap());
-            *boundary_truth
-                .entry(start.format("%Y-%m-%d").to_string())
-                .or_default() += truth_boundary_kgce(&rec);
+            t[0] += truth_boundary_kgce(&rec);
         }
     }
+    // The equal value of electricity in the built-in data file (GB 21341-2008's 0.404).
+    const EQUAL_VALUE: f64 = 0.404;
     let balances = get_json(
         &http,
         "/api/v1/enterprises/demo/balance?period=day&from=2026-01-05T00:00:00%2B08:00&to=2026-01-12T00:00:00%2B08:00",
@@ -261,17 +275,41 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
             eprintln!("enterprise {day} marked: {}", got["completeness"]);
             continue;
         }
-        let got = got["enterprise"]["equivalent_kgce"].as_f64().unwrap();
-        let want = boundary_truth[*day];
-        let dev = (got - want) / want;
-        eprintln!(
-            "enterprise {day}: {got:.1} kgce vs truth {want:.1} ({:.4} %)",
-            dev * 100.0
-        );
-        assert!(
-            dev.abs() < 0.005,
-            "enterprise {day}: {got:.1} kgce vs truth {want:.1}"
-        );
+        let [kgce, grid_kwh, bfg_made, bfg_flared] = boundary_truth[*day];
+        let bfg = got["carriers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["carrier"] == "bfg")
+            .unwrap();
+        for (name, got_v, want_v) in [
+            (
+                "equivalent kgce",
+                &got["enterprise"]["equivalent_kgce"],
+                kgce,
+            ),
+            (
+                "equal-value kgce",
+                &got["enterprise"]["equal_value_kgce"],
+                kgce + grid_kwh * (EQUAL_VALUE - 0.1229),
+            ),
+            (
+                "BF gas flaring %",
+                &bfg["flaring_pct"],
+                100.0 * bfg_flared / bfg_made,
+            ),
+        ] {
+            let got_v = got_v.as_f64().unwrap();
+            let dev = (got_v - want_v) / want_v;
+            eprintln!(
+                "enterprise {day} {name}: {got_v:.3} vs truth {want_v:.3} ({:.4} %)",
+                dev * 100.0
+            );
+            assert!(
+                dev.abs() < 0.005,
+                "enterprise {day} {name}: {got_v:.3} vs truth {want_v:.3}"
+            );
+        }
         enterprise_days += 1;
     }
     assert!(

@@ -94,6 +94,9 @@ pub struct NodeFlow {
     pub function: Function,
     pub device: String,
     pub quantity: f64,
+    /// Burnt by the unit that makes it, behind its net meter: counted in its generation and its
+    /// consumption alike, so the generation is gross.
+    pub own_use: bool,
 }
 
 /// The enterprise's balance for each of `periods` (in order), from the slots of every flow.
@@ -197,7 +200,13 @@ fn balance(plant: &Plant, (start, end): (i64, i64), rows: &[&[(i64, PointSlot)]]
                 function: unit.function,
                 device: f.device.clone(),
                 quantity: q * k,
+                own_use: f.own_use,
             };
+            if f.own_use {
+                carriers[i].generated.push(node.clone());
+                carriers[i].consumed.push(node);
+                continue;
+            }
             let sign = if f.role == Role::Consumed { 1.0 } else { -1.0 };
             if unit.function == Function::NonProduction {
                 e.non_production_kgce += sign * kgce;
@@ -291,8 +300,9 @@ mod tests {
     const DAY: i64 = 86_400_000;
 
     /// A works with a blast furnace, a rolling mill, a captive power plant burning blast-furnace
-    /// gas, a canteen, a flare and a coke bunker; one day's totals per meter.
-    fn works() -> (Plant, BTreeMap<&'static str, f64>) {
+    /// gas, a canteen, a flare, a gas holder and a coke bunker; one day's totals per meter. The
+    /// furnace's gas meter is `generation` ("gross" or "net" of its stoves).
+    fn works(generation: &str) -> (Plant, BTreeMap<&'static str, f64>) {
         let unit = |id: &str, function: &str, flows: &[(&str, &str, &str, &str)]| {
             let mut s = format!(
                 "[[units]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"k\"\nfunction = \"{function}\"\n"
@@ -343,10 +353,14 @@ mod tests {
             ("grid-out", "export", "electricity", "kWh"),
             ("coke-in", "purchase", "coke", "t"),
             ("coke-bunker", "stock", "coke", "t"),
+            ("gas-holder", "stock", "bfg", "m3"),
             ("flare", "flare", "bfg", "m3"),
         ] {
             text += &format!("[[boundary]]\ndevice = \"{device}\"\npoint = \"total\"\nrole = \"{role}\"\ncarrier = \"{carrier}\"\nunit = \"{unit}\"\n");
         }
+        let gas = "device = \"bf-gas\"\npoint = \"total\"\nrole = \"recovered\"\nunit = \"m3\"\ncarrier = \"bfg\"\n";
+        assert!(text.contains(gas));
+        let text = text.replace(gas, &format!("{gas}generation = \"{generation}\"\n"));
         let plant = Plant::from_tables(&Source::embedded("works.toml", &text))
             .unwrap_or_else(|e| panic!("{e}"));
         let day = BTreeMap::from([
@@ -354,7 +368,15 @@ mod tests {
             ("bf-coke", 480.0),
             ("bf-power", 300_000.0),
             ("bf-stoves", 400_000.0),
-            ("bf-gas", 1_000_000.0),
+            // The furnace makes 1 000 000 m3 and its stoves burn 400 000 of them.
+            (
+                "bf-gas",
+                if generation == "net" {
+                    600_000.0
+                } else {
+                    1_000_000.0
+                },
+            ),
             ("mill-billets", 900.0),
             ("mill-power", 800.0),
             ("cpp-gas", 450.0),
@@ -365,6 +387,8 @@ mod tests {
             ("coke-in", 500.0),
             // The bunker went from 100 t to 120 t.
             ("coke-bunker", 20.0),
+            // The gas holder rose by 20 000 m3.
+            ("gas-holder", 20_000.0),
             ("flare", 100_000.0),
         ]);
         (plant, day)
@@ -376,10 +400,8 @@ mod tests {
 
     /// Worked by hand from GB/T 2589's definition (coke 0.9714 kgce/kg, electricity 0.1229 and
     /// 0.404 kgce/kWh, blast-furnace gas 0.1286 kgce/m3, the built-in data file's figures).
-    #[test]
-    fn the_enterprise_is_drawn_from_its_boundary_and_differs_from_its_units_by_losses_and_flaring()
-    {
-        let (plant, day) = works();
+    fn day_balance(generation: &str) -> Balance {
+        let (plant, day) = works(generation);
         let rows: BTreeMap<String, Vec<(i64, PointSlot)>> = day
             .iter()
             .map(|(d, q)| {
@@ -393,23 +415,32 @@ mod tests {
             .collect();
         let flows: Vec<&[(i64, PointSlot)]> =
             plant.flows().map(|f| rows[&f.device].as_slice()).collect();
-        let b = balances(&plant, &[(0, DAY)], &flows).remove(0);
+        balances(&plant, &[(0, DAY)], &flows).remove(0)
+    }
+
+    #[test]
+    fn the_enterprise_is_drawn_from_its_boundary_and_differs_from_its_units_by_losses_and_flaring()
+    {
+        let b = day_balance("gross");
         let e = &b.enterprise;
         // Coke: bought 500 t, 20 t of it went into the bunker: 480 t x 971.4 = 466 272 kgce.
         // Electricity: 1 000 000 kWh bought, 10 000 exported, 20 000 to the canteen (not
-        // production): 970 000 kWh x 0.1229 = 119 213 kgce. Internal gas and power: nothing.
-        assert!(close(e.equivalent_kgce, 585_485.0), "{e:?}");
-        // Equal value: 466 272 + 970 000 x 0.404 = 858 152.
-        assert!(close(e.equal_value_kgce, 858_152.0), "{e:?}");
+        // production): 970 000 kWh x 0.1229 = 119 213 kgce. Gas made and burnt inside and the
+        // power plant's output cross nothing; the 20 000 m3 the holder gained were made but not
+        // used: 20 000 x 0.1286 = 2 572 kgce less. 466 272 + 119 213 - 2 572 = 582 913.
+        assert!(close(e.equivalent_kgce, 582_913.0), "{e:?}");
+        // Equal value: 466 272 + 970 000 x 0.404 - 2 572 = 855 580.
+        assert!(close(e.equal_value_kgce, 855_580.0), "{e:?}");
         assert!(close(e.energy_kgce, e.equivalent_kgce));
-        assert!(close(e.stock_decrease_kgce, -20.0 * 971.4));
+        assert!(close(e.stock_decrease_kgce, -20.0 * 971.4 - 2_572.0));
         assert!(close(e.non_production_kgce, 20_000.0 * 0.1229));
         // The units: furnace 466 272 + 36 870 - 600 000 x 0.1286, mill 98 320, power plant
         // 450 000 x 0.1286 - 18 435: 563 737. The boundary is higher by the electricity lost
-        // (20 000 kWh, 2 458) and the gas flared or lost (150 000 m3, 19 290).
+        // (20 000 kWh, 2 458) and the gas flared or lost (1 000 000 made, 850 000 burnt by the
+        // units, 20 000 into the holder: 130 000 m3, 16 718).
         assert!(close(e.units_sum_kgce, 563_737.0), "{e:?}");
         assert!(
-            close(e.boundary_minus_units_kgce, 2_458.0 + 19_290.0),
+            close(e.boundary_minus_units_kgce, 2_458.0 + 16_718.0),
             "{e:?}"
         );
 
@@ -426,15 +457,16 @@ mod tests {
             100.0 * 20_000.0 / 1_150_000.0
         ));
         let gas = row("bfg");
-        // Generated 1 000 000 m3; stoves 400 000, power plant 450 000 (its km3 in m3), flared
-        // 100 000: flaring rate 10 %, 50 000 m3 unaccounted.
-        assert!(close(gas.supply, 1_000_000.0));
+        // Generated 1 000 000 m3, 20 000 of it into the holder; stoves 400 000, power plant
+        // 450 000 (its km3 in m3), flared 100 000: flaring rate 10 %, 30 000 m3 unaccounted.
+        assert!(close(gas.supply, 980_000.0));
+        assert!(close(gas.stock_change, 20_000.0));
         assert!(close(gas.flared, 100_000.0));
         assert!(close(gas.flaring_pct.unwrap(), 10.0));
-        assert!(close(gas.remainder, 50_000.0));
-        assert_eq!(
-            gas.boundary_equivalent_kgce, 0.0,
-            "internal gas never crosses"
+        assert!(close(gas.remainder, 30_000.0));
+        assert!(
+            close(gas.boundary_equivalent_kgce, -2_572.0),
+            "only the holder's gain counts in the boundary figure: {gas:?}"
         );
         let coke = row("coke");
         assert!(close(coke.supply, 480.0));
@@ -454,6 +486,60 @@ mod tests {
             ]
         );
         assert_eq!(b.completeness, 1.0);
+    }
+
+    /// The furnace's gas metered net of its stoves: the stove gas is own use, counted once (not
+    /// as consumption on top of a net credit), and the gas balance still shows the gross
+    /// generation, so every figure equals the gross-metered works'.
+    #[test]
+    fn a_net_gas_meter_counts_the_stoves_once() {
+        let (gross, net) = (day_balance("gross"), day_balance("net"));
+        let figures = |b: &Balance| {
+            let gas = b.carriers.iter().find(|c| c.carrier == "bfg").unwrap();
+            let generated: f64 = gas.generated.iter().map(|n| n.quantity).sum();
+            [
+                b.enterprise.equivalent_kgce,
+                b.enterprise.units_sum_kgce,
+                generated,
+                gas.supply,
+                gas.remainder,
+                gas.flaring_pct.unwrap(),
+            ]
+        };
+        let (g, n) = (figures(&gross), figures(&net));
+        for (a, b) in g.iter().zip(&n) {
+            assert!(close(*b, *a), "gross {g:?}, net {n:?}");
+        }
+        assert!(close(n[2], 1_000_000.0), "{n:?}");
+        let gas = net.carriers.iter().find(|c| c.carrier == "bfg").unwrap();
+        let stoves = gas
+            .consumed
+            .iter()
+            .find(|c| c.device == "bf-stoves")
+            .unwrap();
+        assert!(stoves.own_use, "{gas:?}");
+        // Without the declaration the double count would be silent: it is an error instead.
+        let text = "[[units]]\nid = \"bf\"\nname = \"BF\"\nkind = \"k\"\n[[units.flows]]\ndevice = \"i\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n[[units.flows]]\ndevice = \"s\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"bfg\"\nunit = \"m3\"\n[[units.flows]]\ndevice = \"g\"\npoint = \"total\"\nrole = \"recovered\"\ncarrier = \"bfg\"\nunit = \"m3\"\n";
+        let err = Plant::from_tables(&Source::embedded("gw.toml", text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `units[0].flows[2].generation`: unit `bf` also consumes bfg"),
+            "{err}"
+        );
+        let err = Plant::from_tables(&Source::embedded(
+            "gw.toml",
+            &text.replace(
+                "role = \"consumed\"",
+                "role = \"consumed\"\ngeneration = \"net\"",
+            ),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("only a recovered flow is gross or net"),
+            "{err}"
+        );
     }
 
     #[test]

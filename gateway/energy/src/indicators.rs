@@ -25,6 +25,8 @@ pub struct CarrierFigure {
     pub unit: String,
     /// Signed: recovered energy is negative.
     pub kgce: f64,
+    /// Burnt behind the unit's own net meter: shown, counted nothing (`kgce` 0).
+    pub own_use: bool,
 }
 
 /// Comprehensive energy on one electricity basis.
@@ -231,6 +233,7 @@ pub fn indicators(
                     quantity: sum.delta,
                     unit: flow.unit.clone(),
                     kgce,
+                    own_use: flow.own_use,
                 });
             }
             ind.energy_kgce = ind.consumed_kgce - ind.recovered_kgce;
@@ -353,6 +356,8 @@ mod tests {
             factor,
             rollover: None,
             max_rate_per_h: None,
+            generation: None,
+            own_use: false,
         }
     }
 
@@ -519,7 +524,7 @@ mod tests {
             ),
             flow(
                 "whr",
-                "role = \"recovered\"\ncarrier = \"electricity\"\nunit = \"kWh\"",
+                "role = \"recovered\"\ncarrier = \"electricity\"\nunit = \"kWh\"\ngeneration = \"gross\"",
             ),
         ]
         .concat();

@@ -168,6 +168,22 @@ pub struct FlowConfig {
     /// more is a spike and is rejected.
     #[serde(default)]
     pub max_rate_per_h: Option<f64>,
+    /// For a recovered flow of a carrier its own unit also consumes: what the meter sees.
+    #[serde(default)]
+    pub generation: Option<Generation>,
+}
+
+/// What a recovered meter sees of a carrier its own unit also burns (the blast furnace's gas,
+/// part of it burnt in its own stoves). GB/T 2589 counts the unit's own use once: a gross meter
+/// with the own use as consumption, or a net meter alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Generation {
+    /// Everything the unit makes; its own use is metered as consumption and counted.
+    Gross,
+    /// What leaves the unit after its own use: that use is already netted out, so the unit's
+    /// meters of it are own use, shown in the balance and counted nothing.
+    Net,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -237,6 +253,11 @@ pub struct Flow {
     pub factors: [f64; 2],
     pub rollover: Option<f64>,
     pub max_rate_per_h: Option<f64>,
+    /// A recovered flow's declaration, where its unit also consumes the carrier.
+    pub generation: Option<Generation>,
+    /// A consumed flow its unit's net meter has already netted out (factors zero): shown as own
+    /// use, never counted again.
+    pub own_use: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -389,6 +410,7 @@ impl Plant {
                     accounting.electricity,
                 )?);
             }
+            declare_own_use(src, i, u.id.get_ref(), &mut flows)?;
             if u.function == Function::Process && !flows.iter().any(|f| f.role == Role::Product) {
                 return Err(src.error(
                     &format!("units[{i}].flows"),
@@ -634,7 +656,76 @@ fn resolve_flow(
         factors: if energy { factors } else { [factor; 2] },
         rollover: f.rollover,
         max_rate_per_h: f.max_rate_per_h,
+        generation: f.generation,
+        own_use: false,
     })
+}
+
+/// A unit that burns a carrier it also recovers must say, on each recovered meter of it,
+/// whether the meter is gross or net, so the own use is counted once; behind a net meter the
+/// unit's consumption of that carrier becomes own use (errors name `units[i].flows[j]`).
+fn declare_own_use(
+    src: &Source,
+    i: usize,
+    unit: &str,
+    flows: &mut [Flow],
+) -> Result<(), ConfigError> {
+    let key = |j: usize| format!("units[{i}].flows[{j}].generation");
+    let mut net = Vec::new();
+    for (j, f) in flows.iter().enumerate() {
+        if f.role != Role::Recovered {
+            if f.generation.is_some() {
+                return Err(src.error(&key(j), "only a recovered flow is gross or net"));
+            }
+            continue;
+        }
+        let burnt = flows
+            .iter()
+            .any(|g| g.role == Role::Consumed && g.carrier == f.carrier);
+        let carrier = f.carrier.as_deref().unwrap_or_default();
+        match f.generation {
+            None if burnt => {
+                return Err(src.error(
+                    &key(j),
+                    format!(
+                        "unit `{unit}` also consumes {carrier}: say whether `{}` meters all it \
+                         generates (generation = \"gross\", its own use counted as consumption) \
+                         or what leaves it after its own use (generation = \"net\")",
+                        f.device
+                    ),
+                ))
+            }
+            Some(g) => {
+                let other = flows.iter().find(|o| {
+                    o.role == Role::Recovered
+                        && o.carrier == f.carrier
+                        && o.generation.is_some_and(|og| og != g)
+                });
+                if let Some(o) = other {
+                    return Err(src.error(
+                        &key(j),
+                        format!(
+                            "`{}` and `{}` meter the unit's {carrier} differently: declare both \
+                             gross or both net",
+                            f.device, o.device
+                        ),
+                    ));
+                }
+                if g == Generation::Net {
+                    net.push(f.carrier.clone());
+                }
+            }
+            None => {}
+        }
+    }
+    for f in flows.iter_mut() {
+        if f.role == Role::Consumed && net.contains(&f.carrier) {
+            f.own_use = true;
+            f.factor = 0.0;
+            f.factors = [0.0; 2];
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
