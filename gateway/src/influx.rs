@@ -411,6 +411,7 @@ mod tests {
             limits: Vec::new(),
             water_quota: None,
             corrections: Default::default(),
+            cells: None,
         };
         let ind = Indicator {
             start: String::new(),
@@ -425,6 +426,8 @@ mod tests {
             electricity_generated_kwh: 0.0,
             dc_kwh: 0.0,
             dc_kwh_per_t: None,
+            line_kah: 0.0,
+            current_efficiency_pct: None,
             water_m3: 120.0,
             water_m3_per_t: Some(1.2),
             completeness: 1.0,

@@ -12,6 +12,10 @@ use crate::counter::PointSlot;
 use crate::limits::{Figure, InputValue, Judgement, WaterJudgement};
 use crate::model::{CorrectionConfig, Role, Unit};
 
+/// Faraday's law for aluminium: 26.98 g/mol over 3 electrons at 26.80 A-h each, 0.3356 kg of
+/// metal per kA-h through one cell at 100 % current efficiency.
+const FARADAY_KG_PER_KAH: f64 = 0.3356;
+
 /// Completeness a period needs to be reportable (national online-monitoring data quality, >= 90 %).
 pub const REPORTABLE_COMPLETENESS: f64 = 0.9;
 
@@ -78,6 +82,10 @@ pub struct Indicator {
     /// tonne: GB 21346's DC power consumption beside the AC figure.
     pub dc_kwh: f64,
     pub dc_kwh_per_t: Option<f64>,
+    /// The potline's line current over the period (its ampere-hour meter), kA-h, and its
+    /// current efficiency: the aluminium made against Faraday's 0.3356 kg per kA-h per cell.
+    pub line_kah: f64,
+    pub current_efficiency_pct: Option<f64>,
     pub water_m3: f64,
     pub water_m3_per_t: Option<f64>,
     /// Share of the period covered by good samples, the weakest meter of the unit deciding.
@@ -144,6 +152,8 @@ pub fn indicators(
                 electricity_generated_kwh: 0.0,
                 dc_kwh: 0.0,
                 dc_kwh_per_t: None,
+                line_kah: 0.0,
+                current_efficiency_pct: None,
                 water_m3: 0.0,
                 water_m3_per_t: None,
                 completeness: 1.0,
@@ -177,7 +187,11 @@ pub fn indicators(
                 match flow.role {
                     Role::Material => continue,
                     Role::Submeter => {
-                        ind.dc_kwh += value;
+                        if flow.carrier.as_deref() == Some("line_current") {
+                            ind.line_kah += value;
+                        } else {
+                            ind.dc_kwh += value;
+                        }
                         continue;
                     }
                     _ => {}
@@ -243,6 +257,10 @@ pub fn indicators(
                 ind.water_m3_per_t = Some(ind.water_m3 / ind.product_t);
                 if ind.dc_kwh > 0.0 {
                     ind.dc_kwh_per_t = Some(ind.dc_kwh / ind.product_t);
+                }
+                if let Some(cells) = unit.cells.filter(|_| ind.line_kah > 0.0) {
+                    let theory_t = FARADAY_KG_PER_KAH * ind.line_kah * f64::from(cells) / 1000.0;
+                    ind.current_efficiency_pct = Some(100.0 * ind.product_t / theory_t);
                 }
                 for b in [&mut ind.bases.equivalent, &mut ind.bases.equal_value] {
                     b.kgce_per_t = Some(b.energy_kgce / ind.product_t);
@@ -374,6 +392,7 @@ mod tests {
             limits: Vec::new(),
             water_quota: None,
             corrections: BTreeMap::new(),
+            cells: None,
             flows,
         }
     }
@@ -592,6 +611,39 @@ mod tests {
     }
 
     #[test]
+    fn a_potlines_current_efficiency_is_drawn_by_faraday() {
+        // 9.0612 t of aluminium from 100 kA-h through 300 cells in series: Faraday allows
+        // 0.3356 x 100 x 300 = 10 068 kg, so the current efficiency is 90.0 %.
+        let flow = |device: &str, rest: &str| format!("{FLOW}device = \"{device}\"\n{rest}\n");
+        let text = [
+            "[[units]]\nid = \"pot1\"\nname = \"potline\"\nkind = \"electrolysis\"\ncells = 300\n"
+                .to_string(),
+            flow("al", "role = \"product\"\nunit = \"t\""),
+            flow(
+                "line",
+                "role = \"submeter\"\ncarrier = \"line_current\"\nunit = \"kAh\"",
+            ),
+        ]
+        .concat();
+        let i = golden(&text, &[9.0612, 100.0]);
+        assert_eq!(i.line_kah, 100.0);
+        let eta = i.current_efficiency_pct.unwrap();
+        assert!((eta - 90.0).abs() < 1e-9, "{eta}");
+        assert_eq!(i.energy_kgce, 0.0, "the line current is no energy");
+        // The same meter in A-h.
+        let i = golden(&text.replace("\"kAh\"", "\"Ah\""), &[9.0612, 100_000.0]);
+        assert!((i.current_efficiency_pct.unwrap() - 90.0).abs() < 1e-9);
+        // Without the number of cells there is no efficiency to draw: the file says so.
+        let err = crate::model::Plant::from_tables(&ems_config::Source::embedded(
+            "gw.toml",
+            &text.replace("cells = 300\n", ""),
+        ))
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("units[0].cells"));
+        assert!(err.to_string().contains("number of cells"), "{err}");
+    }
+
+    #[test]
     fn converter_figure_goes_negative_when_recovery_exceeds_use() {
         // Hand-computed: 150 t steel; 4 200 kWh x 0.1229 = 516.18 kgce consumed;
         // 15 000 m3 LDG at 7 500 kJ/m3 = 3 838.67 kgce recovered; net -3 322.49 kgce, -22.15 kgce/t.
@@ -671,6 +723,7 @@ mod tests {
             limits: vec![limits.editions("converter").unwrap().clone()],
             water_quota: None,
             corrections,
+            cells: None,
             flows: vec![
                 flow("steel", Role::Product, None, "t", 1.0),
                 flow("power", Role::Consumed, Some("electricity"), "kWh", 0.1229),

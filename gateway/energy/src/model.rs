@@ -136,6 +136,10 @@ pub struct UnitConfig {
     /// of = ["bof1-scrap", "bof1-hot-metal"] }`.
     #[serde(default)]
     pub corrections: std::collections::BTreeMap<String, CorrectionConfig>,
+    /// A potline's number of cells in series: with its line-current meter, the current
+    /// efficiency.
+    #[serde(default)]
+    pub cells: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -279,6 +283,8 @@ pub struct Unit {
     pub water_quota: Option<crate::limits::WaterQuota>,
     #[serde(skip)]
     pub corrections: std::collections::BTreeMap<String, CorrectionConfig>,
+    /// A potline's cells in series.
+    pub cells: Option<u32>,
 }
 
 /// The plant's tables alone, as a file holding only them is read (tests, tools).
@@ -411,6 +417,25 @@ impl Plant {
                 )?);
             }
             declare_own_use(src, i, u.id.get_ref(), &mut flows)?;
+            let line_current = flows
+                .iter()
+                .any(|f| f.carrier.as_deref() == Some("line_current"));
+            match u.cells {
+                Some(0) => {
+                    return Err(src.error(
+                        &format!("units[{i}].cells"),
+                        "a potline has at least one cell",
+                    ))
+                }
+                None if line_current => {
+                    return Err(src.error(
+                        &format!("units[{i}].cells"),
+                        "a line-current meter needs the number of cells in series (cells = N) \
+                         for the current efficiency",
+                    ))
+                }
+                _ => {}
+            }
             if u.function == Function::Process && !flows.iter().any(|f| f.role == Role::Product) {
                 return Err(src.error(
                     &format!("units[{i}].flows"),
@@ -483,6 +508,7 @@ impl Plant {
                 limits: unit_limits,
                 water_quota,
                 corrections: u.corrections.clone(),
+                cells: u.cells,
             });
         }
         let mut boundary = Vec::new();
@@ -584,15 +610,22 @@ fn resolve_flow(
     let mut factors = [0.0; 2];
     let factor = match f.role {
         Role::Material => Some(1.0),
-        Role::Submeter => match f.carrier.as_ref().map(|c| c.get_ref().as_str()) {
-            Some("electricity_dc") => unit_factor(unit, "kWh"),
-            _ => {
-                return Err(src.error(
+        Role::Submeter => {
+            match f.carrier.as_ref().map(|c| c.get_ref().as_str()) {
+                Some("electricity_dc") => unit_factor(unit, "kWh"),
+                // The line's ampere-hour totaliser, in kA-h.
+                Some("line_current") => match unit.as_str() {
+                    "kAh" => Some(1.0),
+                    "Ah" => Some(0.001),
+                    _ => None,
+                },
+                _ => return Err(src.error(
                     &key("carrier"),
-                    "a submeter is the potline's DC energy: carrier = \"electricity_dc\"",
-                ))
+                    "a submeter is the potline's DC energy (carrier = \"electricity_dc\") or its \
+                     line current's ampere-hours (carrier = \"line_current\")",
+                )),
             }
-        },
+        }
         Role::Product => unit_factor(unit, "t"),
         Role::Water => unit_factor(unit, "m3"),
         Role::Consumed
