@@ -596,6 +596,16 @@ pub fn truth_kwh(rec: &serde_json::Value) -> f64 {
         .sum()
 }
 
+/// One carrier's row of an enterprise balance served by `/api/v1/enterprises/{id}/balance`.
+pub fn balance_carrier<'a>(balance: &'a serde_json::Value, carrier: &str) -> &'a serde_json::Value {
+    balance["carriers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["carrier"] == carrier)
+        .unwrap_or_else(|| panic!("no {carrier} row in {balance}"))
+}
+
 /// The enterprise's comprehensive energy (kgce, equivalent basis) in one truth record of its
 /// boundary (unit kind `enterprise`): purchases less stock increase less exports, each at this
 /// crate's own coefficients; flaring is a loss inside and crosses nothing.

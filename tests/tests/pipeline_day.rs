@@ -243,12 +243,7 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
                 > 0.0,
             "{h}"
         );
-        let bfg = h["carriers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["carrier"] == "bfg")
-            .unwrap();
+        let bfg = balance_carrier(h, "bfg");
         let flaring = bfg["flaring_pct"].as_f64().unwrap();
         // 4 % of the surplus, the stoves' 700 of 1 600 m3/t not flared: 2.25 % of generation.
         assert!(

@@ -374,7 +374,6 @@ mod tests {
             factor,
             rollover: None,
             max_rate_per_h: None,
-            generation: None,
             own_use: false,
         }
     }

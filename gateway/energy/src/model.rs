@@ -257,8 +257,6 @@ pub struct Flow {
     pub factors: [f64; 2],
     pub rollover: Option<f64>,
     pub max_rate_per_h: Option<f64>,
-    /// A recovered flow's declaration, where its unit also consumes the carrier.
-    pub generation: Option<Generation>,
     /// A consumed flow its unit's net meter has already netted out (factors zero): shown as own
     /// use, never counted again.
     pub own_use: bool,
@@ -416,7 +414,7 @@ impl Plant {
                     accounting.electricity,
                 )?);
             }
-            declare_own_use(src, i, u.id.get_ref(), &mut flows)?;
+            declare_own_use(src, i, u, &mut flows)?;
             let line_current = flows
                 .iter()
                 .any(|f| f.carrier.as_deref() == Some("line_current"));
@@ -689,7 +687,6 @@ fn resolve_flow(
         factors: if energy { factors } else { [factor; 2] },
         rollover: f.rollover,
         max_rate_per_h: f.max_rate_per_h,
-        generation: f.generation,
         own_use: false,
     })
 }
@@ -697,17 +694,19 @@ fn resolve_flow(
 /// A unit that burns a carrier it also recovers must say, on each recovered meter of it,
 /// whether the meter is gross or net, so the own use is counted once; behind a net meter the
 /// unit's consumption of that carrier becomes own use (errors name `units[i].flows[j]`).
+/// `flows` are `unit.flows` resolved, in the same order.
 fn declare_own_use(
     src: &Source,
     i: usize,
-    unit: &str,
+    unit: &UnitConfig,
     flows: &mut [Flow],
 ) -> Result<(), ConfigError> {
     let key = |j: usize| format!("units[{i}].flows[{j}].generation");
+    let declared = |j: usize| unit.flows[j].generation;
     let mut net = Vec::new();
     for (j, f) in flows.iter().enumerate() {
         if f.role != Role::Recovered {
-            if f.generation.is_some() {
+            if declared(j).is_some() {
                 return Err(src.error(&key(j), "only a recovered flow is gross or net"));
             }
             continue;
@@ -716,25 +715,26 @@ fn declare_own_use(
             .iter()
             .any(|g| g.role == Role::Consumed && g.carrier == f.carrier);
         let carrier = f.carrier.as_deref().unwrap_or_default();
-        match f.generation {
+        match declared(j) {
             None if burnt => {
                 return Err(src.error(
                     &key(j),
                     format!(
-                        "unit `{unit}` also consumes {carrier}: say whether `{}` meters all it \
+                        "unit `{}` also consumes {carrier}: say whether `{}` meters all it \
                          generates (generation = \"gross\", its own use counted as consumption) \
                          or what leaves it after its own use (generation = \"net\")",
+                        unit.id.get_ref(),
                         f.device
                     ),
                 ))
             }
             Some(g) => {
-                let other = flows.iter().find(|o| {
+                let other = flows.iter().enumerate().find(|(k, o)| {
                     o.role == Role::Recovered
                         && o.carrier == f.carrier
-                        && o.generation.is_some_and(|og| og != g)
+                        && declared(*k).is_some_and(|og| og != g)
                 });
-                if let Some(o) = other {
+                if let Some((_, o)) = other {
                     return Err(src.error(
                         &key(j),
                         format!(
