@@ -24,6 +24,7 @@ use ems_energy::calendar::{buckets, buckets_at_most, local_rfc3339, Period};
 use ems_energy::counter::HOUR_MS;
 use ems_energy::figures::{point_completeness, unit_figures};
 use ems_energy::indicators::Indicator;
+use ems_energy::Plant;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -158,6 +159,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/completeness", get(completeness))
         .route("/api/v1/units", get(units))
         .route("/api/v1/units/:id/indicators", get(unit_indicators))
+        .route("/api/v1/enterprises", get(enterprises))
         .route("/api/v1/enterprises/:id/balance", get(enterprise_balance))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/edges", get(edges))
@@ -393,21 +395,21 @@ async fn units(State(s): State<AppState>) -> ApiResult<Vec<ems_energy::model::Un
     Ok(Json(s.config.plant.units.clone()))
 }
 
-/// The hierarchy: enterprise, sites, workshops and the units in each.
-async fn plant(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
+/// Each enterprise as the API shows it: id, name, credit code, whether boundary meters draw
+/// its figure, and its sites with their workshops and units.
+fn enterprise_json(plant: &Plant, e: &ems_energy::model::EnterpriseConfig) -> serde_json::Value {
     let units_of = |workshop: &str| -> Vec<&str> {
-        s.config
-            .plant
+        plant
             .units
             .iter()
             .filter(|u| u.workshop.as_deref() == Some(workshop))
             .map(|u| u.id.as_str())
             .collect()
     };
-    let enterprise = s.config.plant.enterprise.as_ref();
-    let sites: Vec<_> = enterprise
+    let key = e.key().map(str::to_owned);
+    let sites: Vec<_> = e
+        .sites
         .iter()
-        .flat_map(|e| &e.sites)
         .map(|site| {
             let workshops: Vec<_> = site
                 .workshops
@@ -419,17 +421,45 @@ async fn plant(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
             serde_json::json!({ "id": site.id, "name": site.name, "workshops": workshops })
         })
         .collect();
-    Ok(Json(serde_json::json!({
-        "enterprise": enterprise.map(|e| serde_json::json!({
-            "id": e.id.clone().or_else(|| e.code.clone()),
-            "name": e.name,
-            "code": e.code,
-            // Whether boundary meters are declared: the enterprise's figure is drawn from them.
-            "boundary": !s.config.plant.boundary.is_empty(),
-        })),
+    serde_json::json!({
+        "id": key,
+        "name": e.name,
+        "code": e.code,
+        // Whether boundary meters are declared: the enterprise's figure is drawn from them.
+        "boundary": plant.boundary.iter().any(|b| b.enterprise == key),
+        "units": plant.units.iter().filter(|u| u.enterprise == key).map(|u| &u.id).collect::<Vec<_>>(),
         "sites": sites,
-        "units_outside_workshops": s.config.plant.units.iter().filter(|u| u.workshop.is_none()).map(|u| &u.id).collect::<Vec<_>>(),
+    })
+}
+
+/// The hierarchy: the enterprises (a group's several, or one), their sites, workshops and the
+/// units in each. `enterprise` and `sites` repeat the only enterprise's, for older clients.
+async fn plant(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
+    let plant = &s.config.plant;
+    let enterprises: Vec<_> = plant
+        .enterprises
+        .iter()
+        .map(|e| enterprise_json(plant, e))
+        .collect();
+    let sole = plant.sole_enterprise().map(|e| enterprise_json(plant, e));
+    Ok(Json(serde_json::json!({
+        "sites": sole.as_ref().map(|e| e["sites"].clone()).unwrap_or_else(|| serde_json::json!([])),
+        "enterprise": sole,
+        "enterprises": enterprises,
+        "units_outside_workshops": plant.units.iter().filter(|u| u.workshop.is_none()).map(|u| &u.id).collect::<Vec<_>>(),
     })))
+}
+
+/// The enterprises the gateway accounts for (see `/api/v1/plant`).
+async fn enterprises(State(s): State<AppState>) -> ApiResult<Vec<serde_json::Value>> {
+    let plant = &s.config.plant;
+    Ok(Json(
+        plant
+            .enterprises
+            .iter()
+            .map(|e| enterprise_json(plant, e))
+            .collect(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -503,17 +533,14 @@ async fn enterprise_balance(
     Path(id): Path<String>,
     Query(q): Query<IndicatorQuery>,
 ) -> ApiResult<Vec<ems_energy::balance::Balance>> {
-    let known = s.config.plant.enterprise.as_ref().is_some_and(|e| {
-        e.id.as_deref() == Some(id.as_str()) || e.code.as_deref() == Some(id.as_str())
-    });
-    if !known {
-        return Err(ApiError::NotFound(format!(
-            "no enterprise `{id}` (its `id` or credit `code` in [enterprise])"
-        )));
-    }
+    let plant = s.config.plant.of_enterprise(&id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no enterprise `{id}` (its `id` or credit `code` in [enterprise] or [[enterprises]])"
+        ))
+    })?;
     let (period, from, to) = period_range(&s, &q, Period::Day)?;
     let periods = buckets(period, from, to, &s.config.plant.calendar);
-    let (plant, reader) = (s.config.plant.clone(), s.reader.clone());
+    let reader = s.reader.clone();
     let result = tokio::task::spawn_blocking(move || {
         ems_energy::balance::enterprise_balance(&plant, &*reader, &periods)
     })
@@ -698,6 +725,8 @@ async fn uploads(State(s): State<AppState>) -> ApiResult<Vec<crate::upload::Endp
 #[derive(Debug, Deserialize)]
 struct ReportQuery {
     year: Option<i32>,
+    /// Annual and compliance: the enterprise (id or credit code), where there are several.
+    enterprise: Option<String>,
     month: Option<String>,
     format: Option<String>,
     /// Savings: the unit, each period as `YYYY-MM..YYYY-MM`, and relevant variables besides
@@ -730,7 +759,8 @@ fn month_range(
     Ok((month(a)?, month(b)?))
 }
 
-/// The report a query asks for: `annual?year=YYYY`, `compliance?month=YYYY-MM` or
+/// The report a query asks for: `annual?year=YYYY`, `compliance?month=YYYY-MM` (each with
+/// `&enterprise=ID` where the gateway serves several) or
 /// `savings?unit=ID&baseline=YYYY-MM..YYYY-MM&reporting=YYYY-MM..YYYY-MM[&variables=D/P,...]`.
 fn report_request(kind: &str, q: &ReportQuery) -> Result<crate::report::Request, ApiError> {
     use crate::report::Request;
@@ -743,10 +773,12 @@ fn report_request(kind: &str, q: &ReportQuery) -> Result<crate::report::Request,
             year: q
                 .year
                 .ok_or_else(|| ApiError::BadRequest("`year` is required".into()))?,
+            enterprise: q.enterprise.clone(),
         },
         "compliance" => Request::Compliance {
             month: crate::report::parse_month(&required(&q.month, "month")?)
                 .map_err(report_error)?,
+            enterprise: q.enterprise.clone(),
         },
         "savings" => Request::Savings {
             unit: required(&q.unit, "unit")?,

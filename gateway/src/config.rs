@@ -1,6 +1,7 @@
 //! The gateway's configuration (TOML): its runtime parts (broker, storage, what ingest accepts,
 //! quarantine, HTTP, alarms, the sinks), each component's own table, and the plant's tables
-//! (`[accounting]`, `[enterprise]`, `[[units]]`), which ems-energy turns into the plant model.
+//! (`[accounting]`, `[enterprise]` or `[[enterprises]]`, `[[units]]`, `[[boundary]]`), which
+//! ems-energy turns into the plant model.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,9 @@ struct GatewayConfig {
     quarantine: QuarantineConfig,
     #[serde(default)]
     enterprise: Option<EnterpriseConfig>,
+    /// A group's several enterprises on one gateway (instead of `[enterprise]`).
+    #[serde(default)]
+    enterprises: Vec<EnterpriseConfig>,
     #[serde(default)]
     influx: Option<crate::influx::InfluxConfig>,
     #[serde(default)]
@@ -101,7 +105,10 @@ impl Config {
         let plant = Plant::build(
             src,
             &config.accounting,
-            &config.enterprise,
+            ems_energy::model::EnterpriseTables {
+                one: &config.enterprise,
+                several: &config.enterprises,
+            },
             &config.units,
             &config.boundary,
             coefficients,

@@ -404,6 +404,7 @@ mod tests {
             name: "BF".into(),
             kind: "blast_furnace".into(),
             function: Default::default(),
+            enterprise: None,
             site: None,
             workshop: Some("ironmaking".into()),
             status: Default::default(),

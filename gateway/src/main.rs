@@ -103,6 +103,9 @@ enum ReportKind {
         /// Calendar year (plant local time).
         #[arg(long)]
         year: i32,
+        /// The enterprise (id or credit code), where the gateway serves several.
+        #[arg(long)]
+        enterprise: Option<String>,
         #[command(flatten)]
         output: ReportOutput,
     },
@@ -113,6 +116,9 @@ enum ReportKind {
         /// The month, YYYY-MM (plant local time).
         #[arg(long)]
         month: String,
+        /// The enterprise (id or credit code), where the gateway serves several.
+        #[arg(long)]
+        enterprise: Option<String>,
         #[command(flatten)]
         output: ReportOutput,
     },
@@ -304,16 +310,19 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
         ReportKind::Annual {
             config,
             year,
+            enterprise,
             output,
-        } => (config, Request::Annual { year }, output),
+        } => (config, Request::Annual { year, enterprise }, output),
         ReportKind::Compliance {
             config,
             month,
+            enterprise,
             output,
         } => (
             config,
             Request::Compliance {
                 month: report::parse_month(&month)?,
+                enterprise,
             },
             output,
         ),

@@ -150,6 +150,22 @@ impl Kind {
     }
 }
 
+/// The record streams: a gateway serving a group uploads each enterprise's records from its
+/// own plant, each kind with its own cursor (`ID/daily`); one enterprise keeps the plain
+/// cursors (`daily`) and the whole plant. (cursor prefix, plant)
+fn streams(plant: &Arc<Plant>) -> Vec<(String, Arc<Plant>)> {
+    if plant.enterprises.len() > 1 {
+        plant
+            .enterprises
+            .iter()
+            .filter_map(|e| e.key())
+            .filter_map(|k| Some((format!("{k}/"), Arc::new(plant.of_enterprise(k)?))))
+            .collect()
+    } else {
+        vec![(String::new(), plant.clone())]
+    }
+}
+
 /// One record of the upload format (before the mapping), for `period` of `kind`.
 fn record(
     plant: &Plant,
@@ -159,7 +175,7 @@ fn record(
     now_ms: i64,
 ) -> anyhow::Result<serde_json::Value> {
     let tz = plant.utc_offset();
-    let enterprise = plant.enterprise.as_ref();
+    let enterprise = plant.sole_enterprise();
     let code = enterprise
         .and_then(|e| e.code.clone())
         .unwrap_or_else(|| enterprise.map(|e| e.name.clone()).unwrap_or_default());
@@ -313,16 +329,20 @@ pub async fn run(
     }
     let interval_ms = cfg.realtime_interval_min * 60_000;
     let mut outbox = crate::store::upload_outbox::Outbox::open(&db)?;
+    let streams = streams(&plant);
     while !shutdown.is_cancelled() {
         let until = now() - cfg.settle_s * 1000;
-        for kind in Kind::ALL {
-            let next = outbox.next_start(kind.name(), from)?;
-            for period in kind.periods(&plant, interval_ms, next, until) {
-                let (p, r, t) = (plant.clone(), reader.clone(), now());
-                let rec =
-                    tokio::task::spawn_blocking(move || record(&p, &r, kind, period, t)).await??;
-                let id = rec["record_id"].as_str().unwrap_or_default().to_owned();
-                outbox.push(kind.name(), period, &mapping.apply(rec), &id, t)?;
+        for (prefix, part) in &streams {
+            for kind in Kind::ALL {
+                let cursor = format!("{prefix}{}", kind.name());
+                let next = outbox.next_start(&cursor, from)?;
+                for period in kind.periods(part, interval_ms, next, until) {
+                    let (p, r, t) = (part.clone(), reader.clone(), now());
+                    let rec = tokio::task::spawn_blocking(move || record(&p, &r, kind, period, t))
+                        .await??;
+                    let id = rec["record_id"].as_str().unwrap_or_default().to_owned();
+                    outbox.push(&cursor, period, &mapping.apply(rec), &id, t)?;
+                }
             }
         }
         tokio::select! {
@@ -458,6 +478,67 @@ pub fn validate(v: &serde_json::Value) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_uploads_each_enterprises_records_under_its_own_code() {
+        let tables = r#"
+[[enterprises]]
+id = "steel"
+name = "S"
+code = "91000000STEEL0001X"
+[[enterprises]]
+id = "cement"
+name = "C"
+code = "91000000CEMNT0001X"
+[[units]]
+id = "bf1"
+name = "BF"
+kind = "blast_furnace"
+enterprise = "steel"
+flows = [{ device = "hm", point = "total", role = "product", unit = "t" }]
+[[units]]
+id = "kiln1"
+name = "Kiln"
+kind = "kiln"
+enterprise = "cement"
+flows = [{ device = "clinker", point = "total", role = "product", unit = "t" }]
+"#;
+        let plant =
+            Arc::new(Plant::from_tables(&ems_config::Source::embedded("<test>", tables)).unwrap());
+        let dir = std::env::temp_dir().join(format!("ems-upload-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = crate::store::Store::open(&dir.join("g.db")).unwrap();
+        let reader = store.reader().unwrap();
+        let streams = streams(&plant);
+        let cursors: Vec<&str> = streams.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(cursors, ["steel/", "cement/"]);
+        let day = (1_735_660_800_000, 1_735_747_200_000);
+        let ids: Vec<(String, Vec<String>)> = streams
+            .iter()
+            .map(|(_, p)| {
+                let r = record(p, &reader, Kind::Daily, day, day.1).unwrap();
+                assert_eq!(validate(&r), Ok(()), "{r}");
+                let units = r["units"].as_array().unwrap();
+                let units = units.iter().map(|u| u["unit"].as_str().unwrap().to_owned());
+                (r["record_id"].as_str().unwrap().to_owned(), units.collect())
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (
+                    "91000000STEEL0001X/daily/2025-01-01T00:00:00+08:00".to_owned(),
+                    vec!["bf1".to_owned()]
+                ),
+                (
+                    "91000000CEMNT0001X/daily/2025-01-01T00:00:00+08:00".to_owned(),
+                    vec!["kiln1".to_owned()]
+                ),
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_mapping_renames_fields_and_recodes_carriers_everywhere() {

@@ -129,15 +129,13 @@ fn quarter(k: i64) -> HashMap<&'static str, f64> {
     ])
 }
 
-#[test]
-fn the_works_is_drawn_from_its_boundary_with_its_stock_change_and_losses() {
-    let dir = std::env::temp_dir().join(format!("ems-balance-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("gateway.db");
-    let config =
-        Config::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
-    let mut store = Store::open(&db).unwrap();
+/// Two days of quarter-hour readings of every device `quarter` names (from DAY1), through the
+/// store's ingest path; a stock gauge (`coal-yard`) starts at 900 t, every counter at zero.
+fn write_two_days(
+    store: &mut Store,
+    config: &Config,
+    quarter: impl Fn(i64) -> HashMap<&'static str, f64>,
+) {
     let rules = config.write_rules();
     let mut totals: HashMap<&str, f64> = HashMap::new();
     let mut batch = Vec::new();
@@ -172,6 +170,18 @@ fn the_works_is_drawn_from_its_boundary_with_its_stock_change_and_losses() {
         }
     }
     store.write_batch(&batch, &rules, DAY1).unwrap();
+}
+
+#[test]
+fn the_works_is_drawn_from_its_boundary_with_its_stock_change_and_losses() {
+    let dir = std::env::temp_dir().join(format!("ems-balance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    let config =
+        Config::from_source(&ems_config::Source::embedded("<test>", &config(&db))).unwrap();
+    let mut store = Store::open(&db).unwrap();
+    write_two_days(&mut store, &config, quarter);
     let reader = store.reader().unwrap();
 
     // Day 2, from this test's own increments.
@@ -238,4 +248,193 @@ fn the_works_is_drawn_from_its_boundary_with_its_stock_change_and_losses() {
         "the units leave the losses out"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The cement works above and an aluminium smelter as a group's two enterprises on one
+/// gateway: each unit and boundary meter names its enterprise.
+fn group_config(db: &std::path::Path) -> String {
+    let works = config(db)
+        .replace("[enterprise]", "[[enterprises]]")
+        .replace("[[units]]\n", "[[units]]\nenterprise = \"works\"\n")
+        .replace("[[boundary]]\n", "[[boundary]]\nenterprise = \"works\"\n");
+    works
+        + r#"
+[[enterprises]]
+id = "smelter"
+name = "测试铝业有限公司"
+code = "91000000TEST00003X"
+
+[[units]]
+id = "pot1"
+name = "1# 电解系列"
+kind = "electrolysis"
+enterprise = "91000000TEST00003X"  # the credit code names it as well
+[[units.flows]]
+device = "pot-al"
+point = "total"
+role = "product"
+unit = "t"
+[[units.flows]]
+device = "pot-power"
+point = "total"
+role = "consumed"
+carrier = "electricity"
+unit = "kWh"
+
+[[boundary]]
+enterprise = "smelter"
+device = "smelter-grid"
+point = "total"
+role = "purchase"
+carrier = "electricity"
+unit = "kWh"
+"#
+}
+
+/// The works' quarter and the smelter's: 2 t of aluminium at 13 500 kWh/t, 2 % lost between
+/// its grid meter and the potline.
+fn group_quarter(k: i64) -> HashMap<&'static str, f64> {
+    let mut q = quarter(k);
+    q.insert("pot-al", 2.0);
+    q.insert("pot-power", 2.0 * 13_500.0);
+    q.insert("smelter-grid", 2.0 * 13_500.0 / 0.98);
+    q
+}
+
+#[test]
+fn a_group_of_two_enterprises_on_one_gateway_is_drawn_enterprise_by_enterprise() {
+    let dir = std::env::temp_dir().join(format!("ems-group-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    let config =
+        Config::from_source(&ems_config::Source::embedded("<test>", &group_config(&db))).unwrap();
+    let mut store = Store::open(&db).unwrap();
+    write_two_days(&mut store, &config, group_quarter);
+    let reader = store.reader().unwrap();
+    let day2 = [(DAY1 + 24 * H, DAY1 + 48 * H)];
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+    let quarters: Vec<HashMap<&str, f64>> = (96..192).map(group_quarter).collect();
+    let sum = |d: &str| quarters.iter().map(|q| q[d]).sum::<f64>();
+
+    // Each enterprise from its own boundary: the works' coal and grid, the smelter's grid.
+    let balance = |name: &str| {
+        let plant = config.plant.of_enterprise(name).unwrap();
+        ems_energy::balance::enterprise_balance(&plant, &reader, &day2)
+            .unwrap()
+            .remove(0)
+            .enterprise
+    };
+    let works = balance("works");
+    let coal_used = sum("coal-in") - sum("coal-yard");
+    let want =
+        coal_used * RAW_COAL_KGCE_PER_T + (sum("grid") - sum("office-power")) * ELECTRICITY[0];
+    assert!(close(works.equivalent_kgce, want), "{works:?} vs {want}");
+    let smelter = balance("91000000TEST00003X");
+    assert!(
+        close(
+            smelter.equivalent_kgce,
+            sum("smelter-grid") * ELECTRICITY[0]
+        ),
+        "{smelter:?}"
+    );
+    assert!(
+        close(smelter.units_sum_kgce, sum("pot-power") * ELECTRICITY[0]),
+        "{smelter:?}"
+    );
+    assert!(
+        close(
+            smelter.boundary_minus_units_kgce,
+            0.02 * sum("smelter-grid") * ELECTRICITY[0]
+        ),
+        "the smelter's own losses, not the works': {smelter:?}"
+    );
+
+    // Each enterprise's annual report holds its own units and devices, under its own name.
+    let inputs = report::Inputs {
+        plant: &config.plant,
+        reader: &reader,
+        now_ms: DAY1 + 400 * 24 * H,
+        earliest_ms: config.earliest_ms,
+    };
+    let annual = |enterprise: Option<&str>| {
+        let request = report::Request::Annual {
+            year: 2025,
+            enterprise: enterprise.map(str::to_owned),
+        };
+        let no_font = || anyhow::bail!("no PDF here");
+        report::make(&inputs, &request, report::Format::Json, &no_font, |_, _| {})
+            .map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).unwrap())
+    };
+    let r = annual(Some("smelter")).unwrap();
+    assert_eq!(r["enterprise"], "测试铝业有限公司");
+    assert_eq!(r["enterprise_code"], "91000000TEST00003X");
+    let units: Vec<&str> = r["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(units, ["pot1"]);
+    let mut devices: Vec<&str> = r["data_quality"]["sequence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["device"].as_str().unwrap())
+        .collect();
+    devices.sort_unstable();
+    assert_eq!(devices, ["pot-al", "pot-power", "smelter-grid"]);
+    let both: Vec<HashMap<&str, f64>> = (0..192).map(group_quarter).collect();
+    let year = both.iter().map(|q| q["smelter-grid"]).sum::<f64>() * ELECTRICITY[0] / 1000.0;
+    let got = r["totals"]["comprehensive_tce"].as_f64().unwrap();
+    assert!(close(got, year), "{got} vs {year}");
+    assert_eq!(
+        annual(Some("works")).unwrap()["units"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // A group's report must say whose it is.
+    let refused = annual(None).unwrap_err().to_string();
+    assert!(
+        refused.contains("several enterprises (works, smelter)"),
+        "{refused}"
+    );
+    let unknown = annual(Some("mine")).unwrap_err().to_string();
+    assert!(unknown.contains("no enterprise `mine`"), "{unknown}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_group_config_names_whose_each_unit_and_boundary_meter_is() {
+    let db = std::path::Path::new("/nonexistent/gateway.db");
+    let err = |text: String| {
+        Config::from_source(&ems_config::Source::embedded("group.toml", &text))
+            .unwrap_err()
+            .to_string()
+    };
+    // A unit of no enterprise, in a group.
+    let e = err(group_config(db).replace("enterprise = \"91000000TEST00003X\"", ""));
+    assert!(
+        e.contains("key `units[2].enterprise`") && e.contains("several enterprises"),
+        "{e}"
+    );
+    let e = err(group_config(db).replace(
+        "enterprise = \"smelter\"\ndevice",
+        "enterprise = \"mine\"\ndevice",
+    ));
+    assert!(
+        e.contains("key `boundary[3].enterprise`") && e.contains("unknown enterprise `mine`"),
+        "{e}"
+    );
+    let e = err(group_config(db)
+        .replace("id = \"smelter\"\n", "")
+        .replace("code = \"91000000TEST00003X\"\n", ""));
+    assert!(e.contains("key `enterprises[1].id`"), "{e}");
+    let e = err(group_config(db).replace(
+        "[[enterprises]]\nid = \"smelter\"",
+        "[enterprise]\nid = \"smelter\"",
+    ));
+    assert!(e.contains("not both"), "{e}");
 }

@@ -100,6 +100,7 @@ pub struct NodeFlow {
 }
 
 /// The enterprise's balance for each of `periods` (in order), from the slots of every flow.
+/// `plant` is one enterprise's ([`Plant::of_enterprise`] where the gateway serves several).
 pub fn enterprise_balance<S: SlotSource>(
     plant: &Plant,
     source: &S,
@@ -225,7 +226,7 @@ fn balance(plant: &Plant, (start, end): (i64, i64), rows: &[&[(i64, PointSlot)]]
     }
     let (mut weakest, mut total_abs, mut estimated_abs) = (1.0f64, 0.0, 0.0);
     let mut on_bases = [0.0f64; 2];
-    for f in &plant.boundary {
+    for f in plant.boundary.iter().map(|b| &b.flow) {
         let s = sums.next().unwrap_or_default();
         weakest = weakest.min(s.covered_ms as f64 / (end - start) as f64);
         total_abs += (s.delta * f.factor).abs();

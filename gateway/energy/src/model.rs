@@ -1,6 +1,7 @@
-//! The plant model: the enterprise, its sites and workshops, the process units and the metered
-//! flows across each unit's boundary with their roles and conversion to standard coal, built
-//! from the configuration's `[accounting]`, `[enterprise]` and `[[units]]` tables.
+//! The plant model: the enterprises (one, or a group's several on one gateway), their sites and
+//! workshops, the process units and the metered flows across each unit's boundary with their
+//! roles and conversion to standard coal, built from the configuration's `[accounting]`,
+//! `[enterprise]` (or `[[enterprises]]`), `[[units]]` and `[[boundary]]` tables.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -13,8 +14,8 @@ use crate::coefficients::{unit_factor, Coefficients};
 use crate::counter::{CounterRule, GapFill};
 use crate::limits::Limits;
 
-/// The enterprise the gateway accounts for, and its sites and workshops: the levels above the
-/// process units that reports add up to.
+/// An enterprise the gateway accounts for (a key energy-consuming unit with its credit code),
+/// and its sites and workshops: the levels above the process units that reports add up to.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnterpriseConfig {
@@ -27,6 +28,19 @@ pub struct EnterpriseConfig {
     pub code: Option<String>,
     #[serde(default)]
     pub sites: Vec<SiteConfig>,
+}
+
+impl EnterpriseConfig {
+    /// What names it in URLs and in the units' and boundary meters' `enterprise` keys: its
+    /// `id`, else its credit code.
+    pub fn key(&self) -> Option<&str> {
+        self.id.as_deref().or(self.code.as_deref())
+    }
+
+    /// Whether `name` is its id or its credit code.
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.id.as_deref() == Some(name) || self.code.as_deref() == Some(name)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -119,6 +133,10 @@ pub struct UnitConfig {
     /// The workshop (id from `[[enterprise.sites.workshops]]`) the unit belongs to.
     #[serde(default)]
     pub workshop: Option<Spanned<String>>,
+    /// The enterprise (id or credit code) the unit belongs to, where a gateway serves several
+    /// and the unit names no workshop (a workshop's site says whose it is).
+    #[serde(default)]
+    pub enterprise: Option<Spanned<String>>,
     pub flows: Vec<FlowConfig>,
     /// Limit standards the unit is judged against (codes from the limits file); the first is
     /// its headline level.
@@ -175,6 +193,9 @@ pub struct FlowConfig {
     /// For a recovered flow of a carrier its own unit also consumes: what the meter sees.
     #[serde(default)]
     pub generation: Option<Generation>,
+    /// A boundary meter's enterprise (id or credit code), where a gateway serves several.
+    #[serde(default)]
+    pub enterprise: Option<Spanned<String>>,
 }
 
 /// What a recovered meter sees of a carrier its own unit also burns (the blast furnace's gas,
@@ -268,6 +289,8 @@ pub struct Unit {
     pub name: String,
     pub kind: String,
     pub function: Function,
+    /// The key of the enterprise it belongs to (none when no enterprise is configured).
+    pub enterprise: Option<String>,
     pub site: Option<String>,
     pub workshop: Option<String>,
     #[serde(skip)]
@@ -293,18 +316,29 @@ pub struct PlantTables {
     pub accounting: AccountingConfig,
     #[serde(default)]
     pub enterprise: Option<EnterpriseConfig>,
+    #[serde(default)]
+    pub enterprises: Vec<EnterpriseConfig>,
     pub units: Vec<UnitConfig>,
     #[serde(default)]
     pub boundary: Vec<FlowConfig>,
 }
 
+/// A meter on an enterprise's boundary (`[[boundary]]`): a purchase, export, stock or flare.
+#[derive(Debug, Clone)]
+pub struct BoundaryMeter {
+    /// The key of the enterprise whose boundary it is on (none when none is configured).
+    pub enterprise: Option<String>,
+    pub flow: Flow,
+}
+
 /// The plant, checked: what every figure is computed from.
 #[derive(Debug, Clone)]
 pub struct Plant {
-    pub enterprise: Option<EnterpriseConfig>,
+    /// The enterprises the gateway accounts for: none, one, or a group's several.
+    pub enterprises: Vec<EnterpriseConfig>,
     pub units: Vec<Unit>,
-    /// The enterprise's boundary meters (`[[boundary]]`): purchases, exports, stocks, flares.
-    pub boundary: Vec<Flow>,
+    /// The enterprises' boundary meters: purchases, exports, stocks, flares.
+    pub boundary: Vec<BoundaryMeter>,
     pub calendar: Calendar,
     pub coefficients: Coefficients,
     pub limits: Limits,
@@ -325,7 +359,7 @@ impl Plant {
     pub fn build(
         src: &Source,
         accounting: &AccountingConfig,
-        enterprise: &Option<EnterpriseConfig>,
+        enterprise_tables: EnterpriseTables,
         units_config: &[UnitConfig],
         boundary_config: &[FlowConfig],
         coefficients: Coefficients,
@@ -356,18 +390,79 @@ impl Plant {
             tz: utc_offset,
             shift_starts,
         };
-        // Workshop id -> site id.
-        let mut workshops = std::collections::HashMap::new();
-        for (i, site) in enterprise.iter().flat_map(|e| &e.sites).enumerate() {
-            for (j, w) in site.workshops.iter().enumerate() {
-                if workshops.insert(w.id.clone(), site.id.clone()).is_some() {
+        let enterprises = &enterprise_tables.checked(src)?;
+        let table = |e: usize| {
+            if enterprise_tables.one.is_some() {
+                "enterprise".to_owned()
+            } else {
+                format!("enterprises[{e}]")
+            }
+        };
+        let mut keys = HashSet::new();
+        for (e, ent) in enterprises.iter().enumerate() {
+            match ent.key() {
+                None if enterprises.len() > 1 => {
                     return Err(src.error(
-                        &format!("enterprise.sites[{i}].workshops[{j}].id"),
-                        format!("duplicate workshop id `{}`", w.id),
-                    ));
+                        &format!("{}.id", table(e)),
+                        "several enterprises: give each an id (or its credit code)",
+                    ))
+                }
+                Some(k) if !keys.insert(k.to_owned()) => {
+                    return Err(src.error(
+                        &format!("{}.id", table(e)),
+                        format!("duplicate enterprise `{k}`"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        // Workshop id -> (site id, enterprise key).
+        let mut workshops = std::collections::HashMap::new();
+        for (e, ent) in enterprises.iter().enumerate() {
+            for (i, site) in ent.sites.iter().enumerate() {
+                for (j, w) in site.workshops.iter().enumerate() {
+                    let owner = (site.id.clone(), ent.key().map(str::to_owned));
+                    if workshops.insert(w.id.clone(), owner).is_some() {
+                        return Err(src.error(
+                            &format!("{}.sites[{i}].workshops[{j}].id", table(e)),
+                            format!("duplicate workshop id `{}`", w.id),
+                        ));
+                    }
                 }
             }
         }
+        // Which enterprise a unit (by its `enterprise` key or its workshop's) or a boundary
+        // meter belongs to; with one enterprise, that one.
+        let owner = |key: &str,
+                     named: &Option<Spanned<String>>,
+                     by_workshop: Option<Option<String>>|
+         -> Result<Option<String>, ConfigError> {
+            let named_key = match named {
+                None => None,
+                Some(n) => match enterprises.iter().find(|e| e.answers_to(n.get_ref())) {
+                    Some(e) => Some(e.key().map(str::to_owned)),
+                    None => {
+                        return Err(src.error_at(
+                            n.span(),
+                            &format!("{key}.enterprise"),
+                            format!("unknown enterprise `{}`", n.get_ref()),
+                        ))
+                    }
+                },
+            };
+            match (named_key, by_workshop) {
+                (Some(n), Some(w)) if n != w => Err(src.error(
+                    &format!("{key}.enterprise"),
+                    "its workshop belongs to another enterprise",
+                )),
+                (Some(n), _) | (None, Some(n)) => Ok(n),
+                (None, None) if enterprises.len() > 1 => Err(src.error(
+                    &format!("{key}.enterprise"),
+                    "the gateway serves several enterprises: name this one's",
+                )),
+                (None, None) => Ok(enterprises.first().and_then(|e| e.key().map(str::to_owned))),
+            }
+        };
         let mut ids = HashSet::new();
         let mut units = Vec::new();
         for (i, u) in units_config.iter().enumerate() {
@@ -378,9 +473,13 @@ impl Plant {
                     "duplicate unit id",
                 ));
             }
-            let (workshop, site) = match &u.workshop {
+            let (workshop, site, by_workshop) = match &u.workshop {
                 Some(w) => match workshops.get(w.get_ref()) {
-                    Some(site) => (Some(w.get_ref().clone()), Some(site.clone())),
+                    Some((site, ent)) => (
+                        Some(w.get_ref().clone()),
+                        Some(site.clone()),
+                        Some(ent.clone()),
+                    ),
                     None => {
                         return Err(src.error_at(
                             w.span(),
@@ -395,8 +494,9 @@ impl Plant {
                         "the enterprise declares workshops: name the unit's",
                     ))
                 }
-                None => (None, None),
+                None => (None, None, None),
             };
+            let enterprise = owner(&format!("units[{i}]"), &u.enterprise, by_workshop)?;
             let mut flows = Vec::new();
             for (j, f) in u.flows.iter().enumerate() {
                 let key = format!("units[{i}].flows[{j}]");
@@ -404,6 +504,12 @@ impl Plant {
                     return Err(src.error(
                         &format!("{key}.role"),
                         "purchase, export, stock and flare meters belong in [[boundary]]",
+                    ));
+                }
+                if f.enterprise.is_some() {
+                    return Err(src.error(
+                        &format!("{key}.enterprise"),
+                        "a unit's meters belong to the unit's enterprise: name it on the unit",
                     ));
                 }
                 flows.push(resolve_flow(
@@ -499,6 +605,7 @@ impl Plant {
                 name: u.name.clone(),
                 kind: u.kind.clone(),
                 function: u.function,
+                enterprise,
                 site,
                 workshop,
                 flows,
@@ -518,16 +625,13 @@ impl Plant {
                     "a boundary meter is a purchase, export, stock or flare",
                 ));
             }
-            boundary.push(resolve_flow(
-                src,
-                &key,
-                f,
-                &coefficients,
-                accounting.electricity,
-            )?);
+            boundary.push(BoundaryMeter {
+                enterprise: owner(&key, &f.enterprise, None)?,
+                flow: resolve_flow(src, &key, f, &coefficients, accounting.electricity)?,
+            });
         }
         Ok(Plant {
-            enterprise: enterprise.clone(),
+            enterprises: enterprises.to_vec(),
             units,
             boundary,
             calendar,
@@ -546,7 +650,10 @@ impl Plant {
         Plant::build(
             src,
             &t.accounting,
-            &t.enterprise,
+            EnterpriseTables {
+                one: &t.enterprise,
+                several: &t.enterprises,
+            },
             &t.units,
             &t.boundary,
             Coefficients::built_in(),
@@ -591,7 +698,64 @@ impl Plant {
         self.units
             .iter()
             .flat_map(|u| u.flows.iter())
-            .chain(&self.boundary)
+            .chain(self.boundary.iter().map(|b| &b.flow))
+    }
+
+    /// The enterprise answering to `name` (its id or credit code).
+    pub fn enterprise(&self, name: &str) -> Option<&EnterpriseConfig> {
+        self.enterprises.iter().find(|e| e.answers_to(name))
+    }
+
+    /// The only enterprise, where the gateway serves exactly one.
+    pub fn sole_enterprise(&self) -> Option<&EnterpriseConfig> {
+        match self.enterprises.as_slice() {
+            [e] => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The plant of one enterprise (answering to `name`): its units and boundary meters only,
+    /// so every figure drawn from it is that enterprise's. None if no enterprise answers.
+    pub fn of_enterprise(&self, name: &str) -> Option<Plant> {
+        let e = self.enterprise(name)?;
+        let key = e.key().map(str::to_owned);
+        Some(Plant {
+            enterprises: vec![e.clone()],
+            units: self
+                .units
+                .iter()
+                .filter(|u| u.enterprise == key)
+                .cloned()
+                .collect(),
+            boundary: self
+                .boundary
+                .iter()
+                .filter(|b| b.enterprise == key)
+                .cloned()
+                .collect(),
+            ..self.clone()
+        })
+    }
+}
+
+/// The enterprise tables as written: `[enterprise]` (one) or `[[enterprises]]` (a group's
+/// several), one or the other.
+#[derive(Clone, Copy)]
+pub struct EnterpriseTables<'a> {
+    pub one: &'a Option<EnterpriseConfig>,
+    pub several: &'a [EnterpriseConfig],
+}
+
+impl EnterpriseTables<'_> {
+    fn checked(&self, src: &Source) -> Result<Vec<EnterpriseConfig>, ConfigError> {
+        match (self.one, self.several.is_empty()) {
+            (Some(_), false) => Err(src.error(
+                "enterprises",
+                "give either [enterprise] (one) or [[enterprises]] (several), not both",
+            )),
+            (Some(e), true) => Ok(vec![e.clone()]),
+            (None, _) => Ok(self.several.to_vec()),
+        }
     }
 }
 

@@ -283,11 +283,11 @@ pub fn build(
         min_completeness: MIN_COMPLETENESS,
         max_daily_monthly_deviation_pct: MAX_DAILY_MONTHLY_DEVIATION_PCT,
         meters: meter_quality(plant, reader, &months, earliest_ms, now_ms)?,
-        sequence: sequence_quality(reader)?,
+        sequence: sequence_quality(plant, reader)?,
         daily_vs_monthly,
     };
     progress(steps, steps);
-    let enterprise = plant.enterprise.as_ref();
+    let enterprise = plant.sole_enterprise();
     Ok(AnnualReport {
         report: "annual",
         version: FORMAT_VERSION,
@@ -324,11 +324,18 @@ pub(crate) fn daily_vs_monthly(
     }
 }
 
-/// Every device's sequence ledger.
-pub(crate) fn sequence_quality(reader: &Reader) -> anyhow::Result<Vec<SequenceQuality>> {
+/// The sequence ledger of every device behind the plant's figures (an enterprise's plant: its
+/// own devices, never another's of the same gateway).
+pub(crate) fn sequence_quality(
+    plant: &Plant,
+    reader: &Reader,
+) -> anyhow::Result<Vec<SequenceQuality>> {
+    let devices: std::collections::HashSet<&str> =
+        plant.flows().map(|f| f.device.as_str()).collect();
     Ok(reader
         .devices()?
         .into_iter()
+        .filter(|d| devices.contains(d.id.as_str()))
         .map(|d| SequenceQuality {
             device: d.id,
             messages: d.messages,

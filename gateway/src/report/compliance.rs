@@ -157,13 +157,13 @@ pub fn build(inputs: &Inputs, (year, month): (i32, u32)) -> anyhow::Result<Compl
     Ok(ComplianceReport {
         report: "compliance",
         version: FORMAT_VERSION,
-        enterprise: plant.enterprise.as_ref().map(|e| e.name.clone()),
+        enterprise: plant.sole_enterprise().map(|e| e.name.clone()),
         month: format!("{year}-{month:02}"),
         units,
         data_quality: MonthQuality {
             min_completeness: MIN_COMPLETENESS,
             meters: meter_quality(plant, reader, &[(start, end)], earliest_ms, now_ms)?,
-            sequence: sequence_quality(reader)?,
+            sequence: sequence_quality(plant, reader)?,
             daily_vs_monthly,
         },
     })

@@ -90,10 +90,17 @@ pub struct Inputs<'a> {
 /// Which report, with its parameters: what the command line and the API both ask for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    /// The enterprise's annual energy utilisation report of a local calendar year.
-    Annual { year: i32 },
-    /// A month's days per unit against the limits.
-    Compliance { month: Month },
+    /// An enterprise's annual energy utilisation report of a local calendar year (`enterprise`:
+    /// its id or credit code, needed where the gateway serves several).
+    Annual {
+        year: i32,
+        enterprise: Option<String>,
+    },
+    /// A month's days per unit of an enterprise against the limits.
+    Compliance {
+        month: Month,
+        enterprise: Option<String>,
+    },
     /// A unit's savings against a baseline, regressed on output and on `variables` (meter
     /// points whose monthly increase is a relevant variable).
     Savings {
@@ -109,8 +116,22 @@ impl Request {
     /// `savings-kiln1`.
     pub fn name(&self) -> String {
         match self {
-            Request::Annual { year } => format!("annual-{year}"),
-            Request::Compliance { month: (y, m) } => format!("compliance-{y}-{m:02}"),
+            Request::Annual {
+                year,
+                enterprise: None,
+            } => format!("annual-{year}"),
+            Request::Annual {
+                year,
+                enterprise: Some(e),
+            } => format!("annual-{e}-{year}"),
+            Request::Compliance {
+                month: (y, m),
+                enterprise: None,
+            } => format!("compliance-{y}-{m:02}"),
+            Request::Compliance {
+                month: (y, m),
+                enterprise: Some(e),
+            } => format!("compliance-{e}-{y}-{m:02}"),
             Request::Savings { unit, .. } => format!("savings-{unit}"),
         }
     }
@@ -145,15 +166,16 @@ pub fn make(
     progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Vec<u8>> {
     match request {
-        Request::Annual { year } => {
-            let r = annual::build(inputs, *year, progress)?;
-            let plant = inputs.plant;
+        Request::Annual { year, enterprise } => {
+            let plant = &of_enterprise(inputs.plant, enterprise.as_deref())?;
+            let r = annual::build(&Inputs { plant, ..*inputs }, *year, progress)?;
             document(format, &r, tables::annual_figures, |r| {
                 pdf::annual(r, plant, &font()?)
             })
         }
-        Request::Compliance { month } => {
-            let r = compliance::build(inputs, *month)?;
+        Request::Compliance { month, enterprise } => {
+            let plant = &of_enterprise(inputs.plant, enterprise.as_deref())?;
+            let r = compliance::build(&Inputs { plant, ..*inputs }, *month)?;
             document(format, &r, tables::compliance_figures, |r| {
                 pdf::compliance(r, &font()?)
             })
@@ -169,6 +191,32 @@ pub fn make(
                 pdf::savings(r, &font()?)
             })
         }
+    }
+}
+
+/// The plant of the enterprise a report is for: the one named, or the only one; a gateway
+/// serving several needs the name.
+fn of_enterprise(plant: &Plant, name: Option<&str>) -> anyhow::Result<Plant> {
+    let keys = || {
+        plant
+            .enterprises
+            .iter()
+            .filter_map(|e| e.key())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(n) => plant.of_enterprise(n).ok_or_else(|| {
+            anyhow::Error::new(InvalidRequest(format!(
+                "no enterprise `{n}` (there are: {})",
+                keys()
+            )))
+        }),
+        None if plant.enterprises.len() > 1 => Err(anyhow::Error::new(InvalidRequest(format!(
+            "the gateway serves several enterprises ({}): name one",
+            keys()
+        )))),
+        None => Ok(plant.clone()),
     }
 }
 

@@ -157,7 +157,7 @@ pub fn build(
         data_quality: SavingsQuality {
             min_completeness: MIN_COMPLETENESS,
             meters,
-            sequence: sequence_quality(reader)?
+            sequence: sequence_quality(plant, reader)?
                 .into_iter()
                 .filter(|s| u.flows.iter().any(|f| f.device == s.device))
                 .collect(),
