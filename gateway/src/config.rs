@@ -69,7 +69,13 @@ impl Config {
     }
 
     pub fn from_source(src: &Source) -> Result<Config, ConfigError> {
-        let config: GatewayConfig = src.parse()?;
+        let mut config: GatewayConfig = src.parse()?;
+        for e in config.enterprise.iter_mut().chain(&mut config.enterprises) {
+            if let Some(path) = &e.monthly_values_csv {
+                let rows = read_monthly_values(path, &e.monthly_values)?;
+                e.monthly_values.extend(rows);
+            }
+        }
         let coefficients = match &config.accounting.coefficients {
             Some(path) => Coefficients::from_source(&Source::read(path)?)?,
             None => Coefficients::built_in(),
@@ -449,6 +455,47 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// An enterprise's output value and value added from a CSV file (header
+/// `month,output_value,value_added`, one row a month, 10 000 yuan; value added may be empty).
+/// Errors name the file, the line and the column; a month given twice (here or in the
+/// configuration's `monthly_values`) is refused.
+fn read_monthly_values(
+    path: &Path,
+    inline: &[ems_energy::intensity::MonthlyValue],
+) -> Result<Vec<ems_energy::intensity::MonthlyValue>, ConfigError> {
+    let error = |line: Option<u64>, key: Option<&str>, message: String| ConfigError {
+        file: path.to_owned(),
+        line: line.map(|l| l as usize),
+        column: None,
+        key: key.map(str::to_owned),
+        message,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| error(None, None, format!("cannot read: {e}")))?;
+    let mut rows: Vec<ems_energy::intensity::MonthlyValue> = Vec::new();
+    for record in reader.deserialize::<ems_energy::intensity::MonthlyValue>() {
+        let v = record.map_err(|e| {
+            let line = e.position().map(|p| p.line());
+            error(line, None, e.to_string())
+        })?;
+        let line = Some(rows.len() as u64 + 2);
+        if let Err((field, why)) = v.check() {
+            return Err(error(line, Some(field), why.to_owned()));
+        }
+        if inline.iter().chain(&rows).any(|r| r.month == v.month) {
+            return Err(error(
+                line,
+                Some("month"),
+                format!("{} is given twice", v.month),
+            ));
+        }
+        rows.push(v);
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -205,6 +205,8 @@ fn record(
             "energy_equal_value_kgce": f.bases.equal_value.energy_kgce,
             "dc_kwh": f.dc_kwh,
             "dc_kwh_per_t": f.dc_kwh_per_t,
+            "line_kah": f.line_kah,
+            "current_efficiency_pct": f.current_efficiency_pct,
             "water_m3": f.water_m3,
             "level": f.level,
             "within_limit": f.within_limit,
@@ -252,7 +254,7 @@ fn record(
         ),
     };
     let period_start = local_rfc3339(start, tz);
-    Ok(serde_json::json!({
+    let mut record = serde_json::json!({
         "format": FORMAT,
         "version": VERSION,
         "record_id": format!("{code}/{}/{period_start}", kind.name()),
@@ -269,7 +271,20 @@ fn record(
         "comprehensive_drawn_from": drawn_from,
         "units_sum_tce": units_sum / 1000.0,
         "units": units,
-    }))
+    });
+    // A month's energy per 10 000 yuan, where the enterprise gives its output value.
+    if kind == Kind::Monthly {
+        let month = chrono::DateTime::from_timestamp_millis(start)
+            .map(|t| t.with_timezone(&tz).format("%Y-%m").to_string())
+            .unwrap_or_default();
+        let values = enterprise.map_or(&[][..], |e| &e.monthly_values[..]);
+        let i = ems_energy::intensity::intensity(comprehensive / 1000.0, &[month], values);
+        record["output_value_10k_yuan"] = serde_json::json!(i.output_value);
+        record["value_added_10k_yuan"] = serde_json::json!(i.value_added);
+        record["tce_per_10k_yuan_output"] = serde_json::json!(i.tce_per_10k_yuan_output);
+        record["tce_per_10k_yuan_value_added"] = serde_json::json!(i.tce_per_10k_yuan_value_added);
+    }
+    Ok(record)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -486,6 +501,7 @@ mod tests {
 id = "steel"
 name = "S"
 code = "91000000STEEL0001X"
+monthly_values = [{ month = "2025-01", output_value = 1000.0, value_added = 200.0 }]
 [[enterprises]]
 id = "cement"
 name = "C"
@@ -537,6 +553,18 @@ flows = [{ device = "clinker", point = "total", role = "product", unit = "t" }]
                 ),
             ]
         );
+        // A monthly record carries the month's output value where the enterprise gives it.
+        let january = (1_735_660_800_000, 1_738_339_200_000);
+        let monthly = |i: usize| record(&streams[i].1, &reader, Kind::Monthly, january, january.1);
+        let steel = monthly(0).unwrap();
+        assert_eq!(validate(&steel), Ok(()), "{steel}");
+        assert_eq!(steel["output_value_10k_yuan"], 1000.0);
+        assert_eq!(steel["value_added_10k_yuan"], 200.0);
+        assert_eq!(
+            steel["tce_per_10k_yuan_output"], 0.0,
+            "nothing recorded: {steel}"
+        );
+        assert!(monthly(1).unwrap()["output_value_10k_yuan"].is_null());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

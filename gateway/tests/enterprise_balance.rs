@@ -438,3 +438,120 @@ fn a_group_config_names_whose_each_unit_and_boundary_meter_is() {
     ));
     assert!(e.contains("not both"), "{e}");
 }
+
+/// The works with its output value and value added month by month from a CSV file, and a
+/// target of 3 % less energy per 10 000 yuan than the year before.
+fn config_with_values(db: &std::path::Path, csv: &std::path::Path) -> String {
+    config(db).replace(
+        "code = \"91000000TEST00002X\"\n",
+        &format!(
+            "code = \"91000000TEST00002X\"\nmonthly_values_csv = \"{}\"\nintensity_target_pct = 3.0\n",
+            csv.display()
+        ),
+    )
+}
+
+#[test]
+fn the_annual_report_draws_energy_per_10_000_yuan_and_does_not_judge_a_year_without_record() {
+    let dir = std::env::temp_dir().join(format!("ems-intensity-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    let csv = dir.join("values.csv");
+    // 2024 and 2025: 2 000 (10 000 yuan) of output value and 500 of value added a month;
+    // 2025-03 has no value added reported.
+    let mut text = String::from("month,output_value,value_added\n");
+    for year in [2024, 2025] {
+        for m in 1..=12 {
+            let added = if (year, m) == (2025, 3) { "" } else { "500" };
+            text.push_str(&format!("{year}-{m:02},2000,{added}\n"));
+        }
+    }
+    std::fs::write(&csv, &text).unwrap();
+    let config = Config::from_source(&ems_config::Source::embedded(
+        "<test>",
+        &config_with_values(&db, &csv),
+    ))
+    .unwrap();
+    let mut store = Store::open(&db).unwrap();
+    write_two_days(&mut store, &config, quarter);
+    let reader = store.reader().unwrap();
+    let inputs = report::Inputs {
+        plant: &config.plant,
+        reader: &reader,
+        now_ms: DAY1 + 400 * 24 * H,
+        earliest_ms: config.earliest_ms,
+    };
+    let r = report::annual::build(&inputs, 2025, |_, _| {}).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    let y = r
+        .intensity
+        .as_ref()
+        .expect("values and a target are configured");
+    let tce = r.totals.comprehensive_tce;
+    assert!(close(y.this_year.output_value.unwrap(), 24_000.0));
+    assert!(close(
+        y.this_year.tce_per_10k_yuan_output.unwrap(),
+        tce / 24_000.0
+    ));
+    // One month without value added: that figure is not drawn.
+    assert_eq!(y.this_year.value_added, None);
+    assert_eq!(y.this_year.tce_per_10k_yuan_value_added, None);
+    // January holds the two recorded days.
+    let jan = &r.months[0];
+    assert!(close(
+        jan.tce_per_10k_yuan_output.unwrap(),
+        jan.comprehensive_tce / 2000.0
+    ));
+    assert!(close(
+        jan.tce_per_10k_yuan_value_added.unwrap(),
+        jan.comprehensive_tce / 500.0
+    ));
+    assert_eq!(r.months[2].tce_per_10k_yuan_value_added, None);
+    // Nothing was recorded in 2024: the change is not judged, and the report says why.
+    assert_eq!(y.target_met, None);
+    assert_eq!(y.target_reduction_pct, Some(3.0));
+    assert!(
+        y.not_judged
+            .as_deref()
+            .unwrap()
+            .contains("not completely recorded"),
+        "{y:?}"
+    );
+    // In the CSV as well.
+    let rows = report::tables::annual_figures(&r);
+    let row = |figure: &str| {
+        rows.iter()
+            .find(|f| f.figure == figure)
+            .unwrap()
+            .value
+            .clone()
+    };
+    assert_eq!(row("output_value"), "24000");
+    assert_eq!(row("intensity_target_met"), "");
+
+    // A bad row is refused with the CSV file and its line.
+    std::fs::write(&csv, text.replace("2024-05,2000,500", "2024-05,-2000,500")).unwrap();
+    let err = Config::from_source(&ems_config::Source::embedded(
+        "<test>",
+        &config_with_values(&db, &csv),
+    ))
+    .unwrap_err();
+    assert_eq!(
+        (err.file.as_path(), err.line),
+        (csv.as_path(), Some(6)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("output_value"), "{err}");
+    std::fs::write(&csv, text.replace("2024-06,", "2024-05,")).unwrap();
+    let err = Config::from_source(&ems_config::Source::embedded(
+        "<test>",
+        &config_with_values(&db, &csv),
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("2024-05 is given twice") && err.line == Some(7),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -188,7 +188,9 @@ const KILN: &[FlowDef] = &[
 ];
 
 /// Aluminium potline (300 cells at 400 kA), per tonne of aluminium: 3.95 V per cell at 92.5 %
-/// current efficiency is 12 725 kWh/t DC; AC is DC over a 97 % rectifier efficiency.
+/// current efficiency is 12 725 kWh/t DC; AC is DC over a 97 % rectifier efficiency. The
+/// rectifiers' ampere-hour totaliser counts the line current: 1 t over Faraday's yield of the
+/// cells in series at that efficiency, 10.74 kA-h.
 const ELECTROLYSIS: &[FlowDef] = &[
     flow("aluminium", "aluminium", Product, "t", 1.0, 0.0),
     flow(
@@ -208,6 +210,14 @@ const ELECTROLYSIS: &[FlowDef] = &[
         0.01,
     ),
     flow("water", "water", Water, "m3", 2.0, 0.05),
+    flow(
+        "line_current",
+        "line_current",
+        Submeter,
+        "kAh",
+        KAH_PER_T,
+        0.0,
+    ),
 ];
 
 /// The enterprise's boundary meters. Grid import is what the units draw, plus the unmetered
@@ -293,6 +303,10 @@ const ANODE_EFFECT_PER_HOUR: f64 = 0.6;
 const ANODE_EFFECT_MS: i64 = 120_000;
 const ANODE_EFFECT_EXTRA_V: f64 = 30.0;
 const POTLINE_CURRENT_KA: f64 = 400.0;
+/// Cells in series on the demo potline.
+pub const POTLINE_CELLS: f64 = 300.0;
+/// Line current per tonne of aluminium, kA-h: Faraday's 0.3356 kg per kA-h per cell.
+const KAH_PER_T: f64 = 1000.0 / (FARADAY_KG_PER_KAH * POTLINE_CELLS * CURRENT_EFFICIENCY);
 
 /// Converter heat size and the share of each phase in a heat.
 const HEAT_T: f64 = 120.0;
@@ -478,7 +492,11 @@ impl UnitModel {
             }
             _ => specific * nominal_per_s * load,
         };
-        if self.kind == UnitKind::Electrolysis && f.role != Role::Product && f.role != Role::Water {
+        // An anode effect raises the line's voltage, not its current.
+        if self.kind == UnitKind::Electrolysis
+            && !matches!(f.role, Role::Product | Role::Water)
+            && f.carrier != "line_current"
+        {
             if let Some((start, end)) = self.anode_effect(t_ms.div_euclid(HOUR_MS)) {
                 if t_ms >= start && t_ms < end && load > 0.0 {
                     let extra_kw = POTLINE_CURRENT_KA * ANODE_EFFECT_EXTRA_V;

@@ -189,26 +189,34 @@ impl Plant {
                 .first()
                 .map_or(i64::MAX, |p| p.at_ms.max(self.now_ms));
             let to = hour_end.min(t_ms).min(next_event);
+            // (enterprise it is inside, kind, quantities over the step) of each unit.
             let mut steps = Vec::with_capacity(self.scenario.units.len());
-            for (unit, acc) in self.scenario.units.iter_mut().zip(&mut self.interval) {
+            let units = self.scenario.units.iter_mut().zip(&mut self.interval);
+            for (i, (unit, acc)) in units.enumerate() {
                 if unit.kind == UnitKind::Enterprise {
                     continue;
                 }
                 let before = unit.totals.clone();
                 unit.advance(self.now_ms, to, acc);
-                let step = unit
+                let step: Vec<f64> = unit
                     .totals
                     .iter()
                     .zip(&before)
                     .map(|(a, b)| a - b)
                     .collect();
-                steps.push((unit.kind, step));
+                steps.push((self.scenario.enterprise_of[i], unit.kind, step));
             }
-            // The enterprise's boundary follows from what the units did over the same step.
+            // Each enterprise's boundary follows from what its units did over the same step.
             let mid = self.now_ms + (to - self.now_ms) / 2;
-            for (unit, acc) in self.scenario.units.iter_mut().zip(&mut self.interval) {
+            let units = self.scenario.units.iter_mut().zip(&mut self.interval);
+            for (e, (unit, acc)) in units.enumerate() {
                 if unit.kind == UnitKind::Enterprise {
-                    let q = enterprise_step(&steps, mid, to - self.now_ms);
+                    let inside: Vec<(UnitKind, Vec<f64>)> = steps
+                        .iter()
+                        .filter(|(of, _, _)| *of == Some(e))
+                        .map(|(_, kind, step)| (*kind, step.clone()))
+                        .collect();
+                    let q = enterprise_step(&inside, mid, to - self.now_ms);
                     for ((t, a), q) in unit.totals.iter_mut().zip(acc.iter_mut()).zip(q) {
                         *t += q;
                         *a += q;
@@ -329,10 +337,13 @@ impl Plant {
         }
         let start = rfc3339(self.interval_start_ms);
         let end = rfc3339(self.now_ms);
-        for (unit, acc) in self.scenario.units.iter().zip(&mut self.interval) {
+        let units = self.scenario.units.iter().zip(&mut self.interval);
+        for (i, (unit, acc)) in units.enumerate() {
             let mut rec = TruthRecord {
                 unit: unit.id.clone(),
                 kind: unit.kind,
+                enterprise: self.scenario.enterprise_of[i]
+                    .map(|e| self.scenario.units[e].id.clone()),
                 start: start.clone(),
                 end: end.clone(),
                 product_t: 0.0,
@@ -548,14 +559,46 @@ mod tests {
                 .map(|f| f.qty)
                 .sum()
         };
+        // What the units inside one enterprise's boundary did.
+        let inside = |enterprise: &str, role: Role, carrier: &str| -> f64 {
+            truth
+                .iter()
+                .filter(|r| r.enterprise.as_deref() == Some(enterprise) && r.unit != enterprise)
+                .flat_map(|r| &r.flows)
+                .filter(|f| f.role == role && f.carrier == carrier)
+                .map(|f| f.qty)
+                .sum()
+        };
         let works = Some("works");
-        // Grid: what the units draw plus 1.5 % losses and the 1.5 MW nobody meters, less TRT
-        // and waste-heat power, over six hours.
-        let grid = qty(None, Role::Consumed, "electricity") * (1.0 + crate::model::LINE_LOSS)
-            + crate::model::UNMETERED_AUX_KW * 6.0
-            - qty(None, Role::Recovered, "electricity");
-        let got = qty(works, Role::Purchase, "electricity");
-        assert!((got - grid).abs() < 1e-6 * grid, "{got} vs {grid}");
+        // Each enterprise's grid: what its units draw plus 1.5 % losses and the 1.5 MW nobody
+        // meters, less TRT and waste-heat power, over six hours; nothing of another's.
+        for (enterprise, members) in [
+            ("works", &["bf1", "bof1", "rhf1"][..]),
+            ("cement", &["kiln1"][..]),
+            ("smelter", &["pot1"][..]),
+        ] {
+            let member_of: Vec<&str> = truth
+                .iter()
+                .filter(|r| r.enterprise.as_deref() == Some(enterprise) && r.unit != enterprise)
+                .map(|r| r.unit.as_str())
+                .collect();
+            assert!(
+                member_of.iter().all(|u| members.contains(u)),
+                "{member_of:?}"
+            );
+            let grid = inside(enterprise, Role::Consumed, "electricity")
+                * (1.0 + crate::model::LINE_LOSS)
+                + crate::model::UNMETERED_AUX_KW * 6.0
+                - inside(enterprise, Role::Recovered, "electricity");
+            let got = qty(Some(enterprise), Role::Purchase, "electricity");
+            assert!(
+                (got - grid).abs() < 1e-6 * grid,
+                "{enterprise}: {got} vs {grid}"
+            );
+        }
+        let coal = qty(Some("cement"), Role::Purchase, "raw_coal");
+        assert!((coal - qty(Some("kiln1"), Role::Consumed, "raw_coal")).abs() < 1e-6 * coal);
+        assert_eq!(qty(works, Role::Purchase, "raw_coal"), 0.0);
         // Coke bought less coke burnt is what the yard gained.
         let yard = qty(works, Role::Stock, "coke");
         let bought = qty(works, Role::Purchase, "coke");

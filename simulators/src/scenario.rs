@@ -75,6 +75,10 @@ struct UnitConf {
     name: String,
     kind: UnitKind,
     capacity_t_per_h: f64,
+    /// An enterprise's units (a group's scenario has several enterprises); an enterprise
+    /// without the list has every unit no other enterprise lists.
+    #[serde(default)]
+    members: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,12 +98,69 @@ fn default_model() -> MeterModel {
     MeterModel::EmsSimTotalizer
 }
 
+/// Which enterprise each unit is inside: by the enterprises' `members`, the rest to the one
+/// enterprise without a list (errors name the key).
+fn enterprises(src: &Source, units: &[UnitConf]) -> Result<Vec<Option<usize>>, ConfigError> {
+    let is_enterprise = |u: &UnitConf| u.kind == UnitKind::Enterprise;
+    let mut of: Vec<Option<usize>> = units
+        .iter()
+        .enumerate()
+        .map(|(i, u)| is_enterprise(u).then_some(i))
+        .collect();
+    let mut catch_all = None;
+    for (e, u) in units.iter().enumerate() {
+        let key = format!("units[{e}].members");
+        match (&u.members, is_enterprise(u)) {
+            (Some(_), false) => {
+                return Err(src.error(
+                    &key,
+                    "only an enterprise (kind = \"enterprise\") has members",
+                ))
+            }
+            (None, true) if catch_all.is_some() => return Err(src.error(
+                &key,
+                "several enterprises: list each one's members (one may leave the rest to itself)",
+            )),
+            (None, true) => catch_all = Some(e),
+            (None, false) => {}
+            (Some(members), true) => {
+                for (j, m) in members.iter().enumerate() {
+                    let Some(i) = units.iter().position(|u| u.id.get_ref() == m.get_ref()) else {
+                        return Err(src.error_at(
+                            m.span(),
+                            &format!("{key}[{j}]"),
+                            format!("no unit `{}`", m.get_ref()),
+                        ));
+                    };
+                    if is_enterprise(&units[i]) || of[i].is_some() {
+                        return Err(src.error_at(
+                            m.span(),
+                            &format!("{key}[{j}]"),
+                            format!("`{}` is an enterprise or another's member", m.get_ref()),
+                        ));
+                    }
+                    of[i] = Some(e);
+                }
+            }
+        }
+    }
+    for o in &mut of {
+        if o.is_none() {
+            *o = catch_all;
+        }
+    }
+    Ok(of)
+}
+
 /// A validated scenario, ready to run.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
     pub seed: u64,
     pub units: Vec<UnitModel>,
+    /// For each unit, the index of the enterprise whose boundary it is inside (an enterprise's
+    /// own index for itself); none where the scenario has no enterprise.
+    pub enterprise_of: Vec<Option<usize>>,
     pub meters: Vec<Meter>,
     /// (unit index, hours after start, state).
     pub schedule: Vec<(usize, f64, State)>,
@@ -151,6 +212,7 @@ impl Scenario {
                 unit_seed(file.seed, i),
             ));
         }
+        let enterprise_of = enterprises(src, &file.units)?;
         let mut devices = HashSet::new();
         let mut addresses = HashSet::new();
         let mut meters = Vec::new();
@@ -256,6 +318,7 @@ impl Scenario {
             name: file.name,
             seed: file.seed,
             units,
+            enterprise_of,
             meters,
         })
     }
@@ -314,5 +377,49 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("clinker"), "lists the flows it has: {msg}");
+    }
+
+    #[test]
+    fn a_groups_enterprises_name_their_members_once() {
+        let unit = |id: &str, kind: &str, members: &str| {
+            format!("[[units]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\ncapacity_t_per_h = 1.0\n{members}")
+        };
+        let meter =
+            "[[meters]]\ndevice = \"k1-coal\"\nunit_id = 1\nunit = \"k1\"\nflow = \"coal\"\n";
+        let load = |units: &[String]| {
+            Scenario::from_source(&Source::embedded(
+                "g.toml",
+                &format!("name = \"g\"\n{}{meter}", units.concat()),
+            ))
+        };
+        let kiln = unit("k1", "kiln", "");
+        let pot = unit("p1", "electrolysis", "");
+        let ok = load(&[
+            kiln.clone(),
+            pot.clone(),
+            unit("e1", "enterprise", "members = [\"k1\"]\n"),
+            unit("e2", "enterprise", ""),
+        ])
+        .unwrap();
+        // The one enterprise without a list takes the units no other lists.
+        assert_eq!(ok.enterprise_of, [Some(2), Some(3), Some(2), Some(3)]);
+        let e = load(&[
+            kiln.clone(),
+            unit("e1", "enterprise", "members = [\"k1\"]\n"),
+            unit("e2", "enterprise", "members = [\"k1\"]\n"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("units[2].members[0]"), "{e}");
+        let e = load(&[
+            kiln.clone(),
+            unit("e1", "enterprise", ""),
+            unit("e2", "enterprise", ""),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("units[2].members"), "{e}");
+        let e = load(&[unit("k1", "kiln", "members = [\"k1\"]\n")]).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("units[0].members"), "{e}");
+        let e = load(&[kiln, unit("e1", "enterprise", "members = [\"k9\"]\n")]).unwrap_err();
+        assert!(e.to_string().contains("no unit `k9`"), "{e}");
     }
 }

@@ -21,6 +21,9 @@ pub enum TruthLine {
 pub struct TruthRecord {
     pub unit: String,
     pub kind: UnitKind,
+    /// The enterprise whose boundary the unit is inside (an enterprise's own id for itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enterprise: Option<String>,
     /// Interval covered, RFC 3339 UTC.
     pub start: String,
     pub end: String,

@@ -47,6 +47,9 @@ fn main() {
                     "gateway.toml",
                     "--year",
                     "2025",
+                    // The demo group's largest enterprise: the steel works, three units.
+                    "--enterprise",
+                    "works",
                 ])
                 .args(["--format", format, "--out", &out])
                 .current_dir(d)

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use ems_tests::*;
 
-/// `ems-gateway report annual --config gateway.toml --year YEAR` with `extra` arguments, in `dir`.
+/// `ems-gateway report annual --config gateway.toml --year YEAR --enterprise cement` (the
+/// demo group's cement plant) with `extra` arguments, in `dir`.
 fn annual_report(dir: &std::path::Path, year: &str, extra: &[&str]) -> std::process::Output {
     Command::new(bin("ems-gateway"))
         .args([
@@ -18,6 +19,8 @@ fn annual_report(dir: &std::path::Path, year: &str, extra: &[&str]) -> std::proc
             "gateway.toml",
             "--year",
             year,
+            "--enterprise",
+            "cement",
         ])
         .args(extra)
         .current_dir(dir)
@@ -90,11 +93,29 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
         .to_owned();
     let (year, month) = (&start[..4], &start[..7]);
 
-    // The same annual report from the API and from the command line.
-    let api = get_json(&http, &format!("/api/v1/reports/annual?year={year}"));
+    // The same annual report from the API and from the command line: the cement plant's, one
+    // of the demo group's three enterprises, whose reports together hold every unit once.
+    let mut every_unit = Vec::new();
+    for enterprise in ["works", "cement", "smelter"] {
+        let r = get_json(
+            &http,
+            &format!("/api/v1/reports/annual?year={year}&enterprise={enterprise}"),
+        );
+        for u in r["units"].as_array().unwrap() {
+            every_unit.push(u["id"].as_str().unwrap().to_owned());
+        }
+    }
+    every_unit.sort_unstable();
+    assert_eq!(every_unit, ["bf1", "bof1", "kiln1", "pot1", "rhf1"]);
+    let api = get_json(
+        &http,
+        &format!("/api/v1/reports/annual?year={year}&enterprise=cement"),
+    );
     assert_eq!(api["report"], "annual");
+    assert_eq!(api["enterprise_code"], "91000000MA00DEMO1X");
+    assert_eq!(api["totals"]["drawn_from"], "boundary");
     let units = api["units"].as_array().unwrap();
-    assert_eq!(units.len(), 5, "every unit of the demo plant");
+    assert_eq!(units.len(), 1, "the cement plant's kiln line");
     let kiln = units.iter().find(|u| u["id"] == "kiln1").unwrap();
     assert!(kiln["year"]["product_t"].as_f64().unwrap() > 0.0);
     let out = annual_report(d, year, &["--out", "annual.json"]);
@@ -159,7 +180,7 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
     // The PDF download, in Chinese with the plant's own names.
     let (code, ctype, pdf) = get_bytes(
         &http,
-        &format!("/api/v1/reports/annual?year={year}&format=pdf"),
+        &format!("/api/v1/reports/annual?year={year}&enterprise=cement&format=pdf"),
     );
     assert_eq!(
         (code, ctype.as_str()),
@@ -194,7 +215,7 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
     // CSV: one row per figure.
     let (code, ctype, csv) = get_bytes(
         &http,
-        &format!("/api/v1/reports/annual?year={year}&format=csv"),
+        &format!("/api/v1/reports/annual?year={year}&enterprise=cement&format=csv"),
     );
     assert_eq!((code, ctype.as_str()), (200, "text/csv; charset=utf-8"));
     let csv = String::from_utf8(csv).unwrap();
@@ -207,7 +228,10 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
         .any(|l| l.starts_with("unit_year,kiln1,") && l.contains(",unit_energy,")));
 
     // The month's compliance report has every day of every unit.
-    let comp = get_json(&http, &format!("/api/v1/reports/compliance?month={month}"));
+    let comp = get_json(
+        &http,
+        &format!("/api/v1/reports/compliance?month={month}&enterprise=cement"),
+    );
     assert_eq!(comp["month"], month);
     let days_in_month = comp["units"][0]["days"].as_array().unwrap().len();
     assert!((28..=31).contains(&days_in_month));
@@ -222,7 +246,7 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
 
     let (code, ctype, pdf) = get_bytes(
         &http,
-        &format!("/api/v1/reports/compliance?month={month}&format=pdf"),
+        &format!("/api/v1/reports/compliance?month={month}&enterprise=cement&format=pdf"),
     );
     assert_eq!((code, ctype.as_str()), (200, "application/pdf"));
     std::fs::write(d.join("compliance.pdf"), &pdf).unwrap();
@@ -248,6 +272,17 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
             "/api/v1/reports/annual".to_owned(),
             400,
             "`year` is required",
+        ),
+        // A group's gateway must be told whose report.
+        (
+            format!("/api/v1/reports/annual?year={year}"),
+            400,
+            "several enterprises (works, cement, smelter)",
+        ),
+        (
+            format!("/api/v1/reports/annual?year={year}&enterprise=mine"),
+            400,
+            "no enterprise `mine`",
         ),
         (
             "/api/v1/reports/weekly?year=2025".to_owned(),

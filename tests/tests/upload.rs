@@ -69,13 +69,14 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
     .unwrap();
     let (mut gateway, http) = start_gateway(d);
 
-    // Three hours of 15-minute records (and the day's or month's if one closed) reach a.
+    // Three hours of 15-minute records of each of the three enterprises (and the day's or
+    // month's if one closed) reach a.
     eventually(
         "endpoint a confirms every record",
         Duration::from_secs(60),
         || {
             let a = endpoint(&http, "a");
-            a["records"].as_i64() >= Some(12) && a["pending"] == 0
+            a["records"].as_i64() >= Some(36) && a["pending"] == 0
         },
     );
     let b = endpoint(&http, "b");
@@ -107,24 +108,54 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
     for ids in [&a_ids, &b_ids] {
         let unique: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len(), "a record stored twice: {ids:?}");
-        // Real-time records in period order (their ids end with the period start).
-        let realtime: Vec<&String> = ids.iter().filter(|i| i.contains("/realtime/")).collect();
-        assert!(realtime.windows(2).all(|w| w[0] < w[1]), "{realtime:?}");
+        // Each enterprise's real-time records in period order (their ids are its code, the
+        // kind and the period start).
+        for code in [
+            "91000000MA00DEMO0X",
+            "91000000MA00DEMO1X",
+            "91000000MA00DEMO2X",
+        ] {
+            let prefix = format!("{code}/realtime/");
+            let realtime: Vec<&String> = ids.iter().filter(|i| i.starts_with(&prefix)).collect();
+            assert!(realtime.len() >= 12, "{code}: {realtime:?}");
+            assert!(realtime.windows(2).all(|w| w[0] < w[1]), "{realtime:?}");
+        }
     }
     // Every record is the documented format (the receiver checked it; so does this).
-    let first: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(d.join("b.jsonl"))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(d.join("b.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = &records[0];
     assert_eq!(
         (first["format"].as_str(), first["version"].as_i64()),
         (Some("ems-upload"), Some(1))
     );
-    assert_eq!(first["units"].as_array().unwrap().len(), 5);
+    // The demo group's three enterprises each upload their own records, under their own
+    // credit codes, with their own units: together every unit once.
+    let mut units = Vec::new();
+    let mut codes = std::collections::BTreeSet::new();
+    for r in records
+        .iter()
+        .filter(|r| r["kind"] == first["kind"] && r["period_start"] == first["period_start"])
+    {
+        codes.insert(r["enterprise_code"].as_str().unwrap().to_owned());
+        for u in r["units"].as_array().unwrap() {
+            units.push(u["unit"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(r["comprehensive_drawn_from"], "boundary", "{r}");
+    }
+    assert_eq!(
+        codes.into_iter().collect::<Vec<_>>(),
+        [
+            "91000000MA00DEMO0X",
+            "91000000MA00DEMO1X",
+            "91000000MA00DEMO2X"
+        ]
+    );
+    units.sort_unstable();
+    assert_eq!(units, ["bf1", "bof1", "kiln1", "pot1", "rhf1"]);
 
     // The receiver refuses a record that is not the format, saying why.
     let resp = ureq::post(&format!("http://{a_addr}/"))

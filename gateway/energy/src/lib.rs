@@ -14,6 +14,7 @@ pub mod coefficients;
 pub mod counter;
 pub mod figures;
 pub mod indicators;
+pub mod intensity;
 pub mod limits;
 pub mod model;
 

@@ -28,6 +28,18 @@ pub struct EnterpriseConfig {
     pub code: Option<String>,
     #[serde(default)]
     pub sites: Vec<SiteConfig>,
+    /// Output value and value added month by month (10 000 yuan), for the comprehensive
+    /// energy per 10 000 yuan.
+    #[serde(default)]
+    pub monthly_values: Vec<crate::intensity::MonthlyValue>,
+    /// A CSV file of the same (header `month,output_value,value_added`), read with the
+    /// configuration (by the gateway: this crate reads no files) into `monthly_values`.
+    #[serde(default)]
+    pub monthly_values_csv: Option<PathBuf>,
+    /// The year's target: energy per 10 000 yuan of value added (else of output value) at
+    /// least this many percent below the previous year's.
+    #[serde(default)]
+    pub intensity_target_pct: Option<f64>,
 }
 
 impl EnterpriseConfig {
@@ -414,6 +426,30 @@ impl Plant {
                     ))
                 }
                 _ => {}
+            }
+        }
+        for (e, ent) in enterprises.iter().enumerate() {
+            let mut months = HashSet::new();
+            for (j, v) in ent.monthly_values.iter().enumerate() {
+                let key = format!("{}.monthly_values[{j}]", table(e));
+                if let Err((field, why)) = v.check() {
+                    return Err(src.error(&format!("{key}.{field}"), why));
+                }
+                if !months.insert(v.month.as_str()) {
+                    return Err(src.error(
+                        &format!("{key}.month"),
+                        format!("{} is given twice", v.month),
+                    ));
+                }
+            }
+            if ent
+                .intensity_target_pct
+                .is_some_and(|t| !(t.is_finite() && (0.0..100.0).contains(&t)))
+            {
+                return Err(src.error(
+                    &format!("{}.intensity_target_pct", table(e)),
+                    "a reduction in percent, from 0 to below 100",
+                ));
             }
         }
         // Workshop id -> (site id, enterprise key).

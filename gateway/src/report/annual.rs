@@ -13,6 +13,7 @@ use ems_energy::balance::{enterprise_balance, Balance};
 use ems_energy::calendar::{buckets, local_rfc3339, Period};
 use ems_energy::figures::{point_completeness, unit_figures};
 use ems_energy::indicators::Indicator;
+use ems_energy::intensity::{intensity, year_on_year, YearOnYear};
 use ems_energy::model::{Function, Role};
 use ems_energy::Plant;
 
@@ -40,6 +41,10 @@ pub struct AnnualReport {
     /// by-product gas balance and captive power in its carrier rows; null when the plant
     /// declares no boundary meters.
     pub balance: Option<Balance>,
+    /// Comprehensive energy per 10 000 yuan of output value and value added, this year and
+    /// last, with the change against the enterprise's target; null when the enterprise gives
+    /// no monthly values and no target.
+    pub intensity: Option<YearOnYear>,
     pub data_quality: DataQuality,
 }
 
@@ -100,6 +105,10 @@ pub struct MonthTotals {
     pub comprehensive_equal_value_tce: f64,
     pub units_sum_tce: f64,
     pub water_m3: f64,
+    /// Comprehensive energy per 10 000 yuan of output value and of value added; null where the
+    /// month has no values.
+    pub tce_per_10k_yuan_output: Option<f64>,
+    pub tce_per_10k_yuan_value_added: Option<f64>,
 }
 
 /// A process unit: its year and its months, each with output, unit energy, limits and water.
@@ -189,6 +198,8 @@ pub fn build(
             comprehensive_equal_value_tce: 0.0,
             units_sum_tce: 0.0,
             water_m3: 0.0,
+            tce_per_10k_yuan_output: None,
+            tce_per_10k_yuan_value_added: None,
         })
         .collect();
     let mut units = Vec::with_capacity(plant.units.len());
@@ -279,6 +290,28 @@ pub fn build(
         }
         year_balance
     };
+    let enterprise = plant.sole_enterprise();
+    let values = enterprise.map_or(&[][..], |e| &e.monthly_values[..]);
+    for (m, t) in month_totals.iter_mut().enumerate() {
+        let i = intensity(t.comprehensive_tce, &[month_name(year, m)], values);
+        t.tce_per_10k_yuan_output = i.tce_per_10k_yuan_output;
+        t.tce_per_10k_yuan_value_added = i.tce_per_10k_yuan_value_added;
+    }
+    let target = enterprise.and_then(|e| e.intensity_target_pct);
+    let intensity = if values.is_empty() && target.is_none() {
+        None
+    } else {
+        let names = |y: i32| (0..12).map(|m| month_name(y, m)).collect::<Vec<_>>();
+        let ((previous_start, _), _) = year_periods(plant, year - 1)?;
+        let (previous_tce, previous_complete) =
+            comprehensive_tce(plant, reader, (previous_start, start))?;
+        Some(year_on_year(
+            self::intensity(totals.comprehensive_tce, &names(year), values),
+            self::intensity(previous_tce, &names(year - 1), values),
+            previous_complete,
+            target,
+        ))
+    };
     let data_quality = DataQuality {
         min_completeness: MIN_COMPLETENESS,
         max_daily_monthly_deviation_pct: MAX_DAILY_MONTHLY_DEVIATION_PCT,
@@ -287,7 +320,6 @@ pub fn build(
         daily_vs_monthly,
     };
     progress(steps, steps);
-    let enterprise = plant.sole_enterprise();
     Ok(AnnualReport {
         report: "annual",
         version: FORMAT_VERSION,
@@ -301,8 +333,46 @@ pub fn build(
         months: month_totals,
         units,
         balance,
+        intensity,
         data_quality,
     })
+}
+
+/// "YYYY-MM" of month `m` (zero-based) of `year`.
+fn month_name(year: i32, m: usize) -> String {
+    format!("{year}-{:02}", m + 1)
+}
+
+/// The enterprise's comprehensive energy (tce, the plant's basis) over `span`, drawn as the
+/// year's totals are (its boundary, else its production units), and whether its data are
+/// complete enough to report.
+fn comprehensive_tce(
+    plant: &Plant,
+    reader: &Reader,
+    span: (i64, i64),
+) -> anyhow::Result<(f64, bool)> {
+    if !plant.boundary.is_empty() {
+        let b = enterprise_balance(plant, reader, &[span])?
+            .pop()
+            .expect("one period asked, one given");
+        return Ok((
+            b.enterprise.energy_kgce / 1000.0,
+            b.completeness >= MIN_COMPLETENESS,
+        ));
+    }
+    let (mut tce, mut complete) = (0.0, true);
+    for unit in plant
+        .units
+        .iter()
+        .filter(|u| u.function != Function::NonProduction)
+    {
+        let f = unit_figures(plant, reader, unit, &[span])?
+            .pop()
+            .expect("one period asked, one given");
+        tce += f.energy_kgce / 1000.0;
+        complete &= f.completeness >= MIN_COMPLETENESS;
+    }
+    Ok((tce, complete))
 }
 
 /// A month's energy against the sum of its days' (the 5 % rule of the online-monitoring upload).

@@ -74,6 +74,13 @@ fn push_indicator(out: &mut Vec<Figure>, section: &'static str, subject: &str, i
         f("water_quota_general", num(w.general), "m3/t");
         f("water_quota_advanced", num(w.advanced), "m3/t");
     }
+    // A potline's DC energy and current efficiency, where it meters them.
+    if let Some(dc) = i.dc_kwh_per_t {
+        f("unit_dc_electricity", num(dc), "kWh/t");
+    }
+    if let Some(ce) = i.current_efficiency_pct {
+        f("current_efficiency", num(ce), "%");
+    }
 }
 
 /// Every figure of the annual report.
@@ -106,6 +113,44 @@ pub fn annual_figures(r: &AnnualReport) -> Vec<Figure> {
     ));
     out.push(whole("units_sum_energy", r.totals.units_sum_tce, "tce"));
     out.push(whole("water", r.totals.water_m3, "m3"));
+    if let Some(y) = &r.intensity {
+        let mut per = |figure, value: Option<f64>, unit: &str| {
+            out.push(Figure {
+                value: opt(value),
+                ..whole(figure, 0.0, unit)
+            })
+        };
+        let (now, before) = (&y.this_year, &y.previous_year);
+        per("output_value", now.output_value, "10k_yuan");
+        per("value_added", now.value_added, "10k_yuan");
+        per(
+            "energy_per_output_value",
+            now.tce_per_10k_yuan_output,
+            "tce/10k_yuan",
+        );
+        per(
+            "energy_per_value_added",
+            now.tce_per_10k_yuan_value_added,
+            "tce/10k_yuan",
+        );
+        per(
+            "previous_energy_per_output_value",
+            before.tce_per_10k_yuan_output,
+            "tce/10k_yuan",
+        );
+        per(
+            "previous_energy_per_value_added",
+            before.tce_per_10k_yuan_value_added,
+            "tce/10k_yuan",
+        );
+        per("intensity_change", y.change_pct, "%");
+        per("intensity_target_reduction", y.target_reduction_pct, "%");
+        per(
+            "intensity_target_met",
+            y.target_met.map(|m| f64::from(u8::from(m))),
+            "bool",
+        );
+    }
     for c in r.balance.iter().flat_map(|b| &b.carriers) {
         let generated: f64 = c.generated.iter().map(|n| n.quantity).sum();
         let consumed: f64 = c.consumed.iter().map(|n| n.quantity).sum();

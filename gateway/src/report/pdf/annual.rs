@@ -192,6 +192,37 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
         &[],
     );
 
+    if let Some(y) = &r.intensity {
+        let (now, before) = (&y.this_year, &y.previous_year);
+        let per = |v: Option<f64>| v.map_or("—".to_owned(), |v| format_num(v, 4));
+        l.paragraph(
+            10.0,
+            format!(
+                "万元产值综合能耗 {} tce/万元（上年 {}），万元增加值综合能耗 {} tce/万元（上年 {}）",
+                per(now.tce_per_10k_yuan_output),
+                per(before.tce_per_10k_yuan_output),
+                per(now.tce_per_10k_yuan_value_added),
+                per(before.tce_per_10k_yuan_value_added),
+            ),
+        );
+        let verdict = match (y.target_met, &y.not_judged) {
+            (Some(true), _) => "完成".to_owned(),
+            (Some(false), _) => "未完成".to_owned(),
+            (None, Some(why)) => format!("不评价：{why}"),
+            (None, None) => "不评价".to_owned(),
+        };
+        l.paragraph(
+            10.0,
+            format!(
+                "同比变化 {} %，下降目标 {} %：{}",
+                y.change_pct.map_or("—".to_owned(), |c| format_num(c, 2)),
+                y.target_reduction_pct
+                    .map_or("—".to_owned(), |t| format_num(t, 2)),
+                verdict
+            ),
+        );
+    }
+
     l.heading("四、主要产品单位产品能耗与取水");
     let unit_rows: Vec<Vec<String>> = r
         .units
@@ -228,6 +259,18 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
     );
     for u in &r.units {
         l.heading(&format!("{}（{}）月度指标", u.name, u.id));
+        // A potline's DC energy and current efficiency over the year, where it meters them.
+        if let (Some(dc), Some(ce)) = (u.year.dc_kwh_per_t, u.year.current_efficiency_pct) {
+            l.paragraph(
+                9.0,
+                format!(
+                    "全年直流电耗 {} kWh/t，电流效率 {} %（法拉第定律，{} kA·h）",
+                    format_num(dc, 0),
+                    format_num(ce, 2),
+                    format_num(u.year.line_kah, 0)
+                ),
+            );
+        }
         let rows: Vec<Vec<String>> = u
             .months
             .iter()
