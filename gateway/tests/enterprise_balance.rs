@@ -247,6 +247,17 @@ fn the_works_is_drawn_from_its_boundary_with_its_stock_change_and_losses() {
         json["totals"]["units_sum_tce"].as_f64().unwrap() < got,
         "the units leave the losses out"
     );
+    // January's compliance report carries the enterprise's month from its boundary: both days.
+    let month = report::compliance::build(&inputs, (2025, 1)).unwrap();
+    let e = month.enterprise_energy.as_ref().unwrap();
+    assert!(
+        close(e.energy.energy_kgce / 1000.0, year),
+        "{e:?} vs {year}"
+    );
+    assert!(
+        !e.reportable,
+        "two days of a month's boundary readings: {e:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -51,11 +51,15 @@ struct Day {
 }
 
 /// An enterprise's boundary over a local day, from the truth: comprehensive energy on the
-/// equivalent basis, net grid import, blast-furnace gas made and flared.
+/// equivalent basis, net grid import, the units' electricity, blast-furnace gas made and flared.
 #[derive(Default, Debug)]
 struct BoundaryDay {
     kgce: f64,
     grid_kwh: f64,
+    /// Electricity the units drew and made: with the grid, the balance's unmetered remainder
+    /// (line losses and the auxiliaries no meter sees).
+    power_used_kwh: f64,
+    power_made_kwh: f64,
     bfg_made: f64,
     bfg_flared: f64,
 }
@@ -163,6 +167,8 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
             match (f["carrier"].as_str().unwrap(), f["role"].as_str().unwrap()) {
                 ("electricity", "purchase") => b.grid_kwh += q,
                 ("electricity", "export") => b.grid_kwh -= q,
+                ("electricity", "consumed") => b.power_used_kwh += q,
+                ("electricity", "recovered") => b.power_made_kwh += q,
                 ("bfg", "recovered") => b.bfg_made += q,
                 ("bfg", "flare") => b.bfg_flared += q,
                 _ => {}
@@ -291,6 +297,15 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
                     "equal-value kgce",
                     got["enterprise"]["equal_value_kgce"].as_f64().unwrap(),
                     want.kgce + want.grid_kwh * (EQUAL_VALUE - 0.1229),
+                ),
+                // The balance's closure: what the grid and the units' generation supplied less
+                // what the units drew is the remainder no meter saw.
+                (
+                    "electricity remainder kWh",
+                    balance_carrier(got, "electricity")["remainder"]
+                        .as_f64()
+                        .unwrap(),
+                    want.grid_kwh + want.power_made_kwh - want.power_used_kwh,
                 ),
             ];
             if enterprise == "works" {

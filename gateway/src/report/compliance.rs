@@ -8,6 +8,7 @@ use super::annual::{
     SequenceQuality, MIN_COMPLETENESS,
 };
 use super::{local_midnight, Inputs, FORMAT_VERSION};
+use ems_energy::balance::{enterprise_balance, EnterpriseEnergy};
 use ems_energy::calendar::{buckets, Period};
 use ems_energy::figures::unit_figures;
 use ems_energy::indicators::Indicator;
@@ -20,8 +21,21 @@ pub struct ComplianceReport {
     pub enterprise: Option<String>,
     /// "YYYY-MM".
     pub month: String,
+    /// The enterprise's month from its boundary (GB/T 2589), with how complete its boundary
+    /// meters are; null when it declares no boundary meters.
+    pub enterprise_energy: Option<EnterpriseMonth>,
     pub units: Vec<UnitMonth>,
     pub data_quality: MonthQuality,
+}
+
+/// The enterprise's comprehensive energy over the month, drawn from its boundary.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnterpriseMonth {
+    #[serde(flatten)]
+    pub energy: EnterpriseEnergy,
+    /// The weakest boundary meter's coverage of the month.
+    pub completeness: f64,
+    pub reportable: bool,
 }
 
 /// The data behind the month: each meter point's completeness and the devices' ledgers.
@@ -154,11 +168,23 @@ pub fn build(inputs: &Inputs, (year, month): (i32, u32)) -> anyhow::Result<Compl
         .iter()
         .map(|u| daily_vs_monthly(&u.id, &u.month, &u.days))
         .collect();
+    let enterprise_energy = if plant.boundary.is_empty() {
+        None
+    } else {
+        enterprise_balance(plant, reader, &[(start, end)])?
+            .pop()
+            .map(|b| EnterpriseMonth {
+                energy: b.enterprise,
+                completeness: b.completeness,
+                reportable: b.completeness >= MIN_COMPLETENESS,
+            })
+    };
     Ok(ComplianceReport {
         report: "compliance",
         version: FORMAT_VERSION,
         enterprise: plant.sole_enterprise().map(|e| e.name.clone()),
         month: format!("{year}-{month:02}"),
+        enterprise_energy,
         units,
         data_quality: MonthQuality {
             min_completeness: MIN_COMPLETENESS,

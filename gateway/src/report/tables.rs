@@ -274,6 +274,32 @@ pub fn write_csv(figures: &[Figure], out: impl std::io::Write) -> anyhow::Result
 /// Every figure of a monthly compliance report.
 pub fn compliance_figures(r: &super::compliance::ComplianceReport) -> Vec<Figure> {
     let mut out = Vec::new();
+    if let Some(e) = &r.enterprise_energy {
+        for (figure, value, unit) in [
+            ("comprehensive_energy", e.energy.energy_kgce / 1000.0, "tce"),
+            (
+                "comprehensive_energy_equivalent",
+                e.energy.equivalent_kgce / 1000.0,
+                "tce",
+            ),
+            (
+                "comprehensive_energy_equal_value",
+                e.energy.equal_value_kgce / 1000.0,
+                "tce",
+            ),
+            ("units_sum_energy", e.energy.units_sum_kgce / 1000.0, "tce"),
+            ("boundary_completeness", e.completeness, "1"),
+        ] {
+            out.push(Figure {
+                section: "enterprise_month",
+                subject: r.enterprise.clone().unwrap_or_default(),
+                period: r.month.clone(),
+                figure,
+                value: num(value),
+                unit: unit.into(),
+            });
+        }
+    }
     for u in &r.units {
         push_indicator(&mut out, "unit_month", &u.id, &u.month);
         for d in &u.days {

@@ -28,6 +28,18 @@ pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> 
         BODY,
         "限额按月、年判定（各单元本月结论见下）；逐日等级仅供参考：日数值超过所适用限额（现有单元 3 级，新建单元 2 级）或取水定额的日期单列。",
     );
+    if let Some(e) = &r.enterprise_energy {
+        l.paragraph(
+            11.0,
+            format!(
+                "企业综合能源消费量（按边界计量：购入+库存减少-外销）{} tce，当量值 {} / 等价值 {} tce，边界计量完整率 {}",
+                format_num(e.energy.energy_kgce / 1000.0, 3),
+                format_num(e.energy.equivalent_kgce / 1000.0, 3),
+                format_num(e.energy.equal_value_kgce / 1000.0, 3),
+                pct(e.completeness)
+            ),
+        );
+    }
     for u in &r.units {
         l.heading(&format!("{}（{}）", u.name, u.id));
         // The unit's headline figure: kWh/t where its first limit judges electricity.
