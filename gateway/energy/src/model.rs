@@ -769,7 +769,14 @@ impl Plant {
                 .filter(|b| b.enterprise == key)
                 .cloned()
                 .collect(),
-            ..self.clone()
+            // Field by field: `..self.clone()` would copy every unit and meter only to drop them.
+            calendar: self.calendar.clone(),
+            coefficients: self.coefficients.clone(),
+            limits: self.limits.clone(),
+            electricity: self.electricity,
+            max_sample_gap_ms: self.max_sample_gap_ms,
+            frozen_after_ms: self.frozen_after_ms,
+            gap_fill: self.gap_fill,
         })
     }
 }
