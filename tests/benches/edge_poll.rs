@@ -217,6 +217,7 @@ async fn meter_cycle(dir: &std::path::Path, protocol: Protocol) -> f64 {
         timeout_ms: 2_000,
         min_timeout_ms: 2_000,
         retries: 0,
+        factors: Default::default(),
     };
     let plan = DevicePlan::new(device).unwrap();
     let mut conn = connect(&link, Duration::from_secs(2)).await.unwrap();

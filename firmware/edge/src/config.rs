@@ -1,6 +1,6 @@
 //! The edge agent's site configuration (TOML): what to poll, how often, and where to send it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -169,6 +169,11 @@ pub struct DeviceConfig {
     /// the next poll instead).
     #[serde(default = "default_retries")]
     pub retries: u8,
+    /// The per-installation multipliers its profile's points name (`factors = { pt = 100, ct =
+    /// 40 }`: the PT and CT ratios of a meter that reports secondary values). Each one the
+    /// profile names must be given, and only those: a ratio is never assumed.
+    #[serde(default)]
+    pub factors: Option<Spanned<BTreeMap<String, f64>>>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -192,6 +197,8 @@ pub struct Device {
     pub timeout_ms: u64,
     pub min_timeout_ms: u64,
     pub retries: u8,
+    /// The multipliers applied to its profile's points (already in `profile`), for display.
+    pub factors: BTreeMap<String, f64>,
 }
 
 /// The loaded, checked configuration.
@@ -201,6 +208,61 @@ pub struct Site {
     pub devices: Vec<Device>,
     pub tls: Option<TlsFiles>,
     pub board: Option<BoardSpec>,
+}
+
+/// The device's profile with its factors applied: every factor its points name must be given,
+/// finite and above zero, and none it does not name (a misspelt ratio would silently count
+/// nothing).
+fn factored(
+    table: &ems_config::Part<'_>,
+    span: std::ops::Range<usize>,
+    profile: &Arc<Profile>,
+    factors: &BTreeMap<String, f64>,
+    shared: &mut HashMap<String, Arc<Profile>>,
+) -> Result<Arc<Profile>, ConfigError> {
+    let named = profile.factor_names();
+    let error = |key: String, message: String| table.error_at(span.clone(), &key, message);
+    if let Some(missing) = named.iter().find(|n| !factors.contains_key(**n)) {
+        let all: Vec<String> = named.iter().map(|n| format!("{n} = ...")).collect();
+        return Err(error(
+            "factors".into(),
+            format!(
+                "profile `{}` scales its values by `{missing}`, set per installation: give factors = {{ {} }} (1 where there is no transformer); it is never assumed",
+                profile.name,
+                all.join(", ")
+            ),
+        ));
+    }
+    for (name, value) in factors {
+        if !named.contains(name.as_str()) {
+            return Err(error(
+                format!("factors.{name}"),
+                format!(
+                    "profile `{}` names no factor `{name}` (it names: {})",
+                    profile.name,
+                    if named.is_empty() {
+                        "none".to_string()
+                    } else {
+                        named.iter().copied().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            ));
+        }
+        if !value.is_finite() || *value <= 0.0 {
+            return Err(error(
+                format!("factors.{name}"),
+                "must be a number above zero".into(),
+            ));
+        }
+    }
+    if factors.is_empty() {
+        return Ok(profile.clone());
+    }
+    let key = format!("{}{factors:?}", profile.name);
+    Ok(shared
+        .entry(key)
+        .or_insert_with(|| Arc::new(profile.with_factors(factors)))
+        .clone())
 }
 
 fn read_pem(src: &Source, key: &str, path: &Spanned<PathBuf>) -> Result<Vec<u8>, ConfigError> {
@@ -262,6 +324,8 @@ impl Site {
             }
         }
         let mut ids = HashSet::new();
+        // Devices of one profile with the same factors share one copy of it.
+        let mut shared = HashMap::new();
         let mut devices = Vec::with_capacity(tables.len());
         for table in &tables {
             let d: DeviceConfig = table.parse()?;
@@ -370,12 +434,20 @@ impl Site {
                 }
                 Some(m) => m.into_inner(),
             };
+            // Missing factors are the profile line's business: it is what asks for them.
+            let span = d
+                .factors
+                .as_ref()
+                .map_or_else(|| d.profile.span(), Spanned::span);
+            let factors = d.factors.map(Spanned::into_inner).unwrap_or_default();
+            let profile = factored(table, span, profile, &factors, &mut shared)?;
             devices.push(Device {
                 id: d.id.into_inner(),
                 link,
                 unit_id,
                 meter,
-                profile: profile.clone(),
+                profile,
+                factors,
                 clock: d.clock,
                 timeout_ms: d.timeout_ms,
                 min_timeout_ms,
@@ -522,6 +594,70 @@ mod tests {
                 "edge.toml:11:11: key `devices[0].profile`: unknown profile `dtsu666x`"
             ),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_meters_ratios_are_given_per_device_and_never_assumed() {
+        let site = |device: &str| {
+            let text = format!("site = \"s\"\nedge_id = \"e\"\ndata_dir = \"/tmp\"\n[mqtt]\nhost = \"h\"\n\n[[devices]]\nid = \"m1\"\nlink = \"tcp://127.0.0.1:502\"\nunit_id = 1\nprofile = \"acrel-dtsd1352\"\n{device}[[devices]]\nid = \"m2\"\nlink = \"tcp://127.0.0.1:502\"\nunit_id = 2\nprofile = \"acrel-dtsd1352\"\n{device}");
+            Site::from_source(&Source::embedded("edge.toml", &text))
+        };
+        // A 10 kV feeder through 10000/100 V and 200/5 A: energies times 4 000.
+        let ok = site("factors = { pt = 100, ct = 40 }\n").unwrap();
+        let import = |d: &Device| {
+            let p = d
+                .profile
+                .points
+                .iter()
+                .find(|p| p.id == "import_kwh")
+                .unwrap();
+            (p.scale, p.factors.is_empty())
+        };
+        assert_eq!(import(&ok.devices[0]), (0.01 * 4_000.0, true));
+        let current = ok.devices[0]
+            .profile
+            .points
+            .iter()
+            .find(|p| p.id == "ia_a")
+            .unwrap();
+        assert_eq!(current.scale, 0.01 * 40.0);
+        assert!(
+            Arc::ptr_eq(&ok.devices[0].profile, &ok.devices[1].profile),
+            "devices with the same ratios share one copy of the profile"
+        );
+        let msg = |device: &str| site(device).unwrap_err().to_string();
+        let missing = msg("");
+        assert!(
+            missing.starts_with("edge.toml:11:11: key `devices[0].factors`: profile `acrel-dtsd1352` scales its values by `ct`"),
+            "{missing}"
+        );
+        let half = msg("factors = { pt = 100 }\n");
+        assert!(
+            half.contains("key `devices[0].factors`") && half.contains("`ct`"),
+            "{half}"
+        );
+        let typo = msg("factors = { pt = 100, ct = 40, cr = 40 }\n");
+        assert!(
+            typo.starts_with("edge.toml:12:")
+                && typo.contains(
+                    "key `devices[0].factors.cr`: profile `acrel-dtsd1352` names no factor `cr`"
+                ),
+            "{typo}"
+        );
+        let zero = msg("factors = { pt = 100, ct = 0 }\n");
+        assert!(
+            zero.contains("key `devices[0].factors.ct`: must be a number above zero"),
+            "{zero}"
+        );
+        // A profile without factors takes none.
+        let text = "site = \"s\"\nedge_id = \"e\"\ndata_dir = \"/tmp\"\n[mqtt]\nhost = \"h\"\n\n[[devices]]\nid = \"m1\"\nlink = \"tcp://127.0.0.1:502\"\nunit_id = 1\nprofile = \"dtsu666\"\nfactors = { ct = 40 }\n";
+        let none = Site::from_source(&Source::embedded("edge.toml", text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            none.contains("names no factor `ct` (it names: none)"),
+            "{none}"
         );
     }
 }

@@ -275,6 +275,7 @@ mod tests {
             timeout_ms: 1_000,
             min_timeout_ms: 100,
             retries: 1,
+            factors: Default::default(),
         })
         .unwrap();
         let asked: Vec<String> = plan.reads.iter().map(|r| describe(&plan, r)).collect();
@@ -309,6 +310,7 @@ mod tests {
             timeout_ms: 1_000,
             min_timeout_ms: 100,
             retries: 1,
+            factors: Default::default(),
         })
         .unwrap();
         let asked: Vec<String> = plan.reads.iter().map(|r| describe(&plan, r)).collect();

@@ -254,6 +254,7 @@ mod tests {
             timeout_ms: 100,
             min_timeout_ms: 100,
             retries: 1,
+            factors: Default::default(),
         })
         .unwrap()
     }

@@ -48,7 +48,21 @@ enum Command {
         profiles_dir: Option<PathBuf>,
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+        /// A per-installation multiplier the profile names, NAME=VALUE (`--factor ct=40
+        /// --factor pt=100`); one not given is left out of the values shown, and said so.
+        #[arg(long = "factor", value_parser = parse_factor)]
+        factors: Vec<(String, f64)>,
     },
+}
+
+fn parse_factor(s: &str) -> Result<(String, f64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: NAME=VALUE, such as ct=40"))?;
+    match value.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok((name.trim().to_string(), v)),
+        _ => Err(format!("`{s}`: the value must be a number above zero")),
+    }
 }
 
 /// Errors end the process with one line naming the cause chain (file, line and key for a bad
@@ -130,6 +144,7 @@ async fn run() -> anyhow::Result<()> {
             profile,
             profiles_dir,
             timeout_ms,
+            factors,
         } => {
             let mut library = ems_edge::profile::Library::built_in();
             if let Some(dir) = &profiles_dir {
@@ -151,12 +166,37 @@ async fn run() -> anyhow::Result<()> {
                 ),
                 None => None,
             };
+            let factors: std::collections::BTreeMap<String, f64> = factors.into_iter().collect();
+            let named = profile.factor_names();
+            if let Some(stray) = factors.keys().find(|f| !named.contains(f.as_str())) {
+                anyhow::bail!(
+                    "--factor {stray}: profile `{}` names no such factor",
+                    profile.name
+                );
+            }
+            let missing: Vec<&str> = named
+                .iter()
+                .copied()
+                .filter(|n| !factors.contains_key(*n))
+                .collect();
+            if !missing.is_empty() {
+                println!(
+                    "factors not given, values shown before them: {} (--factor NAME=VALUE)",
+                    missing.join(", ")
+                );
+            }
+            let mut all = factors.clone();
+            for m in missing {
+                all.insert(m.to_string(), 1.0);
+            }
+            let profile = std::sync::Arc::new(profile.with_factors(&all));
             let device = ems_edge::config::Device {
                 id: "probe".into(),
                 link: link.clone(),
                 unit_id: unit_id.unwrap_or(0),
                 meter,
                 profile,
+                factors,
                 clock: ems_edge::config::ClockSource::System,
                 timeout_ms,
                 min_timeout_ms: timeout_ms,
@@ -230,6 +270,15 @@ async fn run() -> anyhow::Result<()> {
                         None => format!("unit {}", p.device.unit_id),
                     };
                     println!("  {} ({whom}): {}", p.device.id, p.summary());
+                    if !p.device.factors.is_empty() {
+                        let shown: Vec<String> = p
+                            .device
+                            .factors
+                            .iter()
+                            .map(|(n, v)| format!("{n} = {v}"))
+                            .collect();
+                        println!("    factors: {}", shown.join(", "));
+                    }
                     for r in &p.reads {
                         println!("    {}", ems_edge::device_plan::describe(&p, r));
                     }

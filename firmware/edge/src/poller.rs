@@ -697,6 +697,7 @@ mod tests {
             timeout_ms: 100,
             min_timeout_ms: 100,
             retries: 1,
+            factors: Default::default(),
         }
     }
 

@@ -29,6 +29,26 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../profiles/abb-b-series.toml"),
     ),
     (
+        "acrel-dtsd1352.toml",
+        include_str!("../profiles/acrel-dtsd1352.toml"),
+    ),
+    (
+        "acrel-adl400.toml",
+        include_str!("../profiles/acrel-adl400.toml"),
+    ),
+    (
+        "xylem-magflux.toml",
+        include_str!("../profiles/xylem-magflux.toml"),
+    ),
+    (
+        "bell-vfm60.toml",
+        include_str!("../profiles/bell-vfm60.toml"),
+    ),
+    (
+        "cas-ci600d.toml",
+        include_str!("../profiles/cas-ci600d.toml"),
+    ),
+    (
         "flow-totalizer.toml",
         include_str!("../profiles/flow-totalizer.toml"),
     ),
@@ -242,6 +262,12 @@ struct PointFile {
     counter: bool,
     #[serde(default)]
     role: PointRole,
+    /// Names of per-installation multipliers the value is scaled by, each given by every
+    /// device of this profile in the site file (`factors = { pt = 100, ct = 40 }`): the PT
+    /// and CT ratios of a meter that reports secondary values, a weighing indicator's
+    /// division.
+    #[serde(default)]
+    factors: Vec<String>,
 }
 
 /// A point of a device model, ready to read.
@@ -262,6 +288,8 @@ pub struct PointDef {
     /// A cumulative counter (energy, volume, mass); the gateway takes deltas of it.
     pub counter: bool,
     pub role: PointRole,
+    /// Per-installation multipliers still to apply (empty once a device's are applied).
+    pub factors: Vec<String>,
 }
 
 /// What a DL/T 645 or CJ/T 188 meter is asked for, and how its answer reads.
@@ -413,6 +441,19 @@ fn point_of(
             (0, Table::Holding, DataType::U16, Some(meter))
         }
     };
+    if let Some(bad) = p.factors.iter().find(|f| {
+        f.is_empty()
+            || !f
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    }) {
+        return Err(src.error(
+            &key("factors"),
+            format!(
+                "`{bad}` is not a factor name: lowercase letters, digits and _, such as \"ct\""
+            ),
+        ));
+    }
     Ok(PointDef {
         id: p.id,
         address,
@@ -425,6 +466,7 @@ fn point_of(
         unit: p.unit,
         counter: p.counter,
         role: p.role,
+        factors: p.factors,
     })
 }
 
@@ -507,6 +549,28 @@ impl Profile {
             return Err(src.error("max_registers", "must be 1..=125"));
         }
         Ok(())
+    }
+
+    /// The per-installation factors its points name, each once, in name order.
+    pub fn factor_names(&self) -> std::collections::BTreeSet<&str> {
+        self.points
+            .iter()
+            .flat_map(|p| p.factors.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// This profile as one installation reads it: each point that names factors multiplied by
+    /// their values (engineering value and offset alike). Every named factor must be in
+    /// `factors`; the caller checks that first.
+    pub fn with_factors(&self, factors: &BTreeMap<String, f64>) -> Profile {
+        let mut profile = self.clone();
+        for p in &mut profile.points {
+            let times: f64 = p.factors.iter().map(|f| factors[f]).product();
+            p.scale *= times;
+            p.offset *= times;
+            p.factors.clear();
+        }
+        profile
     }
 
     pub fn clock_point(&self) -> Option<usize> {
@@ -651,8 +715,10 @@ mod tests {
     }
 
     /// The named meters of the library, each from a manufacturer's map.
-    const NAMED_METERS: [&str; 6] = [
+    const NAMED_METERS: [&str; 8] = [
         "dtsu666",
+        "acrel-dtsd1352",
+        "acrel-adl400",
         "sdm630",
         "siemens-pac3200",
         "schneider-pm5100",
@@ -728,6 +794,91 @@ mod tests {
         let pm = lib.get("schneider-pm5100").unwrap();
         let import = pm.points.iter().find(|d| d.id == "import_kwh").unwrap();
         assert_eq!(import.address, 2699);
+    }
+
+    #[test]
+    fn secondary_values_read_as_primary_through_the_devices_ratios() {
+        let lib = Library::built_in();
+        let factors = BTreeMap::from([("pt".to_string(), 100.0), ("ct".to_string(), 40.0)]);
+        for name in ["acrel-dtsd1352", "acrel-adl400"] {
+            let meter = lib.get(name).unwrap();
+            assert_eq!(
+                meter.factor_names().into_iter().collect::<Vec<_>>(),
+                ["ct", "pt"],
+                "{name}"
+            );
+            let primary = meter.with_factors(&factors);
+            let read = |id: &str, raw: f64| {
+                let def = primary.points.iter().find(|d| d.id == id).unwrap();
+                let mut regs = vec![0u16; usize::from(def.data_type.registers())];
+                ems_core::decode::encode(raw, def.data_type, def.order, &mut regs);
+                let read = crate::device_plan::Read {
+                    table: def.table,
+                    start: def.address,
+                    len: def.data_type.registers(),
+                    points: vec![],
+                };
+                crate::device_plan::decode_point(def, &read, &regs).unwrap()
+            };
+            // 1 234.56 secondary kWh through 10 000/100 V and 200/5 A.
+            assert!((read("import_kwh", 123_456.0) - 4_938_240.0).abs() < 1e-6);
+            assert!((read("p_kw", -1_500.0) + 6_000.0).abs() < 1e-9);
+            assert!((read("ia_a", 250.0) - 100.0).abs() < 1e-9);
+            assert!((read("ua_v", 577.0) - 5_770.0).abs() < 1e-9);
+            assert!((read("pf", -950.0) + 0.95).abs() < 1e-12);
+            assert!((read("frequency_hz", 5_001.0) - 50.01).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn the_named_flowmeters_and_scale_read_as_their_manuals_give_them() {
+        let lib = Library::built_in();
+        // MagFlux: the total a u64 in mm3, least significant word first on the wire.
+        let mag = lib.get("xylem-magflux").unwrap();
+        let total = mag.points.iter().find(|d| d.id == "volume_m3").unwrap();
+        let mut regs = [0u16; 4];
+        ems_core::decode::encode(
+            12_345_678_900_000.0,
+            total.data_type,
+            total.order,
+            &mut regs,
+        );
+        assert_eq!(
+            regs[0],
+            (12_345_678_900_000_u64 & 0xFFFF) as u16,
+            "LS word first"
+        );
+        assert!(
+            (reads(&lib, "xylem-magflux", "volume_m3", 12_345_678_900_000.0) - 12_345.678_9).abs()
+                < 1e-9
+        );
+        assert!((reads(&lib, "xylem-magflux", "flow_m3_h", 0.01) - 36.0).abs() < 1e-6);
+        // VFM-60: the manual's example, 916.49 read from 44 65 1F CE, and the total at 0x0024.
+        let vortex = lib.get("bell-vfm60").unwrap();
+        let flow = vortex.points.iter().find(|d| d.id == "flow_per_h").unwrap();
+        let read = crate::device_plan::Read {
+            table: flow.table,
+            start: 0,
+            len: 2,
+            points: vec![],
+        };
+        let got = crate::device_plan::decode_point(flow, &read, &[0x4465, 0x1FCE]).unwrap();
+        assert!((got - 916.49).abs() < 0.01, "{got}");
+        let total = vortex.points.iter().find(|d| d.id == "total").unwrap();
+        assert!(total.counter && total.address == 0x24);
+        // CI-600D: 40008 is wire address 7; counts times the scale's division, signed.
+        let scale = lib.get("cas-ci600d").unwrap();
+        assert_eq!(scale.points[0].address, 7);
+        let tonnes = scale.with_factors(&BTreeMap::from([("resolution".to_string(), 0.01)]));
+        let gross = &tonnes.points[0];
+        let read = crate::device_plan::Read {
+            table: gross.table,
+            start: 7,
+            len: 2,
+            points: vec![],
+        };
+        let got = crate::device_plan::decode_point(gross, &read, &[0xFFFF, 0xFF38]).unwrap();
+        assert!((got + 2.0).abs() < 1e-12, "-200 counts of 0.01 t: {got}");
     }
 
     #[test]
