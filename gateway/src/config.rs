@@ -76,6 +76,24 @@ impl Config {
                 e.monthly_values.extend(rows);
             }
         }
+        // A zone that does not parse is the plant's error, at its key; heating values are then
+        // read against UTC only to report their own faults.
+        let tz = config
+            .accounting
+            .utc_offset
+            .parse()
+            .unwrap_or(chrono::FixedOffset::east_opt(0).expect("UTC"));
+        let flows = config
+            .units
+            .iter_mut()
+            .flat_map(|u| u.flows.iter_mut())
+            .chain(config.boundary.iter_mut());
+        for f in flows {
+            if let Some(path) = &f.lhv_csv {
+                let rows = read_heating_values(path, &f.lhv, tz)?;
+                f.lhv.extend(rows);
+            }
+        }
         let coefficients = match &config.accounting.coefficients {
             Some(path) => Coefficients::from_source(&Source::read(path)?)?,
             None => Coefficients::built_in(),
@@ -493,6 +511,48 @@ fn read_monthly_values(
                 format!("{} is given twice", v.month),
             ));
         }
+        rows.push(v);
+    }
+    Ok(rows)
+}
+
+/// A flow's heating values from a laboratory's CSV file (`from,lhv_kj`: a time, local or RFC
+/// 3339, and kJ per metered unit); a bad row or a time given twice names the file and line.
+fn read_heating_values(
+    path: &Path,
+    inline: &[ems_energy::schedule::HeatingValue],
+    tz: chrono::FixedOffset,
+) -> Result<Vec<ems_energy::schedule::HeatingValue>, ConfigError> {
+    let error = |line: Option<u64>, key: Option<&str>, message: String| ConfigError {
+        file: path.to_owned(),
+        line: line.map(|l| l as usize),
+        column: None,
+        key: key.map(str::to_owned),
+        message,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| error(None, None, format!("cannot read: {e}")))?;
+    let mut seen: Vec<i64> = inline.iter().filter_map(|v| v.checked(tz).ok()).collect();
+    let mut rows = Vec::new();
+    for record in reader.deserialize::<ems_energy::schedule::HeatingValue>() {
+        let v = record.map_err(|e| {
+            let line = e.position().map(|p| p.line());
+            error(line, None, e.to_string())
+        })?;
+        let line = Some(rows.len() as u64 + 2);
+        let from = v
+            .checked(tz)
+            .map_err(|(field, why)| error(line, Some(field), why.to_owned()))?;
+        if seen.contains(&from) {
+            return Err(error(
+                line,
+                Some("from"),
+                format!("{} is given twice", v.from),
+            ));
+        }
+        seen.push(from);
         rows.push(v);
     }
     Ok(rows)

@@ -442,6 +442,8 @@ mod tests {
                 unit: "t".into(),
                 kgce: 33_900.0,
                 own_use: false,
+                kgce_per_unit: Some(968.57),
+                measured_lhv_share: None,
             }],
             bases: Default::default(),
             level: Some(2),

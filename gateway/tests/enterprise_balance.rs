@@ -566,3 +566,99 @@ fn the_annual_report_draws_energy_per_10_000_yuan_and_does_not_judge_a_year_with
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The works above with its coal's heating value from the laboratory's CSV file, on every flow
+/// of that coal (the yard's deliveries, its level and the kiln's feed are one coal).
+fn config_with_lab(db: &std::path::Path, csv: &std::path::Path) -> String {
+    let lab = format!("lhv_csv = \"{}\"\n", csv.display());
+    // The kiln's coal, the deliveries and the yard's level all read `carrier = "raw_coal"`
+    // then `unit = "t"`.
+    config(db).replace(
+        "carrier = \"raw_coal\"\nunit = \"t\"\n",
+        &format!("carrier = \"raw_coal\"\nunit = \"t\"\n{lab}"),
+    )
+}
+
+#[test]
+fn the_coal_is_counted_at_the_heating_value_the_laboratory_measured_from_its_time_on() {
+    let dir = std::env::temp_dir().join(format!("ems-lab-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    let csv = dir.join("coal-lab.csv");
+    // From the second day's midnight the coal delivered is richer: 25 000 kJ/kg, 25 000 000
+    // kJ per metered tonne (the table's raw coal is 20 908 kJ/kg, 714.3 kgce/t).
+    std::fs::write(&csv, "from,lhv_kj\n2025-01-02 00:00,25000000\n").unwrap();
+    let text = config_with_lab(&db, &csv);
+    assert_eq!(text.matches("lhv_csv").count(), 3, "{text}");
+    let config = Config::from_source(&ems_config::Source::embedded("<test>", &text)).unwrap();
+    let mut store = Store::open(&db).unwrap();
+    write_two_days(&mut store, &config, quarter);
+    let reader = store.reader().unwrap();
+    let rich = 25_000_000.0 / 29_307.0;
+    let days: Vec<Vec<HashMap<&str, f64>>> =
+        [0..96, 96..192].map(|r| r.map(quarter).collect()).to_vec();
+    let sum = |d: usize, k: &str| days[d].iter().map(|q| q[k]).sum::<f64>();
+    let b = ems_energy::balance::enterprise_balance(
+        &config.plant,
+        &reader,
+        &[(DAY1, DAY1 + 24 * H), (DAY1 + 24 * H, DAY1 + 48 * H)],
+    )
+    .unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+    for (d, per_t) in [(0, RAW_COAL_KGCE_PER_T), (1, rich)] {
+        let coal = (sum(d, "coal-in") - sum(d, "coal-yard")) * per_t;
+        let power = (sum(d, "grid") - sum(d, "office-power")) * ELECTRICITY[0];
+        let e = &b[d].enterprise;
+        assert!(close(e.equivalent_kgce, coal + power), "day {d}: {e:?}");
+        let kiln =
+            sum(d, "kiln-coal") * per_t + (sum(d, "kiln-power") - sum(d, "whr")) * ELECTRICITY[0];
+        assert!(close(e.units_sum_kgce, kiln), "day {d}: {e:?}");
+    }
+    // The kiln's figures say which share of its coal was counted at a measured value.
+    let figures = ems_energy::figures::unit_figures(
+        &config.plant,
+        &reader,
+        &config.plant.units[0],
+        &[(DAY1, DAY1 + 24 * H), (DAY1 + 12 * H, DAY1 + 36 * H)],
+    )
+    .unwrap();
+    let coal = |i: usize| {
+        figures[i]
+            .carriers
+            .iter()
+            .find(|c| c.device == "kiln-coal")
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(coal(0).measured_lhv_share, Some(0.0));
+    assert!((coal(1).measured_lhv_share.unwrap() - 0.5).abs() < 1e-12);
+    assert!(close(
+        coal(1).kgce_per_unit.unwrap(),
+        (RAW_COAL_KGCE_PER_T + rich) / 2.0
+    ));
+
+    // A bad row names the file and its line.
+    std::fs::write(
+        &csv,
+        "from,lhv_kj\n2025-01-02 00:00,25000000\n2025-01-03,24000000\n",
+    )
+    .unwrap();
+    let e = Config::from_source(&ems_config::Source::embedded("<test>", &text))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("{}:3", csv.display())) && e.contains("key `from`"),
+        "{e}"
+    );
+    std::fs::write(
+        &csv,
+        "from,lhv_kj\n2025-01-02 00:00,25000000\n2025-01-01T16:00:00Z,1\n",
+    )
+    .unwrap();
+    let e = Config::from_source(&ems_config::Source::embedded("<test>", &text))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":3") && e.contains("given twice"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

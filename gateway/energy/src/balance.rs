@@ -136,16 +136,6 @@ pub fn balances(
         .collect()
 }
 
-fn sum_in(rows: &[(i64, PointSlot)], start: i64, end: i64) -> PointSlot {
-    let mut sum = PointSlot::default();
-    for (_, r) in rows.iter().filter(|(t, _)| (start..end).contains(t)) {
-        sum.delta += r.delta;
-        sum.covered_ms += r.covered_ms;
-        sum.estimated += r.estimated;
-    }
-    sum
-}
-
 /// The row of a carrier, with the factor from the flow's unit to the row's (the first metered
 /// one's); a flow in a unit of another dimension gets a row of its own.
 fn row(carriers: &mut Vec<CarrierBalance>, f: &Flow) -> (usize, f64) {
@@ -180,7 +170,12 @@ fn row(carriers: &mut Vec<CarrierBalance>, f: &Flow) -> (usize, f64) {
 fn balance(plant: &Plant, (start, end): (i64, i64), rows: &[&[(i64, PointSlot)]]) -> Balance {
     // Each flow's sums over the period, in `Plant::flows` order: units' flows, then the
     // boundary's.
-    let mut sums = rows.iter().map(|r| sum_in(r, start, end));
+    let flows = plant
+        .units
+        .iter()
+        .flat_map(|u| &u.flows)
+        .chain(plant.boundary.iter().map(|b| &b.flow));
+    let mut sums = flows.zip(rows).map(|(f, r)| f.sum(r, start, end));
     let tz: FixedOffset = plant.utc_offset();
     let basis = plant.electricity.index();
     let mut carriers: Vec<CarrierBalance> = Vec::new();
@@ -188,11 +183,12 @@ fn balance(plant: &Plant, (start, end): (i64, i64), rows: &[&[(i64, PointSlot)]]
     let mut non_production = [0.0f64; 2];
     for unit in &plant.units {
         for f in &unit.flows {
-            let q = sums.next().unwrap_or_default().delta;
+            let sum = sums.next().unwrap_or_default();
+            let q = sum.slot.delta;
             if !matches!(f.role, Role::Consumed | Role::Recovered) {
                 continue;
             }
-            let kgce = q * f.factors[basis];
+            let kgce = sum.converted[basis];
             let (i, k) = row(&mut carriers, f);
             let node = NodeFlow {
                 unit: unit.id.clone(),
@@ -211,8 +207,8 @@ fn balance(plant: &Plant, (start, end): (i64, i64), rows: &[&[(i64, PointSlot)]]
             let sign = if f.role == Role::Consumed { 1.0 } else { -1.0 };
             if unit.function == Function::NonProduction {
                 e.non_production_kgce += sign * kgce;
-                for (n, factor) in non_production.iter_mut().zip(f.factors) {
-                    *n += sign * q * factor;
+                for (n, converted) in non_production.iter_mut().zip(sum.converted) {
+                    *n += sign * converted;
                 }
             } else {
                 e.units_sum_kgce += sign * kgce;
@@ -227,27 +223,28 @@ fn balance(plant: &Plant, (start, end): (i64, i64), rows: &[&[(i64, PointSlot)]]
     let (mut weakest, mut total_abs, mut estimated_abs) = (1.0f64, 0.0, 0.0);
     let mut on_bases = [0.0f64; 2];
     for f in plant.boundary.iter().map(|b| &b.flow) {
-        let s = sums.next().unwrap_or_default();
+        let sum = sums.next().unwrap_or_default();
+        let s = sum.slot;
         weakest = weakest.min(s.covered_ms as f64 / (end - start) as f64);
-        total_abs += (s.delta * f.factor).abs();
-        estimated_abs += (s.estimated * f.factor).abs();
+        total_abs += sum.converted[basis].abs();
+        estimated_abs += sum.estimated[basis].abs();
         let (i, k) = row(&mut carriers, f);
         let c = &mut carriers[i];
         // Sign of the flow in "energy that entered and stayed".
         let sign = match f.role {
             Role::Purchase => {
                 c.purchase += s.delta * k;
-                e.purchased_kgce += s.delta * f.factors[basis];
+                e.purchased_kgce += sum.converted[basis];
                 1.0
             }
             Role::Stock => {
                 c.stock_change += s.delta * k;
-                e.stock_decrease_kgce -= s.delta * f.factors[basis];
+                e.stock_decrease_kgce -= sum.converted[basis];
                 -1.0
             }
             Role::Export => {
                 c.export += s.delta * k;
-                e.exported_kgce += s.delta * f.factors[basis];
+                e.exported_kgce += sum.converted[basis];
                 -1.0
             }
             // Burnt inside the enterprise: a loss, not a crossing.
@@ -256,10 +253,10 @@ fn balance(plant: &Plant, (start, end): (i64, i64), rows: &[&[(i64, PointSlot)]]
                 continue;
             }
         };
-        c.boundary_equivalent_kgce += sign * s.delta * f.factors[0];
-        c.boundary_equal_value_kgce += sign * s.delta * f.factors[1];
-        for (b, factor) in on_bases.iter_mut().zip(f.factors) {
-            *b += sign * s.delta * factor;
+        c.boundary_equivalent_kgce += sign * sum.converted[0];
+        c.boundary_equal_value_kgce += sign * sum.converted[1];
+        for (b, converted) in on_bases.iter_mut().zip(sum.converted) {
+            *b += sign * converted;
         }
     }
     e.equivalent_kgce = on_bases[0] - non_production[0];

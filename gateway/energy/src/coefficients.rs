@@ -46,6 +46,31 @@ pub struct Carrier {
     pub unit: String,
     pub kgce_per_unit: f64,
     pub source: SourceRef,
+    /// Figures of particular years, each with its source: the equal value of electricity
+    /// follows the year's thermal-power supply coal rate. A period's hours in such a year use
+    /// that year's figure; hours of a year without one use `kgce_per_unit` (and say so: see
+    /// [`Carrier::figure_of`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_year: Vec<YearFigure>,
+}
+
+/// A carrier's figure for one calendar year (the plant's local year).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct YearFigure {
+    pub year: i32,
+    pub kgce_per_unit: f64,
+    pub source: SourceRef,
+}
+
+impl Carrier {
+    /// The figure in force in `year`: that year's own, or the carrier's general one.
+    pub fn figure_of(&self, year: i32) -> f64 {
+        self.by_year
+            .iter()
+            .find(|y| y.year == year)
+            .map_or(self.kgce_per_unit, |y| y.kgce_per_unit)
+    }
 }
 
 /// Where a figure comes from: standard, edition, table, and whether it was checked against the
@@ -89,6 +114,16 @@ impl Coefficients {
                     &format!("carrier[{i}].unit"),
                     format!("unknown unit `{}`", c.unit),
                 ));
+            }
+            let mut years = std::collections::BTreeSet::new();
+            for (j, y) in c.by_year.iter().enumerate() {
+                let key = |k: &str| format!("carrier[{i}].by_year[{j}].{k}");
+                if !(1950..=2200).contains(&y.year) || !years.insert(y.year) {
+                    return Err(src.error(&key("year"), "a year from 1950 on, each once"));
+                }
+                if !(y.kgce_per_unit.is_finite() && y.kgce_per_unit > 0.0) {
+                    return Err(src.error(&key("kgce_per_unit"), "must be a positive number"));
+                }
             }
             if carriers.insert(c.code.clone(), c).is_some() {
                 return Err(src.error(&format!("carrier[{i}].code"), "duplicate carrier code"));

@@ -31,6 +31,13 @@ pub struct CarrierFigure {
     pub kgce: f64,
     /// Burnt behind the unit's own net meter: shown, counted nothing (`kgce` 0).
     pub own_use: bool,
+    /// The coefficient the period averaged, kgce per metered unit (its hours each at the
+    /// figure in force: a year's own, a measured heating value); none without a quantity.
+    pub kgce_per_unit: Option<f64>,
+    /// For a flow with measured heating values: the share of its quantity counted at them,
+    /// the rest at `lhv_kj` or the table's figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured_lhv_share: Option<f64>,
 }
 
 /// Comprehensive energy on one electricity basis.
@@ -38,6 +45,9 @@ pub struct CarrierFigure {
 pub struct BasisFigure {
     pub energy_kgce: f64,
     pub kgce_per_t: Option<f64>,
+    /// The electricity consumed's coefficient on this basis, averaged over the period (on the
+    /// equal value, each year's own figure where the data file has one).
+    pub electricity_kgce_per_kwh: Option<f64>,
 }
 
 /// Comprehensive energy on both electricity bases side by side, whichever the plant headlines.
@@ -171,18 +181,22 @@ pub fn indicators(
             };
             let (mut total_abs, mut estimated_abs) = (0.0, 0.0);
             let mut by_device: BTreeMap<&str, f64> = BTreeMap::new();
+            let mut electricity_on_bases = [0.0f64; 2];
             for (flow, rows) in unit.flows.iter().zip(&rows) {
-                let mut sum = PointSlot::default();
-                for (_, r) in rows.iter().filter(|(h, _)| *h >= start && *h < end) {
-                    sum.delta += r.delta;
-                    sum.covered_ms += r.covered_ms;
-                    sum.estimated += r.estimated;
-                }
+                let flow_sum = flow.sum(rows, start, end);
+                let mut sum = flow_sum.slot;
                 sum.estimated = without_rounding_residue(sum.estimated, sum.delta);
                 ind.completeness = ind
                     .completeness
                     .min(sum.covered_ms as f64 / (end - start) as f64);
-                let value = sum.delta * flow.factor;
+                // Each slot at the factors in force then: on the plant's basis for energy, the
+                // flow's one factor (tonnes, m3) otherwise.
+                let value = flow_sum.converted[flow.basis];
+                let estimated_value = if sum.estimated == 0.0 {
+                    0.0
+                } else {
+                    flow_sum.estimated[flow.basis]
+                };
                 *by_device.entry(flow.device.as_str()).or_default() += value;
                 match flow.role {
                     Role::Material => continue,
@@ -197,8 +211,8 @@ pub fn indicators(
                     _ => {}
                 }
                 total_abs += value.abs();
-                estimated_abs += (sum.estimated * flow.factor).abs();
-                let on_bases = [sum.delta * flow.factors[0], sum.delta * flow.factors[1]];
+                estimated_abs += estimated_value.abs();
+                let on_bases = flow_sum.converted;
                 let sign = match flow.role {
                     Role::Consumed => 1.0,
                     Role::Recovered => -1.0,
@@ -238,6 +252,9 @@ pub fn indicators(
                         ind.electricity_generated_kwh += kwh;
                     } else {
                         ind.electricity_kwh += kwh;
+                        for (e, b) in electricity_on_bases.iter_mut().zip(on_bases) {
+                            *e += b;
+                        }
                     }
                 }
                 ind.carriers.push(CarrierFigure {
@@ -248,9 +265,25 @@ pub fn indicators(
                     unit: flow.unit.clone(),
                     kgce,
                     own_use: flow.own_use,
+                    kgce_per_unit: (sum.delta != 0.0).then(|| value / sum.delta),
+                    measured_lhv_share: flow.measured_from.map(|_| {
+                        if sum.delta == 0.0 {
+                            0.0
+                        } else {
+                            flow_sum.at_measured_lhv / sum.delta
+                        }
+                    }),
                 });
             }
             ind.energy_kgce = ind.consumed_kgce - ind.recovered_kgce;
+            if ind.electricity_kwh > 0.0 {
+                for (b, e) in [&mut ind.bases.equivalent, &mut ind.bases.equal_value]
+                    .into_iter()
+                    .zip(electricity_on_bases)
+                {
+                    b.electricity_kgce_per_kwh = Some(e / ind.electricity_kwh);
+                }
+            }
             if ind.product_t > 0.0 {
                 ind.kgce_per_t = Some(ind.energy_kgce / ind.product_t);
                 ind.kwh_per_t = Some(ind.electricity_kwh / ind.product_t);
@@ -375,6 +408,9 @@ mod tests {
             rollover: None,
             max_rate_per_h: None,
             own_use: false,
+            basis: 0,
+            steps: Default::default(),
+            measured_from: None,
         }
     }
 
@@ -455,6 +491,139 @@ mod tests {
     }
 
     const FLOW: &str = "[[units.flows]]\npoint = \"total\"\n";
+
+    /// Hourly slots of `per_hour` from local midnight of `day` (+08:00) for `hours`.
+    fn hourly(from_ms: i64, hours: i64, per_hour: f64) -> Vec<(i64, PointSlot)> {
+        (0..hours)
+            .map(|h| {
+                (
+                    from_ms + h * HOUR_MS,
+                    PointSlot {
+                        delta: per_hour,
+                        covered_ms: HOUR_MS,
+                        estimated: 0.0,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn golden_day_counts_each_hour_of_gas_at_the_heating_value_the_laboratory_gave_for_it() {
+        // Written by hand: a reheating furnace burns 10 000 m3 of blast-furnace gas an hour and
+        // heats 100 t of slab, one local day (+08:00). Its flow says 3 600 kJ/m3; the
+        // laboratory measured 3 300 from 08:00 and 3 000 from 16:00.
+        //   00-08   80 000 m3 x 3 600 kJ = 288 000 000 kJ
+        //   08-16   80 000 m3 x 3 300 kJ = 264 000 000 kJ
+        //   16-24   80 000 m3 x 3 000 kJ = 240 000 000 kJ
+        //   792 000 000 kJ / 29 307 kJ/kgce = 27 024.26 kgce, 11.260 kgce/t of 2 400 t;
+        //   at 3 600 all day it would read 12.283 kgce/t. Two thirds of the gas at measured
+        //   values. The day before the first measurement is the flow's own 3 600 throughout.
+        let text = format!(
+            "[[units]]\nid = \"rf1\"\nname = \"Reheating furnace\"\nkind = \"reheating_furnace\"\n\
+             {FLOW}device = \"slab\"\nrole = \"product\"\nunit = \"t\"\n\
+             {FLOW}device = \"bfg\"\nrole = \"consumed\"\ncarrier = \"bfg\"\nunit = \"m3\"\nlhv_kj = 3600.0\n\
+             lhv = [{{ from = \"2026-03-01 08:00\", lhv_kj = 3300.0 }}, {{ from = \"2026-03-01T08:00:00Z\", lhv_kj = 3000.0 }}]\n"
+        );
+        let plant =
+            crate::model::Plant::from_tables(&ems_config::Source::embedded("gw.toml", &text))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let unit = &plant.units[0];
+        let tz: FixedOffset = "+08:00".parse().unwrap();
+        let midnight = day_ms(2026, 3, 1);
+        let day_before = (midnight - 24 * HOUR_MS, midnight);
+        let day = (midnight, midnight + 24 * HOUR_MS);
+        let figures = indicators(unit, &[day_before, day], tz, |i| {
+            hourly(midnight - 24 * HOUR_MS, 48, [100.0, 10_000.0][i])
+        });
+        let kgce = 792_000_000.0 / 29_307.0;
+        assert!(
+            (figures[1].energy_kgce - kgce).abs() < 1e-6,
+            "{:?}",
+            figures[1]
+        );
+        assert!((figures[1].kgce_per_t.unwrap() - 11.260).abs() < 5e-4);
+        let gas = figures[1]
+            .carriers
+            .iter()
+            .find(|c| c.device == "bfg")
+            .unwrap();
+        assert!(
+            (gas.measured_lhv_share.unwrap() - 2.0 / 3.0).abs() < 1e-12,
+            "{gas:?}"
+        );
+        assert!((gas.kgce_per_unit.unwrap() - 3_300.0 / 29_307.0).abs() < 1e-12);
+        let before = &figures[0];
+        assert!((before.energy_kgce - 240_000.0 * 3_600.0 / 29_307.0).abs() < 1e-6);
+        let gas = before.carriers.iter().find(|c| c.device == "bfg").unwrap();
+        assert_eq!(gas.measured_lhv_share, Some(0.0));
+    }
+
+    #[test]
+    fn golden_new_year_counts_electricitys_equal_value_at_each_years_figure() {
+        // Written by hand: a data file whose equal value of electricity has a figure for 2026
+        // only (0.300 kgce/kWh, a test's figure), the general one 0.404. 1 000 kWh an hour from
+        // 2025-12-31 00:00 to 2026-01-02 00:00 local (+08:00):
+        //   equal value   24 000 kWh x 0.404 + 24 000 kWh x 0.300 = 9 696 + 7 200 = 16 896 kgce
+        //                 (0.352 kgce/kWh over the two days)
+        //   equivalent    48 000 kWh x 0.1229                    = 5 899.2 kgce
+        let by_year = "\n[[carrier.by_year]]\nyear = 2026\nkgce_per_unit = 0.300\nsource = { standard = \"test\", edition = \"-\", table = \"-\", verified = false }\n";
+        let data = crate::coefficients::BUILT_IN;
+        let at = data.find("code = \"electricity_equal\"").unwrap();
+        let end = at + data[at..].find("\nsource = ").unwrap();
+        let end = end + 1 + data[end + 1..].find('\n').unwrap();
+        let data = format!("{}{by_year}{}", &data[..end], &data[end..]);
+        let coefficients = crate::coefficients::Coefficients::from_source(
+            &ems_config::Source::embedded("coefficients.toml", &data),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = format!(
+            "[accounting]\nelectricity = \"equal\"\n[[units]]\nid = \"mill\"\nname = \"Mill\"\nkind = \"rolling_mill\"\n\
+             {FLOW}device = \"steel\"\nrole = \"product\"\nunit = \"t\"\n\
+             {FLOW}device = \"power\"\nrole = \"consumed\"\ncarrier = \"electricity\"\nunit = \"kWh\"\n"
+        );
+        let src = ems_config::Source::embedded("gw.toml", &text);
+        let t: crate::model::PlantTables = src.parse().unwrap();
+        let plant = crate::model::Plant::build(
+            &src,
+            &t.accounting,
+            crate::model::EnterpriseTables {
+                one: &t.enterprise,
+                several: &t.enterprises,
+            },
+            &t.units,
+            &t.boundary,
+            coefficients,
+            crate::limits::Limits::built_in(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let tz: FixedOffset = "+08:00".parse().unwrap();
+        let from = day_ms(2025, 12, 31);
+        let two_days = (from, from + 48 * HOUR_MS);
+        let last_day_of_2025 = (from, from + 24 * HOUR_MS);
+        let f = indicators(&plant.units[0], &[two_days, last_day_of_2025], tz, |_| {
+            hourly(from, 48, 1_000.0)
+        });
+        // (The product flow moved 1 000 t an hour too; it carries no energy.)
+        assert!(
+            (f[0].bases.equal_value.energy_kgce - 16_896.0).abs() < 1e-6,
+            "{:?}",
+            f[0].bases
+        );
+        assert!(
+            (f[0].energy_kgce - 16_896.0).abs() < 1e-6,
+            "the plant headlines the equal value"
+        );
+        assert!((f[0].bases.equivalent.energy_kgce - 5_899.2).abs() < 1e-6);
+        let per_kwh = f[0].bases.equal_value.electricity_kgce_per_kwh.unwrap();
+        assert!((per_kwh - 0.352).abs() < 1e-12, "{per_kwh}");
+        let per_kwh = |b: &BasisFigure| b.electricity_kgce_per_kwh.unwrap();
+        assert!((per_kwh(&f[0].bases.equivalent) - 0.1229).abs() < 1e-12);
+        assert!(
+            (per_kwh(&f[1].bases.equal_value) - 0.404).abs() < 1e-12,
+            "2025 has no figure of its own"
+        );
+    }
 
     #[test]
     fn golden_converter_month_counts_its_working_media_and_credits_exported_steam() {

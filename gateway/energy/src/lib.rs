@@ -1,6 +1,7 @@
 //! ems-energy: the energy domain, pure. The plant model and its boundaries ([`model`]), counters
 //! and their 15-minute slots ([`counter`]), the plant's calendar ([`calendar`]), standard-coal
-//! coefficients ([`coefficients`]) and limit standards ([`limits`]) as data with their sources,
+//! coefficients ([`coefficients`]) and those that change in time ([`schedule`]: a year's
+//! figure, a laboratory's heating values) and limit standards ([`limits`]) as data with their sources,
 //! a unit's figures over any period ([`indicators`], read through [`figures`]), and energy
 //! baselines with savings ([`baseline`]).
 //!
@@ -17,5 +18,6 @@ pub mod indicators;
 pub mod intensity;
 pub mod limits;
 pub mod model;
+pub mod schedule;
 
 pub use model::Plant;

@@ -195,6 +195,13 @@ pub struct FlowConfig {
     /// Measured lower heating value, kJ per metered unit: replaces the carrier's coefficient.
     #[serde(default)]
     pub lhv_kj: Option<f64>,
+    /// Heating values as the laboratory (or a calorimeter) gives them, each in force from its
+    /// time until the next: they replace `lhv_kj` and the table from the first one on.
+    #[serde(default)]
+    pub lhv: Vec<crate::schedule::HeatingValue>,
+    /// The same from a CSV file (`from,lhv_kj`), read by the gateway into `lhv`.
+    #[serde(default)]
+    pub lhv_csv: Option<PathBuf>,
     /// The counter wraps to zero after this value (in the point's engineering unit).
     #[serde(default)]
     pub rollover: Option<f64>,
@@ -288,11 +295,19 @@ pub struct Flow {
     /// kgce per metered unit on the equivalent and the equal-value electricity basis (the
     /// same for every carrier but electricity; for other roles, `factor`).
     pub factors: [f64; 2],
+    /// Which of `factors` is the plant's basis, `factor`'s.
+    pub basis: usize,
     pub rollover: Option<f64>,
     pub max_rate_per_h: Option<f64>,
     /// A consumed flow its unit's net meter has already netted out (factors zero): shown as own
     /// use, never counted again.
     pub own_use: bool,
+    /// Where its factors change in time (a year's figure of its carrier, a laboratory's
+    /// heating values): slots are converted at the factors in force then ([`Flow::sum`]).
+    pub steps: crate::schedule::Steps,
+    /// The first measured heating value's time: from then on its energy is counted at measured
+    /// values, not the table's.
+    pub measured_from: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -553,7 +568,7 @@ impl Plant {
                     &key,
                     f,
                     &coefficients,
-                    accounting.electricity,
+                    (accounting.electricity, utc_offset),
                 )?);
             }
             declare_own_use(src, i, u, &mut flows)?;
@@ -663,7 +678,13 @@ impl Plant {
             }
             boundary.push(BoundaryMeter {
                 enterprise: owner(&key, &f.enterprise, None)?,
-                flow: resolve_flow(src, &key, f, &coefficients, accounting.electricity)?,
+                flow: resolve_flow(
+                    src,
+                    &key,
+                    f,
+                    &coefficients,
+                    (accounting.electricity, utc_offset),
+                )?,
             });
         }
         Ok(Plant {
@@ -808,7 +829,7 @@ fn resolve_flow(
     key: &str,
     f: &FlowConfig,
     coefficients: &Coefficients,
-    basis: ElectricityBasis,
+    (basis, tz): (ElectricityBasis, chrono::FixedOffset),
 ) -> Result<Flow, ConfigError> {
     let key = |k: &str| format!("{key}.{k}");
     let unit = f.unit.get_ref();
@@ -884,6 +905,13 @@ fn resolve_flow(
         f.role,
         Role::Material | Role::Submeter | Role::Product | Role::Water
     );
+    let (steps, measured_from) = if energy {
+        steps_of(src, &key, f, coefficients, tz)?
+    } else if !f.lhv.is_empty() || f.lhv_kj.is_some() {
+        return Err(src.error(&key("lhv"), "only an energy flow has a heating value"));
+    } else {
+        (crate::schedule::Steps::default(), None)
+    };
     Ok(Flow {
         device: f.device.clone(),
         point: f.point.clone(),
@@ -892,10 +920,80 @@ fn resolve_flow(
         unit: unit.clone(),
         factor,
         factors: if energy { factors } else { [factor; 2] },
+        basis: basis.index(),
         rollover: f.rollover,
         max_rate_per_h: f.max_rate_per_h,
         own_use: false,
+        steps,
+        measured_from,
     })
+}
+
+/// Where an energy flow's factors change in time: at each year its carrier has a figure of its
+/// own (and the year after), and at each measured heating value. A measured value replaces the
+/// table and `lhv_kj` from its time on; before the first, the table or `lhv_kj` holds.
+fn steps_of(
+    src: &Source,
+    key: &dyn Fn(&str) -> String,
+    f: &FlowConfig,
+    coefficients: &Coefficients,
+    tz: chrono::FixedOffset,
+) -> Result<(crate::schedule::Steps, Option<i64>), ConfigError> {
+    use crate::schedule::{local_year, year_start, Steps};
+    let mut measured: Vec<(i64, f64)> = Vec::with_capacity(f.lhv.len());
+    for (k, hv) in f.lhv.iter().enumerate() {
+        let from = hv
+            .checked(tz)
+            .map_err(|(field, why)| src.error(&key(&format!("lhv[{k}].{field}")), why))?;
+        if measured.iter().any(|(t, _)| *t == from) {
+            return Err(src.error(
+                &key(&format!("lhv[{k}].from")),
+                format!("{} is given twice", hv.from),
+            ));
+        }
+        measured.push((from, hv.lhv_kj));
+    }
+    measured.sort_by_key(|(t, _)| *t);
+    let code = f
+        .carrier
+        .as_ref()
+        .map(|c| c.get_ref().as_str())
+        .unwrap_or_default();
+    let codes = match code {
+        "electricity" => ["electricity", "electricity_equal"],
+        other => [other, other],
+    };
+    let carriers = codes.map(|c| coefficients.get(c));
+    let per_unit = carriers.map(|c| {
+        c.and_then(|c| unit_factor(f.unit.get_ref(), &c.unit))
+            .unwrap_or(0.0)
+    });
+    let mut at: std::collections::BTreeSet<i64> = measured.iter().map(|(t, _)| *t).collect();
+    if f.lhv_kj.is_none() {
+        for c in carriers.iter().flatten() {
+            for y in &c.by_year {
+                at.insert(year_start(y.year, tz));
+                at.insert(year_start(y.year + 1, tz));
+            }
+        }
+    }
+    let factors_at = |t: i64| -> [f64; 2] {
+        let lhv = match measured.partition_point(|(from, _)| *from <= t) {
+            0 => f.lhv_kj,
+            i => Some(measured[i - 1].1),
+        };
+        let mut out = [0.0; 2];
+        for b in 0..2 {
+            out[b] = match (lhv, carriers[b]) {
+                (Some(lhv), _) => lhv / coefficients.kj_per_kgce,
+                (None, Some(c)) => per_unit[b] * c.figure_of(local_year(t, tz)),
+                (None, None) => 0.0,
+            };
+        }
+        out
+    };
+    let steps = Steps(at.into_iter().map(|t| (t, factors_at(t))).collect());
+    Ok((steps, measured.first().map(|(t, _)| *t)))
 }
 
 /// A unit that burns a carrier it also recovers must say, on each recovered meter of it,
@@ -963,6 +1061,7 @@ fn declare_own_use(
             f.own_use = true;
             f.factor = 0.0;
             f.factors = [0.0; 2];
+            f.steps = crate::schedule::Steps::default();
         }
     }
     Ok(())

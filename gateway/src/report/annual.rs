@@ -92,6 +92,10 @@ pub struct CarrierTotal {
     pub quantity: f64,
     /// Signed as in the unit figures: recovered energy is negative.
     pub kgce: f64,
+    /// The coefficient the year averaged, kgce per `unit` (each hour at the figure in force
+    /// then: a year's own equal value of electricity, a laboratory's heating value); none
+    /// without a quantity.
+    pub kgce_per_unit: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -267,6 +271,7 @@ pub fn build(
                 unit,
                 quantity,
                 kgce,
+                kgce_per_unit: (quantity != 0.0).then(|| (kgce / quantity).abs()),
             },
         )
         .collect();

@@ -189,12 +189,22 @@ pub fn annual_figures(r: &AnnualReport) -> Vec<Figure> {
         });
         out.push(Figure {
             section: "carriers",
-            subject,
+            subject: subject.clone(),
             period: r.start.clone(),
             figure: "energy",
             value: num(c.kgce),
             unit: "kgce".into(),
         });
+        if let Some(k) = c.kgce_per_unit {
+            out.push(Figure {
+                section: "carriers",
+                subject,
+                period: r.start.clone(),
+                figure: "coefficient",
+                value: num(k),
+                unit: format!("kgce/{}", c.unit),
+            });
+        }
     }
     for m in &r.months {
         for (figure, value, unit) in [

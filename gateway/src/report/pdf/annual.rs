@@ -93,13 +93,21 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
                 role.into(),
                 format_num(c.quantity, 2),
                 c.unit.clone(),
+                opt(c.kgce_per_unit, 4),
                 format_num(c.kgce / 1000.0, 3),
             ]
         })
         .collect();
     l.table(
-        &[150.0, 50.0, 110.0, 60.0, 100.0],
-        &["能源品种", "类别", "实物量", "单位", "折标准煤（tce）"],
+        &[130.0, 40.0, 100.0, 50.0, 70.0, 90.0],
+        &[
+            "能源品种",
+            "类别",
+            "实物量",
+            "单位",
+            "折标系数",
+            "折标准煤（tce）",
+        ],
         &carrier_rows,
     );
 
