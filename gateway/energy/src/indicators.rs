@@ -315,7 +315,7 @@ pub fn indicators(
 }
 
 /// The shortest month: a period this long or longer is a reporting period.
-const INDICATIVE_BELOW_MS: i64 = 28 * 24 * 3_600_000;
+pub(crate) const INDICATIVE_BELOW_MS: i64 = 28 * 24 * 3_600_000;
 
 /// Derives the correction inputs of one period and judges the unit's figures on the edition of
 /// each limit in force on the period's first local day (`days`: its first and last).

@@ -62,6 +62,16 @@ pub struct SiteConfig {
     pub name: String,
     #[serde(default)]
     pub workshops: Vec<WorkshopConfig>,
+    /// The water quota (GB/T 18916) the site's intake is judged on, per tonne of its product:
+    /// a quota is the site's (main, auxiliary and ancillary production together), not a unit's.
+    #[serde(default)]
+    pub water_quota: Option<String>,
+    /// The units whose product is the site's (an integrated works: its converters' crude steel).
+    #[serde(default)]
+    pub water_product_units: Vec<String>,
+    /// The meters of the water the site takes in (role "water", m3): its intake boundary.
+    #[serde(default, skip_serializing)]
+    pub water_intake: Vec<FlowConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -358,6 +368,21 @@ pub struct BoundaryMeter {
     pub flow: Flow,
 }
 
+/// A site with its water intake and the quota it is judged on (GB/T 18916: the site's intake
+/// per tonne of the site's product).
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub id: String,
+    pub name: String,
+    /// The key of its enterprise (none when none is configured).
+    pub enterprise: Option<String>,
+    pub water_quota: Option<crate::limits::WaterQuota>,
+    /// Units whose product flows are the site's product.
+    pub product_units: Vec<String>,
+    /// Its intake meters (m3).
+    pub intake: Vec<Flow>,
+}
+
 /// The plant, checked: what every figure is computed from.
 #[derive(Debug, Clone)]
 pub struct Plant {
@@ -366,6 +391,8 @@ pub struct Plant {
     pub units: Vec<Unit>,
     /// The enterprises' boundary meters: purchases, exports, stocks, flares.
     pub boundary: Vec<BoundaryMeter>,
+    /// Sites that declare their water intake (in enterprise order).
+    pub sites: Vec<Site>,
     pub calendar: Calendar,
     pub coefficients: Coefficients,
     pub limits: Limits,
@@ -687,10 +714,19 @@ impl Plant {
                 )?,
             });
         }
+        let sites = sites_of(
+            src,
+            enterprises,
+            &table,
+            &units,
+            (&coefficients, &limits),
+            (accounting.electricity, utc_offset),
+        )?;
         Ok(Plant {
             enterprises: enterprises.to_vec(),
             units,
             boundary,
+            sites,
             calendar,
             coefficients,
             limits,
@@ -756,6 +792,7 @@ impl Plant {
             .iter()
             .flat_map(|u| u.flows.iter())
             .chain(self.boundary.iter().map(|b| &b.flow))
+            .chain(self.sites.iter().flat_map(|s| s.intake.iter()))
     }
 
     /// The enterprise answering to `name` (its id or credit code).
@@ -790,6 +827,12 @@ impl Plant {
                 .filter(|b| b.enterprise == key)
                 .cloned()
                 .collect(),
+            sites: self
+                .sites
+                .iter()
+                .filter(|s| s.enterprise == key)
+                .cloned()
+                .collect(),
             // Field by field: `..self.clone()` would copy every unit and meter only to drop them.
             calendar: self.calendar.clone(),
             coefficients: self.coefficients.clone(),
@@ -800,6 +843,79 @@ impl Plant {
             gap_fill: self.gap_fill,
         })
     }
+}
+
+/// The sites that declare a water intake or quota, checked: intake meters count water (m3), the
+/// quota is known, the product units are the enterprise's own and make a product (errors name
+/// `enterprises[e].sites[s].key`).
+fn sites_of(
+    src: &Source,
+    enterprises: &[EnterpriseConfig],
+    table: &dyn Fn(usize) -> String,
+    units: &[Unit],
+    (coefficients, limits): (&Coefficients, &Limits),
+    zone: (ElectricityBasis, chrono::FixedOffset),
+) -> Result<Vec<Site>, ConfigError> {
+    let mut sites = Vec::new();
+    for (e, ent) in enterprises.iter().enumerate() {
+        let owner = ent.key().map(str::to_owned);
+        for (n, site) in ent.sites.iter().enumerate() {
+            let key = |k: &str| format!("{}.sites[{n}].{k}", table(e));
+            if site.water_intake.is_empty()
+                && site.water_quota.is_none()
+                && site.water_product_units.is_empty()
+            {
+                continue;
+            }
+            let mut intake = Vec::new();
+            for (j, f) in site.water_intake.iter().enumerate() {
+                let at = key(&format!("water_intake[{j}]"));
+                if f.role != Role::Water {
+                    return Err(src.error(
+                        &format!("{at}.role"),
+                        "a site's intake meter counts water: role = \"water\"",
+                    ));
+                }
+                intake.push(resolve_flow(src, &at, f, coefficients, zone)?);
+            }
+            let water_quota = match &site.water_quota {
+                None => None,
+                Some(code) => Some(
+                    limits
+                        .quota(code)
+                        .ok_or_else(|| {
+                            src.error(&key("water_quota"), format!("unknown water quota `{code}`"))
+                        })?
+                        .clone(),
+                ),
+            };
+            for (j, id) in site.water_product_units.iter().enumerate() {
+                let unit = units.iter().find(|u| &u.id == id && u.enterprise == owner);
+                if !unit.is_some_and(|u| u.flows.iter().any(|f| f.role == Role::Product)) {
+                    return Err(src.error(
+                        &key(&format!("water_product_units[{j}]")),
+                        format!("`{id}` is not a unit of this enterprise with a product flow"),
+                    ));
+                }
+            }
+            if water_quota.is_some() && (intake.is_empty() || site.water_product_units.is_empty()) {
+                return Err(src.error(
+                    &key("water_quota"),
+                    "a quota is judged on the site's intake per tonne of its product: give \
+                     water_intake meters and water_product_units",
+                ));
+            }
+            sites.push(Site {
+                id: site.id.clone(),
+                name: site.name.clone(),
+                enterprise: owner.clone(),
+                water_quota,
+                product_units: site.water_product_units.clone(),
+                intake,
+            });
+        }
+    }
+    Ok(sites)
 }
 
 /// The enterprise tables as written: `[enterprise]` (one) or `[[enterprises]]` (a group's

@@ -45,6 +45,9 @@ pub struct AnnualReport {
     /// last, with the change against the enterprise's target; null when the enterprise gives
     /// no monthly values and no target.
     pub intensity: Option<YearOnYear>,
+    /// Each site's water intake over the year per tonne of its product, judged on its quota
+    /// (GB/T 18916 judges the site, not a unit); empty when no site declares its intake.
+    pub sites_water: Vec<ems_energy::balance::SiteWater>,
     pub data_quality: DataQuality,
 }
 
@@ -277,10 +280,18 @@ pub fn build(
         .collect();
     // The enterprise from its boundary, where it has boundary meters: it replaces the units'
     // sum in the totals, year and months.
+    let year_balance = if plant.boundary.is_empty() && plant.sites.is_empty() {
+        None
+    } else {
+        enterprise_balance(plant, reader, &[(start, end)])?.pop()
+    };
+    let sites_water = year_balance
+        .as_ref()
+        .map(|b| b.sites.clone())
+        .unwrap_or_default();
     let balance = if plant.boundary.is_empty() {
         None
     } else {
-        let year_balance = enterprise_balance(plant, reader, &[(start, end)])?.pop();
         let month_balances = enterprise_balance(plant, reader, &months)?;
         for (t, b) in month_totals.iter_mut().zip(&month_balances) {
             t.comprehensive_tce = b.enterprise.energy_kgce / 1000.0;
@@ -339,6 +350,7 @@ pub fn build(
         units,
         balance,
         intensity,
+        sites_water,
         data_quality,
     })
 }

@@ -173,6 +173,38 @@ pub fn annual_figures(r: &AnnualReport) -> Vec<Figure> {
             });
         }
     }
+    for w in &r.sites_water {
+        let grade = w.quota.as_ref().map(|q| q.grade.to_owned());
+        for (figure, value, unit) in [
+            ("water_intake", Some(w.intake_m3), "m3"),
+            ("product", Some(w.product_t), "t"),
+            ("water_per_product", w.m3_per_t, "m3/t"),
+            ("quota_general", w.quota.as_ref().map(|q| q.general), "m3/t"),
+            (
+                "quota_advanced",
+                w.quota.as_ref().map(|q| q.advanced),
+                "m3/t",
+            ),
+            ("completeness", Some(w.completeness), "share"),
+        ] {
+            out.push(Figure {
+                section: "site_water",
+                subject: w.site.clone(),
+                period: r.start.clone(),
+                figure,
+                value: opt(value),
+                unit: unit.into(),
+            });
+        }
+        out.push(Figure {
+            section: "site_water",
+            subject: w.site.clone(),
+            period: r.start.clone(),
+            figure: "quota_grade",
+            value: grade.unwrap_or_default(),
+            unit: String::new(),
+        });
+    }
     for c in &r.totals.by_carrier {
         let role = match c.role {
             ems_energy::model::Role::Recovered => "recovered",

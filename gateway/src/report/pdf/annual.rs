@@ -265,6 +265,52 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
         ],
         &unit_rows,
     );
+    if !r.sites_water.is_empty() {
+        l.paragraph(
+            11.0,
+            "厂区取水（GB/T 18916：厂区取水量按厂区产品产量计，主要、辅助及附属生产合计）",
+        );
+        let rows: Vec<Vec<String>> = r
+            .sites_water
+            .iter()
+            .map(|w| {
+                let (quota, grade) = match &w.quota {
+                    Some(q) => (
+                        format!("{:.3}/{:.3}", q.general, q.advanced),
+                        match q.grade {
+                            "advanced" => "先进",
+                            "general" => "通用",
+                            _ => "超定额",
+                        }
+                        .to_owned(),
+                    ),
+                    None => ("—".into(), "未评价".into()),
+                };
+                vec![
+                    w.name.clone(),
+                    format_num(w.intake_m3, 1),
+                    format_num(w.product_t, 1),
+                    opt(w.m3_per_t, 3),
+                    quota,
+                    grade,
+                    pct(w.completeness),
+                ]
+            })
+            .collect();
+        l.table(
+            &[100.0, 75.0, 70.0, 60.0, 75.0, 45.0, 55.0],
+            &[
+                "厂区",
+                "取水量（m³）",
+                "产量（t）",
+                "m³/t",
+                "定额 通用/先进",
+                "评价",
+                "完整率",
+            ],
+            &rows,
+        );
+    }
     for u in &r.units {
         l.heading(&format!("{}（{}）月度指标", u.name, u.id));
         // A potline's DC energy and current efficiency over the year, where it meters them.
