@@ -36,6 +36,20 @@ struct File {
     carrier: Vec<Carrier>,
 }
 
+/// What a carrier is to the standards' figures: clinker comprehensive coal (GB 16780) counts
+/// fuels only, not electricity, heat or working media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CarrierKind {
+    /// Coal, coke, oil, gases burnt.
+    Fuel,
+    Electricity,
+    /// Heat and steam.
+    Heat,
+    /// Energy-consuming working media (耗能工质): oxygen, nitrogen, compressed air, water.
+    WorkingMedium,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Carrier {
@@ -45,6 +59,10 @@ pub struct Carrier {
     /// Physical unit the coefficient is per.
     pub unit: String,
     pub kgce_per_unit: f64,
+    /// Fuel, electricity, heat or working medium; a plant's own file may leave it out, and a
+    /// figure that needs it (fuel only) is then not judged, with the reason.
+    #[serde(default)]
+    pub kind: Option<CarrierKind>,
     pub source: SourceRef,
     /// Figures of particular years, each with its source: the equal value of electricity
     /// follows the year's thermal-power supply coal rate. A period's hours in such a year use

@@ -98,6 +98,14 @@ pub struct Indicator {
     pub current_efficiency_pct: Option<f64>,
     pub water_m3: f64,
     pub water_m3_per_t: Option<f64>,
+    /// Fuels consumed, kgce (coal, coke, oil, gases; not electricity, heat or working media,
+    /// nothing recovered credited): the clinker comprehensive coal of GB 16780.
+    pub fuel_kgce: f64,
+    pub fuel_kgce_per_t: Option<f64>,
+    /// Carriers consumed whose kind the coefficients file does not give: the fuel figure then
+    /// leaves them out, and a limit on it is not judged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fuel_unknown: Vec<String>,
     /// Share of the period covered by good samples, the weakest meter of the unit deciding.
     pub completeness: f64,
     /// At least 90 % complete: what the national online-monitoring rules accept for reporting.
@@ -166,6 +174,9 @@ pub fn indicators(
                 current_efficiency_pct: None,
                 water_m3: 0.0,
                 water_m3_per_t: None,
+                fuel_kgce: 0.0,
+                fuel_kgce_per_t: None,
+                fuel_unknown: Vec::new(),
                 completeness: 1.0,
                 reportable: false,
                 estimated_share: 0.0,
@@ -245,6 +256,18 @@ pub fn indicators(
                     | Role::Stock
                     | Role::Flare => continue,
                 };
+                if flow.role == Role::Consumed && !flow.own_use {
+                    match flow.kind {
+                        Some(crate::coefficients::CarrierKind::Fuel) => ind.fuel_kgce += value,
+                        Some(_) => {}
+                        None => {
+                            let code = flow.carrier.clone().unwrap_or_default();
+                            if !ind.fuel_unknown.contains(&code) {
+                                ind.fuel_unknown.push(code);
+                            }
+                        }
+                    }
+                }
                 if flow.carrier.as_deref() == Some("electricity") {
                     let kwh = sum.delta
                         * crate::coefficients::unit_factor(&flow.unit, "kWh").unwrap_or(0.0);
@@ -286,6 +309,7 @@ pub fn indicators(
             }
             if ind.product_t > 0.0 {
                 ind.kgce_per_t = Some(ind.energy_kgce / ind.product_t);
+                ind.fuel_kgce_per_t = Some(ind.fuel_kgce / ind.product_t);
                 ind.kwh_per_t = Some(ind.electricity_kwh / ind.product_t);
                 ind.water_m3_per_t = Some(ind.water_m3 / ind.product_t);
                 if ind.dc_kwh > 0.0 {
@@ -356,6 +380,15 @@ fn judge(
         let figure = match limit.indicator {
             Figure::KgcePerT => ind.bases.of(limit.basis).kgce_per_t,
             Figure::KwhPerT => ind.kwh_per_t,
+            Figure::FuelKgcePerT if !ind.fuel_unknown.is_empty() => {
+                ind.limit_errors.push(format!(
+                    "{}: not judged: the coefficients file does not say whether {} is a fuel (`kind`)",
+                    limit.code,
+                    ind.fuel_unknown.join(", ")
+                ));
+                continue;
+            }
+            Figure::FuelKgcePerT => ind.fuel_kgce_per_t,
         };
         let Some(value) = figure else { continue };
         match limit.judge(value, &ind.corrections, unit.status) {
@@ -409,6 +442,7 @@ mod tests {
             max_rate_per_h: None,
             own_use: false,
             basis: 0,
+            kind: None,
             steps: Default::default(),
             measured_from: None,
         }
@@ -745,6 +779,92 @@ mod tests {
         let j = &i.limits[0];
         assert!((j.value - 105.574_55).abs() < 1e-6, "{j:?}");
         assert_eq!(i.level, Some(2));
+    }
+
+    #[test]
+    fn golden_kiln_month_draws_clinker_comprehensive_coal_from_its_fuels_alone() {
+        // GB 16780-2021's clinker comprehensive coal: the fuels burnt for the clinker per
+        // tonne, no electricity and no waste-heat credit. The kiln month above:
+        //   raw coal 14 350 t x 714.3 kgce/t = 10 250 205 kgce / 100 000 t = 102.502 kgce/t:
+        //   level 3 of 94/100/109, within the limit of an existing line, not a new one's level 2.
+        let flow = |device: &str, rest: &str| format!("{FLOW}device = \"{device}\"\n{rest}\n");
+        let text = [
+            "[[units]]\nid = \"kiln1\"\nname = \"kiln\"\nkind = \"kiln\"\nlimits = [\"clinker_comprehensive_coal\"]\n".to_string(),
+            flow("clinker", "role = \"product\"\nunit = \"t\""),
+            flow("coal", "role = \"consumed\"\ncarrier = \"raw_coal\"\nunit = \"t\""),
+            flow("power", "role = \"consumed\"\ncarrier = \"electricity\"\nunit = \"kWh\""),
+            flow(
+                "whr",
+                "role = \"recovered\"\ncarrier = \"electricity\"\nunit = \"kWh\"\ngeneration = \"gross\"",
+            ),
+        ]
+        .concat();
+        let i = golden(&text, &[1e5, 14_350.0, 5.5e6, 3e6]);
+        assert!((i.fuel_kgce - 10_250_205.0).abs() < 1e-3, "{}", i.fuel_kgce);
+        assert!((i.fuel_kgce_per_t.unwrap() - 102.502_05).abs() < 1e-9);
+        let j = &i.limits[0];
+        assert_eq!(
+            (j.code.as_str(), j.level, j.within_limit),
+            ("clinker_comprehensive_coal", Some(3), true)
+        );
+        let new_line = golden(
+            &text.replace("kind = \"kiln\"\n", "kind = \"kiln\"\nstatus = \"new\"\n"),
+            &[1e5, 14_350.0, 5.5e6, 3e6],
+        );
+        assert!(
+            !new_line.limits[0].within_limit,
+            "a new line must reach level 2 (100)"
+        );
+
+        // A plant's own coefficients file that does not say raw coal is a fuel: the coal
+        // figure is not judged, and says why.
+        let data = crate::coefficients::BUILT_IN;
+        let at = data.find("code = \"raw_coal\"").unwrap();
+        let kind = at + data[at..].find("kind = \"fuel\"\n").unwrap();
+        let data = format!(
+            "{}{}",
+            &data[..kind],
+            &data[kind + "kind = \"fuel\"\n".len()..]
+        );
+        let coefficients = crate::coefficients::Coefficients::from_source(
+            &ems_config::Source::embedded("coefficients.toml", &data),
+        )
+        .unwrap();
+        let src = ems_config::Source::embedded("gw.toml", &text);
+        let t: crate::model::PlantTables = src.parse().unwrap();
+        let plant = crate::model::Plant::build(
+            &src,
+            &t.accounting,
+            crate::model::EnterpriseTables {
+                one: &t.enterprise,
+                several: &t.enterprises,
+            },
+            &t.units,
+            &t.boundary,
+            coefficients,
+            crate::limits::Limits::built_in(),
+        )
+        .unwrap();
+        let tz: FixedOffset = "+08:00".parse().unwrap();
+        let sept = day_ms(2026, 9, 1);
+        let i = indicators(&plant.units[0], &[(sept, sept + HOUR_MS)], tz, |k| {
+            vec![(
+                sept,
+                PointSlot {
+                    delta: [1e5, 14_350.0, 5.5e6, 3e6][k],
+                    covered_ms: HOUR_MS,
+                    estimated: 0.0,
+                },
+            )]
+        })
+        .remove(0);
+        assert!(i.limits.is_empty(), "{:?}", i.limits);
+        assert_eq!(i.fuel_unknown, ["raw_coal"]);
+        assert!(
+            i.limit_errors[0].contains("whether raw_coal is a fuel"),
+            "{:?}",
+            i.limit_errors
+        );
     }
 
     #[test]

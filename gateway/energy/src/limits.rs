@@ -26,12 +26,15 @@ struct File {
 pub enum Figure {
     KgcePerT,
     KwhPerT,
+    /// Fuels consumed only, kgce per tonne (clinker comprehensive coal, GB 16780): not
+    /// electricity, heat or working media, and no recovered energy credited.
+    FuelKgcePerT,
 }
 
 impl Figure {
     pub fn unit_label(self) -> &'static str {
         match self {
-            Figure::KgcePerT => "kgce/t",
+            Figure::KgcePerT | Figure::FuelKgcePerT => "kgce/t",
             Figure::KwhPerT => "kWh/t",
         }
     }

@@ -307,6 +307,9 @@ pub struct Flow {
     pub factors: [f64; 2],
     /// Which of `factors` is the plant's basis, `factor`'s.
     pub basis: usize,
+    /// What its carrier is (fuel, electricity, heat, working medium); none for a carrier whose
+    /// data file does not say, or a flow that is not energy.
+    pub kind: Option<crate::coefficients::CarrierKind>,
     pub rollover: Option<f64>,
     pub max_rate_per_h: Option<f64>,
     /// A consumed flow its unit's net meter has already netted out (factors zero): shown as own
@@ -1037,6 +1040,12 @@ fn resolve_flow(
         factor,
         factors: if energy { factors } else { [factor; 2] },
         basis: basis.index(),
+        kind: f
+            .carrier
+            .as_ref()
+            .filter(|_| energy)
+            .and_then(|c| coefficients.get(c.get_ref()))
+            .and_then(|c| c.kind),
         rollover: f.rollover,
         max_rate_per_h: f.max_rate_per_h,
         own_use: false,
