@@ -65,6 +65,10 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../profiles/dlt645-2007.toml"),
     ),
     (
+        "chint-dtsu666-dlt645.toml",
+        include_str!("../profiles/chint-dtsu666-dlt645.toml"),
+    ),
+    (
         "ems-sim-dlt645.toml",
         include_str!("../profiles/ems-sim-dlt645.toml"),
     ),
@@ -715,8 +719,9 @@ mod tests {
     }
 
     /// The named meters of the library, each from a manufacturer's map.
-    const NAMED_METERS: [&str; 8] = [
+    const NAMED_METERS: [&str; 9] = [
         "dtsu666",
+        "chint-dtsu666-dlt645",
         "acrel-dtsd1352",
         "acrel-adl400",
         "sdm630",
@@ -794,6 +799,24 @@ mod tests {
         let pm = lib.get("schneider-pm5100").unwrap();
         let import = pm.points.iter().find(|d| d.id == "import_kwh").unwrap();
         assert_eq!(import.address, 2699);
+    }
+
+    #[test]
+    fn the_chint_meter_on_dlt645_asks_only_what_a_single_rate_meter_answers() {
+        let lib = Library::built_in();
+        let chint = lib.get("chint-dtsu666-dlt645").unwrap();
+        assert_eq!(
+            chint.dialect,
+            Dialect::Dlt645(ems_core::dlt645::Edition::V2007)
+        );
+        let dis: Vec<u32> = chint.points.iter().map(|p| p.meter.unwrap().di).collect();
+        assert!(dis.contains(&0x0001_0000) && dis.contains(&0x0002_0000));
+        // The per-tariff energies (00010100..00010400) a single-rate meter refuses.
+        assert!(
+            dis.iter()
+                .all(|di| !(0x0001_0100..=0x0001_0400).contains(di)),
+            "{dis:08X?}"
+        );
     }
 
     #[test]
