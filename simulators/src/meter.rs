@@ -37,7 +37,8 @@ pub enum MeterModel {
     /// Three-phase electricity meter on DL/T 645-2007 (not Modbus), at the address of its
     /// unit id in 12 digits (unit 41: 000000000041): forward active energy total and by tariff
     /// (XXXXXX.XX kWh, wraps at 1 000 000), phase voltages, currents, total power, power factor,
-    /// and the simulator's clock under data identifier FF000001 (ms, 16 digits).
+    /// present and maximum demand (its present power, XX.XXXX kW; the maximum stamped now), and
+    /// the simulator's clock under data identifier FF000001 (ms, 16 digits).
     Dlt645Meter,
     /// Cold-water meter on CJ/T 188-2004 (type 10H, not Modbus), at the address of its unit id
     /// in 14 digits (unit 45: 00000000000045): the read of current data (901F) answers the
@@ -103,6 +104,15 @@ fn cjt188_time(clock_ms: i64) -> Vec<u8> {
         pair(year % 100),
         pair(year / 100),
     ]
+}
+
+/// DL/T 645's YYMMDDhhmm in BCD, the minutes first, in Beijing time.
+fn dlt645_minute(clock_ms: i64) -> Vec<u8> {
+    let mut t = cjt188_time(clock_ms);
+    // cjt188_time is ss mm hh DD MM YY CC: drop the seconds and the century.
+    t.remove(0);
+    t.truncate(5);
+    t
 }
 
 /// Which register table a block lives in.
@@ -223,6 +233,14 @@ impl MeterModel {
             0x0202_0100 | 0x0202_0200 | 0x0202_0300 => bcd(amps, 3, 3, true),
             0x0203_0000 => bcd(kw, 3, 4, true),
             0x0206_0000 => bcd(0.955, 2, 3, true),
+            // Demand: the simulator keeps no demand window, so it shows its present power as
+            // the present demand and as the maximum, stamped now.
+            0x0280_0004 => bcd(kw, 3, 4, true),
+            0x0101_0000 => {
+                let mut v = bcd(kw, 3, 4, false);
+                v.extend(dlt645_minute(r.clock_ms));
+                v
+            }
             DLT645_CLOCK_DI => bcd(r.clock_ms as f64, 8, 0, false),
             _ => return None,
         })
@@ -497,6 +515,16 @@ mod tests {
             None
         );
         assert_eq!(bcd(-1.2345, 3, 4, true), vec![0x45, 0x23, 0x81]);
+        // Present demand 98.5 kW; the maximum with its minute, 2026-01-01 00:00 Beijing time
+        // (YYMMDDhhmm, the minutes first).
+        assert_eq!(
+            m.dlt645_value(0x0280_0004, reading(1.0)),
+            Some(vec![0x00, 0x50, 0x98])
+        );
+        assert_eq!(
+            m.dlt645_value(0x0101_0000, reading(1.0)),
+            Some(vec![0x00, 0x50, 0x98, 0x00, 0x00, 0x01, 0x01, 0x26])
+        );
     }
 
     #[test]

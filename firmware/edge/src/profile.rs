@@ -811,6 +811,14 @@ mod tests {
         );
         let dis: Vec<u32> = chint.points.iter().map(|p| p.meter.unwrap().di).collect();
         assert!(dis.contains(&0x0001_0000) && dis.contains(&0x0002_0000));
+        // The maximum demand answers its minute after the value: 98.5 kW at 2026-01-01 00:00.
+        let max = chint
+            .points
+            .iter()
+            .find(|p| p.id == "max_demand_kw")
+            .unwrap();
+        let answer = [0x00, 0x50, 0x98, 0x00, 0x00, 0x01, 0x01, 0x26];
+        assert_eq!(max.meter.unwrap().decode(&answer), Ok(98.5));
         // The per-tariff energies (00010100..00010400) a single-rate meter refuses.
         assert!(
             dis.iter()
