@@ -475,14 +475,13 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
-/// An enterprise's output value and value added from a CSV file (header
-/// `month,output_value,value_added`, one row a month, 10 000 yuan; value added may be empty).
-/// Errors name the file, the line and the column; a month given twice (here or in the
-/// configuration's `monthly_values`) is refused.
-fn read_monthly_values(
+/// The rows of a CSV file with a header, each checked by `check` (which gets the row and the
+/// previous rows, and answers with the field and reason of a fault); a row that does not parse
+/// or fails its check names the file, the line and the column.
+fn read_csv_rows<T: serde::de::DeserializeOwned>(
     path: &Path,
-    inline: &[ems_energy::intensity::MonthlyValue],
-) -> Result<Vec<ems_energy::intensity::MonthlyValue>, ConfigError> {
+    mut check: impl FnMut(&T, &[T]) -> Result<(), (&'static str, String)>,
+) -> Result<Vec<T>, ConfigError> {
     let error = |line: Option<u64>, key: Option<&str>, message: String| ConfigError {
         file: path.to_owned(),
         line: line.map(|l| l as usize),
@@ -494,26 +493,35 @@ fn read_monthly_values(
         .trim(csv::Trim::All)
         .from_path(path)
         .map_err(|e| error(None, None, format!("cannot read: {e}")))?;
-    let mut rows: Vec<ems_energy::intensity::MonthlyValue> = Vec::new();
-    for record in reader.deserialize::<ems_energy::intensity::MonthlyValue>() {
+    let mut rows: Vec<T> = Vec::new();
+    for record in reader.deserialize::<T>() {
         let v = record.map_err(|e| {
             let line = e.position().map(|p| p.line());
             error(line, None, e.to_string())
         })?;
-        let line = Some(rows.len() as u64 + 2);
-        if let Err((field, why)) = v.check() {
-            return Err(error(line, Some(field), why.to_owned()));
-        }
-        if inline.iter().chain(&rows).any(|r| r.month == v.month) {
-            return Err(error(
-                line,
-                Some("month"),
-                format!("{} is given twice", v.month),
-            ));
+        if let Err((field, why)) = check(&v, &rows) {
+            return Err(error(Some(rows.len() as u64 + 2), Some(field), why));
         }
         rows.push(v);
     }
     Ok(rows)
+}
+
+/// An enterprise's output value and value added from a CSV file (header
+/// `month,output_value,value_added`, one row a month, 10 000 yuan; value added may be empty).
+/// Errors name the file, the line and the column; a month given twice (here or in the
+/// configuration's `monthly_values`) is refused.
+fn read_monthly_values(
+    path: &Path,
+    inline: &[ems_energy::intensity::MonthlyValue],
+) -> Result<Vec<ems_energy::intensity::MonthlyValue>, ConfigError> {
+    read_csv_rows(path, |v: &ems_energy::intensity::MonthlyValue, before| {
+        v.check().map_err(|(field, why)| (field, why.to_owned()))?;
+        if inline.iter().chain(before).any(|r| r.month == v.month) {
+            return Err(("month", format!("{} is given twice", v.month)));
+        }
+        Ok(())
+    })
 }
 
 /// A flow's heating values from a laboratory's CSV file (`from,lhv_kj`: a time, local or RFC
@@ -523,39 +531,16 @@ fn read_heating_values(
     inline: &[ems_energy::schedule::HeatingValue],
     tz: chrono::FixedOffset,
 ) -> Result<Vec<ems_energy::schedule::HeatingValue>, ConfigError> {
-    let error = |line: Option<u64>, key: Option<&str>, message: String| ConfigError {
-        file: path.to_owned(),
-        line: line.map(|l| l as usize),
-        column: None,
-        key: key.map(str::to_owned),
-        message,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| error(None, None, format!("cannot read: {e}")))?;
-    let mut seen: Vec<i64> = inline.iter().filter_map(|v| v.checked(tz).ok()).collect();
-    let mut rows = Vec::new();
-    for record in reader.deserialize::<ems_energy::schedule::HeatingValue>() {
-        let v = record.map_err(|e| {
-            let line = e.position().map(|p| p.line());
-            error(line, None, e.to_string())
-        })?;
-        let line = Some(rows.len() as u64 + 2);
+    let at = |v: &ems_energy::schedule::HeatingValue| v.checked(tz).ok();
+    read_csv_rows(path, |v: &ems_energy::schedule::HeatingValue, before| {
         let from = v
             .checked(tz)
-            .map_err(|(field, why)| error(line, Some(field), why.to_owned()))?;
-        if seen.contains(&from) {
-            return Err(error(
-                line,
-                Some("from"),
-                format!("{} is given twice", v.from),
-            ));
+            .map_err(|(field, why)| (field, why.to_owned()))?;
+        if inline.iter().chain(before).any(|r| at(r) == Some(from)) {
+            return Err(("from", format!("{} is given twice", v.from)));
         }
-        seen.push(from);
-        rows.push(v);
-    }
-    Ok(rows)
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -756,8 +756,13 @@ mod tests {
 
     /// What a point of `profile` reads when the meter sends `raw` in its own units.
     fn reads(lib: &Library, profile: &str, id: &str, raw: f64) -> f64 {
-        let def = lib.get(profile).unwrap().points.iter().find(|d| d.id == id);
-        let def = def.unwrap_or_else(|| panic!("{profile}.{id}"));
+        point_reads(lib.get(profile).unwrap(), id, raw)
+    }
+
+    /// What point `id` of `profile` reads when the meter sends `raw` in its own units.
+    fn point_reads(profile: &Profile, id: &str, raw: f64) -> f64 {
+        let def = profile.points.iter().find(|d| d.id == id);
+        let def = def.unwrap_or_else(|| panic!("{}.{id}", profile.name));
         let mut regs = vec![0u16; usize::from(def.data_type.registers())];
         ems_core::decode::encode(raw, def.data_type, def.order, &mut regs);
         let read = crate::device_plan::Read {
@@ -839,18 +844,7 @@ mod tests {
                 "{name}"
             );
             let primary = meter.with_factors(&factors);
-            let read = |id: &str, raw: f64| {
-                let def = primary.points.iter().find(|d| d.id == id).unwrap();
-                let mut regs = vec![0u16; usize::from(def.data_type.registers())];
-                ems_core::decode::encode(raw, def.data_type, def.order, &mut regs);
-                let read = crate::device_plan::Read {
-                    table: def.table,
-                    start: def.address,
-                    len: def.data_type.registers(),
-                    points: vec![],
-                };
-                crate::device_plan::decode_point(def, &read, &regs).unwrap()
-            };
+            let read = |id: &str, raw: f64| point_reads(&primary, id, raw);
             // 1 234.56 secondary kWh through 10 000/100 V and 200/5 A.
             assert!((read("import_kwh", 123_456.0) - 4_938_240.0).abs() < 1e-6);
             assert!((read("p_kw", -1_500.0) + 6_000.0).abs() < 1e-9);

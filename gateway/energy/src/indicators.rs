@@ -526,6 +526,42 @@ mod tests {
 
     const FLOW: &str = "[[units.flows]]\npoint = \"total\"\n";
 
+    /// The built-in coefficients file with one edit in carrier `code`'s entry: `edit` gets where
+    /// `find` first occurs after its code and gives the range to replace and the replacement.
+    fn with_carrier_edit(
+        code: &str,
+        find: &str,
+        edit: impl Fn(usize) -> (usize, usize, &'static str),
+    ) -> String {
+        let data = crate::coefficients::BUILT_IN;
+        let at = data.find(&format!("code = \"{code}\"")).unwrap();
+        let (from, to, with) = edit(at + data[at..].find(find).unwrap());
+        format!("{}{with}{}", &data[..from], &data[to..])
+    }
+
+    /// The plant of `text` (its tables) with the coefficients file `data`.
+    fn plant_with(text: &str, data: &str) -> crate::model::Plant {
+        let coefficients = crate::coefficients::Coefficients::from_source(
+            &ems_config::Source::embedded("coefficients.toml", data),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let src = ems_config::Source::embedded("gw.toml", text);
+        let t: crate::model::PlantTables = src.parse().unwrap();
+        crate::model::Plant::build(
+            &src,
+            &t.accounting,
+            crate::model::EnterpriseTables {
+                one: &t.enterprise,
+                several: &t.enterprises,
+            },
+            &t.units,
+            &t.boundary,
+            coefficients,
+            crate::limits::Limits::built_in(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Hourly slots of `per_hour` from local midnight of `day` (+08:00) for `hours`.
     fn hourly(from_ms: i64, hours: i64, per_hour: f64) -> Vec<(i64, PointSlot)> {
         (0..hours)
@@ -602,35 +638,17 @@ mod tests {
         //                 (0.352 kgce/kWh over the two days)
         //   equivalent    48 000 kWh x 0.1229                    = 5 899.2 kgce
         let by_year = "\n[[carrier.by_year]]\nyear = 2026\nkgce_per_unit = 0.300\nsource = { standard = \"test\", edition = \"-\", table = \"-\", verified = false }\n";
-        let data = crate::coefficients::BUILT_IN;
-        let at = data.find("code = \"electricity_equal\"").unwrap();
-        let end = at + data[at..].find("\nsource = ").unwrap();
-        let end = end + 1 + data[end + 1..].find('\n').unwrap();
-        let data = format!("{}{by_year}{}", &data[..end], &data[end..]);
-        let coefficients = crate::coefficients::Coefficients::from_source(
-            &ems_config::Source::embedded("coefficients.toml", &data),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        // After the carrier's `source` line: the year's figure belongs to it.
+        let data = with_carrier_edit("electricity_equal", "\nsource = ", |at| {
+            let end = at + 1 + crate::coefficients::BUILT_IN[at + 1..].find('\n').unwrap();
+            (end, end, by_year)
+        });
         let text = format!(
             "[accounting]\nelectricity = \"equal\"\n[[units]]\nid = \"mill\"\nname = \"Mill\"\nkind = \"rolling_mill\"\n\
              {FLOW}device = \"steel\"\nrole = \"product\"\nunit = \"t\"\n\
              {FLOW}device = \"power\"\nrole = \"consumed\"\ncarrier = \"electricity\"\nunit = \"kWh\"\n"
         );
-        let src = ems_config::Source::embedded("gw.toml", &text);
-        let t: crate::model::PlantTables = src.parse().unwrap();
-        let plant = crate::model::Plant::build(
-            &src,
-            &t.accounting,
-            crate::model::EnterpriseTables {
-                one: &t.enterprise,
-                several: &t.enterprises,
-            },
-            &t.units,
-            &t.boundary,
-            coefficients,
-            crate::limits::Limits::built_in(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let plant = plant_with(&text, &data);
         let tz: FixedOffset = "+08:00".parse().unwrap();
         let from = day_ms(2025, 12, 31);
         let two_days = (from, from + 48 * HOUR_MS);
@@ -818,33 +836,10 @@ mod tests {
 
         // A plant's own coefficients file that does not say raw coal is a fuel: the coal
         // figure is not judged, and says why.
-        let data = crate::coefficients::BUILT_IN;
-        let at = data.find("code = \"raw_coal\"").unwrap();
-        let kind = at + data[at..].find("kind = \"fuel\"\n").unwrap();
-        let data = format!(
-            "{}{}",
-            &data[..kind],
-            &data[kind + "kind = \"fuel\"\n".len()..]
-        );
-        let coefficients = crate::coefficients::Coefficients::from_source(
-            &ems_config::Source::embedded("coefficients.toml", &data),
-        )
-        .unwrap();
-        let src = ems_config::Source::embedded("gw.toml", &text);
-        let t: crate::model::PlantTables = src.parse().unwrap();
-        let plant = crate::model::Plant::build(
-            &src,
-            &t.accounting,
-            crate::model::EnterpriseTables {
-                one: &t.enterprise,
-                several: &t.enterprises,
-            },
-            &t.units,
-            &t.boundary,
-            coefficients,
-            crate::limits::Limits::built_in(),
-        )
-        .unwrap();
+        let data = with_carrier_edit("raw_coal", "kind = \"fuel\"\n", |at| {
+            (at, at + "kind = \"fuel\"\n".len(), "")
+        });
+        let plant = plant_with(&text, &data);
         let tz: FixedOffset = "+08:00".parse().unwrap();
         let sept = day_ms(2026, 9, 1);
         let i = indicators(&plant.units[0], &[(sept, sept + HOUR_MS)], tz, |k| {
