@@ -167,6 +167,7 @@ pub fn unit_lines(unit: &Unit, slot_ms: i64, ind: &Indicator) -> String {
         for (name, v) in ["level1_threshold", "level2_threshold", "level3_threshold"]
             .iter()
             .zip(j.thresholds)
+            .filter(|(_, v)| v.is_finite())
         {
             let _ = write!(out, ",{name}={v:?}");
         }

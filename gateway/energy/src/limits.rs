@@ -47,7 +47,10 @@ pub struct Limit {
     pub name_zh: String,
     pub name_en: String,
     pub indicator: Figure,
-    /// Thresholds of levels 1, 2 and 3 before corrections.
+    /// Thresholds of levels 1, 2 and 3 before corrections. A standard that gives no level 2
+    /// for a row (GB 21256-2025's smaller electric arc furnaces) has `nan` there: a figure
+    /// between levels 1 and 3 is then level 3, and a new unit, which must reach level 2, is
+    /// not judged on that row.
     pub levels: [f64; 3],
     /// The electricity basis the standard's figure is built on (most: the equivalent value).
     #[serde(default)]
@@ -146,7 +149,7 @@ pub struct Judgement {
     pub edition: String,
     pub indicator: Figure,
     pub value: f64,
-    /// Corrected thresholds of levels 1, 2, 3.
+    /// Corrected thresholds of levels 1, 2, 3 (null in JSON where the standard gives none).
     pub thresholds: [f64; 3],
     /// 1, 2 or 3; `None` above the level-3 threshold.
     pub level: Option<u8>,
@@ -217,11 +220,20 @@ impl Limit {
         status: UnitStatus,
     ) -> Result<Judgement, String> {
         let thresholds = self.thresholds(inputs)?;
+        let limit_level = status.limit_level();
+        if thresholds[usize::from(limit_level) - 1].is_nan() {
+            return Err(format!(
+                "{}: not judged: {} gives no level {limit_level} for this row, the level a {} unit must reach",
+                self.code,
+                self.source.standard,
+                if limit_level == 2 { "new" } else { "existing" }
+            ));
+        }
+        // A level the standard does not give (nan) is never reached.
         let level = thresholds
             .iter()
             .position(|&t| value <= t)
             .map(|i| i as u8 + 1);
-        let limit_level = status.limit_level();
         Ok(Judgement {
             code: self.code.clone(),
             standard: self.source.standard.clone(),
@@ -310,11 +322,16 @@ impl Limits {
         let file: File = src.parse()?;
         let mut limits: BTreeMap<String, Editions> = BTreeMap::new();
         for (i, l) in file.limit.into_iter().enumerate() {
-            let ordered = l.levels[0] <= l.levels[1] && l.levels[1] <= l.levels[2];
-            if !(l.levels.iter().all(|x| x.is_finite()) && ordered) {
+            let [l1, l2, l3] = l.levels;
+            let ordered = if l2.is_nan() {
+                l1 <= l3
+            } else {
+                l1 <= l2 && l2 <= l3
+            };
+            if !(l1.is_finite() && l3.is_finite() && (l2.is_finite() || l2.is_nan()) && ordered) {
                 return Err(src.error(
                     &format!("limit[{i}].levels"),
-                    "three finite thresholds, level 1 lowest",
+                    "three finite thresholds, level 1 lowest (level 2 may be nan where the standard gives none)",
                 ));
             }
             let e = limits.entry(l.code.clone()).or_insert_with(|| Editions {
@@ -406,6 +423,41 @@ mod tests {
                 "{}",
                 x.code
             );
+        }
+    }
+
+    #[test]
+    fn a_row_without_a_level_2_grades_to_level_3_and_leaves_a_new_unit_unjudged() {
+        // GB 21256-2025, electric arc furnaces of 50-70 t: 61 / (none) / 72 kgce/t.
+        let l = Limits::built_in();
+        let eaf = l.editions("eaf_50t_to_70t").unwrap().latest();
+        let none = inputs(&[]);
+        let judged = |v: f64| eaf.judge(v, &none, UnitStatus::Existing).unwrap();
+        assert_eq!(judged(60.0).level, Some(1));
+        let mid = judged(65.0);
+        assert_eq!((mid.level, mid.within_limit), (Some(3), true), "{mid:?}");
+        assert!(mid.thresholds[1].is_nan());
+        assert_eq!(judged(72.5).level, None);
+        let new = eaf.judge(65.0, &none, UnitStatus::New).unwrap_err();
+        assert!(
+            new.contains("gives no level 2") && new.contains("new"),
+            "{new}"
+        );
+        // In JSON the missing level is null, never a number.
+        let json = serde_json::to_value(&mid).unwrap();
+        assert_eq!(json["thresholds"], serde_json::json!([61.0, null, 72.0]));
+        // Only level 2 may be missing, and the others stay ordered.
+        let file = |levels: &str| {
+            format!("version = \"t\"\n[[limit]]\ncode = \"x\"\nname_zh = \"x\"\nname_en = \"x\"\nindicator = \"kgce_per_t\"\nlevels = {levels}\nsource = {{ standard = \"GB 1\", edition = \"1\", table = \"1\", verified = false }}\n")
+        };
+        for bad in [
+            "[nan, 2.0, 3.0]",
+            "[1.0, 2.0, nan]",
+            "[3.0, nan, 1.0]",
+            "[1.0, inf, 3.0]",
+        ] {
+            let e = Limits::from_source(&Source::embedded("limits.toml", &file(bad))).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("limit[0].levels"), "{bad}");
         }
     }
 

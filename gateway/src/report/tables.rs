@@ -66,9 +66,11 @@ fn push_indicator(out: &mut Vec<Figure>, section: &'static str, subject: &str, i
         // Thresholds are in the limit's own figure (kgce/t, or kWh/t for the potline).
         let (u, [l1, l2, l3]) = (j.indicator.unit_label(), j.thresholds);
         f("limit_value", num(j.value), u);
-        f("limit_level1", num(l1), u);
-        f("limit_level2", num(l2), u);
-        f("limit_level3", num(l3), u);
+        // A level the standard does not give is left empty.
+        let given = |v: f64| if v.is_finite() { num(v) } else { String::new() };
+        f("limit_level1", given(l1), u);
+        f("limit_level2", given(l2), u);
+        f("limit_level3", given(l3), u);
     }
     if let Some(w) = &i.water_quota {
         f("water_quota_general", num(w.general), "m3/t");

@@ -342,6 +342,7 @@ fn limit_lines(j: &ems_energy::limits::Judgement) -> Vec<(String, f64)> {
     j.thresholds
         .iter()
         .enumerate()
+        .filter(|(_, t)| t.is_finite())
         .map(|(i, t)| (format!("{}级", i + 1), *t))
         .collect()
 }
