@@ -718,6 +718,22 @@ fn the_sites_intake_is_judged_on_its_water_quota_in_the_annual_report() {
         .collect::<HashMap<_, _>>();
     assert_eq!(csv["quota_grade"], "general");
     assert!(close(csv["water_per_product"].parse().unwrap(), per_t));
+    // January's compliance report judges the same site over its month (both days were in it).
+    let month = report::compliance::build(&inputs, (2025, 1)).unwrap();
+    let m = &month.sites_water[0];
+    assert!(
+        close(m.intake_m3, w.intake_m3) && close(m.product_t, w.product_t),
+        "{m:?}"
+    );
+    assert_eq!(m.quota.as_ref().unwrap().grade, "general");
+    let monthly = report::tables::compliance_figures(&month);
+    assert!(monthly
+        .iter()
+        .any(|f| f.section == "site_water" && f.figure == "quota_grade" && f.value == "general"));
+    assert!(
+        month.enterprise_energy.is_some(),
+        "the works still has its energy boundary"
+    );
     // The PDF's table of the site (tests/run.sh installs the CJK font and poppler).
     let (_, font) = report::pdf::load_font(None).expect("a CJK font");
     let pdf = report::pdf::annual(&r, &config.plant, &font).unwrap();

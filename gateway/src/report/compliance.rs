@@ -24,6 +24,9 @@ pub struct ComplianceReport {
     /// The enterprise's month from its boundary (GB/T 2589), with how complete its boundary
     /// meters are; null when it declares no boundary meters.
     pub enterprise_energy: Option<EnterpriseMonth>,
+    /// Each site's water intake over the month per tonne of its product, judged on its quota
+    /// (GB/T 18916); empty when no site declares its intake.
+    pub sites_water: Vec<ems_energy::balance::SiteWater>,
     pub units: Vec<UnitMonth>,
     pub data_quality: MonthQuality,
 }
@@ -168,23 +171,29 @@ pub fn build(inputs: &Inputs, (year, month): (i32, u32)) -> anyhow::Result<Compl
         .iter()
         .map(|u| daily_vs_monthly(&u.id, &u.month, &u.days))
         .collect();
-    let enterprise_energy = if plant.boundary.is_empty() {
+    let month_balance = if plant.boundary.is_empty() && plant.sites.is_empty() {
         None
     } else {
-        enterprise_balance(plant, reader, &[(start, end)])?
-            .pop()
-            .map(|b| EnterpriseMonth {
-                energy: b.enterprise,
-                completeness: b.completeness,
-                reportable: b.completeness >= MIN_COMPLETENESS,
-            })
+        enterprise_balance(plant, reader, &[(start, end)])?.pop()
     };
+    let sites_water = month_balance
+        .as_ref()
+        .map(|b| b.sites.clone())
+        .unwrap_or_default();
+    let enterprise_energy = month_balance
+        .filter(|_| !plant.boundary.is_empty())
+        .map(|b| EnterpriseMonth {
+            energy: b.enterprise,
+            completeness: b.completeness,
+            reportable: b.completeness >= MIN_COMPLETENESS,
+        });
     Ok(ComplianceReport {
         report: "compliance",
         version: FORMAT_VERSION,
         enterprise: plant.sole_enterprise().map(|e| e.name.clone()),
         month: format!("{year}-{month:02}"),
         enterprise_energy,
+        sites_water,
         units,
         data_quality: MonthQuality {
             min_completeness: MIN_COMPLETENESS,

@@ -175,38 +175,7 @@ pub fn annual_figures(r: &AnnualReport) -> Vec<Figure> {
             });
         }
     }
-    for w in &r.sites_water {
-        let grade = w.quota.as_ref().map(|q| q.grade.to_owned());
-        for (figure, value, unit) in [
-            ("water_intake", Some(w.intake_m3), "m3"),
-            ("product", Some(w.product_t), "t"),
-            ("water_per_product", w.m3_per_t, "m3/t"),
-            ("quota_general", w.quota.as_ref().map(|q| q.general), "m3/t"),
-            (
-                "quota_advanced",
-                w.quota.as_ref().map(|q| q.advanced),
-                "m3/t",
-            ),
-            ("completeness", Some(w.completeness), "share"),
-        ] {
-            out.push(Figure {
-                section: "site_water",
-                subject: w.site.clone(),
-                period: r.start.clone(),
-                figure,
-                value: opt(value),
-                unit: unit.into(),
-            });
-        }
-        out.push(Figure {
-            section: "site_water",
-            subject: w.site.clone(),
-            period: r.start.clone(),
-            figure: "quota_grade",
-            value: grade.unwrap_or_default(),
-            unit: String::new(),
-        });
-    }
+    push_site_water(&mut out, &r.start, &r.sites_water);
     for c in &r.totals.by_carrier {
         let role = match c.role {
             ems_energy::model::Role::Recovered => "recovered",
@@ -315,6 +284,39 @@ pub fn write_csv(figures: &[Figure], out: impl std::io::Write) -> anyhow::Result
     Ok(())
 }
 
+/// Each site's water over a period: intake, product, m3/t, its quota and grade (section
+/// `site_water`).
+fn push_site_water(out: &mut Vec<Figure>, period: &str, sites: &[ems_energy::balance::SiteWater]) {
+    for w in sites {
+        let quota = w.quota.as_ref();
+        for (figure, value, unit) in [
+            ("water_intake", Some(w.intake_m3), "m3"),
+            ("product", Some(w.product_t), "t"),
+            ("water_per_product", w.m3_per_t, "m3/t"),
+            ("quota_general", quota.map(|q| q.general), "m3/t"),
+            ("quota_advanced", quota.map(|q| q.advanced), "m3/t"),
+            ("completeness", Some(w.completeness), "share"),
+        ] {
+            out.push(Figure {
+                section: "site_water",
+                subject: w.site.clone(),
+                period: period.to_owned(),
+                figure,
+                value: opt(value),
+                unit: unit.into(),
+            });
+        }
+        out.push(Figure {
+            section: "site_water",
+            subject: w.site.clone(),
+            period: period.to_owned(),
+            figure: "quota_grade",
+            value: quota.map(|q| q.grade.to_owned()).unwrap_or_default(),
+            unit: String::new(),
+        });
+    }
+}
+
 /// Every figure of a monthly compliance report.
 pub fn compliance_figures(r: &super::compliance::ComplianceReport) -> Vec<Figure> {
     let mut out = Vec::new();
@@ -344,6 +346,7 @@ pub fn compliance_figures(r: &super::compliance::ComplianceReport) -> Vec<Figure
             });
         }
     }
+    push_site_water(&mut out, &r.month, &r.sites_water);
     for u in &r.units {
         push_indicator(&mut out, "unit_month", &u.id, &u.month);
         for d in &u.days {

@@ -40,6 +40,33 @@ pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> 
             ),
         );
     }
+    for w in &r.sites_water {
+        let judged = match (&w.quota, &w.not_judged) {
+            (Some(q), _) => format!(
+                "定额 {:.3}/{:.3}（通用/先进），{}",
+                q.general,
+                q.advanced,
+                match q.grade {
+                    "advanced" => "先进",
+                    "general" => "通用",
+                    _ => "超定额",
+                }
+            ),
+            (None, Some(why)) => format!("未评价：{why}"),
+            (None, None) => "无定额".to_owned(),
+        };
+        l.paragraph(
+            11.0,
+            format!(
+                "厂区取水（GB/T 18916）{}：取水量 {} m³，产量 {} t，单位产品取水量 {} m³/t，{judged}，计量完整率 {}",
+                w.name,
+                format_num(w.intake_m3, 1),
+                format_num(w.product_t, 1),
+                opt(w.m3_per_t, 3),
+                pct(w.completeness)
+            ),
+        );
+    }
     for u in &r.units {
         l.heading(&format!("{}（{}）", u.name, u.id));
         // The unit's headline figure: kWh/t where its first limit judges electricity.
