@@ -54,10 +54,38 @@ fn meters_on_one_rtu_bus_survive_a_meter_sending_corrupt_frames() {
     assert!(link.starts_with("rtu:///dev/"), "one RTU bus: {link}");
 
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
-    // Long enough after the fault for the faulty meter's backoff (1, 3, 7, 15 cycles ...) to end.
-    std::thread::sleep(Duration::from_secs(45));
+    // Until the faulty meter has read good twice after its last bad reading (its backoff, 1, 3,
+    // 7, 15 ... cycles of several seconds on this bus, ends within the site's max_backoff_ms,
+    // a minute, of the fault's end), and every other meter five times. A fixed wait was too
+    // short when the fault happened to push the backoff far: the test failed on a quiet machine.
+    let wait = |readings: &BTreeMap<String, BTreeMap<u64, bool>>| {
+        let faulty: Vec<bool> = readings
+            .get("kiln1-coal")
+            .map(|r| r.values().copied().collect())
+            .unwrap_or_default();
+        let recovered = faulty
+            .iter()
+            .rposition(|g| !g)
+            .is_some_and(|last_bad| faulty[last_bad + 1..].len() >= 2);
+        recovered && readings.len() == demo_meter_count() && readings.values().all(|r| r.len() >= 5)
+    };
+    let started = std::time::Instant::now();
+    eventually(
+        "the faulty meter to read good again",
+        Duration::from_secs(180),
+        || {
+            // Not before the fault has come and gone (simulated minutes 6 to 18 at 60x).
+            if started.elapsed() < Duration::from_secs(20) {
+                return false;
+            }
+            // The whole record each time: a look every second is enough.
+            std::thread::sleep(Duration::from_secs(1));
+            wait(&readings_of(&http).0)
+        },
+    );
+    // A stop waits for the poll cycle under way (the whole bus at 9 600 baud) and the delivery.
     assert!(
-        edge.terminate(Duration::from_secs(20)).success(),
+        edge.terminate(Duration::from_secs(60)).success(),
         "{}",
         edge.stderr_tail()
     );
@@ -69,26 +97,7 @@ fn meters_on_one_rtu_bus_survive_a_meter_sending_corrupt_frames() {
     );
     assert_stored_exactly_once(&http, &seq);
 
-    // Per device, in sequence order: whether each reading was all good.
-    let csv = get_text(
-        &http,
-        "/api/v1/samples.csv?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
-    );
-    let mut readings: BTreeMap<String, BTreeMap<u64, bool>> = BTreeMap::new();
-    let mut kinds = BTreeSet::new();
-    for line in csv.lines().skip(1) {
-        let c: Vec<&str> = line.split(',').collect();
-        let good = c[5] == "good";
-        if !good {
-            kinds.insert(c[5].to_owned());
-        }
-        let all_good = readings
-            .entry(c[0].into())
-            .or_default()
-            .entry(c[1].parse().unwrap())
-            .or_insert(true);
-        *all_good &= good;
-    }
+    let (readings, kinds) = readings_of(&http);
     let without_retries = &readings["bf1-pci"];
     assert!(
         without_retries.values().any(|g| !g),
@@ -126,4 +135,29 @@ fn meters_on_one_rtu_bus_survive_a_meter_sending_corrupt_frames() {
     );
     assert!(gateway.terminate(Duration::from_secs(20)).success());
     assert!(sim.terminate(Duration::from_secs(10)).success());
+}
+
+/// Per device, in sequence order, whether each stored reading was all good; and the qualities
+/// of the points that were not.
+fn readings_of(http: &str) -> (BTreeMap<String, BTreeMap<u64, bool>>, BTreeSet<String>) {
+    let csv = get_text(
+        http,
+        "/api/v1/samples.csv?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+    );
+    let mut readings: BTreeMap<String, BTreeMap<u64, bool>> = BTreeMap::new();
+    let mut kinds = BTreeSet::new();
+    for line in csv.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        let good = c[5] == "good";
+        if !good {
+            kinds.insert(c[5].to_owned());
+        }
+        let all_good = readings
+            .entry(c[0].into())
+            .or_default()
+            .entry(c[1].parse().unwrap())
+            .or_insert(true);
+        *all_good &= good;
+    }
+    (readings, kinds)
 }
