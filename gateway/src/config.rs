@@ -70,9 +70,23 @@ impl Config {
 
     pub fn from_source(src: &Source) -> Result<Config, ConfigError> {
         let mut config: GatewayConfig = src.parse()?;
-        for e in config.enterprise.iter_mut().chain(&mut config.enterprises) {
+        let enterprises = config
+            .enterprise
+            .iter_mut()
+            .map(|e| ("enterprise".to_owned(), e))
+            .chain(
+                config
+                    .enterprises
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, e)| (format!("enterprises[{i}]"), e)),
+            );
+        for (key, e) in enterprises {
             if let Some(path) = &e.monthly_values_csv {
-                let rows = read_monthly_values(path, &e.monthly_values)?;
+                let rows =
+                    read_monthly_values(path.get_ref(), &e.monthly_values).map_err(|err| {
+                        at_reference(src, &format!("{key}.monthly_values_csv"), path, err)
+                    })?;
                 e.monthly_values.extend(rows);
             }
         }
@@ -86,20 +100,37 @@ impl Config {
         let flows = config
             .units
             .iter_mut()
-            .flat_map(|u| u.flows.iter_mut())
-            .chain(config.boundary.iter_mut());
-        for f in flows {
+            .enumerate()
+            .flat_map(|(i, u)| {
+                u.flows
+                    .iter_mut()
+                    .enumerate()
+                    .map(move |(j, f)| (format!("units[{i}].flows[{j}]"), f))
+            })
+            .chain(
+                config
+                    .boundary
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(j, f)| (format!("boundary[{j}]"), f)),
+            );
+        for (key, f) in flows {
             if let Some(path) = &f.lhv_csv {
-                let rows = read_heating_values(path, &f.lhv, tz)?;
+                let rows = read_heating_values(path.get_ref(), &f.lhv, tz)
+                    .map_err(|err| at_reference(src, &format!("{key}.lhv_csv"), path, err))?;
                 f.lhv.extend(rows);
             }
         }
         let coefficients = match &config.accounting.coefficients {
-            Some(path) => Coefficients::from_source(&Source::read(path)?)?,
+            Some(path) => Source::read(path.get_ref())
+                .and_then(|text| Coefficients::from_source(&text))
+                .map_err(|err| at_reference(src, "accounting.coefficients", path, err))?,
             None => Coefficients::built_in(),
         };
         let limits = match &config.accounting.limits {
-            Some(path) => Limits::from_source(&Source::read(path)?)?,
+            Some(path) => Source::read(path.get_ref())
+                .and_then(|text| Limits::from_source(&text))
+                .map_err(|err| at_reference(src, "accounting.limits", path, err))?,
             None => Limits::built_in(),
         };
         let a = &config.alarms;
@@ -475,6 +506,22 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
+/// An error reading a file this configuration names: one that could not be read at all is
+/// this file's error, at the key that names it (its line and key, the path in the message); a
+/// fault inside the named file stays that file's, at its own line.
+fn at_reference(
+    src: &Source,
+    key: &str,
+    path: &ems_config::Spanned<std::path::PathBuf>,
+    err: ConfigError,
+) -> ConfigError {
+    if err.line.is_some() || err.file != *path.get_ref() {
+        return err;
+    }
+    let message = format!("{}: {}", path.get_ref().display(), err.message);
+    src.error_at(path.span(), key, message)
+}
+
 /// The rows of a CSV file with a header, each checked by `check` (which gets the row and the
 /// previous rows, and answers with the field and reason of a fault); a row that does not parse
 /// or fails its check names the file, the line and the column.
@@ -557,6 +604,45 @@ mod tests {
             assert_eq!(config.plant.units.len(), 5);
             assert!(config.known_device("bof1-oxygen") && !config.known_device("intruder"));
         }
+    }
+
+    #[test]
+    fn a_file_the_configuration_names_and_cannot_be_read_is_its_error_at_the_key() {
+        // Found by the gateway_config fuzz target: a missing monthly_values_csv was reported
+        // against the CSV's name alone, not this file's line and key.
+        let base = "[mqtt]\nhost = \"h\"\n[storage]\npath = \"x.db\"\n[ingest]\nsites = [\"s\"]\nedges = [\"e\"]\n";
+        let unit = "[[units]]\nid = \"u\"\nname = \"U\"\nkind = \"kiln\"\n[[units.flows]]\ndevice = \"d\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n[[units.flows]]\ndevice = \"c\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"raw_coal\"\nunit = \"t\"\n";
+        let err = |text: String| {
+            Config::from_source(&Source::embedded("gw.toml", &text))
+                .unwrap_err()
+                .to_string()
+        };
+        let missing = "/nonexistent/ems-config-test";
+        let e = err(format!(
+            "{base}[enterprise]\nname = \"W\"\nmonthly_values_csv = \"{missing}.csv\"\n{unit}"
+        ));
+        assert!(
+            e.starts_with("gw.toml:10:")
+                && e.contains("key `enterprise.monthly_values_csv`")
+                && e.contains(missing),
+            "{e}"
+        );
+        let e = err(format!("{base}{unit}lhv_csv = \"{missing}.csv\"\n"));
+        assert!(
+            e.starts_with("gw.toml:23:") && e.contains("key `units[0].flows[1].lhv_csv`"),
+            "{e}"
+        );
+        let e = err(format!(
+            "{base}[accounting]\ncoefficients = \"{missing}.toml\"\n{unit}"
+        ));
+        assert!(
+            e.starts_with("gw.toml:9:") && e.contains("key `accounting.coefficients`"),
+            "{e}"
+        );
+        let e = err(format!(
+            "{base}[accounting]\nlimits = \"{missing}.toml\"\n{unit}"
+        ));
+        assert!(e.contains("key `accounting.limits`"), "{e}");
     }
 
     #[test]

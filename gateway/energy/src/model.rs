@@ -35,7 +35,7 @@ pub struct EnterpriseConfig {
     /// A CSV file of the same (header `month,output_value,value_added`), read with the
     /// configuration (by the gateway: this crate reads no files) into `monthly_values`.
     #[serde(default)]
-    pub monthly_values_csv: Option<PathBuf>,
+    pub monthly_values_csv: Option<Spanned<PathBuf>>,
     /// The year's target: energy per 10 000 yuan of value added (else of output value) at
     /// least this many percent below the previous year's.
     #[serde(default)]
@@ -93,10 +93,10 @@ pub struct AccountingConfig {
     pub electricity: ElectricityBasis,
     /// A coefficients file replacing the built-in one (same format as gateway/energy/data/coefficients.toml).
     #[serde(default)]
-    pub coefficients: Option<PathBuf>,
+    pub coefficients: Option<Spanned<PathBuf>>,
     /// A limits file replacing the built-in one (same format as gateway/energy/data/limits.toml).
     #[serde(default)]
-    pub limits: Option<PathBuf>,
+    pub limits: Option<Spanned<PathBuf>>,
     /// When shifts start, local time ("HH:MM"); `period=shift` follows them.
     #[serde(default = "default_shifts")]
     pub shifts: Vec<String>,
@@ -211,7 +211,7 @@ pub struct FlowConfig {
     pub lhv: Vec<crate::schedule::HeatingValue>,
     /// The same from a CSV file (`from,lhv_kj`), read by the gateway into `lhv`.
     #[serde(default)]
-    pub lhv_csv: Option<PathBuf>,
+    pub lhv_csv: Option<Spanned<PathBuf>>,
     /// The counter wraps to zero after this value (in the point's engineering unit).
     #[serde(default)]
     pub rollover: Option<f64>,
