@@ -249,7 +249,7 @@ fn balance(plant: &Plant, (start, end): (i64, i64), rows: &[&[(i64, PointSlot)]]
     for f in plant.boundary.iter().map(|b| &b.flow) {
         let sum = sums.next().unwrap_or_default();
         let s = sum.slot;
-        weakest = weakest.min(s.covered_ms as f64 / (end - start) as f64);
+        weakest = weakest.min(share(s.covered_ms));
         total_abs += sum.converted[basis].abs();
         estimated_abs += sum.estimated[basis].abs();
         let (i, k) = row(&mut carriers, f);

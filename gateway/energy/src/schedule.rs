@@ -58,10 +58,6 @@ impl Steps {
             i => self.0[i - 1].1,
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// The local calendar year of an instant.
