@@ -280,15 +280,7 @@ pub fn build(
         .collect();
     // The enterprise from its boundary, where it has boundary meters: it replaces the units'
     // sum in the totals, year and months.
-    let year_balance = if plant.boundary.is_empty() && plant.sites.is_empty() {
-        None
-    } else {
-        enterprise_balance(plant, reader, &[(start, end)])?.pop()
-    };
-    let sites_water = year_balance
-        .as_ref()
-        .map(|b| b.sites.clone())
-        .unwrap_or_default();
+    let (year_balance, sites_water) = super::period_balance(plant, reader, (start, end))?;
     let balance = if plant.boundary.is_empty() {
         None
     } else {

@@ -8,7 +8,7 @@ use super::annual::{
     SequenceQuality, MIN_COMPLETENESS,
 };
 use super::{local_midnight, Inputs, FORMAT_VERSION};
-use ems_energy::balance::{enterprise_balance, EnterpriseEnergy};
+use ems_energy::balance::EnterpriseEnergy;
 use ems_energy::calendar::{buckets, Period};
 use ems_energy::figures::unit_figures;
 use ems_energy::indicators::Indicator;
@@ -171,15 +171,7 @@ pub fn build(inputs: &Inputs, (year, month): (i32, u32)) -> anyhow::Result<Compl
         .iter()
         .map(|u| daily_vs_monthly(&u.id, &u.month, &u.days))
         .collect();
-    let month_balance = if plant.boundary.is_empty() && plant.sites.is_empty() {
-        None
-    } else {
-        enterprise_balance(plant, reader, &[(start, end)])?.pop()
-    };
-    let sites_water = month_balance
-        .as_ref()
-        .map(|b| b.sites.clone())
-        .unwrap_or_default();
+    let (month_balance, sites_water) = super::period_balance(plant, reader, (start, end))?;
     let enterprise_energy = month_balance
         .filter(|_| !plant.boundary.is_empty())
         .map(|b| EnterpriseMonth {

@@ -196,6 +196,27 @@ pub fn make(
 
 /// The plant of the enterprise a report is for: the one named, or the only one; a gateway
 /// serving several needs the name.
+/// The enterprise's balance over `span` where it has something to draw it from (boundary
+/// meters or sites' water intake), and each site's water from it (empty otherwise).
+fn period_balance(
+    plant: &Plant,
+    reader: &Reader,
+    span: (i64, i64),
+) -> anyhow::Result<(
+    Option<ems_energy::balance::Balance>,
+    Vec<ems_energy::balance::SiteWater>,
+)> {
+    if plant.boundary.is_empty() && plant.sites.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let balance = ems_energy::balance::enterprise_balance(plant, reader, &[span])?.pop();
+    let sites = balance
+        .as_ref()
+        .map(|b| b.sites.clone())
+        .unwrap_or_default();
+    Ok((balance, sites))
+}
+
 fn of_enterprise(plant: &Plant, name: Option<&str>) -> anyhow::Result<Plant> {
     let keys = || {
         plant
