@@ -32,7 +32,7 @@ fn rates(plant: &ems_gateway::Plant) -> HashMap<(String, String), (f64, Option<f
                 Role::Submeter => 20_000.0,
                 // Boundary meters are not units' flows.
                 Role::Purchase | Role::Export | Role::Stock | Role::Flare => continue,
-            } / f.factor.max(1e-9);
+            } / f.factor().max(1e-9);
             let per_h = f.max_rate_per_h.map_or(per_h, |m| per_h.min(m / 2.0));
             out.insert((f.device.clone(), f.point.clone()), (per_h, f.rollover));
         }

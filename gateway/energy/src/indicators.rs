@@ -437,7 +437,6 @@ mod tests {
             role,
             carrier: carrier.map(Into::into),
             unit: unit.into(),
-            factor,
             rollover: None,
             max_rate_per_h: None,
             own_use: false,

@@ -299,13 +299,10 @@ pub struct Flow {
     pub role: Role,
     pub carrier: Option<String>,
     pub unit: String,
-    /// kgce per metered unit (consumed and recovered flows) on the plant's electricity basis,
-    /// tonnes per metered unit (product), m3 per metered unit (water).
-    pub factor: f64,
     /// kgce per metered unit on the equivalent and the equal-value electricity basis (the
     /// same for every carrier but electricity; for other roles, `factor`).
     pub factors: [f64; 2],
-    /// Which of `factors` is the plant's basis, `factor`'s.
+    /// Which of `factors` is the plant's electricity basis ([`Flow::factor`]).
     pub basis: usize,
     /// What its carrier is (fuel, electricity, heat, working medium); none for a carrier whose
     /// data file does not say, or a flow that is not energy.
@@ -321,6 +318,15 @@ pub struct Flow {
     /// The first measured heating value's time: from then on its energy is counted at measured
     /// values, not the table's.
     pub measured_from: Option<i64>,
+}
+
+impl Flow {
+    /// kgce per metered unit (consumed and recovered flows) on the plant's electricity basis,
+    /// tonnes per metered unit (product), m3 per metered unit (water); before any change in time
+    /// ([`Flow::factors_at`]).
+    pub fn factor(&self) -> f64 {
+        self.factors[self.basis]
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1037,7 +1043,6 @@ fn resolve_flow(
         role: f.role,
         carrier: f.carrier.as_ref().map(|c| c.get_ref().clone()),
         unit: unit.clone(),
-        factor,
         factors: if energy { factors } else { [factor; 2] },
         basis: basis.index(),
         kind: f
@@ -1184,7 +1189,6 @@ fn declare_own_use(
     for f in flows.iter_mut() {
         if f.role == Role::Consumed && net.contains(&f.carrier) {
             f.own_use = true;
-            f.factor = 0.0;
             f.factors = [0.0; 2];
             f.steps = crate::schedule::Steps::default();
         }
@@ -1241,14 +1245,14 @@ mod tests {
             .find(|f| f.carrier.as_deref() == Some("coke"))
             .unwrap();
         assert_eq!(coke.unit, "t");
-        assert!((coke.factor - 971.4).abs() < 1e-9);
+        assert!((coke.factor() - 971.4).abs() < 1e-9);
         let bof = plant.unit("bof1").unwrap();
         let ldg = bof
             .flows
             .iter()
             .find(|f| f.carrier.as_deref() == Some("converter_gas"))
             .unwrap();
-        assert!((ldg.factor - 7_500.0 / 29_307.0).abs() < 1e-12);
+        assert!((ldg.factor() - 7_500.0 / 29_307.0).abs() < 1e-12);
     }
 
     #[test]
