@@ -601,7 +601,18 @@ mod tests {
         for (name, text) in EXAMPLES {
             let config = Config::from_source(&Source::embedded(name, text))
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(config.plant.units.len(), 5);
+            // Five process units and the works' oxygen and power plants.
+            let conversion: Vec<&str> = config
+                .plant
+                .units
+                .iter()
+                .filter(|u| u.function == ems_energy::model::Function::Conversion)
+                .map(|u| u.id.as_str())
+                .collect();
+            assert_eq!(
+                (config.plant.units.len(), conversion),
+                (7, vec!["o2p1", "cpp1"])
+            );
             assert!(config.known_device("bof1-oxygen") && !config.known_device("intruder"));
         }
     }

@@ -7,7 +7,7 @@ use tokio_modbus::ExceptionCode;
 
 use crate::faults::{Fault, FaultKind, FaultSpec};
 use crate::meter::{Reading, Table};
-use crate::model::{enterprise_step, Role, StateChange, UnitKind};
+use crate::model::{enterprise_step, Role, State, StateChange, UnitKind, HOLDER_START_M3, STEP_MS};
 use crate::scenario::Scenario;
 use crate::truth::{TruthEvent, TruthFlow, TruthLine, TruthRecord};
 
@@ -189,39 +189,13 @@ impl Plant {
                 .first()
                 .map_or(i64::MAX, |p| p.at_ms.max(self.now_ms));
             let to = hour_end.min(t_ms).min(next_event);
-            // (enterprise it is inside, kind, quantities over the step) of each unit.
-            let mut steps = Vec::with_capacity(self.scenario.units.len());
-            let units = self.scenario.units.iter_mut().zip(&mut self.interval);
-            for (i, (unit, acc)) in units.enumerate() {
-                if unit.kind == UnitKind::Enterprise {
-                    continue;
-                }
-                let before = unit.totals.clone();
-                unit.advance(self.now_ms, to, acc);
-                let step: Vec<f64> = unit
-                    .totals
-                    .iter()
-                    .zip(&before)
-                    .map(|(a, b)| a - b)
-                    .collect();
-                steps.push((self.scenario.enterprise_of[i], unit.kind, step));
-            }
-            // Each enterprise's boundary follows from what its units did over the same step.
-            let mid = self.now_ms + (to - self.now_ms) / 2;
-            let units = self.scenario.units.iter_mut().zip(&mut self.interval);
-            for (e, (unit, acc)) in units.enumerate() {
-                if unit.kind == UnitKind::Enterprise {
-                    let inside: Vec<(UnitKind, Vec<f64>)> = steps
-                        .iter()
-                        .filter(|(of, _, _)| *of == Some(e))
-                        .map(|(_, kind, step)| (*kind, step.clone()))
-                        .collect();
-                    let q = enterprise_step(&inside, mid, to - self.now_ms);
-                    for ((t, a), q) in unit.totals.iter_mut().zip(acc.iter_mut()).zip(q) {
-                        *t += q;
-                        *a += q;
-                    }
-                }
+            // On the models' one-second grid, so that the enterprises' holders and controls
+            // come out the same however the clock is read.
+            let mut t = self.now_ms;
+            while t < to {
+                let next = (t - t.rem_euclid(STEP_MS) + STEP_MS).min(to);
+                self.step(t, next);
+                t = next;
             }
             self.now_ms = to;
             self.note_rollovers();
@@ -234,6 +208,73 @@ impl Plant {
                 self.schedule_anode_effects(hour_end.div_euclid(HOUR_MS));
                 self.pending.sort_by_key(|p| p.at_ms);
             }
+        }
+    }
+
+    /// Integrates the process units over one short step, then draws each enterprise's
+    /// conversion units and boundary from what its process units did.
+    fn step(&mut self, from: i64, to: i64) {
+        let scenario = &mut self.scenario;
+        // What each process unit did over the step.
+        let mut steps: Vec<Option<Vec<f64>>> = Vec::with_capacity(scenario.units.len());
+        for (unit, acc) in scenario.units.iter_mut().zip(&mut self.interval) {
+            if unit.kind.is_derived() {
+                steps.push(None);
+                continue;
+            }
+            let before = unit.totals.clone();
+            unit.advance(from, to, acc);
+            steps.push(Some(
+                unit.totals
+                    .iter()
+                    .zip(&before)
+                    .map(|(a, b)| a - b)
+                    .collect(),
+            ));
+        }
+        let mid = from + (to - from) / 2;
+        for e in 0..scenario.units.len() {
+            if scenario.units[e].kind != UnitKind::Enterprise {
+                continue;
+            }
+            let members: Vec<usize> = (0..scenario.units.len())
+                .filter(|&i| i != e && scenario.enterprise_of[i] == Some(e))
+                .collect();
+            let (process, conversion): (Vec<usize>, Vec<usize>) = members
+                .into_iter()
+                .partition(|&i| !scenario.units[i].kind.is_derived());
+            let mut done: Vec<(UnitKind, Vec<f64>)> = process
+                .iter()
+                .map(|&i| (scenario.units[i].kind, steps[i].clone().unwrap_or_default()))
+                .collect();
+            let runs: Vec<(UnitKind, bool)> = conversion
+                .iter()
+                .map(|&i| {
+                    let unit = &scenario.units[i];
+                    (unit.kind, unit.state_at(mid).0 != State::Stopped)
+                })
+                .collect();
+            let holder = HOLDER_START_M3 + scenario.units[e].totals[holder_flow()];
+            let q = enterprise_step(&mut done, &runs, holder, mid, to - from);
+            // A furnace switched to coke-oven gas burnt other gas than its model's.
+            for (&i, (_, after)) in process.iter().zip(&done) {
+                let before = steps[i].as_deref().unwrap_or_default();
+                add(
+                    &mut scenario.units[i].totals,
+                    &mut self.interval[i],
+                    after,
+                    before,
+                );
+            }
+            for (&i, q) in conversion.iter().zip(&q.conversion) {
+                add(&mut scenario.units[i].totals, &mut self.interval[i], q, &[]);
+            }
+            add(
+                &mut scenario.units[e].totals,
+                &mut self.interval[e],
+                &q.boundary,
+                &[],
+            );
         }
     }
 
@@ -440,6 +481,24 @@ impl Plant {
     }
 }
 
+/// Adds `q - base` (base missing: zero) to a unit's totals and its interval's quantities.
+fn add(totals: &mut [f64], interval: &mut [f64], q: &[f64], base: &[f64]) {
+    for (k, q) in q.iter().enumerate() {
+        let d = q - base.get(k).copied().unwrap_or(0.0);
+        totals[k] += d;
+        interval[k] += d;
+    }
+}
+
+/// The enterprise's converter-gas holder among its flows.
+fn holder_flow() -> usize {
+    UnitKind::Enterprise
+        .flows()
+        .iter()
+        .position(|f| f.name == "ldg_holder")
+        .expect("the enterprise has a holder")
+}
+
 pub fn rfc3339(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
@@ -451,6 +510,7 @@ pub fn rfc3339(ms: i64) -> String {
 mod tests {
     use super::*;
     use crate::faults::KindName;
+    use crate::model::HOLDER_START_M3;
     use ems_core::{decode, DataType, WordOrder};
 
     const T0: i64 = 1_767_196_800_000; // 2026-01-01T00:00:00+08:00 is 2025-12-31T16:00:00Z
@@ -570,10 +630,11 @@ mod tests {
                 .sum()
         };
         let works = Some("works");
-        // Each enterprise's grid: what its units draw plus 1.5 % losses and the 1.5 MW nobody
-        // meters, less TRT and waste-heat power, over six hours; nothing of another's.
+        // Each enterprise's grid: what its units draw (the oxygen plant and the power plant's
+        // own use among them) plus 1.5 % losses and the 1.5 MW nobody meters, less TRT,
+        // waste-heat and the power plant's generation, over six hours; nothing of another's.
         for (enterprise, members) in [
-            ("works", &["bf1", "bof1", "rhf1"][..]),
+            ("works", &["bf1", "bof1", "rhf1", "o2p1", "cpp1"][..]),
             ("cement", &["kiln1"][..]),
             ("smelter", &["pot1"][..]),
         ] {
@@ -605,13 +666,60 @@ mod tests {
         let burnt = qty(None, Role::Consumed, "coke");
         assert!((bought - burnt - yard).abs() < 1e-6 * burnt);
         assert!(yard.abs() > 1.0, "deliveries swing over the day: {yard}");
-        // The gas the stoves leave is sold or flared, 4 % flared.
+        // The gas the stoves leave is flared (4 %), burnt by the power plant or sold.
         let surplus =
             qty(Some("bf1"), Role::Recovered, "bfg") - qty(Some("bf1"), Role::Consumed, "bfg");
         let sold = qty(works, Role::Export, "bfg");
         let flared = qty(works, Role::Flare, "bfg");
-        assert!((sold + flared - surplus).abs() < 1e-6 * surplus);
+        let cpp_bfg = qty(Some("cpp1"), Role::Consumed, "bfg");
+        assert!((sold + flared + cpp_bfg - surplus).abs() < 1e-6 * surplus);
         assert!((flared / surplus - crate::model::BFG_FLARED).abs() < 1e-9);
+        let cpp_share = cpp_bfg / (surplus - flared);
+        assert!(
+            (cpp_share - crate::model::CPP_BFG_SHARE).abs() < 1e-9,
+            "{cpp_share}"
+        );
+        // The converter's gas goes into the holder, which the furnace and the power plant
+        // draw from: what it gained is the rest, and it neither ran dry nor vented.
+        let made = qty(Some("bof1"), Role::Recovered, "converter_gas");
+        let holder = qty(works, Role::Stock, "converter_gas");
+        let burnt = qty(Some("rhf1"), Role::Consumed, "converter_gas")
+            + qty(Some("cpp1"), Role::Consumed, "converter_gas");
+        assert!(
+            (made - burnt - holder).abs() < 1e-6 * made,
+            "{made} {burnt} {holder}"
+        );
+        assert!(qty(Some("cpp1"), Role::Consumed, "converter_gas") > 0.2 * made);
+        assert_eq!(qty(works, Role::Flare, "converter_gas"), 0.0);
+        let m = plant
+            .scenario()
+            .meters
+            .iter()
+            .position(|m| m.device == "works-ldg-holder")
+            .unwrap();
+        assert!((plant.shown(m).counter - (HOLDER_START_M3 + holder)).abs() < 1e-6);
+        // The power plant: gross generation from the heat of its gases, its own use a share.
+        let generation = qty(Some("cpp1"), Role::Recovered, "electricity");
+        let heat = cpp_bfg * crate::model::BFG_KJ_PER_M3
+            + qty(Some("cpp1"), Role::Consumed, "converter_gas") * crate::model::LDG_KJ_PER_M3;
+        assert!(
+            (generation - heat * crate::model::CPP_EFFICIENCY / 3_600.0).abs() < 1e-6 * generation
+        );
+        let own_use = qty(Some("cpp1"), Role::Consumed, "electricity");
+        assert!((own_use - crate::model::CPP_OWN_USE * generation).abs() < 1e-6 * own_use);
+        // The oxygen plant makes what the converter takes; nothing of it is bought.
+        for medium in ["oxygen", "nitrogen"] {
+            let made = qty(Some("o2p1"), Role::Recovered, medium);
+            let used = qty(Some("bof1"), Role::Consumed, medium);
+            assert!(used > 0.0 && (made - used).abs() < 1e-6 * used, "{medium}");
+            assert_eq!(qty(works, Role::Purchase, medium), 0.0);
+        }
+        let oxygen_kwh = qty(Some("o2p1"), Role::Consumed, "electricity");
+        let oxygen = qty(Some("o2p1"), Role::Recovered, "oxygen");
+        assert!((oxygen_kwh - crate::model::OXYGEN_KWH_PER_M3 * oxygen).abs() < 1e-6 * oxygen_kwh);
+        // The works still buys power: its own generation covers part of its use.
+        assert_eq!(qty(works, Role::Export, "electricity"), 0.0);
+        assert!(qty(works, Role::Purchase, "electricity") > 0.2 * generation);
         // A level meter shows the yard's stock.
         let m = plant
             .scenario()
@@ -620,6 +728,62 @@ mod tests {
             .position(|m| m.device == "works-coke-yard")
             .unwrap();
         assert!((plant.shown(m).counter - (5_000.0 + yard)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_holder_vents_when_the_power_plant_stops_and_the_furnace_switches_gas_when_it_is_empty() {
+        let mut scenario = Scenario::load("demo").unwrap();
+        let at = |id: &str| scenario.units.iter().position(|u| u.id == id).unwrap();
+        let (cpp, bof) = (at("cpp1"), at("bof1"));
+        scenario
+            .schedule
+            .push((cpp, 0.0, crate::model::State::Stopped));
+        scenario
+            .schedule
+            .push((cpp, 6.0, crate::model::State::Normal));
+        scenario
+            .schedule
+            .push((bof, 6.0, crate::model::State::Stopped));
+        let mut plant = Plant::new(scenario, T0);
+        plant.advance_to(T0 + 14 * 3_600_000);
+        let lines = plant.take_closed();
+        let truth = intervals(&lines);
+        let hour = |unit: &str, h: usize, role: Role, carrier: &str| -> f64 {
+            truth
+                .iter()
+                .filter(|r| r.unit == unit)
+                .nth(h)
+                .unwrap()
+                .flows
+                .iter()
+                .filter(|f| f.role == role && f.carrier == carrier)
+                .map(|f| f.qty)
+                .sum()
+        };
+        // The power plant stopped: the holder fills to its top and vents the converter's gas.
+        let vented: f64 = (0..6)
+            .map(|h| hour("works", h, Role::Flare, "converter_gas"))
+            .sum();
+        assert!(vented > 10_000.0, "vented {vented}");
+        assert_eq!(hour("cpp1", 2, Role::Recovered, "electricity"), 0.0);
+        // The converter stopped: the power plant draws the holder down to its reserve, the
+        // furnace burns it empty and then fires coke-oven gas of the same heat.
+        let level: f64 = crate::model::HOLDER_START_M3
+            + (0..14)
+                .map(|h| hour("works", h, Role::Stock, "converter_gas"))
+                .sum::<f64>();
+        assert!(level.abs() < 1e-6, "the holder ran dry: {level}");
+        let heat = |h| {
+            hour("rhf1", h, Role::Consumed, "converter_gas") * crate::model::LDG_KJ_PER_M3
+                + hour("rhf1", h, Role::Consumed, "coke_oven_gas") * crate::model::COG_KJ_PER_M3
+        };
+        let per_t = |h| heat(h) / hour("rhf1", h, Role::Product, "billets");
+        assert!(hour("rhf1", 13, Role::Consumed, "converter_gas").abs() < 1e-6);
+        let (before, after) = (per_t(1), per_t(13));
+        assert!(
+            ((after - before) / before).abs() < 0.1,
+            "the same heat a tonne: {before} kJ/t then {after}"
+        );
     }
 
     #[test]

@@ -149,6 +149,16 @@ fn enterprises(src: &Source, units: &[UnitConf]) -> Result<Vec<Option<usize>>, C
             *o = catch_all;
         }
     }
+    // A conversion unit is drawn from what its enterprise's units take: it needs one.
+    for (i, u) in units.iter().enumerate() {
+        if u.kind.is_derived() && of[i].is_none() {
+            return Err(src.error(
+                &format!("units[{i}].kind"),
+                "an oxygen or power plant is drawn from its enterprise's units: \
+                 add an enterprise (kind = \"enterprise\") it is inside",
+            ));
+        }
+    }
     Ok(of)
 }
 
@@ -419,7 +429,14 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("units[2].members"), "{e}");
         let e = load(&[unit("k1", "kiln", "members = [\"k1\"]\n")]).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("units[0].members"), "{e}");
-        let e = load(&[kiln, unit("e1", "enterprise", "members = [\"k9\"]\n")]).unwrap_err();
+        let e = load(&[
+            kiln.clone(),
+            unit("e1", "enterprise", "members = [\"k9\"]\n"),
+        ])
+        .unwrap_err();
         assert!(e.to_string().contains("no unit `k9`"), "{e}");
+        // A power plant is drawn from its enterprise's units: none, no plant.
+        let e = load(&[kiln, unit("cpp", "power_plant", "")]).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("units[1].kind"), "{e}");
     }
 }

@@ -559,8 +559,10 @@ pub fn kgce_per_unit(carrier: &str, unit: &str) -> f64 {
         // GB/T 2589-2008 appendix A, low-pressure steam.
         ("steam", "t") => 128.6,
         ("converter_gas", "m3") => 7_500.0 / 29_307.0,
-        // Energy-consuming working medium, GB/T 2589-2008 appendix B.
+        // Energy-consuming working media, GB/T 2589-2008 appendix B (nitrogen as the oxygen
+        // plant's by-product).
         ("oxygen", "m3") => 0.4,
+        ("nitrogen", "m3") => 0.4,
         other => panic!("no coefficient for {other:?}"),
     }
 }
