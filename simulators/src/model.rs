@@ -253,7 +253,8 @@ const POWER_PLANT: &[FlowDef] = &[
 /// blast-furnace gas the stoves do not burn a share is flared, a share burnt by the power
 /// plant, the rest sold to the neighbouring power company; converter gas goes into the holder,
 /// which the reheating furnace and the power plant draw from and which vents to the flare when
-/// full; steam is sold.
+/// full; steam is sold; the site's water intake is its units' water, what no unit meter sees and
+/// the power plant's cooling-tower make-up.
 const ENTERPRISE: &[FlowDef] = &[
     flow("grid", "electricity", Purchase, "kWh", 0.0, 0.0),
     flow("grid_export", "electricity", Export, "kWh", 0.0, 0.0),
@@ -270,6 +271,7 @@ const ENTERPRISE: &[FlowDef] = &[
     flow("ldg_holder", "converter_gas", Stock, "m3", 0.0, 0.0),
     flow("ldg_flare", "converter_gas", Flare, "m3", 0.0, 0.0),
     flow("steam_out", "steam", Export, "t", 0.0, 0.0),
+    flow("water_in", "water", Water, "m3", 0.0, 0.0),
 ];
 /// Auxiliaries no unit meter sees (lighting, pumps, offices), kW.
 pub const UNMETERED_AUX_KW: f64 = 1_500.0;
@@ -279,6 +281,10 @@ pub const LINE_LOSS: f64 = 0.015;
 pub const BFG_FLARED: f64 = 0.04;
 /// Swing of the coke deliveries around what the furnace uses, over a day.
 const COKE_DELIVERY_SWING: f64 = 0.25;
+/// Fresh water the site takes in beyond what its units' meters see (offices, greening, leaks),
+/// as a share of theirs, and the power plant's cooling-tower make-up per kWh generated.
+pub const WATER_UNMETERED: f64 = 0.10;
+pub const CPP_MAKEUP_M3_PER_KWH: f64 = 0.0025;
 /// Electricity of the oxygen plant per m3 of oxygen (a large air separation unit, compression
 /// included, takes 0.4-0.55); nitrogen is its by-product and takes none of its own.
 pub const OXYGEN_KWH_PER_M3: f64 = 0.50;
@@ -421,6 +427,10 @@ pub fn enterprise_step(
             "ldg_holder" => level - holder_m3,
             "ldg_flare" => ldg_flare,
             "steam_out" => total(process, Recovered, "steam"),
+            "water_in" => {
+                total(process, Water, "water") * (1.0 + WATER_UNMETERED)
+                    + generation * CPP_MAKEUP_M3_PER_KWH
+            }
             other => unreachable!("enterprise flow {other}"),
         })
         .collect();

@@ -717,6 +717,13 @@ mod tests {
         let oxygen_kwh = qty(Some("o2p1"), Role::Consumed, "electricity");
         let oxygen = qty(Some("o2p1"), Role::Recovered, "oxygen");
         assert!((oxygen_kwh - crate::model::OXYGEN_KWH_PER_M3 * oxygen).abs() < 1e-6 * oxygen_kwh);
+        // The site's intake: its units' water, a tenth more no unit meters, and the power
+        // plant's cooling-tower make-up.
+        let intake = qty(works, Role::Water, "water");
+        let units_water = inside("works", Role::Water, "water");
+        let want = units_water * (1.0 + crate::model::WATER_UNMETERED)
+            + generation * crate::model::CPP_MAKEUP_M3_PER_KWH;
+        assert!((intake - want).abs() < 1e-6 * intake, "{intake} vs {want}");
         // The works still buys power: its own generation covers part of its use.
         assert_eq!(qty(works, Role::Export, "electricity"), 0.0);
         assert!(qty(works, Role::Purchase, "electricity") > 0.2 * generation);

@@ -62,6 +62,8 @@ struct BoundaryDay {
     power_made_kwh: f64,
     bfg_made: f64,
     bfg_flared: f64,
+    /// The enterprise's fresh-water intake (its site's).
+    water_in_m3: f64,
 }
 
 #[test]
@@ -176,6 +178,7 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
         }
         if rec["kind"] == "enterprise" {
             b.kgce += truth_boundary_kgce(&rec);
+            b.water_in_m3 += rec["water_m3"].as_f64().unwrap();
         }
         let t = truth
             .entry((rec["unit"].as_str().unwrap().to_owned(), day))
@@ -324,6 +327,23 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
                     want.grid_kwh + want.power_made_kwh - want.power_used_kwh,
                 ),
             ];
+            // The site's water intake per tonne of its product (the works' crude steel, the
+            // cement plant's clinker), judged on its quota.
+            let product_unit = match enterprise {
+                "works" => Some("bof1"),
+                "cement" => Some("kiln1"),
+                _ => None,
+            };
+            if let Some(product_unit) = product_unit {
+                let site = &got["sites"][0];
+                let product = &truth[&(product_unit.to_owned(), day.to_string())];
+                checks.push((
+                    "site water m3/t",
+                    site["m3_per_t"].as_f64().unwrap(),
+                    want.water_in_m3 / product.product_t,
+                ));
+                eprintln!("{enterprise} {day} site water: {}", site["quota"]);
+            }
             if enterprise == "works" {
                 checks.push((
                     "BF gas flaring %",
