@@ -34,6 +34,7 @@ fn main() {
                 frozen_after_ms: 3_600_000,
                 fill: GapFill::Rate,
                 level: false,
+                gauge: false,
             };
             tracked
                 .entry(format!("m{d}"))

@@ -204,7 +204,9 @@ impl Config {
     /// Whether telemetry of `device` is stored: a unit accounts for it, or `[ingest] devices`
     /// names it.
     pub fn known_device(&self, device: &str) -> bool {
-        self.plant.flows().any(|f| f.device == device) || matches_any(&self.ingest.devices, device)
+        self.plant.flows().any(|f| f.device == device)
+            || self.plant.lhv_points().any(|p| p.device == device)
+            || matches_any(&self.ingest.devices, device)
     }
 }
 

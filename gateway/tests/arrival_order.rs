@@ -78,6 +78,7 @@ proptest! {
             frozen_after_ms: 3_600_000,
             fill: GapFill::Rate,
             level: false,
+            gauge: false,
         };
         let mut tracked = HashMap::new();
         tracked.insert("m".to_string(), HashMap::from([("total".to_string(), rule)]));

@@ -131,29 +131,40 @@ pub fn enterprise_balance<S: SlotSource>(
         return Ok(Vec::new());
     };
     let mut read: BTreeMap<(&str, &str), Vec<(i64, PointSlot)>> = BTreeMap::new();
-    for f in plant.flows() {
+    let points = plant.flows().map(|f| (&f.device, &f.point));
+    for (device, point) in points.chain(plant.lhv_points().map(|p| (&p.device, &p.point))) {
         if let std::collections::btree_map::Entry::Vacant(e) =
-            read.entry((f.device.as_str(), f.point.as_str()))
+            read.entry((device.as_str(), point.as_str()))
         {
-            e.insert(source.point_slots(&f.device, &f.point, first.0, last.1)?);
+            e.insert(source.point_slots(device, point, first.0, last.1)?);
         }
     }
     let rows: Vec<&[(i64, PointSlot)]> = plant
         .flows()
         .map(|f| read[&(f.device.as_str(), f.point.as_str())].as_slice())
         .collect();
-    Ok(balances(plant, periods, &rows))
+    let lhv: Vec<&[(i64, PointSlot)]> = plant
+        .flows()
+        .map(|f| match &f.lhv_point {
+            Some(p) => read[&(p.device.as_str(), p.point.as_str())].as_slice(),
+            None => &[],
+        })
+        .collect();
+    Ok(balances(plant, periods, &rows, &lhv))
 }
 
-/// The balance for each period, given the slots of every flow in [`Plant::flows`] order.
+/// The balance for each period, given the slots of every flow in [`Plant::flows`] order and
+/// of the calorimeter each flow takes its heating value from (empty: none; `lhv` may be
+/// shorter than `rows`).
 pub fn balances(
     plant: &Plant,
     periods: &[(i64, i64)],
     rows: &[&[(i64, PointSlot)]],
+    lhv: &[&[(i64, PointSlot)]],
 ) -> Vec<Balance> {
     periods
         .iter()
-        .map(|&(start, end)| balance(plant, (start, end), rows))
+        .map(|&(start, end)| balance(plant, (start, end), rows, lhv))
         .collect()
 }
 
@@ -188,10 +199,18 @@ fn row(carriers: &mut Vec<CarrierBalance>, f: &Flow) -> (usize, f64) {
     (carriers.len() - 1, 1.0)
 }
 
-fn balance(plant: &Plant, (start, end): (i64, i64), rows: &[&[(i64, PointSlot)]]) -> Balance {
+fn balance(
+    plant: &Plant,
+    (start, end): (i64, i64),
+    rows: &[&[(i64, PointSlot)]],
+    lhv: &[&[(i64, PointSlot)]],
+) -> Balance {
     // Each flow's sums over the period, in `Plant::flows` order: units' flows, the boundary's,
     // the sites' water intake.
-    let mut sums = plant.flows().zip(rows).map(|(f, r)| f.sum(r, start, end));
+    let mut sums =
+        plant.flows().zip(rows).enumerate().map(|(i, (f, r))| {
+            f.sum_measured(r, lhv.get(i).copied().unwrap_or_default(), start, end)
+        });
     let tz: FixedOffset = plant.utc_offset();
     let basis = plant.electricity.index();
     let mut carriers: Vec<CarrierBalance> = Vec::new();
@@ -473,7 +492,7 @@ mod tests {
             .collect();
         let flows: Vec<&[(i64, PointSlot)]> =
             plant.flows().map(|f| rows[&f.device].as_slice()).collect();
-        balances(&plant, &[(0, DAY)], &flows).remove(0)
+        balances(&plant, &[(0, DAY)], &flows, &[]).remove(0)
     }
 
     #[test]
@@ -525,7 +544,7 @@ mod tests {
             .flows()
             .map(|f| rows[f.device.as_str()].as_slice())
             .collect();
-        let b = balances(&plant, &[(0, month), (0, DAY)], &flows);
+        let b = balances(&plant, &[(0, month), (0, DAY)], &flows, &[]);
         let site = &b[0].sites[0];
         assert_eq!(
             (site.site.as_str(), site.intake_m3, site.product_t),

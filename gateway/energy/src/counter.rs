@@ -64,6 +64,10 @@ pub struct CounterRule {
     /// signed change, a fall is no restart, and a change faster than `max_rate_per_h` either
     /// way is a spike.
     pub level: bool,
+    /// A gauge, not a counter (a calorimeter's heating value): each interval's delta is the
+    /// reading's integral over it (the trapezoid of its ends, value x hours), so a slot's
+    /// measured delta over its covered hours is the reading's mean over the slot.
+    pub gauge: bool,
 }
 
 /// The state of one counter point between readings.
@@ -138,6 +142,20 @@ impl CounterTrack {
             },
             bridged: true,
         };
+        if rule.gauge {
+            if value != v0 {
+                self.changed_ms = ts_ms;
+            }
+            self.anchor = Some((ts_ms, value));
+            self.rejected = 0;
+            out.push(CounterEvent::Interval {
+                from_ms: t0,
+                to_ms: ts_ms,
+                delta: (v0 + value) / 2.0 * hours,
+                bridged: false,
+            });
+            return out;
+        }
         if rule.level {
             return self.push_level((t0, v0), ts_ms, value, hours, rule);
         }
@@ -352,6 +370,7 @@ mod tests {
             frozen_after_ms: 2 * HOUR_MS,
             fill: GapFill::Rate,
             level: false,
+            gauge: false,
         }
     }
 
@@ -409,6 +428,7 @@ mod tests {
             rollover: None,
             max_rate_per_h: Some(100.0),
             level: true,
+            gauge: false,
             ..rule()
         };
         t.push(0, 500.0, &r);

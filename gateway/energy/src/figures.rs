@@ -3,7 +3,7 @@
 //! through here, so a figure is the same wherever it shows.
 
 use crate::counter::PointSlot;
-use crate::indicators::{indicators, Indicator};
+use crate::indicators::{indicators_measured, Indicator};
 use crate::model::{Plant, Unit};
 
 /// What stores the 15-minute slots (the gateway's database).
@@ -30,12 +30,32 @@ pub fn unit_figures<S: SlotSource>(
         return Ok(Vec::new());
     };
     let mut rows = Vec::with_capacity(unit.flows.len());
+    let mut lhv = Vec::with_capacity(unit.flows.len());
     for f in &unit.flows {
         rows.push(source.point_slots(&f.device, &f.point, first.0, last.1)?);
+        lhv.push(calorimeter_slots(source, f, *first, *last)?);
     }
-    Ok(indicators(unit, periods, plant.utc_offset(), |i| {
-        rows[i].clone()
-    }))
+    Ok(indicators_measured(
+        unit,
+        periods,
+        plant.utc_offset(),
+        |i| rows[i].clone(),
+        |i| lhv[i].clone(),
+    ))
+}
+
+/// The slots of the calorimeter a flow takes its heating value from (none without one), over
+/// the periods from `first` to `last`.
+pub fn calorimeter_slots<S: SlotSource>(
+    source: &S,
+    flow: &crate::model::Flow,
+    first: (i64, i64),
+    last: (i64, i64),
+) -> Result<Vec<(i64, PointSlot)>, S::Error> {
+    match &flow.lhv_point {
+        Some(p) => source.point_slots(&p.device, &p.point, first.0, last.1),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// A meter point's completeness over a period: the share of its elapsed part (from the later of

@@ -34,8 +34,8 @@ pub struct CarrierFigure {
     /// The coefficient the period averaged, kgce per metered unit (its hours each at the
     /// figure in force: a year's own, a measured heating value); none without a quantity.
     pub kgce_per_unit: Option<f64>,
-    /// For a flow with measured heating values: the share of its quantity counted at them,
-    /// the rest at `lhv_kj` or the table's figure.
+    /// For a flow with measured heating values (a laboratory's or a calorimeter's): the share
+    /// of its quantity counted at them, the rest at `lhv_kj` or the table's figure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub measured_lhv_share: Option<f64>,
 }
@@ -153,7 +153,20 @@ pub fn indicators(
     tz: FixedOffset,
     slots: impl Fn(usize) -> Vec<(i64, PointSlot)>,
 ) -> Vec<Indicator> {
+    indicators_measured(unit, periods, tz, slots, |_| Vec::new())
+}
+
+/// The same, `lhv(flow_index)` giving the rows of the calorimeter a flow takes its heating
+/// value from (empty without one).
+pub fn indicators_measured(
+    unit: &Unit,
+    periods: &[(i64, i64)],
+    tz: FixedOffset,
+    slots: impl Fn(usize) -> Vec<(i64, PointSlot)>,
+    lhv: impl Fn(usize) -> Vec<(i64, PointSlot)>,
+) -> Vec<Indicator> {
     let rows: Vec<Vec<(i64, PointSlot)>> = (0..unit.flows.len()).map(&slots).collect();
+    let lhv: Vec<Vec<(i64, PointSlot)>> = (0..unit.flows.len()).map(&lhv).collect();
     periods
         .iter()
         .map(|&(start, end)| {
@@ -193,8 +206,8 @@ pub fn indicators(
             let (mut total_abs, mut estimated_abs) = (0.0, 0.0);
             let mut by_device: BTreeMap<&str, f64> = BTreeMap::new();
             let mut electricity_on_bases = [0.0f64; 2];
-            for (flow, rows) in unit.flows.iter().zip(&rows) {
-                let flow_sum = flow.sum(rows, start, end);
+            for ((flow, rows), lhv) in unit.flows.iter().zip(&rows).zip(&lhv) {
+                let flow_sum = flow.sum_measured(rows, lhv, start, end);
                 let mut sum = flow_sum.slot;
                 sum.estimated = without_rounding_residue(sum.estimated, sum.delta);
                 ind.completeness = ind
@@ -289,7 +302,7 @@ pub fn indicators(
                     kgce,
                     own_use: flow.own_use,
                     kgce_per_unit: (sum.delta != 0.0).then(|| value / sum.delta),
-                    measured_lhv_share: flow.measured_from.map(|_| {
+                    measured_lhv_share: flow.has_measured_lhv().then(|| {
                         if sum.delta == 0.0 {
                             0.0
                         } else {
@@ -444,6 +457,8 @@ mod tests {
             kind: None,
             steps: Default::default(),
             measured_from: None,
+            lhv_point: None,
+            kj_per_kgce: 29_307.0,
         }
     }
 
@@ -491,13 +506,23 @@ mod tests {
                 },
             )]
         };
-        let replayed = indicators(&unit, &day, tz, |i| slot(1_000.0 * (i + 1) as f64, residue));
+        let replayed = indicators_measured(
+            &unit,
+            &day,
+            tz,
+            |i| slot(1_000.0 * (i + 1) as f64, residue),
+            |_| Vec::new(),
+        );
         assert_eq!(replayed[0].estimated_share, 0.0);
         // One second of the day's 2 000 kWh bridged (0.023 kWh) is an estimate and says so.
         let bridged = 2_000.0 / 86_400.0;
-        let real = indicators(&unit, &day, tz, |i| {
-            slot(1_000.0 * (i + 1) as f64, if i == 1 { bridged } else { 0.0 })
-        });
+        let real = indicators_measured(
+            &unit,
+            &day,
+            tz,
+            |i| slot(1_000.0 * (i + 1) as f64, if i == 1 { bridged } else { 0.0 }),
+            |_| Vec::new(),
+        );
         assert!(real[0].estimated_share > 0.0, "{}", real[0].estimated_share);
     }
 
@@ -510,16 +535,22 @@ mod tests {
         let unit = &plant.units[0];
         let tz: FixedOffset = "+08:00".parse().unwrap();
         let (start, end) = (day_ms(2026, 9, 1), day_ms(2026, 10, 1));
-        indicators(unit, &[(start, end)], tz, |i| {
-            vec![(
-                start,
-                PointSlot {
-                    delta: deltas[i],
-                    covered_ms: end - start,
-                    estimated: 0.0,
-                },
-            )]
-        })
+        indicators_measured(
+            unit,
+            &[(start, end)],
+            tz,
+            |i| {
+                vec![(
+                    start,
+                    PointSlot {
+                        delta: deltas[i],
+                        covered_ms: end - start,
+                        estimated: 0.0,
+                    },
+                )]
+            },
+            |_| Vec::new(),
+        )
         .remove(0)
     }
 

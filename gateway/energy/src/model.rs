@@ -212,6 +212,11 @@ pub struct FlowConfig {
     /// The same from a CSV file (`from,lhv_kj`), read by the gateway into `lhv`.
     #[serde(default)]
     pub lhv_csv: Option<Spanned<PathBuf>>,
+    /// A calorimeter's point reading the heating value, kJ per metered unit: each 15-minute
+    /// slot is counted at the mean of its readings over the slot; a slot it did not read, at
+    /// `lhv`, `lhv_kj` or the table as without it.
+    #[serde(default)]
+    pub lhv_point: Option<PointRef>,
     /// The counter wraps to zero after this value (in the point's engineering unit).
     #[serde(default)]
     pub rollover: Option<f64>,
@@ -225,6 +230,14 @@ pub struct FlowConfig {
     /// A boundary meter's enterprise (id or credit code), where a gateway serves several.
     #[serde(default)]
     pub enterprise: Option<Spanned<String>>,
+}
+
+/// A meter point by its device and point names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointRef {
+    pub device: String,
+    pub point: String,
 }
 
 /// What a recovered meter sees of a carrier its own unit also burns (the blast furnace's gas,
@@ -318,6 +331,10 @@ pub struct Flow {
     /// The first measured heating value's time: from then on its energy is counted at measured
     /// values, not the table's.
     pub measured_from: Option<i64>,
+    /// The calorimeter whose readings give its heating value slot by slot
+    /// ([`Flow::sum_measured`]), and the kJ a kgce is.
+    pub lhv_point: Option<PointRef>,
+    pub kj_per_kgce: f64,
 }
 
 impl Flow {
@@ -731,6 +748,43 @@ impl Plant {
             (&coefficients, &limits),
             (accounting.electricity, utc_offset),
         )?;
+        // A calorimeter is read as a gauge: it cannot be a counter some flow accounts for too.
+        let counted: HashSet<(&str, &str)> = units
+            .iter()
+            .flat_map(|u| u.flows.iter())
+            .chain(boundary.iter().map(|b| &b.flow))
+            .chain(sites.iter().flat_map(|s| s.intake.iter()))
+            .map(|f| (f.device.as_str(), f.point.as_str()))
+            .collect();
+        let configured = units_config
+            .iter()
+            .enumerate()
+            .flat_map(|(i, u)| {
+                u.flows
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, f)| (format!("units[{i}].flows[{j}].lhv_point"), f))
+            })
+            .chain(
+                boundary_config
+                    .iter()
+                    .enumerate()
+                    .map(|(k, f)| (format!("boundary[{k}].lhv_point"), f)),
+            );
+        for (key, f) in configured {
+            if let Some(p) = &f.lhv_point {
+                if counted.contains(&(p.device.as_str(), p.point.as_str())) {
+                    return Err(src.error(
+                        &key,
+                        format!(
+                            "`{}`/`{}` is a meter some flow counts; a calorimeter's point reads \
+                             a heating value of its own",
+                            p.device, p.point
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(Plant {
             enterprises: enterprises.to_vec(),
             units,
@@ -785,10 +839,31 @@ impl Plant {
                     },
                     fill: self.gap_fill,
                     level: f.role == Role::Stock,
+                    gauge: false,
                 },
             );
         }
+        // A calorimeter's heating value is integrated over time, slot by slot.
+        for p in self.lhv_points() {
+            tracked
+                .entry(p.device.clone())
+                .or_default()
+                .entry(p.point.clone())
+                .or_insert(CounterRule {
+                    rollover: None,
+                    max_rate_per_h: None,
+                    frozen_after_ms: 0,
+                    fill: GapFill::None,
+                    level: false,
+                    gauge: true,
+                });
+        }
         tracked
+    }
+
+    /// The calorimeter points some flow takes its heating value from.
+    pub fn lhv_points(&self) -> impl Iterator<Item = &PointRef> {
+        self.flows().filter_map(|f| f.lhv_point.as_ref())
     }
 
     pub fn unit(&self, id: &str) -> Option<&Unit> {
@@ -1034,6 +1109,8 @@ fn resolve_flow(
         steps_of(src, &key, f, coefficients, tz)?
     } else if !f.lhv.is_empty() || f.lhv_kj.is_some() {
         return Err(src.error(&key("lhv"), "only an energy flow has a heating value"));
+    } else if f.lhv_point.is_some() {
+        return Err(src.error(&key("lhv_point"), "only an energy flow has a heating value"));
     } else {
         (crate::schedule::Steps::default(), None)
     };
@@ -1056,6 +1133,8 @@ fn resolve_flow(
         own_use: false,
         steps,
         measured_from,
+        lhv_point: f.lhv_point.clone(),
+        kj_per_kgce: coefficients.kj_per_kgce,
     })
 }
 

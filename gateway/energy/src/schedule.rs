@@ -96,22 +96,54 @@ impl crate::model::Flow {
         self.steps.at(t, self.factors)
     }
 
+    /// Whether any of its heating values are measured: a laboratory's or a calorimeter's.
+    pub fn has_measured_lhv(&self) -> bool {
+        self.measured_from.is_some() || self.lhv_point.is_some()
+    }
+
     /// Its rows in `[start, end)`, each slot converted at the factors in force then.
     pub fn sum(&self, rows: &[(i64, PointSlot)], start: i64, end: i64) -> FlowSum {
+        self.sum_measured(rows, &[], start, end)
+    }
+
+    /// The same, where its calorimeter read (`lhv`: the calorimeter point's slots, each its
+    /// readings' integral over time) each slot at the mean heating value of the slot.
+    pub fn sum_measured(
+        &self,
+        rows: &[(i64, PointSlot)],
+        lhv: &[(i64, PointSlot)],
+        start: i64,
+        end: i64,
+    ) -> FlowSum {
         let mut sum = FlowSum::default();
         for (t, r) in rows.iter().filter(|(t, _)| (start..end).contains(t)) {
             sum.slot.delta += r.delta;
             sum.slot.covered_ms += r.covered_ms;
             sum.slot.estimated += r.estimated;
-            for (b, factor) in self.factors_at(*t).into_iter().enumerate() {
+            let read = self.calorimeter_at(lhv, *t);
+            let factors = read.map_or_else(|| self.factors_at(*t), |f| [f, f]);
+            for (b, factor) in factors.into_iter().enumerate() {
                 sum.converted[b] += r.delta * factor;
                 sum.estimated[b] += r.estimated * factor;
             }
-            if self.measured_from.is_some_and(|from| *t >= from) {
+            if read.is_some() || self.measured_from.is_some_and(|from| *t >= from) {
                 sum.at_measured_lhv += r.delta;
             }
         }
         sum
+    }
+
+    /// kgce per metered unit at the calorimeter's mean reading over slot `t`: its measured
+    /// integral over the hours it covered; none where it read nothing (or the flow is own use,
+    /// counted nothing).
+    fn calorimeter_at(&self, lhv: &[(i64, PointSlot)], t: i64) -> Option<f64> {
+        if self.own_use || self.lhv_point.is_none() {
+            return None;
+        }
+        let (_, r) = lhv.get(lhv.binary_search_by_key(&t, |(s, _)| *s).ok()?)?;
+        let hours = r.covered_ms as f64 / 3_600_000.0;
+        let mean = (r.delta - r.estimated) / hours;
+        (r.covered_ms > 0 && mean.is_finite() && mean > 0.0).then(|| mean / self.kj_per_kgce)
     }
 }
 

@@ -13,6 +13,7 @@ fn rule() -> CounterRule {
         frozen_after_ms: 0,
         fill: GapFill::None,
         level: false,
+        gauge: false,
     }
 }
 

@@ -44,6 +44,7 @@ fn rules() -> WriteRules {
             frozen_after_ms: 2 * H,
             fill: GapFill::None,
             level: false,
+            gauge: false,
         },
     );
     AccountingRules {
@@ -377,6 +378,7 @@ fn a_late_reading_slightly_below_the_one_before_is_decided_as_in_order_not_as_a_
             frozen_after_ms: 2 * H,
             fill: GapFill::Rate,
             level: false,
+            gauge: false,
         },
     );
     let t = 10 * H;

@@ -59,6 +59,7 @@ fuzz_target!(|ops: Vec<Op>| {
         frozen_after_ms: 3_600_000,
         fill: GapFill::Rate,
         level: false,
+        gauge: false,
     };
     let mut tracked = HashMap::new();
     for d in ["a", "b"] {
