@@ -313,14 +313,7 @@ async fn completeness(
     let (Some(first), Some(last)) = (periods.first().copied(), periods.last().copied()) else {
         return Ok(Json(Vec::new()));
     };
-    let mut points: Vec<(String, String)> = s
-        .config
-        .plant
-        .flows()
-        .map(|f| (f.device.clone(), f.point.clone()))
-        .collect();
-    points.sort();
-    points.dedup();
+    let points = s.config.plant.read_points();
     let (reader, tz, earliest) = (
         s.reader.clone(),
         s.config.plant.utc_offset(),

@@ -764,6 +764,24 @@ fn the_kilns_coal_is_counted_slot_by_slot_at_the_analysers_reading() {
         );
     }
 
+    // The annual report's data quality lists the analyser beside the meters.
+    let inputs = report::Inputs {
+        plant: &config.plant,
+        reader: &reader,
+        now_ms: DAY1 + 400 * 24 * H,
+        earliest_ms: config.earliest_ms,
+    };
+    let annual = report::annual::build(&inputs, 2025, |_, _| {}).unwrap();
+    let meters = serde_json::to_value(&annual).unwrap()["data_quality"]["meters"].clone();
+    assert!(
+        meters
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["device"] == "coal-analyser" && m["point"] == "lhv"),
+        "{meters}"
+    );
+
     // The analyser's point cannot be a counter some flow accounts for.
     let clash = text.replace(
         "{ device = \"coal-analyser\", point = \"lhv\" }",

@@ -861,6 +861,18 @@ impl Plant {
         tracked
     }
 
+    /// Every meter point the figures read, once each, sorted: the flows' and the calorimeters'.
+    pub fn read_points(&self) -> Vec<(String, String)> {
+        let flows = self.flows().map(|f| (f.device.clone(), f.point.clone()));
+        let lhv = self
+            .lhv_points()
+            .map(|p| (p.device.clone(), p.point.clone()));
+        let mut points: Vec<(String, String)> = flows.chain(lhv).collect();
+        points.sort();
+        points.dedup();
+        points
+    }
+
     /// The calorimeter points some flow takes its heating value from.
     pub fn lhv_points(&self) -> impl Iterator<Item = &PointRef> {
         self.flows().filter_map(|f| f.lhv_point.as_ref())

@@ -433,12 +433,7 @@ pub(crate) fn meter_quality(
     earliest_ms: i64,
     now_ms: i64,
 ) -> anyhow::Result<Vec<MeterQuality>> {
-    let mut points: Vec<(String, String)> = plant
-        .flows()
-        .map(|f| (f.device.clone(), f.point.clone()))
-        .collect();
-    points.sort();
-    points.dedup();
+    let points = plant.read_points();
     let (Some(first), Some(last)) = (months.first(), months.last()) else {
         return Ok(Vec::new());
     };
