@@ -707,10 +707,11 @@ mod tests {
         );
         let own_use = qty(Some("cpp1"), Role::Consumed, "electricity");
         assert!((own_use - crate::model::CPP_OWN_USE * generation).abs() < 1e-6 * own_use);
-        // The oxygen plant makes what the converter takes; nothing of it is bought.
+        // The oxygen plant makes what the furnace and the converter take; none is bought.
         for medium in ["oxygen", "nitrogen"] {
             let made = qty(Some("o2p1"), Role::Recovered, medium);
-            let used = qty(Some("bof1"), Role::Consumed, medium);
+            let used = qty(Some("bof1"), Role::Consumed, medium)
+                + qty(Some("bf1"), Role::Consumed, medium);
             assert!(used > 0.0 && (made - used).abs() < 1e-6 * used, "{medium}");
             assert_eq!(qty(works, Role::Purchase, medium), 0.0);
         }
