@@ -35,6 +35,23 @@ pub struct Balance {
     pub estimated_share: f64,
     /// Each site's water intake per tonne of its product, judged on its quota (GB/T 18916).
     pub sites: Vec<SiteWater>,
+    /// Each captive power plant: what it generated, used itself and supplied.
+    pub captive_power: Vec<CaptivePower>,
+}
+
+/// A captive power plant over a period (a conversion unit that generates electricity), in the
+/// unit of the balance's electricity row: generation at its terminals, its own use (厂用电) and
+/// the supply to the works, generation less own use.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CaptivePower {
+    pub unit: String,
+    pub name: String,
+    pub generation: f64,
+    pub own_use: f64,
+    pub supply: f64,
+    /// Own use as a share of generation (厂用电率), percent; null when it generated nothing.
+    pub own_use_pct: Option<f64>,
+    pub measure: String,
 }
 
 /// A site's water over a period: its intake meters against its product (GB/T 18916 judges the
@@ -350,11 +367,13 @@ fn balance(
         c.remainder_pct = (c.supply != 0.0).then(|| 100.0 * c.remainder / c.supply);
         c.flaring_pct = (generated > 0.0).then(|| 100.0 * c.flared / generated);
     }
+    let captive_power = captive_power(plant, &carriers);
     Balance {
         start: local(start, tz).to_rfc3339(),
         end: local(end, tz).to_rfc3339(),
         enterprise: e,
         carriers,
+        captive_power,
         completeness: if plant.boundary.is_empty() {
             0.0
         } else {
@@ -367,6 +386,38 @@ fn balance(
         },
         sites,
     }
+}
+
+/// The captive power plants, from the electricity row: each conversion unit that generates.
+fn captive_power(plant: &Plant, carriers: &[CarrierBalance]) -> Vec<CaptivePower> {
+    let Some(row) = carriers.iter().find(|c| c.carrier == "electricity") else {
+        return Vec::new();
+    };
+    let of = |nodes: &[NodeFlow], unit: &str| -> f64 {
+        nodes
+            .iter()
+            .filter(|n| n.unit == unit)
+            .map(|n| n.quantity)
+            .sum()
+    };
+    plant
+        .units
+        .iter()
+        .filter(|u| u.function == Function::Conversion)
+        .filter(|u| row.generated.iter().any(|n| n.unit == u.id))
+        .map(|u| {
+            let (generation, own_use) = (of(&row.generated, &u.id), of(&row.consumed, &u.id));
+            CaptivePower {
+                unit: u.id.clone(),
+                name: u.name.clone(),
+                generation,
+                own_use,
+                supply: generation - own_use,
+                own_use_pct: (generation > 0.0).then(|| 100.0 * own_use / generation),
+                measure: row.unit.clone(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -493,6 +544,59 @@ mod tests {
         let flows: Vec<&[(i64, PointSlot)]> =
             plant.flows().map(|f| rows[&f.device].as_slice()).collect();
         balances(&plant, &[(0, DAY)], &flows, &[]).remove(0)
+    }
+
+    #[test]
+    fn a_captive_power_plant_shows_its_generation_own_use_and_supply() {
+        // A power plant generating 150 MWh a day at its terminals (metered in MWh), using
+        // 12 000 kWh itself: it supplied 138 000 kWh, own use 8 %. The furnace's TRT generates
+        // too but is no conversion unit: not a power plant.
+        let text = "[[units]]\nid = \"cpp\"\nname = \"CPP\"\nkind = \"power_plant\"\nfunction = \"conversion\"\n\
+            [[units.flows]]\ndevice = \"cpp-gas\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"bfg\"\nunit = \"m3\"\n\
+            [[units.flows]]\ndevice = \"cpp-aux\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"electricity\"\nunit = \"kWh\"\n\
+            [[units.flows]]\ndevice = \"cpp-gen\"\npoint = \"total\"\nrole = \"recovered\"\ncarrier = \"electricity\"\nunit = \"MWh\"\ngeneration = \"gross\"\n\
+            [[units]]\nid = \"bf\"\nname = \"BF\"\nkind = \"blast_furnace\"\n\
+            [[units.flows]]\ndevice = \"iron\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n\
+            [[units.flows]]\ndevice = \"bf-power\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"electricity\"\nunit = \"kWh\"\n\
+            [[units.flows]]\ndevice = \"trt\"\npoint = \"total\"\nrole = \"recovered\"\ncarrier = \"electricity\"\nunit = \"kWh\"\ngeneration = \"gross\"\n";
+        let plant = Plant::from_tables(&Source::embedded("cpp.toml", text))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let day = BTreeMap::from([
+            ("cpp-gas", 400_000.0),
+            ("cpp-aux", 12_000.0),
+            ("cpp-gen", 150.0),
+            ("iron", 1_000.0),
+            ("bf-power", 200_000.0),
+            ("trt", 30_000.0),
+        ]);
+        let rows: BTreeMap<&str, Vec<(i64, PointSlot)>> = day
+            .iter()
+            .map(|(d, q)| {
+                let slot = PointSlot {
+                    delta: *q,
+                    covered_ms: DAY,
+                    estimated: 0.0,
+                };
+                (*d, vec![(0, slot)])
+            })
+            .collect();
+        let flows: Vec<&[(i64, PointSlot)]> = plant
+            .flows()
+            .map(|f| rows[f.device.as_str()].as_slice())
+            .collect();
+        let b = balances(&plant, &[(0, DAY)], &flows, &[]).remove(0);
+        assert_eq!(
+            b.captive_power,
+            [CaptivePower {
+                unit: "cpp".into(),
+                name: "CPP".into(),
+                generation: 150_000.0,
+                own_use: 12_000.0,
+                supply: 138_000.0,
+                own_use_pct: Some(8.0),
+                measure: "kWh".into(),
+            }]
+        );
     }
 
     #[test]

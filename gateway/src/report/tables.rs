@@ -175,6 +175,23 @@ pub fn annual_figures(r: &AnnualReport) -> Vec<Figure> {
             });
         }
     }
+    for p in r.balance.iter().flat_map(|b| &b.captive_power) {
+        for (figure, value, unit) in [
+            ("generation", Some(p.generation), p.measure.as_str()),
+            ("own_use", Some(p.own_use), p.measure.as_str()),
+            ("supply", Some(p.supply), p.measure.as_str()),
+            ("own_use_rate", p.own_use_pct, "%"),
+        ] {
+            out.push(Figure {
+                section: "captive_power",
+                subject: p.unit.clone(),
+                period: r.start.clone(),
+                figure,
+                value: value.map_or_else(String::new, num),
+                unit: unit.into(),
+            });
+        }
+    }
     push_site_water(&mut out, &r.start, &r.sites_water);
     for c in &r.totals.by_carrier {
         let role = match c.role {
