@@ -106,7 +106,10 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
         }
     }
     every_unit.sort_unstable();
-    assert_eq!(every_unit, ["bf1", "bof1", "kiln1", "pot1", "rhf1"]);
+    assert_eq!(
+        every_unit,
+        ["bf1", "bof1", "cpp1", "kiln1", "o2p1", "pot1", "rhf1"]
+    );
     let api = get_json(
         &http,
         &format!("/api/v1/reports/annual?year={year}&enterprise=cement"),
@@ -226,6 +229,36 @@ fn reports_come_alike_from_the_api_and_the_command_line() {
     assert!(csv
         .lines()
         .any(|l| l.starts_with("unit_year,kiln1,") && l.contains(",unit_energy,")));
+
+    // The works' captive power plant: its generation, own use and supply, in the CSV and the
+    // PDF.
+    let (_, _, csv) = get_bytes(
+        &http,
+        &format!("/api/v1/reports/annual?year={year}&enterprise=works&format=csv"),
+    );
+    let csv = String::from_utf8(csv).unwrap();
+    for figure in ["generation", "own_use", "supply", "own_use_rate"] {
+        assert!(
+            csv.lines()
+                .any(|l| l.starts_with("captive_power,cpp1,") && l.contains(&format!(",{figure},"))),
+            "no captive power {figure} in:\n{csv}"
+        );
+    }
+    let (_, _, pdf) = get_bytes(
+        &http,
+        &format!("/api/v1/reports/annual?year={year}&enterprise=works&format=pdf"),
+    );
+    std::fs::write(d.join("works.pdf"), &pdf).unwrap();
+    let text = Command::new("pdftotext")
+        .args(["works.pdf", "-"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("自备电厂") && text.contains("厂用电率"),
+        "no captive power in:\n{text}"
+    );
 
     // The month's compliance report has every day of every unit.
     let comp = get_json(

@@ -311,6 +311,26 @@ fn layout(r: &AnnualReport, plant: &Plant) -> Layout {
             &rows,
         );
     }
+    let captive = r.balance.iter().flat_map(|b| &b.captive_power);
+    let rows: Vec<Vec<String>> = captive
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                format!("{} {}", format_num(p.generation, 0), p.measure),
+                format!("{} {}", format_num(p.own_use, 0), p.measure),
+                format!("{} {}", format_num(p.supply, 0), p.measure),
+                opt(p.own_use_pct, 2),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        l.paragraph(11.0, "自备电厂（发电量、厂用电量、供电量、厂用电率 %）");
+        l.table(
+            &[130.0, 100.0, 100.0, 100.0, 65.0],
+            &["电厂", "发电量", "厂用电量", "供电量", "厂用电率 %"],
+            &rows,
+        );
+    }
     for u in &r.units {
         l.heading(&format!("{}（{}）月度指标", u.name, u.id));
         // A potline's DC energy and current efficiency over the year, where it meters them.
