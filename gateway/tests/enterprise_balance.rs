@@ -172,6 +172,21 @@ fn write_two_days(
     store.write_batch(&batch, &rules, DAY1).unwrap();
 }
 
+/// The report inputs over the store, a year and more after the readings.
+fn inputs<'a>(config: &'a Config, reader: &'a ems_gateway::store::Reader) -> report::Inputs<'a> {
+    report::Inputs {
+        plant: &config.plant,
+        reader,
+        now_ms: DAY1 + 400 * 24 * H,
+        earliest_ms: config.earliest_ms,
+    }
+}
+
+/// The annual report of 2025 as JSON.
+fn annual_2025(inputs: &report::Inputs) -> serde_json::Value {
+    serde_json::to_value(report::annual::build(inputs, 2025, |_, _| {}).unwrap()).unwrap()
+}
+
 #[test]
 fn the_works_is_drawn_from_its_boundary_with_its_stock_change_and_losses() {
     let dir = std::env::temp_dir().join(format!("ems-balance-{}", std::process::id()));
@@ -225,14 +240,8 @@ fn the_works_is_drawn_from_its_boundary_with_its_stock_change_and_losses() {
     assert_eq!(b.completeness, 1.0);
 
     // The annual report's totals come from the boundary, its balance table with them.
-    let inputs = report::Inputs {
-        plant: &config.plant,
-        reader: &reader,
-        now_ms: DAY1 + 400 * 24 * H,
-        earliest_ms: config.earliest_ms,
-    };
-    let annual = report::annual::build(&inputs, 2025, |_, _| {}).unwrap();
-    let json = serde_json::to_value(&annual).unwrap();
+    let inputs = inputs(&config, &reader);
+    let json = annual_2025(&inputs);
     assert_eq!(json["totals"]["drawn_from"], "boundary");
     let both_days: Vec<HashMap<&str, f64>> = (0..192).map(quarter).collect();
     let all = |d: &str| both_days.iter().map(|q| q[d]).sum::<f64>();
@@ -362,12 +371,7 @@ fn a_group_of_two_enterprises_on_one_gateway_is_drawn_enterprise_by_enterprise()
     );
 
     // Each enterprise's annual report holds its own units and devices, under its own name.
-    let inputs = report::Inputs {
-        plant: &config.plant,
-        reader: &reader,
-        now_ms: DAY1 + 400 * 24 * H,
-        earliest_ms: config.earliest_ms,
-    };
+    let inputs = inputs(&config, &reader);
     let annual = |enterprise: Option<&str>| {
         let request = report::Request::Annual {
             year: 2025,
@@ -487,12 +491,7 @@ fn the_annual_report_draws_energy_per_10_000_yuan_and_does_not_judge_a_year_with
     let mut store = Store::open(&db).unwrap();
     write_two_days(&mut store, &config, quarter);
     let reader = store.reader().unwrap();
-    let inputs = report::Inputs {
-        plant: &config.plant,
-        reader: &reader,
-        now_ms: DAY1 + 400 * 24 * H,
-        earliest_ms: config.earliest_ms,
-    };
+    let inputs = inputs(&config, &reader);
     let r = report::annual::build(&inputs, 2025, |_, _| {}).unwrap();
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
     let y = r
@@ -765,14 +764,7 @@ fn the_kilns_coal_is_counted_slot_by_slot_at_the_analysers_reading() {
     }
 
     // The annual report's data quality lists the analyser beside the meters.
-    let inputs = report::Inputs {
-        plant: &config.plant,
-        reader: &reader,
-        now_ms: DAY1 + 400 * 24 * H,
-        earliest_ms: config.earliest_ms,
-    };
-    let annual = report::annual::build(&inputs, 2025, |_, _| {}).unwrap();
-    let meters = serde_json::to_value(&annual).unwrap()["data_quality"]["meters"].clone();
+    let meters = annual_2025(&inputs(&config, &reader))["data_quality"]["meters"].clone();
     assert!(
         meters
             .as_array()
@@ -830,12 +822,7 @@ fn the_sites_intake_is_judged_on_its_water_quota_in_the_annual_report() {
     let mut store = Store::open(&db).unwrap();
     write_two_days(&mut store, &config, quarter_with_water);
     let reader = store.reader().unwrap();
-    let inputs = report::Inputs {
-        plant: &config.plant,
-        reader: &reader,
-        now_ms: DAY1 + 400 * 24 * H,
-        earliest_ms: config.earliest_ms,
-    };
+    let inputs = inputs(&config, &reader);
     let r = report::annual::build(&inputs, 2025, |_, _| {}).unwrap();
     let quarters: Vec<HashMap<&str, f64>> = (0..192).map(quarter_with_water).collect();
     let all = |d: &str| quarters.iter().map(|q| q[d]).sum::<f64>();

@@ -530,7 +530,12 @@ mod tests {
     /// 0.404 kgce/kWh, blast-furnace gas 0.1286 kgce/m3, the built-in data file's figures).
     fn day_balance(generation: &str) -> Balance {
         let (plant, day) = works(generation);
-        let rows: BTreeMap<String, Vec<(i64, PointSlot)>> = day
+        balance_of_day(&plant, &day)
+    }
+
+    /// The balance of a day in which each meter moved by its `day` total.
+    fn balance_of_day(plant: &Plant, day: &BTreeMap<&str, f64>) -> Balance {
+        let rows: BTreeMap<&str, Vec<(i64, PointSlot)>> = day
             .iter()
             .map(|(d, q)| {
                 let slot = PointSlot {
@@ -538,12 +543,14 @@ mod tests {
                     covered_ms: DAY,
                     estimated: 0.0,
                 };
-                (d.to_string(), vec![(0, slot)])
+                (*d, vec![(0, slot)])
             })
             .collect();
-        let flows: Vec<&[(i64, PointSlot)]> =
-            plant.flows().map(|f| rows[&f.device].as_slice()).collect();
-        balances(&plant, &[(0, DAY)], &flows, &[]).remove(0)
+        let flows: Vec<&[(i64, PointSlot)]> = plant
+            .flows()
+            .map(|f| rows[f.device.as_str()].as_slice())
+            .collect();
+        balances(plant, &[(0, DAY)], &flows, &[]).remove(0)
     }
 
     #[test]
@@ -569,24 +576,8 @@ mod tests {
             ("bf-power", 200_000.0),
             ("trt", 30_000.0),
         ]);
-        let rows: BTreeMap<&str, Vec<(i64, PointSlot)>> = day
-            .iter()
-            .map(|(d, q)| {
-                let slot = PointSlot {
-                    delta: *q,
-                    covered_ms: DAY,
-                    estimated: 0.0,
-                };
-                (*d, vec![(0, slot)])
-            })
-            .collect();
-        let flows: Vec<&[(i64, PointSlot)]> = plant
-            .flows()
-            .map(|f| rows[f.device.as_str()].as_slice())
-            .collect();
-        let b = balances(&plant, &[(0, DAY)], &flows, &[]).remove(0);
         assert_eq!(
-            b.captive_power,
+            balance_of_day(&plant, &day).captive_power,
             [CaptivePower {
                 unit: "cpp".into(),
                 name: "CPP".into(),
