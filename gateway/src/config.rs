@@ -190,6 +190,7 @@ impl Config {
             max_late_ms: self.ingest.max_late_s as i64 * 1000,
             max_seq_jump: self.ingest.max_seq_jump as i64,
             quarantine_payload_bytes: self.quarantine.max_payload_bytes,
+            history_settle_ms: self.storage.history_settle_ms(),
         }
     }
 
@@ -247,6 +248,23 @@ pub struct StorageConfig {
     /// alarms and quarantine are kept. Absent: raw samples are kept for ever.
     #[serde(default)]
     pub raw_retention_days: Option<u32>,
+    /// A device's raw history this many hours behind its newest poll is settled: each whole
+    /// UTC day of it is rewritten (hourly) into one compact, lossless block (history.rs).
+    /// 0: never.
+    #[serde(default = "default_compact_after_h")]
+    pub compact_after_h: u32,
+}
+
+fn default_compact_after_h() -> u32 {
+    48
+}
+
+impl StorageConfig {
+    /// How far behind a device's newest poll its history may be compacted; never: zero (any
+    /// message older than the newest then looks for a block).
+    pub fn history_settle_ms(&self) -> i64 {
+        i64::from(self.compact_after_h) * 3_600_000
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

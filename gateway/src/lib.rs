@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod history;
 pub mod influx;
 pub mod ingest;
 pub mod metrics;

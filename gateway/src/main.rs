@@ -35,6 +35,18 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Compact settled raw history now (the gateway does it hourly): each device's UTC days
+    /// `[storage] compact_after_h` behind its newest poll into lossless blocks.
+    Compact {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// How raw history is stored, as JSON: rows and blocks, their points and bytes, and the
+    /// bytes a stored point costs.
+    Stats {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Write raw samples of a range as CSV (device, seq, point, time, value, quality).
     Export {
         #[arg(long)]
@@ -236,6 +248,33 @@ async fn run() -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             let messages = ems_gateway::store::Store::backup(&config.storage.path, &to)?;
             println!("Backup {}: {messages} messages, integrity ok", to.display());
+        }
+        Command::Compact { config } => {
+            let config = Config::load(&config)?;
+            anyhow::ensure!(
+                config.storage.compact_after_h > 0,
+                "compaction is off ([storage] compact_after_h = 0)"
+            );
+            // Migrate first: the store's schema is the gateway's to set up.
+            drop(ems_gateway::store::Store::open(&config.storage.path)?);
+            let started = std::time::Instant::now();
+            let done = ems_gateway::store::Compactor::open(&config.storage.path)?
+                .compact(config.storage.history_settle_ms())?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "compacted": done,
+                    "seconds": seconds,
+                    "points_per_s": done.points as f64 / seconds.max(1e-9),
+                })
+            );
+        }
+        Command::Stats { config } => {
+            let config = Config::load(&config)?;
+            drop(ems_gateway::store::Store::open(&config.storage.path)?);
+            let stats = ems_gateway::store::history_stats(&config.storage.path)?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
         }
         Command::Export {
             config,

@@ -121,7 +121,7 @@ pub async fn serve(
 
 /// At start and then hourly until `shutdown`: raw samples older than `raw_retention_days` (if
 /// set), quarantine entries older than its `retention_days` (if set), and counter checkpoints
-/// no late reading can need any more are deleted.
+/// no late reading can need any more are deleted; settled raw history is compacted.
 async fn upkeep(config: Arc<Config>, now: NowFn, shutdown: CancellationToken) {
     let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3_600));
     loop {
@@ -148,6 +148,13 @@ async fn upkeep(config: Arc<Config>, now: NowFn, shutdown: CancellationToken) {
             }
             let window = config.ingest.max_late_s as i64 * 1000 + ems_energy::counter::SLOT_MS;
             pruner.prune_checkpoints(window)?;
+            if config.storage.compact_after_h > 0 {
+                let done = store::Compactor::open(&config.storage.path)?
+                    .compact(config.storage.history_settle_ms())?;
+                if done.blocks > 0 {
+                    tracing::info!(blocks = done.blocks, points = done.points, bytes_before = done.sample_bytes_before, bytes_after = done.block_bytes, "Settled raw history compacted.");
+                }
+            }
             Ok(())
         })
         .await;

@@ -43,6 +43,9 @@ pub struct WriteRules {
     pub max_seq_jump: i64,
     /// At most this much of a refused payload is kept (its size and SHA-256 always are).
     pub quarantine_payload_bytes: usize,
+    /// Raw history this far behind a device's newest poll may be compacted into blocks: a
+    /// message that old (or repeating a number) reopens its day's block first.
+    pub history_settle_ms: i64,
 }
 
 impl From<AccountingRules> for WriteRules {
@@ -53,6 +56,7 @@ impl From<AccountingRules> for WriteRules {
             max_late_ms: 86_400_000,
             max_seq_jump: 10_000_000,
             quarantine_payload_bytes: 65_536,
+            history_settle_ms: 48 * 3_600_000,
         }
     }
 }

@@ -180,20 +180,19 @@ fn recount<'a>(
         .query_row(params![key.0, key.1], |r| r.get(0))?;
     // The stored readings after the checkpoint, in the order the integrity check takes them.
     let mut readings: Vec<Reading> = Vec::new();
-    let mut stmt = tx.prepare_cached(
-        "SELECT ts_ms, seq, points FROM messages WHERE device = ?1 AND ts_ms > ?2 AND points IS NOT NULL
-         ORDER BY ts_ms, seq",
-    )?;
-    let mut rows = stmt.query(params![key.0, from_ms])?;
-    while let Some(r) = rows.next()? {
-        if let Some(value) = crate::packed::good_value(r.get_ref(2)?.as_blob()?, series)? {
+    super::compact::each_message(tx, key.0, (from_ms.saturating_add(1), i64::MAX), |m| {
+        let Some(blob) = &m.points else {
+            return Ok(());
+        };
+        if let Some(value) = crate::packed::good_value(blob, series)? {
             readings.push(Reading {
-                ts_ms: r.get(0)?,
-                seq: r.get(1)?,
+                ts_ms: m.ts_ms,
+                seq: m.seq,
                 value,
             });
         }
-    }
+        Ok(())
+    })?;
     let start = start.unwrap_or_default();
     let with = replay(
         start,

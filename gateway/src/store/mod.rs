@@ -2,13 +2,15 @@
 //! knows a table's shape), [`write`] (ingest's batches: ledger, raw samples, quarantine, edge
 //! status), [`counters`] (counter readings into slots, late ones recounted from checkpoints),
 //! [`read`] (what the API, reports, alarms and sinks read), [`integrity`] (the recomputation and
-//! the export), [`upkeep`] (retention, backup).
+//! the export), [`compact`] (settled raw history in blocks, read back with the rows), [`upkeep`]
+//! (retention, backup).
 //!
 //! One writer connection commits each ingest batch in one transaction (WAL, synchronous=FULL:
 //! a commit survives a power cut, and only committed messages are acknowledged to the broker).
 //! Readers use their own connections.
 
 pub mod alarm_book;
+mod compact;
 mod counters;
 mod integrity;
 mod read;
@@ -32,6 +34,7 @@ use rusqlite::Connection;
 use schema::migrate;
 use write::SeriesIds;
 
+pub use compact::{history_stats, Compacted, Compactor, HistoryStats};
 pub use read::{
     AnomalyRow, DeviceRow, EdgeRow, Integrity, QuarantineRow, QuarantineTotal, Reader,
     PAYLOAD_PREVIEW,

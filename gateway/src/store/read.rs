@@ -115,6 +115,15 @@ impl Reader {
         Ok(f(&conn)?)
     }
 
+    /// The same, for work whose errors are not all SQLite's (a compacted block's decoding).
+    pub(super) fn with_any<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let conn = self.conn.lock().expect("reader lock poisoned");
+        f(&conn)
+    }
+
     pub fn devices(&self) -> anyhow::Result<Vec<DeviceRow>> {
         self.with(|c| {
             let mut gaps: HashMap<String, Vec<[i64; 2]>> = HashMap::new();

@@ -169,6 +169,19 @@ INSERT INTO quarantine_totals
     FROM quarantine GROUP BY 1;
 CREATE INDEX quarantine_by_time ON quarantine (received_ms);
 "#,
+    r#"
+-- Settled raw history (compact.rs, history.rs): one device's messages of one UTC day, their
+-- ledger fields and samples, in one compressed block. A message is a row of `messages` or in
+-- a block, never both.
+CREATE TABLE message_blocks (
+    device TEXT NOT NULL, day_ms INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    first_ts_ms INTEGER NOT NULL, last_ts_ms INTEGER NOT NULL,
+    messages INTEGER NOT NULL, points INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (device, day_ms)
+) WITHOUT ROWID;
+CREATE INDEX message_blocks_by_seq ON message_blocks (device, first_seq);
+"#,
 ];
 
 /// The schema version whose migration packs `point_samples` into `messages.points`.

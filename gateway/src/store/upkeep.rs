@@ -29,8 +29,7 @@ impl Store {
             check == "ok",
             "the copy fails SQLite's integrity check: {check}"
         );
-        let messages: i64 = dst.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))?;
-        Ok(messages as u64)
+        super::compact::message_count(&dst)
     }
 }
 
@@ -80,6 +79,7 @@ impl Pruner {
                 tx.commit()?;
                 deleted += crate::packed::count(bytes as usize) as u64;
             }
+            deleted += strip_blocks(&mut self.conn, &device, before_ms)?;
         }
         self.conn.execute(
             "INSERT INTO retention (id, raw_before_ms) VALUES (1, ?1)
@@ -88,6 +88,40 @@ impl Pruner {
         )?;
         Ok(deleted)
     }
+}
+
+/// Deletes the samples of `device`'s compacted days that ended before `before_ms`: each block
+/// is rewritten with its messages' ledger fields only, in its own transaction. Returns the
+/// samples deleted.
+fn strip_blocks(conn: &mut Connection, device: &str, before_ms: i64) -> anyhow::Result<u64> {
+    let days: Vec<i64> = conn
+        .prepare(
+            "SELECT day_ms FROM message_blocks
+             WHERE device = ?1 AND last_ts_ms < ?2 AND points > 0 ORDER BY day_ms",
+        )?
+        .query_map(params![device, before_ms], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut deleted = 0;
+    for day in days {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (data, points): (Vec<u8>, i64) = tx.query_row(
+            "SELECT data, points FROM message_blocks WHERE device = ?1 AND day_ms = ?2",
+            params![device, day],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut messages = crate::history::decode(&data)?;
+        for m in &mut messages {
+            m.points = None;
+        }
+        let (data, summary) = crate::history::encode(&messages)?;
+        tx.execute(
+            "UPDATE message_blocks SET data = ?3, points = ?4 WHERE device = ?1 AND day_ms = ?2",
+            params![device, day, data, summary.points],
+        )?;
+        tx.commit()?;
+        deleted += points as u64;
+    }
+    Ok(deleted)
 }
 
 impl Pruner {

@@ -282,6 +282,15 @@ fn write_telemetry<'a>(
 ) -> anyhow::Result<()> {
     let seq = t.seq as i64;
     let ledger = ledger_row(tx, gathered, &t.device)?;
+    // A repeated number, or a poll time as old as settled history: its day may be a block.
+    if let Some((last_seq, last_ts)) = ledger {
+        if seq <= last_seq || t.ts_ms < last_ts.saturating_sub(rules.history_settle_ms) {
+            let reopened = super::compact::reopen(tx, &t.device, seq, t.ts_ms)?;
+            if reopened > 0 {
+                tracing::info!(device = %t.device, seq, messages = reopened, "A compacted day reopened for a late or repeated message.");
+            }
+        }
+    }
     let device_rules = rules.accounting.tracked.get(&t.device);
     let mut refused = match ledger {
         Some((last_seq, _)) if seq > last_seq && seq - last_seq > rules.max_seq_jump => Some((
