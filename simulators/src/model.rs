@@ -577,7 +577,7 @@ pub struct UnitModel {
 }
 
 /// Length of one integration step. Rates change over minutes, so a second is exact enough.
-pub const STEP_MS: i64 = 1_000;
+const STEP_MS: i64 = 1_000;
 /// Spacing of the random knots of the load and consumption variation.
 const KNOT_MS: i64 = 600_000;
 const HOUR_MS: i64 = 3_600_000;

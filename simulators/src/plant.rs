@@ -7,11 +7,14 @@ use tokio_modbus::ExceptionCode;
 
 use crate::faults::{Fault, FaultKind, FaultSpec};
 use crate::meter::{Reading, Table};
-use crate::model::{enterprise_step, Role, State, StateChange, UnitKind, HOLDER_START_M3, STEP_MS};
+use crate::model::{enterprise_step, Role, State, StateChange, UnitKind, HOLDER_START_M3};
 use crate::scenario::Scenario;
 use crate::truth::{TruthEvent, TruthFlow, TruthLine, TruthRecord};
 
 const HOUR_MS: i64 = 3_600_000;
+/// The grid on which conversion units and boundaries are drawn from the process units: a
+/// minute is fine for a gas holder and cheap enough to run a week in seconds.
+const DERIVED_STEP_MS: i64 = 60_000;
 
 /// Something that happens at an instant and goes into the truth file.
 #[derive(Debug, Clone)]
@@ -189,11 +192,11 @@ impl Plant {
                 .first()
                 .map_or(i64::MAX, |p| p.at_ms.max(self.now_ms));
             let to = hour_end.min(t_ms).min(next_event);
-            // On the models' one-second grid, so that the enterprises' holders and controls
-            // come out the same however the clock is read.
+            // On a fixed one-minute grid, so that the enterprises' holders and controls come out
+            // the same however the clock is read (the units integrate each minute in seconds).
             let mut t = self.now_ms;
             while t < to {
-                let next = (t - t.rem_euclid(STEP_MS) + STEP_MS).min(to);
+                let next = (t - t.rem_euclid(DERIVED_STEP_MS) + DERIVED_STEP_MS).min(to);
                 self.step(t, next);
                 t = next;
             }
@@ -211,8 +214,8 @@ impl Plant {
         }
     }
 
-    /// Integrates the process units over one short step, then draws each enterprise's
-    /// conversion units and boundary from what its process units did.
+    /// Integrates the process units over one step of at most a minute, then draws each
+    /// enterprise's conversion units and boundary from what its process units did.
     fn step(&mut self, from: i64, to: i64) {
         let scenario = &mut self.scenario;
         // What each process unit did over the step.

@@ -1,6 +1,7 @@
 //! A plant's history written straight into the gateway's store (benchmarks need months of it
 //! in minutes): one-minute polls of every meter point the plant accounts for, with synthetic
-//! but plausible rates (about 300 kgce and 2 m3 per tonne of product).
+//! but plausible rates (about 300 kgce and 2 m3 per tonne of product), each counter in
+//! hundredths with its minute's increment swinging about its rate, beside its present rate.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,8 +41,21 @@ fn rates(plant: &ems_gateway::Plant) -> HashMap<(String, String), (f64, Option<f
     out
 }
 
+/// A fixed pseudo-random number in [-1, 1] for a device's point and poll (splitmix64): the same
+/// history every run.
+fn unit_noise(device: &str, point: usize, k: i64) -> f64 {
+    let mut z = device.bytes().fold(point as u64 + 1, |h, b| {
+        h.wrapping_mul(31).wrapping_add(u64::from(b))
+    }) ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+}
+
 /// Writes `days` of one-minute polls of every accounted meter of the plant in `config`, from
-/// `start_ms`, into the store at `db` through the gateway's own write path. Returns the messages.
+/// `start_ms`, into the store at `db` through the gateway's own write path: each point's
+/// counter and its present rate. Returns the messages.
 pub fn fill(config: &Path, db: &Path, start_ms: i64, days: i64) -> usize {
     let config = ems_gateway::Config::load(config).expect("demo config");
     let rules = config.write_rules();
@@ -57,9 +71,15 @@ pub fn fill(config: &Path, db: &Path, start_ms: i64, days: i64) -> usize {
     let polls = days * 1_440;
     let mut messages = 0;
     let mut batch = Vec::with_capacity(4_000);
+    // Each device's counters, from 1 000 of their units.
+    let mut totals: HashMap<&str, Vec<f64>> = by_device
+        .iter()
+        .map(|(d, points)| (*d, vec![1_000.0; points.len()]))
+        .collect();
     for k in 0..polls {
         let ts = start + k * 60_000;
         for (device, points) in &by_device {
+            let totals = totals.get_mut(device).expect("every device has its totals");
             batch.push(Incoming::built(Telemetry {
                 v: 1,
                 site: "demo".into(),
@@ -69,13 +89,29 @@ pub fn fill(config: &Path, db: &Path, start_ms: i64, days: i64) -> usize {
                 ts_ms: ts,
                 points: points
                     .iter()
-                    .map(|(p, per_h, roll)| {
-                        let v = 1_000.0 + per_h * k as f64 / 60.0;
-                        PointValue {
-                            id: (*p).into(),
-                            v: Some(roll.map_or(v, |r| v % r)),
-                            q: Quality::Good,
-                        }
+                    .enumerate()
+                    .flat_map(|(i, (p, per_h, roll))| {
+                        // A meter's counter in its resolution (hundredths) and its present
+                        // rate as a float32, as real meters report them: the minute's
+                        // increment swings ±10 % about the rate.
+                        let total = &mut totals[i];
+                        let swing = 0.1 * unit_noise(device, i, k);
+                        let increment = per_h / 60.0 * (1.0 + swing);
+                        *total += increment;
+                        let counter = (*total * 100.0).floor() * 0.01;
+                        let rate = f64::from((increment * 60.0) as f32);
+                        [
+                            PointValue {
+                                id: (*p).into(),
+                                v: Some(roll.map_or(counter, |r| counter % r)),
+                                q: Quality::Good,
+                            },
+                            PointValue {
+                                id: format!("{p}_rate"),
+                                v: Some(rate),
+                                q: Quality::Good,
+                            },
+                        ]
                     })
                     .collect(),
             }));

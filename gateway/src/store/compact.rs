@@ -139,7 +139,7 @@ pub struct Compacted {
     pub block_bytes: u64,
 }
 
-/// Compacts settled days of raw history, device by device and day by day, each in its own
+/// Compacts settled days of raw history, device by device and day by day, a few days a
 /// transaction (ingest goes on meanwhile; a crash loses or doubles nothing).
 pub struct Compactor {
     conn: Connection,
@@ -147,9 +147,12 @@ pub struct Compactor {
 
 impl Compactor {
     pub fn open(path: &Path) -> anyhow::Result<Compactor> {
-        Ok(Compactor {
-            conn: open_conn(path)?,
-        })
+        let conn = open_conn(path)?;
+        // Each swap is atomic either way (WAL); what synchronous=FULL adds, that a commit
+        // survives a power cut, a compaction does not need: a day whose swap is lost is still
+        // rows, compacted again the next time. It saves an fsync a transaction.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Compactor { conn })
     }
 
     /// Compacts each device's UTC days that ended `settle_ms` or more before its newest poll.
@@ -163,71 +166,94 @@ impl Compactor {
         for (device, newest) in devices {
             // Days that end by then are settled.
             let settled = day_of(newest.saturating_sub(settle_ms).saturating_add(1));
-            loop {
-                let first: Option<i64> = self
+            let mut finished = false;
+            while !finished {
+                // A few days a transaction (each a few milliseconds): the writer waits for it,
+                // immediate, rather than making it fail.
+                let tx = self
                     .conn
-                    .prepare_cached(
-                        "SELECT MIN(ts_ms) FROM messages WHERE device = ?1 AND ts_ms < ?2",
-                    )?
-                    .query_row(params![device, settled], |r| r.get(0))?;
-                let Some(first) = first else { break };
-                self.compact_day(&device, day_of(first), &mut done)?;
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let mut batch = Compacted::default();
+                for _ in 0..DAYS_PER_TRANSACTION {
+                    let first: Option<i64> = tx
+                        .prepare_cached(
+                            "SELECT MIN(ts_ms) FROM messages WHERE device = ?1 AND ts_ms < ?2",
+                        )?
+                        .query_row(params![device, settled], |r| r.get(0))?;
+                    let Some(first) = first else {
+                        finished = true;
+                        break;
+                    };
+                    compact_day(&tx, &device, day_of(first), &mut batch)?;
+                }
+                tx.commit()?;
+                done.add(batch);
             }
         }
         Ok(done)
     }
+}
 
-    /// One device's day: its rows (and a block of the day, should one exist) into one block.
-    fn compact_day(&mut self, device: &str, day: i64, done: &mut Compacted) -> anyhow::Result<()> {
-        // Immediate: the writer waits for this short transaction rather than making it fail.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut messages = Vec::new();
-        let mut sample_bytes = 0u64;
-        each_message(&tx, device, (day, day + DAY_MS), |m| {
-            sample_bytes += m.points.as_ref().map_or(0, |p| p.len() as u64);
-            messages.push(m.clone());
-            Ok(())
-        })?;
-        let (data, summary) = crate::history::encode(&messages)?;
-        tx.execute(
-            "DELETE FROM message_blocks WHERE device = ?1 AND day_ms = ?2",
-            params![device, day],
-        )?;
-        tx.execute(
-            "INSERT INTO message_blocks (device, day_ms, first_seq, last_seq, first_ts_ms,
-                 last_ts_ms, messages, points, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                device,
-                day,
-                summary.first_seq,
-                summary.last_seq,
-                summary.first_ts_ms,
-                summary.last_ts_ms,
-                summary.messages,
-                summary.points,
-                data
-            ],
-        )?;
-        let deleted = tx.execute(
-            "DELETE FROM messages WHERE device = ?1 AND ts_ms >= ?2 AND ts_ms < ?3",
-            params![device, day, day + DAY_MS],
-        )?;
-        anyhow::ensure!(
-            deleted as i64 <= summary.messages,
-            "more rows than the block of {device} on {} holds",
-            super::rfc3339(day)
-        );
-        tx.commit()?;
-        done.blocks += 1;
-        done.messages += summary.messages as u64;
-        done.points += summary.points as u64;
-        done.sample_bytes_before += sample_bytes;
-        done.block_bytes += data.len() as u64;
-        Ok(())
+/// Device-days swapped in one transaction.
+const DAYS_PER_TRANSACTION: usize = 8;
+
+impl Compacted {
+    fn add(&mut self, o: Compacted) {
+        self.blocks += o.blocks;
+        self.messages += o.messages;
+        self.points += o.points;
+        self.sample_bytes_before += o.sample_bytes_before;
+        self.block_bytes += o.block_bytes;
     }
+}
+
+/// One device's day: its rows (and a block of the day, should one exist) into one block.
+fn compact_day(
+    tx: &Connection,
+    device: &str,
+    day: i64,
+    done: &mut Compacted,
+) -> anyhow::Result<()> {
+    let mut messages = Vec::new();
+    let mut sample_bytes = 0u64;
+    each_message(tx, device, (day, day + DAY_MS), |m| {
+        sample_bytes += m.points.as_ref().map_or(0, |p| p.len() as u64);
+        messages.push(m.clone());
+        Ok(())
+    })?;
+    let (data, summary) = crate::history::encode(&messages)?;
+    tx.prepare_cached("DELETE FROM message_blocks WHERE device = ?1 AND day_ms = ?2")?
+        .execute(params![device, day])?;
+    tx.prepare_cached(
+        "INSERT INTO message_blocks (device, day_ms, first_seq, last_seq, first_ts_ms,
+             last_ts_ms, messages, points, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        device,
+        day,
+        summary.first_seq,
+        summary.last_seq,
+        summary.first_ts_ms,
+        summary.last_ts_ms,
+        summary.messages,
+        summary.points,
+        data
+    ])?;
+    let deleted = tx
+        .prepare_cached("DELETE FROM messages WHERE device = ?1 AND ts_ms >= ?2 AND ts_ms < ?3")?
+        .execute(params![device, day, day + DAY_MS])?;
+    anyhow::ensure!(
+        deleted as i64 <= summary.messages,
+        "more rows than the block of {device} on {} holds",
+        super::rfc3339(day)
+    );
+    done.blocks += 1;
+    done.messages += summary.messages as u64;
+    done.points += summary.points as u64;
+    done.sample_bytes_before += sample_bytes;
+    done.block_bytes += data.len() as u64;
+    Ok(())
 }
 
 /// How raw history is stored: rows, blocks and the bytes a point costs.
@@ -240,7 +266,8 @@ pub struct HistoryStats {
     pub block_messages: u64,
     pub block_points: u64,
     pub block_bytes: u64,
-    /// The whole database over every stored point (rows and blocks): what a year costs.
+    /// The database's pages in use over every stored point (rows and blocks, and with them the
+    /// rollups, ledger and everything else): what a year costs.
     pub bytes_per_point: Option<f64>,
     /// The blocks' bytes over their points.
     pub block_bytes_per_point: Option<f64>,
@@ -249,7 +276,10 @@ pub struct HistoryStats {
 /// The storage's figures, from the database at `path`.
 pub fn history_stats(path: &Path) -> anyhow::Result<HistoryStats> {
     let conn = open_conn(path)?;
+    // Pages in use: a compaction frees pages for reuse (the file keeps its size until a
+    // VACUUM), which are not what the history costs.
     let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let (rows, row_bytes): (i64, i64) = conn.query_row(
         "SELECT COUNT(*), COALESCE(SUM(length(points)), 0) FROM messages",
@@ -265,7 +295,7 @@ pub fn history_stats(path: &Path) -> anyhow::Result<HistoryStats> {
         )?;
     let row_points = crate::packed::count(row_bytes as usize) as u64;
     let points = row_points + block_points as u64;
-    let database_bytes = (pages * page_size) as u64;
+    let database_bytes = ((pages - free) * page_size) as u64;
     Ok(HistoryStats {
         database_bytes,
         rows: rows as u64,
