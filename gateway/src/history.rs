@@ -29,7 +29,7 @@ const VERSION: u8 = 1;
 /// A layout entry count that marks a message without samples (retention deleted them).
 const NONE: u16 = u16::MAX;
 /// pco's compression level: the lower levels compress these columns as well, faster.
-const LEVEL: usize = 4;
+const LEVEL: usize = 2;
 /// A packed point's bytes (packed.rs): series u32, kind u8, code u8, value bits u64.
 const ENTRY: usize = 14;
 

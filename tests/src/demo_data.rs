@@ -1,7 +1,8 @@
 //! A plant's history written straight into the gateway's store (benchmarks need months of it
 //! in minutes): one-minute polls of every meter point the plant accounts for, with synthetic
 //! but plausible rates (about 300 kgce and 2 m3 per tonne of product), each counter in
-//! hundredths with its minute's increment swinging about its rate, beside its present rate.
+//! hundredths with its minute's increment swinging about its rate, beside its present rate,
+//! voltage, current, power factor and frequency (six points a meter).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -55,7 +56,7 @@ fn unit_noise(device: &str, point: usize, k: i64) -> f64 {
 
 /// Writes `days` of one-minute polls of every accounted meter of the plant in `config`, from
 /// `start_ms`, into the store at `db` through the gateway's own write path: each point's
-/// counter and its present rate. Returns the messages.
+/// counter, its present rate and four more readings. Returns the messages.
 pub fn fill(config: &Path, db: &Path, start_ms: i64, days: i64) -> usize {
     let config = ems_gateway::Config::load(config).expect("demo config");
     let rules = config.write_rules();
@@ -100,17 +101,26 @@ pub fn fill(config: &Path, db: &Path, start_ms: i64, days: i64) -> usize {
                         *total += increment;
                         let counter = (*total * 100.0).floor() * 0.01;
                         let rate = f64::from((increment * 60.0) as f32);
+                        // Beside them what a meter's register map also gives, as float32:
+                        // voltage, current, power factor, frequency (six points a meter, the
+                        // issue's sizing of a plant).
+                        let n = |j: usize| unit_noise(device, i * 8 + j, k);
+                        let f32_of = |v: f64| f64::from(v as f32);
+                        let good = |id: String, v: f64| PointValue {
+                            id,
+                            v: Some(v),
+                            q: Quality::Good,
+                        };
                         [
-                            PointValue {
-                                id: (*p).into(),
-                                v: Some(roll.map_or(counter, |r| counter % r)),
-                                q: Quality::Good,
-                            },
-                            PointValue {
-                                id: format!("{p}_rate"),
-                                v: Some(rate),
-                                q: Quality::Good,
-                            },
+                            good((*p).into(), roll.map_or(counter, |r| counter % r)),
+                            good(format!("{p}_rate"), rate),
+                            good(format!("{p}_voltage"), f32_of(230.0 + 2.0 * n(1))),
+                            good(
+                                format!("{p}_current"),
+                                f32_of(rate / 0.4 * (1.0 + 0.01 * n(2))),
+                            ),
+                            good(format!("{p}_pf"), f32_of(0.92 + 0.02 * n(3))),
+                            good(format!("{p}_frequency"), f32_of(50.0 + 0.05 * n(4))),
                         ]
                     })
                     .collect(),

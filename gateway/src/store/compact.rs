@@ -24,7 +24,7 @@ pub(super) fn each_message(
     conn: &Connection,
     device: &str,
     (from_ms, to_ms): (i64, i64),
-    mut each: impl FnMut(&StoredMessage) -> anyhow::Result<()>,
+    mut each: impl FnMut(StoredMessage) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let days: Vec<i64> = conn
         .prepare_cached(
@@ -73,14 +73,13 @@ pub(super) fn each_message(
             if (head.ts_ms, head.seq) > (row.ts_ms, row.seq) {
                 break;
             }
-            each(head)?;
-            pending.pop_front();
+            each(pending.pop_front().expect("refilled"))?;
         }
-        each(&row)?;
+        each(row)?;
     }
     while refill(&mut pending)? {
         while let Some(m) = pending.pop_front() {
-            each(&m)?;
+            each(m)?;
         }
     }
     Ok(())
@@ -218,7 +217,7 @@ fn compact_day(
     let mut sample_bytes = 0u64;
     each_message(tx, device, (day, day + DAY_MS), |m| {
         sample_bytes += m.points.as_ref().map_or(0, |p| p.len() as u64);
-        messages.push(m.clone());
+        messages.push(m);
         Ok(())
     })?;
     let (data, summary) = crate::history::encode(&messages)?;
