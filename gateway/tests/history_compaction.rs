@@ -132,6 +132,23 @@ fn slots(config: &Config) -> Vec<(String, i64, i64, i64, i64)> {
     .unwrap()
 }
 
+/// The integrity recompute over rows and blocks: every stored rollup as the raw samples give
+/// it. Returns the samples it checked.
+fn recomputed(config: &Config) -> u64 {
+    let integrity = Store::open(&config.storage.path)
+        .unwrap()
+        .reader()
+        .unwrap()
+        .verify_rollups(&config.accounting_rules())
+        .unwrap();
+    assert!(
+        integrity.mismatches.is_empty(),
+        "{:?}",
+        integrity.mismatches
+    );
+    integrity.samples_checked
+}
+
 #[test]
 fn compacted_days_export_and_recompute_as_before_and_take_late_and_repeated_messages() {
     let dir = Dir::new("days");
@@ -141,12 +158,7 @@ fn compacted_days_export_and_recompute_as_before_and_take_late_and_repeated_mess
     const POLLS: i64 = 4 * 1440 + 60;
     write(&config, 2, POLLS, 60_000, &[(0, 700)]);
     let before = export(&config);
-    let store = Store::open(&config.storage.path).unwrap();
-    let integrity_before = store
-        .reader()
-        .unwrap()
-        .verify_rollups(&config.accounting_rules())
-        .unwrap();
+    let checked_before = recomputed(&config);
     let rows_before = history_stats(&config.storage.path).unwrap();
 
     // 48 h behind the newest poll: the first two UTC days of each device are settled.
@@ -170,17 +182,7 @@ fn compacted_days_export_and_recompute_as_before_and_take_late_and_repeated_mess
     );
     // The export is the same, byte for byte; the recompute finds every rollup as stored.
     assert_eq!(export(&config), before);
-    let integrity = store
-        .reader()
-        .unwrap()
-        .verify_rollups(&config.accounting_rules())
-        .unwrap();
-    assert!(
-        integrity.mismatches.is_empty(),
-        "{:?}",
-        integrity.mismatches
-    );
-    assert_eq!(integrity.samples_checked, integrity_before.samples_checked);
+    assert_eq!(recomputed(&config), checked_before);
     // Compacting again finds nothing more to do.
     let again = Compactor::open(&config.storage.path)
         .unwrap()
@@ -220,19 +222,7 @@ fn compacted_days_export_and_recompute_as_before_and_take_late_and_repeated_mess
         .unwrap();
     assert_eq!((out.stored, out.duplicates), (0, 1), "{out:?}");
     assert_eq!(export(&config), export(&plain_config));
-    let recomputes = |store: &Store| {
-        let integrity = store
-            .reader()
-            .unwrap()
-            .verify_rollups(&config.accounting_rules())
-            .unwrap();
-        assert!(
-            integrity.mismatches.is_empty(),
-            "{:?}",
-            integrity.mismatches
-        );
-    };
-    recomputes(&store);
+    recomputed(&config);
 
     // The backup counts every message, in rows and blocks.
     let stats = history_stats(&config.storage.path).unwrap();
@@ -257,7 +247,7 @@ fn compacted_days_export_and_recompute_as_before_and_take_late_and_repeated_mess
     let kept = export(&config);
     let first = kept.lines().nth(1).unwrap();
     assert!(first.contains("2026-03-02T"), "{first}");
-    recomputes(&store);
+    recomputed(&config);
 }
 
 #[test]
@@ -305,17 +295,7 @@ fn a_compaction_killed_half_way_loses_and_doubles_nothing() {
     );
     assert_eq!(messages(&config), total, "{s:?}");
     assert_eq!(export(&config), before);
-    let store = Store::open(&config.storage.path).unwrap();
-    let integrity = store
-        .reader()
-        .unwrap()
-        .verify_rollups(&config.accounting_rules())
-        .unwrap();
-    assert!(
-        integrity.mismatches.is_empty(),
-        "{:?}",
-        integrity.mismatches
-    );
+    recomputed(&config);
     // Run again, it finishes what was left.
     let status = Command::new(env!("CARGO_BIN_EXE_ems-gateway"))
         .args(["compact", "--config"])
