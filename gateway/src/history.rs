@@ -369,6 +369,54 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any messages, whatever their values' bits (NaN payloads, infinities, negative
+        /// zero), qualities, layouts, edges and numbers, come back exactly.
+        #[test]
+        fn any_messages_come_back_bit_for_bit(
+            messages in proptest::collection::vec(
+                (
+                    any_i64(),
+                    any_i64(),
+                    0u8..3,
+                    any_i64(),
+                    proptest::option::of(proptest::collection::vec(
+                        (0u32..4, 0u8..6, proptest::num::u8::ANY, proptest::num::u64::ANY, proptest::bool::ANY),
+                        0..5,
+                    )),
+                ),
+                1..60,
+            )
+        ) {
+            let messages: Vec<StoredMessage> = messages
+                .into_iter()
+                .map(|(seq, ts_ms, edge, received_ms, points)| StoredMessage {
+                    seq,
+                    ts_ms,
+                    edge: format!("edge-{edge}"),
+                    received_ms,
+                    points: points.map(|entries| {
+                        let mut blob = Vec::new();
+                        for (series, kind, code, bits, none) in entries {
+                            blob.extend_from_slice(&series.to_le_bytes());
+                            blob.push(kind | if none { 0x80 } else { 0 });
+                            blob.push(code);
+                            blob.extend_from_slice(&bits.to_le_bytes());
+                        }
+                        blob
+                    }),
+                })
+                .collect();
+            let (block, summary) = encode(&messages).unwrap();
+            proptest::prop_assert_eq!(decode(&block).unwrap(), messages.clone());
+            proptest::prop_assert_eq!(summary.messages, messages.len() as i64);
+        }
+    }
+
+    fn any_i64() -> impl proptest::strategy::Strategy<Value = i64> {
+        proptest::prop_oneof![proptest::num::i64::ANY, 0i64..1_000_000]
+    }
+
     #[test]
     fn a_damaged_block_is_an_error_not_a_panic() {
         let (block, _) = encode(&day()).unwrap();
