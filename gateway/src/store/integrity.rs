@@ -138,12 +138,18 @@ impl Reader {
             .prepare("SELECT id, point FROM series")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        // Every device that ever stored a message, in name order; rows and compacted blocks
-        // alike, in poll order.
-        let devices: Vec<String> = conn
-            .prepare("SELECT device FROM devices WHERE ?1 IS NULL OR device = ?1 ORDER BY device")?
-            .query_map(params![device], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        // The device, or every device with a stored message (a row or a block) in name order;
+        // rows and compacted blocks alike, in poll order.
+        let devices: Vec<String> = match device {
+            Some(d) => vec![d.to_owned()],
+            None => conn
+                .prepare(
+                    "SELECT DISTINCT device FROM messages UNION SELECT device FROM message_blocks
+                     ORDER BY device",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?,
+        };
         let mut n = 0;
         for device in &devices {
             super::compact::each_message(&conn, device, (from_ms, to_ms), |m| {
