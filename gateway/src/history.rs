@@ -17,21 +17,21 @@
 //! than one, an index column (u32); the point layouts (u32 count, each a u16 entry count, or
 //! `NONE` for a message whose samples retention deleted, then its series ids as u32) and the
 //! messages' layout column (u32); then for each series, in id order, a flag (0: values as f64,
-//! 1: as their bits in u64), its values column and its qualities column (u16: kind and code of
-//! packed.rs). Each column is a u32 byte length and pco's standalone bytes.
+//! 1: as their bits in u64), its values column and its qualities column (u16: kind and code,
+//! packed.rs's `RawEntry`). Each column is a u32 byte length and pco's standalone bytes.
 
 use std::collections::BTreeMap;
 
 use pco::standalone::{simple_compress, simple_decompress};
 use pco::ChunkConfig;
 
+use crate::packed::{push_raw, raw_entries, RawEntry};
+
 const VERSION: u8 = 1;
 /// A layout entry count that marks a message without samples (retention deleted them).
 const NONE: u16 = u16::MAX;
 /// pco's compression level: the lower levels compress these columns as well, faster.
 const LEVEL: usize = 2;
-/// A packed point's bytes (packed.rs): series u32, kind u8, code u8, value bits u64.
-const ENTRY: usize = 14;
 
 /// One stored message: its ledger fields and its packed samples (packed.rs), none when
 /// retention deleted them.
@@ -106,18 +106,12 @@ pub fn encode(messages: &[StoredMessage]) -> anyhow::Result<(Vec<u8>, BlockSumma
         let layout = match &m.points {
             None => None,
             Some(blob) => {
-                anyhow::ensure!(
-                    blob.len().is_multiple_of(ENTRY),
-                    "packed samples of {} bytes",
-                    blob.len()
-                );
-                let mut ids = Vec::with_capacity(blob.len() / ENTRY);
-                for e in blob.chunks_exact(ENTRY) {
-                    let id = u32::from_le_bytes(e[0..4].try_into()?);
-                    let column = series.entry(id).or_default();
-                    column.0.push(u64::from_le_bytes(e[6..14].try_into()?));
-                    column.1.push(u16::from_le_bytes([e[5], e[4]]));
-                    ids.push(id);
+                let mut ids = Vec::with_capacity(crate::packed::count(blob.len()));
+                for e in raw_entries(blob)? {
+                    let column = series.entry(e.series).or_default();
+                    column.0.push(e.bits);
+                    column.1.push(e.quality);
+                    ids.push(e.series);
                 }
                 points += ids.len() as i64;
                 Some(ids)
@@ -242,16 +236,19 @@ pub fn decode(block: &[u8]) -> anyhow::Result<Vec<StoredMessage>> {
         let points = match &layouts[layout_of[i] as usize] {
             None => None,
             Some(ids) => {
-                let mut blob = Vec::with_capacity(ids.len() * ENTRY);
-                for id in ids {
+                let mut blob = Vec::new();
+                for &id in ids {
                     let (bits, qualities, next) = columns
-                        .get_mut(id)
+                        .get_mut(&id)
                         .ok_or_else(|| anyhow::anyhow!("series {id} has no column"))?;
-                    let [code, kind] = qualities[*next].to_le_bytes();
-                    blob.extend_from_slice(&id.to_le_bytes());
-                    blob.push(kind);
-                    blob.push(code);
-                    blob.extend_from_slice(&bits[*next].to_le_bytes());
+                    push_raw(
+                        &mut blob,
+                        RawEntry {
+                            series: id,
+                            quality: qualities[*next],
+                            bits: bits[*next],
+                        },
+                    );
                     *next += 1;
                 }
                 Some(blob)

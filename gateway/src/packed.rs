@@ -91,6 +91,38 @@ pub fn good_value(blob: &[u8], series: i64) -> anyhow::Result<Option<f64>> {
         .and_then(|p| p.value))
 }
 
+/// One entry exactly as stored, field by field: what a compacted history block keeps column by
+/// column (history.rs), without reading the quality or the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawEntry {
+    pub series: u32,
+    /// The quality kind byte (bit 7 set: no value) above the exception code byte.
+    pub quality: u16,
+    /// The value's bits (zero when there is none).
+    pub bits: u64,
+}
+
+/// The entries of a BLOB as stored; a BLOB that is not whole entries is an error.
+pub fn raw_entries(blob: &[u8]) -> anyhow::Result<impl Iterator<Item = RawEntry> + '_> {
+    anyhow::ensure!(
+        blob.len().is_multiple_of(ENTRY),
+        "packed samples of {} bytes are not whole {ENTRY}-byte entries",
+        blob.len()
+    );
+    Ok(blob.chunks_exact(ENTRY).map(|e| RawEntry {
+        series: u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")),
+        quality: u16::from_be_bytes([e[4], e[5]]),
+        bits: u64::from_le_bytes(e[6..14].try_into().expect("8 bytes")),
+    }))
+}
+
+/// Appends one entry as [`raw_entries`] gave it.
+pub fn push_raw(blob: &mut Vec<u8>, e: RawEntry) {
+    blob.extend_from_slice(&e.series.to_le_bytes());
+    blob.extend_from_slice(&e.quality.to_be_bytes());
+    blob.extend_from_slice(&e.bits.to_le_bytes());
+}
+
 /// How many points a BLOB holds, without decoding it.
 pub fn count(blob_len: usize) -> usize {
     blob_len / ENTRY

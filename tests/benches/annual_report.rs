@@ -12,28 +12,11 @@ use std::time::Instant;
 
 use ems_tests::*;
 
-/// 2025-01-01T00:00+08:00, the demo plant's local new year.
-const YEAR_START_MS: i64 = 1_735_660_800_000;
-
 fn main() {
-    let days: i64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(365);
+    let days = demo_data::days_from_args(365);
     let dir = TempDir::new("annual-report");
     let d = dir.path();
-    // The broker is never started: the report reads the database only.
-    write_gateway_config(d, free_port());
-    let config = d.join("gateway.toml");
-    let db = ems_gateway::Config::load(&config).unwrap().storage.path;
-    let db = if db.is_absolute() { db } else { d.join(db) };
-    let started = Instant::now();
-    let messages = demo_data::fill(&config, &db, YEAR_START_MS, days);
-    println!(
-        "{days} days of one-minute polls of the demo plant: {messages} messages written in {:.0} s, database {} MB",
-        started.elapsed().as_secs_f64(),
-        std::fs::metadata(&db).map(|m| m.len() / 1_000_000).unwrap_or(0)
-    );
+    demo_data::demo_year(d, days);
     // One report per enterprise of the demo group: the steel works (three units and eleven
     // boundary meters), the cement plant and the smelter.
     for enterprise in ["works", "cement", "smelter"] {

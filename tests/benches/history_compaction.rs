@@ -14,9 +14,6 @@ use std::time::Instant;
 
 use ems_tests::*;
 
-/// 2025-01-01T00:00+08:00, the demo plant's local new year.
-const YEAR_START_MS: i64 = 1_735_660_800_000;
-
 fn stats(config: &str, d: &std::path::Path) -> serde_json::Value {
     let out = Command::new(bin("ems-gateway"))
         .args(["stats", "--config", config])
@@ -32,22 +29,10 @@ fn stats(config: &str, d: &std::path::Path) -> serde_json::Value {
 }
 
 fn main() {
-    let days: i64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(365);
+    let days = demo_data::days_from_args(365);
     let dir = TempDir::new("history-compaction");
     let d = dir.path();
-    write_gateway_config(d, free_port());
-    let config = d.join("gateway.toml");
-    let db = ems_gateway::Config::load(&config).unwrap().storage.path;
-    let db = if db.is_absolute() { db } else { d.join(db) };
-    let started = Instant::now();
-    let messages = demo_data::fill(&config, &db, YEAR_START_MS, days);
-    println!(
-        "{days} days of one-minute polls of the demo plant: {messages} messages written in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    demo_data::demo_year(d, days);
     let before = stats("gateway.toml", d);
     let points = before["row_points"].as_u64().unwrap();
     println!(

@@ -14,10 +14,7 @@ use std::time::{Duration, Instant};
 use ems_tests::*;
 
 fn main() {
-    let days: i64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(31);
+    let days = demo_data::days_from_args(31);
     let dir = TempDir::new("page-load");
     let d = dir.path();
     let broker = Mosquitto::start(d);

@@ -134,3 +134,32 @@ pub fn fill(config: &Path, db: &Path, start_ms: i64, days: i64) -> usize {
     }
     messages
 }
+
+/// The days a history bench writes: its first numeric argument, or `default`.
+pub fn days_from_args(default: i64) -> i64 {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// 2025-01-01T00:00+08:00, the demo plant's local new year.
+pub const YEAR_START_MS: i64 = 1_735_660_800_000;
+
+/// The demo gateway's configuration in `dir` (its broker never started: what reads only the
+/// database needs none) and `days` of its plant's history from 2025's first day written into
+/// its database, saying how long that took. Returns the database's path.
+pub fn demo_year(dir: &Path, days: i64) -> std::path::PathBuf {
+    crate::write_gateway_config(dir, crate::free_port());
+    let config = dir.join("gateway.toml");
+    let db = ems_gateway::Config::load(&config).unwrap().storage.path;
+    let db = if db.is_absolute() { db } else { dir.join(db) };
+    let started = std::time::Instant::now();
+    let messages = fill(&config, &db, YEAR_START_MS, days);
+    println!(
+        "{days} days of one-minute polls of the demo plant: {messages} messages written in {:.0} s, database {} MB",
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(&db).map(|m| m.len() / 1_000_000).unwrap_or(0)
+    );
+    db
+}

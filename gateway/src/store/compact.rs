@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension as _};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use super::open_conn;
@@ -311,9 +311,10 @@ pub fn history_stats(path: &Path) -> anyhow::Result<HistoryStats> {
 /// The messages stored of every device: rows and those in blocks.
 pub(super) fn message_count(conn: &Connection) -> anyhow::Result<u64> {
     let rows: i64 = conn.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))?;
-    let in_blocks: Option<i64> = conn
-        .query_row("SELECT SUM(messages) FROM message_blocks", [], |r| r.get(0))
-        .optional()?
-        .flatten();
-    Ok((rows + in_blocks.unwrap_or(0)) as u64)
+    let in_blocks: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(messages), 0) FROM message_blocks",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((rows + in_blocks) as u64)
 }

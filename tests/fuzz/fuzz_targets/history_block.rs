@@ -4,6 +4,7 @@
 #![no_main]
 
 use ems_gateway::history::{decode, encode};
+use ems_gateway::packed::raw_entries;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|block: &[u8]| {
@@ -14,7 +15,7 @@ fuzz_target!(|block: &[u8]| {
         // Only whole packed entries reach `encode` from the store.
         if messages
             .iter()
-            .any(|m| m.points.as_ref().is_some_and(|p| p.len() % 14 != 0))
+            .any(|m| m.points.as_ref().is_some_and(|p| raw_entries(p).is_err()))
         {
             return;
         }
