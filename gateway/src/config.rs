@@ -227,6 +227,16 @@ pub struct MqttConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Tell each edge what is committed of its devices (protocol v1.1, retained on
+    /// `{prefix}/{site}/ack/{edge}`): an edge that hears it keeps every result until it is
+    /// committed, not just until the broker's PUBACK. Off only for a broker whose ACL forbids
+    /// the gateway to publish there.
+    #[serde(default = "yes")]
+    pub commit_acks: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_mqtt_port() -> u16 {

@@ -18,7 +18,7 @@ use crate::clock::NowFn;
 use crate::config::{matches_any, valid_name, MqttConfig};
 use crate::metrics::{KindLabel, Metrics, ReasonLabel};
 use crate::storage::Storage;
-use crate::storage::{Incoming, Raw, Rejected, WriteRules};
+use crate::storage::{Incoming, Origin, Raw, Rejected, WriteRules};
 
 /// Largest payload accepted; one device's poll is a few kilobytes.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
@@ -69,13 +69,15 @@ impl Validation {
 
 /// Classifies one MQTT message; anything wrong becomes a rejection with its reason.
 pub fn classify(topic_name: &str, payload: &bytes::Bytes, v: &Validation) -> Incoming {
-    let reject = |code: &str, detail: String| {
+    let reject_from = |origin: Option<Origin>, code: &str, detail: String| {
         Incoming::Rejected(Rejected {
             topic: topic_name.to_owned(),
             reason: format!("{code}: {detail}"),
             payload: payload.to_vec(),
+            origin,
         })
     };
+    let reject = |code: &str, detail: String| reject_from(None, code, detail);
     if payload.len() > MAX_PAYLOAD {
         return reject(
             "oversized",
@@ -140,6 +142,14 @@ pub fn classify(topic_name: &str, payload: &bytes::Bytes, v: &Validation) -> Inc
                     ),
                 );
             }
+            // From here on it is the edge's own message: the edge is told the gateway keeps it.
+            let origin = valid_name(&t.edge).then(|| Origin {
+                site: t.site.clone(),
+                edge: t.edge.clone(),
+                device: t.device.clone(),
+                seq: t.seq,
+            });
+            let reject = |code: &str, detail: String| reject_from(origin.clone(), code, detail);
             if !v.known_device(device) {
                 return reject(
                     "unknown_device",
@@ -289,6 +299,60 @@ pub struct IngestConfig {
     pub rules: WriteRules,
 }
 
+/// What the writer hands on after a commit.
+enum Committed {
+    Puback(Publish),
+    Marks(Vec<(String, String, ems_core::wire::DeviceAck)>),
+}
+
+/// How often the edges hear what was committed (at most; a quiet edge hears nothing new).
+const MARKS_EVERY: Duration = Duration::from_millis(250);
+
+/// Committed marks not yet told to their edges: per (site, edge), per device, the newest.
+#[derive(Default)]
+struct EdgeMarks(
+    std::collections::BTreeMap<
+        (String, String),
+        std::collections::BTreeMap<String, ems_core::wire::DeviceAck>,
+    >,
+);
+
+impl EdgeMarks {
+    fn add(&mut self, marks: Vec<(String, String, ems_core::wire::DeviceAck)>) {
+        for (site, edge, mark) in marks {
+            let devices = self.0.entry((site, edge)).or_default();
+            match devices.get_mut(&mark.device) {
+                Some(m) => m.merge(mark),
+                None => {
+                    devices.insert(mark.device.clone(), mark);
+                }
+            }
+        }
+    }
+
+    /// Publishes each edge's marks, retained (an edge that reconnects hears the last at once),
+    /// and forgets them: the next commit of a device brings its next mark.
+    async fn publish(&mut self, client: &AsyncClient, prefix: &str) {
+        for ((site, edge), devices) in std::mem::take(&mut self.0) {
+            let ack = ems_core::wire::Ack {
+                v: PROTOCOL_VERSION,
+                site,
+                edge,
+                devices: devices.into_values().collect(),
+            };
+            let topic = topic::ack(prefix, &ack.site, &ack.edge);
+            let payload = serde_json::to_vec(&ack).expect("an ack serializes");
+            if let Err(e) = client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await
+            {
+                // The edge keeps what it has not heard of and sends it again: nothing is lost.
+                tracing::warn!(error = %e, "Could not publish a commit acknowledgement.");
+            }
+        }
+    }
+}
+
 /// Runs ingest until `shutdown`: stops taking new messages, commits and acknowledges what it
 /// has, disconnects. `committed` hears of every committed batch (for live pages); `subscribed`
 /// fires once the broker has confirmed the subscriptions, from when on the broker keeps every
@@ -324,8 +388,10 @@ pub async fn run(
     // Event loop -> writer: every publish, in arrival order, classified (parsing there leaves
     // the writer thread only the storing: the two run side by side).
     let (work_tx, mut work_rx) = mpsc::channel::<(Publish, Incoming)>(20_000);
-    // Writer -> acknowledger: publishes whose batch is committed.
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();
+    // Writer -> acknowledger: publishes whose batch is committed, then what the batch
+    // committed of each device.
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Committed>();
+    let commit_acks = cfg.mqtt.commit_acks;
 
     let writer_metrics = metrics.clone();
     let rules = cfg.rules;
@@ -381,9 +447,12 @@ pub async fn run(
                         .inc();
                 }
                 for p in batch {
-                    if ack_tx.send(p).is_err() {
+                    if ack_tx.send(Committed::Puback(p)).is_err() {
                         return Ok(());
                     }
+                }
+                if commit_acks && !outcome.acks.is_empty() {
+                    let _ = ack_tx.send(Committed::Marks(outcome.acks));
                 }
                 let _ = committed.send(());
             }
@@ -391,12 +460,26 @@ pub async fn run(
         })?;
 
     let ack_client = client.clone();
+    let ack_prefix = prefix.clone();
     let acker = tokio::spawn(async move {
-        while let Some(p) = ack_rx.recv().await {
-            if let Err(e) = ack_client.ack(&p).await {
-                tracing::warn!(error = %e, "Could not queue an acknowledgement; the broker will redeliver.");
+        let mut marks = EdgeMarks::default();
+        let mut flush = tokio::time::interval(MARKS_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                c = ack_rx.recv() => match c {
+                    Some(Committed::Puback(p)) => {
+                        if let Err(e) = ack_client.ack(&p).await {
+                            tracing::warn!(error = %e, "Could not queue an acknowledgement; the broker will redeliver.");
+                        }
+                    }
+                    Some(Committed::Marks(m)) => marks.add(m),
+                    None => break,
+                },
+                _ = flush.tick() => marks.publish(&ack_client, &ack_prefix).await,
             }
         }
+        marks.publish(&ack_client, &ack_prefix).await;
         // Everything committed is acknowledged: leave cleanly.
         let _ = ack_client.disconnect().await;
     });

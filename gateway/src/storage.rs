@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use ems_core::wire::{Status, Telemetry};
+use ems_core::wire::{DeviceAck, Status, Telemetry};
 use ems_energy::counter::CounterRule;
 
 pub trait Storage: Send + 'static {
@@ -67,6 +67,18 @@ pub struct Rejected {
     pub topic: String,
     pub reason: String,
     pub payload: Vec<u8>,
+    /// The edge's message it was, when it parsed as one (site, edge, device, seq): the edge is
+    /// told that the gateway keeps it (protocol v1.1), so that it does not send it for ever.
+    pub origin: Option<Origin>,
+}
+
+/// Whose numbered message something was.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub site: String,
+    pub edge: String,
+    pub device: String,
+    pub seq: u64,
 }
 
 /// A valid message as it came: kept in the quarantine if the store refuses it (late, a
@@ -107,6 +119,9 @@ pub struct BatchOutcome {
     pub late_samples: u64,
     /// Counter anomalies found (spikes, jumps, restarts, frozen counters), by kind.
     pub anomalies: Vec<&'static str>,
+    /// What is now committed of each device the batch touched, as its edge is told (protocol
+    /// v1.1): (site, edge, mark).
+    pub acks: Vec<(String, String, DeviceAck)>,
 }
 
 /// The code of a refusal reason: what comes before its first `:`.

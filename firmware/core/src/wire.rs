@@ -54,6 +54,61 @@ pub struct Status {
     pub spool_dropped: Option<u64>,
 }
 
+/// What the gateway has committed of one edge's devices (protocol v1.1), retained on
+/// `{prefix}/{site}/ack/{edge}` after each commit that touched them; only the devices a commit
+/// touched are in it, so an edge keeps the newest mark it has seen of each device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    pub v: u32,
+    pub site: String,
+    pub edge: String,
+    pub devices: Vec<DeviceAck>,
+}
+
+/// One device's committed sequence numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceAck {
+    pub device: String,
+    /// Every number up to this one is committed (or declared lost by an operator): the
+    /// watermark without gaps.
+    pub through: u64,
+    /// The highest number this mark speaks for: above `through`, every number up to `last` is
+    /// committed except those in `missing`.
+    pub last: u64,
+    /// The ranges (inclusive) still missing between `through` and `last`, lowest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<[u64; 2]>,
+    /// Numbers of this commit that the gateway kept aside in its quarantine (refused, with
+    /// their reason): held by the gateway, so the edge need not send them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aside: Vec<u64>,
+}
+
+impl DeviceAck {
+    /// Whether the gateway holds number `seq`: committed, declared lost or kept aside.
+    pub fn covers(&self, seq: u64) -> bool {
+        seq <= self.through
+            || (seq <= self.last && !self.missing.iter().any(|[a, b]| *a <= seq && seq <= *b))
+            || self.aside.contains(&seq)
+    }
+
+    /// Takes in a later mark of the same device: the newer watermark, its missing ranges, and
+    /// the numbers kept aside by either.
+    pub fn merge(&mut self, newer: DeviceAck) {
+        let mut aside = core::mem::take(&mut self.aside);
+        if newer.last >= self.last {
+            *self = DeviceAck { aside: newer.aside.clone(), ..newer.clone() };
+        }
+        aside.extend(newer.aside);
+        aside.retain(|s| *s > self.through);
+        aside.sort_unstable();
+        aside.dedup();
+        self.aside = aside;
+    }
+}
+
 /// Topic names of protocol v1.
 pub mod topic {
     use alloc::format;
@@ -64,6 +119,10 @@ pub mod topic {
     }
     pub fn status(prefix: &str, site: &str, edge: &str) -> String {
         format!("{prefix}/{site}/status/{edge}")
+    }
+    /// Where the gateway tells an edge what it has committed (protocol v1.1).
+    pub fn ack(prefix: &str, site: &str, edge: &str) -> String {
+        format!("{prefix}/{site}/ack/{edge}")
     }
     /// Subscription filters that cover every site.
     pub fn data_filter(prefix: &str) -> String {
@@ -130,6 +189,46 @@ mod tests {
     }
 
     #[test]
+    fn an_ack_covers_the_watermark_the_committed_numbers_above_it_and_what_was_kept_aside() {
+        let a = DeviceAck {
+            device: "d".into(),
+            through: 10,
+            last: 20,
+            missing: alloc::vec![[11, 12], [15, 15]],
+            aside: alloc::vec![13, 30],
+        };
+        let covered: Vec<u64> = (1..=31).filter(|s| a.covers(*s)).collect();
+        let expected: Vec<u64> = (1..=10).chain([13, 14]).chain(16..=20).chain([30]).collect();
+        assert_eq!(covered, expected);
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(
+            json,
+            r#"{"device":"d","through":10,"last":20,"missing":[[11,12],[15,15]],"aside":[13,30]}"#
+        );
+        assert_eq!(serde_json::from_str::<DeviceAck>(&json).unwrap(), a);
+    }
+
+    #[test]
+    fn merging_keeps_the_newest_mark_and_every_number_kept_aside() {
+        let mark = |through, last, aside: &[u64]| DeviceAck {
+            device: "d".into(),
+            through,
+            last,
+            missing: alloc::vec![],
+            aside: aside.to_vec(),
+        };
+        let mut a = mark(5, 5, &[9]);
+        a.merge(mark(7, 7, &[12]));
+        assert_eq!(a, mark(7, 7, &[9, 12]));
+        // An older mark arriving late (a retained copy) moves nothing back.
+        a.merge(mark(3, 3, &[]));
+        assert_eq!(a, mark(7, 7, &[9, 12]));
+        // Numbers below the watermark need no mention.
+        a.merge(mark(10, 10, &[]));
+        assert_eq!(a, mark(10, 10, &[12]));
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         let json =
             r#"{"v":1,"site":"s","edge":"e","device":"d","seq":1,"ts_ms":0,"points":[],"x":1}"#;
@@ -147,6 +246,7 @@ mod tests {
                 device: "bf1-power"
             })
         );
+        assert_eq!(topic::ack("ems/v1", "demo", "edge-1"), "ems/v1/demo/ack/edge-1");
         let s = topic::status("ems/v1", "demo", "edge-1");
         assert_eq!(
             topic::parse("ems/v1", &s),

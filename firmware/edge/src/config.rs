@@ -93,6 +93,14 @@ pub struct MqttConfig {
     /// certificate and key (PEM files).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Hold each result until the gateway says it is committed (protocol v1.1), once the
+    /// gateway has been heard to say so; `false` releases results on the broker's PUBACK (v1).
+    #[serde(default = "yes")]
+    pub commit_acks: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,6 +7,7 @@
 pub mod board;
 pub mod bus;
 pub mod config;
+pub mod confirm;
 pub mod device_plan;
 pub mod learner;
 pub mod link;

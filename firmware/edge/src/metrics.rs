@@ -57,6 +57,10 @@ pub struct EdgeMetrics {
     pub replayed: Counter,
     /// Warnings of failing devices not written (one a device a minute at most).
     pub log_lines_held_back: Counter,
+    /// Results the broker acknowledged that the gateway has not yet confirmed committed
+    /// (protocol v1.1), and those sent again after a reconnect for want of that confirmation.
+    pub awaiting_commit: Gauge,
+    pub resent_uncommitted: Counter,
 }
 
 fn poll_histogram() -> Histogram {
@@ -78,6 +82,8 @@ impl Default for EdgeMetrics {
             spool_dropped: Gauge::default(),
             delivered: Counter::default(),
             replayed: Counter::default(),
+            awaiting_commit: Gauge::default(),
+            resent_uncommitted: Counter::default(),
             log_lines_held_back: Counter::default(),
             registry: Registry::default(),
         };
@@ -136,6 +142,16 @@ impl Default for EdgeMetrics {
             "log_lines_held_back",
             "Warnings of failing devices not written to the log (one a device a minute at most; point_failures counts every failure)",
             m.log_lines_held_back.clone(),
+        );
+        registry.register(
+            "awaiting_commit",
+            "Results the broker acknowledged and the gateway has not yet confirmed committed (protocol v1.1)",
+            m.awaiting_commit.clone(),
+        );
+        registry.register(
+            "resent_uncommitted",
+            "Results sent again after a reconnect because the gateway had not confirmed them (the broker may have lost them)",
+            m.resent_uncommitted.clone(),
         );
         EdgeMetrics { registry, ..m }
     }

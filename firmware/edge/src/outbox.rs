@@ -97,6 +97,12 @@ impl Outbox {
         }
     }
 
+    /// Forgets every spooled message, queued or in flight: they are read from the spool again.
+    pub fn drop_spooled(&mut self) {
+        self.queued.retain(|m| m.spool_id.is_none());
+        self.in_flight.retain(|f| f.msg.spool_id.is_none());
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queued.is_empty() && self.in_flight.is_empty()
     }
@@ -163,6 +169,25 @@ mod tests {
         o.push(msg(4));
         let order: Vec<_> = std::iter::from_fn(|| o.next_to_send()).collect();
         assert_eq!(order, vec![msg(1), msg(2), msg(3), msg(4)]);
+    }
+
+    #[test]
+    fn dropping_spooled_messages_keeps_the_others_in_order() {
+        let mut o = Outbox::new(10);
+        let status = |n: u8| Message {
+            spool_id: None,
+            ..msg(n)
+        };
+        o.push(msg(1));
+        o.push(status(2));
+        o.push(msg(3));
+        o.push(status(4));
+        o.next_to_send();
+        o.next_to_send();
+        o.drop_spooled();
+        o.on_disconnect();
+        let order: Vec<_> = std::iter::from_fn(|| o.next_to_send()).collect();
+        assert_eq!(order, vec![status(2), status(4)]);
     }
 
     #[test]

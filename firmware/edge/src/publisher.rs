@@ -7,16 +7,21 @@
 //! backlog of any size waits on disk), hands messages to the client as the in-flight window
 //! allows, and retires them from both on PUBACK. A result the spool could not take (a disk
 //! failure) comes over in memory instead.
+//!
+//! Under protocol v1.1 (once the gateway has been heard telling what it commits) a result
+//! leaves the spool only when the gateway's mark covers it ([`Confirmations`]); what the broker
+//! acknowledged and the gateway did not confirm is sent again after every reconnect.
 
 use std::time::Duration;
 
-use ems_core::wire::{topic, Status, PROTOCOL_VERSION};
+use ems_core::wire::{topic, Ack, Status, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::board::Heartbeats;
 use crate::config::{MqttConfig, TlsFiles};
+use crate::confirm::{message_key, Confirmations};
 use crate::metrics::EdgeMetrics;
 use crate::outbox::{Message, Outbox};
 use crate::poller::Handoff;
@@ -47,7 +52,13 @@ enum LinkEvent {
     Disconnected,
     Sent(u16),
     Acked(u16),
+    /// The gateway's commit marks (protocol v1.1).
+    Committed(Vec<u8>),
 }
+
+/// In the spool's directory once the gateway has been heard confirming commits: from then on
+/// (across restarts, and after a broker that lost its retained marks) results wait for them.
+const COMMIT_ACKS_MARKER: &str = "gateway-confirms-commits";
 
 /// What the publisher did, reported when it stops.
 #[derive(Debug, Default, Clone, Copy)]
@@ -87,6 +98,33 @@ fn status(cfg: &PublisherConfig, online: bool, spool: Option<(u64, u64)>) -> Mes
     }
 }
 
+/// Seconds since `started`, the clock of the results awaiting commit.
+fn clock_s(started: std::time::Instant) -> u32 {
+    started.elapsed().as_secs().min(u32::MAX as u64) as u32
+}
+
+/// Sends again everything not yet confirmed committed: forgets it in the outbox and the
+/// confirmations and reads the spool again from its oldest unreleased result (what the gateway
+/// has meanwhile confirmed is released as it is read).
+fn send_again(
+    confirmations: &mut Confirmations,
+    outbox: &mut Outbox,
+    spool: &dyn Fn(&mut dyn FnMut(&mut Spool)),
+    metrics: &EdgeMetrics,
+) {
+    let resent = confirmations.on_reconnect();
+    metrics.resent_uncommitted.inc_by(resent as u64);
+    metrics.awaiting_commit.set(0);
+    outbox.drop_spooled();
+    spool(&mut |s| s.rewind());
+    if resent > 0 {
+        tracing::info!(
+            resent,
+            "Sending again what the gateway has not confirmed committed."
+        );
+    }
+}
+
 /// Publishes everything that arrives on `rx` until it closes (the pollers stopped), then
 /// waits up to [`DRAIN_TIMEOUT`] for the last acknowledgements and goes offline.
 pub async fn run(
@@ -114,6 +152,7 @@ pub async fn run(
             None,
         ));
     }
+    let ack_topic = topic::ack(&cfg.mqtt.topic_prefix, &cfg.site, &cfg.edge);
     let will = status(&cfg, false, None);
     opts.set_last_will(LastWill::new(
         will.topic,
@@ -136,6 +175,7 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => LinkEvent::Connected,
                 Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent(pkid),
+                Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Committed(p.payload.to_vec()),
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                     // Our own clean disconnect: the end, not a failure to recover from.
                     let _ = ev_tx.send(LinkEvent::Disconnected);
@@ -156,7 +196,15 @@ pub async fn run(
     });
 
     let mut outbox = Outbox::new(MAX_IN_FLIGHT);
+    let mut confirmations = Confirmations::default();
+    let mut marker = None;
+    spool(&mut |s| marker = Some(s.dir().join(COMMIT_ACKS_MARKER)));
+    let marker = marker.expect("the spool has a directory");
+    // Whether results wait for the gateway's commit (v1.1) or only for the broker (v1).
+    let mut wait_for_commit = cfg.mqtt.commit_acks && marker.exists();
     let mut stats = PublishStats::default();
+    let started = std::time::Instant::now();
+    let mut resend_check = tokio::time::interval(Duration::from_secs(1));
     let mut connected = false;
     // Spool records below this id were read before the broker connection (re)opened: their
     // delivery is the replay of a backlog.
@@ -173,6 +221,18 @@ pub async fn run(
             spool(&mut |s| match s.read_next(room) {
                 Ok(records) => {
                     for r in records {
+                        // After a rewind or a restart: what the gateway already has is released
+                        // without sending it again.
+                        if wait_for_commit {
+                            if let Some((device, seq)) = message_key(&r.topic, &r.payload) {
+                                if confirmations.covers(&device, seq) {
+                                    if let Err(e) = s.ack(r.id) {
+                                        tracing::error!(error = %e, "Cannot mark a spooled message delivered.");
+                                    }
+                                    continue;
+                                }
+                            }
+                        }
                         outbox.push(Message {
                             topic: r.topic,
                             payload: r.payload,
@@ -184,7 +244,9 @@ pub async fn run(
                 Err(e) => tracing::error!(error = %e, "Cannot read the spool."),
             });
         }
-        if connected {
+        // Past the bound of results awaiting the gateway's commit, nothing new goes out until
+        // commits catch up: they wait on disk.
+        if connected && !(wait_for_commit && confirmations.is_full()) {
             while let Some(m) = outbox.next_to_send() {
                 if client
                     .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
@@ -209,6 +271,17 @@ pub async fn run(
                     connected = true;
                     metrics.broker_connected.set(1);
                     outbox.on_disconnect();
+                    if cfg.mqtt.commit_acks {
+                        // A clean session: subscribe again each time; the retained mark comes.
+                        if let Err(e) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce) {
+                            tracing::warn!(error = %e, "Cannot subscribe to the gateway's commit marks.");
+                        }
+                    }
+                    if wait_for_commit {
+                        // What the broker took and the gateway never confirmed may be lost with
+                        // the broker's queue: read it from the spool and send it again.
+                        send_again(&mut confirmations, &mut outbox, &spool, &metrics);
+                    }
                     let mut backlog = (0, 0);
                     spool(&mut |s| {
                         backlog = (s.depth(), s.dropped);
@@ -230,10 +303,39 @@ pub async fn run(
                             if id < backlog_below {
                                 metrics.replayed.inc();
                             }
-                            spool(&mut |s| if let Err(e) = s.ack(id) {
-                                tracing::error!(error = %e, "Cannot mark a spooled message delivered.");
+                            let release = match (wait_for_commit, message_key(&m.topic, &m.payload)) {
+                                (true, Some((device, seq))) => confirmations.on_puback(&device, seq, id, clock_s(started)),
+                                _ => Some(id),
+                            };
+                            metrics.awaiting_commit.set(confirmations.awaiting() as i64);
+                            if let Some(id) = release {
+                                spool(&mut |s| if let Err(e) = s.ack(id) {
+                                    tracing::error!(error = %e, "Cannot mark a spooled message delivered.");
+                                });
+                            }
+                        }
+                    }
+                }
+                Some(LinkEvent::Committed(payload)) => {
+                    match serde_json::from_slice::<Ack>(&payload) {
+                        Ok(ack) if ack.site == cfg.site && ack.edge == cfg.edge && cfg.mqtt.commit_acks => {
+                            if !wait_for_commit {
+                                wait_for_commit = true;
+                                tracing::info!("The gateway confirms what it commits (protocol v1.1): results now wait for it.");
+                                if let Err(e) = std::fs::write(&marker, b"") {
+                                    tracing::error!(error = %e, "Cannot record that the gateway confirms commits.");
+                                }
+                            }
+                            let released = confirmations.on_ack(ack);
+                            metrics.awaiting_commit.set(confirmations.awaiting() as i64);
+                            spool(&mut |s| for id in &released {
+                                if let Err(e) = s.ack(*id) {
+                                    tracing::error!(error = %e, "Cannot mark a spooled message delivered.");
+                                }
                             });
                         }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "A commit mark that does not parse; ignored."),
                     }
                 }
                 None => break,
@@ -254,6 +356,12 @@ pub async fn run(
                 let mut backlog = (0, 0);
                 spool(&mut |s| backlog = (s.depth(), s.dropped));
                 outbox.push(status(&cfg, true, Some(backlog)));
+            }
+            _ = resend_check.tick(), if wait_for_commit && connected => {
+                if confirmations.passed_over(clock_s(started)) {
+                    tracing::warn!("The gateway has newer results than some the broker took: sending those again.");
+                    send_again(&mut confirmations, &mut outbox, &spool, &metrics);
+                }
             }
             _ = sync_timer.tick() => spool(&mut |s| {
                 if let Err(e) = s.sync_if_due() {

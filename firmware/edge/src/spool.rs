@@ -400,7 +400,9 @@ impl Spool {
             let (_, body) = read_record(r)?.context("spool segment shorter than its index")?;
             let id = self.read_id;
             self.read_id += 1;
-            if self.corrupt.contains(&id) {
+            // Skipped: corrupt records, and records released out of order (read again after
+            // a rewind).
+            if self.corrupt.contains(&id) || self.acked_ahead.contains(&id) {
                 continue;
             }
             match decode(&body) {
@@ -417,7 +419,20 @@ impl Spool {
         Ok(out)
     }
 
-    /// The broker acknowledged record `id`.
+    /// Reads again from the oldest record not yet released: what was handed out and not
+    /// released is sent again (after a reconnect, when the gateway has not confirmed it).
+    pub fn rewind(&mut self) {
+        self.read_id = self.acked_below;
+        self.reader = None;
+    }
+
+    /// The directory it lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Record `id` is delivered (the broker's PUBACK, or the gateway's commit under protocol
+    /// v1.1): it is released.
     pub fn ack(&mut self, id: u64) -> anyhow::Result<()> {
         if id < self.acked_below {
             return Ok(());

@@ -542,6 +542,7 @@ fn the_quarantine_keeps_the_start_of_a_payload_its_size_and_digest_and_counts_ou
         topic: "ems/v1/s/data/m".into(),
         reason: "oversized: 300000 bytes".into(),
         payload: big.clone(),
+        origin: None,
     });
     store.write_batch(&[bad.clone(), bad], &r, 5).unwrap();
     let q = quarantined(&store);
@@ -626,4 +627,60 @@ fn a_meter_clock_standing_still_is_taken_in_order_not_replayed_every_poll() {
     let total: f64 = hours(&store).iter().map(|(_, p)| p.delta).sum();
     assert!((total - 12.0).abs() < 1e-9, "{total}");
     integrity_holds(&store);
+}
+
+#[test]
+fn each_commit_tells_the_edge_its_devices_watermark_gaps_and_what_it_kept_aside() {
+    let path = temp_db("marks");
+    let mut store = Store::open(&path).unwrap();
+    let mut r = rules();
+    r.max_seq_jump = 1_000;
+    let mark = |out: &crate::storage::BatchOutcome| {
+        assert_eq!(out.acks.len(), 1, "{out:?}");
+        let (site, edge, m) = &out.acks[0];
+        assert_eq!((site.as_str(), edge.as_str(), m.device.as_str()), ("s", "e", "m"));
+        (m.through, m.last, m.missing.clone(), m.aside.clone())
+    };
+    let out = store
+        .write_batch(&[msg(1, 0, 1.0), msg(2, 60_000, 2.0), msg(5, 120_000, 3.0)], &r, 0)
+        .unwrap();
+    assert_eq!(mark(&out), (2, 5, vec![[3, 4]], vec![]));
+    // A jump too far is kept aside; the edge is told the gateway holds it.
+    let out = store
+        .write_batch(&[msg(6, 180_000, 4.0), msg(5_000, 190_000, 4.1)], &r, 0)
+        .unwrap();
+    assert_eq!(mark(&out), (2, 6, vec![[3, 4]], vec![5_000]));
+    // A range declared lost is no gap: the watermark passes it.
+    declare_lost(&path, "m", 3, "op", "broker lost them", 5).unwrap();
+    let out = store.write_batch(&[msg(7, 240_000, 5.0)], &r, 0).unwrap();
+    assert_eq!(mark(&out), (7, 7, vec![], vec![]));
+    // A duplicate is acknowledged again (its first acknowledgement may have been lost).
+    let out = store.write_batch(&[msg(7, 240_000, 5.0)], &r, 0).unwrap();
+    assert_eq!(out.duplicates, 1);
+    assert_eq!(mark(&out), (7, 7, vec![], vec![]));
+    // Forty gaps: the newest 31 are listed, the older nine as one range over them.
+    let batch: Vec<_> = (0..40u64)
+        .map(|i| msg(9 + 2 * i, 300_000 + i as i64 * 60_000, 6.0 + i as f64))
+        .collect();
+    let (through, last, missing, _) = mark(&store.write_batch(&batch, &r, 0).unwrap());
+    assert_eq!((through, last, missing.len()), (7, 87, 32));
+    assert_eq!(missing[0], [8, 24]);
+    assert_eq!(missing[1], [26, 26]);
+    assert_eq!(missing[31], [86, 86]);
+    // A message refused before the store (an unknown device), from an edge: kept aside too.
+    let refused = Incoming::Rejected(Rejected {
+        topic: "ems/v1/s/data/new-meter".into(),
+        reason: "unknown_device: not configured".into(),
+        payload: b"{}".to_vec(),
+        origin: Some(crate::storage::Origin {
+            site: "s".into(),
+            edge: "e".into(),
+            device: "new-meter".into(),
+            seq: 3,
+        }),
+    });
+    let out = store.write_batch(&[refused], &r, 0).unwrap();
+    let m = &out.acks[0].2;
+    assert_eq!((m.device.as_str(), m.through, m.last), ("new-meter", 0, 0));
+    assert!(m.covers(3) && !m.covers(1) && !m.covers(4));
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ems_core::wire::Telemetry;
+use ems_core::wire::{DeviceAck, Telemetry};
 use ems_energy::counter::{CounterTrack, PointSlot};
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
@@ -34,13 +34,18 @@ impl Store {
     ) -> anyhow::Result<BatchOutcome> {
         let mut out = BatchOutcome::default();
         let mut gathered = Gathered::default();
+        let mut touched = Touched::default();
         let tx = self.conn.transaction()?;
         for item in batch {
             match item {
                 Incoming::Telemetry(t, raw) => {
-                    let stored = out.stored;
+                    let (stored, quarantined) = (out.stored, out.quarantined);
                     let caches = (&mut self.last, &mut self.series, &mut gathered);
                     write_telemetry(&tx, caches, (t, raw), rules, received_ms, &mut out)?;
+                    touched.add(
+                        (&t.site, &t.edge, &t.device),
+                        (out.quarantined > quarantined).then_some(t.seq),
+                    );
                     if let (Some(encode), true) = (&self.sink, out.stored > stored) {
                         tx.prepare_cached("INSERT INTO sink_queue (lines) VALUES (?1)")?
                             .execute([encode(t)])?;
@@ -64,10 +69,14 @@ impl Store {
                     };
                     refusal.keep(&tx, received_ms, rules.quarantine_payload_bytes)?;
                     out.quarantined += 1;
+                    if let Some(o) = &r.origin {
+                        touched.add((&o.site, &o.edge, &o.device), Some(o.seq));
+                    }
                 }
             }
         }
         gathered.write(&tx, received_ms)?;
+        out.acks = touched.marks(&tx)?;
         match tx.commit() {
             Ok(()) => Ok(out),
             Err(e) => {
@@ -77,6 +86,68 @@ impl Store {
                 Err(e.into())
             }
         }
+    }
+}
+
+/// The devices a batch touched, with the numbers it kept aside, in first-touched order.
+#[derive(Default)]
+struct Touched<'a> {
+    devices: Vec<((&'a str, &'a str, &'a str), Vec<u64>)>,
+    index: FastMap<&'a str, usize>,
+}
+
+/// Most missing ranges a mark lists: the newest ones; older gaps are listed as one range over
+/// them all (what it spans that is committed stays held by the edge, never released unheld).
+const MAX_MISSING: usize = 32;
+
+impl<'a> Touched<'a> {
+    fn add(&mut self, (site, edge, device): (&'a str, &'a str, &'a str), aside: Option<u64>) {
+        let i = *self.index.entry(device).or_insert_with(|| {
+            self.devices.push(((site, edge, device), Vec::new()));
+            self.devices.len() - 1
+        });
+        // A device's edge is the one its last message names (a device moved between edges is
+        // acknowledged to its new one).
+        self.devices[i].0 = (site, edge, device);
+        self.devices[i].1.extend(aside);
+    }
+
+    /// Each device's mark as the transaction leaves the ledger: the watermark below the first
+    /// open gap, the last number, and the gaps in between (declared-lost ranges are no gaps).
+    fn marks(self, tx: &Transaction<'_>) -> rusqlite::Result<Vec<(String, String, DeviceAck)>> {
+        let mut last_seq = tx.prepare_cached("SELECT last_seq FROM devices WHERE device = ?1")?;
+        let mut newest_gaps = tx.prepare_cached(
+            "SELECT from_seq, to_seq FROM gaps WHERE device = ?1 ORDER BY from_seq DESC LIMIT ?2",
+        )?;
+        let mut first_gap = tx.prepare_cached("SELECT MIN(from_seq) FROM gaps WHERE device = ?1")?;
+        let mut out = Vec::with_capacity(self.devices.len());
+        for ((site, edge, device), aside) in self.devices {
+            let last: i64 = last_seq
+                .query_row([device], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            let mut missing: Vec<[u64; 2]> = newest_gaps
+                .query_map(params![device, MAX_MISSING as i64], |r| {
+                    Ok([r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64])
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            missing.reverse();
+            if missing.len() == MAX_MISSING {
+                let first: i64 = first_gap.query_row([device], |r| r.get(0))?;
+                missing[0][0] = first as u64;
+            }
+            let last = last as u64;
+            let through = missing.first().map_or(last, |g| g[0] - 1);
+            let mark = DeviceAck {
+                device: device.to_owned(),
+                through,
+                last,
+                missing,
+                aside,
+            };
+            out.push((site.to_owned(), edge.to_owned(), mark));
+        }
+        Ok(out)
     }
 }
 
