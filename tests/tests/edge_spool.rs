@@ -121,6 +121,11 @@ fn an_edge_killed_during_a_broker_outage_delivers_everything_after_its_restart()
         assert!(seq[device] > *n, "{device}: polled again after the restart");
     }
     let redelivered = assert_stored_exactly_once(&http, &seq);
+    // The offline status comes after the last results are committed (the edge waits for the
+    // gateway's confirmation before it stops).
+    eventually("the edge's offline status", Duration::from_secs(10), || {
+        get_json(&http, "/api/v1/edges")[0]["online"] == false
+    });
     let e = get_json(&http, "/api/v1/edges")[0].clone();
     assert_eq!(
         (&e["online"], &e["spool_depth"], &e["spool_dropped"]),

@@ -99,7 +99,10 @@ impl DeviceAck {
     pub fn merge(&mut self, newer: DeviceAck) {
         let mut aside = core::mem::take(&mut self.aside);
         if newer.last >= self.last {
-            *self = DeviceAck { aside: newer.aside.clone(), ..newer.clone() };
+            *self = DeviceAck {
+                aside: newer.aside.clone(),
+                ..newer.clone()
+            };
         }
         aside.extend(newer.aside);
         aside.retain(|s| *s > self.through);
@@ -198,7 +201,11 @@ mod tests {
             aside: alloc::vec![13, 30],
         };
         let covered: Vec<u64> = (1..=31).filter(|s| a.covers(*s)).collect();
-        let expected: Vec<u64> = (1..=10).chain([13, 14]).chain(16..=20).chain([30]).collect();
+        let expected: Vec<u64> = (1..=10)
+            .chain([13, 14])
+            .chain(16..=20)
+            .chain([30])
+            .collect();
         assert_eq!(covered, expected);
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(
@@ -246,7 +253,10 @@ mod tests {
                 device: "bf1-power"
             })
         );
-        assert_eq!(topic::ack("ems/v1", "demo", "edge-1"), "ems/v1/demo/ack/edge-1");
+        assert_eq!(
+            topic::ack("ems/v1", "demo", "edge-1"),
+            "ems/v1/demo/ack/edge-1"
+        );
         let s = topic::status("ems/v1", "demo", "edge-1");
         assert_eq!(
             topic::parse("ems/v1", &s),

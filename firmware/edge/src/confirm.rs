@@ -128,7 +128,10 @@ pub fn message_key(topic: &str, payload: &[u8]) -> Option<(String, u64)> {
 mod tests {
     use super::*;
 
-    fn ack(marks: &[(&str, u64, u64, &[[u64; 2]], &[u64])]) -> Ack {
+    /// (device, through, last, missing, aside) of each device.
+    type Mark<'a> = (&'a str, u64, u64, &'a [[u64; 2]], &'a [u64]);
+
+    fn ack(marks: &[Mark<'_>]) -> Ack {
         Ack {
             v: 1,
             site: "s".into(),
@@ -189,7 +192,8 @@ mod tests {
 
     #[test]
     fn the_key_of_a_spooled_message_is_its_device_and_number() {
-        let payload = br#"{"v":1,"site":"s","edge":"e","device":"bf1-power","seq":42,"ts_ms":0,"points":[]}"#;
+        let payload =
+            br#"{"v":1,"site":"s","edge":"e","device":"bf1-power","seq":42,"ts_ms":0,"points":[]}"#;
         assert_eq!(
             message_key("ems/v1/s/data/bf1-power", payload),
             Some(("bf1-power".into(), 42))

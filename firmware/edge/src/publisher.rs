@@ -103,13 +103,16 @@ fn clock_s(started: std::time::Instant) -> u32 {
     started.elapsed().as_secs().min(u32::MAX as u64) as u32
 }
 
+/// Runs a closure on the locked spool.
+type WithSpool<'a> = &'a dyn Fn(&mut dyn FnMut(&mut Spool));
+
 /// Sends again everything not yet confirmed committed: forgets it in the outbox and the
 /// confirmations and reads the spool again from its oldest unreleased result (what the gateway
 /// has meanwhile confirmed is released as it is read).
 fn send_again(
     confirmations: &mut Confirmations,
     outbox: &mut Outbox,
-    spool: &dyn Fn(&mut dyn FnMut(&mut Spool)),
+    spool: WithSpool<'_>,
     metrics: &EdgeMetrics,
 ) {
     let resent = confirmations.on_reconnect();
