@@ -342,10 +342,7 @@ impl EdgeMarks {
             };
             let topic = topic::ack(prefix, &ack.site, &ack.edge);
             let payload = serde_json::to_vec(&ack).expect("an ack serializes");
-            if let Err(e) = client
-                .publish(topic, QoS::AtLeastOnce, true, payload)
-                .await
-            {
+            if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
                 // The edge keeps what it has not heard of and sends it again: nothing is lost.
                 tracing::warn!(error = %e, "Could not publish a commit acknowledgement.");
             }

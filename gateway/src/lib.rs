@@ -3,13 +3,14 @@
 //! indicators, baselines) is the pure crate ems-energy beneath it.
 //!
 //! [`ingest`] validates and commits what the edges send through the seam of [`storage`]
-//! ([`store`] keeps it in SQLite); [`alarms`] watches the figures and the ledger; [`api`] serves
+//! ([`batch`] is what a batch does to the record, [`store`] keeps it in SQLite); [`alarms`] watches the figures and the ledger; [`api`] serves
 //! them, [`report`] writes them for the authority, [`upload`] sends them to it. [`runtime`] runs
 //! it all with shutdown as a parameter; [`demo`] (cargo feature `demo`) adds a broker, a
 //! simulated plant and an edge in the same process.
 
 pub mod alarms;
 pub mod api;
+pub mod batch;
 pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]

@@ -1,21 +1,19 @@
 //! Counter readings into the 15-minute slots, decided by ems-energy's `CounterTrack::push`:
 //! in order onto the counter's state, late by a replay from the checkpoint before the reading.
 
+use super::{write_checkpoints, CounterTracks, FastMap, Gathered, WriteTx};
+use crate::clock::rfc3339;
+use crate::storage::BatchOutcome;
 use ems_energy::counter::{
     add_event, replay, slot_of, CounterEvent, CounterRule, CounterTrack, GapFill, PointSlot,
 };
-use rusqlite::{params, OptionalExtension, Transaction};
-
-use super::write::{checkpoint_row, write_checkpoints, Gathered, CHECKPOINT_COLUMNS};
-use super::{rfc3339, CounterTracks, FastMap};
-use crate::storage::BatchOutcome;
 
 /// One good reading of a counter point.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Reading {
-    pub(super) ts_ms: i64,
-    pub(super) seq: i64,
-    pub(super) value: f64,
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    pub ts_ms: i64,
+    pub seq: i64,
+    pub value: f64,
 }
 
 /// Adds one good counter reading to the point-slot rollups. Returns whether it arrived late.
@@ -27,7 +25,7 @@ pub(super) struct Reading {
 /// before it, over the stored readings with it and without it, and the difference goes in (see
 /// [`recount`]): the rollups stay what a replay of all readings in time order gives.
 pub(super) fn account_sample<'a>(
-    tx: &Transaction<'_>,
+    tx: &impl WriteTx,
     (last, gathered): (&mut CounterTracks, &mut Gathered<'a>),
     key: (&'a str, &'a str),
     reading: Reading,
@@ -66,54 +64,37 @@ pub(super) fn account_sample<'a>(
 
 /// A counter point's state: cached, else its newest checkpoint, else none yet.
 pub(super) fn track_of(
-    tx: &Transaction<'_>,
+    tx: &impl WriteTx,
     last: &CounterTracks,
     (device, point): (&str, &str),
-) -> rusqlite::Result<CounterTrack> {
+) -> anyhow::Result<CounterTrack> {
     if let Some(t) = last.get(device).and_then(|d| d.get(point)) {
         return Ok(*t);
     }
-    Ok(tx
-        .prepare_cached(&format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM counter_checkpoints WHERE device = ?1 AND point = ?2
-             ORDER BY slot_ms DESC LIMIT 1"
-        ))?
-        .query_row(params![device, point], checkpoint_row)
-        .optional()?
-        .unwrap_or_default())
+    Ok(tx.latest_checkpoint(device, point)?.unwrap_or_default())
 }
 
 /// Whether `reading` (stored already) has the highest sequence number of its device's readings
 /// at its poll time: then it comes last in time order, and a meter whose clock stands still does
 /// not make every poll a replay.
-fn last_at_its_time(
-    tx: &Transaction<'_>,
-    device: &str,
-    reading: Reading,
-) -> rusqlite::Result<bool> {
-    let highest: Option<i64> = tx
-        .prepare_cached("SELECT MAX(seq) FROM messages WHERE device = ?1 AND ts_ms = ?2")?
-        .query_row(params![device, reading.ts_ms], |r| r.get(0))?;
-    Ok(highest == Some(reading.seq))
+fn last_at_its_time(tx: &impl WriteTx, device: &str, reading: Reading) -> anyhow::Result<bool> {
+    Ok(tx.highest_seq_at(device, reading.ts_ms)? == Some(reading.seq))
 }
 
 /// Stores what a finding other than an interval says of the counter (an anomaly).
 fn record_anomaly(
-    tx: &Transaction<'_>,
+    tx: &impl WriteTx,
     (device, point): (&str, &str),
     ts_ms: i64,
     value: f64,
     event: &CounterEvent,
     rule: &CounterRule,
     out: &mut BatchOutcome,
-) -> rusqlite::Result<()> {
+) -> anyhow::Result<()> {
     let Some((kind, detail)) = anomaly_text(event, value, rule) else {
         return Ok(());
     };
-    tx.prepare_cached(
-        "INSERT INTO anomalies (device, point, ts_ms, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![device, point, ts_ms, kind, detail])?;
+    tx.insert_anomaly(device, point, ts_ms, kind, &detail)?;
     out.anomalies.push(kind);
     Ok(())
 }
@@ -139,11 +120,6 @@ fn fill_note(fill: GapFill) -> &'static str {
     }
 }
 
-pub(super) const UPSERT_SLOT: &str = "INSERT INTO point_slots (device, point, slot_ms, delta, covered_ms, estimated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-     ON CONFLICT (device, point, slot_ms) DO UPDATE SET
-       delta = delta + excluded.delta, covered_ms = covered_ms + excluded.covered_ms,
-       estimated = estimated + excluded.estimated";
-
 /// A late reading (already stored with its message): the counter is replayed from its last
 /// checkpoint before the reading, over the stored readings after that checkpoint with and
 /// without this one. The slots get the difference, the anomalies the findings that differ (new
@@ -151,7 +127,7 @@ pub(super) const UPSERT_SLOT: &str = "INSERT INTO point_slots (device, point, sl
 /// bounded by `[ingest] max_late_s`: nothing later than that behind the device's newest
 /// message is stored. Returns the counter's state after its newest reading.
 fn recount<'a>(
-    tx: &Transaction<'_>,
+    tx: &impl WriteTx,
     gathered: &mut Gathered<'a>,
     key: (&'a str, &'a str),
     late: Reading,
@@ -163,36 +139,11 @@ fn recount<'a>(
     if let Some(list) = gathered.checkpoints.remove(&key) {
         write_checkpoints(tx, key, &list)?;
     }
-    let start: Option<CounterTrack> = tx
-        .prepare_cached(&format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM counter_checkpoints
-             WHERE device = ?1 AND point = ?2 AND slot_ms <= ?3 AND through_ms < ?4
-             ORDER BY slot_ms DESC LIMIT 1"
-        ))?
-        .query_row(
-            params![key.0, key.1, slot_of(late.ts_ms), late.ts_ms],
-            checkpoint_row,
-        )
-        .optional()?;
+    let start = tx.checkpoint_before(key.0, key.1, slot_of(late.ts_ms), late.ts_ms)?;
     let from_ms = start.map_or(i64::MIN, |t| t.through_ms);
-    let series: i64 = tx
-        .prepare_cached("SELECT id FROM series WHERE device = ?1 AND point = ?2")?
-        .query_row(params![key.0, key.1], |r| r.get(0))?;
+    let series = tx.series_id(key.0, key.1)?;
     // The stored readings after the checkpoint, in the order the integrity check takes them.
-    let mut readings: Vec<Reading> = Vec::new();
-    super::compact::each_message(tx, key.0, (from_ms.saturating_add(1), i64::MAX), |m| {
-        let Some(blob) = &m.points else {
-            return Ok(());
-        };
-        if let Some(value) = crate::packed::good_value(blob, series)? {
-            readings.push(Reading {
-                ts_ms: m.ts_ms,
-                seq: m.seq,
-                value,
-            });
-        }
-        Ok(())
-    })?;
+    let readings = tx.good_readings(key.0, series, from_ms)?;
     let start = start.unwrap_or_default();
     let with = replay(
         start,
@@ -251,12 +202,7 @@ fn recount<'a>(
         }
     }
     for f in found_without.iter().filter(|f| !found_with.contains(f)) {
-        tx.prepare_cached(
-            "UPDATE anomalies SET withdrawn_ms = ?5 WHERE id = (
-                 SELECT id FROM anomalies WHERE device = ?1 AND point = ?2 AND ts_ms = ?3 AND kind = ?4
-                   AND withdrawn_ms IS NULL ORDER BY id DESC LIMIT 1)",
-        )?
-        .execute(params![key.0, key.1, f.0, f.1, late.ts_ms])?;
+        tx.withdraw_anomaly(key.0, key.1, f.0, f.1, late.ts_ms)?;
     }
     write_checkpoints(tx, key, &with.checkpoints)?;
     Ok(with.end)

@@ -11,7 +11,6 @@
 
 pub mod alarm_book;
 mod compact;
-mod counters;
 mod integrity;
 mod read;
 mod schema;
@@ -22,17 +21,13 @@ mod upkeep;
 pub mod upload_outbox;
 mod write;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context as _;
-use ems_core::wire::Telemetry;
-use ems_energy::counter::CounterTrack;
 use rusqlite::Connection;
 
 use schema::migrate;
-use write::SeriesIds;
 
 pub use compact::{history_stats, Compacted, Compactor, HistoryStats};
 pub use read::{
@@ -44,22 +39,13 @@ pub use write::{declare_lost, DeclareOutcome, LostRange};
 
 /// Line protocol (or any text) a time-series sink wants queued for each stored message, written
 /// in the storing transaction. The sink owns the encoding; the store only keeps what it gives.
-pub type SinkEncoder = Box<dyn Fn(&Telemetry) -> String + Send>;
-
-/// The writer's own maps, looked up for every point of every message: a faster hash than the
-/// standard SipHash (per-process seeded).
-pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// Device -> point -> state of each tracked counter point.
-pub(super) type CounterTracks = FastMap<String, FastMap<String, CounterTrack>>;
+pub use crate::batch::SinkEncoder;
 
 pub struct Store {
     path: PathBuf,
     conn: Connection,
-    /// State of each tracked counter point.
-    last: CounterTracks,
-    /// Series id of each device's points.
-    series: SeriesIds,
+    /// State of each tracked counter point, series id of each device's points.
+    caches: crate::batch::Caches,
     /// Queue what is stored for the time-series sink.
     sink: Option<SinkEncoder>,
 }
@@ -88,8 +74,7 @@ impl Store {
         Ok(Store {
             path: path.to_owned(),
             conn,
-            last: CounterTracks::default(),
-            series: SeriesIds::default(),
+            caches: Default::default(),
             sink: None,
         })
     }
@@ -120,8 +105,4 @@ impl Store {
     }
 }
 
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+pub use crate::clock::rfc3339;

@@ -3,10 +3,12 @@
 use super::*;
 use crate::storage::{hex, AccountingRules, Incoming, Rejected, Tracked, WriteRules};
 use ems_core::wire::PointValue;
+use ems_core::wire::Telemetry;
 use ems_core::Quality;
 use ems_energy::counter::{GapFill, PointSlot};
 use rusqlite::Connection;
 use schema::MIGRATIONS;
+use std::collections::HashMap;
 
 const H: i64 = 3_600_000;
 
@@ -638,11 +640,18 @@ fn each_commit_tells_the_edge_its_devices_watermark_gaps_and_what_it_kept_aside(
     let mark = |out: &crate::storage::BatchOutcome| {
         assert_eq!(out.acks.len(), 1, "{out:?}");
         let (site, edge, m) = &out.acks[0];
-        assert_eq!((site.as_str(), edge.as_str(), m.device.as_str()), ("s", "e", "m"));
+        assert_eq!(
+            (site.as_str(), edge.as_str(), m.device.as_str()),
+            ("s", "e", "m")
+        );
         (m.through, m.last, m.missing.clone(), m.aside.clone())
     };
     let out = store
-        .write_batch(&[msg(1, 0, 1.0), msg(2, 60_000, 2.0), msg(5, 120_000, 3.0)], &r, 0)
+        .write_batch(
+            &[msg(1, 0, 1.0), msg(2, 60_000, 2.0), msg(5, 120_000, 3.0)],
+            &r,
+            0,
+        )
         .unwrap();
     assert_eq!(mark(&out), (2, 5, vec![[3, 4]], vec![]));
     // A jump too far is kept aside; the edge is told the gateway holds it.
