@@ -20,6 +20,7 @@ pub mod influx;
 pub mod ingest;
 pub mod metrics;
 pub mod packed;
+pub mod pg;
 pub mod receiver;
 pub mod report;
 pub mod runtime;

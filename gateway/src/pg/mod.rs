@@ -1,0 +1,675 @@
+//! PostgreSQL as the system of record (`[storage] backend = "postgres"`): ingest's batches run
+//! the same logic as SQLite's ([`crate::batch`]) over a PostgreSQL transaction, so both keep the
+//! same record of the same messages. Each `(device, seq)` is stored once (`INSERT ... ON
+//! CONFLICT DO NOTHING RETURNING` into `message_numbers`), raw messages go into day partitions,
+//! and a gateway slot's lease fences every commit by its epoch.
+//!
+//! What this backend does not do yet: the API, reports and dashboard read SQLite only, and the
+//! runtime does not run ingest into it; history compaction is SQLite's (partitions are dropped
+//! whole instead, by the retention that is still to come).
+
+mod schema;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Context as _;
+use ems_core::wire::{Status, Telemetry};
+use ems_energy::counter::{CounterTrack, PointSlot};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement, Transaction};
+
+use crate::batch::{
+    Caches, DeviceUpdate, KeptRefusal, LedgerMark, LostRow, Reading, StoredVersion, WriteTx,
+};
+use crate::storage::{reason_code, BatchOutcome, Incoming, Storage, WriteRules};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A gateway slot's lease, held by this writer with its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub slot: String,
+    pub holder: String,
+    pub epoch: i64,
+}
+
+/// Why a commit was refused: another writer took the slot over.
+#[derive(Debug, thiserror::Error)]
+#[error("slot `{slot}`: this writer's epoch {mine} is no longer the slot's ({current:?}); another gateway took it over")]
+pub struct LeaseLost {
+    pub slot: String,
+    pub mine: i64,
+    pub current: Option<i64>,
+}
+
+pub struct PgStore {
+    client: Client,
+    caches: Caches,
+    statements: HashMap<&'static str, Statement>,
+    /// Days whose raw partition exists (as far as this writer knows).
+    partitions: HashSet<i64>,
+    lease: Option<Lease>,
+}
+
+impl PgStore {
+    /// Connects (a libpq URL or key-value string) and brings the schema up to date.
+    pub fn connect(url: &str) -> anyhow::Result<PgStore> {
+        let mut client = Client::connect(url, NoTls)
+            .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
+        schema::migrate(&mut client).context("cannot migrate the PostgreSQL schema")?;
+        Ok(PgStore {
+            client,
+            caches: Caches::default(),
+            statements: HashMap::new(),
+            partitions: HashSet::new(),
+            lease: None,
+        })
+    }
+
+    /// The database's clock, in milliseconds since the epoch: leases are timed by it alone, so
+    /// the gateways' own clocks need not agree.
+    fn now_ms(&mut self) -> anyhow::Result<i64> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+                &[],
+            )?
+            .get(0))
+    }
+
+    /// Takes slot `slot` for `holder` for `ttl_ms` if it is free or its lease has lapsed, with
+    /// the next epoch; `None` while another holder's lease runs.
+    pub fn acquire(
+        &mut self,
+        slot: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> anyhow::Result<Option<Lease>> {
+        let now = self.now_ms()?;
+        let row = self.client.query_opt(
+            "INSERT INTO slots (slot, holder, epoch, expires_ms) VALUES ($1, $2, 1, $3::bigint + $4::bigint)
+             ON CONFLICT (slot) DO UPDATE SET holder = EXCLUDED.holder, epoch = slots.epoch + 1,
+               expires_ms = EXCLUDED.expires_ms
+             WHERE slots.expires_ms < $3
+             RETURNING epoch",
+            &[&slot, &holder, &now, &ttl_ms],
+        )?;
+        let lease = row.map(|r| Lease {
+            slot: slot.to_owned(),
+            holder: holder.to_owned(),
+            epoch: r.get(0),
+        });
+        if lease.is_some() {
+            self.lease = lease.clone();
+            // Another writer may have moved the counters on since this one last wrote.
+            self.caches.clear();
+        }
+        Ok(lease)
+    }
+
+    /// Extends the lease held; `false` if it was taken over (this writer must stop).
+    pub fn renew(&mut self, ttl_ms: i64) -> anyhow::Result<bool> {
+        let Some(lease) = self.lease.clone() else {
+            return Ok(false);
+        };
+        let now = self.now_ms()?;
+        let n = self.client.execute(
+            "UPDATE slots SET expires_ms = $3::bigint + $4::bigint WHERE slot = $1 AND epoch = $2",
+            &[&lease.slot, &lease.epoch, &now, &ttl_ms],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+
+    /// Commits one batch in one transaction, after checking that this writer's lease is still
+    /// the slot's (the row stays share-locked to the commit, so a takeover waits for it).
+    pub fn write_batch(
+        &mut self,
+        batch: &[Incoming],
+        rules: &WriteRules,
+        received_ms: i64,
+    ) -> anyhow::Result<BatchOutcome> {
+        let result = self.write_in_transaction(batch, rules, received_ms);
+        if result.is_err() {
+            // Rolled back: the caches and the partitions made in it may be of that batch.
+            self.caches.clear();
+            self.partitions.clear();
+        }
+        result
+    }
+
+    fn write_in_transaction(
+        &mut self,
+        batch: &[Incoming],
+        rules: &WriteRules,
+        received_ms: i64,
+    ) -> anyhow::Result<BatchOutcome> {
+        let mut tx = self.client.transaction()?;
+        if let Some(lease) = &self.lease {
+            let current: Option<i64> = tx
+                .query_opt(
+                    "SELECT epoch FROM slots WHERE slot = $1 FOR SHARE",
+                    &[&lease.slot],
+                )?
+                .map(|r| r.get(0));
+            if current != Some(lease.epoch) {
+                return Err(LeaseLost {
+                    slot: lease.slot.clone(),
+                    mine: lease.epoch,
+                    current,
+                }
+                .into());
+            }
+        }
+        let out = {
+            let pg = PgTx {
+                tx: RefCell::new(&mut tx),
+                statements: RefCell::new(&mut self.statements),
+                partitions: RefCell::new(&mut self.partitions),
+            };
+            crate::batch::write_batch(&pg, &mut self.caches, None, batch, rules, received_ms)?
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The client, for tests and tools that read what was written.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Storage for PgStore {
+    fn write_batch(
+        &mut self,
+        batch: &[Incoming],
+        rules: &WriteRules,
+        received_ms: i64,
+    ) -> anyhow::Result<BatchOutcome> {
+        PgStore::write_batch(self, batch, rules, received_ms)
+    }
+}
+
+/// A connection string without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url
+            .split_whitespace()
+            .filter(|p| !p.starts_with("password="))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// An open PostgreSQL transaction, as the batch logic uses it: statements prepared once per
+/// connection, day partitions made as messages need them.
+struct PgTx<'t, 'c> {
+    tx: RefCell<&'t mut Transaction<'c>>,
+    statements: RefCell<&'t mut HashMap<&'static str, Statement>>,
+    partitions: RefCell<&'t mut HashSet<i64>>,
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+impl PgTx<'_, '_> {
+    fn statement(&self, sql: &'static str) -> anyhow::Result<Statement> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.borrow_mut().prepare(sql)?;
+        self.statements.borrow_mut().insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn query(&self, sql: &'static str, params: Params<'_>) -> anyhow::Result<Vec<Row>> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query(&s, params)?)
+    }
+
+    fn query_opt(&self, sql: &'static str, params: Params<'_>) -> anyhow::Result<Option<Row>> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query_opt(&s, params)?)
+    }
+
+    fn execute(&self, sql: &'static str, params: Params<'_>) -> anyhow::Result<u64> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().execute(&s, params)?)
+    }
+
+    /// The raw partition of the day of `ts_ms`, made if it is not there.
+    fn partition_for(&self, ts_ms: i64) -> anyhow::Result<()> {
+        let day = ts_ms.div_euclid(DAY_MS);
+        if self.partitions.borrow().contains(&day) {
+            return Ok(());
+        }
+        let name = format!("messages_d{}", day.to_string().replace('-', "m"));
+        self.tx.borrow_mut().batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF messages FOR VALUES FROM ({}) TO ({})",
+            day * DAY_MS,
+            (day + 1) * DAY_MS
+        ))?;
+        self.partitions.borrow_mut().insert(day);
+        Ok(())
+    }
+}
+
+fn checkpoint(r: &Row) -> CounterTrack {
+    CounterTrack {
+        through_ms: r.get(0),
+        anchor: Some((r.get(1), r.get(2))),
+        rejected: r.get::<_, i64>(3) as u32,
+        changed_ms: r.get(4),
+        rate_per_h: r.get(5),
+    }
+}
+
+impl WriteTx for PgTx<'_, '_> {
+    fn ledger_row(&self, device: &str) -> anyhow::Result<Option<(i64, i64)>> {
+        Ok(self
+            .query_opt(
+                "SELECT last_seq, last_ts_ms FROM devices WHERE device = $1",
+                &[&device],
+            )?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn reopen(&self, _device: &str, _seq: i64, _ts_ms: i64) -> anyhow::Result<usize> {
+        // Nothing is compacted here: raw history stays in rows, in day partitions.
+        Ok(0)
+    }
+
+    fn message_stored(&self, device: &str, seq: i64) -> anyhow::Result<bool> {
+        Ok(self
+            .query_opt(
+                "SELECT 1 FROM message_numbers WHERE device = $1 AND seq = $2",
+                &[&device, &seq],
+            )?
+            .is_some())
+    }
+
+    fn insert_message(
+        &self,
+        t: &Telemetry,
+        received_ms: i64,
+        points: &[u8],
+    ) -> anyhow::Result<bool> {
+        let seq = t.seq as i64;
+        let new = self.query_opt(
+            "INSERT INTO message_numbers (device, seq, ts_ms) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING RETURNING seq",
+            &[&t.device, &seq, &t.ts_ms],
+        )?;
+        if new.is_none() {
+            return Ok(false);
+        }
+        self.partition_for(t.ts_ms)?;
+        self.execute(
+            "INSERT INTO messages (device, seq, ts_ms, edge, received_ms, points) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&t.device, &seq, &t.ts_ms, &t.edge, &received_ms, &points],
+        )?;
+        Ok(true)
+    }
+
+    fn stored_version(&self, device: &str, seq: i64) -> anyhow::Result<StoredVersion> {
+        let ts_ms: i64 = self
+            .query_opt(
+                "SELECT ts_ms FROM message_numbers WHERE device = $1 AND seq = $2",
+                &[&device, &seq],
+            )?
+            .context("a stored number without its ledger row")?
+            .get(0);
+        let row = self.query_opt(
+            "SELECT edge, points FROM messages WHERE device = $1 AND ts_ms = $2 AND seq = $3",
+            &[&device, &ts_ms, &seq],
+        )?;
+        Ok(match row {
+            Some(r) => StoredVersion {
+                ts_ms,
+                edge: r.get(0),
+                points: r.get(1),
+            },
+            // Its day's partition was dropped by retention: the number and time stay.
+            None => StoredVersion {
+                ts_ms,
+                edge: String::new(),
+                points: None,
+            },
+        })
+    }
+
+    fn point_of_series(&self, series: i64) -> anyhow::Result<String> {
+        Ok(self
+            .query_opt("SELECT point FROM series WHERE id = $1", &[&series])?
+            .context("a packed sample of an unknown series")?
+            .get(0))
+    }
+
+    fn count_copy(&self, device: &str, conflict: bool) -> anyhow::Result<()> {
+        if conflict {
+            self.execute(
+                "UPDATE devices SET conflicts = conflicts + 1 WHERE device = $1",
+                &[&device],
+            )?;
+        } else {
+            self.execute(
+                "UPDATE devices SET duplicates = duplicates + 1 WHERE device = $1",
+                &[&device],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn insert_device(&self, t: &Telemetry, received_ms: i64) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO devices (device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages, last_good_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, NULL)",
+            &[&t.device, &t.site, &t.edge, &(t.seq as i64), &t.ts_ms, &received_ms],
+        )?;
+        Ok(())
+    }
+
+    fn update_device(
+        &self,
+        device: &str,
+        u: &DeviceUpdate<'_>,
+        received_ms: i64,
+    ) -> anyhow::Result<()> {
+        let (seq, ts, site, edge) = match u.newest {
+            Some((seq, ts, site, edge)) => (Some(seq), Some(ts), Some(site), Some(edge)),
+            None => (None, None, None, None),
+        };
+        self.execute(
+            "UPDATE devices SET last_seq = COALESCE($2, last_seq), last_ts_ms = COALESCE($3, last_ts_ms),
+               site = COALESCE($4, site), edge = COALESCE($5, edge), last_seen_ms = $6,
+               messages = messages + $7, last_good_ms = COALESCE($8, last_good_ms)
+             WHERE device = $1",
+            &[&device, &seq, &ts, &site, &edge, &received_ms, &u.messages, &u.last_good_ms],
+        )?;
+        Ok(())
+    }
+
+    fn insert_gap(&self, device: &str, from: i64, to: i64, detected_ms: i64) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO gaps (device, from_seq, to_seq, detected_ms) VALUES ($1, $2, $3, $4)",
+            &[&device, &from, &to, &detected_ms],
+        )?;
+        Ok(())
+    }
+
+    fn gap_containing(&self, device: &str, seq: i64) -> anyhow::Result<Option<(i64, i64, i64)>> {
+        Ok(self
+            .query_opt(
+                "SELECT from_seq, to_seq, detected_ms FROM gaps WHERE device = $1 AND from_seq <= $2 AND to_seq >= $2",
+                &[&device, &seq],
+            )?
+            .map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    fn delete_gap(&self, device: &str, from: i64) -> anyhow::Result<()> {
+        self.execute(
+            "DELETE FROM gaps WHERE device = $1 AND from_seq = $2",
+            &[&device, &from],
+        )?;
+        Ok(())
+    }
+
+    fn lost_containing(&self, device: &str, seq: i64) -> anyhow::Result<Option<LostRow>> {
+        Ok(self
+            .query_opt(
+                "SELECT from_seq, to_seq, declared_ms, declared_by, reason FROM lost
+                 WHERE device = $1 AND from_seq <= $2 AND to_seq >= $2",
+                &[&device, &seq],
+            )?
+            .map(|r| LostRow {
+                from_seq: r.get(0),
+                to_seq: r.get(1),
+                declared_ms: r.get(2),
+                declared_by: r.get(3),
+                reason: r.get(4),
+            }))
+    }
+
+    fn delete_lost(&self, device: &str, from: i64) -> anyhow::Result<()> {
+        self.execute(
+            "DELETE FROM lost WHERE device = $1 AND from_seq = $2",
+            &[&device, &from],
+        )?;
+        Ok(())
+    }
+
+    fn insert_lost(&self, device: &str, row: &LostRow) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO lost (device, from_seq, to_seq, declared_ms, declared_by, reason) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&device, &row.from_seq, &row.to_seq, &row.declared_ms, &row.declared_by, &row.reason],
+        )?;
+        Ok(())
+    }
+
+    fn ledger_mark(&self, device: &str, max: usize) -> anyhow::Result<LedgerMark> {
+        let last: i64 = self
+            .query_opt("SELECT last_seq FROM devices WHERE device = $1", &[&device])?
+            .map_or(0, |r| r.get(0));
+        let mut newest_gaps: Vec<(i64, i64)> = self
+            .query(
+                "SELECT from_seq, to_seq FROM gaps WHERE device = $1 ORDER BY from_seq DESC LIMIT $2",
+                &[&device, &(max as i64)],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        newest_gaps.reverse();
+        let first_gap = if newest_gaps.len() == max {
+            self.query_opt(
+                "SELECT MIN(from_seq) FROM gaps WHERE device = $1",
+                &[&device],
+            )?
+            .and_then(|r| r.get(0))
+        } else {
+            newest_gaps.first().map(|g| g.0)
+        };
+        Ok(LedgerMark {
+            last,
+            newest_gaps,
+            first_gap,
+        })
+    }
+
+    fn series_id(&self, device: &str, point: &str) -> anyhow::Result<i64> {
+        const SELECT: &str = "SELECT id FROM series WHERE device = $1 AND point = $2";
+        if let Some(r) = self.query_opt(SELECT, &[&device, &point])? {
+            return Ok(r.get(0));
+        }
+        // Looked up first: an insert that conflicts would still use up a number of the
+        // sequence, and the ids would run apart from SQLite's.
+        let made = self.query_opt(
+            "INSERT INTO series (device, point) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id",
+            &[&device, &point],
+        )?;
+        match made {
+            Some(r) => Ok(r.get(0)),
+            // Another writer made it meanwhile.
+            None => Ok(self
+                .query_opt(SELECT, &[&device, &point])?
+                .context("a series just made")?
+                .get(0)),
+        }
+    }
+
+    fn keep_refused(&self, r: &KeptRefusal<'_>) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO quarantine (received_ms, topic, reason, payload, payload_bytes, payload_sha256) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&r.received_ms, &r.topic, &r.reason, &r.kept, &r.size, &r.sha256],
+        )?;
+        self.execute(
+            "INSERT INTO quarantine_totals (reason, count, bytes) VALUES ($1, 1, $2)
+             ON CONFLICT (reason) DO UPDATE SET count = quarantine_totals.count + 1,
+               bytes = quarantine_totals.bytes + $2",
+            &[&reason_code(r.reason), &r.size],
+        )?;
+        Ok(())
+    }
+
+    fn upsert_edge(&self, s: &Status, received_ms: i64) -> anyhow::Result<()> {
+        let devices = serde_json::to_string(&s.devices)?;
+        let depth = s.spool_depth.map(|d| d.min(i64::MAX as u64) as i64);
+        let dropped = s.spool_dropped.map(|d| d.min(i64::MAX as u64) as i64);
+        // The last will says nothing of the spool: the last report stands.
+        self.execute(
+            "INSERT INTO edges (edge, site, online, devices, changed_ms, spool_depth, spool_dropped) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (edge) DO UPDATE SET site = $2, online = $3,
+               devices = CASE WHEN $3 THEN $4 ELSE edges.devices END, changed_ms = $5,
+               spool_depth = COALESCE($6, edges.spool_depth), spool_dropped = COALESCE($7, edges.spool_dropped)",
+            &[&s.edge, &s.site, &s.online, &devices, &received_ms, &depth, &dropped],
+        )?;
+        Ok(())
+    }
+
+    fn queue_sink_lines(&self, lines: &str) -> anyhow::Result<()> {
+        self.execute("INSERT INTO sink_queue (lines) VALUES ($1)", &[&lines])?;
+        Ok(())
+    }
+
+    fn latest_checkpoint(&self, device: &str, point: &str) -> anyhow::Result<Option<CounterTrack>> {
+        Ok(self
+            .query_opt(
+                "SELECT through_ms, ts_ms, value, rejected, changed_ms, rate_per_h FROM counter_checkpoints
+                 WHERE device = $1 AND point = $2 ORDER BY slot_ms DESC LIMIT 1",
+                &[&device, &point],
+            )?
+            .map(|r| checkpoint(&r)))
+    }
+
+    fn checkpoint_before(
+        &self,
+        device: &str,
+        point: &str,
+        slot_ms: i64,
+        ts_ms: i64,
+    ) -> anyhow::Result<Option<CounterTrack>> {
+        Ok(self
+            .query_opt(
+                "SELECT through_ms, ts_ms, value, rejected, changed_ms, rate_per_h FROM counter_checkpoints
+                 WHERE device = $1 AND point = $2 AND slot_ms <= $3 AND through_ms < $4
+                 ORDER BY slot_ms DESC LIMIT 1",
+                &[&device, &point, &slot_ms, &ts_ms],
+            )?
+            .map(|r| checkpoint(&r)))
+    }
+
+    fn write_checkpoint(
+        &self,
+        device: &str,
+        point: &str,
+        slot_ms: i64,
+        t: &CounterTrack,
+    ) -> anyhow::Result<()> {
+        let Some((ts, v)) = t.anchor else {
+            return Ok(());
+        };
+        self.execute(
+            "INSERT INTO counter_checkpoints (device, point, slot_ms, through_ms, ts_ms, value, rejected, changed_ms, rate_per_h)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (device, point, slot_ms) DO UPDATE SET through_ms = $4, ts_ms = $5, value = $6,
+               rejected = $7, changed_ms = $8, rate_per_h = $9",
+            &[&device, &point, &slot_ms, &t.through_ms, &ts, &v, &i64::from(t.rejected), &t.changed_ms, &t.rate_per_h],
+        )?;
+        Ok(())
+    }
+
+    fn add_slot(
+        &self,
+        device: &str,
+        point: &str,
+        slot_ms: i64,
+        r: &PointSlot,
+    ) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO point_slots (device, point, slot_ms, delta, covered_ms, estimated) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (device, point, slot_ms) DO UPDATE SET
+               delta = point_slots.delta + EXCLUDED.delta,
+               covered_ms = point_slots.covered_ms + EXCLUDED.covered_ms,
+               estimated = point_slots.estimated + EXCLUDED.estimated",
+            &[&device, &point, &slot_ms, &r.delta, &r.covered_ms, &r.estimated],
+        )?;
+        Ok(())
+    }
+
+    fn highest_seq_at(&self, device: &str, ts_ms: i64) -> anyhow::Result<Option<i64>> {
+        Ok(self
+            .query_opt(
+                "SELECT MAX(seq) FROM message_numbers WHERE device = $1 AND ts_ms = $2",
+                &[&device, &ts_ms],
+            )?
+            .and_then(|r| r.get(0)))
+    }
+
+    fn good_readings(
+        &self,
+        device: &str,
+        series: i64,
+        from_ms: i64,
+    ) -> anyhow::Result<Vec<Reading>> {
+        let from = from_ms.saturating_add(1);
+        let rows = self.query(
+            "SELECT seq, ts_ms, points FROM messages WHERE device = $1 AND ts_ms >= $2
+             ORDER BY ts_ms, seq",
+            &[&device, &from],
+        )?;
+        let mut readings = Vec::new();
+        for r in rows {
+            let Some(blob) = r.get::<_, Option<Vec<u8>>>(2) else {
+                continue;
+            };
+            if let Some(value) = crate::packed::good_value(&blob, series)? {
+                readings.push(Reading {
+                    ts_ms: r.get(1),
+                    seq: r.get(0),
+                    value,
+                });
+            }
+        }
+        Ok(readings)
+    }
+
+    fn insert_anomaly(
+        &self,
+        device: &str,
+        point: &str,
+        ts_ms: i64,
+        kind: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO anomalies (device, point, ts_ms, kind, detail) VALUES ($1, $2, $3, $4, $5)",
+            &[&device, &point, &ts_ms, &kind, &detail],
+        )?;
+        Ok(())
+    }
+
+    fn withdraw_anomaly(
+        &self,
+        device: &str,
+        point: &str,
+        ts_ms: i64,
+        kind: &str,
+        at_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE anomalies SET withdrawn_ms = $5 WHERE id = (
+                 SELECT id FROM anomalies WHERE device = $1 AND point = $2 AND ts_ms = $3 AND kind = $4
+                   AND withdrawn_ms IS NULL ORDER BY id DESC LIMIT 1)",
+            &[&device, &point, &ts_ms, &kind, &at_ms],
+        )?;
+        Ok(())
+    }
+}
