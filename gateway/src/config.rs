@@ -39,6 +39,8 @@ struct GatewayConfig {
     influx: Option<crate::influx::InfluxConfig>,
     #[serde(default)]
     upload: Option<crate::upload::UploadConfig>,
+    #[serde(default)]
+    cluster: Option<ClusterConfig>,
     units: Vec<UnitConfig>,
     #[serde(default)]
     boundary: Vec<ems_energy::model::FlowConfig>,
@@ -58,6 +60,8 @@ pub struct Config {
     pub influx: Option<crate::influx::InfluxConfig>,
     /// The provincial platform upload (off when absent).
     pub upload: Option<crate::upload::UploadConfig>,
+    /// This gateway's slot among several writing one PostgreSQL database (absent: alone).
+    pub cluster: Option<ClusterConfig>,
     /// `ingest.earliest`, ms since the epoch.
     pub earliest_ms: i64,
     pub plant: Arc<Plant>,
@@ -157,6 +161,34 @@ impl Config {
             }
         }
         let earliest_ms = check_accept(src, &config)?;
+        match (
+            &config.storage.backend,
+            &config.storage.url,
+            &config.cluster,
+        ) {
+            (Backend::Postgres, None, _) => {
+                return Err(src.error(
+                    "storage.url",
+                    "backend = \"postgres\" needs the database's connection string",
+                ))
+            }
+            (Backend::Sqlite, _, Some(_)) => return Err(src.error(
+                "cluster",
+                "gateway slots share a PostgreSQL database: set [storage] backend = \"postgres\"",
+            )),
+            _ => {}
+        }
+        if let Some(c) = &config.cluster {
+            if !valid_name(&c.slot) || !valid_name(&c.instance) {
+                return Err(src.error(
+                    "cluster",
+                    "slot and instance are names (letters, digits, - _ .)",
+                ));
+            }
+            if c.lease_s == 0 {
+                return Err(src.error("cluster.lease_s", "at least one second"));
+            }
+        }
         let plant = Plant::build(
             src,
             &config.accounting,
@@ -178,6 +210,7 @@ impl Config {
             quarantine: config.quarantine,
             influx: config.influx,
             upload: config.upload,
+            cluster: config.cluster,
             earliest_ms,
             plant: Arc::new(plant),
         })
@@ -252,8 +285,14 @@ fn default_topic_prefix() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// SQLite database file.
+    /// SQLite database file (with `backend = "postgres"`, not written by ingest).
     pub path: PathBuf,
+    /// Where ingest commits: `sqlite` (the embedded default) or `postgres` (at `url`).
+    #[serde(default)]
+    pub backend: Backend,
+    /// PostgreSQL connection string (`host=... user=... dbname=...` or a `postgresql://` URL).
+    #[serde(default)]
+    pub url: Option<String>,
     /// Raw samples older than this many days are deleted (checked hourly); rollups, the ledger,
     /// alarms and quarantine are kept. Absent: raw samples are kept for ever.
     #[serde(default)]
@@ -263,6 +302,33 @@ pub struct StorageConfig {
     /// 0: never.
     #[serde(default = "default_compact_after_h")]
     pub compact_after_h: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// A gateway slot: the sites one active gateway writes, stood in for by another instance of the
+/// same slot (its standby) when its lease in PostgreSQL lapses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The slot's name; every instance of it has the same `[ingest] sites` and MQTT client id.
+    pub slot: String,
+    /// This instance's name (its lease shows who holds the slot).
+    pub instance: String,
+    /// The lease's length: a standby takes over at most this long after the active one stopped
+    /// renewing (it renews every third of it).
+    #[serde(default = "default_lease_s")]
+    pub lease_s: u64,
+}
+
+fn default_lease_s() -> u64 {
+    10
 }
 
 fn default_compact_after_h() -> u32 {

@@ -297,6 +297,9 @@ pub struct IngestConfig {
     pub mqtt: MqttConfig,
     pub validation: Validation,
     pub rules: WriteRules,
+    /// Subscribe to these sites' topics only (a gateway slot sharing the broker with others);
+    /// `None`: every site's (what is not ours is quarantined with its reason).
+    pub only_sites: Option<Vec<String>>,
 }
 
 /// What the writer hands on after a commit.
@@ -409,6 +412,12 @@ pub async fn run(
                 let outcome = loop {
                     match store.write_batch(&items, &rules, chrono::Utc::now().timestamp_millis()) {
                         Ok(o) => break o,
+                        Err(e) if e.downcast_ref::<crate::storage::Fenced>().is_some() => {
+                            // Another gateway holds the slot now: nothing of this batch is
+                            // acknowledged, and the broker gives it to the new writer.
+                            tracing::error!(error = %e, "This gateway lost its slot; ingest stops.");
+                            return Err(e);
+                        }
                         Err(e) => {
                             // Nothing of the batch is acknowledged until it commits.
                             writer_metrics.commit_errors.inc();
@@ -506,17 +515,24 @@ pub async fn run(
                 }
                 had_session = true;
                 tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, session_present = ack.session_present, "MQTT connected.");
+                let filters = match &cfg.only_sites {
+                    None => vec![topic::data_filter(&prefix), topic::status_filter(&prefix)],
+                    Some(sites) => sites
+                        .iter()
+                        .flat_map(|site| {
+                            [
+                                topic::data(&prefix, site, "+"),
+                                topic::status(&prefix, site, "+"),
+                            ]
+                        })
+                        .collect(),
+                };
                 client
-                    .subscribe_many([
-                        rumqttc::SubscribeFilter::new(
-                            topic::data_filter(&prefix),
-                            QoS::AtLeastOnce,
-                        ),
-                        rumqttc::SubscribeFilter::new(
-                            topic::status_filter(&prefix),
-                            QoS::AtLeastOnce,
-                        ),
-                    ])
+                    .subscribe_many(
+                        filters
+                            .into_iter()
+                            .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce)),
+                    )
                     .await?;
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {

@@ -23,6 +23,9 @@ pub async fn serve(
     subscribed: Option<oneshot::Sender<()>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if config.storage.backend == crate::config::Backend::Postgres {
+        return serve_postgres(config, listener, now, subscribed, shutdown).await;
+    }
     let mut store = Store::open(&config.storage.path)?;
     if config.influx.is_some() {
         store.enable_sink(Box::new(influx::sample_lines))?;
@@ -34,6 +37,7 @@ pub async fn serve(
         mqtt: config.mqtt.clone(),
         validation: Validation::for_config(&config, now.clone()),
         rules: config.write_rules(),
+        only_sites: None,
     };
     let config = Arc::new(config);
     let plant = config.plant.clone();
@@ -117,6 +121,160 @@ pub async fn serve(
     ingest_result?;
     alarm_result?;
     http_result
+}
+
+/// What a PostgreSQL ingest node is doing, as `/healthz` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct NodeState {
+    /// `standby` until this instance holds its slot, then `active`.
+    role: &'static str,
+    slot: Option<String>,
+    instance: Option<String>,
+    epoch: Option<i64>,
+}
+
+/// A gateway whose ingest commits to PostgreSQL: in a slot (`[cluster]`), it stands by until it
+/// holds the slot's lease, then ingests its sites with the slot's MQTT client id and persistent
+/// session, renewing the lease; a writer whose lease was taken over stops (its commits are
+/// fenced by the epoch anyway). HTTP serves `/healthz` (with the role) and `/metrics`: the API,
+/// reports and dashboard do not read PostgreSQL yet.
+async fn serve_postgres(
+    config: Config,
+    listener: TcpListener,
+    now: NowFn,
+    subscribed: Option<oneshot::Sender<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let url = config
+        .storage
+        .url
+        .clone()
+        .context("[storage] url for the postgres backend")?;
+    let cluster = config.cluster.clone();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let state = Arc::new(std::sync::Mutex::new(NodeState {
+        role: "standby",
+        slot: cluster.as_ref().map(|c| c.slot.clone()),
+        instance: cluster.as_ref().map(|c| c.instance.clone()),
+        epoch: None,
+    }));
+    let router = axum::Router::new()
+        .route(
+            "/healthz",
+            get({
+                let state = state.clone();
+                move || async move { axum::Json(state.lock().expect("node state lock").clone()) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get({
+                let metrics = metrics.clone();
+                move || async move { metrics.render() }
+            }),
+        );
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+            .context("HTTP server failed")
+    });
+
+    // Connect; in a slot, wait for its lease (the postgres client blocks: off the runtime).
+    let (store_url, wait) = (url.clone(), shutdown.clone());
+    let slot = cluster.clone();
+    let taken = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<crate::pg::PgStore>> {
+        let mut store = crate::pg::PgStore::connect(&store_url)?;
+        let Some(c) = slot else {
+            return Ok(Some(store));
+        };
+        let ttl_ms = c.lease_s as i64 * 1000;
+        let mut announced = false;
+        while !wait.is_cancelled() {
+            if let Some(lease) = store.acquire(&c.slot, &c.instance, ttl_ms)? {
+                tracing::info!(slot = %lease.slot, instance = %lease.holder, epoch = lease.epoch, "Slot taken: ingesting.");
+                return Ok(Some(store));
+            }
+            if !announced {
+                tracing::info!(slot = %c.slot, instance = %c.instance, "Slot held by another instance: standing by.");
+                announced = true;
+            }
+            std::thread::sleep(Duration::from_millis((ttl_ms / 5).clamp(100, 2_000) as u64));
+        }
+        Ok(None)
+    })
+    .await
+    .context("slot task panicked")??;
+    let Some(store) = taken else {
+        http.await.context("HTTP task panicked")??;
+        return Ok(());
+    };
+    // The lease keeper: a connection of its own renews every third of the lease; a lease
+    // found taken over stops this gateway.
+    let keeper = match (&cluster, store.lease().cloned()) {
+        (Some(c), Some(lease)) => {
+            {
+                let mut s = state.lock().expect("node state lock");
+                s.role = "active";
+                s.epoch = Some(lease.epoch);
+            }
+            let (url, stop, ttl_ms) = (url.clone(), shutdown.clone(), c.lease_s as i64 * 1000);
+            Some(tokio::task::spawn_blocking(
+                move || -> anyhow::Result<()> {
+                    let mut keeper = crate::pg::PgStore::connect(&url)?;
+                    keeper.hold(lease.clone());
+                    while !stop.is_cancelled() {
+                        std::thread::sleep(Duration::from_millis((ttl_ms / 3).max(100) as u64));
+                        match keeper.renew(ttl_ms) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::error!(slot = %lease.slot, epoch = lease.epoch, "The slot was taken over: this gateway stops.");
+                                stop.cancel();
+                                anyhow::bail!(
+                                    "slot `{}` taken over by another instance",
+                                    lease.slot
+                                );
+                            }
+                            // A database out of reach: commits wait for it too; the lease may lapse.
+                            Err(e) => tracing::warn!(error = %e, "Cannot renew the slot's lease."),
+                        }
+                    }
+                    Ok(())
+                },
+            ))
+        }
+        _ => {
+            state.lock().expect("node state lock").role = "active";
+            None
+        }
+    };
+    let ingest_cfg = IngestConfig {
+        mqtt: config.mqtt.clone(),
+        validation: Validation::for_config(&config, now.clone()),
+        rules: config.write_rules(),
+        // A slot takes only its own sites off the shared broker.
+        only_sites: cluster.as_ref().map(|_| config.ingest.sites.clone()),
+    };
+    let (committed, _) = broadcast::channel(16);
+    let ingest_result = ingest::run(
+        ingest_cfg,
+        store,
+        metrics,
+        committed,
+        subscribed,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let keeper_result = match keeper {
+        Some(k) => k.await.context("lease task panicked")?,
+        None => Ok(()),
+    };
+    http.await.context("HTTP task panicked")??;
+    ingest_result?;
+    keeper_result
 }
 
 /// At start and then hourly until `shutdown`: raw samples older than `raw_retention_days` (if

@@ -21,6 +21,16 @@ pub trait Storage: Send + 'static {
     ) -> anyhow::Result<BatchOutcome>;
 }
 
+/// A commit refused because this writer no longer holds its slot (another gateway took it
+/// over): ingest stops instead of retrying, acknowledging nothing more.
+#[derive(Debug, thiserror::Error)]
+#[error("slot `{slot}`: this writer's epoch {mine} is no longer the slot's ({current:?}); another gateway took it over")]
+pub struct Fenced {
+    pub slot: String,
+    pub mine: i64,
+    pub current: Option<i64>,
+}
+
 /// A counter point the accounting follows, with what it needs to take deltas.
 pub type Tracked = CounterRule;
 

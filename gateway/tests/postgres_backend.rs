@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use ems_core::wire::{PointValue, Status, Telemetry};
 use ems_core::Quality;
 use ems_energy::counter::{CounterRule, GapFill};
-use ems_gateway::pg::{LeaseLost, PgStore};
-use ems_gateway::storage::{AccountingRules, Incoming, Origin, Rejected, WriteRules};
+use ems_gateway::pg::PgStore;
+use ems_gateway::storage::{AccountingRules, Fenced, Incoming, Origin, Rejected, WriteRules};
 use ems_gateway::store::Store;
 
 /// The server tests make their databases on.
@@ -394,7 +394,7 @@ fn after_a_takeover_the_old_writer_commits_nothing() {
 
     // The old writer comes back and tries to commit: refused, nothing of it written.
     let err = old.write_batch(&msg(3), &r, 0).unwrap_err();
-    assert!(err.downcast_ref::<LeaseLost>().is_some(), "{err:#}");
+    assert!(err.downcast_ref::<Fenced>().is_some(), "{err:#}");
     assert!(!old.renew(60_000).unwrap(), "its lease is gone");
     let rows = pg_rows(
         standby.client(),

@@ -22,7 +22,7 @@ use postgres::{Client, NoTls, Row, Statement, Transaction};
 use crate::batch::{
     Caches, DeviceUpdate, KeptRefusal, LedgerMark, LostRow, Reading, StoredVersion, WriteTx,
 };
-use crate::storage::{reason_code, BatchOutcome, Incoming, Storage, WriteRules};
+use crate::storage::{reason_code, BatchOutcome, Fenced, Incoming, Storage, WriteRules};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -34,22 +34,16 @@ pub struct Lease {
     pub epoch: i64,
 }
 
-/// Why a commit was refused: another writer took the slot over.
-#[derive(Debug, thiserror::Error)]
-#[error("slot `{slot}`: this writer's epoch {mine} is no longer the slot's ({current:?}); another gateway took it over")]
-pub struct LeaseLost {
-    pub slot: String,
-    pub mine: i64,
-    pub current: Option<i64>,
-}
-
 pub struct PgStore {
+    url: String,
     client: Client,
     caches: Caches,
     statements: HashMap<&'static str, Statement>,
     /// Days whose raw partition exists (as far as this writer knows).
     partitions: HashSet<i64>,
     lease: Option<Lease>,
+    /// The lease's length, once one was taken: no transaction of this writer stays idle longer.
+    lease_ms: Option<i64>,
 }
 
 impl PgStore {
@@ -59,11 +53,13 @@ impl PgStore {
             .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
         schema::migrate(&mut client).context("cannot migrate the PostgreSQL schema")?;
         Ok(PgStore {
+            url: url.to_owned(),
             client,
             caches: Caches::default(),
             statements: HashMap::new(),
             partitions: HashSet::new(),
             lease: None,
+            lease_ms: None,
         })
     }
 
@@ -102,11 +98,30 @@ impl PgStore {
             epoch: r.get(0),
         });
         if lease.is_some() {
+            // A writer paused inside a transaction holds the slot's row (see write_batch): the
+            // server ends such a transaction after the lease's length, so a takeover never
+            // waits for the paused writer for longer.
+            self.lease_ms = Some(ttl_ms.max(1));
+            self.bound_idle_transactions()?;
             self.lease = lease.clone();
             // Another writer may have moved the counters on since this one last wrote.
             self.caches.clear();
         }
         Ok(lease)
+    }
+
+    /// Fences this writer's commits with `lease` (taken by another connection, the keeper's).
+    pub fn hold(&mut self, lease: Lease) {
+        self.lease = Some(lease);
+        self.caches.clear();
+    }
+
+    fn bound_idle_transactions(&mut self) -> anyhow::Result<()> {
+        if let Some(ms) = self.lease_ms {
+            self.client
+                .batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))?;
+        }
+        Ok(())
     }
 
     /// Extends the lease held; `false` if it was taken over (this writer must stop).
@@ -126,14 +141,27 @@ impl PgStore {
         self.lease.as_ref()
     }
 
-    /// Commits one batch in one transaction, after checking that this writer's lease is still
-    /// the slot's (the row stays share-locked to the commit, so a takeover waits for it).
+    /// Commits one batch in one transaction, if this writer's lease is still the slot's: checked
+    /// last, with the slot's row share-locked from there to the commit, so that a takeover
+    /// either comes before (and the batch is refused) or after the commit.
     pub fn write_batch(
         &mut self,
         batch: &[Incoming],
         rules: &WriteRules,
         received_ms: i64,
     ) -> anyhow::Result<BatchOutcome> {
+        if self.client.is_closed() {
+            // The server ended the session (restarted, or a transaction left idle too long by
+            // a paused writer): a new one, with the caches and statements of none.
+            tracing::warn!("The PostgreSQL connection was closed; reconnecting.");
+            self.client = Client::connect(&self.url, NoTls).with_context(|| {
+                format!("cannot reconnect to PostgreSQL at {}", redact(&self.url))
+            })?;
+            self.statements.clear();
+            self.caches.clear();
+            self.partitions.clear();
+            self.bound_idle_transactions()?;
+        }
         let result = self.write_in_transaction(batch, rules, received_ms);
         if result.is_err() {
             // Rolled back: the caches and the partitions made in it may be of that batch.
@@ -150,6 +178,18 @@ impl PgStore {
         received_ms: i64,
     ) -> anyhow::Result<BatchOutcome> {
         let mut tx = self.client.transaction()?;
+        let out = {
+            let pg = PgTx {
+                writer: self
+                    .lease
+                    .as_ref()
+                    .map(|l| format!("{}#{}", l.slot, l.epoch)),
+                tx: RefCell::new(&mut tx),
+                statements: RefCell::new(&mut self.statements),
+                partitions: RefCell::new(&mut self.partitions),
+            };
+            crate::batch::write_batch(&pg, &mut self.caches, None, batch, rules, received_ms)?
+        };
         if let Some(lease) = &self.lease {
             let current: Option<i64> = tx
                 .query_opt(
@@ -158,7 +198,7 @@ impl PgStore {
                 )?
                 .map(|r| r.get(0));
             if current != Some(lease.epoch) {
-                return Err(LeaseLost {
+                return Err(Fenced {
                     slot: lease.slot.clone(),
                     mine: lease.epoch,
                     current,
@@ -166,14 +206,6 @@ impl PgStore {
                 .into());
             }
         }
-        let out = {
-            let pg = PgTx {
-                tx: RefCell::new(&mut tx),
-                statements: RefCell::new(&mut self.statements),
-                partitions: RefCell::new(&mut self.partitions),
-            };
-            crate::batch::write_batch(&pg, &mut self.caches, None, batch, rules, received_ms)?
-        };
         tx.commit()?;
         Ok(out)
     }
@@ -214,6 +246,8 @@ fn redact(url: &str) -> String {
 /// An open PostgreSQL transaction, as the batch logic uses it: statements prepared once per
 /// connection, day partitions made as messages need them.
 struct PgTx<'t, 'c> {
+    /// "slot#epoch" of the lease this writer commits under.
+    writer: Option<String>,
     tx: RefCell<&'t mut Transaction<'c>>,
     statements: RefCell<&'t mut HashMap<&'static str, Statement>>,
     partitions: RefCell<&'t mut HashSet<i64>>,
@@ -305,9 +339,9 @@ impl WriteTx for PgTx<'_, '_> {
     ) -> anyhow::Result<bool> {
         let seq = t.seq as i64;
         let new = self.query_opt(
-            "INSERT INTO message_numbers (device, seq, ts_ms) VALUES ($1, $2, $3)
+            "INSERT INTO message_numbers (device, seq, ts_ms, written_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING RETURNING seq",
-            &[&t.device, &seq, &t.ts_ms],
+            &[&t.device, &seq, &t.ts_ms, &self.writer],
         )?;
         if new.is_none() {
             return Ok(false);

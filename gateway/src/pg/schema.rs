@@ -15,8 +15,10 @@ CREATE TABLE devices (
     messages BIGINT NOT NULL DEFAULT 0, duplicates BIGINT NOT NULL DEFAULT 0,
     conflicts BIGINT NOT NULL DEFAULT 0, last_good_ms BIGINT
 );
+-- `written_by`: the slot and epoch of the writer that committed it ("slot#epoch"), NULL for a
+-- gateway without a slot.
 CREATE TABLE message_numbers (
-    device TEXT NOT NULL, seq BIGINT NOT NULL, ts_ms BIGINT NOT NULL,
+    device TEXT NOT NULL, seq BIGINT NOT NULL, ts_ms BIGINT NOT NULL, written_by TEXT,
     PRIMARY KEY (device, seq)
 );
 CREATE INDEX message_numbers_by_time ON message_numbers (device, ts_ms);
