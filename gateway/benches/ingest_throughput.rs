@@ -9,10 +9,17 @@
 //! 5. end-to-end latency (publish -> committed and visible to readers) p50/p99 at a steady
 //!    10 000 points per second.
 //!
-//! `cargo bench -p ems-gateway --bench ingest_throughput [-- MESSAGES]` (default 200 000 messages
-//! of ten points, the shape ems-edge sends: one message per device per poll; a few seconds a
-//! phase, where 60 000 took under one and measured mostly the gateway's start). Needs `mosquitto`
-//! (tests/run.sh installs it); the bench starts its own on a free port.
+//!
+//! With PostgreSQL (`--storage postgres` or `both`, the default): the gateway's sustained ingest
+//! into PostgreSQL (a fresh database on `EMS_BENCH_POSTGRES`, by default the machine's server on
+//! 127.0.0.1:5432 as `postgres`), PostgreSQL's own bulk-load ceiling (COPY of the same rows into
+//! the same schema) and the gateway's share of it.
+//!
+//! `cargo bench -p ems-gateway --bench ingest_throughput [-- MESSAGES] [--storage
+//! sqlite|postgres|both]` (default 200 000 messages of ten points, the shape ems-edge sends: one
+//! message per device per poll; a few seconds a phase, where 60 000 took under one and measured
+//! mostly the gateway's start). Needs `mosquitto` (tests/run.sh installs it); the bench starts
+//! its own on a free port.
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -110,9 +117,17 @@ fn telemetry(device: usize, seq: u64, ts_ms: i64) -> Telemetry {
     }
 }
 
-fn gateway_config(port: u16, db: &std::path::Path, client_id: &str) -> String {
+fn gateway_config(
+    port: u16,
+    db: &std::path::Path,
+    client_id: &str,
+    postgres: Option<&str>,
+) -> String {
+    let backend = postgres
+        .map(|url| format!("backend = \"postgres\"\nurl = \"{url}\"\n"))
+        .unwrap_or_default();
     let mut cfg = format!(
-        "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{client_id}\"\n[storage]\npath = \"{}\"\n[ingest]\nsites = [\"s\"]\nedges = [\"e\"]\n[http]\nlisten = \"127.0.0.1:0\"\n[accounting]\nmax_sample_gap_s = 86400\n",
+        "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{client_id}\"\n[storage]\npath = \"{}\"\n{backend}[ingest]\nsites = [\"s\"]\nedges = [\"e\"]\n[http]\nlisten = \"127.0.0.1:0\"\n[accounting]\nmax_sample_gap_s = 86400\n",
         db.display()
     );
     for u in 0..DEVICES / PER_UNIT {
@@ -307,9 +322,22 @@ async fn start_gateway(
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
+    start_gateway_on(port, db, client_id, None).await
+}
+
+/// [`start_gateway`], committing to PostgreSQL at `postgres` if given.
+async fn start_gateway_on(
+    port: u16,
+    db: &std::path::Path,
+    client_id: &str,
+    postgres: Option<&str>,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let config = Config::from_source(&ems_config::Source::embedded(
         "<bench>",
-        &gateway_config(port, db, client_id),
+        &gateway_config(port, db, client_id, postgres),
     ))
     .expect("bench config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -431,16 +459,193 @@ fn storage_ceiling(db: &std::path::Path, msgs: &[Telemetry]) -> f64 {
     (msgs.len() * POINTS) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The PostgreSQL server the bench makes its databases on.
+fn pg_server() -> String {
+    std::env::var("EMS_BENCH_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".to_owned())
+}
+
+/// Runs `f` on a thread of its own: the synchronous PostgreSQL client must not run on the
+/// async runtime's threads.
+fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().unwrap()
+}
+
+/// A fresh database `name`; returns its connection string.
+fn pg_fresh_database(name: &str) -> String {
+    let (server, name) = (pg_server(), name.to_owned());
+    off_runtime(move || {
+        let mut admin =
+            postgres::Client::connect(&format!("{server} dbname=postgres"), postgres::NoTls)
+                .expect("PostgreSQL (EMS_BENCH_POSTGRES or 127.0.0.1:5432 as postgres)");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        format!("{server} dbname={name}")
+    })
+}
+
+fn pg_drop_database(name: &str) {
+    let (server, name) = (pg_server(), name.to_owned());
+    off_runtime(move || {
+        if let Ok(mut admin) =
+            postgres::Client::connect(&format!("{server} dbname=postgres"), postgres::NoTls)
+        {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    })
+}
+
+fn pg_count_messages(url: &str) -> i64 {
+    let url = url.to_owned();
+    off_runtime(move || {
+        postgres::Client::connect(&url, postgres::NoTls)
+            .and_then(|mut c| {
+                c.query_one(
+                    "SELECT COALESCE(SUM(messages), 0)::bigint FROM devices",
+                    &[],
+                )
+            })
+            .map(|r| r.get(0))
+            .unwrap_or(0)
+    })
+}
+
+/// PostgreSQL's ceiling: the same rows COPYed into the same schema (the ledger of numbers and
+/// the raw messages with their packed samples, day partitions made beforehand), 20 000
+/// messages a transaction.
+fn pg_ceiling(url: &str, msgs: &[Telemetry]) -> f64 {
+    use std::io::Write as _;
+    drop(ems_gateway::pg::PgStore::connect(url).unwrap());
+    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let mut series: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut days = HashSet::new();
+    for t in msgs {
+        days.insert(t.ts_ms.div_euclid(86_400_000));
+        for p in &t.points {
+            let next = series.len() as i64 + 1;
+            series.entry((&t.device, &p.id)).or_insert_with(|| {
+                client
+                    .execute(
+                        "INSERT INTO series (id, device, point) VALUES ($1, $2, $3)",
+                        &[&next, &t.device, &p.id],
+                    )
+                    .unwrap();
+                next
+            });
+        }
+    }
+    for day in days {
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE messages_d{day} PARTITION OF messages FOR VALUES FROM ({}) TO ({})",
+                day * 86_400_000,
+                (day + 1) * 86_400_000
+            ))
+            .unwrap();
+    }
+    let started = Instant::now();
+    for chunk in msgs.chunks(20_000) {
+        let mut tx = client.transaction().unwrap();
+        let mut numbers = String::new();
+        let mut rows = String::new();
+        for t in chunk {
+            let mut blob = Vec::new();
+            for p in &t.points {
+                let id = series[&(t.device.as_str(), p.id.as_str())];
+                ems_gateway::packed::push(&mut blob, id, p.v, p.q);
+            }
+            numbers += &format!("{}\t{}\t{}\t\\N\n", t.device, t.seq, t.ts_ms);
+            let hex: String = blob.iter().map(|b| format!("{b:02x}")).collect();
+            rows += &format!(
+                "{}\t{}\t{}\t{}\t0\t\\\\x{hex}\n",
+                t.device, t.seq, t.ts_ms, t.edge
+            );
+        }
+        let mut w = tx
+            .copy_in("COPY message_numbers (device, seq, ts_ms, written_by) FROM STDIN")
+            .unwrap();
+        w.write_all(numbers.as_bytes()).unwrap();
+        w.finish().unwrap();
+        let mut w = tx
+            .copy_in("COPY messages (device, seq, ts_ms, edge, received_ms, points) FROM STDIN")
+            .unwrap();
+        w.write_all(rows.as_bytes()).unwrap();
+        w.finish().unwrap();
+        tx.commit().unwrap();
+    }
+    (msgs.len() * POINTS) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The PostgreSQL phases: the gateway's sustained ingest, the ceiling, the share.
+async fn postgres_phases(
+    port: u16,
+    dir: &std::path::Path,
+    msgs: &[Telemetry],
+    payloads: &[Vec<u8>],
+    plain: f64,
+) {
+    let name = format!("ems_bench_ingest_{}", std::process::id());
+    let url = pg_fresh_database(&name);
+    let (stop, task) =
+        start_gateway_on(port, &dir.join("unused.db"), "bench-gateway-pg", Some(&url)).await;
+    let n = msgs.len();
+    let started = Instant::now();
+    publish(port, edges("bench-pub-pg", to_gateway(msgs, payloads)));
+    while pg_count_messages(&url) < n as i64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gateway = n as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    println!(
+        "PostgreSQL: gateway sustained ingest {gateway:>9.0} msg/s  {:>9.0} points/s (ledger, samples, accounting, one transaction a batch)",
+        gateway * POINTS as f64
+    );
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let url = pg_fresh_database(&name);
+        let rows: Vec<Telemetry> = msgs.to_vec();
+        runs.push(off_runtime(move || pg_ceiling(&url, &rows)));
+    }
+    runs.sort_by(f64::total_cmp);
+    let ceiling = runs[1];
+    println!(
+        "PostgreSQL: bulk-load ceiling      {:>9.0} msg/s  {ceiling:>9.0} points/s (COPY of the same rows, same schema; median of 3, {:.0} to {:.0})",
+        ceiling / POINTS as f64,
+        runs[0],
+        runs[2]
+    );
+    println!(
+        "PostgreSQL: gateway share of ceiling {:>5.0} %; of the plain subscriber's drain {:.2}",
+        100.0 * gateway * POINTS as f64 / ceiling,
+        gateway / plain
+    );
+    pg_drop_database(&name);
+}
+
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(200_000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200_000);
+    let storage = args
+        .iter()
+        .position(|a| a == "--storage")
+        .and_then(|i| args.get(i + 1))
+        .map_or("both", String::as_str);
+    let (sqlite, postgres) = match storage {
+        "sqlite" => (true, false),
+        "postgres" => (false, true),
+        "both" => (true, true),
+        other => panic!("--storage sqlite|postgres|both, not {other}"),
+    };
     let dir = std::env::temp_dir().join(format!("ems-ingest-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -467,6 +672,13 @@ async fn main() {
         plain * POINTS as f64
     );
 
+    if postgres {
+        postgres_phases(port, &dir, &msgs, &payloads, plain).await;
+    }
+    if !sqlite {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     let db = dir.join("gateway.db");
     let (stop, task) = start_gateway(port, &db, "bench-gateway").await;
     let edges = edges("bench-pub", to_gateway(&msgs, &payloads));
@@ -477,8 +689,9 @@ async fn main() {
     }
     let gateway = n as f64 / started.elapsed().as_secs_f64();
     println!(
-        "gateway sustained ingest  {gateway:>9.0} msg/s  {:>9.0} points/s (ledger, samples, accounting, SQLite WAL synchronous=FULL)",
-        gateway * POINTS as f64
+        "gateway sustained ingest  {gateway:>9.0} msg/s  {:>9.0} points/s (ledger, samples, accounting, SQLite WAL synchronous=FULL); {:.2} of the plain subscriber's drain",
+        gateway * POINTS as f64,
+        gateway / plain
     );
     stop.cancel();
     task.await.unwrap().unwrap();

@@ -714,6 +714,43 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_backend_needs_its_url_and_a_slot_needs_postgres() {
+        let demo = include_str!("../examples/demo.toml");
+        let with = |from: &str, to: &str, extra: &str| {
+            assert!(demo.contains(from));
+            let text = format!("{}\n{extra}", demo.replacen(from, to, 1));
+            Config::from_source(&Source::embedded("gw.toml", &text))
+        };
+        let path = "path = \"ems-gateway.db\"";
+        let err = with(path, &format!("{path}\nbackend = \"postgres\""), "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.url"), "{err}");
+        let slot = "[cluster]\nslot = \"north\"\ninstance = \"gw-a\"\n";
+        let err = with(path, path, slot).unwrap_err().to_string();
+        assert!(err.contains("cluster") && err.contains("postgres"), "{err}");
+        let err = with(path, &format!("{path}\nbackend = \"mysql\""), "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backend"), "{err}");
+        let postgres = format!("{path}\nbackend = \"postgres\"\nurl = \"host=db dbname=ems\"");
+        let c = with(path, &postgres, slot).unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(
+            (c.storage.backend, cluster.slot.as_str(), cluster.lease_s),
+            (Backend::Postgres, "north", 10)
+        );
+        let err = with(
+            path,
+            &postgres,
+            "[cluster]\nslot = \"a/b\"\ninstance = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cluster"), "{err}");
+    }
+
+    #[test]
     fn a_file_the_configuration_names_and_cannot_be_read_is_its_error_at_the_key() {
         // Found by the gateway_config fuzz target: a missing monthly_values_csv was reported
         // against the CSV's name alone, not this file's line and key.
