@@ -11,7 +11,7 @@
 //!
 //!
 //! With PostgreSQL (`--storage postgres` or `both`, the default): the gateway's sustained ingest
-//! into PostgreSQL (a fresh database on `EMS_BENCH_POSTGRES`, by default the machine's server on
+//! into PostgreSQL (a fresh database on `EMS_TEST_POSTGRES`, by default the machine's server on
 //! 127.0.0.1:5432 as `postgres`), PostgreSQL's own bulk-load ceiling (COPY of the same rows into
 //! the same schema) and the gateway's share of it.
 //!
@@ -459,43 +459,19 @@ fn storage_ceiling(db: &std::path::Path, msgs: &[Telemetry]) -> f64 {
     (msgs.len() * POINTS) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The PostgreSQL server the bench makes its databases on.
-fn pg_server() -> String {
-    std::env::var("EMS_BENCH_POSTGRES")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".to_owned())
-}
-
 /// Runs `f` on a thread of its own: the synchronous PostgreSQL client must not run on the
 /// async runtime's threads.
 fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(f).join().unwrap()
 }
 
-/// A fresh database `name`; returns its connection string.
-fn pg_fresh_database(name: &str) -> String {
-    let (server, name) = (pg_server(), name.to_owned());
+/// A fresh database on `EMS_TEST_POSTGRES` or the machine's server.
+fn pg_scratch(name: &str) -> ems_gateway::pg::ScratchDatabase {
+    use ems_gateway::pg::ScratchDatabase;
+    let name = name.to_owned();
     off_runtime(move || {
-        let mut admin =
-            postgres::Client::connect(&format!("{server} dbname=postgres"), postgres::NoTls)
-                .expect("PostgreSQL (EMS_BENCH_POSTGRES or 127.0.0.1:5432 as postgres)");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        format!("{server} dbname={name}")
-    })
-}
-
-fn pg_drop_database(name: &str) {
-    let (server, name) = (pg_server(), name.to_owned());
-    off_runtime(move || {
-        if let Ok(mut admin) =
-            postgres::Client::connect(&format!("{server} dbname=postgres"), postgres::NoTls)
-        {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
+        ScratchDatabase::new(&ScratchDatabase::default_server(), &name)
+            .expect("PostgreSQL (EMS_TEST_POSTGRES or 127.0.0.1:5432 as postgres)")
     })
 }
 
@@ -589,7 +565,8 @@ async fn postgres_phases(
     plain: f64,
 ) {
     let name = format!("ems_bench_ingest_{}", std::process::id());
-    let url = pg_fresh_database(&name);
+    let db = pg_scratch(&name);
+    let url = db.url();
     let (stop, task) =
         start_gateway_on(port, &dir.join("unused.db"), "bench-gateway-pg", Some(&url)).await;
     let n = msgs.len();
@@ -606,10 +583,11 @@ async fn postgres_phases(
         gateway * POINTS as f64
     );
     let mut runs = Vec::new();
-    for _ in 0..3 {
-        let url = pg_fresh_database(&name);
-        let rows: Vec<Telemetry> = msgs.to_vec();
+    for i in 0..3 {
+        let db = pg_scratch(&format!("{name}_ceiling{i}"));
+        let (url, rows) = (db.url(), msgs.to_vec());
         runs.push(off_runtime(move || pg_ceiling(&url, &rows)));
+        off_runtime(move || drop(db));
     }
     runs.sort_by(f64::total_cmp);
     let ceiling = runs[1];
@@ -624,7 +602,7 @@ async fn postgres_phases(
         100.0 * gateway * POINTS as f64 / ceiling,
         gateway / plain
     );
-    pg_drop_database(&name);
+    off_runtime(move || drop(db));
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {

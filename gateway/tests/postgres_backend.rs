@@ -12,53 +12,17 @@ use std::collections::{BTreeMap, HashMap};
 use ems_core::wire::{PointValue, Status, Telemetry};
 use ems_core::Quality;
 use ems_energy::counter::{CounterRule, GapFill};
-use ems_gateway::pg::PgStore;
+use ems_gateway::pg::{PgStore, ScratchDatabase};
 use ems_gateway::storage::{AccountingRules, Fenced, Incoming, Origin, Rejected, WriteRules};
 use ems_gateway::store::Store;
 
-/// The server tests make their databases on.
-fn server() -> String {
-    std::env::var("EMS_TEST_POSTGRES")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".to_owned())
-}
-
-/// A database of the test's own, dropped when it goes.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn new(tag: &str) -> TestDb {
-        let name = format!("ems_test_{tag}_{}", std::process::id());
-        let mut admin =
-            postgres::Client::connect(&format!("{} dbname=postgres", server()), postgres::NoTls)
-                .expect("PostgreSQL on 127.0.0.1:5432 (trust authentication) or EMS_TEST_POSTGRES");
-        // One statement a call: neither may run inside a transaction block.
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        TestDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!("{} dbname={}", server(), self.name)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) =
-            postgres::Client::connect(&format!("{} dbname=postgres", server()), postgres::NoTls)
-        {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
+/// A database of the test's own on the machine's server (or `EMS_TEST_POSTGRES`).
+fn scratch(tag: &str) -> ScratchDatabase {
+    ScratchDatabase::new(
+        &ScratchDatabase::default_server(),
+        &format!("ems_test_{tag}_{}", std::process::id()),
+    )
+    .expect("PostgreSQL on 127.0.0.1:5432 (trust authentication) or EMS_TEST_POSTGRES")
 }
 
 fn rules() -> WriteRules {
@@ -281,7 +245,7 @@ fn pg_rows(client: &mut postgres::Client, sql: &str) -> Rows {
 
 #[test]
 fn postgres_keeps_the_record_sqlite_keeps_of_the_same_batches() {
-    let db = TestDb::new("same");
+    let db = scratch("same");
     let mut pg = PgStore::connect(&db.url()).unwrap();
     let path = std::env::temp_dir().join(format!("ems-pg-same-{}.db", std::process::id()));
     for ext in ["", "-wal", "-shm"] {
@@ -358,7 +322,7 @@ fn postgres_keeps_the_record_sqlite_keeps_of_the_same_batches() {
 
 #[test]
 fn after_a_takeover_the_old_writer_commits_nothing() {
-    let db = TestDb::new("lease");
+    let db = scratch("lease");
     let mut old = PgStore::connect(&db.url()).unwrap();
     let mut standby = PgStore::connect(&db.url()).unwrap();
     let r = rules();

@@ -21,44 +21,25 @@ use ems_tests::*;
 /// The lease: a standby takes over at most this long after the active one stopped renewing.
 const LEASE_S: u64 = 3;
 
-fn server() -> String {
-    std::env::var("EMS_TEST_POSTGRES")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".to_owned())
-}
-
-/// A database of the test's own, dropped when it goes.
-struct TestDb(String);
+/// A database of the test's own on the machine's server (or `EMS_TEST_POSTGRES`).
+struct TestDb(ems_gateway::pg::ScratchDatabase);
 
 impl TestDb {
     fn new() -> TestDb {
-        let name = format!("ems_slots_{}", std::process::id());
-        let mut admin =
-            postgres::Client::connect(&format!("{} dbname=postgres", server()), postgres::NoTls)
-                .expect("PostgreSQL on 127.0.0.1:5432 (trust authentication) or EMS_TEST_POSTGRES");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        TestDb(name)
+        use ems_gateway::pg::ScratchDatabase;
+        TestDb(
+            ScratchDatabase::new(
+                &ScratchDatabase::default_server(),
+                &format!("ems_slots_{}", std::process::id()),
+            )
+            .expect("PostgreSQL on 127.0.0.1:5432 (trust authentication) or EMS_TEST_POSTGRES"),
+        )
     }
     fn url(&self) -> String {
-        format!("{} dbname={}", server(), self.0)
+        self.0.url()
     }
     fn client(&self) -> postgres::Client {
         postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) =
-            postgres::Client::connect(&format!("{} dbname=postgres", server()), postgres::NoTls)
-        {
-            let _ =
-                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
-        }
     }
 }
 

@@ -707,3 +707,48 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 }
+
+/// A database of its own on a PostgreSQL server, made fresh and dropped when it goes: what the
+/// tests and benchmarks write to (the machine's server on 127.0.0.1:5432 with trust
+/// authentication unless `server` says otherwise).
+pub struct ScratchDatabase {
+    server: String,
+    name: String,
+}
+
+impl ScratchDatabase {
+    /// Makes database `name` on `server` (a key-value connection string without `dbname`),
+    /// dropping one of that name first.
+    pub fn new(server: &str, name: &str) -> anyhow::Result<ScratchDatabase> {
+        // One statement a call: neither may run inside a transaction block.
+        let mut admin = Client::connect(&format!("{server} dbname=postgres"), NoTls)
+            .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(server)))?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+        admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        Ok(ScratchDatabase {
+            server: server.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The server tests and benchmarks use: `EMS_TEST_POSTGRES`, else the machine's.
+    pub fn default_server() -> String {
+        std::env::var("EMS_TEST_POSTGRES")
+            .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".to_owned())
+    }
+
+    pub fn url(&self) -> String {
+        format!("{} dbname={}", self.server, self.name)
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = Client::connect(&format!("{} dbname=postgres", self.server), NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
