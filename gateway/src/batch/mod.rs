@@ -113,8 +113,9 @@ pub trait WriteTx {
     fn lost_containing(&self, device: &str, seq: i64) -> anyhow::Result<Option<LostRow>>;
     fn delete_lost(&self, device: &str, from: i64) -> anyhow::Result<()>;
     fn insert_lost(&self, device: &str, row: &LostRow) -> anyhow::Result<()>;
-    /// The device's last number, its newest `max` gaps and its first gap's start.
-    fn ledger_mark(&self, device: &str, max: usize) -> anyhow::Result<LedgerMark>;
+    /// Each device's last number, its newest `max` gaps and its first gap's start, in the
+    /// order of `devices`.
+    fn ledger_marks(&self, devices: &[&str], max: usize) -> anyhow::Result<Vec<LedgerMark>>;
     /// The id of a device's point (made on first use).
     fn series_id(&self, device: &str, point: &str) -> anyhow::Result<i64>;
     /// Keeps a refused message and counts it in the totals by reason.
@@ -342,9 +343,10 @@ impl<'a> Touched<'a> {
     /// Each device's mark as the transaction leaves the ledger: the watermark below the first
     /// open gap, the last number, and the gaps in between (declared-lost ranges are no gaps).
     fn marks(self, tx: &impl WriteTx) -> anyhow::Result<Vec<(String, String, DeviceAck)>> {
+        let names: Vec<&str> = self.devices.iter().map(|((_, _, d), _)| *d).collect();
+        let marks = tx.ledger_marks(&names, MAX_MISSING)?;
         let mut out = Vec::with_capacity(self.devices.len());
-        for ((site, edge, device), aside) in self.devices {
-            let m = tx.ledger_mark(device, MAX_MISSING)?;
+        for (((site, edge, device), aside), m) in self.devices.into_iter().zip(marks) {
             let mut missing: Vec<[u64; 2]> = m
                 .newest_gaps
                 .iter()

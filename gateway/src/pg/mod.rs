@@ -184,11 +184,18 @@ impl PgStore {
                     .lease
                     .as_ref()
                     .map(|l| format!("{}#{}", l.slot, l.epoch)),
+                raw: RefCell::default(),
+                slots: RefCell::default(),
+                checkpoints: RefCell::default(),
+                devices: RefCell::default(),
                 tx: RefCell::new(&mut tx),
                 statements: RefCell::new(&mut self.statements),
                 partitions: RefCell::new(&mut self.partitions),
             };
-            crate::batch::write_batch(&pg, &mut self.caches, None, batch, rules, received_ms)?
+            let out =
+                crate::batch::write_batch(&pg, &mut self.caches, None, batch, rules, received_ms)?;
+            pg.flush_all()?;
+            out
         };
         if let Some(lease) = &self.lease {
             let current: Option<i64> = tx
@@ -248,6 +255,14 @@ fn redact(url: &str) -> String {
 struct PgTx<'t, 'c> {
     /// "slot#epoch" of the lease this writer commits under.
     writer: Option<String>,
+    /// Raw messages numbered in this batch and not yet inserted: written many to a statement
+    /// (before anything reads raw messages, and at the batch's end).
+    raw: RefCell<RawRows>,
+    /// The batch's rollup additions, counter checkpoints and ledger rows, written many to a
+    /// statement at its end (or before something reads them).
+    slots: RefCell<SlotRows>,
+    checkpoints: RefCell<std::collections::BTreeMap<(String, String, i64), CounterTrack>>,
+    devices: RefCell<DeviceRows>,
     tx: RefCell<&'t mut Transaction<'c>>,
     statements: RefCell<&'t mut HashMap<&'static str, Statement>>,
     partitions: RefCell<&'t mut HashSet<i64>>,
@@ -255,7 +270,132 @@ struct PgTx<'t, 'c> {
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
+/// Rollup additions, column by column, each key once.
+#[derive(Default)]
+struct SlotRows {
+    keys: HashSet<(String, String, i64)>,
+    device: Vec<String>,
+    point: Vec<String>,
+    slot_ms: Vec<i64>,
+    delta: Vec<f64>,
+    covered_ms: Vec<i64>,
+    estimated: Vec<f64>,
+}
+
+/// Ledger row changes, column by column, each device once.
+#[derive(Default)]
+struct DeviceRows {
+    keys: HashSet<String>,
+    device: Vec<String>,
+    seq: Vec<Option<i64>>,
+    ts_ms: Vec<Option<i64>>,
+    site: Vec<Option<String>>,
+    edge: Vec<Option<String>>,
+    seen_ms: Vec<i64>,
+    messages: Vec<i64>,
+    last_good_ms: Vec<Option<i64>>,
+}
+
+/// Raw message rows, column by column (as `unnest` takes them).
+#[derive(Default)]
+struct RawRows {
+    device: Vec<String>,
+    seq: Vec<i64>,
+    ts_ms: Vec<i64>,
+    edge: Vec<String>,
+    received_ms: Vec<i64>,
+    points: Vec<Vec<u8>>,
+}
+
 impl PgTx<'_, '_> {
+    /// Inserts the raw messages held back, in one statement.
+    fn flush_raw(&self) -> anyhow::Result<()> {
+        let rows = std::mem::take(&mut *self.raw.borrow_mut());
+        if rows.seq.is_empty() {
+            return Ok(());
+        }
+        self.execute(
+            "INSERT INTO messages (device, seq, ts_ms, edge, received_ms, points)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int8[], $6::bytea[])",
+            &[&rows.device, &rows.seq, &rows.ts_ms, &rows.edge, &rows.received_ms, &rows.points],
+        )?;
+        Ok(())
+    }
+
+    fn flush_slots(&self) -> anyhow::Result<()> {
+        let rows = std::mem::take(&mut *self.slots.borrow_mut());
+        if rows.device.is_empty() {
+            return Ok(());
+        }
+        self.execute(
+            "INSERT INTO point_slots (device, point, slot_ms, delta, covered_ms, estimated)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::float8[], $5::int8[], $6::float8[])
+             ON CONFLICT (device, point, slot_ms) DO UPDATE SET
+               delta = point_slots.delta + EXCLUDED.delta,
+               covered_ms = point_slots.covered_ms + EXCLUDED.covered_ms,
+               estimated = point_slots.estimated + EXCLUDED.estimated",
+            &[&rows.device, &rows.point, &rows.slot_ms, &rows.delta, &rows.covered_ms, &rows.estimated],
+        )?;
+        Ok(())
+    }
+
+    fn flush_checkpoints(&self) -> anyhow::Result<()> {
+        let rows = std::mem::take(&mut *self.checkpoints.borrow_mut());
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (mut device, mut point, mut slot_ms, mut through_ms) = (vec![], vec![], vec![], vec![]);
+        let (mut ts_ms, mut value, mut rejected, mut changed_ms, mut rate) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for ((d, p, slot), t) in rows {
+            let Some((ts, v)) = t.anchor else { continue };
+            device.push(d);
+            point.push(p);
+            slot_ms.push(slot);
+            through_ms.push(t.through_ms);
+            ts_ms.push(ts);
+            value.push(v);
+            rejected.push(i64::from(t.rejected));
+            changed_ms.push(t.changed_ms);
+            rate.push(t.rate_per_h);
+        }
+        self.execute(
+            "INSERT INTO counter_checkpoints (device, point, slot_ms, through_ms, ts_ms, value, rejected, changed_ms, rate_per_h)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::float8[], $7::int8[], $8::int8[], $9::float8[])
+             ON CONFLICT (device, point, slot_ms) DO UPDATE SET through_ms = EXCLUDED.through_ms,
+               ts_ms = EXCLUDED.ts_ms, value = EXCLUDED.value, rejected = EXCLUDED.rejected,
+               changed_ms = EXCLUDED.changed_ms, rate_per_h = EXCLUDED.rate_per_h",
+            &[&device, &point, &slot_ms, &through_ms, &ts_ms, &value, &rejected, &changed_ms, &rate],
+        )?;
+        Ok(())
+    }
+
+    fn flush_devices(&self) -> anyhow::Result<()> {
+        let rows = std::mem::take(&mut *self.devices.borrow_mut());
+        if rows.device.is_empty() {
+            return Ok(());
+        }
+        self.execute(
+            "UPDATE devices d SET last_seq = COALESCE(u.seq, d.last_seq),
+               last_ts_ms = COALESCE(u.ts_ms, d.last_ts_ms), site = COALESCE(u.site, d.site),
+               edge = COALESCE(u.edge, d.edge), last_seen_ms = u.seen_ms,
+               messages = d.messages + u.messages, last_good_ms = COALESCE(u.last_good_ms, d.last_good_ms)
+             FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
+               AS u(device, seq, ts_ms, site, edge, seen_ms, messages, last_good_ms)
+             WHERE d.device = u.device",
+            &[&rows.device, &rows.seq, &rows.ts_ms, &rows.site, &rows.edge, &rows.seen_ms, &rows.messages, &rows.last_good_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Everything held back, before the commit.
+    fn flush_all(&self) -> anyhow::Result<()> {
+        self.flush_raw()?;
+        self.flush_slots()?;
+        self.flush_checkpoints()?;
+        self.flush_devices()
+    }
+
     fn statement(&self, sql: &'static str) -> anyhow::Result<Statement> {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
@@ -309,6 +449,7 @@ fn checkpoint(r: &Row) -> CounterTrack {
 
 impl WriteTx for PgTx<'_, '_> {
     fn ledger_row(&self, device: &str) -> anyhow::Result<Option<(i64, i64)>> {
+        self.flush_devices()?;
         Ok(self
             .query_opt(
                 "SELECT last_seq, last_ts_ms FROM devices WHERE device = $1",
@@ -347,14 +488,18 @@ impl WriteTx for PgTx<'_, '_> {
             return Ok(false);
         }
         self.partition_for(t.ts_ms)?;
-        self.execute(
-            "INSERT INTO messages (device, seq, ts_ms, edge, received_ms, points) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&t.device, &seq, &t.ts_ms, &t.edge, &received_ms, &points],
-        )?;
+        let mut raw = self.raw.borrow_mut();
+        raw.device.push(t.device.clone());
+        raw.seq.push(seq);
+        raw.ts_ms.push(t.ts_ms);
+        raw.edge.push(t.edge.clone());
+        raw.received_ms.push(received_ms);
+        raw.points.push(points.to_vec());
         Ok(true)
     }
 
     fn stored_version(&self, device: &str, seq: i64) -> anyhow::Result<StoredVersion> {
+        self.flush_raw()?;
         let ts_ms: i64 = self
             .query_opt(
                 "SELECT ts_ms FROM message_numbers WHERE device = $1 AND seq = $2",
@@ -418,17 +563,19 @@ impl WriteTx for PgTx<'_, '_> {
         u: &DeviceUpdate<'_>,
         received_ms: i64,
     ) -> anyhow::Result<()> {
-        let (seq, ts, site, edge) = match u.newest {
-            Some((seq, ts, site, edge)) => (Some(seq), Some(ts), Some(site), Some(edge)),
-            None => (None, None, None, None),
-        };
-        self.execute(
-            "UPDATE devices SET last_seq = COALESCE($2, last_seq), last_ts_ms = COALESCE($3, last_ts_ms),
-               site = COALESCE($4, site), edge = COALESCE($5, edge), last_seen_ms = $6,
-               messages = messages + $7, last_good_ms = COALESCE($8, last_good_ms)
-             WHERE device = $1",
-            &[&device, &seq, &ts, &site, &edge, &received_ms, &u.messages, &u.last_good_ms],
-        )?;
+        if self.devices.borrow().keys.contains(device) {
+            self.flush_devices()?;
+        }
+        let mut rows = self.devices.borrow_mut();
+        rows.keys.insert(device.to_owned());
+        rows.device.push(device.to_owned());
+        rows.seq.push(u.newest.map(|n| n.0));
+        rows.ts_ms.push(u.newest.map(|n| n.1));
+        rows.site.push(u.newest.map(|n| n.2.to_owned()));
+        rows.edge.push(u.newest.map(|n| n.3.to_owned()));
+        rows.seen_ms.push(received_ms);
+        rows.messages.push(u.messages);
+        rows.last_good_ms.push(u.last_good_ms);
         Ok(())
     }
 
@@ -489,33 +636,53 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn ledger_mark(&self, device: &str, max: usize) -> anyhow::Result<LedgerMark> {
-        let last: i64 = self
-            .query_opt("SELECT last_seq FROM devices WHERE device = $1", &[&device])?
-            .map_or(0, |r| r.get(0));
-        let mut newest_gaps: Vec<(i64, i64)> = self
-            .query(
-                "SELECT from_seq, to_seq FROM gaps WHERE device = $1 ORDER BY from_seq DESC LIMIT $2",
-                &[&device, &(max as i64)],
-            )?
+    fn ledger_marks(&self, devices: &[&str], max: usize) -> anyhow::Result<Vec<LedgerMark>> {
+        self.flush_devices()?;
+        // Three statements for the whole batch, not three a device.
+        let names: Vec<&str> = devices.to_vec();
+        let mut marks: HashMap<String, LedgerMark> = devices
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|d| {
+                let empty = LedgerMark {
+                    last: 0,
+                    newest_gaps: Vec::new(),
+                    first_gap: None,
+                };
+                (d.to_string(), empty)
+            })
             .collect();
-        newest_gaps.reverse();
-        let first_gap = if newest_gaps.len() == max {
-            self.query_opt(
-                "SELECT MIN(from_seq) FROM gaps WHERE device = $1",
-                &[&device],
-            )?
-            .and_then(|r| r.get(0))
-        } else {
-            newest_gaps.first().map(|g| g.0)
-        };
-        Ok(LedgerMark {
-            last,
-            newest_gaps,
-            first_gap,
-        })
+        for r in self.query(
+            "SELECT device, last_seq FROM devices WHERE device = ANY($1)",
+            &[&names],
+        )? {
+            if let Some(m) = marks.get_mut(r.get::<_, &str>(0)) {
+                m.last = r.get(1);
+            }
+        }
+        for r in self.query(
+            "SELECT device, from_seq, to_seq FROM (
+                 SELECT device, from_seq, to_seq,
+                        row_number() OVER (PARTITION BY device ORDER BY from_seq DESC) AS newest
+                 FROM gaps WHERE device = ANY($1)) g
+             WHERE newest <= $2 ORDER BY device, from_seq",
+            &[&names, &(max as i64)],
+        )? {
+            if let Some(m) = marks.get_mut(r.get::<_, &str>(0)) {
+                m.newest_gaps.push((r.get(1), r.get(2)));
+            }
+        }
+        for r in self.query(
+            "SELECT device, MIN(from_seq) FROM gaps WHERE device = ANY($1) GROUP BY device",
+            &[&names],
+        )? {
+            if let Some(m) = marks.get_mut(r.get::<_, &str>(0)) {
+                m.first_gap = r.get(1);
+            }
+        }
+        Ok(devices
+            .iter()
+            .map(|d| marks.remove(*d).expect("every device has a mark"))
+            .collect())
     }
 
     fn series_id(&self, device: &str, point: &str) -> anyhow::Result<i64> {
@@ -574,6 +741,7 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn latest_checkpoint(&self, device: &str, point: &str) -> anyhow::Result<Option<CounterTrack>> {
+        self.flush_checkpoints()?;
         Ok(self
             .query_opt(
                 "SELECT through_ms, ts_ms, value, rejected, changed_ms, rate_per_h FROM counter_checkpoints
@@ -590,6 +758,7 @@ impl WriteTx for PgTx<'_, '_> {
         slot_ms: i64,
         ts_ms: i64,
     ) -> anyhow::Result<Option<CounterTrack>> {
+        self.flush_checkpoints()?;
         Ok(self
             .query_opt(
                 "SELECT through_ms, ts_ms, value, rejected, changed_ms, rate_per_h FROM counter_checkpoints
@@ -607,16 +776,12 @@ impl WriteTx for PgTx<'_, '_> {
         slot_ms: i64,
         t: &CounterTrack,
     ) -> anyhow::Result<()> {
-        let Some((ts, v)) = t.anchor else {
-            return Ok(());
-        };
-        self.execute(
-            "INSERT INTO counter_checkpoints (device, point, slot_ms, through_ms, ts_ms, value, rejected, changed_ms, rate_per_h)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (device, point, slot_ms) DO UPDATE SET through_ms = $4, ts_ms = $5, value = $6,
-               rejected = $7, changed_ms = $8, rate_per_h = $9",
-            &[&device, &point, &slot_ms, &t.through_ms, &ts, &v, &i64::from(t.rejected), &t.changed_ms, &t.rate_per_h],
-        )?;
+        if t.anchor.is_some() {
+            // A later state of the same slot replaces an earlier one, as the upsert would.
+            self.checkpoints
+                .borrow_mut()
+                .insert((device.to_owned(), point.to_owned(), slot_ms), *t);
+        }
         Ok(())
     }
 
@@ -627,14 +792,19 @@ impl WriteTx for PgTx<'_, '_> {
         slot_ms: i64,
         r: &PointSlot,
     ) -> anyhow::Result<()> {
-        self.execute(
-            "INSERT INTO point_slots (device, point, slot_ms, delta, covered_ms, estimated) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (device, point, slot_ms) DO UPDATE SET
-               delta = point_slots.delta + EXCLUDED.delta,
-               covered_ms = point_slots.covered_ms + EXCLUDED.covered_ms,
-               estimated = point_slots.estimated + EXCLUDED.estimated",
-            &[&device, &point, &slot_ms, &r.delta, &r.covered_ms, &r.estimated],
-        )?;
+        let key = (device.to_owned(), point.to_owned(), slot_ms);
+        if self.slots.borrow().keys.contains(&key) {
+            // Added in the order given, as one upsert each would.
+            self.flush_slots()?;
+        }
+        let mut rows = self.slots.borrow_mut();
+        rows.keys.insert(key);
+        rows.device.push(device.to_owned());
+        rows.point.push(point.to_owned());
+        rows.slot_ms.push(slot_ms);
+        rows.delta.push(r.delta);
+        rows.covered_ms.push(r.covered_ms);
+        rows.estimated.push(r.estimated);
         Ok(())
     }
 
@@ -653,6 +823,7 @@ impl WriteTx for PgTx<'_, '_> {
         series: i64,
         from_ms: i64,
     ) -> anyhow::Result<Vec<Reading>> {
+        self.flush_raw()?;
         let from = from_ms.saturating_add(1);
         let rows = self.query(
             "SELECT seq, ts_ms, points FROM messages WHERE device = $1 AND ts_ms >= $2

@@ -69,6 +69,37 @@ fn checkpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CounterTrack> {
 
 const CHECKPOINT_COLUMNS: &str = "through_ms, ts_ms, value, rejected, changed_ms, rate_per_h";
 
+impl SqliteTx<'_> {
+    fn ledger_mark(&self, device: &str, max: usize) -> anyhow::Result<LedgerMark> {
+        let last: i64 = self
+            .0
+            .prepare_cached("SELECT last_seq FROM devices WHERE device = ?1")?
+            .query_row([device], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let mut newest: Vec<(i64, i64)> = self
+            .0
+            .prepare_cached(
+                "SELECT from_seq, to_seq FROM gaps WHERE device = ?1 ORDER BY from_seq DESC LIMIT ?2",
+            )?
+            .query_map(params![device, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        newest.reverse();
+        let first_gap = match newest.len() == max {
+            true => self
+                .0
+                .prepare_cached("SELECT MIN(from_seq) FROM gaps WHERE device = ?1")?
+                .query_row([device], |r| r.get(0))?,
+            false => newest.first().map(|g| g.0),
+        };
+        Ok(LedgerMark {
+            last,
+            newest_gaps: newest,
+            first_gap,
+        })
+    }
+}
+
 impl WriteTx for SqliteTx<'_> {
     fn ledger_row(&self, device: &str) -> anyhow::Result<Option<(i64, i64)>> {
         Ok(self
@@ -235,33 +266,8 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn ledger_mark(&self, device: &str, max: usize) -> anyhow::Result<LedgerMark> {
-        let last: i64 = self
-            .0
-            .prepare_cached("SELECT last_seq FROM devices WHERE device = ?1")?
-            .query_row([device], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        let mut newest: Vec<(i64, i64)> = self
-            .0
-            .prepare_cached(
-                "SELECT from_seq, to_seq FROM gaps WHERE device = ?1 ORDER BY from_seq DESC LIMIT ?2",
-            )?
-            .query_map(params![device, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        newest.reverse();
-        let first_gap = match newest.len() == max {
-            true => self
-                .0
-                .prepare_cached("SELECT MIN(from_seq) FROM gaps WHERE device = ?1")?
-                .query_row([device], |r| r.get(0))?,
-            false => newest.first().map(|g| g.0),
-        };
-        Ok(LedgerMark {
-            last,
-            newest_gaps: newest,
-            first_gap,
-        })
+    fn ledger_marks(&self, devices: &[&str], max: usize) -> anyhow::Result<Vec<LedgerMark>> {
+        devices.iter().map(|d| self.ledger_mark(d, max)).collect()
     }
 
     fn series_id(&self, device: &str, point: &str) -> anyhow::Result<i64> {
