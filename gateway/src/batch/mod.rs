@@ -82,6 +82,10 @@ pub struct KeptRefusal<'a> {
 /// part of that one transaction; nothing is visible to others before the backend commits.
 /// Methods take `&self` (a backend whose transaction needs `&mut` keeps it in a `RefCell`).
 pub trait WriteTx {
+    /// Sees the whole batch before it is written (to look up at once what it will ask).
+    fn prepare(&self, _batch: &[Incoming]) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// The device's last sequence number and its poll time.
     fn ledger_row(&self, device: &str) -> anyhow::Result<Option<(i64, i64)>>;
     /// Turns back into rows whatever compacted history holds `seq` or the day of `ts_ms`
@@ -220,6 +224,7 @@ pub fn write_batch(
     let mut out = BatchOutcome::default();
     let mut gathered = Gathered::default();
     let mut touched = Touched::default();
+    tx.prepare(batch)?;
     for item in batch {
         match item {
             Incoming::Telemetry(t, raw) => {

@@ -185,6 +185,7 @@ impl PgStore {
                     .as_ref()
                     .map(|l| format!("{}#{}", l.slot, l.epoch)),
                 raw: RefCell::default(),
+                numbers: RefCell::default(),
                 slots: RefCell::default(),
                 checkpoints: RefCell::default(),
                 devices: RefCell::default(),
@@ -258,6 +259,8 @@ struct PgTx<'t, 'c> {
     /// Raw messages numbered in this batch and not yet inserted: written many to a statement
     /// (before anything reads raw messages, and at the batch's end).
     raw: RefCell<RawRows>,
+    /// The batch's (device, seq) and those of them stored before it (looked up at once).
+    numbers: RefCell<Numbers>,
     /// The batch's rollup additions, counter checkpoints and ledger rows, written many to a
     /// statement at its end (or before something reads them).
     slots: RefCell<SlotRows>,
@@ -269,6 +272,18 @@ struct PgTx<'t, 'c> {
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+/// The sequence numbers of a batch: which it holds, which were stored before it, and those it
+/// stores, to be inserted many to a statement.
+#[derive(Default)]
+struct Numbers {
+    in_batch: HashSet<(String, i64)>,
+    stored_before: HashSet<(String, i64)>,
+    new: HashSet<(String, i64)>,
+    device: Vec<String>,
+    seq: Vec<i64>,
+    ts_ms: Vec<i64>,
+}
 
 /// Rollup additions, column by column, each key once.
 #[derive(Default)]
@@ -308,8 +323,41 @@ struct RawRows {
 }
 
 impl PgTx<'_, '_> {
-    /// Inserts the raw messages held back, in one statement.
+    /// Inserts the numbers held back, in one statement: `ON CONFLICT DO NOTHING RETURNING`
+    /// tells whether each was new; one that was not (a writer outside the slots stored it
+    /// meanwhile) fails the batch, which is retried and then finds it stored.
+    fn flush_numbers(&self) -> anyhow::Result<()> {
+        let (device, seq, ts_ms) = {
+            let mut n = self.numbers.borrow_mut();
+            (
+                std::mem::take(&mut n.device),
+                std::mem::take(&mut n.seq),
+                std::mem::take(&mut n.ts_ms),
+            )
+        };
+        if seq.is_empty() {
+            return Ok(());
+        }
+        let inserted = self
+            .query(
+                "INSERT INTO message_numbers (device, seq, ts_ms, written_by)
+                 SELECT d, s, t, $4::text FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(d, s, t)
+                 ON CONFLICT DO NOTHING RETURNING seq",
+                &[&device, &seq, &ts_ms, &self.writer],
+            )?
+            .len();
+        anyhow::ensure!(
+            inserted == seq.len(),
+            "{} of {} sequence numbers were stored meanwhile by another writer; the batch is retried",
+            seq.len() - inserted,
+            seq.len()
+        );
+        Ok(())
+    }
+
+    /// Inserts the raw messages held back (and their numbers), in one statement each.
     fn flush_raw(&self) -> anyhow::Result<()> {
+        self.flush_numbers()?;
         let rows = std::mem::take(&mut *self.raw.borrow_mut());
         if rows.seq.is_empty() {
             return Ok(());
@@ -463,7 +511,45 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(0)
     }
 
+    fn prepare(&self, batch: &[Incoming]) -> anyhow::Result<()> {
+        let (mut device, mut seq) = (Vec::new(), Vec::new());
+        let mut numbers = self.numbers.borrow_mut();
+        for item in batch {
+            if let Incoming::Telemetry(t, _) = item {
+                if numbers.in_batch.insert((t.device.clone(), t.seq as i64)) {
+                    device.push(t.device.clone());
+                    seq.push(t.seq as i64);
+                }
+            }
+        }
+        drop(numbers);
+        if device.is_empty() {
+            return Ok(());
+        }
+        let stored: HashSet<(String, i64)> = self
+            .query(
+                "SELECT m.device, m.seq FROM message_numbers m
+                 JOIN unnest($1::text[], $2::int8[]) AS b(device, seq) USING (device, seq)",
+                &[&device, &seq],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        self.numbers.borrow_mut().stored_before = stored;
+        Ok(())
+    }
+
     fn message_stored(&self, device: &str, seq: i64) -> anyhow::Result<bool> {
+        {
+            let n = self.numbers.borrow();
+            let key = (device.to_owned(), seq);
+            if n.new.contains(&key) || n.stored_before.contains(&key) {
+                return Ok(true);
+            }
+            if n.in_batch.contains(&key) {
+                return Ok(false);
+            }
+        }
         Ok(self
             .query_opt(
                 "SELECT 1 FROM message_numbers WHERE device = $1 AND seq = $2",
@@ -479,13 +565,15 @@ impl WriteTx for PgTx<'_, '_> {
         points: &[u8],
     ) -> anyhow::Result<bool> {
         let seq = t.seq as i64;
-        let new = self.query_opt(
-            "INSERT INTO message_numbers (device, seq, ts_ms, written_by) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING RETURNING seq",
-            &[&t.device, &seq, &t.ts_ms, &self.writer],
-        )?;
-        if new.is_none() {
+        if self.message_stored(&t.device, seq)? {
             return Ok(false);
+        }
+        {
+            let mut n = self.numbers.borrow_mut();
+            n.new.insert((t.device.clone(), seq));
+            n.device.push(t.device.clone());
+            n.seq.push(seq);
+            n.ts_ms.push(t.ts_ms);
         }
         self.partition_for(t.ts_ms)?;
         let mut raw = self.raw.borrow_mut();
@@ -809,6 +897,7 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn highest_seq_at(&self, device: &str, ts_ms: i64) -> anyhow::Result<Option<i64>> {
+        self.flush_numbers()?;
         Ok(self
             .query_opt(
                 "SELECT MAX(seq) FROM message_numbers WHERE device = $1 AND ts_ms = $2",
