@@ -611,6 +611,11 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 
 #[tokio::main]
 async fn main() {
+    if std::env::var("BENCH_LOG").is_ok() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200_000);
     let storage = args

@@ -693,3 +693,51 @@ fn each_commit_tells_the_edge_its_devices_watermark_gaps_and_what_it_kept_aside(
     assert_eq!((m.device.as_str(), m.through, m.last), ("new-meter", 0, 0));
     assert!(m.covers(3) && !m.covers(1) && !m.covers(4));
 }
+
+#[test]
+fn a_batch_waits_for_another_writer_instead_of_failing() {
+    // Found by the ingest bench: the alarm book wrote while a batch had read and not yet
+    // written; the batch failed with "database is locked" and was retried a second later.
+    let path = temp_db("busy");
+    let mut store = Store::open(&path).unwrap();
+    let r = rules();
+    store.write_batch(&[msg(1, 0, 1.0)], &r, 0).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let conn = open_conn(&path).unwrap();
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                conn.execute(
+                    "INSERT INTO quarantine_totals (reason, count, bytes) VALUES ('other', 1, 0)
+                     ON CONFLICT (reason) DO UPDATE SET count = count + 1",
+                    [],
+                )
+                .unwrap();
+                writes += 1;
+                // Now and then, as the alarm book and upkeep write.
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+            writes
+        })
+    };
+    let mut failed = 0;
+    for seq in 2..1_000u64 {
+        if store
+            .write_batch(&[msg(seq, seq as i64 * 60_000, seq as f64 * 0.1)], &r, 0)
+            .is_err()
+        {
+            failed += 1;
+        }
+        // Batches come apart in time, as messages do.
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = other.join().unwrap();
+    assert_eq!(
+        failed, 0,
+        "batches failed while another connection wrote ({writes} writes)"
+    );
+    assert!(writes > 10, "the other writer wrote meanwhile: {writes}");
+}
