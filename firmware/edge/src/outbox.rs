@@ -15,6 +15,9 @@ pub struct Message {
     pub retain: bool,
     /// Its record in the disk spool, if it has one (telemetry does, status does not).
     pub spool_id: Option<u64>,
+    /// Its device and sequence number, when already read from it (protocol v1.1 looks them
+    /// up when reading the spool; the PUBACK then needs no second parse).
+    pub key: Option<(String, u64)>,
 }
 
 impl Message {
@@ -26,6 +29,7 @@ impl Message {
             payload: serde_json::to_vec(t).expect("telemetry serializes"),
             retain: false,
             spool_id,
+            key: None,
         }
     }
 }
@@ -137,6 +141,7 @@ mod tests {
             payload: vec![n],
             retain: false,
             spool_id: Some(n.into()),
+            key: None,
         }
     }
 

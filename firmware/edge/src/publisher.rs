@@ -95,6 +95,7 @@ fn status(cfg: &PublisherConfig, online: bool, spool: Option<(u64, u64)>) -> Mes
         payload: serde_json::to_vec(&s).expect("status serializes"),
         retain: true,
         spool_id: None,
+        key: None,
     }
 }
 
@@ -226,21 +227,26 @@ pub async fn run(
                     for r in records {
                         // After a rewind or a restart: what the gateway already has is released
                         // without sending it again.
-                        if wait_for_commit {
-                            if let Some((device, seq)) = message_key(&r.topic, &r.payload) {
-                                if confirmations.covers(&device, seq) {
-                                    if let Err(e) = s.ack(r.id) {
-                                        tracing::error!(error = %e, "Cannot mark a spooled message delivered.");
-                                    }
-                                    continue;
-                                }
+                        let key = if wait_for_commit {
+                            message_key(&r.topic, &r.payload)
+                        } else {
+                            None
+                        };
+                        if key
+                            .as_ref()
+                            .is_some_and(|(device, seq)| confirmations.covers(device, *seq))
+                        {
+                            if let Err(e) = s.ack(r.id) {
+                                tracing::error!(error = %e, "Cannot mark a spooled message delivered.");
                             }
+                            continue;
                         }
                         outbox.push(Message {
                             topic: r.topic,
                             payload: r.payload,
                             retain: false,
                             spool_id: Some(r.id),
+                            key,
                         });
                     }
                 }
@@ -306,9 +312,15 @@ pub async fn run(
                             if id < backlog_below {
                                 metrics.replayed.inc();
                             }
-                            let release = match (wait_for_commit, message_key(&m.topic, &m.payload)) {
-                                (true, Some((device, seq))) => confirmations.on_puback(&device, seq, id, clock_s(started)),
-                                _ => Some(id),
+                            // Parsed only on v1.1, and once: when read from the spool (or here, for
+                            // what was read before the gateway was first heard).
+                            let key = match wait_for_commit {
+                                true => m.key.or_else(|| message_key(&m.topic, &m.payload)),
+                                false => None,
+                            };
+                            let release = match key {
+                                Some((device, seq)) => confirmations.on_puback(&device, seq, id, clock_s(started)),
+                                None => Some(id),
                             };
                             metrics.awaiting_commit.set(confirmations.awaiting() as i64);
                             if let Some(id) = release {
