@@ -32,7 +32,7 @@ use crate::metrics::{KindLabel, Metrics};
 pub use crate::store::alarm_book::{
     change, AckOutcome, AlarmBook, AlarmRow, Change, DeviceState, Kind, Observation,
 };
-use crate::store::Reader;
+use crate::view::Reader;
 use ems_energy::counter::{HOUR_MS, SLOT_MS};
 use ems_energy::figures::unit_figures;
 use ems_energy::Plant;

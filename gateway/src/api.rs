@@ -19,7 +19,7 @@ use crate::alarms::{AckOutcome, AlarmBook, AlarmRow};
 use crate::clock::NowFn;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::Reader;
+use crate::view::Reader;
 use ems_energy::calendar::{buckets, buckets_at_most, local_rfc3339, Period};
 use ems_energy::counter::HOUR_MS;
 use ems_energy::figures::{point_completeness, unit_figures};
@@ -32,12 +32,26 @@ pub struct AppState {
     pub reader: Arc<Reader>,
     /// The uploader's last error per endpoint.
     pub upload_errors: crate::upload::UploadErrors,
-    pub alarms: Arc<std::sync::Mutex<AlarmBook>>,
+    /// `None` on the postgres backend, which keeps no alarm book yet.
+    pub alarms: Option<Arc<std::sync::Mutex<AlarmBook>>>,
+    /// A gateway slot's member: its role, shown by `/healthz`.
+    pub node: Option<Arc<std::sync::Mutex<NodeRole>>>,
     pub metrics: Arc<Metrics>,
     pub committed: broadcast::Sender<()>,
     pub now: NowFn,
     /// Ends the live streams, so that an open dashboard does not hold up a graceful stop.
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// What a PostgreSQL gateway is doing, as `/healthz` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeRole {
+    /// `standby` until this instance holds its slot (or, without a slot, connects), then
+    /// `active`.
+    pub role: &'static str,
+    pub slot: Option<String>,
+    pub instance: Option<String>,
+    pub epoch: Option<i64>,
 }
 
 /// Every way a request can fail, and its status.
@@ -360,7 +374,15 @@ async fn healthz(State(s): State<AppState>) -> Response {
         )
             .into_response();
     }
-    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+    let mut body = serde_json::json!({ "status": "ok" });
+    if let Some(node) = &s.node {
+        let role = serde_json::to_value(&*node.lock().expect("node role lock"))
+            .expect("a role serialises");
+        if let (Some(body), serde_json::Value::Object(role)) = (body.as_object_mut(), role) {
+            body.extend(role);
+        }
+    }
+    axum::Json(body).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -542,7 +564,7 @@ async fn enterprise_balance(
     Ok(Json(result))
 }
 
-async fn edges(State(s): State<AppState>) -> ApiResult<Vec<crate::store::EdgeRow>> {
+async fn edges(State(s): State<AppState>) -> ApiResult<Vec<crate::view::EdgeRow>> {
     let reader = s.reader.clone();
     let rows = tokio::task::spawn_blocking(move || reader.edges())
         .await
@@ -550,7 +572,7 @@ async fn edges(State(s): State<AppState>) -> ApiResult<Vec<crate::store::EdgeRow
     Ok(Json(rows))
 }
 
-async fn devices(State(s): State<AppState>) -> ApiResult<Vec<crate::store::DeviceRow>> {
+async fn devices(State(s): State<AppState>) -> ApiResult<Vec<crate::view::DeviceRow>> {
     let reader = s.reader.clone();
     let rows = tokio::task::spawn_blocking(move || reader.devices())
         .await
@@ -566,7 +588,7 @@ struct LimitQuery {
 async fn quarantine(
     State(s): State<AppState>,
     Query(q): Query<LimitQuery>,
-) -> ApiResult<Vec<crate::store::QuarantineRow>> {
+) -> ApiResult<Vec<crate::view::QuarantineRow>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
     let reader = s.reader.clone();
     let rows = tokio::task::spawn_blocking(move || reader.quarantine(limit))
@@ -578,7 +600,7 @@ async fn quarantine(
 /// Refusals by reason since the database was made (retention deletes entries, not counts).
 async fn quarantine_totals(
     State(s): State<AppState>,
-) -> ApiResult<Vec<crate::store::QuarantineTotal>> {
+) -> ApiResult<Vec<crate::view::QuarantineTotal>> {
     let reader = s.reader.clone();
     let rows = tokio::task::spawn_blocking(move || reader.quarantine_totals())
         .await
@@ -834,7 +856,7 @@ async fn report(
 async fn anomalies(
     State(s): State<AppState>,
     Query(q): Query<LimitQuery>,
-) -> ApiResult<Vec<crate::store::AnomalyRow>> {
+) -> ApiResult<Vec<crate::view::AnomalyRow>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let reader = s.reader.clone();
     let rows = tokio::task::spawn_blocking(move || reader.anomalies(limit))
@@ -844,7 +866,7 @@ async fn anomalies(
 }
 
 /// Recomputes every rollup from the raw samples and reports any difference.
-async fn integrity(State(s): State<AppState>) -> ApiResult<crate::store::Integrity> {
+async fn integrity(State(s): State<AppState>) -> ApiResult<crate::view::Integrity> {
     let (reader, rules) = (s.reader.clone(), s.config.accounting_rules());
     let out = tokio::task::spawn_blocking(move || reader.verify_rollups(&rules))
         .await
@@ -874,7 +896,7 @@ async fn alarms(
     Query(q): Query<AlarmQuery>,
 ) -> ApiResult<Vec<AlarmRow>> {
     let limit = q.limit.unwrap_or(200).clamp(1, 10_000);
-    let book = s.alarms.clone();
+    let book = alarm_book(&s)?;
     let rows = tokio::task::spawn_blocking(move || {
         book.lock()
             .expect("alarm book lock poisoned")
@@ -883,6 +905,16 @@ async fn alarms(
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(rows))
+}
+
+/// The alarm book, which only the SQLite backend keeps so far.
+fn alarm_book(s: &AppState) -> Result<Arc<std::sync::Mutex<AlarmBook>>, ApiError> {
+    s.alarms.clone().ok_or_else(|| {
+        ApiError::Refused(
+            StatusCode::NOT_IMPLEMENTED,
+            "alarms are not kept on the postgres backend yet (see docs/deployment.md)".into(),
+        )
+    })
 }
 
 /// The operator whose bearer token the request carries.
@@ -925,7 +957,7 @@ async fn ack_alarm(
     headers: HeaderMap,
 ) -> ApiResult<AlarmRow> {
     let by = operator(&s, &headers)?;
-    let (book, now_ms) = (s.alarms.clone(), (s.now)());
+    let (book, now_ms) = (alarm_book(&s)?, (s.now)());
     let outcome = tokio::task::spawn_blocking(move || {
         book.lock()
             .expect("alarm book lock poisoned")
@@ -964,7 +996,7 @@ async fn declare_lost(
     Path((device, from)): Path<(String, i64)>,
     headers: HeaderMap,
     Json(body): Json<LostBody>,
-) -> ApiResult<crate::store::LostRange> {
+) -> ApiResult<crate::view::LostRange> {
     let by = operator(&s, &headers)?;
     let reason = body.reason.trim().to_owned();
     if reason.is_empty() {
@@ -972,15 +1004,14 @@ async fn declare_lost(
             "a reason is required: the declaration is part of the record".into(),
         ));
     }
-    let (db, now_ms) = (s.config.storage.path.clone(), (s.now)());
+    let (reader, now_ms) = (s.reader.clone(), (s.now)());
     let dev = device.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        crate::store::declare_lost(&db, &dev, from, &by, &reason, now_ms)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))??;
+    let outcome =
+        tokio::task::spawn_blocking(move || reader.declare_lost(&dev, from, &by, &reason, now_ms))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))??;
     match outcome {
-        crate::store::DeclareOutcome::Declared(range) => {
+        crate::view::DeclareOutcome::Declared(range) => {
             tracing::warn!(
                 device,
                 from = range.from_seq,
@@ -992,7 +1023,7 @@ async fn declare_lost(
             let _ = s.committed.send(());
             Ok(Json(range))
         }
-        crate::store::DeclareOutcome::NoSuchGap => Err(ApiError::NotFound(format!(
+        crate::view::DeclareOutcome::NoSuchGap => Err(ApiError::NotFound(format!(
             "device {device} has no open gap starting at {from}"
         ))),
     }

@@ -178,6 +178,20 @@ impl Config {
             )),
             _ => {}
         }
+        // Their queues are SQLite's so far: refused rather than silently not run.
+        if config.storage.backend == Backend::Postgres {
+            for (table, set) in [
+                ("influx", config.influx.is_some()),
+                ("upload", config.upload.is_some()),
+            ] {
+                if set {
+                    return Err(src.error(
+                        table,
+                        format!("[{table}] is not run with backend = \"postgres\" yet (its queue is SQLite's); use the sqlite backend or remove [{table}]"),
+                    ));
+                }
+            }
+        }
         if let Some(c) = &config.cluster {
             if !valid_name(&c.slot) || !valid_name(&c.instance) {
                 return Err(src.error(
@@ -748,6 +762,11 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("cluster"), "{err}");
+        // A sink whose queue the backend does not keep is refused, never silently not run.
+        let sink = "[influx]\nurl = \"http://127.0.0.1:8086\"\norg = \"o\"\nbucket = \"b\"\ntoken = \"t\"\n";
+        assert!(with(path, path, sink).is_ok());
+        let err = with(path, &postgres, sink).unwrap_err().to_string();
+        assert!(err.contains("influx") && err.contains("postgres"), "{err}");
     }
 
     #[test]

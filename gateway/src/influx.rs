@@ -33,7 +33,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::Reader;
+use crate::view::Reader;
 use ems_energy::counter::SLOT_MS;
 use ems_energy::figures::unit_figures;
 use ems_energy::indicators::Indicator;

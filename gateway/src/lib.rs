@@ -27,6 +27,7 @@ pub mod runtime;
 pub mod storage;
 pub mod store;
 pub mod upload;
+pub mod view;
 
 pub use config::Config;
 pub use ems_energy::Plant;

@@ -288,16 +288,20 @@ async fn run() -> anyhow::Result<()> {
                     .map(|t| t.timestamp_millis())
                     .with_context(|| format!("--{name} {t}: not an RFC 3339 time"))
             };
-            let store = ems_gateway::store::Store::open(&config.storage.path)?;
-            let n = store.reader()?.export_csv(
-                device.as_deref(),
-                time("from", &from)?,
-                time("to", &to)?,
-                std::io::stdout().lock(),
-            )?;
+            let (from, to) = (time("from", &from)?, time("to", &to)?);
+            // Off the runtime: PostgreSQL's client blocks.
+            let n = tokio::task::spawn_blocking(move || {
+                ems_gateway::runtime::open_reader(&config)?.export_csv(
+                    device.as_deref(),
+                    from,
+                    to,
+                    &mut std::io::stdout().lock(),
+                )
+            })
+            .await??;
             tracing::info!(rows = n, "Exported.");
         }
-        Command::Report { kind } => report(kind)?,
+        Command::Report { kind } => tokio::task::spawn_blocking(move || report(kind)).await??,
         Command::Receive {
             listen,
             out,
@@ -386,7 +390,7 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
     let config = Config::load(&config)?;
     // The font is looked for before the long part of a report.
     let font = output.font()?;
-    let reader = ems_gateway::store::Store::open(&config.storage.path)?.reader()?;
+    let reader = ems_gateway::runtime::open_reader(&config)?;
     let inputs = report::Inputs {
         plant: &config.plant,
         reader: &reader,

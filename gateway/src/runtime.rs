@@ -86,7 +86,8 @@ pub async fn serve(
         config,
         reader,
         upload_errors,
-        alarms: alarm_book,
+        alarms: Some(alarm_book),
+        node: None,
         metrics: metrics.clone(),
         committed: committed.clone(),
         now,
@@ -123,21 +124,12 @@ pub async fn serve(
     http_result
 }
 
-/// What a PostgreSQL ingest node is doing, as `/healthz` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-struct NodeState {
-    /// `standby` until this instance holds its slot, then `active`.
-    role: &'static str,
-    slot: Option<String>,
-    instance: Option<String>,
-    epoch: Option<i64>,
-}
-
 /// A gateway whose ingest commits to PostgreSQL: in a slot (`[cluster]`), it stands by until it
 /// holds the slot's lease, then ingests its sites with the slot's MQTT client id and persistent
 /// session, renewing the lease; a writer whose lease was taken over stops (its commits are
-/// fenced by the epoch anyway). HTTP serves `/healthz` (with the role) and `/metrics`: the API,
-/// reports and dashboard do not read PostgreSQL yet.
+/// fenced by the epoch anyway). Active or standing by, it serves the API and dashboard over
+/// every site of the database (the central view), `/healthz` with its role; alarms, the
+/// InfluxDB sink and upload are not run on this backend yet (the configuration refuses them).
 async fn serve_postgres(
     config: Config,
     listener: TcpListener,
@@ -145,7 +137,6 @@ async fn serve_postgres(
     subscribed: Option<oneshot::Sender<()>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    use axum::routing::get;
     let url = config
         .storage
         .url
@@ -153,30 +144,36 @@ async fn serve_postgres(
         .context("[storage] url for the postgres backend")?;
     let cluster = config.cluster.clone();
     let metrics = Arc::new(metrics::Metrics::default());
-    let state = Arc::new(std::sync::Mutex::new(NodeState {
+    let state = Arc::new(std::sync::Mutex::new(api::NodeRole {
         role: "standby",
         slot: cluster.as_ref().map(|c| c.slot.clone()),
         instance: cluster.as_ref().map(|c| c.instance.clone()),
         epoch: None,
     }));
-    let router = axum::Router::new()
-        .route(
-            "/healthz",
-            get({
-                let state = state.clone();
-                move || async move { axum::Json(state.lock().expect("node state lock").clone()) }
-            }),
-        )
-        .route(
-            "/metrics",
-            get({
-                let metrics = metrics.clone();
-                move || async move { metrics.render() }
-            }),
-        );
+    // The central view reads what every slot commits: the live page is told every few seconds
+    // besides this node's own commits.
+    let (committed, _) = broadcast::channel(16);
+    let config = Arc::new(config);
+    let opened = config.clone();
+    let reader = tokio::task::spawn_blocking(move || open_reader(&opened))
+        .await
+        .context("reader task panicked")??;
+    let app = api::AppState {
+        config: config.clone(),
+        reader: Arc::new(reader),
+        upload_errors: upload::UploadErrors::default(),
+        alarms: None,
+        node: Some(state.clone()),
+        metrics: metrics.clone(),
+        committed: committed.clone(),
+        now: now.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let ticks = tokio::spawn(tick(committed.clone(), shutdown.clone()));
+    let upkeep_task = tokio::spawn(pg_upkeep(config.clone(), now.clone(), shutdown.clone()));
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(listener, api::router(app))
             .with_graceful_shutdown(http_shutdown.cancelled_owned())
             .await
             .context("HTTP server failed")
@@ -209,6 +206,8 @@ async fn serve_postgres(
     .context("slot task panicked")??;
     let Some(store) = taken else {
         http.await.context("HTTP task panicked")??;
+        ticks.await.context("tick task panicked")?;
+        upkeep_task.await.context("upkeep task panicked")?;
         return Ok(());
     };
     // The lease keeper: a connection of its own renews every third of the lease; a lease
@@ -257,7 +256,6 @@ async fn serve_postgres(
         // A slot takes only its own sites off the shared broker.
         only_sites: cluster.as_ref().map(|_| config.ingest.sites.clone()),
     };
-    let (committed, _) = broadcast::channel(16);
     let ingest_result = ingest::run(
         ingest_cfg,
         store,
@@ -268,6 +266,8 @@ async fn serve_postgres(
     )
     .await;
     shutdown.cancel();
+    ticks.await.context("tick task panicked")?;
+    upkeep_task.await.context("upkeep task panicked")?;
     let keeper_result = match keeper {
         Some(k) => k.await.context("lease task panicked")?,
         None => Ok(()),
@@ -275,6 +275,77 @@ async fn serve_postgres(
     http.await.context("HTTP task panicked")??;
     ingest_result?;
     keeper_result
+}
+
+/// The record the configuration names, for reading (its schema brought up to date first): what
+/// the command line's reports and export read. Blocks (PostgreSQL's client): call it off the
+/// runtime.
+pub fn open_reader(config: &Config) -> anyhow::Result<crate::view::Reader> {
+    match config.storage.backend {
+        crate::config::Backend::Sqlite => Store::open(&config.storage.path)?.reader(),
+        crate::config::Backend::Postgres => {
+            let url = config
+                .storage
+                .url
+                .as_deref()
+                .context("[storage] url for the postgres backend")?;
+            drop(crate::pg::PgStore::connect(url)?);
+            Ok(crate::view::Reader::new(crate::pg::PgReader::connect(url)?))
+        }
+    }
+}
+
+/// At start and then hourly until `shutdown`, on PostgreSQL: raw history past
+/// `raw_retention_days` dropped by day partitions, quarantine entries past their retention and
+/// checkpoints no late reading can need deleted. Every gateway of the database runs it; each
+/// step is idempotent.
+async fn pg_upkeep(config: Arc<Config>, now: NowFn, shutdown: CancellationToken) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3_600));
+    loop {
+        tokio::select! {
+            _ = hourly.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let (config, now_ms) = (config.clone(), now());
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            use crate::pg::upkeep;
+            let url = config.storage.url.as_deref().context("[storage] url")?;
+            let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+            if let Some(days) = config.storage.raw_retention_days {
+                let before_ms = now_ms - i64::from(days) * 86_400_000;
+                let done = upkeep::drop_raw_before(&mut client, before_ms)?;
+                if done.partitions > 0 {
+                    tracing::info!(partitions = done.partitions, messages = done.messages, before = %store::rfc3339(before_ms), "Old raw days dropped (retention).");
+                }
+            }
+            if let Some(days) = config.quarantine.retention_days {
+                let n = upkeep::prune_quarantine(&mut client, now_ms - i64::from(days) * 86_400_000)?;
+                if n > 0 {
+                    tracing::info!(entries = n, "Old quarantine entries deleted (their counts are kept).");
+                }
+            }
+            let window = config.ingest.max_late_s as i64 * 1000 + ems_energy::counter::SLOT_MS;
+            upkeep::prune_checkpoints(&mut client, window)?;
+            Ok(())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Upkeep failed; retried in an hour."),
+            Err(e) => tracing::error!(error = %e, "Upkeep task failed."),
+        }
+    }
+}
+
+/// Tells the live page every 5 s until `shutdown` (what other slots committed is not heard here).
+async fn tick(committed: broadcast::Sender<()>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = every.tick() => { let _ = committed.send(()); }
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// At start and then hourly until `shutdown`: raw samples older than `raw_retention_days` (if

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::NowFn;
-use crate::store::Reader;
+use crate::view::Reader;
 use ems_energy::calendar::{buckets, local_rfc3339, Period};
 use ems_energy::figures::unit_figures;
 use ems_energy::Plant;

@@ -173,7 +173,7 @@ fn write_two_days(
 }
 
 /// The report inputs over the store, a year and more after the readings.
-fn inputs<'a>(config: &'a Config, reader: &'a ems_gateway::store::Reader) -> report::Inputs<'a> {
+fn inputs<'a>(config: &'a Config, reader: &'a ems_gateway::view::Reader) -> report::Inputs<'a> {
     report::Inputs {
         plant: &config.plant,
         reader,

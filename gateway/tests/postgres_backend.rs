@@ -4,6 +4,9 @@
 //! - The same batches written to SQLite and to PostgreSQL give the same outcomes (acks
 //!   included) and the same record: ledger, gaps, lost ranges, rollups, counter checkpoints,
 //!   anomalies, quarantine totals, edges.
+//! - What the API reads (devices, edges, rollups, quarantine, anomalies, the integrity check,
+//!   the export, a gap declared lost) is the same from both.
+//! - Retention drops PostgreSQL's raw days whole and keeps the ledger.
 //! - A slot's lease fences its writers: after a takeover the old writer's commit is refused and
 //!   writes nothing.
 
@@ -12,9 +15,11 @@ use std::collections::{BTreeMap, HashMap};
 use ems_core::wire::{PointValue, Status, Telemetry};
 use ems_core::Quality;
 use ems_energy::counter::{CounterRule, GapFill};
-use ems_gateway::pg::{PgStore, ScratchDatabase};
+use ems_gateway::pg::upkeep::{drop_raw_before, Dropped};
+use ems_gateway::pg::{PgReader, PgStore, ScratchDatabase};
 use ems_gateway::storage::{AccountingRules, Fenced, Incoming, Origin, Rejected, WriteRules};
 use ems_gateway::store::Store;
+use ems_gateway::view::{DeclareOutcome, Reader};
 
 /// A database of the test's own on the machine's server (or `EMS_TEST_POSTGRES`).
 fn scratch(tag: &str) -> ScratchDatabase {
@@ -188,6 +193,35 @@ fn workload(seed: u64) -> Vec<Vec<Incoming>> {
     batches
 }
 
+/// The workload written batch by batch to both stores, each batch's outcomes compared. Returns
+/// the messages stored, duplicates, late samples and anomalies.
+fn write_both(lite: &mut Store, pg: &mut PgStore) -> (u64, u64, u64, usize) {
+    let r = rules();
+    let mut totals = (0, 0, 0, 0);
+    for (i, batch) in workload(0x9E37_79B9_7F4A_7C15).iter().enumerate() {
+        let received = 1_767_300_000_000 + i as i64;
+        let a = lite.write_batch(batch, &r, received).unwrap();
+        let b = pg.write_batch(batch, &r, received).unwrap();
+        assert_eq!(
+            a, b,
+            "batch {i}: the same outcome, the marks told to the edge included"
+        );
+        totals.0 += a.stored;
+        totals.1 += a.duplicates;
+        totals.2 += a.late_samples;
+        totals.3 += a.anomalies.len();
+    }
+    totals
+}
+
+fn temp_sqlite(tag: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("ems-pg-{tag}-{}.db", std::process::id()));
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+    path
+}
+
 type Rows = Vec<Vec<String>>;
 
 /// A query's rows as text, the same for both databases.
@@ -247,27 +281,9 @@ fn pg_rows(client: &mut postgres::Client, sql: &str) -> Rows {
 fn postgres_keeps_the_record_sqlite_keeps_of_the_same_batches() {
     let db = scratch("same");
     let mut pg = PgStore::connect(&db.url()).unwrap();
-    let path = std::env::temp_dir().join(format!("ems-pg-same-{}.db", std::process::id()));
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
+    let path = temp_sqlite("same");
     let mut lite = Store::open(&path).unwrap();
-    let r = rules();
-    let batches = workload(0x9E37_79B9_7F4A_7C15);
-    let mut totals = (0, 0, 0, 0);
-    for (i, batch) in batches.iter().enumerate() {
-        let received = 1_767_300_000_000 + i as i64;
-        let a = lite.write_batch(batch, &r, received).unwrap();
-        let b = pg.write_batch(batch, &r, received).unwrap();
-        assert_eq!(
-            a, b,
-            "batch {i}: the same outcome, the marks told to the edge included"
-        );
-        totals.0 += a.stored;
-        totals.1 += a.duplicates;
-        totals.2 += a.late_samples;
-        totals.3 += a.anomalies.len();
-    }
+    let totals = write_both(&mut lite, &mut pg);
     // The workload reaches what it is for.
     let (stored, duplicates, late, anomalies) = totals;
     assert!(
@@ -367,4 +383,159 @@ fn after_a_takeover_the_old_writer_commits_nothing() {
     assert_eq!(rows, vec![vec!["1".to_owned()], vec!["2".to_owned()]]);
     let ledger = pg_rows(standby.client(), "SELECT last_seq, messages FROM devices");
     assert_eq!(ledger, vec![vec!["2".to_owned(), "2".to_owned()]]);
+}
+
+/// What the API, reports and alarms read: the same from PostgreSQL as from SQLite after the
+/// same batches, the operator's declaration of a lost gap included.
+#[test]
+fn the_api_reads_the_same_record_from_either_backend() {
+    let db = scratch("view");
+    let mut pg = PgStore::connect(&db.url()).unwrap();
+    let path = temp_sqlite("view");
+    let mut lite = Store::open(&path).unwrap();
+    write_both(&mut lite, &mut pg);
+    let a = lite.reader().unwrap();
+    let b = Reader::new(PgReader::connect(&db.url()).unwrap());
+
+    let devices = a.devices().unwrap();
+    assert_eq!(devices.len(), DEVICES.len());
+    assert!(devices.iter().any(|d| !d.gaps.is_empty()), "{devices:#?}");
+    assert_eq!(devices, b.devices().unwrap());
+    assert_eq!(a.edges().unwrap(), b.edges().unwrap());
+    let totals = a.sequence_totals().unwrap();
+    assert!(totals.0 > 0, "{totals:?}");
+    assert_eq!(totals, b.sequence_totals().unwrap());
+    for device in DEVICES {
+        for point in ["total", "power"] {
+            assert_eq!(
+                a.first_slot(device, point).unwrap(),
+                b.first_slot(device, point).unwrap()
+            );
+            let slots = a.point_slots(device, point, 0, i64::MAX).unwrap();
+            assert_eq!(slots, b.point_slots(device, point, 0, i64::MAX).unwrap());
+            assert_eq!(slots.is_empty(), point == "power", "{device}/{point}");
+        }
+    }
+    let quarantine = a.quarantine(1_000).unwrap();
+    assert!(quarantine.len() >= 2, "{quarantine:#?}");
+    assert_eq!(quarantine, b.quarantine(1_000).unwrap());
+    assert_eq!(quarantine[..1], b.quarantine(1).unwrap()[..]);
+    let id = quarantine[0].id;
+    assert_eq!(
+        a.quarantine_payload(id).unwrap(),
+        b.quarantine_payload(id).unwrap()
+    );
+    assert_eq!(
+        a.quarantine_totals().unwrap(),
+        b.quarantine_totals().unwrap()
+    );
+    let anomalies = a.anomalies(1_000).unwrap();
+    assert!(!anomalies.is_empty());
+    assert_eq!(anomalies, b.anomalies(1_000).unwrap());
+
+    // The integrity check: every rollup recomputed from the raw samples, on either backend.
+    let accounting = rules().accounting;
+    let check = a.verify_rollups(&accounting).unwrap();
+    assert!(
+        check.mismatches.is_empty() && check.samples_checked > 800,
+        "{check:#?}"
+    );
+    assert_eq!(check, b.verify_rollups(&accounting).unwrap());
+    // The auditor's export: byte for byte, all devices and one over an hour.
+    let export = |r: &Reader, device: Option<&str>, from: i64, to: i64| {
+        let mut out = Vec::new();
+        let n = r.export_csv(device, from, to, &mut out).unwrap();
+        (n, String::from_utf8(out).unwrap())
+    };
+    let all = export(&a, None, 0, i64::MAX);
+    assert!(all.0 > 800, "{}", all.0);
+    assert_eq!(all, export(&b, None, 0, i64::MAX));
+    let hour = (1_767_229_200_000, 1_767_232_800_000);
+    assert_eq!(
+        export(&a, Some("m2"), hour.0, hour.1),
+        export(&b, Some("m2"), hour.0, hour.1)
+    );
+
+    // An operator declares the same gap lost on both: the same record after.
+    let gap = devices.iter().find(|d| !d.gaps.is_empty()).unwrap();
+    let (device, from) = (gap.id.clone(), gap.gaps[0][0]);
+    for r in [&a, &b] {
+        let DeclareOutcome::Declared(range) = r
+            .declare_lost(&device, from, "op", "broker queue lost", 5)
+            .unwrap()
+        else {
+            panic!("no gap at {device}/{from}");
+        };
+        assert_eq!((range.from_seq, range.to_seq), (from, gap.gaps[0][1]));
+        assert!(matches!(
+            r.declare_lost(&device, from, "op", "again", 6).unwrap(),
+            DeclareOutcome::NoSuchGap
+        ));
+    }
+    let after = a.devices().unwrap();
+    assert_ne!(after, devices);
+    assert_eq!(after, b.devices().unwrap());
+    assert_eq!(a.sequence_totals().unwrap(), b.sequence_totals().unwrap());
+    drop((lite, a));
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
+
+/// Retention drops whole raw days: their messages go, the ledger of numbers, the rollups and
+/// the checkable rest stay, and a copy of a dropped message is still known as a duplicate.
+#[test]
+fn retention_drops_raw_days_and_keeps_the_ledger() {
+    let db = scratch("retention");
+    let mut pg = PgStore::connect(&db.url()).unwrap();
+    let r = rules();
+    let day = 86_400_000;
+    let t0 = 1_767_225_600_000; // 2026-01-01 00:00 UTC
+    let message = |seq: u64| {
+        Incoming::built(telemetry(
+            "m1",
+            seq,
+            t0 + seq as i64 * 3_600_000,
+            seq as f64,
+            None,
+        ))
+    };
+    // Three days of hourly readings: seq 1..=71.
+    let batch: Vec<Incoming> = (1..72).map(message).collect();
+    assert_eq!(pg.write_batch(&batch, &r, t0 + 3 * day).unwrap().stored, 71);
+    let reader = Reader::new(PgReader::connect(&db.url()).unwrap());
+    let slots_before = reader.point_slots("m1", "total", 0, i64::MAX).unwrap();
+
+    // Up to the start of the third day: the first two days' partitions go.
+    let dropped = drop_raw_before(pg.client(), t0 + 2 * day + 1_000).unwrap();
+    assert_eq!(
+        dropped,
+        Dropped {
+            partitions: 2,
+            messages: 47
+        }
+    );
+    let count = |pg: &mut PgStore, sql: &str| pg_rows(pg.client(), sql)[0][0].clone();
+    assert_eq!(count(&mut pg, "SELECT count(*) FROM messages"), "24");
+    assert_eq!(count(&mut pg, "SELECT count(*) FROM message_numbers"), "71");
+    assert_eq!(
+        reader.point_slots("m1", "total", 0, i64::MAX).unwrap(),
+        slots_before,
+        "rollups stay"
+    );
+    // Dropping again drops nothing; the check starts at the first kept sample and agrees.
+    assert_eq!(
+        drop_raw_before(pg.client(), t0 + 2 * day).unwrap(),
+        Dropped::default()
+    );
+    let check = reader.verify_rollups(&r.accounting).unwrap();
+    assert!(check.mismatches.is_empty(), "{check:#?}");
+    assert_eq!(check.samples_checked, 24);
+    let mut csv = Vec::new();
+    // Two points a message (power timed out): the kept day's rows only.
+    assert_eq!(reader.export_csv(None, 0, i64::MAX, &mut csv).unwrap(), 48);
+    // A copy of a dropped day's message: known by its number, never stored again.
+    let again = pg.write_batch(&[message(5)], &r, t0 + 4 * day).unwrap();
+    assert_eq!((again.stored, again.duplicates), (0, 1));
+    assert_eq!(count(&mut pg, "SELECT count(*) FROM messages"), "24");
 }

@@ -160,7 +160,7 @@ fn year_in_store(tag: &str) -> (std::path::PathBuf, Config, Store) {
 }
 
 /// What a report is made from, at a "now" long after the golden year.
-fn inputs<'a>(config: &'a Config, reader: &'a ems_gateway::store::Reader) -> report::Inputs<'a> {
+fn inputs<'a>(config: &'a Config, reader: &'a ems_gateway::view::Reader) -> report::Inputs<'a> {
     report::Inputs {
         plant: &config.plant,
         reader,

@@ -4,11 +4,14 @@
 //! CONFLICT DO NOTHING RETURNING` into `message_numbers`), raw messages go into day partitions,
 //! and a gateway slot's lease fences every commit by its epoch.
 //!
-//! What this backend does not do yet: the API, reports and dashboard read SQLite only, and the
-//! runtime does not run ingest into it; history compaction is SQLite's (partitions are dropped
-//! whole instead, by the retention that is still to come).
+//! [`PgReader`] is what the API, reports and alarms read: every site of the database, whichever
+//! slot wrote it. History compaction is SQLite's: here retention drops whole day partitions.
 
+mod read;
 mod schema;
+pub mod upkeep;
+
+pub use read::PgReader;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -25,6 +28,10 @@ use crate::batch::{
 use crate::storage::{reason_code, BatchOutcome, Fenced, Incoming, Storage, WriteRules};
 
 const DAY_MS: i64 = 86_400_000;
+
+/// The advisory lock of the ledger's gaps: every batch holds it shared, an operator declaring a
+/// gap lost holds it alone (any constant of our own, beside the migrations' 7243001).
+const LEDGER_LOCK: i64 = 7_243_002;
 
 /// A gateway slot's lease, held by this writer with its epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +290,7 @@ struct Numbers {
     device: Vec<String>,
     seq: Vec<i64>,
     ts_ms: Vec<i64>,
+    edge: Vec<String>,
 }
 
 /// Rollup additions, column by column, each key once.
@@ -327,12 +335,13 @@ impl PgTx<'_, '_> {
     /// tells whether each was new; one that was not (a writer outside the slots stored it
     /// meanwhile) fails the batch, which is retried and then finds it stored.
     fn flush_numbers(&self) -> anyhow::Result<()> {
-        let (device, seq, ts_ms) = {
+        let (device, seq, ts_ms, edge) = {
             let mut n = self.numbers.borrow_mut();
             (
                 std::mem::take(&mut n.device),
                 std::mem::take(&mut n.seq),
                 std::mem::take(&mut n.ts_ms),
+                std::mem::take(&mut n.edge),
             )
         };
         if seq.is_empty() {
@@ -340,10 +349,10 @@ impl PgTx<'_, '_> {
         }
         let inserted = self
             .query(
-                "INSERT INTO message_numbers (device, seq, ts_ms, written_by)
-                 SELECT d, s, t, $4::text FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(d, s, t)
+                "INSERT INTO message_numbers (device, seq, ts_ms, written_by, edge)
+                 SELECT d, s, t, $4::text, e FROM unnest($1::text[], $2::int8[], $3::int8[], $5::text[]) AS u(d, s, t, e)
                  ON CONFLICT DO NOTHING RETURNING seq",
-                &[&device, &seq, &ts_ms, &self.writer],
+                &[&device, &seq, &ts_ms, &self.writer, &edge],
             )?
             .len();
         anyhow::ensure!(
@@ -526,6 +535,8 @@ impl WriteTx for PgTx<'_, '_> {
         if device.is_empty() {
             return Ok(());
         }
+        // Gaps are split and closed by this batch: never while an operator declares one lost.
+        self.query("SELECT pg_advisory_xact_lock_shared($1)", &[&LEDGER_LOCK])?;
         let stored: HashSet<(String, i64)> = self
             .query(
                 "SELECT m.device, m.seq FROM message_numbers m
@@ -574,6 +585,7 @@ impl WriteTx for PgTx<'_, '_> {
             n.device.push(t.device.clone());
             n.seq.push(seq);
             n.ts_ms.push(t.ts_ms);
+            n.edge.push(t.edge.clone());
         }
         self.partition_for(t.ts_ms)?;
         let mut raw = self.raw.borrow_mut();
@@ -588,13 +600,13 @@ impl WriteTx for PgTx<'_, '_> {
 
     fn stored_version(&self, device: &str, seq: i64) -> anyhow::Result<StoredVersion> {
         self.flush_raw()?;
-        let ts_ms: i64 = self
+        let number = self
             .query_opt(
-                "SELECT ts_ms FROM message_numbers WHERE device = $1 AND seq = $2",
+                "SELECT ts_ms, edge FROM message_numbers WHERE device = $1 AND seq = $2",
                 &[&device, &seq],
             )?
-            .context("a stored number without its ledger row")?
-            .get(0);
+            .context("a stored number without its ledger row")?;
+        let (ts_ms, edge): (i64, Option<String>) = (number.get(0), number.get(1));
         let row = self.query_opt(
             "SELECT edge, points FROM messages WHERE device = $1 AND ts_ms = $2 AND seq = $3",
             &[&device, &ts_ms, &seq],
@@ -605,10 +617,11 @@ impl WriteTx for PgTx<'_, '_> {
                 edge: r.get(0),
                 points: r.get(1),
             },
-            // Its day's partition was dropped by retention: the number and time stay.
+            // Its day's partition was dropped by retention: the number, time and edge stay
+            // (the edge from schema version 2 on), and a copy is still compared on them.
             None => StoredVersion {
                 ts_ms,
-                edge: String::new(),
+                edge: edge.unwrap_or_default(),
                 points: None,
             },
         })

@@ -8,7 +8,8 @@
 //! - `slots` holds each gateway slot's lease and epoch: every commit checks its epoch, so a
 //!   writer that lost its lease (paused, partitioned) never writes after a takeover.
 
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE devices (
     device TEXT PRIMARY KEY, site TEXT NOT NULL, edge TEXT NOT NULL,
     last_seq BIGINT NOT NULL, last_ts_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL,
@@ -74,7 +75,17 @@ CREATE TABLE slots (
     slot TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL,
     expires_ms BIGINT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Raw messages polled before this time have been dropped by retention (whole day partitions);
+-- rollups and the ledger of numbers stay. The integrity check starts each point at its first
+-- kept sample.
+CREATE TABLE retention (id INTEGER PRIMARY KEY CHECK (id = 1), raw_before_ms BIGINT NOT NULL);
+-- The edge that sent each number, so that a copy of a message whose day was dropped is still
+-- compared on its poll time and edge (SQLite keeps both in the message's row).
+ALTER TABLE message_numbers ADD COLUMN edge TEXT;
+"#,
+];
 
 /// Brings the database to the newest schema, one migration a transaction; two gateways that
 /// start at once take turns (an advisory lock).

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{year_periods, Inputs, FORMAT_VERSION};
-use crate::store::Reader;
+use crate::view::Reader;
 use ems_energy::balance::{enterprise_balance, Balance};
 use ems_energy::calendar::{buckets, local_rfc3339, Period};
 use ems_energy::figures::{point_completeness, unit_figures};

@@ -11,7 +11,7 @@ pub mod pdf;
 pub mod savings;
 pub mod tables;
 
-use crate::store::Reader;
+use crate::view::Reader;
 use ems_energy::calendar::{buckets, Period};
 use ems_energy::Plant;
 

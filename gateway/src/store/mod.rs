@@ -1,8 +1,8 @@
 //! SQLite storage, split by job: [`schema`] (every table and its migrations: the one place that
 //! knows a table's shape), [`write`] (ingest's batches: ledger, raw samples, quarantine, edge
 //! status), [`counters`] (counter readings into slots, late ones recounted from checkpoints),
-//! [`read`] (what the API, reports, alarms and sinks read), [`integrity`] (the recomputation and
-//! the export), [`compact`] (settled raw history in blocks, read back with the rows), [`upkeep`]
+//! [`read`] (what the API, reports, alarms and sinks read, [`crate::view`]'s `ReadRecord`),
+//! [`integrity`] (the recomputation and the export), [`compact`] (settled raw history in blocks, read back with the rows), [`upkeep`]
 //! (retention, backup).
 //!
 //! One writer connection commits each ingest batch in one transaction (WAL, synchronous=FULL:
@@ -30,12 +30,8 @@ use rusqlite::Connection;
 use schema::migrate;
 
 pub use compact::{history_stats, Compacted, Compactor, HistoryStats};
-pub use read::{
-    AnomalyRow, DeviceRow, EdgeRow, Integrity, QuarantineRow, QuarantineTotal, Reader,
-    PAYLOAD_PREVIEW,
-};
+pub use read::SqliteReader;
 pub use upkeep::Pruner;
-pub use write::{declare_lost, DeclareOutcome, LostRange};
 
 /// Line protocol (or any text) a time-series sink wants queued for each stored message, written
 /// in the storing transaction. The sink owns the encoding; the store only keeps what it gives.
@@ -97,11 +93,12 @@ impl Store {
         Ok(())
     }
 
-    pub fn reader(&self) -> anyhow::Result<Reader> {
-        Ok(Reader {
+    /// A reader of this database, with a connection of its own.
+    pub fn reader(&self) -> anyhow::Result<crate::view::Reader> {
+        Ok(crate::view::Reader::new(SqliteReader {
             conn: Mutex::new(open_conn(&self.path)?),
             path: self.path.clone(),
-        })
+        }))
     }
 }
 

@@ -1,4 +1,5 @@
-//! The read side: devices and their ledger, edges, slots, quarantine, anomalies.
+//! The read side of SQLite: devices and their ledger, edges, slots, quarantine, anomalies (the
+//! rows are [`crate::view`]'s, shared with PostgreSQL).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -6,107 +7,23 @@ use std::sync::Mutex;
 
 use ems_energy::counter::PointSlot;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
 use super::rfc3339;
-use super::write::LostRange;
+use crate::storage::AccountingRules;
+use crate::view::{
+    AnomalyRow, DeclareOutcome, DeviceRow, EdgeRow, Integrity, LostRange, QuarantineRow,
+    QuarantineTotal, ReadRecord, PAYLOAD_PREVIEW,
+};
 
-/// A read-only view for the API.
-pub struct Reader {
+/// SQLite's reader: one connection of its own (reads never wait for ingest's writer, WAL).
+pub struct SqliteReader {
     pub(super) conn: Mutex<Connection>,
     /// For reads that take long (an export paced by its client): a connection of their own,
     /// so that they never hold up the API's other reads.
     pub(super) path: PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceRow {
-    pub id: String,
-    pub site: String,
-    pub edge: String,
-    pub online: bool,
-    pub last_seq: i64,
-    /// Poll time of the newest message, RFC 3339.
-    pub last_sample: String,
-    /// When the gateway last heard from it (its own clock), RFC 3339.
-    pub last_seen: String,
-    pub messages: i64,
-    pub duplicates: i64,
-    /// Copies of a stored message with other content (kept in the quarantine).
-    pub conflicts: i64,
-    /// Sequence numbers still missing.
-    pub missing: i64,
-    pub gaps: Vec<[i64; 2]>,
-    /// Sequence numbers declared lost, and the ranges with who declared them and why.
-    pub lost: i64,
-    pub lost_ranges: Vec<LostRange>,
-}
-
-/// An edge as its last status message described it.
-#[derive(Debug, Clone, Serialize)]
-pub struct EdgeRow {
-    pub id: String,
-    pub site: String,
-    pub online: bool,
-    pub devices: Vec<String>,
-    /// When the gateway received its last status (its own clock), RFC 3339.
-    pub changed: String,
-    /// Results waiting in its spool, and dropped by it, at its last report (null before any).
-    pub spool_depth: Option<i64>,
-    pub spool_dropped: Option<i64>,
-}
-
-/// A counter anomaly found at ingest.
-#[derive(Debug, Clone, Serialize)]
-pub struct AnomalyRow {
-    pub device: String,
-    pub point: String,
-    pub at: String,
-    /// spike, jump, restart, frozen.
-    pub kind: String,
-    pub detail: String,
-    /// When a late reading showed it to be none (the counter replayed with it no longer
-    /// finds it), RFC 3339 of that reading's poll time; null while it stands.
-    pub withdrawn: Option<String>,
-}
-
-/// The outcome of recomputing the rollups from raw samples.
-#[derive(Debug, Clone, Serialize)]
-pub struct Integrity {
-    pub samples_checked: u64,
-    pub slots_checked: u64,
-    /// Empty when every stored rollup equals its recomputation.
-    pub mismatches: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct QuarantineRow {
-    pub id: i64,
-    pub received: String,
-    pub topic: String,
-    pub reason: String,
-    /// The start of the payload as received (lossy UTF-8, at most [`PAYLOAD_PREVIEW`] bytes;
-    /// the whole kept part at `/api/v1/quarantine/{id}/payload`).
-    pub payload: String,
-    /// The payload's full size and SHA-256 (null for entries from before they were kept).
-    pub payload_bytes: Option<i64>,
-    pub payload_sha256: Option<String>,
-    /// Whether more was received than `payload` shows.
-    pub truncated: bool,
-}
-
-/// How much of each payload a quarantine listing shows.
-pub const PAYLOAD_PREVIEW: usize = 2_048;
-
-/// Refusals by reason since the database was made, kept whatever quarantine retention deletes.
-#[derive(Debug, Clone, Serialize)]
-pub struct QuarantineTotal {
-    pub reason: String,
-    pub count: i64,
-    pub bytes: i64,
-}
-
-impl Reader {
+impl SqliteReader {
     pub(super) fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -123,8 +40,10 @@ impl Reader {
         let conn = self.conn.lock().expect("reader lock poisoned");
         f(&conn)
     }
+}
 
-    pub fn devices(&self) -> anyhow::Result<Vec<DeviceRow>> {
+impl ReadRecord for SqliteReader {
+    fn devices(&self) -> anyhow::Result<Vec<DeviceRow>> {
         self.with(|c| {
             let mut gaps: HashMap<String, Vec<[i64; 2]>> = HashMap::new();
             let mut stmt = c.prepare("SELECT device, from_seq, to_seq FROM gaps ORDER BY device, from_seq")?;
@@ -150,10 +69,8 @@ impl Reader {
                 "SELECT device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages, duplicates, conflicts FROM devices ORDER BY device",
             )?;
             let rows = stmt.query_map([], |r| {
-                let id: String = r.get(0)?;
-                let edge: String = r.get(2)?;
-                let g = gaps.get(&id).cloned().unwrap_or_default();
-                let l = lost.get(&id).cloned().unwrap_or_default();
+                let (id, edge): (String, String) = (r.get(0)?, r.get(2)?);
+                let (g, l) = (gaps.remove(&id), lost.remove(&id));
                 Ok(DeviceRow {
                     online: online.get(&edge).copied().unwrap_or(false),
                     site: r.get(1)?,
@@ -163,19 +80,20 @@ impl Reader {
                     messages: r.get(6)?,
                     duplicates: r.get(7)?,
                     conflicts: r.get(8)?,
-                    missing: g.iter().fold(0i64, |n, [a, b]| n.saturating_add(b - a + 1)),
-                    gaps: g,
-                    lost: l.iter().fold(0i64, |n, r| n.saturating_add(r.to_seq - r.from_seq + 1)),
-                    lost_ranges: l,
+                    missing: 0,
+                    gaps: Vec::new(),
+                    lost: 0,
+                    lost_ranges: Vec::new(),
                     edge,
                     id,
-                })
+                }
+                .with_ranges(g.unwrap_or_default(), l.unwrap_or_default()))
             })?;
             rows.collect()
         })
     }
 
-    pub fn edges(&self) -> anyhow::Result<Vec<EdgeRow>> {
+    fn edges(&self) -> anyhow::Result<Vec<EdgeRow>> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT edge, site, online, devices, changed_ms, spool_depth, spool_dropped FROM edges ORDER BY edge",
@@ -195,8 +113,7 @@ impl Reader {
         })
     }
 
-    /// Sequence numbers missing (open gaps) and declared lost, over all devices.
-    pub fn sequence_totals(&self) -> anyhow::Result<(i64, i64)> {
+    fn sequence_totals(&self) -> anyhow::Result<(i64, i64)> {
         self.with(|c| {
             c.query_row(
                 "SELECT (SELECT TOTAL(to_seq - from_seq + 1) FROM gaps),
@@ -208,8 +125,7 @@ impl Reader {
         })
     }
 
-    /// The first 15-minute slot the point has data in.
-    pub fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>> {
+    fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>> {
         self.with(|c| {
             c.prepare_cached(
                 "SELECT MIN(slot_ms) FROM point_slots WHERE device = ?1 AND point = ?2",
@@ -218,8 +134,7 @@ impl Reader {
         })
     }
 
-    /// Rollup rows of one point with `from_ms <= slot < to_ms`.
-    pub fn point_slots(
+    fn point_slots(
         &self,
         device: &str,
         point: &str,
@@ -238,7 +153,7 @@ impl Reader {
         })
     }
 
-    pub fn quarantine(&self, limit: i64) -> anyhow::Result<Vec<QuarantineRow>> {
+    fn quarantine(&self, limit: i64) -> anyhow::Result<Vec<QuarantineRow>> {
         self.with(|c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT id, received_ms, topic, reason, substr(payload, 1, {PAYLOAD_PREVIEW}),
@@ -254,7 +169,7 @@ impl Reader {
                     topic: r.get(2)?,
                     reason: r.get(3)?,
                     payload: String::from_utf8_lossy(&r.get::<_, Vec<u8>>(4)?).into_owned(),
-                    truncated: full.unwrap_or(kept) > (PAYLOAD_PREVIEW as i64).min(kept),
+                    truncated: QuarantineRow::is_truncated(kept, full),
                     payload_bytes: full,
                     payload_sha256: r.get(7)?,
                 })
@@ -263,8 +178,7 @@ impl Reader {
         })
     }
 
-    /// The kept part of one quarantined payload, as received.
-    pub fn quarantine_payload(&self, id: i64) -> anyhow::Result<Option<Vec<u8>>> {
+    fn quarantine_payload(&self, id: i64) -> anyhow::Result<Option<Vec<u8>>> {
         self.with(|c| {
             c.query_row("SELECT payload FROM quarantine WHERE id = ?1", [id], |r| {
                 r.get(0)
@@ -273,7 +187,7 @@ impl Reader {
         })
     }
 
-    pub fn quarantine_totals(&self) -> anyhow::Result<Vec<QuarantineTotal>> {
+    fn quarantine_totals(&self) -> anyhow::Result<Vec<QuarantineTotal>> {
         self.with(|c| {
             let mut stmt =
                 c.prepare("SELECT reason, count, bytes FROM quarantine_totals ORDER BY reason")?;
@@ -288,7 +202,7 @@ impl Reader {
         })
     }
 
-    pub fn anomalies(&self, limit: i64) -> anyhow::Result<Vec<AnomalyRow>> {
+    fn anomalies(&self, limit: i64) -> anyhow::Result<Vec<AnomalyRow>> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT device, point, ts_ms, kind, detail, withdrawn_ms FROM anomalies ORDER BY id DESC LIMIT ?1")?;
             let rows = stmt.query_map([limit], |r| {
@@ -297,17 +211,29 @@ impl Reader {
             rows.collect()
         })
     }
-}
 
-impl ems_energy::figures::SlotSource for Reader {
-    type Error = anyhow::Error;
-    fn point_slots(
+    fn verify_rollups(&self, rules: &AccountingRules) -> anyhow::Result<Integrity> {
+        self.with_any(|c| super::integrity::verify_rollups(c, rules))
+    }
+
+    fn export_csv(
         &self,
-        device: &str,
-        point: &str,
+        device: Option<&str>,
         from_ms: i64,
         to_ms: i64,
-    ) -> anyhow::Result<Vec<(i64, PointSlot)>> {
-        Reader::point_slots(self, device, point, from_ms, to_ms)
+        out: &mut dyn std::io::Write,
+    ) -> anyhow::Result<u64> {
+        super::integrity::export_csv(&self.path, device, from_ms, to_ms, out)
+    }
+
+    fn declare_lost(
+        &self,
+        device: &str,
+        from_seq: i64,
+        by: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<DeclareOutcome> {
+        super::write::declare_lost(&self.path, device, from_seq, by, reason, now_ms)
     }
 }

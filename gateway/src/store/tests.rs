@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::storage::{hex, AccountingRules, Incoming, Rejected, Tracked, WriteRules};
+use crate::view::{DeclareOutcome, LostRange, QuarantineRow, PAYLOAD_PREVIEW};
 use ems_core::wire::PointValue;
 use ems_core::wire::Telemetry;
 use ems_core::Quality;
@@ -9,6 +10,7 @@ use ems_energy::counter::{GapFill, PointSlot};
 use rusqlite::Connection;
 use schema::MIGRATIONS;
 use std::collections::HashMap;
+use write::declare_lost;
 
 const H: i64 = 3_600_000;
 

@@ -6,13 +6,13 @@ use std::path::Path;
 use ems_core::wire::{Status, Telemetry};
 use ems_energy::counter::{CounterTrack, PointSlot};
 use rusqlite::{params, OptionalExtension, Transaction};
-use serde::Serialize;
 
 use super::{open_conn, rfc3339, Store};
 use crate::batch::{
     DeviceUpdate, KeptRefusal, LedgerMark, LostRow, Reading, StoredVersion, WriteTx,
 };
 use crate::storage::{reason_code, BatchOutcome, Incoming, WriteRules};
+use crate::view::{DeclareOutcome, LostRange};
 
 impl crate::storage::Storage for Store {
     fn write_batch(
@@ -470,26 +470,9 @@ impl WriteTx for SqliteTx<'_> {
     }
 }
 
-/// What declaring a gap lost did.
-#[derive(Debug)]
-pub enum DeclareOutcome {
-    Declared(LostRange),
-    NoSuchGap,
-}
-
-/// A sequence range declared lost.
-#[derive(Debug, Clone, Serialize)]
-pub struct LostRange {
-    pub from_seq: i64,
-    pub to_seq: i64,
-    pub declared: String,
-    pub declared_by: String,
-    pub reason: String,
-}
-
 /// Declares the open gap of `device` that starts at `from_seq` lost: its numbers no longer
 /// count as missing. Opens its own connection to the database at `path` (a rare operator act).
-pub fn declare_lost(
+pub(super) fn declare_lost(
     path: &Path,
     device: &str,
     from_seq: i64,
@@ -498,7 +481,9 @@ pub fn declare_lost(
     now_ms: i64,
 ) -> anyhow::Result<DeclareOutcome> {
     let mut conn = open_conn(path)?;
-    let tx = conn.transaction()?;
+    // Immediate: a deferred transaction that read the gap would fail, not wait, if ingest
+    // committed before its first write.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let gap: Option<i64> = tx
         .query_row(
             "SELECT to_seq FROM gaps WHERE device = ?1 AND from_seq = ?2",

@@ -1,0 +1,413 @@
+//! The read side of PostgreSQL: what the API, reports and alarms read ([`ReadRecord`]), over
+//! every site in the database, whichever slot wrote it (the central view of a group).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use anyhow::Context as _;
+use ems_energy::counter::PointSlot;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Statement};
+
+use super::{redact, LEDGER_LOCK};
+use crate::clock::rfc3339;
+use crate::storage::AccountingRules;
+use crate::view::{
+    export_message, AnomalyRow, DeclareOutcome, DeviceRow, EdgeRow, Integrity, LostRange,
+    QuarantineRow, QuarantineTotal, ReadRecord, Recount, EXPORT_HEADER, PAYLOAD_PREVIEW,
+};
+
+/// A connection of its own, reopened when the server closed it.
+pub struct PgReader {
+    url: String,
+    conn: Mutex<Option<Conn>>,
+}
+
+struct Conn {
+    client: Client,
+    /// The statements read often (a report reads each point's slots for every period).
+    point_slots: Statement,
+}
+
+impl PgReader {
+    /// Connects to a database a gateway has set up (its schema is the writer's to migrate).
+    pub fn connect(url: &str) -> anyhow::Result<PgReader> {
+        Ok(PgReader {
+            url: url.to_owned(),
+            conn: Mutex::new(Some(Conn::open(url)?)),
+        })
+    }
+
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let mut guard = self.conn.lock().expect("reader lock poisoned");
+        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *guard = Some(Conn::open(&self.url)?);
+        }
+        f(guard.as_mut().expect("connected above"))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        self.with_conn(|c| f(&mut c.client))
+    }
+}
+
+impl Conn {
+    fn open(url: &str) -> anyhow::Result<Conn> {
+        let mut client = connect(url)?;
+        let point_slots = client.prepare(
+            "SELECT slot_ms, delta, covered_ms, estimated FROM point_slots
+             WHERE device = $1 AND point = $2 AND slot_ms >= $3 AND slot_ms < $4
+             ORDER BY slot_ms",
+        )?;
+        Ok(Conn {
+            client,
+            point_slots,
+        })
+    }
+}
+
+fn connect(url: &str) -> anyhow::Result<Client> {
+    Client::connect(url, NoTls)
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))
+}
+
+impl ReadRecord for PgReader {
+    fn devices(&self) -> anyhow::Result<Vec<DeviceRow>> {
+        self.with(|c| {
+            let mut gaps: HashMap<String, Vec<[i64; 2]>> = HashMap::new();
+            for r in c.query(
+                "SELECT device, from_seq, to_seq FROM gaps ORDER BY device, from_seq",
+                &[],
+            )? {
+                gaps.entry(r.get(0)).or_default().push([r.get(1), r.get(2)]);
+            }
+            let mut lost: HashMap<String, Vec<LostRange>> = HashMap::new();
+            for r in c.query(
+                "SELECT device, from_seq, to_seq, declared_ms, declared_by, reason FROM lost
+                 ORDER BY device, from_seq",
+                &[],
+            )? {
+                lost.entry(r.get(0)).or_default().push(LostRange {
+                    from_seq: r.get(1),
+                    to_seq: r.get(2),
+                    declared: rfc3339(r.get(3)),
+                    declared_by: r.get(4),
+                    reason: r.get(5),
+                });
+            }
+            let online: HashMap<String, bool> = c
+                .query("SELECT edge, online FROM edges", &[])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let rows = c.query(
+                "SELECT device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages,
+                        duplicates, conflicts
+                 FROM devices ORDER BY device COLLATE \"C\"",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let (id, edge): (String, String) = (r.get(0), r.get(2));
+                    let (g, l) = (gaps.remove(&id), lost.remove(&id));
+                    DeviceRow {
+                        online: online.get(&edge).copied().unwrap_or(false),
+                        site: r.get(1),
+                        last_seq: r.get(3),
+                        last_sample: rfc3339(r.get(4)),
+                        last_seen: rfc3339(r.get(5)),
+                        messages: r.get(6),
+                        duplicates: r.get(7),
+                        conflicts: r.get(8),
+                        missing: 0,
+                        gaps: Vec::new(),
+                        lost: 0,
+                        lost_ranges: Vec::new(),
+                        edge,
+                        id,
+                    }
+                    .with_ranges(g.unwrap_or_default(), l.unwrap_or_default())
+                })
+                .collect())
+        })
+    }
+
+    fn edges(&self) -> anyhow::Result<Vec<EdgeRow>> {
+        self.with(|c| {
+            Ok(c.query(
+                "SELECT edge, site, online, devices, changed_ms, spool_depth, spool_dropped
+                 FROM edges ORDER BY edge COLLATE \"C\"",
+                &[],
+            )?
+            .iter()
+            .map(|r| EdgeRow {
+                id: r.get(0),
+                site: r.get(1),
+                online: r.get(2),
+                devices: serde_json::from_str(r.get(3)).unwrap_or_default(),
+                changed: rfc3339(r.get(4)),
+                spool_depth: r.get(5),
+                spool_dropped: r.get(6),
+            })
+            .collect())
+        })
+    }
+
+    fn sequence_totals(&self) -> anyhow::Result<(i64, i64)> {
+        self.with(|c| {
+            // Summed as numeric (no overflow near 2^63), given as a float like SQLite's TOTAL.
+            let r = c.query_one(
+                "SELECT COALESCE((SELECT SUM(to_seq - from_seq + 1) FROM gaps), 0)::float8,
+                        COALESCE((SELECT SUM(to_seq - from_seq + 1) FROM lost), 0)::float8",
+                &[],
+            )?;
+            Ok((r.get::<_, f64>(0) as i64, r.get::<_, f64>(1) as i64))
+        })
+    }
+
+    fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>> {
+        self.with(|c| {
+            Ok(c.query_one(
+                "SELECT MIN(slot_ms) FROM point_slots WHERE device = $1 AND point = $2",
+                &[&device, &point],
+            )?
+            .get(0))
+        })
+    }
+
+    fn point_slots(
+        &self,
+        device: &str,
+        point: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Vec<(i64, PointSlot)>> {
+        self.with_conn(|c| {
+            Ok(c.client
+                .query(&c.point_slots, &[&device, &point, &from_ms, &to_ms])?
+                .iter()
+                .map(|r| {
+                    (
+                        r.get(0),
+                        PointSlot {
+                            delta: r.get(1),
+                            covered_ms: r.get(2),
+                            estimated: r.get(3),
+                        },
+                    )
+                })
+                .collect())
+        })
+    }
+
+    fn quarantine(&self, limit: i64) -> anyhow::Result<Vec<QuarantineRow>> {
+        self.with(|c| {
+            let preview = PAYLOAD_PREVIEW as i32;
+            Ok(c.query(
+                "SELECT id, received_ms, topic, reason, substring(payload FROM 1 FOR $2),
+                        length(payload)::int8, payload_bytes, payload_sha256
+                 FROM quarantine ORDER BY id DESC LIMIT $1",
+                &[&limit, &preview],
+            )?
+            .iter()
+            .map(|r| {
+                let (kept, full): (i64, Option<i64>) = (r.get(5), r.get(6));
+                QuarantineRow {
+                    id: r.get(0),
+                    received: rfc3339(r.get(1)),
+                    topic: r.get(2),
+                    reason: r.get(3),
+                    payload: String::from_utf8_lossy(r.get::<_, &[u8]>(4)).into_owned(),
+                    truncated: QuarantineRow::is_truncated(kept, full),
+                    payload_bytes: full,
+                    payload_sha256: r.get(7),
+                }
+            })
+            .collect())
+        })
+    }
+
+    fn quarantine_payload(&self, id: i64) -> anyhow::Result<Option<Vec<u8>>> {
+        self.with(|c| {
+            Ok(
+                c.query_opt("SELECT payload FROM quarantine WHERE id = $1", &[&id])?
+                    .map(|r| r.get(0)),
+            )
+        })
+    }
+
+    fn quarantine_totals(&self) -> anyhow::Result<Vec<QuarantineTotal>> {
+        self.with(|c| {
+            Ok(c.query(
+                "SELECT reason, count, bytes FROM quarantine_totals ORDER BY reason COLLATE \"C\"",
+                &[],
+            )?
+            .iter()
+            .map(|r| QuarantineTotal {
+                reason: r.get(0),
+                count: r.get(1),
+                bytes: r.get(2),
+            })
+            .collect())
+        })
+    }
+
+    fn anomalies(&self, limit: i64) -> anyhow::Result<Vec<AnomalyRow>> {
+        self.with(|c| {
+            Ok(c.query(
+                "SELECT device, point, ts_ms, kind, detail, withdrawn_ms FROM anomalies
+                 ORDER BY id DESC LIMIT $1",
+                &[&limit],
+            )?
+            .iter()
+            .map(|r| AnomalyRow {
+                device: r.get(0),
+                point: r.get(1),
+                at: rfc3339(r.get(2)),
+                kind: r.get(3),
+                detail: r.get(4),
+                withdrawn: r.get::<_, Option<i64>>(5).map(rfc3339),
+            })
+            .collect())
+        })
+    }
+
+    fn verify_rollups(&self, rules: &AccountingRules) -> anyhow::Result<Integrity> {
+        // A connection of its own: the check reads every stored message.
+        let mut c = connect(&self.url)?;
+        let ids: HashMap<(String, String), i64> = c
+            .query("SELECT device, point, id FROM series", &[])?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        let messages = c.prepare(
+            "SELECT ts_ms, points FROM messages WHERE device = $1 AND points IS NOT NULL
+             ORDER BY ts_ms, seq",
+        )?;
+        let mut recount = Recount::default();
+        for (device, points) in &rules.tracked {
+            let tracks = points
+                .iter()
+                .filter_map(|(point, rule)| {
+                    let id = ids.get(&(device.clone(), point.clone()))?;
+                    Some((*id, (point.clone(), rule)))
+                })
+                .collect();
+            recount.device(device, tracks, rules.max_gap_ms, |each| {
+                // Streamed: a device's years of messages are never all in memory.
+                let mut rows = c.query_raw(&messages, [device as &dyn ToSql])?;
+                while let Some(r) = rows.next()? {
+                    each(r.get(0), r.get::<_, &[u8]>(1))?;
+                }
+                Ok(())
+            })?;
+        }
+        let stored = c
+            .query(
+                "SELECT device, point, slot_ms, delta, covered_ms, estimated FROM point_slots",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                (
+                    (r.get(0), r.get(1), r.get(2)),
+                    PointSlot {
+                        delta: r.get(3),
+                        covered_ms: r.get(4),
+                        estimated: r.get(5),
+                    },
+                )
+            })
+            .collect();
+        // Where retention dropped older days, the first kept sample starts the recount.
+        let pruned = c
+            .query_one("SELECT COUNT(*) FROM retention", &[])?
+            .get::<_, i64>(0)
+            > 0;
+        Ok(recount.compare(stored, pruned))
+    }
+
+    fn export_csv(
+        &self,
+        device: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+        out: &mut dyn std::io::Write,
+    ) -> anyhow::Result<u64> {
+        // A connection of its own: an export is paced by its client.
+        let mut c = connect(&self.url)?;
+        let mut w = csv::Writer::from_writer(out);
+        w.write_record(EXPORT_HEADER)?;
+        let names: HashMap<i64, String> = c
+            .query("SELECT id, point FROM series", &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let devices: Vec<String> = match device {
+            Some(d) => vec![d.to_owned()],
+            None => c
+                .query(
+                    "SELECT DISTINCT device COLLATE \"C\" FROM messages ORDER BY 1",
+                    &[],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        };
+        let stmt = c.prepare(
+            "SELECT seq, ts_ms, points FROM messages
+             WHERE device = $1 AND ts_ms >= $2 AND ts_ms < $3 AND points IS NOT NULL
+             ORDER BY ts_ms, seq",
+        )?;
+        let mut n = 0;
+        for device in &devices {
+            let params: [&dyn ToSql; 3] = [device, &from_ms, &to_ms];
+            let mut rows = c.query_raw(&stmt, params)?;
+            while let Some(r) = rows.next()? {
+                n += export_message(&mut w, &names, device, r.get(0), r.get(1), r.get(2))?;
+            }
+        }
+        w.flush()?;
+        Ok(n)
+    }
+
+    fn declare_lost(
+        &self,
+        device: &str,
+        from_seq: i64,
+        by: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<DeclareOutcome> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            // Waits for the batches in flight, and holds new ones, so that no writer splits or
+            // closes the gap between this reading it and declaring it.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LEDGER_LOCK])?;
+            let Some(to_seq) = tx
+                .query_opt(
+                    "DELETE FROM gaps WHERE device = $1 AND from_seq = $2 RETURNING to_seq",
+                    &[&device, &from_seq],
+                )?
+                .map(|r| r.get::<_, i64>(0))
+            else {
+                return Ok(DeclareOutcome::NoSuchGap);
+            };
+            tx.execute(
+                "INSERT INTO lost (device, from_seq, to_seq, declared_ms, declared_by, reason)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&device, &from_seq, &to_seq, &now_ms, &by, &reason],
+            )?;
+            tx.commit()?;
+            Ok(DeclareOutcome::Declared(LostRange {
+                from_seq,
+                to_seq,
+                declared: rfc3339(now_ms),
+                declared_by: by.to_owned(),
+                reason: reason.to_owned(),
+            }))
+        })
+    }
+}
