@@ -67,6 +67,18 @@ impl Conn {
     }
 }
 
+impl Drop for PgReader {
+    /// The client's drop blocks on its connection's own runtime, which panics on a thread that
+    /// drives async tasks (the API's state goes when the HTTP server stops): closed on a thread
+    /// of its own there.
+    fn drop(&mut self) {
+        let conn = self.conn.get_mut().map(Option::take).unwrap_or_default();
+        if let (Some(conn), Ok(_)) = (conn, tokio::runtime::Handle::try_current()) {
+            std::thread::spawn(move || drop(conn));
+        }
+    }
+}
+
 fn connect(url: &str) -> anyhow::Result<Client> {
     Client::connect(url, NoTls)
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))
