@@ -482,5 +482,22 @@ fn central_view(
             }
         }
         assert!(compared > 10, "{compared} non-zero figures compared");
+        // The reports read it too: a month's compliance report of each enterprise.
+        let month =
+            &ems_energy::calendar::local_rfc3339((first + last) / 2, config.plant.utc_offset())
+                [..7];
+        let mut units = 0;
+        for e in &config.plant.enterprises {
+            let report = get_json(
+                http,
+                &format!(
+                    "/api/v1/reports/compliance?month={month}&enterprise={}",
+                    e.id.as_deref().or(e.code.as_deref()).unwrap()
+                ),
+            );
+            assert_eq!(report["report"], "compliance", "{report}");
+            units += report["units"].as_array().unwrap().len();
+        }
+        assert_eq!(units, config.plant.units.len(), "every unit reported");
     }
 }
