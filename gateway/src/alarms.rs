@@ -26,12 +26,12 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::alarm_book::{
+    change, AckOutcome, AlarmBook, AlarmRow, Change, DeviceState, Kind, Observation,
+};
 use crate::clock::NowFn;
 use crate::config::{AlarmClock, AlarmsConfig, MqttConfig};
 use crate::metrics::{KindLabel, Metrics};
-pub use crate::store::alarm_book::{
-    change, AckOutcome, AlarmBook, AlarmRow, Change, DeviceState, Kind, Observation,
-};
 use crate::view::Reader;
 use ems_energy::counter::{HOUR_MS, SLOT_MS};
 use ems_energy::figures::unit_figures;
@@ -178,6 +178,9 @@ pub fn evaluate(
     reader: &Reader,
     now_ms: i64,
 ) -> anyhow::Result<Vec<AlarmRow>> {
+    if !book.evaluates()? {
+        return Ok(Vec::new());
+    }
     let now_ms = match cfg.clock {
         AlarmClock::Wall => now_ms,
         AlarmClock::Data => book.newest_poll_ms()?.unwrap_or(now_ms),
@@ -223,12 +226,17 @@ pub async fn run(
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let pending = {
-                        let book = republish_book.lock().expect("alarm book lock poisoned");
-                        book.list(true, 10_000)
-                    };
+                    // Off the runtime: the book's database client may block.
+                    let book = republish_book.clone();
+                    let pending = tokio::task::spawn_blocking(move || {
+                        book.lock()
+                            .expect("alarm book lock poisoned")
+                            .list(true, 10_000)
+                    })
+                    .await;
                     match pending {
-                        Ok(rows) => publish(&republish_client, &republish_prefix, &rows),
+                        Ok(Ok(rows)) => publish(&republish_client, &republish_prefix, &rows),
+                        Ok(Err(e)) => tracing::error!(error = %e, "Cannot list alarms to publish."),
                         Err(e) => tracing::error!(error = %e, "Cannot list alarms to publish."),
                     }
                 }

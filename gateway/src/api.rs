@@ -32,8 +32,7 @@ pub struct AppState {
     pub reader: Arc<Reader>,
     /// The uploader's last error per endpoint.
     pub upload_errors: crate::upload::UploadErrors,
-    /// `None` on the postgres backend, which keeps no alarm book yet.
-    pub alarms: Option<Arc<std::sync::Mutex<AlarmBook>>>,
+    pub alarms: Arc<std::sync::Mutex<AlarmBook>>,
     /// A gateway slot's member: its role, shown by `/healthz`.
     pub node: Option<Arc<std::sync::Mutex<NodeRole>>>,
     pub metrics: Arc<Metrics>,
@@ -896,7 +895,7 @@ async fn alarms(
     Query(q): Query<AlarmQuery>,
 ) -> ApiResult<Vec<AlarmRow>> {
     let limit = q.limit.unwrap_or(200).clamp(1, 10_000);
-    let book = alarm_book(&s)?;
+    let book = s.alarms.clone();
     let rows = tokio::task::spawn_blocking(move || {
         book.lock()
             .expect("alarm book lock poisoned")
@@ -905,16 +904,6 @@ async fn alarms(
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(rows))
-}
-
-/// The alarm book, which only the SQLite backend keeps so far.
-fn alarm_book(s: &AppState) -> Result<Arc<std::sync::Mutex<AlarmBook>>, ApiError> {
-    s.alarms.clone().ok_or_else(|| {
-        ApiError::Refused(
-            StatusCode::NOT_IMPLEMENTED,
-            "alarms are not kept on the postgres backend yet (see docs/deployment.md)".into(),
-        )
-    })
 }
 
 /// The operator whose bearer token the request carries.
@@ -957,7 +946,7 @@ async fn ack_alarm(
     headers: HeaderMap,
 ) -> ApiResult<AlarmRow> {
     let by = operator(&s, &headers)?;
-    let (book, now_ms) = (alarm_book(&s)?, (s.now)());
+    let (book, now_ms) = (s.alarms.clone(), (s.now)());
     let outcome = tokio::task::spawn_blocking(move || {
         book.lock()
             .expect("alarm book lock poisoned")

@@ -8,6 +8,7 @@
 //! it all with shutdown as a parameter; [`demo`] (cargo feature `demo`) adds a broker, a
 //! simulated plant and an edge in the same process.
 
+pub mod alarm_book;
 pub mod alarms;
 pub mod api;
 pub mod batch;

@@ -42,12 +42,14 @@ pub async fn serve(
     let config = Arc::new(config);
     let plant = config.plant.clone();
     let db = &config.storage.path;
-    let alarm_book = Arc::new(std::sync::Mutex::new(alarms::AlarmBook::open(db)?));
+    let alarm_book = Arc::new(std::sync::Mutex::new(
+        store::alarm_book::SqliteAlarms::book(db)?,
+    ));
     let alarm_task = tokio::spawn(alarms::run(
         config.alarms.clone(),
         config.mqtt.clone(),
         plant.clone(),
-        Arc::new(alarms::AlarmBook::open(db)?.into()),
+        Arc::new(store::alarm_book::SqliteAlarms::book(db)?.into()),
         Arc::new(store.reader()?),
         now.clone(),
         metrics.clone(),
@@ -86,7 +88,7 @@ pub async fn serve(
         config,
         reader,
         upload_errors,
-        alarms: Some(alarm_book),
+        alarms: alarm_book,
         node: None,
         metrics: metrics.clone(),
         committed: committed.clone(),
@@ -128,8 +130,9 @@ pub async fn serve(
 /// holds the slot's lease, then ingests its sites with the slot's MQTT client id and persistent
 /// session, renewing the lease; a writer whose lease was taken over stops (its commits are
 /// fenced by the epoch anyway). Active or standing by, it serves the API and dashboard over
-/// every site of the database (the central view), `/healthz` with its role; alarms, the
-/// InfluxDB sink and upload are not run on this backend yet (the configuration refuses them).
+/// every site of the database (the central view), `/healthz` with its role, and the alarms
+/// (one book for the database, evaluated by one gateway at a time); the InfluxDB sink and
+/// upload are not run on this backend yet (the configuration refuses them).
 async fn serve_postgres(
     config: Config,
     listener: TcpListener,
@@ -155,14 +158,40 @@ async fn serve_postgres(
     let (committed, _) = broadcast::channel(16);
     let config = Arc::new(config);
     let opened = config.clone();
-    let reader = tokio::task::spawn_blocking(move || open_reader(&opened))
-        .await
-        .context("reader task panicked")??;
+    let (reader, alarm_reader, books) = tokio::task::spawn_blocking(move || {
+        let reader = open_reader(&opened)?;
+        let url = opened.storage.url.as_deref().context("[storage] url")?;
+        let alarm_reader = crate::view::Reader::new(crate::pg::PgReader::connect(url)?);
+        let books = [
+            alarms::AlarmBook::new(crate::pg::PgAlarms::connect(url)?),
+            alarms::AlarmBook::new(crate::pg::PgAlarms::connect(url)?),
+        ];
+        anyhow::Ok((reader, alarm_reader, books))
+    })
+    .await
+    .context("reader task panicked")??;
+    let [api_book, alarm_book] = books;
+    // Every instance has an alarm publisher of its own: the slot's client id with its name.
+    let mut alarm_mqtt = config.mqtt.clone();
+    if let Some(c) = &cluster {
+        alarm_mqtt.client_id = format!("{}-{}", alarm_mqtt.client_id, c.instance);
+    }
+    let alarm_task = tokio::spawn(alarms::run(
+        config.alarms.clone(),
+        alarm_mqtt,
+        config.plant.clone(),
+        Arc::new(alarm_book.into()),
+        Arc::new(alarm_reader),
+        now.clone(),
+        metrics.clone(),
+        committed.clone(),
+        shutdown.clone(),
+    ));
     let app = api::AppState {
         config: config.clone(),
         reader: Arc::new(reader),
         upload_errors: upload::UploadErrors::default(),
-        alarms: None,
+        alarms: Arc::new(api_book.into()),
         node: Some(state.clone()),
         metrics: metrics.clone(),
         committed: committed.clone(),
@@ -208,7 +237,7 @@ async fn serve_postgres(
         http.await.context("HTTP task panicked")??;
         ticks.await.context("tick task panicked")?;
         upkeep_task.await.context("upkeep task panicked")?;
-        return Ok(());
+        return alarm_task.await.context("alarm task panicked")?;
     };
     // The lease keeper: a connection of its own renews every third of the lease; a lease
     // found taken over stops this gateway.
@@ -268,12 +297,14 @@ async fn serve_postgres(
     shutdown.cancel();
     ticks.await.context("tick task panicked")?;
     upkeep_task.await.context("upkeep task panicked")?;
+    let alarm_result = alarm_task.await.context("alarm task panicked")?;
     let keeper_result = match keeper {
         Some(k) => k.await.context("lease task panicked")?,
         None => Ok(()),
     };
     http.await.context("HTTP task panicked")??;
     ingest_result?;
+    alarm_result?;
     keeper_result
 }
 

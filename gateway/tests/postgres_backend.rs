@@ -7,6 +7,7 @@
 //! - What the API reads (devices, edges, rollups, quarantine, anomalies, the integrity check,
 //!   the export, a gap declared lost) is the same from both.
 //! - Retention drops PostgreSQL's raw days whole and keeps the ledger.
+//! - The alarm book is kept alike; one gateway of the database evaluates at a time.
 //! - A slot's lease fences its writers: after a takeover the old writer's commit is refused and
 //!   writes nothing.
 
@@ -15,8 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 use ems_core::wire::{PointValue, Status, Telemetry};
 use ems_core::Quality;
 use ems_energy::counter::{CounterRule, GapFill};
+use ems_gateway::alarm_book::{AckOutcome, AlarmBook, Kind, Observation};
 use ems_gateway::pg::upkeep::{drop_raw_before, Dropped};
-use ems_gateway::pg::{PgReader, PgStore, ScratchDatabase};
+use ems_gateway::pg::{PgAlarms, PgReader, PgStore, ScratchDatabase};
 use ems_gateway::storage::{AccountingRules, Fenced, Incoming, Origin, Rejected, WriteRules};
 use ems_gateway::store::Store;
 use ems_gateway::view::{DeclareOutcome, Reader};
@@ -538,4 +540,92 @@ fn retention_drops_raw_days_and_keeps_the_ledger() {
     let again = pg.write_batch(&[message(5)], &r, t0 + 4 * day).unwrap();
     assert_eq!((again.stored, again.duplicates), (0, 1));
     assert_eq!(count(&mut pg, "SELECT count(*) FROM messages"), "24");
+}
+
+/// The alarm book on PostgreSQL keeps what SQLite's keeps of the same evaluations, and one
+/// gateway of the database evaluates at a time, another taking over when its session ends.
+#[test]
+fn the_alarm_book_is_kept_alike_and_evaluated_by_one_gateway_at_a_time() {
+    let db = scratch("alarms");
+    let mut pg = PgStore::connect(&db.url()).unwrap();
+    let path = temp_sqlite("alarms");
+    let mut lite = Store::open(&path).unwrap();
+    write_both(&mut lite, &mut pg);
+    let mut a = ems_gateway::store::alarm_book::SqliteAlarms::book(&path).unwrap();
+    let mut b = AlarmBook::new(PgAlarms::connect(&db.url()).unwrap());
+
+    assert_eq!(a.newest_poll_ms().unwrap(), b.newest_poll_ms().unwrap());
+    let devices = a.devices().unwrap();
+    assert_eq!(devices.len(), DEVICES.len());
+    assert!(devices.iter().any(|d| d.missing > 0), "{devices:?}");
+    assert_eq!(devices, b.devices().unwrap());
+    let reported = a.report_anomalies(10).unwrap();
+    assert!(!reported.is_empty());
+    assert_eq!(reported, b.report_anomalies(10).unwrap());
+    assert!(
+        b.report_anomalies(11).unwrap().is_empty(),
+        "each reported once"
+    );
+
+    let above = |v: f64| Observation {
+        kind: Kind::AboveLimit,
+        subject: "bf1/kgce_per_t".into(),
+        raise: v > 415.0,
+        clear: v < 407.0,
+        value: Some(v),
+        threshold: Some(415.0),
+        message: format!("{v} kgce/t"),
+    };
+    for (at, v) in [
+        (20, 420.0),
+        (30, 425.0),
+        (40, 410.0),
+        (50, 400.0),
+        (60, 430.0),
+    ] {
+        let (x, y) = (
+            a.apply(at, &[above(v)]).unwrap(),
+            b.apply(at, &[above(v)]).unwrap(),
+        );
+        assert_eq!(x, y, "at {at}");
+    }
+    let listed = a.list(false, 100).unwrap();
+    assert_eq!(
+        listed.len(),
+        reported.len() + 2,
+        "raised, cleared, raised again"
+    );
+    assert_eq!(listed, b.list(false, 100).unwrap());
+    let id = listed[1].id;
+    for book in [&mut a, &mut b] {
+        assert!(
+            matches!(book.ack(id, "wang", 70).unwrap(), AckOutcome::Acked(r) if r.acked_by.as_deref() == Some("wang"))
+        );
+        assert!(
+            matches!(book.ack(id, "li", 80).unwrap(), AckOutcome::AlreadyAcked(r) if r.acked_by.as_deref() == Some("wang"))
+        );
+        assert!(matches!(
+            book.ack(id + 1_000, "li", 80).unwrap(),
+            AckOutcome::NotFound
+        ));
+    }
+    assert_eq!(a.list(true, 100).unwrap(), b.list(true, 100).unwrap());
+    assert_eq!(a.open_counts().unwrap(), b.open_counts().unwrap());
+
+    // One evaluator for the database: the first book holds it; another gateway's waits, and
+    // takes it over when the first one's session ends.
+    assert!(b.evaluates().unwrap());
+    let mut other = AlarmBook::new(PgAlarms::connect(&db.url()).unwrap());
+    assert!(!other.evaluates().unwrap());
+    assert!(b.evaluates().unwrap(), "kept");
+    drop(b);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !other.evaluates().unwrap() {
+        assert!(std::time::Instant::now() < deadline, "never taken over");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop((lite, a));
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
 }

@@ -434,6 +434,14 @@ fn central_view(
         to,
         &config.plant.calendar,
     );
+    // One alarm book for the database, whichever gateway is asked.
+    let alarms: Vec<serde_json::Value> = https
+        .iter()
+        .map(|http| get_json(http, "/api/v1/alarms"))
+        .collect();
+    assert!(alarms[0].is_array(), "{}", alarms[0]);
+    assert!(alarms.iter().all(|a| *a == alarms[0]), "{alarms:?}");
+    eprintln!("alarms: {}", alarms[0]);
     for http in https {
         let devices = get_json(http, "/api/v1/devices");
         let devices = devices.as_array().unwrap();

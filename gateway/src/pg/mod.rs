@@ -7,10 +7,12 @@
 //! [`PgReader`] is what the API, reports and alarms read: every site of the database, whichever
 //! slot wrote it. History compaction is SQLite's: here retention drops whole day partitions.
 
+mod alarms;
 mod read;
 mod schema;
 pub mod upkeep;
 
+pub use alarms::PgAlarms;
 pub use read::PgReader;
 
 use std::cell::RefCell;

@@ -84,6 +84,17 @@ CREATE TABLE retention (id INTEGER PRIMARY KEY CHECK (id = 1), raw_before_ms BIG
 -- The edge that sent each number, so that a copy of a message whose day was dropped is still
 -- compared on its poll time and edge (SQLite keeps both in the message's row).
 ALTER TABLE message_numbers ADD COLUMN edge TEXT;
+-- The alarm book, one for the database (see pg/alarms.rs).
+CREATE TABLE alarms (
+    id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL,
+    raised_ms BIGINT NOT NULL, cleared_ms BIGINT,
+    value DOUBLE PRECISION, threshold DOUBLE PRECISION, message TEXT NOT NULL,
+    acked_ms BIGINT, acked_by TEXT,
+    -- For counter anomalies: the anomaly this alarm reports.
+    anomaly_id BIGINT
+);
+-- At most one open alarm per condition.
+CREATE UNIQUE INDEX alarms_open ON alarms (kind, subject) WHERE cleared_ms IS NULL;
 "#,
 ];
 

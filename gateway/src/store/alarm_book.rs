@@ -1,123 +1,18 @@
-//! The alarm table: alarms raised, kept current, cleared with hysteresis and acknowledged once;
-//! what [`crate::alarms`] finds is applied here in one transaction.
+//! SQLite's alarm table ([`crate::alarm_book`]'s `AlarmStore`): what [`crate::alarms`] finds is
+//! applied here in one transaction.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
 use super::{open_conn, rfc3339};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    AboveLimit,
-    NearLimit,
-    DataGap,
-    DeviceOffline,
-    SequenceGap,
-    CounterAnomaly,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 6] = [
-        Kind::AboveLimit,
-        Kind::NearLimit,
-        Kind::DataGap,
-        Kind::DeviceOffline,
-        Kind::SequenceGap,
-        Kind::CounterAnomaly,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::AboveLimit => "above_limit",
-            Kind::NearLimit => "near_limit",
-            Kind::DataGap => "data_gap",
-            Kind::DeviceOffline => "device_offline",
-            Kind::SequenceGap => "sequence_gap",
-            Kind::CounterAnomaly => "counter_anomaly",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-/// What one evaluation found about one condition.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Observation {
-    pub kind: Kind,
-    pub subject: String,
-    /// The raise condition holds.
-    pub raise: bool,
-    /// The clear condition holds; with hysteresis it is stricter than `!raise`.
-    pub clear: bool,
-    pub value: Option<f64>,
-    pub threshold: Option<f64>,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    Raise,
-    Clear,
-}
-
-/// Hysteresis: an open alarm stays open until its clear condition holds; a closed one opens
-/// when its raise condition holds.
-pub fn change(open: bool, obs: &Observation) -> Option<Change> {
-    match (open, obs.raise, obs.clear) {
-        (false, true, _) => Some(Change::Raise),
-        (true, _, true) => Some(Change::Clear),
-        _ => None,
-    }
-}
-
-/// What the ledger says about one device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeviceState {
-    pub device: String,
-    /// Its edge's last status.
-    pub edge_online: bool,
-    pub last_good_ms: Option<i64>,
-    pub missing: i64,
-}
-
-/// One alarm as the API and the MQTT topic show it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AlarmRow {
-    pub id: i64,
-    pub kind: Kind,
-    pub subject: String,
-    /// The condition still holds.
-    pub active: bool,
-    pub raised: String,
-    pub cleared: Option<String>,
-    pub value: Option<f64>,
-    pub threshold: Option<f64>,
-    pub message: String,
-    pub acked: Option<String>,
-    pub acked_by: Option<String>,
-}
-
-impl AlarmRow {
-    pub fn topic(&self, prefix: &str) -> String {
-        format!("{prefix}/alarms/{}/{}", self.kind.as_str(), self.subject)
-    }
-}
-
-#[derive(Debug)]
-pub enum AckOutcome {
-    Acked(AlarmRow),
-    AlreadyAcked(AlarmRow),
-    NotFound,
-}
+use crate::alarm_book::{
+    change, AckOutcome, AlarmRow, AlarmStore, Change, DeviceState, Kind, Observation,
+};
 
 /// The alarm table.
-pub struct AlarmBook {
+pub struct SqliteAlarms {
     conn: Connection,
 }
 
@@ -147,12 +42,17 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlarmRow> {
     })
 }
 
-impl AlarmBook {
+impl SqliteAlarms {
     /// Opens the gateway's database, which [`crate::store::Store::open`] has migrated.
-    pub fn open(path: &Path) -> anyhow::Result<AlarmBook> {
-        Ok(AlarmBook {
+    pub fn open(path: &Path) -> anyhow::Result<SqliteAlarms> {
+        Ok(SqliteAlarms {
             conn: open_conn(path)?,
         })
+    }
+
+    /// The alarm book kept here.
+    pub fn book(path: &Path) -> anyhow::Result<crate::alarm_book::AlarmBook> {
+        Ok(crate::alarm_book::AlarmBook::new(SqliteAlarms::open(path)?))
     }
 
     fn get(&self, id: i64) -> rusqlite::Result<Option<AlarmRow>> {
@@ -164,15 +64,16 @@ impl AlarmBook {
             )
             .optional()
     }
+}
 
-    /// The newest poll time any device delivered.
-    pub fn newest_poll_ms(&self) -> anyhow::Result<Option<i64>> {
+impl AlarmStore for SqliteAlarms {
+    fn newest_poll_ms(&mut self) -> anyhow::Result<Option<i64>> {
         Ok(self
             .conn
             .query_row("SELECT MAX(last_ts_ms) FROM devices", [], |r| r.get(0))?)
     }
 
-    pub fn devices(&self) -> anyhow::Result<Vec<DeviceState>> {
+    fn devices(&mut self) -> anyhow::Result<Vec<DeviceState>> {
         let mut stmt = self.conn.prepare(
             "SELECT d.device, COALESCE(e.online, 0), d.last_good_ms,
                     (SELECT COALESCE(SUM(to_seq - from_seq + 1), 0) FROM gaps g WHERE g.device = d.device)
@@ -189,8 +90,7 @@ impl AlarmBook {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Applies one evaluation in one transaction; returns the alarms raised or cleared.
-    pub fn apply(&mut self, now_ms: i64, found: &[Observation]) -> anyhow::Result<Vec<AlarmRow>> {
+    fn apply(&mut self, now_ms: i64, found: &[Observation]) -> anyhow::Result<Vec<AlarmRow>> {
         let tx = self.conn.transaction()?;
         let mut changed = Vec::new();
         for obs in found {
@@ -242,8 +142,7 @@ impl AlarmBook {
         Ok(rows)
     }
 
-    /// Raises one event alarm for each counter anomaly not reported yet.
-    pub fn report_anomalies(&mut self, now_ms: i64) -> anyhow::Result<Vec<AlarmRow>> {
+    fn report_anomalies(&mut self, now_ms: i64) -> anyhow::Result<Vec<AlarmRow>> {
         let tx = self.conn.transaction()?;
         let inserted = tx.execute(
             "INSERT INTO alarms (kind, subject, raised_ms, cleared_ms, message, anomaly_id)
@@ -268,8 +167,7 @@ impl AlarmBook {
         Ok(rows)
     }
 
-    /// Alarms newest first: all, or only those open or unacknowledged.
-    pub fn list(&self, pending_only: bool, limit: i64) -> anyhow::Result<Vec<AlarmRow>> {
+    fn list(&mut self, pending_only: bool, limit: i64) -> anyhow::Result<Vec<AlarmRow>> {
         let filter = if pending_only {
             "WHERE cleared_ms IS NULL OR acked_ms IS NULL"
         } else {
@@ -282,8 +180,7 @@ impl AlarmBook {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Open alarms by kind.
-    pub fn open_counts(&self) -> anyhow::Result<HashMap<Kind, i64>> {
+    fn open_counts(&mut self) -> anyhow::Result<HashMap<Kind, i64>> {
         let mut stmt = self
             .conn
             .prepare("SELECT kind, COUNT(*) FROM alarms WHERE cleared_ms IS NULL GROUP BY kind")?;
@@ -298,8 +195,7 @@ impl AlarmBook {
         Ok(out)
     }
 
-    /// An operator acknowledges an alarm; the first acknowledgement stands.
-    pub fn ack(&mut self, id: i64, by: &str, now_ms: i64) -> anyhow::Result<AckOutcome> {
+    fn ack(&mut self, id: i64, by: &str, now_ms: i64) -> anyhow::Result<AckOutcome> {
         let updated = self.conn.execute(
             "UPDATE alarms SET acked_ms = ?2, acked_by = ?3 WHERE id = ?1 AND acked_ms IS NULL",
             params![id, now_ms, by],
@@ -316,13 +212,13 @@ impl AlarmBook {
 mod tests {
     use super::*;
 
-    fn temp_book(tag: &str) -> (std::path::PathBuf, AlarmBook) {
+    fn temp_book(tag: &str) -> (std::path::PathBuf, SqliteAlarms) {
         let p = std::env::temp_dir().join(format!("ems-alarms-{tag}-{}.db", std::process::id()));
         for ext in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
         }
         crate::store::Store::open(&p).unwrap();
-        let book = AlarmBook::open(&p).unwrap();
+        let book = SqliteAlarms::open(&p).unwrap();
         (p, book)
     }
 

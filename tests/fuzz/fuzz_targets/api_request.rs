@@ -37,9 +37,9 @@ fn api() -> &'static Api {
         let now: ems_gateway::clock::NowFn = Arc::new(|| 1_767_200_000_000);
         let state = ems_gateway::api::AppState {
             reader: Arc::new(store.reader().unwrap()),
-            alarms: Some(Arc::new(std::sync::Mutex::new(
-                ems_gateway::alarms::AlarmBook::open(&db).unwrap(),
-            ))),
+            alarms: Arc::new(std::sync::Mutex::new(
+                ems_gateway::store::alarm_book::SqliteAlarms::book(&db).unwrap(),
+            )),
             node: None,
             config: Arc::new(config),
             upload_errors: Default::default(),
