@@ -180,10 +180,7 @@ impl Config {
         }
         // Their queues are SQLite's so far: refused rather than silently not run.
         if config.storage.backend == Backend::Postgres {
-            for (table, set) in [
-                ("influx", config.influx.is_some()),
-                ("upload", config.upload.is_some()),
-            ] {
+            for (table, set) in [("upload", config.upload.is_some())] {
                 if set {
                     return Err(src.error(
                         table,
@@ -762,11 +759,11 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("cluster"), "{err}");
-        // A sink whose queue the backend does not keep is refused, never silently not run.
-        let sink = "[influx]\nurl = \"http://127.0.0.1:8086\"\norg = \"o\"\nbucket = \"b\"\ntoken = \"t\"\n";
-        assert!(with(path, path, sink).is_ok());
-        let err = with(path, &postgres, sink).unwrap_err().to_string();
-        assert!(err.contains("influx") && err.contains("postgres"), "{err}");
+        // What the backend does not run is refused, never silently not run.
+        let upload = "[upload]\n[[upload.endpoints]]\nid = \"p\"\nurl = \"http://127.0.0.1:9/\"\n";
+        assert!(with(path, path, upload).is_ok());
+        let err = with(path, &postgres, upload).unwrap_err().to_string();
+        assert!(err.contains("upload") && err.contains("postgres"), "{err}");
     }
 
     #[test]

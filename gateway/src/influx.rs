@@ -194,7 +194,7 @@ pub fn unit_lines(unit: &Unit, slot_ms: i64, ind: &Indicator) -> String {
 /// The sink's view of its queue: the table's rows, and when each dirty slot's version was
 /// first seen.
 pub struct SinkQueue {
-    table: crate::store::sink_queue::SinkTable,
+    table: Box<dyn crate::storage::SinkStore>,
     settling: Settling,
 }
 
@@ -220,24 +220,33 @@ impl Settling {
 pub struct Pending {
     pub body: String,
     pub lines: u64,
-    last_id: Option<i64>,
+    /// The queue ids of the messages it carries.
+    ids: Vec<i64>,
     slots: Vec<(i64, i64)>,
 }
 
 impl SinkQueue {
-    /// The queue in the database at `path`; slot rollups wait `settle` without change.
+    /// The queue in the SQLite database at `path`; slot rollups wait `settle` without change.
     pub fn open(path: &Path, settle: Duration) -> anyhow::Result<SinkQueue> {
-        Ok(SinkQueue {
-            table: crate::store::sink_queue::SinkTable::open(path)?,
+        Ok(SinkQueue::new(
+            crate::store::sink_queue::SinkTable::open(path)?,
+            settle,
+        ))
+    }
+
+    /// The queue `table` keeps; slot rollups wait `settle` without change.
+    pub fn new(table: impl crate::storage::SinkStore + 'static, settle: Duration) -> SinkQueue {
+        SinkQueue {
+            table: Box::new(table),
             settling: Settling {
                 settle,
                 seen: HashMap::new(),
             },
-        })
+        }
     }
 
     /// Queued messages not yet accepted by the server.
-    pub fn depth(&self) -> anyhow::Result<i64> {
+    pub fn depth(&mut self) -> anyhow::Result<i64> {
         self.table.depth()
     }
 
@@ -253,7 +262,7 @@ impl SinkQueue {
         for (id, lines) in self.table.oldest(max_messages)? {
             p.lines += lines.lines().count() as u64;
             p.body.push_str(&lines);
-            p.last_id = Some(id);
+            p.ids.push(id);
         }
         let settling = &mut self.settling;
         p.slots = self
@@ -280,7 +289,7 @@ impl SinkQueue {
 
     /// The server accepted `p`: off the queue. A slot dirtied again meanwhile stays dirty.
     pub fn done(&mut self, p: &Pending) -> anyhow::Result<()> {
-        self.table.remove(p.last_id, &p.slots)?;
+        self.table.remove(&p.ids, &p.slots)?;
         for (slot, version) in &p.slots {
             if self
                 .settling

@@ -131,8 +131,9 @@ pub async fn serve(
 /// session, renewing the lease; a writer whose lease was taken over stops (its commits are
 /// fenced by the epoch anyway). Active or standing by, it serves the API and dashboard over
 /// every site of the database (the central view), `/healthz` with its role, and the alarms
-/// (one book for the database, evaluated by one gateway at a time); the InfluxDB sink and
-/// upload are not run on this backend yet (the configuration refuses them).
+/// (one book for the database, evaluated by one gateway at a time) and the InfluxDB sink (each
+/// gateway queues what it stores, one of the database sends); upload is not run on this
+/// backend yet (the configuration refuses it).
 async fn serve_postgres(
     config: Config,
     listener: TcpListener,
@@ -198,6 +199,31 @@ async fn serve_postgres(
         now: now.clone(),
         shutdown: shutdown.clone(),
     };
+    // The InfluxDB sink: every gateway queues what it stores; one of the database sends.
+    let sink_task = match config.influx.clone() {
+        Some(cfg) => {
+            let sink_url = url.clone();
+            let table =
+                tokio::task::spawn_blocking(move || crate::pg::PgSinkQueue::connect(&sink_url))
+                    .await
+                    .context("sink task panicked")??;
+            let reader_url = url.clone();
+            let reader =
+                tokio::task::spawn_blocking(move || crate::pg::PgReader::connect(&reader_url))
+                    .await
+                    .context("sink task panicked")??;
+            let settle = Duration::from_secs_f64(cfg.rollup_settle_s);
+            Some(tokio::spawn(influx::run(
+                config.plant.clone(),
+                cfg,
+                influx::SinkQueue::new(table, settle),
+                Arc::new(crate::view::Reader::new(reader)),
+                metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let ticks = tokio::spawn(tick(committed.clone(), shutdown.clone()));
     let upkeep_task = tokio::spawn(pg_upkeep(config.clone(), now.clone(), shutdown.clone()));
     let http_shutdown = shutdown.clone();
@@ -210,9 +236,12 @@ async fn serve_postgres(
 
     // Connect; in a slot, wait for its lease (the postgres client blocks: off the runtime).
     let (store_url, wait) = (url.clone(), shutdown.clone());
-    let slot = cluster.clone();
+    let (slot, sink_on) = (cluster.clone(), config.influx.is_some());
     let taken = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<crate::pg::PgStore>> {
         let mut store = crate::pg::PgStore::connect(&store_url)?;
+        if sink_on {
+            store.enable_sink(Box::new(influx::sample_lines));
+        }
         let Some(c) = slot else {
             return Ok(Some(store));
         };
@@ -237,6 +266,9 @@ async fn serve_postgres(
         http.await.context("HTTP task panicked")??;
         ticks.await.context("tick task panicked")?;
         upkeep_task.await.context("upkeep task panicked")?;
+        if let Some(t) = sink_task {
+            t.await.context("sink task panicked")??;
+        }
         return alarm_task.await.context("alarm task panicked")?;
     };
     // The lease keeper: a connection of its own renews every third of the lease; a lease
@@ -298,6 +330,9 @@ async fn serve_postgres(
     ticks.await.context("tick task panicked")?;
     upkeep_task.await.context("upkeep task panicked")?;
     let alarm_result = alarm_task.await.context("alarm task panicked")?;
+    if let Some(t) = sink_task {
+        t.await.context("sink task panicked")??;
+    }
     let keeper_result = match keeper {
         Some(k) => k.await.context("lease task panicked")?,
         None => Ok(()),

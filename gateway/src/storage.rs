@@ -143,3 +143,17 @@ pub fn reason_code(reason: &str) -> &str {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The time-series sink's queue, whichever backend keeps it: line protocol of stored messages
+/// (queued in the storing transaction) and the 15-minute slots whose rollups changed.
+pub trait SinkStore: Send {
+    /// Queued messages not yet accepted by the server.
+    fn depth(&mut self) -> anyhow::Result<i64>;
+    /// The oldest queued messages' lines, with their queue ids.
+    fn oldest(&mut self, max: usize) -> anyhow::Result<Vec<(i64, String)>>;
+    /// Slots whose rollups changed, oldest first, with the version of their last change.
+    fn dirty_slots(&mut self, max: usize) -> anyhow::Result<Vec<(i64, i64)>>;
+    /// Takes what the server accepted off the queue: the messages `ids` (those [`Self::oldest`]
+    /// gave), and each slot at the version sent (one dirtied again meanwhile stays dirty).
+    fn remove(&mut self, ids: &[i64], slots: &[(i64, i64)]) -> anyhow::Result<()>;
+}

@@ -7,7 +7,8 @@
 //! - What the API reads (devices, edges, rollups, quarantine, anomalies, the integrity check,
 //!   the export, a gap declared lost) is the same from both.
 //! - Retention drops PostgreSQL's raw days whole and keeps the ledger.
-//! - The alarm book is kept alike; one gateway of the database evaluates at a time.
+//! - The alarm book and the InfluxDB sink's queue are kept alike; one gateway of the database
+//!   evaluates the alarms, and one sends the queue, at a time.
 //! - A slot's lease fences its writers: after a takeover the old writer's commit is refused and
 //!   writes nothing.
 
@@ -18,8 +19,10 @@ use ems_core::Quality;
 use ems_energy::counter::{CounterRule, GapFill};
 use ems_gateway::alarm_book::{AckOutcome, AlarmBook, Kind, Observation};
 use ems_gateway::pg::upkeep::{drop_raw_before, Dropped};
-use ems_gateway::pg::{PgAlarms, PgReader, PgStore, ScratchDatabase};
+use ems_gateway::pg::{PgAlarms, PgReader, PgSinkQueue, PgStore, ScratchDatabase};
+use ems_gateway::storage::SinkStore;
 use ems_gateway::storage::{AccountingRules, Fenced, Incoming, Origin, Rejected, WriteRules};
+use ems_gateway::store::sink_queue::SinkTable;
 use ems_gateway::store::Store;
 use ems_gateway::view::{DeclareOutcome, Reader};
 
@@ -621,6 +624,65 @@ fn the_alarm_book_is_kept_alike_and_evaluated_by_one_gateway_at_a_time() {
     drop(b);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !other.evaluates().unwrap() {
+        assert!(std::time::Instant::now() < deadline, "never taken over");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop((lite, a));
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
+
+/// The InfluxDB sink's queue on PostgreSQL: what SQLite queues of the same batches (each stored
+/// message's lines once, the slots whose rollups changed), sent by one gateway at a time and
+/// taken off by the ids sent.
+#[test]
+fn the_sink_queue_is_kept_alike_and_sent_by_one_gateway_at_a_time() {
+    let db = scratch("sink");
+    let mut pg = PgStore::connect(&db.url()).unwrap();
+    let path = temp_sqlite("sink");
+    let mut lite = Store::open(&path).unwrap();
+    lite.enable_sink(Box::new(ems_gateway::influx::sample_lines))
+        .unwrap();
+    pg.enable_sink(Box::new(ems_gateway::influx::sample_lines));
+    let (stored, ..) = write_both(&mut lite, &mut pg);
+    let mut a = SinkTable::open(&path).unwrap();
+    let mut b = PgSinkQueue::connect(&db.url()).unwrap();
+
+    assert_eq!(
+        a.depth().unwrap(),
+        stored as i64,
+        "each stored message once"
+    );
+    assert_eq!(a.depth().unwrap(), b.depth().unwrap());
+    let (qa, qb) = (a.oldest(100_000).unwrap(), b.oldest(100_000).unwrap());
+    let lines = |q: &[(i64, String)]| q.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>();
+    assert_eq!(lines(&qa), lines(&qb));
+    assert!(qa[0].1.starts_with("ems_sample"), "{}", qa[0].1);
+    let slots = |d: Vec<(i64, i64)>| d.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+    let dirty = slots(a.dirty_slots(100_000).unwrap());
+    assert!(dirty.len() > 10, "{dirty:?}");
+    assert_eq!(dirty, slots(b.dirty_slots(100_000).unwrap()));
+
+    // One sender for the database: another gateway's queue gives nothing meanwhile.
+    let mut other = PgSinkQueue::connect(&db.url()).unwrap();
+    assert!(other.oldest(10).unwrap().is_empty() && other.dirty_slots(10).unwrap().is_empty());
+    // Sent and accepted: exactly those ids and slot versions go.
+    let sent: Vec<i64> = qb.iter().step_by(2).map(|(id, _)| *id).collect();
+    let versions = b.dirty_slots(3).unwrap();
+    b.remove(&sent, &versions).unwrap();
+    assert_eq!(b.depth().unwrap(), (qb.len() - sent.len()) as i64);
+    let left: Vec<i64> = b
+        .oldest(100_000)
+        .unwrap()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(left.iter().all(|id| !sent.contains(id)));
+    assert_eq!(b.dirty_slots(100_000).unwrap().len(), dirty.len() - 3);
+    drop(b);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while other.oldest(1).unwrap().is_empty() {
         assert!(std::time::Instant::now() < deadline, "never taken over");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -10,10 +10,12 @@
 mod alarms;
 mod read;
 mod schema;
+mod sink;
 pub mod upkeep;
 
 pub use alarms::PgAlarms;
 pub use read::PgReader;
+pub use sink::PgSinkQueue;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -53,6 +55,8 @@ pub struct PgStore {
     lease: Option<Lease>,
     /// The lease's length, once one was taken: no transaction of this writer stays idle longer.
     lease_ms: Option<i64>,
+    /// Queue what is stored for the time-series sink.
+    sink: Option<crate::batch::SinkEncoder>,
 }
 
 impl PgStore {
@@ -69,7 +73,14 @@ impl PgStore {
             partitions: HashSet::new(),
             lease: None,
             lease_ms: None,
+            sink: None,
         })
+    }
+
+    /// From now on, queue every stored message (as `encode` writes it) and every 15-minute slot
+    /// whose rollups changed for the time-series sink, in the transaction that stores them.
+    pub fn enable_sink(&mut self, encode: crate::batch::SinkEncoder) {
+        self.sink = Some(encode);
     }
 
     /// The database's clock, in milliseconds since the epoch: leases are timed by it alone, so
@@ -189,6 +200,7 @@ impl PgStore {
         let mut tx = self.client.transaction()?;
         let out = {
             let pg = PgTx {
+                sink: self.sink.is_some(),
                 writer: self
                     .lease
                     .as_ref()
@@ -202,8 +214,14 @@ impl PgStore {
                 statements: RefCell::new(&mut self.statements),
                 partitions: RefCell::new(&mut self.partitions),
             };
-            let out =
-                crate::batch::write_batch(&pg, &mut self.caches, None, batch, rules, received_ms)?;
+            let out = crate::batch::write_batch(
+                &pg,
+                &mut self.caches,
+                self.sink.as_ref(),
+                batch,
+                rules,
+                received_ms,
+            )?;
             pg.flush_all()?;
             out
         };
@@ -265,6 +283,8 @@ fn redact(url: &str) -> String {
 struct PgTx<'t, 'c> {
     /// "slot#epoch" of the lease this writer commits under.
     writer: Option<String>,
+    /// The time-series sink is on: slots whose rollups change are marked for it.
+    sink: bool,
     /// Raw messages numbered in this batch and not yet inserted: written many to a statement
     /// (before anything reads raw messages, and at the batch's end).
     raw: RefCell<RawRows>,
@@ -395,6 +415,15 @@ impl PgTx<'_, '_> {
                estimated = point_slots.estimated + EXCLUDED.estimated",
             &[&rows.device, &rows.point, &rows.slot_ms, &rows.delta, &rows.covered_ms, &rows.estimated],
         )?;
+        if self.sink {
+            // Each changed slot's version moves on: the sink sends a slot once it settled.
+            self.execute(
+                "INSERT INTO sink_dirty_slots (slot_ms, version)
+                 SELECT DISTINCT s, 1 FROM unnest($1::int8[]) AS u(s)
+                 ON CONFLICT (slot_ms) DO UPDATE SET version = sink_dirty_slots.version + 1",
+                &[&rows.slot_ms],
+            )?;
+        }
         Ok(())
     }
 

@@ -95,6 +95,9 @@ CREATE TABLE alarms (
 );
 -- At most one open alarm per condition.
 CREATE UNIQUE INDEX alarms_open ON alarms (kind, subject) WHERE cleared_ms IS NULL;
+-- The time-series sink's 15-minute slots whose rollups changed since last sent (the queue of
+-- stored messages' lines is `sink_queue`).
+CREATE TABLE sink_dirty_slots (slot_ms BIGINT PRIMARY KEY, version BIGINT NOT NULL);
 "#,
 ];
 

@@ -1,12 +1,13 @@
 //! The time-series sink's tables: line protocol of stored messages not yet accepted, and the
 //! 15-minute slots whose rollups changed since last sent (filled in the storing transaction;
-//! see `Store::enable_sink`).
+//! see `Store::enable_sink`): SQLite's [`SinkStore`].
 
 use std::path::Path;
 
 use rusqlite::{params, Connection};
 
 use super::open_conn;
+use crate::storage::SinkStore;
 
 pub struct SinkTable {
     conn: Connection,
@@ -18,16 +19,16 @@ impl SinkTable {
             conn: open_conn(path)?,
         })
     }
+}
 
-    /// Queued messages not yet accepted by the server.
-    pub fn depth(&self) -> anyhow::Result<i64> {
+impl SinkStore for SinkTable {
+    fn depth(&mut self) -> anyhow::Result<i64> {
         Ok(self
             .conn
             .query_row("SELECT COUNT(*) FROM sink_queue", [], |r| r.get(0))?)
     }
 
-    /// The oldest queued messages' lines, with their queue ids.
-    pub fn oldest(&self, max: usize) -> anyhow::Result<Vec<(i64, String)>> {
+    fn oldest(&mut self, max: usize) -> anyhow::Result<Vec<(i64, String)>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT id, lines FROM sink_queue ORDER BY id LIMIT ?1")?;
@@ -35,8 +36,7 @@ impl SinkTable {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Slots whose rollups changed, oldest first, with the version of their last change.
-    pub fn dirty_slots(&self, max: usize) -> anyhow::Result<Vec<(i64, i64)>> {
+    fn dirty_slots(&mut self, max: usize) -> anyhow::Result<Vec<(i64, i64)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT slot_ms, version FROM sink_dirty_slots ORDER BY slot_ms LIMIT ?1",
         )?;
@@ -44,11 +44,10 @@ impl SinkTable {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Takes what the server accepted off the queue: messages up to `last_id`, and each slot
-    /// at the version sent (one dirtied again meanwhile stays dirty).
-    pub fn remove(&mut self, last_id: Option<i64>, slots: &[(i64, i64)]) -> anyhow::Result<()> {
+    fn remove(&mut self, ids: &[i64], slots: &[(i64, i64)]) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
-        if let Some(last) = last_id {
+        // One writer at a time: ids are taken in commit order, so `oldest` gave a prefix.
+        if let Some(&last) = ids.iter().max() {
             tx.execute("DELETE FROM sink_queue WHERE id <= ?1", [last])?;
         }
         for (slot, version) in slots {
