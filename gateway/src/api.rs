@@ -711,9 +711,12 @@ async fn uploads(State(s): State<AppState>) -> ApiResult<Vec<crate::upload::Endp
     let Some(cfg) = s.config.upload.clone() else {
         return Ok(Json(Vec::new()));
     };
-    let (db, errors) = (s.config.storage.path.clone(), s.upload_errors.clone());
+    let (open, errors) = (
+        crate::upload::outbox_of(&s.config.storage),
+        s.upload_errors.clone(),
+    );
     let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let outbox = crate::store::upload_outbox::Outbox::open(&db)?;
+        let mut outbox = open()?;
         let errors = errors.lock().expect("errors lock").clone();
         cfg.endpoints
             .iter()

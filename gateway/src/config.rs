@@ -178,17 +178,6 @@ impl Config {
             )),
             _ => {}
         }
-        // Their queues are SQLite's so far: refused rather than silently not run.
-        if config.storage.backend == Backend::Postgres {
-            for (table, set) in [("upload", config.upload.is_some())] {
-                if set {
-                    return Err(src.error(
-                        table,
-                        format!("[{table}] is not run with backend = \"postgres\" yet (its queue is SQLite's); use the sqlite backend or remove [{table}]"),
-                    ));
-                }
-            }
-        }
         if let Some(c) = &config.cluster {
             if !valid_name(&c.slot) || !valid_name(&c.instance) {
                 return Err(src.error(
@@ -759,11 +748,6 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("cluster"), "{err}");
-        // What the backend does not run is refused, never silently not run.
-        let upload = "[upload]\n[[upload.endpoints]]\nid = \"p\"\nurl = \"http://127.0.0.1:9/\"\n";
-        assert!(with(path, path, upload).is_ok());
-        let err = with(path, &postgres, upload).unwrap_err().to_string();
-        assert!(err.contains("upload") && err.contains("postgres"), "{err}");
     }
 
     #[test]

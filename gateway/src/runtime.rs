@@ -76,7 +76,7 @@ pub async fn serve(
         Some(cfg) => Some(tokio::spawn(upload::run(
             plant.clone(),
             cfg,
-            db.clone(),
+            upload::outbox_of(&config.storage),
             Arc::new(store.reader()?),
             now.clone(),
             upload_errors.clone(),
@@ -132,8 +132,8 @@ pub async fn serve(
 /// fenced by the epoch anyway). Active or standing by, it serves the API and dashboard over
 /// every site of the database (the central view), `/healthz` with its role, and the alarms
 /// (one book for the database, evaluated by one gateway at a time) and the InfluxDB sink (each
-/// gateway queues what it stores, one of the database sends); upload is not run on this
-/// backend yet (the configuration refuses it).
+/// gateway queues what it stores, one of the database sends) and the upload (one gateway of
+/// the database makes the records, one sends to each endpoint).
 async fn serve_postgres(
     config: Config,
     listener: TcpListener,
@@ -188,10 +188,11 @@ async fn serve_postgres(
         committed.clone(),
         shutdown.clone(),
     ));
+    let upload_errors = upload::UploadErrors::default();
     let app = api::AppState {
         config: config.clone(),
         reader: Arc::new(reader),
-        upload_errors: upload::UploadErrors::default(),
+        upload_errors: upload_errors.clone(),
         alarms: Arc::new(api_book.into()),
         node: Some(state.clone()),
         metrics: metrics.clone(),
@@ -219,6 +220,26 @@ async fn serve_postgres(
                 influx::SinkQueue::new(table, settle),
                 Arc::new(crate::view::Reader::new(reader)),
                 metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    // Upload: one gateway of the database makes the records, one sends to each endpoint.
+    let upload_task = match config.upload.clone() {
+        Some(cfg) => {
+            let reader_url = url.clone();
+            let reader =
+                tokio::task::spawn_blocking(move || crate::pg::PgReader::connect(&reader_url))
+                    .await
+                    .context("upload task panicked")??;
+            Some(tokio::spawn(upload::run(
+                config.plant.clone(),
+                cfg,
+                upload::outbox_of(&config.storage),
+                Arc::new(crate::view::Reader::new(reader)),
+                now.clone(),
+                upload_errors.clone(),
                 shutdown.clone(),
             )))
         }
@@ -268,6 +289,9 @@ async fn serve_postgres(
         upkeep_task.await.context("upkeep task panicked")?;
         if let Some(t) = sink_task {
             t.await.context("sink task panicked")??;
+        }
+        if let Some(t) = upload_task {
+            t.await.context("upload task panicked")??;
         }
         return alarm_task.await.context("alarm task panicked")?;
     };
@@ -332,6 +356,9 @@ async fn serve_postgres(
     let alarm_result = alarm_task.await.context("alarm task panicked")?;
     if let Some(t) = sink_task {
         t.await.context("sink task panicked")??;
+    }
+    if let Some(t) = upload_task {
+        t.await.context("upload task panicked")??;
     }
     let keeper_result = match keeper {
         Some(k) => k.await.context("lease task panicked")?,

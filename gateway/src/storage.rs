@@ -157,3 +157,29 @@ pub trait SinkStore: Send {
     /// gave), and each slot at the version sent (one dirtied again meanwhile stays dirty).
     fn remove(&mut self, ids: &[i64], slots: &[(i64, i64)]) -> anyhow::Result<()>;
 }
+
+/// The provincial upload's outbox, whichever backend keeps it: records as made, each kind's
+/// cursor, and each endpoint's confirmations.
+pub trait UploadStore: Send {
+    /// Whether this gateway makes the records (`endpoint` `None`) or sends to `endpoint`:
+    /// always with SQLite; with PostgreSQL, one gateway of the database for each.
+    fn leads(&mut self, _endpoint: Option<&str>) -> anyhow::Result<bool> {
+        Ok(true)
+    }
+    /// The start of the next period of `kind` to make, set to `default` the first time.
+    fn next_start(&mut self, kind: &str, default: i64) -> anyhow::Result<i64>;
+    /// Queues a record and moves the kind's cursor past its period, in one transaction.
+    fn push(
+        &mut self,
+        kind: &str,
+        period: (i64, i64),
+        record: &serde_json::Value,
+        record_id: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()>;
+    /// The first record `endpoint` has not confirmed: (outbox id, record id, body).
+    fn next_for(&mut self, endpoint: &str) -> anyhow::Result<Option<(i64, String, String)>>;
+    fn confirm(&mut self, endpoint: &str, outbox_id: i64, now_ms: i64) -> anyhow::Result<()>;
+    /// Records, confirmations and the last confirmed record of an endpoint.
+    fn status(&mut self, endpoint: &str) -> anyhow::Result<(i64, i64, Option<String>)>;
+}

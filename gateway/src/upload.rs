@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::NowFn;
+use crate::storage::UploadStore;
 use crate::view::Reader;
 use ems_energy::calendar::{buckets, local_rfc3339, Period};
 use ems_energy::figures::unit_figures;
@@ -301,11 +302,46 @@ pub struct EndpointStatus {
 /// What the API shows of the uploader: last error per endpoint (the rest is in the database).
 pub type UploadErrors = Arc<Mutex<HashMap<String, String>>>;
 
+/// Opens the outbox where the configuration keeps the record (SQLite's file or PostgreSQL):
+/// a connection of its own each time. Blocks: call it off the runtime.
+pub type OpenOutbox = Arc<dyn Fn() -> anyhow::Result<Box<dyn UploadStore>> + Send + Sync>;
+
+/// The outbox of the configured backend.
+pub fn outbox_of(storage: &crate::config::StorageConfig) -> OpenOutbox {
+    let (backend, path, url) = (
+        storage.backend,
+        storage.path.clone(),
+        storage.url.clone().unwrap_or_default(),
+    );
+    Arc::new(move || -> anyhow::Result<Box<dyn UploadStore>> {
+        Ok(match backend {
+            crate::config::Backend::Sqlite => {
+                Box::new(crate::store::upload_outbox::Outbox::open(&path)?)
+            }
+            crate::config::Backend::Postgres => Box::new(crate::pg::PgOutbox::connect(&url)?),
+        })
+    })
+}
+
+/// An outbox shared with the blocking tasks that use it.
+type Shared = Arc<Mutex<Box<dyn UploadStore>>>;
+
+/// Runs `f` on the outbox off the runtime (its database client may block).
+async fn on<T: Send + 'static>(
+    outbox: &Shared,
+    f: impl FnOnce(&mut dyn UploadStore) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let outbox = outbox.clone();
+    tokio::task::spawn_blocking(move || f(&mut **outbox.lock().expect("outbox lock poisoned")))
+        .await
+        .context("outbox task panicked")?
+}
+
 /// Makes records as their periods end and sends them to every endpoint, until `shutdown`.
 pub async fn run(
     plant: Arc<Plant>,
     cfg: UploadConfig,
-    db: std::path::PathBuf,
+    open: OpenOutbox,
     reader: Arc<Reader>,
     now: NowFn,
     errors: UploadErrors,
@@ -333,30 +369,41 @@ pub async fn run(
                 std::fs::read(ca).with_context(|| format!("[upload] ca_file {}", ca.display()))?;
             client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
         }
+        let opened = open.clone();
+        let outbox = tokio::task::spawn_blocking(move || opened()).await??;
         senders.push(tokio::spawn(send(
             ep,
             client.build()?,
-            crate::store::upload_outbox::Outbox::open(&db)?,
+            Arc::new(Mutex::new(outbox)),
             now.clone(),
             errors.clone(),
             shutdown.clone(),
         )));
     }
     let interval_ms = cfg.realtime_interval_min * 60_000;
-    let mut outbox = crate::store::upload_outbox::Outbox::open(&db)?;
+    let opened = open.clone();
+    let outbox: Shared = Arc::new(Mutex::new(
+        tokio::task::spawn_blocking(move || opened()).await??,
+    ));
     let streams = streams(&plant);
     while !shutdown.is_cancelled() {
-        let until = now() - cfg.settle_s * 1000;
-        for (prefix, part) in &streams {
-            for kind in Kind::ALL {
-                let cursor = format!("{prefix}{}", kind.name());
-                let next = outbox.next_start(&cursor, from)?;
-                for period in kind.periods(part, interval_ms, next, until) {
-                    let (p, r, t) = (part.clone(), reader.clone(), now());
-                    let rec = tokio::task::spawn_blocking(move || record(&p, &r, kind, period, t))
-                        .await??;
-                    let id = rec["record_id"].as_str().unwrap_or_default().to_owned();
-                    outbox.push(&cursor, period, &mapping.apply(rec), &id, t)?;
+        // With PostgreSQL, one gateway of the database makes the records.
+        if on(&outbox, |o| o.leads(None)).await? {
+            let until = now() - cfg.settle_s * 1000;
+            for (prefix, part) in &streams {
+                for kind in Kind::ALL {
+                    let cursor = format!("{prefix}{}", kind.name());
+                    let (c, from) = (cursor.clone(), from);
+                    let next = on(&outbox, move |o| o.next_start(&c, from)).await?;
+                    for period in kind.periods(part, interval_ms, next, until) {
+                        let (p, r, t) = (part.clone(), reader.clone(), now());
+                        let rec =
+                            tokio::task::spawn_blocking(move || record(&p, &r, kind, period, t))
+                                .await??;
+                        let id = rec["record_id"].as_str().unwrap_or_default().to_owned();
+                        let (c, mapped) = (cursor.clone(), mapping.apply(rec));
+                        on(&outbox, move |o| o.push(&c, period, &mapped, &id, t)).await?;
+                    }
                 }
             }
         }
@@ -375,14 +422,24 @@ pub async fn run(
 async fn send(
     ep: EndpointConfig,
     client: reqwest::Client,
-    outbox: crate::store::upload_outbox::Outbox,
+    outbox: Shared,
     now: NowFn,
     errors: UploadErrors,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
-        let Some((id, record_id, body)) = outbox.next_for(&ep.id)? else {
+        // With PostgreSQL, one gateway of the database sends to each endpoint.
+        let endpoint = ep.id.clone();
+        let next = on(&outbox, move |o| {
+            Ok(if o.leads(Some(&endpoint))? {
+                o.next_for(&endpoint)?
+            } else {
+                None
+            })
+        })
+        .await?;
+        let Some((id, record_id, body)) = next else {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
@@ -401,7 +458,8 @@ async fn send(
         };
         match outcome {
             Ok(()) => {
-                outbox.confirm(&ep.id, id, now())?;
+                let (endpoint, at) = (ep.id.clone(), now());
+                on(&outbox, move |o| o.confirm(&endpoint, id, at)).await?;
                 errors.lock().expect("errors lock").remove(&ep.id);
                 backoff = Duration::from_millis(500);
             }

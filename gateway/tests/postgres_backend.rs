@@ -7,8 +7,9 @@
 //! - What the API reads (devices, edges, rollups, quarantine, anomalies, the integrity check,
 //!   the export, a gap declared lost) is the same from both.
 //! - Retention drops PostgreSQL's raw days whole and keeps the ledger.
-//! - The alarm book and the InfluxDB sink's queue are kept alike; one gateway of the database
-//!   evaluates the alarms, and one sends the queue, at a time.
+//! - The alarm book, the InfluxDB sink's queue and the upload's outbox are kept alike; one
+//!   gateway of the database evaluates the alarms, one sends the queue, one makes the upload's
+//!   records and one sends to each endpoint, at a time.
 //! - A slot's lease fences its writers: after a takeover the old writer's commit is refused and
 //!   writes nothing.
 
@@ -19,10 +20,12 @@ use ems_core::Quality;
 use ems_energy::counter::{CounterRule, GapFill};
 use ems_gateway::alarm_book::{AckOutcome, AlarmBook, Kind, Observation};
 use ems_gateway::pg::upkeep::{drop_raw_before, Dropped};
-use ems_gateway::pg::{PgAlarms, PgReader, PgSinkQueue, PgStore, ScratchDatabase};
-use ems_gateway::storage::SinkStore;
-use ems_gateway::storage::{AccountingRules, Fenced, Incoming, Origin, Rejected, WriteRules};
+use ems_gateway::pg::{PgAlarms, PgOutbox, PgReader, PgSinkQueue, PgStore, ScratchDatabase};
+use ems_gateway::storage::{
+    AccountingRules, Fenced, Incoming, Origin, Rejected, SinkStore, UploadStore, WriteRules,
+};
 use ems_gateway::store::sink_queue::SinkTable;
+use ems_gateway::store::upload_outbox::Outbox;
 use ems_gateway::store::Store;
 use ems_gateway::view::{DeclareOutcome, Reader};
 
@@ -690,4 +693,68 @@ fn the_sink_queue_is_kept_alike_and_sent_by_one_gateway_at_a_time() {
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
+}
+
+/// The upload's outbox on PostgreSQL: what SQLite keeps of the same records, cursors and
+/// confirmations; one maker for the database, one sender for each endpoint.
+#[test]
+fn the_upload_outbox_is_kept_alike_with_one_maker_and_one_sender_an_endpoint() {
+    let db = scratch("upload");
+    drop(PgStore::connect(&db.url()).unwrap());
+    let path = temp_sqlite("upload");
+    drop(Store::open(&path).unwrap());
+    let mut a: Box<dyn UploadStore> = Box::new(Outbox::open(&path).unwrap());
+    let mut b: Box<dyn UploadStore> = Box::new(PgOutbox::connect(&db.url()).unwrap());
+    let record = |n: i64| serde_json::json!({ "record_id": format!("r{n}"), "value": n });
+    for o in [&mut a, &mut b] {
+        assert!(o.leads(None).unwrap());
+        assert_eq!(o.next_start("works/realtime", 1_000).unwrap(), 1_000);
+        assert_eq!(
+            o.next_start("works/realtime", 5_000).unwrap(),
+            1_000,
+            "kept"
+        );
+        o.push("works/realtime", (1_000, 2_000), &record(1), "r1", 10)
+            .unwrap();
+        o.push("works/realtime", (2_000, 3_000), &record(2), "r2", 11)
+            .unwrap();
+        // Made again (a restart between the record and the cursor): stored once.
+        o.push("works/realtime", (2_000, 3_000), &record(2), "r2", 12)
+            .unwrap();
+        assert_eq!(o.next_start("works/realtime", 0).unwrap(), 3_000);
+        let (id, rid, body) = o.next_for("province").unwrap().unwrap();
+        assert_eq!((rid.as_str(), body), ("r1", record(1).to_string()));
+        o.confirm("province", id, 20).unwrap();
+        o.confirm("province", id, 21).unwrap();
+        assert_eq!(o.next_for("province").unwrap().unwrap().1, "r2");
+        assert_eq!(
+            o.next_for("city").unwrap().unwrap().1,
+            "r1",
+            "its own cursor"
+        );
+    }
+    for endpoint in ["province", "city"] {
+        assert_eq!(a.status(endpoint).unwrap(), b.status(endpoint).unwrap());
+    }
+    assert_eq!(a.status("province").unwrap(), (2, 1, Some("r1".to_owned())));
+
+    // One maker, and one sender an endpoint, for the database.
+    let mut other = PgOutbox::connect(&db.url()).unwrap();
+    assert!(!other.leads(None).unwrap(), "the maker is taken");
+    let mut sender = PgOutbox::connect(&db.url()).unwrap();
+    assert!(sender.leads(Some("province")).unwrap());
+    let mut city = PgOutbox::connect(&db.url()).unwrap();
+    assert!(
+        city.leads(Some("city")).unwrap(),
+        "another endpoint, another sender"
+    );
+    let mut second = PgOutbox::connect(&db.url()).unwrap();
+    assert!(!second.leads(Some("province")).unwrap());
+    drop(b);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !other.leads(None).unwrap() {
+        assert!(std::time::Instant::now() < deadline, "never taken over");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&path);
 }

@@ -771,10 +771,20 @@ pub fn start_pipeline(dir: &Path, mqtt_port: u16) -> Pipeline {
 
 /// [`start_pipeline`] with `gateway_extra` appended to the gateway's config (more tables).
 pub fn start_pipeline_with(dir: &Path, mqtt_port: u16, gateway_extra: &str) -> Pipeline {
+    start_pipeline_edited(dir, mqtt_port, gateway_extra, |text| text)
+}
+
+/// The same, with the gateway's configuration edited first (another storage backend, say).
+pub fn start_pipeline_edited(
+    dir: &Path,
+    mqtt_port: u16,
+    gateway_extra: &str,
+    edit: impl FnOnce(String) -> String,
+) -> Pipeline {
     let (sim, sim_addr) = start_sim(dir, &[]);
     write_gateway_config(dir, mqtt_port);
     let path = dir.join("gateway.toml");
-    let mut text = std::fs::read_to_string(&path).unwrap();
+    let mut text = edit(std::fs::read_to_string(&path).unwrap());
     // "Today" on the dashboard and in the API is the gateway's (wall-clock) day, while the
     // simulator runs four hours behind it. Between the plant's midnight and 04:00 the data
     // would all be yesterday's, so then the plant keeps UTC days instead: a test of live

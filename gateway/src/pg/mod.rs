@@ -12,10 +12,12 @@ mod read;
 mod schema;
 mod sink;
 pub mod upkeep;
+mod upload;
 
 pub use alarms::PgAlarms;
 pub use read::PgReader;
 pub use sink::PgSinkQueue;
+pub use upload::PgOutbox;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};

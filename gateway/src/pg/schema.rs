@@ -98,6 +98,18 @@ CREATE UNIQUE INDEX alarms_open ON alarms (kind, subject) WHERE cleared_ms IS NU
 -- The time-series sink's 15-minute slots whose rollups changed since last sent (the queue of
 -- stored messages' lines is `sink_queue`).
 CREATE TABLE sink_dirty_slots (slot_ms BIGINT PRIMARY KEY, version BIGINT NOT NULL);
+-- The provincial upload: the outbox of records as made (one maker at a time, so ids follow the
+-- order they were made in), each endpoint's confirmations, where each kind of record goes on.
+CREATE TABLE upload_outbox (
+    id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, period_start_ms BIGINT NOT NULL,
+    record_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL, created_ms BIGINT NOT NULL,
+    UNIQUE (kind, period_start_ms)
+);
+CREATE TABLE upload_acks (
+    endpoint TEXT NOT NULL, outbox_id BIGINT NOT NULL, acked_ms BIGINT NOT NULL,
+    PRIMARY KEY (endpoint, outbox_id)
+);
+CREATE TABLE upload_state (kind TEXT PRIMARY KEY, next_start_ms BIGINT NOT NULL);
 "#,
 ];
 

@@ -1,9 +1,10 @@
 //! The provincial upload's tables: the outbox of records as sent, each endpoint's
-//! confirmations, and where each kind of record goes on.
+//! confirmations, and where each kind of record goes on (SQLite's [`UploadStore`]).
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::open_conn;
+use crate::storage::UploadStore;
 
 /// The outbox and the endpoints' confirmations, in the gateway's database.
 pub struct Outbox {
@@ -16,29 +17,29 @@ impl Outbox {
             conn: open_conn(path)?,
         })
     }
+}
 
-    /// The start of the next period of `kind` to make, set to `default` the first time.
-    pub fn next_start(&self, kind: &str, default: i64) -> rusqlite::Result<i64> {
+impl UploadStore for Outbox {
+    fn next_start(&mut self, kind: &str, default: i64) -> anyhow::Result<i64> {
         self.conn.execute(
             "INSERT OR IGNORE INTO upload_state (kind, next_start_ms) VALUES (?1, ?2)",
             params![kind, default],
         )?;
-        self.conn.query_row(
+        Ok(self.conn.query_row(
             "SELECT next_start_ms FROM upload_state WHERE kind = ?1",
             [kind],
             |r| r.get(0),
-        )
+        )?)
     }
 
-    /// Queues a record and moves the kind's cursor past its period, in one transaction.
-    pub fn push(
+    fn push(
         &mut self,
         kind: &str,
         (start, end): (i64, i64),
         record: &serde_json::Value,
         record_id: &str,
         now_ms: i64,
-    ) -> rusqlite::Result<()> {
+    ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO upload_outbox (kind, period_start_ms, record_id, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -48,12 +49,12 @@ impl Outbox {
             "UPDATE upload_state SET next_start_ms = ?2 WHERE kind = ?1",
             params![kind, end],
         )?;
-        tx.commit()
+        Ok(tx.commit()?)
     }
 
-    /// The first record `endpoint` has not confirmed: (outbox id, record id, body).
-    pub fn next_for(&self, endpoint: &str) -> rusqlite::Result<Option<(i64, String, String)>> {
-        self.conn
+    fn next_for(&mut self, endpoint: &str) -> anyhow::Result<Option<(i64, String, String)>> {
+        Ok(self
+            .conn
             .query_row(
                 "SELECT id, record_id, body FROM upload_outbox
                  WHERE id > COALESCE((SELECT MAX(outbox_id) FROM upload_acks WHERE endpoint = ?1), 0)
@@ -61,10 +62,10 @@ impl Outbox {
                 [endpoint],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .optional()
+            .optional()?)
     }
 
-    pub fn confirm(&self, endpoint: &str, outbox_id: i64, now_ms: i64) -> rusqlite::Result<()> {
+    fn confirm(&mut self, endpoint: &str, outbox_id: i64, now_ms: i64) -> anyhow::Result<()> {
         self.conn.execute(
             "INSERT OR IGNORE INTO upload_acks (endpoint, outbox_id, acked_ms) VALUES (?1, ?2, ?3)",
             params![endpoint, outbox_id, now_ms],
@@ -72,8 +73,7 @@ impl Outbox {
         Ok(())
     }
 
-    /// Records, confirmations and the last confirmed record of an endpoint.
-    pub fn status(&self, endpoint: &str) -> rusqlite::Result<(i64, i64, Option<String>)> {
+    fn status(&mut self, endpoint: &str) -> anyhow::Result<(i64, i64, Option<String>)> {
         let records: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM upload_outbox", [], |r| r.get(0))?;
