@@ -246,11 +246,21 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Backup { config, to } => {
             let config = Config::load(&config)?;
+            sqlite_only(
+                &config,
+                "backup",
+                "use PostgreSQL's own (pg_basebackup, or Patroni's replicas)",
+            )?;
             let messages = ems_gateway::store::Store::backup(&config.storage.path, &to)?;
             println!("Backup {}: {messages} messages, integrity ok", to.display());
         }
         Command::Compact { config } => {
             let config = Config::load(&config)?;
+            sqlite_only(
+                &config,
+                "compact",
+                "raw history stays rows in day partitions, dropped whole by retention",
+            )?;
             anyhow::ensure!(
                 config.storage.compact_after_h > 0,
                 "compaction is off ([storage] compact_after_h = 0)"
@@ -272,6 +282,11 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Stats { config } => {
             let config = Config::load(&config)?;
+            sqlite_only(
+                &config,
+                "stats",
+                "ask PostgreSQL (pg_total_relation_size of the messages partitions)",
+            )?;
             drop(ems_gateway::store::Store::open(&config.storage.path)?);
             let stats = ems_gateway::store::history_stats(&config.storage.path)?;
             println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -341,6 +356,16 @@ async fn run() -> anyhow::Result<()> {
             .await?;
         }
     }
+    Ok(())
+}
+
+/// A command of SQLite's file refused on the postgres backend (it would make an empty file of
+/// the configured path and act on that), saying what to do instead.
+fn sqlite_only(config: &Config, command: &str, instead: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.storage.backend == ems_gateway::config::Backend::Sqlite,
+        "`ems-gateway {command}` works on the SQLite backend; this configuration's is PostgreSQL: {instead}"
+    );
     Ok(())
 }
 

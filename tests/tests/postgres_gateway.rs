@@ -2,7 +2,8 @@
 //! runs, against real servers: the simulator and an edge through a private Mosquitto, the
 //! InfluxDB sink into VictoriaMetrics, the upload to the reference receiver. At the end every
 //! number is stored once, the time-series server holds every stored sample once, and the
-//! receiver every record once, in order, with the API's uploads page agreeing.
+//! receiver every record once, in order, with the API's uploads page agreeing; the command
+//! line's export reads the same record.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -150,5 +151,29 @@ fn a_postgres_gateway_feeds_the_time_series_server_and_the_platform_exactly_once
         .collect();
     assert!(realtime.len() >= 8, "{realtime:?}");
     assert!(realtime.windows(2).all(|w| w[0] < w[1]), "{realtime:?}");
+    // The command line reads the same record: the export equals the API's.
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin("ems-gateway"))
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let export = run(&[
+        "export",
+        "--config",
+        "gateway.toml",
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "2100-01-01T00:00:00Z",
+    ]);
+    assert!(export.status.success(), "{export:?}");
+    assert_eq!(String::from_utf8(export.stdout).unwrap(), csv);
+    // A command of SQLite's file says so, instead of making an empty one and acting on it.
+    let stats = run(&["stats", "--config", "gateway.toml"]);
+    let err = String::from_utf8_lossy(&stats.stderr);
+    assert!(!stats.status.success() && err.contains("SQLite backend"), "{err}");
+    assert!(!d.join("gw.db").exists(), "nothing in SQLite");
     assert!(gateway.terminate(Duration::from_secs(20)).success());
 }
