@@ -56,7 +56,12 @@ pub async fn serve(
         committed.clone(),
         shutdown.clone(),
     ));
-    let upkeep_task = tokio::spawn(upkeep(config.clone(), now.clone(), shutdown.clone()));
+    let upkeep_task = tokio::spawn(hourly(
+        config.clone(),
+        now.clone(),
+        shutdown.clone(),
+        upkeep,
+    ));
     let sink_task = match config.influx.clone() {
         Some(cfg) => {
             let queue = influx::SinkQueue::open(db, Duration::from_secs_f64(cfg.rollup_settle_s))?;
@@ -246,7 +251,12 @@ async fn serve_postgres(
         None => None,
     };
     let ticks = tokio::spawn(tick(committed.clone(), shutdown.clone()));
-    let upkeep_task = tokio::spawn(pg_upkeep(config.clone(), now.clone(), shutdown.clone()));
+    let upkeep_task = tokio::spawn(hourly(
+        config.clone(),
+        now.clone(),
+        shutdown.clone(),
+        pg_upkeep,
+    ));
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, api::router(app))
@@ -388,11 +398,42 @@ pub fn open_reader(config: &Config) -> anyhow::Result<crate::view::Reader> {
     }
 }
 
-/// At start and then hourly until `shutdown`, on PostgreSQL: raw history past
-/// `raw_retention_days` dropped by day partitions, quarantine entries past their retention and
-/// checkpoints no late reading can need deleted. Every gateway of the database runs it; each
-/// step is idempotent.
-async fn pg_upkeep(config: Arc<Config>, now: NowFn, shutdown: CancellationToken) {
+/// On PostgreSQL: raw history past `raw_retention_days` dropped by day partitions, quarantine
+/// entries past their retention and checkpoints no late reading can need deleted. Every gateway
+/// of the database runs it; each step is idempotent.
+fn pg_upkeep(config: &Config, now_ms: i64) -> anyhow::Result<()> {
+    use crate::pg::upkeep;
+    let url = config.storage.url.as_deref().context("[storage] url")?;
+    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    if let Some(days) = config.storage.raw_retention_days {
+        let before_ms = now_ms - i64::from(days) * 86_400_000;
+        let done = upkeep::drop_raw_before(&mut client, before_ms)?;
+        if done.partitions > 0 {
+            tracing::info!(partitions = done.partitions, messages = done.messages, before = %store::rfc3339(before_ms), "Old raw days dropped (retention).");
+        }
+    }
+    if let Some(days) = config.quarantine.retention_days {
+        let n = upkeep::prune_quarantine(&mut client, now_ms - i64::from(days) * 86_400_000)?;
+        if n > 0 {
+            tracing::info!(
+                entries = n,
+                "Old quarantine entries deleted (their counts are kept)."
+            );
+        }
+    }
+    let window = config.ingest.max_late_s as i64 * 1000 + ems_energy::counter::SLOT_MS;
+    upkeep::prune_checkpoints(&mut client, window)?;
+    Ok(())
+}
+
+/// Runs `job` at start and then hourly until `shutdown`, off the runtime; a failure is logged
+/// and tried again the next hour.
+async fn hourly(
+    config: Arc<Config>,
+    now: NowFn,
+    shutdown: CancellationToken,
+    job: fn(&Config, i64) -> anyhow::Result<()>,
+) {
     let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3_600));
     loop {
         tokio::select! {
@@ -400,29 +441,7 @@ async fn pg_upkeep(config: Arc<Config>, now: NowFn, shutdown: CancellationToken)
             () = shutdown.cancelled() => return,
         }
         let (config, now_ms) = (config.clone(), now());
-        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            use crate::pg::upkeep;
-            let url = config.storage.url.as_deref().context("[storage] url")?;
-            let mut client = postgres::Client::connect(url, postgres::NoTls)?;
-            if let Some(days) = config.storage.raw_retention_days {
-                let before_ms = now_ms - i64::from(days) * 86_400_000;
-                let done = upkeep::drop_raw_before(&mut client, before_ms)?;
-                if done.partitions > 0 {
-                    tracing::info!(partitions = done.partitions, messages = done.messages, before = %store::rfc3339(before_ms), "Old raw days dropped (retention).");
-                }
-            }
-            if let Some(days) = config.quarantine.retention_days {
-                let n = upkeep::prune_quarantine(&mut client, now_ms - i64::from(days) * 86_400_000)?;
-                if n > 0 {
-                    tracing::info!(entries = n, "Old quarantine entries deleted (their counts are kept).");
-                }
-            }
-            let window = config.ingest.max_late_s as i64 * 1000 + ems_energy::counter::SLOT_MS;
-            upkeep::prune_checkpoints(&mut client, window)?;
-            Ok(())
-        })
-        .await;
-        match result {
+        match tokio::task::spawn_blocking(move || job(&config, now_ms)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "Upkeep failed; retried in an hour."),
             Err(e) => tracing::error!(error = %e, "Upkeep task failed."),
@@ -441,49 +460,39 @@ async fn tick(committed: broadcast::Sender<()>, shutdown: CancellationToken) {
     }
 }
 
-/// At start and then hourly until `shutdown`: raw samples older than `raw_retention_days` (if
-/// set), quarantine entries older than its `retention_days` (if set), and counter checkpoints
-/// no late reading can need any more are deleted; settled raw history is compacted.
-async fn upkeep(config: Arc<Config>, now: NowFn, shutdown: CancellationToken) {
-    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3_600));
-    loop {
-        tokio::select! {
-            _ = hourly.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let (config, now_ms) = (config.clone(), now());
-        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let mut pruner = store::Pruner::open(&config.storage.path)?;
-            if let Some(days) = config.storage.raw_retention_days {
-                let before_ms = now_ms - i64::from(days) * 86_400_000;
-                let n = pruner.prune_raw(before_ms)?;
-                if n > 0 {
-                    tracing::info!(rows = n, before = %store::rfc3339(before_ms), "Old raw samples deleted (retention).");
-                }
-            }
-            if let Some(days) = config.quarantine.retention_days {
-                let before_ms = now_ms - i64::from(days) * 86_400_000;
-                let n = pruner.prune_quarantine(before_ms)?;
-                if n > 0 {
-                    tracing::info!(entries = n, before = %store::rfc3339(before_ms), "Old quarantine entries deleted (their counts are kept).");
-                }
-            }
-            let window = config.ingest.max_late_s as i64 * 1000 + ems_energy::counter::SLOT_MS;
-            pruner.prune_checkpoints(window)?;
-            if config.storage.compact_after_h > 0 {
-                let done = store::Compactor::open(&config.storage.path)?
-                    .compact(config.storage.history_settle_ms())?;
-                if done.blocks > 0 {
-                    tracing::info!(blocks = done.blocks, points = done.points, bytes_before = done.sample_bytes_before, bytes_after = done.block_bytes, "Settled raw history compacted.");
-                }
-            }
-            Ok(())
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "Upkeep failed; retried in an hour."),
-            Err(e) => tracing::error!(error = %e, "Upkeep task failed."),
+/// SQLite's: raw samples older than `raw_retention_days` (if set), quarantine entries older than
+/// its `retention_days` (if set), and counter checkpoints no late reading can need any more are
+/// deleted; settled raw history is compacted.
+fn upkeep(config: &Config, now_ms: i64) -> anyhow::Result<()> {
+    let mut pruner = store::Pruner::open(&config.storage.path)?;
+    if let Some(days) = config.storage.raw_retention_days {
+        let before_ms = now_ms - i64::from(days) * 86_400_000;
+        let n = pruner.prune_raw(before_ms)?;
+        if n > 0 {
+            tracing::info!(rows = n, before = %store::rfc3339(before_ms), "Old raw samples deleted (retention).");
         }
     }
+    if let Some(days) = config.quarantine.retention_days {
+        let before_ms = now_ms - i64::from(days) * 86_400_000;
+        let n = pruner.prune_quarantine(before_ms)?;
+        if n > 0 {
+            tracing::info!(entries = n, before = %store::rfc3339(before_ms), "Old quarantine entries deleted (their counts are kept).");
+        }
+    }
+    let window = config.ingest.max_late_s as i64 * 1000 + ems_energy::counter::SLOT_MS;
+    pruner.prune_checkpoints(window)?;
+    if config.storage.compact_after_h > 0 {
+        let done = store::Compactor::open(&config.storage.path)?
+            .compact(config.storage.history_settle_ms())?;
+        if done.blocks > 0 {
+            tracing::info!(
+                blocks = done.blocks,
+                points = done.points,
+                bytes_before = done.sample_bytes_before,
+                bytes_after = done.block_bytes,
+                "Settled raw history compacted."
+            );
+        }
+    }
+    Ok(())
 }

@@ -230,6 +230,16 @@ fn temp_sqlite(tag: &str) -> std::path::PathBuf {
     path
 }
 
+/// Waits (at most 10 s) until `done`: another session takes over a lock when the first one's
+/// session has ended on the server.
+fn taken_over(mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never taken over");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 type Rows = Vec<Vec<String>>;
 
 /// A query's rows as text, the same for both databases.
@@ -625,11 +635,7 @@ fn the_alarm_book_is_kept_alike_and_evaluated_by_one_gateway_at_a_time() {
     assert!(!other.evaluates().unwrap());
     assert!(b.evaluates().unwrap(), "kept");
     drop(b);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !other.evaluates().unwrap() {
-        assert!(std::time::Instant::now() < deadline, "never taken over");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    taken_over(|| other.evaluates().unwrap());
     drop((lite, a));
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
@@ -684,11 +690,7 @@ fn the_sink_queue_is_kept_alike_and_sent_by_one_gateway_at_a_time() {
     assert!(left.iter().all(|id| !sent.contains(id)));
     assert_eq!(b.dirty_slots(100_000).unwrap().len(), dirty.len() - 3);
     drop(b);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while other.oldest(1).unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "never taken over");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    taken_over(|| !other.oldest(1).unwrap().is_empty());
     drop((lite, a));
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
@@ -751,10 +753,6 @@ fn the_upload_outbox_is_kept_alike_with_one_maker_and_one_sender_an_endpoint() {
     let mut second = PgOutbox::connect(&db.url()).unwrap();
     assert!(!second.leads(Some("province")).unwrap());
     drop(b);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !other.leads(None).unwrap() {
-        assert!(std::time::Instant::now() < deadline, "never taken over");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    taken_over(|| other.leads(None).unwrap());
     let _ = std::fs::remove_file(&path);
 }

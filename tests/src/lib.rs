@@ -249,6 +249,20 @@ impl VictoriaMetrics {
 
     /// Every series whose name matches the regex `name`, as VictoriaMetrics exports them
     /// (`{"metric": {labels}, "values": [...], "timestamps": [...]}`), after a flush.
+    /// The raw samples the server holds, counted by device and point (a point whose quality
+    /// changed is another series there; counted together).
+    pub fn samples_per_point(&self) -> HashMap<(String, String), usize> {
+        let mut n: HashMap<(String, String), usize> = HashMap::new();
+        for s in self.export("ems_sample_value") {
+            *n.entry((
+                s["metric"]["device"].as_str().unwrap().to_owned(),
+                s["metric"]["point"].as_str().unwrap().to_owned(),
+            ))
+            .or_default() += s["timestamps"].as_array().unwrap().len();
+        }
+        n
+    }
+
     pub fn export(&self, name: &str) -> Vec<serde_json::Value> {
         ureq::post(&format!("{}/internal/force_flush", self.url()))
             .send_empty()
@@ -699,6 +713,21 @@ pub fn edge_sequence_numbers(dir: &Path) -> HashMap<String, u64> {
 /// Waits until the gateway at `http` holds the last number `seq` names for every device, then
 /// checks that each number was stored exactly once and none is missing. Returns how many
 /// redelivered copies the ledger dropped.
+/// The values the gateway's CSV export holds (empty ones left out), counted by device and
+/// point.
+pub fn values_per_point(csv: &str) -> HashMap<(String, String), usize> {
+    let mut stored: HashMap<(String, String), usize> = HashMap::new();
+    for line in csv.lines().skip(1) {
+        let cols: Vec<&str> = line.split(',').collect();
+        if !cols[4].is_empty() {
+            *stored
+                .entry((cols[0].to_owned(), cols[2].to_owned()))
+                .or_default() += 1;
+        }
+    }
+    stored
+}
+
 pub fn assert_stored_exactly_once(http: &str, seq: &HashMap<String, u64>) -> u64 {
     eventually(
         "every sequence number stored",

@@ -63,29 +63,10 @@ fn the_time_series_server_down_for_a_while_ends_with_every_sample_and_rollup() {
         &http,
         "/api/v1/samples.csv?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
     );
-    let mut stored: HashMap<(String, String), usize> = HashMap::new();
-    for line in csv.lines().skip(1) {
-        let cols: Vec<&str> = line.split(',').collect();
-        if !cols[4].is_empty() {
-            *stored
-                .entry((cols[0].to_owned(), cols[2].to_owned()))
-                .or_default() += 1;
-        }
-    }
+    let stored = values_per_point(&csv);
     assert!(stored.values().sum::<usize>() > 10_000);
     // Accepted data becomes searchable within seconds.
-    let in_server = || {
-        let mut n: HashMap<(String, String), usize> = HashMap::new();
-        for s in vm.export("ems_sample_value") {
-            // A point whose quality changed is another series; count per device and point.
-            *n.entry((
-                s["metric"]["device"].as_str().unwrap().to_owned(),
-                s["metric"]["point"].as_str().unwrap().to_owned(),
-            ))
-            .or_default() += s["timestamps"].as_array().unwrap().len();
-        }
-        n
-    };
+    let in_server = || vm.samples_per_point();
     eventually(
         "every stored sample in the server",
         Duration::from_secs(30),

@@ -5,7 +5,6 @@
 //! receiver every record once, in order, with the API's uploads page agreeing; the command
 //! line's export reads the same record.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use ems_gateway::pg::ScratchDatabase;
@@ -100,27 +99,9 @@ fn a_postgres_gateway_feeds_the_time_series_server_and_the_platform_exactly_once
         &http,
         "/api/v1/samples.csv?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
     );
-    let mut stored: HashMap<(String, String), usize> = HashMap::new();
-    for line in csv.lines().skip(1) {
-        let cols: Vec<&str> = line.split(',').collect();
-        if !cols[4].is_empty() {
-            *stored
-                .entry((cols[0].to_owned(), cols[2].to_owned()))
-                .or_default() += 1;
-        }
-    }
+    let stored = values_per_point(&csv);
     assert!(stored.values().sum::<usize>() > 1_000, "{stored:?}");
-    let in_server = || {
-        let mut n: HashMap<(String, String), usize> = HashMap::new();
-        for s in vm.export("ems_sample_value") {
-            *n.entry((
-                s["metric"]["device"].as_str().unwrap().to_owned(),
-                s["metric"]["point"].as_str().unwrap().to_owned(),
-            ))
-            .or_default() += s["timestamps"].as_array().unwrap().len();
-        }
-        n
-    };
+    let in_server = || vm.samples_per_point();
     eventually(
         "every stored sample in the server",
         Duration::from_secs(30),
@@ -173,7 +154,10 @@ fn a_postgres_gateway_feeds_the_time_series_server_and_the_platform_exactly_once
     // A command of SQLite's file says so, instead of making an empty one and acting on it.
     let stats = run(&["stats", "--config", "gateway.toml"]);
     let err = String::from_utf8_lossy(&stats.stderr);
-    assert!(!stats.status.success() && err.contains("SQLite backend"), "{err}");
+    assert!(
+        !stats.status.success() && err.contains("SQLite backend"),
+        "{err}"
+    );
     assert!(!d.join("gw.db").exists(), "nothing in SQLite");
     assert!(gateway.terminate(Duration::from_secs(20)).success());
 }
