@@ -136,6 +136,19 @@ pub struct LostRange {
     pub reason: String,
 }
 
+impl LostRange {
+    /// Declared at `now_ms` by `by` for `reason`.
+    pub fn declared(from_seq: i64, to_seq: i64, now_ms: i64, by: &str, reason: &str) -> LostRange {
+        LostRange {
+            from_seq,
+            to_seq,
+            declared: rfc3339(now_ms),
+            declared_by: by.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 /// What declaring a gap lost did.
 #[derive(Debug)]
 pub enum DeclareOutcome {

@@ -713,6 +713,15 @@ pub fn edge_sequence_numbers(dir: &Path) -> HashMap<String, u64> {
 /// Waits until the gateway at `http` holds the last number `seq` names for every device, then
 /// checks that each number was stored exactly once and none is missing. Returns how many
 /// redelivered copies the ledger dropped.
+/// A metric's value on the gateway's `/metrics` (one without labels).
+pub fn metric(http: &str, name: &str) -> f64 {
+    get_text(http, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
 /// The values the gateway's CSV export holds (empty ones left out), counted by device and
 /// point.
 pub fn values_per_point(csv: &str) -> HashMap<(String, String), usize> {

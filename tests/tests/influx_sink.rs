@@ -7,14 +7,6 @@ use std::time::Duration;
 
 use ems_tests::*;
 
-fn metric(http: &str, name: &str) -> f64 {
-    get_text(http, "/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
 #[test]
 fn the_time_series_server_down_for_a_while_ends_with_every_sample_and_rollup() {
     let dir = TempDir::new("influx");

@@ -10,14 +10,6 @@ use std::time::Duration;
 use ems_gateway::pg::ScratchDatabase;
 use ems_tests::*;
 
-fn metric(http: &str, name: &str) -> f64 {
-    get_text(http, "/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
 #[test]
 fn a_postgres_gateway_feeds_the_time_series_server_and_the_platform_exactly_once() {
     let dir = TempDir::new("pg-gateway");

@@ -413,13 +413,9 @@ impl ReadRecord for PgReader {
                 &[&device, &from_seq, &to_seq, &now_ms, &by, &reason],
             )?;
             tx.commit()?;
-            Ok(DeclareOutcome::Declared(LostRange {
-                from_seq,
-                to_seq,
-                declared: rfc3339(now_ms),
-                declared_by: by.to_owned(),
-                reason: reason.to_owned(),
-            }))
+            Ok(DeclareOutcome::Declared(LostRange::declared(
+                from_seq, to_seq, now_ms, by, reason,
+            )))
         })
     }
 }

@@ -7,7 +7,7 @@ use ems_core::wire::{Status, Telemetry};
 use ems_energy::counter::{CounterTrack, PointSlot};
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::{open_conn, rfc3339, Store};
+use super::{open_conn, Store};
 use crate::batch::{
     DeviceUpdate, KeptRefusal, LedgerMark, LostRow, Reading, StoredVersion, WriteTx,
 };
@@ -503,11 +503,7 @@ pub(super) fn declare_lost(
         params![device, from_seq, to_seq, now_ms, by, reason],
     )?;
     tx.commit()?;
-    Ok(DeclareOutcome::Declared(LostRange {
-        from_seq,
-        to_seq,
-        declared: rfc3339(now_ms),
-        declared_by: by.to_owned(),
-        reason: reason.to_owned(),
-    }))
+    Ok(DeclareOutcome::Declared(LostRange::declared(
+        from_seq, to_seq, now_ms, by, reason,
+    )))
 }
