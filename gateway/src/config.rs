@@ -285,7 +285,7 @@ fn default_topic_prefix() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// SQLite database file (with `backend = "postgres"`, not written by ingest).
+    /// SQLite database file (not used with `backend = "postgres"`).
     pub path: PathBuf,
     /// Where ingest commits: `sqlite` (the embedded default) or `postgres` (at `url`).
     #[serde(default)]
