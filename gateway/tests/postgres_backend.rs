@@ -756,3 +756,42 @@ fn the_upload_outbox_is_kept_alike_with_one_maker_and_one_sender_an_endpoint() {
     taken_over(|| other.leads(None).unwrap());
     let _ = std::fs::remove_file(&path);
 }
+
+/// Two slots' writers share the sink's slot rows: storing at once, each batch touching many
+/// slots (one writer's messages newest first), neither waits for the other in a circle and
+/// every batch commits the first time.
+#[test]
+fn two_writers_with_the_sink_on_never_deadlock() {
+    let db = scratch("sinklock");
+    drop(PgStore::connect(&db.url()).unwrap());
+    let t0 = 1_767_225_600_000;
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let url = db.url();
+            std::thread::spawn(move || {
+                let mut pg = PgStore::connect(&url).unwrap();
+                pg.enable_sink(Box::new(ems_gateway::influx::sample_lines));
+                let r = rules();
+                let device = DEVICES[w];
+                for b in 0..40u64 {
+                    // Forty 15-minute slots a batch; the second writer's in reverse order.
+                    let mut batch: Vec<Incoming> = (0..40u64)
+                        .map(|i| {
+                            let seq = b * 40 + i + 1;
+                            let ts = t0 + (b * 40 + i) as i64 * 900_000;
+                            Incoming::built(telemetry(device, seq, ts, seq as f64, None))
+                        })
+                        .collect();
+                    if w == 1 {
+                        batch.reverse();
+                    }
+                    pg.write_batch(&batch, &r, t0)
+                        .unwrap_or_else(|e| panic!("writer {w} batch {b}: {e:#}"));
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+}

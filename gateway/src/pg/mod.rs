@@ -184,6 +184,7 @@ impl PgStore {
             self.partitions.clear();
             self.bound_idle_transactions()?;
         }
+        self.make_partitions(batch)?;
         let result = self.write_in_transaction(batch, rules, received_ms);
         if result.is_err() {
             // Rolled back: the caches and the partitions made in it may be of that batch.
@@ -191,6 +192,32 @@ impl PgStore {
             self.partitions.clear();
         }
         result
+    }
+
+    /// The raw partitions of the batch's days, made before its transaction, each in one of its
+    /// own: two writers making the same day's at once (two slots at midnight) must not fail a
+    /// batch. `IF NOT EXISTS` is no guard against that race: the second waits for the first
+    /// to commit, then fails as a duplicate, which is taken as made.
+    fn make_partitions(&mut self, batch: &[Incoming]) -> anyhow::Result<()> {
+        let days: std::collections::BTreeSet<i64> = batch
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Telemetry(t, _) => Some(t.ts_ms.div_euclid(DAY_MS)),
+                _ => None,
+            })
+            .filter(|d| !self.partitions.contains(d))
+            .collect();
+        for day in days {
+            match self.client.batch_execute(&partition_ddl(day)) {
+                Ok(()) => {}
+                Err(e)
+                    if e.code() == Some(&postgres::error::SqlState::DUPLICATE_TABLE)
+                        || e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.partitions.insert(day);
+        }
+        Ok(())
     }
 
     fn write_in_transaction(
@@ -418,10 +445,12 @@ impl PgTx<'_, '_> {
             &[&rows.device, &rows.point, &rows.slot_ms, &rows.delta, &rows.covered_ms, &rows.estimated],
         )?;
         if self.sink {
-            // Each changed slot's version moves on: the sink sends a slot once it settled.
+            // Each changed slot's version moves on: the sink sends a slot once it settled. The
+            // rows are shared by every slot's writer: taken in slot order, so that two writers
+            // never wait for each other in a circle.
             self.execute(
                 "INSERT INTO sink_dirty_slots (slot_ms, version)
-                 SELECT DISTINCT s, 1 FROM unnest($1::int8[]) AS u(s)
+                 SELECT DISTINCT s, 1 FROM unnest($1::int8[]) AS u(s) ORDER BY s
                  ON CONFLICT (slot_ms) DO UPDATE SET version = sink_dirty_slots.version + 1",
                 &[&rows.slot_ms],
             )?;
@@ -516,15 +545,21 @@ impl PgTx<'_, '_> {
         if self.partitions.borrow().contains(&day) {
             return Ok(());
         }
-        let name = format!("messages_d{}", day.to_string().replace('-', "m"));
-        self.tx.borrow_mut().batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF messages FOR VALUES FROM ({}) TO ({})",
-            day * DAY_MS,
-            (day + 1) * DAY_MS
-        ))?;
+        self.tx.borrow_mut().batch_execute(&partition_ddl(day))?;
         self.partitions.borrow_mut().insert(day);
         Ok(())
     }
+}
+
+/// The statement that makes day `day`'s raw partition (named by its day: `messages_d20454`,
+/// `messages_dm3` for day -3), if it is not there.
+fn partition_ddl(day: i64) -> String {
+    let name = format!("messages_d{}", day.to_string().replace('-', "m"));
+    format!(
+        "CREATE TABLE IF NOT EXISTS {name} PARTITION OF messages FOR VALUES FROM ({}) TO ({})",
+        day * DAY_MS,
+        (day + 1) * DAY_MS
+    )
 }
 
 fn checkpoint(r: &Row) -> CounterTrack {
