@@ -32,6 +32,8 @@ pub struct AppState {
     pub reader: Arc<Reader>,
     /// The uploader's last error per endpoint.
     pub upload_errors: crate::upload::UploadErrors,
+    /// Opens the upload's outbox, for its status.
+    pub open_outbox: crate::upload::OpenOutbox,
     pub alarms: Arc<std::sync::Mutex<AlarmBook>>,
     /// A gateway slot's member: its role, shown by `/healthz`.
     pub node: Option<Arc<std::sync::Mutex<NodeRole>>>,
@@ -711,10 +713,7 @@ async fn uploads(State(s): State<AppState>) -> ApiResult<Vec<crate::upload::Endp
     let Some(cfg) = s.config.upload.clone() else {
         return Ok(Json(Vec::new()));
     };
-    let (open, errors) = (
-        crate::upload::outbox_of(&s.config.storage),
-        s.upload_errors.clone(),
-    );
+    let (open, errors) = (s.open_outbox.clone(), s.upload_errors.clone());
     let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut outbox = open()?;
         let errors = errors.lock().expect("errors lock").clone();

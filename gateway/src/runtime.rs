@@ -81,7 +81,7 @@ pub async fn serve(
         Some(cfg) => Some(tokio::spawn(upload::run(
             plant.clone(),
             cfg,
-            upload::outbox_of(&config.storage),
+            outbox_of(&config.storage),
             Arc::new(store.reader()?),
             now.clone(),
             upload_errors.clone(),
@@ -89,10 +89,12 @@ pub async fn serve(
         ))),
         None => None,
     };
+    let open_outbox = outbox_of(&config.storage);
     let state = api::AppState {
         config,
         reader,
         upload_errors,
+        open_outbox,
         alarms: alarm_book,
         node: None,
         metrics: metrics.clone(),
@@ -198,6 +200,7 @@ async fn serve_postgres(
         config: config.clone(),
         reader: Arc::new(reader),
         upload_errors: upload_errors.clone(),
+        open_outbox: outbox_of(&config.storage),
         alarms: Arc::new(api_book.into()),
         node: Some(state.clone()),
         metrics: metrics.clone(),
@@ -241,7 +244,7 @@ async fn serve_postgres(
             Some(tokio::spawn(upload::run(
                 config.plant.clone(),
                 cfg,
-                upload::outbox_of(&config.storage),
+                outbox_of(&config.storage),
                 Arc::new(crate::view::Reader::new(reader)),
                 now.clone(),
                 upload_errors.clone(),
@@ -378,6 +381,25 @@ async fn serve_postgres(
     ingest_result?;
     alarm_result?;
     keeper_result
+}
+
+/// The outbox of the configured backend.
+pub fn outbox_of(storage: &crate::config::StorageConfig) -> upload::OpenOutbox {
+    let (backend, path, url) = (
+        storage.backend,
+        storage.path.clone(),
+        storage.url.clone().unwrap_or_default(),
+    );
+    Arc::new(
+        move || -> anyhow::Result<Box<dyn crate::storage::UploadStore>> {
+            Ok(match backend {
+                crate::config::Backend::Sqlite => {
+                    Box::new(crate::store::upload_outbox::Outbox::open(&path)?)
+                }
+                crate::config::Backend::Postgres => Box::new(crate::pg::PgOutbox::connect(&url)?),
+            })
+        },
+    )
 }
 
 /// The record the configuration names, for reading (its schema brought up to date first): what

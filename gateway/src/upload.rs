@@ -306,23 +306,6 @@ pub type UploadErrors = Arc<Mutex<HashMap<String, String>>>;
 /// a connection of its own each time. Blocks: call it off the runtime.
 pub type OpenOutbox = Arc<dyn Fn() -> anyhow::Result<Box<dyn UploadStore>> + Send + Sync>;
 
-/// The outbox of the configured backend.
-pub fn outbox_of(storage: &crate::config::StorageConfig) -> OpenOutbox {
-    let (backend, path, url) = (
-        storage.backend,
-        storage.path.clone(),
-        storage.url.clone().unwrap_or_default(),
-    );
-    Arc::new(move || -> anyhow::Result<Box<dyn UploadStore>> {
-        Ok(match backend {
-            crate::config::Backend::Sqlite => {
-                Box::new(crate::store::upload_outbox::Outbox::open(&path)?)
-            }
-            crate::config::Backend::Postgres => Box::new(crate::pg::PgOutbox::connect(&url)?),
-        })
-    })
-}
-
 /// An outbox shared with the blocking tasks that use it.
 type Shared = Arc<Mutex<Box<dyn UploadStore>>>;
 

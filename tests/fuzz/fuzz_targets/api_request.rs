@@ -35,6 +35,7 @@ fn api() -> &'static Api {
             ems_gateway::Config::from_source(&Source::embedded("demo.toml", &text)).unwrap();
         let store = ems_gateway::store::Store::open(&db).unwrap();
         let now: ems_gateway::clock::NowFn = Arc::new(|| 1_767_200_000_000);
+        let open_outbox = ems_gateway::runtime::outbox_of(&config.storage);
         let state = ems_gateway::api::AppState {
             reader: Arc::new(store.reader().unwrap()),
             alarms: Arc::new(std::sync::Mutex::new(
@@ -43,6 +44,7 @@ fn api() -> &'static Api {
             node: None,
             config: Arc::new(config),
             upload_errors: Default::default(),
+            open_outbox,
             metrics: Arc::new(ems_gateway::metrics::Metrics::default()),
             committed: tokio::sync::broadcast::channel(4).0,
             now,
