@@ -216,17 +216,13 @@ async fn serve_postgres(
                 tokio::task::spawn_blocking(move || crate::pg::PgSinkQueue::connect(&sink_url))
                     .await
                     .context("sink task panicked")??;
-            let reader_url = url.clone();
-            let reader =
-                tokio::task::spawn_blocking(move || crate::pg::PgReader::connect(&reader_url))
-                    .await
-                    .context("sink task panicked")??;
+            let reader = pg_reader(&url).await?;
             let settle = Duration::from_secs_f64(cfg.rollup_settle_s);
             Some(tokio::spawn(influx::run(
                 config.plant.clone(),
                 cfg,
                 influx::SinkQueue::new(table, settle),
-                Arc::new(crate::view::Reader::new(reader)),
+                Arc::new(reader),
                 metrics.clone(),
                 shutdown.clone(),
             )))
@@ -236,16 +232,12 @@ async fn serve_postgres(
     // Upload: one gateway of the database makes the records, one sends to each endpoint.
     let upload_task = match config.upload.clone() {
         Some(cfg) => {
-            let reader_url = url.clone();
-            let reader =
-                tokio::task::spawn_blocking(move || crate::pg::PgReader::connect(&reader_url))
-                    .await
-                    .context("upload task panicked")??;
+            let reader = pg_reader(&url).await?;
             Some(tokio::spawn(upload::run(
                 config.plant.clone(),
                 cfg,
                 outbox_of(&config.storage),
-                Arc::new(crate::view::Reader::new(reader)),
+                Arc::new(reader),
                 now.clone(),
                 upload_errors.clone(),
                 shutdown.clone(),
@@ -253,13 +245,18 @@ async fn serve_postgres(
         }
         None => None,
     };
-    let ticks = tokio::spawn(tick(committed.clone(), shutdown.clone()));
-    let upkeep_task = tokio::spawn(hourly(
-        config.clone(),
-        now.clone(),
-        shutdown.clone(),
-        pg_upkeep,
-    ));
+    let side = SideTasks {
+        ticks: tokio::spawn(tick(committed.clone(), shutdown.clone())),
+        upkeep: tokio::spawn(hourly(
+            config.clone(),
+            now.clone(),
+            shutdown.clone(),
+            pg_upkeep,
+        )),
+        alarms: alarm_task,
+        sink: sink_task,
+        upload: upload_task,
+    };
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, api::router(app))
@@ -298,15 +295,7 @@ async fn serve_postgres(
     .context("slot task panicked")??;
     let Some(store) = taken else {
         http.await.context("HTTP task panicked")??;
-        ticks.await.context("tick task panicked")?;
-        upkeep_task.await.context("upkeep task panicked")?;
-        if let Some(t) = sink_task {
-            t.await.context("sink task panicked")??;
-        }
-        if let Some(t) = upload_task {
-            t.await.context("upload task panicked")??;
-        }
-        return alarm_task.await.context("alarm task panicked")?;
+        return side.join().await;
     };
     // The lease keeper: a connection of its own renews every third of the lease; a lease
     // found taken over stops this gateway.
@@ -364,23 +353,49 @@ async fn serve_postgres(
     )
     .await;
     shutdown.cancel();
-    ticks.await.context("tick task panicked")?;
-    upkeep_task.await.context("upkeep task panicked")?;
-    let alarm_result = alarm_task.await.context("alarm task panicked")?;
-    if let Some(t) = sink_task {
-        t.await.context("sink task panicked")??;
-    }
-    if let Some(t) = upload_task {
-        t.await.context("upload task panicked")??;
-    }
+    let side_result = side.join().await;
     let keeper_result = match keeper {
         Some(k) => k.await.context("lease task panicked")?,
         None => Ok(()),
     };
     http.await.context("HTTP task panicked")??;
     ingest_result?;
-    alarm_result?;
+    side_result?;
     keeper_result
+}
+
+/// What a PostgreSQL gateway runs beside ingest, active or standing by.
+struct SideTasks {
+    ticks: tokio::task::JoinHandle<()>,
+    upkeep: tokio::task::JoinHandle<()>,
+    alarms: tokio::task::JoinHandle<anyhow::Result<()>>,
+    sink: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    upload: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl SideTasks {
+    /// Waits for every one (after shutdown); the first failure is the result.
+    async fn join(self) -> anyhow::Result<()> {
+        self.ticks.await.context("tick task panicked")?;
+        self.upkeep.await.context("upkeep task panicked")?;
+        let alarms = self.alarms.await.context("alarm task panicked")?;
+        if let Some(t) = self.sink {
+            t.await.context("sink task panicked")??;
+        }
+        if let Some(t) = self.upload {
+            t.await.context("upload task panicked")??;
+        }
+        alarms
+    }
+}
+
+/// A reader of PostgreSQL at `url` (connected off the runtime: its client blocks).
+async fn pg_reader(url: &str) -> anyhow::Result<crate::view::Reader> {
+    let url = url.to_owned();
+    let reader = tokio::task::spawn_blocking(move || crate::pg::PgReader::connect(&url))
+        .await
+        .context("reader task panicked")??;
+    Ok(crate::view::Reader::new(reader))
 }
 
 /// The outbox of the configured backend.
