@@ -43,7 +43,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 if command -v rustup >/dev/null 2>&1; then
   echo "==> ems-core for thumbv7em-none-eabihf (no_std)"
   rustup target add thumbv7em-none-eabihf >/dev/null
-  cargo build --quiet -p ems-core --no-default-features --features alloc --target thumbv7em-none-eabihf
+  cargo build --quiet -p ems-core --no-default-features --features alloc,evidence --target thumbv7em-none-eabihf
 else
   echo "==> no rustup: the no_std build of ems-core for thumbv7em-none-eabihf is NOT checked"
 fi

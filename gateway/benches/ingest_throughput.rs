@@ -114,6 +114,7 @@ fn telemetry(device: usize, seq: u64, ts_ms: i64) -> Telemetry {
         seq,
         ts_ms,
         points,
+        signed: None,
     }
 }
 

@@ -75,6 +75,7 @@ fn main() {
                     pv("ia_a", 870.0),
                     pv("pf", 0.95),
                 ],
+                signed: None,
             }));
             messages += 1;
             points += 6;

@@ -498,6 +498,7 @@ mod tests {
                 v: Some(1.0),
                 q: Quality::Good,
             }],
+            signed: None,
         })));
         written.sort();
         written.dedup();
@@ -548,6 +549,7 @@ mod tests {
                     q: Quality::Timeout,
                 },
             ],
+            signed: None,
         };
         assert_eq!(
             sample_lines(&t),

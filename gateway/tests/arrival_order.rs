@@ -26,6 +26,7 @@ fn message(seq: u64, ts_ms: i64, v: f64) -> Incoming {
             v: Some(v),
             q: Quality::Good,
         }],
+        signed: None,
     })
 }
 

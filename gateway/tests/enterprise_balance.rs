@@ -166,6 +166,7 @@ fn write_two_days(
                     v: Some(*total),
                     q: Quality::Good,
                 }],
+                signed: None,
             }));
         }
     }
@@ -706,6 +707,7 @@ fn the_kilns_coal_is_counted_slot_by_slot_at_the_analysers_reading() {
                     v: Some(analyser(k)?),
                     q: Quality::Good,
                 }],
+                signed: None,
             }))
         })
         .collect();

@@ -88,6 +88,7 @@ fn message(d: usize, k: i64, step_ms: i64) -> Telemetry {
                 }
             },
         ],
+        signed: None,
     }
 }
 

@@ -90,6 +90,7 @@ fn telemetry(device: &str, seq: u64, ts_ms: i64, total: f64, power: Option<f64>)
                 },
             },
         ],
+        signed: None,
     }
 }
 

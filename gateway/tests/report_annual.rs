@@ -136,6 +136,7 @@ fn fill_year(store: &mut Store, config: &Config) {
                     v: Some(*total),
                     q: Quality::Good,
                 }],
+                signed: None,
             }));
         }
         if batch.len() >= 5_000 {

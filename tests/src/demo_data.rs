@@ -124,6 +124,7 @@ pub fn fill(config: &Path, db: &Path, start_ms: i64, days: i64) -> usize {
                         ]
                     })
                     .collect(),
+                signed: None,
             }));
         }
         if batch.len() >= 4_000 || k == polls - 1 {

@@ -382,6 +382,7 @@ fn recompute_in_sqlite(
                 seq: r.get::<_, i64>(1) as u64,
                 ts_ms: r.get(2),
                 points,
+                signed: None,
             })
         })
         .collect();

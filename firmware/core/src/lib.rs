@@ -12,6 +12,8 @@ pub mod bcd;
 pub mod cjt188;
 pub mod decode;
 pub mod dlt645;
+#[cfg(feature = "evidence")]
+pub mod evidence;
 #[cfg(feature = "alloc")]
 pub mod plan;
 pub mod quality;

@@ -22,6 +22,19 @@ pub struct Telemetry {
     /// Poll time, milliseconds since the Unix epoch (UTC).
     pub ts_ms: i64,
     pub points: Vec<PointValue>,
+    /// Protocol v1.2: the edge's signature and the device's chain (absent from v1 edges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<Signed>,
+}
+
+/// A message's evidence (protocol v1.2): `prev` is the SHA-256 of the device's previous
+/// message's canonical bytes (zeros where the chain starts), `sig` the edge's Ed25519 signature
+/// over this message's canonical bytes; both hexadecimal. See `evidence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signed {
+    pub prev: String,
+    pub sig: String,
 }
 
 /// One point's value; `v` is absent (`null`) unless the quality is good.
@@ -182,6 +195,7 @@ mod tests {
                     q: Quality::Exception(2)
                 },
             ],
+            signed: None,
         };
         let json = serde_json::to_string(&msg).unwrap();
         assert_eq!(

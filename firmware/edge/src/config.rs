@@ -44,6 +44,16 @@ pub struct EdgeConfig {
     /// The board's LEDs and watchdog (absent: none driven).
     #[serde(default)]
     pub board: Option<BoardConfig>,
+    /// Signing (protocol v1.2; absent: messages go unsigned, as v1).
+    #[serde(default)]
+    pub evidence: Option<EvidenceConfig>,
+}
+
+/// `[evidence]`: the board's key, written by `ems-edge keygen --out PATH`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceConfig {
+    pub key_file: Spanned<PathBuf>,
 }
 
 /// `[board]`: GPIO lines as `/dev/gpiochipN:LINE`, the watchdog as a device path.
@@ -216,6 +226,8 @@ pub struct Site {
     pub devices: Vec<Device>,
     pub tls: Option<TlsFiles>,
     pub board: Option<BoardSpec>,
+    /// The key every message is signed with, when `[evidence]` names one.
+    pub signing: Option<crate::evidence::SigningSeed>,
 }
 
 /// The device's profile with its factors applied: every factor its points name must be given,
@@ -498,11 +510,19 @@ impl Site {
                 })
             }
         };
+        let signing = match &config.evidence {
+            None => None,
+            Some(e) => Some(
+                crate::evidence::read_key(e.key_file.get_ref())
+                    .map_err(|msg| src.error_at(e.key_file.span(), "evidence.key_file", msg))?,
+            ),
+        };
         Ok(Site {
             config,
             devices,
             tls,
             board,
+            signing,
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod config;
 pub mod confirm;
 pub mod device_plan;
+pub mod evidence;
 pub mod learner;
 pub mod link;
 pub mod log_limit;
@@ -58,7 +59,16 @@ pub fn plan_site(
 /// Runs the agent until `shutdown`; then stops polling, delivers what was read and returns.
 pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<PublishStats> {
     let cfg = &site.config;
-    let seq = Arc::new(Mutex::new(SeqStore::open(&cfg.data_dir)?));
+    let seq_store = SeqStore::open(&cfg.data_dir)?;
+    let signer = match &site.signing {
+        Some(seed) => Some(Arc::new(Mutex::new(evidence::Signer::open(
+            seed,
+            &cfg.data_dir,
+            |d| seq_store.last(d),
+        )?))),
+        None => None,
+    };
+    let seq = Arc::new(Mutex::new(seq_store));
     let device_ids = site.devices.iter().map(|d| d.id.clone()).collect();
     let links = plan_site(site.devices)?;
     let (spool, report) = spool::Spool::open(&cfg.data_dir.join("spool"), cfg.spool.clone())?;
@@ -122,6 +132,7 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
             metrics: metrics.clone(),
             topic_prefix: cfg.mqtt.topic_prefix.clone(),
             seq: seq.clone(),
+            signer: signer.clone(),
             spool: spool.clone(),
             out: tx.clone(),
         };
@@ -139,6 +150,12 @@ pub async fn run(site: Site, shutdown: CancellationToken) -> anyhow::Result<Publ
             tracing::error!(error = %e, "Poller stopped.");
             first_error.get_or_insert(e);
             shutdown.cancel();
+        }
+    }
+    // Every numbered result is signed: the chain heads are current for the next start.
+    if let Some(signer) = &signer {
+        if let Err(e) = signer.lock().expect("signer lock poisoned").save() {
+            tracing::error!(error = %e, "Cannot save the chain heads; each device starts a new chain at the next start.");
         }
     }
     let stats = publisher.await.context("publisher panicked")?;

@@ -22,6 +22,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Write a new signing key for this board (protocol v1.2) to OUT, readable by its owner
+    /// only, and print the public key to enrol at the gateway. Run it as the agent's user.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the request plan of every device and exit.
     Plan {
         #[arg(long)]
@@ -136,6 +142,15 @@ async fn run() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(ems_process::cancel_on_signal(shutdown.clone()));
             ems_edge::run(site, shutdown).await?;
+        }
+        Command::Keygen { out } => {
+            let public = ems_edge::evidence::keygen(&out)?;
+            println!("{public}");
+            eprintln!(
+                "Wrote {}. Name it in the site file:\n  [evidence]\n  key_file = \"{}\"\nand enrol the public key at the gateway:\n  [evidence.edge_keys]\n  <edge_id> = \"{public}\"",
+                out.display(),
+                out.display()
+            );
         }
         Command::Probe {
             link,

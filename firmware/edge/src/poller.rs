@@ -424,6 +424,8 @@ pub struct LinkContext {
     pub metrics: Arc<EdgeMetrics>,
     pub topic_prefix: String,
     pub seq: Arc<Mutex<SeqStore>>,
+    /// Signs each result as it is numbered (protocol v1.2), when the board has a key.
+    pub signer: Option<Arc<Mutex<crate::evidence::Signer>>>,
     pub spool: Arc<Mutex<Spool>>,
     pub out: mpsc::Sender<Handoff>,
     /// Where this link shows it completes its cycles (the board's watchdog supervisor watches).
@@ -585,7 +587,7 @@ pub async fn run_link(
         }
         // Numbers are on disk before any message carrying them is spooled or can leave: a crash
         // in between leaves a gap (honest), never a number used twice (a silent loss).
-        let messages: Vec<Telemetry> = {
+        let mut messages: Vec<Telemetry> = {
             let mut seq = lc.seq.lock().expect("sequence store lock poisoned");
             let msgs = batch
                 .into_iter()
@@ -597,11 +599,18 @@ pub async fn run_link(
                     device,
                     ts_ms,
                     points,
+                    signed: None,
                 })
                 .collect();
             seq.persist().context("cannot persist sequence numbers")?;
             msgs
         };
+        if let Some(signer) = &lc.signer {
+            let mut signer = signer.lock().expect("signer lock poisoned");
+            for m in &mut messages {
+                signer.sign(m);
+            }
+        }
         let mut unspooled = Vec::new();
         {
             let mut spool = lc.spool.lock().expect("spool lock poisoned");

@@ -35,6 +35,7 @@ fn msg(seq: u64, ts_ms: i64, total: f64) -> Incoming {
             v: Some(total),
             q: Quality::Good,
         }],
+        signed: None,
     })
 }
 

@@ -46,6 +46,7 @@ fn message(device: &str, seq: u64, ts_ms: i64, value: Option<f64>) -> Incoming {
                 Quality::Timeout
             },
         }],
+        signed: None,
     })
 }
 
