@@ -16,16 +16,18 @@ pub enum Kind {
     DeviceOffline,
     SequenceGap,
     CounterAnomaly,
+    Evidence,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::AboveLimit,
         Kind::NearLimit,
         Kind::DataGap,
         Kind::DeviceOffline,
         Kind::SequenceGap,
         Kind::CounterAnomaly,
+        Kind::Evidence,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +38,7 @@ impl Kind {
             Kind::DeviceOffline => "device_offline",
             Kind::SequenceGap => "sequence_gap",
             Kind::CounterAnomaly => "counter_anomaly",
+            Kind::Evidence => "evidence",
         }
     }
 
@@ -43,6 +46,10 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
+
+/// The alarm kind of an `anomalies` row, in SQL both backends speak: a device's evidence
+/// troubles (point `evidence`, see `batch::chain`) are `evidence`, the rest counter anomalies.
+pub const ANOMALY_KIND_SQL: &str = "CASE WHEN point = 'evidence' AND kind IN ('signature', 'unsigned', 'chain', 'chain_restart') THEN 'evidence' ELSE 'counter_anomaly' END";
 
 /// What one evaluation found about one condition.
 #[derive(Debug, Clone, PartialEq)]

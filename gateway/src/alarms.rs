@@ -14,6 +14,9 @@
 //! - `sequence_gap` (device): sequence numbers missing in the ledger.
 //! - `counter_anomaly` (`device/point`): a spike, jump, restart or frozen counter found at ingest.
 //!   An event: raised already cleared, it waits only for acknowledgement.
+//! - `evidence` (`device/evidence`, protocol v1.2): a message refused for its evidence (a
+//!   signature that does not verify with the edge's enrolled key, an unsigned message in an
+//!   enrolled edge's name, a broken chain) or a chain that restarted. An event, like the above.
 //!
 //! Open alarms are published retained on `{prefix}/alarms/{kind}/{subject}`, and again, cleared,
 //! when they clear; after a reconnect the current state of every alarm still unacknowledged or
@@ -280,7 +283,7 @@ pub async fn run(
                         .set(counts.get(&kind).copied().unwrap_or(0));
                 }
                 for r in &changed {
-                    if r.active || r.kind == Kind::CounterAnomaly {
+                    if r.active || matches!(r.kind, Kind::CounterAnomaly | Kind::Evidence) {
                         metrics
                             .alarms_raised
                             .get_or_create(&KindLabel {

@@ -866,10 +866,11 @@ async fn anomalies(
     Ok(Json(rows))
 }
 
-/// Recomputes every rollup from the raw samples and reports any difference.
+/// Recomputes every rollup from the raw samples and checks every signed message against its
+/// evidence; reports any difference.
 async fn integrity(State(s): State<AppState>) -> ApiResult<crate::view::Integrity> {
-    let (reader, rules) = (s.reader.clone(), s.config.accounting_rules());
-    let out = tokio::task::spawn_blocking(move || reader.verify_rollups(&rules))
+    let (reader, config) = (s.reader.clone(), s.config.clone());
+    let out = tokio::task::spawn_blocking(move || crate::view::audit(&reader, &config))
         .await
         .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(out))

@@ -41,6 +41,8 @@ struct GatewayConfig {
     upload: Option<crate::upload::UploadConfig>,
     #[serde(default)]
     cluster: Option<ClusterConfig>,
+    #[serde(default)]
+    evidence: EvidenceConfig,
     units: Vec<UnitConfig>,
     #[serde(default)]
     boundary: Vec<ems_energy::model::FlowConfig>,
@@ -65,6 +67,20 @@ pub struct Config {
     /// `ingest.earliest`, ms since the epoch.
     pub earliest_ms: i64,
     pub plant: Arc<Plant>,
+    /// Each enrolled edge's public key (`[evidence] edge_keys`).
+    pub edge_keys: Arc<EdgeKeys>,
+}
+
+pub use crate::evidence::EdgeKeys;
+
+/// `[evidence]`: the edges enrolled with a key, as `ems-edge keygen` printed it. An enrolled
+/// edge's messages must be signed with it; an edge not enrolled is taken as v1 (unsigned, or
+/// signed but unverified).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvidenceConfig {
+    #[serde(default)]
+    edge_keys: std::collections::BTreeMap<String, ems_config::Spanned<String>>,
 }
 
 impl Config {
@@ -161,6 +177,12 @@ impl Config {
             }
         }
         let earliest_ms = check_accept(src, &config)?;
+        let mut edge_keys = EdgeKeys::new();
+        for (edge, key) in &config.evidence.edge_keys {
+            let public = ems_core::evidence::PublicKey::from_hex(key.get_ref().trim())
+                .map_err(|e| src.error_at(key.span(), &format!("evidence.edge_keys.{edge}"), e))?;
+            edge_keys.insert(edge.clone(), public);
+        }
         match (
             &config.storage.backend,
             &config.storage.url,
@@ -213,6 +235,7 @@ impl Config {
             cluster: config.cluster,
             earliest_ms,
             plant: Arc::new(plant),
+            edge_keys: Arc::new(edge_keys),
         })
     }
 

@@ -45,6 +45,8 @@ pub struct Validation {
     /// How far past the gateway's clock a poll time may be.
     pub max_future_ms: i64,
     pub now: NowFn,
+    /// Enrolled edges' keys: their messages must carry a signature that verifies.
+    pub edge_keys: Arc<crate::evidence::EdgeKeys>,
 }
 
 impl Validation {
@@ -59,6 +61,7 @@ impl Validation {
             earliest_ms: config.earliest_ms,
             max_future_ms: a.max_future_s as i64 * 1000,
             now,
+            edge_keys: config.edge_keys.clone(),
         }
     }
 
@@ -235,9 +238,44 @@ pub fn classify(topic_name: &str, payload: &bytes::Bytes, v: &Validation) -> Inc
                     (false, None) => {}
                 }
             }
+            // Protocol v1.2: an enrolled edge's messages are its own only with its signature.
+            let verified = match (v.edge_keys.get(&t.edge), &t.signed) {
+                (Some(key), Some(signed)) => {
+                    use ems_core::evidence::{verify, Content, Refusal};
+                    match verify(&Content::of(&t), signed, key) {
+                        Ok(_) => true,
+                        Err(Refusal::Malformed) => {
+                            return reject(
+                                "signature",
+                                "`prev` or `sig` is not hexadecimal of the right length".into(),
+                            )
+                        }
+                        Err(Refusal::BadSignature) => {
+                            return reject(
+                                "signature",
+                                format!(
+                                    "the signature of message {} does not verify with edge `{}`'s enrolled key",
+                                    t.seq, t.edge
+                                ),
+                            )
+                        }
+                    }
+                }
+                (Some(_), None) => {
+                    return reject(
+                        "unsigned",
+                        format!(
+                            "edge `{}` is enrolled with a key; an unsigned message in its name is not its own",
+                            t.edge
+                        ),
+                    )
+                }
+                (None, _) => false,
+            };
             let raw = Raw {
                 topic: topic_name.to_owned(),
                 payload: payload.clone(),
+                verified,
             };
             Incoming::Telemetry(t, raw)
         }
@@ -592,6 +630,45 @@ mod tests {
             earliest_ms: 1_577_836_800_000, // 2020-01-01
             max_future_ms: 600_000,
             now: Arc::new(|| 1_767_200_000_000),
+            edge_keys: Arc::new(crate::evidence::EdgeKeys::from([(
+                "line2-signed".to_string(),
+                ems_core::evidence::PublicKey::from_hex(&signing_key().public_hex()).unwrap(),
+            )])),
+        }
+    }
+
+    fn signing_key() -> ems_core::evidence::EdgeKey {
+        ems_core::evidence::EdgeKey::from_seed([5; 32])
+    }
+
+    #[test]
+    fn an_enrolled_edges_messages_must_carry_its_signature() {
+        let data = "ems/v1/demo/data/m1";
+        let mut t: Telemetry =
+            serde_json::from_str(&GOOD.replace("\"e1\"", "\"line2-signed\"")).unwrap();
+        // Unsigned in the enrolled edge's name: not its own.
+        let unsigned = serde_json::to_string(&t).unwrap();
+        assert!(reason(data, &unsigned).starts_with("unsigned:"));
+        signing_key().sign(&mut t, ems_core::evidence::CHAIN_START);
+        let signed = serde_json::to_string(&t).unwrap();
+        match classify(data, &bytes::Bytes::from(signed.clone()), &validation()) {
+            Incoming::Telemetry(_, raw) => assert!(raw.verified),
+            other => panic!("refused: {other:?}"),
+        }
+        // A reading changed after signing, or another key's signature: refused.
+        let mut altered = t.clone();
+        altered.points[0].v = Some(13.5);
+        let altered = serde_json::to_string(&altered).unwrap();
+        assert!(reason(data, &altered).starts_with("signature:"));
+        let mut forged = t.clone();
+        ems_core::evidence::EdgeKey::from_seed([6; 32])
+            .sign(&mut forged, ems_core::evidence::CHAIN_START);
+        assert!(reason(data, &serde_json::to_string(&forged).unwrap()).starts_with("signature:"));
+        // An edge not enrolled: accepted, its signature unverified.
+        let other = signed.replace("line2-signed", "line2-other");
+        match classify(data, &bytes::Bytes::from(other), &validation()) {
+            Incoming::Telemetry(_, raw) => assert!(!raw.verified),
+            other => panic!("refused: {other:?}"),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod evidence;
 pub mod history;
 pub mod influx;
 pub mod ingest;

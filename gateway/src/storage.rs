@@ -99,6 +99,8 @@ pub struct Raw {
     /// Empty for a message built in-process (tests, benchmarks): the quarantine then keeps it
     /// serialised.
     pub payload: bytes::Bytes,
+    /// Its signature was verified with its edge's enrolled key (protocol v1.2).
+    pub verified: bool,
 }
 
 /// One unit of ingest work, in arrival order.

@@ -38,6 +38,12 @@ pub trait ReadRecord: Send + Sync {
     /// Recomputes every tracked point's rollups from the raw samples and compares them with
     /// the stored ones: what an auditor asks for.
     fn verify_rollups(&self, rules: &AccountingRules) -> anyhow::Result<Integrity>;
+    /// Checks every signed message's stored readings, signature and link against the edges'
+    /// evidence (protocol v1.2) with the enrolled `keys`.
+    fn verify_evidence(
+        &self,
+        keys: &crate::evidence::EdgeKeys,
+    ) -> anyhow::Result<crate::evidence::EvidenceReport>;
     /// Writes the raw samples with `from_ms <= ts < to_ms` (of one device, or all) as CSV:
     /// device, seq, point, time (RFC 3339 UTC), value, quality. Returns the rows written.
     fn export_csv(
@@ -57,6 +63,14 @@ pub trait ReadRecord: Send + Sync {
         reason: &str,
         now_ms: i64,
     ) -> anyhow::Result<DeclareOutcome>;
+}
+
+/// What an auditor asks for: every rollup recomputed from the raw samples, and every signed
+/// message checked against its evidence with the enrolled keys.
+pub fn audit(reader: &Reader, config: &crate::Config) -> anyhow::Result<Integrity> {
+    let mut out = reader.verify_rollups(&config.accounting_rules())?;
+    out.evidence = Some(reader.verify_evidence(&config.edge_keys)?);
+    Ok(out)
 }
 
 /// The record, read through whichever backend holds it.
@@ -109,6 +123,41 @@ pub struct DeviceRow {
     /// Sequence numbers declared lost, and the ranges with who declared them and why.
     pub lost: i64,
     pub lost_ranges: Vec<LostRange>,
+    /// Its chain of signed messages (protocol v1.2); null for a device whose edge never signed.
+    pub chain: Option<ChainView>,
+}
+
+/// A device's chain of signed messages, as `/api/v1/devices` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChainView {
+    /// The highest number signed, and that message's digest (hex).
+    pub head_seq: i64,
+    pub head_digest: String,
+    /// Every number up to this one is stored, verified with the edge's enrolled key and linked
+    /// to its predecessor (or starts a chain).
+    pub verified_through: i64,
+    /// Messages stored with a signature, and those verified with an enrolled key.
+    pub signed: i64,
+    pub verified: i64,
+    /// Times a new chain started after an earlier one (the edge lost its chain head).
+    pub restarts: i64,
+    /// Messages refused for their evidence (a bad signature, unsigned from an enrolled edge, a
+    /// broken chain), kept in the quarantine.
+    pub refused: i64,
+}
+
+impl From<crate::batch::ChainRow> for ChainView {
+    fn from(c: crate::batch::ChainRow) -> ChainView {
+        ChainView {
+            head_seq: c.head_seq,
+            head_digest: ems_core::evidence::hex(&c.head_digest),
+            verified_through: c.verified_through,
+            signed: c.signed,
+            verified: c.verified,
+            restarts: c.restarts,
+            refused: c.refused,
+        }
+    }
 }
 
 impl DeviceRow {
@@ -191,6 +240,9 @@ pub struct Integrity {
     pub slots_checked: u64,
     /// Empty when every stored rollup equals its recomputation.
     pub mismatches: Vec<String>,
+    /// The signed messages checked against their evidence (protocol v1.2), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<crate::evidence::EvidenceReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -320,6 +372,7 @@ impl Recount {
             samples_checked: self.samples_checked,
             slots_checked: keys.len() as u64,
             mismatches,
+            evidence: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use ems_core::wire::Telemetry;
 
+use super::chain;
 use super::counters::{account_sample, track_of, Reading};
 use super::{Caches, DeviceUpdate, Gathered, KeptRefusal, LostRow, WriteTx};
 use crate::clock::rfc3339;
@@ -110,8 +111,34 @@ pub(super) fn write_telemetry<'a>(
             p.q,
         );
     }
+    // A signed message new to the record must continue its device's chain.
+    let link = match &t.signed {
+        Some(signed) if tx.evidence(&t.device, seq)?.is_none() => {
+            match chain::check(tx, t, signed)? {
+                Ok(link) => Some(link),
+                Err((code, detail)) => {
+                    chain::refused(tx, &t.device, received_ms, code, &detail)?;
+                    return refuse(tx, t, raw, code, &detail, rules, received_ms, out);
+                }
+            }
+        }
+        _ => None,
+    };
     if !tx.insert_message(t, received_ms, &blob)? {
         return duplicate(tx, t, raw, rules, received_ms, out);
+    }
+    if let Some(link) = &link {
+        if chain::record(tx, t, link, raw.verified)? {
+            tx.insert_anomaly(
+                &t.device,
+                chain::ANOMALY_POINT,
+                received_ms,
+                "chain_restart",
+                &format!(
+                    "message {seq} starts a new chain (the edge lost its chain head: a crash or a reinstall); the link to the message before it cannot be checked"
+                ),
+            )?;
+        }
     }
     out.stored += 1;
     update_ledger(tx, gathered, t, ledger.map(|l| l.0), received_ms)?;

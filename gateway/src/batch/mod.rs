@@ -6,6 +6,7 @@
 //! ([`crate::store`]) and PostgreSQL ([`crate::pg`]) both run this same logic, so the two keep
 //! the same record of the same messages.
 
+pub mod chain;
 mod counters;
 mod ledger;
 
@@ -34,6 +35,34 @@ pub struct StoredVersion {
     pub edge: String,
     /// The packed samples; `None` once retention deleted them.
     pub points: Option<Vec<u8>>,
+}
+
+/// A signed message's evidence as stored (protocol v1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceRow {
+    pub device: String,
+    pub seq: i64,
+    pub site: String,
+    pub edge: String,
+    pub prev: [u8; 32],
+    pub digest: [u8; 32],
+    pub sig: [u8; 64],
+    /// An enrolled key verified its signature at ingest.
+    pub verified: bool,
+}
+
+/// A device's chain as stored: its head, how far it is verified without a break (every number
+/// up to it stored, verified and linked to its predecessor or starting a chain), its restarts
+/// and the messages refused for their evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChainRow {
+    pub head_seq: i64,
+    pub head_digest: [u8; 32],
+    pub verified_through: i64,
+    pub signed: i64,
+    pub verified: i64,
+    pub restarts: i64,
+    pub refused: i64,
 }
 
 /// A range declared lost, as the ledger keeps it.
@@ -169,6 +198,15 @@ pub trait WriteTx {
         kind: &str,
         detail: &str,
     ) -> anyhow::Result<()>;
+    /// The stored evidence of `(device, seq)`: (prev, digest, verified).
+    fn evidence(
+        &self,
+        device: &str,
+        seq: i64,
+    ) -> anyhow::Result<Option<([u8; 32], [u8; 32], bool)>>;
+    fn insert_evidence(&self, e: &EvidenceRow) -> anyhow::Result<()>;
+    fn chain(&self, device: &str) -> anyhow::Result<Option<ChainRow>>;
+    fn put_chain(&self, device: &str, c: &ChainRow) -> anyhow::Result<()>;
     /// Withdraws the newest open anomaly of that time and kind.
     fn withdraw_anomaly(
         &self,
@@ -255,6 +293,10 @@ pub fn write_batch(
                 )?;
                 out.quarantined += 1;
                 if let Some(o) = &r.origin {
+                    let code = crate::storage::reason_code(&r.reason);
+                    if chain::REFUSALS.contains(&code) {
+                        chain::refused(tx, &o.device, received_ms, code, &r.reason)?;
+                    }
                     touched.add((&o.site, &o.edge, &o.device), Some(o.seq));
                 }
             }

@@ -11,6 +11,7 @@ use postgres::{Client, NoTls, Row};
 use super::redact;
 use crate::alarm_book::{
     change, AckOutcome, AlarmRow, AlarmStore, Change, DeviceState, Kind, Observation,
+    ANOMALY_KIND_SQL,
 };
 use crate::clock::rfc3339;
 
@@ -183,7 +184,7 @@ impl AlarmStore for PgAlarms {
             .query(
                 &format!(
                     "INSERT INTO alarms (kind, subject, raised_ms, cleared_ms, message, anomaly_id)
-                     SELECT 'counter_anomaly', device || '/' || point, $1, $1,
+                     SELECT {ANOMALY_KIND_SQL}, device || '/' || point, $1, $1,
                             device || ' ' || point || ': ' || kind || ' (' || detail || ')', id
                      FROM anomalies
                      WHERE id > (SELECT COALESCE(MAX(anomaly_id), 0) FROM alarms)

@@ -29,7 +29,8 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use crate::batch::{
-    Caches, DeviceUpdate, KeptRefusal, LedgerMark, LostRow, Reading, StoredVersion, WriteTx,
+    Caches, ChainRow, DeviceUpdate, EvidenceRow, KeptRefusal, LedgerMark, LostRow, Reading,
+    StoredVersion, WriteTx,
 };
 use crate::storage::{reason_code, BatchOutcome, Fenced, Incoming, Storage, WriteRules};
 
@@ -1031,6 +1032,82 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
+    fn evidence(
+        &self,
+        device: &str,
+        seq: i64,
+    ) -> anyhow::Result<Option<([u8; 32], [u8; 32], bool)>> {
+        let Some(r) = self.query_opt(
+            "SELECT prev, digest, verified FROM evidence WHERE device = $1 AND seq = $2",
+            &[&device, &seq],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((bytes32(r.get(0))?, bytes32(r.get(1))?, r.get(2))))
+    }
+
+    fn insert_evidence(&self, e: &EvidenceRow) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO evidence (device, seq, site, edge, prev, digest, sig, verified)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &e.device,
+                &e.seq,
+                &e.site,
+                &e.edge,
+                &&e.prev[..],
+                &&e.digest[..],
+                &&e.sig[..],
+                &e.verified,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn chain(&self, device: &str) -> anyhow::Result<Option<ChainRow>> {
+        let Some(r) = self.query_opt(
+            "SELECT head_seq, head_digest, verified_through, signed, verified, restarts, refused
+             FROM chains WHERE device = $1",
+            &[&device],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(ChainRow {
+            head_seq: r.get(0),
+            head_digest: bytes32(r.get(1))?,
+            verified_through: r.get(2),
+            signed: r.get(3),
+            verified: r.get(4),
+            restarts: r.get(5),
+            refused: r.get(6),
+        }))
+    }
+
+    fn put_chain(&self, device: &str, c: &ChainRow) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO chains
+             (device, head_seq, head_digest, verified_through, signed, verified, restarts, refused)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (device) DO UPDATE SET head_seq = EXCLUDED.head_seq,
+                head_digest = EXCLUDED.head_digest, verified_through = EXCLUDED.verified_through,
+                signed = EXCLUDED.signed, verified = EXCLUDED.verified,
+                restarts = EXCLUDED.restarts, refused = EXCLUDED.refused",
+            &[
+                &device,
+                &c.head_seq,
+                &&c.head_digest[..],
+                &c.verified_through,
+                &c.signed,
+                &c.verified,
+                &c.restarts,
+                &c.refused,
+            ],
+        )?;
+        Ok(())
+    }
+
     fn withdraw_anomaly(
         &self,
         device: &str,
@@ -1092,4 +1169,10 @@ impl Drop for ScratchDatabase {
             ));
         }
     }
+}
+
+/// A 32-byte digest from a BYTEA column.
+pub(crate) fn bytes32(b: &[u8]) -> anyhow::Result<[u8; 32]> {
+    b.try_into()
+        .map_err(|_| anyhow::anyhow!("a stored digest of {} bytes, not 32", b.len()))
 }

@@ -11,11 +11,13 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
 
 use super::{redact, LEDGER_LOCK};
+use crate::batch::ChainRow;
 use crate::clock::rfc3339;
+use crate::evidence::{EdgeKeys, EvidenceCheck, EvidenceReport, StoredEvidence};
 use crate::storage::AccountingRules;
 use crate::view::{
-    export_message, AnomalyRow, DeclareOutcome, DeviceRow, EdgeRow, Integrity, LostRange,
-    QuarantineRow, QuarantineTotal, ReadRecord, Recount, EXPORT_HEADER, PAYLOAD_PREVIEW,
+    export_message, AnomalyRow, ChainView, DeclareOutcome, DeviceRow, EdgeRow, Integrity,
+    LostRange, QuarantineRow, QuarantineTotal, ReadRecord, Recount, EXPORT_HEADER, PAYLOAD_PREVIEW,
 };
 
 /// A connection of its own, reopened when the server closed it.
@@ -113,6 +115,24 @@ impl ReadRecord for PgReader {
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
+            let mut chains: HashMap<String, ChainView> = HashMap::new();
+            for r in c.query(
+                "SELECT device, head_seq, head_digest, verified_through, signed, verified, restarts,
+                        refused
+                 FROM chains",
+                &[],
+            )? {
+                let chain = ChainRow {
+                    head_seq: r.get(1),
+                    head_digest: super::bytes32(r.get(2))?,
+                    verified_through: r.get(3),
+                    signed: r.get(4),
+                    verified: r.get(5),
+                    restarts: r.get(6),
+                    refused: r.get(7),
+                };
+                chains.insert(r.get(0), chain.into());
+            }
             let rows = c.query(
                 "SELECT device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages,
                         duplicates, conflicts
@@ -137,6 +157,7 @@ impl ReadRecord for PgReader {
                         gaps: Vec::new(),
                         lost: 0,
                         lost_ranges: Vec::new(),
+                        chain: chains.remove(&id),
                         edge,
                         id,
                     }
@@ -339,6 +360,58 @@ impl ReadRecord for PgReader {
             .get::<_, i64>(0)
             > 0;
         Ok(recount.compare(stored, pruned))
+    }
+
+    fn verify_evidence(&self, keys: &EdgeKeys) -> anyhow::Result<EvidenceReport> {
+        // A connection of its own: the check reads every signed message.
+        let mut c = connect(&self.url)?;
+        let names: HashMap<i64, String> = c
+            .query("SELECT id, point FROM series", &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let pruned = c
+            .query_one("SELECT COUNT(*) FROM retention", &[])?
+            .get::<_, i64>(0)
+            > 0;
+        let all = c.prepare(
+            "SELECT e.device, e.seq, e.site, e.edge, e.prev, e.digest, e.sig, m.ts_ms, m.points,
+                    p.digest
+             FROM evidence e
+             LEFT JOIN messages m ON m.device = e.device AND m.seq = e.seq
+             LEFT JOIN evidence p ON p.device = e.device AND p.seq = e.seq - 1
+             ORDER BY e.device COLLATE \"C\", e.seq",
+        )?;
+        let mut check = EvidenceCheck::new(keys);
+        // Streamed: years of signed messages are never all in memory.
+        let mut rows = c.query_raw(&all, std::iter::empty::<&dyn ToSql>())?;
+        while let Some(r) = rows.next()? {
+            let device: String = r.get(0);
+            let e = StoredEvidence {
+                seq: r.get(1),
+                site: r.get(2),
+                edge: r.get(3),
+                prev: super::bytes32(r.get(4))?,
+                digest: super::bytes32(r.get(5))?,
+                sig: r.get(6),
+            };
+            let before = r
+                .get::<_, Option<&[u8]>>(9)
+                .map(super::bytes32)
+                .transpose()?;
+            let content = match (r.get::<_, Option<i64>>(7), r.get::<_, Option<&[u8]>>(8)) {
+                (Some(ts), Some(blob)) => Some(crate::evidence::named_points(&names, ts, blob)?),
+                _ => None,
+            };
+            check.message(
+                &device,
+                &e,
+                before,
+                content.as_ref(),
+                content.is_none() && pruned,
+            );
+        }
+        Ok(check.finish())
     }
 
     fn export_csv(

@@ -111,6 +111,20 @@ CREATE TABLE upload_acks (
 );
 CREATE TABLE upload_state (kind TEXT PRIMARY KEY, next_start_ms BIGINT NOT NULL);
 "#,
+    r#"
+-- Protocol v1.2's evidence of each signed message (see SQLite's schema): one row a message,
+-- and each device's chain.
+CREATE TABLE evidence (
+    device TEXT NOT NULL, seq BIGINT NOT NULL, site TEXT NOT NULL, edge TEXT NOT NULL,
+    prev BYTEA NOT NULL, digest BYTEA NOT NULL, sig BYTEA NOT NULL, verified BOOLEAN NOT NULL,
+    PRIMARY KEY (device, seq)
+);
+CREATE TABLE chains (
+    device TEXT PRIMARY KEY, head_seq BIGINT NOT NULL, head_digest BYTEA NOT NULL,
+    verified_through BIGINT NOT NULL, signed BIGINT NOT NULL, verified BIGINT NOT NULL,
+    restarts BIGINT NOT NULL, refused BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Brings the database to the newest schema, one migration a transaction; two gateways that

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{open_conn, rfc3339};
 use crate::alarm_book::{
     change, AckOutcome, AlarmRow, AlarmStore, Change, DeviceState, Kind, Observation,
+    ANOMALY_KIND_SQL,
 };
 
 /// The alarm table.
@@ -145,12 +146,14 @@ impl AlarmStore for SqliteAlarms {
     fn report_anomalies(&mut self, now_ms: i64) -> anyhow::Result<Vec<AlarmRow>> {
         let tx = self.conn.transaction()?;
         let inserted = tx.execute(
-            "INSERT INTO alarms (kind, subject, raised_ms, cleared_ms, message, anomaly_id)
-             SELECT 'counter_anomaly', device || '/' || point, ?1, ?1,
-                    device || ' ' || point || ': ' || kind || ' (' || detail || ')', id
-             FROM anomalies
-             WHERE id > (SELECT COALESCE(MAX(anomaly_id), 0) FROM alarms)
-             ORDER BY id",
+            &format!(
+                "INSERT INTO alarms (kind, subject, raised_ms, cleared_ms, message, anomaly_id)
+                 SELECT {ANOMALY_KIND_SQL}, device || '/' || point, ?1, ?1,
+                        device || ' ' || point || ': ' || kind || ' (' || detail || ')', id
+                 FROM anomalies
+                 WHERE id > (SELECT COALESCE(MAX(anomaly_id), 0) FROM alarms)
+                 ORDER BY id"
+            ),
             [now_ms],
         )?;
         let rows = {

@@ -9,9 +9,10 @@ use ems_energy::counter::PointSlot;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rfc3339;
+use crate::batch::ChainRow;
 use crate::storage::AccountingRules;
 use crate::view::{
-    AnomalyRow, DeclareOutcome, DeviceRow, EdgeRow, Integrity, LostRange, QuarantineRow,
+    AnomalyRow, ChainView, DeclareOutcome, DeviceRow, EdgeRow, Integrity, LostRange, QuarantineRow,
     QuarantineTotal, ReadRecord, PAYLOAD_PREVIEW,
 };
 
@@ -65,6 +66,24 @@ impl ReadRecord for SqliteReader {
                 let (e, o) = row?;
                 online.insert(e, o);
             }
+            let mut chains: HashMap<String, ChainView> = HashMap::new();
+            let mut stmt = c.prepare(
+                "SELECT device, head_seq, head_digest, verified_through, signed, verified, restarts, refused FROM chains",
+            )?;
+            for row in stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, ChainRow {
+                    head_seq: r.get(1)?,
+                    head_digest: r.get(2)?,
+                    verified_through: r.get(3)?,
+                    signed: r.get(4)?,
+                    verified: r.get(5)?,
+                    restarts: r.get(6)?,
+                    refused: r.get(7)?,
+                }))
+            })? {
+                let (d, chain) = row?;
+                chains.insert(d, chain.into());
+            }
             let mut stmt = c.prepare(
                 "SELECT device, site, edge, last_seq, last_ts_ms, last_seen_ms, messages, duplicates, conflicts FROM devices ORDER BY device",
             )?;
@@ -84,6 +103,7 @@ impl ReadRecord for SqliteReader {
                     gaps: Vec::new(),
                     lost: 0,
                     lost_ranges: Vec::new(),
+                    chain: chains.remove(&id),
                     edge,
                     id,
                 }
@@ -214,6 +234,13 @@ impl ReadRecord for SqliteReader {
 
     fn verify_rollups(&self, rules: &AccountingRules) -> anyhow::Result<Integrity> {
         self.with_any(|c| super::integrity::verify_rollups(c, rules))
+    }
+
+    fn verify_evidence(
+        &self,
+        keys: &crate::evidence::EdgeKeys,
+    ) -> anyhow::Result<crate::evidence::EvidenceReport> {
+        self.with_any(|c| super::integrity::verify_evidence(c, keys))
     }
 
     fn export_csv(

@@ -182,6 +182,23 @@ CREATE TABLE message_blocks (
 ) WITHOUT ROWID;
 CREATE INDEX message_blocks_by_seq ON message_blocks (device, first_seq);
 "#,
+    r#"
+-- Protocol v1.2's evidence of each signed message, kept apart from `messages` (whose rows
+-- compaction moves into blocks): the site and edge it was signed as, the digest it names as its
+-- predecessor, its own digest and signature, and whether an enrolled key verified it.
+CREATE TABLE evidence (
+    device TEXT NOT NULL, seq INTEGER NOT NULL, site TEXT NOT NULL, edge TEXT NOT NULL,
+    prev BLOB NOT NULL, digest BLOB NOT NULL, sig BLOB NOT NULL, verified INTEGER NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+-- Each device's chain: its head, how far it is verified without a break, its restarts and the
+-- messages refused for their evidence.
+CREATE TABLE chains (
+    device TEXT PRIMARY KEY, head_seq INTEGER NOT NULL, head_digest BLOB NOT NULL,
+    verified_through INTEGER NOT NULL, signed INTEGER NOT NULL, verified INTEGER NOT NULL,
+    restarts INTEGER NOT NULL, refused INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version whose migration packs `point_samples` into `messages.points`.

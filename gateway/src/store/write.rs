@@ -9,7 +9,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{open_conn, Store};
 use crate::batch::{
-    DeviceUpdate, KeptRefusal, LedgerMark, LostRow, Reading, StoredVersion, WriteTx,
+    ChainRow, DeviceUpdate, EvidenceRow, KeptRefusal, LedgerMark, LostRow, Reading, StoredVersion,
+    WriteTx,
 };
 use crate::storage::{reason_code, BatchOutcome, Incoming, WriteRules};
 use crate::view::{DeclareOutcome, LostRange};
@@ -448,6 +449,86 @@ impl WriteTx for SqliteTx<'_> {
                 "INSERT INTO anomalies (device, point, ts_ms, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![device, point, ts_ms, kind, detail])?;
+        Ok(())
+    }
+
+    fn evidence(
+        &self,
+        device: &str,
+        seq: i64,
+    ) -> anyhow::Result<Option<([u8; 32], [u8; 32], bool)>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT prev, digest, verified FROM evidence WHERE device = ?1 AND seq = ?2",
+            )?
+            .query_row(params![device, seq], |r| {
+                Ok((
+                    r.get::<_, [u8; 32]>(0)?,
+                    r.get::<_, [u8; 32]>(1)?,
+                    r.get(2)?,
+                ))
+            })
+            .optional()?)
+    }
+
+    fn insert_evidence(&self, e: &EvidenceRow) -> anyhow::Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO evidence (device, seq, site, edge, prev, digest, sig, verified)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                e.device,
+                e.seq,
+                e.site,
+                e.edge,
+                e.prev,
+                e.digest,
+                &e.sig[..],
+                e.verified
+            ])?;
+        Ok(())
+    }
+
+    fn chain(&self, device: &str) -> anyhow::Result<Option<ChainRow>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT head_seq, head_digest, verified_through, signed, verified, restarts, refused
+                 FROM chains WHERE device = ?1",
+            )?
+            .query_row([device], |r| {
+                Ok(ChainRow {
+                    head_seq: r.get(0)?,
+                    head_digest: r.get(1)?,
+                    verified_through: r.get(2)?,
+                    signed: r.get(3)?,
+                    verified: r.get(4)?,
+                    restarts: r.get(5)?,
+                    refused: r.get(6)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn put_chain(&self, device: &str, c: &ChainRow) -> anyhow::Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT OR REPLACE INTO chains
+                 (device, head_seq, head_digest, verified_through, signed, verified, restarts, refused)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                device,
+                c.head_seq,
+                c.head_digest,
+                c.verified_through,
+                c.signed,
+                c.verified,
+                c.restarts,
+                c.refused
+            ])?;
         Ok(())
     }
 

@@ -21,6 +21,14 @@ fn validation() -> Validation {
         earliest_ms: 1_577_836_800_000,
         max_future_ms: 600_000,
         now: Arc::new(|| NOW),
+        // One enrolled edge, so that signatures are checked too.
+        edge_keys: Arc::new(ems_gateway::evidence::EdgeKeys::from([(
+            "line-signed".to_string(),
+            ems_core::evidence::PublicKey::from_hex(
+                &ems_core::evidence::EdgeKey::from_seed([1; 32]).public_hex(),
+            )
+            .unwrap(),
+        )])),
     }
 }
 
