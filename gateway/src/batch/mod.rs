@@ -275,9 +275,14 @@ pub fn write_batch(
                     received_ms,
                     &mut out,
                 )?;
+                // Kept aside, unless refused for its evidence (see the rejected below).
+                let refused = (out.quarantined > quarantined)
+                    .then(|| out.refused.last().copied().unwrap_or_default());
                 touched.add(
                     (&t.site, &t.edge, &t.device),
-                    (out.quarantined > quarantined).then_some(t.seq),
+                    refused
+                        .filter(|code| !chain::REFUSALS.contains(code))
+                        .map(|_| t.seq),
                 );
                 if let (Some(encode), true) = (sink, out.stored > stored) {
                     tx.queue_sink_lines(&encode(t))?;
@@ -294,10 +299,16 @@ pub fn write_batch(
                 out.quarantined += 1;
                 if let Some(o) = &r.origin {
                     let code = crate::storage::reason_code(&r.reason);
-                    if chain::REFUSALS.contains(&code) {
+                    // A message refused for its signature is not shown to be the edge's: its
+                    // number is not reported kept aside, or a forger could have the edge
+                    // release its own result of that number unconfirmed.
+                    let aside = if chain::REFUSALS.contains(&code) {
                         chain::refused(tx, &o.device, received_ms, code, &r.reason)?;
-                    }
-                    touched.add((&o.site, &o.edge, &o.device), Some(o.seq));
+                        None
+                    } else {
+                        Some(o.seq)
+                    };
+                    touched.add((&o.site, &o.edge, &o.device), aside);
                 }
             }
         }

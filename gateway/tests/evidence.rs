@@ -1,0 +1,334 @@
+//! Protocol v1.2's evidence through the gateway's own path (classification against the enrolled
+//! keys, then the batch writer) into a real SQLite file and a real PostgreSQL database:
+//!
+//! - a signed stream is stored with each device's chain verified through its last number, out
+//!   of order and redelivered copies included;
+//! - a message with a valid format and a wrong signature, an unsigned one in an enrolled edge's
+//!   name and one that breaks the chain are quarantined with their reasons and raise `evidence`
+//!   alarms, while the real stream goes on; a forged number is not reported kept aside;
+//! - an edge that is not enrolled is stored signed but unverified, and a chain that restarts is
+//!   counted and alarmed;
+//! - the integrity check finds a reading edited in either database afterwards.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ems_core::evidence::{EdgeKey, PublicKey, CHAIN_START};
+use ems_core::wire::{PointValue, Telemetry};
+use ems_core::Quality;
+use ems_energy::counter::{CounterRule, GapFill};
+use ems_gateway::alarm_book::{AlarmBook, Kind};
+use ems_gateway::evidence::EdgeKeys;
+use ems_gateway::ingest::{classify, Validation};
+use ems_gateway::pg::{PgAlarms, PgReader, PgStore, ScratchDatabase};
+use ems_gateway::storage::{AccountingRules, BatchOutcome, Incoming, Storage, WriteRules};
+use ems_gateway::store::Store;
+use ems_gateway::view::Reader;
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01
+
+fn key() -> EdgeKey {
+    EdgeKey::from_seed([21; 32])
+}
+
+fn validation() -> Validation {
+    Validation {
+        topic_prefix: "ems/v1".into(),
+        sites: HashSet::from(["s".to_string()]),
+        edges: vec!["e".into(), "old".into()],
+        accounted: HashSet::from(["m1".to_string(), "m2".to_string(), "m3".to_string()]),
+        other_devices: Vec::new(),
+        earliest_ms: T0 - 86_400_000,
+        max_future_ms: 600_000,
+        now: Arc::new(|| T0 + 86_400_000),
+        edge_keys: Arc::new(EdgeKeys::from([(
+            "e".to_string(),
+            PublicKey::from_hex(&key().public_hex()).unwrap(),
+        )])),
+    }
+}
+
+fn rules() -> WriteRules {
+    let rule = CounterRule {
+        rollover: None,
+        max_rate_per_h: None,
+        frozen_after_ms: 3_600_000,
+        fill: GapFill::Rate,
+        level: false,
+        gauge: false,
+    };
+    let tracked = ["m1", "m2", "m3"]
+        .into_iter()
+        .map(|d| (d.to_string(), [("kwh".to_string(), rule)].into()))
+        .collect();
+    AccountingRules {
+        tracked,
+        max_gap_ms: 900_000,
+    }
+    .into()
+}
+
+fn reading(edge: &str, device: &str, seq: u64) -> Telemetry {
+    Telemetry {
+        v: 1,
+        site: "s".into(),
+        edge: edge.into(),
+        device: device.into(),
+        seq,
+        ts_ms: T0 + seq as i64 * 60_000,
+        points: vec![
+            PointValue {
+                id: "kwh".into(),
+                v: Some(1_000.0 + seq as f64 * 2.5),
+                q: Quality::Good,
+            },
+            PointValue {
+                id: "kw".into(),
+                v: None,
+                q: Quality::Exception(2),
+            },
+        ],
+        signed: None,
+    }
+}
+
+/// A device's edge signing its results in one chain, as `ems-edge` does.
+struct Chain {
+    key: EdgeKey,
+    prev: [u8; 32],
+}
+
+impl Chain {
+    fn new(key: EdgeKey) -> Chain {
+        Chain {
+            key,
+            prev: CHAIN_START,
+        }
+    }
+    fn sign(&mut self, mut t: Telemetry) -> Telemetry {
+        self.prev = self.key.sign(&mut t, self.prev);
+        t
+    }
+}
+
+fn payload(t: &Telemetry) -> (String, bytes::Bytes) {
+    (
+        format!("ems/v1/{}/data/{}", t.site, t.device),
+        serde_json::to_vec(t).unwrap().into(),
+    )
+}
+
+/// What the edges send, in arrival order, and the numbers each device really has.
+fn arrivals() -> Vec<(String, bytes::Bytes)> {
+    let mut out = Vec::new();
+    // m1 (edge `e`, enrolled): 1..=20 signed, with forgeries among them.
+    let mut m1 = Chain::new(key());
+    let mut real: Vec<Telemetry> = (1..=20).map(|s| m1.sign(reading("e", "m1", s))).collect();
+    for t in &real[..5] {
+        out.push(payload(t));
+    }
+    // A valid format, the wrong key: for a number the edge has not sent yet.
+    let mut forged = reading("e", "m1", 8);
+    forged.points[0].v = Some(99_999.0);
+    EdgeKey::from_seed([22; 32]).sign(&mut forged, CHAIN_START);
+    out.push(payload(&forged));
+    // Unsigned, in the enrolled edge's name.
+    out.push(payload(&reading("e", "m1", 9)));
+    for t in &real[5..10] {
+        out.push(payload(t));
+    }
+    // Signed with the edge's own key but not following message 10 (an edge's state gone
+    // wrong, or its key stolen): it breaks the chain.
+    let mut astray = reading("e", "m1", 11);
+    astray.points[0].v = Some(1_030.0);
+    key().sign(&mut astray, [7; 32]);
+    out.push(payload(&astray));
+    // 11..=20 with 14 after 15, and 3 again.
+    real.swap(13, 14);
+    for t in &real[10..] {
+        out.push(payload(t));
+    }
+    out.push(payload(&real[2]));
+    // m2 (edge `old`, not enrolled): signed, unverifiable.
+    let mut m2 = Chain::new(EdgeKey::from_seed([23; 32]));
+    for s in 1..=5 {
+        out.push(payload(&m2.sign(reading("old", "m2", s))));
+    }
+    // m3 (edge `e`): a chain that restarts at 6 (the edge lost its chain head).
+    let mut m3 = Chain::new(key());
+    for s in 1..=5 {
+        out.push(payload(&m3.sign(reading("e", "m3", s))));
+    }
+    let mut m3 = Chain::new(key());
+    for s in 6..=8 {
+        out.push(payload(&m3.sign(reading("e", "m3", s))));
+    }
+    out
+}
+
+/// Classifies and writes every arrival, four to a batch.
+fn ingest(store: &mut impl Storage) -> BatchOutcome {
+    let v = validation();
+    let incoming: Vec<Incoming> = arrivals()
+        .iter()
+        .map(|(topic, p)| classify(topic, p, &v))
+        .collect();
+    let mut total = BatchOutcome::default();
+    for (i, batch) in incoming.chunks(4).enumerate() {
+        let out = store
+            .write_batch(batch, &rules(), T0 + 86_000_000 + i as i64)
+            .unwrap();
+        total.stored += out.stored;
+        total.duplicates += out.duplicates;
+        total.quarantined += out.quarantined;
+        total.acks.extend(out.acks);
+    }
+    total
+}
+
+fn check_record(reader: &Reader, book: &mut AlarmBook, outcome: &BatchOutcome) {
+    assert_eq!(outcome.stored, 20 + 5 + 8);
+    assert_eq!(outcome.duplicates, 1);
+    assert_eq!(outcome.quarantined, 3);
+    // The forged number 8 was never reported to the edge as kept aside.
+    assert!(outcome.acks.iter().all(|(_, _, a)| a.aside.is_empty()));
+
+    let devices = reader.devices().unwrap();
+    let chain = |d: &str| {
+        devices
+            .iter()
+            .find(|r| r.id == d)
+            .and_then(|r| r.chain.clone())
+            .unwrap()
+    };
+    let m1 = chain("m1");
+    assert_eq!(
+        (
+            m1.head_seq,
+            m1.verified_through,
+            m1.signed,
+            m1.verified,
+            m1.refused,
+            m1.restarts
+        ),
+        (20, 20, 20, 20, 3, 0),
+        "{m1:?}"
+    );
+    let m2 = chain("m2");
+    assert_eq!(
+        (m2.signed, m2.verified, m2.verified_through),
+        (5, 0, 0),
+        "an edge not enrolled is stored unverified: {m2:?}"
+    );
+    let m3 = chain("m3");
+    assert_eq!(
+        (m3.verified_through, m3.restarts, m3.refused),
+        (8, 1, 0),
+        "{m3:?}"
+    );
+    let devices_missing: i64 = devices.iter().map(|d| d.missing).sum();
+    assert_eq!(devices_missing, 0, "the real stream is whole");
+
+    let mut reasons: Vec<String> = reader
+        .quarantine(10)
+        .unwrap()
+        .into_iter()
+        .map(|q| q.reason.split(':').next().unwrap().to_owned())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["chain", "signature", "unsigned"]);
+
+    let alarms = book.report_anomalies(T0 + 86_400_000).unwrap();
+    let evidence: Vec<_> = alarms.iter().filter(|a| a.kind == Kind::Evidence).collect();
+    assert_eq!(evidence.len(), 4, "{alarms:?}");
+    assert!(evidence
+        .iter()
+        .any(|a| a.subject == "m3/evidence" && a.message.contains("chain_restart")));
+    assert_eq!(
+        evidence
+            .iter()
+            .filter(|a| a.subject == "m1/evidence")
+            .count(),
+        3
+    );
+    let report = reader.verify_evidence(&validation().edge_keys).unwrap();
+    assert_eq!((report.checked, report.signatures_verified), (33, 28));
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+/// The packed samples of m1 #7 with its meter reading changed by one part in a million.
+fn edited(blob: &[u8]) -> Vec<u8> {
+    let mut blob = blob.to_vec();
+    let value = f64::from_le_bytes(blob[6..14].try_into().unwrap());
+    blob[6..14].copy_from_slice(&(value * 1.000_001).to_le_bytes());
+    blob
+}
+
+fn assert_edit_found(reader: &Reader) {
+    let report = reader.verify_evidence(&validation().edge_keys).unwrap();
+    assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+    assert!(
+        report.findings[0].starts_with("m1 #7: the stored readings are not the ones signed"),
+        "{:?}",
+        report.findings
+    );
+}
+
+#[test]
+fn signed_chains_hold_and_forgeries_breaks_and_edits_are_found_in_sqlite() {
+    let dir = std::env::temp_dir().join(format!("ems-evidence-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gw.db");
+    let mut store = Store::open(&path).unwrap();
+    let outcome = ingest(&mut store);
+    let reader = store.reader().unwrap();
+    let mut book = ems_gateway::store::alarm_book::SqliteAlarms::book(&path).unwrap();
+    check_record(&reader, &mut book, &outcome);
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let blob: Vec<u8> = conn
+        .query_row(
+            "SELECT points FROM messages WHERE device = 'm1' AND seq = 7",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE messages SET points = ?1 WHERE device = 'm1' AND seq = 7",
+        [edited(&blob)],
+    )
+    .unwrap();
+    assert_edit_found(&reader);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn signed_chains_hold_and_forgeries_breaks_and_edits_are_found_in_postgres() {
+    let db = ScratchDatabase::new(
+        &ScratchDatabase::default_server(),
+        &format!("ems_test_evidence_{}", std::process::id()),
+    )
+    .expect("PostgreSQL on 127.0.0.1:5432 (trust authentication) or EMS_TEST_POSTGRES");
+    let mut store = PgStore::connect(&db.url()).unwrap();
+    let outcome = ingest(&mut store);
+    let reader = Reader::new(PgReader::connect(&db.url()).unwrap());
+    let mut book = AlarmBook::new(PgAlarms::connect(&db.url()).unwrap());
+    check_record(&reader, &mut book, &outcome);
+
+    let mut c = postgres::Client::connect(&db.url(), postgres::NoTls).unwrap();
+    let blob: Vec<u8> = c
+        .query_one(
+            "SELECT points FROM messages WHERE device = 'm1' AND seq = 7",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    c.execute(
+        "UPDATE messages SET points = $1 WHERE device = 'm1' AND seq = 7",
+        &[&edited(&blob)],
+    )
+    .unwrap();
+    assert_edit_found(&reader);
+    drop((store, reader, book, c));
+}
