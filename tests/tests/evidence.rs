@@ -1,0 +1,249 @@
+//! Protocol v1.2 end to end, with the real binaries over a real Mosquitto: the board's key made
+//! by `ems-edge keygen`, enrolled at the gateway; every reading signed and chained from the meter
+//! to the record; forgeries published by another client on the network quarantined and alarmed
+//! while the edge's stream goes on; the chain carried across a clean restart of the edge; and
+//! `ems-gateway verify` passing on the record, then finding a reading edited in the database.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ems_core::evidence::{EdgeKey, CHAIN_START};
+use ems_core::wire::Telemetry;
+use ems_tests::*;
+
+/// Publishes `payload` QoS 1 as a client of its own (not the edge).
+fn publish(port: u16, topic: &str, payload: &str) {
+    let ok = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .status()
+        .expect("mosquitto_pub is installed (tests/run.sh installs it)");
+    assert!(ok.success(), "publish to {topic}");
+}
+
+fn append(path: &std::path::Path, text: &str) {
+    let before = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, format!("{before}\n{text}\n")).unwrap();
+}
+
+/// `ems-gateway verify` on `dir/gateway.toml`: (success, stdout, stderr).
+fn verify(dir: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(bin("ems-gateway"))
+        .args(["verify", "--config", "gateway.toml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn signed_readings_hold_from_the_meter_to_the_audit() {
+    let dir = TempDir::new("evidence");
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+
+    // The installer makes the board's key and enrols its public half at the gateway.
+    let out = Command::new(bin("ems-edge"))
+        .args(["keygen", "--out", "edge.key"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(public.len(), 64, "{public}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(d.join("edge.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is its owner's alone");
+    }
+
+    let (_sim, sim_addr) = start_sim(d, &[]);
+    write_gateway_config(d, broker.port);
+    append(
+        &d.join("gateway.toml"),
+        &format!("[evidence.edge_keys]\nedge-1 = \"{public}\""),
+    );
+    let (mut gateway, http) = start_gateway(d);
+    write_edge_config(d, &sim_addr, broker.port, 100);
+    append(&d.join("edge.toml"), "[evidence]\nkey_file = \"edge.key\"");
+    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+
+    let chains_verified = |min: i64| {
+        get_json(&http, "/api/v1/devices")
+            .as_array()
+            .is_some_and(|devices| {
+                devices.len() == demo_meter_count()
+                    && devices.iter().all(|d| {
+                        let c = &d["chain"];
+                        d["messages"].as_i64() > Some(min)
+                            && c["verified"] == d["messages"]
+                            && c["verified_through"] == d["last_seq"]
+                    })
+            })
+    };
+    eventually(
+        "every meter's readings stored signed and verified",
+        Duration::from_secs(30),
+        || chains_verified(5),
+    );
+
+    // Another client on the network publishes in the edge's name: once with a key of its own,
+    // once unsigned. Both are the right format for a real meter.
+    let devices = get_json(&http, "/api/v1/devices");
+    let target = &devices.as_array().unwrap()[0];
+    let device = target["id"].as_str().unwrap().to_owned();
+    let last_seq = target["last_seq"].as_u64().unwrap();
+    let last_ms = chrono::DateTime::parse_from_rfc3339(target["last_sample"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let topic = format!("ems/v1/demo/data/{device}");
+    let mut forged: Telemetry = serde_json::from_value(serde_json::json!({
+        "v": 1, "site": "demo", "edge": "edge-1", "device": device, "seq": last_seq + 2,
+        "ts_ms": last_ms + 1_000, "points": [{"id": "total", "v": 1.0e9, "q": "good"}]
+    }))
+    .unwrap();
+    publish(
+        broker.port,
+        &topic,
+        &serde_json::to_string(&forged).unwrap(),
+    );
+    EdgeKey::from_seed([42; 32]).sign(&mut forged, CHAIN_START);
+    publish(
+        broker.port,
+        &topic,
+        &serde_json::to_string(&forged).unwrap(),
+    );
+    eventually(
+        "both forgeries quarantined",
+        Duration::from_secs(10),
+        || {
+            let q = get_json(&http, "/api/v1/quarantine");
+            let reasons: Vec<&str> = q
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["reason"].as_str())
+                .collect();
+            reasons.iter().any(|r| r.starts_with("unsigned:"))
+                && reasons.iter().any(|r| r.starts_with("signature:"))
+        },
+    );
+    let subject = format!("{device}/evidence");
+    eventually("both raised as alarms", Duration::from_secs(10), || {
+        get_json(&http, "/api/v1/alarms?limit=1000")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "evidence" && a["subject"] == subject.as_str())
+            .count()
+            == 2
+    });
+
+    // The edge's own stream goes on, and its chain survives a clean restart.
+    let before = get_json(&http, "/api/v1/devices");
+    assert!(
+        edge.terminate(Duration::from_secs(20)).success(),
+        "{}",
+        edge.stderr_tail()
+    );
+    assert!(d.join("ems-edge-data/chain.json").exists());
+    let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
+    let passed = |min: i64| {
+        let after = get_json(&http, "/api/v1/devices");
+        after.as_array().unwrap().iter().all(|a| {
+            let b = before
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["id"] == a["id"])
+                .unwrap();
+            a["last_seq"].as_i64().unwrap() > b["last_seq"].as_i64().unwrap() + min
+        })
+    };
+    eventually(
+        "the stream goes on after the restart",
+        Duration::from_secs(30),
+        || passed(5),
+    );
+    stop_edge_all_delivered(&mut edge, Duration::from_secs(30));
+    let seq = edge_sequence_numbers(d);
+    assert_stored_exactly_once(&http, &seq);
+    for dev in get_json(&http, "/api/v1/devices").as_array().unwrap() {
+        let c = &dev["chain"];
+        assert_eq!(c["verified_through"], dev["last_seq"], "{dev}");
+        assert_eq!(c["verified"], dev["messages"], "{dev}");
+        assert_eq!(c["restarts"], 0, "a clean restart keeps the chain: {dev}");
+        let refused = if dev["id"] == device.as_str() { 2 } else { 0 };
+        assert_eq!(c["refused"], refused, "{dev}");
+    }
+    let integrity = get_json(&http, "/api/v1/integrity");
+    let evidence = &integrity["evidence"];
+    let stored: u64 = seq.values().sum();
+    assert_eq!(evidence["checked"].as_u64(), Some(stored), "{integrity}");
+    assert_eq!(evidence["signatures_verified"].as_u64(), Some(stored));
+    assert_eq!(
+        evidence["findings"].as_array().map(Vec::len),
+        Some(0),
+        "{integrity}"
+    );
+    assert!(gateway.terminate(Duration::from_secs(20)).success());
+
+    // The auditor's command passes on the record as it is ...
+    let (ok, stdout, stderr) = verify(d);
+    assert!(ok, "{stdout}\n{stderr}");
+    // ... and finds one reading edited in the database file.
+    let conn = rusqlite::Connection::open(d.join("gw.db")).unwrap();
+    let blob: Vec<u8> = conn
+        .query_row(
+            "SELECT points FROM messages WHERE device = ?1 AND seq = 3",
+            [&device],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // The first point with a value (packed entries of 14 bytes: series, quality kind with bit 7
+    // set when there is no value, exception code, value bits).
+    let at = (0..blob.len() / 14)
+        .map(|i| i * 14)
+        .find(|&i| blob[i + 4] == 0)
+        .expect("a good reading in message 3");
+    let mut edited = blob.clone();
+    let value = f64::from_le_bytes(edited[at + 6..at + 14].try_into().unwrap());
+    edited[at + 6..at + 14].copy_from_slice(&(value + 0.001).to_le_bytes());
+    conn.execute(
+        "UPDATE messages SET points = ?1 WHERE device = ?2 AND seq = 3",
+        rusqlite::params![edited, device],
+    )
+    .unwrap();
+    drop(conn);
+    let (ok, stdout, stderr) = verify(d);
+    assert!(!ok, "an edited reading must fail the audit:\n{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{device} #3: the stored readings are not the ones signed"
+        )),
+        "{stdout}"
+    );
+    assert!(stderr.contains("the record does not hold"), "{stderr}");
+}
