@@ -11,7 +11,7 @@ use ems_core::wire::{Signed, Telemetry};
 use super::{ChainRow, EvidenceRow, WriteTx};
 
 /// A signed message's place in its chain, before it is stored.
-pub(super) struct Link {
+pub(super) struct NewLink {
     prev: [u8; 32],
     digest: [u8; 32],
     sig: [u8; 64],
@@ -27,7 +27,7 @@ pub(super) fn check(
     tx: &impl WriteTx,
     t: &Telemetry,
     signed: &Signed,
-) -> anyhow::Result<Result<Link, (&'static str, String)>> {
+) -> anyhow::Result<Result<NewLink, (&'static str, String)>> {
     let Some((prev, sig)) = parse(signed) else {
         return Ok(Err((
             "signature",
@@ -61,7 +61,7 @@ pub(super) fn check(
             )));
         }
     }
-    Ok(Ok(Link {
+    Ok(Ok(NewLink {
         prev,
         digest,
         sig: sig.to_bytes(),
@@ -73,7 +73,7 @@ pub(super) fn check(
 pub(super) fn record(
     tx: &impl WriteTx,
     t: &Telemetry,
-    link: &Link,
+    link: &NewLink,
     verified: bool,
 ) -> anyhow::Result<bool> {
     let seq = t.seq as i64;

@@ -51,6 +51,9 @@ pub struct EvidenceRow {
     pub verified: bool,
 }
 
+/// A stored message's place in its chain: (prev, digest, verified with an enrolled key).
+pub type Link = ([u8; 32], [u8; 32], bool);
+
 /// A device's chain as stored: its head, how far it is verified without a break (every number
 /// up to it stored, verified and linked to its predecessor or starting a chain), its restarts
 /// and the messages refused for their evidence.
@@ -198,12 +201,8 @@ pub trait WriteTx {
         kind: &str,
         detail: &str,
     ) -> anyhow::Result<()>;
-    /// The stored evidence of `(device, seq)`: (prev, digest, verified).
-    fn evidence(
-        &self,
-        device: &str,
-        seq: i64,
-    ) -> anyhow::Result<Option<([u8; 32], [u8; 32], bool)>>;
+    /// The stored evidence of `(device, seq)`.
+    fn evidence(&self, device: &str, seq: i64) -> anyhow::Result<Option<Link>>;
     fn insert_evidence(&self, e: &EvidenceRow) -> anyhow::Result<()>;
     fn chain(&self, device: &str) -> anyhow::Result<Option<ChainRow>>;
     fn put_chain(&self, device: &str, c: &ChainRow) -> anyhow::Result<()>;

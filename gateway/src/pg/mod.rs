@@ -29,7 +29,7 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use crate::batch::{
-    Caches, ChainRow, DeviceUpdate, EvidenceRow, KeptRefusal, LedgerMark, LostRow, Reading,
+    Caches, ChainRow, DeviceUpdate, EvidenceRow, KeptRefusal, LedgerMark, Link, LostRow, Reading,
     StoredVersion, WriteTx,
 };
 use crate::storage::{reason_code, BatchOutcome, Fenced, Incoming, Storage, WriteRules};
@@ -1032,11 +1032,7 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn evidence(
-        &self,
-        device: &str,
-        seq: i64,
-    ) -> anyhow::Result<Option<([u8; 32], [u8; 32], bool)>> {
+    fn evidence(&self, device: &str, seq: i64) -> anyhow::Result<Option<Link>> {
         let Some(r) = self.query_opt(
             "SELECT prev, digest, verified FROM evidence WHERE device = $1 AND seq = $2",
             &[&device, &seq],

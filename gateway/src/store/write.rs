@@ -9,8 +9,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{open_conn, Store};
 use crate::batch::{
-    ChainRow, DeviceUpdate, EvidenceRow, KeptRefusal, LedgerMark, LostRow, Reading, StoredVersion,
-    WriteTx,
+    ChainRow, DeviceUpdate, EvidenceRow, KeptRefusal, LedgerMark, Link, LostRow, Reading,
+    StoredVersion, WriteTx,
 };
 use crate::storage::{reason_code, BatchOutcome, Incoming, WriteRules};
 use crate::view::{DeclareOutcome, LostRange};
@@ -452,11 +452,7 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn evidence(
-        &self,
-        device: &str,
-        seq: i64,
-    ) -> anyhow::Result<Option<([u8; 32], [u8; 32], bool)>> {
+    fn evidence(&self, device: &str, seq: i64) -> anyhow::Result<Option<Link>> {
         Ok(self
             .0
             .prepare_cached(
