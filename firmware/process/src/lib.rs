@@ -2,6 +2,8 @@
 //! [`CancellationToken`] that SIGTERM or Ctrl-C cancels, and a failure ends the process with one
 //! line naming the cause chain (file, line and key for a bad configuration), not a backtrace.
 
+pub mod key_file;
+
 use tokio_util::sync::CancellationToken;
 
 /// Cancels `token` on SIGTERM or Ctrl-C.
