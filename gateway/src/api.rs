@@ -837,7 +837,13 @@ async fn report(
             earliest_ms: config.earliest_ms,
         };
         let font = || -> anyhow::Result<krilla::text::Font> { Ok(pdf::load_font(None)?.1) };
-        make(&inputs, &request, format, &font, |_, _| {}).map_err(report_error)
+        let bytes = make(&inputs, &request, format, &font, |_, _| {}).map_err(report_error)?;
+        match format {
+            Format::Json => config
+                .seal(&bytes, &inputs, &request)
+                .map_err(|e| ApiError::Internal(e.into())),
+            _ => Ok(bytes),
+        }
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;

@@ -69,6 +69,11 @@ pub struct Config {
     pub plant: Arc<Plant>,
     /// Each enrolled edge's public key (`[evidence] edge_keys`).
     pub edge_keys: Arc<EdgeKeys>,
+    /// The key the gateway signs its reports with (`[evidence] report_key_file`).
+    pub report_key: Option<ems_process::key_file::SigningSeed>,
+    /// SHA-256 of what the figures were drawn with: `configuration` (this file), `coefficients`
+    /// and `limits` (the data files, or the built-in ones).
+    pub digests: std::collections::BTreeMap<String, String>,
 }
 
 pub use crate::evidence::EdgeKeys;
@@ -81,6 +86,10 @@ pub use crate::evidence::EdgeKeys;
 struct EvidenceConfig {
     #[serde(default)]
     edge_keys: std::collections::BTreeMap<String, ems_config::Spanned<String>>,
+    /// The gateway's own key (`ems-gateway keygen --out PATH`), with which it signs its JSON
+    /// reports; absent: reports carry their evidence unsigned.
+    #[serde(default)]
+    report_key_file: Option<ems_config::Spanned<PathBuf>>,
 }
 
 impl Config {
@@ -141,17 +150,36 @@ impl Config {
                 f.lhv.extend(rows);
             }
         }
+        let sha256 = |text: &str| {
+            use sha2::Digest as _;
+            crate::storage::hex(&sha2::Sha256::digest(text.as_bytes()))
+        };
+        let mut digests = std::collections::BTreeMap::new();
+        digests.insert("configuration".to_owned(), sha256(&src.text));
         let coefficients = match &config.accounting.coefficients {
             Some(path) => Source::read(path.get_ref())
-                .and_then(|text| Coefficients::from_source(&text))
+                .and_then(|text| {
+                    digests.insert("coefficients".to_owned(), sha256(&text.text));
+                    Coefficients::from_source(&text)
+                })
                 .map_err(|err| at_reference(src, "accounting.coefficients", path, err))?,
-            None => Coefficients::built_in(),
+            None => {
+                let text = ems_energy::coefficients::BUILT_IN;
+                digests.insert("coefficients".to_owned(), sha256(text));
+                Coefficients::built_in()
+            }
         };
         let limits = match &config.accounting.limits {
             Some(path) => Source::read(path.get_ref())
-                .and_then(|text| Limits::from_source(&text))
+                .and_then(|text| {
+                    digests.insert("limits".to_owned(), sha256(&text.text));
+                    Limits::from_source(&text)
+                })
                 .map_err(|err| at_reference(src, "accounting.limits", path, err))?,
-            None => Limits::built_in(),
+            None => {
+                digests.insert("limits".to_owned(), sha256(ems_energy::limits::BUILT_IN));
+                Limits::built_in()
+            }
         };
         let a = &config.alarms;
         if !(a.check_every_s.is_finite() && a.check_every_s > 0.0) {
@@ -183,6 +211,13 @@ impl Config {
                 .map_err(|e| src.error_at(key.span(), &format!("evidence.edge_keys.{edge}"), e))?;
             edge_keys.insert(edge.clone(), public);
         }
+        let report_key = match &config.evidence.report_key_file {
+            None => None,
+            Some(path) => Some(
+                ems_process::key_file::read_key(path.get_ref())
+                    .map_err(|e| src.error_at(path.span(), "evidence.report_key_file", e))?,
+            ),
+        };
         match (
             &config.storage.backend,
             &config.storage.url,
@@ -236,7 +271,51 @@ impl Config {
             earliest_ms,
             plant: Arc::new(plant),
             edge_keys: Arc::new(edge_keys),
+            report_key,
+            digests,
         })
+    }
+
+    /// The public half of the key reports are signed with.
+    pub fn report_public_key(&self) -> Option<ems_core::evidence::PublicKey> {
+        let key = ems_core::evidence::EdgeKey::from_seed(self.report_key.as_ref()?.0);
+        ems_core::evidence::PublicKey::from_hex(&key.public_hex()).ok()
+    }
+
+    /// A JSON report with its evidence section, signed with the report key if there is one.
+    pub fn seal(
+        &self,
+        json: &[u8],
+        inputs: &crate::report::Inputs,
+        request: &crate::report::Request,
+    ) -> anyhow::Result<Vec<u8>> {
+        let key = self
+            .report_key
+            .as_ref()
+            .map(|s| ems_core::evidence::EdgeKey::from_seed(s.0));
+        crate::report::seal::seal(
+            json,
+            inputs,
+            request,
+            &crate::report::seal::Seal {
+                key: key.as_ref(),
+                digests: &self.digests,
+            },
+        )
+    }
+
+    /// A report's inputs from this configuration and `reader`, made at `now_ms`.
+    pub fn report_inputs<'a>(
+        &'a self,
+        reader: &'a crate::view::Reader,
+        now_ms: i64,
+    ) -> crate::report::Inputs<'a> {
+        crate::report::Inputs {
+            plant: &self.plant,
+            reader,
+            now_ms,
+            earliest_ms: self.earliest_ms,
+        }
     }
 
     /// What the store checks and keeps: the plant's counter rules, `[ingest]` and `[quarantine]`.

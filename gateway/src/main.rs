@@ -49,11 +49,27 @@ enum Command {
     },
     /// Check the record as an auditor would: every rollup recomputed from the raw samples, and
     /// every signed message's stored readings, signature and chain link checked against the
-    /// edges' evidence with the keys enrolled in `[evidence]`. Prints the outcome as JSON; exits
-    /// with an error when anything differs.
+    /// edges' evidence with the keys enrolled in `[evidence]`; with `--report`, a JSON report
+    /// this gateway made: its signature, the files it was drawn with, and every figure drawn
+    /// again from the record. Prints the outcome as JSON; exits with an error when anything
+    /// differs.
     Verify {
         #[arg(long)]
         config: PathBuf,
+        /// A JSON report (`ems-gateway report ...` or `/api/v1/reports/...`) to check.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// The gateway's public key the report must be signed with (as `ems-gateway keygen`
+        /// printed it); default: the public half of `[evidence] report_key_file`, if set.
+        #[arg(long)]
+        gateway_key: Option<String>,
+    },
+    /// Write a new signing key for this gateway's reports to OUT, readable by its owner only,
+    /// and print its public key (what a verifier checks reports against). Name the file in
+    /// `[evidence] report_key_file`.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write raw samples of a range as CSV (device, seq, point, time, value, quality).
     Export {
@@ -299,20 +315,62 @@ async fn run() -> anyhow::Result<()> {
             let stats = ems_gateway::store::history_stats(&config.storage.path)?;
             println!("{}", serde_json::to_string_pretty(&stats)?);
         }
-        Command::Verify { config } => {
+        Command::Verify {
+            config,
+            report,
+            gateway_key,
+        } => {
             let config = Config::load(&config)?;
+            let report = match report {
+                Some(path) => Some(
+                    std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let expected = match gateway_key {
+                Some(hex) => Some(
+                    ems_core::evidence::PublicKey::from_hex(hex.trim())
+                        .map_err(|e| anyhow::anyhow!("--gateway-key: {e}"))?,
+                ),
+                None => config.report_public_key(),
+            };
             // Off the runtime: PostgreSQL's client blocks.
-            let out = tokio::task::spawn_blocking(move || {
+            let (out, report_findings) = tokio::task::spawn_blocking(move || {
                 let reader = ems_gateway::runtime::open_reader(&config)?;
-                ems_gateway::view::audit(&reader, &config)
+                let out = ems_gateway::view::audit(&reader, &config)?;
+                let report_findings = match &report {
+                    Some(bytes) => Some(ems_gateway::report::seal::check(
+                        bytes,
+                        &config.report_inputs(&reader, 0),
+                        &config.digests,
+                        expected.as_ref(),
+                    )?),
+                    None => None,
+                };
+                anyhow::Ok((out, report_findings))
             })
             .await??;
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            let findings =
-                out.mismatches.len() + out.evidence.as_ref().map_or(0, |e| e.findings.len());
+            let mut shown = serde_json::to_value(&out)?;
+            if let Some(r) = &report_findings {
+                shown["report"] = serde_json::json!({ "findings": r });
+            }
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            let findings = out.mismatches.len()
+                + out.evidence.as_ref().map_or(0, |e| e.findings.len())
+                + report_findings.as_ref().map_or(0, Vec::len);
             anyhow::ensure!(
                 findings == 0,
                 "the record does not hold: {findings} findings (listed above)"
+            );
+        }
+        Command::Keygen { out } => {
+            let public = ems_process::key_file::keygen(&out)?;
+            println!("{public}");
+            eprintln!(
+                "Wrote {}. Name it in the gateway's configuration:\n  [evidence]\n  report_key_file = \"{}\"\nand give verifiers the public key above.",
+                out.display(),
+                out.display()
             );
         }
         Command::Export {
@@ -458,5 +516,9 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
         },
     )?;
     bar.finish_and_clear();
+    let bytes = match output.format {
+        report::Format::Json => config.seal(&bytes, &inputs, &request)?,
+        _ => bytes,
+    };
     output.write(&bytes)
 }

@@ -36,10 +36,34 @@ fn append(path: &std::path::Path, text: &str) {
     std::fs::write(path, format!("{before}\n{text}\n")).unwrap();
 }
 
-/// `ems-gateway verify` on `dir/gateway.toml`: (success, stdout, stderr).
-fn verify(dir: &std::path::Path) -> (bool, String, String) {
+/// Changes the first non-zero number of the report outside its evidence; returns its path as
+/// the verifier names it (`/units/0/days/3/kgce_per_t`).
+fn change_a_figure(v: &mut serde_json::Value) -> Option<String> {
+    fn walk(v: &mut serde_json::Value, path: String) -> Option<String> {
+        match v {
+            serde_json::Value::Number(n) if n.as_f64().is_some_and(|x| x != 0.0) => {
+                *v = serde_json::json!(n.as_f64().unwrap() * 1.01 + 0.5);
+                Some(path)
+            }
+            serde_json::Value::Object(m) => m
+                .iter_mut()
+                .filter(|(k, _)| *k != "evidence")
+                .find_map(|(k, x)| walk(x, format!("{path}/{k}"))),
+            serde_json::Value::Array(a) => a
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, x)| walk(x, format!("{path}/{i}"))),
+            _ => None,
+        }
+    }
+    walk(v, String::new())
+}
+
+/// `ems-gateway verify` on `dir/gateway.toml` with `extra` arguments: (success, stdout, stderr).
+fn verify(dir: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("ems-gateway"))
         .args(["verify", "--config", "gateway.toml"])
+        .args(extra)
         .current_dir(dir)
         .output()
         .unwrap();
@@ -79,11 +103,26 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
         assert_eq!(mode & 0o777, 0o600, "the key is its owner's alone");
     }
 
+    // And the gateway's own key, which its reports are signed with.
+    let out = Command::new(bin("ems-gateway"))
+        .args(["keygen", "--out", "gateway.key"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gateway_public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
     let (_sim, sim_addr) = start_sim(d, &[]);
     write_gateway_config(d, broker.port);
     append(
         &d.join("gateway.toml"),
-        &format!("[evidence.edge_keys]\nedge-1 = \"{public}\""),
+        &format!(
+            "[evidence]\nreport_key_file = \"gateway.key\"\n[evidence.edge_keys]\nedge-1 = \"{public}\""
+        ),
     );
     let (mut gateway, http) = start_gateway(d);
     write_edge_config(d, &sim_addr, broker.port, 100);
@@ -211,8 +250,76 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
     assert!(gateway.terminate(Duration::from_secs(20)).success());
 
     // The auditor's command passes on the record as it is ...
-    let (ok, stdout, stderr) = verify(d);
+    let (ok, stdout, stderr) = verify(d, &[]);
     assert!(ok, "{stdout}\n{stderr}");
+
+    // ... and on a report the gateway signed, against the gateway's public key; a figure
+    // changed in the report fails it.
+    let month = chrono::DateTime::parse_from_rfc3339(target["last_sample"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
+        .format("%Y-%m")
+        .to_string();
+    let made = Command::new(bin("ems-gateway"))
+        .args([
+            "report",
+            "compliance",
+            "--config",
+            "gateway.toml",
+            "--month",
+            &month,
+        ])
+        .args(["--enterprise", "works", "--out", "report.json"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+    let evidence = &report["evidence"];
+    assert_eq!(evidence["gateway_key"], gateway_public.as_str());
+    assert!(evidence["signature"]
+        .as_str()
+        .is_some_and(|s| s.len() == 128));
+    assert!(
+        evidence["meters"].as_array().is_some_and(|m| !m.is_empty()
+            && m.iter()
+                .all(|m| m["chain"]["verified_through"] == m["last_seq"])),
+        "{evidence}"
+    );
+    let key_arg = [
+        "--report",
+        "report.json",
+        "--gateway-key",
+        gateway_public.as_str(),
+    ];
+    let (ok, stdout, stderr) = verify(d, &key_arg);
+    assert!(ok, "{stdout}\n{stderr}");
+    let mut altered = report.clone();
+    let path = change_a_figure(&mut altered).expect("a figure in the report");
+    std::fs::write(
+        d.join("altered.json"),
+        serde_json::to_vec_pretty(&altered).unwrap(),
+    )
+    .unwrap();
+    let (ok, stdout, _) = verify(d, &["--report", "altered.json"]);
+    assert!(!ok, "a changed figure must fail the report:\n{stdout}");
+    assert!(
+        stdout.contains("the gateway's signature does not verify"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{path}: the report says")),
+        "{path}\n{stdout}"
+    );
+    // Signed by another key than the one the verifier holds.
+    let other = EdgeKey::from_seed([43; 32]).public_hex();
+    let (ok, stdout, _) = verify(d, &["--report", "report.json", "--gateway-key", &other]);
+    assert!(!ok && stdout.contains("not the gateway's"), "{stdout}");
     // ... and finds one reading edited in the database file.
     let conn = rusqlite::Connection::open(d.join("gw.db")).unwrap();
     let blob: Vec<u8> = conn
@@ -237,7 +344,7 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
     )
     .unwrap();
     drop(conn);
-    let (ok, stdout, stderr) = verify(d);
+    let (ok, stdout, stderr) = verify(d, &[]);
     assert!(!ok, "an edited reading must fail the audit:\n{stdout}");
     assert!(
         stdout.contains(&format!(

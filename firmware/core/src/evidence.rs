@@ -104,6 +104,11 @@ impl EdgeKey {
         hex(self.0.verifying_key().as_bytes())
     }
 
+    /// Signs any bytes (a gateway's report); the signature as hex.
+    pub fn sign_bytes(&self, bytes: &[u8]) -> String {
+        hex(&self.0.sign(bytes).to_bytes())
+    }
+
     /// Signs `t` as the next message of its device's chain, whose previous digest is `prev`;
     /// returns this message's digest (the next one's `prev`).
     pub fn sign(&self, t: &mut Telemetry, prev: [u8; 32]) -> [u8; 32] {
@@ -132,6 +137,11 @@ impl PublicKey {
 
     pub fn to_hex(&self) -> String {
         hex(self.0.as_bytes())
+    }
+
+    /// Whether `sig` (hex) is this key's signature of `bytes`.
+    pub fn verifies(&self, bytes: &[u8], sig: &str) -> bool {
+        unhex::<64>(sig).is_some_and(|s| self.0.verify(bytes, &Signature::from_bytes(&s)).is_ok())
     }
 }
 

@@ -9,6 +9,7 @@ pub mod annual;
 pub mod compliance;
 pub mod pdf;
 pub mod savings;
+pub mod seal;
 pub mod tables;
 
 use crate::view::Reader;

@@ -1,0 +1,265 @@
+//! A JSON report's evidence, and checking a report against the record it was drawn from.
+//!
+//! [`seal`] adds an `evidence` section to the report: what was asked for and when, the SHA-256
+//! of the configuration and the coefficient and limit files it was drawn with, and for each
+//! meter the report draws on its ledger (last number, gaps, numbers declared lost with who and
+//! why) and its chain of signed messages (protocol v1.2); then the gateway's Ed25519 signature
+//! over the whole: the report's JSON with the signature left out, as serde_json writes it
+//! (its maps keep their keys in order, so the bytes do not depend on how the report was built).
+//!
+//! [`check`] is the verifier's side: the signature, the files, and every figure of the report
+//! drawn again from the record as it is, at the time the report says it was made. Together with
+//! the integrity check (every rollup from the raw samples, every raw sample against its edge's
+//! signature), a figure in a report is tied to the readings the meters' edges signed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ems_core::evidence::{EdgeKey, PublicKey};
+use serde_json::{json, Value};
+
+use super::{make, of_enterprise, parse_month, Format, Inputs, Month, Request};
+use crate::clock::rfc3339;
+
+/// What a report is sealed with.
+pub struct Seal<'a> {
+    /// The gateway's key (`[evidence] report_key_file`); `None`: the evidence goes unsigned.
+    pub key: Option<&'a EdgeKey>,
+    /// SHA-256 of the configuration and data files ([`crate::Config::digests`]).
+    pub digests: &'a BTreeMap<String, String>,
+}
+
+fn month_text((y, m): Month) -> String {
+    format!("{y}-{m:02}")
+}
+
+/// The request as the evidence names it.
+fn request_json(r: &Request) -> Value {
+    match r {
+        Request::Annual { year, enterprise } => {
+            json!({"kind": "annual", "year": year, "enterprise": enterprise})
+        }
+        Request::Compliance { month, enterprise } => {
+            json!({"kind": "compliance", "month": month_text(*month), "enterprise": enterprise})
+        }
+        Request::Savings {
+            unit,
+            baseline,
+            reporting,
+            variables,
+        } => json!({
+            "kind": "savings",
+            "unit": unit,
+            "baseline": [month_text(baseline.0), month_text(baseline.1)],
+            "reporting": [month_text(reporting.0), month_text(reporting.1)],
+            "variables": variables.iter().map(|(d, p)| format!("{d}/{p}")).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+fn request_of(v: &Value) -> anyhow::Result<Request> {
+    let text = |key: &str| v[key].as_str().map(str::to_owned);
+    let months = |key: &str| -> anyhow::Result<(Month, Month)> {
+        let pair = v[key]
+            .as_array()
+            .filter(|a| a.len() == 2)
+            .ok_or_else(|| anyhow::anyhow!("`{key}` is not two months"))?;
+        let month = |x: &Value| parse_month(x.as_str().unwrap_or_default());
+        Ok((month(&pair[0])?, month(&pair[1])?))
+    };
+    Ok(match v["kind"].as_str() {
+        Some("annual") => Request::Annual {
+            year: v["year"]
+                .as_i64()
+                .and_then(|y| i32::try_from(y).ok())
+                .ok_or_else(|| anyhow::anyhow!("no year"))?,
+            enterprise: text("enterprise"),
+        },
+        Some("compliance") => Request::Compliance {
+            month: parse_month(v["month"].as_str().unwrap_or_default())?,
+            enterprise: text("enterprise"),
+        },
+        Some("savings") => Request::Savings {
+            unit: text("unit").ok_or_else(|| anyhow::anyhow!("no unit"))?,
+            baseline: months("baseline")?,
+            reporting: months("reporting")?,
+            variables: super::parse_variables(
+                &v["variables"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )?,
+        },
+        other => anyhow::bail!("unknown report kind {other:?}"),
+    })
+}
+
+/// The meters a report draws on: its enterprise's (the whole plant's for a unit's savings).
+fn devices(inputs: &Inputs, request: &Request) -> anyhow::Result<BTreeSet<String>> {
+    let enterprise = match request {
+        Request::Annual { enterprise, .. } | Request::Compliance { enterprise, .. } => {
+            enterprise.as_deref()
+        }
+        Request::Savings { .. } => {
+            return Ok(inputs.plant.flows().map(|f| f.device.clone()).collect())
+        }
+    };
+    let plant = of_enterprise(inputs.plant, enterprise)?;
+    Ok(plant.flows().map(|f| f.device.clone()).collect())
+}
+
+/// The report `json` with its evidence section, signed if `seal` has a key.
+pub fn seal(
+    json: &[u8],
+    inputs: &Inputs,
+    request: &Request,
+    seal: &Seal,
+) -> anyhow::Result<Vec<u8>> {
+    let mut report: Value = serde_json::from_slice(json)?;
+    let wanted = devices(inputs, request)?;
+    let meters: Vec<Value> = inputs
+        .reader
+        .devices()?
+        .into_iter()
+        .filter(|d| wanted.contains(&d.id))
+        .map(|d| {
+            json!({
+                "device": d.id, "site": d.site, "edge": d.edge, "last_seq": d.last_seq,
+                "messages": d.messages, "missing": d.missing, "gaps": d.gaps,
+                "lost_ranges": d.lost_ranges, "chain": d.chain,
+            })
+        })
+        .collect();
+    let mut evidence = json!({
+        "request": request_json(request),
+        "made": rfc3339(inputs.now_ms),
+        "made_ms": inputs.now_ms,
+        "files_sha256": seal.digests,
+        "meters": meters,
+        "gateway_key": seal.key.map(EdgeKey::public_hex),
+    });
+    let object = report
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("a report is a JSON object"))?;
+    object.insert("evidence".into(), evidence.clone());
+    let signature = seal
+        .key
+        .map(|k| k.sign_bytes(&serde_json::to_vec(&report).expect("a JSON value serializes")));
+    evidence["signature"] = json!(signature);
+    report["evidence"] = evidence;
+    Ok(serde_json::to_vec_pretty(&report)?)
+}
+
+/// Checks a sealed report against the record: its signature (by `expected`, if given), the
+/// files it was drawn with, and each figure drawn again. Returns what differs (empty: it holds).
+pub fn check(
+    report: &[u8],
+    inputs: &Inputs,
+    digests: &BTreeMap<String, String>,
+    expected: Option<&PublicKey>,
+) -> anyhow::Result<Vec<String>> {
+    let mut report: Value = serde_json::from_slice(report)?;
+    let object = report
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("a report is a JSON object"))?;
+    let mut evidence = object
+        .remove("evidence")
+        .ok_or_else(|| anyhow::anyhow!("the report has no evidence section"))?;
+    let mut findings = Vec::new();
+
+    let signature = evidence
+        .as_object_mut()
+        .and_then(|e| e.remove("signature"))
+        .unwrap_or(Value::Null);
+    let key = evidence["gateway_key"]
+        .as_str()
+        .map(PublicKey::from_hex)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("gateway_key: {e}"))?;
+    match (&key, signature.as_str()) {
+        (Some(key), Some(sig)) => {
+            let mut signed = report.clone();
+            signed["evidence"] = evidence.clone();
+            if !key.verifies(&serde_json::to_vec(&signed)?, sig) {
+                findings.push(
+                    "the gateway's signature does not verify: the report was changed after it was made"
+                        .to_owned(),
+                );
+            }
+            if let Some(expected) = expected.filter(|e| *e != key) {
+                findings.push(format!(
+                    "signed by key {}, not the gateway's {}",
+                    key.to_hex(),
+                    expected.to_hex()
+                ));
+            }
+        }
+        _ => findings.push("the report is not signed".to_owned()),
+    }
+
+    let files: BTreeMap<String, String> =
+        serde_json::from_value(evidence["files_sha256"].clone()).unwrap_or_default();
+    for (name, now) in digests {
+        match files.get(name) {
+            Some(then) if then == now => {}
+            then => findings.push(format!(
+                "{name}: drawn with sha256 {}, the gateway's is now {now}",
+                then.map_or("(not named)", String::as_str)
+            )),
+        }
+    }
+
+    let request = request_of(&evidence["request"])?;
+    let made_ms = evidence["made_ms"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("the evidence names no made_ms"))?;
+    let again = make(
+        &Inputs {
+            now_ms: made_ms,
+            ..*inputs
+        },
+        &request,
+        Format::Json,
+        &|| anyhow::bail!("no font is needed for JSON"),
+        |_, _| {},
+    )?;
+    let again: Value = serde_json::from_slice(&again)?;
+    differences("", &report, &again, &mut findings);
+    Ok(findings)
+}
+
+/// Every place where the report and the figures drawn again differ.
+fn differences(path: &str, report: &Value, again: &Value, out: &mut Vec<String>) {
+    match (report, again) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            let null = Value::Null;
+            for k in keys {
+                differences(
+                    &format!("{path}/{k}"),
+                    a.get(k).unwrap_or(&null),
+                    b.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                differences(&format!("{path}/{i}"), x, y, out);
+            }
+        }
+        (a, b) if a == b => {}
+        (a, b) => out.push(format!(
+            "{path}: the report says {}, the record gives {}",
+            short(a),
+            short(b)
+        )),
+    }
+}
+
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(120) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
