@@ -841,7 +841,7 @@ async fn report(
         match format {
             Format::Json => config
                 .seal(&bytes, &inputs, &request)
-                .map_err(|e| ApiError::Internal(e.into())),
+                .map_err(ApiError::Internal),
             _ => Ok(bytes),
         }
     })
