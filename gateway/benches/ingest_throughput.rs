@@ -123,6 +123,7 @@ fn gateway_config(
     db: &std::path::Path,
     client_id: &str,
     postgres: Option<&str>,
+    edge_key: Option<&str>,
 ) -> String {
     let backend = postgres
         .map(|url| format!("backend = \"postgres\"\nurl = \"{url}\"\n"))
@@ -131,6 +132,9 @@ fn gateway_config(
         "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{client_id}\"\n[storage]\npath = \"{}\"\n{backend}[ingest]\nsites = [\"s\"]\nedges = [\"e\"]\n[http]\nlisten = \"127.0.0.1:0\"\n[accounting]\nmax_sample_gap_s = 86400\n",
         db.display()
     );
+    if let Some(key) = edge_key {
+        cfg += &format!("[evidence.edge_keys]\ne = \"{key}\"\n");
+    }
     for u in 0..DEVICES / PER_UNIT {
         cfg += &format!("[[units]]\nid = \"u{u}\"\nname = \"U{u}\"\nkind = \"kiln\"\n");
         for d in u * PER_UNIT..(u + 1) * PER_UNIT {
@@ -323,7 +327,7 @@ async fn start_gateway(
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
-    start_gateway_on(port, db, client_id, None).await
+    start_gateway_on(port, db, client_id, None, None).await
 }
 
 /// [`start_gateway`], committing to PostgreSQL at `postgres` if given.
@@ -332,13 +336,14 @@ async fn start_gateway_on(
     db: &std::path::Path,
     client_id: &str,
     postgres: Option<&str>,
+    edge_key: Option<&str>,
 ) -> (
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let config = Config::from_source(&ems_config::Source::embedded(
         "<bench>",
-        &gateway_config(port, db, client_id, postgres),
+        &gateway_config(port, db, client_id, postgres, edge_key),
     ))
     .expect("bench config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -568,8 +573,14 @@ async fn postgres_phases(
     let name = format!("ems_bench_ingest_{}", std::process::id());
     let db = pg_scratch(&name);
     let url = db.url();
-    let (stop, task) =
-        start_gateway_on(port, &dir.join("unused.db"), "bench-gateway-pg", Some(&url)).await;
+    let (stop, task) = start_gateway_on(
+        port,
+        &dir.join("unused.db"),
+        "bench-gateway-pg",
+        Some(&url),
+        None,
+    )
+    .await;
     let n = msgs.len();
     let started = Instant::now();
     publish(port, edges("bench-pub-pg", to_gateway(msgs, payloads)));
@@ -604,6 +615,128 @@ async fn postgres_phases(
         gateway / plain
     );
     off_runtime(move || drop(db));
+}
+
+/// Part 5: `rate` messages a second for 15 s into a fresh gateway (signed with `key`, enrolled,
+/// if given): the latencies (publish -> committed) in order, and this process's CPU seconds per
+/// 1 000 points meanwhile.
+async fn steady(
+    port: u16,
+    db: &std::path::Path,
+    key: Option<&ems_core::evidence::EdgeKey>,
+) -> (Vec<i64>, f64) {
+    let public = key.map(|k| k.public_hex());
+    let (stop, task) = start_gateway_on(
+        port,
+        db,
+        &format!("bench-gateway-latency-{}", key.is_some()),
+        None,
+        public.as_deref(),
+    )
+    .await;
+    let mut prev = vec![ems_core::evidence::CHAIN_START; DEVICES];
+    let cpu0 = process_cpu_s();
+    let rate = 1_000usize;
+    let total = rate * 15;
+    let pubc = publisher(port, "bench-pub-latency").await;
+    let watcher = {
+        let db = db.to_owned();
+        std::thread::spawn(move || {
+            let conn = Connection::open(&db).unwrap();
+            let mut seen = HashSet::new();
+            let mut latencies = Vec::with_capacity(total);
+            let mut stmt = conn
+                .prepare("SELECT device, seq, ts_ms FROM messages WHERE received_ms >= ?1")
+                .unwrap();
+            let mut since = 0i64;
+            while latencies.len() < total {
+                let now = chrono::Utc::now().timestamp_millis();
+                let rows: Vec<(String, i64, i64)> = stmt
+                    .query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                for (d, s, ts) in rows {
+                    if seen.insert((d, s)) {
+                        latencies.push(now - ts);
+                    }
+                }
+                since = now - 2_000;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            latencies
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut seq = vec![0u64; DEVICES];
+    for i in 0..total {
+        if i % (rate / 100) == 0 {
+            tick.tick().await;
+        }
+        let d = i % DEVICES;
+        seq[d] += 1;
+        let mut t = telemetry(d, seq[d], chrono::Utc::now().timestamp_millis());
+        if let Some(key) = key {
+            prev[d] = key.sign(&mut t, prev[d]);
+        }
+        pubc.publish(
+            format!("ems/v1/s/data/m{d}"),
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&t).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut lat = watcher.join().unwrap();
+    let cpu = process_cpu_s() - cpu0;
+    lat.sort_unstable();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    (lat, cpu / (total * POINTS) as f64 * 1000.0)
+}
+
+/// User and system CPU seconds of this process so far (/proc/self/stat, clock ticks at 100 Hz).
+fn process_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Each message signed in its device's chain, as ems-edge signs them.
+fn signed(key: &ems_core::evidence::EdgeKey, msgs: &[Telemetry]) -> Vec<Vec<u8>> {
+    let mut prev = vec![ems_core::evidence::CHAIN_START; DEVICES];
+    msgs.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut t = t.clone();
+            prev[i % DEVICES] = key.sign(&mut t, prev[i % DEVICES]);
+            serde_json::to_vec(&t).unwrap()
+        })
+        .collect()
+}
+
+/// Part 2: the gateway's sustained ingest of `payloads` into a fresh database, in messages/s.
+async fn sustained(
+    port: u16,
+    db: &std::path::Path,
+    msgs: &[Telemetry],
+    payloads: &[Vec<u8>],
+    edge_key: Option<&str>,
+) -> f64 {
+    let id = format!("bench-gateway-{}", edge_key.is_some());
+    let (stop, task) = start_gateway_on(port, db, &id, None, edge_key).await;
+    let edges = edges(&id, to_gateway(msgs, payloads));
+    let started = Instant::now();
+    publish(port, edges);
+    while count_messages(db) < msgs.len() as i64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rate = msgs.len() as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    rate
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -663,22 +796,28 @@ async fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
-    let db = dir.join("gateway.db");
-    let (stop, task) = start_gateway(port, &db, "bench-gateway").await;
-    let edges = edges("bench-pub", to_gateway(&msgs, &payloads));
-    let started = Instant::now();
-    publish(port, edges);
-    while count_messages(&db) < n as i64 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let gateway = n as f64 / started.elapsed().as_secs_f64();
+    let gateway = sustained(port, &dir.join("gateway.db"), &msgs, &payloads, None).await;
     println!(
         "gateway sustained ingest  {gateway:>9.0} msg/s  {:>9.0} points/s (ledger, samples, accounting, SQLite WAL synchronous=FULL); {:.2} of the plain subscriber's drain",
         gateway * POINTS as f64,
         gateway / plain
     );
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    // Protocol v1.2: the same messages signed and chained, the edge enrolled.
+    let key = ems_core::evidence::EdgeKey::from_seed([17; 32]);
+    let signed_payloads = signed(&key, &msgs);
+    let signed_rate = sustained(
+        port,
+        &dir.join("signed.db"),
+        &msgs,
+        &signed_payloads,
+        Some(&key.public_hex()),
+    )
+    .await;
+    println!(
+        "gateway sustained, signed {signed_rate:>9.0} msg/s  {:>9.0} points/s (each signature verified, each chain link checked); {:.2} of unsigned",
+        signed_rate * POINTS as f64,
+        signed_rate / gateway
+    );
 
     let caught_up = catch_up(port, &dir.join("catch-up.db"), &msgs, &payloads).await;
     println!(
@@ -705,68 +844,24 @@ async fn main() {
         100.0 * plain * POINTS as f64 / ceiling
     );
 
-    // 5. Latency at a steady 1 000 messages (10 000 points) a second for 15 s.
-    let db = dir.join("latency.db");
-    let (stop, task) = start_gateway(port, &db, "bench-gateway-latency").await;
-    let rate = 1_000usize;
-    let total = rate * 15;
-    let pubc = publisher(port, "bench-pub-latency").await;
-    let watcher = {
-        let db = db.clone();
-        std::thread::spawn(move || {
-            let conn = Connection::open(&db).unwrap();
-            let mut seen = HashSet::new();
-            let mut latencies = Vec::with_capacity(total);
-            let mut stmt = conn
-                .prepare("SELECT device, seq, ts_ms FROM messages WHERE received_ms >= ?1")
-                .unwrap();
-            let mut since = 0i64;
-            while latencies.len() < total {
-                let now = chrono::Utc::now().timestamp_millis();
-                let rows: Vec<(String, i64, i64)> = stmt
-                    .query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .unwrap()
-                    .collect::<Result<_, _>>()
-                    .unwrap();
-                for (d, s, ts) in rows {
-                    if seen.insert((d, s)) {
-                        latencies.push(now - ts);
-                    }
-                }
-                since = now - 2_000;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            latencies
-        })
-    };
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let mut seq = vec![0u64; DEVICES];
-    for i in 0..total {
-        if i % (rate / 100) == 0 {
-            tick.tick().await;
-        }
-        let d = i % DEVICES;
-        seq[d] += 1;
-        let t = telemetry(d, seq[d], chrono::Utc::now().timestamp_millis());
-        pubc.publish(
-            format!("ems/v1/s/data/m{d}"),
-            QoS::AtLeastOnce,
-            false,
-            serde_json::to_vec(&t).unwrap(),
-        )
-        .await
-        .unwrap();
-    }
-    let mut lat = watcher.join().unwrap();
-    lat.sort_unstable();
+    // 5. Latency at a steady 1 000 messages (10 000 points) a second for 15 s, and the CPU it
+    // costs, unsigned and signed.
+    let (lat, cpu) = steady(port, &dir.join("latency.db"), None).await;
     println!(
-        "latency at 10 000 points/s  p50 {} ms  p99 {} ms  max {} ms (publish -> committed, visible to readers; {} messages)",
+        "latency at 10 000 points/s  p50 {} ms  p99 {} ms  max {} ms (publish -> committed, visible to readers; {} messages); {:.3} CPU-s per 1 000 points (this process: gateway and publisher)",
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         lat.last().unwrap(),
-        lat.len()
+        lat.len(),
+        cpu
     );
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    let (lat, signed_cpu) = steady(port, &dir.join("latency-signed.db"), Some(&key)).await;
+    println!(
+        "signed, at 10 000 points/s  p50 {} ms  p99 {} ms; {:.3} CPU-s per 1 000 points, {:+.1} % (signing in the publisher, as the edge does, and verifying in the gateway)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        signed_cpu,
+        100.0 * (signed_cpu / cpu - 1.0)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -302,18 +302,26 @@ fn run_agent(
     devices: &[(String, String, u8, usize)],
     poll_ms: u64,
     secs: u64,
+    key_file: Option<&std::path::Path>,
 ) -> (u64, f64, f64, u64) {
-    let data = dir.join(format!("edge-{poll_ms}"));
+    let name = format!(
+        "edge-{poll_ms}{}",
+        if key_file.is_some() { "-signed" } else { "" }
+    );
+    let data = dir.join(&name);
     let mut toml = format!(
-        "site = \"bench\"\nedge_id = \"edge-{poll_ms}\"\ndata_dir = \"{}\"\npoll_interval_ms = {poll_ms}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\n",
+        "site = \"bench\"\nedge_id = \"{name}\"\ndata_dir = \"{}\"\npoll_interval_ms = {poll_ms}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\n",
         data.display()
     );
+    if let Some(key) = key_file {
+        toml.push_str(&format!("[evidence]\nkey_file = \"{}\"\n\n", key.display()));
+    }
     for (id, profile, unit, _) in devices {
         toml.push_str(&format!(
             "[[devices]]\nid = \"{id}\"\nlink = \"tcp://{sim_addr}\"\nunit_id = {unit}\nprofile = \"{profile}\"\n\n"
         ));
     }
-    let config = dir.join(format!("edge-{poll_ms}.toml"));
+    let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, toml).unwrap();
     // The agent as it ships to the boards.
     let program = workspace().join("target/edge/ems-edge");
@@ -501,14 +509,31 @@ fn main() {
             }
         }
     }
+    // Protocol v1.2: the same agent signing every message (Ed25519, chained per device).
+    let key = d.join("edge.key");
+    ems_edge::evidence::keygen(&key).unwrap();
     for (poll_ms, what) in [(1_000, "every second"), (10, "as fast as the link allows")] {
-        let (points, secs, cpu, rss) = run_agent(d, &sim_addr, broker.port, &devices, poll_ms, 30);
-        println!(
-            "ems-edge, {} devices, {total} points, polled {what}: {:.0} points/s, {:.3} CPU-s per 1000 points, peak RSS {:.1} MB",
-            devices.len(),
-            points as f64 / secs,
-            cpu / (points as f64 / 1000.0),
-            rss as f64 / 1024.0
-        );
+        let mut unsigned_cpu = 0.0;
+        for key_file in [None, Some(key.as_path())] {
+            let (points, secs, cpu, rss) =
+                run_agent(d, &sim_addr, broker.port, &devices, poll_ms, 30, key_file);
+            let per_1000 = cpu / (points as f64 / 1000.0);
+            let signed = match key_file {
+                None => {
+                    unsigned_cpu = per_1000;
+                    String::new()
+                }
+                Some(_) => format!(
+                    ", signed: {:+.1} % CPU",
+                    100.0 * (per_1000 / unsigned_cpu - 1.0)
+                ),
+            };
+            println!(
+                "ems-edge, {} devices, {total} points, polled {what}{signed}: {:.0} points/s, {per_1000:.3} CPU-s per 1000 points, peak RSS {:.1} MB",
+                devices.len(),
+                points as f64 / secs,
+                rss as f64 / 1024.0
+            );
+        }
     }
 }
