@@ -186,6 +186,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/limits", get(limits))
         .route("/api/v1/integrity", get(integrity))
         .route("/api/v1/anomalies", get(anomalies))
+        .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/alarms", get(alarms))
         .route("/api/v1/alarms/:id/ack", post(ack_alarm))
         .route("/api/v1/samples.csv", get(samples_csv))
@@ -867,6 +868,19 @@ async fn anomalies(
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let reader = s.reader.clone();
     let rows = tokio::task::spawn_blocking(move || reader.anomalies(limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(rows))
+}
+
+/// The operator audit log, newest first.
+async fn audit_log(
+    State(s): State<AppState>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult<Vec<crate::audit::AuditRow>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let reader = s.reader.clone();
+    let rows = tokio::task::spawn_blocking(move || reader.audit(limit))
         .await
         .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(rows))

@@ -11,6 +11,7 @@
 pub mod alarm_book;
 pub mod alarms;
 pub mod api;
+pub mod audit;
 pub mod batch;
 pub mod clock;
 pub mod config;

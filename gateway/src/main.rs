@@ -358,6 +358,7 @@ async fn run() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&shown)?);
             let findings = out.mismatches.len()
                 + out.evidence.as_ref().map_or(0, |e| e.findings.len())
+                + out.audit.as_ref().map_or(0, |a| a.findings.len())
                 + report_findings.as_ref().map_or(0, Vec::len);
             anyhow::ensure!(
                 findings == 0,

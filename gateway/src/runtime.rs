@@ -31,6 +31,7 @@ pub async fn serve(
         store.enable_sink(Box::new(influx::sample_lines))?;
     }
     let reader = Arc::new(store.reader()?);
+    note_files(&reader, &config, &now)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let (committed, _) = broadcast::channel(16);
     let ingest_cfg = IngestConfig {
@@ -166,8 +167,10 @@ async fn serve_postgres(
     let (committed, _) = broadcast::channel(16);
     let config = Arc::new(config);
     let opened = config.clone();
+    let now_files = now.clone();
     let (reader, alarm_reader, books) = tokio::task::spawn_blocking(move || {
         let reader = open_reader(&opened)?;
+        note_files(&reader, &opened, &now_files)?;
         let url = opened.storage.url.as_deref().context("[storage] url")?;
         let alarm_reader = crate::view::Reader::new(crate::pg::PgReader::connect(url)?);
         let books = [
@@ -387,6 +390,20 @@ impl SideTasks {
         }
         alarms
     }
+}
+
+/// Logs in the audit log each configuration or data file that changed since the last start.
+fn note_files(reader: &crate::view::Reader, config: &Config, now: &NowFn) -> anyhow::Result<()> {
+    let changed = reader
+        .note_files(&config.digests, now())
+        .context("cannot log the configuration's digests in the audit log")?;
+    if changed > 0 {
+        tracing::info!(
+            changed,
+            "Configuration or data files changed since the last start; logged in the audit log."
+        );
+    }
+    Ok(())
 }
 
 /// A reader of PostgreSQL at `url` (connected off the runtime: its client blocks).

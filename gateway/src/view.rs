@@ -44,6 +44,17 @@ pub trait ReadRecord: Send + Sync {
         &self,
         keys: &crate::evidence::EdgeKeys,
     ) -> anyhow::Result<crate::evidence::EvidenceReport>;
+    /// The newest `limit` entries of the operator audit log, newest first.
+    fn audit(&self, limit: i64) -> anyhow::Result<Vec<crate::audit::AuditRow>>;
+    /// The audit log's chain recomputed.
+    fn verify_audit(&self) -> anyhow::Result<crate::audit::AuditReport>;
+    /// Logs each configuration or data file (name -> SHA-256) that changed since it was last
+    /// logged, as the gateway found it at its start; returns how many.
+    fn note_files(
+        &self,
+        digests: &std::collections::BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> anyhow::Result<usize>;
     /// Writes the raw samples with `from_ms <= ts < to_ms` (of one device, or all) as CSV:
     /// device, seq, point, time (RFC 3339 UTC), value, quality. Returns the rows written.
     fn export_csv(
@@ -65,11 +76,12 @@ pub trait ReadRecord: Send + Sync {
     ) -> anyhow::Result<DeclareOutcome>;
 }
 
-/// What an auditor asks for: every rollup recomputed from the raw samples, and every signed
-/// message checked against its evidence with the enrolled keys.
+/// What an auditor asks for: every rollup recomputed from the raw samples, every signed message
+/// checked against its evidence with the enrolled keys, and the audit log's chain.
 pub fn audit(reader: &Reader, config: &crate::Config) -> anyhow::Result<Integrity> {
     let mut out = reader.verify_rollups(&config.accounting_rules())?;
     out.evidence = Some(reader.verify_evidence(&config.edge_keys)?);
+    out.audit = Some(reader.verify_audit()?);
     Ok(out)
 }
 
@@ -243,6 +255,9 @@ pub struct Integrity {
     /// The signed messages checked against their evidence (protocol v1.2), when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<crate::evidence::EvidenceReport>,
+    /// The operator audit log's chain, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -373,6 +388,7 @@ impl Recount {
             slots_checked: keys.len() as u64,
             mismatches,
             evidence: None,
+            audit: None,
         }
     }
 }

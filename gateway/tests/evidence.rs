@@ -8,22 +8,25 @@
 //!   alarms, while the real stream goes on; a forged number is not reported kept aside;
 //! - an edge that is not enrolled is stored signed but unverified, and a chain that restarts is
 //!   counted and alarmed;
-//! - the integrity check finds a reading edited in either database afterwards.
+//! - the integrity check finds a reading edited in either database afterwards;
+//! - the operator audit log chains a gap declared lost, an alarm acknowledged and the files
+//!   that changed, and shows an entry changed afterwards.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use ems_core::evidence::{EdgeKey, PublicKey, CHAIN_START};
 use ems_core::wire::{PointValue, Telemetry};
 use ems_core::Quality;
 use ems_energy::counter::{CounterRule, GapFill};
-use ems_gateway::alarm_book::{AlarmBook, Kind};
+use ems_gateway::alarm_book::{AckOutcome, AlarmBook, Kind, Observation};
+use ems_gateway::audit::AuditRow;
 use ems_gateway::evidence::EdgeKeys;
 use ems_gateway::ingest::{classify, Validation};
 use ems_gateway::pg::{PgAlarms, PgReader, PgStore, ScratchDatabase};
 use ems_gateway::storage::{AccountingRules, BatchOutcome, Incoming, Storage, WriteRules};
 use ems_gateway::store::Store;
-use ems_gateway::view::Reader;
+use ems_gateway::view::{DeclareOutcome, Reader};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01
 
@@ -330,5 +333,132 @@ fn signed_chains_hold_and_forgeries_breaks_and_edits_are_found_in_postgres() {
     )
     .unwrap();
     assert_edit_found(&reader);
+    drop((store, reader, book, c));
+}
+
+/// Declares m9's gap lost, acknowledges an alarm and notes the files twice (the second time
+/// with the configuration changed); returns the log as listed.
+fn operate(reader: &Reader, book: &mut AlarmBook, store: &mut impl Storage) -> Vec<AuditRow> {
+    let gap = [1, 3].map(|seq| {
+        let mut t = reading("old", "m2", seq);
+        t.device = "m9".into();
+        Incoming::built(t)
+    });
+    store.write_batch(&gap, &rules(), T0).unwrap();
+    let declared = reader
+        .declare_lost(
+            "m9",
+            2,
+            "shift_lead",
+            "meter replaced, reading 2 never taken",
+            T0 + 1,
+        )
+        .unwrap();
+    assert!(matches!(declared, DeclareOutcome::Declared(_)));
+    book.apply(
+        T0 + 2,
+        &[Observation {
+            kind: Kind::DeviceOffline,
+            subject: "m9".into(),
+            raise: true,
+            clear: false,
+            value: None,
+            threshold: None,
+            message: "m9: no good reading".into(),
+        }],
+    )
+    .unwrap();
+    let id = book.list(true, 10).unwrap()[0].id;
+    assert!(matches!(
+        book.ack(id, "shift_lead", T0 + 3).unwrap(),
+        AckOutcome::Acked(_)
+    ));
+    let mut files = BTreeMap::from([
+        ("configuration".to_string(), "aa".repeat(32)),
+        ("limits".to_string(), "bb".repeat(32)),
+    ]);
+    assert_eq!(reader.note_files(&files, T0 + 4).unwrap(), 2);
+    assert_eq!(
+        reader.note_files(&files, T0 + 5).unwrap(),
+        0,
+        "unchanged: nothing logged"
+    );
+    files.insert("configuration".into(), "cc".repeat(32));
+    assert_eq!(reader.note_files(&files, T0 + 6).unwrap(), 1);
+    reader.audit(100).unwrap()
+}
+
+fn check_log(log: &[AuditRow], reader: &Reader) {
+    let acts: Vec<(&str, &str, &str)> = log
+        .iter()
+        .rev()
+        .map(|r| (r.who.as_str(), r.action.as_str(), r.subject.as_str()))
+        .collect();
+    assert_eq!(
+        acts,
+        [
+            ("shift_lead", "declare_lost", "m9 #2..2"),
+            ("shift_lead", "ack_alarm", "alarm 1"),
+            ("gateway", "file_changed", "configuration"),
+            ("gateway", "file_changed", "limits"),
+            ("gateway", "file_changed", "configuration"),
+        ]
+    );
+    assert_eq!(
+        log.last().unwrap().detail,
+        "meter replaced, reading 2 never taken"
+    );
+    let report = reader.verify_audit().unwrap();
+    assert_eq!(
+        (report.entries, report.findings.len()),
+        (5, 0),
+        "{report:?}"
+    );
+}
+
+fn assert_tampering_found(reader: &Reader) {
+    let report = reader.verify_audit().unwrap();
+    assert_eq!(report.findings.len(), 1, "{report:?}");
+    assert!(report.findings[0].starts_with("audit entry 1 (declare_lost by someone else)"));
+}
+
+#[test]
+fn the_audit_log_chains_every_act_and_shows_an_entry_changed_in_sqlite() {
+    let dir = std::env::temp_dir().join(format!("ems-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gw.db");
+    let mut store = Store::open(&path).unwrap();
+    let reader = store.reader().unwrap();
+    let mut book = ems_gateway::store::alarm_book::SqliteAlarms::book(&path).unwrap();
+    let log = operate(&reader, &mut book, &mut store);
+    check_log(&log, &reader);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE audit_log SET who = 'someone else' WHERE id = 1", [])
+        .unwrap();
+    assert_tampering_found(&reader);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_audit_log_chains_every_act_and_shows_an_entry_changed_in_postgres() {
+    let db = ScratchDatabase::new(
+        &ScratchDatabase::default_server(),
+        &format!("ems_test_audit_{}", std::process::id()),
+    )
+    .expect("PostgreSQL on 127.0.0.1:5432 (trust authentication) or EMS_TEST_POSTGRES");
+    let mut store = PgStore::connect(&db.url()).unwrap();
+    let reader = Reader::new(PgReader::connect(&db.url()).unwrap());
+    let mut book = AlarmBook::new(PgAlarms::connect(&db.url()).unwrap());
+    let log = operate(&reader, &mut book, &mut store);
+    check_log(&log, &reader);
+    let mut c = postgres::Client::connect(&db.url(), postgres::NoTls).unwrap();
+    c.execute(
+        "UPDATE audit_log SET who = 'someone else' WHERE id = 1",
+        &[],
+    )
+    .unwrap();
+    assert_tampering_found(&reader);
     drop((store, reader, book, c));
 }

@@ -349,7 +349,8 @@ impl Mosquitto {
         )
     }
 
-    fn with_text(dir: &Path, port: u16, text: &str) -> Mosquitto {
+    /// A broker with exactly `text` as its configuration, its first listener on `port`.
+    pub fn with_text(dir: &Path, port: u16, text: &str) -> Mosquitto {
         let conf = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(&conf, text).unwrap();
         let mut m = Mosquitto {

@@ -247,6 +247,25 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
         Some(0),
         "{integrity}"
     );
+    // The gateway logged what its figures are drawn with when it started.
+    let audit = get_json(&http, "/api/v1/audit");
+    let mut files: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "file_changed" && e["who"] == "gateway")
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    files.sort_unstable();
+    assert_eq!(
+        files,
+        ["coefficients", "configuration", "limits"],
+        "{audit}"
+    );
+    assert_eq!(
+        integrity["audit"]["findings"].as_array().map(Vec::len),
+        Some(0)
+    );
     assert!(gateway.terminate(Duration::from_secs(20)).success());
 
     // The auditor's command passes on the record as it is ...

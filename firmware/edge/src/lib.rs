@@ -4,6 +4,7 @@
 //! ems-core's planner; [`seq`] keeps sequence numbers durable; [`spool`] keeps every result on
 //! disk until the broker has it; [`outbox`] and [`publisher`] deliver at least once. [`run`] wires them together with shutdown as a parameter.
 
+pub mod acl;
 pub mod board;
 pub mod bus;
 pub mod config;

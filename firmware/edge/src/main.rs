@@ -28,6 +28,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print this edge's access rules for the broker: publish only its own devices' data and
+    /// its own status, read only its commit marks (Mosquitto's acl_file, or EMQX's acl.conf).
+    Acl {
+        #[arg(long)]
+        config: PathBuf,
+        /// mosquitto or emqx.
+        #[arg(long, default_value = "mosquitto")]
+        format: String,
+    },
     /// Print the request plan of every device and exit.
     Plan {
         #[arg(long)]
@@ -142,6 +151,14 @@ async fn run() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(ems_process::cancel_on_signal(shutdown.clone()));
             ems_edge::run(site, shutdown).await?;
+        }
+        Command::Acl { config, format } => {
+            let access = ems_edge::acl::EdgeAccess::of(&Site::load(&config)?);
+            match format.as_str() {
+                "mosquitto" => print!("{}", access.mosquitto()),
+                "emqx" => print!("{}", access.emqx()),
+                other => anyhow::bail!("--format {other}: mosquitto or emqx"),
+            }
         }
         Command::Keygen { out } => {
             let public = ems_edge::evidence::keygen(&out)?;

@@ -231,10 +231,22 @@ impl AlarmStore for PgAlarms {
     }
 
     fn ack(&mut self, id: i64, by: &str, now_ms: i64) -> anyhow::Result<AckOutcome> {
-        let updated = self.client()?.execute(
-            "UPDATE alarms SET acked_ms = $2, acked_by = $3 WHERE id = $1 AND acked_ms IS NULL",
-            &[&id, &now_ms, &by],
-        )?;
+        let mut tx = self.client()?.transaction()?;
+        let what = tx
+            .query_opt(
+                "UPDATE alarms SET acked_ms = $2, acked_by = $3 WHERE id = $1 AND acked_ms IS NULL
+                 RETURNING kind || ' ' || subject",
+                &[&id, &now_ms, &by],
+            )?
+            .map(|r| r.get::<_, String>(0));
+        if let Some(what) = &what {
+            super::audit_log::append(
+                &mut tx,
+                &crate::audit::Entry::ack_alarm(id, what, by, now_ms),
+            )?;
+        }
+        tx.commit()?;
+        let updated = u64::from(what.is_some());
         Ok(match (updated, self.get(id)?) {
             (_, None) => AckOutcome::NotFound,
             (0, Some(r)) => AckOutcome::AlreadyAcked(r),

@@ -8,6 +8,7 @@
 //! slot wrote it. History compaction is SQLite's: here retention drops whole day partitions.
 
 mod alarms;
+mod audit_log;
 mod read;
 mod schema;
 mod sink;

@@ -458,6 +458,22 @@ impl ReadRecord for PgReader {
         Ok(n)
     }
 
+    fn audit(&self, limit: i64) -> anyhow::Result<Vec<crate::audit::AuditRow>> {
+        self.with(|c| super::audit_log::list(c, limit))
+    }
+
+    fn verify_audit(&self) -> anyhow::Result<crate::audit::AuditReport> {
+        self.with(super::audit_log::verify)
+    }
+
+    fn note_files(
+        &self,
+        digests: &std::collections::BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> anyhow::Result<usize> {
+        self.with(|c| super::audit_log::note_files(c, digests, now_ms))
+    }
+
     fn declare_lost(
         &self,
         device: &str,
@@ -484,6 +500,10 @@ impl ReadRecord for PgReader {
                 "INSERT INTO lost (device, from_seq, to_seq, declared_ms, declared_by, reason)
                  VALUES ($1, $2, $3, $4, $5, $6)",
                 &[&device, &from_seq, &to_seq, &now_ms, &by, &reason],
+            )?;
+            super::audit_log::append(
+                &mut tx,
+                &crate::audit::Entry::declare_lost(device, (from_seq, to_seq), by, reason, now_ms),
             )?;
             tx.commit()?;
             Ok(DeclareOutcome::Declared(LostRange::declared(

@@ -124,6 +124,11 @@ CREATE TABLE chains (
     verified_through BIGINT NOT NULL, signed BIGINT NOT NULL, verified BIGINT NOT NULL,
     restarts BIGINT NOT NULL, refused BIGINT NOT NULL
 );
+-- The operator audit log (audit.rs): appended under an advisory lock, so ids follow the chain.
+CREATE TABLE audit_log (
+    id BIGSERIAL PRIMARY KEY, at_ms BIGINT NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
+    subject TEXT NOT NULL, detail TEXT NOT NULL, prev BYTEA NOT NULL, digest BYTEA NOT NULL
+);
 "#,
 ];
 

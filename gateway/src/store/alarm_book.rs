@@ -199,10 +199,22 @@ impl AlarmStore for SqliteAlarms {
     }
 
     fn ack(&mut self, id: i64, by: &str, now_ms: i64) -> anyhow::Result<AckOutcome> {
-        let updated = self.conn.execute(
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let updated = tx.execute(
             "UPDATE alarms SET acked_ms = ?2, acked_by = ?3 WHERE id = ?1 AND acked_ms IS NULL",
             params![id, now_ms, by],
         )?;
+        if updated > 0 {
+            let what: String = tx.query_row(
+                "SELECT kind || ' ' || subject FROM alarms WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            super::audit_log::append(&tx, &crate::audit::Entry::ack_alarm(id, &what, by, now_ms))?;
+        }
+        tx.commit()?;
         Ok(match (updated, self.get(id)?) {
             (_, None) => AckOutcome::NotFound,
             (0, Some(r)) => AckOutcome::AlreadyAcked(r),

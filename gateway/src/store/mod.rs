@@ -10,6 +10,7 @@
 //! Readers use their own connections.
 
 pub mod alarm_book;
+mod audit_log;
 mod compact;
 mod integrity;
 mod read;

@@ -253,6 +253,22 @@ impl ReadRecord for SqliteReader {
         super::integrity::export_csv(&self.path, device, from_ms, to_ms, out)
     }
 
+    fn audit(&self, limit: i64) -> anyhow::Result<Vec<crate::audit::AuditRow>> {
+        self.with_any(|c| super::audit_log::list(c, limit))
+    }
+
+    fn verify_audit(&self) -> anyhow::Result<crate::audit::AuditReport> {
+        self.with_any(super::audit_log::verify)
+    }
+
+    fn note_files(
+        &self,
+        digests: &std::collections::BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> anyhow::Result<usize> {
+        super::audit_log::note_files(&mut super::open_conn(&self.path)?, digests, now_ms)
+    }
+
     fn declare_lost(
         &self,
         device: &str,

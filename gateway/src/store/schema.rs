@@ -198,6 +198,11 @@ CREATE TABLE chains (
     verified_through INTEGER NOT NULL, signed INTEGER NOT NULL, verified INTEGER NOT NULL,
     restarts INTEGER NOT NULL, refused INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- The operator audit log (audit.rs): append-only, each entry chained to the one before.
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
+    subject TEXT NOT NULL, detail TEXT NOT NULL, prev BLOB NOT NULL, digest BLOB NOT NULL
+);
 "#,
 ];
 

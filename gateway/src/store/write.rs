@@ -579,6 +579,10 @@ pub(super) fn declare_lost(
         "INSERT INTO lost (device, from_seq, to_seq, declared_ms, declared_by, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![device, from_seq, to_seq, now_ms, by, reason],
     )?;
+    super::audit_log::append(
+        &tx,
+        &crate::audit::Entry::declare_lost(device, (from_seq, to_seq), by, reason, now_ms),
+    )?;
     tx.commit()?;
     Ok(DeclareOutcome::Declared(LostRange::declared(
         from_seq, to_seq, now_ms, by, reason,
