@@ -42,6 +42,17 @@ impl Entry {
         }
     }
 
+    /// The gateway found a configuration or data file changed since it last started.
+    pub fn file_changed(name: &str, sha256: &str, at_ms: i64) -> Entry {
+        Entry {
+            at_ms,
+            who: "gateway".into(),
+            action: "file_changed".into(),
+            subject: name.into(),
+            detail: sha256.into(),
+        }
+    }
+
     /// An operator acknowledged alarm `id` (`what`: its kind and subject).
     pub fn ack_alarm(id: i64, what: &str, by: &str, at_ms: i64) -> Entry {
         Entry {

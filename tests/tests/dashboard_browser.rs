@@ -120,6 +120,23 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
         WAIT,
         "return document.querySelectorAll('[data-table=devices] tbody tr').length",
     );
+    // Each meter's signed chain as the API has it: this demo's edge signs nothing.
+    let chains = browser.js(
+        "return [...document.querySelectorAll('[data-table=devices] tbody tr')].map(r => r.querySelector('[data-chain]')?.dataset.chain)",
+    );
+    let api_chains: Vec<serde_json::Value> = get_json(&http, "/api/v1/devices")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["chain"].clone())
+        .collect();
+    assert!(api_chains.iter().all(serde_json::Value::is_null));
+    assert!(
+        chains
+            .as_array()
+            .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c == "unsigned")),
+        "{chains}"
+    );
     browser.screenshot(&shots.join("quality.png"));
 
     // The edge dies: its meters go offline and alarms appear. Acknowledging with a token the

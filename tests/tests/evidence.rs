@@ -36,6 +36,30 @@ fn append(path: &std::path::Path, text: &str) {
     std::fs::write(path, format!("{before}\n{text}\n")).unwrap();
 }
 
+/// `program keygen --out file` in `dir`: the public key it printed, the file checked to be its
+/// owner's alone.
+fn keygen(dir: &std::path::Path, program: &str, file: &str) -> String {
+    let out = Command::new(bin(program))
+        .args(["keygen", "--out", file])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(public.len(), 64, "{public}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.join(file))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{file} is its owner's alone");
+    public
+}
+
 /// Changes the first non-zero number of the report outside its evidence; returns its path as
 /// the verifier names it (`/units/0/days/3/kgce_per_t`).
 fn change_a_figure(v: &mut serde_json::Value) -> Option<String> {
@@ -80,41 +104,10 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
     let d = dir.path();
     let broker = Mosquitto::start(d);
 
-    // The installer makes the board's key and enrols its public half at the gateway.
-    let out = Command::new(bin("ems-edge"))
-        .args(["keygen", "--out", "edge.key"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert_eq!(public.len(), 64, "{public}");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(d.join("edge.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "the key is its owner's alone");
-    }
-
-    // And the gateway's own key, which its reports are signed with.
-    let out = Command::new(bin("ems-gateway"))
-        .args(["keygen", "--out", "gateway.key"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let gateway_public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // The installer makes the board's key and enrols its public half at the gateway; and the
+    // gateway's own key, which its reports are signed with.
+    let public = keygen(d, "ems-edge", "edge.key");
+    let gateway_public = keygen(d, "ems-gateway", "gateway.key");
 
     let (_sim, sim_addr) = start_sim(d, &[]);
     write_gateway_config(d, broker.port);

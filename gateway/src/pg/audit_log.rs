@@ -92,16 +92,7 @@ pub(crate) fn note_files(
         .collect();
     let changed = changed_files(digests, &logged);
     for (name, sha) in &changed {
-        append(
-            &mut tx,
-            &Entry {
-                at_ms: now_ms,
-                who: "gateway".into(),
-                action: "file_changed".into(),
-                subject: name.clone(),
-                detail: sha.clone(),
-            },
-        )?;
+        append(&mut tx, &Entry::file_changed(name, sha, now_ms))?;
     }
     tx.commit()?;
     Ok(changed.len())
