@@ -462,3 +462,58 @@ fn the_audit_log_chains_every_act_and_shows_an_entry_changed_in_postgres() {
     assert_tampering_found(&reader);
     drop((store, reader, book, c));
 }
+
+#[test]
+fn signed_history_compacted_into_blocks_still_verifies_and_an_edit_still_shows() {
+    let dir = std::env::temp_dir().join(format!("ems-evidence-blocks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gw.db");
+    let mut store = Store::open(&path).unwrap();
+    // Three days of hourly signed readings of m1.
+    let mut chain = Chain::new(key());
+    let v = Validation {
+        now: Arc::new(|| T0 + 10 * 86_400_000),
+        ..validation()
+    };
+    let incoming: Vec<Incoming> = (1..=72)
+        .map(|seq| {
+            let mut t = reading("e", "m1", seq);
+            t.ts_ms = T0 + (seq as i64 - 1) * 3_600_000;
+            let (topic, p) = payload(&chain.sign(t));
+            classify(&topic, &p, &v)
+        })
+        .collect();
+    let out = store
+        .write_batch(&incoming, &rules(), T0 + 3 * 86_400_000)
+        .unwrap();
+    assert_eq!(out.stored, 72);
+    let compacted = ems_gateway::store::Compactor::open(&path)
+        .unwrap()
+        .compact(3_600_000)
+        .unwrap();
+    assert_eq!(compacted.blocks, 2, "the two settled days: {compacted:?}");
+    let reader = store.reader().unwrap();
+    let report = reader.verify_evidence(&validation().edge_keys).unwrap();
+    assert_eq!((report.checked, report.signatures_verified), (72, 72));
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    // The third day is still rows: an edit there shows beside the blocks' clean messages.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let blob: Vec<u8> = conn
+        .query_row(
+            "SELECT points FROM messages WHERE device = 'm1' AND seq = 70",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE messages SET points = ?1 WHERE device = 'm1' AND seq = 70",
+        [edited(&blob)],
+    )
+    .unwrap();
+    let report = reader.verify_evidence(&validation().edge_keys).unwrap();
+    assert_eq!(report.checked, 72);
+    assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+    assert!(report.findings[0].starts_with("m1 #70:"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
