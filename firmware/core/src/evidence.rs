@@ -141,7 +141,13 @@ impl PublicKey {
 
     /// Whether `sig` (hex) is this key's signature of `bytes`.
     pub fn verifies(&self, bytes: &[u8], sig: &str) -> bool {
-        unhex::<64>(sig).is_some_and(|s| self.0.verify(bytes, &Signature::from_bytes(&s)).is_ok())
+        unhex::<64>(sig).is_some_and(|s| self.verifies_raw(bytes, &s))
+    }
+
+    /// Whether `sig` (its 64 bytes) is this key's signature of `bytes`.
+    pub fn verifies_raw(&self, bytes: &[u8], sig: &[u8]) -> bool {
+        <[u8; 64]>::try_from(sig)
+            .is_ok_and(|s| self.0.verify(bytes, &Signature::from_bytes(&s)).is_ok())
     }
 }
 
