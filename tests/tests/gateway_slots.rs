@@ -435,13 +435,21 @@ fn central_view(
         to,
         &config.plant.calendar,
     );
-    // One alarm book for the database, whichever gateway is asked.
-    let alarms: Vec<serde_json::Value> = https
-        .iter()
-        .map(|http| get_json(http, "/api/v1/alarms"))
-        .collect();
+    // One alarm book for the database, whichever gateway is asked. The evaluator may change it
+    // between two reads: asked again until both gateways are asked between two evaluations.
+    let mut alarms: Vec<serde_json::Value> = Vec::new();
+    eventually(
+        "both gateways list the same alarms",
+        Duration::from_secs(20),
+        || {
+            alarms = https
+                .iter()
+                .map(|http| get_json(http, "/api/v1/alarms"))
+                .collect();
+            alarms.iter().all(|a| *a == alarms[0])
+        },
+    );
     assert!(alarms[0].is_array(), "{}", alarms[0]);
-    assert!(alarms.iter().all(|a| *a == alarms[0]), "{alarms:?}");
     eprintln!("alarms: {}", alarms[0]);
     for http in https {
         let devices = get_json(http, "/api/v1/devices");
