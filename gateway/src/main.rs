@@ -63,6 +63,10 @@ enum Command {
         /// printed it); default: the public half of `[evidence] report_key_file`, if set.
         #[arg(long)]
         gateway_key: Option<String>,
+        /// Check this copy of the record (a SQLite file `ems-gateway backup` wrote, handed to
+        /// the verifier) instead of the configured storage; it is opened read-only.
+        #[arg(long)]
+        db: Option<PathBuf>,
     },
     /// Write a new signing key for this gateway's reports to OUT, readable by its owner only,
     /// and print its public key (what a verifier checks reports against). Name the file in
@@ -319,6 +323,7 @@ async fn run() -> anyhow::Result<()> {
             config,
             report,
             gateway_key,
+            db,
         } => {
             let config = Config::load(&config)?;
             let report = match report {
@@ -337,7 +342,10 @@ async fn run() -> anyhow::Result<()> {
             };
             // Off the runtime: PostgreSQL's client blocks.
             let (out, report_findings) = tokio::task::spawn_blocking(move || {
-                let reader = ems_gateway::runtime::open_reader(&config)?;
+                let reader = match &db {
+                    Some(copy) => ems_gateway::store::Store::read_copy(copy)?,
+                    None => ems_gateway::runtime::open_reader(&config)?,
+                };
                 let out = ems_gateway::view::audit(&reader, &config)?;
                 let report_findings = match &report {
                     Some(bytes) => Some(ems_gateway::report::seal::check(

@@ -332,6 +332,32 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
     let other = EdgeKey::from_seed([43; 32]).public_hex();
     let (ok, stdout, _) = verify(d, &["--report", "report.json", "--gateway-key", &other]);
     assert!(!ok && stdout.contains("not the gateway's"), "{stdout}");
+    // A copy of the record handed to a verifier (`backup`) is checked read-only, report and
+    // all, and left as it was.
+    let backup = Command::new(bin("ems-gateway"))
+        .args(["backup", "--config", "gateway.toml", "--to", "copy.db"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    let copy = std::fs::read(d.join("copy.db")).unwrap();
+    let with_copy = |report: &str| {
+        let mut args = vec!["--db", "copy.db", "--report", report];
+        args.extend(["--gateway-key", gateway_public.as_str()]);
+        verify(d, &args)
+    };
+    let (ok, stdout, stderr) = with_copy("report.json");
+    assert!(ok, "{stdout}\n{stderr}");
+    let (ok, stdout, _) = with_copy("altered.json");
+    assert!(
+        !ok && stdout.contains(&format!("{path}: the report says")),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read(d.join("copy.db")).unwrap(), copy);
     // ... and finds one reading edited in the database file.
     let conn = rusqlite::Connection::open(d.join("gw.db")).unwrap();
     let blob: Vec<u8> = conn
@@ -365,4 +391,13 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
         "{stdout}"
     );
     assert!(stderr.contains("the record does not hold"), "{stderr}");
+    // The copy taken before the edit still holds; the same edit in the copy is found there.
+    let (ok, stdout, stderr) = with_copy("report.json");
+    assert!(ok, "{stdout}\n{stderr}");
+    std::fs::copy(d.join("gw.db"), d.join("copy.db")).unwrap();
+    let (ok, stdout, _) = with_copy("report.json");
+    assert!(
+        !ok && stdout.contains("the stored readings are not the ones signed"),
+        "{stdout}"
+    );
 }

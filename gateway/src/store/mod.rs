@@ -95,6 +95,36 @@ impl Store {
     }
 
     /// A reader of this database, with a connection of its own.
+    /// A reader of a copy of the record (what `ems-gateway backup` writes), opened read-only:
+    /// the verifier's view of an export, which checking it must not change. The copy must be of
+    /// this gateway's schema; an older one is opened by the gateway that wrote it.
+    pub fn read_copy(path: &Path) -> anyhow::Result<crate::view::Reader> {
+        use rusqlite::OpenFlags;
+        anyhow::ensure!(path.exists(), "no database at {}", path.display());
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open {} read-only", path.display()))?;
+        let version: i64 = conn
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+                [],
+                |r| r.get(0),
+            )
+            .with_context(|| format!("{} is not a gateway's database", path.display()))?;
+        anyhow::ensure!(
+            version == schema::MIGRATIONS.len() as i64,
+            "{} has schema version {version}; this gateway reads version {}",
+            path.display(),
+            schema::MIGRATIONS.len()
+        );
+        Ok(crate::view::Reader::new(SqliteReader {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        }))
+    }
+
     pub fn reader(&self) -> anyhow::Result<crate::view::Reader> {
         Ok(crate::view::Reader::new(SqliteReader {
             conn: Mutex::new(open_conn(&self.path)?),
