@@ -282,6 +282,18 @@ impl Config {
         ems_core::evidence::PublicKey::from_hex(&key.public_hex()).ok()
     }
 
+    /// What reports and upload records are sealed with: the report key, if there is one, and
+    /// the files' digests.
+    pub fn sealer(&self) -> crate::report::seal::Sealer {
+        crate::report::seal::Sealer {
+            key: self
+                .report_key
+                .as_ref()
+                .map(|s| ems_core::evidence::EdgeKey::from_seed(s.0)),
+            digests: self.digests.clone(),
+        }
+    }
+
     /// A JSON report with its evidence section, signed with the report key if there is one.
     pub fn seal(
         &self,
@@ -289,19 +301,7 @@ impl Config {
         inputs: &crate::report::Inputs,
         request: &crate::report::Request,
     ) -> anyhow::Result<Vec<u8>> {
-        let key = self
-            .report_key
-            .as_ref()
-            .map(|s| ems_core::evidence::EdgeKey::from_seed(s.0));
-        crate::report::seal::seal(
-            json,
-            inputs,
-            request,
-            &crate::report::seal::Seal {
-                key: key.as_ref(),
-                digests: &self.digests,
-            },
-        )
+        crate::report::seal::seal(json, inputs, request, &self.sealer().seal())
     }
 
     /// A report's inputs from this configuration and `reader`, made at `now_ms`.

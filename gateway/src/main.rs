@@ -114,6 +114,10 @@ enum Command {
         /// ...and this PKCS#8 private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Take only records signed with this gateway public key (as `ems-gateway keygen`
+        /// printed it); others are refused with the reason.
+        #[arg(long)]
+        gateway_key: Option<String>,
     },
     /// Run a simulated plant, an edge agent, an embedded broker and the gateway in one process.
     #[cfg(feature = "demo")]
@@ -415,7 +419,12 @@ async fn run() -> anyhow::Result<()> {
             stale_ack_every,
             tls_cert,
             tls_key,
+            gateway_key,
         } => {
+            let gateway_key = gateway_key
+                .map(|hex| ems_core::evidence::PublicKey::from_hex(hex.trim()))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--gateway-key: {e}"))?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -425,6 +434,7 @@ async fn run() -> anyhow::Result<()> {
                 token,
                 stale_ack_every,
                 tls: tls_cert.zip(tls_key),
+                gateway_key,
             };
             ems_gateway::receiver::run(listener, opts, shutdown).await?;
         }

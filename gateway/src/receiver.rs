@@ -25,6 +25,9 @@ pub struct ReceiverOptions {
     pub stale_ack_every: Option<u64>,
     /// Serve HTTPS with this certificate chain and PKCS#8 key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Take only records signed with this gateway key (their `evidence`), as a platform that
+    /// enrolled the gateway does.
+    pub gateway_key: Option<ems_core::evidence::PublicKey>,
 }
 
 struct Book {
@@ -166,6 +169,19 @@ async fn receive(
             StatusCode::UNPROCESSABLE_ENTITY,
             serde_json::json!({"error": e}),
         );
+    }
+    if let Some(expected) = &b.opts.gateway_key {
+        let refusal = match crate::report::seal::signed_by(&v) {
+            Ok(key) if key == *expected => None,
+            Ok(key) => Some(format!("signed by key {}, not the gateway's", key.to_hex())),
+            Err(why) => Some(why),
+        };
+        if let Some(why) = refusal {
+            return answer(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"error": format!("evidence: {why}")}),
+            );
+        }
     }
     let id = v["record_id"].as_str().expect("validated").to_owned();
     if b.seen.contains(&id) {

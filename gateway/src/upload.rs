@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::NowFn;
+use crate::report::seal::{self, Sealer};
 use crate::storage::UploadStore;
 use crate::view::Reader;
 use ems_energy::calendar::{buckets, local_rfc3339, Period};
@@ -288,6 +289,27 @@ fn record(
     Ok(record)
 }
 
+/// A record as it is sent, and its id: made, mapped to the platform's names, then sealed with
+/// the ledger and chain of every meter its plant draws on and the gateway's signature over what
+/// is sent (report/seal.rs), so that the platform can check it with the gateway's public key.
+fn sealed_record(
+    plant: &Plant,
+    reader: &Reader,
+    mapping: &Mapping,
+    sealer: &Sealer,
+    kind: Kind,
+    period: (i64, i64),
+    now_ms: i64,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    let made = record(plant, reader, kind, period, now_ms)?;
+    let id = made["record_id"].as_str().unwrap_or_default().to_owned();
+    let mut sent = mapping.apply(made);
+    let devices = plant.flows().map(|f| f.device.clone()).collect();
+    let evidence = serde_json::json!({ "meters": seal::meters(reader, &devices)? });
+    seal::sign_into(&mut sent, evidence, &sealer.seal())?;
+    Ok((id, sent))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EndpointStatus {
     pub id: String,
@@ -326,6 +348,7 @@ pub async fn run(
     cfg: UploadConfig,
     open: OpenOutbox,
     reader: Arc<Reader>,
+    sealer: Arc<Sealer>,
     now: NowFn,
     errors: UploadErrors,
     shutdown: CancellationToken,
@@ -334,10 +357,10 @@ pub async fn run(
         [15, 30, 60].contains(&cfg.realtime_interval_min),
         "[upload] realtime_interval_min must be 15, 30 or 60"
     );
-    let mapping = match &cfg.mapping {
+    let mapping = Arc::new(match &cfg.mapping {
         Some(p) => Mapping::load(p)?,
         None => Mapping::default(),
-    };
+    });
     let from = match &cfg.from {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)
             .with_context(|| format!("[upload] from = {t:?}: not an RFC 3339 time"))?
@@ -380,12 +403,13 @@ pub async fn run(
                     let next = on(&outbox, move |o| o.next_start(&c, from)).await?;
                     for period in kind.periods(part, interval_ms, next, until) {
                         let (p, r, t) = (part.clone(), reader.clone(), now());
-                        let rec =
-                            tokio::task::spawn_blocking(move || record(&p, &r, kind, period, t))
-                                .await??;
-                        let id = rec["record_id"].as_str().unwrap_or_default().to_owned();
-                        let (c, mapped) = (cursor.clone(), mapping.apply(rec));
-                        on(&outbox, move |o| o.push(&c, period, &mapped, &id, t)).await?;
+                        let (m, s) = (mapping.clone(), sealer.clone());
+                        let (id, sent) = tokio::task::spawn_blocking(move || {
+                            sealed_record(&p, &r, &m, &s, kind, period, t)
+                        })
+                        .await??;
+                        let c = cursor.clone();
+                        on(&outbox, move |o| o.push(&c, period, &sent, &id, t)).await?;
                     }
                 }
             }
@@ -565,7 +589,27 @@ flows = [{ device = "clinker", point = "total", role = "product", unit = "t" }]
         let dir = std::env::temp_dir().join(format!("ems-upload-group-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let store = crate::store::Store::open(&dir.join("g.db")).unwrap();
+        let mut store = crate::store::Store::open(&dir.join("g.db")).unwrap();
+        // The hot-metal meter's messages 1 and 3 (2 is missing), the clinker meter never heard.
+        let message = |seq: u64| {
+            crate::storage::Incoming::built(ems_core::wire::Telemetry {
+                v: 1,
+                site: "s".into(),
+                edge: "e".into(),
+                device: "hm".into(),
+                seq,
+                ts_ms: 1_735_700_000_000 + seq as i64 * 60_000,
+                points: vec![],
+                signed: None,
+            })
+        };
+        let rules = crate::storage::AccountingRules {
+            tracked: Default::default(),
+            max_gap_ms: 900_000,
+        };
+        store
+            .write_batch(&[message(1), message(3)], &rules.into(), 0)
+            .unwrap();
         let reader = store.reader().unwrap();
         let streams = streams(&plant);
         let cursors: Vec<&str> = streams.iter().map(|(c, _)| c.as_str()).collect();
@@ -606,6 +650,52 @@ flows = [{ device = "clinker", point = "total", role = "product", unit = "t" }]
             "nothing recorded: {steel}"
         );
         assert!(monthly(1).unwrap()["output_value_10k_yuan"].is_null());
+
+        // What is sent is sealed after the mapping: the files' digests, the gateway's key and
+        // its signature over the record as the platform receives it.
+        let key = ems_core::evidence::EdgeKey::from_seed([7; 32]);
+        let public = key.public_hex();
+        let sealer = Sealer {
+            key: Some(key),
+            digests: [("limits".to_owned(), "ab".to_owned())].into(),
+        };
+        let mapping = Mapping {
+            fields: [("output_t".to_owned(), "cl".to_owned())].into(),
+            ..Mapping::default()
+        };
+        let (id, sent) = sealed_record(
+            &streams[0].1,
+            &reader,
+            &mapping,
+            &sealer,
+            Kind::Daily,
+            day,
+            day.1,
+        )
+        .unwrap();
+        assert_eq!(id, "91000000STEEL0001X/daily/2025-01-01T00:00:00+08:00");
+        assert_eq!(sent["units"][0]["cl"], 0.0, "mapped: {sent}");
+        assert_eq!(sent["evidence"]["files_sha256"]["limits"], "ab");
+        let meters = &sent["evidence"]["meters"];
+        assert_eq!(meters.as_array().map(Vec::len), Some(1), "{meters}");
+        assert_eq!(
+            (
+                &meters[0]["device"],
+                &meters[0]["last_seq"],
+                &meters[0]["missing"]
+            ),
+            (
+                &serde_json::json!("hm"),
+                &serde_json::json!(3),
+                &serde_json::json!(1)
+            ),
+            "{meters}"
+        );
+        assert_eq!(seal::signed_by(&sent).map(|k| k.to_hex()), Ok(public));
+        let mut changed = sent.clone();
+        changed["comprehensive_tce"] = serde_json::json!(0.5);
+        let why = seal::signed_by(&changed).unwrap_err();
+        assert!(why.contains("does not verify"), "{why}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -51,6 +51,14 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
     let broker = Mosquitto::start(d);
     write_gateway_config(d, broker.port);
     let (_a, a_addr) = start_receiver(d, "127.0.0.1:0", "a.jsonl", &[]);
+    // The gateway signs what it uploads; endpoint b takes only records signed with its key.
+    let keygen = std::process::Command::new(bin("ems-gateway"))
+        .args(["keygen", "--out", "gateway.key"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let gateway_key = String::from_utf8(keygen.stdout).unwrap().trim().to_owned();
     make_ca(d);
     sign_certificate(d, "leaf", "subjectAltName=IP:127.0.0.1");
     // Endpoint b's address, with nobody listening yet: the platform is down.
@@ -63,7 +71,8 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
         format!(
             "{text}\n[upload]\nfrom = \"{from}\"\nsettle_s = 1\n\
              [[upload.endpoints]]\nid = \"a\"\nurl = \"http://{a_addr}/\"\n\
-             [[upload.endpoints]]\nid = \"b\"\nurl = \"https://127.0.0.1:{b_port}/\"\nca_file = \"ca.pem\"\ntimeout_s = 2\n"
+             [[upload.endpoints]]\nid = \"b\"\nurl = \"https://127.0.0.1:{b_port}/\"\nca_file = \"ca.pem\"\ntimeout_s = 2\n\
+             [evidence]\nreport_key_file = \"gateway.key\"\n"
         ),
     )
     .unwrap();
@@ -86,7 +95,14 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
     // The gateway dies with b's records pending, and comes back; then so does b.
     gateway.kill();
     let (mut gateway, http) = start_gateway(d);
-    let tls = ["--tls-cert", "leaf.pem", "--tls-key", "leaf.key"];
+    let tls = [
+        "--tls-cert",
+        "leaf.pem",
+        "--tls-key",
+        "leaf.key",
+        "--gateway-key",
+        &gateway_key,
+    ];
     let (_b, _) = start_receiver(d, &format!("127.0.0.1:{b_port}"), "b.jsonl", &tls);
     eventually(
         "both endpoints confirm every record",
@@ -154,6 +170,12 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
             "91000000MA00DEMO2X"
         ]
     );
+    // Each record is sealed with the gateway's key (b took only records whose signature
+    // verifies with it); no meter has reported here, so their ledgers are empty.
+    for r in &records {
+        assert_eq!(r["evidence"]["gateway_key"], gateway_key.as_str());
+        assert!(r["evidence"]["meters"].is_array(), "{}", r["evidence"]);
+    }
     units.sort_unstable();
     // The works' oxygen and power plants among them (their energy, no product).
     assert_eq!(
@@ -170,5 +192,41 @@ fn every_record_reaches_every_endpoint_once_and_in_order() {
         .send(r#"{"format":"ems-upload","version":1,"record_id":"x","kind":"weekly"}"#)
         .unwrap();
     assert_eq!(resp.status().as_u16(), 422);
+    // A receiver holding the gateway's key takes its records and refuses one whose figure was
+    // changed after the gateway signed it.
+    let mut forged = records.last().unwrap().clone();
+    forged["comprehensive_tce"] = serde_json::json!(0.001);
+    let (_c, c_addr) = start_receiver(
+        d,
+        "127.0.0.1:0",
+        "c.jsonl",
+        &["--gateway-key", &gateway_key],
+    );
+    let post = |record: &serde_json::Value| {
+        let mut resp = ureq::post(&format!("http://{c_addr}/"))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .header("Content-Type", "application/json")
+            .send(record.to_string())
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap(),
+        )
+    };
+    assert_eq!(post(records.last().unwrap()).0, 200, "the genuine record");
+    let (status, why) = post(&forged);
+    assert_eq!(status, 422);
+    assert!(
+        why.contains("evidence") && why.contains("does not verify"),
+        "{why}"
+    );
+    let stored: Vec<serde_json::Value> = std::fs::read_to_string(d.join("c.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(stored, [records.last().unwrap().clone()]);
     assert!(gateway.terminate(Duration::from_secs(20)).success());
 }

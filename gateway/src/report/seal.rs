@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use super::{make, of_enterprise, parse_month, Format, Inputs, Month, Request};
 use crate::clock::rfc3339;
+use crate::view::Reader;
 
 /// What a report is sealed with.
 pub struct Seal<'a> {
@@ -26,6 +27,21 @@ pub struct Seal<'a> {
     pub key: Option<&'a EdgeKey>,
     /// SHA-256 of the configuration and data files ([`crate::Config::digests`]).
     pub digests: &'a BTreeMap<String, String>,
+}
+
+/// What the gateway seals with, owned: for tasks that outlive a borrow of the configuration.
+pub struct Sealer {
+    pub key: Option<EdgeKey>,
+    pub digests: BTreeMap<String, String>,
+}
+
+impl Sealer {
+    pub fn seal(&self) -> Seal<'_> {
+        Seal {
+            key: self.key.as_ref(),
+            digests: &self.digests,
+        }
+    }
 }
 
 fn month_text((y, m): Month) -> String {
@@ -107,17 +123,10 @@ fn devices(inputs: &Inputs, request: &Request) -> anyhow::Result<BTreeSet<String
     Ok(plant.flows().map(|f| f.device.clone()).collect())
 }
 
-/// The report `json` with its evidence section, signed if `seal` has a key.
-pub fn seal(
-    json: &[u8],
-    inputs: &Inputs,
-    request: &Request,
-    seal: &Seal,
-) -> anyhow::Result<Vec<u8>> {
-    let mut report: Value = serde_json::from_slice(json)?;
-    let wanted = devices(inputs, request)?;
-    let meters: Vec<Value> = inputs
-        .reader
+/// Each of the meters `wanted` as the record holds it now: its ledger (last number, gaps,
+/// numbers declared lost with who and why) and its chain of signed messages.
+pub fn meters(reader: &Reader, wanted: &BTreeSet<String>) -> anyhow::Result<Vec<Value>> {
+    Ok(reader
         .devices()?
         .into_iter()
         .filter(|d| wanted.contains(&d.id))
@@ -128,24 +137,73 @@ pub fn seal(
                 "lost_ranges": d.lost_ranges, "chain": d.chain,
             })
         })
-        .collect();
-    let mut evidence = json!({
-        "request": request_json(request),
-        "made": rfc3339(inputs.now_ms),
-        "made_ms": inputs.now_ms,
-        "files_sha256": seal.digests,
-        "meters": meters,
-        "gateway_key": seal.key.map(EdgeKey::public_hex),
-    });
-    let object = report
+        .collect())
+}
+
+/// Puts `evidence` (with `gateway_key`) into the JSON object `doc` and signs the whole with
+/// `seal`'s key: the signature goes into the evidence, over `doc` as serde_json writes it with
+/// the signature left out.
+pub fn sign_into(doc: &mut Value, mut evidence: Value, seal: &Seal) -> anyhow::Result<()> {
+    evidence["gateway_key"] = json!(seal.key.map(EdgeKey::public_hex));
+    evidence["files_sha256"] = json!(seal.digests);
+    let object = doc
         .as_object_mut()
-        .ok_or_else(|| anyhow::anyhow!("a report is a JSON object"))?;
+        .ok_or_else(|| anyhow::anyhow!("a sealed document is a JSON object"))?;
     object.insert("evidence".into(), evidence.clone());
     let signature = seal
         .key
-        .map(|k| k.sign_bytes(&serde_json::to_vec(&report).expect("a JSON value serializes")));
+        .map(|k| k.sign_bytes(&serde_json::to_vec(doc).expect("a JSON value serializes")));
     evidence["signature"] = json!(signature);
-    report["evidence"] = evidence;
+    doc["evidence"] = evidence;
+    Ok(())
+}
+
+/// The key that signed `doc` (sealed by [`sign_into`]), if its signature verifies; an error
+/// says why not. `doc` is left as it was.
+pub fn signed_by(doc: &Value) -> Result<PublicKey, String> {
+    let evidence = doc["evidence"].as_object().ok_or("no evidence section")?;
+    let key = evidence
+        .get("gateway_key")
+        .and_then(Value::as_str)
+        .ok_or("not signed: no gateway_key")?;
+    let key = PublicKey::from_hex(key).map_err(|e| format!("gateway_key: {e}"))?;
+    let sig = evidence
+        .get("signature")
+        .and_then(Value::as_str)
+        .ok_or("not signed: no signature")?;
+    let mut unsigned = doc.clone();
+    unsigned["evidence"]
+        .as_object_mut()
+        .expect("an object, as above")
+        .remove("signature");
+    if key.verifies(
+        &serde_json::to_vec(&unsigned).expect("a JSON value serializes"),
+        sig,
+    ) {
+        Ok(key)
+    } else {
+        Err(
+            "the gateway's signature does not verify: the document was changed after it was signed"
+                .into(),
+        )
+    }
+}
+
+/// The report `json` with its evidence section, signed if `seal` has a key.
+pub fn seal(
+    json: &[u8],
+    inputs: &Inputs,
+    request: &Request,
+    seal: &Seal,
+) -> anyhow::Result<Vec<u8>> {
+    let mut report: Value = serde_json::from_slice(json)?;
+    let evidence = json!({
+        "request": request_json(request),
+        "made": rfc3339(inputs.now_ms),
+        "made_ms": inputs.now_ms,
+        "meters": meters(inputs.reader, &devices(inputs, request)?)?,
+    });
+    sign_into(&mut report, evidence, seal)?;
     Ok(serde_json::to_vec_pretty(&report)?)
 }
 
@@ -161,31 +219,15 @@ pub fn check(
     let object = report
         .as_object_mut()
         .ok_or_else(|| anyhow::anyhow!("a report is a JSON object"))?;
-    let mut evidence = object
+    let evidence = object
         .remove("evidence")
         .ok_or_else(|| anyhow::anyhow!("the report has no evidence section"))?;
     let mut findings = Vec::new();
-
-    let signature = evidence
-        .as_object_mut()
-        .and_then(|e| e.remove("signature"))
-        .unwrap_or(Value::Null);
-    let key = evidence["gateway_key"]
-        .as_str()
-        .map(PublicKey::from_hex)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("gateway_key: {e}"))?;
-    match (&key, signature.as_str()) {
-        (Some(key), Some(sig)) => {
-            let mut signed = report.clone();
-            signed["evidence"] = evidence.clone();
-            if !key.verifies(&serde_json::to_vec(&signed)?, sig) {
-                findings.push(
-                    "the gateway's signature does not verify: the report was changed after it was made"
-                        .to_owned(),
-                );
-            }
-            if let Some(expected) = expected.filter(|e| *e != key) {
+    let mut sealed = report.clone();
+    sealed["evidence"] = evidence.clone();
+    match signed_by(&sealed) {
+        Ok(key) => {
+            if let Some(expected) = expected.filter(|e| **e != key) {
                 findings.push(format!(
                     "signed by key {}, not the gateway's {}",
                     key.to_hex(),
@@ -193,7 +235,7 @@ pub fn check(
                 ));
             }
         }
-        _ => findings.push("the report is not signed".to_owned()),
+        Err(why) => findings.push(why),
     }
 
     let files: BTreeMap<String, String> =
