@@ -79,16 +79,18 @@ pub async fn serve(
     };
     let upload_errors = upload::UploadErrors::default();
     let upload_task = match config.upload.clone() {
-        Some(cfg) => Some(tokio::spawn(upload::run(
-            plant.clone(),
-            cfg,
-            outbox_of(&config.storage),
-            Arc::new(store.reader()?),
-            Arc::new(config.sealer()),
-            now.clone(),
-            upload_errors.clone(),
-            shutdown.clone(),
-        ))),
+        Some(cfg) => {
+            let maker = upload::RecordMaker::new(Arc::new(store.reader()?), &cfg, config.sealer())?;
+            Some(tokio::spawn(upload::run(
+                plant.clone(),
+                cfg,
+                outbox_of(&config.storage),
+                Arc::new(maker),
+                now.clone(),
+                upload_errors.clone(),
+                shutdown.clone(),
+            )))
+        }
         None => None,
     };
     let open_outbox = outbox_of(&config.storage);
@@ -236,13 +238,13 @@ async fn serve_postgres(
     // Upload: one gateway of the database makes the records, one sends to each endpoint.
     let upload_task = match config.upload.clone() {
         Some(cfg) => {
-            let reader = pg_reader(&url).await?;
+            let reader = Arc::new(pg_reader(&url).await?);
+            let maker = upload::RecordMaker::new(reader, &cfg, config.sealer())?;
             Some(tokio::spawn(upload::run(
                 config.plant.clone(),
                 cfg,
                 outbox_of(&config.storage),
-                Arc::new(reader),
-                Arc::new(config.sealer()),
+                Arc::new(maker),
                 now.clone(),
                 upload_errors.clone(),
                 shutdown.clone(),

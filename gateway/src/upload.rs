@@ -289,25 +289,50 @@ fn record(
     Ok(record)
 }
 
-/// A record as it is sent, and its id: made, mapped to the platform's names, then sealed with
-/// the ledger and chain of every meter its plant draws on and the gateway's signature over what
-/// is sent (report/seal.rs), so that the platform can check it with the gateway's public key.
-fn sealed_record(
-    plant: &Plant,
-    reader: &Reader,
-    mapping: &Mapping,
-    sealer: &Sealer,
-    kind: Kind,
-    period: (i64, i64),
-    now_ms: i64,
-) -> anyhow::Result<(String, serde_json::Value)> {
-    let made = record(plant, reader, kind, period, now_ms)?;
-    let id = made["record_id"].as_str().unwrap_or_default().to_owned();
-    let mut sent = mapping.apply(made);
-    let devices = plant.flows().map(|f| f.device.clone()).collect();
-    let evidence = serde_json::json!({ "meters": seal::meters(reader, &devices)? });
-    seal::sign_into(&mut sent, evidence, &sealer.seal())?;
-    Ok((id, sent))
+/// Makes records as they are sent: made from the record, mapped to the platform's names, then
+/// sealed with the ledger and chain of every meter its plant draws on and the gateway's
+/// signature over what is sent (report/seal.rs), so that the platform can check it with the
+/// gateway's public key.
+pub struct RecordMaker {
+    reader: Arc<Reader>,
+    mapping: Mapping,
+    sealer: Sealer,
+}
+
+impl RecordMaker {
+    /// Loads `[upload] mapping`, if any.
+    pub fn new(
+        reader: Arc<Reader>,
+        cfg: &UploadConfig,
+        sealer: Sealer,
+    ) -> anyhow::Result<RecordMaker> {
+        let mapping = match &cfg.mapping {
+            Some(p) => Mapping::load(p)?,
+            None => Mapping::default(),
+        };
+        Ok(RecordMaker {
+            reader,
+            mapping,
+            sealer,
+        })
+    }
+
+    /// The record of `plant`'s `period` of `kind` as it is sent, and its id.
+    fn make(
+        &self,
+        plant: &Plant,
+        kind: Kind,
+        period: (i64, i64),
+        now_ms: i64,
+    ) -> anyhow::Result<(String, serde_json::Value)> {
+        let made = record(plant, &self.reader, kind, period, now_ms)?;
+        let id = made["record_id"].as_str().unwrap_or_default().to_owned();
+        let mut sent = self.mapping.apply(made);
+        let devices = plant.flows().map(|f| f.device.clone()).collect();
+        let evidence = serde_json::json!({ "meters": seal::meters(&self.reader, &devices)? });
+        seal::sign_into(&mut sent, evidence, &self.sealer.seal())?;
+        Ok((id, sent))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -347,8 +372,7 @@ pub async fn run(
     plant: Arc<Plant>,
     cfg: UploadConfig,
     open: OpenOutbox,
-    reader: Arc<Reader>,
-    sealer: Arc<Sealer>,
+    maker: Arc<RecordMaker>,
     now: NowFn,
     errors: UploadErrors,
     shutdown: CancellationToken,
@@ -357,10 +381,6 @@ pub async fn run(
         [15, 30, 60].contains(&cfg.realtime_interval_min),
         "[upload] realtime_interval_min must be 15, 30 or 60"
     );
-    let mapping = Arc::new(match &cfg.mapping {
-        Some(p) => Mapping::load(p)?,
-        None => Mapping::default(),
-    });
     let from = match &cfg.from {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)
             .with_context(|| format!("[upload] from = {t:?}: not an RFC 3339 time"))?
@@ -402,12 +422,10 @@ pub async fn run(
                     let (c, from) = (cursor.clone(), from);
                     let next = on(&outbox, move |o| o.next_start(&c, from)).await?;
                     for period in kind.periods(part, interval_ms, next, until) {
-                        let (p, r, t) = (part.clone(), reader.clone(), now());
-                        let (m, s) = (mapping.clone(), sealer.clone());
-                        let (id, sent) = tokio::task::spawn_blocking(move || {
-                            sealed_record(&p, &r, &m, &s, kind, period, t)
-                        })
-                        .await??;
+                        let (p, m, t) = (part.clone(), maker.clone(), now());
+                        let (id, sent) =
+                            tokio::task::spawn_blocking(move || m.make(&p, kind, period, t))
+                                .await??;
                         let c = cursor.clone();
                         on(&outbox, move |o| o.push(&c, period, &sent, &id, t)).await?;
                     }
@@ -659,20 +677,15 @@ flows = [{ device = "clinker", point = "total", role = "product", unit = "t" }]
             key: Some(key),
             digests: [("limits".to_owned(), "ab".to_owned())].into(),
         };
-        let mapping = Mapping {
-            fields: [("output_t".to_owned(), "cl".to_owned())].into(),
-            ..Mapping::default()
+        let maker = RecordMaker {
+            reader: Arc::new(reader),
+            mapping: Mapping {
+                fields: [("output_t".to_owned(), "cl".to_owned())].into(),
+                ..Mapping::default()
+            },
+            sealer,
         };
-        let (id, sent) = sealed_record(
-            &streams[0].1,
-            &reader,
-            &mapping,
-            &sealer,
-            Kind::Daily,
-            day,
-            day.1,
-        )
-        .unwrap();
+        let (id, sent) = maker.make(&streams[0].1, Kind::Daily, day, day.1).unwrap();
         assert_eq!(id, "91000000STEEL0001X/daily/2025-01-01T00:00:00+08:00");
         assert_eq!(sent["units"][0]["cl"], 0.0, "mapped: {sent}");
         assert_eq!(sent["evidence"]["files_sha256"]["limits"], "ab");
