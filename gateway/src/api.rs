@@ -838,13 +838,16 @@ async fn report(
             earliest_ms: config.earliest_ms,
         };
         let font = || -> anyhow::Result<krilla::text::Font> { Ok(pdf::load_font(None)?.1) };
-        let bytes = make(&inputs, &request, format, &font, |_, _| {}).map_err(report_error)?;
-        match format {
-            Format::Json => config
-                .seal(&bytes, &inputs, &request)
-                .map_err(ApiError::Internal),
-            _ => Ok(bytes),
-        }
+        let sealer = config.sealer();
+        make(
+            &inputs,
+            &request,
+            format,
+            &font,
+            |_, _| {},
+            Some(&sealer.seal()),
+        )
+        .map_err(report_error)
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;

@@ -294,16 +294,6 @@ impl Config {
         }
     }
 
-    /// A JSON report with its evidence section, signed with the report key if there is one.
-    pub fn seal(
-        &self,
-        json: &[u8],
-        inputs: &crate::report::Inputs,
-        request: &crate::report::Request,
-    ) -> anyhow::Result<Vec<u8>> {
-        crate::report::seal::seal(json, inputs, request, &self.sealer().seal())
-    }
-
     /// A report's inputs from this configuration and `reader`, made at `now_ms`.
     pub fn report_inputs<'a>(
         &'a self,

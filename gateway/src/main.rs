@@ -524,6 +524,7 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
         earliest_ms: config.earliest_ms,
     };
     let bar = progress_bar(&request.name());
+    let sealer = config.sealer();
     let bytes = report::make(
         &inputs,
         &request,
@@ -533,11 +534,8 @@ fn report(kind: ReportKind) -> anyhow::Result<()> {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
         },
+        Some(&sealer.seal()),
     )?;
     bar.finish_and_clear();
-    let bytes = match output.format {
-        report::Format::Json => config.seal(&bytes, &inputs, &request)?,
-        _ => bytes,
-    };
     output.write(&bytes)
 }

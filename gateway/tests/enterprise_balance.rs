@@ -379,8 +379,15 @@ fn a_group_of_two_enterprises_on_one_gateway_is_drawn_enterprise_by_enterprise()
             enterprise: enterprise.map(str::to_owned),
         };
         let no_font = || anyhow::bail!("no PDF here");
-        report::make(&inputs, &request, report::Format::Json, &no_font, |_, _| {})
-            .map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).unwrap())
+        report::make(
+            &inputs,
+            &request,
+            report::Format::Json,
+            &no_font,
+            |_, _| {},
+            None,
+        )
+        .map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).unwrap())
     };
     let r = annual(Some("smelter")).unwrap();
     assert_eq!(r["enterprise"], "测试铝业有限公司");
@@ -861,7 +868,7 @@ fn the_sites_intake_is_judged_on_its_water_quota_in_the_annual_report() {
     );
     // The PDF's table of the site (tests/run.sh installs the CJK font and poppler).
     let (_, font) = report::pdf::load_font(None).expect("a CJK font");
-    let pdf = report::pdf::annual(&r, &config.plant, &font).unwrap();
+    let pdf = report::pdf::annual(&r, &config.plant, &font, None).unwrap();
     let file = dir.join("annual.pdf");
     std::fs::write(&file, pdf).unwrap();
     let text = std::process::Command::new("pdftotext")

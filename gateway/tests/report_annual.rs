@@ -444,7 +444,11 @@ fn savings_are_verified_against_a_baseline_of_the_first_half_year() {
         increase(&raw_samples(&store)["kiln1-power"], from, to)
     ));
     // The PDF: model judgement, both savings figures and the CUSUM chart's title.
-    let text = pdf_text(&dir, "savings", &report::pdf::savings(&r, &font()).unwrap());
+    let text = pdf_text(
+        &dir,
+        "savings",
+        &report::pdf::savings(&r, &font(), None).unwrap(),
+    );
     for expected in [
         "节能量审核报告".to_owned(),
         "CUSUM".to_owned(),
@@ -498,7 +502,7 @@ fn the_pdf_has_its_pages_chinese_text_figures_and_charts() {
     let r = report::annual::build(&inputs(&config, &reader), 2025, |_, _| {}).unwrap();
     let (font_file, font) = report::pdf::load_font(None)
         .expect("a CJK font (tests/run.sh installs fonts-wqy-microhei)");
-    let pdf = report::pdf::annual(&r, &config.plant, &font).unwrap();
+    let pdf = report::pdf::annual(&r, &config.plant, &font, None).unwrap();
     // The font is embedded as a subset: far smaller than the font file.
     let font_len = std::fs::metadata(&font_file).unwrap().len() as usize;
     assert!(
@@ -633,7 +637,7 @@ fn the_compliance_report_lists_each_day_and_every_exceedance() {
     let text = pdf_text(
         &dir,
         "compliance",
-        &report::pdf::compliance(&r, &font()).unwrap(),
+        &report::pdf::compliance(&r, &font(), None).unwrap(),
     );
     for expected in [
         "2025-07 月度能耗限额符合性报告",

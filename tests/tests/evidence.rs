@@ -328,6 +328,58 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
         stdout.contains(&format!("{path}: the report says")),
         "{path}\n{stdout}"
     );
+    // The same report as PDF: an evidence page to read, and the sealed JSON attached, which
+    // verifies as the JSON report does.
+    let made = Command::new(bin("ems-gateway"))
+        .args(["report", "compliance", "--config", "gateway.toml"])
+        .args(["--month", &month, "--enterprise", "works"])
+        .args(["--format", "pdf", "--out", "report.pdf"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let poppler = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} (tests/run.sh installs poppler-utils): {e}"));
+        assert!(out.status.success(), "{program}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = poppler("pdftotext", &["report.pdf", "-"]);
+    for expected in [
+        "数据证据与签名",
+        "签名验证至",
+        &gateway_public[..32],
+        &device,
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected} not in the PDF:\n{text}"
+        );
+    }
+    std::fs::create_dir(d.join("attached")).unwrap();
+    let listed = poppler("pdfdetach", &["-list", "report.pdf"]);
+    assert!(listed.contains("report.json"), "{listed}");
+    poppler("pdfdetach", &["-saveall", "-o", "attached", "report.pdf"]);
+    let attached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("attached/report.json")).unwrap()).unwrap();
+    assert_eq!(attached["evidence"]["gateway_key"], gateway_public.as_str());
+    let (ok, stdout, stderr) = verify(
+        d,
+        &[
+            "--report",
+            "attached/report.json",
+            "--gateway-key",
+            &gateway_public,
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
     // Signed by another key than the one the verifier holds.
     let other = EdgeKey::from_seed([43; 32]).public_hex();
     let (ok, stdout, _) = verify(d, &["--report", "report.json", "--gateway-key", &other]);

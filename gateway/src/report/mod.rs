@@ -56,25 +56,36 @@ impl Format {
     }
 }
 
-/// A report as the bytes of `format`: pretty JSON, its `figures` as CSV, or its `pdf`.
-pub fn document<R: serde::Serialize>(
+/// A report as the bytes of `format`: pretty JSON, its `figures` as CSV, or its `pdf`. With
+/// `seal`, the JSON is sealed (its evidence and the gateway's signature) and the PDF gets an
+/// evidence page and that sealed JSON attached.
+fn document<R: serde::Serialize>(
     format: Format,
     report: &R,
     figures: impl FnOnce(&R) -> Vec<tables::Figure>,
-    pdf: impl FnOnce(&R) -> anyhow::Result<Vec<u8>>,
+    pdf: impl FnOnce(&R, Option<&seal::Sealed>) -> anyhow::Result<Vec<u8>>,
+    seal: Option<(&seal::Seal, &Inputs, &Request)>,
 ) -> anyhow::Result<Vec<u8>> {
+    let json = |r: &R| -> anyhow::Result<Vec<u8>> {
+        let mut out = serde_json::to_vec_pretty(r)?;
+        out.push(b'\n');
+        Ok(out)
+    };
+    let sealed = |r: &R| -> anyhow::Result<Option<seal::Sealed>> {
+        seal.map(|(s, inputs, request)| seal::seal(&json(r)?, inputs, request, s))
+            .transpose()
+    };
     Ok(match format {
-        Format::Json => {
-            let mut out = serde_json::to_vec_pretty(report)?;
-            out.push(b'\n');
-            out
-        }
+        Format::Json => match sealed(report)? {
+            Some(s) => s.json,
+            None => json(report)?,
+        },
         Format::Csv => {
             let mut out = Vec::new();
             tables::write_csv(&figures(report), &mut out)?;
             out
         }
-        Format::Pdf => pdf(report)?,
+        Format::Pdf => pdf(report, sealed(report)?.as_ref())?,
     })
 }
 
@@ -158,28 +169,29 @@ pub fn parse_variables<S: AsRef<str>>(texts: &[S]) -> anyhow::Result<Vec<(String
 
 /// Builds the report `request` asks for and writes it in `format`: the one way the command line
 /// and the API make a report. `font` gives the CJK font a PDF embeds (asked for PDF only);
-/// `progress(done, total)` follows a long build.
+/// `progress(done, total)` follows a long build; `seal` seals it (JSON and PDF) as it is handed
+/// out (`None`: the figures alone, as a verifier draws them again).
 pub fn make(
     inputs: &Inputs,
     request: &Request,
     format: Format,
     font: &dyn Fn() -> anyhow::Result<krilla::text::Font>,
     progress: impl FnMut(usize, usize),
+    seal: Option<&seal::Seal>,
 ) -> anyhow::Result<Vec<u8>> {
+    let seal = seal.map(|s| (s, inputs, request));
     match request {
         Request::Annual { year, enterprise } => {
             let plant = &of_enterprise(inputs.plant, enterprise.as_deref())?;
             let r = annual::build(&Inputs { plant, ..*inputs }, *year, progress)?;
-            document(format, &r, tables::annual_figures, |r| {
-                pdf::annual(r, plant, &font()?)
-            })
+            let pdf = |r: &_, sealed: Option<&_>| pdf::annual(r, plant, &font()?, sealed);
+            document(format, &r, tables::annual_figures, pdf, seal)
         }
         Request::Compliance { month, enterprise } => {
             let plant = &of_enterprise(inputs.plant, enterprise.as_deref())?;
             let r = compliance::build(&Inputs { plant, ..*inputs }, *month)?;
-            document(format, &r, tables::compliance_figures, |r| {
-                pdf::compliance(r, &font()?)
-            })
+            let pdf = |r: &_, sealed: Option<&_>| pdf::compliance(r, &font()?, sealed);
+            document(format, &r, tables::compliance_figures, pdf, seal)
         }
         Request::Savings {
             unit,
@@ -188,9 +200,8 @@ pub fn make(
             variables,
         } => {
             let r = savings::build(inputs, unit, *baseline, *reporting, variables)?;
-            document(format, &r, tables::savings_figures, |r| {
-                pdf::savings(r, &font()?)
-            })
+            let pdf = |r: &_, sealed: Option<&_>| pdf::savings(r, &font()?, sealed);
+            document(format, &r, tables::savings_figures, pdf, seal)
         }
     }
 }

@@ -189,13 +189,19 @@ pub fn signed_by(doc: &Value) -> Result<PublicKey, String> {
     }
 }
 
+/// A sealed JSON report: its bytes, and its evidence section (what a PDF's evidence page shows).
+pub struct Sealed {
+    pub json: Vec<u8>,
+    pub evidence: Value,
+}
+
 /// The report `json` with its evidence section, signed if `seal` has a key.
 pub fn seal(
     json: &[u8],
     inputs: &Inputs,
     request: &Request,
     seal: &Seal,
-) -> anyhow::Result<Vec<u8>> {
+) -> anyhow::Result<Sealed> {
     let mut report: Value = serde_json::from_slice(json)?;
     let evidence = json!({
         "request": request_json(request),
@@ -204,7 +210,12 @@ pub fn seal(
         "meters": meters(inputs.reader, &devices(inputs, request)?)?,
     });
     sign_into(&mut report, evidence, seal)?;
-    Ok(serde_json::to_vec_pretty(&report)?)
+    let mut json = serde_json::to_vec_pretty(&report)?;
+    json.push(b'\n');
+    Ok(Sealed {
+        json,
+        evidence: report["evidence"].take(),
+    })
 }
 
 /// Checks a sealed report against the record: its signature (by `expected`, if given), the
@@ -263,6 +274,7 @@ pub fn check(
         Format::Json,
         &|| anyhow::bail!("no font is needed for JSON"),
         |_, _| {},
+        None,
     )?;
     let again: Value = serde_json::from_slice(&again)?;
     differences("", &report, &again, &mut findings);

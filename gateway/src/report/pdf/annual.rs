@@ -4,15 +4,22 @@ use krilla::text::Font;
 
 use super::{finish, format_num, level_text, month_label, opt, pct, Layout, BODY};
 use crate::report::annual::{AnnualReport, DrawnFrom, MIN_COMPLETENESS};
+use crate::report::seal::Sealed;
 use ems_energy::model::Role;
 use ems_energy::Plant;
 
 /// The annual report as PDF bytes.
-pub fn annual(r: &AnnualReport, plant: &Plant, font: &Font) -> anyhow::Result<Vec<u8>> {
+pub fn annual(
+    r: &AnnualReport,
+    plant: &Plant,
+    font: &Font,
+    sealed: Option<&Sealed>,
+) -> anyhow::Result<Vec<u8>> {
     finish(
         layout(r, plant),
         format!("{}年度能源利用状况报告", r.year),
         font,
+        sealed,
     )
 }
 

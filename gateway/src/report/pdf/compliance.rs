@@ -3,13 +3,19 @@
 
 use krilla::text::Font;
 
+use crate::report::seal::Sealed;
+
 use super::{finish, format_num, level_text, opt, pct, Layout, BODY};
 use crate::report::compliance::ComplianceReport;
 use ems_energy::indicators::Indicator;
 use ems_energy::limits::Figure;
 
 /// The compliance report as PDF bytes.
-pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> {
+pub fn compliance(
+    r: &ComplianceReport,
+    font: &Font,
+    sealed: Option<&Sealed>,
+) -> anyhow::Result<Vec<u8>> {
     let title = format!("{} 月度能耗限额符合性报告", r.month);
     let mut l = Layout::new(format!(
         "{} {title} · 数据版本 {}",
@@ -179,5 +185,5 @@ pub fn compliance(r: &ComplianceReport, font: &Font) -> anyhow::Result<Vec<u8>> 
             ),
         );
     }
-    finish(l, title, font)
+    finish(l, title, font, sealed)
 }

@@ -20,6 +20,7 @@ use ems_energy::indicators::Indicator;
 
 mod annual;
 mod compliance;
+mod evidence;
 mod savings;
 
 pub use annual::annual;
@@ -347,8 +348,17 @@ fn limit_lines(j: &ems_energy::limits::Judgement) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// Draws laid-out pages into a PDF titled `title`, with `font` embedded (subset).
-fn finish(l: Layout, title: String, font: &Font) -> anyhow::Result<Vec<u8>> {
+/// Draws laid-out pages into a PDF titled `title`, with `font` embedded (subset); with `sealed`,
+/// an evidence page last and the sealed JSON attached ([`evidence`]).
+fn finish(
+    mut l: Layout,
+    title: String,
+    font: &Font,
+    sealed: Option<&crate::report::seal::Sealed>,
+) -> anyhow::Result<Vec<u8>> {
+    if let Some(sealed) = sealed {
+        evidence::page(&mut l, sealed);
+    }
     let total = l.pages.len();
     let mut doc = Document::new();
     doc.set_metadata(
@@ -357,6 +367,19 @@ fn finish(l: Layout, title: String, font: &Font) -> anyhow::Result<Vec<u8>> {
             .language("zh-CN".into())
             .creator("ems-gateway".into()),
     );
+    if let Some(sealed) = sealed {
+        doc.embed_file(krilla::embed::EmbeddedFile {
+            path: evidence::ATTACHMENT.into(),
+            mime_type: krilla::embed::MimeType::new("application/json"),
+            description: Some("签名原件：报告及其证据，由网关签名".into()),
+            association_kind: krilla::embed::AssociationKind::Source,
+            data: sealed.json.clone().into(),
+            modification_date: None,
+            compress: None,
+            location: None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("PDF: the report's JSON could not be attached"))?;
+    }
     for (n, items) in l.pages.iter().enumerate() {
         let mut page = doc.start_page_with(PageSettings::from_wh(PAGE_W, PAGE_H).expect("A4"));
         let mut s = page.surface();

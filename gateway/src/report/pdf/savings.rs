@@ -4,11 +4,13 @@
 
 use krilla::text::Font;
 
+use crate::report::seal::Sealed;
+
 use super::{finish, format_num, opt, Layout, BODY};
 use crate::report::savings::SavingsReport;
 
 /// The savings verification as PDF bytes.
-pub fn savings(r: &SavingsReport, font: &Font) -> anyhow::Result<Vec<u8>> {
+pub fn savings(r: &SavingsReport, font: &Font, sealed: Option<&Sealed>) -> anyhow::Result<Vec<u8>> {
     let v = &r.verification;
     let m = &v.model;
     let title = format!("{} 节能量审核报告", r.unit_name);
@@ -171,5 +173,5 @@ pub fn savings(r: &SavingsReport, font: &Font) -> anyhow::Result<Vec<u8>> {
         &rows,
     );
     l.sequence_table(&r.data_quality.sequence);
-    finish(l, title, font)
+    finish(l, title, font, sealed)
 }
