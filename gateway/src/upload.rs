@@ -329,7 +329,8 @@ impl RecordMaker {
         let id = made["record_id"].as_str().unwrap_or_default().to_owned();
         let mut sent = self.mapping.apply(made);
         let devices = plant.flows().map(|f| f.device.clone()).collect();
-        let evidence = serde_json::json!({ "meters": seal::meters(&self.reader, &devices)? });
+        let meters = seal::meters(&self.reader, &devices, &[period])?;
+        let evidence = serde_json::json!({ "meters": meters });
         seal::sign_into(&mut sent, evidence, &self.sealer.seal())?;
         Ok((id, sent))
     }

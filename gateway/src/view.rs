@@ -18,6 +18,9 @@ pub trait ReadRecord: Send + Sync {
     fn edges(&self) -> anyhow::Result<Vec<EdgeRow>>;
     /// Sequence numbers missing (open gaps) and declared lost, over all devices.
     fn sequence_totals(&self) -> anyhow::Result<(i64, i64)>;
+    /// The messages of `device` polled in `[from_ms, to_ms)` that the record holds, rows and
+    /// compacted blocks alike; `None` if there are none.
+    fn seq_span(&self, device: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<Option<SeqSpan>>;
     /// The first 15-minute slot the point has data in.
     fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>>;
     /// Rollup rows of one point with `from_ms <= slot < to_ms`, in slot order.
@@ -184,6 +187,28 @@ impl DeviceRow {
         self.gaps = gaps;
         self.lost_ranges = lost;
         self
+    }
+}
+
+/// A device's messages of a period: the first and last sequence number and how many are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SeqSpan {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub messages: i64,
+}
+
+impl SeqSpan {
+    /// `other` taken into `span`.
+    pub fn join(span: Option<SeqSpan>, other: SeqSpan) -> SeqSpan {
+        match span {
+            None => other,
+            Some(s) => SeqSpan {
+                first_seq: s.first_seq.min(other.first_seq),
+                last_seq: s.last_seq.max(other.last_seq),
+                messages: s.messages + other.messages,
+            },
+        }
     }
 }
 

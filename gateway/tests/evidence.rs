@@ -26,7 +26,7 @@ use ems_gateway::ingest::{classify, Validation};
 use ems_gateway::pg::{PgAlarms, PgReader, PgStore, ScratchDatabase};
 use ems_gateway::storage::{AccountingRules, BatchOutcome, Incoming, Storage, WriteRules};
 use ems_gateway::store::Store;
-use ems_gateway::view::{DeclareOutcome, Reader};
+use ems_gateway::view::{DeclareOutcome, Reader, SeqSpan};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01
 
@@ -257,6 +257,19 @@ fn check_record(reader: &Reader, book: &mut AlarmBook, outcome: &BatchOutcome) {
     let report = reader.verify_evidence(&validation().edge_keys).unwrap();
     assert_eq!((report.checked, report.signatures_verified), (33, 28));
     assert!(report.findings.is_empty(), "{:?}", report.findings);
+    // The messages a period's figures are drawn from, as a sealed report names them.
+    let minute = 60_000;
+    assert_eq!(
+        reader
+            .seq_span("m1", T0 + 5 * minute, T0 + 10 * minute)
+            .unwrap(),
+        Some(SeqSpan {
+            first_seq: 5,
+            last_seq: 9,
+            messages: 5
+        })
+    );
+    assert_eq!(reader.seq_span("m1", 0, T0).unwrap(), None);
 }
 
 /// The packed samples of m1 #7 with its meter reading changed by one part in a million.
@@ -494,6 +507,22 @@ fn signed_history_compacted_into_blocks_still_verifies_and_an_edit_still_shows()
         .unwrap();
     assert_eq!(compacted.blocks, 2, "the two settled days: {compacted:?}");
     let reader = store.reader().unwrap();
+    // A period's messages counted across a block crossing its start, a whole block and the
+    // rows of the third day: hours 12 to 60 are numbers 13 to 60.
+    let hour = 3_600_000;
+    let span = |from: i64, to: i64| reader.seq_span("m1", T0 + from * hour, T0 + to * hour);
+    let held = |first_seq, last_seq, messages| {
+        Some(SeqSpan {
+            first_seq,
+            last_seq,
+            messages,
+        })
+    };
+    assert_eq!(span(12, 60).unwrap(), held(13, 60, 48));
+    assert_eq!(span(0, 72).unwrap(), held(1, 72, 72));
+    assert_eq!(span(24, 48).unwrap(), held(25, 48, 24), "one whole block");
+    assert_eq!(span(30, 31).unwrap(), held(31, 31, 1), "inside a block");
+    assert_eq!(span(72, 96).unwrap(), None);
     let report = reader.verify_evidence(&validation().edge_keys).unwrap();
     assert_eq!((report.checked, report.signatures_verified), (72, 72));
     assert!(report.findings.is_empty(), "{:?}", report.findings);

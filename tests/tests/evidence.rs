@@ -303,6 +303,20 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
                 .all(|m| m["chain"]["verified_through"] == m["last_seq"])),
         "{evidence}"
     );
+    // Each meter names the messages of the month the figures are drawn from.
+    let target_meter = evidence["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["device"] == device.as_str())
+        .expect("the target meter in the evidence");
+    let month_held = &target_meter["periods"][0];
+    assert!(
+        month_held["messages"].as_i64() > Some(0)
+            && month_held["first_seq"].as_i64() <= month_held["last_seq"].as_i64()
+            && month_held["last_seq"] == target_meter["last_seq"],
+        "{target_meter}"
+    );
     let key_arg = [
         "--report",
         "report.json",
@@ -450,6 +464,22 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
     let (ok, stdout, _) = with_copy("report.json");
     assert!(
         !ok && stdout.contains("the stored readings are not the ones signed"),
+        "{stdout}"
+    );
+    // A message of the report's month deleted from the copy: the month's messages no longer
+    // are the ones the report was drawn from.
+    let conn = rusqlite::Connection::open(d.join("copy.db")).unwrap();
+    let deleted = conn
+        .execute(
+            "DELETE FROM messages WHERE device = ?1 AND seq = ?2",
+            rusqlite::params![device, month_held["first_seq"].as_i64().unwrap() + 1],
+        )
+        .unwrap();
+    assert_eq!(deleted, 1);
+    drop(conn);
+    let (ok, stdout, _) = with_copy("report.json");
+    assert!(
+        !ok && stdout.contains("/periods/0/messages: the report says"),
         "{stdout}"
     );
 }

@@ -200,6 +200,29 @@ impl ReadRecord for PgReader {
         })
     }
 
+    fn seq_span(
+        &self,
+        device: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Option<crate::view::SeqSpan>> {
+        self.with(|c| {
+            let r = c.query_one(
+                "SELECT MIN(seq), MAX(seq), COUNT(*) FROM messages
+                 WHERE device = $1 AND ts_ms >= $2 AND ts_ms < $3",
+                &[&device, &from_ms, &to_ms],
+            )?;
+            Ok(match (r.get(0), r.get(1)) {
+                (Some(first_seq), Some(last_seq)) => Some(crate::view::SeqSpan {
+                    first_seq,
+                    last_seq,
+                    messages: r.get(2),
+                }),
+                _ => None,
+            })
+        })
+    }
+
     fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>> {
         self.with(|c| {
             Ok(c.query_one(

@@ -149,6 +149,33 @@ impl Request {
     }
 }
 
+impl Request {
+    /// The periods the report draws its figures from: the year, the month, or a savings
+    /// report's baseline and reporting months.
+    pub fn spans(&self, plant: &Plant) -> anyhow::Result<Vec<Span>> {
+        let months = |(from, to): (Month, Month)| -> anyhow::Result<Span> {
+            let next = if to.1 == 12 {
+                (to.0 + 1, 1)
+            } else {
+                (to.0, to.1 + 1)
+            };
+            Ok((
+                local_midnight(plant, from.0, from.1, 1)?,
+                local_midnight(plant, next.0, next.1, 1)?,
+            ))
+        };
+        Ok(match self {
+            Request::Annual { year, .. } => vec![months(((*year, 1), (*year, 12)))?],
+            Request::Compliance { month, .. } => vec![months((*month, *month))?],
+            Request::Savings {
+                baseline,
+                reporting,
+                ..
+            } => vec![months(*baseline)?, months(*reporting)?],
+        })
+    }
+}
+
 /// `DEVICE/POINT` variables of a savings report.
 pub fn parse_variables<S: AsRef<str>>(texts: &[S]) -> anyhow::Result<Vec<(String, String)>> {
     texts

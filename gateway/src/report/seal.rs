@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ems_core::evidence::{EdgeKey, PublicKey};
 use serde_json::{json, Value};
 
-use super::{make, of_enterprise, parse_month, Format, Inputs, Month, Request};
+use super::{make, of_enterprise, parse_month, Format, Inputs, Month, Request, Span};
 use crate::clock::rfc3339;
 use crate::view::Reader;
 
@@ -124,20 +124,45 @@ fn devices(inputs: &Inputs, request: &Request) -> anyhow::Result<BTreeSet<String
 }
 
 /// Each of the meters `wanted` as the record holds it now: its ledger (last number, gaps,
-/// numbers declared lost with who and why) and its chain of signed messages.
-pub fn meters(reader: &Reader, wanted: &BTreeSet<String>) -> anyhow::Result<Vec<Value>> {
-    Ok(reader
+/// numbers declared lost with who and why) and its chain of signed messages; and for each of
+/// `spans`, the messages of that period the figures are drawn from ([`periods`]).
+pub fn meters(
+    reader: &Reader,
+    wanted: &BTreeSet<String>,
+    spans: &[Span],
+) -> anyhow::Result<Vec<Value>> {
+    reader
         .devices()?
         .into_iter()
         .filter(|d| wanted.contains(&d.id))
         .map(|d| {
-            json!({
+            Ok(json!({
                 "device": d.id, "site": d.site, "edge": d.edge, "last_seq": d.last_seq,
                 "messages": d.messages, "missing": d.missing, "gaps": d.gaps,
                 "lost_ranges": d.lost_ranges, "chain": d.chain,
-            })
+                "periods": periods(reader, &d.id, spans)?,
+            }))
         })
-        .collect())
+        .collect()
+}
+
+/// The messages of `device` in each of `spans` the record holds: the period, its first and
+/// last sequence number and how many (null numbers and 0 where it holds none).
+fn periods(reader: &Reader, device: &str, spans: &[Span]) -> anyhow::Result<Value> {
+    spans
+        .iter()
+        .map(|&(from, to)| {
+            let held = reader.seq_span(device, from, to)?;
+            Ok(json!({
+                "from": rfc3339(from), "to": rfc3339(to),
+                "from_ms": from, "to_ms": to,
+                "first_seq": held.map(|s| s.first_seq),
+                "last_seq": held.map(|s| s.last_seq),
+                "messages": held.map_or(0, |s| s.messages),
+            }))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Value::Array)
 }
 
 /// Puts `evidence` (with `gateway_key`) into the JSON object `doc` and signs the whole with
@@ -207,7 +232,11 @@ pub fn seal(
         "request": request_json(request),
         "made": rfc3339(inputs.now_ms),
         "made_ms": inputs.now_ms,
-        "meters": meters(inputs.reader, &devices(inputs, request)?)?,
+        "meters": meters(
+            inputs.reader,
+            &devices(inputs, request)?,
+            &request.spans(inputs.plant)?,
+        )?,
     });
     sign_into(&mut report, evidence, seal)?;
     let mut json = serde_json::to_vec_pretty(&report)?;
@@ -278,6 +307,32 @@ pub fn check(
     )?;
     let again: Value = serde_json::from_slice(&again)?;
     differences("", &report, &again, &mut findings);
+    // The messages each period's figures were drawn from, counted again: a message stored
+    // since, or one gone, changes them.
+    for (i, meter) in evidence["meters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if meter.get("periods").is_none() {
+            continue; // sealed before periods were part of the evidence
+        }
+        let device = meter["device"].as_str().unwrap_or_default();
+        let spans: Vec<Span> = meter["periods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["from_ms"].as_i64()?, p["to_ms"].as_i64()?)))
+            .collect();
+        let now = periods(inputs.reader, device, &spans)?;
+        differences(
+            &format!("/evidence/meters/{i}/periods"),
+            &meter["periods"],
+            &now,
+            &mut findings,
+        );
+    }
     Ok(findings)
 }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::open_conn;
 use crate::history::{day_of, StoredMessage};
+use crate::view::SeqSpan;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -83,6 +84,60 @@ pub(super) fn each_message(
         }
     }
     Ok(())
+}
+
+/// The messages of `device` polled in `[from_ms, to_ms)`: rows counted by SQL, a block wholly
+/// inside the period from its own columns, a block crossing an end of it decoded.
+pub(super) fn seq_span(
+    conn: &Connection,
+    device: &str,
+    (from_ms, to_ms): (i64, i64),
+) -> anyhow::Result<Option<SeqSpan>> {
+    let mut span = None;
+    let (first, last, messages): (Option<i64>, Option<i64>, i64) = conn
+        .prepare_cached(
+            "SELECT MIN(seq), MAX(seq), COUNT(*) FROM messages
+             WHERE device = ?1 AND ts_ms >= ?2 AND ts_ms < ?3",
+        )?
+        .query_row(params![device, from_ms, to_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if let (Some(first_seq), Some(last_seq)) = (first, last) {
+        span = Some(SeqSpan {
+            first_seq,
+            last_seq,
+            messages,
+        });
+    }
+    let mut blocks = conn.prepare_cached(
+        "SELECT first_seq, last_seq, first_ts_ms, last_ts_ms, messages, data FROM message_blocks
+         WHERE device = ?1 AND last_ts_ms >= ?2 AND first_ts_ms < ?3",
+    )?;
+    let mut rows = blocks.query(params![device, from_ms, to_ms])?;
+    while let Some(r) = rows.next()? {
+        let (first_ts, last_ts): (i64, i64) = (r.get(2)?, r.get(3)?);
+        if first_ts >= from_ms && last_ts < to_ms {
+            let whole = SeqSpan {
+                first_seq: r.get(0)?,
+                last_seq: r.get(1)?,
+                messages: r.get(4)?,
+            };
+            span = Some(SeqSpan::join(span, whole));
+            continue;
+        }
+        let data: Vec<u8> = r.get(5)?;
+        for m in crate::history::decode(&data)? {
+            if (from_ms..to_ms).contains(&m.ts_ms) {
+                let one = SeqSpan {
+                    first_seq: m.seq,
+                    last_seq: m.seq,
+                    messages: 1,
+                };
+                span = Some(SeqSpan::join(span, one));
+            }
+        }
+    }
+    Ok(span)
 }
 
 /// Turns back into rows every block of `device` that holds sequence number `seq` or the day

@@ -145,6 +145,15 @@ impl ReadRecord for SqliteReader {
         })
     }
 
+    fn seq_span(
+        &self,
+        device: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Option<crate::view::SeqSpan>> {
+        self.with_any(|c| super::compact::seq_span(c, device, (from_ms, to_ms)))
+    }
+
     fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>> {
         self.with(|c| {
             c.prepare_cached(
