@@ -201,6 +201,62 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
         edge.stderr_tail()
     );
     assert!(d.join("ems-edge-data/chain.json").exists());
+    // While the edge is stopped, a message signed with the board's own key (a key stolen, or
+    // an edge's state gone wrong) that does not follow the edge's last message: it breaks the
+    // chain, and the edge's own next message still takes its place.
+    let last = edge_sequence_numbers(d)[&device];
+    eventually(
+        "the edge's last message stored",
+        Duration::from_secs(10),
+        || {
+            get_json(&http, "/api/v1/devices")
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["id"] == device.as_str() && x["last_seq"].as_u64() == Some(last))
+        },
+    );
+    let stored = get_json(&http, "/api/v1/devices");
+    let stored = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == device.as_str())
+        .unwrap();
+    let seed = ems_edge::evidence::read_key(&d.join("edge.key")).unwrap();
+    let mut astray = forged.clone();
+    astray.seq = last + 1;
+    astray.ts_ms = chrono::DateTime::parse_from_rfc3339(stored["last_sample"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+        + 1;
+    astray.signed = None;
+    EdgeKey::from_seed(seed.0).sign(&mut astray, [7; 32]);
+    publish(
+        broker.port,
+        &topic,
+        &serde_json::to_string(&astray).unwrap(),
+    );
+    eventually(
+        "the chain breaker quarantined and alarmed",
+        Duration::from_secs(10),
+        || {
+            let q = get_json(&http, "/api/v1/quarantine");
+            let chain = q.as_array().unwrap().iter().any(|e| {
+                e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("chain:"))
+            });
+            chain
+                && get_json(&http, "/api/v1/alarms?limit=1000")
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|a| a["kind"] == "evidence" && a["subject"] == subject.as_str())
+                    .count()
+                    == 3
+        },
+    );
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
     let passed = |min: i64| {
         let after = get_json(&http, "/api/v1/devices");
@@ -227,7 +283,7 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
         assert_eq!(c["verified_through"], dev["last_seq"], "{dev}");
         assert_eq!(c["verified"], dev["messages"], "{dev}");
         assert_eq!(c["restarts"], 0, "a clean restart keeps the chain: {dev}");
-        let refused = if dev["id"] == device.as_str() { 2 } else { 0 };
+        let refused = if dev["id"] == device.as_str() { 3 } else { 0 };
         assert_eq!(c["refused"], refused, "{dev}");
     }
     let integrity = get_json(&http, "/api/v1/integrity");
