@@ -31,6 +31,59 @@ fn publish(port: u16, topic: &str, payload: &str) {
     assert!(ok.success(), "publish to {topic}");
 }
 
+/// Publishes `t` as JSON, QoS 1, on its data topic, as a client of its own.
+fn publish_forged(port: u16, t: &Telemetry) {
+    let topic = format!("ems/v1/{}/data/{}", t.site, t.device);
+    publish(port, &topic, &serde_json::to_string(t).unwrap());
+}
+
+/// The quarantine's reason codes, newest first.
+fn quarantine_reasons(http: &str) -> Vec<String> {
+    get_json(http, "/api/v1/quarantine")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .map(|r| r.split(':').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// How many evidence alarms `device` has raised.
+fn evidence_alarms(http: &str, device: &str) -> usize {
+    let subject = format!("{device}/evidence");
+    get_json(http, "/api/v1/alarms?limit=1000")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "evidence" && a["subject"] == subject.as_str())
+        .count()
+}
+
+/// `device`'s row of `/api/v1/devices`.
+fn device_row(http: &str, device: &str) -> serde_json::Value {
+    get_json(http, "/api/v1/devices")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == device)
+        .cloned()
+        .unwrap_or_else(|| panic!("device {device}"))
+}
+
+/// `ems-gateway ARGS` in `dir`, which must succeed.
+fn gateway_cmd(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new(bin("ems-gateway"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ems-gateway {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn append(path: &std::path::Path, text: &str) {
     let before = std::fs::read_to_string(path).unwrap();
     std::fs::write(path, format!("{before}\n{text}\n")).unwrap();
@@ -150,47 +203,24 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
     let last_ms = chrono::DateTime::parse_from_rfc3339(target["last_sample"].as_str().unwrap())
         .unwrap()
         .timestamp_millis();
-    let topic = format!("ems/v1/demo/data/{device}");
     let mut forged: Telemetry = serde_json::from_value(serde_json::json!({
         "v": 1, "site": "demo", "edge": "edge-1", "device": device, "seq": last_seq + 2,
         "ts_ms": last_ms + 1_000, "points": [{"id": "total", "v": 1.0e9, "q": "good"}]
     }))
     .unwrap();
-    publish(
-        broker.port,
-        &topic,
-        &serde_json::to_string(&forged).unwrap(),
-    );
+    publish_forged(broker.port, &forged);
     EdgeKey::from_seed([42; 32]).sign(&mut forged, CHAIN_START);
-    publish(
-        broker.port,
-        &topic,
-        &serde_json::to_string(&forged).unwrap(),
-    );
+    publish_forged(broker.port, &forged);
     eventually(
         "both forgeries quarantined",
         Duration::from_secs(10),
         || {
-            let q = get_json(&http, "/api/v1/quarantine");
-            let reasons: Vec<&str> = q
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|e| e["reason"].as_str())
-                .collect();
-            reasons.iter().any(|r| r.starts_with("unsigned:"))
-                && reasons.iter().any(|r| r.starts_with("signature:"))
+            let reasons = quarantine_reasons(&http);
+            reasons.iter().any(|r| r == "unsigned") && reasons.iter().any(|r| r == "signature")
         },
     );
-    let subject = format!("{device}/evidence");
     eventually("both raised as alarms", Duration::from_secs(10), || {
-        get_json(&http, "/api/v1/alarms?limit=1000")
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["kind"] == "evidence" && a["subject"] == subject.as_str())
-            .count()
-            == 2
+        evidence_alarms(&http, &device) == 2
     });
 
     // The edge's own stream goes on, and its chain survives a clean restart.
@@ -208,53 +238,27 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
     eventually(
         "the edge's last message stored",
         Duration::from_secs(10),
-        || {
-            get_json(&http, "/api/v1/devices")
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|x| x["id"] == device.as_str() && x["last_seq"].as_u64() == Some(last))
-        },
+        || device_row(&http, &device)["last_seq"].as_u64() == Some(last),
     );
-    let stored = get_json(&http, "/api/v1/devices");
-    let stored = stored
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == device.as_str())
+    let last_sample = device_row(&http, &device)["last_sample"]
+        .as_str()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis()
+        })
         .unwrap();
     let seed = ems_edge::evidence::read_key(&d.join("edge.key")).unwrap();
     let mut astray = forged.clone();
-    astray.seq = last + 1;
-    astray.ts_ms = chrono::DateTime::parse_from_rfc3339(stored["last_sample"].as_str().unwrap())
-        .unwrap()
-        .timestamp_millis()
-        + 1;
-    astray.signed = None;
+    (astray.seq, astray.ts_ms, astray.signed) = (last + 1, last_sample + 1, None);
     EdgeKey::from_seed(seed.0).sign(&mut astray, [7; 32]);
-    publish(
-        broker.port,
-        &topic,
-        &serde_json::to_string(&astray).unwrap(),
-    );
+    publish_forged(broker.port, &astray);
     eventually(
         "the chain breaker quarantined and alarmed",
         Duration::from_secs(10),
         || {
-            let q = get_json(&http, "/api/v1/quarantine");
-            let chain = q.as_array().unwrap().iter().any(|e| {
-                e["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("chain:"))
-            });
-            chain
-                && get_json(&http, "/api/v1/alarms?limit=1000")
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|a| a["kind"] == "evidence" && a["subject"] == subject.as_str())
-                    .count()
-                    == 3
+            quarantine_reasons(&http).iter().any(|r| r == "chain")
+                && evidence_alarms(&http, &device) == 3
         },
     );
     let mut edge = Proc::start(&bin("ems-edge"), &["run", "--config", "edge.toml"], d);
@@ -328,24 +332,13 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
         .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
         .format("%Y-%m")
         .to_string();
-    let made = Command::new(bin("ems-gateway"))
-        .args([
-            "report",
-            "compliance",
-            "--config",
-            "gateway.toml",
-            "--month",
-            &month,
-        ])
-        .args(["--enterprise", "works", "--out", "report.json"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let report_args = |format: &str, out: &str| {
+        let mut args = vec!["report", "compliance", "--config", "gateway.toml"];
+        args.extend(["--month", &month, "--enterprise", "works"]);
+        args.extend(["--format", format, "--out", out]);
+        gateway_cmd(d, &args);
+    };
+    report_args("json", "report.json");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
     let evidence = &report["evidence"];
@@ -400,18 +393,7 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
     );
     // The same report as PDF: an evidence page to read, and the sealed JSON attached, which
     // verifies as the JSON report does.
-    let made = Command::new(bin("ems-gateway"))
-        .args(["report", "compliance", "--config", "gateway.toml"])
-        .args(["--month", &month, "--enterprise", "works"])
-        .args(["--format", "pdf", "--out", "report.pdf"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    report_args("pdf", "report.pdf");
     let poppler = |program: &str, args: &[&str]| {
         let out = Command::new(program)
             .args(args)
@@ -456,15 +438,9 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
     assert!(!ok && stdout.contains("not the gateway's"), "{stdout}");
     // A copy of the record handed to a verifier (`backup`) is checked read-only, report and
     // all, and left as it was.
-    let backup = Command::new(bin("ems-gateway"))
-        .args(["backup", "--config", "gateway.toml", "--to", "copy.db"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert!(
-        backup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&backup.stderr)
+    gateway_cmd(
+        d,
+        &["backup", "--config", "gateway.toml", "--to", "copy.db"],
     );
     let copy = std::fs::read(d.join("copy.db")).unwrap();
     let with_copy = |report: &str| {
