@@ -1,7 +1,8 @@
 //! The operator audit log: what people (and the gateway at its start) did to the record or to
 //! what the figures are drawn with, each entry with who, when and why, chained by SHA-256 so
 //! that an entry removed, changed or slipped in shows. Entries: a gap declared lost, an alarm
-//! acknowledged, a configuration or data file that changed since the gateway last started.
+//! acknowledged, an edge's key enrolled, a configuration or data file that changed since the
+//! gateway last started.
 //! Each backend appends in the transaction of the act itself (`append` on SQLite and PostgreSQL
 //! both build the entry's digest here) and lists the log; [`check`] recomputes the chain.
 
@@ -16,7 +17,7 @@ pub struct Entry {
     pub at_ms: i64,
     /// The operator's name (from their token), or `gateway` for what the gateway noted itself.
     pub who: String,
-    /// `declare_lost`, `ack_alarm`, `file_changed`.
+    /// `declare_lost`, `ack_alarm`, `enrol_edge`, `file_changed`.
     pub action: String,
     /// What it was done to: `device #from..to`, `alarm 12`, `configuration`.
     pub subject: String,
@@ -50,6 +51,25 @@ impl Entry {
             action: "file_changed".into(),
             subject: name.into(),
             detail: sha256.into(),
+        }
+    }
+
+    /// An operator enrolled `key` (hex) as `edge`'s, replacing `previous` if it had one.
+    pub fn enrol_edge(
+        edge: &str,
+        key: &str,
+        previous: Option<&str>,
+        by: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> Entry {
+        let replacing = previous.map_or(String::new(), |p| format!(" replacing {p}"));
+        Entry {
+            at_ms,
+            who: by.into(),
+            action: "enrol_edge".into(),
+            subject: format!("edge {edge}"),
+            detail: format!("key {key}{replacing}: {reason}"),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod enrol;
 pub mod evidence;
 pub mod history;
 pub mod influx;

@@ -75,6 +75,27 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Enrol an edge's public key (as `ems-edge keygen` printed it): written into the
+    /// configuration's `[evidence.edge_keys]`, its comments and layout kept, and logged in the
+    /// audit log with who and why. Another key already enrolled for the edge is replaced only
+    /// with `--replace`. The gateway takes the key at its next start.
+    Enrol {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        edge: String,
+        /// The edge's public key, 64 hexadecimal digits.
+        #[arg(long)]
+        key: String,
+        /// Who enrols it (logged).
+        #[arg(long)]
+        by: String,
+        /// Why (logged): the board commissioned, its key replaced after a repair, ...
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        replace: bool,
+    },
     /// Write raw samples of a range as CSV (device, seq, point, time, value, quality).
     Export {
         #[arg(long)]
@@ -386,6 +407,14 @@ async fn run() -> anyhow::Result<()> {
                 out.display()
             );
         }
+        Command::Enrol {
+            config,
+            edge,
+            key,
+            by,
+            reason,
+            replace,
+        } => enrol(&config, &edge, &key, &by, &reason, replace).await?,
         Command::Export {
             config,
             from,
@@ -462,6 +491,68 @@ async fn run() -> anyhow::Result<()> {
 
 /// A command of SQLite's file refused on the postgres backend (it would make an empty file of
 /// the configured path and act on that), saying what to do instead.
+/// `ems-gateway enrol`: the configuration rewritten with the key (checked to load before it
+/// replaces the file), then the act logged.
+async fn enrol(
+    path: &std::path::Path,
+    edge: &str,
+    key: &str,
+    by: &str,
+    reason: &str,
+    replace: bool,
+) -> anyhow::Result<()> {
+    let key = ems_core::evidence::PublicKey::from_hex(key.trim())
+        .map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    anyhow::ensure!(
+        !by.trim().is_empty() && !reason.trim().is_empty(),
+        "--by and --reason name who enrols the key and why"
+    );
+    let config = Config::load(path)?;
+    if !ems_gateway::config::matches_any(&config.ingest.edges, edge) {
+        tracing::warn!(%edge, "The edge is not in [ingest] edges: its messages are refused until it is.");
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (new_text, previous) = ems_gateway::enrol::with_edge_key(&text, edge, &key, replace)?;
+    if new_text == text {
+        println!("Edge {edge} is already enrolled with this key.");
+        return Ok(());
+    }
+    // A new file beside the old, with its permissions, checked to load, then renamed over it.
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".enrolling");
+    let next = path.with_file_name(name);
+    std::fs::write(&next, &new_text).with_context(|| format!("cannot write {}", next.display()))?;
+    std::fs::set_permissions(&next, std::fs::metadata(path)?.permissions())?;
+    if let Err(e) = Config::load(&next) {
+        let _ = std::fs::remove_file(&next);
+        anyhow::bail!("the configuration with the key would not load: {e}");
+    }
+    std::fs::rename(&next, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    let entry = ems_gateway::audit::Entry::enrol_edge(
+        edge,
+        &key.to_hex(),
+        previous.as_deref(),
+        by,
+        reason,
+        chrono::Utc::now().timestamp_millis(),
+    );
+    // Off the runtime: PostgreSQL's client blocks.
+    tokio::task::spawn_blocking(move || {
+        ems_gateway::runtime::open_reader(&config)?.log_act(&entry)
+    })
+    .await??;
+    println!(
+        "Enrolled edge {edge}{}; restart the gateway to take it.",
+        if previous.is_some() {
+            " (its key replaced)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 fn sqlite_only(config: &Config, command: &str, instead: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.storage.backend == ems_gateway::config::Backend::Sqlite,

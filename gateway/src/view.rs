@@ -51,6 +51,8 @@ pub trait ReadRecord: Send + Sync {
     fn audit(&self, limit: i64) -> anyhow::Result<Vec<crate::audit::AuditRow>>;
     /// The audit log's chain recomputed.
     fn verify_audit(&self) -> anyhow::Result<crate::audit::AuditReport>;
+    /// Logs an act done outside the record (an edge's key enrolled) in the audit log.
+    fn log_act(&self, entry: &crate::audit::Entry) -> anyhow::Result<()>;
     /// Logs each configuration or data file (name -> SHA-256) that changed since it was last
     /// logged, as the gateway found it at its start; returns how many.
     fn note_files(

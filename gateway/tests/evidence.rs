@@ -398,6 +398,15 @@ fn operate(reader: &Reader, book: &mut AlarmBook, store: &mut impl Storage) -> V
     );
     files.insert("configuration".into(), "cc".repeat(32));
     assert_eq!(reader.note_files(&files, T0 + 6).unwrap(), 1);
+    let enrolled = ems_gateway::audit::Entry::enrol_edge(
+        "e",
+        &"dd".repeat(32),
+        Some(&"ee".repeat(32)),
+        "installer",
+        "board repaired",
+        T0 + 7,
+    );
+    reader.log_act(&enrolled).unwrap();
     reader.audit(100).unwrap()
 }
 
@@ -415,7 +424,16 @@ fn check_log(log: &[AuditRow], reader: &Reader) {
             ("gateway", "file_changed", "configuration"),
             ("gateway", "file_changed", "limits"),
             ("gateway", "file_changed", "configuration"),
+            ("installer", "enrol_edge", "edge e"),
         ]
+    );
+    assert_eq!(
+        log[0].detail,
+        format!(
+            "key {} replacing {}: board repaired",
+            "dd".repeat(32),
+            "ee".repeat(32)
+        )
     );
     assert_eq!(
         log.last().unwrap().detail,
@@ -424,7 +442,7 @@ fn check_log(log: &[AuditRow], reader: &Reader) {
     let report = reader.verify_audit().unwrap();
     assert_eq!(
         (report.entries, report.findings.len()),
-        (5, 0),
+        (6, 0),
         "{report:?}"
     );
 }

@@ -166,10 +166,24 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
     write_gateway_config(d, broker.port);
     append(
         &d.join("gateway.toml"),
-        &format!(
-            "[evidence]\nreport_key_file = \"gateway.key\"\n[evidence.edge_keys]\nedge-1 = \"{public}\""
-        ),
+        "[evidence]\nreport_key_file = \"gateway.key\"",
     );
+    let mut enrol = vec!["enrol", "--config", "gateway.toml", "--edge", "edge-1"];
+    enrol.extend(["--key", &public, "--by", "installer"]);
+    gateway_cmd(
+        d,
+        &[&enrol[..], &["--reason", "board commissioned"]].concat(),
+    );
+    // The same edge with another key is refused unless replacing.
+    let other_key = EdgeKey::from_seed([44; 32]).public_hex();
+    let refused = Command::new(bin("ems-gateway"))
+        .args(&enrol[..5])
+        .args(["--key", &other_key, "--by", "x", "--reason", "y"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--replace"));
     let (mut gateway, http) = start_gateway(d);
     write_edge_config(d, &sim_addr, broker.port, 100);
     append(&d.join("edge.toml"), "[evidence]\nkey_file = \"edge.key\"");
@@ -314,6 +328,25 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
         files,
         ["coefficients", "configuration", "limits"],
         "{audit}"
+    );
+    // ... and the installer's enrolment of the board's key, with who and why.
+    let enrolled: Vec<&serde_json::Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "enrol_edge")
+        .collect();
+    assert_eq!(enrolled.len(), 1, "{audit}");
+    assert_eq!(
+        (&enrolled[0]["who"], &enrolled[0]["subject"]),
+        (
+            &serde_json::json!("installer"),
+            &serde_json::json!("edge edge-1")
+        )
+    );
+    assert_eq!(
+        enrolled[0]["detail"],
+        format!("key {public}: board commissioned").as_str()
     );
     assert_eq!(
         integrity["audit"]["findings"].as_array().map(Vec::len),

@@ -74,6 +74,15 @@ pub(crate) fn verify(c: &mut impl GenericClient) -> anyhow::Result<AuditReport> 
     )?))
 }
 
+/// Logs `entry` in a transaction of its own, after the log's other appenders.
+pub(crate) fn log_act(c: &mut postgres::Client, entry: &Entry) -> anyhow::Result<()> {
+    let mut tx = c.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
+    append(&mut tx, entry)?;
+    tx.commit()?;
+    Ok(())
+}
+
 pub(crate) fn note_files(
     c: &mut postgres::Client,
     digests: &BTreeMap<String, String>,

@@ -489,6 +489,10 @@ impl ReadRecord for PgReader {
         self.with(super::audit_log::verify)
     }
 
+    fn log_act(&self, entry: &crate::audit::Entry) -> anyhow::Result<()> {
+        self.with(|c| super::audit_log::log_act(c, entry))
+    }
+
     fn note_files(
         &self,
         digests: &std::collections::BTreeMap<String, String>,

@@ -75,6 +75,14 @@ pub(crate) fn verify(c: &Connection) -> anyhow::Result<AuditReport> {
     )?))
 }
 
+/// Logs `entry` in a transaction of its own.
+pub(crate) fn log_act(c: &mut Connection, entry: &Entry) -> anyhow::Result<()> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    append(&tx, entry)?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Logs each file of `digests` that differs from its newest entry; returns how many.
 pub(crate) fn note_files(
     c: &mut Connection,

@@ -270,6 +270,10 @@ impl ReadRecord for SqliteReader {
         self.with_any(super::audit_log::verify)
     }
 
+    fn log_act(&self, entry: &crate::audit::Entry) -> anyhow::Result<()> {
+        super::audit_log::log_act(&mut super::open_conn(&self.path)?, entry)
+    }
+
     fn note_files(
         &self,
         digests: &std::collections::BTreeMap<String, String>,
