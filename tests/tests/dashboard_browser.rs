@@ -137,6 +137,19 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
             .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c == "unsigned")),
         "{chains}"
     );
+    // The operator audit log as the API has it: the gateway's own entries for the files its
+    // figures are drawn with, logged at its start.
+    let shown = browser.js(
+        "return [...document.querySelectorAll('[data-table=audit] tbody tr[data-audit]')].map(r => [Number(r.dataset.audit), r.children[1].textContent, r.children[3].textContent])",
+    );
+    let logged: Vec<serde_json::Value> = get_json(&http, "/api/v1/audit?limit=50")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::json!([e["id"], e["who"], e["subject"]]))
+        .collect();
+    assert!(logged.len() >= 3, "{logged:?}");
+    assert_eq!(shown, serde_json::Value::Array(logged));
     browser.screenshot(&shots.join("quality.png"));
 
     // The edge dies: its meters go offline and alarms appear. Acknowledging with a token the
