@@ -489,8 +489,6 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A command of SQLite's file refused on the postgres backend (it would make an empty file of
-/// the configured path and act on that), saying what to do instead.
 /// `ems-gateway enrol`: the configuration rewritten with the key (checked to load before it
 /// replaces the file), then the act logged.
 async fn enrol(
@@ -553,6 +551,8 @@ async fn enrol(
     Ok(())
 }
 
+/// A command of SQLite's file refused on the postgres backend (it would make an empty file of
+/// the configured path and act on that), saying what to do instead.
 fn sqlite_only(config: &Config, command: &str, instead: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.storage.backend == ems_gateway::config::Backend::Sqlite,

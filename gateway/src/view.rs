@@ -193,7 +193,7 @@ impl DeviceRow {
 }
 
 /// A device's messages of a period: the first and last sequence number and how many are held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqSpan {
     pub first_seq: i64,
     pub last_seq: i64,

@@ -7,7 +7,7 @@ use super::annual::{
     daily_vs_monthly, meter_quality, sequence_quality, DailyVsMonthly, MeterQuality,
     SequenceQuality, MIN_COMPLETENESS,
 };
-use super::{local_midnight, Inputs, FORMAT_VERSION};
+use super::{months_span, Inputs, FORMAT_VERSION};
 use ems_energy::balance::EnterpriseEnergy;
 use ems_energy::calendar::{buckets, Period};
 use ems_energy::figures::unit_figures;
@@ -98,13 +98,7 @@ pub fn build(inputs: &Inputs, (year, month): (i32, u32)) -> anyhow::Result<Compl
         earliest_ms,
     } = *inputs;
     inputs.check_months((year, month), (year, month))?;
-    let start = local_midnight(plant, year, month, 1)?;
-    let (ny, nm) = if month == 12 {
-        (year + 1, 1)
-    } else {
-        (year, month + 1)
-    };
-    let end = local_midnight(plant, ny, nm, 1)?;
+    let (start, end) = months_span(plant, (year, month), (year, month))?;
     let days = buckets(Period::Day, start, end, &plant.calendar);
     let mut units = Vec::with_capacity(plant.units.len());
     for unit in &plant.units {

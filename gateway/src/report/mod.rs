@@ -72,7 +72,7 @@ fn document<R: serde::Serialize>(
         Ok(out)
     };
     let sealed = |r: &R| -> anyhow::Result<Option<seal::Sealed>> {
-        seal.map(|(s, inputs, request)| seal::seal(&json(r)?, inputs, request, s))
+        seal.map(|(s, inputs, request)| seal::seal(serde_json::to_value(r)?, inputs, request, s))
             .transpose()
     };
     Ok(match format {
@@ -153,17 +153,7 @@ impl Request {
     /// The periods the report draws its figures from: the year, the month, or a savings
     /// report's baseline and reporting months.
     pub fn spans(&self, plant: &Plant) -> anyhow::Result<Vec<Span>> {
-        let months = |(from, to): (Month, Month)| -> anyhow::Result<Span> {
-            let next = if to.1 == 12 {
-                (to.0 + 1, 1)
-            } else {
-                (to.0, to.1 + 1)
-            };
-            Ok((
-                local_midnight(plant, from.0, from.1, 1)?,
-                local_midnight(plant, next.0, next.1, 1)?,
-            ))
-        };
+        let months = |(from, to): (Month, Month)| months_span(plant, from, to);
         Ok(match self {
             Request::Annual { year, .. } => vec![months(((*year, 1), (*year, 12)))?],
             Request::Compliance { month, .. } => vec![months((*month, *month))?],
@@ -290,6 +280,20 @@ pub fn year_periods(plant: &Plant, year: i32) -> anyhow::Result<(Span, Vec<Span>
     Ok((
         (start, end),
         buckets(Period::Month, start, end, &plant.calendar),
+    ))
+}
+
+/// The local months `from` to `to`, both whole: from the first's first midnight to the midnight
+/// after the second.
+pub fn months_span(plant: &Plant, from: Month, to: Month) -> anyhow::Result<Span> {
+    let next = if to.1 == 12 {
+        (to.0 + 1, 1)
+    } else {
+        (to.0, to.1 + 1)
+    };
+    Ok((
+        local_midnight(plant, from.0, from.1, 1)?,
+        local_midnight(plant, next.0, next.1, 1)?,
     ))
 }
 

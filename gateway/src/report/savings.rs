@@ -8,7 +8,7 @@ use super::annual::{
     meter_quality, sequence_quality, MeterQuality, SequenceQuality, MIN_COMPLETENESS,
 };
 use super::InvalidRequest;
-use super::{local_midnight, Inputs, Month, FORMAT_VERSION};
+use super::{months_span, Inputs, Month, FORMAT_VERSION};
 use ems_energy::baseline::{verify, Interval, Observation, Verification};
 use ems_energy::calendar::{buckets, Period};
 use ems_energy::figures::unit_figures;
@@ -39,13 +39,7 @@ pub struct SavingsQuality {
 }
 
 fn month_range(plant: &Plant, from: Month, to: Month) -> anyhow::Result<Vec<(i64, i64)>> {
-    let start = local_midnight(plant, from.0, from.1, 1)?;
-    let (y, m) = if to.1 == 12 {
-        (to.0 + 1, 1)
-    } else {
-        (to.0, to.1 + 1)
-    };
-    let end = local_midnight(plant, y, m, 1)?;
+    let (start, end) = months_span(plant, from, to)?;
     anyhow::ensure!(
         start < end,
         "{}-{:02} is after {}-{:02}",

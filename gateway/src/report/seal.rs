@@ -220,14 +220,13 @@ pub struct Sealed {
     pub evidence: Value,
 }
 
-/// The report `json` with its evidence section, signed if `seal` has a key.
+/// The `report` with its evidence section, signed if `seal` has a key.
 pub fn seal(
-    json: &[u8],
+    mut report: Value,
     inputs: &Inputs,
     request: &Request,
     seal: &Seal,
 ) -> anyhow::Result<Sealed> {
-    let mut report: Value = serde_json::from_slice(json)?;
     let evidence = json!({
         "request": request_json(request),
         "made": rfc3339(inputs.now_ms),
@@ -256,16 +255,15 @@ pub fn check(
     expected: Option<&PublicKey>,
 ) -> anyhow::Result<Vec<String>> {
     let mut report: Value = serde_json::from_slice(report)?;
-    let object = report
+    // The signature over the report as it came, before its evidence is taken apart.
+    let signer = signed_by(&report);
+    let evidence = report
         .as_object_mut()
-        .ok_or_else(|| anyhow::anyhow!("a report is a JSON object"))?;
-    let evidence = object
+        .ok_or_else(|| anyhow::anyhow!("a report is a JSON object"))?
         .remove("evidence")
         .ok_or_else(|| anyhow::anyhow!("the report has no evidence section"))?;
     let mut findings = Vec::new();
-    let mut sealed = report.clone();
-    sealed["evidence"] = evidence.clone();
-    match signed_by(&sealed) {
+    match signer {
         Ok(key) => {
             if let Some(expected) = expected.filter(|e| **e != key) {
                 findings.push(format!(

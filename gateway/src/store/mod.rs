@@ -94,7 +94,6 @@ impl Store {
         Ok(())
     }
 
-    /// A reader of this database, with a connection of its own.
     /// A reader of a copy of the record (what `ems-gateway backup` writes), opened read-only:
     /// the verifier's view of an export, which checking it must not change. The copy must be of
     /// this gateway's schema; an older one is opened by the gateway that wrote it.
@@ -106,12 +105,7 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .with_context(|| format!("cannot open {} read-only", path.display()))?;
-        let version: i64 = conn
-            .query_row(
-                "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-                [],
-                |r| r.get(0),
-            )
+        let version = schema::version(&conn)
             .with_context(|| format!("{} is not a gateway's database", path.display()))?;
         anyhow::ensure!(
             version == schema::MIGRATIONS.len() as i64,
@@ -125,6 +119,7 @@ impl Store {
         }))
     }
 
+    /// A reader of this database, with a connection of its own.
     pub fn reader(&self) -> anyhow::Result<crate::view::Reader> {
         Ok(crate::view::Reader::new(SqliteReader {
             conn: Mutex::new(open_conn(&self.path)?),

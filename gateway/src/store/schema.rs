@@ -209,13 +209,18 @@ CREATE TABLE audit_log (
 /// The schema version whose migration packs `point_samples` into `messages.points`.
 const PACKED_SAMPLES_VERSION: usize = 7;
 
-pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-    let current: i64 = conn.query_row(
+/// The migrations a database has had (0: none).
+pub(super) fn version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
         "SELECT COALESCE(MAX(version), 0) FROM schema_version",
         [],
         |r| r.get(0),
-    )?;
+    )
+}
+
+pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current = version(conn)?;
     anyhow::ensure!(
         current as usize <= MIGRATIONS.len(),
         "database schema version {current} is newer than this gateway ({})",
