@@ -176,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/units/:id/indicators", get(unit_indicators))
         .route("/api/v1/enterprises", get(enterprises))
         .route("/api/v1/enterprises/:id/balance", get(enterprise_balance))
+        .route("/api/v1/enterprises/:id/flow", get(enterprise_flow))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/devices/:id/gaps/:from/lost", post(declare_lost))
@@ -203,6 +204,8 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/uplot.min.js", get(uplot_js))
         .route("/assets/uplot.min.css", get(uplot_css))
         .route("/assets/uplot-LICENSE.txt", get(uplot_license))
+        .route("/assets/echarts.min.js", get(echarts_js))
+        .route("/assets/echarts-LICENSE.txt", get(echarts_license))
         .merge(reads)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
@@ -256,7 +259,7 @@ async fn index() -> Html<&'static str> {
     Html(include_str!("../web/index.html"))
 }
 
-/// Vendored uPlot (see web/vendor/uplot/README.md), cached by browsers for a day.
+/// Vendored uPlot and ECharts (see web/vendor/*/README.md), cached by browsers for a day.
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
@@ -286,6 +289,25 @@ async fn uplot_license() -> Response {
     asset(
         "text/plain; charset=utf-8",
         include_str!("../web/vendor/uplot/LICENSE"),
+    )
+}
+
+async fn echarts_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../web/vendor/echarts/echarts.min.js"),
+    )
+}
+
+/// ECharts' licence with its NOTICE, as the Apache License asks.
+async fn echarts_license() -> Response {
+    asset(
+        "text/plain; charset=utf-8",
+        concat!(
+            include_str!("../web/vendor/echarts/LICENSE"),
+            "\n",
+            include_str!("../web/vendor/echarts/NOTICE")
+        ),
     )
 }
 
@@ -550,20 +572,53 @@ async fn enterprise_balance(
     Path(id): Path<String>,
     Query(q): Query<IndicatorQuery>,
 ) -> ApiResult<Vec<ems_energy::balance::Balance>> {
-    let plant = s.config.plant.of_enterprise(&id).ok_or_else(|| {
+    Ok(Json(balances(&s, &id, &q).await?))
+}
+
+/// The enterprise's balance for each period the query asks for (days by default).
+async fn balances(
+    s: &AppState,
+    id: &str,
+    q: &IndicatorQuery,
+) -> Result<Vec<ems_energy::balance::Balance>, ApiError> {
+    let plant = s.config.plant.of_enterprise(id).ok_or_else(|| {
         ApiError::NotFound(format!(
             "no enterprise `{id}` (its `id` or credit `code` in [enterprise] or [[enterprises]])"
         ))
     })?;
-    let (period, from, to) = period_range(&s, &q, Period::Day)?;
+    let (period, from, to) = period_range(s, q, Period::Day)?;
     let periods = buckets(period, from, to, &s.config.plant.calendar);
     let reader = s.reader.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         ems_energy::balance::enterprise_balance(&plant, &*reader, &periods)
     })
     .await
-    .map_err(|e| ApiError::Internal(e.into()))??;
-    Ok(Json(result))
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(ApiError::from)
+}
+
+#[derive(Deserialize)]
+struct FlowQuery {
+    #[serde(flatten)]
+    range: IndicatorQuery,
+    /// The plant's `[accounting] electricity` basis unless asked.
+    basis: Option<ems_energy::coefficients::ElectricityBasis>,
+}
+
+/// The energy-flow chart of each period: every link a figure of that period's balance.
+async fn enterprise_flow(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<FlowQuery>,
+) -> ApiResult<Vec<ems_energy::flow::EnergyFlow>> {
+    let basis = q.basis.unwrap_or(s.config.plant.electricity);
+    let balances = balances(&s, &id, &q.range).await?;
+    Ok(Json(
+        balances
+            .iter()
+            .map(|b| ems_energy::flow::energy_flow(b, basis))
+            .collect(),
+    ))
 }
 
 async fn edges(State(s): State<AppState>) -> ApiResult<Vec<crate::view::EdgeRow>> {

@@ -73,6 +73,7 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
             c[0]
         );
     }
+    no_blank_figures(&browser, "overview");
     browser.screenshot(&shots.join("overview-zh.png"));
 
     // Live: the page updates itself (no reload: a marker set now survives) with new figures.
@@ -113,6 +114,7 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
         legends.as_array().unwrap().len() >= 4,
         "unit figure and three level lines: {legends}"
     );
+    no_blank_figures(&browser, "unit page");
     browser.screenshot(&shots.join("unit-bf1.png"));
     browser.goto(&format!("http://{http}/#/quality"));
     browser.wait_for(
@@ -150,11 +152,18 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
         .collect();
     assert!(logged.len() >= 3, "{logged:?}");
     assert_eq!(shown, serde_json::Value::Array(logged));
+    no_blank_figures(&browser, "quality");
     browser.screenshot(&shots.join("quality.png"));
 
-    // The edge dies: its meters go offline and alarms appear. Acknowledging with a token the
-    // gateway does not know is refused, and the alarm stays unacknowledged.
+    // The edge dies: its meters go offline and alarms appear, and the record stops moving, so
+    // that what a page shows can be held against what the API says.
     edge.kill();
+    settled(&http);
+    // Back to Chinese, the default, for the energy pages' screenshots (README shows them).
+    browser.js("localStorage.setItem('ems-lang', 'zh'); return true");
+    energy_pages(&browser, &http, &shots);
+    // Acknowledging with a token the gateway does not know is refused, and the alarm stays
+    // unacknowledged.
     browser.goto(&format!("http://{http}/"));
     browser.wait_for(
         "an alarm to acknowledge",
@@ -183,6 +192,292 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
         .unwrap();
     assert!(alarm["acked"].is_null(), "still unacknowledged: {alarm}");
     browser.screenshot(&shots.join("ack-refused.png"));
+
+    // On the alarms page, with the operator's token, the same alarm is acknowledged: the API
+    // says by whom, and the page shows it.
+    browser.goto(&format!("http://{http}/#/alarms"));
+    browser.js(&format!(
+        "localStorage.setItem('ems-operator-token', '{OPERATOR_TOKEN}'); return true"
+    ));
+    browser.wait_for(
+        "the alarm on the alarms page",
+        WAIT,
+        &format!("return document.querySelector('[data-alarm=\"{id}\"] [data-ack]')"),
+    );
+    browser.js(&format!(
+        "document.querySelector('[data-alarm=\"{id}\"] [data-ack]').click(); return true"
+    ));
+    let shown_by = browser.wait_for(
+        "the acknowledgement on the page",
+        WAIT,
+        &format!(
+            "const c = document.querySelector('[data-alarm=\"{id}\"] [data-acked-by]'); return c && c.dataset.ackedBy"
+        ),
+    );
+    assert_eq!(shown_by, "shift_lead");
+    let alarms = get_json(&http, "/api/v1/alarms?limit=1000");
+    let alarm = alarms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .unwrap();
+    assert_eq!(alarm["acked_by"], "shift_lead", "{alarm}");
+    assert!(alarm["acked"].is_string(), "{alarm}");
+    // The filters: acknowledged ones only, then those of another kind than this one.
+    browser.js("document.querySelector('[data-alarm-state=acked]').click(); return true");
+    browser.wait_for(
+        "the acknowledged alarms",
+        WAIT,
+        &format!(
+            "const rows = [...document.querySelectorAll('[data-table=alarms] tbody tr[data-alarm]')];              return rows.length && rows.every(r => r.querySelector('[data-acked-by]').dataset.ackedBy)              && rows.some(r => r.dataset.alarm === '{id}')"
+        ),
+    );
+    no_blank_figures(&browser, "alarms");
+    browser.screenshot(&shots.join("alarms.png"));
     eprintln!("screenshots in {}", shots.display());
     assert!(gateway.terminate(Duration::from_secs(20)).success());
+}
+
+/// Waits until the record stops moving: no message stored for two seconds.
+fn settled(http: &str) {
+    let stored = || -> u64 {
+        get_json(http, "/api/v1/devices")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["messages"].as_u64().unwrap())
+            .sum()
+    };
+    let mut last = stored();
+    eventually("the record to settle", WAIT, || {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = stored();
+        std::mem::replace(&mut last, now) == now
+    });
+}
+
+/// Asserts that no figure on the page is blank, NaN or undefined: every table cell of figures,
+/// every total and figure the page marks, and the page's text as a whole. A dash is the page's
+/// own "no value" (a rate of nothing, a meter never heard), never a blank.
+fn no_blank_figures(browser: &Browser, page: &str) {
+    let bad = browser.js(
+        "const text = document.getElementById('view').innerText; \
+         const words = ['NaN', 'undefined', 'null', 'Infinity', '[object'].filter(w => text.includes(w)); \
+         const cells = [...document.querySelectorAll('#view td.pct, #view [data-total], #view [data-figure], #view [data-tce]')] \
+           .filter(c => !c.textContent.trim()).map(c => c.outerHTML.slice(0, 120)); \
+         return words.concat(cells)",
+    );
+    assert_eq!(bad, serde_json::json!([]), "{page}: blank or NaN figures");
+}
+
+/// The energy-flow, balance and reports pages against the API, with the record still.
+fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
+    // Energy flow: every link of the Sankey chart is a figure of the month's balance, in tce.
+    browser.goto(&format!("http://{http}/#/flow"));
+    let drawn = browser.wait_for(
+        "the Sankey chart",
+        WAIT,
+        "const el = document.querySelector('[data-chart=sankey]'); \
+         const c = el && window.echarts && echarts.getInstanceByDom(el); \
+         return c && c.getOption().series[0].links.map(l => [l.source, l.target, l.value])",
+    );
+    let range = browser.js(
+        "return document.querySelector('[data-chart=sankey]').closest('.chart').querySelector('h3').textContent",
+    );
+    let plant = get_json(http, "/api/v1/plant");
+    let works = &plant["enterprises"][0];
+    assert_eq!(works["id"], "works");
+    let flows = get_json(http, "/api/v1/enterprises/works/flow?period=month");
+    let month = flows.as_array().unwrap().last().unwrap();
+    let (start, end) = (
+        month["start"].as_str().unwrap(),
+        month["end"].as_str().unwrap(),
+    );
+    assert!(
+        range.as_str().unwrap().contains(&start[..10]),
+        "the page draws the current month: {range}"
+    );
+    let balance = get_json(
+        http,
+        &format!(
+            "/api/v1/enterprises/works/balance?period=month&from={}&to={}",
+            start.replace('+', "%2B"),
+            end.replace('+', "%2B")
+        ),
+    );
+    let balance = &balance.as_array().unwrap()[0];
+    let basis = match get_json(http, "/api/v1/coefficients")["electricity_basis"].as_str() {
+        Some("equal") => "equal_value",
+        _ => "equivalent",
+    };
+    let expected = balance_links(balance, basis);
+    // A unit taking what its own output helped to make is drawn to a second node of it.
+    let drawn: Vec<(String, String, f64)> = drawn
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let target = l[1].as_str().unwrap();
+            (
+                l[0].as_str().unwrap().to_owned(),
+                target.strip_suffix(":again").unwrap_or(target).to_owned(),
+                l[2].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(expected.len() >= 10, "{expected:?}");
+    let mut matched = 0;
+    for (source, target, value) in &drawn {
+        let figure = expected
+            .iter()
+            .find(|(s, t, _)| s == source && t == target)
+            .unwrap_or_else(|| panic!("{source} -> {target} is no figure of the balance"));
+        assert!(
+            (value - figure.2).abs() <= 1e-9 * figure.2.abs().max(1.0),
+            "{source} -> {target}: drawn {value} tce, the balance says {}",
+            figure.2
+        );
+        matched += 1;
+    }
+    // Every figure above rounding's dust is drawn.
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(s, t, v)| *v > 1e-6 && !drawn.iter().any(|l| &l.0 == s && &l.1 == t))
+        .collect();
+    assert!(missing.is_empty(), "not drawn: {missing:?}");
+    assert!(matched >= 10);
+    // A row of the link table opens that link's figures.
+    let opened = browser.js(
+        "const r = document.querySelector('[data-link]'); r.click(); \
+         return [r.querySelector('[data-tce]').textContent, document.querySelector('[data-figure=link] [data-tce]').textContent]",
+    );
+    assert_eq!(opened[0], opened[1], "{opened}");
+    no_blank_figures(browser, "energy flow");
+    browser.screenshot(&shots.join("flow.png"));
+
+    // The balance table's remainder share (its closure) for each carrier, as the API has it.
+    browser.goto(&format!("http://{http}/#/balance"));
+    let closures = browser.wait_for(
+        "the balance table",
+        WAIT,
+        "const rows = [...document.querySelectorAll('[data-table=balance] tr[data-carrier]')]; \
+         return rows.length && rows.map(r => [r.dataset.carrier, r.querySelector('[data-closure]').dataset.closure])",
+    );
+    let closures = closures.as_array().unwrap();
+    let carriers = balance["carriers"].as_array().unwrap();
+    assert_eq!(closures.len(), carriers.len());
+    for (shown, c) in closures.iter().zip(carriers) {
+        assert_eq!(shown[0], c["carrier"]);
+        match c["remainder_pct"].as_f64() {
+            Some(pct) => {
+                let page: f64 = shown[1].as_str().unwrap().parse().unwrap();
+                assert!(
+                    (page - pct).abs() <= 1e-9 * pct.abs().max(1.0),
+                    "{shown} {c}"
+                );
+            }
+            None => assert_eq!(shown[1], "", "{c}"),
+        }
+    }
+    browser.wait_for(
+        "the gas balance chart",
+        WAIT,
+        "return document.querySelector('[data-chart=gas] canvas')",
+    );
+    no_blank_figures(browser, "energy balance");
+    browser.screenshot(&shots.join("balance.png"));
+
+    // Reports: the pickers and a preview of the month's compliance figures.
+    browser.goto(&format!("http://{http}/#/reports"));
+    browser.wait_for(
+        "the reports page",
+        WAIT,
+        "return document.querySelector('[data-preview=compliance]')",
+    );
+    let units = browser.js(
+        "return [...document.getElementById('rep-unit').options].filter(o => !o.hidden).map(o => o.value)",
+    );
+    assert_eq!(units, serde_json::json!(["bf1", "bof1", "rhf1"]));
+    browser.js("document.querySelector('[data-preview=compliance]').click(); return true");
+    let previewed = browser.wait_for(
+        "the compliance preview",
+        WAIT,
+        "const rows = [...document.querySelectorAll('[data-table=preview] tbody tr')]; \
+         return rows.length && rows.map(r => [...r.children].map(c => c.textContent))",
+    );
+    let energy = previewed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[0] == "enterprise_month" && r[3] == "comprehensive_energy")
+        .unwrap_or_else(|| panic!("{previewed}"));
+    let shown: f64 = energy[4]
+        .as_str()
+        .unwrap()
+        .replace(',', "")
+        .parse()
+        .unwrap();
+    let kgce = balance["enterprise"]["energy_kgce"].as_f64().unwrap();
+    assert!(
+        (shown - kgce / 1000.0).abs() < 0.001,
+        "{energy} against {kgce} kgce"
+    );
+    no_blank_figures(browser, "reports");
+    browser.screenshot(&shots.join("reports.png"));
+}
+
+/// Each link of the month's energy flow as the balance gives it: (source, target, tce).
+fn balance_links(balance: &serde_json::Value, basis: &str) -> Vec<(String, String, f64)> {
+    let tce = |v: &serde_json::Value| v[basis].as_f64().unwrap() / 1000.0;
+    let mut out: Vec<(String, String, f64)> = Vec::new();
+    let mut add = |s: String, t: String, v: f64| match out.iter_mut().find(|l| l.0 == s && l.1 == t)
+    {
+        Some(l) => l.2 += v,
+        None => out.push((s, t, v)),
+    };
+    for c in balance["carriers"].as_array().unwrap() {
+        let code = c["carrier"].as_str().unwrap();
+        let carrier = format!("carrier:{code}");
+        let k = &c["kgce"];
+        add(
+            format!("purchase:{code}"),
+            carrier.clone(),
+            tce(&k["purchase"]),
+        );
+        let stock = tce(&k["stock_change"]);
+        if stock < 0.0 {
+            add(format!("stock:{code}"), carrier.clone(), -stock);
+        } else {
+            add(carrier.clone(), format!("stock:{code}"), stock);
+        }
+        add(carrier.clone(), format!("export:{code}"), tce(&k["export"]));
+        add(carrier.clone(), format!("flare:{code}"), tce(&k["flared"]));
+        let remainder = tce(&k["remainder"]);
+        if remainder < 0.0 {
+            add("imbalance".into(), carrier.clone(), -remainder);
+        } else {
+            add(carrier.clone(), "remainder".into(), remainder);
+        }
+        for n in c["generated"].as_array().unwrap() {
+            if n["own_use"] == true {
+                continue;
+            }
+            let unit = n["unit"].as_str().unwrap();
+            let from = if n["function"] == "conversion" {
+                format!("unit:{unit}")
+            } else {
+                format!("recovered:{unit}")
+            };
+            add(from, carrier.clone(), tce(&n["kgce"]));
+        }
+        for n in c["consumed"].as_array().unwrap() {
+            if n["own_use"] == true {
+                continue;
+            }
+            let unit = n["unit"].as_str().unwrap();
+            add(carrier.clone(), format!("unit:{unit}"), tce(&n["kgce"]));
+        }
+    }
+    out
 }

@@ -16,7 +16,7 @@ use chrono::FixedOffset;
 use serde::Serialize;
 
 use crate::calendar::local;
-use crate::coefficients::unit_factor;
+use crate::coefficients::{unit_factor, ElectricityBasis};
 use crate::counter::PointSlot;
 use crate::figures::SlotSource;
 use crate::model::{Flow, Function, Plant, Role};
@@ -121,6 +121,47 @@ pub struct CarrierBalance {
     /// What crosses the boundary (purchase - stock change - export), kgce, on each basis.
     pub boundary_equivalent_kgce: f64,
     pub boundary_equal_value_kgce: f64,
+    /// The same parts in kgce on both bases, each flow at its own factors in force: what the
+    /// energy-flow chart draws. The generated and consumed parts are on each [`NodeFlow`].
+    pub kgce: CarrierKgce,
+}
+
+/// A quantity in kgce on the equivalent (当量值) and the equal-value (等价值) basis.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
+pub struct OnBases {
+    pub equivalent: f64,
+    pub equal_value: f64,
+}
+
+impl OnBases {
+    fn of(converted: [f64; 2]) -> OnBases {
+        OnBases {
+            equivalent: converted[0],
+            equal_value: converted[1],
+        }
+    }
+
+    fn add(&mut self, sign: f64, other: OnBases) {
+        self.equivalent += sign * other.equivalent;
+        self.equal_value += sign * other.equal_value;
+    }
+
+    /// The figure on `basis`.
+    pub fn on(&self, basis: ElectricityBasis) -> f64 {
+        [self.equivalent, self.equal_value][basis.index()]
+    }
+}
+
+/// A carrier's boundary parts and remainder in kgce (see [`CarrierBalance`]).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
+pub struct CarrierKgce {
+    pub purchase: OnBases,
+    /// Positive when the stock rose.
+    pub stock_change: OnBases,
+    pub export: OnBases,
+    pub flared: OnBases,
+    /// Supply less distribution: losses and unmetered users.
+    pub remainder: OnBases,
 }
 
 /// One unit's part of a carrier.
@@ -132,6 +173,7 @@ pub struct NodeFlow {
     pub function: Function,
     pub device: String,
     pub quantity: f64,
+    pub kgce: OnBases,
     /// Burnt by the unit that makes it, behind its net meter: counted in its generation and its
     /// consumption alike, so the generation is gross.
     pub own_use: bool,
@@ -212,6 +254,7 @@ fn row(carriers: &mut Vec<CarrierBalance>, f: &Flow) -> (usize, f64) {
         flaring_pct: None,
         boundary_equivalent_kgce: 0.0,
         boundary_equal_value_kgce: 0.0,
+        kgce: CarrierKgce::default(),
     });
     (carriers.len() - 1, 1.0)
 }
@@ -257,6 +300,7 @@ fn balance(
                 function: unit.function,
                 device: f.device.clone(),
                 quantity: q * k,
+                kgce: OnBases::of(sum.converted),
                 own_use: f.own_use,
             };
             if f.own_use {
@@ -290,26 +334,31 @@ fn balance(
         estimated_abs += sum.estimated[basis].abs();
         let (i, k) = row(&mut carriers, f);
         let c = &mut carriers[i];
+        let kgce = OnBases::of(sum.converted);
         // Sign of the flow in "energy that entered and stayed".
         let sign = match f.role {
             Role::Purchase => {
                 c.purchase += s.delta * k;
+                c.kgce.purchase.add(1.0, kgce);
                 e.purchased_kgce += sum.converted[basis];
                 1.0
             }
             Role::Stock => {
                 c.stock_change += s.delta * k;
+                c.kgce.stock_change.add(1.0, kgce);
                 e.stock_decrease_kgce -= sum.converted[basis];
                 -1.0
             }
             Role::Export => {
                 c.export += s.delta * k;
+                c.kgce.export.add(1.0, kgce);
                 e.exported_kgce += sum.converted[basis];
                 -1.0
             }
             // Burnt inside the enterprise: a loss, not a crossing.
             _ => {
                 c.flared += s.delta * k;
+                c.kgce.flared.add(1.0, kgce);
                 continue;
             }
         };
@@ -366,6 +415,18 @@ fn balance(
         c.remainder = c.supply - c.distributed;
         c.remainder_pct = (c.supply != 0.0).then(|| 100.0 * c.remainder / c.supply);
         c.flaring_pct = (generated > 0.0).then(|| 100.0 * c.flared / generated);
+        let k = &mut c.kgce;
+        let mut remainder = k.purchase;
+        remainder.add(-1.0, k.stock_change);
+        for n in &c.generated {
+            remainder.add(1.0, n.kgce);
+        }
+        for n in &c.consumed {
+            remainder.add(-1.0, n.kgce);
+        }
+        remainder.add(-1.0, k.export);
+        remainder.add(-1.0, k.flared);
+        k.remainder = remainder;
     }
     let captive_power = captive_power(plant, &carriers);
     Balance {
@@ -421,11 +482,11 @@ fn captive_power(plant: &Plant, carriers: &[CarrierBalance]) -> Vec<CaptivePower
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ems_config::Source;
 
-    const DAY: i64 = 86_400_000;
+    pub(crate) const DAY: i64 = 86_400_000;
 
     /// A works with a blast furnace, a rolling mill, a captive power plant burning blast-furnace
     /// gas, a canteen, a flare, a gas holder and a coke bunker; one day's totals per meter. The
@@ -528,13 +589,13 @@ mod tests {
 
     /// Worked by hand from GB/T 2589's definition (coke 0.9714 kgce/kg, electricity 0.1229 and
     /// 0.404 kgce/kWh, blast-furnace gas 0.1286 kgce/m3, the built-in data file's figures).
-    fn day_balance(generation: &str) -> Balance {
+    pub(crate) fn day_balance(generation: &str) -> Balance {
         let (plant, day) = works(generation);
         balance_of_day(&plant, &day)
     }
 
     /// The balance of a day in which each meter moved by its `day` total.
-    fn balance_of_day(plant: &Plant, day: &BTreeMap<&str, f64>) -> Balance {
+    pub(crate) fn balance_of_day(plant: &Plant, day: &BTreeMap<&str, f64>) -> Balance {
         let rows: BTreeMap<&str, Vec<(i64, PointSlot)>> = day
             .iter()
             .map(|(d, q)| {

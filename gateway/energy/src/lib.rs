@@ -14,6 +14,7 @@ pub mod calendar;
 pub mod coefficients;
 pub mod counter;
 pub mod figures;
+pub mod flow;
 pub mod indicators;
 pub mod intensity;
 pub mod limits;
