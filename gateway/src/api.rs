@@ -177,8 +177,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/enterprises", get(enterprises))
         .route("/api/v1/enterprises/:id/balance", get(enterprise_balance))
         .route("/api/v1/enterprises/:id/flow", get(enterprise_flow))
+        .route("/api/v1/enterprises/:id/cost", get(enterprise_cost))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/edges", get(edges))
+        .route("/api/v1/quality", get(quality_strips))
         .route("/api/v1/devices/:id/gaps/:from/lost", post(declare_lost))
         .route("/api/v1/quarantine", get(quarantine))
         .route("/api/v1/quarantine/totals", get(quarantine_totals))
@@ -597,6 +599,39 @@ async fn balances(
     .map_err(ApiError::from)
 }
 
+/// What the enterprise's energy cost in each period, on its `[enterprise.tariff]`.
+async fn enterprise_cost(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<IndicatorQuery>,
+) -> ApiResult<Vec<ems_energy::cost::Cost>> {
+    let plant = s.config.plant.of_enterprise(&id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no enterprise `{id}` (its `id` or credit `code` in [enterprise] or [[enterprises]])"
+        ))
+    })?;
+    let tariff = plant.enterprises[0].tariff.clone().ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "enterprise `{id}` has no tariff (its `tariff` table in the configuration)"
+        ))
+    })?;
+    let (period, from, to) = period_range(&s, &q, Period::Day)?;
+    let periods = buckets(period, from, to, &s.config.plant.calendar);
+    let reader = s.reader.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        ems_energy::cost::enterprise_cost(
+            &plant,
+            &tariff,
+            &*reader,
+            &periods,
+            period == Period::Month,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(result))
+}
+
 #[derive(Deserialize)]
 struct FlowQuery {
     #[serde(flatten)]
@@ -635,6 +670,55 @@ async fn devices(State(s): State<AppState>) -> ApiResult<Vec<crate::view::Device
         .await
         .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(Json(rows))
+}
+
+#[derive(Deserialize)]
+struct StripQuery {
+    hours: Option<i64>,
+    to: Option<String>,
+}
+
+/// Most hours a quality strip covers: a week.
+const MAX_STRIP_HOURS: i64 = 168;
+
+/// Each device's quality hour by hour over the `hours` (24) before `to` (now), the hour holding
+/// `to` last: messages, good and bad samples by code, coverage and estimation.
+async fn quality_strips(
+    State(s): State<AppState>,
+    Query(q): Query<StripQuery>,
+) -> ApiResult<Vec<crate::strip::DeviceStrip>> {
+    let n = q.hours.unwrap_or(24);
+    if !(1..=MAX_STRIP_HOURS).contains(&n) {
+        return Err(ApiError::BadRequest(format!(
+            "`hours` must be 1 to {MAX_STRIP_HOURS}"
+        )));
+    }
+    let to = match &q.to {
+        Some(t) => parse_time("to", t)?,
+        None => (s.now)(),
+    };
+    let cal = &s.config.plant.calendar;
+    let hours = buckets(Period::Hour, to - (n - 1) * HOUR_MS, to, cal);
+    let (plant, reader) = (s.config.plant.clone(), s.reader.clone());
+    let strips = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (Some(first), Some(last)) = (hours.first(), hours.last()) else {
+            return Ok(Vec::new());
+        };
+        let (from, until) = (first.0, last.1);
+        let mut out = Vec::new();
+        for d in reader.devices()? {
+            let messages = reader.message_qualities(&d.id, from, until)?;
+            let mut points = Vec::new();
+            for f in plant.flows().filter(|f| f.device == d.id) {
+                points.push(reader.point_slots(&d.id, &f.point, from, until)?);
+            }
+            out.push(crate::strip::strip(&d.id, &hours, &messages, &points));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(strips))
 }
 
 #[derive(Deserialize)]

@@ -30,6 +30,7 @@ pub mod report;
 pub mod runtime;
 pub mod storage;
 pub mod store;
+pub mod strip;
 pub mod upload;
 pub mod view;
 

@@ -21,6 +21,15 @@ pub trait ReadRecord: Send + Sync {
     /// The messages of `device` polled in `[from_ms, to_ms)` that the record holds, rows and
     /// compacted blocks alike; `None` if there are none.
     fn seq_span(&self, device: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<Option<SeqSpan>>;
+    /// Each message of `device` polled in `[from_ms, to_ms)`, rows and compacted blocks alike,
+    /// in poll-time order: its poll time and its samples' qualities (none for a message whose
+    /// samples raw retention has pruned).
+    fn message_qualities(
+        &self,
+        device: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Vec<(i64, Vec<ems_core::Quality>)>>;
     /// The first 15-minute slot the point has data in.
     fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>>;
     /// Rollup rows of one point with `from_ms <= slot < to_ms`, in slot order.
@@ -444,6 +453,17 @@ pub fn export_message<W: std::io::Write>(
         ])?;
     }
     Ok(points.len() as u64)
+}
+
+/// A message's samples' qualities, from its packed samples (none when pruned).
+pub fn qualities(points: Option<&[u8]>) -> anyhow::Result<Vec<ems_core::Quality>> {
+    Ok(match points {
+        Some(blob) => crate::packed::unpack(blob)?
+            .into_iter()
+            .map(|p| p.quality)
+            .collect(),
+        None => Vec::new(),
+    })
 }
 
 /// The export's header row.

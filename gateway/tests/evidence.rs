@@ -270,6 +270,18 @@ fn check_record(reader: &Reader, book: &mut AlarmBook, outcome: &BatchOutcome) {
         })
     );
     assert_eq!(reader.seq_span("m1", 0, T0).unwrap(), None);
+    // The same messages' samples as the quality strip reads them: a good counter reading and
+    // a refused register each.
+    let read = reader
+        .message_qualities("m1", T0 + 5 * minute, T0 + 10 * minute)
+        .unwrap();
+    let times: Vec<i64> = read.iter().map(|(t, _)| *t).collect();
+    assert_eq!(times, (5..10).map(|k| T0 + k * minute).collect::<Vec<_>>());
+    for (_, q) in &read {
+        let mut q: Vec<String> = q.iter().map(ToString::to_string).collect();
+        q.sort();
+        assert_eq!(q, ["exception:02", "good"]);
+    }
 }
 
 /// The packed samples of m1 #7 with its meter reading changed by one part in a million.
@@ -541,6 +553,13 @@ fn signed_history_compacted_into_blocks_still_verifies_and_an_edit_still_shows()
     assert_eq!(span(24, 48).unwrap(), held(25, 48, 24), "one whole block");
     assert_eq!(span(30, 31).unwrap(), held(31, 31, 1), "inside a block");
     assert_eq!(span(72, 96).unwrap(), None);
+    // The strip's reading of the same messages, across the block and the rows alike.
+    let read = reader
+        .message_qualities("m1", T0 + 12 * hour, T0 + 60 * hour)
+        .unwrap();
+    assert_eq!(read.len(), 48);
+    assert!(read.windows(2).all(|w| w[1].0 - w[0].0 == hour));
+    assert!(read.iter().all(|(_, q)| q.len() == 2));
     let report = reader.verify_evidence(&validation().edge_keys).unwrap();
     assert_eq!((report.checked, report.signatures_verified), (72, 72));
     assert!(report.findings.is_empty(), "{:?}", report.findings);

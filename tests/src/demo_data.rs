@@ -15,8 +15,14 @@ use ems_gateway::store::Store;
 
 /// Meter units per hour for each accounted point: 100 t of product an hour per unit, 300 kgce
 /// per tonne shared by the consumed flows, a tenth of it recovered, 2 m3 of water per tonne.
+/// Each enterprise's boundary meters follow its units: a purchase 1 % above what they take of
+/// its carrier, exports a third and flaring 2 % of what they make, a stock's level rising
+/// slowly.
 fn rates(plant: &ems_gateway::Plant) -> HashMap<(String, String), (f64, Option<f64>)> {
     let mut out = HashMap::new();
+    // kgce an hour of each carrier taken and made, per enterprise.
+    let mut taken: HashMap<(Option<&str>, &str), f64> = HashMap::new();
+    let mut made: HashMap<(Option<&str>, &str), f64> = HashMap::new();
     for u in &plant.units {
         let consumed = u
             .flows
@@ -34,10 +40,36 @@ fn rates(plant: &ems_gateway::Plant) -> HashMap<(String, String), (f64, Option<f
                 Role::Submeter => 20_000.0,
                 // Boundary meters are not units' flows.
                 Role::Purchase | Role::Export | Role::Stock | Role::Flare => continue,
-            } / f.factor().max(1e-9);
+            };
+            if let Some(carrier) = &f.carrier {
+                let key = (u.enterprise.as_deref(), carrier.as_str());
+                match f.role {
+                    Role::Consumed => *taken.entry(key).or_default() += per_h,
+                    Role::Recovered => *made.entry(key).or_default() += per_h,
+                    _ => {}
+                }
+            }
+            let per_h = per_h / f.factor().max(1e-9);
             let per_h = f.max_rate_per_h.map_or(per_h, |m| per_h.min(m / 2.0));
             out.insert((f.device.clone(), f.point.clone()), (per_h, f.rollover));
         }
+    }
+    for b in &plant.boundary {
+        let f = &b.flow;
+        let key = (
+            b.enterprise.as_deref(),
+            f.carrier.as_deref().unwrap_or_default(),
+        );
+        let of = |m: &HashMap<(Option<&str>, &str), f64>| m.get(&key).copied().unwrap_or(0.0);
+        let kgce_per_h = match f.role {
+            Role::Purchase => (of(&taken) - of(&made)).max(100.0) * 1.01,
+            Role::Export => of(&made) / 3.0,
+            Role::Flare => of(&made) * 0.02,
+            _ => 10.0,
+        };
+        let per_h = kgce_per_h / f.factor().max(1e-9);
+        let per_h = f.max_rate_per_h.map_or(per_h, |m| per_h.min(m / 2.0));
+        out.insert((f.device.clone(), f.point.clone()), (per_h, f.rollover));
     }
     out
 }

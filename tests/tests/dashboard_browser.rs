@@ -388,6 +388,108 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
     no_blank_figures(browser, "energy balance");
     browser.screenshot(&shots.join("balance.png"));
 
+    // Energy cost: the month's total and each unit's cost per tonne, as the API has them.
+    browser.goto(&format!("http://{http}/#/cost"));
+    let shown = browser.wait_for(
+        "the cost page",
+        WAIT,
+        "const rows = [...document.querySelectorAll('[data-table=unit-costs] tr[data-unit-cost]')]; \
+         return rows.length && [document.querySelector('[data-total=cost]').textContent, \
+           rows.map(r => [r.dataset.unitCost, r.querySelector('[data-per-t]').dataset.perT])]",
+    );
+    let cost = get_json(
+        http,
+        &format!(
+            "/api/v1/enterprises/works/cost?period=month&from={}&to={}",
+            start.replace('+', "%2B"),
+            end.replace('+', "%2B")
+        ),
+    );
+    let cost = &cost.as_array().unwrap()[0];
+    let total: f64 = shown[0]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(" CNY")
+        .replace(',', "")
+        .parse()
+        .unwrap();
+    assert!(
+        (total - cost["total"].as_f64().unwrap()).abs() <= 0.5,
+        "{shown} against {}",
+        cost["total"]
+    );
+    assert!(cost["electricity"]["kwh"].as_f64().unwrap() > 0.0, "{cost}");
+    let per_t: Vec<serde_json::Value> = cost["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            let per_t = u["cost_per_t"]
+                .as_f64()
+                .map_or(String::new(), |v| format!("{v}"));
+            serde_json::json!([u["unit"], per_t])
+        })
+        .collect();
+    assert_eq!(shown[1], serde_json::Value::Array(per_t));
+    browser.wait_for(
+        "the bands by day",
+        WAIT,
+        "return document.querySelector('[data-chart=bands] canvas')",
+    );
+    no_blank_figures(browser, "energy cost");
+    browser.screenshot(&shots.join("cost.png"));
+
+    // The data-quality page's strips: each device's hours as the API has them up to the
+    // plant's clock (its newest sample), the worst of each hour.
+    browser.goto(&format!("http://{http}/#/quality"));
+    let strips = browser.wait_for(
+        "the quality strips",
+        WAIT,
+        "const rows = [...document.querySelectorAll('[data-table=strips] tr[data-strip]')]; \
+         return rows.length && rows.map(r => [r.dataset.strip, [...r.querySelectorAll('[data-state]')].map(c => c.dataset.state)])",
+    );
+    let newest = get_json(http, "/api/v1/devices")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["last_sample"].as_str())
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis()
+        })
+        .max()
+        .unwrap();
+    let to = chrono::DateTime::from_timestamp_millis(newest + 1)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let api: Vec<serde_json::Value> = get_json(http, &format!("/api/v1/quality?hours=24&to={to}"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            serde_json::json!([
+                d["device"],
+                d["hours"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| h["state"].clone())
+                    .collect::<Vec<_>>()
+            ])
+        })
+        .collect();
+    assert_eq!(strips, serde_json::Value::Array(api));
+    // The pipeline ran for minutes of real time, hours of the plant's: its last hours came in.
+    assert!(
+        strips
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d[1][23] != "missing"),
+        "{strips}"
+    );
+
     // Reports: the pickers and a preview of the month's compliance figures.
     browser.goto(&format!("http://{http}/#/reports"));
     browser.wait_for(

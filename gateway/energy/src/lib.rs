@@ -12,6 +12,7 @@ pub mod balance;
 pub mod baseline;
 pub mod calendar;
 pub mod coefficients;
+pub mod cost;
 pub mod counter;
 pub mod figures;
 pub mod flow;
@@ -20,5 +21,6 @@ pub mod intensity;
 pub mod limits;
 pub mod model;
 pub mod schedule;
+pub mod tariff;
 
 pub use model::Plant;

@@ -40,6 +40,9 @@ pub struct EnterpriseConfig {
     /// least this many percent below the previous year's.
     #[serde(default)]
     pub intensity_target_pct: Option<f64>,
+    /// Its energy prices: the grid's time-of-use tariff, demand charge, carriers' prices.
+    #[serde(default)]
+    pub tariff: Option<crate::tariff::TariffConfig>,
 }
 
 impl EnterpriseConfig {
@@ -494,6 +497,10 @@ impl Plant {
                     ))
                 }
                 _ => {}
+            }
+            if let Some(t) = &ent.tariff {
+                t.check()
+                    .map_err(|(key, why)| src.error(&format!("{}.tariff.{key}", table(e)), why))?;
             }
         }
         for (e, ent) in enterprises.iter().enumerate() {

@@ -200,6 +200,27 @@ impl ReadRecord for PgReader {
         })
     }
 
+    fn message_qualities(
+        &self,
+        device: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Vec<(i64, Vec<ems_core::Quality>)>> {
+        self.with(|c| {
+            c.query(
+                "SELECT ts_ms, points FROM messages
+                 WHERE device = $1 AND ts_ms >= $2 AND ts_ms < $3 ORDER BY ts_ms, seq",
+                &[&device, &from_ms, &to_ms],
+            )?
+            .iter()
+            .map(|r| {
+                let points: Option<Vec<u8>> = r.get(1);
+                Ok((r.get(0), crate::view::qualities(points.as_deref())?))
+            })
+            .collect()
+        })
+    }
+
     fn seq_span(
         &self,
         device: &str,

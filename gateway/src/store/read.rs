@@ -154,6 +154,22 @@ impl ReadRecord for SqliteReader {
         self.with_any(|c| super::compact::seq_span(c, device, (from_ms, to_ms)))
     }
 
+    fn message_qualities(
+        &self,
+        device: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Vec<(i64, Vec<ems_core::Quality>)>> {
+        self.with_any(|c| {
+            let mut out = Vec::new();
+            super::compact::each_message(c, device, (from_ms, to_ms), |m| {
+                out.push((m.ts_ms, crate::view::qualities(m.points.as_deref())?));
+                Ok(())
+            })?;
+            Ok(out)
+        })
+    }
+
     fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>> {
         self.with(|c| {
             c.prepare_cached(
