@@ -322,7 +322,7 @@ async fn run() -> anyhow::Result<()> {
             drop(ems_gateway::store::Store::open(&config.storage.path)?);
             let started = std::time::Instant::now();
             let done = ems_gateway::store::Compactor::open(&config.storage.path)?
-                .compact(config.storage.history_settle_ms())?;
+                .compact(config.storage.history_settle_ms(), &|| false)?;
             let seconds = started.elapsed().as_secs_f64();
             println!(
                 "{}",

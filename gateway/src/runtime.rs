@@ -459,7 +459,7 @@ pub fn open_reader(config: &Config) -> anyhow::Result<crate::view::Reader> {
 /// On PostgreSQL: raw history past `raw_retention_days` dropped by day partitions, quarantine
 /// entries past their retention and checkpoints no late reading can need deleted. Every gateway
 /// of the database runs it; each step is idempotent.
-fn pg_upkeep(config: &Config, now_ms: i64) -> anyhow::Result<()> {
+fn pg_upkeep(config: &Config, now_ms: i64, _shutdown: &CancellationToken) -> anyhow::Result<()> {
     use crate::pg::upkeep;
     let url = config.storage.url.as_deref().context("[storage] url")?;
     let mut client = postgres::Client::connect(url, postgres::NoTls)?;
@@ -484,13 +484,13 @@ fn pg_upkeep(config: &Config, now_ms: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `job` at start and then hourly until `shutdown`, off the runtime; a failure is logged
-/// and tried again the next hour.
+/// Runs `job` at start and then hourly until `shutdown`, off the runtime, which it is given to
+/// stop a long job early; a failure is logged and tried again the next hour.
 async fn hourly(
     config: Arc<Config>,
     now: NowFn,
     shutdown: CancellationToken,
-    job: fn(&Config, i64) -> anyhow::Result<()>,
+    job: fn(&Config, i64, &CancellationToken) -> anyhow::Result<()>,
 ) {
     let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3_600));
     loop {
@@ -498,8 +498,8 @@ async fn hourly(
             _ = hourly.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let (config, now_ms) = (config.clone(), now());
-        match tokio::task::spawn_blocking(move || job(&config, now_ms)).await {
+        let (config, now_ms, stop) = (config.clone(), now(), shutdown.clone());
+        match tokio::task::spawn_blocking(move || job(&config, now_ms, &stop)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "Upkeep failed; retried in an hour."),
             Err(e) => tracing::error!(error = %e, "Upkeep task failed."),
@@ -521,7 +521,7 @@ async fn tick(committed: broadcast::Sender<()>, shutdown: CancellationToken) {
 /// SQLite's: raw samples older than `raw_retention_days` (if set), quarantine entries older than
 /// its `retention_days` (if set), and counter checkpoints no late reading can need any more are
 /// deleted; settled raw history is compacted.
-fn upkeep(config: &Config, now_ms: i64) -> anyhow::Result<()> {
+fn upkeep(config: &Config, now_ms: i64, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let mut pruner = store::Pruner::open(&config.storage.path)?;
     if let Some(days) = config.storage.raw_retention_days {
         let before_ms = now_ms - i64::from(days) * 86_400_000;
@@ -541,7 +541,9 @@ fn upkeep(config: &Config, now_ms: i64) -> anyhow::Result<()> {
     pruner.prune_checkpoints(window)?;
     if config.storage.compact_after_h > 0 {
         let done = store::Compactor::open(&config.storage.path)?
-            .compact(config.storage.history_settle_ms())?;
+            .compact(config.storage.history_settle_ms(), &|| {
+                shutdown.is_cancelled()
+            })?;
         if done.blocks > 0 {
             tracing::info!(
                 blocks = done.blocks,

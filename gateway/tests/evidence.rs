@@ -533,7 +533,7 @@ fn signed_history_compacted_into_blocks_still_verifies_and_an_edit_still_shows()
     assert_eq!(out.stored, 72);
     let compacted = ems_gateway::store::Compactor::open(&path)
         .unwrap()
-        .compact(3_600_000)
+        .compact(3_600_000, &|| false)
         .unwrap();
     assert_eq!(compacted.blocks, 2, "the two settled days: {compacted:?}");
     let reader = store.reader().unwrap();

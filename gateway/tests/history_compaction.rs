@@ -151,6 +151,32 @@ fn recomputed(config: &Config) -> u64 {
 }
 
 #[test]
+fn compaction_told_to_stop_stops_between_transactions_and_the_next_run_finishes() {
+    // Twenty-one days of one device's polls, the last day and the one before unsettled at 24 h:
+    // nineteen settled days, more than one transaction's worth (eight days).
+    let dir = Dir::new("stop");
+    let (_, config) = config(&dir.0, 1);
+    write(&config, 1, 21 * 1440, 60_000, &[]);
+    let asked = std::cell::Cell::new(0);
+    let first = Compactor::open(&config.storage.path)
+        .unwrap()
+        .compact(24 * H, &|| {
+            asked.set(asked.get() + 1);
+            asked.get() > 1
+        })
+        .unwrap();
+    assert_eq!(
+        first.blocks, 8,
+        "one transaction, then it stopped: {first:?}"
+    );
+    let rest = Compactor::open(&config.storage.path)
+        .unwrap()
+        .compact(24 * H, &|| false)
+        .unwrap();
+    assert_eq!(first.blocks + rest.blocks, 19, "{rest:?}");
+}
+
+#[test]
 fn compacted_days_export_and_recompute_as_before_and_take_late_and_repeated_messages() {
     let dir = Dir::new("days");
     let (_, config) = config(&dir.0, 2);
@@ -165,7 +191,7 @@ fn compacted_days_export_and_recompute_as_before_and_take_late_and_repeated_mess
     // 48 h behind the newest poll: the first two UTC days of each device are settled.
     let done = Compactor::open(&config.storage.path)
         .unwrap()
-        .compact(48 * H)
+        .compact(48 * H, &|| false)
         .unwrap();
     assert_eq!(done.blocks, 4, "{done:?}");
     assert_eq!(done.messages, 2 * 2 * 1440 - 1);
@@ -187,7 +213,7 @@ fn compacted_days_export_and_recompute_as_before_and_take_late_and_repeated_mess
     // Compacting again finds nothing more to do.
     let again = Compactor::open(&config.storage.path)
         .unwrap()
-        .compact(48 * H)
+        .compact(48 * H, &|| false)
         .unwrap();
     assert_eq!(again.blocks, 0);
 
@@ -212,7 +238,7 @@ fn compacted_days_export_and_recompute_as_before_and_take_late_and_repeated_mess
     // A repeated message of a compacted day is a duplicate, not a second copy.
     Compactor::open(&config.storage.path)
         .unwrap()
-        .compact(48 * H)
+        .compact(48 * H, &|| false)
         .unwrap();
     let out = store
         .write_batch(

@@ -56,6 +56,8 @@ fn main() {
         ("energy flow, year", "#/flow/year"),
         ("energy balance, month", "#/balance/month"),
         ("energy balance, year", "#/balance/year"),
+        ("energy cost, month", "#/cost/month"),
+        ("energy cost, year", "#/cost/year"),
         ("alarms", "#/alarms"),
         ("reports", "#/reports"),
     ] {

@@ -257,6 +257,18 @@ fn settled(http: &str) {
     });
 }
 
+/// Waits for the page's `chart` to be drawn, checks that no figure on the page is blank and
+/// saves its screenshot at `shot`.
+fn drawn_whole(browser: &Browser, chart: &str, shot: &std::path::Path) {
+    browser.wait_for(
+        &format!("the {chart} chart"),
+        WAIT,
+        &format!("return document.querySelector('[data-chart={chart}] canvas')"),
+    );
+    no_blank_figures(browser, chart);
+    browser.screenshot(shot);
+}
+
 /// Asserts that no figure on the page is blank, NaN or undefined: every table cell of figures,
 /// every total and figure the page marks, and the page's text as a whole. A dash is the page's
 /// own "no value" (a rate of nothing, a meter never heard), never a blank.
@@ -298,13 +310,14 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
         range.as_str().unwrap().contains(&start[..10]),
         "the page draws the current month: {range}"
     );
+    let the_month = format!(
+        "period=month&from={}&to={}",
+        start.replace('+', "%2B"),
+        end.replace('+', "%2B")
+    );
     let balance = get_json(
         http,
-        &format!(
-            "/api/v1/enterprises/works/balance?period=month&from={}&to={}",
-            start.replace('+', "%2B"),
-            end.replace('+', "%2B")
-        ),
+        &format!("/api/v1/enterprises/works/balance?{the_month}"),
     );
     let balance = &balance.as_array().unwrap()[0];
     let basis = match get_json(http, "/api/v1/coefficients")["electricity_basis"].as_str() {
@@ -380,13 +393,7 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
             None => assert_eq!(shown[1], "", "{c}"),
         }
     }
-    browser.wait_for(
-        "the gas balance chart",
-        WAIT,
-        "return document.querySelector('[data-chart=gas] canvas')",
-    );
-    no_blank_figures(browser, "energy balance");
-    browser.screenshot(&shots.join("balance.png"));
+    drawn_whole(browser, "gas", &shots.join("balance.png"));
 
     // Energy cost: the month's total and each unit's cost per tonne, as the API has them.
     browser.goto(&format!("http://{http}/#/cost"));
@@ -397,14 +404,7 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
          return rows.length && [document.querySelector('[data-total=cost]').textContent, \
            rows.map(r => [r.dataset.unitCost, r.querySelector('[data-per-t]').dataset.perT])]",
     );
-    let cost = get_json(
-        http,
-        &format!(
-            "/api/v1/enterprises/works/cost?period=month&from={}&to={}",
-            start.replace('+', "%2B"),
-            end.replace('+', "%2B")
-        ),
-    );
+    let cost = get_json(http, &format!("/api/v1/enterprises/works/cost?{the_month}"));
     let cost = &cost.as_array().unwrap()[0];
     let total: f64 = shown[0]
         .as_str()
@@ -419,6 +419,9 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
         cost["total"]
     );
     assert!(cost["electricity"]["kwh"].as_f64().unwrap() > 0.0, "{cost}");
+    // The works' product is its converter's crude steel.
+    assert_eq!(cost["product_units"], serde_json::json!(["bof1"]));
+    assert!(cost["cost_per_t"].as_f64().is_some(), "{cost}");
     let per_t: Vec<serde_json::Value> = cost["units"]
         .as_array()
         .unwrap()
@@ -431,13 +434,7 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
         })
         .collect();
     assert_eq!(shown[1], serde_json::Value::Array(per_t));
-    browser.wait_for(
-        "the bands by day",
-        WAIT,
-        "return document.querySelector('[data-chart=bands] canvas')",
-    );
-    no_blank_figures(browser, "energy cost");
-    browser.screenshot(&shots.join("cost.png"));
+    drawn_whole(browser, "bands", &shots.join("cost.png"));
 
     // The data-quality page's strips: each device's hours as the API has them up to the
     // plant's clock (its newest sample), the worst of each hour.

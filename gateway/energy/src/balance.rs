@@ -212,9 +212,9 @@ pub fn enterprise_balance<S: SlotSource>(
     Ok(balances(plant, periods, &rows, &lhv))
 }
 
-/// The balance for each period, given the slots of every flow in [`Plant::flows`] order and
-/// of the calorimeter each flow takes its heating value from (empty: none; `lhv` may be
-/// shorter than `rows`).
+/// The balance for each period, given the slots of every flow in [`Plant::flows`] order (each
+/// in slot order) and of the calorimeter each flow takes its heating value from (empty: none;
+/// `lhv` may be shorter than `rows`).
 pub fn balances(
     plant: &Plant,
     periods: &[(i64, i64)],
@@ -223,7 +223,13 @@ pub fn balances(
 ) -> Vec<Balance> {
     periods
         .iter()
-        .map(|&(start, end)| balance(plant, (start, end), rows, lhv))
+        .map(|&(start, end)| {
+            let within: Vec<&[(i64, PointSlot)]> = rows
+                .iter()
+                .map(|r| crate::counter::slots_within(r, start, end))
+                .collect();
+            balance(plant, (start, end), &within, lhv)
+        })
         .collect()
 }
 

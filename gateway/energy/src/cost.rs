@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::calendar::local;
 use crate::coefficients::unit_factor;
-use crate::counter::{PointSlot, SLOT_MS};
+use crate::counter::{slots_within, PointSlot, SLOT_MS};
 use crate::figures::SlotSource;
 use crate::model::{Flow, Function, Plant, Role};
 use crate::tariff::{BandKind, TariffConfig};
@@ -30,6 +30,11 @@ pub struct Cost {
     pub carriers: Vec<CarrierCost>,
     /// Electricity (energy and demand) and the other carriers bought.
     pub total: f64,
+    /// The enterprise's product: its sites' product units' (`water_product_units`, an
+    /// integrated works' crude steel), and the total per tonne of it.
+    pub product_units: Vec<String>,
+    pub product_t: f64,
+    pub cost_per_t: Option<f64>,
     pub units: Vec<UnitCost>,
 }
 
@@ -126,11 +131,7 @@ fn cost(
     whole_month: bool,
 ) -> Cost {
     let tz = plant.utc_offset();
-    let in_period = |f: &Flow| {
-        slots_of(read, f)
-            .iter()
-            .filter(move |(t, _)| (start..end).contains(t))
-    };
+    let in_period = |f: &Flow| slots_within(slots_of(read, f), start, end).iter();
     // Grid purchases slot by slot: each at its band's price, and their sum per slot for the
     // demand (kWh in 15 minutes, times 4, is the average kW).
     let mut by_slot: BTreeMap<i64, f64> = BTreeMap::new();
@@ -227,7 +228,7 @@ fn cost(
             }),
         }
     }
-    let units = plant
+    let units: Vec<UnitCost> = plant
         .units
         .iter()
         .map(|u| {
@@ -266,6 +267,16 @@ fn cost(
             }
         })
         .collect();
+    let product_units: Vec<String> = plant
+        .sites
+        .iter()
+        .flat_map(|s| s.product_units.iter().cloned())
+        .collect();
+    let product_t: f64 = units
+        .iter()
+        .filter(|u| product_units.contains(&u.unit))
+        .map(|u| u.product_t)
+        .sum();
     let total =
         energy_cost + demand_cost.unwrap_or(0.0) + carriers.iter().map(|c| c.cost).sum::<f64>();
     Cost {
@@ -276,6 +287,9 @@ fn cost(
         electricity,
         carriers,
         total,
+        cost_per_t: (product_t > 0.0).then(|| total / product_t),
+        product_units,
+        product_t,
         units,
     }
 }
@@ -328,6 +342,7 @@ mod tests {
     /// 09:00 (a peak quarter).
     fn day() -> (Plant, Slots) {
         let text = "[enterprise]\nid = \"w\"\nname = \"W\"\n\
+            [[enterprise.sites]]\nid = \"main\"\nname = \"Main\"\nwater_product_units = [\"bf\"]\n\
             [[units]]\nid = \"bf\"\nname = \"BF\"\nkind = \"blast_furnace\"\n\
             [[units.flows]]\ndevice = \"iron\"\npoint = \"total\"\nrole = \"product\"\nunit = \"t\"\n\
             [[units.flows]]\ndevice = \"bf-power\"\npoint = \"total\"\nrole = \"consumed\"\ncarrier = \"electricity\"\nunit = \"kWh\"\n\
@@ -395,6 +410,12 @@ mod tests {
         ));
         assert!(close(bf.fuel_cost, 20_000.0));
         assert!(close(bf.cost_per_t.unwrap(), (2_840.0 + 20_000.0) / 100.0));
+        // The enterprise's product is its site's: the furnace's iron.
+        assert_eq!(
+            (c.product_units.as_slice(), c.product_t),
+            (&["bf".to_owned()][..], 100.0)
+        );
+        assert!(close(c.cost_per_t.unwrap(), 29_880.0 / 100.0));
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub struct PointSlot {
     pub estimated: f64,
 }
 
+/// The slots of `rows` (in slot order) with `start <= slot < end`, found by bisection: a
+/// year's days each read from a year's slots would otherwise scan them all once a day.
+pub fn slots_within(rows: &[(i64, PointSlot)], start: i64, end: i64) -> &[(i64, PointSlot)] {
+    let from = rows.partition_point(|(t, _)| *t < start);
+    let to = rows.partition_point(|(t, _)| *t < end).max(from);
+    &rows[from..to]
+}
+
 /// Increase of a counter from `prev` to `next`; `None` when it went backwards without a
 /// declared rollover (a reset or a replaced meter: that interval cannot be measured).
 pub fn counter_delta(prev: f64, next: f64, rollover: Option<f64>) -> Option<f64> {

@@ -92,7 +92,11 @@ impl AlarmStore for SqliteAlarms {
     }
 
     fn apply(&mut self, now_ms: i64, found: &[Observation]) -> anyhow::Result<Vec<AlarmRow>> {
-        let tx = self.conn.transaction()?;
+        // Immediate: it reads, then writes; begun deferred, another writer's commit in between
+        // makes the write fail at once instead of waiting.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut changed = Vec::new();
         for obs in found {
             let open: Option<i64> = tx
@@ -144,7 +148,9 @@ impl AlarmStore for SqliteAlarms {
     }
 
     fn report_anomalies(&mut self, now_ms: i64) -> anyhow::Result<Vec<AlarmRow>> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let inserted = tx.execute(
             &format!(
                 "INSERT INTO alarms (kind, subject, raised_ms, cleared_ms, message, anomaly_id)
@@ -292,6 +298,45 @@ mod tests {
         let again = book.apply(7_000, &[at(430.0)]).unwrap();
         assert_ne!(again[0].id, id);
         assert_eq!(book.list(false, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn evaluation_waits_for_another_writer_instead_of_failing() {
+        // The gateway's other writers (ingest, compaction) commit all the time: an evaluation
+        // that read first and wrote then found its snapshot stale and failed at once
+        // ("database is locked"), tick after tick, under a busy writer.
+        let (p, mut book) = temp_book("busy");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = open_conn(&p).unwrap();
+                c.execute("CREATE TABLE IF NOT EXISTS busy (n INTEGER)", [])
+                    .unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let tx = c
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .unwrap();
+                    tx.execute("INSERT INTO busy VALUES (1)", []).unwrap();
+                    tx.commit().unwrap();
+                }
+            })
+        };
+        let at = |raise: bool, i: i64| Observation {
+            kind: Kind::DataGap,
+            subject: format!("d{}", i % 7),
+            raise,
+            clear: !raise,
+            value: None,
+            threshold: None,
+            message: String::new(),
+        };
+        let failed = (0..400)
+            .filter(|&i| book.apply(i, &[at(i % 2 == 0, i)]).is_err())
+            .count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(failed, 0, "evaluations failed under a busy writer");
     }
 
     #[test]

@@ -210,7 +210,14 @@ impl Compactor {
     }
 
     /// Compacts each device's UTC days that ended `settle_ms` or more before its newest poll.
-    pub fn compact(&mut self, settle_ms: i64) -> anyhow::Result<Compacted> {
+    /// Compacts every device's settled days, a few a transaction, until all are done or
+    /// `stop()` says to stop (a gateway shutting down: a year of history takes minutes), which
+    /// it asks between transactions.
+    pub fn compact(
+        &mut self,
+        settle_ms: i64,
+        stop: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Compacted> {
         let devices: Vec<(String, i64)> = self
             .conn
             .prepare("SELECT device, last_ts_ms FROM devices ORDER BY device")?
@@ -222,6 +229,9 @@ impl Compactor {
             let settled = day_of(newest.saturating_sub(settle_ms).saturating_add(1));
             let mut finished = false;
             while !finished {
+                if stop() {
+                    return Ok(done);
+                }
                 // A few days a transaction (each a few milliseconds): the writer waits for it,
                 // immediate, rather than making it fail.
                 let tx = self

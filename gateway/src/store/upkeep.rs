@@ -64,7 +64,10 @@ impl Pruner {
                 |r| r.get(0),
             )?;
             if let Some(seq) = last_old {
-                let tx = self.conn.transaction()?;
+                // Immediate: it reads, then writes (see the alarm book's `apply`).
+                let tx = self
+                    .conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let bytes: i64 = tx.query_row(
                     "SELECT COALESCE(SUM(length(points)), 0) FROM messages
                      WHERE device = ?1 AND seq <= ?2 AND ts_ms < ?3",
