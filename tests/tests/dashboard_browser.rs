@@ -159,8 +159,14 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
     // that what a page shows can be held against what the API says.
     edge.kill();
     settled(&http);
-    // Back to Chinese, the default, for the energy pages' screenshots (README shows them).
-    browser.js("localStorage.setItem('ems-lang', 'zh'); return true");
+    // Back to Chinese, the default, on the switch, for the energy pages' screenshots (README
+    // shows them).
+    browser.js("document.getElementById('lang').click(); return true");
+    browser.wait_for(
+        "Chinese again",
+        WAIT,
+        "return document.documentElement.lang === 'zh-CN'",
+    );
     energy_pages(&browser, &http, &shots);
     // Acknowledging with a token the gateway does not know is refused, and the alarm stays
     // unacknowledged.
