@@ -325,6 +325,78 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
         );
     }
 
+    // What the grid power cost, hour by hour against the truth's purchases: each hour (the
+    // demo's bands are on whole hours) at its time-of-use band's price, the tariff as the
+    // gateway's configuration gives it.
+    let config = ems_gateway::Config::load(&d.join("gateway.toml")).unwrap();
+    let tz = config.plant.utc_offset();
+    for enterprise in ["works", "smelter"] {
+        let tariff = config
+            .plant
+            .enterprise(enterprise)
+            .and_then(|e| e.tariff.clone())
+            .unwrap_or_else(|| panic!("the demo's {enterprise} has a tariff"));
+        let range = "from=2026-01-01T00:00:00%2B08:00&to=2026-01-02T01:00:00%2B08:00";
+        let costs = get_json(
+            &http,
+            &format!("/api/v1/enterprises/{enterprise}/cost?period=hour&{range}"),
+        );
+        let balances = get_json(
+            &http,
+            &format!("/api/v1/enterprises/{enterprise}/balance?period=hour&{range}"),
+        );
+        let (mut got_sum, mut want_sum, mut compared) = (0.0, 0.0, 0);
+        for (c, b) in costs
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(balances.as_array().unwrap())
+        {
+            if b["completeness"].as_f64().unwrap() < 0.99 {
+                continue;
+            }
+            let start = chrono::DateTime::parse_from_rfc3339(c["start"].as_str().unwrap()).unwrap();
+            let Some(rec) = truth.iter().find(|r| {
+                r["kind"] == "enterprise"
+                    && r["unit"] == enterprise
+                    && chrono::DateTime::parse_from_rfc3339(r["start"].as_str().unwrap()).unwrap()
+                        == start
+            }) else {
+                continue;
+            };
+            let grid: f64 = rec["flows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["role"] == "purchase" && f["carrier"] == "electricity")
+                .map(|f| f["qty"].as_f64().unwrap())
+                .sum();
+            let band = tariff.band_at(start.timestamp_millis(), tz).unwrap();
+            let want = grid * band.price;
+            let got = c["electricity"]["energy_cost"].as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 0.01 * want.max(1.0),
+                "{start}: {enterprise}'s grid power cost {got:.2}, truth {grid:.1} kWh at {} = {want:.2}",
+                band.price
+            );
+            let bands = c["electricity"]["bands"].as_array().unwrap();
+            assert_eq!(bands.len(), 1, "one band an hour: {c}");
+            assert_eq!(bands[0]["kind"], serde_json::to_value(band.kind).unwrap());
+            got_sum += got;
+            want_sum += want;
+            compared += 1;
+        }
+        assert!(
+            compared >= 20,
+            "only {compared} full hours of {enterprise}'s cost"
+        );
+        assert!(
+            ((got_sum - want_sum) / want_sum).abs() < 0.005,
+            "{enterprise} over {compared} hours: {got_sum:.2}, truth {want_sum:.2}"
+        );
+        eprintln!("{enterprise}'s grid power over {compared} hours: {got_sum:.2} CNY, truth {want_sum:.2}");
+    }
+
     // The day judged against the standards (GB 21346 table 1, GB 16780 table 2, GB 21256 table 4).
     let day = |id: &str| {
         get_json(&http, &format!("/api/v1/units/{id}/indicators?period=day&from=2026-01-01T00:00:00%2B08:00&to=2026-01-02T00:00:00%2B08:00"))[0].clone()
