@@ -708,11 +708,16 @@ async fn quality_strips(
         let mut out = Vec::new();
         for d in reader.devices()? {
             let messages = reader.message_qualities(&d.id, from, until)?;
-            let mut points = Vec::new();
+            let (mut points, mut first) = (Vec::new(), None::<i64>);
             for f in plant.flows().filter(|f| f.device == d.id) {
                 points.push(reader.point_slots(&d.id, &f.point, from, until)?);
+                if let Some(t) = reader.first_slot(&d.id, &f.point)? {
+                    first = Some(first.map_or(t, |f| f.min(t)));
+                }
             }
-            out.push(crate::strip::strip(&d.id, &hours, &messages, &points));
+            out.push(crate::strip::strip(
+                &d.id, &hours, &messages, &points, first,
+            ));
         }
         Ok(out)
     })

@@ -34,10 +34,12 @@ pub struct StripHour {
 }
 
 /// What one cell of the strip says, the worst first: nothing came, something came bad,
-/// something was estimated, all good.
+/// something was estimated, all good; or the hour ended before the device's first reading
+/// (nothing was owed yet).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
+    Before,
     Missing,
     Bad,
     Estimated,
@@ -45,13 +47,14 @@ pub enum State {
 }
 
 /// The strip of `device` over `hours` (each `[start, end)`, in order), from its messages (poll
-/// time and the qualities of its samples, in any order) and the 15-minute slots of each of its
-/// accounted points.
+/// time and the qualities of its samples, in any order), the 15-minute slots of each of its
+/// accounted points, and when its record begins (`first_ms`: its points' first slot, if known).
 pub fn strip(
     device: &str,
     hours: &[(i64, i64)],
     messages: &[(i64, Vec<Quality>)],
     points: &[Vec<(i64, PointSlot)>],
+    first_ms: Option<i64>,
 ) -> DeviceStrip {
     let hours = hours
         .iter()
@@ -85,7 +88,9 @@ pub fn strip(
             let estimated = points
                 .iter()
                 .any(|slots| in_hour(slots).iter().any(|s| s.estimated != 0.0));
-            let state = if count == 0 {
+            let state = if count == 0 && first_ms.is_some_and(|first| end <= first) {
+                State::Before
+            } else if count == 0 {
                 State::Missing
             } else if !bad.is_empty() {
                 State::Bad
@@ -149,7 +154,7 @@ mod tests {
             (H, slot(quarter, 0.0)),
             (3 * H, slot(0, 4.0)),
         ]];
-        let s = strip("m1", &hours, &messages, &points);
+        let s = strip("m1", &hours, &messages, &points, Some(0));
         let states: Vec<State> = s.hours.iter().map(|h| h.state).collect();
         assert_eq!(
             states,
@@ -168,8 +173,18 @@ mod tests {
     }
 
     #[test]
+    fn hours_before_the_devices_first_reading_owe_nothing() {
+        let hours = [(0, H), (H, 2 * H), (2 * H, 3 * H)];
+        let messages = vec![(2 * H + 5, vec![Quality::Good])];
+        let s = strip("m1", &hours, &messages, &[], Some(H + H / 2));
+        let states: Vec<State> = s.hours.iter().map(|h| h.state).collect();
+        // The hour it began in owed the rest of itself: missing.
+        assert_eq!(states, [State::Before, State::Missing, State::Good]);
+    }
+
+    #[test]
     fn a_device_without_accounted_points_has_no_coverage() {
-        let s = strip("plc", &[(0, H)], &[(5, vec![Quality::Good])], &[]);
+        let s = strip("plc", &[(0, H)], &[(5, vec![Quality::Good])], &[], None);
         assert_eq!(s.hours[0].covered, None);
         assert_eq!(s.hours[0].state, State::Good);
     }
