@@ -223,13 +223,7 @@ pub fn balances(
 ) -> Vec<Balance> {
     periods
         .iter()
-        .map(|&(start, end)| {
-            let within: Vec<&[(i64, PointSlot)]> = rows
-                .iter()
-                .map(|r| crate::counter::slots_within(r, start, end))
-                .collect();
-            balance(plant, (start, end), &within, lhv)
-        })
+        .map(|&(start, end)| balance(plant, (start, end), rows, lhv))
         .collect()
 }
 

@@ -29,6 +29,10 @@ pub struct PointSlot {
 /// The slots of `rows` (in slot order) with `start <= slot < end`, found by bisection: a
 /// year's days each read from a year's slots would otherwise scan them all once a day.
 pub fn slots_within(rows: &[(i64, PointSlot)], start: i64, end: i64) -> &[(i64, PointSlot)] {
+    debug_assert!(
+        rows.windows(2).all(|w| w[0].0 <= w[1].0),
+        "slots in slot order"
+    );
     let from = rows.partition_point(|(t, _)| *t < start);
     let to = rows.partition_point(|(t, _)| *t < end).max(from);
     &rows[from..to]

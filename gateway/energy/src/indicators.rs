@@ -1061,7 +1061,8 @@ mod tests {
         let deltas = [150.0, 4_200.0, 15_000.0, 27.0, 135.0];
         let tz: FixedOffset = "+08:00".parse().unwrap();
         indicators(unit, periods, tz, |i| {
-            periods
+            // In slot order, as a store reads them.
+            let mut slots: Vec<(i64, PointSlot)> = periods
                 .iter()
                 .map(|&(start, end)| {
                     (
@@ -1073,7 +1074,9 @@ mod tests {
                         },
                     )
                 })
-                .collect()
+                .collect();
+            slots.sort_by_key(|(t, _)| *t);
+            slots
         })
     }
 

@@ -107,7 +107,8 @@ impl crate::model::Flow {
     }
 
     /// The same, where its calorimeter read (`lhv`: the calorimeter point's slots, each its
-    /// readings' integral over time) each slot at the mean heating value of the slot.
+    /// readings' integral over time) each slot at the mean heating value of the slot. `rows`
+    /// are in slot order (as a store reads them): the period's are found by bisection.
     pub fn sum_measured(
         &self,
         rows: &[(i64, PointSlot)],
@@ -116,7 +117,7 @@ impl crate::model::Flow {
         end: i64,
     ) -> FlowSum {
         let mut sum = FlowSum::default();
-        for (t, r) in rows.iter().filter(|(t, _)| (start..end).contains(t)) {
+        for (t, r) in crate::counter::slots_within(rows, start, end) {
             sum.slot.delta += r.delta;
             sum.slot.covered_ms += r.covered_ms;
             sum.slot.estimated += r.estimated;
