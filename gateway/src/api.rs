@@ -577,17 +577,22 @@ async fn enterprise_balance(
     Ok(Json(balances(&s, &id, &q).await?))
 }
 
+/// One enterprise's plant, by its id or credit code.
+fn enterprise_plant(s: &AppState, id: &str) -> Result<ems_energy::model::Plant, ApiError> {
+    s.config.plant.of_enterprise(id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no enterprise `{id}` (its `id` or credit `code` in [enterprise] or [[enterprises]])"
+        ))
+    })
+}
+
 /// The enterprise's balance for each period the query asks for (days by default).
 async fn balances(
     s: &AppState,
     id: &str,
     q: &IndicatorQuery,
 ) -> Result<Vec<ems_energy::balance::Balance>, ApiError> {
-    let plant = s.config.plant.of_enterprise(id).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no enterprise `{id}` (its `id` or credit `code` in [enterprise] or [[enterprises]])"
-        ))
-    })?;
+    let plant = enterprise_plant(s, id)?;
     let (period, from, to) = period_range(s, q, Period::Day)?;
     let periods = buckets(period, from, to, &s.config.plant.calendar);
     let reader = s.reader.clone();
@@ -605,11 +610,7 @@ async fn enterprise_cost(
     Path(id): Path<String>,
     Query(q): Query<IndicatorQuery>,
 ) -> ApiResult<Vec<ems_energy::cost::Cost>> {
-    let plant = s.config.plant.of_enterprise(&id).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no enterprise `{id}` (its `id` or credit `code` in [enterprise] or [[enterprises]])"
-        ))
-    })?;
+    let plant = enterprise_plant(&s, &id)?;
     let tariff = plant.enterprises[0].tariff.clone().ok_or_else(|| {
         ApiError::NotFound(format!(
             "enterprise `{id}` has no tariff (its `tariff` table in the configuration)"
