@@ -178,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/enterprises/:id/balance", get(enterprise_balance))
         .route("/api/v1/enterprises/:id/flow", get(enterprise_flow))
         .route("/api/v1/enterprises/:id/cost", get(enterprise_cost))
+        .route("/api/v1/enterprises/:id/stocks", get(enterprise_stocks))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/quality", get(quality_strips))
@@ -602,6 +603,25 @@ async fn balances(
     .await
     .map_err(|e| ApiError::Internal(e.into()))?
     .map_err(ApiError::from)
+}
+
+/// The enterprise's stock meters' levels (yards, bunkers, gas holders) at the start of the
+/// range and the end of each period, from their raw readings.
+async fn enterprise_stocks(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<IndicatorQuery>,
+) -> ApiResult<Vec<crate::stock::StockLevels>> {
+    let plant = enterprise_plant(&s, &id)?;
+    let (period, from, to) = period_range(&s, &q, Period::Day)?;
+    let periods = buckets(period, from, to, &s.config.plant.calendar);
+    let (reader, now) = (s.reader.clone(), (s.now)());
+    let levels = tokio::task::spawn_blocking(move || {
+        crate::stock::stock_levels(&plant, &**reader, &periods, now)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(Json(levels))
 }
 
 /// What the enterprise's energy cost in each period, on its `[enterprise.tariff]`.

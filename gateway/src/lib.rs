@@ -28,6 +28,7 @@ pub mod pg;
 pub mod receiver;
 pub mod report;
 pub mod runtime;
+pub mod stock;
 pub mod storage;
 pub mod store;
 pub mod strip;

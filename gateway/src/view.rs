@@ -30,6 +30,16 @@ pub trait ReadRecord: Send + Sync {
         from_ms: i64,
         to_ms: i64,
     ) -> anyhow::Result<Vec<(i64, Vec<ems_core::Quality>)>>;
+    /// The last good reading of one point among the messages of `device` polled in
+    /// `[from_ms, to_ms)`, rows and compacted blocks alike: its poll time and value (a stock's
+    /// level at a time). `None` if the record holds no good reading of it there.
+    fn last_reading(
+        &self,
+        device: &str,
+        point: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Option<(i64, f64)>>;
     /// The first 15-minute slot the point has data in.
     fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>>;
     /// Rollup rows of one point with `from_ms <= slot < to_ms`, in slot order.
@@ -453,6 +463,18 @@ pub fn export_message<W: std::io::Write>(
         ])?;
     }
     Ok(points.len() as u64)
+}
+
+/// The good value of series `series` among a message's packed samples (none when pruned,
+/// absent or not good).
+pub fn good_value(series: i64, points: Option<&[u8]>) -> anyhow::Result<Option<f64>> {
+    let Some(blob) = points else {
+        return Ok(None);
+    };
+    Ok(crate::packed::unpack(blob)?
+        .into_iter()
+        .find(|p| p.series == series && p.quality.is_good())
+        .and_then(|p| p.value))
 }
 
 /// A message's samples' qualities, from its packed samples (none when pruned).

@@ -282,6 +282,25 @@ fn check_record(reader: &Reader, book: &mut AlarmBook, outcome: &BatchOutcome) {
         q.sort();
         assert_eq!(q, ["exception:02", "good"]);
     }
+    // A level at a time as the stock tables read it: the last good reading in the window,
+    // never the forged number 8's (quarantined), never a refused register's.
+    let last = |point: &str, from: i64, to: i64| {
+        reader
+            .last_reading("m1", point, T0 + from * minute, T0 + to * minute)
+            .unwrap()
+    };
+    assert_eq!(
+        last("kwh", 5, 10),
+        Some((T0 + 9 * minute, 1_000.0 + 9.0 * 2.5))
+    );
+    assert_eq!(
+        last("kwh", 5, 9),
+        Some((T0 + 8 * minute, 1_020.0)),
+        "ends before 9"
+    );
+    assert_eq!(last("kw", 5, 10), None, "refused every time: no level");
+    assert_eq!(last("kwh", -60, 1), None, "before the first message");
+    assert_eq!(last("nothing", 0, 30), None);
 }
 
 /// The packed samples of m1 #7 with its meter reading changed by one part in a million.
@@ -560,6 +579,25 @@ fn signed_history_compacted_into_blocks_still_verifies_and_an_edit_still_shows()
     assert_eq!(read.len(), 48);
     assert!(read.windows(2).all(|w| w[1].0 - w[0].0 == hour));
     assert!(read.iter().all(|(_, q)| q.len() == 2));
+    // A level's last reading inside a block, and across a block into the third day's rows.
+    let last = |from: i64, to: i64| {
+        reader
+            .last_reading("m1", "kwh", T0 + from * hour, T0 + to * hour)
+            .unwrap()
+    };
+    let value = |seq: u64| 1_000.0 + seq as f64 * 2.5;
+    assert_eq!(last(20, 31), Some((T0 + 30 * hour, value(31))));
+    assert_eq!(
+        last(30, 31),
+        Some((T0 + 30 * hour, value(31))),
+        "one message"
+    );
+    assert_eq!(last(47, 50), Some((T0 + 49 * hour, value(50))));
+    assert_eq!(
+        last(40, 48),
+        Some((T0 + 47 * hour, value(48))),
+        "a block's last"
+    );
     let report = reader.verify_evidence(&validation().edge_keys).unwrap();
     assert_eq!((report.checked, report.signatures_verified), (72, 72));
     assert!(report.findings.is_empty(), "{:?}", report.findings);

@@ -399,6 +399,27 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
             None => assert_eq!(shown[1], "", "{c}"),
         }
     }
+    // The stock meters' opening and closing levels, as their meters read them (the API's).
+    let shown = browser.js(
+        "return [...document.querySelectorAll('[data-table=stocks] tr[data-stock]')].map(r => \
+           [r.dataset.stock, ...['opening', 'closing'].map(k => r.querySelector(`[data-level=${k}]`).textContent)])",
+    );
+    let stocks = get_json(http, &format!("/api/v1/enterprises/works/stocks?{the_month}"));
+    let stocks = stocks.as_array().unwrap();
+    let devices: Vec<&str> = stocks.iter().map(|s| s["device"].as_str().unwrap()).collect();
+    assert_eq!(devices, ["works-coke-yard", "works-ldg-holder"]);
+    assert_eq!(shown.as_array().unwrap().len(), stocks.len(), "{shown}");
+    for (row, s) in shown.as_array().unwrap().iter().zip(stocks) {
+        assert_eq!(row[0], s["device"]);
+        let closing = s["closing"].as_array().unwrap().last().unwrap();
+        // The month's closing is the latest reading: the meter was read until the edge stopped.
+        let value = closing["value"].as_f64().unwrap_or_else(|| panic!("{s}"));
+        let page: f64 = row[2].as_str().unwrap().replace(',', "").parse().unwrap();
+        assert!((page - value).abs() <= 0.05, "{row} against {closing}");
+        // The month began before the pipeline did: no reading then.
+        assert!(s["opening"].is_null(), "{s}");
+        assert_eq!(row[1], "–");
+    }
     drawn_whole(browser, "gas", &shots.join("balance.png"));
 
     // Energy cost: the month's total and each unit's cost per tonne, as the API has them.

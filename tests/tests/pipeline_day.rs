@@ -325,6 +325,65 @@ fn a_simulated_day_matches_the_truth_hour_by_hour() {
         );
     }
 
+    // The converter-gas holder's level as its meter reads it at each hour's end, against the
+    // truth's holder: its level when the run began and each hour's change since.
+    let stocks = get_json(
+        &http,
+        "/api/v1/enterprises/works/stocks?period=hour&from=2026-01-01T00:00:00%2B08:00&to=2026-01-02T01:00:00%2B08:00",
+    );
+    let holder = stocks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["device"] == "works-ldg-holder")
+        .unwrap_or_else(|| panic!("the works' stock meters: {stocks}"));
+    let closing = holder["closing"].as_array().unwrap();
+    assert_eq!(closing.len(), 25);
+    let day_start = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00+08:00").unwrap();
+    let mut level = ems_sim::model::HOLDER_START_M3;
+    let (mut compared, mut worst) = (0, 0.0f64);
+    for (h, shown) in closing.iter().enumerate() {
+        let start = day_start + chrono::Duration::hours(h as i64);
+        let Some(rec) = truth.iter().find(|r| {
+            r["unit"] == "works"
+                && chrono::DateTime::parse_from_rfc3339(r["start"].as_str().unwrap()).unwrap()
+                    == start
+        }) else {
+            break;
+        };
+        level += rec["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["flow"] == "ldg_holder")
+            .map(|f| f["qty"].as_f64().unwrap())
+            .sum::<f64>();
+        if shown.is_null() {
+            continue;
+        }
+        let got = shown["value"].as_f64().unwrap();
+        let end = start + chrono::Duration::hours(1);
+        let read =
+            chrono::DateTime::parse_from_rfc3339(shown["read_at"].as_str().unwrap()).unwrap();
+        // Read up to one poll (144 simulated s) before the hour's end: off the truth by at most
+        // what the holder can move in that time (50 000 m3/h: above the power plant's 30 000
+        // m3/h draw with the converter's gas coming in), and a meter's rounding.
+        let age_s = (end - read).num_milliseconds() as f64 / 1000.0;
+        assert!((0.0..=300.0).contains(&age_s), "{shown}");
+        let allowed = 100.0 + age_s * 50_000.0 / 3600.0;
+        assert!(
+            (got - level).abs() <= allowed,
+            "holder at {end}: {got:.0} m3 read {age_s} s before, truth {level:.0}"
+        );
+        worst = worst.max((got - level).abs());
+        compared += 1;
+    }
+    assert!(
+        compared >= 20,
+        "only {compared} hours of the holder's level"
+    );
+    eprintln!("holder level: {compared} hours, worst {worst:.0} m3 off the truth");
+
     // What the grid power cost, hour by hour against the truth's purchases: each hour (the
     // demo's bands are on whole hours) at its time-of-use band's price, the tariff as the
     // gateway's configuration gives it.

@@ -244,6 +244,38 @@ impl ReadRecord for PgReader {
         })
     }
 
+    fn last_reading(
+        &self,
+        device: &str,
+        point: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Option<(i64, f64)>> {
+        self.with(|c| {
+            let Some(series) = c
+                .query_opt(
+                    "SELECT id FROM series WHERE device = $1 AND point = $2",
+                    &[&device, &point],
+                )?
+                .map(|r| r.get::<_, i64>(0))
+            else {
+                return Ok(None);
+            };
+            // Newest first: the first message with a good reading of it is the answer.
+            for r in c.query(
+                "SELECT ts_ms, points FROM messages
+                 WHERE device = $1 AND ts_ms >= $2 AND ts_ms < $3 ORDER BY ts_ms DESC, seq DESC",
+                &[&device, &from_ms, &to_ms],
+            )? {
+                let points: Option<Vec<u8>> = r.get(1);
+                if let Some(v) = crate::view::good_value(series, points.as_deref())? {
+                    return Ok(Some((r.get(0), v)));
+                }
+            }
+            Ok(None)
+        })
+    }
+
     fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>> {
         self.with(|c| {
             Ok(c.query_one(

@@ -170,6 +170,32 @@ impl ReadRecord for SqliteReader {
         })
     }
 
+    fn last_reading(
+        &self,
+        device: &str,
+        point: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Option<(i64, f64)>> {
+        self.with_any(|c| {
+            let series: Option<i64> = c
+                .prepare_cached("SELECT id FROM series WHERE device = ?1 AND point = ?2")?
+                .query_row(params![device, point], |r| r.get(0))
+                .optional()?;
+            let Some(series) = series else {
+                return Ok(None);
+            };
+            let mut last = None;
+            super::compact::each_message(c, device, (from_ms, to_ms), |m| {
+                if let Some(v) = crate::view::good_value(series, m.points.as_deref())? {
+                    last = Some((m.ts_ms, v));
+                }
+                Ok(())
+            })?;
+            Ok(last)
+        })
+    }
+
     fn first_slot(&self, device: &str, point: &str) -> anyhow::Result<Option<i64>> {
         self.with(|c| {
             c.prepare_cached(
