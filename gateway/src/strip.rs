@@ -25,6 +25,9 @@ pub struct StripHour {
     pub good: u32,
     /// Samples of each bad quality (`timeout`, `exception:02`, `comm`, `crc`, `decode`).
     pub bad: BTreeMap<String, u32>,
+    /// The code a bad hour is drawn in: its most frequent bad quality (on a tie, the first by
+    /// name); none for an hour that is not bad.
+    pub code: Option<String>,
     /// The least share of the hour any of its accounted points' good readings covered; null
     /// for a device no figure is drawn from.
     pub covered: Option<f64>,
@@ -99,12 +102,20 @@ pub fn strip(
             } else {
                 State::Good
             };
+            let code = (state == State::Bad)
+                .then(|| {
+                    bad.iter()
+                        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                        .map(|(code, _)| code.clone())
+                })
+                .flatten();
             StripHour {
                 start_ms: start,
                 state,
                 messages: count,
                 good,
                 bad,
+                code,
                 covered: covered.map(|c| c.clamp(0.0, 1.0)),
                 estimated,
             }
@@ -166,10 +177,29 @@ mod tests {
             bad.bad,
             BTreeMap::from([("exception:02".into(), 1), ("timeout".into(), 2)])
         );
+        assert_eq!(
+            bad.code.as_deref(),
+            Some("timeout"),
+            "drawn in its commonest code"
+        );
+        assert_eq!(s.hours[0].code, None);
         assert_eq!(s.hours[0].covered, Some(1.0));
         assert_eq!(s.hours[1].covered, Some(0.25));
         assert_eq!(s.hours[2].covered, Some(0.0));
         assert!(s.hours[3].estimated);
+    }
+
+    #[test]
+    fn a_bad_hour_is_drawn_in_its_commonest_code_and_a_tie_in_the_first_by_name() {
+        let hours = [(0, H), (H, 2 * H)];
+        let messages = vec![
+            (1, vec![Quality::Comm, Quality::Crc]),
+            (2, vec![Quality::Crc, Quality::Good]),
+            (H + 1, vec![Quality::Exception(4), Quality::Decode]),
+        ];
+        let s = strip("m1", &hours, &messages, &[], Some(0));
+        let codes: Vec<Option<&str>> = s.hours.iter().map(|h| h.code.as_deref()).collect();
+        assert_eq!(codes, [Some("crc"), Some("decode")]);
     }
 
     #[test]

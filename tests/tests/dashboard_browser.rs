@@ -19,7 +19,16 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
         mut gateway,
         http,
         mut edge,
-    } = start_pipeline(d, broker.port);
+    } = start_pipeline_faulty(
+        d,
+        broker.port,
+        "",
+        |text| text,
+        // The flare's meter is silent for nine simulated minutes (nine real seconds) once the
+        // edge has read its clock (the edge carries the meter's time on): a bad hour on the
+        // data-quality page, in its code's colour.
+        &[r#"{ device = "works-ldg-flare", kind = "no_response", at_h = 0.15, for_h = 0.15 }"#],
+    );
     let listed = get_json(&http, "/api/v1/units");
     let ids = |conversion: bool| -> Vec<String> {
         listed
@@ -404,9 +413,15 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
         "return [...document.querySelectorAll('[data-table=stocks] tr[data-stock]')].map(r => \
            [r.dataset.stock, ...['opening', 'closing'].map(k => r.querySelector(`[data-level=${k}]`).textContent)])",
     );
-    let stocks = get_json(http, &format!("/api/v1/enterprises/works/stocks?{the_month}"));
+    let stocks = get_json(
+        http,
+        &format!("/api/v1/enterprises/works/stocks?{the_month}"),
+    );
     let stocks = stocks.as_array().unwrap();
-    let devices: Vec<&str> = stocks.iter().map(|s| s["device"].as_str().unwrap()).collect();
+    let devices: Vec<&str> = stocks
+        .iter()
+        .map(|s| s["device"].as_str().unwrap())
+        .collect();
     assert_eq!(devices, ["works-coke-yard", "works-ldg-holder"]);
     assert_eq!(shown.as_array().unwrap().len(), stocks.len(), "{shown}");
     for (row, s) in shown.as_array().unwrap().iter().zip(stocks) {
@@ -464,13 +479,13 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
     drawn_whole(browser, "bands", &shots.join("cost.png"));
 
     // The data-quality page's strips: each device's hours as the API has them up to the
-    // plant's clock (its newest sample), the worst of each hour.
+    // plant's clock (its newest sample), the worst of each hour, a bad one by its code.
     browser.goto(&format!("http://{http}/#/quality"));
     let strips = browser.wait_for(
         "the quality strips",
         WAIT,
         "const rows = [...document.querySelectorAll('[data-table=strips] tr[data-strip]')]; \
-         return rows.length && rows.map(r => [r.dataset.strip, [...r.querySelectorAll('[data-state]')].map(c => c.dataset.state)])",
+         return rows.length && rows.map(r => [r.dataset.strip, [...r.querySelectorAll('[data-state]')].map(c => [c.dataset.state, c.dataset.code || null])])",
     );
     let newest = get_json(http, "/api/v1/devices")
         .as_array()
@@ -498,19 +513,34 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|h| h["state"].clone())
+                    .map(|h| serde_json::json!([h["state"], h["code"]]))
                     .collect::<Vec<_>>()
             ])
         })
         .collect();
     assert_eq!(strips, serde_json::Value::Array(api));
+    // The flare's silent half hour, drawn in its code.
+    let flare = strips
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d[0] == "works-ldg-flare")
+        .unwrap();
+    assert!(
+        flare[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == &serde_json::json!(["bad", "timeout"])),
+        "{flare}"
+    );
     // The pipeline ran for minutes of real time, hours of the plant's: its last hours came in.
     assert!(
         strips
             .as_array()
             .unwrap()
             .iter()
-            .all(|d| d[1][23] != "missing"),
+            .all(|d| d[1][23][0] != "missing"),
         "{strips}"
     );
 
