@@ -820,18 +820,18 @@ pub fn start_pipeline_edited(
     gateway_extra: &str,
     edit: impl FnOnce(String) -> String,
 ) -> Pipeline {
-    start_pipeline_faulty(dir, mqtt_port, gateway_extra, edit, &[])
+    start_pipeline_with_sim(dir, mqtt_port, gateway_extra, edit, &[])
 }
 
-/// The same, with the simulator's `faults` (see [`start_sim`]).
-pub fn start_pipeline_faulty(
+/// The same, with `sim_extra` on the simulator's command line (see [`start_sim_with`]).
+pub fn start_pipeline_with_sim(
     dir: &Path,
     mqtt_port: u16,
     gateway_extra: &str,
     edit: impl FnOnce(String) -> String,
-    faults: &[&str],
+    sim_extra: &[&str],
 ) -> Pipeline {
-    let (sim, sim_addr) = start_sim(dir, faults);
+    let (sim, sim_addr) = start_sim_with(dir, &[], sim_extra);
     write_gateway_config(dir, mqtt_port);
     let path = dir.join("gateway.toml");
     let mut text = edit(std::fs::read_to_string(&path).unwrap());

@@ -15,20 +15,18 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
     let d = dir.path();
     let broker = Mosquitto::start(d);
     let Pipeline {
-        sim: _sim,
+        sim,
         mut gateway,
         http,
         mut edge,
-    } = start_pipeline_faulty(
+    } = start_pipeline_with_sim(
         d,
         broker.port,
         "",
         |text| text,
-        // The flare's meter is silent for nine simulated minutes (nine real seconds) once the
-        // edge has read its clock (the edge carries the meter's time on): a bad hour on the
-        // data-quality page, in its code's colour.
-        &[r#"{ device = "works-ldg-flare", kind = "no_response", at_h = 0.15, for_h = 0.15 }"#],
+        &["--control", "127.0.0.1:0"],
     );
+    let control = sim.wait_line("CONTROL ", Duration::from_secs(5));
     let listed = get_json(&http, "/api/v1/units");
     let ids = |conversion: bool| -> Vec<String> {
         listed
@@ -56,6 +54,22 @@ fn the_dashboard_in_chromium_shows_the_plant_live_and_refuses_an_anonymous_ack()
             })
         },
     );
+    // The flare's meter falls silent for six simulated minutes, now that the edge has read its
+    // clock (the edge carries the meter's time on): a bad hour on the data-quality page, drawn
+    // in its code's colour.
+    let fault =
+        serde_json::json!({"device": "works-ldg-flare", "kind": "no_response", "for_h": 0.1});
+    let posted = ureq::post(&format!("http://{control}/faults")).send_json(&fault);
+    assert!(posted.is_ok(), "injecting {fault}: {posted:?}");
+    eventually("the flare's silent minutes stored", WAIT, || {
+        get_json(&http, "/api/v1/quality?hours=24")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["device"] == "works-ldg-flare")
+            .flat_map(|s| s["hours"].as_array().unwrap().clone())
+            .any(|h| h["code"] == "timeout")
+    });
     let shots = artifacts_dir("dashboard");
     let browser = Browser::start(d, 1400, 1000);
 
@@ -519,7 +533,7 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
         })
         .collect();
     assert_eq!(strips, serde_json::Value::Array(api));
-    // The flare's silent half hour, drawn in its code.
+    // The flare's silent minutes, drawn in their code.
     let flare = strips
         .as_array()
         .unwrap()
