@@ -548,12 +548,15 @@ fn energy_pages(browser: &Browser, http: &str, shots: &std::path::Path) {
             .any(|c| c == &serde_json::json!(["bad", "timeout"])),
         "{flare}"
     );
-    // The pipeline ran for minutes of real time, hours of the plant's: its last hours came in.
+    // The pipeline ran for minutes of real time, hours of the plant's: its last hours came in,
+    // but for the flare's, whose meter the edge waits longer to poll again after its silence
+    // (the backoff) than a quick run lasts.
     assert!(
         strips
             .as_array()
             .unwrap()
             .iter()
+            .filter(|d| d[0] != "works-ldg-flare")
             .all(|d| d[1][23][0] != "missing"),
         "{strips}"
     );
