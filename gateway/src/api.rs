@@ -509,6 +509,9 @@ struct IndicatorQuery {
     period: Option<Period>,
     from: Option<String>,
     to: Option<String>,
+    /// The periods of the `within` period that holds `from`, from its start (a month's or a
+    /// year's days so far): a page asks for them beside the month or year itself, at once.
+    within: Option<Period>,
 }
 
 fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
@@ -534,6 +537,10 @@ fn period_range(
     let from = match &q.from {
         Some(f) => parse_time("from", f)?,
         None => to - 24 * HOUR_MS,
+    };
+    let from = match q.within {
+        Some(within) => buckets(within, from, from + 1, &s.config.plant.calendar)[0].0,
+        None => from,
     };
     if from >= to {
         return Err(ApiError::BadRequest("`from` must be before `to`".into()));

@@ -297,6 +297,16 @@ fn a_week_with_faults_matches_the_truth_day_by_day_and_raises_the_alarms() {
         );
         let balances = balances.as_array().unwrap();
         assert_eq!(balances.len(), 7);
+        // The month's days so far, asked from a time inside the month (as the balance page
+        // asks for them beside the month itself): from the 1st, the same days.
+        let month_days = get_json(
+            &http,
+            &format!("/api/v1/enterprises/{enterprise}/balance?period=day&within=month&from=2026-01-11T12:00:00%2B08:00&to=2026-01-12T00:00:00%2B08:00"),
+        );
+        let month_days = month_days.as_array().unwrap();
+        assert_eq!(month_days.len(), 11);
+        assert_eq!(month_days[0]["start"], "2026-01-01T00:00:00+08:00");
+        assert_eq!(&month_days[4..], balances.as_slice());
         let mut enterprise_days = 0;
         for (day, got) in DAYS.iter().zip(balances) {
             if got["completeness"].as_f64().unwrap() < 0.999

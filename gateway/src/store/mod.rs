@@ -23,7 +23,6 @@ pub mod upload_outbox;
 mod write;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::Context as _;
 use rusqlite::Connection;
@@ -100,12 +99,14 @@ impl Store {
     pub fn read_copy(path: &Path) -> anyhow::Result<crate::view::Reader> {
         use rusqlite::OpenFlags;
         anyhow::ensure!(path.exists(), "no database at {}", path.display());
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open {} read-only", path.display()))?;
-        let version = schema::version(&conn)
+        let open = || {
+            Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .with_context(|| format!("cannot open {} read-only", path.display()))
+        };
+        let version = schema::version(&open()?)
             .with_context(|| format!("{} is not a gateway's database", path.display()))?;
         anyhow::ensure!(
             version == schema::MIGRATIONS.len() as i64,
@@ -113,18 +114,15 @@ impl Store {
             path.display(),
             schema::MIGRATIONS.len()
         );
-        Ok(crate::view::Reader::new(SqliteReader {
-            conn: Mutex::new(conn),
-            path: path.to_owned(),
-        }))
+        Ok(crate::view::Reader::new(SqliteReader::open(path, open)?))
     }
 
-    /// A reader of this database, with a connection of its own.
+    /// A reader of this database, with connections of its own.
     pub fn reader(&self) -> anyhow::Result<crate::view::Reader> {
-        Ok(crate::view::Reader::new(SqliteReader {
-            conn: Mutex::new(open_conn(&self.path)?),
-            path: self.path.clone(),
-        }))
+        Ok(crate::view::Reader::new(SqliteReader::open(
+            &self.path,
+            || open_conn(&self.path),
+        )?))
     }
 }
 

@@ -2,8 +2,9 @@
 //! rows are [`crate::view`]'s, shared with PostgreSQL).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use ems_energy::counter::PointSlot;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -16,21 +17,55 @@ use crate::view::{
     QuarantineTotal, ReadRecord, PAYLOAD_PREVIEW,
 };
 
-/// SQLite's reader: one connection of its own (reads never wait for ingest's writer, WAL).
+/// Connections a reader keeps: the API's requests read side by side (WAL lets readers share the
+/// file with each other and with ingest's writer), so a year's balance does not hold up a page's
+/// other requests or another user's.
+pub(super) const READ_CONNECTIONS: usize = 4;
+
+/// SQLite's reader: connections of its own (reads never wait for ingest's writer, WAL), each
+/// request taking one that is free.
 pub struct SqliteReader {
-    pub(super) conn: Mutex<Connection>,
+    conns: Vec<Mutex<Connection>>,
+    /// Which connection a request waits for when all are busy (in turn).
+    next: AtomicUsize,
     /// For reads that take long (an export paced by its client): a connection of their own,
     /// so that they never hold up the API's other reads.
     pub(super) path: PathBuf,
 }
 
 impl SqliteReader {
+    /// A reader over `open()`'s connections ([`READ_CONNECTIONS`] of them).
+    pub(super) fn open(
+        path: &Path,
+        open: impl Fn() -> anyhow::Result<Connection>,
+    ) -> anyhow::Result<SqliteReader> {
+        Ok(SqliteReader {
+            conns: (0..READ_CONNECTIONS)
+                .map(|_| open().map(Mutex::new))
+                .collect::<anyhow::Result<_>>()?,
+            next: AtomicUsize::new(0),
+            path: path.to_owned(),
+        })
+    }
+
+    /// A free connection, or, when every one is busy, the next in turn once it is free.
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        for c in &self.conns {
+            match c.try_lock() {
+                Ok(conn) => return conn,
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => panic!("reader lock poisoned"),
+            }
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].lock().expect("reader lock poisoned")
+    }
+
     pub(super) fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> anyhow::Result<T> {
-        let conn = self.conn.lock().expect("reader lock poisoned");
-        Ok(f(&conn)?)
+        Ok(f(&self.conn())?)
     }
 
     /// The same, for work whose errors are not all SQLite's (a compacted block's decoding).
@@ -38,8 +73,7 @@ impl SqliteReader {
         &self,
         f: impl FnOnce(&Connection) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let conn = self.conn.lock().expect("reader lock poisoned");
-        f(&conn)
+        f(&self.conn())
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::storage::{hex, AccountingRules, Incoming, Rejected, Tracked, WriteRules};
-use crate::view::{DeclareOutcome, LostRange, QuarantineRow, PAYLOAD_PREVIEW};
+use crate::view::{DeclareOutcome, LostRange, QuarantineRow, ReadRecord, PAYLOAD_PREVIEW};
 use ems_core::wire::PointValue;
 use ems_core::wire::Telemetry;
 use ems_core::Quality;
@@ -743,4 +743,38 @@ fn a_batch_waits_for_another_writer_instead_of_failing() {
         "batches failed while another connection wrote ({writes} writes)"
     );
     assert!(writes > 10, "the other writer wrote meanwhile: {writes}");
+}
+
+#[test]
+fn a_long_read_does_not_hold_up_the_apis_other_reads() {
+    let path = temp_db("readers");
+    let mut store = Store::open(&path).unwrap();
+    store
+        .write_batch(&[msg(1, 1_000, 10.0)], &rules(), 0)
+        .unwrap();
+    let reader = std::sync::Arc::new(read::SqliteReader::open(&path, || open_conn(&path)).unwrap());
+    // One request holds a connection (a year's balance being read) until told, or 10 s.
+    let (tell, told) = std::sync::mpsc::channel::<()>();
+    let (held, holding) = std::sync::mpsc::channel::<()>();
+    let long = {
+        let reader = reader.clone();
+        std::thread::spawn(move || {
+            reader
+                .with(|_| {
+                    held.send(()).unwrap();
+                    Ok(told
+                        .recv_timeout(std::time::Duration::from_secs(10))
+                        .is_ok())
+                })
+                .unwrap()
+        })
+    };
+    holding.recv().unwrap();
+    // Another request is answered meanwhile, and only then lets the long one go.
+    assert_eq!(reader.devices().unwrap().len(), 1);
+    tell.send(()).unwrap();
+    assert!(
+        long.join().unwrap(),
+        "the second read waited for the long one to give up its connection"
+    );
 }
