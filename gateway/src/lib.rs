@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod packed;
 pub mod pg;
+pub mod pool;
 pub mod receiver;
 pub mod report;
 pub mod runtime;

@@ -2,7 +2,6 @@
 //! every site in the database, whichever slot wrote it (the central view of a group).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use anyhow::Context as _;
 use ems_energy::counter::PointSlot;
@@ -14,16 +13,18 @@ use super::{redact, LEDGER_LOCK};
 use crate::batch::ChainRow;
 use crate::clock::rfc3339;
 use crate::evidence::{EdgeKeys, EvidenceCheck, EvidenceReport, StoredEvidence};
+use crate::pool::{Pool, READ_CONNECTIONS};
 use crate::storage::AccountingRules;
 use crate::view::{
     export_message, AnomalyRow, ChainView, DeclareOutcome, DeviceRow, EdgeRow, Integrity,
     LostRange, QuarantineRow, QuarantineTotal, ReadRecord, Recount, EXPORT_HEADER, PAYLOAD_PREVIEW,
 };
 
-/// A connection of its own, reopened when the server closed it.
+/// Sessions of its own (the first opened at once, the others when requests first overlap),
+/// each reopened when the server closed it.
 pub struct PgReader {
     url: String,
-    conn: Mutex<Option<Conn>>,
+    conns: Pool<Option<Conn>>,
 }
 
 struct Conn {
@@ -35,14 +36,17 @@ struct Conn {
 impl PgReader {
     /// Connects to a database a gateway has set up (its schema is the writer's to migrate).
     pub fn connect(url: &str) -> anyhow::Result<PgReader> {
+        let first = Conn::open(url)?;
         Ok(PgReader {
             url: url.to_owned(),
-            conn: Mutex::new(Some(Conn::open(url)?)),
+            conns: Pool::new(
+                std::iter::once(Some(first)).chain((1..READ_CONNECTIONS).map(|_| None)),
+            ),
         })
     }
 
     fn with_conn<T>(&self, f: impl FnOnce(&mut Conn) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let mut guard = self.conn.lock().expect("reader lock poisoned");
+        let mut guard = self.conns.get();
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = Some(Conn::open(&self.url)?);
         }
@@ -74,9 +78,10 @@ impl Drop for PgReader {
     /// drives async tasks (the API's state goes when the HTTP server stops): closed on a thread
     /// of its own there.
     fn drop(&mut self) {
-        let conn = self.conn.get_mut().map(Option::take).unwrap_or_default();
-        if let (Some(conn), Ok(_)) = (conn, tokio::runtime::Handle::try_current()) {
-            std::thread::spawn(move || drop(conn));
+        for slot in self.conns.slots_mut() {
+            if let (Some(conn), Ok(_)) = (slot.take(), tokio::runtime::Handle::try_current()) {
+                std::thread::spawn(move || drop(conn));
+            }
         }
     }
 }

@@ -3,31 +3,23 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use ems_energy::counter::PointSlot;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rfc3339;
 use crate::batch::ChainRow;
+use crate::pool::{Pool, READ_CONNECTIONS};
 use crate::storage::AccountingRules;
 use crate::view::{
     AnomalyRow, ChainView, DeclareOutcome, DeviceRow, EdgeRow, Integrity, LostRange, QuarantineRow,
     QuarantineTotal, ReadRecord, PAYLOAD_PREVIEW,
 };
 
-/// Connections a reader keeps: the API's requests read side by side (WAL lets readers share the
-/// file with each other and with ingest's writer), so a year's balance does not hold up a page's
-/// other requests or another user's.
-pub(super) const READ_CONNECTIONS: usize = 4;
-
-/// SQLite's reader: connections of its own (reads never wait for ingest's writer, WAL), each
-/// request taking one that is free.
+/// SQLite's reader: connections of its own (reads never wait for ingest's writer, WAL: readers
+/// share the file with each other and with the writer), each request taking one that is free.
 pub struct SqliteReader {
-    conns: Vec<Mutex<Connection>>,
-    /// Which connection a request waits for when all are busy (in turn).
-    next: AtomicUsize,
+    conns: Pool<Connection>,
     /// For reads that take long (an export paced by its client): a connection of their own,
     /// so that they never hold up the API's other reads.
     pub(super) path: PathBuf,
@@ -40,32 +32,20 @@ impl SqliteReader {
         open: impl Fn() -> anyhow::Result<Connection>,
     ) -> anyhow::Result<SqliteReader> {
         Ok(SqliteReader {
-            conns: (0..READ_CONNECTIONS)
-                .map(|_| open().map(Mutex::new))
-                .collect::<anyhow::Result<_>>()?,
-            next: AtomicUsize::new(0),
+            conns: Pool::new(
+                (0..READ_CONNECTIONS)
+                    .map(|_| open())
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            ),
             path: path.to_owned(),
         })
-    }
-
-    /// A free connection, or, when every one is busy, the next in turn once it is free.
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        for c in &self.conns {
-            match c.try_lock() {
-                Ok(conn) => return conn,
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Poisoned(_)) => panic!("reader lock poisoned"),
-            }
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].lock().expect("reader lock poisoned")
     }
 
     pub(super) fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> anyhow::Result<T> {
-        Ok(f(&self.conn())?)
+        Ok(f(&self.conns.get())?)
     }
 
     /// The same, for work whose errors are not all SQLite's (a compacted block's decoding).
@@ -73,7 +53,7 @@ impl SqliteReader {
         &self,
         f: impl FnOnce(&Connection) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        f(&self.conn())
+        f(&self.conns.get())
     }
 }
 
