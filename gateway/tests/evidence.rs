@@ -299,6 +299,11 @@ fn check_record(reader: &Reader, book: &mut AlarmBook, outcome: &BatchOutcome) {
         "ends before 9"
     );
     assert_eq!(last("kw", 5, 10), None, "refused every time: no level");
+    assert_eq!(
+        last("kw", -60, 60),
+        None,
+        "every message of the hour looked at, none taken"
+    );
     assert_eq!(last("kwh", -60, 1), None, "before the first message");
     assert_eq!(last("nothing", 0, 30), None);
 }

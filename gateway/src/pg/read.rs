@@ -91,6 +91,10 @@ fn connect(url: &str) -> anyhow::Result<Client> {
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))
 }
 
+/// Messages fetched at a time while looking for a point's last good reading (most are found in
+/// the newest; a meter that stopped answering takes more fetches).
+const LAST_READING_FETCH: i32 = 8;
+
 impl ReadRecord for PgReader {
     fn devices(&self) -> anyhow::Result<Vec<DeviceRow>> {
         self.with(|c| {
@@ -266,18 +270,26 @@ impl ReadRecord for PgReader {
             else {
                 return Ok(None);
             };
-            // Newest first: the first message with a good reading of it is the answer.
-            for r in c.query(
+            // Newest first, a few at a time (a day's messages are not fetched to find the
+            // last one): the first message with a good reading of it is the answer.
+            let mut tx = c.build_transaction().read_only(true).start()?;
+            let newest_first = tx.bind(
                 "SELECT ts_ms, points FROM messages
                  WHERE device = $1 AND ts_ms >= $2 AND ts_ms < $3 ORDER BY ts_ms DESC, seq DESC",
                 &[&device, &from_ms, &to_ms],
-            )? {
-                let points: Option<Vec<u8>> = r.get(1);
-                if let Some(v) = crate::view::good_value(series, points.as_deref())? {
-                    return Ok(Some((r.get(0), v)));
+            )?;
+            loop {
+                let rows = tx.query_portal(&newest_first, LAST_READING_FETCH)?;
+                for r in &rows {
+                    let points: Option<Vec<u8>> = r.get(1);
+                    if let Some(v) = crate::view::good_value(series, points.as_deref())? {
+                        return Ok(Some((r.get(0), v)));
+                    }
+                }
+                if rows.len() < LAST_READING_FETCH as usize {
+                    return Ok(None);
                 }
             }
-            Ok(None)
         })
     }
 
