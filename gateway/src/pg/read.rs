@@ -609,3 +609,44 @@ impl ReadRecord for PgReader {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::{PgStore, ScratchDatabase};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_long_read_does_not_hold_up_the_central_views_other_reads() {
+        let db = ScratchDatabase::new(
+            &ScratchDatabase::default_server(),
+            &format!("ems_test_readers_{}", std::process::id()),
+        )
+        .expect("PostgreSQL on 127.0.0.1:5432 (trust authentication) or EMS_TEST_POSTGRES");
+        let _schema = PgStore::connect(&db.url()).unwrap();
+        let reader = &PgReader::connect(&db.url()).unwrap();
+        // One request holds the first session (a year's balance being read) until told, or 10 s.
+        let (tell, told) = mpsc::channel::<()>();
+        let (held, holding) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let long = s.spawn(move || {
+                reader
+                    .with(|_| {
+                        held.send(()).unwrap();
+                        Ok(told.recv_timeout(Duration::from_secs(10)).is_ok())
+                    })
+                    .unwrap()
+            });
+            holding.recv().unwrap();
+            // Another is answered meanwhile, on a session opened for it, and only then lets the
+            // long one go.
+            assert!(reader.devices().unwrap().is_empty());
+            tell.send(()).unwrap();
+            assert!(
+                long.join().unwrap(),
+                "the second read waited for the long one to give up its session"
+            );
+        });
+    }
+}
