@@ -13,18 +13,17 @@ use super::{redact, LEDGER_LOCK};
 use crate::batch::ChainRow;
 use crate::clock::rfc3339;
 use crate::evidence::{EdgeKeys, EvidenceCheck, EvidenceReport, StoredEvidence};
-use crate::pool::{Pool, READ_CONNECTIONS};
+use crate::pool::Pool;
 use crate::storage::AccountingRules;
 use crate::view::{
     export_message, AnomalyRow, ChainView, DeclareOutcome, DeviceRow, EdgeRow, Integrity,
     LostRange, QuarantineRow, QuarantineTotal, ReadRecord, Recount, EXPORT_HEADER, PAYLOAD_PREVIEW,
 };
 
-/// Sessions of its own (the first opened at once, the others when requests first overlap),
-/// each reopened when the server closed it.
+/// Sessions of its own ([`Pool`]), each reopened when the server closed it.
 pub struct PgReader {
     url: String,
-    conns: Pool<Option<Conn>>,
+    conns: Pool<Conn>,
 }
 
 struct Conn {
@@ -36,21 +35,17 @@ struct Conn {
 impl PgReader {
     /// Connects to a database a gateway has set up (its schema is the writer's to migrate).
     pub fn connect(url: &str) -> anyhow::Result<PgReader> {
-        let first = Conn::open(url)?;
         Ok(PgReader {
             url: url.to_owned(),
-            conns: Pool::new(
-                std::iter::once(Some(first)).chain((1..READ_CONNECTIONS).map(|_| None)),
-            ),
+            conns: Pool::new(Conn::open(url)?),
         })
     }
 
     fn with_conn<T>(&self, f: impl FnOnce(&mut Conn) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let mut guard = self.conns.get();
-        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *guard = Some(Conn::open(&self.url)?);
-        }
-        f(guard.as_mut().expect("connected above"))
+        let mut conn = self
+            .conns
+            .get(|| Conn::open(&self.url), |c| !c.client.is_closed())?;
+        f(conn.as_mut().expect("opened by the pool"))
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> anyhow::Result<T>) -> anyhow::Result<T> {
@@ -78,8 +73,9 @@ impl Drop for PgReader {
     /// drives async tasks (the API's state goes when the HTTP server stops): closed on a thread
     /// of its own there.
     fn drop(&mut self) {
-        for slot in self.conns.slots_mut() {
-            if let (Some(conn), Ok(_)) = (slot.take(), tokio::runtime::Handle::try_current()) {
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        for conn in self.conns.take_all() {
+            if in_runtime {
                 std::thread::spawn(move || drop(conn));
             }
         }

@@ -97,16 +97,10 @@ impl Store {
     /// the verifier's view of an export, which checking it must not change. The copy must be of
     /// this gateway's schema; an older one is opened by the gateway that wrote it.
     pub fn read_copy(path: &Path) -> anyhow::Result<crate::view::Reader> {
-        use rusqlite::OpenFlags;
         anyhow::ensure!(path.exists(), "no database at {}", path.display());
-        let open = || {
-            Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .with_context(|| format!("cannot open {} read-only", path.display()))
-        };
-        let version = schema::version(&open()?)
+        let reader = SqliteReader::open(path, true)?;
+        let version = reader
+            .with(schema::version)
             .with_context(|| format!("{} is not a gateway's database", path.display()))?;
         anyhow::ensure!(
             version == schema::MIGRATIONS.len() as i64,
@@ -114,14 +108,13 @@ impl Store {
             path.display(),
             schema::MIGRATIONS.len()
         );
-        Ok(crate::view::Reader::new(SqliteReader::open(path, open)?))
+        Ok(crate::view::Reader::new(reader))
     }
 
     /// A reader of this database, with connections of its own.
     pub fn reader(&self) -> anyhow::Result<crate::view::Reader> {
         Ok(crate::view::Reader::new(SqliteReader::open(
-            &self.path,
-            || open_conn(&self.path),
+            &self.path, false,
         )?))
     }
 }

@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use ems_energy::counter::PointSlot;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rfc3339;
 use crate::batch::ChainRow;
-use crate::pool::{Pool, READ_CONNECTIONS};
+use crate::pool::Pool;
 use crate::storage::AccountingRules;
 use crate::view::{
     AnomalyRow, ChainView, DeclareOutcome, DeviceRow, EdgeRow, Integrity, LostRange, QuarantineRow,
@@ -20,23 +21,19 @@ use crate::view::{
 /// share the file with each other and with the writer), each request taking one that is free.
 pub struct SqliteReader {
     conns: Pool<Connection>,
+    /// A copy opened read-only (`ems-gateway verify --db`), not a live gateway's database.
+    read_only: bool,
     /// For reads that take long (an export paced by its client): a connection of their own,
     /// so that they never hold up the API's other reads.
     pub(super) path: PathBuf,
 }
 
 impl SqliteReader {
-    /// A reader over `open()`'s connections ([`READ_CONNECTIONS`] of them).
-    pub(super) fn open(
-        path: &Path,
-        open: impl Fn() -> anyhow::Result<Connection>,
-    ) -> anyhow::Result<SqliteReader> {
+    /// A reader of the database at `path`, its first connection opened now.
+    pub(super) fn open(path: &Path, read_only: bool) -> anyhow::Result<SqliteReader> {
         Ok(SqliteReader {
-            conns: Pool::new(
-                (0..READ_CONNECTIONS)
-                    .map(|_| open())
-                    .collect::<anyhow::Result<Vec<_>>>()?,
-            ),
+            conns: Pool::new(connect(path, read_only)?),
+            read_only,
             path: path.to_owned(),
         })
     }
@@ -45,7 +42,7 @@ impl SqliteReader {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> anyhow::Result<T> {
-        Ok(f(&self.conns.get())?)
+        self.with_any(|c| Ok(f(c)?))
     }
 
     /// The same, for work whose errors are not all SQLite's (a compacted block's decoding).
@@ -53,8 +50,23 @@ impl SqliteReader {
         &self,
         f: impl FnOnce(&Connection) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        f(&self.conns.get())
+        let conn = self
+            .conns
+            .get(|| connect(&self.path, self.read_only), |_| true)?;
+        f(conn.as_ref().expect("opened by the pool"))
     }
+}
+
+fn connect(path: &Path, read_only: bool) -> anyhow::Result<Connection> {
+    use rusqlite::OpenFlags;
+    if !read_only {
+        return super::open_conn(path);
+    }
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {} read-only", path.display()))
 }
 
 impl ReadRecord for SqliteReader {
