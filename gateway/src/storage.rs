@@ -101,6 +101,10 @@ pub struct Raw {
     pub payload: bytes::Bytes,
     /// Its signature was verified with its edge's enrolled key (protocol v1.2).
     pub verified: bool,
+    /// Its signature is still to be verified with its edge's enrolled key: ingest verifies a
+    /// batch of messages at a time ([`crate::ingest::verify_signatures`]) before the writer
+    /// stores them.
+    pub unverified: bool,
 }
 
 /// One unit of ingest work, in arrival order.

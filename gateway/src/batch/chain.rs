@@ -2,8 +2,8 @@
 //! whose `prev` contradicts its stored neighbours is refused, a stored one's evidence is kept
 //! beside it, and the device's chain row moves on (head, verified-through, restarts).
 //!
-//! The signature itself is checked before the writer, at classification, against the edge's
-//! enrolled key (`ingest::classify`); here the chain is checked, which needs the record.
+//! The signature itself is checked before the writer, against the edge's enrolled key
+//! (`ingest::verify_signatures`); here the chain is checked, which needs the record.
 
 use ems_core::evidence::{hex, parse, Content, CHAIN_START};
 use ems_core::wire::{Signed, Telemetry};
@@ -20,13 +20,21 @@ pub(super) struct NewLink {
 /// The point of the anomalies that report a device's evidence troubles (raised as alarms).
 pub const ANOMALY_POINT: &str = "evidence";
 
-/// Checks `t` against its stored neighbours: `Err` with the reason when its `prev` is not the
-/// digest of the stored message before it, or the stored message after it names another digest
-/// as its predecessor. A `prev` of zeros starts a chain and links to nothing.
+/// Whether `t`, signed, is new to the record of its device, whose chain is `c`.
+pub(super) fn is_new(tx: &impl WriteTx, t: &Telemetry, c: &ChainRow) -> anyhow::Result<bool> {
+    // The head is the highest number stored with evidence: past it, nothing is.
+    Ok(t.seq as i64 > c.head_seq || tx.evidence(&t.device, t.seq as i64)?.is_none())
+}
+
+/// Checks `t` against its stored neighbours (its device's chain `c`): `Err` with the reason when
+/// its `prev` is not the digest of the stored message before it, or the stored message after it
+/// names another digest as its predecessor. A `prev` of zeros starts a chain and links to
+/// nothing.
 pub(super) fn check(
     tx: &impl WriteTx,
     t: &Telemetry,
     signed: &Signed,
+    c: &ChainRow,
 ) -> anyhow::Result<Result<NewLink, (&'static str, String)>> {
     let Some((prev, sig)) = parse(signed) else {
         return Ok(Err((
@@ -36,8 +44,18 @@ pub(super) fn check(
     };
     let digest = Content::of(t).digest(&prev);
     let seq = t.seq as i64;
+    // In order, the message before is the head (no lookup); after the head, nothing is stored.
+    let before = match c.signed > 0 && c.head_seq == seq - 1 {
+        true => Some(c.head_digest),
+        false if prev == CHAIN_START => None,
+        false => tx.evidence(&t.device, seq - 1)?.map(|e| e.1),
+    };
+    let after = match seq > c.head_seq {
+        true => None,
+        false => tx.evidence(&t.device, seq + 1)?,
+    };
     if prev != CHAIN_START {
-        if let Some((_, before, _)) = tx.evidence(&t.device, seq - 1)? {
+        if let Some(before) = before {
             if before != prev {
                 return Ok(Err(("chain", format!(
                     "message {seq} names {} as its predecessor; the stored message {} has digest {}",
@@ -48,7 +66,7 @@ pub(super) fn check(
             }
         }
     }
-    if let Some((named, _, _)) = tx.evidence(&t.device, seq + 1)? {
+    if let Some((named, _, _)) = after {
         if named != CHAIN_START && named != digest {
             return Ok(Err((
                 "chain",
@@ -68,13 +86,15 @@ pub(super) fn check(
     }))
 }
 
-/// Keeps a stored message's evidence and moves its device's chain on. Returns whether the
-/// message starts a new chain after earlier signed ones (a restart, reported as an anomaly).
+/// Keeps a stored message's evidence and moves its device's chain (`c`, as [`check`] saw it)
+/// on. Returns whether the message starts a new chain after earlier signed ones (a restart,
+/// reported as an anomaly).
 pub(super) fn record(
     tx: &impl WriteTx,
     t: &Telemetry,
     link: &NewLink,
     verified: bool,
+    mut c: ChainRow,
 ) -> anyhow::Result<bool> {
     let seq = t.seq as i64;
     tx.insert_evidence(&EvidenceRow {
@@ -87,7 +107,9 @@ pub(super) fn record(
         sig: link.sig,
         verified,
     })?;
-    let mut c = tx.chain(&t.device)?.unwrap_or_default();
+    // In order: the message after the head, which [`check`] found linked to it (or starting a
+    // chain there).
+    let next_to_head = c.signed > 0 && c.head_seq == seq - 1;
     let restart = link.prev == CHAIN_START && c.signed > 0;
     c.signed += 1;
     c.verified += i64::from(verified);
@@ -100,7 +122,12 @@ pub(super) fn record(
     if link.prev == CHAIN_START && c.verified_through < seq - 1 {
         c.verified_through = seq - 1;
     }
-    advance(tx, &t.device, &mut c)?;
+    if verified && next_to_head && c.verified_through == seq - 1 {
+        // The verified run ends just before it and nothing is stored after it: one step on.
+        c.verified_through = seq;
+    } else {
+        advance(tx, &t.device, &mut c)?;
+    }
     tx.put_chain(&t.device, &c)?;
     Ok(restart)
 }

@@ -113,22 +113,26 @@ pub(super) fn write_telemetry<'a>(
     }
     // A signed message new to the record must continue its device's chain.
     let link = match &t.signed {
-        Some(signed) if tx.evidence(&t.device, seq)?.is_none() => {
-            match chain::check(tx, t, signed)? {
-                Ok(link) => Some(link),
-                Err((code, detail)) => {
-                    chain::refused(tx, &t.device, received_ms, code, &detail)?;
-                    return refuse(tx, t, raw, code, &detail, rules, received_ms, out);
-                }
+        Some(signed) => {
+            let c = tx.chain(&t.device)?.unwrap_or_default();
+            match chain::is_new(tx, t, &c)? {
+                true => match chain::check(tx, t, signed, &c)? {
+                    Ok(link) => Some((link, c)),
+                    Err((code, detail)) => {
+                        chain::refused(tx, &t.device, received_ms, code, &detail)?;
+                        return refuse(tx, t, raw, code, &detail, rules, received_ms, out);
+                    }
+                },
+                false => None,
             }
         }
-        _ => None,
+        None => None,
     };
     if !tx.insert_message(t, received_ms, &blob)? {
         return duplicate(tx, t, raw, rules, received_ms, out);
     }
-    if let Some(link) = &link {
-        if chain::record(tx, t, link, raw.verified)? {
+    if let Some((link, c)) = link {
+        if chain::record(tx, t, &link, raw.verified, c)? {
             tx.insert_anomaly(
                 &t.device,
                 chain::ANOMALY_POINT,
