@@ -398,6 +398,19 @@ fn count_rejected(item: &Incoming, metrics: &Metrics) {
     }
 }
 
+/// Waits for the next item, then takes what else has arrived, up to `most` in all; `None` once
+/// every sender is gone.
+fn next_batch<T>(rx: &mut mpsc::Receiver<T>, most: usize) -> Option<Vec<T>> {
+    let mut batch = vec![rx.blocking_recv()?];
+    while batch.len() < most {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// Most messages whose signatures are verified together (in batches of 128, ems-core's).
 const VERIFY_AT_ONCE: usize = 1_024;
 
@@ -414,14 +427,7 @@ fn spawn_verifier(
     std::thread::Builder::new()
         .name("ingest-verifier".into())
         .spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
-                let mut batch = vec![first];
-                while batch.len() < VERIFY_AT_ONCE {
-                    match rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
+            while let Some(batch) = next_batch(&mut rx, VERIFY_AT_ONCE) {
                 let (publishes, mut items): (Vec<Publish>, Vec<Incoming>) =
                     batch.into_iter().unzip();
                 for i in verify_signatures(&mut items, &keys) {
@@ -550,14 +556,7 @@ pub async fn run(
     let writer = std::thread::Builder::new()
         .name("ingest-writer".into())
         .spawn(move || -> anyhow::Result<()> {
-            while let Some(first) = work_rx.blocking_recv() {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match work_rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
+            while let Some(batch) = next_batch(&mut work_rx, MAX_BATCH) {
                 let (batch, items): (Vec<Publish>, Vec<Incoming>) = batch.into_iter().unzip();
                 let started = Instant::now();
                 writer_metrics.writer.start_batch();
