@@ -3,8 +3,8 @@
 //! Three parts: the client's event loop parses and checks publishes; a writer thread commits
 //! them in batches (one transaction each); an acknowledger sends each PUBACK only after its
 //! message's batch committed, in arrival order. With edges enrolled, a verifier thread between
-//! the first two checks their signatures, many at once. A crash at any moment loses nothing that was
-//! acknowledged, and the broker redelivers the rest (persistent session, manual acks).
+//! the first two checks their signatures, many at once. A crash at any moment loses nothing
+//! that was acknowledged, and the broker redelivers the rest (persistent session, manual acks).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -73,9 +73,8 @@ impl Validation {
 
 /// Classifies one MQTT message; anything wrong becomes a rejection with its reason.
 pub fn classify(topic_name: &str, payload: &bytes::Bytes, v: &Validation) -> Incoming {
-    let mut item = [classify_unverified(topic_name, payload, v)];
-    verify_signatures(&mut item, &v.edge_keys);
-    let [item] = item;
+    let mut item = classify_unverified(topic_name, payload, v);
+    verify_signatures(std::slice::from_mut(&mut item), &v.edge_keys);
     item
 }
 
@@ -313,44 +312,46 @@ pub fn classify_unverified(topic_name: &str, payload: &bytes::Bytes, v: &Validat
 /// verified, one whose does not becomes a rejection with its reason, in its place. Returns the
 /// places of those.
 pub fn verify_signatures(items: &mut [Incoming], keys: &crate::evidence::EdgeKeys) -> Vec<usize> {
-    use ems_core::evidence::{parse, Content};
-    let mut at = Vec::new();
-    let mut bytes = Vec::new();
+    use ems_core::evidence::{parse, Content, ToVerify};
+    // Each one left to verify: its place, canonical bytes, signature and key.
+    let mut pending = Vec::new();
+    let mut refused = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        if let Incoming::Telemetry(t, raw) = item {
-            if raw.unverified {
-                // `classify_unverified` leaves only a well-formed signature of an enrolled edge.
-                let parsed = t.signed.as_ref().and_then(parse);
-                at.push(i);
-                bytes.push(
-                    parsed
-                        .zip(keys.get(&t.edge))
-                        .map(|((prev, sig), key)| (Content::of(t).canonical(&prev), sig, key)),
-                );
+        let Incoming::Telemetry(t, raw) = item else {
+            continue;
+        };
+        if !raw.unverified {
+            continue;
+        }
+        // `classify_unverified` leaves only a well-formed signature of an enrolled edge.
+        match (t.signed.as_ref().and_then(parse), keys.get(&t.edge)) {
+            (Some((prev, sig)), Some(key)) => {
+                pending.push((i, Content::of(t).canonical(&prev), sig, key))
             }
+            _ => refused.push(i),
         }
     }
-    let to_verify: Vec<_> = bytes
+    let to_verify: Vec<ToVerify<'_>> = pending
         .iter()
-        .flatten()
-        .map(|(b, sig, key)| (b.as_slice(), *sig, *key))
+        .map(|(_, bytes, sig, key)| (bytes.as_slice(), *sig, *key))
         .collect();
-    let mut verified = ems_core::evidence::verify_each(&to_verify).into_iter();
-    let verified: Vec<bool> = bytes
+    for ((i, ..), good) in pending
         .iter()
-        .map(|b| b.is_some() && verified.next() == Some(true))
-        .collect();
-    drop(to_verify);
-    let mut refused = Vec::new();
-    for (i, good) in at.into_iter().zip(verified) {
+        .zip(ems_core::evidence::verify_each(&to_verify))
+    {
+        match (good, &mut items[*i]) {
+            (true, Incoming::Telemetry(_, raw)) => {
+                raw.unverified = false;
+                raw.verified = true;
+            }
+            _ => refused.push(*i),
+        }
+    }
+    refused.sort_unstable();
+    for &i in &refused {
         let Incoming::Telemetry(t, raw) = &mut items[i] else {
             unreachable!("gathered telemetry")
         };
-        raw.unverified = false;
-        if good {
-            raw.verified = true;
-            continue;
-        }
         items[i] = Incoming::Rejected(Rejected {
             reason: format!(
                 "signature: the signature of message {} does not verify with edge `{}`'s enrolled key",
@@ -365,7 +366,6 @@ pub fn verify_signatures(items: &mut [Incoming], keys: &crate::evidence::EdgeKey
             topic: std::mem::take(&mut raw.topic),
             payload: raw.payload.to_vec(),
         });
-        refused.push(i);
     }
     refused
 }

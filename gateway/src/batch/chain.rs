@@ -45,14 +45,17 @@ pub(super) fn check(
     let digest = Content::of(t).digest(&prev);
     let seq = t.seq as i64;
     // In order, the message before is the head (no lookup); after the head, nothing is stored.
-    let before = match c.signed > 0 && c.head_seq == seq - 1 {
-        true => Some(c.head_digest),
-        false if prev == CHAIN_START => None,
-        false => tx.evidence(&t.device, seq - 1)?.map(|e| e.1),
+    let before = if c.next_is(seq) {
+        Some(c.head_digest)
+    } else if prev == CHAIN_START {
+        None
+    } else {
+        tx.evidence(&t.device, seq - 1)?.map(|e| e.1)
     };
-    let after = match seq > c.head_seq {
-        true => None,
-        false => tx.evidence(&t.device, seq + 1)?,
+    let after = if seq > c.head_seq {
+        None
+    } else {
+        tx.evidence(&t.device, seq + 1)?
     };
     if prev != CHAIN_START {
         if let Some(before) = before {
@@ -109,7 +112,7 @@ pub(super) fn record(
     })?;
     // In order: the message after the head, which [`check`] found linked to it (or starting a
     // chain there).
-    let next_to_head = c.signed > 0 && c.head_seq == seq - 1;
+    let next_to_head = c.next_is(seq);
     let restart = link.prev == CHAIN_START && c.signed > 0;
     c.signed += 1;
     c.verified += i64::from(verified);

@@ -115,15 +115,16 @@ pub(super) fn write_telemetry<'a>(
     let link = match &t.signed {
         Some(signed) => {
             let c = tx.chain(&t.device)?.unwrap_or_default();
-            match chain::is_new(tx, t, &c)? {
-                true => match chain::check(tx, t, signed, &c)? {
+            if !chain::is_new(tx, t, &c)? {
+                None
+            } else {
+                match chain::check(tx, t, signed, &c)? {
                     Ok(link) => Some((link, c)),
                     Err((code, detail)) => {
                         chain::refused(tx, &t.device, received_ms, code, &detail)?;
                         return refuse(tx, t, raw, code, &detail, rules, received_ms, out);
                     }
-                },
-                false => None,
+                }
             }
         }
         None => None,

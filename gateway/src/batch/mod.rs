@@ -68,6 +68,14 @@ pub struct ChainRow {
     pub refused: i64,
 }
 
+impl ChainRow {
+    /// Whether `seq` comes right after the head, the highest number stored with evidence (which
+    /// is never changed or deleted): in order, with nothing stored after it.
+    pub fn next_is(&self, seq: i64) -> bool {
+        self.signed > 0 && self.head_seq == seq - 1
+    }
+}
+
 /// A range declared lost, as the ledger keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LostRow {
