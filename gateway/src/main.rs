@@ -59,6 +59,9 @@ enum Command {
         /// A JSON report (`ems-gateway report ...` or `/api/v1/reports/...`) to check.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// The report to check, named without `--report`: `verify R.json --db copy.db`.
+        #[arg(value_name = "REPORT", conflicts_with = "report")]
+        report_file: Option<PathBuf>,
         /// The gateway's public key the report must be signed with (as `ems-gateway keygen`
         /// printed it); default: the public half of `[evidence] report_key_file`, if set.
         #[arg(long)]
@@ -347,11 +350,12 @@ async fn run() -> anyhow::Result<()> {
         Command::Verify {
             config,
             report,
+            report_file,
             gateway_key,
             db,
         } => {
             let config = Config::load(&config)?;
-            let report = match report {
+            let report = match report.or(report_file) {
                 Some(path) => Some(
                     std::fs::read(&path)
                         .with_context(|| format!("cannot read {}", path.display()))?,

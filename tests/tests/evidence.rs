@@ -476,8 +476,9 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
         &["backup", "--config", "gateway.toml", "--to", "copy.db"],
     );
     let copy = std::fs::read(d.join("copy.db")).unwrap();
+    // Named as an auditor would type it: `verify REPORT --db PATH`.
     let with_copy = |report: &str| {
-        let mut args = vec!["--db", "copy.db", "--report", report];
+        let mut args = vec![report, "--db", "copy.db"];
         args.extend(["--gateway-key", gateway_public.as_str()]);
         verify(d, &args)
     };
