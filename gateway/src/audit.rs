@@ -43,14 +43,31 @@ impl Entry {
         }
     }
 
-    /// The gateway found a configuration or data file changed since it last started.
-    pub fn file_changed(name: &str, sha256: &str, at_ms: i64) -> Entry {
+    /// A configuration or data file changed since it was last logged: declared by an operator
+    /// (`ems-gateway declare-change`), or else found by the gateway at its start. The detail
+    /// begins with the file's new SHA-256 (what the next start compares), then the one before
+    /// and why.
+    pub fn file_changed(
+        name: &str,
+        (sha256, before): (&str, Option<&str>),
+        declared: Option<&Declared>,
+        at_ms: i64,
+    ) -> Entry {
+        let before = before.map_or(String::new(), |b| format!(" (before: {b})"));
+        let (who, why) = match declared {
+            Some(d) => (d.by.as_str(), d.reason.as_str()),
+            None if before.is_empty() => ("gateway", "first logged at the gateway's start"),
+            None => (
+                "gateway",
+                "found changed at the gateway's start; no one declared it (ems-gateway declare-change)",
+            ),
+        };
         Entry {
             at_ms,
-            who: "gateway".into(),
+            who: who.into(),
             action: "file_changed".into(),
             subject: name.into(),
-            detail: sha256.into(),
+            detail: format!("{sha256}{before}: {why}"),
         }
     }
 
@@ -165,15 +182,31 @@ pub fn check(rows: impl IntoIterator<Item = StoredEntry>) -> AuditReport {
     report
 }
 
-/// The file entries to log at a start: each of `digests` whose newest logged value differs.
+/// Who changed the configuration or data files, and why (`ems-gateway declare-change`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    pub by: String,
+    pub reason: String,
+}
+
+/// The file entries to log: each of `digests` whose newest logged entry names another digest,
+/// with the `file_changed` entries' details as logged (file name -> detail).
 pub fn changed_files(
     digests: &std::collections::BTreeMap<String, String>,
     logged: &std::collections::HashMap<String, String>,
-) -> Vec<(String, String)> {
+    declared: Option<&Declared>,
+    at_ms: i64,
+) -> Vec<Entry> {
     digests
         .iter()
-        .filter(|(name, sha)| logged.get(*name) != Some(*sha))
-        .map(|(n, d)| (n.clone(), d.clone()))
+        .filter_map(|(name, sha)| {
+            // The detail begins with the digest (before 2026-12 it was only the digest).
+            let before = logged
+                .get(name)
+                .map(|d| d.split([' ', ':']).next().unwrap_or(d));
+            (before != Some(sha.as_str()))
+                .then(|| Entry::file_changed(name, (sha, before), declared, at_ms))
+        })
         .collect()
 }
 
@@ -203,6 +236,39 @@ mod tests {
                 row
             })
             .collect()
+    }
+
+    #[test]
+    fn a_file_is_logged_again_only_when_its_digest_changes_whatever_its_entry_says() {
+        let (aa, bb) = ("aa".repeat(32), "bb".repeat(32));
+        let digests = std::collections::BTreeMap::from([
+            ("configuration".to_owned(), aa.clone()),
+            ("limits".to_owned(), bb.clone()),
+        ]);
+        // Entries before 2026-12 held only the digest; later ones the digest, then why.
+        let logged = std::collections::HashMap::from([
+            ("configuration".to_owned(), aa.clone()),
+            (
+                "limits".to_owned(),
+                format!("{aa} (before: {bb}): a reason"),
+            ),
+        ]);
+        let by = Declared {
+            by: "energy_manager".into(),
+            reason: "new edition".into(),
+        };
+        let changed = changed_files(&digests, &logged, Some(&by), 5);
+        assert_eq!(
+            changed
+                .iter()
+                .map(|e| (e.subject.as_str(), e.who.as_str(), e.detail.clone()))
+                .collect::<Vec<_>>(),
+            [(
+                "limits",
+                "energy_manager",
+                format!("{bb} (before: {aa}): new edition")
+            )]
+        );
     }
 
     #[test]

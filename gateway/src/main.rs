@@ -99,6 +99,20 @@ enum Command {
         #[arg(long)]
         replace: bool,
     },
+    /// Declare who changed the configuration or its coefficient or limit files, and why, before
+    /// the gateway is restarted to take them: each file changed since it was last logged gets
+    /// an audit entry with its new SHA-256, the one before, who and why. (A change no one
+    /// declared is logged at the gateway's start, as found by the gateway.)
+    DeclareChange {
+        #[arg(long)]
+        config: PathBuf,
+        /// Who changed the files (logged).
+        #[arg(long)]
+        by: String,
+        /// Why (logged): the limit standard's new edition, a meter added, ...
+        #[arg(long)]
+        reason: String,
+    },
     /// Write raw samples of a range as CSV (device, seq, point, time, value, quality).
     Export {
         #[arg(long)]
@@ -419,6 +433,9 @@ async fn run() -> anyhow::Result<()> {
             reason,
             replace,
         } => enrol(&config, &edge, &key, &by, &reason, replace).await?,
+        Command::DeclareChange { config, by, reason } => {
+            declare_change(&config, by, reason).await?
+        }
         Command::Export {
             config,
             from,
@@ -552,6 +569,37 @@ async fn enrol(
             ""
         }
     );
+    Ok(())
+}
+
+/// Logs the configuration's and data files' changes in the audit log with who and why.
+async fn declare_change(path: &std::path::Path, by: String, reason: String) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !by.trim().is_empty() && !reason.trim().is_empty(),
+        "--by and --reason name who changed the files and why"
+    );
+    // A configuration that would not load is refused here, not at the next start.
+    let config = Config::load(path)?;
+    let declared = ems_gateway::audit::Declared { by, reason };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    // Off the runtime: PostgreSQL's client blocks.
+    let logged = tokio::task::spawn_blocking(move || {
+        ems_gateway::runtime::open_reader(&config)?.note_files(
+            &config.digests,
+            Some(&declared),
+            now_ms,
+        )
+    })
+    .await??;
+    if logged == 0 {
+        println!(
+            "No configuration or data file changed since it was last logged: nothing declared."
+        );
+    } else {
+        println!(
+            "{logged} changed file(s) logged in the audit log; restart the gateway to take them."
+        );
+    }
     Ok(())
 }
 

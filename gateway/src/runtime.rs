@@ -399,7 +399,7 @@ impl SideTasks {
 /// Logs in the audit log each configuration or data file that changed since the last start.
 fn note_files(reader: &crate::view::Reader, config: &Config, now: &NowFn) -> anyhow::Result<()> {
     let changed = reader
-        .note_files(&config.digests, now())
+        .note_files(&config.digests, None, now())
         .context("cannot log the configuration's digests in the audit log")?;
     if changed > 0 {
         tracing::info!(

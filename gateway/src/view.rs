@@ -73,10 +73,12 @@ pub trait ReadRecord: Send + Sync {
     /// Logs an act done outside the record (an edge's key enrolled) in the audit log.
     fn log_act(&self, entry: &crate::audit::Entry) -> anyhow::Result<()>;
     /// Logs each configuration or data file (name -> SHA-256) that changed since it was last
-    /// logged, as the gateway found it at its start; returns how many.
+    /// logged, as an operator declared it or (`None`) as the gateway found it at its start;
+    /// returns how many.
     fn note_files(
         &self,
         digests: &std::collections::BTreeMap<String, String>,
+        declared: Option<&crate::audit::Declared>,
         now_ms: i64,
     ) -> anyhow::Result<usize>;
     /// Writes the raw samples with `from_ms <= ts < to_ms` (of one device, or all) as CSV:

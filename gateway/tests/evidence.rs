@@ -20,7 +20,7 @@ use ems_core::wire::{PointValue, Telemetry};
 use ems_core::Quality;
 use ems_energy::counter::{CounterRule, GapFill};
 use ems_gateway::alarm_book::{AckOutcome, AlarmBook, Kind, Observation};
-use ems_gateway::audit::AuditRow;
+use ems_gateway::audit::{AuditRow, Declared};
 use ems_gateway::evidence::EdgeKeys;
 use ems_gateway::ingest::{classify, classify_unverified, verify_signatures, Validation};
 use ems_gateway::pg::{PgAlarms, PgReader, PgStore, ScratchDatabase};
@@ -435,14 +435,26 @@ fn operate(reader: &Reader, book: &mut AlarmBook, store: &mut impl Storage) -> V
         ("configuration".to_string(), "aa".repeat(32)),
         ("limits".to_string(), "bb".repeat(32)),
     ]);
-    assert_eq!(reader.note_files(&files, T0 + 4).unwrap(), 2);
+    assert_eq!(reader.note_files(&files, None, T0 + 4).unwrap(), 2);
     assert_eq!(
-        reader.note_files(&files, T0 + 5).unwrap(),
+        reader.note_files(&files, None, T0 + 5).unwrap(),
         0,
         "unchanged: nothing logged"
     );
     files.insert("configuration".into(), "cc".repeat(32));
-    assert_eq!(reader.note_files(&files, T0 + 6).unwrap(), 1);
+    assert_eq!(reader.note_files(&files, None, T0 + 6).unwrap(), 1);
+    // The energy manager declares the new limit file before the restart, which then finds
+    // nothing new to log.
+    files.insert("limits".into(), "ff".repeat(32));
+    let declared = Declared {
+        by: "energy_manager".into(),
+        reason: "the limit standard's new edition".into(),
+    };
+    assert_eq!(
+        reader.note_files(&files, Some(&declared), T0 + 6).unwrap(),
+        1
+    );
+    assert_eq!(reader.note_files(&files, None, T0 + 6).unwrap(), 0);
     let enrolled = ems_gateway::audit::Entry::enrol_edge(
         "e",
         &"dd".repeat(32),
@@ -469,7 +481,19 @@ fn check_log(log: &[AuditRow], reader: &Reader) {
             ("gateway", "file_changed", "configuration"),
             ("gateway", "file_changed", "limits"),
             ("gateway", "file_changed", "configuration"),
+            ("energy_manager", "file_changed", "limits"),
             ("installer", "enrol_edge", "edge e"),
+        ]
+    );
+    let details: Vec<&str> = log[1..5].iter().rev().map(|r| r.detail.as_str()).collect();
+    let (aa, bb, cc, ff) = ["aa", "bb", "cc", "ff"].map(|h| h.repeat(32)).into();
+    assert_eq!(
+        details,
+        [
+            format!("{aa}: first logged at the gateway's start"),
+            format!("{bb}: first logged at the gateway's start"),
+            format!("{cc} (before: {aa}): found changed at the gateway's start; no one declared it (ems-gateway declare-change)"),
+            format!("{ff} (before: {bb}): the limit standard's new edition"),
         ]
     );
     assert_eq!(
@@ -487,7 +511,7 @@ fn check_log(log: &[AuditRow], reader: &Reader) {
     let report = reader.verify_audit().unwrap();
     assert_eq!(
         (report.entries, report.findings.len()),
-        (6, 0),
+        (7, 0),
         "{report:?}"
     );
 }

@@ -352,6 +352,49 @@ fn signed_readings_hold_from_the_meter_to_the_audit() {
         integrity["audit"]["findings"].as_array().map(Vec::len),
         Some(0)
     );
+    // The energy manager changes the configuration and declares it, with who and why, before
+    // the gateway is restarted to take it.
+    let first_sha = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "file_changed" && e["subject"] == "configuration")
+        .and_then(|e| e["detail"].as_str()?.get(..64))
+        .expect("the configuration's first entry")
+        .to_owned();
+    let mut toml = std::fs::read_to_string(d.join("gateway.toml")).unwrap();
+    toml.push_str("# limits reviewed with the provincial energy-saving centre\n");
+    std::fs::write(d.join("gateway.toml"), &toml).unwrap();
+    let reason = "limits reviewed";
+    gateway_cmd(
+        d,
+        &[
+            "declare-change",
+            "--config",
+            "gateway.toml",
+            "--by",
+            "energy_manager",
+            "--reason",
+            reason,
+        ],
+    );
+    let newest = &get_json(&http, "/api/v1/audit?limit=1")[0];
+    assert_eq!(
+        (&newest["who"], &newest["action"], &newest["subject"]),
+        (
+            &serde_json::json!("energy_manager"),
+            &serde_json::json!("file_changed"),
+            &serde_json::json!("configuration")
+        ),
+        "{newest}"
+    );
+    let detail = newest["detail"].as_str().unwrap();
+    let (new_sha, rest) = detail.split_at(64);
+    assert!(
+        new_sha != first_sha && new_sha.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{detail}"
+    );
+    assert_eq!(rest, format!(" (before: {first_sha}): {reason}"));
     assert!(gateway.terminate(Duration::from_secs(20)).success());
 
     // The auditor's command passes on the record as it is ...

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use postgres::GenericClient;
 
-use crate::audit::{changed_files, AuditReport, AuditRow, Entry, StoredEntry, START};
+use crate::audit::{changed_files, AuditReport, AuditRow, Declared, Entry, StoredEntry, START};
 
 /// Serializes the log's appenders across the database.
 const AUDIT_LOCK: i64 = 7_243_007;
@@ -86,6 +86,7 @@ pub(crate) fn log_act(c: &mut postgres::Client, entry: &Entry) -> anyhow::Result
 pub(crate) fn note_files(
     c: &mut postgres::Client,
     digests: &BTreeMap<String, String>,
+    declared: Option<&Declared>,
     now_ms: i64,
 ) -> anyhow::Result<usize> {
     let mut tx = c.transaction()?;
@@ -99,9 +100,9 @@ pub(crate) fn note_files(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let changed = changed_files(digests, &logged);
-    for (name, sha) in &changed {
-        append(&mut tx, &Entry::file_changed(name, sha, now_ms))?;
+    let changed = changed_files(digests, &logged, declared, now_ms);
+    for entry in &changed {
+        append(&mut tx, entry)?;
     }
     tx.commit()?;
     Ok(changed.len())

@@ -562,9 +562,10 @@ impl ReadRecord for PgReader {
     fn note_files(
         &self,
         digests: &std::collections::BTreeMap<String, String>,
+        declared: Option<&crate::audit::Declared>,
         now_ms: i64,
     ) -> anyhow::Result<usize> {
-        self.with(|c| super::audit_log::note_files(c, digests, now_ms))
+        self.with(|c| super::audit_log::note_files(c, digests, declared, now_ms))
     }
 
     fn declare_lost(

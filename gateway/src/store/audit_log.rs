@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::audit::{changed_files, AuditReport, AuditRow, Entry, StoredEntry, START};
+use crate::audit::{changed_files, AuditReport, AuditRow, Declared, Entry, StoredEntry, START};
 
 /// Appends `e` to the log, within the caller's transaction (the act and its entry commit
 /// together).
@@ -87,6 +87,7 @@ pub(crate) fn log_act(c: &mut Connection, entry: &Entry) -> anyhow::Result<()> {
 pub(crate) fn note_files(
     c: &mut Connection,
     digests: &BTreeMap<String, String>,
+    declared: Option<&Declared>,
     now_ms: i64,
 ) -> anyhow::Result<usize> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -97,9 +98,9 @@ pub(crate) fn note_files(
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let changed = changed_files(digests, &logged);
-    for (name, sha) in &changed {
-        append(&tx, &Entry::file_changed(name, sha, now_ms))?;
+    let changed = changed_files(digests, &logged, declared, now_ms);
+    for entry in &changed {
+        append(&tx, entry)?;
     }
     tx.commit()?;
     Ok(changed.len())

@@ -345,9 +345,11 @@ impl ReadRecord for SqliteReader {
     fn note_files(
         &self,
         digests: &std::collections::BTreeMap<String, String>,
+        declared: Option<&crate::audit::Declared>,
         now_ms: i64,
     ) -> anyhow::Result<usize> {
-        super::audit_log::note_files(&mut super::open_conn(&self.path)?, digests, now_ms)
+        let mut c = super::open_conn(&self.path)?;
+        super::audit_log::note_files(&mut c, digests, declared, now_ms)
     }
 
     fn declare_lost(
