@@ -207,8 +207,8 @@ pub fn decode_point(def: &PointDef, read: &Read, regs: &[u16]) -> Result<f64, Qu
 /// The outcome of polling one device once.
 pub struct Reading {
     pub points: Vec<PointValue>,
-    /// The device's own clock, if it has one and it was read.
-    pub device_clock_ms: Option<i64>,
+    /// The device's own clock, if it has one: read (ms), or why not.
+    pub device_clock: Option<Result<i64, Quality>>,
     /// The link failed: the connection must be rebuilt.
     pub link_failed: bool,
     /// Registers found refused in this poll (the plan must avoid them from now on).

@@ -262,7 +262,7 @@ mod tests {
     fn reading() -> Reading {
         Reading {
             points: Vec::new(),
-            device_clock_ms: None,
+            device_clock: None,
             link_failed: false,
             refused: Vec::new(),
             shorter: None,

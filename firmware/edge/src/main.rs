@@ -254,14 +254,16 @@ async fn run() -> anyhow::Result<()> {
             // One poll, each try waiting the whole timeout (nothing is known yet of the device).
             let wait = ems_edge::link::Wait::fixed(std::time::Duration::from_millis(timeout_ms));
             let reading = ems_edge::poller::read_device(&mut ctx, &plan, wait).await;
-            if let Some(clock) = reading.device_clock_ms {
-                println!(
+            match reading.device_clock {
+                Some(Ok(clock)) => println!(
                     "{:<16} {}",
                     "clock",
                     chrono::DateTime::from_timestamp_millis(clock)
                         .map(|t| t.to_rfc3339())
                         .unwrap_or_default()
-                );
+                ),
+                Some(Err(q)) => println!("{:<16} {:>18} {:<6} {q}", "clock", "-", ""),
+                None => {}
             }
             for (p, def) in reading.points.iter().zip(
                 plan.device

@@ -61,6 +61,9 @@ pub struct EdgeMetrics {
     /// (protocol v1.1), and those sent again after a reconnect for want of that confirmation.
     pub awaiting_commit: Gauge,
     pub resent_uncommitted: Counter,
+    /// Polls of a meter read on its own clock sent without their values: its clock had not
+    /// been read yet, so they had no time on it.
+    pub unplaced_polls: Family<DeviceLabel, Counter>,
 }
 
 fn poll_histogram() -> Histogram {
@@ -85,9 +88,15 @@ impl Default for EdgeMetrics {
             awaiting_commit: Gauge::default(),
             resent_uncommitted: Counter::default(),
             log_lines_held_back: Counter::default(),
+            unplaced_polls: Family::default(),
             registry: Registry::default(),
         };
         registry.register("polls", "Device polls", m.polls.clone());
+        registry.register(
+            "unplaced_polls",
+            "Polls of a meter read on its own clock sent without their values, its clock not read yet",
+            m.unplaced_polls.clone(),
+        );
         registry.register(
             "poll_seconds",
             "Time to read one device (all its requests), by link",

@@ -373,11 +373,11 @@ async fn read_meter(
 /// A poll's reading from each point's value or failure: the clock point stamps it, the rest
 /// are reported.
 fn reading_of(profile: &Profile, values: Vec<Result<f64, Quality>>, f: Findings) -> Reading {
-    let mut device_clock_ms = None;
+    let mut device_clock = None;
     let mut points = Vec::with_capacity(values.len());
     for (def, value) in profile.points.iter().zip(values) {
         if def.role == PointRole::Clock {
-            device_clock_ms = value.ok().map(|v| v as i64);
+            device_clock = Some(value.map(|v| v as i64));
             continue;
         }
         points.push(match value {
@@ -395,7 +395,7 @@ fn reading_of(profile: &Profile, values: Vec<Result<f64, Quality>>, f: Findings)
     }
     Reading {
         points,
-        device_clock_ms,
+        device_clock,
         link_failed: f.link_failed,
         refused: f.refused,
         shorter: f.shorter,
@@ -497,7 +497,7 @@ pub async fn run_link(
                 device: plan.device.id.clone(),
             };
             let polled = std::time::Instant::now();
-            let reading = match ctx.as_mut() {
+            let mut reading = match ctx.as_mut() {
                 Some(c) => {
                     lc.metrics.requests.inc_by(plan.reads.len() as u64);
                     let wait = fit.wait(
@@ -579,10 +579,16 @@ pub async fn run_link(
                     }
                 }
             }
-            let ts_ms = match plan.device.clock {
-                ClockSource::Device => clocks[i].stamp(reading.device_clock_ms, system_ms),
-                ClockSource::System => system_ms,
+            let (ts_ms, withheld) = match plan.device.clock {
+                ClockSource::Device => {
+                    let clock = reading.device_clock.unwrap_or(Err(Quality::Comm));
+                    crate::stamp::place(&mut clocks[i], clock, &mut reading.points, system_ms)
+                }
+                ClockSource::System => (system_ms, false),
             };
+            if withheld && lc.metrics.unplaced_polls.get_or_create(&label).inc() == 0 {
+                tracing::warn!(device = %plan.device.id, "The meter's clock has not been read yet: its polls are sent without their values until it is (stamped by the board's clock, a reading could sit hours off the meter's own).");
+            }
             batch.push((plan.device.id.clone(), ts_ms, reading.points));
         }
         // Numbers are on disk before any message carrying them is spooled or can leave: a crash
@@ -674,7 +680,7 @@ fn unreachable_reading(plan: &DevicePlan) -> Reading {
         .collect();
     Reading {
         points,
-        device_clock_ms: None,
+        device_clock: None,
         link_failed: true,
         refused: Vec::new(),
         shorter: None,

@@ -7,6 +7,13 @@
 //! simulated plant's meters run at its speed). Falling back to the system's own time would put
 //! that one reading minutes or hours off its neighbours whenever the meter's clock is (a gap,
 //! then a reading "late" or "from the future").
+//!
+//! Before the meter's clock has been read at all there is no time base to carry: such a poll is
+//! sent on the system's time with its values withheld ([`place`]), never guessed onto it. A
+//! counter loses nothing by it (its next reading carries the whole advance).
+
+use ems_core::wire::PointValue;
+use ems_core::Quality;
 
 /// One meter's clock as seen against the system's.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -22,8 +29,9 @@ pub struct MeterClock {
 const RATE_AFTER_MS: i64 = 10_000;
 
 impl MeterClock {
-    /// The stamp of a poll made at `system_ms` whose clock read gave `meter_ms`.
-    pub fn stamp(&mut self, meter_ms: Option<i64>, system_ms: i64) -> i64 {
+    /// The stamp of a poll made at `system_ms` whose clock read gave `meter_ms`; `None` when
+    /// the clock has not been read yet and this poll did not read it either.
+    pub fn stamp(&mut self, meter_ms: Option<i64>, system_ms: i64) -> Option<i64> {
         match meter_ms {
             Some(t) => {
                 // A clock set or stepped: measure its rate afresh. Told by a step back, or,
@@ -42,9 +50,9 @@ impl MeterClock {
                     self.anchor = Some((system_ms, t));
                 }
                 self.last = Some((system_ms, t));
-                t
+                Some(t)
             }
-            None => self.carried(system_ms).unwrap_or(system_ms),
+            None => self.carried(system_ms),
         }
     }
 
@@ -62,6 +70,31 @@ impl MeterClock {
     }
 }
 
+/// Places a poll of a meter read on its own clock (`clock` is the clock read's outcome): its
+/// stamp, and whether its values were withheld. Until the meter's clock has been read once, a
+/// poll whose clock read failed keeps its points but not their values, each with the clock
+/// read's failure, on the system's time: stamped there, a reading can sit hours off the
+/// meter's own (its energy accounted in the wrong slots, the meter's next readings "late"
+/// behind it).
+pub fn place(
+    meter: &mut MeterClock,
+    clock: Result<i64, Quality>,
+    points: &mut [PointValue],
+    system_ms: i64,
+) -> (i64, bool) {
+    if let Some(stamp) = meter.stamp(clock.ok(), system_ms) {
+        return (stamp, false);
+    }
+    let failure = clock.err().unwrap_or(Quality::Decode);
+    for p in points.iter_mut() {
+        p.v = None;
+        if p.q.is_good() {
+            p.q = failure;
+        }
+    }
+    (system_ms, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,24 +102,20 @@ mod tests {
     #[test]
     fn a_poll_without_its_clock_read_stays_on_the_meters_time() {
         let mut c = MeterClock::default();
-        assert_eq!(
-            c.stamp(None, 1_000_000),
-            1_000_000,
-            "never read: the system's time"
-        );
+        assert_eq!(c.stamp(None, 1_000_000), None, "never read: no time");
         // The meter runs four hours behind the system.
         let behind = 4 * 3_600_000;
         assert_eq!(
             c.stamp(Some(2_000_000 - behind), 2_000_000),
-            2_000_000 - behind
+            Some(2_000_000 - behind)
         );
-        assert_eq!(c.stamp(None, 2_001_000), 2_001_000 - behind);
+        assert_eq!(c.stamp(None, 2_001_000), Some(2_001_000 - behind));
         // A new clock read moves it on.
         assert_eq!(
             c.stamp(Some(2_002_000 - behind), 2_002_500),
-            2_002_000 - behind
+            Some(2_002_000 - behind)
         );
-        assert_eq!(c.stamp(None, 2_003_500), 2_003_000 - behind);
+        assert_eq!(c.stamp(None, 2_003_500), Some(2_003_000 - behind));
     }
 
     #[test]
@@ -96,9 +125,53 @@ mod tests {
         for s in 0..=15 {
             c.stamp(Some(5_000_000 + s * 60_000), 1_000_000 + s * 1_000);
         }
-        assert_eq!(c.stamp(None, 1_016_000), 5_000_000 + 16 * 60_000);
+        assert_eq!(c.stamp(None, 1_016_000), Some(5_000_000 + 16 * 60_000));
         // Its clock is set back an hour: the old rate is not trusted across the step.
         c.stamp(Some(5_000_000), 1_017_000);
-        assert_eq!(c.stamp(None, 1_018_000), 5_001_000);
+        assert_eq!(c.stamp(None, 1_018_000), Some(5_001_000));
+    }
+
+    #[test]
+    fn a_poll_before_the_meters_clock_was_ever_read_is_sent_without_its_values() {
+        let point = |id: &str, v: Option<f64>, q| PointValue {
+            id: id.into(),
+            v,
+            q,
+        };
+        let polled = || {
+            vec![
+                point("total", Some(1_234.5), Quality::Good),
+                point("power", None, Quality::Crc),
+            ]
+        };
+        // The meter runs four hours behind the board; its clock read times out at first.
+        let behind = 4 * 3_600_000;
+        let mut c = MeterClock::default();
+        let mut points = polled();
+        assert_eq!(
+            place(&mut c, Err(Quality::Timeout), &mut points, 1_000_000),
+            (1_000_000, true)
+        );
+        assert_eq!(
+            points,
+            [
+                point("total", None, Quality::Timeout),
+                point("power", None, Quality::Crc)
+            ]
+        );
+        // Once read, the clock stamps; a later failed read is carried on the meter's time,
+        // values kept.
+        let mut points = polled();
+        assert_eq!(
+            place(&mut c, Ok(1_001_000 - behind), &mut points, 1_001_000),
+            (1_001_000 - behind, false)
+        );
+        assert_eq!(points, polled());
+        let mut points = polled();
+        assert_eq!(
+            place(&mut c, Err(Quality::Timeout), &mut points, 1_002_000),
+            (1_002_000 - behind, false)
+        );
+        assert_eq!(points, polled());
     }
 }
