@@ -201,9 +201,7 @@ pub fn changed_files(
         .iter()
         .filter_map(|(name, sha)| {
             // The detail begins with the digest (before 2026-12 it was only the digest).
-            let before = logged
-                .get(name)
-                .map(|d| d.split([' ', ':']).next().unwrap_or(d));
+            let before = logged.get(name).and_then(|d| d.split([' ', ':']).next());
             (before != Some(sha.as_str()))
                 .then(|| Entry::file_changed(name, (sha, before), declared, at_ms))
         })

@@ -522,10 +522,7 @@ async fn enrol(
 ) -> anyhow::Result<()> {
     let key = ems_core::evidence::PublicKey::from_hex(key.trim())
         .map_err(|e| anyhow::anyhow!("--key: {e}"))?;
-    anyhow::ensure!(
-        !by.trim().is_empty() && !reason.trim().is_empty(),
-        "--by and --reason name who enrols the key and why"
-    );
+    who_and_why(by, reason, "enrols the key")?;
     let config = Config::load(path)?;
     if !ems_gateway::config::matches_any(&config.ingest.edges, edge) {
         tracing::warn!(%edge, "The edge is not in [ingest] edges: its messages are refused until it is.");
@@ -572,12 +569,18 @@ async fn enrol(
     Ok(())
 }
 
-/// Logs the configuration's and data files' changes in the audit log with who and why.
-async fn declare_change(path: &std::path::Path, by: String, reason: String) -> anyhow::Result<()> {
+/// An operator's act is logged with who did it and why: both must be given.
+fn who_and_why(by: &str, reason: &str, act: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         !by.trim().is_empty() && !reason.trim().is_empty(),
-        "--by and --reason name who changed the files and why"
+        "--by and --reason name who {act} and why"
     );
+    Ok(())
+}
+
+/// Logs the configuration's and data files' changes in the audit log with who and why.
+async fn declare_change(path: &std::path::Path, by: String, reason: String) -> anyhow::Result<()> {
+    who_and_why(&by, &reason, "changed the files")?;
     // A configuration that would not load is refused here, not at the next start.
     let config = Config::load(path)?;
     let declared = ems_gateway::audit::Declared { by, reason };

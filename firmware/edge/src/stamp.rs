@@ -29,31 +29,26 @@ pub struct MeterClock {
 const RATE_AFTER_MS: i64 = 10_000;
 
 impl MeterClock {
-    /// The stamp of a poll made at `system_ms` whose clock read gave `meter_ms`; `None` when
-    /// the clock has not been read yet and this poll did not read it either.
-    pub fn stamp(&mut self, meter_ms: Option<i64>, system_ms: i64) -> Option<i64> {
-        match meter_ms {
-            Some(t) => {
-                // A clock set or stepped: measure its rate afresh. Told by a step back, or,
-                // once its rate is known, by a read far from where the rate would have it.
-                let stepped = match (self.last, self.rate()) {
-                    (None, _) => true,
-                    (Some(l), _) if t < l.1 => true,
-                    (Some(l), Some(rate)) => {
-                        let advance = (system_ms - l.0) as f64 * rate;
-                        let expected = l.1 as f64 + advance;
-                        (t as f64 - expected).abs() > 5_000.0 + advance.abs() / 10.0
-                    }
-                    (Some(_), None) => false,
-                };
-                if stepped {
-                    self.anchor = Some((system_ms, t));
-                }
-                self.last = Some((system_ms, t));
-                Some(t)
+    /// The stamp of a poll made at `system_ms` whose clock read gave `t`: `t` itself, kept as
+    /// the time base later polls are carried on.
+    pub fn read(&mut self, t: i64, system_ms: i64) -> i64 {
+        // A clock set or stepped: measure its rate afresh. Told by a step back, or, once its
+        // rate is known, by a read far from where the rate would have it.
+        let stepped = match (self.last, self.rate()) {
+            (None, _) => true,
+            (Some(l), _) if t < l.1 => true,
+            (Some(l), Some(rate)) => {
+                let advance = (system_ms - l.0) as f64 * rate;
+                let expected = l.1 as f64 + advance;
+                (t as f64 - expected).abs() > 5_000.0 + advance.abs() / 10.0
             }
-            None => self.carried(system_ms),
+            (Some(_), None) => false,
+        };
+        if stepped {
+            self.anchor = Some((system_ms, t));
         }
+        self.last = Some((system_ms, t));
+        t
     }
 
     /// Meter milliseconds a system millisecond, once the reads span long enough to tell.
@@ -62,8 +57,9 @@ impl MeterClock {
         (sys - a_sys >= RATE_AFTER_MS).then(|| (meter - a_meter) as f64 / (sys - a_sys) as f64)
     }
 
-    /// The meter's time at `system_ms` by its last read and rate.
-    fn carried(&self, system_ms: i64) -> Option<i64> {
+    /// The stamp of a poll made at `system_ms` that could not read the clock: the meter's time
+    /// by its last read and rate; `None` before the clock was ever read.
+    pub fn carried(&self, system_ms: i64) -> Option<i64> {
         let (sys, meter) = self.last?;
         let rate = self.rate().unwrap_or(1.0);
         Some(meter + ((system_ms - sys) as f64 * rate).round() as i64)
@@ -82,10 +78,13 @@ pub fn place(
     points: &mut [PointValue],
     system_ms: i64,
 ) -> (i64, bool) {
-    if let Some(stamp) = meter.stamp(clock.ok(), system_ms) {
+    let failure = match clock {
+        Ok(t) => return (meter.read(t, system_ms), false),
+        Err(failure) => failure,
+    };
+    if let Some(stamp) = meter.carried(system_ms) {
         return (stamp, false);
     }
-    let failure = clock.err().unwrap_or(Quality::Decode);
     for p in points.iter_mut() {
         p.v = None;
         if p.q.is_good() {
@@ -102,20 +101,14 @@ mod tests {
     #[test]
     fn a_poll_without_its_clock_read_stays_on_the_meters_time() {
         let mut c = MeterClock::default();
-        assert_eq!(c.stamp(None, 1_000_000), None, "never read: no time");
+        assert_eq!(c.carried(1_000_000), None, "never read: no time");
         // The meter runs four hours behind the system.
         let behind = 4 * 3_600_000;
-        assert_eq!(
-            c.stamp(Some(2_000_000 - behind), 2_000_000),
-            Some(2_000_000 - behind)
-        );
-        assert_eq!(c.stamp(None, 2_001_000), Some(2_001_000 - behind));
+        assert_eq!(c.read(2_000_000 - behind, 2_000_000), 2_000_000 - behind);
+        assert_eq!(c.carried(2_001_000), Some(2_001_000 - behind));
         // A new clock read moves it on.
-        assert_eq!(
-            c.stamp(Some(2_002_000 - behind), 2_002_500),
-            Some(2_002_000 - behind)
-        );
-        assert_eq!(c.stamp(None, 2_003_500), Some(2_003_000 - behind));
+        assert_eq!(c.read(2_002_000 - behind, 2_002_500), 2_002_000 - behind);
+        assert_eq!(c.carried(2_003_500), Some(2_003_000 - behind));
     }
 
     #[test]
@@ -123,12 +116,12 @@ mod tests {
         // A simulated plant at 60x: a minute of meter time each system second.
         let mut c = MeterClock::default();
         for s in 0..=15 {
-            c.stamp(Some(5_000_000 + s * 60_000), 1_000_000 + s * 1_000);
+            c.read(5_000_000 + s * 60_000, 1_000_000 + s * 1_000);
         }
-        assert_eq!(c.stamp(None, 1_016_000), Some(5_000_000 + 16 * 60_000));
+        assert_eq!(c.carried(1_016_000), Some(5_000_000 + 16 * 60_000));
         // Its clock is set back an hour: the old rate is not trusted across the step.
-        c.stamp(Some(5_000_000), 1_017_000);
-        assert_eq!(c.stamp(None, 1_018_000), Some(5_001_000));
+        c.read(5_000_000, 1_017_000);
+        assert_eq!(c.carried(1_018_000), Some(5_001_000));
     }
 
     #[test]

@@ -115,9 +115,7 @@ pub(super) fn write_telemetry<'a>(
     let link = match &t.signed {
         Some(signed) => {
             let c = tx.chain(&t.device)?.unwrap_or_default();
-            if !chain::is_new(tx, t, &c)? {
-                None
-            } else {
+            if chain::is_new(tx, t, &c)? {
                 match chain::check(tx, t, signed, &c)? {
                     Ok(link) => Some((link, c)),
                     Err((code, detail)) => {
@@ -125,6 +123,8 @@ pub(super) fn write_telemetry<'a>(
                         return refuse(tx, t, raw, code, &detail, rules, received_ms, out);
                     }
                 }
+            } else {
+                None
             }
         }
         None => None,
